@@ -1,0 +1,11 @@
+import type { D1Migration } from "cloudflare:test";
+
+declare global {
+  namespace Cloudflare {
+    /** Test-only bindings, defined in vitest.config.ts. */
+    interface Env {
+      TEST_MIGRATIONS: D1Migration[];
+      TEST_ACCESS_PRIVATE_JWK: string;
+    }
+  }
+}

@@ -1,0 +1,33 @@
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
+import { exportJWK, generateKeyPair } from "jose";
+import { defineConfig } from "vitest/config";
+
+// Tests run inside workerd with the bindings of wrangler.toml (D1, rate limiter, send_email),
+// plus test-only bindings: the migrations to apply, and a throwaway Access signing key whose
+// public half is the JWKS the gateway trusts.
+export default defineConfig(async () => {
+  const migrations = await readD1Migrations("./migrations");
+  const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
+  const kid = "test-access-key";
+  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: "ES256", use: "sig" };
+  const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: "ES256" };
+  return {
+    plugins: [
+      cloudflareTest({
+        wrangler: { configPath: "./wrangler.toml" },
+        miniflare: {
+          bindings: {
+            TEST_MIGRATIONS: migrations,
+            ACCESS_JWKS: JSON.stringify({ keys: [publicJwk] }),
+            TEST_ACCESS_PRIVATE_JWK: JSON.stringify(privateJwk),
+          },
+        },
+      }),
+    ],
+    test: {
+      include: ["test/**/*.test.ts"],
+      exclude: ["test/browser/**"],
+      setupFiles: ["./test/setup.ts"],
+    },
+  };
+});

@@ -1,0 +1,39 @@
+import { handleError, handleNotFound } from "./http/errors";
+import { init, requestId } from "./http/middleware";
+import { newRouter } from "./http/router";
+import { licenseRoutes } from "./licenses/routes";
+import type { ServiceOptions } from "./services";
+
+/** Options for building the app; defaults are production behaviour. */
+export interface AppOptions extends ServiceOptions {
+  /** Makes request ids when the edge gave none. */
+  requestIdGenerator?: () => string;
+}
+
+/**
+ * Builds the gateway's HTTP app. The one factory used in production (`worker/index.ts`) and in
+ * tests, which pass a fixed clock, predictable ids or a recording mailer through `options`.
+ */
+export function newApp(options: AppOptions = {}) {
+  const app = newRouter();
+  app.use("*", requestId(options.requestIdGenerator ? { generator: options.requestIdGenerator } : {}));
+  app.use("*", init(options));
+  app.onError(handleError);
+  app.notFound(handleNotFound);
+
+  app.get("/health", (c) => c.json({ ok: true }));
+  app.route("/", licenseRoutes);
+
+  app.doc31("/openapi.json", (c) => ({
+    openapi: "3.1.0",
+    info: {
+      title: "modelgate",
+      version: "1",
+      description: "Model-license and access gateway: applications under a model's license, review, and access.",
+    },
+    servers: [{ url: c.get("services").config.publicBaseUrl }],
+  }));
+  return app;
+}
+
+export type App = ReturnType<typeof newApp>;

@@ -1,0 +1,157 @@
+import { desc, sql } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import type { Database } from "../db/client";
+import { auditEvents } from "../db/schema";
+import type { Clock } from "../platform/clock";
+import { canonicalJson, sha256Hex } from "../platform/hash";
+import type { IdGenerator } from "../platform/ids";
+
+/** The hash the first event chains from. */
+export const GENESIS_HASH = "0".repeat(64);
+
+/** One state change as recorded in the audit log. */
+export interface AuditEntry {
+  /** Who: `applicant:<email>`, `reviewer:<email>`, `operator`, `system`. */
+  actor: string;
+  /** What, as `subject.verb`: `application.submitted`, `grant.revoked`, … */
+  action: string;
+  subjectType: string;
+  subjectId: string;
+  data?: Record<string, unknown>;
+}
+
+/** The fields a hash covers, in canonical form. */
+export function auditHashInput(event: {
+  seq: number;
+  id: string;
+  at: string;
+  actor: string;
+  action: string;
+  subjectType: string;
+  subjectId: string;
+  data: Record<string, unknown>;
+  prevHash: string;
+}): string {
+  return canonicalJson({
+    seq: event.seq,
+    id: event.id,
+    at: event.at,
+    actor: event.actor,
+    action: event.action,
+    subjectType: event.subjectType,
+    subjectId: event.subjectId,
+    data: event.data,
+    prevHash: event.prevHash,
+  });
+}
+
+/** What a plan returns: the statements to run and the events that record them. */
+export interface AuditedWrite<T> {
+  statements: BatchItem<"sqlite">[];
+  events: AuditEntry[];
+  result: T;
+}
+
+const MAX_ATTEMPTS = 8;
+
+function isChainConflict(error: unknown): boolean {
+  const text = `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
+  return /UNIQUE constraint failed: audit_events\.(seq|id)/.test(text);
+}
+
+/**
+ * Runs a read-decide-write plan atomically with its audit events. The chain's head is read first,
+ * then the plan reads what it needs and returns statements; all go in one `db.batch()` together
+ * with the hash-chained events. Because every audited change appends at `head + 1`, a concurrent
+ * writer makes the batch fail whole on the `seq` key, and the plan is run again on fresh state.
+ * The audit chain is thereby the optimistic lock for every audited change (D1 has no interactive
+ * transactions).
+ */
+export async function writeAudited<T>(
+  deps: { db: Database; clock: Clock; ids: IdGenerator },
+  plan: () => Promise<AuditedWrite<T>>,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const [head] = await deps.db
+      .select({ seq: auditEvents.seq, hash: auditEvents.hash })
+      .from(auditEvents)
+      .orderBy(desc(auditEvents.seq))
+      .limit(1);
+    const { statements, events, result } = await plan();
+    let seq = head?.seq ?? 0;
+    let prevHash = head?.hash ?? GENESIS_HASH;
+    const at = deps.clock.now().toISOString();
+    const rows: (typeof auditEvents.$inferInsert)[] = [];
+    for (const entry of events) {
+      seq += 1;
+      const row = {
+        seq,
+        id: deps.ids.id("evt"),
+        at,
+        actor: entry.actor,
+        action: entry.action,
+        subjectType: entry.subjectType,
+        subjectId: entry.subjectId,
+        data: entry.data ?? {},
+        prevHash,
+      };
+      const hash = await sha256Hex(auditHashInput(row));
+      rows.push({ ...row, hash });
+      prevHash = hash;
+    }
+    const all: BatchItem<"sqlite">[] = [...statements];
+    if (rows.length > 0) all.push(deps.db.insert(auditEvents).values(rows));
+    if (all.length === 0) return result;
+    try {
+      await deps.db.batch(all as [BatchItem<"sqlite">, ...BatchItem<"sqlite">[]]);
+      return result;
+    } catch (error) {
+      if (attempt < MAX_ATTEMPTS && isChainConflict(error)) continue;
+      throw error;
+    }
+  }
+}
+
+/** The result of walking the chain. */
+export interface ChainVerification {
+  ok: boolean;
+  checked: number;
+  headSeq: number;
+  headHash: string;
+  /** The first event whose link or hash does not hold, when any. */
+  firstBroken?: { seq: number; id: string; problem: "hash_mismatch" | "prev_hash_mismatch" | "sequence_gap" };
+}
+
+/** Walks the whole chain in pages and reports the first broken link. */
+export async function verifyAuditChain(db: Database, pageSize = 500): Promise<ChainVerification> {
+  let expectedPrev = GENESIS_HASH;
+  let expectedSeq = 1;
+  let checked = 0;
+  for (;;) {
+    const page = await db
+      .select()
+      .from(auditEvents)
+      .where(sql`${auditEvents.seq} >= ${expectedSeq}`)
+      .orderBy(auditEvents.seq)
+      .limit(pageSize);
+    for (const event of page) {
+      const broken = (problem: "hash_mismatch" | "prev_hash_mismatch" | "sequence_gap"): ChainVerification => ({
+        ok: false,
+        checked,
+        headSeq: expectedSeq - 1,
+        headHash: expectedPrev,
+        firstBroken: { seq: event.seq, id: event.id, problem },
+      });
+      if (event.seq !== expectedSeq) return broken("sequence_gap");
+      if (event.prevHash !== expectedPrev) return broken("prev_hash_mismatch");
+      const hash = await sha256Hex(auditHashInput(event));
+      if (hash !== event.hash) return broken("hash_mismatch");
+      expectedPrev = event.hash;
+      expectedSeq += 1;
+      checked += 1;
+    }
+    if (page.length < pageSize) {
+      return { ok: true, checked, headSeq: expectedSeq - 1, headHash: expectedPrev };
+    }
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * The database schema: the one source of `migrations/` (`npm run db:generate`). Times are ISO-8601
+ * UTC strings, which sort and compare correctly as text; JSON columns hold arrays and small records.
+ */
+import { sql } from "drizzle-orm";
+import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+
+/** Content-addressed legal documents (license texts, acceptable use policies). */
+export const documents = sqliteTable("documents", {
+  sha256: text("sha256").primaryKey(),
+  kind: text("kind", { enum: ["license", "aup"] }).notNull(),
+  mediaType: text("media_type").notNull(),
+  body: text("body").notNull(),
+  /** `placeholder` for seeded stand-in text, `official` for text loaded by an operator. */
+  source: text("source", { enum: ["placeholder", "official"] }).notNull(),
+  createdAt: text("created_at").notNull(),
+});
+
+/** A version of a family's license: the pair of documents an applicant accepts together. */
+export const licenseVersions = sqliteTable(
+  "license_versions",
+  {
+    id: text("id").primaryKey(),
+    family: text("family").notNull(),
+    version: integer("version").notNull(),
+    licenseSha256: text("license_sha256")
+      .notNull()
+      .references(() => documents.sha256),
+    aupSha256: text("aup_sha256")
+      .notNull()
+      .references(() => documents.sha256),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("license_versions_family_version").on(t.family, t.version)],
+);
+
+export const organizations = sqliteTable(
+  "organizations",
+  {
+    id: text("id").primaryKey(),
+    name: text("name").notNull(),
+    /** Lower-cased, whitespace-collapsed name: how repeat applicants are recognised. */
+    normalizedName: text("normalized_name").notNull(),
+    website: text("website"),
+    country: text("country").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("organizations_normalized_name").on(t.normalizedName)],
+);
+
+export const APPLICATION_STATUSES = ["pending_review", "info_requested", "approved", "rejected"] as const;
+export type ApplicationStatus = (typeof APPLICATION_STATUSES)[number];
+/** Statuses in which a case is still open: a repeat application returns the open case. */
+export const OPEN_STATUSES: readonly ApplicationStatus[] = ["pending_review", "info_requested"];
+
+export const applications = sqliteTable(
+  "applications",
+  {
+    id: text("id").primaryKey(),
+    family: text("family").notNull(),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    organizationName: text("organization_name").notNull(),
+    website: text("website"),
+    country: text("country").notNull(),
+    contactName: text("contact_name").notNull(),
+    contactEmail: text("contact_email").notNull(),
+    intendedUse: text("intended_use").notNull(),
+    declaredMau: integer("declared_mau").notNull(),
+    models: text("models", { mode: "json" }).$type<string[]>().notNull(),
+    status: text("status", { enum: APPLICATION_STATUSES }).notNull(),
+    /** Machine-readable reasons from the license policy (`PolicyReason[]`). */
+    policyReasons: text("policy_reasons", { mode: "json" }).$type<PolicyReasonRow[]>().notNull(),
+    /** Approvals the policy requires before a grant is issued (2 for over-threshold cases). */
+    requiredApprovals: integer("required_approvals").notNull(),
+    /** The review round; a request for information starts a new one, voiding earlier approvals. */
+    reviewRound: integer("review_round").notNull().default(1),
+    /** Reason shown to the applicant, when a reviewer chose to show one. */
+    applicantMessage: text("applicant_message"),
+    /** Applicant's answer to a request for information. */
+    applicantResponse: text("applicant_response"),
+    statusSecretHash: text("status_secret_hash").notNull(),
+    licenseVersionId: text("license_version_id")
+      .notNull()
+      .references(() => licenseVersions.id),
+    reapplyAfter: text("reapply_after"),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+    decidedAt: text("decided_at"),
+  },
+  (t) => [
+    // At most one open case per organization, contact and family, enforced by the database so
+    // that two simultaneous submissions cannot both create one.
+    uniqueIndex("applications_one_open_case")
+      .on(t.family, t.organizationId, t.contactEmail)
+      .where(sql`status in ('pending_review', 'info_requested')`),
+    index("applications_status_created").on(t.status, t.createdAt),
+    index("applications_organization").on(t.organizationId),
+  ],
+);
+
+/** Stored shape of a policy reason. */
+export interface PolicyReasonRow {
+  code: string;
+  outcome: "review" | "reject";
+  detail: string;
+}
+
+/** Evidence of what the applicant accepted, written in the same batch as the application. */
+export const acceptances = sqliteTable("acceptances", {
+  id: text("id").primaryKey(),
+  applicationId: text("application_id")
+    .notNull()
+    .references(() => applications.id),
+  licenseVersionId: text("license_version_id")
+    .notNull()
+    .references(() => licenseVersions.id),
+  licenseSha256: text("license_sha256").notNull(),
+  aupSha256: text("aup_sha256").notNull(),
+  acceptedAt: text("accepted_at").notNull(),
+  ip: text("ip"),
+  country: text("country"),
+  userAgent: text("user_agent"),
+});
+
+export const DECISIONS = ["approve", "reject", "request_info"] as const;
+export type Decision = (typeof DECISIONS)[number];
+
+export const decisions = sqliteTable(
+  "decisions",
+  {
+    id: text("id").primaryKey(),
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    reviewRound: integer("review_round").notNull(),
+    reviewerEmail: text("reviewer_email").notNull(),
+    decision: text("decision", { enum: DECISIONS }).notNull(),
+    reason: text("reason").notNull(),
+    visibleToApplicant: integer("visible_to_applicant", { mode: "boolean" }).notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [
+    // Four-eyes: one approval per approver per round, enforced by the database.
+    uniqueIndex("decisions_one_approval_per_reviewer")
+      .on(t.applicationId, t.reviewRound, t.reviewerEmail)
+      .where(sql`decision = 'approve'`),
+    index("decisions_application").on(t.applicationId),
+  ],
+);
+
+export const GRANT_STATUSES = ["active", "suspended", "revoked"] as const;
+export type GrantStatus = (typeof GRANT_STATUSES)[number];
+
+/** Permission for an organization to use a model family under a license version. */
+export const grants = sqliteTable(
+  "grants",
+  {
+    id: text("id").primaryKey(),
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    family: text("family").notNull(),
+    licenseVersionId: text("license_version_id")
+      .notNull()
+      .references(() => licenseVersions.id),
+    status: text("status", { enum: GRANT_STATUSES }).notNull(),
+    statusReason: text("status_reason"),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [
+    uniqueIndex("grants_application").on(t.applicationId),
+    index("grants_organization_family").on(t.organizationId, t.family),
+  ],
+);
+
+/**
+ * Append-only, hash-chained audit log. `seq` is dense and unique: two writers that read the
+ * same head collide on it, one batch fails whole, and the loser retries on the new head.
+ */
+export const auditEvents = sqliteTable(
+  "audit_events",
+  {
+    seq: integer("seq").primaryKey(),
+    id: text("id").notNull(),
+    at: text("at").notNull(),
+    actor: text("actor").notNull(),
+    action: text("action").notNull(),
+    subjectType: text("subject_type").notNull(),
+    subjectId: text("subject_id").notNull(),
+    data: text("data", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    prevHash: text("prev_hash").notNull(),
+    hash: text("hash").notNull(),
+  },
+  (t) => [
+    uniqueIndex("audit_events_id").on(t.id),
+    index("audit_events_subject").on(t.subjectType, t.subjectId),
+    index("audit_events_action").on(t.action),
+  ],
+);
+
+export const MAIL_STATUSES = ["pending", "sent", "failed"] as const;
+
+/** Outgoing mail, written in the same batch as the state change it reports. */
+export const mailOutbox = sqliteTable(
+  "mail_outbox",
+  {
+    id: text("id").primaryKey(),
+    to: text("to").notNull(),
+    subject: text("subject").notNull(),
+    text: text("text").notNull(),
+    status: text("status", { enum: MAIL_STATUSES }).notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: text("next_attempt_at").notNull(),
+    lastError: text("last_error"),
+    createdAt: text("created_at").notNull(),
+    sentAt: text("sent_at"),
+  },
+  (t) => [index("mail_outbox_due").on(t.status, t.nextAttemptAt)],
+);
+
+export type Application = typeof applications.$inferSelect;
+export type Grant = typeof grants.$inferSelect;
+export type AuditEvent = typeof auditEvents.$inferSelect;
+export type MailMessage = typeof mailOutbox.$inferSelect;

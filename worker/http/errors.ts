@@ -1,0 +1,44 @@
+import type { Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { HonoEnv } from "../env";
+import { AppError, type ProblemCode, problemResponse } from "../errors";
+
+const STATUS_CODES: Record<number, ProblemCode> = {
+  400: "malformed_body",
+  401: "unauthorized",
+  403: "forbidden",
+  404: "not_found",
+  405: "method_not_allowed",
+  413: "payload_too_large",
+  415: "unsupported_media_type",
+  429: "rate_limited",
+};
+
+/**
+ * The error handler, in three tiers: our own `AppError` as its problem document; Hono's
+ * `HTTPException` (body limits, malformed input caught by Hono) mapped onto the closed code set;
+ * anything else is a bug, logged with its stack and answered as a generic 500.
+ */
+export function handleError(error: Error, c: Context<HonoEnv>): Response {
+  const requestId = c.get("requestId");
+  const instance = new URL(c.req.url).pathname;
+  if (error instanceof AppError) return problemResponse(error, instance, requestId);
+  if (error instanceof HTTPException && error.status < 500) {
+    const code = STATUS_CODES[error.status] ?? "malformed_body";
+    return problemResponse(new AppError(code, error.message || "The request was refused."), instance, requestId);
+  }
+  const log = c.get("services")?.log;
+  const fields = { requestId, path: instance, error: error.message, stack: error.stack };
+  if (log) log.error("unhandled error", fields);
+  else console.error(JSON.stringify({ level: "error", message: "unhandled error", ...fields }));
+  return problemResponse(new AppError("internal_error", "Something went wrong on our side."), instance, requestId);
+}
+
+/** 404 for every path no route claims. */
+export function handleNotFound(c: Context<HonoEnv>): Response {
+  return problemResponse(
+    new AppError("not_found", `No resource at ${new URL(c.req.url).pathname}.`),
+    new URL(c.req.url).pathname,
+    c.get("requestId"),
+  );
+}

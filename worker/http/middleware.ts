@@ -1,0 +1,73 @@
+import type { MiddlewareHandler } from "hono";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import { createServices, type ServiceOptions } from "../services";
+
+/** Options of the request-id middleware. */
+export interface RequestIdOptions {
+  /** Makes a fresh id when the edge gave none. */
+  generator?: () => string;
+}
+
+/** Tags each request with an id (Cloudflare's ray id when present) and echoes it back. */
+export function requestId({
+  generator = () => crypto.randomUUID(),
+}: RequestIdOptions = {}): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    const id = c.req.header("cf-ray") ?? generator();
+    c.set("requestId", id);
+    await next();
+    c.res.headers.set("x-request-id", id);
+  };
+}
+
+/** Builds the request's services once and puts them on the context. */
+export function init(options: ServiceOptions = {}): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    c.set("services", createServices(c.env, options, { requestId: c.get("requestId") }));
+    await next();
+  };
+}
+
+/** The client's address as the edge saw it. */
+export function clientIp(headers: { header(name: string): string | undefined }): string | null {
+  return headers.header("cf-connecting-ip") ?? headers.header("x-real-ip") ?? null;
+}
+
+/**
+ * Abuse brake for public endpoints: the Workers rate-limit binding, keyed by client IP. It is
+ * approximate by design (per location, 60 s window), which is what a brake needs.
+ */
+export function abuseBrake(): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    const key = `${c.req.method}:${clientIp(c.req) ?? "unknown"}`;
+    const { success } = await c.env.PUBLIC_LIMITER.limit({ key });
+    if (!success) {
+      throw new AppError("rate_limited", "Too many requests from this address; try again in a minute.", {
+        headers: { "retry-after": "60" },
+      });
+    }
+    await next();
+  };
+}
+
+/**
+ * Refuses state-changing requests that a browser made from another site. Browsers send
+ * `Sec-Fetch-Site` on every request and `Origin` on every non-GET one, so a cross-site form post or
+ * fetch is recognised even when it carries the victim's cookies. Non-browser clients send neither
+ * and are judged by their credentials alone.
+ */
+export function refuseCrossSite(): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "OPTIONS") return next();
+    const site = c.req.header("sec-fetch-site");
+    if (site && site !== "same-origin" && site !== "none") {
+      throw new AppError("cross_site_request", "State-changing requests must come from this site.");
+    }
+    const origin = c.req.header("origin");
+    if (origin && origin !== new URL(c.req.url).origin) {
+      throw new AppError("cross_site_request", "State-changing requests must come from this site.");
+    }
+    await next();
+  };
+}

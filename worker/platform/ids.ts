@@ -1,0 +1,46 @@
+import type { Clock } from "./clock";
+
+const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/** Makes identifiers and secrets. Injected so tests can predict them. */
+export interface IdGenerator {
+  /** A new time-ordered identifier with a type prefix, e.g. `app_01J…`. */
+  id(prefix: string): string;
+  /** A new unguessable secret: `bytes` random bytes, base64url. */
+  secret(bytes?: number): string;
+}
+
+function encodeTime(ms: number): string {
+  let out = "";
+  let rest = ms;
+  for (let i = 0; i < 10; i++) {
+    out = CROCKFORD[rest % 32] + out;
+    rest = Math.floor(rest / 32);
+  }
+  return out;
+}
+
+/** Base64url without padding. */
+export function base64url(bytes: Uint8Array): string {
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/**
+ * ULID-style identifiers (48-bit time, 80 random bits, Crockford base32) so that ids sort by
+ * creation time, and secrets from the platform's CSPRNG.
+ */
+export function randomIds(clock: Clock): IdGenerator {
+  return {
+    id(prefix) {
+      const random = crypto.getRandomValues(new Uint8Array(16));
+      let tail = "";
+      for (let i = 0; i < 16; i++) tail += CROCKFORD[(random[i] as number) % 32];
+      return `${prefix}_${encodeTime(clock.now().getTime())}${tail}`;
+    },
+    secret(bytes = 32) {
+      return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
+    },
+  };
+}

@@ -1,0 +1,126 @@
+import type { LicenseFamily } from "./types";
+
+/** What the applicant declared that the license policy looks at. */
+export interface ApplicationFacts {
+  /** ISO 3166-1 alpha-2, upper case. */
+  country: string;
+  /**
+   * Monthly active users of the applicant's and its affiliates' products in the month the policy
+   * measures. `undefined` when not declared: never approved automatically.
+   */
+  declaredMau: number | undefined;
+  intendedUse: string;
+}
+
+export type PolicyOutcome = "approve" | "review" | "reject";
+
+export type PolicyReasonCode =
+  | "mau_over_threshold"
+  | "mau_not_declared"
+  | "export_review_country"
+  | "embargoed_country"
+  | "aup_category_named";
+
+/** A machine-readable reason for a policy outcome. */
+export interface PolicyReason {
+  code: PolicyReasonCode;
+  outcome: Exclude<PolicyOutcome, "approve">;
+  detail: string;
+  /** For `aup_category_named`: the category id. */
+  category?: string;
+}
+
+export interface PolicyDecision {
+  outcome: PolicyOutcome;
+  reasons: PolicyReason[];
+  /** Distinct approvers a human decision needs: two when the licence reserves it to the licensor. */
+  requiredApprovals: number;
+}
+
+/**
+ * The calendar month before a release date (YYYY-MM): the month whose active users the licence
+ * counts. For Llama 2 (released 2023-07-18) this is 2023-06.
+ */
+export function measurementMonth(releaseDate: string): string {
+  const [year, month] = releaseDate.split("-").map(Number) as [number, number];
+  const previous = month === 1 ? { y: year - 1, m: 12 } : { y: year, m: month - 1 };
+  return `${previous.y}-${String(previous.m).padStart(2, "0")}`;
+}
+
+/** True when the declared figure is over the family's threshold under its rule. */
+export function exceedsThreshold(declaredMau: number, family: LicenseFamily): boolean {
+  switch (family.mau.rule) {
+    case "greater_than":
+      return declaredMau > family.mau.threshold;
+  }
+}
+
+function namesPhrase(text: string, phrase: string): boolean {
+  let from = 0;
+  for (;;) {
+    const at = text.indexOf(phrase, from);
+    if (at < 0) return false;
+    const before = at === 0 ? "" : text[at - 1];
+    if (before === "" || !/[a-z0-9]/.test(before as string)) return true;
+    from = at + 1;
+  }
+}
+
+/**
+ * Decides an application under a family's license policy. Pure: the same facts and family always
+ * give the same decision. Any reject reason rejects; otherwise any review reason sends the case to
+ * a reviewer; otherwise it is approved at once.
+ */
+export function evaluateApplication(facts: ApplicationFacts, family: LicenseFamily): PolicyDecision {
+  const reasons: PolicyReason[] = [];
+  const country = facts.country.toUpperCase();
+
+  if (family.embargoedCountries.includes(country)) {
+    reasons.push({
+      code: "embargoed_country",
+      outcome: "reject",
+      detail: `Access cannot be granted to organizations in ${country} under applicable trade law.`,
+    });
+  } else if (family.exportReviewCountries.includes(country)) {
+    reasons.push({
+      code: "export_review_country",
+      outcome: "review",
+      detail: `Applications from ${country} are reviewed for trade and export compliance.`,
+    });
+  }
+
+  let overThreshold = false;
+  if (facts.declaredMau === undefined || !Number.isSafeInteger(facts.declaredMau) || facts.declaredMau < 0) {
+    reasons.push({
+      code: "mau_not_declared",
+      outcome: "review",
+      detail: "No valid monthly active user figure was declared.",
+    });
+  } else if (exceedsThreshold(facts.declaredMau, family)) {
+    overThreshold = true;
+    reasons.push({
+      code: "mau_over_threshold",
+      outcome: "review",
+      detail: `Declared ${facts.declaredMau} monthly active users in ${family.mau.measuredMonth}, greater than the license threshold of ${family.mau.threshold}; the licensor decides at its sole discretion.`,
+    });
+  }
+
+  const use = facts.intendedUse.toLowerCase();
+  for (const category of family.aupCategories) {
+    if (category.phrases.some((phrase) => namesPhrase(use, phrase))) {
+      reasons.push({
+        code: "aup_category_named",
+        outcome: "review",
+        category: category.id,
+        detail: `The intended use mentions a subject of the Acceptable Use Policy, section ${category.section} (${category.title}).`,
+      });
+    }
+  }
+
+  const outcome: PolicyOutcome = reasons.some((r) => r.outcome === "reject")
+    ? "reject"
+    : reasons.length > 0
+      ? "review"
+      : "approve";
+  return { outcome, reasons, requiredApprovals: overThreshold ? 2 : 1 };
+}
