@@ -1,3 +1,6 @@
+import { adminRoutes } from "./admin/routes";
+import { applicationRoutes } from "./applications/routes";
+import { docsRoutes } from "./docs/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { init, requestId } from "./http/middleware";
 import { newRouter } from "./http/router";
@@ -23,6 +26,9 @@ export function newApp(options: AppOptions = {}) {
 
   app.get("/health", (c) => c.json({ ok: true }));
   app.route("/", licenseRoutes);
+  app.route("/", applicationRoutes);
+  app.route("/", adminRoutes);
+  app.route("/", docsRoutes);
 
   app.doc31("/openapi.json", (c) => ({
     openapi: "3.1.0",
