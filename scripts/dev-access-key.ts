@@ -42,7 +42,8 @@ export function writeDevVar(root: string, name: string, value: string): void {
   const path = join(root, ".dev.vars");
   const example = join(root, ".dev.vars.example");
   const text = existsSync(path) ? readFileSync(path, "utf8") : existsSync(example) ? readFileSync(example, "utf8") : "";
-  const line = `${name}=${JSON.stringify(value)}`;
+  // Single quotes: dotenv takes their content literally, so JSON survives unescaped.
+  const line = `${name}='${value}'`;
   const pattern = new RegExp(`^${name}=.*$`, "m");
   const next = pattern.test(text) ? text.replace(pattern, line) : `${text.replace(/\n?$/, "\n")}${line}\n`;
   if (next !== text) writeFileSync(path, next);
