@@ -80,7 +80,6 @@ export const applications = sqliteTable(
     applicantMessage: text("applicant_message"),
     /** Applicant's answer to a request for information. */
     applicantResponse: text("applicant_response"),
-    statusSecretHash: text("status_secret_hash").notNull(),
     licenseVersionId: text("license_version_id")
       .notNull()
       .references(() => licenseVersions.id),
@@ -106,6 +105,22 @@ export interface PolicyReasonRow {
   outcome: "review" | "reject";
   detail: string;
 }
+
+/**
+ * Status-page capabilities: the sha256 of each secret link sent to an application's contact. A
+ * repeat application mails a new link rather than handing the existing one to whoever asked.
+ */
+export const statusLinks = sqliteTable(
+  "status_links",
+  {
+    secretHash: text("secret_hash").primaryKey(),
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("status_links_application").on(t.applicationId)],
+);
 
 /** Evidence of what the applicant accepted, written in the same batch as the application. */
 export const acceptances = sqliteTable("acceptances", {
