@@ -114,6 +114,12 @@ describe("evaluateApplication", () => {
     expect(decision.requiredApprovals).toBe(2);
   });
 
+  it("sends an organization whose earlier grant was revoked to review", () => {
+    const decision = evaluateApplication({ ...clean, priorRevocation: true }, llama2);
+    expect(decision.outcome).toBe("review");
+    expect(decision.reasons.map((r) => r.code)).toEqual(["prior_revocation"]);
+  });
+
   it("is pure: the same facts give the same decision", () => {
     const facts = { country: "CN", declaredMau: 800_000_000, intendedUse: "fraud detection" };
     expect(evaluateApplication(facts, llama2)).toEqual(evaluateApplication(facts, llama2));

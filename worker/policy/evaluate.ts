@@ -10,6 +10,8 @@ export interface ApplicationFacts {
    */
   declaredMau: number | undefined;
   intendedUse: string;
+  /** Whether an earlier grant of this family to the organization was revoked. */
+  priorRevocation?: boolean;
 }
 
 export type PolicyOutcome = "approve" | "review" | "reject";
@@ -19,7 +21,8 @@ export type PolicyReasonCode =
   | "mau_not_declared"
   | "export_review_country"
   | "embargoed_country"
-  | "aup_category_named";
+  | "aup_category_named"
+  | "prior_revocation";
 
 /** A machine-readable reason for a policy outcome. */
 export interface PolicyReason {
@@ -102,6 +105,14 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
       code: "mau_over_threshold",
       outcome: "review",
       detail: `Declared ${facts.declaredMau} monthly active users in ${family.mau.measuredMonth}, greater than the license threshold of ${family.mau.threshold}; the licensor decides at its sole discretion.`,
+    });
+  }
+
+  if (facts.priorRevocation) {
+    reasons.push({
+      code: "prior_revocation",
+      outcome: "review",
+      detail: "An earlier grant of this model family to the organization was revoked.",
     });
   }
 
