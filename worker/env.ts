@@ -1,3 +1,4 @@
+import type { AdminIdentity } from "./admin/access";
 import type { Services } from "./services";
 
 /** The one Hono environment type: bindings from `wrangler types`, and per-request variables. */
@@ -6,5 +7,7 @@ export interface HonoEnv {
   Variables: {
     services: Services;
     requestId: string;
+    /** The verified reviewer, on admin routes once the Access token was checked. */
+    admin?: AdminIdentity;
   };
 }

@@ -1,0 +1,182 @@
+/**
+ * Reviewer authentication: a Cloudflare Access JWT in `Cf-Access-Jwt-Assertion` is the only way
+ * into the admin API. Access signs it after the reviewer logged in with the team's identity
+ * provider; we verify signature, issuer, audience and expiry ourselves (never trusting the mere
+ * presence of the header) and map the identity onto roles from configuration.
+ */
+import type { Context, MiddlewareHandler } from "hono";
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  errors as joseErrors,
+  jwtVerify,
+} from "jose";
+import { ADMIN_ROLES, type AdminRole, type Config } from "../config";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import type { Clock } from "../platform/clock";
+
+/** The header Cloudflare Access puts the signed identity in. */
+export const ACCESS_JWT_HEADER = "cf-access-jwt-assertion";
+
+/** Algorithms Cloudflare Access signs with; anything else (`none`, HMAC) is refused. */
+export const ACCESS_ALGORITHMS = ["RS256", "ES256"] as const;
+
+/** Tolerated clock skew between Access and this Worker. */
+const CLOCK_TOLERANCE_SECONDS = 30;
+
+/** A verified reviewer. */
+export interface AdminIdentity {
+  email: string;
+  /** Access's stable user id (`sub`). */
+  subject: string;
+  /** Every role the reviewer holds, lower roles implied by higher ones, lowest first. */
+  roles: AdminRole[];
+}
+
+/** Rank of each role: a role includes every role of lower rank (admin ⊃ approver ⊃ reviewer). */
+function rank(role: AdminRole): number {
+  return ADMIN_ROLES.indexOf(role);
+}
+
+/** Whether an identity holds `required` or a role above it. */
+export function holdsRole(identity: Pick<AdminIdentity, "roles">, required: AdminRole): boolean {
+  return identity.roles.some((role) => rank(role) >= rank(required));
+}
+
+/** The group names a token carries, from `groups` or Access's `custom.groups` (names or `{id, name}`). */
+function tokenGroups(payload: JWTPayload): string[] {
+  const custom = payload.custom as { groups?: unknown } | undefined;
+  const out: string[] = [];
+  for (const source of [payload.groups, custom?.groups]) {
+    if (!Array.isArray(source)) continue;
+    for (const group of source) {
+      if (typeof group === "string") out.push(group);
+      else if (group && typeof group === "object") {
+        const { name, id } = group as { name?: unknown; id?: unknown };
+        if (typeof name === "string") out.push(name);
+        if (typeof id === "string") out.push(id);
+      }
+    }
+  }
+  return out;
+}
+
+function matches(matcher: string, email: string, groups: readonly string[]): boolean {
+  if (matcher.startsWith("group:")) return groups.includes(matcher.slice("group:".length));
+  const wanted = matcher.toLowerCase();
+  if (wanted.startsWith("*@")) return email.endsWith(wanted.slice(1));
+  return email === wanted;
+}
+
+/**
+ * The roles configuration gives a verified token: each role whose matchers (exact e-mail,
+ * `*@domain`, `group:NAME`) match, plus every role below the highest one matched.
+ */
+export function rolesFor(payload: JWTPayload & { email: string }, adminRoles: Config["adminRoles"]): AdminRole[] {
+  const email = payload.email.toLowerCase();
+  const groups = tokenGroups(payload);
+  let highest = -1;
+  for (const role of ADMIN_ROLES) {
+    if ((adminRoles[role] ?? []).some((matcher) => matches(matcher, email, groups))) {
+      highest = Math.max(highest, rank(role));
+    }
+  }
+  return ADMIN_ROLES.filter((role) => rank(role) <= highest);
+}
+
+const localKeySets = new WeakMap<object, JWTVerifyGetKey>();
+const remoteKeySets = new Map<string, JWTVerifyGetKey>();
+
+/**
+ * The keys Access tokens are checked against: the inline JWKS when configured (local development
+ * and tests), otherwise the team's certs endpoint, fetched and cached once per isolate so that
+ * key rotation is picked up without a request paying for a fetch every time.
+ */
+function accessKeys(access: Config["access"]): JWTVerifyGetKey {
+  if (access.jwks) {
+    let keys = localKeySets.get(access.jwks);
+    if (!keys) {
+      keys = createLocalJWKSet(access.jwks as Parameters<typeof createLocalJWKSet>[0]);
+      localKeySets.set(access.jwks, keys);
+    }
+    return keys;
+  }
+  let keys = remoteKeySets.get(access.teamDomain);
+  if (!keys) {
+    keys = createRemoteJWKSet(new URL(`${access.teamDomain}/cdn-cgi/access/certs`));
+    remoteKeySets.set(access.teamDomain, keys);
+  }
+  return keys;
+}
+
+/**
+ * Verifies an Access JWT and resolves the reviewer it names. Throws `unauthorized` for any token
+ * that is not a valid, current Access token for this application, and `service_unavailable` when
+ * the team's keys cannot be fetched (so an outage at Access does not read as "bad token").
+ */
+export async function verifyAccessToken(
+  token: string,
+  deps: { config: Pick<Config, "access" | "adminRoles">; clock: Clock },
+): Promise<AdminIdentity> {
+  const { access } = deps.config;
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, accessKeys(access), {
+      algorithms: [...ACCESS_ALGORITHMS],
+      issuer: access.teamDomain,
+      audience: access.audience,
+      requiredClaims: ["exp", "iat", "sub", "email"],
+      clockTolerance: CLOCK_TOLERANCE_SECONDS,
+      currentDate: deps.clock.now(),
+    }));
+  } catch (error) {
+    if (error instanceof joseErrors.JWKSTimeout || !(error instanceof joseErrors.JOSEError)) {
+      throw new AppError("service_unavailable", "The Access signing keys could not be loaded.", { cause: error });
+    }
+    throw new AppError("unauthorized", "The Access token is not valid.", { cause: error });
+  }
+  if (typeof payload.email !== "string" || !payload.email.includes("@") || typeof payload.sub !== "string") {
+    throw new AppError("unauthorized", "The Access token names no user.");
+  }
+  const identity = { email: payload.email.toLowerCase(), subject: payload.sub };
+  return { ...identity, roles: rolesFor({ ...payload, email: identity.email }, deps.config.adminRoles) };
+}
+
+/** The verified reviewer of this request, verifying the Access token on first use. */
+export async function adminIdentity(c: Context<HonoEnv>): Promise<AdminIdentity> {
+  const known = c.get("admin");
+  if (known) return known;
+  const token = c.req.header(ACCESS_JWT_HEADER)?.trim();
+  if (!token) throw new AppError("unauthorized", "Sign in through Cloudflare Access.");
+  const { config, clock } = c.get("services");
+  const identity = await verifyAccessToken(token, { config, clock });
+  if (identity.roles.length === 0) {
+    throw new AppError("forbidden", "Your account holds no reviewer role.");
+  }
+  c.set("admin", identity);
+  return identity;
+}
+
+/**
+ * Admits requests from a reviewer holding `role` or a higher one: 401 without a valid Access
+ * token, 403 when the reviewer's roles fall short.
+ */
+export function requireRole(role: AdminRole): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    const identity = await adminIdentity(c);
+    if (!holdsRole(identity, role)) {
+      throw new AppError("forbidden", `This needs the ${role} role.`);
+    }
+    await next();
+  };
+}
+
+/** The reviewer of a request that passed `requireRole`. */
+export function currentAdmin(c: Context<HonoEnv>): AdminIdentity {
+  const identity = c.get("admin");
+  if (!identity) throw new Error("currentAdmin() used on a route without requireRole()");
+  return identity;
+}

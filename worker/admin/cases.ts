@@ -1,0 +1,324 @@
+/**
+ * The review queue and the case file: what a reviewer reads before deciding.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, asc, eq, gt, inArray, ne, or, type SQL, sql } from "drizzle-orm";
+import { AuditEventSchema, auditEventView } from "../audit/routes";
+import type { Database } from "../db/client";
+import {
+  APPLICATION_STATUSES,
+  type Application,
+  acceptances,
+  applications,
+  auditEvents,
+  DECISIONS,
+  decisions,
+  GRANT_STATUSES,
+  grants,
+} from "../db/schema";
+import { AppError } from "../errors";
+import { newRouter, problemResponses } from "../http/router";
+import { requireRole } from "./access";
+import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
+
+const PolicyReasonSchema = z.object({
+  code: z.string(),
+  outcome: z.enum(["review", "reject"]),
+  detail: z.string(),
+});
+
+const ApprovalSchema = z.object({ reviewer: z.string(), at: z.string() });
+
+const QueueItemSchema = z
+  .object({
+    id: z.string(),
+    family: z.string(),
+    organizationId: z.string(),
+    organization: z.string(),
+    country: z.string(),
+    contactEmail: z.string(),
+    declaredMau: z.number().int(),
+    status: z.enum(APPLICATION_STATUSES),
+    policyReasons: z.array(PolicyReasonSchema),
+    requiredApprovals: z.number().int(),
+    reviewRound: z.number().int(),
+    /** Approvals in the current round, oldest first. */
+    approvals: z.array(ApprovalSchema),
+    createdAt: z.string(),
+    ageSeconds: z.number().int(),
+  })
+  .openapi("ReviewQueueItem");
+
+const CaseSchema = z
+  .object({
+    application: z.object({
+      id: z.string(),
+      family: z.string(),
+      organizationId: z.string(),
+      organizationName: z.string(),
+      website: z.string().nullable(),
+      country: z.string(),
+      contactName: z.string(),
+      contactEmail: z.string(),
+      intendedUse: z.string(),
+      declaredMau: z.number().int(),
+      models: z.array(z.string()),
+      status: z.enum(APPLICATION_STATUSES),
+      policyReasons: z.array(PolicyReasonSchema),
+      requiredApprovals: z.number().int(),
+      reviewRound: z.number().int(),
+      applicantMessage: z.string().nullable(),
+      applicantResponse: z.string().nullable(),
+      licenseVersionId: z.string(),
+      reapplyAfter: z.string().nullable(),
+      createdAt: z.string(),
+      updatedAt: z.string(),
+      decidedAt: z.string().nullable(),
+    }),
+    approvals: z.array(ApprovalSchema),
+    acceptances: z.array(
+      z.object({
+        id: z.string(),
+        licenseVersionId: z.string(),
+        licenseSha256: z.string(),
+        aupSha256: z.string(),
+        acceptedAt: z.string(),
+        ip: z.string().nullable(),
+        country: z.string().nullable(),
+        userAgent: z.string().nullable(),
+      }),
+    ),
+    decisions: z.array(
+      z.object({
+        id: z.string(),
+        reviewRound: z.number().int(),
+        reviewerEmail: z.string(),
+        decision: z.enum(DECISIONS),
+        reason: z.string(),
+        visibleToApplicant: z.boolean(),
+        createdAt: z.string(),
+      }),
+    ),
+    grant: z
+      .object({
+        id: z.string(),
+        status: z.enum(GRANT_STATUSES),
+        statusReason: z.string().nullable(),
+        createdAt: z.string(),
+        updatedAt: z.string(),
+      })
+      .nullable(),
+    earlierCases: z.array(
+      z.object({
+        id: z.string(),
+        family: z.string(),
+        contactEmail: z.string(),
+        status: z.enum(APPLICATION_STATUSES),
+        createdAt: z.string(),
+        decidedAt: z.string().nullable(),
+      }),
+    ),
+    auditEvents: z.array(AuditEventSchema),
+  })
+  .openapi("ReviewCase");
+
+const listApplications = createRoute({
+  method: "get",
+  path: "/admin/api/applications",
+  tags: ["Admin"],
+  summary: "The review queue, oldest first",
+  middleware: [requireRole("reviewer")] as const,
+  request: {
+    query: z.object({
+      status: z.enum(APPLICATION_STATUSES).optional(),
+      q: z.string().trim().min(1).max(200).optional().openapi({ description: "Organization name or contact e-mail" }),
+      ...PageQuery,
+    }),
+  },
+  responses: {
+    200: {
+      description: "A page of cases",
+      content: {
+        "application/json": {
+          schema: z.object({ items: z.array(QueueItemSchema), nextCursor: z.string().nullable() }),
+        },
+      },
+    },
+    ...problemResponses(400, 401, 403),
+  },
+});
+
+const IdParam = z.object({ id: z.string().min(1).max(100).openapi({ example: "app_01J0000000000000000000000" }) });
+
+const getApplication = createRoute({
+  method: "get",
+  path: "/admin/api/applications/{id}",
+  tags: ["Admin"],
+  summary: "A case file: submission, evidence, decisions, grant, history and audit trail",
+  middleware: [requireRole("reviewer")] as const,
+  request: { params: IdParam },
+  responses: {
+    200: { description: "The case", content: { "application/json": { schema: CaseSchema } } },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+/** `%` and `_` in a search term are literal characters, not wildcards. */
+function containsPattern(term: string): string {
+  return `%${term.replace(/[\\%_]/g, (ch) => `\\${ch}`)}%`;
+}
+
+/** Approvals of the current round for each of the given cases, keyed by application id. */
+async function currentApprovals(
+  db: Database,
+  cases: Pick<Application, "id" | "reviewRound">[],
+): Promise<Map<string, { reviewer: string; at: string }[]>> {
+  const byId = new Map(cases.map((item) => [item.id, [] as { reviewer: string; at: string }[]]));
+  if (cases.length === 0) return byId;
+  const rows = await db
+    .select({
+      applicationId: decisions.applicationId,
+      reviewRound: decisions.reviewRound,
+      reviewer: decisions.reviewerEmail,
+      at: decisions.createdAt,
+    })
+    .from(decisions)
+    .where(
+      and(
+        inArray(
+          decisions.applicationId,
+          cases.map((item) => item.id),
+        ),
+        eq(decisions.decision, "approve"),
+      ),
+    )
+    .orderBy(asc(decisions.createdAt), asc(decisions.id));
+  const rounds = new Map(cases.map((item) => [item.id, item.reviewRound]));
+  for (const row of rows) {
+    if (rounds.get(row.applicationId) === row.reviewRound) {
+      byId.get(row.applicationId)?.push({ reviewer: row.reviewer, at: row.at });
+    }
+  }
+  return byId;
+}
+
+/** The queue and case-file routes. */
+export const caseRoutes = newRouter()
+  .openapi(listApplications, async (c) => {
+    const { db, clock } = c.get("services");
+    const query = c.req.valid("query");
+    const conditions: SQL[] = [];
+    if (query.status) conditions.push(eq(applications.status, query.status));
+    if (query.q) {
+      const pattern = containsPattern(query.q);
+      // SQLite's LIKE ignores ASCII case, which is what a search box should do.
+      conditions.push(
+        sql`(${applications.organizationName} like ${pattern} escape '\\' or ${applications.contactEmail} like ${pattern} escape '\\')`,
+      );
+    }
+    if (query.cursor) {
+      const after = decodeCursor(query.cursor);
+      conditions.push(
+        or(
+          gt(applications.createdAt, after.createdAt),
+          and(eq(applications.createdAt, after.createdAt), gt(applications.id, after.id)),
+        ) as SQL,
+      );
+    }
+    const rows = await db
+      .select()
+      .from(applications)
+      .where(and(...conditions))
+      .orderBy(asc(applications.createdAt), asc(applications.id))
+      .limit(query.limit + 1);
+    const page = rows.slice(0, query.limit);
+    const approvals = await currentApprovals(db, page);
+    const now = clock.now().getTime();
+    const last = page.at(-1);
+    return c.json(
+      {
+        items: page.map((row) => ({
+          id: row.id,
+          family: row.family,
+          organizationId: row.organizationId,
+          organization: row.organizationName,
+          country: row.country,
+          contactEmail: row.contactEmail,
+          declaredMau: row.declaredMau,
+          status: row.status,
+          policyReasons: row.policyReasons,
+          requiredApprovals: row.requiredApprovals,
+          reviewRound: row.reviewRound,
+          approvals: approvals.get(row.id) ?? [],
+          createdAt: row.createdAt,
+          ageSeconds: Math.max(0, Math.floor((now - Date.parse(row.createdAt)) / 1000)),
+        })),
+        nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null,
+      },
+      200,
+    );
+  })
+  .openapi(getApplication, async (c) => {
+    const { db } = c.get("services");
+    const { id } = c.req.valid("param");
+    const [row] = await db.select().from(applications).where(eq(applications.id, id));
+    if (!row) throw new AppError("not_found", `No application ${id}.`);
+    const [evidence, history, [grant], earlier, approvals] = await Promise.all([
+      db.select().from(acceptances).where(eq(acceptances.applicationId, id)).orderBy(asc(acceptances.acceptedAt)),
+      db
+        .select()
+        .from(decisions)
+        .where(eq(decisions.applicationId, id))
+        .orderBy(asc(decisions.createdAt), asc(decisions.id)),
+      db.select().from(grants).where(eq(grants.applicationId, id)),
+      db
+        .select()
+        .from(applications)
+        .where(
+          and(
+            eq(applications.organizationId, row.organizationId),
+            ne(applications.id, id),
+            or(
+              sql`${applications.createdAt} < ${row.createdAt}`,
+              and(eq(applications.createdAt, row.createdAt), sql`${applications.id} < ${id}`),
+            ),
+          ),
+        )
+        .orderBy(asc(applications.createdAt), asc(applications.id)),
+      currentApprovals(db, [row]),
+    ]);
+    const subjects = [and(eq(auditEvents.subjectType, "application"), eq(auditEvents.subjectId, id))];
+    if (grant) subjects.push(and(eq(auditEvents.subjectType, "grant"), eq(auditEvents.subjectId, grant.id)));
+    const trail = await db
+      .select()
+      .from(auditEvents)
+      .where(or(...subjects))
+      .orderBy(asc(auditEvents.seq));
+    return c.json(
+      {
+        application: row,
+        approvals: approvals.get(id) ?? [],
+        acceptances: evidence.map(({ applicationId: _app, ...rest }) => rest),
+        decisions: history.map(({ applicationId: _app, ...rest }) => rest),
+        grant: grant
+          ? {
+              id: grant.id,
+              status: grant.status,
+              statusReason: grant.statusReason,
+              createdAt: grant.createdAt,
+              updatedAt: grant.updatedAt,
+            }
+          : null,
+        earlierCases: earlier.map((item) => ({
+          id: item.id,
+          family: item.family,
+          contactEmail: item.contactEmail,
+          status: item.status,
+          createdAt: item.createdAt,
+          decidedAt: item.decidedAt,
+        })),
+        auditEvents: trail.map(auditEventView),
+      },
+      200,
+    );
+  });

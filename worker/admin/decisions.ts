@@ -1,0 +1,243 @@
+/**
+ * A reviewer's decision on a case: approve, reject, or ask the applicant for more information.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, eq } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import type { Context } from "hono";
+import { applyDecision } from "../applications/review";
+import { type AuditEntry, writeAudited } from "../audit/log";
+import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import { issueGrant } from "../grants/issue";
+import { newRouter, problemResponses, readBody } from "../http/router";
+import { deliverDueMail, enqueueMail } from "../mail/outbox";
+import { decisionMail } from "../mail/templates";
+import { addDays } from "../platform/clock";
+import { findFamily } from "../policy/families";
+import type { Services } from "../services";
+import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { documentedJsonBody, registerBodySchema } from "./body";
+
+/** What a reviewer submits. */
+export const DecisionRequestSchema = z
+  .object({
+    decision: z.enum(DECISIONS),
+    reason: z.string().trim().min(1).max(4000),
+    visibleToApplicant: z.boolean(),
+  })
+  .openapi("DecisionRequest");
+
+export type DecisionRequest = z.infer<typeof DecisionRequestSchema>;
+
+const DecisionOutcomeSchema = z
+  .object({
+    applicationId: z.string(),
+    status: z.enum(APPLICATION_STATUSES),
+    previousStatus: z.enum(APPLICATION_STATUSES),
+    /** Approvals in the round the decision was made in. */
+    approvals: z.number().int(),
+    requiredApprovals: z.number().int(),
+    grantId: z.string().nullable(),
+  })
+  .openapi("DecisionOutcome");
+
+export type DecisionOutcome = z.infer<typeof DecisionOutcomeSchema>;
+
+/** The actor name a reviewer has in the audit log. */
+export function reviewerActor(reviewer: Pick<AdminIdentity, "email">): string {
+  return `reviewer:${reviewer.email}`;
+}
+
+/** Statuses whose notice to the applicant `decisionMail` writes. */
+function noticeStatus(status: ApplicationStatus): "approved" | "rejected" | "info_requested" | undefined {
+  return status === "approved" || status === "rejected" || status === "info_requested" ? status : undefined;
+}
+
+/**
+ * Records a reviewer's decision, and its consequences, in one atomic batch: the decision row, the
+ * case's new status, a grant when the last required approval came in, the applicant's notice, and
+ * the audit events. All reads happen inside the plan so that a concurrent change (another
+ * approver, say) makes the batch fail on the audit chain and the decision is re-judged on fresh
+ * state — which is how two approvers approving at once still end with exactly one grant.
+ */
+export async function decideApplication(
+  services: Pick<Services, "db" | "clock" | "ids" | "config">,
+  reviewer: Pick<AdminIdentity, "email">,
+  applicationId: string,
+  request: DecisionRequest,
+): Promise<DecisionOutcome> {
+  const { db, clock, ids, config } = services;
+  const actor = reviewerActor(reviewer);
+  try {
+    return await writeAudited(services, async () => {
+      const [application] = await db.select().from(applications).where(eq(applications.id, applicationId));
+      if (!application) throw new AppError("not_found", `No application ${applicationId}.`);
+      const family = findFamily(application.family);
+      if (!family) throw new Error(`application ${applicationId} names unknown family ${application.family}`);
+      const approvalsThisRound = await db
+        .select({ reviewer: decisions.reviewerEmail })
+        .from(decisions)
+        .where(
+          and(
+            eq(decisions.applicationId, applicationId),
+            eq(decisions.reviewRound, application.reviewRound),
+            eq(decisions.decision, "approve"),
+          ),
+        );
+      const transition = applyDecision(
+        {
+          status: application.status,
+          requiredApprovals: application.requiredApprovals,
+          approvalsThisRound: approvalsThisRound.map((row) => row.reviewer),
+        },
+        reviewer.email,
+        request.decision,
+      );
+      if (!transition.ok) throw new AppError(transition.code, transition.detail);
+
+      const now = clock.now();
+      const at = now.toISOString();
+      const final = transition.status === "approved" || transition.status === "rejected";
+      const statusChanged = transition.status !== application.status;
+      // A message is shown with the status it explains: a new status without a visible reason
+      // must not keep showing the previous one's message.
+      const applicantMessage = request.visibleToApplicant
+        ? request.reason
+        : statusChanged
+          ? null
+          : application.applicantMessage;
+      const statements: BatchItem<"sqlite">[] = [
+        db.insert(decisions).values({
+          id: ids.id("dec"),
+          applicationId,
+          reviewRound: application.reviewRound,
+          reviewerEmail: reviewer.email,
+          decision: request.decision,
+          reason: request.reason,
+          visibleToApplicant: request.visibleToApplicant,
+          createdAt: at,
+        }),
+        db
+          .update(applications)
+          .set({
+            status: transition.status,
+            updatedAt: at,
+            decidedAt: final ? at : application.decidedAt,
+            applicantMessage,
+            reapplyAfter:
+              transition.status === "rejected"
+                ? addDays(now, family.reapplyCooldownDays).toISOString()
+                : application.reapplyAfter,
+            // Asking for information ends the round: approvals given so far were given on what
+            // the applicant had said before, so the answer is judged afresh.
+            reviewRound: transition.status === "info_requested" ? application.reviewRound + 1 : application.reviewRound,
+          })
+          .where(eq(applications.id, applicationId)),
+      ];
+      const events: AuditEntry[] = [
+        {
+          actor,
+          action: "application.decided",
+          subjectType: "application",
+          subjectId: applicationId,
+          data: {
+            decision: request.decision,
+            reason: request.reason,
+            visibleToApplicant: request.visibleToApplicant,
+            round: application.reviewRound,
+            approvals: transition.approvals,
+            requiredApprovals: application.requiredApprovals,
+            reviewer: reviewer.email,
+            from: application.status,
+            to: transition.status,
+          },
+        },
+      ];
+      let grantId: string | null = null;
+      if (transition.issueGrant) {
+        const issued = issueGrant(services, application, at, actor);
+        grantId = issued.grantId;
+        statements.push(issued.statement);
+        events.push(issued.event);
+      }
+      const notice = statusChanged ? noticeStatus(transition.status) : undefined;
+      if (notice) {
+        const mail = decisionMail(
+          {
+            to: application.contactEmail,
+            contactName: application.contactName,
+            organizationName: application.organizationName,
+            familyName: family.displayName,
+            applicationId,
+            statusUrl: `${config.publicBaseUrl}/applications/${applicationId}`,
+          },
+          notice,
+          request.visibleToApplicant ? request.reason : null,
+        );
+        statements.push(enqueueMail(services, mail));
+      }
+      return {
+        statements,
+        events,
+        result: {
+          applicationId,
+          status: transition.status,
+          previousStatus: application.status,
+          approvals: transition.approvals,
+          requiredApprovals: application.requiredApprovals,
+          grantId,
+        },
+      };
+    });
+  } catch (error) {
+    // The database's four-eyes index caught the same approver twice in one round, racing itself.
+    if (/UNIQUE constraint failed: decisions\./.test(`${String(error)} ${String((error as Error)?.cause ?? "")}`)) {
+      throw new AppError("conflict", "You have already approved this case in this round.", { cause: error });
+    }
+    throw error;
+  }
+}
+
+/** Delivers queued mail after the response, so the reviewer does not wait on the mail server. */
+export function deliverMailSoon(c: Context<HonoEnv>): void {
+  const services = c.get("services");
+  c.executionCtx.waitUntil(
+    deliverDueMail(services).catch((error: unknown) => {
+      services.log.warn("mail delivery run failed", { error: String(error) });
+    }),
+  );
+}
+
+const decide = createRoute({
+  method: "post",
+  path: "/admin/api/applications/{id}/decision",
+  tags: ["Admin"],
+  summary: "Approve, reject, or ask for more information",
+  description:
+    "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant.",
+  middleware: [requireRole("approver")] as const,
+  request: {
+    params: z.object({ id: z.string().min(1).max(100) }),
+    body: documentedJsonBody(DecisionRequestSchema, "DecisionRequest"),
+  },
+  responses: {
+    200: {
+      description: "The case after the decision",
+      content: { "application/json": { schema: DecisionOutcomeSchema } },
+    },
+    ...problemResponses(400, 401, 403, 404, 409, 415),
+  },
+});
+
+/** The decision route. */
+export const decisionRoutes = registerBodySchema(newRouter(), "DecisionRequest", DecisionRequestSchema).openapi(
+  decide,
+  async (c) => {
+    const request = await readBody(c, DecisionRequestSchema);
+    const outcome = await decideApplication(c.get("services"), currentAdmin(c), c.req.valid("param").id, request);
+    deliverMailSoon(c);
+    return c.json(outcome, 200);
+  },
+);
