@@ -172,7 +172,11 @@ describe("protection of state-changing calls", () => {
 
   it("refuses a cross-site post even with a valid approver's token", async () => {
     const token = await adminToken({ email: "ann@example.com", role: "approver" });
-    for (const headers of [{ "sec-fetch-site": "cross-site" }, { origin: "https://evil.example" }]) {
+    const crossSite: Record<string, string>[] = [
+      { "sec-fetch-site": "cross-site" },
+      { origin: "https://evil.example" },
+    ];
+    for (const headers of crossSite) {
       const res = await gateway.request(`/admin/api/applications/${applicationId}/decision`, {
         method: "POST",
         headers: accessHeaders(token, headers),

@@ -1,0 +1,248 @@
+import { eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { decideApplication } from "../worker/admin/decisions";
+import { verifyAuditChain } from "../worker/audit/log";
+import { type Application, applications, auditEvents, decisions, grants, mailOutbox } from "../worker/db/schema";
+import type { LicenseVersion } from "../worker/licenses/store";
+import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
+import { seedApplication, seedLicense, testGateway } from "./helpers/fixtures";
+
+type Gateway = ReturnType<typeof testGateway>;
+
+const ANN = "ann@example.com";
+const BOB = "bob@example.com";
+
+async function decide(
+  gateway: Gateway,
+  applicationId: string,
+  reviewer: string,
+  body: { decision: string; reason?: string; visibleToApplicant?: boolean },
+) {
+  const token = await adminToken({ email: reviewer, role: "approver" });
+  return gateway.request(`/admin/api/applications/${applicationId}/decision`, {
+    method: "POST",
+    headers: accessHeaders(token),
+    body: JSON.stringify({ reason: "Checked against the license.", visibleToApplicant: false, ...body }),
+  });
+}
+
+async function stored(gateway: Gateway, id: string): Promise<Application> {
+  const [row] = await gateway.services.db.select().from(applications).where(eq(applications.id, id));
+  if (!row) throw new Error(`application ${id} not stored`);
+  return row;
+}
+
+describe("POST /admin/api/applications/{id}/decision", () => {
+  let gateway: Gateway;
+  let license: LicenseVersion;
+
+  beforeEach(async () => {
+    gateway = testGateway();
+    license = await seedLicense(gateway.services);
+  });
+
+  it("needs two distinct approvers for an over-threshold case, then issues one grant", async () => {
+    const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    const { db } = gateway.services;
+
+    const first = await decide(gateway, application.id, ANN, { decision: "approve" });
+    expect(first.status).toBe(200);
+    expect(await first.json()).toEqual({
+      applicationId: application.id,
+      status: "pending_review",
+      previousStatus: "pending_review",
+      approvals: 1,
+      requiredApprovals: 2,
+      grantId: null,
+    });
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review", decidedAt: null });
+    expect(await db.select().from(grants)).toEqual([]);
+    expect(await db.select().from(mailOutbox)).toEqual([]);
+
+    const again = await decide(gateway, application.id, ANN.toUpperCase(), { decision: "approve" });
+    expect(again.status).toBe(409);
+    expect(await again.json()).toMatchObject({ code: "conflict" });
+    expect(await db.select().from(decisions)).toHaveLength(1);
+
+    gateway.clock.advance(60_000);
+    const second = await decide(gateway, application.id, BOB, { decision: "approve" });
+    expect(second.status).toBe(200);
+    const outcome = (await second.json()) as { status: string; approvals: number; grantId: string };
+    expect(outcome).toMatchObject({ status: "approved", approvals: 2 });
+
+    const issued = await db.select().from(grants);
+    expect(issued).toEqual([
+      expect.objectContaining({
+        id: outcome.grantId,
+        applicationId: application.id,
+        organizationId: application.organizationId,
+        family: "llama-2",
+        licenseVersionId: license.id,
+        status: "active",
+      }),
+    ]);
+    const after = await stored(gateway, application.id);
+    expect(after).toMatchObject({ status: "approved", decidedAt: gateway.clock.now().toISOString() });
+
+    const mail = await db.select().from(mailOutbox);
+    expect(mail).toHaveLength(1);
+    expect(mail[0]).toMatchObject({ to: "ada@acme.example", status: "sent" });
+    expect(mail[0]?.subject).toContain("approved");
+    expect(gateway.mailer.sent.map((m) => m.to)).toEqual(["ada@acme.example"]);
+    expect(gateway.mailer.sent[0]?.text).toContain(`http://127.0.0.1:8787/applications/${application.id}`);
+
+    const events = await db.select().from(auditEvents).orderBy(auditEvents.seq);
+    expect(events.map((e) => [e.seq, e.action, e.actor])).toEqual([
+      [1, "application.decided", `reviewer:${ANN}`],
+      [2, "application.decided", `reviewer:${BOB}`],
+      [3, "grant.issued", `reviewer:${BOB}`],
+    ]);
+    expect(events[1]?.data).toMatchObject({
+      decision: "approve",
+      round: 1,
+      approvals: 2,
+      reviewer: BOB,
+      to: "approved",
+    });
+    expect(events[2]).toMatchObject({ subjectType: "grant", subjectId: outcome.grantId });
+    expect(await verifyAuditChain(db)).toMatchObject({ ok: true, checked: 3 });
+  });
+
+  it("approves a one-approval case at once", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const res = await decide(gateway, application.id, ANN, { decision: "approve" });
+    const body = (await res.json()) as { status: string; grantId: string };
+    expect(body).toMatchObject({ status: "approved", approvals: 1, requiredApprovals: 1 });
+    expect(body.grantId).toMatch(/^grt_/);
+    const [grant] = await gateway.services.db.select().from(grants).where(eq(grants.applicationId, application.id));
+    expect(grant).toMatchObject({ id: body.grantId, status: "active" });
+  });
+
+  it("rejects with a visible reason: the applicant sees it and may reapply after the cool-down", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const reason = "Your intended use falls under AUP §2.a (weapons).";
+    const res = await decide(gateway, application.id, ANN, { decision: "reject", reason, visibleToApplicant: true });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "rejected", grantId: null });
+    expect(await stored(gateway, application.id)).toMatchObject({
+      status: "rejected",
+      applicantMessage: reason,
+      decidedAt: TOKEN_NOW.toISOString(),
+      // Llama 2's family data sets a 30-day cool-down.
+      reapplyAfter: new Date(TOKEN_NOW.getTime() + 30 * 86_400_000).toISOString(),
+    });
+    expect(await gateway.services.db.select().from(grants)).toEqual([]);
+    expect(gateway.mailer.sent).toHaveLength(1);
+    expect(gateway.mailer.sent[0]?.text).toContain(reason);
+  });
+
+  it("keeps a hidden reason from the applicant", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const reason = "Internal: sanctions list hit on the parent company.";
+    await decide(gateway, application.id, ANN, { decision: "reject", reason, visibleToApplicant: false });
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "rejected", applicantMessage: null });
+    expect(gateway.mailer.sent).toHaveLength(1);
+    expect(gateway.mailer.sent[0]?.text).not.toContain("sanctions");
+    const [decision] = await gateway.services.db.select().from(decisions);
+    expect(decision).toMatchObject({ reason, visibleToApplicant: false, reviewerEmail: ANN });
+  });
+
+  it("asks for information, after which the case cannot be approved", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const ask = await decide(gateway, application.id, ANN, {
+      decision: "request_info",
+      reason: "Which products will use the model?",
+      visibleToApplicant: true,
+    });
+    expect(await ask.json()).toMatchObject({ status: "info_requested" });
+    expect(await stored(gateway, application.id)).toMatchObject({
+      status: "info_requested",
+      reviewRound: 2,
+      applicantMessage: "Which products will use the model?",
+      decidedAt: null,
+    });
+    expect(gateway.mailer.sent[0]?.subject).toContain("info requested");
+
+    const approve = await decide(gateway, application.id, BOB, { decision: "approve" });
+    expect(approve.status).toBe(409);
+    expect(await approve.json()).toMatchObject({ code: "invalid_state" });
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "info_requested" });
+    expect(await gateway.services.db.select().from(grants)).toEqual([]);
+    expect(await gateway.services.db.select().from(decisions)).toHaveLength(1);
+  });
+
+  it("voids approvals of a round ended by a request for information", async () => {
+    const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    await decide(gateway, application.id, ANN, { decision: "approve" });
+    await decide(gateway, application.id, BOB, { decision: "request_info" });
+    // The applicant answers (the public flow puts the case back in the queue).
+    await gateway.services.db
+      .update(applications)
+      .set({ status: "pending_review", applicantResponse: "Only our help desk." })
+      .where(eq(applications.id, application.id));
+    const res = await decide(gateway, application.id, ANN, { decision: "approve" });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "pending_review", approvals: 1, grantId: null });
+  });
+
+  it("refuses to decide a case that is already decided", async () => {
+    const application = await seedApplication(gateway.services, license);
+    await decide(gateway, application.id, ANN, { decision: "reject" });
+    const res = await decide(gateway, application.id, BOB, { decision: "reject" });
+    expect(res.status).toBe(409);
+    expect(await res.json()).toMatchObject({ code: "invalid_state" });
+    expect(await gateway.services.db.select().from(decisions)).toHaveLength(1);
+  });
+
+  it("answers 404 for an unknown case and writes nothing", async () => {
+    const res = await decide(gateway, "app_missing", ANN, { decision: "approve" });
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({ code: "not_found" });
+    expect(await gateway.services.db.select().from(auditEvents)).toEqual([]);
+  });
+
+  it("validates the body with field errors", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const res = await decide(gateway, application.id, ANN, { decision: "maybe", reason: "" });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { code: string; errors: { field: string }[] };
+    expect(body.code).toBe("validation_failed");
+    expect(body.errors.map((e) => e.field).sort()).toEqual(["decision", "reason"]);
+
+    const token = await adminToken({ email: ANN, role: "approver" });
+    const malformed = await gateway.request(`/admin/api/applications/${application.id}/decision`, {
+      method: "POST",
+      headers: accessHeaders(token),
+      body: "{not json",
+    });
+    expect(await malformed.json()).toMatchObject({ status: 400, code: "malformed_body" });
+    expect(await gateway.services.db.select().from(decisions)).toEqual([]);
+  });
+
+  it("issues exactly one grant when two approvers approve at the same moment", async () => {
+    const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    const request = { decision: "approve" as const, reason: "Fine.", visibleToApplicant: false };
+    const outcomes = await Promise.all([
+      decideApplication(gateway.services, { email: ANN }, application.id, request),
+      decideApplication(gateway.services, { email: BOB }, application.id, request),
+    ]);
+    expect(outcomes.map((o) => o.approvals).sort()).toEqual([1, 2]);
+    expect(outcomes.filter((o) => o.grantId !== null)).toHaveLength(1);
+    expect(await gateway.services.db.select().from(grants)).toHaveLength(1);
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "approved" });
+    expect(await verifyAuditChain(gateway.services.db)).toMatchObject({ ok: true, checked: 3 });
+  });
+
+  it("lets the same approver race themself only once", async () => {
+    const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    const request = { decision: "approve" as const, reason: "Fine.", visibleToApplicant: false };
+    const results = await Promise.allSettled([
+      decideApplication(gateway.services, { email: ANN }, application.id, request),
+      decideApplication(gateway.services, { email: ANN }, application.id, request),
+    ]);
+    expect(results.map((r) => r.status).sort()).toEqual(["fulfilled", "rejected"]);
+    const failure = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
+    expect(failure.reason).toMatchObject({ code: "conflict" });
+    expect(await gateway.services.db.select().from(decisions)).toHaveLength(1);
+  });
+});
