@@ -54,16 +54,26 @@ export interface AuditedWrite<T> {
 
 const MAX_ATTEMPTS = 8;
 
-function isChainConflict(error: unknown): boolean {
+function isUniqueViolation(error: unknown): boolean {
   const text = `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
-  return /UNIQUE constraint failed: audit_events\.(seq|id)/.test(text);
+  return text.includes("UNIQUE constraint failed");
+}
+
+async function readHead(db: Database) {
+  const [head] = await db
+    .select({ seq: auditEvents.seq, hash: auditEvents.hash })
+    .from(auditEvents)
+    .orderBy(desc(auditEvents.seq))
+    .limit(1);
+  return head;
 }
 
 /**
  * Runs a read-decide-write plan atomically with its audit events. The chain's head is read first,
  * then the plan reads what it needs and returns statements; all go in one `db.batch()` together
  * with the hash-chained events. Because every audited change appends at `head + 1`, a concurrent
- * writer makes the batch fail whole on the `seq` key, and the plan is run again on fresh state.
+ * writer makes the batch fail whole on a unique key (the `seq`, or a row both tried to create),
+ * and the plan is run again on fresh state.
  * The audit chain is thereby the optimistic lock for every audited change (D1 has no interactive
  * transactions).
  */
@@ -72,11 +82,7 @@ export async function writeAudited<T>(
   plan: () => Promise<AuditedWrite<T>>,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
-    const [head] = await deps.db
-      .select({ seq: auditEvents.seq, hash: auditEvents.hash })
-      .from(auditEvents)
-      .orderBy(desc(auditEvents.seq))
-      .limit(1);
+    const head = await readHead(deps.db);
     const { statements, events, result } = await plan();
     let seq = head?.seq ?? 0;
     let prevHash = head?.hash ?? GENESIS_HASH;
@@ -106,7 +112,10 @@ export async function writeAudited<T>(
       await deps.db.batch(all as [BatchItem<"sqlite">, ...BatchItem<"sqlite">[]]);
       return result;
     } catch (error) {
-      if (attempt < MAX_ATTEMPTS && isChainConflict(error)) continue;
+      // A unique key failing after another audited write landed is a lost race (on the chain's
+      // `seq`, or on a row the other write created): plan again on the new state. A unique key
+      // failing with the head unchanged is a real conflict for the caller.
+      if (attempt < MAX_ATTEMPTS && isUniqueViolation(error) && (await readHead(deps.db))?.seq !== head?.seq) continue;
       throw error;
     }
   }

@@ -24,7 +24,8 @@ export function newRouter() {
   });
 }
 
-function formToObject(form: FormData): Record<string, unknown> {
+/** A form's fields as an object; dotted names nest, repeated names become lists. */
+export function formToObject(form: FormData): Record<string, unknown> {
   // Form fields use dotted names (`organization.country`) and repeat for arrays (`models`).
   const out: Record<string, unknown> = {};
   for (const [name, value] of form.entries()) {

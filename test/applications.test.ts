@@ -1,0 +1,471 @@
+import { env } from "cloudflare:workers";
+import { count, eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import {
+  acceptances,
+  applications,
+  auditEvents,
+  grants,
+  mailOutbox,
+  organizations,
+  statusLinks,
+} from "../worker/db/schema";
+import { fixedClock } from "../worker/platform/clock";
+import { json, seedLicense, testGateway } from "./helpers/gateway";
+
+let licenseSha256: string;
+
+beforeEach(async () => {
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+function applicationBody(overrides: Record<string, unknown> = {}) {
+  return {
+    family: "llama-2",
+    organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
+    contact: { name: "Ada Lovelace", email: "Ada@Acme.example" },
+    intendedUse: "Customer support assistant for our robot vacuum owners.",
+    declaredMau: 120_000,
+    models: ["llama-2-7b-chat"],
+    licenseSha256,
+    acceptLicense: true,
+    acceptAup: true,
+    ...overrides,
+  };
+}
+
+async function rowCounts(gw: ReturnType<typeof testGateway>) {
+  const tables = { applications, organizations, acceptances, grants, statusLinks, auditEvents, mailOutbox };
+  const out: Record<string, number> = {};
+  for (const [name, table] of Object.entries(tables)) {
+    const [row] = await gw.db.select({ n: count() }).from(table);
+    out[name] = row?.n ?? -1;
+  }
+  return out;
+}
+
+const EMPTY = {
+  applications: 0,
+  organizations: 0,
+  acceptances: 0,
+  grants: 0,
+  statusLinks: 0,
+  auditEvents: 0,
+  mailOutbox: 0,
+};
+
+describe("POST /v1/applications", () => {
+  it("approves at or under the threshold at once, with evidence, grant, mail and audit in one write", async () => {
+    const gw = testGateway();
+    const res = await gw.request(
+      "/v1/applications",
+      json(applicationBody({ declaredMau: 700_000_000 }), {
+        "cf-connecting-ip": "203.0.113.9",
+        "user-agent": "test-agent/1",
+      }),
+    );
+    expect(res.status).toBe(201);
+    const body = (await res.json()) as {
+      id: string;
+      status: string;
+      statusUrl: string;
+      reasons: unknown[];
+      duplicate: boolean;
+    };
+    expect(body).toMatchObject({ status: "approved", reasons: [], duplicate: false });
+    expect(body.statusUrl).toMatch(new RegExp(`/applications/${body.id}\\?token=mgs_`));
+
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+    expect(app).toMatchObject({
+      status: "approved",
+      contactEmail: "ada@acme.example",
+      declaredMau: 700_000_000,
+      requiredApprovals: 1,
+    });
+    const [evidence] = await gw.db.select().from(acceptances).where(eq(acceptances.applicationId, body.id));
+    expect(evidence).toMatchObject({ licenseSha256, ip: "203.0.113.9", userAgent: "test-agent/1" });
+    expect(evidence?.aupSha256).toMatch(/^[0-9a-f]{64}$/);
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, body.id));
+    expect(grant).toMatchObject({ status: "active", family: "llama-2", organizationId: app?.organizationId });
+    const events = await gw.db.select().from(auditEvents).orderBy(auditEvents.seq);
+    expect(events.map((e) => e.action)).toEqual(["application.submitted", "grant.issued"]);
+    expect(gw.mailer.sent).toHaveLength(1);
+    expect(gw.mailer.sent[0]).toMatchObject({ to: "ada@acme.example" });
+    expect(gw.mailer.sent[0]?.text).toContain(body.statusUrl);
+  });
+
+  it("sends 700,000,001 to review with two required approvals and no grant", async () => {
+    const gw = testGateway();
+    const res = await gw.request("/v1/applications", json(applicationBody({ declaredMau: 700_000_001 })));
+    expect(res.status).toBe(201);
+    const body = (await res.json()) as { id: string; status: string; reasons: { code: string }[] };
+    expect(body.status).toBe("pending_review");
+    expect(body.reasons.map((r) => r.code)).toEqual(["mau_over_threshold"]);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+    expect(app?.requiredApprovals).toBe(2);
+    expect(await gw.db.select().from(grants)).toEqual([]);
+  });
+
+  it("rejects an embargoed country and sets the cool-down", async () => {
+    const gw = testGateway({ clock: fixedClock("2026-01-10T12:00:00Z") });
+    const res = await gw.request(
+      "/v1/applications",
+      json(applicationBody({ organization: { name: "X", country: "KP" } })),
+    );
+    expect(res.status).toBe(201);
+    const body = (await res.json()) as { id: string; status: string };
+    expect(body.status).toBe("rejected");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+    expect(app?.reapplyAfter).toBe("2026-02-09T12:00:00.000Z");
+  });
+
+  // Bodies are built lazily: the license hash is only known once beforeEach has seeded it.
+  const invalid: [string, () => unknown, string][] = [
+    ["license not accepted", () => applicationBody({ acceptLicense: false }), "acceptLicense"],
+    ["AUP acceptance missing", () => ({ ...applicationBody(), acceptAup: undefined }), "acceptAup"],
+    ["bad e-mail", () => applicationBody({ contact: { name: "A", email: "not-an-email" } }), "contact.email"],
+    ["unknown country", () => applicationBody({ organization: { name: "A", country: "XX" } }), "organization.country"],
+    ["fractional MAU", () => applicationBody({ declaredMau: 1.5 }), "declaredMau"],
+    ["negative MAU", () => applicationBody({ declaredMau: -1 }), "declaredMau"],
+    ["MAU as a string", () => applicationBody({ declaredMau: "1000" }), "declaredMau"],
+    ["missing MAU", () => ({ ...applicationBody(), declaredMau: undefined }), "declaredMau"],
+    ["oversized intended use", () => applicationBody({ intendedUse: "x".repeat(4001) }), "intendedUse"],
+    [
+      "oversized organization name",
+      () => applicationBody({ organization: { name: "n".repeat(201), country: "DE" } }),
+      "organization.name",
+    ],
+    [
+      "javascript: website",
+      () => applicationBody({ organization: { name: "A", country: "DE", website: "javascript:alert(1)" } }),
+      "organization.website",
+    ],
+    ["unknown field", () => applicationBody({ isAdmin: true }), "(body)"],
+    ["unknown model", () => applicationBody({ models: ["gpt-4"] }), "models"],
+    ["unknown family", () => applicationBody({ family: "llama-9" }), "family"],
+    ["malformed license hash", () => applicationBody({ licenseSha256: "abc" }), "licenseSha256"],
+  ];
+  it.each(invalid)("refuses %s with 400 problem+json and writes nothing", async (_name, body, field) => {
+    const gw = testGateway();
+    const res = await gw.request("/v1/applications", json(body()));
+    expect(res.status).toBe(400);
+    expect(res.headers.get("content-type")).toContain("application/problem+json");
+    const problem = (await res.json()) as { code: string; errors: { field: string }[] };
+    expect(problem.code).toBe("validation_failed");
+    expect(problem.errors.map((e) => e.field)).toContain(field);
+    expect(await rowCounts(gw)).toEqual(EMPTY);
+  });
+
+  it("refuses malformed JSON, other content types and oversized bodies, writing nothing", async () => {
+    const gw = testGateway();
+    const malformed = await gw.request("/v1/applications", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{",
+    });
+    expect(malformed.status).toBe(400);
+    expect(await malformed.json()).toMatchObject({ code: "malformed_body" });
+    const text = await gw.request("/v1/applications", {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "hi",
+    });
+    expect(text.status).toBe(415);
+    expect(await text.json()).toMatchObject({ code: "unsupported_media_type" });
+    const huge = await gw.request("/v1/applications", json(applicationBody({ intendedUse: "y".repeat(70_000) })));
+    expect(huge.status).toBe(413);
+    expect(await huge.json()).toMatchObject({ code: "payload_too_large" });
+    expect(await rowCounts(gw)).toEqual(EMPTY);
+  });
+
+  it("answers a stale license hash with 409 and the current hashes", async () => {
+    const gw = testGateway();
+    const stale = licenseSha256;
+    const next = await seedLicense("LICENSE v2", "AUP v2");
+    const res = await gw.request("/v1/applications", json(applicationBody({ licenseSha256: stale })));
+    expect(res.status).toBe(409);
+    expect(await res.json()).toMatchObject({
+      code: "stale_license",
+      currentLicenseSha256: next.licenseSha256,
+      currentAupSha256: next.aupSha256,
+    });
+    expect((await rowCounts(gw)).applications).toBe(0);
+  });
+
+  it("returns the open case to a repeat applicant and mails a fresh link instead of exposing the old one", async () => {
+    const gw = testGateway();
+    const first = (await (
+      await gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 })))
+    ).json()) as {
+      id: string;
+      statusUrl: string;
+    };
+    const again = await gw.request(
+      "/v1/applications",
+      json(
+        applicationBody({ declaredMau: 900_000_000, organization: { name: "  acme   ROBOTICS gmbh ", country: "DE" } }),
+      ),
+    );
+    expect(again.status).toBe(200);
+    expect(await again.json()).toMatchObject({
+      id: first.id,
+      status: "pending_review",
+      duplicate: true,
+      statusUrl: null,
+    });
+    const counts = await rowCounts(gw);
+    expect(counts).toMatchObject({ applications: 1, organizations: 1, statusLinks: 2, mailOutbox: 2 });
+    const secondLink = gw.mailer.sent[1]?.text.match(/token=(mgs_[\w-]+)/)?.[1];
+    expect(secondLink).toBeDefined();
+    expect(first.statusUrl).not.toContain(secondLink);
+    const viaNewLink = await gw.request(`/v1/applications/${first.id}`, {
+      headers: { authorization: `Bearer ${secondLink}` },
+    });
+    expect(viaNewLink.status).toBe(200);
+  });
+
+  it("creates exactly one case when the same application arrives concurrently", async () => {
+    const gw = testGateway();
+    const responses = await Promise.all(
+      Array.from({ length: 6 }, () =>
+        gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 }))),
+      ),
+    );
+    const bodies = (await Promise.all(responses.map((r) => r.json()))) as { id: string }[];
+    expect(responses.map((r) => r.status).sort()).toEqual([200, 200, 200, 200, 200, 201]);
+    expect(new Set(bodies.map((b) => b.id)).size).toBe(1);
+    expect((await rowCounts(gw)).applications).toBe(1);
+  });
+
+  it("opens a separate case for another contact of the same organization", async () => {
+    const gw = testGateway();
+    await gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 })));
+    const other = await gw.request(
+      "/v1/applications",
+      json(applicationBody({ declaredMau: 900_000_000, contact: { name: "Bob", email: "bob@acme.example" } })),
+    );
+    expect(other.status).toBe(201);
+    expect(await rowCounts(gw)).toMatchObject({ applications: 2, organizations: 1 });
+  });
+
+  it("lets a rejected applicant apply again only after the cool-down", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    const body = applicationBody({ organization: { name: "Northwind", country: "IR" } });
+    expect((await gw.request("/v1/applications", json(body))).status).toBe(201);
+    clock.advance(29 * 86_400_000);
+    const early = await gw.request("/v1/applications", json(body));
+    expect(early.status).toBe(409);
+    expect(await early.json()).toMatchObject({ code: "reapply_cooldown", reapplyAfter: "2026-03-31T00:00:00.000Z" });
+    clock.advance(2 * 86_400_000);
+    const later = await gw.request(
+      "/v1/applications",
+      json({ ...body, organization: { name: "Northwind", country: "DE" } }),
+    );
+    expect(later.status).toBe(201);
+    expect(await later.json()).toMatchObject({ status: "approved" });
+  });
+
+  it("sends an organization whose grant was revoked to review when it applies again", async () => {
+    const gw = testGateway();
+    const first = (await (await gw.request("/v1/applications", json(applicationBody()))).json()) as { id: string };
+    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, first.id));
+    const again = await gw.request("/v1/applications", json(applicationBody()));
+    expect(again.status).toBe(201);
+    expect(await again.json()).toMatchObject({ status: "pending_review", reasons: [{ code: "prior_revocation" }] });
+  });
+});
+
+describe("the status capability", () => {
+  async function submitted(gw: ReturnType<typeof testGateway>, overrides: Record<string, unknown> = {}) {
+    const res = await gw.request("/v1/applications", json(applicationBody(overrides)));
+    const body = (await res.json()) as { id: string; statusUrl: string };
+    return { id: body.id, token: new URL(body.statusUrl).searchParams.get("token") as string };
+  }
+
+  it("opens the case by Bearer header or query and says what happens next", async () => {
+    const gw = testGateway();
+    const { id, token } = await submitted(gw, { declaredMau: 800_000_000 });
+    const byHeader = await gw.request(`/v1/applications/${id}`, { headers: { authorization: `Bearer ${token}` } });
+    expect(byHeader.status).toBe(200);
+    expect(byHeader.headers.get("cache-control")).toBe("no-store");
+    const view = (await byHeader.json()) as Record<string, unknown>;
+    expect(view).toMatchObject({ id, status: "pending_review", grant: null, message: null });
+    expect(view.next).toMatch(/two approvers/);
+    const byQuery = await gw.request(`/v1/applications/${id}?token=${encodeURIComponent(token)}`);
+    expect(byQuery.status).toBe(200);
+  });
+
+  it("answers 404 alike for no secret, a wrong secret and another case's secret", async () => {
+    const gw = testGateway();
+    const a = await submitted(gw);
+    const b = await submitted(gw, { contact: { name: "B", email: "b@acme.example" } });
+    for (const [id, token] of [
+      [a.id, undefined],
+      [a.id, "mgs_wrong"],
+      [a.id, b.token],
+      ["app_unknown", a.token],
+    ] as const) {
+      const res = await gw.request(
+        `/v1/applications/${id}`,
+        token ? { headers: { authorization: `Bearer ${token}` } } : {},
+      );
+      expect(res.status).toBe(404);
+      expect(await res.json()).toMatchObject({ code: "not_found" });
+    }
+  });
+
+  it("takes the applicant's answer to a request for information and starts a new review round", async () => {
+    const gw = testGateway();
+    const { id, token } = await submitted(gw, { declaredMau: 800_000_000 });
+    const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+    const tooEarly = await gw.request(`/v1/applications/${id}/response`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ message: "hi" }),
+    });
+    expect(tooEarly.status).toBe(409);
+    await gw.db
+      .update(applications)
+      .set({ status: "info_requested", applicantMessage: "Which affiliates?" })
+      .where(eq(applications.id, id));
+    const res = await gw.request(`/v1/applications/${id}/response`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ message: "No affiliates; 800M is the group total." }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "pending_review" });
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, id));
+    expect(app).toMatchObject({ reviewRound: 2, applicantResponse: "No affiliates; 800M is the group total." });
+  });
+});
+
+describe("the HTML form", () => {
+  it("shows the license, the AUP and what MAU to count", async () => {
+    const gw = testGateway();
+    const res = await gw.request("/apply/llama-2");
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toContain("text/html");
+    const html = await res.text();
+    expect(html).toContain("LLAMA 2 COMMUNITY LICENSE (test text)");
+    expect(html).toContain("ACCEPTABLE USE POLICY (test text)");
+    expect(html).toContain(`value="${licenseSha256}"`);
+    expect(html).toContain("June 2023");
+    expect(html).toContain("affiliates");
+  });
+
+  it("posts form-encoded, redirects to the status page, and that page shows the case", async () => {
+    const gw = testGateway();
+    const form = new URLSearchParams({
+      family: "llama-2",
+      licenseSha256,
+      "organization.name": "Globex",
+      "organization.website": "",
+      "organization.country": "us",
+      "contact.name": "Hank",
+      "contact.email": "hank@globex.example",
+      intendedUse: "Internal code review assistant.",
+      declaredMau: "1,200,000,000",
+      acceptLicense: "true",
+      acceptAup: "true",
+    });
+    form.append("models", "llama-2-70b-chat");
+    form.append("models", "llama-2-70b");
+    const res = await gw.request("/v1/applications", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: form,
+      redirect: "manual",
+    });
+    expect(res.status).toBe(303);
+    const location = res.headers.get("location") as string;
+    expect(location).toMatch(/^\/applications\/app_\w+\?token=mgs_/);
+    const [app] = await gw.db.select().from(applications);
+    expect(app).toMatchObject({
+      declaredMau: 1_200_000_000,
+      country: "US",
+      models: ["llama-2-70b-chat", "llama-2-70b"],
+    });
+    const page = await gw.request(location);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("referrer-policy")).toBe("no-referrer");
+    const html = await page.text();
+    expect(html).toContain("Pending review");
+    expect(html).toContain("Globex");
+  });
+
+  it("shows the form again with the errors and the input kept, writing nothing", async () => {
+    const gw = testGateway();
+    const form = new URLSearchParams({
+      family: "llama-2",
+      licenseSha256,
+      "organization.name": "Initech <b>",
+      "organization.country": "DE",
+      "contact.name": "Peter",
+      "contact.email": "not-an-email",
+      intendedUse: "TPS report summarisation.",
+      declaredMau: "12",
+      acceptLicense: "true",
+    });
+    const res = await gw.request("/v1/applications", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: form,
+    });
+    expect(res.status).toBe(400);
+    const html = await res.text();
+    expect(html).toContain('value="Initech &lt;b&gt;"');
+    expect(html).toContain("TPS report summarisation.");
+    expect(html).toContain("Must be an e-mail address.");
+    expect(html).toContain("You must accept the Acceptable Use Policy.");
+    expect(await rowCounts(gw)).toEqual(EMPTY);
+  });
+
+  it("answers the same form post from an API client with problem+json", async () => {
+    const gw = testGateway();
+    const res = await gw.request("/v1/applications", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ family: "llama-2" }),
+    });
+    expect(res.status).toBe(400);
+    expect(res.headers.get("content-type")).toContain("application/problem+json");
+  });
+});
+
+describe("abuse brake", () => {
+  it("slows one address down without affecting others", async () => {
+    const gw = testGateway();
+    const statuses: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      statuses.push((await gw.request("/apply/llama-2", { headers: { "cf-connecting-ip": "198.51.100.7" } })).status);
+    }
+    expect(statuses).toContain(429);
+    const limited = await gw.request("/apply/llama-2", { headers: { "cf-connecting-ip": "198.51.100.7" } });
+    expect(limited.headers.get("retry-after")).toBe("60");
+    expect(await limited.json()).toMatchObject({ code: "rate_limited" });
+    expect((await gw.request("/apply/llama-2", { headers: { "cf-connecting-ip": "198.51.100.8" } })).status).toBe(200);
+  });
+});
+
+describe("env", () => {
+  it("has the bindings the gateway needs", () => {
+    expect(env.DB).toBeDefined();
+    expect(env.PUBLIC_LIMITER).toBeDefined();
+  });
+});
+
+describe("OpenAPI", () => {
+  it("documents the application body for JSON and form posts", async () => {
+    const doc = (await (await testGateway().request("/openapi.json")).json()) as {
+      components: { schemas: Record<string, { properties?: Record<string, unknown> }> };
+      paths: Record<string, Record<string, { requestBody?: { content: Record<string, unknown> } }>>;
+    };
+    expect(Object.keys(doc.components.schemas.ApplicationInput?.properties ?? {})).toContain("declaredMau");
+    expect(Object.keys(doc.paths["/v1/applications"]?.post?.requestBody?.content ?? {}).sort()).toEqual([
+      "application/json",
+      "application/x-www-form-urlencoded",
+    ]);
+  });
+});

@@ -1,3 +1,0 @@
-import { newRouter } from "../http/router";
-
-export const applicationRoutes = newRouter();

@@ -1,0 +1,127 @@
+import { and, eq } from "drizzle-orm";
+import { writeAudited } from "../audit/log";
+import { type Application, applications, grants, statusLinks } from "../db/schema";
+import { AppError } from "../errors";
+import { sha256Hex } from "../platform/hash";
+import { findFamily } from "../policy/families";
+import type { Services } from "../services";
+
+/** An application as its applicant may see it. */
+export interface ApplicantView {
+  id: string;
+  family: string;
+  familyName: string;
+  organization: { name: string; country: string };
+  contactName: string;
+  status: Application["status"];
+  reasons: Application["policyReasons"];
+  message: string | null;
+  applicantResponse: string | null;
+  next: string;
+  reapplyAfter: string | null;
+  submittedAt: string;
+  updatedAt: string;
+  grant: { id: string; status: "active" | "suspended" | "revoked" } | null;
+}
+
+function nextStep(app: Application, grant: ApplicantView["grant"]): string {
+  switch (app.status) {
+    case "pending_review":
+      return app.requiredApprovals > 1
+        ? "Your declared user count is over the license threshold, so the licensor decides; two approvers review the case. This usually takes one to two weeks."
+        : "A reviewer will decide your case, usually within five working days. You will get an e-mail.";
+    case "info_requested":
+      return "A reviewer needs more information: answer on this page. The review continues once you have.";
+    case "rejected":
+      return app.reapplyAfter
+        ? `You may apply again after ${app.reapplyAfter.slice(0, 10)}.`
+        : "This application cannot be approved.";
+    case "approved":
+      if (grant?.status === "revoked") return "Access was revoked. Under the license you must delete the materials.";
+      if (grant?.status === "suspended")
+        return "Access is suspended for now. You will get an e-mail when it is reinstated.";
+      return "Approved. Create an access token to download the weights and call the model.";
+  }
+}
+
+/**
+ * Finds the application a status-page secret opens. A wrong id, a wrong secret and a secret for
+ * another application all answer the same 404, so the link reveals nothing but its own case.
+ */
+export async function applicationBySecret(
+  services: Pick<Services, "db">,
+  id: string,
+  secret: string | undefined,
+): Promise<Application> {
+  if (!secret || secret.length > 200) throw new AppError("not_found", "No such application.");
+  const hash = await sha256Hex(secret);
+  const [row] = await services.db
+    .select({ application: applications })
+    .from(statusLinks)
+    .innerJoin(applications, eq(applications.id, statusLinks.applicationId))
+    .where(and(eq(statusLinks.secretHash, hash), eq(statusLinks.applicationId, id)));
+  if (!row) throw new AppError("not_found", "No such application.");
+  return row.application;
+}
+
+/** The applicant's view of a case. */
+export async function applicantView(services: Pick<Services, "db">, app: Application): Promise<ApplicantView> {
+  const [grant] = await services.db
+    .select({ id: grants.id, status: grants.status })
+    .from(grants)
+    .where(eq(grants.applicationId, app.id));
+  const g = grant ?? null;
+  return {
+    id: app.id,
+    family: app.family,
+    familyName: findFamily(app.family)?.displayName ?? app.family,
+    organization: { name: app.organizationName, country: app.country },
+    contactName: app.contactName,
+    status: app.status,
+    reasons: app.policyReasons,
+    message: app.applicantMessage,
+    applicantResponse: app.applicantResponse,
+    next: nextStep(app, g),
+    reapplyAfter: app.reapplyAfter,
+    submittedAt: app.createdAt,
+    updatedAt: app.updatedAt,
+    grant: g,
+  };
+}
+
+/**
+ * The applicant answers a request for information: the case goes back to review in a new round,
+ * so approvals given before the answer no longer count.
+ */
+export async function answerInformationRequest(services: Services, app: Application, message: string): Promise<void> {
+  await writeAudited(services, async () => {
+    const [current] = await services.db.select().from(applications).where(eq(applications.id, app.id));
+    if (current?.status !== "info_requested") {
+      throw new AppError("invalid_state", "This case is not waiting for information from you.");
+    }
+    const at = services.clock.now().toISOString();
+    return {
+      statements: [
+        services.db
+          .update(applications)
+          .set({
+            status: "pending_review",
+            applicantResponse: message,
+            reviewRound: current.reviewRound + 1,
+            updatedAt: at,
+          })
+          .where(and(eq(applications.id, app.id), eq(applications.status, "info_requested"))),
+      ],
+      events: [
+        {
+          actor: `applicant:${current.contactEmail}`,
+          action: "application.info_provided",
+          subjectType: "application",
+          subjectId: app.id,
+          data: { round: current.reviewRound + 1, length: message.length },
+        },
+      ],
+      result: undefined,
+    };
+  });
+}
