@@ -1,0 +1,68 @@
+/** Loads license versions into a D1 database through the gateway's own license store. */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createDatabase } from "../../worker/db/client";
+import { currentLicenseVersion, loadLicenseVersion } from "../../worker/licenses/store";
+import { systemClock } from "../../worker/platform/clock";
+import { randomIds } from "../../worker/platform/ids";
+
+/** What a load did, for printing. */
+export interface LicenseLoadReport {
+  family: string;
+  version: number;
+  licenseSha256: string;
+  aupSha256: string;
+  source: "placeholder" | "official";
+  created: boolean;
+}
+
+/** Stores a family's license and AUP texts as its next version unless they are already current. */
+export async function loadLicenseTexts(
+  db: D1Database,
+  input: { family: string; license: string; aup: string; source: "placeholder" | "official" },
+): Promise<LicenseLoadReport> {
+  const deps = { db: createDatabase(db), clock: systemClock, ids: randomIds(systemClock) };
+  const { version, created } = await loadLicenseVersion(deps, input);
+  return {
+    family: version.family,
+    version: version.version,
+    licenseSha256: version.licenseSha256,
+    aupSha256: version.aupSha256,
+    source: version.licenseSource,
+    created,
+  };
+}
+
+/** The placeholder Llama 2 texts shipped for local development; not the official documents. */
+export function placeholderLlama2Texts(): { license: string; aup: string } {
+  const dir = import.meta.dirname;
+  return {
+    license: readFileSync(join(dir, "llama-2-license.placeholder.txt"), "utf8"),
+    aup: readFileSync(join(dir, "llama-2-aup.placeholder.md"), "utf8"),
+  };
+}
+
+/**
+ * Seeds the placeholder Llama 2 license. Idempotent: the same texts load once. Once an operator
+ * has loaded the official texts, the placeholder never replaces them again.
+ */
+export async function seedPlaceholderLicense(db: D1Database): Promise<LicenseLoadReport> {
+  const current = await currentLicenseVersion(createDatabase(db), "llama-2");
+  if (current?.licenseSource === "official") {
+    return {
+      family: current.family,
+      version: current.version,
+      licenseSha256: current.licenseSha256,
+      aupSha256: current.aupSha256,
+      source: current.licenseSource,
+      created: false,
+    };
+  }
+  return loadLicenseTexts(db, { family: "llama-2", ...placeholderLlama2Texts(), source: "placeholder" });
+}
+
+/** One line a human can read. */
+export function describeLoad(report: LicenseLoadReport): string {
+  const what = report.created ? "loaded as new version" : "already current, version";
+  return `${report.family} license (${report.source}) ${what} ${report.version} — license sha256 ${report.licenseSha256}, AUP sha256 ${report.aupSha256}`;
+}
