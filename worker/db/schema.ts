@@ -243,3 +243,114 @@ export type Application = typeof applications.$inferSelect;
 export type Grant = typeof grants.$inferSelect;
 export type AuditEvent = typeof auditEvents.$inferSelect;
 export type MailMessage = typeof mailOutbox.$inferSelect;
+
+export const TOKEN_SCOPES = ["download", "inference"] as const;
+export type TokenScope = (typeof TOKEN_SCOPES)[number];
+
+/** Personal access tokens of an approved organization; the secret is stored only as its sha256. */
+export const accessTokens = sqliteTable(
+  "access_tokens",
+  {
+    id: text("id").primaryKey(),
+    grantId: text("grant_id")
+      .notNull()
+      .references(() => grants.id),
+    name: text("name").notNull(),
+    secretHash: text("secret_hash").notNull(),
+    /** The first characters of the token, shown in lists so people can tell their tokens apart. */
+    displayPrefix: text("display_prefix").notNull(),
+    scopes: text("scopes", { mode: "json" }).$type<TokenScope[]>().notNull(),
+    createdAt: text("created_at").notNull(),
+    expiresAt: text("expires_at"),
+    revokedAt: text("revoked_at"),
+  },
+  (t) => [uniqueIndex("access_tokens_secret_hash").on(t.secretHash), index("access_tokens_grant").on(t.grantId)],
+);
+
+/** An immutable set of files of a model; `id` is a content hash over its manifest. */
+export const modelRevisions = sqliteTable(
+  "model_revisions",
+  {
+    id: text("id").primaryKey(),
+    model: text("model").notNull(),
+    fileCount: integer("file_count").notNull(),
+    totalBytes: integer("total_bytes").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("model_revisions_model").on(t.model, t.createdAt)],
+);
+
+/** One file of a revision: where it is in R2 and what it must hash to. */
+export const modelFiles = sqliteTable(
+  "model_files",
+  {
+    revisionId: text("revision_id")
+      .notNull()
+      .references(() => modelRevisions.id),
+    path: text("path").notNull(),
+    size: integer("size").notNull(),
+    /** Computed from the bytes as they were uploaded; never taken from the uploader's word. */
+    sha256: text("sha256").notNull(),
+    r2Key: text("r2_key").notNull(),
+    etag: text("etag").notNull(),
+    contentType: text("content_type").notNull(),
+  },
+  (t) => [uniqueIndex("model_files_revision_path").on(t.revisionId, t.path)],
+);
+
+/** Named pointers to revisions: `main` is the newest. */
+export const modelRefs = sqliteTable(
+  "model_refs",
+  {
+    model: text("model").notNull(),
+    ref: text("ref").notNull(),
+    revisionId: text("revision_id")
+      .notNull()
+      .references(() => modelRevisions.id),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [uniqueIndex("model_refs_model_ref").on(t.model, t.ref)],
+);
+
+/** Issued download links, so that each can be capped, counted and traced. */
+export const downloadLinks = sqliteTable(
+  "download_links",
+  {
+    jti: text("jti").primaryKey(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    model: text("model").notNull(),
+    revisionId: text("revision_id").notNull(),
+    path: text("path").notNull(),
+    maxDownloads: integer("max_downloads").notNull(),
+    downloads: integer("downloads").notNull().default(0),
+    expiresAt: text("expires_at").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("download_links_grant").on(t.grantId)],
+);
+
+/** What was served: written after the response, off the hot path. */
+export const downloadEvents = sqliteTable(
+  "download_events",
+  {
+    id: text("id").primaryKey(),
+    jti: text("jti").notNull(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    model: text("model").notNull(),
+    revisionId: text("revision_id").notNull(),
+    path: text("path").notNull(),
+    status: integer("status").notNull(),
+    rangeStart: integer("range_start"),
+    rangeEnd: integer("range_end"),
+    bytesServed: integer("bytes_served").notNull(),
+    /** Whether the client read the whole answer (false when it hung up). */
+    complete: integer("complete", { mode: "boolean" }).notNull(),
+    at: text("at").notNull(),
+  },
+  (t) => [index("download_events_grant_at").on(t.grantId, t.at)],
+);
+
+export type AccessToken = typeof accessTokens.$inferSelect;
+export type ModelFile = typeof modelFiles.$inferSelect;
