@@ -209,3 +209,18 @@ describe("protection of state-changing calls", () => {
     expect(await res.json()).toMatchObject({ status: "approved" });
   });
 });
+
+describe("keys from the team's certs endpoint", () => {
+  it("answers 503, not 401, when Access's keys cannot be fetched", async () => {
+    const gateway = testGateway();
+    // No inline JWKS: the gateway must fetch the team's certs, here from a port nobody listens on.
+    const unreachable = { ...env, ACCESS_JWKS: "", ACCESS_TEAM_DOMAIN: "http://127.0.0.1:9" };
+    const token = await adminToken({ role: "admin", iss: "http://127.0.0.1:9" });
+    const res = await gateway.app.request(
+      "http://gw.test/admin/api/me",
+      { headers: { "cf-access-jwt-assertion": token } },
+      unreachable,
+    );
+    await expectProblem(res, 503, "service_unavailable");
+  });
+});

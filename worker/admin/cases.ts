@@ -2,7 +2,7 @@
  * The review queue and the case file: what a reviewer reads before deciding.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, asc, eq, gt, inArray, ne, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, lt, ne, or, type SQL, sql } from "drizzle-orm";
 import { AuditEventSchema, auditEventView } from "../audit/routes";
 import type { Database } from "../db/client";
 import {
@@ -279,8 +279,8 @@ export const caseRoutes = newRouter()
             eq(applications.organizationId, row.organizationId),
             ne(applications.id, id),
             or(
-              sql`${applications.createdAt} < ${row.createdAt}`,
-              and(eq(applications.createdAt, row.createdAt), sql`${applications.id} < ${id}`),
+              lt(applications.createdAt, row.createdAt),
+              and(eq(applications.createdAt, row.createdAt), lt(applications.id, id)),
             ),
           ),
         )
@@ -296,7 +296,31 @@ export const caseRoutes = newRouter()
       .orderBy(asc(auditEvents.seq));
     return c.json(
       {
-        application: row,
+        // Field by field, so a column added to the table later is not published by accident.
+        application: {
+          id: row.id,
+          family: row.family,
+          organizationId: row.organizationId,
+          organizationName: row.organizationName,
+          website: row.website,
+          country: row.country,
+          contactName: row.contactName,
+          contactEmail: row.contactEmail,
+          intendedUse: row.intendedUse,
+          declaredMau: row.declaredMau,
+          models: row.models,
+          status: row.status,
+          policyReasons: row.policyReasons,
+          requiredApprovals: row.requiredApprovals,
+          reviewRound: row.reviewRound,
+          applicantMessage: row.applicantMessage,
+          applicantResponse: row.applicantResponse,
+          licenseVersionId: row.licenseVersionId,
+          reapplyAfter: row.reapplyAfter,
+          createdAt: row.createdAt,
+          updatedAt: row.updatedAt,
+          decidedAt: row.decidedAt,
+        },
         approvals: approvals.get(id) ?? [],
         acceptances: evidence.map(({ applicationId: _app, ...rest }) => rest),
         decisions: history.map(({ applicationId: _app, ...rest }) => rest),
