@@ -157,7 +157,8 @@ describe("POST /admin/api/applications/{id}/decision", () => {
     expect(await ask.json()).toMatchObject({ status: "info_requested" });
     expect(await stored(gateway, application.id)).toMatchObject({
       status: "info_requested",
-      reviewRound: 2,
+      // The round ends when the applicant answers (the public status page starts the next one).
+      reviewRound: 1,
       applicantMessage: "Which products will use the model?",
       decidedAt: null,
     });
@@ -175,10 +176,10 @@ describe("POST /admin/api/applications/{id}/decision", () => {
     const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
     await decide(gateway, application.id, ANN, { decision: "approve" });
     await decide(gateway, application.id, BOB, { decision: "request_info" });
-    // The applicant answers (the public flow puts the case back in the queue).
+    // The applicant answers: the public status page puts the case back in the queue, in a new round.
     await gateway.services.db
       .update(applications)
-      .set({ status: "pending_review", applicantResponse: "Only our help desk." })
+      .set({ status: "pending_review", applicantResponse: "Only our help desk.", reviewRound: 2 })
       .where(eq(applications.id, application.id));
     const res = await decide(gateway, application.id, ANN, { decision: "approve" });
     expect(res.status).toBe(200);

@@ -130,9 +130,6 @@ export async function decideApplication(
               transition.status === "rejected"
                 ? addDays(now, family.reapplyCooldownDays).toISOString()
                 : application.reapplyAfter,
-            // Asking for information ends the round: approvals given so far were given on what
-            // the applicant had said before, so the answer is judged afresh.
-            reviewRound: transition.status === "info_requested" ? application.reviewRound + 1 : application.reviewRound,
           })
           .where(eq(applications.id, applicationId)),
       ];
