@@ -28,7 +28,7 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", licenseRoutes);
   app.route("/", applicationRoutes);
   app.route("/", adminRoutes);
-  app.route("/", docsRoutes((c) => app.request("/openapi.json", {}, c.env)));
+  app.route("/", docsRoutes(app));
 
   app.doc31("/openapi.json", (c) => ({
     openapi: "3.1.0",
