@@ -17,8 +17,11 @@ export function testGateway(options: AppOptions = {}) {
   async function request(path: string, init?: RequestInit): Promise<Response> {
     const ctx = createExecutionContext();
     const response = await app.request(`http://gw${path}`, init, env, ctx);
+    // Read the body before awaiting the context: work deferred until a stream ends (download
+    // events) would otherwise wait for a reader that never comes.
+    const body = response.body ? await response.arrayBuffer() : null;
     await waitOnExecutionContext(ctx);
-    return response;
+    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
   }
   return {
     app,

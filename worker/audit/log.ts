@@ -52,7 +52,15 @@ export interface AuditedWrite<T> {
   result: T;
 }
 
-const MAX_ATTEMPTS = 8;
+/** Enough for every writer in a burst of concurrent audited writes to land eventually. */
+const MAX_ATTEMPTS = 40;
+
+/** A short, growing, jittered pause before planning again, so racing writers spread out. */
+function backoff(attempt: number): Promise<void> {
+  // Jitter only spreads retries in time; it decides nothing, so it need not be an injected service.
+  const ms = Math.random() * Math.min(50, 2 * attempt);
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 function isUniqueViolation(error: unknown): boolean {
   const text = `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
@@ -115,7 +123,10 @@ export async function writeAudited<T>(
       // A unique key failing after another audited write landed is a lost race (on the chain's
       // `seq`, or on a row the other write created): plan again on the new state. A unique key
       // failing with the head unchanged is a real conflict for the caller.
-      if (attempt < MAX_ATTEMPTS && isUniqueViolation(error) && (await readHead(deps.db))?.seq !== head?.seq) continue;
+      if (attempt < MAX_ATTEMPTS && isUniqueViolation(error) && (await readHead(deps.db))?.seq !== head?.seq) {
+        await backoff(attempt);
+        continue;
+      }
       throw error;
     }
   }
