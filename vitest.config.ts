@@ -2,15 +2,17 @@ import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
 import { exportJWK, generateKeyPair } from "jose";
 import { defineConfig } from "vitest/config";
 
-// Tests run inside workerd with the bindings of wrangler.toml (D1, rate limiter, send_email),
-// plus test-only bindings: the migrations to apply, and a throwaway Access signing key whose
-// public half is the JWKS the gateway trusts.
+// Tests run inside workerd with the bindings of wrangler.toml (D1, R2, rate limiter, send_email),
+// plus test-only bindings: the migrations to apply, a throwaway Access signing key whose public
+// half is the JWKS the gateway trusts, and a throwaway Ed25519 key for download links.
 export default defineConfig(async () => {
   const migrations = await readD1Migrations("./migrations");
   const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
   const kid = "test-access-key";
   const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: "ES256", use: "sig" };
   const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: "ES256" };
+  const signing = await generateKeyPair("Ed25519", { extractable: true });
+  const downloadKey = { ...(await exportJWK(signing.privateKey)), kid: "test-download-key", alg: "EdDSA" };
   return {
     plugins: [
       cloudflareTest({
@@ -20,6 +22,7 @@ export default defineConfig(async () => {
             TEST_MIGRATIONS: migrations,
             ACCESS_JWKS: JSON.stringify({ keys: [publicJwk] }),
             TEST_ACCESS_PRIVATE_JWK: JSON.stringify(privateJwk),
+            DOWNLOAD_SIGNING_KEYS: JSON.stringify({ keys: [downloadKey] }),
           },
         },
       }),

@@ -1,11 +1,13 @@
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
 import { docsRoutes } from "./docs/routes";
+import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { init, requestId } from "./http/middleware";
 import { newRouter } from "./http/router";
 import { licenseRoutes } from "./licenses/routes";
 import type { ServiceOptions } from "./services";
+import { tokenRoutes } from "./tokens/routes";
 
 /** Options for building the app; defaults are production behaviour. */
 export interface AppOptions extends ServiceOptions {
@@ -27,6 +29,8 @@ export function newApp(options: AppOptions = {}) {
   app.get("/health", (c) => c.json({ ok: true }));
   app.route("/", licenseRoutes);
   app.route("/", applicationRoutes);
+  app.route("/", tokenRoutes);
+  app.route("/", downloadRoutes);
   app.route("/", adminRoutes);
   app.route("/", docsRoutes(app));
 

@@ -17,6 +17,24 @@ export interface Config {
   };
   /** Role → matchers: an e-mail, `*@domain`, or `group:NAME` from the token's groups. */
   adminRoles: Partial<Record<AdminRole, string[]>>;
+  downloads: {
+    /** Default lifetime of a signed link, in seconds; never more than `MAX_LINK_TTL_SECONDS`. */
+    linkTtlSeconds: number;
+    /** Whole downloads a link allows; resumed ranges of the same download do not count. */
+    maxDownloadsPerLink: number;
+    /** Ed25519 private JWKs, newest (the signing one) first. Empty when downloads are not set up. */
+    signingKeys: Record<string, unknown>[];
+  };
+}
+
+/** Signed links never live longer than a week. */
+export const MAX_LINK_TTL_SECONDS = 7 * 86_400;
+
+function positiveInt(value: string | undefined, fallback: number, name: string): number {
+  if (value === undefined || value.trim() === "") return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer`);
+  return n;
 }
 
 const cache = new WeakMap<object, Config>();
@@ -35,6 +53,16 @@ export function readConfig(env: Env): Config {
       jwks: jwksText ? (JSON.parse(jwksText) as { keys: Record<string, unknown>[] }) : undefined,
     },
     adminRoles: roleMatchers.parse(JSON.parse(env.ADMIN_ROLES || "{}")),
+    downloads: {
+      linkTtlSeconds: Math.min(
+        MAX_LINK_TTL_SECONDS,
+        positiveInt(env.DOWNLOAD_LINK_TTL_SECONDS, 86_400, "DOWNLOAD_LINK_TTL_SECONDS"),
+      ),
+      maxDownloadsPerLink: positiveInt(env.DOWNLOAD_LINK_MAX_DOWNLOADS, 5, "DOWNLOAD_LINK_MAX_DOWNLOADS"),
+      signingKeys: env.DOWNLOAD_SIGNING_KEYS?.trim()
+        ? ((JSON.parse(env.DOWNLOAD_SIGNING_KEYS) as { keys: Record<string, unknown>[] }).keys ?? [])
+        : [],
+    },
   };
   cache.set(env, config);
   return config;

@@ -1,5 +1,6 @@
 import type { AdminIdentity } from "./admin/access";
 import type { Services } from "./services";
+import type { TokenPrincipal } from "./tokens/service";
 
 /** The one Hono environment type: bindings from `wrangler types`, and per-request variables. */
 export interface HonoEnv {
@@ -9,5 +10,7 @@ export interface HonoEnv {
     requestId: string;
     /** The verified reviewer, on admin routes once the Access token was checked. */
     admin?: AdminIdentity;
+    /** The organization a personal access token acts for, on routes that require one. */
+    principal?: TokenPrincipal;
   };
 }

@@ -16,7 +16,7 @@ import {
   InfoResponseInput,
   SubmissionResult,
 } from "./schemas";
-import { answerInformationRequest, applicantView, applicationBySecret } from "./status";
+import { answerInformationRequest, applicantView, applicationBySecret, capability } from "./status";
 import { submitApplication } from "./submit";
 
 /** Largest accepted application body; the longest legitimate one is well under 16 KiB. */
@@ -28,13 +28,6 @@ const limitBody = bodyLimit({
     throw new AppError("payload_too_large", `The body must be at most ${MAX_BODY_BYTES} bytes.`);
   },
 });
-
-/** The status-page capability, from `Authorization: Bearer` or `?token=`. */
-function capability(c: Context<HonoEnv>): string | undefined {
-  const auth = c.req.header("authorization");
-  if (auth?.toLowerCase().startsWith("bearer ")) return auth.slice(7).trim();
-  return c.req.query("token") ?? undefined;
-}
 
 /** A browser form post that wants a page back rather than JSON. */
 function wantsPage(c: Context<HonoEnv>): boolean {

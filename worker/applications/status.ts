@@ -6,6 +6,15 @@ import { sha256Hex } from "../platform/hash";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
 
+/** The status-page capability of a request, from `Authorization: Bearer` or `?token=`. */
+export function capability(c: {
+  req: { header(name: string): string | undefined; query(name: string): string | undefined };
+}) {
+  const auth = c.req.header("authorization");
+  if (auth?.toLowerCase().startsWith("bearer ")) return auth.slice(7).trim();
+  return c.req.query("token") ?? undefined;
+}
+
 /** An application as its applicant may see it. */
 export interface ApplicantView {
   id: string;

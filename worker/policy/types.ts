@@ -23,6 +23,8 @@ export interface FamilyModel {
   displayName: string;
   parameters: string;
   variant: "base" | "chat";
+  /** The Hugging Face Hub repository id the Hub-compatible API serves this model as. */
+  hubRepo: string;
 }
 
 export interface LicenseFamily {

@@ -1,0 +1,327 @@
+import { env } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
+import { importJWK, type JWK, SignJWT } from "jose";
+import { beforeEach, describe, expect, it } from "vitest";
+import { accessTokens, downloadEvents, downloadLinks, grants } from "../worker/db/schema";
+import { LINK_AUDIENCE } from "../worker/downloads/signing";
+import { fixedClock } from "../worker/platform/clock";
+import { sha256Hex } from "../worker/platform/hash";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { approvedToken, bytes, seedRevision } from "./helpers/weights";
+
+const SHARD = bytes(300_000, 7);
+const PARAMS = '{"dim":4096,"n_layers":32}';
+
+let licenseSha256: string;
+let revision: string;
+beforeEach(async () => {
+  licenseSha256 = (await seedLicense()).licenseSha256;
+  revision = (
+    await seedRevision("llama-2-7b", {
+      "consolidated.00.pth": SHARD,
+      "params.json": PARAMS,
+      "sub/dir/tokenizer.model": bytes(1000, 3),
+    })
+  ).revision;
+});
+
+interface Manifest {
+  revision: string;
+  expiresAt: string;
+  files: { path: string; size: number; sha256: string; url: string }[];
+  notice: string;
+}
+
+async function manifest(gw: ReturnType<typeof testGateway>, token: string, query = ""): Promise<Manifest> {
+  const res = await gw.request(`/v1/models/llama-2-7b/manifest${query}`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  expect(res.status).toBe(200);
+  return (await res.json()) as Manifest;
+}
+
+function linkOf(m: Manifest, path: string): string {
+  const file = m.files.find((f) => f.path === path);
+  if (!file) throw new Error(`no ${path} in manifest`);
+  return new URL(file.url).pathname + new URL(file.url).search;
+}
+
+/** The claims of a link's token (not verified: for reading the jti in tests). */
+function claimsOf(link: string): Record<string, unknown> {
+  const sig = new URL(`http://gw${link}`).searchParams.get("sig") as string;
+  return JSON.parse(atob((sig.split(".")[1] as string).replaceAll("-", "+").replaceAll("_", "/")));
+}
+
+async function setup(gw = testGateway()) {
+  const access = await approvedToken(gw, licenseSha256);
+  return { gw, ...access, manifest: await manifest(gw, access.token) };
+}
+
+describe("manifest", () => {
+  it("lists every file with size, sha256 and a signed link, and the notice", async () => {
+    const { manifest: m } = await setup();
+    expect(m.revision).toBe(revision);
+    expect(m.files.map((f) => f.path)).toEqual(["consolidated.00.pth", "params.json", "sub/dir/tokenizer.model"]);
+    expect(m.files[0]).toMatchObject({ size: SHARD.byteLength, sha256: await sha256Hex(SHARD) });
+    expect(m.notice).toContain("Llama 2 is licensed under the LLAMA 2 Community License");
+    expect(new Date(m.expiresAt).getTime() - Date.now()).toBeGreaterThan(86_000_000);
+  });
+
+  it("answers an unknown model and revision with 404", async () => {
+    const { gw, token } = await setup();
+    const auth = { headers: { authorization: `Bearer ${token}` } };
+    expect((await gw.request("/v1/models/llama-9/manifest", auth)).status).toBe(404);
+    expect((await gw.request("/v1/models/llama-2-7b/manifest?revision=deadbeef", auth)).status).toBe(404);
+    expect((await gw.request(`/v1/models/llama-2-7b/manifest?revision=${revision}`, auth)).status).toBe(200);
+  });
+});
+
+describe("download", () => {
+  it("serves the whole file with its validators, and it matches the manifest's sha256", async () => {
+    const { gw, manifest: m } = await setup();
+    const res = await gw.request(linkOf(m, "consolidated.00.pth"));
+    expect(res.status).toBe(200);
+    expect(res.headers.get("accept-ranges")).toBe("bytes");
+    expect(res.headers.get("content-length")).toBe(String(SHARD.byteLength));
+    expect(res.headers.get("etag")).toMatch(/^".+"$/);
+    expect(res.headers.get("content-disposition")).toBe('attachment; filename="consolidated.00.pth"');
+    const body = new Uint8Array(await res.arrayBuffer());
+    expect(await sha256Hex(body)).toBe(m.files[0]?.sha256);
+    const nested = await gw.request(linkOf(m, "sub/dir/tokenizer.model"));
+    expect(nested.status).toBe(200);
+    expect((await nested.arrayBuffer()).byteLength).toBe(1000);
+  });
+
+  it.each([
+    ["bytes=0-99", 0, 99],
+    ["bytes=1000-", 1000, SHARD.byteLength - 1],
+    ["bytes=-500", SHARD.byteLength - 500, SHARD.byteLength - 1],
+    ["bytes=299990-400000", 299_990, SHARD.byteLength - 1],
+    ["bytes=-999999", 0, SHARD.byteLength - 1],
+  ])("answers %s with 206 and the right bytes", async (range, start, end) => {
+    const { gw, manifest: m } = await setup();
+    const res = await gw.request(linkOf(m, "consolidated.00.pth"), { headers: { range } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get("content-range")).toBe(`bytes ${start}-${end}/${SHARD.byteLength}`);
+    expect(res.headers.get("content-length")).toBe(String(end - start + 1));
+    expect(new Uint8Array(await res.arrayBuffer())).toEqual(SHARD.slice(start, end + 1));
+  });
+
+  it("answers an unsatisfiable range with 416 and the size, never a 500", async () => {
+    const { gw, manifest: m } = await setup();
+    for (const range of [`bytes=${SHARD.byteLength}-`, "bytes=999999-1000000", "bytes=-0"]) {
+      const res = await gw.request(linkOf(m, "consolidated.00.pth"), { headers: { range } });
+      expect(res.status, range).toBe(416);
+      expect(res.headers.get("content-range")).toBe(`bytes */${SHARD.byteLength}`);
+      expect(await res.json()).toMatchObject({ code: "range_not_satisfiable" });
+    }
+  });
+
+  it("answers several ranges, a stale If-Range and a syntactically invalid range with the whole file", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    // Every answer here starts at byte 0, so each counts as a download: lift this link's cap.
+    await gw.db
+      .update(downloadLinks)
+      .set({ maxDownloads: 100 })
+      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
+    const etag = (await gw.request(link, { method: "HEAD" })).headers.get("etag") as string;
+    const cases: Record<string, string>[] = [
+      { range: "bytes=0-9,20-29" },
+      { range: "bytes=0-9", "if-range": '"stale-etag"' },
+      { range: "bytes=0-9", "if-range": "Wed, 21 Oct 2015 07:28:00 GMT" },
+      { range: "bytes=50-10" },
+      { range: "items=0-9" },
+    ];
+    for (const headers of cases) {
+      const res = await gw.request(link, { headers });
+      expect(res.status, JSON.stringify(headers)).toBe(200);
+      expect((await res.arrayBuffer()).byteLength).toBe(SHARD.byteLength);
+    }
+    const fresh = await gw.request(link, { headers: { range: "bytes=0-9", "if-range": etag } });
+    expect(fresh.status).toBe(206);
+  });
+
+  it("answers HEAD with the headers and no body", async () => {
+    const { gw, manifest: m } = await setup();
+    const res = await gw.request(linkOf(m, "params.json"), { method: "HEAD" });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-length")).toBe(String(PARAMS.length));
+    expect(res.headers.get("content-type")).toBe("application/json");
+    expect(await res.text()).toBe("");
+  });
+
+  it("answers 412 when the object was replaced since the link was made, never mixed bytes", async () => {
+    const { gw, manifest: m } = await setup();
+    await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", bytes(300_000, 99));
+    for (const init of [{}, { headers: { range: "bytes=100-" } }, { method: "HEAD" }]) {
+      const res = await gw.request(linkOf(m, "consolidated.00.pth"), init);
+      expect(res.status, JSON.stringify(init)).toBe(412);
+    }
+  });
+
+  it("records what was served, off the hot path", async () => {
+    const { gw, manifest: m, tokenId } = await setup();
+    await (await gw.request(linkOf(m, "consolidated.00.pth"), { headers: { range: "bytes=100-199" } })).arrayBuffer();
+    await (await gw.request(linkOf(m, "params.json"))).arrayBuffer();
+    const events = await gw.db.select().from(downloadEvents).orderBy(downloadEvents.at);
+    expect(events).toHaveLength(2);
+    expect(events).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          path: "consolidated.00.pth",
+          status: 206,
+          rangeStart: 100,
+          rangeEnd: 199,
+          bytesServed: 100,
+          complete: true,
+          tokenId,
+        }),
+        expect.objectContaining({ path: "params.json", status: 200, bytesServed: PARAMS.length, complete: true }),
+      ]),
+    );
+  });
+});
+
+describe("download links refuse", () => {
+  async function signingKey() {
+    const jwk = (JSON.parse(env.DOWNLOAD_SIGNING_KEYS) as { keys: JWK[] }).keys[0] as JWK;
+    return { jwk, key: await importJWK(jwk, "EdDSA") };
+  }
+
+  function withSig(link: string, sig: string): string {
+    const url = new URL(`http://gw${link}`);
+    url.searchParams.set("sig", sig);
+    return url.pathname + url.search;
+  }
+
+  async function forge(claims: Record<string, unknown>, header: Record<string, unknown> = {}) {
+    const { jwk, key } = await signingKey();
+    return new SignJWT(claims).setProtectedHeader({ alg: "EdDSA", kid: jwk.kid, ...header }).sign(key);
+  }
+
+  it("forged and tampered tokens", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    const claims = claimsOf(link);
+    const b64 = (v: unknown) => btoa(JSON.stringify(v)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+    const [header, , signature] = (new URL(`http://gw${link}`).searchParams.get("sig") as string).split(".");
+    const publicJwk = (JSON.parse(env.DOWNLOAD_SIGNING_KEYS) as { keys: JWK[] }).keys[0] as JWK;
+    const hmacKey = await crypto.subtle.importKey(
+      "raw",
+      new TextEncoder().encode(publicJwk.x),
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      ["sign"],
+    );
+    const hsHeader = b64({ alg: "HS256", kid: publicJwk.kid });
+    const hsPayload = b64(claims);
+    const hsSig = btoa(
+      String.fromCharCode(
+        ...new Uint8Array(
+          await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(`${hsHeader}.${hsPayload}`)),
+        ),
+      ),
+    )
+      .replaceAll("+", "-")
+      .replaceAll("/", "_")
+      .replace(/=+$/, "");
+    const without = (name: string) => Object.fromEntries(Object.entries(claims).filter(([k]) => k !== name));
+    const forged: [string, string][] = [
+      ["alg none", `${b64({ alg: "none", kid: publicJwk.kid })}.${b64(claims)}.`],
+      ["HS256 with the public key", `${hsHeader}.${hsPayload}.${hsSig}`],
+      ["tampered path claim", `${header}.${b64({ ...claims, pth: "consolidated.00.pth" })}.${signature}`],
+      ["missing exp", await forge(without("exp"))],
+      ["missing jti", await forge(without("jti"))],
+      ["missing aud", await forge(without("aud"))],
+      ["wrong aud", await forge({ ...claims, aud: "somewhere-else" })],
+      ["unknown kid", await forge(claims, { kid: "nope" })],
+      ["unknown jti", await forge({ ...claims, jti: "dl_forged" })],
+      ["garbage", "not.a.token"],
+    ];
+    for (const [name, sig] of forged) {
+      const res = await gw.request(withSig(link, sig));
+      expect(res.status, name).toBe(403);
+      expect(await res.json(), name).toMatchObject({ code: "forbidden" });
+    }
+    expect((await gw.request(link.replace(/\?sig=.*$/, ""))).status).toBe(401);
+    expect((await gw.request(link)).status).toBe(200);
+  });
+
+  it("a link used for another file or another model", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    const sig = new URL(`http://gw${link}`).searchParams.get("sig") as string;
+    expect((await gw.request(`/v1/download/llama-2-7b/${revision}/consolidated.00.pth?sig=${sig}`)).status).toBe(403);
+    expect((await gw.request(`/v1/download/llama-2-13b/${revision}/params.json?sig=${sig}`)).status).toBe(403);
+  });
+
+  it("an expired link, with a clear message", async () => {
+    const clock = fixedClock(new Date());
+    const gw = testGateway({ clock });
+    const { manifest: m } = await setup(gw);
+    clock.advance(24 * 3_600_000 + 31_000);
+    const res = await gw.request(linkOf(m, "params.json"));
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ detail: expect.stringContaining("expired") });
+  });
+
+  it("a link whose grant or token was revoked, at once", async () => {
+    const { gw, manifest: m, applicationId, tokenId } = await setup();
+    const link = linkOf(m, "params.json");
+    expect((await gw.request(link)).status).toBe(200);
+    await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
+    expect((await gw.request(link)).status).toBe(403);
+    await gw.db.update(accessTokens).set({ revokedAt: null }).where(eq(accessTokens.id, tokenId));
+    expect((await gw.request(link)).status).toBe(200);
+    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, applicationId));
+    expect((await gw.request(link)).status).toBe(403);
+  });
+
+  it("downloads past the link's cap, without counting resumed ranges or probes", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    const jti = claimsOf(link).jti as string;
+    await gw.db.update(downloadLinks).set({ maxDownloads: 2 }).where(eq(downloadLinks.jti, jti));
+    expect((await gw.request(link)).status).toBe(200);
+    for (const range of ["bytes=1000-", "bytes=0-0", "bytes=-10"]) {
+      expect((await gw.request(link, { headers: { range } })).status).toBe(206);
+    }
+    expect((await gw.request(link, { headers: { range: "bytes=0-" } })).status).toBe(206);
+    const capped = await gw.request(link);
+    expect(capped.status).toBe(403);
+    expect(await capped.json()).toMatchObject({ detail: expect.stringContaining("as many downloads") });
+    expect((await gw.request(link, { headers: { range: "bytes=5000-" } })).status).toBe(206);
+  });
+
+  it("concurrent downloads beyond the cap", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    await gw.db
+      .update(downloadLinks)
+      .set({ maxDownloads: 3 })
+      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
+    const responses = await Promise.all(Array.from({ length: 12 }, () => gw.request(link)));
+    const statuses = responses.map((r) => r.status);
+    await Promise.all(responses.map((r) => r.arrayBuffer()));
+    expect(statuses.filter((s) => s === 200)).toHaveLength(3);
+    expect(statuses.filter((s) => s === 403)).toHaveLength(9);
+    const [row] = await gw.db
+      .select()
+      .from(downloadLinks)
+      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
+    expect(row?.downloads).toBe(3);
+  });
+});
+
+describe("JWKS", () => {
+  it("publishes the public keys that verify links, without private parts", async () => {
+    const res = await testGateway().request("/.well-known/jwks.json");
+    expect(res.status).toBe(200);
+    const jwks = (await res.json()) as { keys: Record<string, unknown>[] };
+    expect(jwks.keys).toHaveLength(1);
+    expect(jwks.keys[0]).toMatchObject({ kty: "OKP", crv: "Ed25519", kid: "test-download-key", alg: "EdDSA" });
+    expect(jwks.keys[0]).not.toHaveProperty("d");
+    expect(LINK_AUDIENCE).toBe("modelgate:download");
+  });
+});

@@ -1,0 +1,106 @@
+import { and, asc, eq } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import type { AuditEntry } from "../audit/log";
+import type { Database } from "../db/client";
+import { modelFiles, modelRefs, modelRevisions } from "../db/schema";
+import { sha256Hex } from "../platform/hash";
+
+/** The ref every model's newest revision is published under. */
+export const MAIN_REF = "main";
+
+/** A revision as the catalog knows it. */
+export type Revision = typeof modelRevisions.$inferSelect;
+
+/**
+ * Finds a model's revision by ref (`main`) or by id. Revision ids are 40 hex characters, like the
+ * commit ids Hub clients expect.
+ */
+export async function resolveRevision(db: Database, model: string, revision = MAIN_REF): Promise<Revision | undefined> {
+  if (/^[0-9a-f]{40}$/.test(revision)) {
+    const [row] = await db
+      .select()
+      .from(modelRevisions)
+      .where(and(eq(modelRevisions.id, revision), eq(modelRevisions.model, model)));
+    return row;
+  }
+  const [row] = await db
+    .select({ revision: modelRevisions })
+    .from(modelRefs)
+    .innerJoin(modelRevisions, eq(modelRevisions.id, modelRefs.revisionId))
+    .where(and(eq(modelRefs.model, model), eq(modelRefs.ref, revision)));
+  return row?.revision;
+}
+
+/** A revision's files, by path. */
+export function listRevisionFiles(db: Database, revisionId: string) {
+  return db.select().from(modelFiles).where(eq(modelFiles.revisionId, revisionId)).orderBy(asc(modelFiles.path));
+}
+
+/** One file of a revision. */
+export async function findRevisionFile(db: Database, revisionId: string, path: string) {
+  const [row] = await db
+    .select()
+    .from(modelFiles)
+    .where(and(eq(modelFiles.revisionId, revisionId), eq(modelFiles.path, path)));
+  return row;
+}
+
+/** A file as uploaded: its hash was computed from the bytes that went into R2. */
+export interface UploadedFile {
+  path: string;
+  size: number;
+  sha256: string;
+  r2Key: string;
+  etag: string;
+  contentType: string;
+}
+
+/** The content hash that names a revision: over every file's path, size and sha256. */
+export async function revisionId(model: string, files: UploadedFile[]): Promise<string> {
+  const lines = [...files]
+    .sort((a, b) => (a.path < b.path ? -1 : 1))
+    .map((f) => `${f.path}\u0000${f.size}\u0000${f.sha256}`);
+  return (await sha256Hex(`${model}\n${lines.join("\n")}`)).slice(0, 40);
+}
+
+/**
+ * The statements and audit event that publish a revision and point `main` at it. Publishing the
+ * same files again is a no-op apart from moving `main`.
+ */
+export async function publishRevision(
+  db: Database,
+  model: string,
+  files: UploadedFile[],
+  at: string,
+  actor: string,
+): Promise<{ id: string; statements: BatchItem<"sqlite">[]; event: AuditEntry }> {
+  const id = await revisionId(model, files);
+  const statements: BatchItem<"sqlite">[] = [
+    db
+      .insert(modelRevisions)
+      .values({ id, model, fileCount: files.length, totalBytes: files.reduce((n, f) => n + f.size, 0), createdAt: at })
+      .onConflictDoNothing(),
+    // One statement per file keeps each under D1's 100 bound parameters.
+    ...files.map((f) =>
+      db
+        .insert(modelFiles)
+        .values({ revisionId: id, ...f })
+        .onConflictDoNothing(),
+    ),
+    db
+      .insert(modelRefs)
+      .values({ model, ref: MAIN_REF, revisionId: id, updatedAt: at })
+      .onConflictDoUpdate({ target: [modelRefs.model, modelRefs.ref], set: { revisionId: id, updatedAt: at } }),
+  ];
+  return {
+    id,
+    statements,
+    event: {
+      actor,
+      action: "model.revision_published",
+      subjectType: "model",
+      subjectId: model,
+      data: { revision: id, files: files.length, bytes: files.reduce((n, f) => n + f.size, 0) },
+    },
+  };
+}

@@ -1,0 +1,170 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import { newRouter, problemResponses } from "../http/router";
+import { currentLicenseVersion, documentText } from "../licenses/store";
+import { findModel } from "../policy/families";
+import { requireAccessToken } from "../tokens/middleware";
+import type { TokenPrincipal } from "../tokens/service";
+import { listRevisionFiles, resolveRevision } from "./catalog";
+import { issueDownloadLinks } from "./links";
+import { type BundledText, downloadScript } from "./script";
+import { serveDownload } from "./serve";
+import { publicDownloadJwks } from "./signing";
+
+/** The model and revision a token may download, or the problem why not. */
+export async function downloadableRevision(
+  c: Context<HonoEnv>,
+  principal: TokenPrincipal,
+  modelId: string,
+  revision: string | undefined,
+) {
+  const found = findModel(modelId);
+  if (!found) throw new AppError("not_found", `No model named ${modelId}.`);
+  if (found.family.id !== principal.family) {
+    throw new AppError("forbidden", `Your grant does not cover ${found.family.displayName}.`);
+  }
+  const rev = await resolveRevision(c.get("services").db, modelId, revision);
+  if (!rev) throw new AppError("not_found", `No revision ${revision ?? "main"} of ${modelId}.`);
+  return { ...found, revision: rev };
+}
+
+const ManifestQuery = z.object({
+  revision: z.string().max(64).optional().openapi({ description: "A revision id or `main` (default)." }),
+  ttl: z.coerce
+    .number()
+    .int()
+    .min(60)
+    .max(7 * 86_400)
+    .optional()
+    .openapi({ description: "Link lifetime in seconds (default from configuration, at most 7 days)." }),
+});
+const ModelParam = z.object({ model: z.string().min(1).max(64).openapi({ example: "llama-2-7b" }) });
+
+const ManifestSchema = z
+  .object({
+    model: z.string(),
+    family: z.string(),
+    revision: z.string(),
+    expiresAt: z.string(),
+    totalBytes: z.number().int(),
+    files: z.array(z.object({ path: z.string(), size: z.number().int(), sha256: z.string(), url: z.string() })),
+    notice: z.string(),
+    license: z.object({ version: z.number().int(), sha256: z.string(), url: z.string() }),
+  })
+  .openapi("Manifest");
+
+const manifestRoute = createRoute({
+  method: "get",
+  path: "/v1/models/{model}/manifest",
+  tags: ["Weights"],
+  summary: "Every file of a model revision with its size, sha256 and a signed download link",
+  security: [{ accessToken: [] }],
+  middleware: [requireAccessToken("download")] as const,
+  request: { params: ModelParam, query: ManifestQuery },
+  responses: {
+    200: { description: "The manifest", content: { "application/json": { schema: ManifestSchema } } },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+const scriptRoute = createRoute({
+  method: "get",
+  path: "/v1/models/{model}/download.sh",
+  tags: ["Weights"],
+  summary: "A POSIX shell script that downloads, resumes and verifies a revision",
+  security: [{ accessToken: [] }],
+  middleware: [requireAccessToken("download")] as const,
+  request: { params: ModelParam, query: ManifestQuery },
+  responses: {
+    200: { description: "The script", content: { "text/x-shellscript": { schema: z.string() } } },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+async function bundledTexts(
+  c: Context<HonoEnv>,
+  family: string,
+  notice: string,
+  paths: Set<string>,
+): Promise<BundledText[]> {
+  const { db } = c.get("services");
+  const license = await currentLicenseVersion(db, family);
+  const texts: BundledText[] = [{ path: "NOTICE", text: `${notice}\n` }];
+  if (license) {
+    texts.push({ path: "LICENSE", text: (await documentText(db, license.licenseSha256)) ?? "" });
+    texts.push({ path: "USE_POLICY.md", text: (await documentText(db, license.aupSha256)) ?? "" });
+  }
+  return texts.filter((t) => !paths.has(t.path));
+}
+
+export const downloadRoutes = newRouter();
+
+downloadRoutes.get("/.well-known/jwks.json", async (c) => {
+  c.header("cache-control", "public, max-age=300");
+  return c.json(await publicDownloadJwks(c.get("services").config));
+});
+
+downloadRoutes
+  .openapi(manifestRoute, async (c) => {
+    const principal = c.get("principal") as TokenPrincipal;
+    const { model, revision } = await downloadableRevision(
+      c,
+      principal,
+      c.req.valid("param").model,
+      c.req.valid("query").revision,
+    );
+    const services = c.get("services");
+    const files = await listRevisionFiles(services.db, revision.id);
+    const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, c.req.valid("query").ttl);
+    const license = await currentLicenseVersion(services.db, principal.family);
+    const { family } = findModel(model.id) as NonNullable<ReturnType<typeof findModel>>;
+    c.header("cache-control", "no-store");
+    return c.json(
+      {
+        model: model.id,
+        family: family.id,
+        revision: revision.id,
+        expiresAt: links.expiresAt,
+        totalBytes: revision.totalBytes,
+        files: links.files,
+        notice: family.noticeText,
+        license: {
+          version: license?.version ?? 0,
+          sha256: license?.licenseSha256 ?? "",
+          url: `${services.config.publicBaseUrl}/v1/licenses/${family.id}/text`,
+        },
+      },
+      200,
+    );
+  })
+  .openapi(scriptRoute, async (c) => {
+    const principal = c.get("principal") as TokenPrincipal;
+    const { model, family, revision } = await downloadableRevision(
+      c,
+      principal,
+      c.req.valid("param").model,
+      c.req.valid("query").revision,
+    );
+    const services = c.get("services");
+    const files = await listRevisionFiles(services.db, revision.id);
+    const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, c.req.valid("query").ttl);
+    const texts = await bundledTexts(c, family.id, family.noticeText, new Set(files.map((f) => f.path)));
+    const script = downloadScript({
+      model: model.id,
+      revision: revision.id,
+      expiresAt: links.expiresAt,
+      files: links.files,
+      texts,
+    });
+    return c.body(script, 200, {
+      "content-type": "text/x-shellscript; charset=utf-8",
+      "content-disposition": `attachment; filename="download-${model.id}.sh"`,
+      "cache-control": "no-store",
+    });
+  });
+
+downloadRoutes.on(["GET", "HEAD"], "/v1/download/:model/:revision/:path{.+}", (c) =>
+  serveDownload(c, c.req.param("model"), c.req.param("revision"), decodeURIComponent(c.req.param("path"))),
+);

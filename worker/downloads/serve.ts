@@ -1,0 +1,176 @@
+import { and, eq, lt, sql } from "drizzle-orm";
+import type { Context } from "hono";
+import { accessTokens, downloadEvents, downloadLinks, grants, modelFiles } from "../db/schema";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import { planRange } from "./range";
+import { verifyLink } from "./signing";
+
+/** The last path segment, safe for a `Content-Disposition` filename. */
+function fileName(path: string): string {
+  const base = path.split("/").at(-1) ?? "download";
+  return base.replace(/["\\\r\n]/g, "_");
+}
+
+function hexToBase64(hex: string): string {
+  let binary = "";
+  for (let i = 0; i < hex.length; i += 2) binary += String.fromCharCode(Number.parseInt(hex.slice(i, i + 2), 16));
+  return btoa(binary);
+}
+
+/**
+ * A request counts as a new download when it starts at byte 0; a resumed download (a range that
+ * starts later) does not, and neither does a one-byte probe (`bytes=0-0`), which Hub clients send
+ * to learn a file's size and etag before they download it.
+ */
+function countsAsDownload(method: string, offset: number, length: number, size: number): boolean {
+  return method === "GET" && offset === 0 && (length > 1 || size <= 1);
+}
+
+/**
+ * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link and that its
+ * grant and token are still live, then streams the object from R2 with full single-range
+ * semantics. Never buffers: the R2 body is piped through a byte counter to the client.
+ */
+export async function serveDownload(
+  c: Context<HonoEnv>,
+  model: string,
+  revision: string,
+  path: string,
+): Promise<Response> {
+  const services = c.get("services");
+  const { db, clock, config } = services;
+  const signature = c.req.query("sig");
+  if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
+  const claims = await verifyLink(config, signature, clock.now());
+  if (claims.mdl !== model || claims.rev !== revision || claims.pth !== path) {
+    throw new AppError("forbidden", "This download link is for another file.");
+  }
+
+  const [row] = await db
+    .select({
+      link: downloadLinks,
+      tokenRevokedAt: accessTokens.revokedAt,
+      tokenExpiresAt: accessTokens.expiresAt,
+      grantStatus: grants.status,
+      file: modelFiles,
+    })
+    .from(downloadLinks)
+    .innerJoin(accessTokens, eq(accessTokens.id, downloadLinks.tokenId))
+    .innerJoin(grants, eq(grants.id, downloadLinks.grantId))
+    .innerJoin(
+      modelFiles,
+      and(eq(modelFiles.revisionId, downloadLinks.revisionId), eq(modelFiles.path, downloadLinks.path)),
+    )
+    .where(eq(downloadLinks.jti, claims.jti));
+  if (!row || row.link.grantId !== claims.gnt || row.link.tokenId !== claims.tok) {
+    throw new AppError("forbidden", "This download link is not valid. Request a fresh one from the manifest.");
+  }
+  const now = clock.now().toISOString();
+  if (row.grantStatus !== "active") {
+    throw new AppError("forbidden", "Your organization's access to this model family is suspended or revoked.");
+  }
+  if (row.tokenRevokedAt || (row.tokenExpiresAt && row.tokenExpiresAt <= now)) {
+    throw new AppError("forbidden", "The access token this link was made with is no longer valid.");
+  }
+
+  const file = row.file;
+  const headers = new Headers({
+    "accept-ranges": "bytes",
+    etag: `"${claims.etg}"`,
+    "content-type": file.contentType,
+    "content-disposition": `attachment; filename="${fileName(file.path)}"`,
+    "cache-control": "private, no-store",
+    "repr-digest": `sha-256=:${hexToBase64(file.sha256)}:`,
+    "x-checksum-sha256": file.sha256,
+  });
+
+  if (c.req.method === "HEAD") {
+    const head = await c.env.WEIGHTS.head(file.r2Key);
+    if (!head) throw new AppError("not_found", "The file is no longer stored.");
+    if (head.etag !== claims.etg)
+      throw new AppError("precondition_failed", "The file changed since this link was made.");
+    headers.set("content-length", String(file.size));
+    return new Response(null, { status: 200, headers });
+  }
+
+  const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, claims.etg);
+  if (plan.kind === "unsatisfiable") {
+    throw new AppError("range_not_satisfiable", `The file is ${file.size} bytes long.`, {
+      headers: { "content-range": `bytes */${file.size}` },
+    });
+  }
+  const offset = plan.kind === "partial" ? plan.offset : 0;
+  const length = plan.kind === "partial" ? plan.length : file.size;
+  const object = await c.env.WEIGHTS.get(file.r2Key, {
+    onlyIf: { etagMatches: claims.etg },
+    ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
+  });
+  if (!object) throw new AppError("not_found", "The file is no longer stored.");
+  if (!("body" in object) || !object.body) {
+    // The object's etag differs: it was replaced since the link was made. Never mix bytes.
+    throw new AppError("precondition_failed", "The file changed since this link was made.");
+  }
+
+  if (countsAsDownload(c.req.method, offset, length, file.size)) {
+    // One conditional statement: atomic in D1, so concurrent requests cannot pass the cap.
+    const counted = await db
+      .update(downloadLinks)
+      .set({ downloads: sql`${downloadLinks.downloads} + 1` })
+      .where(and(eq(downloadLinks.jti, claims.jti), lt(downloadLinks.downloads, downloadLinks.maxDownloads)))
+      .returning({ downloads: downloadLinks.downloads });
+    if (counted.length === 0) {
+      await object.body.cancel();
+      throw new AppError(
+        "forbidden",
+        "This link has been used for as many downloads as it allows. Request a fresh one.",
+      );
+    }
+  }
+
+  const status = plan.kind === "partial" ? 206 : 200;
+  headers.set("content-length", String(length));
+  if (plan.kind === "partial") headers.set("content-range", `bytes ${offset}-${offset + length - 1}/${file.size}`);
+
+  let served = 0;
+  let settle: (complete: boolean) => void = () => {};
+  const finished = new Promise<boolean>((resolve) => {
+    settle = resolve;
+  });
+  const counter = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      served += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+    flush() {
+      settle(true);
+    },
+    cancel() {
+      settle(false);
+    },
+  });
+  c.executionCtx.waitUntil(
+    finished.then((complete) =>
+      db
+        .insert(downloadEvents)
+        .values({
+          id: services.ids.id("dle"),
+          jti: claims.jti,
+          grantId: claims.gnt,
+          tokenId: claims.tok,
+          model,
+          revisionId: revision,
+          path,
+          status,
+          rangeStart: plan.kind === "partial" ? offset : null,
+          rangeEnd: plan.kind === "partial" ? offset + length - 1 : null,
+          bytesServed: served,
+          complete,
+          at: clock.now().toISOString(),
+        })
+        .then(() => undefined)
+        .catch((error: unknown) => services.log.warn("download event not recorded", { error: String(error) })),
+    ),
+  );
+  return new Response(object.body.pipeThrough(counter), { status, headers });
+}
