@@ -1,6 +1,7 @@
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
 import { docsRoutes } from "./docs/routes";
+import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { init, requestId } from "./http/middleware";
@@ -32,6 +33,8 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
   app.route("/", adminRoutes);
+  // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.
+  app.route("/", hubRoutes);
   app.route("/", docsRoutes(app));
 
   app.doc31("/openapi.json", (c) => ({

@@ -166,5 +166,5 @@ downloadRoutes
   });
 
 downloadRoutes.on(["GET", "HEAD"], "/v1/download/:model/:revision/:path{.+}", (c) =>
-  serveDownload(c, c.req.param("model"), c.req.param("revision"), decodeURIComponent(c.req.param("path"))),
+  serveDownload(c, c.req.param("model"), c.req.param("revision"), c.req.param("path")),
 );

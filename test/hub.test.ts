@@ -1,0 +1,147 @@
+import { downloadFile, fileExists, listFiles, modelInfo } from "@huggingface/hub";
+import { eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { grants } from "../worker/db/schema";
+import { sha256Hex } from "../worker/platform/hash";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { approvedToken, bytes, seedRevision } from "./helpers/weights";
+
+const REPO = "meta-llama/Llama-2-7b-hf";
+const SAFETENSORS = bytes(200_000, 11);
+let licenseSha256: string;
+let revision: string;
+
+beforeEach(async () => {
+  licenseSha256 = (await seedLicense()).licenseSha256;
+  revision = (
+    await seedRevision("llama-2-7b", {
+      "config.json": '{"architectures":["LlamaForCausalLM"]}',
+      "model-00001-of-00002.safetensors": SAFETENSORS,
+      "model-00002-of-00002.safetensors": bytes(1234, 12),
+      "tokenizer/tokenizer.model": bytes(500, 13),
+    })
+  ).revision;
+});
+
+/**
+ * The Hub client's `fetch`, wired to the gateway in this isolate. It follows redirects the way
+ * the platform's fetch would, keeping the method and headers (the redirect stays on this origin).
+ */
+function hubFetch(gw: ReturnType<typeof testGateway>): typeof fetch {
+  return async (input, init) => {
+    let url = new URL(input instanceof Request ? input.url : String(input));
+    for (let hop = 0; hop < 5; hop++) {
+      const res = await gw.request(url.pathname + url.search, init);
+      const location = res.headers.get("location");
+      if (res.status < 300 || res.status >= 400 || !location) return res;
+      url = new URL(location, url);
+    }
+    throw new Error("too many redirects");
+  };
+}
+
+describe("the real @huggingface/hub client", () => {
+  it("lists, inspects and downloads a gated model with an hf_-prefixed modelgate token", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256);
+    const options = { hubUrl: "http://gw", accessToken: `hf_${token}`, fetch: hubFetch(gw) };
+
+    const info = await modelInfo({ name: REPO, ...options, additionalFields: ["sha"] });
+    expect(info).toMatchObject({ name: REPO, gated: "manual", sha: revision });
+
+    const files = [];
+    for await (const entry of listFiles({ repo: REPO, recursive: true, ...options })) files.push(entry);
+    expect(files.filter((f) => f.type === "file").map((f) => f.path)).toEqual([
+      "config.json",
+      "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors",
+      "tokenizer/tokenizer.model",
+    ]);
+    expect(files.find((f) => f.path === "model-00001-of-00002.safetensors")?.lfs?.oid).toBe(
+      await sha256Hex(SAFETENSORS),
+    );
+
+    expect(await fileExists({ repo: REPO, path: "config.json", ...options })).toBe(true);
+    expect(await fileExists({ repo: REPO, path: "missing.bin", ...options })).toBe(false);
+
+    const blob = await downloadFile({ repo: REPO, path: "model-00001-of-00002.safetensors", ...options });
+    expect(blob).not.toBeNull();
+    const data = new Uint8Array(await (blob as Blob).arrayBuffer());
+    expect(data.byteLength).toBe(SAFETENSORS.byteLength);
+    expect(await sha256Hex(data)).toBe(await sha256Hex(SAFETENSORS));
+    const slice = new Uint8Array(await (blob as Blob).slice(1000, 1010).arrayBuffer());
+    expect(slice).toEqual(SAFETENSORS.slice(1000, 1010));
+  });
+
+  it("is told 401 without a token and 403 GatedRepo once the grant is suspended", async () => {
+    const gw = testGateway();
+    const { token, applicationId } = await approvedToken(gw, licenseSha256);
+    const anonymous = await gw.request(`/api/models/${REPO}`);
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get("x-error-code")).toBe("GatedRepo");
+
+    await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.applicationId, applicationId));
+    const res = await gw.request(`/${REPO}/resolve/main/config.json`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(res.status).toBe(403);
+    expect(res.headers.get("x-error-code")).toBe("GatedRepo");
+    await expect(
+      modelInfo({ name: REPO, hubUrl: "http://gw", accessToken: `hf_${token}`, fetch: hubFetch(gw) }),
+    ).rejects.toThrow();
+  });
+});
+
+describe("Hub-compatible resolve", () => {
+  it("redirects to a signed link with the headers huggingface_hub reads", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256);
+    const auth = { authorization: `Bearer ${token}` };
+    const head = await gw.request(`/${REPO}/resolve/main/model-00001-of-00002.safetensors`, {
+      method: "HEAD",
+      headers: auth,
+    });
+    expect(head.status).toBe(302);
+    expect(head.headers.get("x-repo-commit")).toBe(revision);
+    expect(head.headers.get("x-linked-size")).toBe(String(SAFETENSORS.byteLength));
+    expect(head.headers.get("x-linked-etag")).toBe(`"${await sha256Hex(SAFETENSORS)}"`);
+    expect(new URL(head.headers.get("location") as string).pathname).toBe(
+      `/v1/download/llama-2-7b/${revision}/model-00001-of-00002.safetensors`,
+    );
+  });
+
+  it("names missing repos, revisions and files with the Hub's error codes", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256);
+    const auth = { headers: { authorization: `Bearer ${token}` } };
+    const cases: [string, string][] = [
+      ["/meta-llama/Nope-7b-hf/resolve/main/config.json", "RepoNotFound"],
+      [`/${REPO}/resolve/${"f".repeat(40)}/config.json`, "RevisionNotFound"],
+      [`/${REPO}/resolve/main/nope.json`, "EntryNotFound"],
+    ];
+    for (const [path, code] of cases) {
+      const res = await gw.request(path, auth);
+      expect(res.status, path).toBe(404);
+      expect(res.headers.get("x-error-code"), path).toBe(code);
+    }
+  });
+
+  it("lists one directory level without recursion", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256);
+    const res = await gw.request(`/api/models/${REPO}/tree/main?recursive=false`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    const entries = (await res.json()) as { type: string; path: string }[];
+    expect(entries.map((e) => `${e.type}:${e.path}`)).toEqual([
+      "directory:tokenizer",
+      "file:config.json",
+      "file:model-00001-of-00002.safetensors",
+      "file:model-00002-of-00002.safetensors",
+    ]);
+    const sub = await gw.request(`/api/models/${REPO}/tree/main/tokenizer`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(((await sub.json()) as { path: string }[]).map((e) => e.path)).toEqual(["tokenizer/tokenizer.model"]);
+  });
+});

@@ -1,0 +1,169 @@
+/**
+ * A Hugging Face Hub–compatible surface over the catalog, so `@huggingface/hub`, `huggingface-cli`
+ * and `huggingface_hub` (`HF_ENDPOINT=…`) download gated weights unchanged. Errors carry the Hub's
+ * `X-Error-Code` header, which the Python client maps to its exceptions (`GatedRepo`,
+ * `RepoNotFound`, `RevisionNotFound`, `EntryNotFound`).
+ */
+import type { Context } from "hono";
+import type { ModelFile } from "../db/schema";
+import type { HonoEnv } from "../env";
+import { newRouter } from "../http/router";
+import { findModelByHubRepo } from "../policy/families";
+import type { FamilyModel, LicenseFamily } from "../policy/types";
+import { bearerToken, checkAccessToken, type TokenPrincipal } from "../tokens/service";
+import { findRevisionFile, listRevisionFiles, type Revision, resolveRevision } from "./catalog";
+import { issueDownloadLinks } from "./links";
+
+type HubErrorCode = "GatedRepo" | "RepoNotFound" | "RevisionNotFound" | "EntryNotFound";
+
+function hubError(c: Context<HonoEnv>, status: 401 | 403 | 404, code: HubErrorCode | null, message: string): Response {
+  const headers: Record<string, string> = { "x-error-message": message };
+  if (code) headers["x-error-code"] = code;
+  if (status === 401) headers["www-authenticate"] = 'Bearer realm="modelgate"';
+  if (c.req.method === "HEAD") return new Response(null, { status, headers });
+  return c.json({ error: message }, status, headers);
+}
+
+interface HubTarget {
+  principal: TokenPrincipal;
+  family: LicenseFamily;
+  model: FamilyModel;
+  revision: Revision;
+}
+
+/**
+ * Resolves a repo and revision for a token the way the Hub does for gated repos: unknown repo
+ * 404, no token 401, a token without a live grant for the repo's family 403 `GatedRepo`.
+ */
+async function hubTarget(c: Context<HonoEnv>, repo: string, revision: string): Promise<HubTarget | Response> {
+  const found = findModelByHubRepo(repo);
+  if (!found) return hubError(c, 404, "RepoNotFound", `Repository ${repo} not found.`);
+  const services = c.get("services");
+  const check = await checkAccessToken(services, bearerToken(c.req.header("authorization")), "download");
+  if (!check.ok) {
+    if (
+      check.refusal === "missing" ||
+      check.refusal === "invalid" ||
+      check.refusal === "expired" ||
+      check.refusal === "revoked"
+    ) {
+      return hubError(
+        c,
+        401,
+        "GatedRepo",
+        `Access to ${repo} is restricted. Send a modelgate token with the download scope.`,
+      );
+    }
+    return hubError(c, 403, "GatedRepo", `Access to ${repo} is restricted and your token has no live grant for it.`);
+  }
+  if (check.principal.family !== found.family.id) {
+    return hubError(c, 403, "GatedRepo", `Your grant does not cover ${found.family.displayName}.`);
+  }
+  const rev = await resolveRevision(services.db, found.model.id, revision === "HEAD" ? "main" : revision);
+  if (!rev) return hubError(c, 404, "RevisionNotFound", `Revision ${revision} of ${repo} not found.`);
+  return { principal: check.principal, ...found, revision: rev };
+}
+
+function sibling(file: ModelFile) {
+  return { rfilename: file.path, size: file.size, lfs: { sha256: file.sha256, size: file.size, pointerSize: 134 } };
+}
+
+async function modelInfo(c: Context<HonoEnv>, repo: string, revision: string) {
+  const target = await hubTarget(c, repo, revision);
+  if (target instanceof Response) return target;
+  const files = await listRevisionFiles(c.get("services").db, target.revision.id);
+  return c.json({
+    _id: target.revision.id,
+    id: target.model.hubRepo,
+    modelId: target.model.hubRepo,
+    author: target.model.hubRepo.split("/")[0],
+    sha: target.revision.id,
+    lastModified: target.revision.createdAt,
+    createdAt: target.revision.createdAt,
+    private: false,
+    gated: "manual",
+    disabled: false,
+    downloads: 0,
+    likes: 0,
+    pipeline_tag: "text-generation",
+    library_name: "transformers",
+    tags: ["text-generation", target.family.id],
+    cardData: { license: target.family.id.replace("-", ""), extra_gated_prompt: target.family.licenseName },
+    siblings: files.map(sibling),
+  });
+}
+
+/** Tree entries under `prefix`: files, and with `recursive=false` the directories one level down. */
+function treeEntries(files: ModelFile[], prefix: string, recursive: boolean) {
+  const base = prefix ? `${prefix.replace(/\/+$/, "")}/` : "";
+  const entries: Record<string, unknown>[] = [];
+  const directories = new Set<string>();
+  for (const file of files) {
+    if (!file.path.startsWith(base)) continue;
+    const rest = file.path.slice(base.length);
+    const slash = rest.indexOf("/");
+    if (!recursive && slash >= 0) {
+      directories.add(base + rest.slice(0, slash));
+      continue;
+    }
+    if (recursive) {
+      const parts = rest.split("/").slice(0, -1);
+      for (let i = 1; i <= parts.length; i++) directories.add(base + parts.slice(0, i).join("/"));
+    }
+    entries.push({
+      type: "file",
+      oid: file.sha256.slice(0, 40),
+      size: file.size,
+      path: file.path,
+      lfs: { oid: file.sha256, size: file.size, pointerSize: 134 },
+    });
+  }
+  const dirs = [...directories].sort().map((path) => ({ type: "directory", oid: "0".repeat(40), size: 0, path }));
+  return [...dirs, ...entries];
+}
+
+/**
+ * `resolve`: a redirect to a signed link for the file, with the headers Hub clients read
+ * (`X-Repo-Commit`, `X-Linked-Etag`, `X-Linked-Size`). The link is same-origin, so clients keep
+ * their `Authorization` header; the link itself does not need it.
+ */
+async function resolveFile(c: Context<HonoEnv>, repo: string, revision: string, path: string) {
+  const target = await hubTarget(c, repo, revision);
+  if (target instanceof Response) return target;
+  const services = c.get("services");
+  const file = await findRevisionFile(services.db, target.revision.id, path);
+  if (!file) return hubError(c, 404, "EntryNotFound", `${path} does not exist at revision ${target.revision.id}.`);
+  const links = await issueDownloadLinks(services, target.principal, target.model.id, target.revision.id, [file]);
+  const link = links.files[0] as { url: string };
+  return new Response(null, {
+    status: 302,
+    headers: {
+      location: link.url,
+      "x-repo-commit": target.revision.id,
+      etag: `"${file.sha256}"`,
+      "x-linked-etag": `"${file.sha256}"`,
+      "x-linked-size": String(file.size),
+      "content-length": "0",
+      "cache-control": "no-store",
+    },
+  });
+}
+
+export const hubRoutes = newRouter();
+
+hubRoutes.get("/api/models/:ns/:repo", (c) => modelInfo(c, `${c.req.param("ns")}/${c.req.param("repo")}`, "main"));
+hubRoutes.get("/api/models/:ns/:repo/revision/:revision", (c) =>
+  modelInfo(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision")),
+);
+hubRoutes.get("/api/models/:ns/:repo/tree/:revision/:path{.*}?", async (c) => {
+  const target = await hubTarget(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"));
+  if (target instanceof Response) return target;
+  const files = await listRevisionFiles(c.get("services").db, target.revision.id);
+  return c.json(treeEntries(files, c.req.param("path") ?? "", c.req.query("recursive") === "true"));
+});
+hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/resolve/:revision/:path{.+}", (c) =>
+  resolveFile(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"), c.req.param("path")),
+);
+hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/raw/:revision/:path{.+}", (c) =>
+  resolveFile(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"), c.req.param("path")),
+);
