@@ -65,6 +65,12 @@ async function checkGateway(baseUrl: string, demoPath: string): Promise<void> {
   const openapi = await get(baseUrl, "/openapi.json");
   check(((await openapi.json()) as { openapi?: string }).openapi === "3.1.0", "/openapi.json is not OpenAPI 3.1.0");
 
+  // npm start gives the gateway a dev key for download links; its public half is published.
+  const jwks = await get(baseUrl, "/.well-known/jwks.json");
+  check(jwks.status === 200, `/.well-known/jwks.json answered ${jwks.status}`);
+  const { keys } = (await jwks.json()) as { keys?: { crv?: string; d?: unknown }[] };
+  check(keys?.length && keys.every((k) => k.crv === "Ed25519" && k.d === undefined), "no public Ed25519 download key");
+
   check(existsSync(demoPath), `no demo file at ${demoPath}`);
   const { cases } = JSON.parse(readFileSync(demoPath, "utf8")) as { cases: DemoCase[] };
   const statuses = cases.map((c) => c.status);

@@ -13,6 +13,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
 import { ensureDevAccessKey } from "./dev-access-key";
+import { ensureDevDownloadKey } from "./dev-download-key";
 import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
 import { type DemoCase, seedDemoApplications } from "./seed/demo";
 import { describeLoad, seedPlaceholderLicense } from "./seed/license";
@@ -76,7 +77,8 @@ async function main(): Promise<void> {
   // ensureDevAccessKey creates .dev.vars from .dev.vars.example when it is missing.
   const hadDevVars = existsSync(`${ROOT}/.dev.vars`);
   const key = await ensureDevAccessKey(ROOT);
-  console.log(`${hadDevVars ? "Updated" : "Created"} .dev.vars; Access key ${key.kid}`);
+  const downloadKid = await ensureDevDownloadKey(ROOT);
+  console.log(`${hadDevVars ? "Updated" : "Created"} .dev.vars; Access key ${key.kid}, download key ${downloadKid}`);
 
   step("D1 migrations (local)");
   await applyLocalMigrations();
