@@ -354,3 +354,23 @@ export const downloadEvents = sqliteTable(
 
 export type AccessToken = typeof accessTokens.$inferSelect;
 export type ModelFile = typeof modelFiles.$inferSelect;
+
+/**
+ * Notes reviewers leave each other on a case. Never shown to the applicant; kept apart from
+ * `decisions` because a comment decides nothing and must not count towards four-eyes.
+ */
+export const reviewComments = sqliteTable(
+  "review_comments",
+  {
+    id: text("id").primaryKey(),
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    reviewerEmail: text("reviewer_email").notNull(),
+    body: text("body").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("review_comments_application").on(t.applicationId, t.createdAt)],
+);
+
+export type ReviewComment = typeof reviewComments.$inferSelect;
