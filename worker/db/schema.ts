@@ -374,3 +374,53 @@ export const reviewComments = sqliteTable(
 );
 
 export type ReviewComment = typeof reviewComments.$inferSelect;
+
+/** An organization's inference limits, overriding the deployment's defaults. */
+export const organizationLimits = sqliteTable("organization_limits", {
+  organizationId: text("organization_id")
+    .primaryKey()
+    .references(() => organizations.id),
+  plan: text("plan").notNull(),
+  requestsPerMinute: integer("requests_per_minute").notNull(),
+  tokensPerMinute: integer("tokens_per_minute").notNull(),
+  monthlyTokenBudget: integer("monthly_token_budget").notNull(),
+  updatedAt: text("updated_at").notNull(),
+});
+
+export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed"] as const;
+
+/**
+ * One inference request's metered usage. Its id is the idempotency identifier of the billing
+ * meter events it produces, so a row is billed once however often it is sent.
+ */
+export const usageLedger = sqliteTable(
+  "usage_ledger",
+  {
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id").notNull(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    model: text("model").notNull(),
+    backend: text("backend"),
+    endpoint: text("endpoint").notNull(),
+    stream: integer("stream", { mode: "boolean" }).notNull(),
+    promptTokens: integer("prompt_tokens").notNull(),
+    completionTokens: integer("completion_tokens").notNull(),
+    totalTokens: integer("total_tokens").notNull(),
+    /** Whether the counts came from the backend (`true`) or were estimated from what was seen. */
+    usageReported: integer("usage_reported", { mode: "boolean" }).notNull(),
+    outcome: text("outcome", { enum: USAGE_OUTCOMES }).notNull(),
+    partial: integer("partial", { mode: "boolean" }).notNull(),
+    status: integer("status").notNull(),
+    latencyMs: integer("latency_ms").notNull(),
+    startedAt: text("started_at").notNull(),
+    createdAt: text("created_at").notNull(),
+    billedAt: text("billed_at"),
+  },
+  (t) => [
+    index("usage_ledger_org_started").on(t.organizationId, t.startedAt),
+    index("usage_ledger_unbilled").on(t.billedAt, t.createdAt),
+  ],
+);
+
+export type UsageRow = typeof usageLedger.$inferSelect;
