@@ -6,6 +6,8 @@ import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { init, requestId } from "./http/middleware";
 import { newRouter } from "./http/router";
+import type { ProxyOptions } from "./inference/proxy";
+import { inferenceRoutes } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
@@ -14,6 +16,8 @@ import { tokenRoutes } from "./tokens/routes";
 export interface AppOptions extends ServiceOptions {
   /** Makes request ids when the edge gave none. */
   requestIdGenerator?: () => string;
+  /** Backend health, fetch and randomness of the inference proxy. */
+  inference?: ProxyOptions;
 }
 
 /**
@@ -32,11 +36,17 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", applicationRoutes);
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
+  app.route("/", inferenceRoutes(options.inference));
   app.route("/", adminRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.
   app.route("/", hubRoutes);
   app.route("/", docsRoutes(app));
 
+  app.openAPIRegistry.registerComponent("securitySchemes", "accessToken", {
+    type: "http",
+    scheme: "bearer",
+    description: "A personal access token (`mg_…`) of an approved organization, with the scope the call needs.",
+  });
   app.doc31("/openapi.json", (c) => ({
     openapi: "3.1.0",
     info: {

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { type BackendPools, parseBackendPools } from "./inference/backends";
 
 export const ADMIN_ROLES = ["reviewer", "approver", "admin"] as const;
 export type AdminRole = (typeof ADMIN_ROLES)[number];
@@ -25,7 +26,18 @@ export interface Config {
     /** Ed25519 private JWKs, newest (the signing one) first. Empty when downloads are not set up. */
     signingKeys: Record<string, unknown>[];
   };
+  inference: {
+    backends: BackendPools;
+    defaultLimits: { requestsPerMinute: number; tokensPerMinute: number; monthlyTokenBudget: number };
+    defaultMaxTokens: number;
+  };
 }
+
+const Limits = z.object({
+  requestsPerMinute: z.number().int().positive(),
+  tokensPerMinute: z.number().int().positive(),
+  monthlyTokenBudget: z.number().int().positive(),
+});
 
 /** Signed links never live longer than a week. */
 export const MAX_LINK_TTL_SECONDS = 7 * 86_400;
@@ -62,6 +74,22 @@ export function readConfig(env: Env): Config {
       signingKeys: env.DOWNLOAD_SIGNING_KEYS?.trim()
         ? ((JSON.parse(env.DOWNLOAD_SIGNING_KEYS) as { keys: Record<string, unknown>[] }).keys ?? [])
         : [],
+    },
+    inference: {
+      backends: parseBackendPools(
+        env.INFERENCE_BACKENDS,
+        (env.INFERENCE_ALLOWED_HOSTS ?? "")
+          .split(",")
+          .map((h) => h.trim().toLowerCase())
+          .filter(Boolean),
+      ),
+      defaultLimits: Limits.parse(
+        JSON.parse(
+          env.INFERENCE_DEFAULT_LIMITS ||
+            '{"requestsPerMinute":60,"tokensPerMinute":100000,"monthlyTokenBudget":10000000}',
+        ),
+      ),
+      defaultMaxTokens: positiveInt(env.INFERENCE_DEFAULT_MAX_TOKENS, 512, "INFERENCE_DEFAULT_MAX_TOKENS"),
     },
   };
   cache.set(env, config);

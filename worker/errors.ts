@@ -22,7 +22,9 @@ export const PROBLEM_CODES = {
   range_not_satisfiable: 416,
   rate_limited: 429,
   internal_error: 500,
+  bad_gateway: 502,
   service_unavailable: 503,
+  gateway_timeout: 504,
 } as const satisfies Record<string, ContentfulStatusCode>;
 
 export type ProblemCode = keyof typeof PROBLEM_CODES;
@@ -45,7 +47,9 @@ const TITLES: Record<ProblemCode, string> = {
   range_not_satisfiable: "Range not satisfiable",
   rate_limited: "Too many requests",
   internal_error: "Internal error",
+  bad_gateway: "The upstream server failed",
   service_unavailable: "Temporarily unavailable",
+  gateway_timeout: "The upstream server did not answer in time",
 };
 
 /** One field-level validation failure, as reported in `errors` of a problem document. */

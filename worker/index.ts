@@ -2,6 +2,8 @@ import { newApp } from "./app";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
 
+export { OrgQuota } from "./quota/org-quota";
+
 const app = newApp();
 
 export default {

@@ -2,6 +2,7 @@ import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { HonoEnv } from "../env";
 import { AppError, type ProblemCode, problemResponse } from "../errors";
+import { isOpenAiPath, openAiErrorResponse } from "../inference/errors";
 
 const STATUS_CODES: Record<number, ProblemCode> = {
   400: "malformed_body",
@@ -22,16 +23,19 @@ const STATUS_CODES: Record<number, ProblemCode> = {
 export function handleError(error: Error, c: Context<HonoEnv>): Response {
   const requestId = c.get("requestId");
   const instance = new URL(c.req.url).pathname;
-  if (error instanceof AppError) return problemResponse(error, instance, requestId);
+  // The OpenAI-compatible routes answer in OpenAI's error shape, which their clients parse.
+  const render = (e: AppError) =>
+    isOpenAiPath(instance) ? openAiErrorResponse(e, requestId) : problemResponse(e, instance, requestId);
+  if (error instanceof AppError) return render(error);
   if (error instanceof HTTPException && error.status < 500) {
     const code = STATUS_CODES[error.status] ?? "malformed_body";
-    return problemResponse(new AppError(code, error.message || "The request was refused."), instance, requestId);
+    return render(new AppError(code, error.message || "The request was refused."));
   }
   const log = c.get("services")?.log;
   const fields = { requestId, path: instance, error: error.message, stack: error.stack };
   if (log) log.error("unhandled error", fields);
   else console.error(JSON.stringify({ level: "error", message: "unhandled error", ...fields }));
-  return problemResponse(new AppError("internal_error", "Something went wrong on our side."), instance, requestId);
+  return render(new AppError("internal_error", "Something went wrong on our side."));
 }
 
 /** 404 for every path no route claims. */

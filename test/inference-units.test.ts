@@ -1,0 +1,241 @@
+import { describe, expect, it } from "vitest";
+import { BackendHealth, checkBackendUrl, orderBackends, parseBackendPools } from "../worker/inference/backends";
+import { estimatePromptTokens } from "../worker/inference/proxy";
+import { meterEventStream, type StreamReport } from "../worker/inference/usage";
+
+function sse(...events: string[]): ReadableStream<Uint8Array> {
+  const bytes = new TextEncoder().encode(events.map((e) => `data: ${e}\n\n`).join(""));
+  return new ReadableStream({
+    start(controller) {
+      // Split across chunk boundaries on purpose, to prove events are reassembled.
+      for (let i = 0; i < bytes.length; i += 7) controller.enqueue(bytes.slice(i, i + 7));
+      controller.close();
+    },
+  });
+}
+
+async function drain(stream: ReadableStream<Uint8Array>): Promise<{ events: string[]; error?: unknown }> {
+  const reader = stream.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+  } catch (error) {
+    return { events: text.split("\n\n").filter(Boolean), error };
+  }
+  return { events: text.split("\n\n").filter(Boolean) };
+}
+
+const chunk = (content: string, usage?: object) =>
+  JSON.stringify({
+    object: "chat.completion.chunk",
+    choices: [{ index: 0, delta: { content } }],
+    ...(usage ? { usage } : {}),
+  });
+const usageChunk = (p: number, c: number) =>
+  JSON.stringify({
+    object: "chat.completion.chunk",
+    choices: [],
+    usage: { prompt_tokens: p, completion_tokens: c, total_tokens: p + c },
+  });
+
+describe("meterEventStream", () => {
+  it("forwards every event unmerged and reads the usage chunk, dropping it when the client did not ask", async () => {
+    let report: StreamReport | undefined;
+    const out = meterEventStream(sse(chunk("a"), chunk("b"), usageChunk(5, 2), "[DONE]"), {
+      clientWantsUsage: false,
+      now: () => 0,
+      onEnd: (r) => {
+        report = r;
+      },
+    });
+    const { events, error } = await drain(out);
+    expect(error).toBeUndefined();
+    expect(events).toEqual([`data: ${chunk("a")}`, `data: ${chunk("b")}`, "data: [DONE]"]);
+    expect(report).toMatchObject({
+      end: "done",
+      usage: { promptTokens: 5, completionTokens: 2, totalTokens: 7 },
+      contentChunks: 2,
+    });
+  });
+
+  it("keeps the usage chunk when the client asked for it", async () => {
+    const { events } = await drain(
+      meterEventStream(sse(chunk("a"), usageChunk(5, 1), "[DONE]"), {
+        clientWantsUsage: true,
+        now: () => 0,
+        onEnd: () => {},
+      }),
+    );
+    expect(events).toEqual([`data: ${chunk("a")}`, `data: ${usageChunk(5, 1)}`, "data: [DONE]"]);
+  });
+
+  it("takes the last of per-chunk usage (vLLM continuous stats), never the sum, and strips it for the client", async () => {
+    let report: StreamReport | undefined;
+    const u = (c: number) => ({ prompt_tokens: 5, completion_tokens: c, total_tokens: 5 + c });
+    const { events } = await drain(
+      meterEventStream(sse(chunk("a", u(1)), chunk("b", u(2)), chunk("c", u(3)), "[DONE]"), {
+        clientWantsUsage: false,
+        now: () => 0,
+        onEnd: (r) => {
+          report = r;
+        },
+      }),
+    );
+    expect(report?.usage).toEqual({ promptTokens: 5, completionTokens: 3, totalTokens: 8 });
+    expect(events.slice(0, 3).map((e) => JSON.parse(e.slice(6)).usage)).toEqual([undefined, undefined, undefined]);
+  });
+
+  it("errors the client's stream when the backend ends without [DONE], and reports it as cut", async () => {
+    let report: StreamReport | undefined;
+    const { events, error } = await drain(
+      meterEventStream(sse(chunk("a"), chunk("b")), {
+        clientWantsUsage: false,
+        now: () => 0,
+        onEnd: (r) => {
+          report = r;
+        },
+      }),
+    );
+    expect(error).toBeDefined();
+    expect(events).toHaveLength(2);
+    expect(report).toMatchObject({ end: "backend_cut", usage: undefined, contentChunks: 2 });
+  });
+
+  it("reports a client that went away and cancels the backend", async () => {
+    let cancelled = false;
+    let report: StreamReport | undefined;
+    const upstream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(`data: ${chunk("a")}\n\n`));
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+    const out = meterEventStream(upstream, { clientWantsUsage: false, now: () => 0, onEnd: (r) => (report = r) });
+    const reader = out.getReader();
+    await reader.read();
+    await reader.cancel("client went away");
+    expect(cancelled).toBe(true);
+    expect(report).toMatchObject({ end: "client_closed", contentChunks: 1 });
+  });
+});
+
+describe("backend URLs", () => {
+  it.each([
+    ["http://10.0.0.5:8000", "private_address"],
+    ["http://127.0.0.1:8000", "private_address"],
+    ["http://169.254.169.254/latest/meta-data", "private_address"],
+    ["http://[::1]:8000", "private_address"],
+    ["http://[fd00::1]/", "private_address"],
+    ["http://metadata.google.internal/", "private_address"],
+    ["http://localhost:8000", "private_address"],
+    ["http://192.168.1.10", "private_address"],
+    ["http://172.20.0.1", "private_address"],
+    ["http://100.64.1.1", "private_address"],
+    ["ftp://gpu.example.com", "scheme"],
+    ["https://user:pw@gpu.example.com", "credentials"],
+    ["not a url", "not_a_url"],
+  ])("refuses %s (%s)", (url, problem) => {
+    expect(checkBackendUrl(url, [])).toBe(problem);
+  });
+
+  it("accepts public hosts, and private ones an operator allowed", () => {
+    expect(checkBackendUrl("https://gpu-1.example.com", [])).toBeUndefined();
+    expect(checkBackendUrl("http://172.32.0.1", [])).toBeUndefined();
+    expect(checkBackendUrl("http://127.0.0.1:8000", ["127.0.0.1"])).toBeUndefined();
+  });
+
+  it("leaves refused backends out of the pool and reports them", () => {
+    const { pools, refused } = parseBackendPools(
+      JSON.stringify({
+        "llama-2-7b-chat": [{ url: "http://10.1.2.3" }, { url: "https://gpu.example.com/v1/", weight: 2 }],
+      }),
+      [],
+    );
+    expect(pools.get("llama-2-7b-chat")).toEqual([
+      {
+        url: "https://gpu.example.com",
+        weight: 2,
+        timeoutMs: 120_000,
+        apiKey: undefined,
+        servedModel: "llama-2-7b-chat",
+      },
+    ]);
+    expect(refused).toEqual([{ model: "llama-2-7b-chat", url: "http://10.1.2.3", problem: "private_address" }]);
+  });
+});
+
+describe("backend order and health", () => {
+  const a = { url: "https://a", weight: 3, timeoutMs: 1, apiKey: undefined, servedModel: "m" };
+  const b = { url: "https://b", weight: 1, timeoutMs: 1, apiKey: undefined, servedModel: "m" };
+
+  it("balances by weight and puts the rest after, skipping unusable ones", () => {
+    expect(
+      orderBackends(
+        [a, b],
+        () => true,
+        () => 0.1,
+      ),
+    ).toEqual([a, b]);
+    expect(
+      orderBackends(
+        [a, b],
+        () => true,
+        () => 0.9,
+      ),
+    ).toEqual([b, a]);
+    expect(
+      orderBackends(
+        [a, b],
+        (x) => x !== a,
+        () => 0.1,
+      ),
+    ).toEqual([b]);
+    let picksA = 0;
+    let seed = 1;
+    const random = () => {
+      seed = (seed * 16807) % 2147483647;
+      return seed / 2147483647;
+    };
+    for (let i = 0; i < 4000; i++) if (orderBackends([a, b], () => true, random)[0] === a) picksA++;
+    expect(picksA / 4000).toBeGreaterThan(0.7);
+    expect(picksA / 4000).toBeLessThan(0.8);
+  });
+
+  it("keeps a failed backend out until a probe finds it healthy again", async () => {
+    let healthy = false;
+    const probes: string[] = [];
+    const health = new BackendHealth(async (input) => {
+      probes.push(String(input));
+      return new Response(null, { status: healthy ? 200 : 503 });
+    });
+    const pending: Promise<unknown>[] = [];
+    health.markDown(a, 0);
+    expect(health.isUsable(a, 5_000, (p) => pending.push(p))).toBe(false);
+    expect(probes).toEqual([]);
+    expect(health.isUsable(a, 10_001, (p) => pending.push(p))).toBe(false);
+    await Promise.all(pending);
+    expect(probes).toEqual(["https://a/health"]);
+    healthy = true;
+    expect(health.isUsable(a, Date.now() + 10_001, (p) => pending.push(p))).toBe(false);
+    await Promise.all(pending);
+    expect(health.isUsable(a, Date.now() + 20_000, (p) => pending.push(p))).toBe(true);
+  });
+});
+
+describe("estimatePromptTokens", () => {
+  it("over-estimates so reservations cover the worst case", () => {
+    const text = "The quick brown fox jumps over the lazy dog";
+    expect(estimatePromptTokens({ messages: [{ role: "user", content: text }] })).toBeGreaterThanOrEqual(9);
+    expect(estimatePromptTokens({ prompt: [text, text] })).toBeGreaterThan(estimatePromptTokens({ prompt: text }));
+    expect(estimatePromptTokens({ messages: [{ role: "user", content: [{ type: "text", text }] }] })).toBeGreaterThan(
+      9,
+    );
+  });
+});

@@ -1,0 +1,79 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+
+const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
+const NOW = Date.parse("2026-06-15T12:00:10Z");
+
+function quota(name = crypto.randomUUID()) {
+  return env.QUOTA.get(env.QUOTA.idFromName(name));
+}
+
+describe("OrgQuota", () => {
+  it("admits exactly the requests-per-minute limit out of 200 concurrent requests", async () => {
+    const q = quota();
+    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => q.reserve(`r${i}`, 10, limits, NOW)));
+    expect(results.filter((r) => r.ok)).toHaveLength(50);
+    const refused = results.filter((r) => !r.ok);
+    expect(refused).toHaveLength(150);
+    expect(refused[0]).toMatchObject({ refusal: "requests_per_minute", retryAfterSeconds: 50 });
+  });
+
+  it("never lets concurrent reservations exceed the monthly budget", async () => {
+    const q = quota();
+    const tight = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1_000 };
+    const results = await Promise.all(Array.from({ length: 100 }, (_, i) => q.reserve(`r${i}`, 30, tight, NOW)));
+    const admitted = results.filter((r) => r.ok).length;
+    expect(admitted).toBe(33);
+    expect(admitted * 30).toBeLessThanOrEqual(1_000);
+    const refusal = results.find((r) => !r.ok);
+    expect(refusal).toMatchObject({ refusal: "monthly_budget" });
+    // Retry-After runs to the end of the month (2026-07-01T00:00:00Z).
+    expect(refusal && !refusal.ok && refusal.retryAfterSeconds).toBe((Date.parse("2026-07-01T00:00:00Z") - NOW) / 1000);
+  });
+
+  it("settles reservations to actual usage, giving unused tokens back", async () => {
+    const q = quota();
+    const small = { requestsPerMinute: 100, tokensPerMinute: 1_000, monthlyTokenBudget: 1_000_000 };
+    expect((await q.reserve("a", 600, small, NOW)).ok).toBe(true);
+    expect(await q.reserve("b", 600, small, NOW)).toMatchObject({ ok: false, refusal: "tokens_per_minute" });
+    const after = await q.settle("a", 100, small, NOW);
+    expect(after.remainingTokens).toBe(900);
+    expect((await q.reserve("b", 600, small, NOW)).ok).toBe(true);
+    const standing = await q.peek(small, NOW);
+    expect(standing).toMatchObject({ monthTokens: 700, remainingRequests: 98 });
+  });
+
+  it("charges usage beyond the reservation in full", async () => {
+    const q = quota();
+    await q.reserve("a", 10, limits, NOW);
+    await q.settle("a", 250, limits, NOW);
+    expect((await q.peek(limits, NOW)).monthTokens).toBe(250);
+  });
+
+  it("opens a new window each minute and a new budget each month", async () => {
+    const q = quota();
+    const one = { requestsPerMinute: 1, tokensPerMinute: 100, monthlyTokenBudget: 150 };
+    expect((await q.reserve("a", 100, one, NOW)).ok).toBe(true);
+    expect((await q.reserve("b", 1, one, NOW + 1_000)).ok).toBe(false);
+    await q.settle("a", 100, one, NOW + 2_000);
+    expect(await q.reserve("c", 60, one, NOW + 60_000)).toMatchObject({ ok: false, refusal: "monthly_budget" });
+    expect((await q.reserve("d", 50, one, NOW + 60_000)).ok).toBe(true);
+    expect((await q.reserve("e", 100, one, Date.parse("2026-07-01T00:00:01Z"))).ok).toBe(true);
+  });
+
+  it("refuses a request larger than the per-minute limit at once", async () => {
+    const q = quota();
+    expect(await q.reserve("a", 2_000, { ...limits, tokensPerMinute: 1_000 }, NOW)).toMatchObject({
+      ok: false,
+      refusal: "request_too_large",
+    });
+  });
+
+  it("releases a reservation nobody settled after fifteen minutes", async () => {
+    const q = quota();
+    const small = { requestsPerMinute: 100, tokensPerMinute: 1_000, monthlyTokenBudget: 1_000 };
+    await q.reserve("lost", 900, small, NOW);
+    expect(await q.reserve("x", 200, small, NOW + 120_000)).toMatchObject({ ok: false, refusal: "monthly_budget" });
+    expect((await q.reserve("y", 200, small, NOW + 16 * 60_000)).ok).toBe(true);
+  });
+});

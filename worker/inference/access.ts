@@ -1,0 +1,73 @@
+import { eq } from "drizzle-orm";
+import { organizationLimits } from "../db/schema";
+import { AppError } from "../errors";
+import { sha256Hex } from "../platform/hash";
+import type { QuotaLimits } from "../quota/org-quota";
+import type { Services } from "../services";
+import { tokenProblem } from "../tokens/middleware";
+import { checkAccessToken, HUB_TOKEN_PREFIX, TOKEN_PREFIX, type TokenPrincipal } from "../tokens/service";
+
+/** How long this isolate trusts a token check: a revocation takes effect within this window. */
+export const TOKEN_CACHE_MS = 5_000;
+
+interface CachedCaller {
+  principal: TokenPrincipal;
+  limits: QuotaLimits;
+  expiresAt: number;
+}
+
+/** An inference caller: the token's principal and the organization's limits. */
+export interface InferenceCaller {
+  principal: TokenPrincipal;
+  limits: QuotaLimits;
+}
+
+const cache = new Map<string, CachedCaller>();
+const MAX_CACHED = 10_000;
+
+/** Forgets every cached token check (tests). */
+export function clearCallerCache(): void {
+  cache.clear();
+}
+
+/**
+ * Authenticates an inference call: the token must be live with the `inference` scope and its
+ * grant active. The answer, with the organization's limits, is cached in the isolate for
+ * `TOKEN_CACHE_MS`, which keeps the database off the hot path while a revoked token or grant, or a
+ * changed limit, still takes effect within seconds.
+ */
+export async function authenticateInference(services: Services, bearer: string | undefined): Promise<InferenceCaller> {
+  if (!bearer) throw tokenProblem("missing", "inference");
+  const secret = bearer.startsWith(HUB_TOKEN_PREFIX + TOKEN_PREFIX) ? bearer.slice(HUB_TOKEN_PREFIX.length) : bearer;
+  const key = await sha256Hex(secret);
+  const now = services.clock.now().getTime();
+  const hit = cache.get(key);
+  if (hit && hit.expiresAt > now) return hit;
+  const check = await checkAccessToken(services, bearer, "inference");
+  if (!check.ok) {
+    cache.delete(key);
+    throw tokenProblem(check.refusal, "inference");
+  }
+  const [own] = await services.db
+    .select()
+    .from(organizationLimits)
+    .where(eq(organizationLimits.organizationId, check.principal.organizationId));
+  const limits: QuotaLimits = own
+    ? {
+        requestsPerMinute: own.requestsPerMinute,
+        tokensPerMinute: own.tokensPerMinute,
+        monthlyTokenBudget: own.monthlyTokenBudget,
+      }
+    : services.config.inference.defaultLimits;
+  if (cache.size >= MAX_CACHED) cache.clear();
+  const caller = { principal: check.principal, limits, expiresAt: now + TOKEN_CACHE_MS };
+  cache.set(key, caller);
+  return caller;
+}
+
+/** The bearer token of an OpenAI-style request. */
+export function inferenceBearer(authorization: string | undefined): string | undefined {
+  const match = authorization ? /^Bearer\s+(\S+)$/i.exec(authorization.trim()) : null;
+  if (!match && authorization) throw new AppError("unauthorized", "Send your token as `Authorization: Bearer mg_…`.");
+  return match?.[1];
+}

@@ -1,0 +1,205 @@
+import { z } from "zod";
+
+/** One GPU inference server (vLLM, TGI, anything OpenAI-compatible) serving a model. */
+export interface Backend {
+  /** Base URL without the `/v1` suffix, e.g. `https://gpu-1.example.com`. */
+  url: string;
+  weight: number;
+  timeoutMs: number;
+  apiKey: string | undefined;
+  /** The model name the server expects (vLLM's `--served-model-name`). */
+  servedModel: string;
+}
+
+const BackendInput = z.object({
+  url: z.string(),
+  weight: z.number().positive().default(1),
+  timeoutMs: z.number().int().positive().max(600_000).default(120_000),
+  apiKey: z.string().optional(),
+  servedModel: z.string().optional(),
+});
+
+export const BackendsInput = z.record(z.string(), z.array(BackendInput));
+
+/** Why a backend URL was refused. */
+export type BackendUrlProblem = "not_a_url" | "scheme" | "credentials" | "private_address";
+
+function ipv4(host: string): number[] | undefined {
+  const parts = host.split(".");
+  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p))) return undefined;
+  const nums = parts.map(Number);
+  return nums.every((n) => n <= 255) ? nums : undefined;
+}
+
+/** Loopback, private, shared, link-local (cloud metadata) and unspecified addresses and names. */
+export function isPrivateHost(hostname: string): boolean {
+  const host = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  if (host === "localhost" || host.endsWith(".localhost") || host.endsWith(".internal") || host.endsWith(".local"))
+    return true;
+  if (host === "metadata.google.internal" || host === "metadata") return true;
+  const v4 = ipv4(host);
+  if (v4) {
+    const [a, b] = v4 as [number, number, number, number];
+    return (
+      a === 0 ||
+      a === 10 ||
+      a === 127 ||
+      (a === 100 && b >= 64 && b <= 127) ||
+      (a === 169 && b === 254) ||
+      (a === 172 && b >= 16 && b <= 31) ||
+      (a === 192 && b === 168) ||
+      (a === 192 && b === 0) ||
+      (a === 198 && (b === 18 || b === 19)) ||
+      a >= 224
+    );
+  }
+  if (host.includes(":")) {
+    if (host === "::" || host === "::1") return true;
+    if (/^f[cd][0-9a-f]{2}:/.test(host) || /^fe[89ab][0-9a-f]:/.test(host)) return true;
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(host);
+    if (mapped) return isPrivateHost(mapped[1] as string);
+  }
+  return false;
+}
+
+/**
+ * Checks a backend URL: http(s), no credentials in it, and not a private, loopback, link-local or
+ * metadata address unless the operator listed the host in `allowedHosts`. (Names that resolve to
+ * private addresses cannot be caught here: Workers have no DNS lookup; the edge's own egress
+ * rules cover that.)
+ */
+export function checkBackendUrl(raw: string, allowedHosts: readonly string[]): BackendUrlProblem | undefined {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return "not_a_url";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return "scheme";
+  if (url.username || url.password) return "credentials";
+  const host = url.hostname.toLowerCase();
+  if (isPrivateHost(host) && !allowedHosts.includes(host)) return "private_address";
+  return undefined;
+}
+
+/** The configured pools, with refused backends listed separately for the operator's logs. */
+export interface BackendPools {
+  pools: ReadonlyMap<string, readonly Backend[]>;
+  refused: { model: string; url: string; problem: BackendUrlProblem }[];
+}
+
+/** Parses `INFERENCE_BACKENDS` (model id → backends). Malformed JSON throws: a deployment error. */
+export function parseBackendPools(json: string | undefined, allowedHosts: readonly string[]): BackendPools {
+  const input = BackendsInput.parse(json?.trim() ? JSON.parse(json) : {});
+  const pools = new Map<string, Backend[]>();
+  const refused: BackendPools["refused"] = [];
+  for (const [model, list] of Object.entries(input)) {
+    const usable: Backend[] = [];
+    for (const b of list) {
+      const problem = checkBackendUrl(b.url, allowedHosts);
+      if (problem) {
+        refused.push({ model, url: b.url, problem });
+        continue;
+      }
+      usable.push({
+        url: b.url.replace(/\/+$/, "").replace(/\/v1$/, ""),
+        weight: b.weight,
+        timeoutMs: b.timeoutMs,
+        apiKey: b.apiKey,
+        servedModel: b.servedModel ?? model,
+      });
+    }
+    pools.set(model, usable);
+  }
+  return { pools, refused };
+}
+
+/** How long a failed backend is left alone before it is probed again. */
+const DOWN_FOR_MS = 10_000;
+
+/**
+ * Health as this isolate has seen it. A backend that refused a connection or answered 5xx is down
+ * for a while; once that passes it is probed (`/health`, then `/v1/models`) before it gets traffic
+ * again. Each isolate keeps its own view, which is enough: a down backend costs each isolate one
+ * failed attempt, retried elsewhere before the client sees anything.
+ */
+export class BackendHealth {
+  private readonly downUntil = new Map<string, number>();
+  private readonly probing = new Map<string, Promise<boolean>>();
+
+  constructor(private readonly fetcher: typeof fetch = (input, init) => fetch(input, init)) {}
+
+  markDown(backend: Backend, now: number): void {
+    this.downUntil.set(backend.url, now + DOWN_FOR_MS);
+  }
+
+  markUp(backend: Backend): void {
+    this.downUntil.delete(backend.url);
+  }
+
+  /** Whether a backend may take traffic now; kicks off a probe when its down time has passed. */
+  isUsable(backend: Backend, now: number, waitUntil: (p: Promise<unknown>) => void): boolean {
+    const until = this.downUntil.get(backend.url);
+    if (until === undefined) return true;
+    if (now < until) return false;
+    if (!this.probing.has(backend.url)) {
+      const probe = this.probe(backend).then((ok) => {
+        this.probing.delete(backend.url);
+        if (ok) this.markUp(backend);
+        else this.markDown(backend, Date.now());
+        return ok;
+      });
+      this.probing.set(backend.url, probe);
+      waitUntil(probe);
+    }
+    return false;
+  }
+
+  /** One health check: `/health` (vLLM, TGI), falling back to `/v1/models`. */
+  async probe(backend: Backend): Promise<boolean> {
+    for (const path of ["/health", "/v1/models"]) {
+      try {
+        const res = await this.fetcher(`${backend.url}${path}`, {
+          headers: backend.apiKey ? { authorization: `Bearer ${backend.apiKey}` } : {},
+          redirect: "manual",
+          signal: AbortSignal.timeout(3_000),
+        });
+        await res.body?.cancel();
+        if (res.ok) return true;
+        if (res.status !== 404) return false;
+      } catch {
+        return false;
+      }
+    }
+    return false;
+  }
+
+  /** Wait for probes started so far (tests). */
+  async settled(): Promise<void> {
+    await Promise.all(this.probing.values());
+  }
+}
+
+/**
+ * Orders a pool for one request: usable backends by weighted random choice without replacement
+ * (so retries go to the others), down ones never.
+ */
+export function orderBackends(
+  pool: readonly Backend[],
+  usable: (b: Backend) => boolean,
+  random: () => number,
+): Backend[] {
+  const candidates = pool.filter(usable);
+  const ordered: Backend[] = [];
+  while (candidates.length > 0) {
+    const total = candidates.reduce((n, b) => n + b.weight, 0);
+    let pick = random() * total;
+    let index = 0;
+    for (; index < candidates.length - 1; index++) {
+      pick -= (candidates[index] as Backend).weight;
+      if (pick < 0) break;
+    }
+    ordered.push(candidates.splice(index, 1)[0] as Backend);
+  }
+  return ordered;
+}

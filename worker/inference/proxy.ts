@@ -1,0 +1,408 @@
+import type { Context } from "hono";
+import { z } from "zod";
+import type { HonoEnv } from "../env";
+import { AppError } from "../errors";
+import { fieldErrors } from "../http/router";
+import { findModel } from "../policy/families";
+import type { QuotaSnapshot, ReserveResult } from "../quota/org-quota";
+import type { Services } from "../services";
+import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
+import { type Backend, BackendHealth, orderBackends } from "./backends";
+import { recordUsage, type UsageRecord } from "./ledger";
+import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
+
+/** The largest request body accepted, in bytes. */
+export const MAX_REQUEST_BYTES = 1024 * 1024;
+
+const Common = {
+  model: z.string().min(1).max(128),
+  stream: z.boolean().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).passthrough().nullish(),
+  max_tokens: z.number().int().positive().nullish(),
+  max_completion_tokens: z.number().int().positive().nullish(),
+  n: z.number().int().min(1).max(16).nullish(),
+};
+
+const ChatRequest = z
+  .object({ ...Common, messages: z.array(z.object({ role: z.string() }).passthrough()).min(1) })
+  .passthrough();
+const CompletionRequest = z
+  .object({
+    ...Common,
+    prompt: z.union([z.string(), z.array(z.string()), z.array(z.number()), z.array(z.array(z.number()))]),
+  })
+  .passthrough();
+
+export type Endpoint = "chat" | "completions";
+
+/** Shared, per-isolate backend health. */
+const isolateHealth = new BackendHealth();
+
+/** What the proxy depends on beyond the request's services; tests pass their own. */
+export interface ProxyOptions {
+  health?: BackendHealth;
+  fetcher?: typeof fetch;
+  random?: () => number;
+}
+
+function textOf(value: unknown): number {
+  if (typeof value === "string") return new TextEncoder().encode(value).byteLength;
+  if (Array.isArray(value)) return value.reduce((n: number, part) => n + textOf(part), 0);
+  if (value && typeof value === "object") {
+    const part = value as { text?: unknown; content?: unknown };
+    return textOf(part.text) + textOf(part.content);
+  }
+  if (typeof value === "number") return 4;
+  return 0;
+}
+
+/**
+ * A deliberately high estimate of a prompt's tokens (one per three bytes of text plus per-message
+ * overhead), so that a reservation covers the worst case and settlement only gives tokens back.
+ */
+export function estimatePromptTokens(body: { messages?: unknown[]; prompt?: unknown }): number {
+  if (Array.isArray(body.messages)) {
+    return (
+      3 + body.messages.reduce((n: number, m) => n + 4 + Math.ceil(textOf((m as { content?: unknown }).content) / 3), 0)
+    );
+  }
+  return 1 + Math.ceil(textOf(body.prompt) / 3);
+}
+
+/** OpenAI's rate-limit headers, from the organization's standing. */
+export function rateLimitHeaders(s: QuotaSnapshot): Record<string, string> {
+  return {
+    "x-ratelimit-limit-requests": String(s.limitRequests),
+    "x-ratelimit-remaining-requests": String(s.remainingRequests),
+    "x-ratelimit-reset-requests": `${s.resetSeconds}s`,
+    "x-ratelimit-limit-tokens": String(s.limitTokens),
+    "x-ratelimit-remaining-tokens": String(s.remainingTokens),
+    "x-ratelimit-reset-tokens": `${s.resetSeconds}s`,
+    "x-modelgate-monthly-token-budget": String(s.monthlyBudget),
+    "x-modelgate-monthly-tokens-remaining": String(s.monthlyRemaining),
+  };
+}
+
+const REFUSALS: Record<Exclude<ReserveResult, { ok: true }>["refusal"], [string, string]> = {
+  requests_per_minute: ["Rate limit reached for requests per minute.", "rate_limit_exceeded"],
+  tokens_per_minute: ["Rate limit reached for tokens per minute.", "rate_limit_exceeded"],
+  monthly_budget: ["Your organization's monthly token budget is used up.", "insufficient_quota"],
+  request_too_large: [
+    "This request (prompt plus max_tokens) is larger than your tokens-per-minute limit allows.",
+    "request_too_large",
+  ],
+};
+
+async function readJson(c: Context<HonoEnv>): Promise<unknown> {
+  const type = (c.req.header("content-type") ?? "").split(";")[0]?.trim().toLowerCase();
+  if (type !== "application/json") throw new AppError("unsupported_media_type", "Send the body as application/json.");
+  const declared = Number(c.req.header("content-length") ?? "0");
+  if (declared > MAX_REQUEST_BYTES)
+    throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
+  const text = await c.req.text();
+  if (new TextEncoder().encode(text).byteLength > MAX_REQUEST_BYTES) {
+    throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new AppError("malformed_body", "The body is not valid JSON.");
+  }
+}
+
+function quotaStub(env: Env, organizationId: string) {
+  return env.QUOTA.get(env.QUOTA.idFromName(organizationId));
+}
+
+type Attempt =
+  | { ok: true; backend: Backend; response: Response; clearTimer: () => void; abort: () => void }
+  | { ok: false; failure: "timeout" | "connect" | "server_error" | "none_usable" };
+
+/**
+ * Tries the pool's backends in weighted order until one answers without a server error. A request
+ * is only retried before anything reached the client: connection failures, timeouts before the
+ * response headers and 5xx answers move on to the next backend and mark the failed one down.
+ */
+async function sendToBackends(
+  services: Services,
+  pool: readonly Backend[],
+  path: string,
+  bodyFor: (backend: Backend) => string,
+  options: Required<ProxyOptions>,
+  waitUntil: (p: Promise<unknown>) => void,
+): Promise<Attempt> {
+  const now = services.clock.now().getTime();
+  const order = orderBackends(pool, (b) => options.health.isUsable(b, now, waitUntil), options.random);
+  let failure: Exclude<Attempt, { ok: true }>["failure"] = "none_usable";
+  for (const backend of order) {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, backend.timeoutMs);
+    const headers: Record<string, string> = {
+      "content-type": "application/json",
+      accept: "application/json, text/event-stream",
+    };
+    if (backend.apiKey) headers.authorization = `Bearer ${backend.apiKey}`;
+    let response: Response;
+    try {
+      response = await options.fetcher(`${backend.url}/v1/${path}`, {
+        method: "POST",
+        headers,
+        body: bodyFor(backend),
+        redirect: "manual",
+        signal: controller.signal,
+      });
+    } catch {
+      clearTimeout(timer);
+      options.health.markDown(backend, services.clock.now().getTime());
+      failure = timedOut ? "timeout" : "connect";
+      services.log.warn("inference backend failed", { backend: backend.url, failure });
+      continue;
+    }
+    if (response.status >= 500 || (response.status >= 300 && response.status < 400)) {
+      clearTimeout(timer);
+      await response.body?.cancel();
+      if (response.status >= 500) options.health.markDown(backend, services.clock.now().getTime());
+      failure = "server_error";
+      services.log.warn("inference backend failed", { backend: backend.url, status: response.status });
+      continue;
+    }
+    options.health.markUp(backend);
+    return { ok: true, backend, response, clearTimer: () => clearTimeout(timer), abort: () => controller.abort() };
+  }
+  return { ok: false, failure };
+}
+
+/**
+ * `POST /v1/chat/completions` and `/v1/completions`: authenticate (cached briefly), check the
+ * license grant covers the model's family, reserve the worst case in the organization's quota
+ * object, send to a healthy backend (retrying others before the first byte), stream the answer
+ * back through the usage meter, settle the quota to the actual usage and append a ledger row —
+ * the last two after the response, also when the client hangs up.
+ */
+export async function proxyCompletion(
+  c: Context<HonoEnv>,
+  endpoint: Endpoint,
+  proxyOptions: ProxyOptions = {},
+): Promise<Response> {
+  const services = c.get("services");
+  const options: Required<ProxyOptions> = {
+    health: proxyOptions.health ?? isolateHealth,
+    fetcher: proxyOptions.fetcher ?? ((input, init) => fetch(input, init)),
+    random: proxyOptions.random ?? Math.random,
+  };
+  const startedAt = services.clock.now();
+  const caller: InferenceCaller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
+  const raw = await readJson(c);
+  const parsed = (endpoint === "chat" ? ChatRequest : CompletionRequest).safeParse(raw);
+  if (!parsed.success) {
+    const errors = fieldErrors(parsed.error);
+    throw new AppError(
+      "validation_failed",
+      `Invalid request: ${errors.map((e) => `${e.field}: ${e.message}`).join("; ")}`,
+      {
+        errors,
+        extensions: { param: errors[0]?.field },
+      },
+    );
+  }
+  const request = parsed.data as z.infer<typeof ChatRequest> & z.infer<typeof CompletionRequest>;
+  const found = findModel(request.model);
+  if (!found)
+    throw new AppError("not_found", `The model \`${request.model}\` does not exist.`, {
+      extensions: { param: "model" },
+    });
+  if (found.family.id !== caller.principal.family) {
+    throw new AppError("forbidden", `Your organization has no grant for ${found.family.displayName}.`);
+  }
+  const pool = services.config.inference.backends.pools.get(request.model) ?? [];
+  if (pool.length === 0)
+    throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
+
+  const maxTokens = request.max_tokens ?? request.max_completion_tokens ?? services.config.inference.defaultMaxTokens;
+  const promptEstimate = estimatePromptTokens(request);
+  const reserveTokens = promptEstimate + maxTokens * (request.n ?? 1);
+  const usageId = services.ids.id("use");
+  const quota = quotaStub(c.env, caller.principal.organizationId);
+  const reservation = await quota.reserve(usageId, reserveTokens, caller.limits, startedAt.getTime());
+  if (!reservation.ok) {
+    const [message, openaiCode] = REFUSALS[reservation.refusal];
+    throw new AppError("rate_limited", message, {
+      headers: { "retry-after": String(reservation.retryAfterSeconds), ...rateLimitHeaders(reservation.snapshot) },
+      extensions: { openaiCode },
+    });
+  }
+
+  const stream = request.stream === true;
+  const clientWantsUsage = request.stream_options?.include_usage === true;
+  const forward: Record<string, unknown> = { ...request };
+  if (request.max_tokens == null && request.max_completion_tokens == null) forward.max_tokens = maxTokens;
+  if (stream) forward.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
+
+  const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
+  const ledgerBase = {
+    id: usageId,
+    organizationId: caller.principal.organizationId,
+    grantId: caller.principal.grantId,
+    tokenId: caller.principal.tokenId,
+    model: request.model,
+    endpoint: endpoint === "chat" ? "chat.completions" : "completions",
+    stream,
+    startedAt: startedAt.toISOString(),
+  };
+  /** Settles the reservation to what was used and writes the ledger row. */
+  const settle = async (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">) => {
+    const now = services.clock.now();
+    try {
+      await quota.settle(usageId, record.totalTokens, caller.limits, now.getTime());
+    } finally {
+      await recordUsage(services, { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() });
+    }
+  };
+
+  // Backends differ only in the model name they serve; most pools serve one name.
+  const bodies = new Map<string, string>();
+  const bodyFor = (backend: Backend) => {
+    let body = bodies.get(backend.servedModel);
+    if (body === undefined) {
+      body = JSON.stringify({ ...forward, model: backend.servedModel });
+      bodies.set(backend.servedModel, body);
+    }
+    return body;
+  };
+  const path = endpoint === "chat" ? "chat/completions" : "completions";
+  const attempt = await sendToBackends(services, pool, path, bodyFor, options, waitUntil);
+  if (!attempt.ok) {
+    const status = attempt.failure === "timeout" ? 504 : attempt.failure === "none_usable" ? 503 : 502;
+    waitUntil(
+      settle({
+        backend: null,
+        promptTokens: 0,
+        completionTokens: 0,
+        totalTokens: 0,
+        usageReported: false,
+        outcome: "backend_error",
+        partial: false,
+        status,
+      }),
+    );
+    const code = status === 504 ? "gateway_timeout" : status === 503 ? "service_unavailable" : "bad_gateway";
+    const detail =
+      status === 504
+        ? "The inference servers did not answer in time."
+        : status === 503
+          ? "No inference server for this model is available right now."
+          : "The inference servers failed to answer.";
+    throw new AppError(code, detail, { headers: rateLimitHeaders(reservation.snapshot) });
+  }
+
+  const { backend, response } = attempt;
+  const overheadMs = services.clock.now().getTime() - startedAt.getTime();
+  const headers = new Headers({
+    ...rateLimitHeaders(reservation.snapshot),
+    "x-modelgate-overhead-ms": String(overheadMs),
+    "x-request-id": c.get("requestId"),
+  });
+
+  if (!response.ok) {
+    // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
+    const text = await response.text();
+    attempt.clearTimer();
+    waitUntil(
+      settle({
+        backend: backend.url,
+        promptTokens: 0,
+        completionTokens: 0,
+        totalTokens: 0,
+        usageReported: false,
+        outcome: "backend_error",
+        partial: false,
+        status: response.status,
+      }),
+    );
+    headers.set("content-type", response.headers.get("content-type") ?? "application/json");
+    return new Response(text, { status: response.status, headers });
+  }
+
+  if (!stream || !response.body) {
+    let text: string;
+    try {
+      text = await response.text();
+    } catch {
+      attempt.clearTimer();
+      waitUntil(
+        settle({
+          backend: backend.url,
+          promptTokens: 0,
+          completionTokens: 0,
+          totalTokens: 0,
+          usageReported: false,
+          outcome: "partial",
+          partial: true,
+          status: 502,
+        }),
+      );
+      throw new AppError("bad_gateway", "The inference server broke off its answer.");
+    }
+    attempt.clearTimer();
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    const reported = readUsage(json);
+    const usage: Usage = reported ?? {
+      promptTokens: promptEstimate,
+      completionTokens: maxTokens,
+      totalTokens: promptEstimate + maxTokens,
+    };
+    waitUntil(
+      settle({
+        backend: backend.url,
+        ...usage,
+        usageReported: reported !== undefined,
+        outcome: "ok",
+        partial: false,
+        status: 200,
+      }),
+    );
+    headers.set("content-type", "application/json");
+    return new Response(text, { status: 200, headers });
+  }
+
+  attempt.clearTimer();
+  let reportStream: (report: StreamReport) => void = () => {};
+  const ended = new Promise<StreamReport>((resolve) => {
+    reportStream = resolve;
+  });
+  const body = meterEventStream(response.body, {
+    clientWantsUsage,
+    now: () => services.clock.now().getTime(),
+    onEnd: reportStream,
+  });
+  waitUntil(
+    ended.then((report) => {
+      if (report.end === "client_closed") attempt.abort();
+      const usage = report.usage;
+      const completionTokens = usage?.completionTokens ?? report.contentChunks;
+      const promptTokens = usage?.promptTokens ?? promptEstimate;
+      return settle({
+        backend: backend.url,
+        promptTokens,
+        completionTokens,
+        totalTokens: usage && report.end === "done" ? usage.totalTokens : promptTokens + completionTokens,
+        usageReported: usage !== undefined,
+        outcome: report.end === "done" ? "ok" : report.end === "client_closed" ? "client_closed" : "partial",
+        partial: report.end !== "done",
+        status: report.end === "done" ? 200 : 499,
+      });
+    }),
+  );
+  headers.set("content-type", "text/event-stream; charset=utf-8");
+  headers.set("cache-control", "no-cache");
+  return new Response(body, { status: 200, headers });
+}

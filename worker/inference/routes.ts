@@ -1,0 +1,144 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, eq, gte, lt, sql } from "drizzle-orm";
+import { usageLedger } from "../db/schema";
+import { AppError } from "../errors";
+import { newRouter } from "../http/router";
+import { findFamily } from "../policy/families";
+import { authenticateInference, inferenceBearer } from "./access";
+import { type ProxyOptions, proxyCompletion } from "./proxy";
+
+const openAiError = z.object({
+  error: z.object({ message: z.string(), type: z.string(), code: z.string().nullable() }),
+});
+const errorResponses = Object.fromEntries(
+  [400, 401, 403, 404, 413, 415, 429, 502, 503, 504].map((s) => [
+    s,
+    { description: "OpenAI-style error", content: { "application/json": { schema: openAiError } } },
+  ]),
+);
+
+const completionRoute = (path: "/v1/chat/completions" | "/v1/completions", summary: string) =>
+  createRoute({
+    method: "post",
+    path,
+    tags: ["Inference"],
+    summary,
+    description:
+      "OpenAI wire format, streamed (`stream: true`, server-sent events) or not. Authorized by a personal access token with the `inference` scope whose organization holds a live grant for the model's family. Answers carry OpenAI's `x-ratelimit-*` headers and `x-modelgate-overhead-ms`.",
+    security: [{ accessToken: [] }],
+    request: {
+      body: {
+        content: { "application/json": { schema: { type: "object", additionalProperties: true } } },
+        required: true,
+      },
+    },
+    responses: {
+      200: {
+        description: "The completion (JSON) or its stream (text/event-stream)",
+        content: {
+          "application/json": { schema: { type: "object", additionalProperties: true } },
+          "text/event-stream": { schema: { type: "string" } },
+        },
+      },
+      ...errorResponses,
+    },
+  });
+
+const UsageQuery = z.object({
+  from: z.iso.date().optional().openapi({ description: "First day (UTC), inclusive. Default: 30 days ago." }),
+  to: z.iso.date().optional().openapi({ description: "Last day (UTC), inclusive. Default: today." }),
+  granularity: z.literal("day").default("day"),
+});
+
+const usageRoute = createRoute({
+  method: "get",
+  path: "/v1/usage",
+  tags: ["Inference"],
+  summary: "Token usage of the token's organization, per day and model",
+  security: [{ accessToken: [] }],
+  request: { query: UsageQuery },
+  responses: {
+    200: {
+      description: "Usage per day and model",
+      content: {
+        "application/json": {
+          schema: z.object({
+            object: z.literal("list"),
+            from: z.string(),
+            to: z.string(),
+            data: z.array(
+              z.object({
+                date: z.string(),
+                model: z.string(),
+                requests: z.number().int(),
+                prompt_tokens: z.number().int(),
+                completion_tokens: z.number().int(),
+                total_tokens: z.number().int(),
+                partial_requests: z.number().int(),
+              }),
+            ),
+          }),
+        },
+      },
+    },
+    ...errorResponses,
+  },
+});
+
+/** The OpenAI-compatible surface. `options` lets tests swap the backend health and fetch. */
+export function inferenceRoutes(options: ProxyOptions = {}) {
+  const router = newRouter();
+  router.get("/v1/models", async (c) => {
+    const services = c.get("services");
+    const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
+    const family = findFamily(caller.principal.family);
+    const pools = services.config.inference.backends.pools;
+    const created = Math.floor(new Date(`${family?.releaseDate ?? "2023-07-18"}T00:00:00Z`).getTime() / 1000);
+    return c.json({
+      object: "list",
+      data: (family?.models ?? [])
+        .filter((m) => (pools.get(m.id)?.length ?? 0) > 0)
+        .map((m) => ({ id: m.id, object: "model", created, owned_by: family?.licensor ?? "modelgate" })),
+    });
+  });
+  router
+    .openapi(completionRoute("/v1/chat/completions", "Chat completion (OpenAI-compatible)"), (c) =>
+      proxyCompletion(c, "chat", options),
+    )
+    .openapi(completionRoute("/v1/completions", "Text completion (OpenAI-compatible)"), (c) =>
+      proxyCompletion(c, "completions", options),
+    )
+    .openapi(usageRoute, async (c) => {
+      const services = c.get("services");
+      const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
+      const today = services.clock.now().toISOString().slice(0, 10);
+      const query = c.req.valid("query");
+      const to = query.to ?? today;
+      const from = query.from ?? new Date(Date.parse(`${to}T00:00:00Z`) - 29 * 86_400_000).toISOString().slice(0, 10);
+      if (from > to) throw new AppError("validation_failed", "`from` must not be after `to`.");
+      const end = new Date(Date.parse(`${to}T00:00:00Z`) + 86_400_000).toISOString();
+      const day = sql<string>`substr(${usageLedger.startedAt}, 1, 10)`;
+      const rows = await services.db
+        .select({
+          date: day,
+          model: usageLedger.model,
+          requests: sql<number>`count(*)`,
+          prompt_tokens: sql<number>`coalesce(sum(${usageLedger.promptTokens}), 0)`,
+          completion_tokens: sql<number>`coalesce(sum(${usageLedger.completionTokens}), 0)`,
+          total_tokens: sql<number>`coalesce(sum(${usageLedger.totalTokens}), 0)`,
+          partial_requests: sql<number>`coalesce(sum(${usageLedger.partial}), 0)`,
+        })
+        .from(usageLedger)
+        .where(
+          and(
+            eq(usageLedger.organizationId, caller.principal.organizationId),
+            gte(usageLedger.startedAt, `${from}T00:00:00.000Z`),
+            lt(usageLedger.startedAt, end),
+          ),
+        )
+        .groupBy(day, usageLedger.model)
+        .orderBy(day, usageLedger.model);
+      return c.json({ object: "list" as const, from, to, data: rows }, 200);
+    });
+  return router;
+}
