@@ -4,7 +4,8 @@ import { defineConfig } from "vitest/config";
 
 // Tests run inside workerd with the bindings of wrangler.toml (D1, R2, rate limiter, send_email),
 // plus test-only bindings: the migrations to apply, a throwaway Access signing key whose public
-// half is the JWKS the gateway trusts, and a throwaway Ed25519 key for download links.
+// half is the JWKS the gateway trusts, a throwaway Ed25519 key for download links, and the URLs
+// of the inference-backend simulators that test/global-setup.ts starts in Node.
 export default defineConfig(async () => {
   const migrations = await readD1Migrations("./migrations");
   const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
@@ -15,7 +16,7 @@ export default defineConfig(async () => {
   const downloadKey = { ...(await exportJWK(signing.privateKey)), kid: "test-download-key", alg: "EdDSA" };
   return {
     plugins: [
-      cloudflareTest({
+      cloudflareTest(({ inject }) => ({
         wrangler: { configPath: "./wrangler.toml" },
         miniflare: {
           bindings: {
@@ -23,14 +24,16 @@ export default defineConfig(async () => {
             ACCESS_JWKS: JSON.stringify({ keys: [publicJwk] }),
             TEST_ACCESS_PRIVATE_JWK: JSON.stringify(privateJwk),
             DOWNLOAD_SIGNING_KEYS: JSON.stringify({ keys: [downloadKey] }),
+            TEST_BACKEND_URLS: JSON.stringify(inject("backendUrls")),
           },
         },
-      }),
+      })),
     ],
     test: {
       include: ["test/**/*.test.ts"],
       exclude: ["test/browser/**"],
       setupFiles: ["./test/setup.ts"],
+      globalSetup: ["./test/global-setup.ts"],
     },
   };
 });

@@ -6,6 +6,8 @@ declare global {
     interface Env {
       TEST_MIGRATIONS: D1Migration[];
       TEST_ACCESS_PRIVATE_JWK: string;
+      /** JSON array of the backend simulators' base URLs (test/global-setup.ts). */
+      TEST_BACKEND_URLS: string;
     }
   }
 }

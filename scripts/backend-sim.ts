@@ -1,0 +1,677 @@
+/**
+ * A stand-in for an OpenAI-compatible GPU inference server (vLLM, TGI) in development, tests and
+ * benchmarks. It speaks the real wire format — `/v1/models`, `/v1/chat/completions`,
+ * `/v1/completions`, streamed or not, with usage reported the way vLLM reports it — but answers
+ * deterministically: `max_tokens` tokens reading `tok0 tok1 …`, and usage counted as words, so a
+ * test can compute exactly what the gateway must meter and bill.
+ *
+ * Tests make one backend misbehave through `POST /_sim/mode` (refuse, 500, stall, cut, down) and
+ * read back what the gateway sent through `GET /_sim/requests`.
+ *
+ * Scopes keep parallel test files apart: every path may be prefixed with `/scope/<name>`, and a
+ * scope has its own mode and request log. A test that routes its gateway to
+ * `http://127.0.0.1:PORT/scope/<unique>` can break "its" backend without disturbing a test that
+ * runs at the same time against the same simulator.
+ *
+ *   npm run backend:sim -- --port 8000 [--host 127.0.0.1] [--latency-ms 20] [--models a,b] [--api-key K]
+ */
+import { randomBytes } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+
+/** Every model id the Llama 2 family offers (worker/policy/families/llama-2.ts). */
+export const LLAMA_2_MODEL_IDS = [
+  "llama-2-7b",
+  "llama-2-7b-chat",
+  "llama-2-13b",
+  "llama-2-13b-chat",
+  "llama-2-70b",
+  "llama-2-70b-chat",
+] as const;
+
+/** How a simulator answers completion requests; see {@link SimulatorModeRequest}. */
+export type SimulatorMode = "ok" | "refuse" | "500" | "stall" | "cut" | "down";
+
+const MODES: readonly SimulatorMode[] = ["ok", "refuse", "500", "stall", "cut", "down"];
+
+/** Body of `POST /_sim/mode`. */
+export interface SimulatorModeRequest {
+  /**
+   * `refuse`: destroy the socket without a response. `500`: an HTTP 500 with an OpenAI error
+   * body. `stall`: accept and never answer. `cut`: stream `cutAfter` tokens, then destroy the
+   * socket without `[DONE]`. `down`: `/health` and completions answer 503.
+   */
+  mode: SimulatorMode;
+  /** The mode applies to this many completion requests, then `ok` returns; absent: until changed. */
+  count?: number;
+  /** Tokens streamed before a `cut` (default 3). */
+  cutAfter?: number;
+  /** Changes the pause between streamed tokens from now on. */
+  tokenLatencyMs?: number;
+}
+
+/** One completion request as the simulator received it (`GET /_sim/requests`). */
+export interface RecordedRequest {
+  path: string;
+  /** The parsed JSON body, or the raw text when it was not JSON. */
+  body: unknown;
+  /** Request headers, lower-cased, as received. */
+  headers: Record<string, string>;
+  /** The mode the request was answered in. */
+  mode: SimulatorMode;
+}
+
+/** Options of {@link startBackendSimulator}; every default suits the workerd tests. */
+export interface BackendSimulatorOptions {
+  /** 0 (the default) picks a free port. */
+  port?: number;
+  /** Default 127.0.0.1: nothing here should listen beyond loopback. */
+  host?: string;
+  /** Pause between streamed tokens, default 0. */
+  tokenLatencyMs?: number;
+  /** Models served, default every Llama 2 model id. */
+  models?: readonly string[];
+  /** Shown in `/health` and error messages, to tell several simulators apart. */
+  name?: string;
+  /** When set, `/v1/*` requires `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  /** How many recent completion requests `/_sim/requests` keeps (default 1000; bounds memory under load). */
+  maxRecordedRequests?: number;
+  /** Log each request to stderr (default false: a benchmark must not pay for logging). */
+  log?: boolean;
+}
+
+/** A running simulator. */
+export interface BackendSimulator {
+  /** Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`. */
+  url: string;
+  port: number;
+  /** Stops listening and drops every open connection, stalled ones included. */
+  close(): Promise<void>;
+}
+
+interface ChatMessage {
+  content?: unknown;
+}
+
+interface CompletionRequest {
+  model?: unknown;
+  messages?: unknown;
+  prompt?: unknown;
+  max_tokens?: unknown;
+  max_completion_tokens?: unknown;
+  stream?: unknown;
+  stream_options?: { include_usage?: unknown; continuous_usage_stats?: unknown } | null;
+}
+
+interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** Mode, pacing and request log of one scope (the default scope is ""). */
+interface ScopeState {
+  mode: SimulatorMode;
+  /** Completion requests left in `mode`; undefined: until changed. */
+  remaining: number | undefined;
+  cutAfter: number;
+  tokenLatencyMs: number;
+  recorded: RecordedRequest[];
+}
+
+/** `/scope/<name>/rest` → name, /rest; any other path → no name, the path itself. */
+const SCOPED_PATH = /^(?:\/scope\/([^/]+))?(\/.*)$/;
+
+const DEFAULT_MAX_TOKENS = 16;
+/** Far above any test's needs; stops a typo from streaming for minutes. */
+const MAX_TOKENS_LIMIT = 100_000;
+const BODY_LIMIT_BYTES = 4 * 1024 * 1024;
+
+function countWords(text: string): number {
+  let words = 0;
+  for (const word of text.split(/\s+/)) if (word) words++;
+  return words;
+}
+
+/** Words in every text a chat message carries: plain `content` strings and `text` parts. */
+function chatPromptWords(messages: ChatMessage[]): number {
+  let words = 0;
+  for (const message of messages) {
+    const content = message?.content;
+    if (typeof content === "string") words += countWords(content);
+    else if (Array.isArray(content)) {
+      for (const part of content) {
+        const text = (part as { text?: unknown } | null)?.text;
+        if (typeof text === "string") words += countWords(text);
+      }
+    }
+  }
+  return words;
+}
+
+/** The i-th generated token; the whole completion is their concatenation. */
+function token(i: number): string {
+  return `tok${i} `;
+}
+
+function completionText(tokens: number): string {
+  let text = "";
+  for (let i = 0; i < tokens; i++) text += token(i);
+  return text;
+}
+
+function usageOf(promptTokens: number, completionTokens: number): Usage {
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+  };
+}
+
+class BadRequest extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** An OpenAI-style error body, the shape OpenAI clients and vLLM's current API use. */
+function openAiError(message: string, type: string, param: string | null = null, code: string | null = null) {
+  return { error: { message, type, param, code } };
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((done, fail) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > BODY_LIMIT_BYTES) {
+        fail(new BadRequest(413, "request body too large", "invalid_request_error"));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("end", () => done(Buffer.concat(chunks).toString("utf8")));
+    req.on("error", fail);
+  });
+}
+
+function headersOf(req: IncomingMessage): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(", ") : value;
+  }
+  return headers;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((done) => setTimeout(done, ms));
+}
+
+/**
+ * Starts a simulator. Resolves once it listens; `close()` stops it.
+ *
+ * @example
+ * const sim = await startBackendSimulator({ tokenLatencyMs: 5 });
+ * await fetch(`${sim.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ … }) });
+ * await sim.close();
+ */
+export async function startBackendSimulator(options: BackendSimulatorOptions = {}): Promise<BackendSimulator> {
+  const host = options.host ?? "127.0.0.1";
+  const name = options.name ?? "modelgate-sim";
+  const models = new Set(options.models ?? LLAMA_2_MODEL_IDS);
+  const maxRecorded = options.maxRecordedRequests ?? 1000;
+  const startedAt = Math.floor(Date.now() / 1000);
+  const idPrefix = randomBytes(4).toString("hex");
+  let nextId = 0;
+  const scopes = new Map<string, ScopeState>();
+
+  function scopeState(scope: string): ScopeState {
+    let state = scopes.get(scope);
+    if (!state) {
+      state = {
+        mode: "ok",
+        remaining: undefined,
+        cutAfter: 3,
+        tokenLatencyMs: options.tokenLatencyMs ?? 0,
+        recorded: [],
+      };
+      scopes.set(scope, state);
+    }
+    return state;
+  }
+
+  /** The mode for the next completion request, counting it against `count`. */
+  function takeMode(state: ScopeState): SimulatorMode {
+    const current = state.mode;
+    if (state.remaining !== undefined) {
+      state.remaining--;
+      if (state.remaining <= 0) {
+        state.mode = "ok";
+        state.remaining = undefined;
+      }
+    }
+    return current;
+  }
+
+  function setMode(state: ScopeState, request: SimulatorModeRequest): void {
+    if (!MODES.includes(request.mode)) {
+      throw new BadRequest(400, `mode must be one of ${MODES.join(", ")}`, "invalid_request_error", "mode");
+    }
+    const count = request.count;
+    if (count !== undefined && !(Number.isInteger(count) && count > 0)) {
+      throw new BadRequest(400, "count must be a positive integer", "invalid_request_error", "count");
+    }
+    const cut = request.cutAfter ?? 3;
+    if (!(Number.isInteger(cut) && cut >= 0)) {
+      throw new BadRequest(400, "cutAfter must be a non-negative integer", "invalid_request_error", "cutAfter");
+    }
+    const latency = request.tokenLatencyMs;
+    if (latency !== undefined && !(typeof latency === "number" && latency >= 0)) {
+      throw new BadRequest(400, "tokenLatencyMs must be a non-negative number", "invalid_request_error");
+    }
+    state.mode = request.mode;
+    state.remaining = request.mode === "ok" ? undefined : count;
+    state.cutAfter = cut;
+    if (latency !== undefined) state.tokenLatencyMs = latency;
+  }
+
+  function describeMode(state: ScopeState) {
+    return {
+      mode: state.mode,
+      count: state.remaining ?? null,
+      cutAfter: state.cutAfter,
+      tokenLatencyMs: state.tokenLatencyMs,
+    };
+  }
+
+  function record(state: ScopeState, entry: RecordedRequest): void {
+    state.recorded.push(entry);
+    if (state.recorded.length > maxRecorded) state.recorded = state.recorded.slice(-maxRecorded);
+  }
+
+  function authorized(req: IncomingMessage): boolean {
+    return options.apiKey === undefined || req.headers.authorization === `Bearer ${options.apiKey}`;
+  }
+
+  async function handleCompletion(
+    req: IncomingMessage,
+    res: ServerResponse,
+    state: ScopeState,
+    path: string,
+    kind: "chat" | "text",
+  ) {
+    const text = await readBody(req);
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = text;
+    }
+    const answeredIn = takeMode(state);
+    record(state, { path, body, headers: headersOf(req), mode: answeredIn });
+
+    switch (answeredIn) {
+      case "refuse":
+        req.socket.destroy();
+        return;
+      case "stall":
+        // Never answer; the socket goes when the client gives up or the simulator closes.
+        return;
+      case "500":
+        sendJson(res, 500, openAiError(`${name}: injected failure`, "server_error"));
+        return;
+      case "down":
+        sendJson(res, 503, openAiError(`${name} is down`, "server_error"));
+        return;
+    }
+
+    if (!authorized(req)) {
+      throw new BadRequest(401, "Incorrect API key provided", "invalid_request_error", null, "invalid_api_key");
+    }
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      throw new BadRequest(400, "the body must be a JSON object", "invalid_request_error");
+    }
+    const request = body as CompletionRequest;
+    if (typeof request.model !== "string") {
+      throw new BadRequest(400, "model is required", "invalid_request_error", "model");
+    }
+    if (!models.has(request.model)) {
+      throw new BadRequest(
+        404,
+        `The model \`${request.model}\` does not exist.`,
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+      );
+    }
+    const maxTokens = request.max_tokens ?? request.max_completion_tokens ?? DEFAULT_MAX_TOKENS;
+    if (!(typeof maxTokens === "number" && Number.isInteger(maxTokens) && maxTokens >= 0)) {
+      throw new BadRequest(400, "max_tokens must be a non-negative integer", "invalid_request_error", "max_tokens");
+    }
+    if (maxTokens > MAX_TOKENS_LIMIT) {
+      throw new BadRequest(
+        400,
+        `max_tokens must be at most ${MAX_TOKENS_LIMIT}`,
+        "invalid_request_error",
+        "max_tokens",
+      );
+    }
+    let promptTokens: number;
+    if (kind === "chat") {
+      if (!Array.isArray(request.messages)) {
+        throw new BadRequest(400, "messages must be an array", "invalid_request_error", "messages");
+      }
+      promptTokens = chatPromptWords(request.messages as ChatMessage[]);
+    } else {
+      const prompt = request.prompt;
+      if (typeof prompt === "string") promptTokens = countWords(prompt);
+      else if (Array.isArray(prompt) && prompt.every((p) => typeof p === "string")) {
+        promptTokens = prompt.reduce((sum: number, p: string) => sum + countWords(p), 0);
+      } else {
+        throw new BadRequest(400, "prompt must be a string or an array of strings", "invalid_request_error", "prompt");
+      }
+    }
+
+    const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${idPrefix}${(nextId++).toString(36)}`;
+    const created = Math.floor(Date.now() / 1000);
+    if (request.stream === true) {
+      await streamCompletion(req, res, {
+        kind,
+        id,
+        created,
+        model: request.model,
+        promptTokens,
+        maxTokens,
+        includeUsage: request.stream_options?.include_usage === true,
+        continuousUsage:
+          request.stream_options?.include_usage === true && request.stream_options?.continuous_usage_stats === true,
+        cutAfter: answeredIn === "cut" ? state.cutAfter : undefined,
+        tokenLatencyMs: state.tokenLatencyMs,
+      });
+      return;
+    }
+
+    const content = completionText(maxTokens);
+    const usage = usageOf(promptTokens, maxTokens);
+    const choice =
+      kind === "chat"
+        ? { index: 0, message: { role: "assistant", content }, logprobs: null, finish_reason: "length" }
+        : { index: 0, text: content, logprobs: null, finish_reason: "length" };
+    const object = kind === "chat" ? "chat.completion" : "text_completion";
+    const payload = JSON.stringify({ id, object, created, model: request.model, choices: [choice], usage });
+    if (answeredIn === "cut") {
+      // A body that ends early: the client was promised all of it by Content-Length.
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+      res.write(payload.slice(0, Math.floor(payload.length / 2)), () => req.socket.destroy());
+      return;
+    }
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+    res.end(payload);
+  }
+
+  async function streamCompletion(
+    req: IncomingMessage,
+    res: ServerResponse,
+    s: {
+      kind: "chat" | "text";
+      id: string;
+      created: number;
+      model: string;
+      promptTokens: number;
+      maxTokens: number;
+      includeUsage: boolean;
+      continuousUsage: boolean;
+      cutAfter: number | undefined;
+      tokenLatencyMs: number;
+    },
+  ): Promise<void> {
+    let clientGone = false;
+    res.on("close", () => {
+      clientGone = true;
+    });
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    res.flushHeaders();
+    const object = s.kind === "chat" ? "chat.completion.chunk" : "text_completion";
+    // OpenAI puts `usage: null` on every chunk but the last when usage was asked for; vLLM's
+    // continuous_usage_stats puts the running total there instead.
+    const usageField = (generated: number) =>
+      s.continuousUsage ? usageOf(s.promptTokens, generated) : s.includeUsage ? null : undefined;
+    const chunk = (choice: Record<string, unknown>, generated: number) => {
+      const event: Record<string, unknown> = {
+        id: s.id,
+        object,
+        created: s.created,
+        model: s.model,
+        choices: [choice],
+      };
+      const usage = usageField(generated);
+      if (usage !== undefined) event.usage = usage;
+      return `data: ${JSON.stringify(event)}\n\n`;
+    };
+    const pause = async () => {
+      if (s.tokenLatencyMs > 0) await sleep(s.tokenLatencyMs);
+    };
+    // A cut must still deliver the tokens before it: destroying the socket drops whatever is
+    // not yet flushed, so in that mode each write is awaited before the cut.
+    let flushed: Promise<void> = Promise.resolve();
+    const send = (data: string) => {
+      if (s.cutAfter === undefined) res.write(data);
+      else flushed = new Promise((done) => res.write(data, () => done()));
+    };
+    const cut = async () => {
+      await flushed;
+      req.socket.destroy();
+    };
+
+    if (s.kind === "chat") {
+      send(chunk({ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }, 0));
+    }
+    for (let i = 0; i < s.maxTokens; i++) {
+      await pause();
+      if (clientGone) return;
+      if (s.cutAfter !== undefined && i >= s.cutAfter) {
+        await cut();
+        return;
+      }
+      const choice =
+        s.kind === "chat"
+          ? { index: 0, delta: { content: token(i) }, logprobs: null, finish_reason: null }
+          : { index: 0, text: token(i), logprobs: null, finish_reason: null };
+      send(chunk(choice, i + 1));
+    }
+    if (s.cutAfter !== undefined) {
+      // Fewer tokens than cutAfter were asked for: still cut before the end of the stream.
+      await cut();
+      return;
+    }
+    const last =
+      s.kind === "chat"
+        ? { index: 0, delta: {}, logprobs: null, finish_reason: "length" }
+        : { index: 0, text: "", logprobs: null, finish_reason: "length" };
+    res.write(chunk(last, s.maxTokens));
+    if (s.includeUsage) {
+      const usage = usageOf(s.promptTokens, s.maxTokens);
+      res.write(
+        `data: ${JSON.stringify({ id: s.id, object, created: s.created, model: s.model, choices: [], usage })}\n\n`,
+      );
+    }
+    res.end("data: [DONE]\n\n");
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const scoped = SCOPED_PATH.exec((req.url ?? "/").split("?")[0] ?? "/");
+    const state = scopeState(scoped?.[1] ? decodeURIComponent(scoped[1]) : "");
+    const path = scoped?.[2] ?? "/";
+    const method = req.method ?? "GET";
+    if (options.log) process.stderr.write(`${name}: ${method} ${req.url}\n`);
+
+    if (path === "/health" && method === "GET") {
+      if (state.mode === "down") sendJson(res, 503, { status: "down", name });
+      else sendJson(res, 200, { status: "ok" });
+      return;
+    }
+    if (path === "/v1/models" && method === "GET") {
+      if (!authorized(req)) {
+        throw new BadRequest(401, "Incorrect API key provided", "invalid_request_error", null, "invalid_api_key");
+      }
+      const data = [...models].map((id) => ({ id, object: "model", created: startedAt, owned_by: "modelgate-sim" }));
+      sendJson(res, 200, { object: "list", data });
+      return;
+    }
+    if ((path === "/v1/chat/completions" || path === "/v1/completions") && method === "POST") {
+      await handleCompletion(req, res, state, path, path === "/v1/chat/completions" ? "chat" : "text");
+      return;
+    }
+    if (path === "/_sim/mode" && method === "POST") {
+      let request: SimulatorModeRequest;
+      try {
+        request = JSON.parse(await readBody(req)) as SimulatorModeRequest;
+      } catch {
+        throw new BadRequest(400, "the body must be JSON", "invalid_request_error");
+      }
+      setMode(state, request ?? {});
+      sendJson(res, 200, describeMode(state));
+      return;
+    }
+    if (path === "/_sim/mode" && method === "GET") {
+      sendJson(res, 200, describeMode(state));
+      return;
+    }
+    if (path === "/_sim/requests" && method === "GET") {
+      sendJson(res, 200, state.recorded);
+      return;
+    }
+    if (path === "/_sim/requests" && method === "DELETE") {
+      state.recorded = [];
+      res.writeHead(204).end();
+      return;
+    }
+    throw new BadRequest(404, `no route for ${method} ${path}`, "invalid_request_error", null, "not_found");
+  }
+
+  const server = createServer({ keepAlive: true, noDelay: true }, (req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      if (res.headersSent || req.socket.destroyed) {
+        req.socket.destroy();
+        return;
+      }
+      if (error instanceof BadRequest) {
+        sendJson(res, error.status, openAiError(error.message, error.type, error.param, error.code));
+      } else {
+        sendJson(res, 500, openAiError(`${name}: ${(error as Error).message}`, "server_error"));
+      }
+    });
+  });
+  // Clients (workerd, undici, autocannon) reuse connections; closing idle ones early would make
+  // the benchmark measure reconnects.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+  server.requestTimeout = 0;
+
+  await new Promise<void>((done, fail) => {
+    server.once("error", fail);
+    server.listen(options.port ?? 0, host, () => {
+      server.off("error", fail);
+      done();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const urlHost = host.includes(":") ? `[${host}]` : host;
+  return {
+    url: `http://${urlHost}:${port}`,
+    port,
+    close: () =>
+      new Promise<void>((done) => {
+        server.close(() => done());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function usage(message?: string): never {
+  if (message) process.stderr.write(`backend-sim: ${message}\n`);
+  process.stderr.write(
+    "usage: npm run backend:sim -- [--port 8000] [--host 127.0.0.1] [--latency-ms 0] [--models a,b] [--name N] [--api-key K] [--log]\n",
+  );
+  process.exit(2);
+}
+
+function nonNegativeNumber(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!Number.isFinite(value) || value < 0) usage(`${flag} must be a non-negative number, not "${text}"`);
+  return value;
+}
+
+async function main(): Promise<void> {
+  let values: {
+    port?: string;
+    host?: string;
+    "latency-ms"?: string;
+    models?: string;
+    name?: string;
+    "api-key"?: string;
+    log?: boolean;
+    help?: boolean;
+  };
+  try {
+    ({ values } = parseArgs({
+      options: {
+        port: { type: "string" },
+        host: { type: "string" },
+        "latency-ms": { type: "string" },
+        models: { type: "string" },
+        name: { type: "string" },
+        "api-key": { type: "string" },
+        log: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (error) {
+    usage((error as Error).message);
+  }
+  if (values.help) usage();
+  const models = values.models
+    ?.split(",")
+    .map((m) => m.trim())
+    .filter(Boolean);
+  const sim = await startBackendSimulator({
+    port: nonNegativeNumber("--port", values.port) ?? 8000,
+    host: values.host,
+    tokenLatencyMs: nonNegativeNumber("--latency-ms", values["latency-ms"]),
+    models: models?.length ? models : undefined,
+    name: values.name,
+    apiKey: values["api-key"],
+    log: values.log,
+  });
+  process.stdout.write(`backend simulator listening on ${sim.url}\n`);
+  const stop = () => {
+    sim.close().then(() => process.exit(0));
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((error: unknown) => {
+    process.stderr.write(`backend-sim: ${(error as Error).message}\n`);
+    process.exit(1);
+  });
+}
