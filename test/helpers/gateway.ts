@@ -10,25 +10,56 @@ import { createServices } from "../../worker/services";
  * The gateway as tests drive it: the real app over the real bindings, with a recording mailer,
  * and every `waitUntil` awaited before a request returns so no work leaks into the next test.
  */
-export function testGateway(options: AppOptions = {}) {
+export function testGateway(options: AppOptions & { bindings?: Partial<Env> } = {}) {
   const mailer = memoryMailer();
-  const appOptions: AppOptions = { mailer: () => mailer, ...options };
+  const { bindings, ...rest } = options;
+  const appOptions: AppOptions = { mailer: () => mailer, ...rest };
   const app = newApp(appOptions);
+  // Bindings merged over the test environment: a new object, so configuration is read afresh.
+  const gatewayEnv: Env = bindings ? { ...env, ...bindings } : env;
   async function request(path: string, init?: RequestInit): Promise<Response> {
     const ctx = createExecutionContext();
-    const response = await app.request(`http://gw${path}`, init, env, ctx);
+    const response = await app.request(`http://gw${path}`, init, gatewayEnv, ctx);
     // Read the body before awaiting the context: work deferred until a stream ends (download
-    // events) would otherwise wait for a reader that never comes.
-    const body = response.body ? await response.arrayBuffer() : null;
+    // events, usage metering) would otherwise wait for a reader that never comes.
+    const chunks: Uint8Array[] = [];
+    let failure: unknown;
+    if (response.body) {
+      const reader = response.body.getReader();
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          chunks.push(value);
+        }
+      } catch (error) {
+        failure = error;
+      }
+    }
     await waitOnExecutionContext(ctx);
-    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+    const init2 = { status: response.status, statusText: response.statusText, headers: response.headers };
+    if (!response.body) return new Response(null, init2);
+    // Replay what arrived; a body that broke off breaks off for the caller too, as on the network.
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        // Erroring a stream discards what is queued, so the error comes only after the last chunk was read.
+        pull(controller) {
+          const next = chunks.shift();
+          if (next) controller.enqueue(next);
+          else if (failure === undefined) controller.close();
+          else controller.error(failure);
+        },
+      }),
+      init2,
+    );
   }
   return {
     app,
     mailer,
     request,
     /** Services as the app builds them, for calling service functions directly. */
-    services: () => createServices(env, appOptions),
+    services: () => createServices(gatewayEnv, appOptions),
+    env: gatewayEnv,
     db: createDatabase(env.DB),
   };
 }

@@ -1,0 +1,459 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
+import OpenAI from "openai";
+import { beforeEach, describe, expect, it } from "vitest";
+import { accessTokens, applications, organizationLimits, usageLedger } from "../worker/db/schema";
+import { clearCallerCache } from "../worker/inference/access";
+import { BackendHealth } from "../worker/inference/backends";
+import { fixedClock } from "../worker/platform/clock";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { approvedToken } from "./helpers/weights";
+
+const MODEL = "llama-2-7b-chat";
+const SIM_URLS = JSON.parse(env.TEST_BACKEND_URLS) as string[];
+
+/** A private slice of a simulator: its own mode and request log, so tests never disturb each other. */
+function scopedBackend(index: number) {
+  const base = `${SIM_URLS[index]}/scope/${crypto.randomUUID()}`;
+  return {
+    url: base,
+    async mode(mode: string, extra: Record<string, unknown> = {}) {
+      const res = await fetch(`${base}/_sim/mode`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ mode, ...extra }),
+      });
+      expect(res.status).toBe(200);
+    },
+    async requests(): Promise<{ path: string; body: Record<string, unknown> }[]> {
+      const res = await fetch(`${base}/_sim/requests`);
+      const body = (await res.json()) as { requests?: unknown[] } | unknown[];
+      return (Array.isArray(body) ? body : (body.requests ?? [])) as { path: string; body: Record<string, unknown> }[];
+    },
+  };
+}
+
+type Backend = ReturnType<typeof scopedBackend>;
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+/** A gateway routing the model to `backends` (tried in the given order), a token, and an OpenAI client on it. */
+async function setup(backends: Backend[], options: { timeoutMs?: number; clock?: ReturnType<typeof fixedClock> } = {}) {
+  const clock = options.clock ?? fixedClock("2026-06-15T12:00:05Z");
+  const health = new BackendHealth();
+  const gw = testGateway({
+    clock,
+    inference: { health, random: () => 0 },
+    bindings: {
+      INFERENCE_BACKENDS: JSON.stringify({
+        [MODEL]: backends.map((b) => ({ url: b.url, timeoutMs: options.timeoutMs ?? 10_000 })),
+      }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+    },
+  });
+  const unique = crypto.randomUUID();
+  const access = await approvedToken(gw, licenseSha256, {
+    organization: `Org ${unique}`,
+    email: `${unique}@example.com`,
+  });
+  const client = new OpenAI({
+    apiKey: access.token,
+    baseURL: "http://gw/v1",
+    maxRetries: 0,
+    fetch: (input: string | URL | Request, init?: RequestInit) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      return gw.request(url.pathname + url.search, init);
+    },
+  });
+  return { gw, client, clock, health, ...access };
+}
+
+async function ledger(gw: ReturnType<typeof testGateway>) {
+  return gw.db.select().from(usageLedger).orderBy(usageLedger.startedAt);
+}
+
+const PROMPT = "say hello to the nice people";
+
+describe("the real openai client through the gateway", () => {
+  it("completes a chat and the ledger holds exactly the backend's usage", async () => {
+    const backend = scopedBackend(0);
+    const { gw, client } = await setup([backend]);
+    const { data, response } = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: PROMPT }], max_tokens: 5 })
+      .withResponse();
+    expect(data.choices[0]?.message.content).toBe("tok0 tok1 tok2 tok3 tok4 ");
+    expect(data.usage).toMatchObject({ prompt_tokens: 6, completion_tokens: 5, total_tokens: 11 });
+    for (const header of [
+      "x-ratelimit-limit-requests",
+      "x-ratelimit-remaining-requests",
+      "x-ratelimit-reset-requests",
+      "x-ratelimit-limit-tokens",
+      "x-ratelimit-remaining-tokens",
+      "x-ratelimit-reset-tokens",
+      "x-modelgate-overhead-ms",
+    ]) {
+      expect(response.headers.get(header), header).not.toBeNull();
+    }
+    expect(response.headers.get("x-ratelimit-remaining-requests")).toBe("59");
+    const rows = await ledger(gw);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      model: MODEL,
+      promptTokens: 6,
+      completionTokens: 5,
+      totalTokens: 11,
+      usageReported: true,
+      outcome: "ok",
+      partial: false,
+      stream: false,
+      status: 200,
+      backend: backend.url,
+    });
+  });
+
+  it("streams a chat unmerged, hides the usage chunk it did not ask for, and meters it exactly", async () => {
+    const backend = scopedBackend(0);
+    const { gw, client } = await setup([backend]);
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: PROMPT }],
+      max_tokens: 8,
+      stream: true,
+    });
+    const deltas: string[] = [];
+    let sawUsage = false;
+    for await (const chunk of stream) {
+      if (chunk.usage) sawUsage = true;
+      const delta = chunk.choices[0]?.delta.content;
+      if (delta) deltas.push(delta);
+    }
+    expect(deltas).toEqual(Array.from({ length: 8 }, (_, i) => `tok${i} `));
+    expect(sawUsage).toBe(false);
+    const [sent] = await backend.requests();
+    expect(sent?.body.stream_options).toEqual({ include_usage: true });
+    const [row] = await ledger(gw);
+    expect(row).toMatchObject({
+      promptTokens: 6,
+      completionTokens: 8,
+      totalTokens: 14,
+      stream: true,
+      outcome: "ok",
+      usageReported: true,
+    });
+  });
+
+  it("passes the usage chunk on when the client asked for it", async () => {
+    const { client } = await setup([scopedBackend(0)]);
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 2,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const usage = [];
+    for await (const chunk of stream) if (chunk.usage) usage.push(chunk.usage);
+    expect(usage).toEqual([{ prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 }]);
+  });
+
+  it("serves text completions", async () => {
+    const { gw, client } = await setup([scopedBackend(1)]);
+    const completion = await client.completions.create({ model: MODEL, prompt: "one two three", max_tokens: 3 });
+    expect(completion.choices[0]?.text).toBe("tok0 tok1 tok2 ");
+    expect((await ledger(gw))[0]).toMatchObject({ endpoint: "completions", promptTokens: 3, completionTokens: 3 });
+  });
+});
+
+describe("streams that break", () => {
+  it("are an error to the client, not a clean end, and metered as partial", async () => {
+    const backend = scopedBackend(0);
+    await backend.mode("cut", { cutAfter: 3 });
+    const { gw, client } = await setup([backend]);
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: PROMPT }],
+      max_tokens: 10,
+      stream: true,
+    });
+    const deltas: string[] = [];
+    await expect(
+      (async () => {
+        for await (const chunk of stream) {
+          const delta = chunk.choices[0]?.delta.content;
+          if (delta) deltas.push(delta);
+        }
+      })(),
+    ).rejects.toThrow();
+    expect(deltas).toEqual(["tok0 ", "tok1 ", "tok2 "]);
+    const [row] = await ledger(gw);
+    expect(row).toMatchObject({ outcome: "partial", partial: true, completionTokens: 3, usageReported: false });
+  });
+
+  it("are metered for what was generated when the client hangs up", async () => {
+    const backend = scopedBackend(2);
+    const { gw, token } = await setup([backend]);
+    const ctx = createExecutionContext();
+    const res = await gw.app.request(
+      "http://gw/v1/chat/completions",
+      {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: MODEL,
+          messages: [{ role: "user", content: PROMPT }],
+          max_tokens: 50,
+          stream: true,
+        }),
+      },
+      gw.env,
+      ctx,
+    );
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    await reader.read();
+    await reader.cancel("client went away");
+    await waitOnExecutionContext(ctx);
+    const [row] = await ledger(gw);
+    expect(row?.outcome).toBe("client_closed");
+    expect(row?.partial).toBe(true);
+    expect(row?.completionTokens).toBeGreaterThanOrEqual(1);
+    expect(row?.completionTokens).toBeLessThan(50);
+  });
+});
+
+describe("backend pool", () => {
+  const ask = (client: OpenAI) =>
+    client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
+
+  it("fails over to a healthy backend before the first byte", async () => {
+    const bad = scopedBackend(0);
+    const good = scopedBackend(1);
+    await bad.mode("500");
+    const { gw, client } = await setup([bad, good]);
+    expect((await ask(client)).choices[0]?.message.content).toBe("tok0 tok1 ");
+    expect(await bad.requests()).toHaveLength(1);
+    expect(await good.requests()).toHaveLength(1);
+    expect((await ledger(gw))[0]).toMatchObject({ backend: good.url, outcome: "ok" });
+  });
+
+  it("fails over when a backend refuses the connection", async () => {
+    const bad = scopedBackend(0);
+    const good = scopedBackend(1);
+    await bad.mode("refuse");
+    const { client } = await setup([bad, good]);
+    expect((await ask(client)).choices[0]?.message.content).toBe("tok0 tok1 ");
+  });
+
+  it("does not retry once bytes reached the client", async () => {
+    const cut = scopedBackend(0);
+    const good = scopedBackend(1);
+    await cut.mode("cut", { cutAfter: 1 });
+    const { client } = await setup([cut, good]);
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 5,
+      stream: true,
+    });
+    await expect(
+      (async () => {
+        for await (const _ of stream) {
+        }
+      })(),
+    ).rejects.toThrow();
+    expect(await good.requests()).toHaveLength(0);
+  });
+
+  it("skips a down backend, probes it, and sends traffic again once it recovers", async () => {
+    const flaky = scopedBackend(0);
+    const steady = scopedBackend(1);
+    await flaky.mode("500", { count: 1 });
+    const { client, clock, health } = await setup([flaky, steady]);
+    await ask(client);
+    expect(await flaky.requests()).toHaveLength(1);
+    await ask(client);
+    expect(await flaky.requests()).toHaveLength(1);
+    expect(await steady.requests()).toHaveLength(2);
+    clock.advance(11_000);
+    await ask(client); // Starts the probe; this request still goes to the steady backend.
+    await health.settled();
+    await ask(client);
+    expect(await flaky.requests()).toHaveLength(2);
+  });
+
+  it("answers 502 when every backend fails, 504 on a timeout, 503 with none configured — never 200", async () => {
+    const a = scopedBackend(0);
+    const b = scopedBackend(1);
+    await a.mode("500");
+    await b.mode("500");
+    const failing = await setup([a, b]);
+    await expect(ask(failing.client)).rejects.toMatchObject({ status: 502 });
+    expect((await ledger(failing.gw))[0]).toMatchObject({ outcome: "backend_error", status: 502, totalTokens: 0 });
+
+    const stalled = scopedBackend(2);
+    await stalled.mode("stall");
+    const slow = await setup([stalled], { timeoutMs: 300 });
+    await expect(ask(slow.client)).rejects.toMatchObject({ status: 504 });
+
+    const none = await setup([]);
+    await expect(ask(none.client)).rejects.toMatchObject({ status: 503 });
+  });
+
+  it("refuses private-address backend URLs unless the operator allowed the host", async () => {
+    const gw = testGateway({
+      bindings: {
+        INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: "http://10.0.0.7:8000" }] }),
+        INFERENCE_ALLOWED_HOSTS: "",
+      },
+    });
+    expect(gw.services().config.inference.backends.refused).toEqual([
+      { model: MODEL, url: "http://10.0.0.7:8000", problem: "private_address" },
+    ]);
+    expect(gw.services().config.inference.backends.pools.get(MODEL)).toEqual([]);
+  });
+});
+
+describe("limits", () => {
+  it("answers 429 with Retry-After in OpenAI's shape once the per-minute request limit is reached", async () => {
+    const { gw, client, applicationId } = await setup([scopedBackend(0)]);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    await gw.db.insert(organizationLimits).values({
+      organizationId: app?.organizationId as string,
+      plan: "tiny",
+      requestsPerMinute: 2,
+      tokensPerMinute: 10_000,
+      monthlyTokenBudget: 1_000_000,
+      updatedAt: new Date().toISOString(),
+    });
+    clearCallerCache();
+    const ask = () =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
+    await ask();
+    await ask();
+    const error = await ask().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(OpenAI.RateLimitError);
+    const limited = error as InstanceType<typeof OpenAI.RateLimitError>;
+    expect(limited.headers?.get("retry-after")).toBe("55");
+    expect(limited.error).toMatchObject({ code: "rate_limit_exceeded", type: "requests" });
+  });
+
+  it("admits exactly the limit of concurrent requests", async () => {
+    const { gw, token, applicationId } = await setup([scopedBackend(1)]);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    await gw.db.insert(organizationLimits).values({
+      organizationId: app?.organizationId as string,
+      plan: "small",
+      requestsPerMinute: 5,
+      tokensPerMinute: 100_000,
+      monthlyTokenBudget: 1_000_000,
+      updatedAt: new Date().toISOString(),
+    });
+    clearCallerCache();
+    const responses = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        gw.request("/v1/chat/completions", {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
+        }),
+      ),
+    );
+    const statuses = responses.map((r) => r.status);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(5);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(15);
+    expect(await ledger(gw)).toHaveLength(5);
+  });
+
+  it("stops a revoked token within the cache window", async () => {
+    const { gw, client, clock, tokenId } = await setup([scopedBackend(0)]);
+    const ask = () =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
+    await ask();
+    await gw.db.update(accessTokens).set({ revokedAt: clock.now().toISOString() }).where(eq(accessTokens.id, tokenId));
+    await ask(); // Still within the 5 s the isolate trusts its last check.
+    clock.advance(5_001);
+    await expect(ask()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+  });
+});
+
+describe("bad requests", () => {
+  it("get OpenAI-shaped 4xx answers", async () => {
+    const { gw, token } = await setup([scopedBackend(0)]);
+    const post = (body: string, headers: Record<string, string> = {}) =>
+      gw.request("/v1/chat/completions", {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...headers },
+        body,
+      });
+    const cases: [Promise<Response>, number, string][] = [
+      [post("{not json"), 400, "invalid_json"],
+      [post(JSON.stringify({ model: MODEL })), 400, "invalid_request"],
+      [post(JSON.stringify({ model: "gpt-4", messages: [{ role: "user", content: "x" }] })), 404, "model_not_found"],
+      [
+        post(JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "x".repeat(1_100_000) }] })),
+        413,
+        "request_too_large",
+      ],
+      [post("hello", { "content-type": "text/plain" }), 415, "unsupported_media_type"],
+      [
+        post(JSON.stringify({ model: MODEL, messages: [] }), { authorization: "Bearer mg_nope" }),
+        401,
+        "invalid_api_key",
+      ],
+    ];
+    for (const [pending, status, code] of cases) {
+      const res = await pending;
+      expect(res.status, code).toBe(status);
+      const body = (await res.json()) as { error: { code: string; message: string; type: string } };
+      expect(body.error.code).toBe(code);
+      expect(typeof body.error.message).toBe("string");
+    }
+    expect(await ledger(gw)).toHaveLength(0);
+  });
+
+  it("refuses a token without the inference scope", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256, { scopes: ["download"] });
+    const res = await gw.request("/v1/models", { headers: { authorization: `Bearer ${token}` } });
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ error: { code: "permission_denied" } });
+  });
+});
+
+describe("models and usage", () => {
+  it("lists the models of the family that have backends, and reports usage per day", async () => {
+    const { gw, client } = await setup([scopedBackend(0)]);
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual([MODEL]);
+    await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "a b c" }],
+      max_tokens: 4,
+    });
+    await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "a b" }], max_tokens: 1 });
+    const res = await gw.request("/v1/usage?from=2026-06-01&to=2026-06-30", {
+      headers: { authorization: `Bearer ${(client as unknown as { apiKey: string }).apiKey}` },
+    });
+    expect(await res.json()).toEqual({
+      object: "list",
+      from: "2026-06-01",
+      to: "2026-06-30",
+      data: [
+        {
+          date: "2026-06-15",
+          model: MODEL,
+          requests: 2,
+          prompt_tokens: 5,
+          completion_tokens: 5,
+          total_tokens: 10,
+          partial_requests: 0,
+        },
+      ],
+    });
+  });
+});
