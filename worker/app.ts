@@ -1,3 +1,4 @@
+import { adminConsoleRoutes } from "../admin-ui/routes";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
 import { docsRoutes } from "./docs/routes";
@@ -38,6 +39,7 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", downloadRoutes);
   app.route("/", inferenceRoutes(options.inference));
   app.route("/", adminRoutes);
+  app.route("/admin", adminConsoleRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.
   app.route("/", hubRoutes);
   app.route("/", docsRoutes(app));

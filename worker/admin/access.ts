@@ -5,6 +5,7 @@
  * presence of the header) and map the identity onto roles from configuration.
  */
 import type { Context, MiddlewareHandler } from "hono";
+import { getCookie } from "hono/cookie";
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
@@ -20,6 +21,26 @@ import type { Clock } from "../platform/clock";
 
 /** The header Cloudflare Access puts the signed identity in. */
 export const ACCESS_JWT_HEADER = "cf-access-jwt-assertion";
+
+/**
+ * The cookie the local sign-in page (`/admin/dev-login`) keeps a pasted dev token in.
+ *
+ * Why a cookie of our own, read only in dev mode, rather than Access's `CF_Authorization`: in
+ * production Access already puts the JWT in `Cf-Access-Jwt-Assertion` on every request it lets
+ * through to `/admin`, so the gateway never needs a cookie there, and keeping the production path
+ * header-only means there is exactly one way in to audit. Locally there is no Access in front of
+ * the browser, so the pasted token has to travel somehow; it goes through the very same
+ * `verifyAccessToken` (signature against the configured JWKS, issuer, audience, expiry). The
+ * cookie is honoured only while the gateway trusts an inline JWKS (`config.access.jwks`), which
+ * production leaves unset. `__Host-` pins it to this origin and path `/`; HttpOnly keeps it from
+ * scripts; SameSite=Strict keeps other sites' requests from carrying it at all.
+ */
+export const DEV_ACCESS_COOKIE = "__Host-modelgate-dev-access";
+
+/** Whether the gateway runs with an inline dev JWKS, the only mode the dev sign-in exists in. */
+export function devSignInEnabled(config: Pick<Config, "access">): boolean {
+  return config.access.jwks !== undefined;
+}
 
 /** Algorithms Cloudflare Access signs with; anything else (`none`, HMAC) is refused. */
 export const ACCESS_ALGORITHMS = ["RS256", "ES256"] as const;
@@ -149,9 +170,11 @@ export async function verifyAccessToken(
 export async function adminIdentity(c: Context<HonoEnv>): Promise<AdminIdentity> {
   const known = c.get("admin");
   if (known) return known;
-  const token = c.req.header(ACCESS_JWT_HEADER)?.trim();
-  if (!token) throw new AppError("unauthorized", "Sign in through Cloudflare Access.");
   const { config, clock } = c.get("services");
+  const token =
+    c.req.header(ACCESS_JWT_HEADER)?.trim() ||
+    (devSignInEnabled(config) ? getCookie(c, DEV_ACCESS_COOKIE)?.trim() : undefined);
+  if (!token) throw new AppError("unauthorized", "Sign in through Cloudflare Access.");
   const identity = await verifyAccessToken(token, { config, clock });
   if (identity.roles.length === 0) {
     throw new AppError("forbidden", "Your account holds no reviewer role.");

@@ -18,6 +18,7 @@ import {
 } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
+import type { Services } from "../services";
 import { requireRole } from "./access";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
 
@@ -202,147 +203,150 @@ async function currentApprovals(
   return byId;
 }
 
-/** The queue and case-file routes. */
-export const caseRoutes = newRouter()
-  .openapi(listApplications, async (c) => {
-    const { db, clock } = c.get("services");
-    const query = c.req.valid("query");
-    const conditions: SQL[] = [];
-    if (query.status) conditions.push(eq(applications.status, query.status));
-    if (query.q) {
-      const pattern = containsPattern(query.q);
-      // SQLite's LIKE ignores ASCII case, which is what a search box should do.
-      conditions.push(
-        sql`(${applications.organizationName} like ${pattern} escape '\\' or ${applications.contactEmail} like ${pattern} escape '\\')`,
-      );
-    }
-    if (query.cursor) {
-      const after = decodeCursor(query.cursor);
-      conditions.push(
-        or(
-          gt(applications.createdAt, after.createdAt),
-          and(eq(applications.createdAt, after.createdAt), gt(applications.id, after.id)),
-        ) as SQL,
-      );
-    }
-    const rows = await db
+/** The query the review queue takes: status, search term and page. */
+export type ReviewQueueQuery = z.infer<(typeof listApplications)["request"]["query"]>;
+
+/** A page of the review queue, oldest first, with each case's approvals of its current round. */
+export async function listReviewQueue(
+  services: Pick<Services, "db" | "clock">,
+  query: ReviewQueueQuery,
+): Promise<{ items: z.infer<typeof QueueItemSchema>[]; nextCursor: string | null }> {
+  const { db, clock } = services;
+  const conditions: SQL[] = [];
+  if (query.status) conditions.push(eq(applications.status, query.status));
+  if (query.q) {
+    const pattern = containsPattern(query.q);
+    // SQLite's LIKE ignores ASCII case, which is what a search box should do.
+    conditions.push(
+      sql`(${applications.organizationName} like ${pattern} escape '\\' or ${applications.contactEmail} like ${pattern} escape '\\')`,
+    );
+  }
+  if (query.cursor) {
+    const after = decodeCursor(query.cursor);
+    conditions.push(
+      or(
+        gt(applications.createdAt, after.createdAt),
+        and(eq(applications.createdAt, after.createdAt), gt(applications.id, after.id)),
+      ) as SQL,
+    );
+  }
+  const rows = await db
+    .select()
+    .from(applications)
+    .where(and(...conditions))
+    .orderBy(asc(applications.createdAt), asc(applications.id))
+    .limit(query.limit + 1);
+  const page = rows.slice(0, query.limit);
+  const approvals = await currentApprovals(db, page);
+  const now = clock.now().getTime();
+  const last = page.at(-1);
+  return {
+    items: page.map((row) => ({
+      id: row.id,
+      family: row.family,
+      organizationId: row.organizationId,
+      organization: row.organizationName,
+      country: row.country,
+      contactEmail: row.contactEmail,
+      declaredMau: row.declaredMau,
+      status: row.status,
+      policyReasons: row.policyReasons,
+      requiredApprovals: row.requiredApprovals,
+      reviewRound: row.reviewRound,
+      approvals: approvals.get(row.id) ?? [],
+      createdAt: row.createdAt,
+      ageSeconds: Math.max(0, Math.floor((now - Date.parse(row.createdAt)) / 1000)),
+    })),
+    nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null,
+  };
+}
+
+/** A case file, or `not_found`. */
+export async function readCaseFile(db: Database, id: string): Promise<z.infer<typeof CaseSchema>> {
+  const [row] = await db.select().from(applications).where(eq(applications.id, id));
+  if (!row) throw new AppError("not_found", `No application ${id}.`);
+  const [evidence, history, [grant], earlier, approvals] = await Promise.all([
+    db.select().from(acceptances).where(eq(acceptances.applicationId, id)).orderBy(asc(acceptances.acceptedAt)),
+    db
+      .select()
+      .from(decisions)
+      .where(eq(decisions.applicationId, id))
+      .orderBy(asc(decisions.createdAt), asc(decisions.id)),
+    db.select().from(grants).where(eq(grants.applicationId, id)),
+    db
       .select()
       .from(applications)
-      .where(and(...conditions))
-      .orderBy(asc(applications.createdAt), asc(applications.id))
-      .limit(query.limit + 1);
-    const page = rows.slice(0, query.limit);
-    const approvals = await currentApprovals(db, page);
-    const now = clock.now().getTime();
-    const last = page.at(-1);
-    return c.json(
-      {
-        items: page.map((row) => ({
-          id: row.id,
-          family: row.family,
-          organizationId: row.organizationId,
-          organization: row.organizationName,
-          country: row.country,
-          contactEmail: row.contactEmail,
-          declaredMau: row.declaredMau,
-          status: row.status,
-          policyReasons: row.policyReasons,
-          requiredApprovals: row.requiredApprovals,
-          reviewRound: row.reviewRound,
-          approvals: approvals.get(row.id) ?? [],
-          createdAt: row.createdAt,
-          ageSeconds: Math.max(0, Math.floor((now - Date.parse(row.createdAt)) / 1000)),
-        })),
-        nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null,
-      },
-      200,
-    );
-  })
-  .openapi(getApplication, async (c) => {
-    const { db } = c.get("services");
-    const { id } = c.req.valid("param");
-    const [row] = await db.select().from(applications).where(eq(applications.id, id));
-    if (!row) throw new AppError("not_found", `No application ${id}.`);
-    const [evidence, history, [grant], earlier, approvals] = await Promise.all([
-      db.select().from(acceptances).where(eq(acceptances.applicationId, id)).orderBy(asc(acceptances.acceptedAt)),
-      db
-        .select()
-        .from(decisions)
-        .where(eq(decisions.applicationId, id))
-        .orderBy(asc(decisions.createdAt), asc(decisions.id)),
-      db.select().from(grants).where(eq(grants.applicationId, id)),
-      db
-        .select()
-        .from(applications)
-        .where(
-          and(
-            eq(applications.organizationId, row.organizationId),
-            ne(applications.id, id),
-            or(
-              lt(applications.createdAt, row.createdAt),
-              and(eq(applications.createdAt, row.createdAt), lt(applications.id, id)),
-            ),
+      .where(
+        and(
+          eq(applications.organizationId, row.organizationId),
+          ne(applications.id, id),
+          or(
+            lt(applications.createdAt, row.createdAt),
+            and(eq(applications.createdAt, row.createdAt), lt(applications.id, id)),
           ),
-        )
-        .orderBy(asc(applications.createdAt), asc(applications.id)),
-      currentApprovals(db, [row]),
-    ]);
-    const subjects = [and(eq(auditEvents.subjectType, "application"), eq(auditEvents.subjectId, id))];
-    if (grant) subjects.push(and(eq(auditEvents.subjectType, "grant"), eq(auditEvents.subjectId, grant.id)));
-    const trail = await db
-      .select()
-      .from(auditEvents)
-      .where(or(...subjects))
-      .orderBy(asc(auditEvents.seq));
-    return c.json(
-      {
-        // Field by field, so a column added to the table later is not published by accident.
-        application: {
-          id: row.id,
-          family: row.family,
-          organizationId: row.organizationId,
-          organizationName: row.organizationName,
-          website: row.website,
-          country: row.country,
-          contactName: row.contactName,
-          contactEmail: row.contactEmail,
-          intendedUse: row.intendedUse,
-          declaredMau: row.declaredMau,
-          models: row.models,
-          status: row.status,
-          policyReasons: row.policyReasons,
-          requiredApprovals: row.requiredApprovals,
-          reviewRound: row.reviewRound,
-          applicantMessage: row.applicantMessage,
-          applicantResponse: row.applicantResponse,
-          licenseVersionId: row.licenseVersionId,
-          reapplyAfter: row.reapplyAfter,
-          createdAt: row.createdAt,
-          updatedAt: row.updatedAt,
-          decidedAt: row.decidedAt,
-        },
-        approvals: approvals.get(id) ?? [],
-        acceptances: evidence.map(({ applicationId: _app, ...rest }) => rest),
-        decisions: history.map(({ applicationId: _app, ...rest }) => rest),
-        grant: grant
-          ? {
-              id: grant.id,
-              status: grant.status,
-              statusReason: grant.statusReason,
-              createdAt: grant.createdAt,
-              updatedAt: grant.updatedAt,
-            }
-          : null,
-        earlierCases: earlier.map((item) => ({
-          id: item.id,
-          family: item.family,
-          contactEmail: item.contactEmail,
-          status: item.status,
-          createdAt: item.createdAt,
-          decidedAt: item.decidedAt,
-        })),
-        auditEvents: trail.map(auditEventView),
-      },
-      200,
-    );
-  });
+        ),
+      )
+      .orderBy(asc(applications.createdAt), asc(applications.id)),
+    currentApprovals(db, [row]),
+  ]);
+  const subjects = [and(eq(auditEvents.subjectType, "application"), eq(auditEvents.subjectId, id))];
+  if (grant) subjects.push(and(eq(auditEvents.subjectType, "grant"), eq(auditEvents.subjectId, grant.id)));
+  const trail = await db
+    .select()
+    .from(auditEvents)
+    .where(or(...subjects))
+    .orderBy(asc(auditEvents.seq));
+  return {
+    // Field by field, so a column added to the table later is not published by accident.
+    application: {
+      id: row.id,
+      family: row.family,
+      organizationId: row.organizationId,
+      organizationName: row.organizationName,
+      website: row.website,
+      country: row.country,
+      contactName: row.contactName,
+      contactEmail: row.contactEmail,
+      intendedUse: row.intendedUse,
+      declaredMau: row.declaredMau,
+      models: row.models,
+      status: row.status,
+      policyReasons: row.policyReasons,
+      requiredApprovals: row.requiredApprovals,
+      reviewRound: row.reviewRound,
+      applicantMessage: row.applicantMessage,
+      applicantResponse: row.applicantResponse,
+      licenseVersionId: row.licenseVersionId,
+      reapplyAfter: row.reapplyAfter,
+      createdAt: row.createdAt,
+      updatedAt: row.updatedAt,
+      decidedAt: row.decidedAt,
+    },
+    approvals: approvals.get(id) ?? [],
+    acceptances: evidence.map(({ applicationId: _app, ...rest }) => rest),
+    decisions: history.map(({ applicationId: _app, ...rest }) => rest),
+    grant: grant
+      ? {
+          id: grant.id,
+          status: grant.status,
+          statusReason: grant.statusReason,
+          createdAt: grant.createdAt,
+          updatedAt: grant.updatedAt,
+        }
+      : null,
+    earlierCases: earlier.map((item) => ({
+      id: item.id,
+      family: item.family,
+      contactEmail: item.contactEmail,
+      status: item.status,
+      createdAt: item.createdAt,
+      decidedAt: item.decidedAt,
+    })),
+    auditEvents: trail.map(auditEventView),
+  };
+}
+
+/** The queue and case-file routes. */
+export const caseRoutes = newRouter()
+  .openapi(listApplications, async (c) => c.json(await listReviewQueue(c.get("services"), c.req.valid("query")), 200))
+  .openapi(getApplication, async (c) => c.json(await readCaseFile(c.get("services").db, c.req.valid("param").id), 200));

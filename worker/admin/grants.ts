@@ -5,6 +5,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, or, type SQL, sql } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import type { AdminRole } from "../config";
+import type { Database } from "../db/client";
 import { applications, GRANT_STATUSES, grants, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { type GrantAction, nextGrantStatus } from "../grants/state";
@@ -174,61 +175,62 @@ const suspendGrant = grantActionRoute("suspend", "approver", "Suspend a grant");
 const reinstateGrant = grantActionRoute("reinstate", "approver", "Reinstate a suspended grant");
 const revokeGrant = grantActionRoute("revoke", "admin", "Revoke a grant for good");
 
+/** The query the grant listing takes: status, organization and page. */
+export type GrantQuery = z.infer<(typeof listGrants)["request"]["query"]>;
+
+/** A page of grants, newest first, with each organization's name and contact. */
+export async function listGrantsPage(
+  db: Database,
+  query: GrantQuery,
+): Promise<{ items: z.infer<typeof GrantSchema>[]; nextCursor: string | null }> {
+  const conditions: SQL[] = [];
+  if (query.status) conditions.push(eq(grants.status, query.status));
+  if (query.organization) {
+    const pattern = `%${query.organization.replace(/[\\%_]/g, (ch) => `\\${ch}`)}%`;
+    conditions.push(
+      or(eq(grants.organizationId, query.organization), sql`${organizations.name} like ${pattern} escape '\\'`) as SQL,
+    );
+  }
+  if (query.cursor) {
+    const before = decodeCursor(query.cursor);
+    conditions.push(
+      or(
+        lt(grants.createdAt, before.createdAt),
+        and(eq(grants.createdAt, before.createdAt), lt(grants.id, before.id)),
+      ) as SQL,
+    );
+  }
+  const rows = await db
+    .select({ grant: grants, organizationName: organizations.name, contactEmail: applications.contactEmail })
+    .from(grants)
+    .innerJoin(organizations, eq(organizations.id, grants.organizationId))
+    .innerJoin(applications, eq(applications.id, grants.applicationId))
+    .where(and(...conditions))
+    .orderBy(desc(grants.createdAt), desc(grants.id))
+    .limit(query.limit + 1);
+  const page = rows.slice(0, query.limit);
+  const last = page.at(-1);
+  return {
+    items: page.map(({ grant, organizationName, contactEmail }) => ({
+      id: grant.id,
+      applicationId: grant.applicationId,
+      organizationId: grant.organizationId,
+      organizationName,
+      contactEmail,
+      family: grant.family,
+      licenseVersionId: grant.licenseVersionId,
+      status: grant.status,
+      statusReason: grant.statusReason,
+      createdAt: grant.createdAt,
+      updatedAt: grant.updatedAt,
+    })),
+    nextCursor: rows.length > query.limit && last ? encodeCursor(last.grant) : null,
+  };
+}
+
 /** The grant routes. */
 export const grantRoutes = registerBodySchema(newRouter(), "GrantChangeRequest", GrantChangeRequestSchema)
-  .openapi(listGrants, async (c) => {
-    const { db } = c.get("services");
-    const query = c.req.valid("query");
-    const conditions: SQL[] = [];
-    if (query.status) conditions.push(eq(grants.status, query.status));
-    if (query.organization) {
-      const pattern = `%${query.organization.replace(/[\\%_]/g, (ch) => `\\${ch}`)}%`;
-      conditions.push(
-        or(
-          eq(grants.organizationId, query.organization),
-          sql`${organizations.name} like ${pattern} escape '\\'`,
-        ) as SQL,
-      );
-    }
-    if (query.cursor) {
-      const before = decodeCursor(query.cursor);
-      conditions.push(
-        or(
-          lt(grants.createdAt, before.createdAt),
-          and(eq(grants.createdAt, before.createdAt), lt(grants.id, before.id)),
-        ) as SQL,
-      );
-    }
-    const rows = await db
-      .select({ grant: grants, organizationName: organizations.name, contactEmail: applications.contactEmail })
-      .from(grants)
-      .innerJoin(organizations, eq(organizations.id, grants.organizationId))
-      .innerJoin(applications, eq(applications.id, grants.applicationId))
-      .where(and(...conditions))
-      .orderBy(desc(grants.createdAt), desc(grants.id))
-      .limit(query.limit + 1);
-    const page = rows.slice(0, query.limit);
-    const last = page.at(-1);
-    return c.json(
-      {
-        items: page.map(({ grant, organizationName, contactEmail }) => ({
-          id: grant.id,
-          applicationId: grant.applicationId,
-          organizationId: grant.organizationId,
-          organizationName,
-          contactEmail,
-          family: grant.family,
-          licenseVersionId: grant.licenseVersionId,
-          status: grant.status,
-          statusReason: grant.statusReason,
-          createdAt: grant.createdAt,
-          updatedAt: grant.updatedAt,
-        })),
-        nextCursor: rows.length > query.limit && last ? encodeCursor(last.grant) : null,
-      },
-      200,
-    );
-  })
+  .openapi(listGrants, async (c) => c.json(await listGrantsPage(c.get("services").db, c.req.valid("query")), 200))
   .openapi(suspendGrant, async (c) => {
     const { reason } = await readBody(c, GrantChangeRequestSchema);
     const change = await changeGrantStatus(

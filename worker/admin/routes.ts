@@ -11,6 +11,7 @@ import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses } from "../http/router";
 import { adminIdentity, currentAdmin, requireRole } from "./access";
 import { caseRoutes } from "./cases";
+import { commentRoutes } from "./comments";
 import { decisionRoutes } from "./decisions";
 import { grantRoutes } from "./grants";
 
@@ -49,6 +50,7 @@ export const adminRoutes = adminApi
     return c.json({ email, roles }, 200);
   })
   .route("/", caseRoutes)
+  .route("/", commentRoutes)
   .route("/", decisionRoutes)
   .route("/", grantRoutes)
   .route("/", auditRoutes);

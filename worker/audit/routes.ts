@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, type SQL } from "drizzle-orm";
 import { requireRole } from "../admin/access";
 import { decodeSeqCursor, encodeSeqCursor, PageQuery } from "../admin/cursor";
+import type { Database } from "../db/client";
 import { type AuditEvent, auditEvents } from "../db/schema";
 import { newRouter, problemResponses } from "../http/router";
 import { verifyAuditChain } from "./log";
@@ -99,28 +100,35 @@ const verifyAudit = createRoute({
   },
 });
 
+/** Filters and page of an audit listing. */
+export type AuditQuery = z.infer<(typeof listAudit)["request"]["query"]>;
+
+/** A page of audit events, newest first, matching every given filter exactly. */
+export async function listAuditEvents(
+  db: Database,
+  query: AuditQuery,
+): Promise<{ items: z.infer<typeof AuditEventSchema>[]; nextCursor: string | null }> {
+  const conditions: SQL[] = [];
+  if (query.action) conditions.push(eq(auditEvents.action, query.action));
+  if (query.subjectType) conditions.push(eq(auditEvents.subjectType, query.subjectType));
+  if (query.subjectId) conditions.push(eq(auditEvents.subjectId, query.subjectId));
+  if (query.actor) conditions.push(eq(auditEvents.actor, query.actor));
+  if (query.cursor) conditions.push(lt(auditEvents.seq, decodeSeqCursor(query.cursor)));
+  const rows = await db
+    .select()
+    .from(auditEvents)
+    .where(and(...conditions))
+    .orderBy(desc(auditEvents.seq))
+    .limit(query.limit + 1);
+  const page = rows.slice(0, query.limit);
+  const last = page.at(-1);
+  const nextCursor = rows.length > query.limit && last ? encodeSeqCursor(last.seq) : null;
+  return { items: page.map(auditEventView), nextCursor };
+}
+
 /** The audit log's read side for reviewers. Mounted by the admin router, behind Access. */
 export const auditRoutes = newRouter()
-  .openapi(listAudit, async (c) => {
-    const { db } = c.get("services");
-    const query = c.req.valid("query");
-    const conditions: SQL[] = [];
-    if (query.action) conditions.push(eq(auditEvents.action, query.action));
-    if (query.subjectType) conditions.push(eq(auditEvents.subjectType, query.subjectType));
-    if (query.subjectId) conditions.push(eq(auditEvents.subjectId, query.subjectId));
-    if (query.actor) conditions.push(eq(auditEvents.actor, query.actor));
-    if (query.cursor) conditions.push(lt(auditEvents.seq, decodeSeqCursor(query.cursor)));
-    const rows = await db
-      .select()
-      .from(auditEvents)
-      .where(and(...conditions))
-      .orderBy(desc(auditEvents.seq))
-      .limit(query.limit + 1);
-    const page = rows.slice(0, query.limit);
-    const last = page.at(-1);
-    const nextCursor = rows.length > query.limit && last ? encodeSeqCursor(last.seq) : null;
-    return c.json({ items: page.map(auditEventView), nextCursor }, 200);
-  })
+  .openapi(listAudit, async (c) => c.json(await listAuditEvents(c.get("services").db, c.req.valid("query")), 200))
   .openapi(verifyAudit, async (c) => {
     return c.json(await verifyAuditChain(c.get("services").db), 200);
   });

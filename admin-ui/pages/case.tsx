@@ -1,0 +1,314 @@
+import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
+import type { readCaseFile } from "../../worker/admin/cases";
+import type { commentView } from "../../worker/admin/comments";
+import { countryName } from "../../worker/applications/countries";
+import { formatCount, formatTime, STATUS_WORDS } from "../format";
+import { ConsolePage, type SignOut } from "../layout";
+
+type CaseFile = Awaited<ReturnType<typeof readCaseFile>>;
+type Comment = ReturnType<typeof commentView>;
+
+const DECISION_WORDS = { approve: "Approved", reject: "Rejected", request_info: "Asked for information" } as const;
+
+/** The decision form, shaped by what this reviewer may do on this case now. */
+function DecisionForm(props: { admin: AdminIdentity; file: CaseFile }) {
+  const { admin, file } = props;
+  const app = file.application;
+  if (!holdsRole(admin, "approver")) {
+    return <p class="panel">Deciding needs the approver role. You can read the case and comment on it.</p>;
+  }
+  if (app.status !== "pending_review" && app.status !== "info_requested") {
+    return <p class="panel">This case is closed ({STATUS_WORDS[app.status]}); there is nothing to decide.</p>;
+  }
+  const mine = file.approvals.find((a) => a.reviewer === admin.email);
+  const waiting = app.status === "info_requested";
+  return (
+    <form
+      id="decision"
+      data-api={`/admin/api/applications/${app.id}/decision`}
+      data-done="reload"
+      data-success="Decision recorded."
+      aria-describedby="decision-help"
+    >
+      <p id="decision-help" class="muted">
+        {app.requiredApprovals > 1
+          ? `This case needs ${app.requiredApprovals} approvals from different approvers in one round.`
+          : "One approval decides this case."}{" "}
+        {waiting ? "The applicant has been asked for information; you can only reject until they answer." : ""}
+      </p>
+      {mine ? (
+        <p class="panel" id="own-approval">
+          You approved this case on {formatTime(mine.at)}. The next approval must come from another approver.
+        </p>
+      ) : null}
+      <fieldset>
+        <legend>Decision</legend>
+        {mine || waiting ? null : (
+          <label class="choice">
+            <input type="radio" name="decision" value="approve" required /> Approve
+          </label>
+        )}
+        <label class="choice">
+          <input type="radio" name="decision" value="reject" required /> Reject
+        </label>
+        {waiting ? null : (
+          <label class="choice">
+            <input type="radio" name="decision" value="request_info" required /> Request more information
+          </label>
+        )}
+      </fieldset>
+      <div class="form-row">
+        <label for="decision-reason">Reason</label>
+        <textarea id="decision-reason" name="reason" required maxlength={4000} />
+      </div>
+      <label class="choice">
+        <input type="checkbox" name="visibleToApplicant" checked /> Show the reason to the applicant
+      </label>
+      <p>
+        <button type="submit">Record decision</button> <output data-form-status />
+      </p>
+    </form>
+  );
+}
+
+/** A case file: the submission, the evidence, history, reviewers' comments and the decision. */
+export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: CaseFile; comments: Comment[] }) {
+  const { file, admin } = props;
+  const app = file.application;
+  return (
+    <ConsolePage title={`${app.organizationName} · case`} section="queue" admin={admin} signOut={props.signOut}>
+      <p>
+        <a href="/admin">← Queue</a>
+      </p>
+      <h1>
+        {app.organizationName} <span class={`badge ${app.status}`}>{STATUS_WORDS[app.status]}</span>
+      </h1>
+      <section aria-labelledby="approvals-heading" class="panel">
+        <h2 id="approvals-heading" style="margin-top:0">
+          Approvals: {file.approvals.length} of {app.requiredApprovals} (round {app.reviewRound})
+        </h2>
+        {file.approvals.length === 0 ? (
+          <p class="empty">No approvals yet in this round.</p>
+        ) : (
+          <ul id="approvals">
+            {file.approvals.map((a) => (
+              <li>
+                {a.reviewer}
+                {a.reviewer === admin.email ? " (you)" : ""}, {formatTime(a.at)}
+              </li>
+            ))}
+          </ul>
+        )}
+        {app.policyReasons.length > 0 ? (
+          <>
+            <h3>Why it is in review</h3>
+            <ul>
+              {app.policyReasons.map((r) => (
+                <li>
+                  <span class="flag">{r.code.replaceAll("_", " ")}</span> {r.detail}
+                </li>
+              ))}
+            </ul>
+          </>
+        ) : null}
+      </section>
+
+      <section aria-labelledby="decide-heading">
+        <h2 id="decide-heading">Decide</h2>
+        <DecisionForm admin={admin} file={file} />
+      </section>
+
+      <div class="grid">
+        <section aria-labelledby="submission-heading">
+          <h2 id="submission-heading">What the applicant submitted</h2>
+          <dl class="facts">
+            <dt>Organization</dt>
+            <dd>{app.organizationName}</dd>
+            <dt>Website</dt>
+            <dd>{app.website ? app.website : "—"}</dd>
+            <dt>Country</dt>
+            <dd>
+              {countryName(app.country)} ({app.country})
+            </dd>
+            <dt>Contact</dt>
+            <dd>
+              {app.contactName}, {app.contactEmail}
+            </dd>
+            <dt>Declared MAU</dt>
+            <dd>{formatCount(app.declaredMau)} (June 2023, affiliates included)</dd>
+            <dt>Models</dt>
+            <dd>{app.models.join(", ")}</dd>
+            <dt>Family</dt>
+            <dd>{app.family}</dd>
+            <dt>Submitted</dt>
+            <dd>{formatTime(app.createdAt)}</dd>
+            <dt>Case id</dt>
+            <dd>
+              <code>{app.id}</code>
+            </dd>
+          </dl>
+          <h3>Intended use</h3>
+          <p style="white-space:pre-wrap">{app.intendedUse}</p>
+          {app.applicantResponse ? (
+            <>
+              <h3>Applicant's answer to the request for information</h3>
+              <p style="white-space:pre-wrap">{app.applicantResponse}</p>
+            </>
+          ) : null}
+          {app.applicantMessage ? (
+            <>
+              <h3>Message shown to the applicant</h3>
+              <p>{app.applicantMessage}</p>
+            </>
+          ) : null}
+        </section>
+
+        <section aria-labelledby="evidence-heading">
+          <h2 id="evidence-heading">License acceptance</h2>
+          {file.acceptances.length === 0 ? (
+            <p class="empty">No acceptance recorded.</p>
+          ) : (
+            file.acceptances.map((a) => (
+              <dl class="facts panel">
+                <dt>License version</dt>
+                <dd>
+                  <code>{a.licenseVersionId}</code>
+                </dd>
+                <dt>License sha256</dt>
+                <dd>
+                  <code>{a.licenseSha256}</code>
+                </dd>
+                <dt>AUP sha256</dt>
+                <dd>
+                  <code>{a.aupSha256}</code>
+                </dd>
+                <dt>Accepted</dt>
+                <dd>{formatTime(a.acceptedAt)}</dd>
+                <dt>IP</dt>
+                <dd>{a.ip ?? "—"}</dd>
+                <dt>Country (edge)</dt>
+                <dd>{a.country ?? "—"}</dd>
+                <dt>User agent</dt>
+                <dd>{a.userAgent ?? "—"}</dd>
+              </dl>
+            ))
+          )}
+          <h2 id="earlier-heading">Earlier cases of this organization</h2>
+          {file.earlierCases.length === 0 ? (
+            <p class="empty">None.</p>
+          ) : (
+            <ul aria-labelledby="earlier-heading">
+              {file.earlierCases.map((e) => (
+                <li>
+                  <a href={`/admin/applications/${e.id}`}>{formatTime(e.createdAt)}</a> {e.family}, {e.contactEmail}:{" "}
+                  <span class={`badge ${e.status}`}>{STATUS_WORDS[e.status]}</span>
+                </li>
+              ))}
+            </ul>
+          )}
+          {file.grant ? (
+            <>
+              <h2>Grant</h2>
+              <p>
+                <a href={`/admin/grants/${file.grant.id}`}>{file.grant.id}</a>{" "}
+                <span class={`badge ${file.grant.status}`}>{file.grant.status}</span>
+              </p>
+            </>
+          ) : null}
+        </section>
+      </div>
+
+      <section aria-labelledby="comments-heading">
+        <h2 id="comments-heading">Comments between reviewers</h2>
+        <p class="muted">The applicant never sees these.</p>
+        {props.comments.length === 0 ? (
+          <p class="empty">No comments yet.</p>
+        ) : (
+          props.comments.map((comment) => (
+            <article class="comment">
+              <p class="muted">
+                {comment.reviewer}, {formatTime(comment.createdAt)}
+              </p>
+              <p>{comment.body}</p>
+            </article>
+          ))
+        )}
+        <form data-api={`/admin/api/applications/${app.id}/comments`} data-done="reload" data-success="Comment added.">
+          <div class="form-row">
+            <label for="comment-body">Add a comment</label>
+            <textarea id="comment-body" name="body" required maxlength={4000} />
+          </div>
+          <button type="submit" class="secondary">
+            Add comment
+          </button>{" "}
+          <output data-form-status />
+        </form>
+      </section>
+
+      <section aria-labelledby="history-heading">
+        <h2 id="history-heading">Decisions</h2>
+        {file.decisions.length === 0 ? (
+          <p class="empty">No decisions yet.</p>
+        ) : (
+          <div class="table-wrap">
+            <table class="stack">
+              <thead>
+                <tr>
+                  <th scope="col">When</th>
+                  <th scope="col">Round</th>
+                  <th scope="col">Reviewer</th>
+                  <th scope="col">Decision</th>
+                  <th scope="col">Reason</th>
+                </tr>
+              </thead>
+              <tbody>
+                {file.decisions.map((d) => (
+                  <tr>
+                    <td data-label="When">{formatTime(d.createdAt)}</td>
+                    <td data-label="Round">{d.reviewRound}</td>
+                    <td data-label="Reviewer">{d.reviewerEmail}</td>
+                    <td data-label="Decision">{DECISION_WORDS[d.decision]}</td>
+                    <td data-label="Reason">
+                      {d.reason}{" "}
+                      <span class="muted">{d.visibleToApplicant ? "(shown to applicant)" : "(internal)"}</span>
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </section>
+
+      <section aria-labelledby="trail-heading">
+        <h2 id="trail-heading">Audit trail</h2>
+        <div class="table-wrap">
+          <table class="stack">
+            <thead>
+              <tr>
+                <th scope="col" class="num">
+                  #
+                </th>
+                <th scope="col">When</th>
+                <th scope="col">Who</th>
+                <th scope="col">What</th>
+              </tr>
+            </thead>
+            <tbody>
+              {file.auditEvents.map((e) => (
+                <tr>
+                  <td data-label="#" class="num">
+                    {e.seq}
+                  </td>
+                  <td data-label="When">{formatTime(e.at)}</td>
+                  <td data-label="Who">{e.actor}</td>
+                  <td data-label="What">{e.action}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      </section>
+    </ConsolePage>
+  );
+}
