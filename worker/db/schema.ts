@@ -416,11 +416,54 @@ export const usageLedger = sqliteTable(
     startedAt: text("started_at").notNull(),
     createdAt: text("created_at").notNull(),
     billedAt: text("billed_at"),
+    /**
+     * `pending` until Stripe accepted its meter events (`sent`); `skipped` when there was nothing
+     * to bill; `dead` after the queue gave up (kept for operators to resend); `expired` when it
+     * became older than Stripe accepts (35 days) before it could be sent — flagged, never dropped.
+     */
+    billingState: text("billing_state", { enum: ["pending", "sent", "skipped", "dead", "expired"] })
+      .notNull()
+      .default("pending"),
+    billingAttempts: integer("billing_attempts").notNull().default(0),
+    billingError: text("billing_error"),
   },
   (t) => [
     index("usage_ledger_org_started").on(t.organizationId, t.startedAt),
     index("usage_ledger_unbilled").on(t.billedAt, t.createdAt),
+    index("usage_ledger_billing_state").on(t.billingState, t.createdAt),
   ],
 );
 
 export type UsageRow = typeof usageLedger.$inferSelect;
+
+export const BILLING_STATUSES = ["active", "past_due", "unpaid", "canceled", "incomplete"] as const;
+export type BillingStatus = (typeof BILLING_STATUSES)[number];
+
+/** An organization's Stripe customer and subscription, and the payment state that gates inference. */
+export const billingAccounts = sqliteTable("billing_accounts", {
+  organizationId: text("organization_id")
+    .primaryKey()
+    .references(() => organizations.id),
+  stripeCustomerId: text("stripe_customer_id").notNull(),
+  stripeSubscriptionId: text("stripe_subscription_id"),
+  plan: text("plan").notNull(),
+  status: text("status", { enum: BILLING_STATUSES }).notNull(),
+  /** When payment first failed in the current episode; inference stops after the grace period. */
+  paymentFailedAt: text("payment_failed_at"),
+  /** Stripe `created` (seconds) of the newest subscription event applied: older ones arrive late and are ignored. */
+  subscriptionEventCreated: integer("subscription_event_created").notNull().default(0),
+  /** Stripe `created` (seconds) of the newest invoice event applied. */
+  invoiceEventCreated: integer("invoice_event_created").notNull().default(0),
+  createdAt: text("created_at").notNull(),
+  updatedAt: text("updated_at").notNull(),
+});
+
+/** Stripe webhook events already applied, so a redelivery changes nothing. */
+export const stripeEvents = sqliteTable("stripe_events", {
+  id: text("id").primaryKey(),
+  type: text("type").notNull(),
+  created: integer("created").notNull(),
+  receivedAt: text("received_at").notNull(),
+});
+
+export type BillingAccount = typeof billingAccounts.$inferSelect;
