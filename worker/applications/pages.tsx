@@ -1,5 +1,6 @@
 import type { FieldError } from "../errors";
 import { Page } from "../pages/layout";
+import { findFamily } from "../policy/families";
 import type { LicenseFamily } from "../policy/types";
 import { COUNTRY_CODES, countryName } from "./countries";
 import type { ApplicantView } from "./status";
@@ -254,11 +255,235 @@ const STATUS_LABELS: Record<ApplicantView["status"], string> = {
   rejected: "Not approved",
 };
 
-/** The applicant's status page, opened with the capability link. */
-export function StatusPage(props: { view: ApplicantView; token: string; notice?: string }) {
+/** A personal access token as the status page lists it (never its secret). */
+export interface ListedToken {
+  id: string;
+  name: string;
+  prefix: string;
+  scopes: string[];
+  createdAt: string;
+  expiresAt: string | null;
+  revokedAt: string | null;
+}
+
+function day(iso: string): string {
+  return `${iso.replace("T", " ").slice(0, 16)} UTC`;
+}
+
+/** Where the case is on its way: submitted, reviewed, decided. */
+function Progress(props: { view: ApplicantView }) {
   const { view } = props;
+  const decided = view.status === "approved" || view.status === "rejected";
+  const steps = [
+    { label: "Submitted", detail: day(view.submittedAt), done: true, current: false },
+    {
+      label: view.status === "info_requested" ? "Waiting for your answer" : "Review",
+      detail: decided ? "Done" : view.status === "info_requested" ? "Answer below" : "In progress",
+      done: decided,
+      current: !decided,
+    },
+    {
+      label: view.status === "rejected" ? "Not approved" : "Approved",
+      detail: decided ? day(view.updatedAt) : "Not yet",
+      done: decided,
+      current: decided,
+    },
+  ];
   return (
-    <Page title={`Application ${view.id}`}>
+    <ol class="progress" aria-label="Progress of your application">
+      {steps.map((step) => (
+        <li class={step.done ? "done" : step.current ? "current" : ""} aria-current={step.current ? "step" : undefined}>
+          <strong>{step.label}</strong>
+          <span>{step.detail}</span>
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+/** How to create and revoke tokens. The secret is shown once, by the page's script. */
+function TokensSection(props: { view: ApplicantView; tokens: ListedToken[] }) {
+  const { view, tokens } = props;
+  return (
+    <section aria-labelledby="tokens-heading">
+      <h2 id="tokens-heading">Access tokens</h2>
+      <p>
+        A personal access token (<code>mg_…</code>) lets you download the weights and, later, call the model. We store
+        only its hash: copy it when it is shown, it is shown once.
+      </p>
+      <form id="mint-token" class="panel" data-application={view.id}>
+        <label for="f-token-name">Token name</label>
+        <p class="hint" id="f-token-name-hint">
+          Where you will use it, e.g. "training cluster".
+        </p>
+        <input
+          id="f-token-name"
+          name="name"
+          type="text"
+          required
+          maxlength={100}
+          aria-describedby="f-token-name-hint"
+        />
+        <fieldset>
+          <legend>Scopes</legend>
+          <label class="check">
+            <input type="checkbox" name="scopes" value="download" checked /> <span>Download the weights</span>
+          </label>
+          <label class="check">
+            <input type="checkbox" name="scopes" value="inference" /> <span>Call the model (inference API)</span>
+          </label>
+        </fieldset>
+        <label for="f-token-expiry">Expires after</label>
+        <select id="f-token-expiry" name="expiresInDays">
+          <option value="30">30 days</option>
+          <option value="90" selected>
+            90 days
+          </option>
+          <option value="366">1 year</option>
+          <option value="">Never</option>
+        </select>
+        <button type="submit">Create token</button>
+        <p id="mint-status" role="status" />
+        <noscript>
+          <p>Creating tokens on this page needs JavaScript; or call POST /v1/applications/{view.id}/tokens.</p>
+        </noscript>
+      </form>
+      <div id="new-token" class="panel secret" hidden tabindex={-1}>
+        <h3>Your new token</h3>
+        <p>Copy it now: it will not be shown again.</p>
+        <p>
+          <code id="new-token-value" />
+        </p>
+        <p class="hint">
+          Hugging Face clients need the <code>hf_</code> prefix: <code id="new-token-hf" />
+        </p>
+      </div>
+      <table id="token-list">
+        <caption>Your tokens</caption>
+        <thead>
+          <tr>
+            <th scope="col">Name</th>
+            <th scope="col">Token</th>
+            <th scope="col">Scopes</th>
+            <th scope="col">Expires</th>
+            <th scope="col">
+              <span class="visually-hidden">Actions</span>
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {tokens.length === 0 ? (
+            <tr id="no-tokens">
+              <td colspan={5}>No tokens yet.</td>
+            </tr>
+          ) : (
+            tokens.map((t) => (
+              <tr data-token-row={t.id}>
+                <td>{t.name}</td>
+                <td>
+                  <code>{t.prefix}…</code>
+                </td>
+                <td>{t.scopes.join(", ")}</td>
+                <td>{t.expiresAt ? t.expiresAt.slice(0, 10) : "never"}</td>
+                <td>
+                  {t.revokedAt ? (
+                    <span>Revoked</span>
+                  ) : (
+                    <button type="button" class="danger small" data-revoke-token={t.id} data-token-name={t.name}>
+                      Revoke<span class="visually-hidden"> {t.name}</span>
+                    </button>
+                  )}
+                </td>
+              </tr>
+            ))
+          )}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+/** How to get the weights with a token: manifest, download.sh, the Hub clients, the API base. */
+function DownloadInstructions(props: { baseUrl: string; family: LicenseFamily | undefined }) {
+  const base = props.baseUrl;
+  const models = props.family?.models ?? [];
+  const model = models[0]?.id ?? "llama-2-7b";
+  const hubRepo = models.find((m) => m.id === model)?.hubRepo ?? "meta-llama/Llama-2-7b-hf";
+  return (
+    <section aria-labelledby="download-heading">
+      <h2 id="download-heading">Download the weights</h2>
+      <p>
+        Replace <code>mg_YOUR_TOKEN</code> with a token that has the download scope. Links in a manifest are signed,
+        short-lived and resumable.
+      </p>
+      <h3>Manifest (every file with size, sha256 and a signed link)</h3>
+      <pre class="doc">
+        <code>{`curl -H "Authorization: Bearer mg_YOUR_TOKEN" \\\n  ${base}/v1/models/${model}/manifest`}</code>
+      </pre>
+      <h3>download.sh (resumes and verifies)</h3>
+      <pre class="doc">
+        <code>{`curl -fsS -H "Authorization: Bearer mg_YOUR_TOKEN" \\\n  -o download.sh ${base}/v1/models/${model}/download.sh\nsh download.sh ${model}`}</code>
+      </pre>
+      <h3>Hugging Face CLI</h3>
+      <pre class="doc">
+        <code>{`HF_ENDPOINT=${base} huggingface-cli download ${hubRepo} --token hf_mg_YOUR_TOKEN`}</code>
+      </pre>
+      <h3>JavaScript (@huggingface/hub)</h3>
+      <pre class="doc">
+        <code>{`import { downloadFile } from "@huggingface/hub";\nconst file = await downloadFile({\n  repo: "${hubRepo}",\n  path: "config.json",\n  hubUrl: "${base}",\n  accessToken: "hf_mg_YOUR_TOKEN",\n});`}</code>
+      </pre>
+      {models.length > 0 ? (
+        <>
+          <h3>Models</h3>
+          <table>
+            <caption>Model ids and their Hub repositories</caption>
+            <thead>
+              <tr>
+                <th scope="col">Model</th>
+                <th scope="col">Id</th>
+                <th scope="col">Hub repository</th>
+              </tr>
+            </thead>
+            <tbody>
+              {models.map((m) => (
+                <tr>
+                  <td>{m.displayName}</td>
+                  <td>
+                    <code>{m.id}</code>
+                  </td>
+                  <td>
+                    <code>{m.hubRepo}</code>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
+      ) : null}
+      <h2 id="api-heading">Call the model</h2>
+      <p>
+        The OpenAI-compatible API lives at <code>{base}/v1</code>: point an OpenAI client's base URL there and use a
+        token with the inference scope as its API key.
+      </p>
+    </section>
+  );
+}
+
+/** The applicant's status page, opened with the capability link. */
+export function StatusPage(props: {
+  view: ApplicantView;
+  token: string;
+  notice?: string;
+  /** The gateway's public origin, for the instructions. */
+  baseUrl?: string;
+  /** The grant's tokens; listed while access is granted. */
+  tokens?: ListedToken[];
+}) {
+  const { view } = props;
+  const family = findFamily(view.family);
+  const active = view.status === "approved" && view.grant?.status === "active";
+  return (
+    <Page title={`Application ${view.id}`} script={active ? "/assets/applicant.js" : undefined}>
       <h1>
         {view.familyName} application of {view.organization.name}
       </h1>
@@ -270,12 +495,28 @@ export function StatusPage(props: { view: ApplicantView; token: string; notice?:
       <p>
         Status: <span class={`status ${view.status}`}>{STATUS_LABELS[view.status]}</span>
       </p>
+      <Progress view={view} />
+      <h2 id="next-heading">What happens next</h2>
       <p>{view.next}</p>
       {view.message ? (
         <section class="panel" aria-labelledby="message-heading">
-          <h2 id="message-heading">Message from the reviewer</h2>
+          <h2 id="message-heading">
+            {view.status === "rejected" ? "Reason given by the reviewer" : "Message from the reviewer"}
+          </h2>
           <p>{view.message}</p>
         </section>
+      ) : null}
+      {view.status === "rejected" ? (
+        <p id="reapply">
+          {view.reapplyAfter ? (
+            <>
+              You may apply again from <strong>{view.reapplyAfter.slice(0, 10)}</strong> on the{" "}
+              <a href={`/apply/${view.family}`}>application form</a>.
+            </>
+          ) : (
+            "This decision is final for this application."
+          )}
+        </p>
       ) : null}
       {view.reasons.length > 0 && view.status !== "approved" ? (
         <section aria-labelledby="reasons-heading">
@@ -294,6 +535,8 @@ export function StatusPage(props: { view: ApplicantView; token: string; notice?:
           <button type="submit">Send answer</button>
         </form>
       ) : null}
+      {active ? <TokensSection view={view} tokens={props.tokens ?? []} /> : null}
+      {active ? <DownloadInstructions baseUrl={props.baseUrl ?? ""} family={family} /> : null}
       <h2>Details</h2>
       <dl class="facts">
         <dt>Application</dt>
@@ -301,9 +544,9 @@ export function StatusPage(props: { view: ApplicantView; token: string; notice?:
           <code>{view.id}</code>
         </dd>
         <dt>Submitted</dt>
-        <dd>{view.submittedAt.replace("T", " ").slice(0, 16)} UTC</dd>
+        <dd>{day(view.submittedAt)}</dd>
         <dt>Last change</dt>
-        <dd>{view.updatedAt.replace("T", " ").slice(0, 16)} UTC</dd>
+        <dd>{day(view.updatedAt)}</dd>
         {view.grant ? (
           <>
             <dt>Access</dt>

@@ -8,6 +8,8 @@ import { formToObject, newRouter, problemResponses, readBody } from "../http/rou
 import { requireLicense } from "../licenses/routes";
 import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
+import { APPLICANT_SCRIPT } from "../pages/applicant-script";
+import { listAccessTokens } from "../tokens/service";
 import { ApplicationForm, type FormValues, RepeatApplicationPage, StatusPage } from "./pages";
 import {
   ApplicationInput,
@@ -218,5 +220,14 @@ applicationRoutes.get("/applications/:id", async (c) => {
   const services = c.get("services");
   const token = capability(c) ?? "";
   const app = await applicationBySecret(services, c.req.param("id"), token);
-  return c.html(<StatusPage view={await applicantView(services, app)} token={token} />);
+  const view = await applicantView(services, app);
+  const tokens = view.grant?.status === "active" ? await listAccessTokens(services, app) : [];
+  return c.html(<StatusPage view={view} token={token} baseUrl={services.config.publicBaseUrl} tokens={tokens} />);
+});
+
+// The status page's script: a file of its own rather than inline, so it is cached and a
+// content-security policy can later forbid inline scripts.
+applicationRoutes.get("/assets/applicant.js", (c) => {
+  c.header("cache-control", "public, max-age=300");
+  return c.body(APPLICANT_SCRIPT, 200, { "content-type": "text/javascript; charset=utf-8" });
 });

@@ -18,11 +18,28 @@ button,.button{display:inline-block;background:var(--accent);color:#fff;border:0
 .panel{background:var(--panel);border:1px solid var(--line);border-radius:8px;padding:.75rem 1rem;margin:1rem 0}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}dl.facts dt{font-weight:600;color:var(--muted)}dl.facts dd{margin:0}
 code{font-size:.9em;word-break:break-all}
-@media (max-width:480px){main{padding:.75rem}dl.facts{grid-template-columns:1fr}}
+pre.doc code{word-break:normal;white-space:pre-wrap}
+.visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+ol.progress{list-style:none;display:flex;gap:.5rem;padding:0;margin:1rem 0;flex-wrap:wrap}
+ol.progress li{flex:1 1 8rem;border-top:4px solid var(--line);padding:.4rem .2rem 0;display:flex;flex-direction:column;font-size:.9rem}
+ol.progress li.done{border-top-color:var(--ok)}ol.progress li.current{border-top-color:var(--accent)}
+ol.progress li span{color:var(--muted)}
+table{border-collapse:collapse;width:100%;font-size:.92rem;margin:.5rem 0}caption{text-align:left;font-weight:600;color:var(--muted)}
+th,td{text-align:left;padding:.4rem .4rem;border-bottom:1px solid var(--line);vertical-align:top}
+button.danger{background:var(--bad)}button.small{margin:0;padding:.3rem .7rem;font-size:.9rem}
+.secret{border:2px solid var(--ok);background:#f2fbf4}.secret code{font-size:1rem}
+#mint-status:empty{display:none}
+@media (max-width:480px){main{padding:.75rem}dl.facts{grid-template-columns:1fr}
+#token-list thead{position:absolute;left:-9999px}#token-list tr{display:block;border-bottom:1px solid var(--line);padding:.3rem 0}#token-list td{display:block;border:0;padding:.1rem 0}}
 `;
 
 /** The page shell shared by the applicant-facing pages. */
-export function Page(props: { title: string; children: Child }) {
+export function Page(props: {
+  title: string;
+  children: Child;
+  /** A same-origin script the page needs (only pages with interactions have one). */
+  script?: string | undefined;
+}) {
   return (
     <html lang="en">
       <head>
@@ -32,6 +49,7 @@ export function Page(props: { title: string; children: Child }) {
         <title>{props.title} · modelgate</title>
         {/* Static CSS: inserted raw so that quotes in font names are not entity-escaped. */}
         <style dangerouslySetInnerHTML={{ __html: STYLES }} />
+        {props.script ? <script src={props.script} defer /> : null}
       </head>
       <body>
         <header class="site">
