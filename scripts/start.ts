@@ -4,19 +4,26 @@
  * 1. `.dev.vars` from `.dev.vars.example`, and the dev Access key it trusts;
  * 2. D1 migrations applied to the local database;
  * 3. the placeholder Llama 2 license and AUP loaded into that database;
- * 4. `wrangler dev` on 127.0.0.1:$PORT (default 8787), persisting to the same state;
- * 5. demo applications submitted through the public API;
- * 6. a banner with the URLs, then the server's logs until Ctrl-C.
+ * 4. synthetic weights for every Llama 2 model uploaded to local R2 and published;
+ * 5. the inference-backend simulator, which every Llama 2 model is routed to;
+ * 6. `wrangler dev` on 127.0.0.1:$PORT (default 8787), persisting to the same state;
+ * 7. demo applications submitted through the public API, and a demo access token;
+ * 8. a banner with the URLs, then the server's logs until Ctrl-C.
  *
- * `PORT` moves the server, `PERSIST_TO` moves the local state (default `.wrangler/state`).
+ * `PORT` moves the server, `SIM_PORT` the simulator (default: a free port), `PERSIST_TO` the
+ * local state (default `.wrangler/state`).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
+import { llama2 } from "../worker/policy/families/llama-2";
+import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey } from "./dev-access-key";
 import { ensureDevDownloadKey } from "./dev-download-key";
 import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
 import { type DemoCase, seedDemoApplications } from "./seed/demo";
+import { type DemoToken, ensureDemoToken } from "./seed/demo-token";
 import { describeLoad, seedPlaceholderLicense } from "./seed/license";
+import { seedSyntheticWeights } from "./seed/weights";
 
 const port = Number(process.env.PORT ?? 8787);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
@@ -24,6 +31,11 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   process.exit(2);
 }
 const baseUrl = `http://127.0.0.1:${port}`;
+const simPort = Number(process.env.SIM_PORT ?? 0);
+if (!Number.isInteger(simPort) || simPort < 0 || simPort > 65535) {
+  console.error(`SIM_PORT must be a TCP port number, not ${process.env.SIM_PORT}`);
+  process.exit(2);
+}
 const HEALTH_TIMEOUT_MS = 60_000;
 
 function step(message: string): void {
@@ -47,7 +59,11 @@ async function waitForHealth(server: ReturnType<typeof spawnWrangler>): Promise<
   throw new Error(`${baseUrl}/health did not answer within ${HEALTH_TIMEOUT_MS / 1000} s`);
 }
 
-function printBanner(demoCases: { label: string; statusUrl: string }[] | undefined): void {
+function printBanner(
+  demoCases: { label: string; statusUrl: string }[] | undefined,
+  demoToken: DemoToken | undefined,
+  simulatorUrl: string,
+): void {
   const lines = [
     "",
     "━━━ modelgate is running ━━━",
@@ -61,6 +77,19 @@ function printBanner(demoCases: { label: string; statusUrl: string }[] | undefin
     lines.push("", "  Demo applications (status links):");
     for (const c of demoCases) lines.push(`    ${c.label}`, `      ${c.statusUrl}`);
   }
+  const approved = demoCases?.find((c) => c.label.includes("approved"));
+  lines.push(
+    "",
+    `  Weights and inference (synthetic weights; every Llama 2 model answers from the simulator at ${simulatorUrl}):`,
+    demoToken
+      ? `    TOKEN=${demoToken.token}   # demo token, scopes ${demoToken.scopes.join(" + ")}`
+      : `    TOKEN=…   # mint one: POST ${baseUrl}/v1/applications/{id}/tokens with the status link's token${approved ? ` (${approved.statusUrl})` : ""}`,
+    `    curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/models/llama-2-7b/manifest`,
+    `    curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/models/llama-2-7b/download.sh | sh -s ./llama-2-7b`,
+    `    curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" ${baseUrl}/v1/chat/completions \\`,
+    `      -d '{"model":"llama-2-7b-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'`,
+    `    OpenAI client: new OpenAI({ baseURL: "${baseUrl}/v1", apiKey: TOKEN })`,
+  );
   lines.push(
     "",
     "  Admin API: mint a dev token, send it as the Cf-Access-Jwt-Assertion header:",
@@ -87,6 +116,16 @@ async function main(): Promise<void> {
   const report = await withLocalBindings((env) => seedPlaceholderLicense(env.DB));
   console.log(describeLoad(report));
 
+  step("Synthetic weights (local R2)");
+  const weights = await withLocalBindings((env) => seedSyntheticWeights(env));
+  for (const w of weights)
+    console.log(`${w.outcome.padEnd(11)} ${w.model} revision ${w.revision}, ${w.files} files, ${w.totalBytes} bytes`);
+
+  step("Inference-backend simulator");
+  const simulator = await startBackendSimulator({ port: simPort, models: llama2.models.map((m) => m.id) });
+  closeSimulator = () => simulator.close();
+  console.log(`Listening on ${simulator.url}; every Llama 2 model is routed to it`);
+
   step(`wrangler dev on ${baseUrl}`);
   const server = spawnWrangler(
     [
@@ -99,6 +138,10 @@ async function main(): Promise<void> {
       persistDir(),
       "--var",
       `PUBLIC_BASE_URL:${baseUrl}`,
+      "--var",
+      `INFERENCE_BACKENDS:${inferenceBackends(simulator)}`,
+      "--var",
+      "INFERENCE_ALLOWED_HOSTS:127.0.0.1",
       "--show-interactive-dev-session=false",
     ],
     // Its own process group, so that stopping it stops workerd too, and Ctrl-C reaches it only
@@ -109,6 +152,7 @@ async function main(): Promise<void> {
   const stopServer = (signal: NodeJS.Signals, exitCode: number) => {
     if (stopping) return;
     stopping = true;
+    void closeSimulator();
     if (server.pid === undefined || server.exitCode !== null || server.signalCode !== null) process.exit(exitCode);
     // Ask wrangler to stop (it stops workerd), then make sure of it after a grace period.
     killGroup(server.pid, signal);
@@ -131,29 +175,46 @@ async function main(): Promise<void> {
   await waitForHealth(server);
 
   step("Demo applications");
-  const demo = await seedDemoApplications(baseUrl, readPreviousDemo());
+  const previous = readPreviousDemo();
+  const demo = await seedDemoApplications(baseUrl, previous.cases);
+  let demoToken: DemoToken | undefined;
   if (demo.ok) {
-    mkdirSync(dirname(demoFile()), { recursive: true });
-    writeFileSync(demoFile(), `${JSON.stringify({ baseUrl, cases: demo.cases }, null, 2)}\n`);
     for (const c of demo.cases) console.log(`${c.status.padEnd(15)} ${c.label}: ${c.statusUrl}`);
+    const token = await ensureDemoToken(baseUrl, demo.cases, previous.demoToken);
+    if (token.ok) {
+      demoToken = token.token;
+      console.log(`${token.minted ? "Minted" : "Kept"} the demo access token ${token.token.tokenId}`);
+    } else {
+      console.warn(`⚠ No demo access token: ${token.warning}`);
+    }
+    mkdirSync(dirname(demoFile()), { recursive: true });
+    writeFileSync(demoFile(), `${JSON.stringify({ baseUrl, cases: demo.cases, demoToken }, null, 2)}\n`);
     console.log(`Saved to ${relative(ROOT, demoFile())}`);
   } else {
     console.warn(`⚠ No demo applications: ${demo.warning}`);
   }
 
-  printBanner(demo.ok ? demo.cases : undefined);
+  printBanner(demo.ok ? demo.cases : undefined, demoToken, simulator.url);
 }
 
-/** The demo cases an earlier run recorded, if any. */
-function readPreviousDemo(): DemoCase[] {
+/** `INFERENCE_BACKENDS`: every Llama 2 model served by the simulator. */
+function inferenceBackends(simulator: BackendSimulator): string {
+  return JSON.stringify(Object.fromEntries(llama2.models.map((m) => [m.id, [{ url: simulator.url }]])));
+}
+
+/** What an earlier run recorded in demo.json, if anything. */
+function readPreviousDemo(): { cases: DemoCase[]; demoToken?: DemoToken } {
   try {
-    return (JSON.parse(readFileSync(demoFile(), "utf8")) as { cases: DemoCase[] }).cases;
+    const saved = JSON.parse(readFileSync(demoFile(), "utf8")) as { cases?: DemoCase[]; demoToken?: DemoToken };
+    return { cases: saved.cases ?? [], ...(saved.demoToken ? { demoToken: saved.demoToken } : {}) };
   } catch {
-    return [];
+    return { cases: [] };
   }
 }
 
 let stopping = false;
+/** Stops the simulator once it runs. */
+let closeSimulator: () => Promise<void> = async () => {};
 /** How to give up once the server runs: stop it too. Before that, just exit. */
 let onFailure: () => void = () => process.exit(1);
 
