@@ -5,6 +5,7 @@
  * whole process tree is gone. Fails non-zero on any error; gives up after 90 seconds.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -12,6 +13,7 @@ import { join } from "node:path";
 import { sha256OfText } from "./lib/license-sql";
 import { ROOT, wranglerEnv } from "./lib/local-state";
 import type { DemoCase } from "./seed/demo";
+import type { DemoToken } from "./seed/demo-token";
 import { placeholderLlama2Texts } from "./seed/license";
 
 const DEADLINE_MS = 90_000;
@@ -83,6 +85,44 @@ async function checkGateway(baseUrl: string, demoPath: string): Promise<void> {
     check(page.status === 200, `the status page of ${demoCase.label} answered ${page.status}`);
     await page.body?.cancel();
   }
+  await checkWeightsAndInference(baseUrl, demoPath);
+}
+
+/** The demo token pulls the seeded weights of llama-2-7b and calls a model through the simulator. */
+async function checkWeightsAndInference(baseUrl: string, demoPath: string): Promise<void> {
+  const { demoToken } = JSON.parse(readFileSync(demoPath, "utf8")) as { demoToken?: DemoToken };
+  check(demoToken?.token, "npm start recorded no demo access token");
+  const auth = { authorization: `Bearer ${demoToken.token}` };
+
+  const res = await fetch(`${baseUrl}/v1/models/llama-2-7b/manifest`, {
+    headers: auth,
+    signal: AbortSignal.timeout(10_000),
+  });
+  console.log(`  ${res.status} GET /v1/models/llama-2-7b/manifest (demo token)`);
+  check(res.status === 200, `the manifest of llama-2-7b answered ${res.status}`);
+  const manifest = (await res.json()) as { files: { path: string; size: number; sha256: string; url: string }[] };
+  const paths = manifest.files.map((f) => f.path);
+  check(paths.includes("config.json") && paths.includes("model-00001-of-00002.safetensors"), `manifest lists ${paths}`);
+
+  const shard = manifest.files.find((f) => f.path === "model-00001-of-00002.safetensors");
+  check(shard, "no first safetensors shard");
+  const download = await fetch(shard.url, { signal: AbortSignal.timeout(10_000) });
+  const bytes = Buffer.from(await download.arrayBuffer());
+  console.log(`  ${download.status} GET ${shard.path} (${bytes.byteLength} bytes)`);
+  check(download.status === 200, `the download of ${shard.path} answered ${download.status}`);
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  check(bytes.byteLength === shard.size && sha256 === shard.sha256, `${shard.path} does not match its manifest entry`);
+
+  const chat = await fetch(`${baseUrl}/v1/chat/completions`, {
+    method: "POST",
+    headers: { ...auth, "content-type": "application/json" },
+    body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "Hello" }], max_tokens: 4 }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  console.log(`  ${chat.status} POST /v1/chat/completions (llama-2-7b-chat, simulator)`);
+  check(chat.status === 200, `/v1/chat/completions answered ${chat.status}: ${await chat.clone().text()}`);
+  const completion = (await chat.json()) as { choices?: { message?: { content?: string } }[]; usage?: unknown };
+  check(completion.choices?.[0]?.message?.content === "tok0 tok1 tok2 tok3 ", "the completion is not the simulator's");
 }
 
 function exited(child: ChildProcess): Promise<number | string> {

@@ -112,14 +112,15 @@ async function main(): Promise<void> {
   step("D1 migrations (local)");
   await applyLocalMigrations();
 
-  step("License texts (placeholder)");
-  const report = await withLocalBindings((env) => seedPlaceholderLicense(env.DB));
-  console.log(describeLoad(report));
+  // One set of local bindings for both seeds: starting them costs seconds.
+  await withLocalBindings(async (env) => {
+    step("License texts (placeholder)");
+    console.log(describeLoad(await seedPlaceholderLicense(env.DB)));
 
-  step("Synthetic weights (local R2)");
-  const weights = await withLocalBindings((env) => seedSyntheticWeights(env));
-  for (const w of weights)
-    console.log(`${w.outcome.padEnd(11)} ${w.model} revision ${w.revision}, ${w.files} files, ${w.totalBytes} bytes`);
+    step("Synthetic weights (local R2)");
+    for (const w of await seedSyntheticWeights(env))
+      console.log(`${w.outcome.padEnd(11)} ${w.model} revision ${w.revision}, ${w.files} files, ${w.totalBytes} bytes`);
+  });
 
   step("Inference-backend simulator");
   const simulator = await startBackendSimulator({ port: simPort, models: llama2.models.map((m) => m.id) });
