@@ -25,6 +25,7 @@ export default defineConfig(async () => {
             TEST_ACCESS_PRIVATE_JWK: JSON.stringify(privateJwk),
             DOWNLOAD_SIGNING_KEYS: JSON.stringify({ keys: [downloadKey] }),
             TEST_BACKEND_URLS: JSON.stringify(inject("backendUrls")),
+            TEST_STRIPE_URL: inject("stripeUrl"),
           },
         },
       })),

@@ -8,6 +8,8 @@ declare global {
       TEST_ACCESS_PRIVATE_JWK: string;
       /** JSON array of the backend simulators' base URLs (test/global-setup.ts). */
       TEST_BACKEND_URLS: string;
+      /** Base URL of the Stripe stand-in (test/global-setup.ts). */
+      TEST_STRIPE_URL: string;
     }
   }
 }

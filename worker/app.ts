@@ -1,6 +1,7 @@
 import { adminConsoleRoutes } from "../admin-ui/routes";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
+import { billingRoutes } from "./billing/routes";
 import { docsRoutes } from "./docs/routes";
 import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
@@ -38,6 +39,7 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
   app.route("/", inferenceRoutes(options.inference));
+  app.route("/", billingRoutes);
   app.route("/", adminRoutes);
   app.route("/admin", adminConsoleRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.

@@ -31,6 +31,28 @@ export interface Config {
     defaultLimits: { requestsPerMinute: number; tokensPerMinute: number; monthlyTokenBudget: number };
     defaultMaxTokens: number;
   };
+  billing: BillingConfig;
+}
+
+/** Stripe settings; `secretKey` undefined means billing is off (the gateway still meters usage). */
+export interface BillingConfig {
+  secretKey: string | undefined;
+  /** Where the Stripe API is (a stand-in locally and in tests); undefined: api.stripe.com. */
+  api: { host: string; port: number; protocol: "http" | "https" } | undefined;
+  /** Webhook signing secrets; several during a rotation. */
+  webhookSecrets: string[];
+  /** Per family: the plan, its Stripe prices, and the quota limits it grants. */
+  plans: Record<string, { plan: string; prices: string[]; limits?: z.infer<typeof Limits> }>;
+  meters: { prompt: string; completion: string };
+  /** Days an organization whose payment failed keeps inference before it is suspended. */
+  graceDays: number;
+}
+
+function stripeApi(base: string | undefined): BillingConfig["api"] {
+  if (!base?.trim()) return undefined;
+  const url = new URL(base);
+  const protocol = url.protocol === "http:" ? "http" : "https";
+  return { host: url.hostname, port: Number(url.port || (protocol === "http" ? 80 : 443)), protocol };
 }
 
 const Limits = z.object({
@@ -90,6 +112,25 @@ export function readConfig(env: Env): Config {
         ),
       ),
       defaultMaxTokens: positiveInt(env.INFERENCE_DEFAULT_MAX_TOKENS, 512, "INFERENCE_DEFAULT_MAX_TOKENS"),
+    },
+    billing: {
+      secretKey: env.STRIPE_SECRET_KEY?.trim() || undefined,
+      api: stripeApi(env.STRIPE_API_BASE),
+      webhookSecrets: (env.STRIPE_WEBHOOK_SECRETS ?? "")
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      plans: z
+        .record(
+          z.string(),
+          z.object({ plan: z.string(), prices: z.array(z.string()).default([]), limits: Limits.optional() }),
+        )
+        .parse(JSON.parse(env.BILLING_PLANS || "{}")),
+      meters: {
+        prompt: env.STRIPE_METER_PROMPT || "modelgate_prompt_tokens",
+        completion: env.STRIPE_METER_COMPLETION || "modelgate_completion_tokens",
+      },
+      graceDays: positiveInt(env.BILLING_GRACE_DAYS, 7, "BILLING_GRACE_DAYS"),
     },
   };
   cache.set(env, config);

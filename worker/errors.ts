@@ -7,7 +7,9 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 export const PROBLEM_CODES = {
   validation_failed: 400,
   malformed_body: 400,
+  invalid_signature: 400,
   unauthorized: 401,
+  payment_required: 402,
   forbidden: 403,
   cross_site_request: 403,
   not_found: 404,
@@ -32,7 +34,9 @@ export type ProblemCode = keyof typeof PROBLEM_CODES;
 const TITLES: Record<ProblemCode, string> = {
   validation_failed: "The request failed validation",
   malformed_body: "The request body could not be parsed",
+  invalid_signature: "The signature does not verify",
   unauthorized: "Authentication is required",
+  payment_required: "Payment is required",
   forbidden: "Not allowed",
   cross_site_request: "Cross-site request refused",
   not_found: "Not found",

@@ -1,4 +1,6 @@
 import { newApp } from "./app";
+import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
+import { reconcileBilling } from "./billing/reconcile";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
 
@@ -8,7 +10,11 @@ const app = newApp();
 
 export default {
   fetch: app.fetch,
-  /** Every minute: deliver mail that is due, including retries of failed sends. */
+
+  /**
+   * Every minute: deliver mail that is due (retries included) and reconcile billing — re-queue
+   * usage rows Stripe has not accepted yet, flag rows too old to bill, provision billing accounts.
+   */
   async scheduled(_controller, env, ctx) {
     const services = createServices(env, {}, { trigger: "cron" });
     ctx.waitUntil(
@@ -16,5 +22,22 @@ export default {
         if (report.sent + report.retried + report.failed > 0) services.log.info("mail outbox run", { ...report });
       }),
     );
+    if (!services.config.billing.secretKey) {
+      services.log.info("billing is off: no STRIPE_SECRET_KEY; usage is metered but not sent to Stripe");
+      return;
+    }
+    ctx.waitUntil(
+      reconcileBilling(services, env.USAGE_QUEUE).then((report) => {
+        if (report.requeued + report.expired + report.accountsCreated > 0)
+          services.log.info("billing reconciled", { ...report });
+      }),
+    );
   },
-} satisfies ExportedHandler<Env>;
+
+  /** The usage queue (ledger rows → Stripe meter events) and its dead-letter queue. */
+  async queue(batch, env, _ctx) {
+    const services = createServices(env, {}, { trigger: "queue", queue: batch.queue });
+    if (batch.queue === USAGE_DLQ_NAME) await consumeDeadLetters(batch, services);
+    else await consumeUsageBatch(batch, services);
+  },
+} satisfies ExportedHandler<Env, UsageMessage>;

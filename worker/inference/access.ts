@@ -1,5 +1,6 @@
 import { eq } from "drizzle-orm";
-import { organizationLimits } from "../db/schema";
+import { suspendedSince } from "../billing/accounts";
+import { billingAccounts, organizationLimits } from "../db/schema";
 import { AppError } from "../errors";
 import { sha256Hex } from "../platform/hash";
 import type { QuotaLimits } from "../quota/org-quota";
@@ -10,16 +11,16 @@ import { checkAccessToken, HUB_TOKEN_PREFIX, TOKEN_PREFIX, type TokenPrincipal }
 /** How long this isolate trusts a token check: a revocation takes effect within this window. */
 export const TOKEN_CACHE_MS = 5_000;
 
-interface CachedCaller {
-  principal: TokenPrincipal;
-  limits: QuotaLimits;
-  expiresAt: number;
-}
-
-/** An inference caller: the token's principal and the organization's limits. */
+/** An inference caller: the token's principal, the organization's limits and billing standing. */
 export interface InferenceCaller {
   principal: TokenPrincipal;
   limits: QuotaLimits;
+  /** When inference stops for lack of payment (grace period included), if it does. */
+  suspendedFrom: number | undefined;
+}
+
+interface CachedCaller extends InferenceCaller {
+  expiresAt: number;
 }
 
 const cache = new Map<string, CachedCaller>();
@@ -42,7 +43,7 @@ export async function authenticateInference(services: Services, bearer: string |
   const key = await sha256Hex(secret);
   const now = services.clock.now().getTime();
   const hit = cache.get(key);
-  if (hit && hit.expiresAt > now) return hit;
+  if (hit && hit.expiresAt > now) return admitPaid(hit, now);
   const check = await checkAccessToken(services, bearer, "inference");
   if (!check.ok) {
     cache.delete(key);
@@ -59,9 +60,28 @@ export async function authenticateInference(services: Services, bearer: string |
         monthlyTokenBudget: own.monthlyTokenBudget,
       }
     : services.config.inference.defaultLimits;
+  let suspendedFrom: number | undefined;
+  if (services.config.billing.secretKey) {
+    const [account] = await services.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, check.principal.organizationId));
+    suspendedFrom = account ? suspendedSince(account, services.config.billing.graceDays)?.getTime() : undefined;
+  }
   if (cache.size >= MAX_CACHED) cache.clear();
-  const caller = { principal: check.principal, limits, expiresAt: now + TOKEN_CACHE_MS };
+  const caller = { principal: check.principal, limits, suspendedFrom, expiresAt: now + TOKEN_CACHE_MS };
   cache.set(key, caller);
+  return admitPaid(caller, now);
+}
+
+/** Refuses an organization whose payment failed longer ago than the grace period. */
+function admitPaid(caller: CachedCaller, now: number): InferenceCaller {
+  if (caller.suspendedFrom !== undefined && caller.suspendedFrom <= now) {
+    throw new AppError(
+      "payment_required",
+      "Inference is suspended because your organization's payment failed. It resumes as soon as the invoice is paid.",
+    );
+  }
   return caller;
 }
 

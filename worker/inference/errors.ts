@@ -10,6 +10,7 @@ const OPENAI: Partial<Record<ProblemCode, { type: string; code: string }>> = {
   unsupported_media_type: { type: "invalid_request_error", code: "unsupported_media_type" },
   payload_too_large: { type: "invalid_request_error", code: "request_too_large" },
   rate_limited: { type: "requests", code: "rate_limit_exceeded" },
+  payment_required: { type: "insufficient_quota", code: "billing_suspended" },
   bad_gateway: { type: "server_error", code: "bad_gateway" },
   service_unavailable: { type: "server_error", code: "service_unavailable" },
   gateway_timeout: { type: "server_error", code: "timeout" },

@@ -259,7 +259,12 @@ export async function proxyCompletion(
     try {
       await quota.settle(usageId, record.totalTokens, caller.limits, now.getTime());
     } finally {
-      await recordUsage(services, { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() });
+      const billingQueue = services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined;
+      await recordUsage(
+        services,
+        { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() },
+        billingQueue,
+      );
     }
   };
 

@@ -1,0 +1,292 @@
+/**
+ * A local stand-in for the parts of Stripe's API the gateway calls, for tests and local runs
+ * where Stripe cannot be reached. The real `stripe` SDK talks to it (`host`, `port`, `protocol`).
+ * It implements customers, subscriptions and Billing Meter events with Stripe's rules that matter
+ * for correct billing: `Idempotency-Key` replays the first answer, a meter event `identifier` is
+ * accepted once, timestamps older than 35 days are refused. It records every request, keeps
+ * accepted meter-event totals, and can be told to fail (5xx or hang) for a while.
+ *
+ * State is kept per API key, so tests running at the same time each get their own Stripe.
+ *
+ *   npm run stripe:standin -- --port 12111
+ */
+import { randomBytes } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+
+type Params = Record<string, unknown>;
+
+/** An accepted meter event. */
+export interface StandinMeterEvent {
+  identifier: string;
+  eventName: string;
+  customer: string;
+  value: number;
+  timestamp: number;
+}
+
+interface Account {
+  customers: Map<string, Params>;
+  subscriptions: Map<string, Params>;
+  meterEvents: Map<string, StandinMeterEvent>;
+  idempotent: Map<string, { status: number; body: string }>;
+  requests: { method: string; path: string; idempotencyKey: string | undefined }[];
+  failure: { status: number | "hang"; remaining: number } | undefined;
+  /** Seconds since the epoch that this account treats as now (for the 35-day rule). */
+  now: number | undefined;
+}
+
+/** Handle of a running stand-in. */
+export interface StripeStandin {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+const id = (prefix: string) => `${prefix}_${randomBytes(12).toString("hex")}`;
+
+/** Decodes Stripe's form encoding (`a[b][0]=x`) into nested objects and arrays. */
+export function parseStripeForm(body: string): Params {
+  const out: Params = {};
+  for (const [key, value] of new URLSearchParams(body)) {
+    const path = key.replace(/\]/g, "").split("[");
+    let node: Record<string, unknown> = out;
+    for (let i = 0; i < path.length - 1; i++) {
+      const k = path[i] as string;
+      node[k] ??= {};
+      node = node[k] as Record<string, unknown>;
+    }
+    node[path.at(-1) as string] = value;
+  }
+  return out;
+}
+
+function stripeError(res: ServerResponse, status: number, message: string, extra: Params = {}) {
+  res.writeHead(status, { "content-type": "application/json" });
+  res.end(JSON.stringify({ error: { type: "invalid_request_error", message, ...extra } }));
+}
+
+/** Starts the stand-in on 127.0.0.1 (a free port unless one is given). */
+export async function startStripeStandin(options: { port?: number; host?: string } = {}): Promise<StripeStandin> {
+  const accounts = new Map<string, Account>();
+  const account = (key: string): Account => {
+    let a = accounts.get(key);
+    if (!a) {
+      a = {
+        customers: new Map(),
+        subscriptions: new Map(),
+        meterEvents: new Map(),
+        idempotent: new Map(),
+        requests: [],
+        failure: undefined,
+        now: undefined,
+      };
+      accounts.set(key, a);
+    }
+    return a;
+  };
+  const hanging = new Set<ServerResponse>();
+
+  async function readBody(req: IncomingMessage): Promise<string> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
+  }
+
+  function handleApi(a: Account, method: string, path: string, params: Params): { status: number; body: Params } {
+    if (method === "POST" && path === "/v1/customers") {
+      const customer = { id: id("cus"), object: "customer", created: Math.floor(Date.now() / 1000), ...params };
+      a.customers.set(customer.id, customer);
+      return { status: 200, body: customer };
+    }
+    if (method === "POST" && path === "/v1/subscriptions") {
+      const customer = String(params.customer ?? "");
+      if (!a.customers.has(customer))
+        return {
+          status: 400,
+          body: { error: { type: "invalid_request_error", message: `No such customer: '${customer}'` } },
+        };
+      const items = Object.values((params.items as Params) ?? {}).map((item) => ({
+        id: id("si"),
+        object: "subscription_item",
+        price: { id: String((item as Params).price), object: "price" },
+      }));
+      const subscription = {
+        id: id("sub"),
+        object: "subscription",
+        status: "active",
+        customer,
+        items: { object: "list", data: items },
+        metadata: params.metadata ?? {},
+        created: Math.floor(Date.now() / 1000),
+      };
+      a.subscriptions.set(subscription.id, subscription);
+      return { status: 200, body: subscription };
+    }
+    if (method === "POST" && path === "/v1/billing/meter_events") {
+      const payload = (params.payload as Params) ?? {};
+      const identifier = String(params.identifier ?? id("mev"));
+      const customer = String(payload.stripe_customer_id ?? "");
+      const value = Number(payload.value);
+      const now = a.now ?? Math.floor(Date.now() / 1000);
+      const timestamp = params.timestamp === undefined ? now : Number(params.timestamp);
+      if (!params.event_name)
+        return {
+          status: 400,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              message: "Missing required param: event_name.",
+              param: "event_name",
+            },
+          },
+        };
+      if (!a.customers.has(customer))
+        return {
+          status: 400,
+          body: { error: { type: "invalid_request_error", message: `No such customer: '${customer}'` } },
+        };
+      if (!Number.isFinite(value))
+        return {
+          status: 400,
+          body: { error: { type: "invalid_request_error", message: "Invalid value", param: "payload[value]" } },
+        };
+      if (timestamp < now - 35 * 86_400 || timestamp > now + 300) {
+        return {
+          status: 400,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "timestamp_out_of_range",
+              message: "Timestamp must be within the past 35 calendar days or up to 5 minutes in the future.",
+              param: "timestamp",
+            },
+          },
+        };
+      }
+      if (a.meterEvents.has(identifier)) {
+        return {
+          status: 400,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "resource_already_exists",
+              message: `An event with identifier ${identifier} already exists.`,
+              param: "identifier",
+            },
+          },
+        };
+      }
+      a.meterEvents.set(identifier, { identifier, eventName: String(params.event_name), customer, value, timestamp });
+      return {
+        status: 200,
+        body: {
+          object: "billing.meter_event",
+          created: now,
+          event_name: params.event_name,
+          identifier,
+          livemode: false,
+          payload,
+          timestamp,
+        },
+      };
+    }
+    return {
+      status: 404,
+      body: { error: { type: "invalid_request_error", message: `Unrecognized request URL (${method}: ${path}).` } },
+    };
+  }
+
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url ?? "/", "http://standin");
+    const method = req.method ?? "GET";
+    const key = (req.headers.authorization ?? "").replace(/^Bearer\s+/i, "") || "anonymous";
+    const a = account(key);
+    const body = await readBody(req);
+
+    // Control endpoints for tests, keyed by the same API key.
+    if (url.pathname === "/_standin/fail" && method === "POST") {
+      const { status, count } = JSON.parse(body || "{}") as { status?: number | "hang"; count?: number };
+      a.failure = status === undefined ? undefined : { status, remaining: count ?? Number.POSITIVE_INFINITY };
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+      return;
+    }
+    if (url.pathname === "/_standin/clock" && method === "POST") {
+      a.now = (JSON.parse(body || "{}") as { now?: number }).now;
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+      return;
+    }
+    if (url.pathname === "/_standin/state" && method === "GET") {
+      const totals: Record<string, Record<string, number>> = {};
+      for (const e of a.meterEvents.values()) {
+        totals[e.customer] ??= {};
+        const perCustomer = totals[e.customer] as Record<string, number>;
+        perCustomer[e.eventName] = (perCustomer[e.eventName] ?? 0) + e.value;
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          customers: [...a.customers.values()],
+          subscriptions: [...a.subscriptions.values()],
+          meterEvents: [...a.meterEvents.values()],
+          totals,
+          requests: a.requests,
+        }),
+      );
+      return;
+    }
+
+    if (!url.pathname.startsWith("/v1/")) {
+      stripeError(res, 404, "Not found");
+      return;
+    }
+    const idempotencyKey = req.headers["idempotency-key"] as string | undefined;
+    a.requests.push({ method, path: url.pathname, idempotencyKey });
+    if (a.failure && a.failure.remaining > 0) {
+      a.failure.remaining -= 1;
+      if (a.failure.status === "hang") {
+        hanging.add(res);
+        return;
+      }
+      stripeError(res, a.failure.status, "Stripe is having a bad day.", { type: "api_error" });
+      return;
+    }
+    const replayKey = idempotencyKey ? `${method} ${url.pathname} ${idempotencyKey}` : undefined;
+    const replay = replayKey ? a.idempotent.get(replayKey) : undefined;
+    if (replay) {
+      res.writeHead(replay.status, { "content-type": "application/json", "idempotent-replayed": "true" });
+      res.end(replay.body);
+      return;
+    }
+    const answer = handleApi(a, method, url.pathname, parseStripeForm(body));
+    const text = JSON.stringify(answer.body);
+    if (replayKey && answer.status < 500) a.idempotent.set(replayKey, { status: answer.status, body: text });
+    res.writeHead(answer.status, { "content-type": "application/json", "request-id": id("req") });
+    res.end(text);
+  });
+
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://${options.host ?? "127.0.0.1"}:${port}`,
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const res of hanging) res.destroy();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  const { values } = parseArgs({
+    options: { port: { type: "string", default: "12111" }, host: { type: "string", default: "127.0.0.1" } },
+  });
+  const standin = await startStripeStandin({ port: Number(values.port), host: values.host });
+  console.log(`Stripe stand-in listening on ${standin.url}`);
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    process.on(signal, () => void standin.close().then(() => process.exit(0)));
+}

@@ -1,0 +1,385 @@
+import { createExecutionContext, createMessageBatch, getQueueResult, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
+import Stripe from "stripe";
+import { beforeEach, describe, expect, it } from "vitest";
+import type { UsageMessage } from "../worker/billing/queue";
+import { reconcileBilling } from "../worker/billing/reconcile";
+import { applications, auditEvents, billingAccounts, organizationLimits, usageLedger } from "../worker/db/schema";
+import worker from "../worker/index";
+import { clearCallerCache } from "../worker/inference/access";
+import { fixedClock } from "../worker/platform/clock";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { approvedToken } from "./helpers/weights";
+
+// Real time: the queue and cron entrypoints run on the system clock, as in production.
+const NOW = new Date().toISOString();
+const SECRETS = ["whsec_retiring", "whsec_current"];
+const PLAN = {
+  plan: "pro",
+  prices: ["price_prompt_tokens", "price_completion_tokens"],
+  limits: { requestsPerMinute: 600, tokensPerMinute: 900_000, monthlyTokenBudget: 50_000_000 },
+};
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+/** A gateway with billing on, talking to its own account at the Stripe stand-in. */
+async function billedGateway(options: { clock?: ReturnType<typeof fixedClock>; backends?: boolean } = {}) {
+  const apiKey = `sk_test_${crypto.randomUUID().replaceAll("-", "")}`;
+  const clock = options.clock ?? fixedClock(NOW);
+  const sim = (JSON.parse(env.TEST_BACKEND_URLS) as string[])[0];
+  const gw = testGateway({
+    clock,
+    bindings: {
+      STRIPE_SECRET_KEY: apiKey,
+      STRIPE_API_BASE: env.TEST_STRIPE_URL,
+      STRIPE_WEBHOOK_SECRETS: SECRETS.join(","),
+      BILLING_PLANS: JSON.stringify({ "llama-2": PLAN }),
+      BILLING_GRACE_DAYS: "7",
+      INFERENCE_BACKENDS: JSON.stringify({ "llama-2-7b-chat": [{ url: `${sim}/scope/${crypto.randomUUID()}` }] }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+    },
+  });
+  const standin = async (path: string, body?: unknown) => {
+    const res = await fetch(`${env.TEST_STRIPE_URL}${path}`, {
+      method: body === undefined ? "GET" : "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return res.json() as Promise<{
+      customers: { id: string; metadata: Record<string, string> }[];
+      subscriptions: { items: { data: { price: { id: string } }[] } }[];
+      meterEvents: { identifier: string; eventName: string; value: number; customer: string }[];
+      totals: Record<string, Record<string, number>>;
+      requests: { path: string; idempotencyKey?: string }[];
+    }>;
+  };
+  await standin("/_standin/clock", { now: Math.floor(clock.now().getTime() / 1000) });
+  const unique = crypto.randomUUID();
+  const access = await approvedToken(gw, licenseSha256, {
+    organization: `Org ${unique}`,
+    email: `${unique}@example.com`,
+  });
+  const [app] = await gw.db.select().from(applications).where(eq(applications.id, access.applicationId));
+  return { gw, clock, apiKey, standin, organizationId: app?.organizationId as string, ...access };
+}
+
+type Billed = Awaited<ReturnType<typeof billedGateway>>;
+
+/** Writes ledger rows as the proxy would, with varied token counts. */
+async function ledgerRows(b: Billed, n: number, startedAt = b.clock.now()) {
+  const rows = Array.from({ length: n }, (_, i) => ({
+    id: `use_${crypto.randomUUID().replaceAll("-", "")}`,
+    organizationId: b.organizationId,
+    grantId: "grt_test",
+    tokenId: b.tokenId,
+    model: "llama-2-7b-chat",
+    backend: "http://sim",
+    endpoint: "chat.completions",
+    stream: i % 2 === 0,
+    promptTokens: 10 + i,
+    completionTokens: i % 5 === 0 ? 0 : 3 * i,
+    totalTokens: 10 + i + (i % 5 === 0 ? 0 : 3 * i),
+    usageReported: true,
+    outcome: "ok" as const,
+    partial: false,
+    status: 200,
+    latencyMs: 5,
+    startedAt: startedAt.toISOString(),
+    createdAt: startedAt.toISOString(),
+  }));
+  for (const row of rows) await b.gw.db.insert(usageLedger).values(row);
+  return rows;
+}
+
+/** Delivers ledger ids to the worker's queue handler as the usage queue would. */
+async function deliver(b: Billed, ids: string[], attempts = 1) {
+  const batch = createMessageBatch<UsageMessage>(
+    "modelgate-usage",
+    ids.map((ledgerId, i) => ({ id: `msg-${i}-${ledgerId}`, timestamp: new Date(), attempts, body: { ledgerId } })),
+  );
+  const ctx = createExecutionContext();
+  await worker.queue(batch, b.gw.env, ctx);
+  const result = await getQueueResult(batch, ctx);
+  await waitOnExecutionContext(ctx);
+  return result;
+}
+
+const sum = (rows: { promptTokens: number; completionTokens: number }[], key: "promptTokens" | "completionTokens") =>
+  rows.reduce((n, r) => n + r[key], 0);
+
+describe("usage billing", () => {
+  it("turns N ledger rows into exactly their meter events, for one customer on the family's plan", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 12);
+    const result = await deliver(
+      b,
+      rows.map((r) => r.id),
+    );
+    expect(result.explicitAcks).toHaveLength(12);
+    expect(result.retryMessages).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    expect(state.customers).toHaveLength(1);
+    expect(state.customers[0]?.metadata).toMatchObject({ organization_id: b.organizationId });
+    expect(state.subscriptions[0]?.items.data.map((i) => i.price.id)).toEqual(PLAN.prices);
+    const nonZero = rows.reduce((n, r) => n + (r.promptTokens > 0 ? 1 : 0) + (r.completionTokens > 0 ? 1 : 0), 0);
+    expect(state.meterEvents).toHaveLength(nonZero);
+    const customer = state.customers[0]?.id as string;
+    expect(state.totals[customer]).toEqual({
+      modelgate_prompt_tokens: sum(rows, "promptTokens"),
+      modelgate_completion_tokens: sum(rows, "completionTokens"),
+    });
+    const stored = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
+    expect(stored.every((r) => r.billingState === "sent" && r.billedAt !== null)).toBe(true);
+    const [limits] = await b.gw.db
+      .select()
+      .from(organizationLimits)
+      .where(eq(organizationLimits.organizationId, b.organizationId));
+    expect(limits).toMatchObject({ plan: "pro", requestsPerMinute: 600 });
+  });
+
+  it("survives a long Stripe outage: retries until recovery, then Stripe's totals equal the ledger's, without duplicates", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 8);
+    const ids = rows.map((r) => r.id);
+    await b.standin("/_standin/fail", { status: 503, count: 25 });
+    let pending = ids;
+    let rounds = 0;
+    while (pending.length > 0 && rounds < 20) {
+      rounds++;
+      const result = await deliver(b, pending, rounds);
+      pending = result.retryMessages.map((m) => m.msgId.split("-").slice(2).join("-"));
+    }
+    expect(rounds).toBeGreaterThan(2);
+    expect(pending).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    const customer = state.customers[0]?.id as string;
+    expect(state.customers).toHaveLength(1);
+    expect(state.totals[customer]).toEqual({
+      modelgate_prompt_tokens: sum(rows, "promptTokens"),
+      modelgate_completion_tokens: sum(rows, "completionTokens"),
+    });
+    expect(new Set(state.meterEvents.map((e) => e.identifier)).size).toBe(state.meterEvents.length);
+    const stored = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
+    expect(stored.every((r) => r.billingState === "sent")).toBe(true);
+    expect(Math.max(...stored.map((r) => r.billingAttempts))).toBeGreaterThan(0);
+  });
+
+  it("sends nothing twice when the queue delivers the same rows twice, even at the same time", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 5);
+    const ids = rows.map((r) => r.id);
+    await Promise.all([deliver(b, ids), deliver(b, ids)]);
+    await deliver(b, ids);
+    const state = await b.standin("/_standin/state");
+    const customer = state.customers[0]?.id as string;
+    expect(state.totals[customer]).toEqual({
+      modelgate_prompt_tokens: sum(rows, "promptTokens"),
+      modelgate_completion_tokens: sum(rows, "completionTokens"),
+    });
+  });
+
+  it("re-queues rows left unsent, flags rows too old for Stripe, and marks dead letters", async () => {
+    const b = await billedGateway();
+    const stuck = await ledgerRows(b, 3, new Date(Date.parse(NOW) - 10 * 60_000));
+    const fresh = await ledgerRows(b, 2);
+    const old = await ledgerRows(b, 1, new Date(Date.parse(NOW) - 36 * 86_400_000));
+    const sent: UsageMessage[] = [];
+    const queue = {
+      sendBatch: async (messages: { body: UsageMessage }[]) => void sent.push(...messages.map((m) => m.body)),
+    };
+    const report = await reconcileBilling(b.gw.services(), queue as unknown as Queue<UsageMessage>);
+    expect(report.expired).toBe(1);
+    expect(sent.map((m) => m.ledgerId).sort()).toEqual(stuck.map((r) => r.id).sort());
+    expect(sent.map((m) => m.ledgerId)).not.toContain(fresh[0]?.id);
+    const [expired] = await b.gw.db
+      .select()
+      .from(usageLedger)
+      .where(eq(usageLedger.id, old[0]?.id as string));
+    expect(expired).toMatchObject({ billingState: "expired" });
+
+    const dlq = createMessageBatch<UsageMessage>("modelgate-usage-dlq", [
+      { id: "d1", timestamp: new Date(), attempts: 1, body: { ledgerId: fresh[0]?.id as string } },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(dlq, b.gw.env, ctx);
+    await waitOnExecutionContext(ctx);
+    const [dead] = await b.gw.db
+      .select()
+      .from(usageLedger)
+      .where(eq(usageLedger.id, fresh[0]?.id as string));
+    expect(dead?.billingState).toBe("dead");
+    const outbox = await b.gw.request("/admin/api/billing/outbox", {});
+    expect(outbox.status).toBe(401);
+  });
+
+  it("meters real proxied requests onto the usage queue", async () => {
+    const b = await billedGateway();
+    const res = await b.gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "llama-2-7b-chat",
+        messages: [{ role: "user", content: "one two" }],
+        max_tokens: 3,
+      }),
+    });
+    expect(res.status).toBe(200);
+    const [row] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
+    expect(row).toMatchObject({ promptTokens: 2, completionTokens: 3, billingState: "pending" });
+    await deliver(b, [row?.id as string]);
+    const state = await b.standin("/_standin/state");
+    expect(state.meterEvents.map((e) => [e.eventName, e.value]).sort()).toEqual([
+      ["modelgate_completion_tokens", 3],
+      ["modelgate_prompt_tokens", 2],
+    ]);
+  });
+});
+
+describe("Stripe webhooks", () => {
+  const stripe = new Stripe("sk_test_unused", { httpClient: Stripe.createFetchHttpClient() });
+
+  async function post(
+    b: Billed,
+    event: Record<string, unknown>,
+    options: { secret?: string; timestamp?: number; signature?: string } = {},
+  ) {
+    const payload = JSON.stringify(event);
+    const signature =
+      options.signature ??
+      (await stripe.webhooks.generateTestHeaderStringAsync({
+        payload,
+        secret: options.secret ?? (SECRETS[1] as string),
+        timestamp: options.timestamp ?? Math.floor(b.clock.now().getTime() / 1000),
+        cryptoProvider: Stripe.createSubtleCryptoProvider(),
+      }));
+    return b.gw.request("/webhooks/stripe", {
+      method: "POST",
+      headers: { "stripe-signature": signature, "content-type": "application/json" },
+      body: payload,
+    });
+  }
+
+  async function withAccount(b: Billed) {
+    const rows = await ledgerRows(b, 1);
+    await deliver(
+      b,
+      rows.map((r) => r.id),
+    );
+    const [account] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    return account as NonNullable<typeof account>;
+  }
+
+  const event = (id: string, type: string, created: number, object: Record<string, unknown>) => ({
+    id,
+    object: "event",
+    type,
+    created,
+    api_version: "2025-01-01",
+    livemode: false,
+    data: { object },
+  });
+
+  it("refuses bad signatures, unknown secrets and stale timestamps with 400, changing nothing", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const failed = event("evt_1", "invoice.payment_failed", 1_781_500_000, { customer: account.stripeCustomerId });
+    const now = Math.floor(b.clock.now().getTime() / 1000);
+    for (const [name, options] of [
+      ["bad signature", { signature: `t=${now},v1=${"0".repeat(64)}` }],
+      ["unknown secret", { secret: "whsec_attacker" }],
+      ["timestamp outside tolerance", { timestamp: now - 301 }],
+      ["no signature", { signature: "" }],
+    ] as const) {
+      const res = await post(b, failed, options);
+      expect(res.status, name).toBe(400);
+      expect(await res.json(), name).toMatchObject({ code: "invalid_signature" });
+    }
+    const [after] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    expect(after).toMatchObject({ status: "active", paymentFailedAt: null });
+    expect((await post(b, failed, { secret: SECRETS[0] })).status).toBe(200);
+  });
+
+  it("applies a replayed event once and ignores events that arrive out of order", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const failed = event("evt_failed", "invoice.payment_failed", t - 100, { customer: account.stripeCustomerId });
+    const paid = event("evt_paid", "invoice.paid", t - 50, { customer: account.stripeCustomerId });
+    expect(await (await post(b, paid)).json()).toMatchObject({ result: "applied" });
+    expect(await (await post(b, failed)).json()).toMatchObject({ result: "ignored" });
+    expect(await (await post(b, paid)).json()).toMatchObject({ result: "duplicate" });
+    const [after] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    expect(after).toMatchObject({ status: "active", paymentFailedAt: null });
+
+    const failedLater = event("evt_failed_2", "invoice.payment_failed", t - 10, { customer: account.stripeCustomerId });
+    await Promise.all([post(b, failedLater), post(b, failedLater)]);
+    const audits = (await b.gw.db.select().from(auditEvents)).filter((e) => e.action === "billing.status_changed");
+    expect(audits).toHaveLength(1);
+  });
+
+  it("suspends inference after the grace period of a failed payment and restores it when paid", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const ask = () =>
+      b.gw.request("/v1/chat/completions", {
+        method: "POST",
+        headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
+      });
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    await post(b, event("evt_f", "invoice.payment_failed", t, { customer: account.stripeCustomerId }));
+    clearCallerCache();
+    b.clock.advance(6 * 86_400_000);
+    expect((await ask()).status).toBe(200);
+    b.clock.advance(2 * 86_400_000);
+    clearCallerCache();
+    const suspended = await ask();
+    expect(suspended.status).toBe(402);
+    expect(await suspended.json()).toMatchObject({ error: { code: "billing_suspended" } });
+    const billing = await b.gw.request("/v1/billing", { headers: { authorization: `Bearer ${b.token}` } });
+    expect(await billing.json()).toMatchObject({ enabled: true, status: "past_due", suspended: true, plan: "pro" });
+    expect(
+      (
+        await b.gw.request(`/${"meta-llama/Llama-2-7b-hf"}/resolve/main/x`, {
+          headers: { authorization: `Bearer ${b.token}` },
+        })
+      ).status,
+    ).not.toBe(402);
+
+    await post(
+      b,
+      event("evt_p", "invoice.paid", Math.floor(b.clock.now().getTime() / 1000), {
+        customer: account.stripeCustomerId,
+      }),
+    );
+    clearCallerCache();
+    expect((await ask()).status).toBe(200);
+  });
+
+  it("is off without a Stripe key: usage is still metered, nothing is queued or sent", async () => {
+    const gw = testGateway({ clock: fixedClock(NOW) });
+    const { token } = await approvedToken(gw, licenseSha256);
+    const res = await gw.request("/v1/billing", { headers: { authorization: `Bearer ${token}` } });
+    expect(await res.json()).toMatchObject({ enabled: false, status: null, suspended: false });
+    const hook = await gw.request("/webhooks/stripe", {
+      method: "POST",
+      headers: { "stripe-signature": "t=1,v1=x" },
+      body: "{}",
+    });
+    expect(hook.status).toBe(503);
+  });
+});

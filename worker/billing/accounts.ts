@@ -1,0 +1,86 @@
+import { and, eq } from "drizzle-orm";
+import type Stripe from "stripe";
+import { type BillingAccount, billingAccounts, grants, organizationLimits, organizations } from "../db/schema";
+import type { Services } from "../services";
+
+/**
+ * The organization's billing account, created on first need: a Stripe customer and a subscription
+ * to its family's plan, each created with an idempotency key derived from the organization, so two
+ * workers racing here end up with the same customer and subscription. The plan's limits become the
+ * organization's quota limits.
+ */
+export async function ensureBillingAccount(
+  services: Pick<Services, "db" | "clock" | "config">,
+  stripe: Stripe,
+  organizationId: string,
+): Promise<BillingAccount | undefined> {
+  const [existing] = await services.db
+    .select()
+    .from(billingAccounts)
+    .where(eq(billingAccounts.organizationId, organizationId));
+  if (existing) return existing;
+  const [org] = await services.db.select().from(organizations).where(eq(organizations.id, organizationId));
+  if (!org) return undefined;
+  const [grant] = await services.db
+    .select({ family: grants.family })
+    .from(grants)
+    .where(and(eq(grants.organizationId, organizationId), eq(grants.status, "active")))
+    .limit(1);
+  const family = grant?.family ?? "llama-2";
+  const plan = services.config.billing.plans[family] ?? { plan: "standard", prices: [] };
+  const customer = await stripe.customers.create(
+    { name: org.name, metadata: { organization_id: org.id, family } },
+    { idempotencyKey: `modelgate-customer-${org.id}` },
+  );
+  const subscription =
+    plan.prices.length > 0
+      ? await stripe.subscriptions.create(
+          {
+            customer: customer.id,
+            items: plan.prices.map((price) => ({ price })),
+            metadata: { organization_id: org.id, plan: plan.plan },
+          },
+          { idempotencyKey: `modelgate-subscription-${org.id}-${family}` },
+        )
+      : undefined;
+  const at = services.clock.now().toISOString();
+  const account: BillingAccount = {
+    organizationId: org.id,
+    stripeCustomerId: customer.id,
+    stripeSubscriptionId: subscription?.id ?? null,
+    plan: plan.plan,
+    status: "active",
+    paymentFailedAt: null,
+    subscriptionEventCreated: 0,
+    invoiceEventCreated: 0,
+    createdAt: at,
+    updatedAt: at,
+  };
+  const insertAccount = services.db.insert(billingAccounts).values(account).onConflictDoNothing();
+  if (plan.limits) {
+    const limits = { plan: plan.plan, ...plan.limits, updatedAt: at };
+    await services.db.batch([
+      insertAccount,
+      services.db
+        .insert(organizationLimits)
+        .values({ organizationId: org.id, ...limits })
+        .onConflictDoUpdate({ target: organizationLimits.organizationId, set: limits }),
+    ]);
+  } else {
+    await insertAccount;
+  }
+  const [stored] = await services.db
+    .select()
+    .from(billingAccounts)
+    .where(eq(billingAccounts.organizationId, organizationId));
+  return stored;
+}
+
+/** When inference of an account stops for lack of payment, if it does. */
+export function suspendedSince(
+  account: Pick<BillingAccount, "status" | "paymentFailedAt">,
+  graceDays: number,
+): Date | undefined {
+  if (account.status === "active" || !account.paymentFailedAt) return undefined;
+  return new Date(Date.parse(account.paymentFailedAt) + graceDays * 86_400_000);
+}

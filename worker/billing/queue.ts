@@ -1,0 +1,52 @@
+import { inArray } from "drizzle-orm";
+import { usageLedger } from "../db/schema";
+import type { Services } from "../services";
+import { billLedgerRows } from "./meter";
+import { stripeClient } from "./stripe";
+
+/** A usage-queue message: one ledger row to bill. */
+export interface UsageMessage {
+  ledgerId: string;
+}
+
+export const USAGE_QUEUE_NAME = "modelgate-usage";
+export const USAGE_DLQ_NAME = "modelgate-usage-dlq";
+
+/** Seconds before a failed message comes back: 10 s, 20 s, 40 s … at most 10 minutes. */
+export function retryDelaySeconds(attempts: number): number {
+  return Math.min(600, 10 * 2 ** Math.max(0, attempts - 1));
+}
+
+/**
+ * Consumes the usage queue: bills the batch's rows and acknowledges each message whose row
+ * reached a final state; the rest are retried with backoff, and after the queue's last retry go
+ * to the dead-letter queue.
+ */
+export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
+  const stripe = stripeClient(services.config.billing);
+  if (!stripe) {
+    // Billing was switched off while messages were queued: keep the rows pending for later.
+    batch.ackAll();
+    return;
+  }
+  const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
+  const outcomes = await billLedgerRows(services, stripe, ids);
+  for (const message of batch.messages) {
+    if (outcomes.get(message.body.ledgerId) === "retry")
+      message.retry({ delaySeconds: retryDelaySeconds(message.attempts) });
+    else message.ack();
+  }
+}
+
+/** Consumes the dead-letter queue: the rows are marked `dead` for operators, never dropped. */
+export async function consumeDeadLetters(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
+  const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
+  for (let i = 0; i < ids.length; i += 90) {
+    await services.db
+      .update(usageLedger)
+      .set({ billingState: "dead" })
+      .where(inArray(usageLedger.id, ids.slice(i, i + 90)));
+  }
+  services.log.error("usage rows dead-lettered", { count: ids.length });
+  batch.ackAll();
+}

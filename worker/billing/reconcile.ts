@@ -1,0 +1,77 @@
+import { and, asc, eq, isNull, lt } from "drizzle-orm";
+import { billingAccounts, grants, usageLedger } from "../db/schema";
+import type { Services } from "../services";
+import { ensureBillingAccount } from "./accounts";
+import { MAX_EVENT_AGE_MS } from "./meter";
+import type { UsageMessage } from "./queue";
+import { stripeClient } from "./stripe";
+
+/** Rows unsent this long after they were written are sent again. */
+export const STUCK_AFTER_MS = 5 * 60_000;
+
+/** What one reconciler run did. */
+export interface ReconcileReport {
+  requeued: number;
+  expired: number;
+  accountsCreated: number;
+}
+
+/**
+ * The outbox sweep, run by cron: re-queues ledger rows still pending a few minutes after they
+ * were written (a lost queue send, an outage longer than the queue's retries), flags rows that
+ * became too old for Stripe, and gives organizations with a grant but no billing account one.
+ */
+export async function reconcileBilling(
+  services: Services,
+  queue: Queue<UsageMessage>,
+  limit = 500,
+): Promise<ReconcileReport> {
+  const report: ReconcileReport = { requeued: 0, expired: 0, accountsCreated: 0 };
+  const stripe = stripeClient(services.config.billing);
+  if (!stripe) return report;
+  const now = services.clock.now().getTime();
+
+  const expired = await services.db
+    .update(usageLedger)
+    .set({ billingState: "expired", billingError: "older than Stripe accepts (35 days)" })
+    .where(
+      and(
+        eq(usageLedger.billingState, "pending"),
+        lt(usageLedger.startedAt, new Date(now - MAX_EVENT_AGE_MS).toISOString()),
+      ),
+    )
+    .returning({ id: usageLedger.id });
+  report.expired = expired.length;
+  if (expired.length > 0) services.log.error("usage rows too old to bill", { count: expired.length });
+
+  const stuck = await services.db
+    .select({ id: usageLedger.id })
+    .from(usageLedger)
+    .where(
+      and(
+        eq(usageLedger.billingState, "pending"),
+        lt(usageLedger.createdAt, new Date(now - STUCK_AFTER_MS).toISOString()),
+      ),
+    )
+    .orderBy(asc(usageLedger.createdAt))
+    .limit(limit);
+  for (let i = 0; i < stuck.length; i += 100) {
+    await queue.sendBatch(stuck.slice(i, i + 100).map((row) => ({ body: { ledgerId: row.id } })));
+  }
+  report.requeued = stuck.length;
+
+  const unprovisioned = await services.db
+    .selectDistinct({ organizationId: grants.organizationId })
+    .from(grants)
+    .leftJoin(billingAccounts, eq(billingAccounts.organizationId, grants.organizationId))
+    .where(and(eq(grants.status, "active"), isNull(billingAccounts.organizationId)))
+    .limit(20);
+  for (const { organizationId } of unprovisioned) {
+    try {
+      if (await ensureBillingAccount(services, stripe, organizationId)) report.accountsCreated++;
+    } catch (error) {
+      services.log.warn("billing account not created", { organizationId, error: String(error) });
+    }
+  }
+  return report;
+}

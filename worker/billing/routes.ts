@@ -1,0 +1,164 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { and, asc, count, eq, gte, min, sql } from "drizzle-orm";
+import { requireRole } from "../admin/access";
+import { billingAccounts, organizations, usageLedger } from "../db/schema";
+import { AppError } from "../errors";
+import { newRouter, problemResponses } from "../http/router";
+import type { Services } from "../services";
+import { tokenProblem } from "../tokens/middleware";
+import { bearerToken, checkAccessToken } from "../tokens/service";
+import { suspendedSince } from "./accounts";
+import { handleBillingEvent, verifyWebhook } from "./webhooks";
+
+const BillingSchema = z
+  .object({
+    organizationId: z.string(),
+    enabled: z.boolean(),
+    plan: z.string().nullable(),
+    status: z.string().nullable(),
+    suspended: z.boolean(),
+    suspendedSince: z.string().nullable(),
+    paymentFailedAt: z.string().nullable(),
+    period: z.object({ from: z.string(), to: z.string() }),
+    usage: z.object({
+      requests: z.number().int(),
+      promptTokens: z.number().int(),
+      completionTokens: z.number().int(),
+      totalTokens: z.number().int(),
+      unbilledRequests: z.number().int(),
+    }),
+  })
+  .openapi("Billing");
+
+/** An organization's billing standing and its usage in the current calendar month. */
+export async function billingStanding(services: Pick<Services, "db" | "clock" | "config">, organizationId: string) {
+  const now = services.clock.now();
+  const from = `${now.toISOString().slice(0, 7)}-01T00:00:00.000Z`;
+  const [account] = await services.db
+    .select()
+    .from(billingAccounts)
+    .where(eq(billingAccounts.organizationId, organizationId));
+  const [usage] = await services.db
+    .select({
+      requests: count(),
+      promptTokens: sql<number>`coalesce(sum(${usageLedger.promptTokens}), 0)`,
+      completionTokens: sql<number>`coalesce(sum(${usageLedger.completionTokens}), 0)`,
+      totalTokens: sql<number>`coalesce(sum(${usageLedger.totalTokens}), 0)`,
+      unbilledRequests: sql<number>`coalesce(sum(case when ${usageLedger.billingState} = 'pending' then 1 else 0 end), 0)`,
+    })
+    .from(usageLedger)
+    .where(and(eq(usageLedger.organizationId, organizationId), gte(usageLedger.startedAt, from)));
+  const since = account ? suspendedSince(account, services.config.billing.graceDays) : undefined;
+  return {
+    organizationId,
+    enabled: services.config.billing.secretKey !== undefined,
+    plan: account?.plan ?? null,
+    status: account?.status ?? null,
+    suspended: since !== undefined && since <= now,
+    suspendedSince: since?.toISOString() ?? null,
+    paymentFailedAt: account?.paymentFailedAt ?? null,
+    period: { from, to: now.toISOString() },
+    usage: usage ?? { requests: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0, unbilledRequests: 0 },
+  };
+}
+
+const billingRoute = createRoute({
+  method: "get",
+  path: "/v1/billing",
+  tags: ["Billing"],
+  summary: "The token's organization: plan, payment status and this month's usage",
+  security: [{ accessToken: [] }],
+  responses: {
+    200: { description: "Billing standing", content: { "application/json": { schema: BillingSchema } } },
+    ...problemResponses(401, 403),
+  },
+});
+
+const webhookRoute = createRoute({
+  method: "post",
+  path: "/webhooks/stripe",
+  tags: ["Billing"],
+  summary: "Stripe webhook endpoint",
+  description:
+    "Verified with the raw body and the `Stripe-Signature` header against every configured signing secret. Events are applied once, in any order: `customer.subscription.updated`/`deleted`, `invoice.payment_failed`, `invoice.paid`.",
+  responses: {
+    200: {
+      description: "Received",
+      content: { "application/json": { schema: z.object({ received: z.boolean(), result: z.string() }) } },
+    },
+    ...problemResponses(400, 503),
+  },
+});
+
+const outboxRoute = createRoute({
+  method: "get",
+  path: "/admin/api/billing/outbox",
+  tags: ["Admin"],
+  summary: "Usage rows by billing state: the backlog on its way to Stripe",
+  middleware: [requireRole("reviewer")] as const,
+  responses: {
+    200: {
+      description: "Backlog",
+      content: {
+        "application/json": {
+          schema: z.object({
+            enabled: z.boolean(),
+            states: z.array(z.object({ state: z.string(), rows: z.number().int(), oldest: z.string().nullable() })),
+          }),
+        },
+      },
+    },
+    ...problemResponses(401, 403),
+  },
+});
+
+const organizationBillingRoute = createRoute({
+  method: "get",
+  path: "/admin/api/billing/organizations/{id}",
+  tags: ["Admin"],
+  summary: "An organization's billing standing",
+  middleware: [requireRole("reviewer")] as const,
+  request: { params: z.object({ id: z.string().min(1).max(64) }) },
+  responses: {
+    200: { description: "Billing standing", content: { "application/json": { schema: BillingSchema } } },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+export const billingRoutes = newRouter();
+
+billingRoutes
+  .openapi(billingRoute, async (c) => {
+    const services = c.get("services");
+    const bearer = bearerToken(c.req.header("authorization"));
+    let check = await checkAccessToken(services, bearer, "inference");
+    if (!check.ok && check.refusal === "scope") check = await checkAccessToken(services, bearer, "download");
+    if (!check.ok) throw tokenProblem(check.refusal, "inference");
+    return c.json(await billingStanding(services, check.principal.organizationId), 200);
+  })
+  .openapi(webhookRoute, async (c) => {
+    const services = c.get("services");
+    const event = await verifyWebhook(services, await c.req.text(), c.req.header("stripe-signature"));
+    const result = await handleBillingEvent(services, event);
+    services.log.info("stripe webhook", { event: event.id, type: event.type, result });
+    return c.json({ received: true, result }, 200);
+  })
+  .openapi(outboxRoute, async (c) => {
+    const services = c.get("services");
+    const states = await services.db
+      .select({ state: usageLedger.billingState, rows: count(), oldest: min(usageLedger.createdAt) })
+      .from(usageLedger)
+      .groupBy(usageLedger.billingState)
+      .orderBy(asc(usageLedger.billingState));
+    return c.json({ enabled: services.config.billing.secretKey !== undefined, states }, 200);
+  })
+  .openapi(organizationBillingRoute, async (c) => {
+    const services = c.get("services");
+    const { id } = c.req.valid("param");
+    const [org] = await services.db
+      .select({ id: organizations.id })
+      .from(organizations)
+      .where(eq(organizations.id, id));
+    if (!org) throw new AppError("not_found", "No such organization.");
+    return c.json(await billingStanding(services, id), 200);
+  });
