@@ -44,7 +44,7 @@ button[disabled]{background:#6b7685;cursor:not-allowed}
 .muted{color:var(--muted)}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:0}dl.facts dt{font-weight:600;color:var(--muted)}dl.facts dd{margin:0;overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(20rem,1fr));gap:0 2rem}
-fieldset{border:1px solid var(--line);border-radius:8px;margin:.75rem 0;padding:.5rem 1rem}legend{font-weight:700}
+fieldset{border:1px solid var(--line);border-radius:8px;margin:.75rem 0;padding:.5rem 1rem;min-width:0}legend{font-weight:700}
 .choice{display:flex;gap:.5rem;align-items:center;font-weight:400;margin:.3rem 0}
 .form-row{margin:.6rem 0}.form-row>label{display:block;margin-bottom:.2rem}
 .form-error{color:var(--bad);font-weight:600}.form-status{color:var(--ok);font-weight:600}

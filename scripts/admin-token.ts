@@ -7,35 +7,13 @@
  *
  * Prints only the token on stdout, so `TOKEN=$(npm run -s admin:token -- …)` works.
  */
-import { readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { importJWK, SignJWT } from "jose";
-import { ensureDevAccessKey } from "./dev-access-key";
+import { mintDevAccessToken, ADMIN_ROLE_NAMES as ROLES, type AdminRoleName as Role } from "./lib/dev-access-token";
 
-const ROLES = ["reviewer", "approver", "admin"] as const;
-type Role = (typeof ROLES)[number];
+export { wranglerVars } from "./lib/dev-access-token";
 
 const ROOT = resolve(import.meta.dirname, "..");
-
-/** Reads `KEY = "value"` (or single-quoted) lines of `[vars]` in wrangler.toml. */
-export function wranglerVars(tomlText: string): Record<string, string> {
-  const vars: Record<string, string> = {};
-  let inVars = false;
-  for (const line of tomlText.split(/\r?\n/)) {
-    const table = /^\s*\[+\s*([^\]]+?)\s*\]+\s*$/.exec(line);
-    if (table) {
-      inVars = table[1] === "vars";
-      continue;
-    }
-    if (!inVars) continue;
-    const pair = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$/.exec(line);
-    if (!pair?.[1]) continue;
-    // Basic strings may carry escapes; literal strings (single quotes) are taken as written.
-    vars[pair[1]] = pair[2] !== undefined ? (JSON.parse(`"${pair[2]}"`) as string) : (pair[3] ?? "");
-  }
-  return vars;
-}
 
 /** Parses `90s`, `30m`, `8h`, `7d` or plain seconds into seconds. */
 export function parseTtl(text: string): number {
@@ -83,35 +61,23 @@ async function main(): Promise<void> {
     usage((error as Error).message);
   }
 
-  const vars = wranglerVars(readFileSync(join(ROOT, "wrangler.toml"), "utf8"));
-  const issuer = vars.ACCESS_TEAM_DOMAIN?.replace(/\/+$/, "");
-  const audience = vars.ACCESS_AUD;
-  if (!issuer || !audience) usage("wrangler.toml [vars] must set ACCESS_TEAM_DOMAIN and ACCESS_AUD");
-
-  const key = await ensureDevAccessKey(ROOT);
-  // The default ADMIN_ROLES of wrangler.toml grant roles by Access group: modelgate-reviewers, …
-  const groups = [
-    `modelgate-${role}s`,
-    ...(values.groups
+  const extraGroups =
+    values.groups
       ?.split(",")
       .map((g) => g.trim())
-      .filter(Boolean) ?? []),
-  ];
-  const now = Math.floor(Date.now() / 1000);
-  const token = await new SignJWT({ email, groups, type: "app" })
-    .setProtectedHeader({ alg: "ES256", kid: key.kid, typ: "JWT" })
-    .setIssuer(issuer)
-    .setAudience([audience])
-    .setSubject(`dev-${email.toLowerCase()}`)
-    .setIssuedAt(now)
-    .setNotBefore(now)
-    .setExpirationTime(now + ttlSeconds)
-    .sign(await importJWK(key.privateJwk, "ES256"));
+      .filter(Boolean) ?? [];
+  let minted: Awaited<ReturnType<typeof mintDevAccessToken>>;
+  try {
+    minted = await mintDevAccessToken(ROOT, { email, role, ttlSeconds, groups: extraGroups });
+  } catch (error) {
+    usage((error as Error).message);
+  }
+  const { token, kid, vars } = minted;
 
   process.stdout.write(`${token}\n`);
   process.stderr.write(
     [
-      `Access token for ${email} (${role}), valid for ${ttlSeconds}s, signed with dev key ${key.kid}.`,
+      `Access token for ${email} (${role}), valid for ${ttlSeconds}s, signed with dev key ${kid}.`,
       "Send it as the Cf-Access-Jwt-Assertion header, e.g.:",
       `  curl -H "Cf-Access-Jwt-Assertion: $TOKEN" ${vars.PUBLIC_BASE_URL ?? "http://127.0.0.1:8787"}/admin/api/me`,
       "If the dev server was running before the key was created, restart it so it reads .dev.vars.",

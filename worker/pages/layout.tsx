@@ -8,7 +8,7 @@ main{max-width:46rem;margin:0 auto;padding:1rem}h1{font-size:1.6rem;margin:.5rem
 a{color:var(--accent)}:focus-visible{outline:3px solid #ff9e1b;outline-offset:2px}
 label{display:block;font-weight:600;margin-top:1rem}.hint{color:var(--muted);font-size:.9rem;margin:.2rem 0 .4rem}
 input[type=text],input[type=email],input[type=url],input[type=number],select,textarea{width:100%;padding:.55rem .6rem;border:1px solid #6b7685;border-radius:6px;font:inherit;background:#fff;color:var(--fg)}
-textarea{min-height:7rem}fieldset{border:1px solid var(--line);border-radius:8px;margin:1.25rem 0;padding:.5rem 1rem 1rem}legend{font-weight:700;padding:0 .25rem}
+textarea{min-height:7rem}fieldset{border:1px solid var(--line);border-radius:8px;margin:1.25rem 0;padding:.5rem 1rem 1rem;min-width:0}legend{font-weight:700;padding:0 .25rem}
 .check{display:flex;gap:.6rem;align-items:flex-start;margin-top:1rem;font-weight:400}.check input{margin-top:.3rem;width:1.1rem;height:1.1rem}
 .doc{max-height:16rem;overflow:auto;background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:.75rem;white-space:pre-wrap;font-size:.85rem}
 button,.button{display:inline-block;background:var(--accent);color:#fff;border:0;border-radius:6px;padding:.65rem 1.2rem;font:inherit;font-weight:600;cursor:pointer;margin-top:1.25rem;text-decoration:none}

@@ -1,0 +1,337 @@
+/**
+ * The reviewer console and the applicant's pages in a real browser: Debian's Chromium driven by
+ * playwright-core against the gateway started exactly as `npm start` starts it. Covers the
+ * over-threshold case end to end (apply → two approvers → token), a rejection's reason, a
+ * reviewer without the approver role, cross-site posts, phone width and an axe-core audit.
+ */
+import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type AdminRoleName, mintDevAccessToken } from "../../scripts/lib/dev-access-token";
+import { type GatewayProcess, startGateway } from "../../scripts/lib/gateway-process";
+import { ROOT } from "../../scripts/lib/local-state";
+
+const require = createRequire(import.meta.url);
+const AXE_PATH = require.resolve("axe-core");
+const ARTIFACTS = join(ROOT, "test-artifacts");
+/** A second site for cross-site requests: Chromium resolves it to the gateway's own address. */
+const EVIL_HOST = "evil.test";
+
+let gateway: GatewayProcess;
+let browser: Browser;
+const contexts: BrowserContext[] = [];
+
+beforeAll(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  gateway = await startGateway();
+  try {
+    await gateway.ready(90_000);
+  } catch (error) {
+    console.error(gateway.output());
+    throw error;
+  }
+  // launch() gives every run a fresh temporary profile (its own --user-data-dir), and each
+  // newContext() below is a separate cookie jar: one per person in the story.
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      `--host-resolver-rules=MAP ${EVIL_HOST} 127.0.0.1`,
+    ],
+  });
+});
+
+afterAll(async () => {
+  for (const context of contexts) await context.close().catch(() => undefined);
+  await browser?.close();
+  await gateway?.stop();
+});
+
+async function newPage(width = 1280, height = 900): Promise<Page> {
+  // bypassCSP only so that the test can inject axe-core; the pages' own policy stays in force otherwise.
+  const context = await browser.newContext({ viewport: { width, height }, bypassCSP: true });
+  contexts.push(context);
+  return context.newPage();
+}
+
+/** Runs axe-core in the page and fails on serious or critical violations. */
+async function expectAccessible(page: Page, label: string): Promise<void> {
+  await page.addScriptTag({ path: AXE_PATH });
+  const violations = await page.evaluate(async () => {
+    const axe = (
+      globalThis as unknown as {
+        axe: { run(): Promise<{ violations: { id: string; impact: string; nodes: { target: string[] }[] }[] }> };
+      }
+    ).axe;
+    const result = await axe.run();
+    return result.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      targets: v.nodes.slice(0, 3).map((n) => n.target.join(" ")),
+    }));
+  });
+  const serious = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  expect(serious, `${label}: ${JSON.stringify(serious, null, 2)}`).toEqual([]);
+}
+
+/** Nothing on the page is wider than the viewport (no sideways scrolling at phone width). */
+async function expectNoSidewaysScroll(page: Page, label: string): Promise<void> {
+  const overflow = await page.evaluate(() => {
+    const doc = (
+      globalThis as unknown as { document: { documentElement: { scrollWidth: number; clientWidth: number } } }
+    ).document;
+    return doc.documentElement.scrollWidth - doc.documentElement.clientWidth;
+  });
+  expect(overflow, `${label} scrolls sideways by ${overflow}px`).toBeLessThanOrEqual(0);
+}
+
+async function token(email: string, role: AdminRoleName): Promise<string> {
+  return (await mintDevAccessToken(ROOT, { email, role, ttlSeconds: 3600 })).token;
+}
+
+/** Signs a reviewer in through the local sign-in page, as the README tells a developer to. */
+async function signIn(email: string, role: AdminRoleName, width?: number): Promise<Page> {
+  const page = await newPage(width);
+  const res = await page.goto(`${gateway.baseUrl}/admin`);
+  expect(res?.status()).toBe(401);
+  await page.getByRole("link", { name: "Sign in with a local token" }).click();
+  await page.getByLabel("Access token (JWT)").fill(await token(email, role));
+  await Promise.all([
+    page.waitForURL(`${gateway.baseUrl}/admin`),
+    page.getByRole("button", { name: "Sign in" }).click(),
+  ]);
+  await page.getByRole("heading", { name: "Review queue" }).waitFor();
+  return page;
+}
+
+/** Fills and submits the public application form; returns the status page's address. */
+async function apply(page: Page, org: { name: string; country: string; email: string; mau: string }): Promise<string> {
+  await page.goto(`${gateway.baseUrl}/apply/llama-2`);
+  await page.getByLabel("Legal name").fill(org.name);
+  await page.getByLabel("Country of incorporation").selectOption(org.country);
+  await page.getByLabel("Your name").fill("Pat Applicant");
+  await page.getByLabel("Work e-mail").fill(org.email);
+  await page.getByLabel("Intended use").fill("Customer support assistant for our own products.");
+  await page.getByLabel(/Monthly active users in June 2023/).fill(org.mau);
+  await page.getByLabel(/I accept the LLAMA 2 Community License/).check();
+  await page.getByLabel("I accept the Acceptable Use Policy.").check();
+  await Promise.all([
+    page.waitForURL(/\/applications\/app_/),
+    page.getByRole("button", { name: "Submit application" }).click(),
+  ]);
+  return page.url();
+}
+
+async function openCase(page: Page, organization: string): Promise<void> {
+  await page.goto(`${gateway.baseUrl}/admin?q=${encodeURIComponent(organization)}`);
+  await page.getByRole("link", { name: organization }).click();
+  await page.waitForURL(/\/admin\/applications\/app_/);
+}
+
+async function decide(page: Page, decision: "Approve" | "Reject", reason: string): Promise<void> {
+  await page.getByLabel(decision, { exact: true }).check();
+  await page.locator("#decision-reason").fill(reason);
+  await Promise.all([page.waitForEvent("load"), page.getByRole("button", { name: "Record decision" }).click()]);
+}
+
+describe("reviewer console and applicant pages in Chromium", () => {
+  let statusUrl: string;
+  let caseUrl: string;
+
+  it("an over-threshold application needs two approvers, then the applicant mints a token", async () => {
+    const applicant = await newPage(375, 800);
+    statusUrl = await apply(applicant, {
+      name: "Globex Megacorp",
+      country: "US",
+      email: "pat@globex.example",
+      mau: "1200000000",
+    });
+    await expect(applicant.locator(".status").textContent()).resolves.toBe("Pending review");
+    await applicant.getByText("two approvers review the case").waitFor();
+    await expectAccessible(applicant, "status page, pending");
+    await expectNoSidewaysScroll(applicant, "status page, pending");
+
+    const ann = await signIn("ann@example.com", "approver");
+    // The __Host- cookie is kept over plain http on 127.0.0.1, which Chromium treats as secure.
+    const cookies = await ann.context().cookies();
+    expect(cookies.find((c) => c.name === "__Host-modelgate-dev-access")).toMatchObject({
+      httpOnly: true,
+      secure: true,
+      sameSite: "Strict",
+      path: "/",
+    });
+    await ann.goto(`${gateway.baseUrl}/admin`);
+    const row = ann.getByRole("row").filter({ hasText: "Globex Megacorp" });
+    await expect(row.textContent()).resolves.toContain("1,200,000,000");
+    await expect(row.textContent()).resolves.toContain("mau over threshold");
+    await ann.screenshot({ path: join(ARTIFACTS, "queue.png"), fullPage: true });
+    await expectAccessible(ann, "queue");
+
+    await openCase(ann, "Globex Megacorp");
+    caseUrl = ann.url();
+    await decide(ann, "Approve", "MAU figure checked against the annual report.");
+    await ann.getByRole("heading", { name: /Approvals: 1 of 2/ }).waitFor();
+    await expect(ann.locator("#own-approval").textContent()).resolves.toContain("You approved this case");
+    await expect(ann.getByLabel("Approve", { exact: true }).count()).resolves.toBe(0);
+    await ann.getByLabel("Add a comment").fill("Second approver: please check the affiliates list.");
+    await Promise.all([ann.waitForEvent("load"), ann.getByRole("button", { name: "Add comment" }).click()]);
+    await ann.getByText("please check the affiliates list").waitFor();
+    await ann.screenshot({ path: join(ARTIFACTS, "case.png"), fullPage: true });
+    await expectAccessible(ann, "case page");
+
+    // The API refuses a second approval by the same person, whatever the page shows.
+    const again = await ann.evaluate(
+      async (url) => {
+        const res = await fetch(url, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ decision: "approve", reason: "again", visibleToApplicant: false }),
+        });
+        return res.status;
+      },
+      `${caseUrl.replace("/admin/applications/", "/admin/api/applications/")}/decision`,
+    );
+    expect(again).toBe(409);
+
+    const ben = await signIn("ben@example.com", "approver");
+    await ben.goto(caseUrl);
+    await expect(ben.locator("#approvals").textContent()).resolves.toContain("ann@example.com");
+    await decide(ben, "Approve", "Agreed.");
+    await expect(ben.locator("h1 .badge").textContent()).resolves.toBe("Approved");
+
+    await applicant.goto(statusUrl);
+    await expect(applicant.locator(".status").textContent()).resolves.toBe("Approved");
+    await applicant.getByLabel("Token name").fill("training cluster");
+    await applicant.getByRole("button", { name: "Create token" }).click();
+    await applicant.locator("#new-token").waitFor({ state: "visible" });
+    const secret = await applicant.locator("#new-token-value").textContent();
+    expect(secret).toMatch(/^mg_[\w-]{20,}$/);
+    await expect(applicant.locator("#new-token-hf").textContent()).resolves.toBe(`hf_${secret}`);
+    await expect(applicant.locator("#token-list").textContent()).resolves.toContain("training cluster");
+    await applicant.getByText(`HF_ENDPOINT=${gateway.baseUrl} huggingface-cli download`).waitFor();
+    await applicant.screenshot({ path: join(ARTIFACTS, "status-approved-375.png"), fullPage: true });
+    await expectAccessible(applicant, "status page, approved");
+    await expectNoSidewaysScroll(applicant, "status page, approved");
+
+    // The token it showed works: the gateway knows it as a live download token.
+    const res = await fetch(
+      `${gateway.baseUrl}/v1/applications/${new URL(statusUrl).pathname.split("/").pop()}/tokens${new URL(statusUrl).search}`,
+    );
+    const { tokens } = (await res.json()) as { tokens: { name: string; prefix: string }[] };
+    expect(tokens.map((t) => t.name)).toContain("training cluster");
+    expect(secret?.startsWith(tokens[0]?.prefix ?? "?")).toBe(true);
+  });
+
+  it("a rejection shows its reason and when the applicant may apply again", async () => {
+    const applicant = await newPage(375, 800);
+    const url = await apply(applicant, {
+      name: "Initrode Holdings",
+      country: "CN",
+      email: "li@initrode.example",
+      mau: "5000",
+    });
+    await expect(applicant.locator(".status").textContent()).resolves.toBe("Pending review");
+
+    const ann = await signIn("ann2@example.com", "approver");
+    await openCase(ann, "Initrode Holdings");
+    await decide(ann, "Reject", "The end-user statement is missing; apply again with it attached.");
+
+    await applicant.goto(url);
+    await expect(applicant.locator(".status").textContent()).resolves.toBe("Not approved");
+    await applicant.getByText("The end-user statement is missing").waitFor();
+    await expect(applicant.locator("#reapply").textContent()).resolves.toMatch(/apply again (from|after)|final/);
+    await expectAccessible(applicant, "status page, rejected");
+  });
+
+  it("a reviewer without the approver role sees no decision buttons and the API refuses them", async () => {
+    const rita = await signIn("rita@example.com", "reviewer", 375);
+    await rita.goto(caseUrl);
+    await rita.getByText("Deciding needs the approver role").waitFor();
+    await expect(rita.getByRole("button", { name: "Record decision" }).count()).resolves.toBe(0);
+    await expect(rita.locator("#decision").count()).resolves.toBe(0);
+    const status = await rita.evaluate(
+      async (url) => {
+        const res = await fetch(url, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ decision: "reject", reason: "no", visibleToApplicant: false }),
+        });
+        return res.status;
+      },
+      `${caseUrl.replace("/admin/applications/", "/admin/api/applications/")}/decision`,
+    );
+    expect(status).toBe(403);
+    await expectAccessible(rita, "case page at 375 px, reviewer");
+    await expectNoSidewaysScroll(rita, "case page at 375 px");
+    await rita.goto(`${gateway.baseUrl}/admin`);
+    await expectNoSidewaysScroll(rita, "queue at 375 px");
+    await rita.screenshot({ path: join(ARTIFACTS, "queue-375.png"), fullPage: true });
+  });
+
+  it("refuses a cross-site post, even from a signed-in reviewer's browser", async () => {
+    const ann = await signIn("ann3@example.com", "approver");
+    const apiUrl = `${caseUrl.replace("/admin/applications/", "/admin/api/applications/")}/comments`;
+    const port = new URL(gateway.baseUrl).port;
+    // A page on another site posts a JSON-looking text/plain form to the console's API.
+    await ann.goto(`http://${EVIL_HOST}:${port}/health`);
+    const [response] = await Promise.all([
+      ann.waitForResponse((r) => r.url() === apiUrl),
+      ann.evaluate((target) => {
+        // Runs in the page, where `document` exists; typed loosely since these tests compile without DOM types.
+        // biome-ignore lint/suspicious/noExplicitAny: the DOM is not in this project's type libraries.
+        const doc = (globalThis as any).document;
+        const form = doc.createElement("form");
+        form.method = "POST";
+        form.action = target;
+        form.enctype = "text/plain";
+        const input = doc.createElement("input");
+        input.name = '{"body":"forged","x":"';
+        input.value = '"}';
+        form.appendChild(input);
+        doc.body.appendChild(form);
+        form.submit();
+      }, apiUrl),
+    ]);
+    expect(response.status()).toBe(403);
+    expect(await response.text()).toContain("cross_site_request");
+
+    await ann.goto(caseUrl);
+    await expect(ann.getByText("forged").count()).resolves.toBe(0);
+  });
+
+  it("grants, usage and audit pages render, pass axe, and fit a phone", async () => {
+    const admin = await signIn("ada@example.com", "admin");
+    await admin.goto(`${gateway.baseUrl}/admin/grants`);
+    await admin.getByRole("link", { name: "Globex Megacorp" }).click();
+    await admin.getByRole("button", { name: "Revoke for good" }).waitFor();
+    await admin.getByText("training cluster").waitFor();
+    await expectAccessible(admin, "grant page");
+
+    await admin.goto(`${gateway.baseUrl}/admin/usage`);
+    await expect(admin.locator("svg[role=img]").count()).resolves.toBe(3);
+    await admin.screenshot({ path: join(ARTIFACTS, "usage.png"), fullPage: true });
+    await expectAccessible(admin, "usage page");
+
+    await admin.goto(`${gateway.baseUrl}/admin/audit`);
+    await expect(admin.locator("#chain-status").textContent()).resolves.toContain("Chain verified.");
+    await expectAccessible(admin, "audit page");
+
+    const phone = await signIn("ada2@example.com", "admin", 375);
+    for (const path of ["/admin/grants", "/admin/usage", "/admin/audit"]) {
+      await phone.goto(`${gateway.baseUrl}${path}`);
+      await expectAccessible(phone, `${path} at 375 px`);
+    }
+    await phone.goto(`${gateway.baseUrl}/apply/llama-2`);
+    await expectAccessible(phone, "application form at 375 px");
+    await expectNoSidewaysScroll(phone, "application form at 375 px");
+  });
+});
