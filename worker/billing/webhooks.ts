@@ -92,20 +92,11 @@ export function applyBillingEvent(
         updatedAt: at,
       };
     }
-    case "invoice.payment_failed": {
-      if (event.created < account.invoiceEventCreated) return undefined;
-      const status = account.status === "canceled" ? "canceled" : "past_due";
-      return {
-        ...account,
-        status,
-        paymentFailedAt: failedSince(status),
-        invoiceEventCreated: event.created,
-        updatedAt: at,
-      };
-    }
+    case "invoice.payment_failed":
     case "invoice.paid": {
       if (event.created < account.invoiceEventCreated) return undefined;
-      const status = account.status === "canceled" ? "canceled" : "active";
+      const paid = event.type === "invoice.paid";
+      const status = account.status === "canceled" ? "canceled" : paid ? "active" : "past_due";
       return {
         ...account,
         status,

@@ -30,6 +30,23 @@ export async function downloadableRevision(
   return { ...found, revision: rev };
 }
 
+/**
+ * Everything a manifest or a download script is made of: the model, its family, the revision,
+ * its files, and a freshly signed link for each.
+ */
+async function linkedRevision(
+  c: Context<HonoEnv>,
+  modelId: string,
+  query: { revision?: string | undefined; ttl?: number | undefined },
+) {
+  const principal = c.get("principal") as TokenPrincipal;
+  const services = c.get("services");
+  const { model, family, revision } = await downloadableRevision(c, principal, modelId, query.revision);
+  const files = await listRevisionFiles(services.db, revision.id);
+  const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, query.ttl);
+  return { model, family, revision, files, links };
+}
+
 const ManifestQuery = z.object({
   revision: z.string().max(64).optional().openapi({ description: "A revision id or `main` (default)." }),
   ttl: z.coerce
@@ -108,18 +125,13 @@ downloadRoutes.get("/.well-known/jwks.json", async (c) => {
 
 downloadRoutes
   .openapi(manifestRoute, async (c) => {
-    const principal = c.get("principal") as TokenPrincipal;
-    const { model, revision } = await downloadableRevision(
-      c,
-      principal,
-      c.req.valid("param").model,
-      c.req.valid("query").revision,
-    );
     const services = c.get("services");
-    const files = await listRevisionFiles(services.db, revision.id);
-    const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, c.req.valid("query").ttl);
-    const license = await currentLicenseVersion(services.db, principal.family);
-    const { family } = findModel(model.id) as NonNullable<ReturnType<typeof findModel>>;
+    const { model, family, revision, links } = await linkedRevision(
+      c,
+      c.req.valid("param").model,
+      c.req.valid("query"),
+    );
+    const license = await currentLicenseVersion(services.db, family.id);
     c.header("cache-control", "no-store");
     return c.json(
       {
@@ -140,16 +152,11 @@ downloadRoutes
     );
   })
   .openapi(scriptRoute, async (c) => {
-    const principal = c.get("principal") as TokenPrincipal;
-    const { model, family, revision } = await downloadableRevision(
+    const { model, family, revision, files, links } = await linkedRevision(
       c,
-      principal,
       c.req.valid("param").model,
-      c.req.valid("query").revision,
+      c.req.valid("query"),
     );
-    const services = c.get("services");
-    const files = await listRevisionFiles(services.db, revision.id);
-    const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, c.req.valid("query").ttl);
     const texts = await bundledTexts(c, family.id, family.noticeText, new Set(files.map((f) => f.path)));
     const script = downloadScript({
       model: model.id,

@@ -127,7 +127,10 @@ export class BackendHealth {
   private readonly downUntil = new Map<string, number>();
   private readonly probing = new Map<string, Promise<boolean>>();
 
-  constructor(private readonly fetcher: typeof fetch = (input, init) => fetch(input, init)) {}
+  constructor(
+    private readonly fetcher: typeof fetch = (input, init) => fetch(input, init),
+    private readonly now: () => number = () => Date.now(),
+  ) {}
 
   markDown(backend: Backend, now: number): void {
     this.downUntil.set(backend.url, now + DOWN_FOR_MS);
@@ -146,7 +149,7 @@ export class BackendHealth {
       const probe = this.probe(backend).then((ok) => {
         this.probing.delete(backend.url);
         if (ok) this.markUp(backend);
-        else this.markDown(backend, Date.now());
+        else this.markDown(backend, this.now());
         return ok;
       });
       this.probing.set(backend.url, probe);

@@ -278,22 +278,25 @@ export async function proxyCompletion(
     }
     return body;
   };
-  const path = endpoint === "chat" ? "chat/completions" : "completions";
-  const attempt = await sendToBackends(services, pool, path, bodyFor, options, waitUntil);
-  if (!attempt.ok) {
-    const status = attempt.failure === "timeout" ? 504 : attempt.failure === "none_usable" ? 503 : 502;
+  /** Settles a request that produced nothing billable. */
+  const settleUnused = (backendUrl: string | null, outcome: "backend_error" | "partial", status: number) =>
     waitUntil(
       settle({
-        backend: null,
+        backend: backendUrl,
         promptTokens: 0,
         completionTokens: 0,
         totalTokens: 0,
         usageReported: false,
-        outcome: "backend_error",
-        partial: false,
+        outcome,
+        partial: outcome === "partial",
         status,
       }),
     );
+  const path = endpoint === "chat" ? "chat/completions" : "completions";
+  const attempt = await sendToBackends(services, pool, path, bodyFor, options, waitUntil);
+  if (!attempt.ok) {
+    const status = attempt.failure === "timeout" ? 504 : attempt.failure === "none_usable" ? 503 : 502;
+    settleUnused(null, "backend_error", status);
     const code = status === 504 ? "gateway_timeout" : status === 503 ? "service_unavailable" : "bad_gateway";
     const detail =
       status === 504
@@ -316,18 +319,7 @@ export async function proxyCompletion(
     // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
     const text = await response.text();
     attempt.clearTimer();
-    waitUntil(
-      settle({
-        backend: backend.url,
-        promptTokens: 0,
-        completionTokens: 0,
-        totalTokens: 0,
-        usageReported: false,
-        outcome: "backend_error",
-        partial: false,
-        status: response.status,
-      }),
-    );
+    settleUnused(backend.url, "backend_error", response.status);
     headers.set("content-type", response.headers.get("content-type") ?? "application/json");
     return new Response(text, { status: response.status, headers });
   }
@@ -338,18 +330,7 @@ export async function proxyCompletion(
       text = await response.text();
     } catch {
       attempt.clearTimer();
-      waitUntil(
-        settle({
-          backend: backend.url,
-          promptTokens: 0,
-          completionTokens: 0,
-          totalTokens: 0,
-          usageReported: false,
-          outcome: "partial",
-          partial: true,
-          status: 502,
-        }),
-      );
+      settleUnused(backend.url, "partial", 502);
       throw new AppError("bad_gateway", "The inference server broke off its answer.");
     }
     attempt.clearTimer();
