@@ -7,6 +7,7 @@ import { accessTokens, applications, organizationLimits, usageLedger } from "../
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
+import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { approvedToken } from "./helpers/weights";
 
@@ -455,5 +456,40 @@ describe("models and usage", () => {
         },
       ],
     });
+  });
+});
+
+describe("admin-set limits", () => {
+  it("take effect for the organization within the cache window, and only admins may set them", async () => {
+    const clock = fixedClock(TOKEN_NOW);
+    const { gw, client, applicationId } = await setup([scopedBackend(2)], { clock });
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    const path = `/admin/api/organizations/${app?.organizationId}/limits`;
+    const limits = { plan: "trial", requestsPerMinute: 1, tokensPerMinute: 1_000, monthlyTokenBudget: 10_000 };
+    const asReviewer = await gw.request(path, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "approver" })),
+      body: JSON.stringify(limits),
+    });
+    expect(asReviewer.status).toBe(403);
+    const crossSite = await gw.request(path, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "admin" }), { "sec-fetch-site": "cross-site" }),
+      body: JSON.stringify(limits),
+    });
+    expect(crossSite.status).toBe(403);
+    const set = await gw.request(path, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@example.com" })),
+      body: JSON.stringify(limits),
+    });
+    expect(set.status).toBe(200);
+    const read = await gw.request(path, { headers: accessHeaders(await adminToken()) });
+    expect(await read.json()).toMatchObject({ custom: true, plan: "trial", requestsPerMinute: 1 });
+    clock.advance(61_000);
+    const ask = () =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
+    await ask();
+    await expect(ask()).rejects.toBeInstanceOf(OpenAI.RateLimitError);
   });
 });

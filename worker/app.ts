@@ -11,6 +11,7 @@ import { newRouter } from "./http/router";
 import type { ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
+import { quotaRoutes } from "./quota/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
 
@@ -40,6 +41,7 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", downloadRoutes);
   app.route("/", inferenceRoutes(options.inference));
   app.route("/", billingRoutes);
+  app.route("/", quotaRoutes);
   app.route("/", adminRoutes);
   app.route("/admin", adminConsoleRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.

@@ -1,0 +1,112 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { eq } from "drizzle-orm";
+import { requireRole } from "../admin/access";
+import { writeAudited } from "../audit/log";
+import { organizationLimits, organizations } from "../db/schema";
+import { AppError } from "../errors";
+import { refuseCrossSite } from "../http/middleware";
+import { newRouter, problemResponses, readBody } from "../http/router";
+
+const LimitsSchema = z
+  .strictObject({
+    plan: z.string().trim().min(1).max(64),
+    requestsPerMinute: z.number().int().positive().max(1_000_000),
+    tokensPerMinute: z.number().int().positive().max(1_000_000_000),
+    monthlyTokenBudget: z.number().int().positive().max(1_000_000_000_000),
+  })
+  .openapi("OrganizationLimits");
+
+const Params = z.object({ id: z.string().min(1).max(64) });
+const LimitsAnswer = LimitsSchema.extend({ organizationId: z.string(), custom: z.boolean() });
+
+const getLimits = createRoute({
+  method: "get",
+  path: "/admin/api/organizations/{id}/limits",
+  tags: ["Admin"],
+  summary: "An organization's inference limits (its own, or the deployment's defaults)",
+  middleware: [requireRole("reviewer")] as const,
+  request: { params: Params },
+  responses: {
+    200: { description: "Limits", content: { "application/json": { schema: LimitsAnswer } } },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+const putLimits = createRoute({
+  method: "put",
+  path: "/admin/api/organizations/{id}/limits",
+  tags: ["Admin"],
+  summary: "Set an organization's inference limits; in force within seconds",
+  middleware: [refuseCrossSite(), requireRole("admin")] as const,
+  request: {
+    params: Params,
+    body: {
+      content: { "application/json": { schema: { $ref: "#/components/schemas/OrganizationLimits" } } },
+      required: true,
+    },
+  },
+  responses: {
+    200: { description: "The new limits", content: { "application/json": { schema: LimitsAnswer } } },
+    ...problemResponses(400, 401, 403, 404, 415),
+  },
+});
+
+export const quotaRoutes = newRouter();
+quotaRoutes.openAPIRegistry.register("OrganizationLimits", LimitsSchema);
+
+quotaRoutes
+  .openapi(getLimits, async (c) => {
+    const services = c.get("services");
+    const { id } = c.req.valid("param");
+    const [org] = await services.db
+      .select({ id: organizations.id })
+      .from(organizations)
+      .where(eq(organizations.id, id));
+    if (!org) throw new AppError("not_found", "No such organization.");
+    const [own] = await services.db.select().from(organizationLimits).where(eq(organizationLimits.organizationId, id));
+    const limits = own ?? { plan: "default", ...services.config.inference.defaultLimits };
+    return c.json(
+      {
+        organizationId: id,
+        custom: own !== undefined,
+        plan: limits.plan,
+        requestsPerMinute: limits.requestsPerMinute,
+        tokensPerMinute: limits.tokensPerMinute,
+        monthlyTokenBudget: limits.monthlyTokenBudget,
+      },
+      200,
+    );
+  })
+  .openapi(putLimits, async (c) => {
+    const services = c.get("services");
+    const { id } = c.req.valid("param");
+    const input = await readBody(c, LimitsSchema);
+    const admin = c.get("admin");
+    await writeAudited(services, async () => {
+      const [org] = await services.db
+        .select({ id: organizations.id })
+        .from(organizations)
+        .where(eq(organizations.id, id));
+      if (!org) throw new AppError("not_found", "No such organization.");
+      const row = { ...input, updatedAt: services.clock.now().toISOString() };
+      return {
+        statements: [
+          services.db
+            .insert(organizationLimits)
+            .values({ organizationId: id, ...row })
+            .onConflictDoUpdate({ target: organizationLimits.organizationId, set: row }),
+        ],
+        events: [
+          {
+            actor: `reviewer:${admin?.email ?? "unknown"}`,
+            action: "organization.limits_set",
+            subjectType: "organization",
+            subjectId: id,
+            data: { ...input },
+          },
+        ],
+        result: undefined,
+      };
+    });
+    return c.json({ organizationId: id, custom: true, ...input }, 200);
+  });
