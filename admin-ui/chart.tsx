@@ -48,6 +48,8 @@ export function DailyBarChart(props: {
       : `${points.length} days from ${points[0]?.day} to ${points.at(-1)?.day}; total ${props.format(total)}${
           busiest && busiest.value > 0 ? `; busiest day ${busiest.day} with ${props.format(busiest.value)}` : ""
         }.`;
+  // An empty chart reads like a broken one; say there is nothing instead.
+  if (total === 0) return <p class="panel empty">{`${props.title}: nothing in this period.`}</p>;
   return (
     <figure style="margin:0">
       <svg
@@ -60,7 +62,7 @@ export function DailyBarChart(props: {
       >
         <title id={`${props.id}-title`}>{props.title}</title>
         <desc id={`${props.id}-desc`}>{summary}</desc>
-        {[0, 0.5, 1].map((f) => {
+        {(top >= 2 ? [0, 0.5, 1] : [0, 1]).map((f) => {
           const y = PAD.top + plotH * (1 - f);
           return (
             <g>

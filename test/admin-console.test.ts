@@ -1,4 +1,5 @@
 import { beforeEach, describe, expect, it } from "vitest";
+import { downloadEvents } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { seedApplication, seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
@@ -159,15 +160,41 @@ describe("reviewer console pages", () => {
     expect(list.html).toContain("Granted Inc");
   });
 
-  it("shows the audit chain's verification and the usage charts", async () => {
+  it("shows the audit chain's verification", async () => {
     await seedApplication(gateway.services, license);
-    const token = await adminToken({ role: "reviewer" });
-    const audit = await page("/admin/audit", token);
+    const audit = await page("/admin/audit", await adminToken({ role: "reviewer" }));
     expect(audit.html).toContain("Chain verified.");
+  });
+
+  it("charts downloads per day from download events, and says so when there are none", async () => {
+    const token = await adminToken({ role: "reviewer" });
+    const empty = await page("/admin/usage", token);
+    expect(empty.status).toBe(200);
+    expect(empty.html).not.toContain("<svg");
+    expect(empty.html).toContain("nothing in this period");
+
+    const { grant } = await seedGrant(gateway.services, license, { organizationName: "Downloader AG" });
+    const at = gateway.clock.now().toISOString();
+    await gateway.services.db.insert(downloadEvents).values(
+      [1, 2].map((n) => ({
+        id: `dl_${n}`,
+        jti: `jti_${n}`,
+        grantId: grant.id,
+        tokenId: "tok_x",
+        model: "llama-2-7b",
+        revisionId: "rev_1",
+        path: `model-0000${n}-of-00002.safetensors`,
+        status: 200,
+        bytesServed: 1024 * 1024,
+        complete: true,
+        at,
+      })),
+    );
     const usage = await page("/admin/usage", token);
-    expect(usage.status).toBe(200);
     expect(usage.html).toContain("<svg");
-    expect(usage.html).toContain("No downloads in this period.");
+    expect(usage.html).toContain(`<title>${at.slice(0, 10)}: 2</title>`);
+    expect(usage.html).toContain("Downloader AG");
+    expect(usage.html).toContain("2.0 MiB");
   });
 });
 

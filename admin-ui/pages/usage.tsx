@@ -111,9 +111,7 @@ export function UsagePage(props: {
           points={perDay(props.rows, (r) => r.bytes)}
           format={formatBytes}
         />
-        {totals.size === 0 ? (
-          <p class="panel empty">No downloads in this period.</p>
-        ) : (
+        {totals.size === 0 ? null : (
           <div class="table-wrap">
             <table class="stack">
               <caption>Totals for the period</caption>
@@ -165,9 +163,7 @@ export function UsagePage(props: {
           points={perDay(props.tokenRows, (r) => r.totalTokens)}
           format={(v) => formatCount(Math.round(v))}
         />
-        {tokenTotals.size === 0 ? (
-          <p class="panel empty">No inference calls in this period.</p>
-        ) : (
+        {tokenTotals.size === 0 ? null : (
           <div class="table-wrap">
             <table class="stack">
               <caption>Inference totals for the period</caption>

@@ -4,7 +4,7 @@
  * over-threshold case end to end (apply → two approvers → token), a rejection's reason, a
  * reviewer without the approver role, cross-site posts, phone width and an axe-core audit.
  */
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
@@ -315,6 +315,26 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await admin.getByRole("button", { name: "Revoke for good" }).waitFor();
     await admin.getByText("training cluster").waitFor();
     await expectAccessible(admin, "grant page");
+
+    // Use the demo token npm start mints, so the usage charts have a download and a call to show.
+    const { demoToken } = JSON.parse(readFileSync(join(gateway.dir, "demo.json"), "utf8")) as {
+      demoToken: { token: string };
+    };
+    const auth = { authorization: `Bearer ${demoToken.token}` };
+    const manifest = await fetch(`${gateway.baseUrl}/v1/models/llama-2-7b/manifest`, { headers: auth });
+    expect(manifest.status).toBe(200);
+    const { files } = (await manifest.json()) as { files: { url: string; size: number }[] };
+    const smallest = [...files].sort((a, b) => a.size - b.size)[0];
+    const file = await fetch(smallest?.url ?? "", { headers: auth });
+    expect(file.status).toBe(200);
+    await file.arrayBuffer();
+    const chat = await fetch(`${gateway.baseUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { ...auth, "content-type": "application/json" },
+      body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "Hello" }], max_tokens: 8 }),
+    });
+    expect(chat.status).toBe(200);
+    await chat.json();
 
     await admin.goto(`${gateway.baseUrl}/admin/usage`);
     await expect(admin.locator("svg[role=img]").count()).resolves.toBe(3);
