@@ -1,0 +1,303 @@
+/**
+ * `npm run bench:proxy [-- --duration 10 --warmup 2 --connections 1,32]`
+ *
+ * What the inference proxy costs, measured in one run on loopback against one backend simulator:
+ * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), this
+ * gateway's full path (token, license, quota reservation and settlement, metering) and the
+ * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
+ * each concurrency for a fixed time; a sequential client then times single requests to the
+ * microsecond, the time to the first streamed token, and checks that every token arrived as its
+ * own SSE event, in order. Ratios are against peers measured in the same run, on the same
+ * machine, so they mean something even where absolute numbers do not.
+ */
+import { parseArgs } from "node:util";
+import autocannon from "autocannon";
+import { percentile, runSequential, type SequentialResult } from "./sequential-client";
+import {
+  directTarget,
+  gatewayTarget,
+  MAX_TOKENS,
+  noopWorkerTarget,
+  PACED_TOKEN_MS,
+  portkeyTarget,
+  startSimulator,
+  type Target,
+  unavailableTarget,
+} from "./targets";
+
+/** The issue's targets. */
+const GOALS = { vsNoopThroughput: 0.7, vsPortkeyThroughput: 2, addedP50Ms: 0.5 };
+
+interface LoadRow {
+  target: string;
+  stream: boolean;
+  connections: number;
+  rps: number;
+  p50: number;
+  p99: number;
+  failures: number;
+  requests: number;
+}
+
+function usage(message?: string): never {
+  if (message) process.stderr.write(`bench:proxy: ${message}\n`);
+  process.stderr.write(
+    "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n",
+  );
+  process.exit(2);
+}
+
+function positive(flag: string, text: string): number {
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0) usage(`${flag} must be a positive number, not "${text}"`);
+  return value;
+}
+
+function options() {
+  let values: { duration: string; warmup: string; connections: string; samples: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      options: {
+        duration: { type: "string", default: "10" },
+        warmup: { type: "string", default: "2" },
+        connections: { type: "string", default: "1,32" },
+        samples: { type: "string", default: "500" },
+        help: { type: "boolean", short: "h" },
+      },
+    }) as { values: typeof values });
+  } catch (error) {
+    usage((error as Error).message);
+  }
+  if (values.help) usage();
+  return {
+    duration: positive("--duration", values.duration),
+    warmup: Number(values.warmup) >= 0 ? Number(values.warmup) : usage("--warmup must be 0 or more"),
+    connections: values.connections.split(",").map((c) => Math.round(positive("--connections", c))),
+    samples: Math.round(positive("--samples", values.samples)),
+  };
+}
+
+async function load(target: Target, stream: boolean, connections: number, seconds: number): Promise<LoadRow> {
+  const req = target.chat({ stream });
+  const result = await autocannon({
+    url: req.url,
+    method: "POST",
+    headers: req.headers,
+    body: req.body,
+    connections,
+    pipelining: 1,
+    duration: seconds,
+    timeout: 10,
+  });
+  return {
+    target: target.name,
+    stream,
+    connections,
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    failures: result.errors + result.non2xx,
+    requests: result["2xx"] + result.non2xx + result.errors,
+  };
+}
+
+async function start(name: string, starter: () => Promise<Target>): Promise<Target> {
+  process.stdout.write(`starting ${name}… `);
+  try {
+    const target = await starter();
+    process.stdout.write("ready\n");
+    return target;
+  } catch (error) {
+    const reason = (error as Error).message.split("\n")[0] ?? "unknown error";
+    process.stdout.write(`not available: ${reason}\n`);
+    return unavailableTarget(name, reason);
+  }
+}
+
+const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : "–");
+const ratio = (a: number | undefined, b: number | undefined) =>
+  a !== undefined && b !== undefined && b > 0 ? `${(a / b).toFixed(2)}×` : "n/a";
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...rows.map(line)].join("\n");
+}
+
+async function main(): Promise<void> {
+  const opts = options();
+  // Every loop below is bounded by --duration; this only catches a hung start or teardown.
+  const budgetSeconds =
+    120 + opts.connections.length * 2 * 4 * (opts.duration + opts.warmup) + 4 * 2 * (opts.duration + 5);
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
+    process.exit(1);
+  }, budgetSeconds * 1000);
+  watchdog.unref();
+
+  const sim = await startSimulator();
+  const targets: Target[] = [directTarget(sim.url)];
+  const stopAll = async () => {
+    await Promise.allSettled(targets.map((t) => t.close()));
+    await sim.close();
+  };
+  process.once("SIGINT", () => {
+    stopAll().then(() => process.exit(130));
+  });
+  try {
+    console.log(`backend simulator at ${sim.url}`);
+    targets.push(await start("no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
+    targets.push(await start("modelgate (Miniflare)", () => gatewayTarget(sim.url)));
+    targets.push(await start("Portkey gateway (Node)", () => portkeyTarget(sim.url)));
+    const [direct, noop, gateway, portkey] = targets as [Target, Target, Target, Target];
+    const running = targets.filter((t) => !t.unavailable);
+
+    const rows: LoadRow[] = [];
+    for (const stream of [false, true]) {
+      for (const connections of opts.connections) {
+        for (const target of running) {
+          process.stdout.write(`${target.name}: ${stream ? "streamed" : "plain"}, ${connections} connection(s)… `);
+          if (opts.warmup > 0) await load(target, stream, connections, opts.warmup);
+          const row = await load(target, stream, connections, opts.duration);
+          rows.push(row);
+          process.stdout.write(`${fmt(row.rps)} req/s\n`);
+        }
+      }
+    }
+
+    const sequential = new Map<string, { plain: SequentialResult; stream: SequentialResult }>();
+    for (const target of running) {
+      process.stdout.write(`${target.name}: sequential timing… `);
+      const durationMs = opts.duration * 1000;
+      const plain = await runSequential(() => target.chat({ stream: false }), {
+        durationMs,
+        maxRequests: opts.samples,
+        stream: false,
+        maxTokens: MAX_TOKENS,
+      });
+      const stream = await runSequential(() => target.chat({ stream: true, paced: true }), {
+        durationMs,
+        maxRequests: Math.min(opts.samples, 200),
+        stream: true,
+        maxTokens: MAX_TOKENS,
+        pacedGenerationMs: (MAX_TOKENS - 1) * PACED_TOKEN_MS,
+      });
+      sequential.set(target.name, { plain, stream });
+      process.stdout.write("done\n");
+    }
+
+    console.log(
+      `\n## Load (autocannon, ${opts.duration} s each after ${opts.warmup} s warm-up; ${MAX_TOKENS} tokens per answer; latency in whole ms)\n`,
+    );
+    console.log(
+      table(
+        ["answer", "conns", "target", "req/s", "p50 ms", "p99 ms", "failed"],
+        rows.map((r) => [
+          r.stream ? "streamed" : "plain",
+          String(r.connections),
+          r.target,
+          fmt(r.rps),
+          fmt(r.p50),
+          fmt(r.p99),
+          `${r.failures}/${r.requests}`,
+        ]),
+      ),
+    );
+    for (const t of targets.filter((t) => t.unavailable)) console.log(`\n${t.name}: not available — ${t.unavailable}`);
+
+    const rowOf = (t: Target, stream: boolean, c: number) =>
+      rows.find((r) => r.target === t.name && r.stream === stream && r.connections === c);
+    console.log("\n## Throughput ratios\n");
+    const ratioRows: string[][] = [];
+    for (const stream of [false, true]) {
+      for (const c of opts.connections) {
+        const g = rowOf(gateway, stream, c)?.rps;
+        ratioRows.push([
+          stream ? "streamed" : "plain",
+          String(c),
+          ratio(g, rowOf(noop, stream, c)?.rps),
+          ratio(g, rowOf(portkey, stream, c)?.rps),
+          ratio(rowOf(noop, stream, c)?.rps, rowOf(direct, stream, c)?.rps),
+        ]);
+      }
+    }
+    console.log(table(["answer", "conns", "gateway ÷ no-op", "gateway ÷ Portkey", "no-op ÷ direct"], ratioRows));
+
+    console.log(
+      `\n## One request at a time (sequential client, µs clock; streams paced at ${PACED_TOKEN_MS} ms per token)\n`,
+    );
+    const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
+    const directTtft = percentile(sequential.get(direct.name)?.stream.ttfts ?? [], 50);
+    console.log(
+      table(
+        [
+          "target",
+          "plain p50 ms",
+          "plain p99 ms",
+          "p50 over no-op",
+          "TTFT p50 ms",
+          "TTFT over direct",
+          "chunks intact",
+          "streamed live",
+          "failed",
+        ],
+        running.map((t) => {
+          const s = sequential.get(t.name) as { plain: SequentialResult; stream: SequentialResult };
+          const p50 = percentile(s.plain.latencies, 50);
+          const ttft = percentile(s.stream.ttfts, 50);
+          return [
+            t.name,
+            fmt(p50, 3),
+            fmt(percentile(s.plain.latencies, 99), 3),
+            t === direct || t === noop ? "" : `${fmt(p50 - noopP50, 3)} ms`,
+            fmt(ttft, 3),
+            t === direct ? "" : `${fmt(ttft - directTtft, 3)} ms`,
+            `${s.stream.streamsIntact}/${s.stream.requests}`,
+            `${s.stream.streamsIncremental}/${s.stream.requests}`,
+            `${s.plain.failures + s.stream.failures}`,
+          ];
+        }),
+      ),
+    );
+    for (const t of running) {
+      const s = sequential.get(t.name);
+      const problem = s?.stream.firstProblem ?? s?.plain.firstProblem;
+      if (problem) console.log(`${t.name}: first problem seen: ${problem}`);
+    }
+
+    console.log("\n## Against the issue's targets\n");
+    if (gateway.unavailable) {
+      console.log(`modelgate not available — ${gateway.unavailable}`);
+    } else {
+      const top = Math.max(...opts.connections);
+      const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a" : ok ? "met" : "NOT met");
+      for (const stream of [false, true]) {
+        const g = rowOf(gateway, stream, top)?.rps;
+        const n = rowOf(noop, stream, top)?.rps;
+        const p = rowOf(portkey, stream, top)?.rps;
+        const kind = stream ? "streamed" : "plain";
+        console.log(
+          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(g !== undefined && n !== undefined ? g >= GOALS.vsNoopThroughput * n : undefined)} (${ratio(g, n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(g !== undefined && p !== undefined ? g >= GOALS.vsPortkeyThroughput * p : undefined)} (${ratio(g, p)})`,
+        );
+      }
+      const added = percentile(sequential.get(gateway.name)?.plain.latencies ?? [], 50) - noopP50;
+      console.log(
+        `1 connection: ≤ ${GOALS.addedP50Ms} ms added to the no-op Worker's p50: ${verdict(Number.isFinite(added) ? added <= GOALS.addedP50Ms : undefined)} (${fmt(added, 3)} ms)`,
+      );
+      const gs = sequential.get(gateway.name)?.stream;
+      console.log(
+        `streamed chunks forwarded unmerged and in order: ${verdict(gs ? gs.requests > 0 && gs.streamsIntact === gs.requests : undefined)} (${gs?.streamsIntact}/${gs?.requests}); streamed live, not buffered: ${verdict(gs ? gs.requests > 0 && gs.streamsIncremental === gs.requests : undefined)}`,
+      );
+    }
+  } finally {
+    await stopAll();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    process.stderr.write(`bench:proxy failed: ${(error as Error).stack ?? error}\n`);
+    process.exit(1);
+  },
+);
