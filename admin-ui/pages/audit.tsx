@@ -1,8 +1,10 @@
 import type { AdminIdentity } from "../../worker/admin/access";
 import type { ChainVerification } from "../../worker/audit/log";
 import type { listAuditEvents } from "../../worker/audit/routes";
+import { FilterForm, TextFilter } from "../filters";
 import { formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
+import { type Column, DataTable, NextPageLink } from "../table";
 
 /** The audit filters a reviewer can set; each matches exactly. */
 export interface AuditFilters {
@@ -10,6 +12,35 @@ export interface AuditFilters {
   subjectType: string;
   subjectId: string;
   actor: string;
+}
+
+/** An event's subject, linked to its page where the console has one. */
+function AuditSubject(props: { type: string; id: string }) {
+  if (props.type === "application") return <a href={`/admin/applications/${props.id}`}>{props.id}</a>;
+  if (props.type === "grant") return <a href={`/admin/grants/${props.id}`}>{props.id}</a>;
+  return (
+    <span>
+      {props.type} {props.id}
+    </span>
+  );
+}
+
+/**
+ * The columns every list of audit events starts with: its sequence number, when, who and what,
+ * under the headers the page chooses for the last two.
+ */
+export function auditEventColumns(labels: { actor: string; action: string }): Column<{
+  seq: number;
+  at: string;
+  actor: string;
+  action: string;
+}>[] {
+  return [
+    { label: "#", numeric: true, cell: (e) => e.seq },
+    { label: "When", cell: (e) => formatTime(e.at) },
+    { label: labels.actor, cell: (e) => e.actor },
+    { label: labels.action, cell: (e) => e.action },
+  ];
 }
 
 /** The audit log, newest first, under the chain's verification result. */
@@ -38,78 +69,22 @@ export function AuditPage(props: {
           unproven.
         </p>
       )}
-      <search aria-label="Filter events">
-        <form class="filters" method="get" action="/admin/audit">
-          <label>
-            Action
-            <input type="text" name="action" value={f.action} placeholder="application.decided" />
-          </label>
-          <label>
-            Subject type
-            <input type="text" name="subjectType" value={f.subjectType} placeholder="application" />
-          </label>
-          <label>
-            Subject id
-            <input type="text" name="subjectId" value={f.subjectId} />
-          </label>
-          <label>
-            Actor
-            <input type="text" name="actor" value={f.actor} placeholder="reviewer:ann@example.com" />
-          </label>
-          <button type="submit">Filter</button>
-        </form>
-      </search>
-      {props.events.length === 0 ? (
-        <p class="panel empty">No events match.</p>
-      ) : (
-        <div class="table-wrap">
-          <table class="stack">
-            <thead>
-              <tr>
-                <th scope="col" class="num">
-                  #
-                </th>
-                <th scope="col">When</th>
-                <th scope="col">Actor</th>
-                <th scope="col">Action</th>
-                <th scope="col">Subject</th>
-                <th scope="col">Data</th>
-              </tr>
-            </thead>
-            <tbody>
-              {props.events.map((e) => (
-                <tr>
-                  <td data-label="#" class="num">
-                    {e.seq}
-                  </td>
-                  <td data-label="When">{formatTime(e.at)}</td>
-                  <td data-label="Actor">{e.actor}</td>
-                  <td data-label="Action">{e.action}</td>
-                  <td data-label="Subject">
-                    {e.subjectType === "application" ? (
-                      <a href={`/admin/applications/${e.subjectId}`}>{e.subjectId}</a>
-                    ) : e.subjectType === "grant" ? (
-                      <a href={`/admin/grants/${e.subjectId}`}>{e.subjectId}</a>
-                    ) : (
-                      <span>
-                        {e.subjectType} {e.subjectId}
-                      </span>
-                    )}
-                  </td>
-                  <td data-label="Data">
-                    <code>{JSON.stringify(e.data)}</code>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
-      {props.nextHref ? (
-        <p>
-          <a href={props.nextHref}>Older events</a>
-        </p>
-      ) : null}
+      <FilterForm label="Filter events" action="/admin/audit">
+        <TextFilter label="Action" name="action" value={f.action} placeholder="application.decided" />
+        <TextFilter label="Subject type" name="subjectType" value={f.subjectType} placeholder="application" />
+        <TextFilter label="Subject id" name="subjectId" value={f.subjectId} />
+        <TextFilter label="Actor" name="actor" value={f.actor} placeholder="reviewer:ann@example.com" />
+      </FilterForm>
+      <DataTable
+        rows={props.events}
+        empty={<p class="panel empty">No events match.</p>}
+        columns={[
+          ...auditEventColumns({ actor: "Actor", action: "Action" }),
+          { label: "Subject", cell: (e) => <AuditSubject type={e.subjectType} id={e.subjectId} /> },
+          { label: "Data", cell: (e) => <code>{JSON.stringify(e.data)}</code> },
+        ]}
+      />
+      <NextPageLink href={props.nextHref} label="Older events" />
     </ConsolePage>
   );
 }

@@ -4,6 +4,8 @@ import type { commentView } from "../../worker/admin/comments";
 import { countryName } from "../../worker/applications/countries";
 import { formatCount, formatTime, STATUS_WORDS } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
+import { DataTable } from "../table";
+import { auditEventColumns } from "./audit";
 
 type CaseFile = Awaited<ReturnType<typeof readCaseFile>>;
 type Comment = ReturnType<typeof commentView>;
@@ -247,67 +249,33 @@ export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: 
 
       <section aria-labelledby="history-heading">
         <h2 id="history-heading">Decisions</h2>
-        {file.decisions.length === 0 ? (
-          <p class="empty">No decisions yet.</p>
-        ) : (
-          <div class="table-wrap">
-            <table class="stack">
-              <thead>
-                <tr>
-                  <th scope="col">When</th>
-                  <th scope="col">Round</th>
-                  <th scope="col">Reviewer</th>
-                  <th scope="col">Decision</th>
-                  <th scope="col">Reason</th>
-                </tr>
-              </thead>
-              <tbody>
-                {file.decisions.map((d) => (
-                  <tr>
-                    <td data-label="When">{formatTime(d.createdAt)}</td>
-                    <td data-label="Round">{d.reviewRound}</td>
-                    <td data-label="Reviewer">{d.reviewerEmail}</td>
-                    <td data-label="Decision">{DECISION_WORDS[d.decision]}</td>
-                    <td data-label="Reason">
-                      {d.reason}{" "}
-                      <span class="muted">{d.visibleToApplicant ? "(shown to applicant)" : "(internal)"}</span>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <DataTable
+          rows={file.decisions}
+          empty={<p class="empty">No decisions yet.</p>}
+          columns={[
+            { label: "When", cell: (d) => formatTime(d.createdAt) },
+            { label: "Round", cell: (d) => d.reviewRound },
+            { label: "Reviewer", cell: (d) => d.reviewerEmail },
+            { label: "Decision", cell: (d) => DECISION_WORDS[d.decision] },
+            {
+              label: "Reason",
+              cell: (d) => (
+                <>
+                  {d.reason} <span class="muted">{d.visibleToApplicant ? "(shown to applicant)" : "(internal)"}</span>
+                </>
+              ),
+            },
+          ]}
+        />
       </section>
 
       <section aria-labelledby="trail-heading">
         <h2 id="trail-heading">Audit trail</h2>
-        <div class="table-wrap">
-          <table class="stack">
-            <thead>
-              <tr>
-                <th scope="col" class="num">
-                  #
-                </th>
-                <th scope="col">When</th>
-                <th scope="col">Who</th>
-                <th scope="col">What</th>
-              </tr>
-            </thead>
-            <tbody>
-              {file.auditEvents.map((e) => (
-                <tr>
-                  <td data-label="#" class="num">
-                    {e.seq}
-                  </td>
-                  <td data-label="When">{formatTime(e.at)}</td>
-                  <td data-label="Who">{e.actor}</td>
-                  <td data-label="What">{e.action}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <DataTable
+          rows={file.auditEvents}
+          empty={<p class="empty">No events yet.</p>}
+          columns={auditEventColumns({ actor: "Who", action: "What" })}
+        />
       </section>
     </ConsolePage>
   );

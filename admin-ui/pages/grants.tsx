@@ -1,8 +1,10 @@
 import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../worker/admin/usage";
-import type { Grant } from "../../worker/db/schema";
+import { GRANT_STATUSES, type Grant } from "../../worker/db/schema";
+import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
+import { DataTable, NextPageLink } from "../table";
 
 /** A grant as listed, with its download totals. */
 export interface GrantRow {
@@ -30,75 +32,38 @@ export function GrantsPage(props: {
   return (
     <ConsolePage title="Grants" section="grants" admin={props.admin} signOut={props.signOut}>
       <h1>Grants and tokens</h1>
-      <search aria-label="Filter grants">
-        <form class="filters" method="get" action="/admin/grants">
-          <label>
-            Status
-            <select name="status">
-              {["", "active", "suspended", "revoked"].map((s) => (
-                <option value={s} selected={s === props.status}>
-                  {s === "" ? "Any" : s}
-                </option>
-              ))}
-            </select>
-          </label>
-          <label>
-            Organization
-            <input type="search" name="organization" value={props.organization} data-search autocomplete="off" />
-          </label>
-          <button type="submit">Filter</button>
-        </form>
-      </search>
-      {props.rows.length === 0 ? (
-        <p class="panel empty">No grants match.</p>
-      ) : (
-        <div class="table-wrap">
-          <table class="stack">
-            <thead>
-              <tr>
-                <th scope="col">Organization</th>
-                <th scope="col">Family</th>
-                <th scope="col">Status</th>
-                <th scope="col">Granted</th>
-                <th scope="col" class="num">
-                  Downloads
-                </th>
-                <th scope="col" class="num">
-                  Served
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {props.rows.map((g) => (
-                <tr>
-                  <td data-label="Organization">
-                    <a href={`/admin/grants/${g.id}`} data-row-link>
-                      {g.organizationName}
-                    </a>
-                    <div class="muted">{g.contactEmail}</div>
-                  </td>
-                  <td data-label="Family">{g.family}</td>
-                  <td data-label="Status">
-                    <span class={`badge ${g.status}`}>{g.status}</span>
-                  </td>
-                  <td data-label="Granted">{formatTime(g.createdAt)}</td>
-                  <td data-label="Downloads" class="num">
-                    {formatCount(g.downloads.requests)}
-                  </td>
-                  <td data-label="Served" class="num">
-                    {formatBytes(g.downloads.bytes)}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
-      {props.nextHref ? (
-        <p>
-          <a href={props.nextHref}>Next page</a>
-        </p>
-      ) : null}
+      <FilterForm label="Filter grants" action="/admin/grants">
+        <SelectFilter
+          label="Status"
+          name="status"
+          value={props.status}
+          options={["", ...GRANT_STATUSES].map((s) => ({ value: s, label: s === "" ? "Any" : s }))}
+        />
+        <TextFilter label="Organization" name="organization" value={props.organization} kind="search" />
+      </FilterForm>
+      <DataTable
+        rows={props.rows}
+        empty={<p class="panel empty">No grants match.</p>}
+        columns={[
+          {
+            label: "Organization",
+            cell: (g) => (
+              <>
+                <a href={`/admin/grants/${g.id}`} data-row-link>
+                  {g.organizationName}
+                </a>
+                <div class="muted">{g.contactEmail}</div>
+              </>
+            ),
+          },
+          { label: "Family", cell: (g) => g.family },
+          { label: "Status", cell: (g) => <span class={`badge ${g.status}`}>{g.status}</span> },
+          { label: "Granted", cell: (g) => formatTime(g.createdAt) },
+          { label: "Downloads", numeric: true, cell: (g) => formatCount(g.downloads.requests) },
+          { label: "Served", numeric: true, cell: (g) => formatBytes(g.downloads.bytes) },
+        ]}
+      />
+      <NextPageLink href={props.nextHref} />
     </ConsolePage>
   );
 }
@@ -216,38 +181,18 @@ export function GrantPage(props: {
 
       <section aria-labelledby="tokens-heading">
         <h2 id="tokens-heading">Personal access tokens</h2>
-        {props.tokens.length === 0 ? (
-          <p class="empty">The licensee has created no tokens yet.</p>
-        ) : (
-          <div class="table-wrap">
-            <table class="stack">
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Prefix</th>
-                  <th scope="col">Scopes</th>
-                  <th scope="col">Created</th>
-                  <th scope="col">Expires</th>
-                  <th scope="col">State</th>
-                </tr>
-              </thead>
-              <tbody>
-                {props.tokens.map((t) => (
-                  <tr>
-                    <td data-label="Name">{t.name}</td>
-                    <td data-label="Prefix">
-                      <code>{t.prefix}…</code>
-                    </td>
-                    <td data-label="Scopes">{t.scopes.join(", ")}</td>
-                    <td data-label="Created">{formatTime(t.createdAt)}</td>
-                    <td data-label="Expires">{t.expiresAt ? formatTime(t.expiresAt) : "never"}</td>
-                    <td data-label="State">{t.revokedAt ? `revoked ${formatTime(t.revokedAt)}` : "live"}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <DataTable
+          rows={props.tokens}
+          empty={<p class="empty">The licensee has created no tokens yet.</p>}
+          columns={[
+            { label: "Name", cell: (t) => t.name },
+            { label: "Prefix", cell: (t) => <code>{t.prefix}…</code> },
+            { label: "Scopes", cell: (t) => t.scopes.join(", ") },
+            { label: "Created", cell: (t) => formatTime(t.createdAt) },
+            { label: "Expires", cell: (t) => (t.expiresAt ? formatTime(t.expiresAt) : "never") },
+            { label: "State", cell: (t) => (t.revokedAt ? `revoked ${formatTime(t.revokedAt)}` : "live") },
+          ]}
+        />
         <p class="muted">
           Licensees revoke their own tokens on their status page; suspending the grant stops them all.{" "}
           <a href={`/admin/usage?organization=${encodeURIComponent(grant.organizationId)}`}>Downloads per day</a>
@@ -256,85 +201,34 @@ export function GrantPage(props: {
 
       <section aria-labelledby="downloads-heading">
         <h2 id="downloads-heading">Downloads</h2>
-        {props.downloads.length === 0 ? (
-          <p class="empty">Nothing downloaded yet.</p>
-        ) : (
-          <div class="table-wrap">
-            <table class="stack">
-              <caption>The {props.downloads.length} most recent requests</caption>
-              <thead>
-                <tr>
-                  <th scope="col">When</th>
-                  <th scope="col">Model</th>
-                  <th scope="col">File</th>
-                  <th scope="col">Token</th>
-                  <th scope="col" class="num">
-                    Bytes
-                  </th>
-                  <th scope="col">Result</th>
-                </tr>
-              </thead>
-              <tbody>
-                {props.downloads.map((d) => (
-                  <tr>
-                    <td data-label="When">{formatTime(d.at)}</td>
-                    <td data-label="Model">{d.model}</td>
-                    <td data-label="File">
-                      <code>{d.path}</code>
-                    </td>
-                    <td data-label="Token">{d.tokenName ?? d.tokenId}</td>
-                    <td data-label="Bytes" class="num">
-                      {formatBytes(d.bytesServed)}
-                    </td>
-                    <td data-label="Result">
-                      {d.status} {d.complete ? "complete" : "cut short"}
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <DataTable
+          rows={props.downloads}
+          caption={`The ${props.downloads.length} most recent requests`}
+          empty={<p class="empty">Nothing downloaded yet.</p>}
+          columns={[
+            { label: "When", cell: (d) => formatTime(d.at) },
+            { label: "Model", cell: (d) => d.model },
+            { label: "File", cell: (d) => <code>{d.path}</code> },
+            { label: "Token", cell: (d) => d.tokenName ?? d.tokenId },
+            { label: "Bytes", numeric: true, cell: (d) => formatBytes(d.bytesServed) },
+            { label: "Result", cell: (d) => `${d.status} ${d.complete ? "complete" : "cut short"}` },
+          ]}
+        />
       </section>
 
       <section aria-labelledby="usage-heading">
         <h2 id="usage-heading">Inference usage</h2>
-        {props.usage.length === 0 ? (
-          <p class="empty">No inference calls yet.</p>
-        ) : (
-          <div class="table-wrap">
-            <table class="stack">
-              <thead>
-                <tr>
-                  <th scope="col">Token</th>
-                  <th scope="col">Model</th>
-                  <th scope="col" class="num">
-                    Calls
-                  </th>
-                  <th scope="col" class="num">
-                    Tokens
-                  </th>
-                  <th scope="col">Last call</th>
-                </tr>
-              </thead>
-              <tbody>
-                {props.usage.map((u) => (
-                  <tr>
-                    <td data-label="Token">{u.tokenName ?? u.tokenId}</td>
-                    <td data-label="Model">{u.model}</td>
-                    <td data-label="Calls" class="num">
-                      {formatCount(u.requests)}
-                    </td>
-                    <td data-label="Tokens" class="num">
-                      {formatCount(u.totalTokens)}
-                    </td>
-                    <td data-label="Last call">{formatTime(u.lastAt)}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <DataTable
+          rows={props.usage}
+          empty={<p class="empty">No inference calls yet.</p>}
+          columns={[
+            { label: "Token", cell: (u) => u.tokenName ?? u.tokenId },
+            { label: "Model", cell: (u) => u.model },
+            { label: "Calls", numeric: true, cell: (u) => formatCount(u.requests) },
+            { label: "Tokens", numeric: true, cell: (u) => formatCount(u.totalTokens) },
+            { label: "Last call", cell: (u) => formatTime(u.lastAt) },
+          ]}
+        />
       </section>
     </ConsolePage>
   );
