@@ -1,3 +1,4 @@
+import { evictDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 
@@ -75,5 +76,18 @@ describe("OrgQuota", () => {
     await q.reserve("lost", 900, small, NOW);
     expect(await q.reserve("x", 200, small, NOW + 120_000)).toMatchObject({ ok: false, refusal: "monthly_budget" });
     expect((await q.reserve("y", 200, small, NOW + 16 * 60_000)).ok).toBe(true);
+  });
+
+  it("keeps counters and open reservations when the object is evicted", async () => {
+    const q = quota();
+    const small = { requestsPerMinute: 100, tokensPerMinute: 1_000, monthlyTokenBudget: 1_000_000 };
+    await q.reserve("open", 600, small, NOW);
+    await q.reserve("done", 100, small, NOW);
+    await q.settle("done", 40, small, NOW);
+    await evictDurableObject(q);
+    // A fresh instance over the same storage must know both the counters and the open reservation.
+    expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 640, remainingRequests: 98 });
+    await q.settle("open", 10, small, NOW);
+    expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 50, remainingTokens: 950 });
   });
 });

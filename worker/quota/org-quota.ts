@@ -32,14 +32,17 @@ interface Reservation {
   at: number;
 }
 
-interface QuotaState {
+/** The counters, stored under one small key; reservations each have their own key. */
+interface QuotaCounters {
   minute: number;
   minuteRequests: number;
   minuteTokens: number;
   month: string;
   monthTokens: number;
-  reservations: Record<string, Reservation>;
 }
+
+const COUNTERS_KEY = "state";
+const RESERVATION_PREFIX = "r:";
 
 /** A reservation nobody settled (the request's isolate died) is released after this long. */
 const RESERVATION_TTL_MS = 15 * 60_000;
@@ -63,20 +66,25 @@ function secondsToMonthEnd(now: number): number {
  * until it is durable), so it survives eviction.
  */
 export class OrgQuota extends DurableObject<Env> {
-  private state: QuotaState = {
-    minute: 0,
-    minuteRequests: 0,
-    minuteTokens: 0,
-    month: "",
-    monthTokens: 0,
-    reservations: {},
-  };
+  private state: QuotaCounters = { minute: 0, minuteRequests: 0, minuteTokens: 0, month: "", monthTokens: 0 };
+  private reservations = new Map<string, Reservation>();
+  /** When open reservations were last checked for expiry. */
+  private sweptAt = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     ctx.blockConcurrencyWhile(async () => {
-      const stored = await ctx.storage.get<QuotaState>("state");
-      if (stored) this.state = stored;
+      const stored = await ctx.storage.get<QuotaCounters & { reservations?: Record<string, Reservation> }>(
+        COUNTERS_KEY,
+      );
+      if (stored) {
+        const { reservations, ...counters } = stored;
+        this.state = counters;
+        // Objects written before reservations had keys of their own kept them inside the counters.
+        for (const [id, r] of Object.entries(reservations ?? {})) this.reservations.set(id, r);
+      }
+      const open = await ctx.storage.list<Reservation>({ prefix: RESERVATION_PREFIX });
+      for (const [key, r] of open) this.reservations.set(key.slice(RESERVATION_PREFIX.length), r);
     });
   }
 
@@ -94,12 +102,19 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.month = month;
       this.state.monthTokens = 0;
     }
-    for (const [id, r] of Object.entries(this.state.reservations)) {
+    // Abandoned reservations are rare; looking for them once a minute is soon enough.
+    if (now - this.sweptAt < 60_000) return;
+    this.sweptAt = now;
+    const expired: string[] = [];
+    for (const [id, r] of this.reservations) {
       if (now - r.at > RESERVATION_TTL_MS) {
         this.release(r);
-        delete this.state.reservations[id];
+        this.reservations.delete(id);
+        expired.push(RESERVATION_PREFIX + id);
       }
     }
+    // Not awaited, as in `persist`: the output gate holds replies until the delete is durable.
+    if (expired.length) void this.ctx.storage.delete(expired);
   }
 
   private release(r: Reservation): void {
@@ -119,10 +134,23 @@ export class OrgQuota extends DurableObject<Env> {
     };
   }
 
-  private persist(): void {
-    // Not awaited on purpose: the output gate delays the reply until the write is durable, and
-    // awaiting would let another request interleave between check and update.
-    void this.ctx.storage.put("state", this.state);
+  /**
+   * Writes the counters, and the reservation that changed, through to storage. Not awaited on
+   * purpose: the output gate delays the reply until the write is durable, and awaiting would let
+   * another request interleave between check and update.
+   */
+  private persist(reservation?: { id: string; opened?: Reservation }): void {
+    if (!reservation) {
+      void this.ctx.storage.put(COUNTERS_KEY, this.state);
+    } else if (reservation.opened) {
+      void this.ctx.storage.put({
+        [COUNTERS_KEY]: this.state,
+        [RESERVATION_PREFIX + reservation.id]: reservation.opened,
+      });
+    } else {
+      void this.ctx.storage.put(COUNTERS_KEY, this.state);
+      void this.ctx.storage.delete(RESERVATION_PREFIX + reservation.id);
+    }
   }
 
   /** Admits a request of at most `tokens` tokens, or says which limit refuses it and for how long. */
@@ -146,8 +174,9 @@ export class OrgQuota extends DurableObject<Env> {
     this.state.minuteRequests += 1;
     this.state.minuteTokens += tokens;
     this.state.monthTokens += tokens;
-    this.state.reservations[id] = { tokens, minute: this.state.minute, month: this.state.month, at: now };
-    this.persist();
+    const opened = { tokens, minute: this.state.minute, month: this.state.month, at: now };
+    this.reservations.set(id, opened);
+    this.persist({ id, opened });
     return { ok: true, snapshot: this.snapshot(limits, now) };
   }
 
@@ -157,9 +186,9 @@ export class OrgQuota extends DurableObject<Env> {
    */
   async settle(id: string, actualTokens: number, limits: QuotaLimits, now: number): Promise<QuotaSnapshot> {
     this.roll(now);
-    const r = this.state.reservations[id];
+    const r = this.reservations.get(id);
     if (r) {
-      delete this.state.reservations[id];
+      this.reservations.delete(id);
       const delta = actualTokens - r.tokens;
       if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
       if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
@@ -168,7 +197,7 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.minuteTokens += actualTokens;
       this.state.monthTokens += actualTokens;
     }
-    this.persist();
+    this.persist(r ? { id } : undefined);
     return this.snapshot(limits, now);
   }
 
