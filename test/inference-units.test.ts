@@ -1,7 +1,13 @@
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { createDatabase } from "../worker/db/client";
+import { usageLedger } from "../worker/db/schema";
 import { BackendHealth, checkBackendUrl, orderBackends, parseBackendPools } from "../worker/inference/backends";
+import { recordUsage, type UsageRecord } from "../worker/inference/ledger";
 import { estimatePromptTokens } from "../worker/inference/proxy";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
+import { systemClock } from "../worker/platform/clock";
+import { jsonLogger } from "../worker/platform/logger";
 
 function sse(...events: string[]): ReadableStream<Uint8Array> {
   const bytes = new TextEncoder().encode(events.map((e) => `data: ${e}\n\n`).join(""));
@@ -61,6 +67,31 @@ describe("meterEventStream", () => {
       usage: { promptTokens: 5, completionTokens: 2, totalTokens: 7 },
       contentChunks: 2,
     });
+  });
+
+  it("forwards whole events in the backend's own chunks, one write each, still metering them", async () => {
+    const encoded = [chunk("a"), chunk("b"), usageChunk(5, 2), "[DONE]"].map((e) =>
+      new TextEncoder().encode(`data: ${e}\n\n`),
+    );
+    const upstream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const bytes of encoded) controller.enqueue(bytes);
+        controller.close();
+      },
+    });
+    let report: StreamReport | undefined;
+    const reader = meterEventStream(upstream, {
+      clientWantsUsage: false,
+      now: () => 0,
+      onEnd: (r) => {
+        report = r;
+      },
+    }).getReader();
+    const writes: Uint8Array[] = [];
+    for (let next = await reader.read(); !next.done; next = await reader.read()) writes.push(next.value);
+    // The usage-only chunk the client did not ask for is gone; every other chunk passes byte for byte.
+    expect(writes).toEqual([encoded[0], encoded[1], encoded[3]]);
+    expect(report).toMatchObject({ end: "done", usage: { totalTokens: 7 }, contentChunks: 2 });
   });
 
   it("keeps the usage chunk when the client asked for it", async () => {
@@ -237,5 +268,77 @@ describe("estimatePromptTokens", () => {
     expect(estimatePromptTokens({ messages: [{ role: "user", content: [{ type: "text", text }] }] })).toBeGreaterThan(
       9,
     );
+  });
+});
+
+describe("recordUsage", () => {
+  const record: UsageRecord = {
+    id: "use_flaky",
+    organizationId: "org_1",
+    grantId: "gr_1",
+    tokenId: "tok_1",
+    model: "llama-2-7b-chat",
+    backend: "https://gpu.example",
+    endpoint: "chat.completions",
+    stream: false,
+    promptTokens: 8,
+    completionTokens: 16,
+    totalTokens: 24,
+    usageReported: true,
+    outcome: "ok",
+    partial: false,
+    status: 200,
+    latencyMs: 5,
+    startedAt: "2026-06-15T12:00:00.000Z",
+  };
+
+  /** A D1 binding whose first `failures` statements throw, as D1 does when overloaded. */
+  function flakyD1(failures: number): D1Database {
+    let left = failures;
+    const wrap = (statement: D1PreparedStatement): D1PreparedStatement =>
+      new Proxy(statement, {
+        get(target, key) {
+          if (key === "bind") return (...values: unknown[]) => wrap(target.bind(...values));
+          const value = Reflect.get(target, key);
+          if (typeof value !== "function") return value;
+          return (...args: unknown[]) => {
+            if (left-- > 0) return Promise.reject(new Error("D1_ERROR: Database is overloaded"));
+            return value.apply(target, args);
+          };
+        },
+      });
+    return new Proxy(env.DB, {
+      get(target, key) {
+        if (key === "prepare") return (query: string) => wrap(target.prepare(query));
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+  }
+
+  function servicesOver(binding: D1Database) {
+    const errors: Record<string, unknown>[] = [];
+    const log = {
+      ...jsonLogger({}),
+      error: (_message: string, fields?: Record<string, unknown>) => errors.push(fields ?? {}),
+    };
+    return { services: { db: createDatabase(binding), clock: systemClock, log }, errors };
+  }
+
+  it("retries a failed write until the row lands, once", async () => {
+    const { services, errors } = servicesOver(flakyD1(2));
+    await recordUsage(services, record, undefined, 1);
+    const rows = await createDatabase(env.DB).select().from(usageLedger);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ id: "use_flaky", totalTokens: 24 });
+    expect(errors).toHaveLength(0);
+  });
+
+  it("logs the whole row when it cannot be written at all", async () => {
+    const { services, errors } = servicesOver(flakyD1(100));
+    await recordUsage(services, record, undefined, 1);
+    expect(await createDatabase(env.DB).select().from(usageLedger)).toHaveLength(0);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]?.row).toMatchObject({ id: "use_flaky", promptTokens: 8, completionTokens: 16 });
   });
 });

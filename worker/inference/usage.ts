@@ -32,6 +32,7 @@ export interface StreamReport {
 
 const encoder = new TextEncoder();
 const EVENT_BOUNDARY = /\r?\n\r?\n/;
+const ENDS_AT_BOUNDARY = /\r?\n\r?\n$/;
 
 function hasContent(payload: string): boolean {
   // Cheap test before any parsing: a delta or text with at least one character.
@@ -114,7 +115,16 @@ export function meterEventStream(
             }
             return;
           }
-          buffer += decoder.decode(result.value, { stream: true });
+          const text = decoder.decode(result.value, { stream: true });
+          if (buffer === "" && ENDS_AT_BOUNDARY.test(text) && (options.clientWantsUsage || !text.includes('"usage"'))) {
+            // The common case: whole events that pass unchanged. Read them for the meter and
+            // forward the backend's own bytes, as the backend wrote them.
+            for (const event of text.split(EVENT_BOUNDARY)) if (event !== "") processEvent(event);
+            firstByteAt ??= options.now();
+            controller.enqueue(result.value);
+            return;
+          }
+          buffer += text;
           const events = buffer.split(EVENT_BOUNDARY);
           buffer = events.pop() ?? "";
           let forwarded = false;
