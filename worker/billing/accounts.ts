@@ -1,5 +1,6 @@
-import { and, eq } from "drizzle-orm";
+import { and, asc, eq, inArray, ne } from "drizzle-orm";
 import type Stripe from "stripe";
+import type { Database } from "../db/client";
 import { type BillingAccount, billingAccounts, grants, organizationLimits, organizations } from "../db/schema";
 import type { Services } from "../services";
 
@@ -83,4 +84,41 @@ export function suspendedSince(
 ): Date | undefined {
   if (account.status === "active" || !account.paymentFailedAt) return undefined;
   return new Date(Date.parse(account.paymentFailedAt) + graceDays * 86_400_000);
+}
+
+/** Whether inference of an account is stopped for lack of payment at `now`, and from when it stops or stopped. */
+export function paymentStanding(
+  account: Pick<BillingAccount, "status" | "paymentFailedAt">,
+  graceDays: number,
+  now: Date,
+): { suspended: boolean; suspendedSince: string | null } {
+  const since = suspendedSince(account, graceDays);
+  return { suspended: since !== undefined && since <= now, suspendedSince: since?.toISOString() ?? null };
+}
+
+/** The billing accounts of these organizations, by organization id; organizations without one are absent. */
+export async function billingAccountsOf(
+  db: Database,
+  organizationIds: readonly string[],
+): Promise<Map<string, BillingAccount>> {
+  const accounts = new Map<string, BillingAccount>();
+  for (let i = 0; i < organizationIds.length; i += 90) {
+    const batch = await db
+      .select()
+      .from(billingAccounts)
+      .where(inArray(billingAccounts.organizationId, organizationIds.slice(i, i + 90)));
+    for (const account of batch) accounts.set(account.organizationId, account);
+  }
+  return accounts;
+}
+
+/** Accounts whose Stripe status is anything but active, with the organization's name, longest-failing first. */
+export async function accountsInArrears(db: Database, limit = 100) {
+  return db
+    .select({ account: billingAccounts, organization: organizations.name })
+    .from(billingAccounts)
+    .innerJoin(organizations, eq(organizations.id, billingAccounts.organizationId))
+    .where(ne(billingAccounts.status, "active"))
+    .orderBy(asc(billingAccounts.paymentFailedAt), asc(organizations.name))
+    .limit(limit);
 }

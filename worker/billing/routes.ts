@@ -1,5 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, asc, count, eq, gte, min, sql } from "drizzle-orm";
+import { and, count, eq, gte, sql } from "drizzle-orm";
 import { requireRole } from "../admin/access";
 import { billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";
@@ -7,7 +7,8 @@ import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
 import { bearerToken, checkAccessToken } from "../tokens/service";
-import { suspendedSince } from "./accounts";
+import { paymentStanding } from "./accounts";
+import { outboxStates } from "./outbox";
 import { handleBillingEvent, verifyWebhook } from "./webhooks";
 
 const BillingSchema = z
@@ -48,14 +49,14 @@ export async function billingStanding(services: Pick<Services, "db" | "clock" | 
     })
     .from(usageLedger)
     .where(and(eq(usageLedger.organizationId, organizationId), gte(usageLedger.startedAt, from)));
-  const since = account ? suspendedSince(account, services.config.billing.graceDays) : undefined;
+  const standing = account ? paymentStanding(account, services.config.billing.graceDays, now) : undefined;
   return {
     organizationId,
     enabled: services.config.billing.secretKey !== undefined,
     plan: account?.plan ?? null,
     status: account?.status ?? null,
-    suspended: since !== undefined && since <= now,
-    suspendedSince: since?.toISOString() ?? null,
+    suspended: standing?.suspended ?? false,
+    suspendedSince: standing?.suspendedSince ?? null,
     paymentFailedAt: account?.paymentFailedAt ?? null,
     period: { from, to: now.toISOString() },
     usage: usage ?? { requests: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0, unbilledRequests: 0 },
@@ -145,11 +146,7 @@ billingRoutes
   })
   .openapi(outboxRoute, async (c) => {
     const services = c.get("services");
-    const states = await services.db
-      .select({ state: usageLedger.billingState, rows: count(), oldest: min(usageLedger.createdAt) })
-      .from(usageLedger)
-      .groupBy(usageLedger.billingState)
-      .orderBy(asc(usageLedger.billingState));
+    const states = await outboxStates(services.db);
     return c.json({ enabled: services.config.billing.secretKey !== undefined, states }, 200);
   })
   .openapi(organizationBillingRoute, async (c) => {
