@@ -6,6 +6,7 @@ export const SECTIONS = [
   { id: "queue", href: "/admin", label: "Queue" },
   { id: "grants", href: "/admin/grants", label: "Grants" },
   { id: "usage", href: "/admin/usage", label: "Usage" },
+  { id: "billing", href: "/admin/billing", label: "Billing" },
   { id: "audit", href: "/admin/audit", label: "Audit" },
 ] as const;
 

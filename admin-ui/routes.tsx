@@ -29,6 +29,10 @@ import {
 } from "../worker/admin/usage";
 import { verifyAuditChain } from "../worker/audit/log";
 import { listAuditEvents } from "../worker/audit/routes";
+import { accountsInArrears, billingAccountsOf, paymentStanding } from "../worker/billing/accounts";
+import { failedLedgerRows, outboxStates, retryingRows } from "../worker/billing/outbox";
+import { billingStanding } from "../worker/billing/routes";
+import type { Config } from "../worker/config";
 import { type APPLICATION_STATUSES, applications, GRANT_STATUSES, grants, organizations } from "../worker/db/schema";
 import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
@@ -37,6 +41,7 @@ import { FAMILIES } from "../worker/policy/families";
 import { daysBetween } from "./chart";
 import type { SignOut } from "./layout";
 import { AuditPage } from "./pages/audit";
+import { BillingPage } from "./pages/billing";
 import { CasePage } from "./pages/case";
 import { GrantPage, GrantsPage } from "./pages/grants";
 import { QUEUE_FILTERS, type QueueFilter, QueuePage } from "./pages/queue";
@@ -65,6 +70,11 @@ function reviewer(c: { get(key: "admin"): AdminIdentity | undefined }): AdminIde
 /** How the reviewer signs out: our dev cookie locally, Access's own logout in production. */
 function signOutOf(c: { get(key: "services"): HonoEnv["Variables"]["services"] }): SignOut {
   return devSignInEnabled(c.get("services").config) ? { kind: "dev" } : { kind: "access" };
+}
+
+/** Whether this gateway bills through Stripe: without a key, usage is only metered. */
+function billingEnabled(config: Config): boolean {
+  return config.billing.secretKey !== undefined;
 }
 
 /** `?key=value` for the non-empty entries, for filter and pagination links. */
@@ -174,7 +184,7 @@ consoleApp.get("/applications/:id", async (c) => {
 });
 
 consoleApp.get("/grants", async (c) => {
-  const { db } = c.get("services");
+  const { db, clock, config } = c.get("services");
   const requested = c.req.query("status") ?? "";
   const status = (GRANT_STATUSES as readonly string[]).includes(requested)
     ? (requested as (typeof GRANT_STATUSES)[number])
@@ -186,14 +196,26 @@ consoleApp.get("/grants", async (c) => {
     cursor: c.req.query("cursor"),
     limit: 50,
   });
-  const totals = await downloadTotalsByGrant(
-    db,
-    page.items.map((g) => g.id),
-  );
-  const rows = page.items.map((g) => ({
-    ...g,
-    downloads: totals.get(g.id) ?? { requests: 0, bytes: 0, lastAt: null },
-  }));
+  const enabled = billingEnabled(config);
+  const [totals, accounts] = await Promise.all([
+    downloadTotalsByGrant(
+      db,
+      page.items.map((g) => g.id),
+    ),
+    enabled ? billingAccountsOf(db, [...new Set(page.items.map((g) => g.organizationId))]) : new Map(),
+  ]);
+  const now = clock.now();
+  const rows = page.items.map((g) => {
+    const account = accounts.get(g.organizationId);
+    return {
+      ...g,
+      downloads: totals.get(g.id) ?? { requests: 0, bytes: 0, lastAt: null },
+      billing: account && {
+        status: account.status,
+        suspended: paymentStanding(account, config.billing.graceDays, now).suspended,
+      },
+    };
+  });
   const nextHref = page.nextCursor
     ? `/admin/grants${queryString({ status, organization, cursor: page.nextCursor })}`
     : null;
@@ -202,6 +224,7 @@ consoleApp.get("/grants", async (c) => {
       admin={reviewer(c)}
       signOut={signOutOf(c)}
       rows={rows}
+      billingEnabled={enabled}
       status={status ?? ""}
       organization={organization}
       nextHref={nextHref}
@@ -210,7 +233,8 @@ consoleApp.get("/grants", async (c) => {
 });
 
 consoleApp.get("/grants/:id", async (c) => {
-  const { db } = c.get("services");
+  const services = c.get("services");
+  const { db } = services;
   const id = c.req.param("id");
   const [row] = await db
     .select({ grant: grants, organizationName: organizations.name, contactEmail: applications.contactEmail })
@@ -219,11 +243,14 @@ consoleApp.get("/grants/:id", async (c) => {
     .innerJoin(applications, eq(applications.id, grants.applicationId))
     .where(and(eq(grants.id, id)));
   if (!row) throw new AppError("not_found", `No grant ${id}.`);
-  const [tokens, downloads, totals, usage] = await Promise.all([
+  const organizationId = row.grant.organizationId;
+  const [tokens, downloads, totals, usage, billing, accounts] = await Promise.all([
     grantTokens(db, id),
     recentGrantDownloads(db, id),
     downloadTotalsByGrant(db, [id]),
     grantTokenUsage(db, id),
+    billingStanding(services, organizationId),
+    billingAccountsOf(db, [organizationId]),
   ]);
   return c.html(
     <GrantPage
@@ -238,6 +265,8 @@ consoleApp.get("/grants/:id", async (c) => {
       tokens={tokens}
       downloads={downloads}
       usage={usage}
+      billing={billing}
+      billingAccount={accounts.get(organizationId)}
     />,
   );
 });
@@ -266,6 +295,33 @@ consoleApp.get("/usage", async (c) => {
       days={daysBetween(since, today)}
       rows={rows}
       tokenRows={tokenRows}
+    />,
+  );
+});
+
+consoleApp.get("/billing", async (c) => {
+  const { db, clock, config } = c.get("services");
+  const [states, retrying, failures, arrears] = await Promise.all([
+    outboxStates(db),
+    retryingRows(db),
+    failedLedgerRows(db, 50),
+    accountsInArrears(db),
+  ]);
+  const now = clock.now();
+  return c.html(
+    <BillingPage
+      admin={reviewer(c)}
+      signOut={signOutOf(c)}
+      enabled={billingEnabled(config)}
+      now={now}
+      states={states}
+      retrying={retrying}
+      failures={failures}
+      arrears={arrears.map(({ account, organization }) => ({
+        ...account,
+        organization,
+        ...paymentStanding(account, config.billing.graceDays, now),
+      }))}
     />,
   );
 });

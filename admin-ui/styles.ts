@@ -35,8 +35,8 @@ button.danger{background:var(--bad)}button.secondary{background:#fff;color:var(-
 button[disabled]{background:#6b7685;cursor:not-allowed}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:999px;font-weight:700;font-size:.8rem;white-space:nowrap}
 .badge.approved,.badge.active,.badge.ok{background:#e3f4e8;color:var(--ok)}
-.badge.pending_review,.badge.info_requested,.badge.suspended{background:#fff3dc;color:var(--warn)}
-.badge.rejected,.badge.revoked,.badge.bad{background:#fde7e8;color:var(--bad)}
+.badge.pending_review,.badge.info_requested,.badge.suspended,.badge.past_due,.badge.unpaid,.badge.incomplete,.badge.retrying{background:#fff3dc;color:var(--warn)}
+.badge.rejected,.badge.revoked,.badge.bad,.badge.canceled,.badge.dead,.badge.expired{background:#fde7e8;color:var(--bad)}
 .flag{display:inline-block;background:#eef2f7;border:1px solid var(--line);border-radius:4px;padding:0 .35rem;margin:0 .25rem .25rem 0;font-size:.8rem}
 .panel{background:var(--panel);border:1px solid var(--line);border-radius:8px;padding:.75rem 1rem;margin:1rem 0}
 .panel.bad{border-color:var(--bad);background:#fff5f5}.panel.ok{border-color:var(--ok);background:#f2fbf4}

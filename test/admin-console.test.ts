@@ -1,5 +1,12 @@
+import { createExecutionContext, createMessageBatch, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { downloadEvents } from "../worker/db/schema";
+import { billLedgerRows } from "../worker/billing/meter";
+import type { UsageMessage } from "../worker/billing/queue";
+import { stripeClient } from "../worker/billing/stripe";
+import { billingAccounts, downloadEvents, type Grant, usageLedger } from "../worker/db/schema";
+import worker from "../worker/index";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { seedApplication, seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
@@ -235,5 +242,162 @@ describe("local sign-in", () => {
     });
     expect(crossSite.status).toBe(403);
     expect(crossSite.headers.get("set-cookie")).toBeNull();
+  });
+});
+
+describe("billing in the reviewer console", () => {
+  let license: LicenseVersion;
+
+  beforeEach(async () => {
+    license = await seedLicense(testGateway().services);
+  });
+
+  async function page(gateway: Gateway, path: string): Promise<string> {
+    const res = await gateway.request(path, {
+      headers: { "cf-access-jwt-assertion": await adminToken({ role: "reviewer" }) },
+    });
+    expect(res.status, path).toBe(200);
+    return res.text();
+  }
+
+  /** The table row of `html` that mentions `text`. */
+  function rowOf(html: string, text: string): string {
+    const row = html.split("<tr>").find((part) => part.includes(text));
+    expect(row, `a table row with ${text}`).toBeDefined();
+    return (row as string).split("</tr>")[0] as string;
+  }
+
+  /** A metered call of the grant's organization, as the inference proxy writes it. */
+  async function meteredCall(gateway: Gateway, grant: Grant, totalTokens = 42) {
+    const at = gateway.clock.now().toISOString();
+    const [row] = await gateway.services.db
+      .insert(usageLedger)
+      .values({
+        id: `use_${crypto.randomUUID().replaceAll("-", "")}`,
+        organizationId: grant.organizationId,
+        grantId: grant.id,
+        tokenId: "tok_x",
+        model: "llama-2-7b-chat",
+        endpoint: "chat.completions",
+        stream: false,
+        promptTokens: totalTokens - 2,
+        completionTokens: 2,
+        totalTokens,
+        usageReported: true,
+        outcome: "ok",
+        partial: false,
+        status: 200,
+        latencyMs: 5,
+        startedAt: at,
+        createdAt: at,
+      })
+      .returning();
+    return row as NonNullable<typeof row>;
+  }
+
+  /** An organization whose payment failed `daysAgo` days ago, as Stripe's webhooks leave it. */
+  async function pastDue(gateway: Gateway, organizationName: string, daysAgo: number) {
+    const { grant } = await seedGrant(gateway.services, license, { organizationName });
+    const at = gateway.clock.now().getTime();
+    await gateway.services.db.insert(billingAccounts).values({
+      organizationId: grant.organizationId,
+      stripeCustomerId: `cus_${organizationName.split(" ")[0]?.toLowerCase()}`,
+      stripeSubscriptionId: "sub_plan",
+      plan: "pro",
+      status: "past_due",
+      paymentFailedAt: new Date(at - daysAgo * 86_400_000).toISOString(),
+      createdAt: new Date(at - 60 * 86_400_000).toISOString(),
+      updatedAt: new Date(at - daysAgo * 86_400_000).toISOString(),
+    });
+    return grant;
+  }
+
+  it("shows what keeps failing: a dead-lettered row with its attempts and Stripe's last error, and the backlog", async () => {
+    const apiKey = `sk_test_${crypto.randomUUID().replaceAll("-", "")}`;
+    const gateway = testGateway(undefined, { STRIPE_SECRET_KEY: apiKey, STRIPE_API_BASE: env.TEST_STRIPE_URL });
+    // This gateway's account at the Stripe stand-in answers 503 to everything.
+    await fetch(`${env.TEST_STRIPE_URL}/_standin/fail`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ status: 503 }),
+    });
+    const { grant } = await seedGrant(gateway.services, license, { organizationName: "Meterfail AG" });
+    const doomed = await meteredCall(gateway, grant, 1234);
+    const waiting = await meteredCall(gateway, grant);
+    const stripe = stripeClient(gateway.services.config.billing);
+    if (!stripe) throw new Error("billing should be on");
+    for (let attempt = 0; attempt < 3; attempt++) await billLedgerRows(gateway.services, stripe, [doomed.id]);
+    // The queue gives up on the row: its dead-letter consumer marks it.
+    const batch = createMessageBatch<UsageMessage>("modelgate-usage-dlq", [
+      { id: "dead-1", timestamp: new Date(), attempts: 4, body: { ledgerId: doomed.id } },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, gateway.env, ctx);
+    await waitOnExecutionContext(ctx);
+    const [dead] = await gateway.services.db.select().from(usageLedger).where(eq(usageLedger.id, doomed.id));
+    expect(dead).toMatchObject({ billingState: "dead", billingAttempts: 3 });
+    const lastError = dead?.billingError ?? "";
+    expect(lastError).not.toBe("");
+
+    gateway.clock.advance(40 * 60_000);
+    const html = await page(gateway, "/admin/billing");
+    expect(html).not.toContain("Billing is off");
+    const failure = rowOf(html, doomed.id);
+    expect(failure).toContain("Meterfail AG");
+    expect(failure).toContain("llama-2-7b-chat");
+    expect(failure).toContain(">1,234<");
+    expect(failure).toMatch(/data-label="Attempts" class="num">3</);
+    expect(failure).toContain("dead letter");
+    expect(failure).toContain(lastError.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll('"', "&quot;"));
+    expect(failure).toContain("2026-03-02 09:00 UTC");
+    expect(html).not.toContain(waiting.id);
+    expect(rowOf(html, 'data-label="State">dead<')).toMatch(/data-label="Rows" class="num">1</);
+    expect(rowOf(html, 'data-label="State">pending<')).toMatch(/data-label="Rows" class="num">1</);
+    expect(html).toContain("1 row waiting to be sent, the oldest written 40 min ago");
+    expect(html).toContain("1 row was never billed");
+  });
+
+  it("shows a suspended organization and one in its grace period, on the billing page and with its grant", async () => {
+    const gateway = testGateway(undefined, { STRIPE_SECRET_KEY: "sk_test_console", BILLING_GRACE_DAYS: "7" });
+    const unpaid = await pastDue(gateway, "Unpaid GmbH", 8);
+    await pastDue(gateway, "Graceful Ltd", 2);
+    await seedGrant(gateway.services, license, { organizationName: "Paying Inc" });
+
+    const billing = await page(gateway, "/admin/billing");
+    const suspended = rowOf(billing, "Unpaid GmbH");
+    expect(suspended).toContain('<span class="badge bad">suspended</span>');
+    expect(suspended).toContain("inference suspended since 2026-03-01 09:00 UTC");
+    expect(suspended).toContain("cus_unpaid");
+    const grace = rowOf(billing, "Graceful Ltd");
+    expect(grace).toContain("past due");
+    expect(grace).toContain("grace period ends 2026-03-07 09:00 UTC");
+    expect(billing).not.toContain("Paying Inc");
+
+    const grantPage = await page(gateway, `/admin/grants/${unpaid.id}`);
+    const facts = grantPage.slice(grantPage.indexOf('id="billing-heading"'));
+    expect(facts).toContain('<span class="badge bad">suspended</span>');
+    expect(facts).toContain("cus_unpaid");
+    expect(facts).toContain("pro");
+
+    const list = await page(gateway, "/admin/grants");
+    expect(list).toContain('<th scope="col">Billing</th>');
+    expect(rowOf(list, "Unpaid GmbH")).toContain('data-label="Billing"><span class="badge bad">suspended');
+    expect(rowOf(list, "Graceful Ltd")).toContain('data-label="Billing"><span class="badge past_due">past due');
+    expect(rowOf(list, "Paying Inc")).toContain("no account yet");
+  });
+
+  it("says plainly that billing is off without a Stripe key, instead of empty tables", async () => {
+    const gateway = testGateway();
+    const { grant } = await seedGrant(gateway.services, license, { organizationName: "Metered Only SA" });
+    await meteredCall(gateway, grant);
+    const billing = await page(gateway, "/admin/billing");
+    expect(billing).toContain("Billing is off.");
+    expect(billing).toContain("1 call is in the ledger, unsent");
+    expect(billing).not.toContain("<table");
+    const grantPage = await page(gateway, `/admin/grants/${grant.id}`);
+    expect(grantPage).toContain("Billing is off on this gateway");
+    const list = await page(gateway, "/admin/grants");
+    expect(list).toContain("Metered Only SA");
+    expect(list).not.toContain('data-label="Billing"');
   });
 });

@@ -1,10 +1,12 @@
 import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../worker/admin/usage";
-import { GRANT_STATUSES, type Grant } from "../../worker/db/schema";
+import type { billingStanding } from "../../worker/billing/routes";
+import { type BillingAccount, type BillingStatus, GRANT_STATUSES, type Grant } from "../../worker/db/schema";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable, NextPageLink } from "../table";
+import { BillingBadge, PaymentStanding } from "./billing";
 
 /** A grant as listed, with its download totals. */
 export interface GrantRow {
@@ -20,11 +22,15 @@ export interface GrantRow {
   downloads: { requests: number; bytes: number; lastAt: string | null };
 }
 
-/** Every grant, newest first, with how much each has downloaded. */
+/** A listed grant: its organization's billing standing too, when billing is on and it has an account. */
+export type ListedGrant = GrantRow & { billing?: { status: BillingStatus; suspended: boolean } | undefined };
+
+/** Every grant, newest first, with how much each has downloaded and, when billing is on, how it pays. */
 export function GrantsPage(props: {
   admin: AdminIdentity;
   signOut: SignOut;
-  rows: GrantRow[];
+  rows: ListedGrant[];
+  billingEnabled: boolean;
   status: string;
   organization: string;
   nextHref: string | null;
@@ -61,6 +67,15 @@ export function GrantsPage(props: {
           { label: "Granted", cell: (g) => formatTime(g.createdAt) },
           { label: "Downloads", numeric: true, cell: (g) => formatCount(g.downloads.requests) },
           { label: "Served", numeric: true, cell: (g) => formatBytes(g.downloads.bytes) },
+          ...(props.billingEnabled
+            ? [
+                {
+                  label: "Billing",
+                  cell: (g: ListedGrant) =>
+                    g.billing ? <BillingBadge {...g.billing} /> : <span class="muted">no account yet</span>,
+                },
+              ]
+            : []),
         ]}
       />
       <NextPageLink href={props.nextHref} />
@@ -96,6 +111,47 @@ function GrantAction(props: {
   );
 }
 
+/** The organization's plan, Stripe ids, payment standing and this month's metered usage. */
+function OrganizationBilling(props: {
+  standing: Awaited<ReturnType<typeof billingStanding>>;
+  account: BillingAccount | undefined;
+}) {
+  const { standing, account } = props;
+  if (!standing.enabled) return <p class="muted">Billing is off on this gateway: usage is metered, not billed.</p>;
+  if (!account) {
+    return (
+      <p class="empty">No billing account yet: one is opened at Stripe with the organization's first billed call.</p>
+    );
+  }
+  const usage = standing.usage;
+  return (
+    <dl class="facts" id="billing">
+      <dt>Plan</dt>
+      <dd>{account.plan}</dd>
+      <dt>Status</dt>
+      <dd>
+        <BillingBadge status={account.status} suspended={standing.suspended} />{" "}
+        <PaymentStanding
+          paymentFailedAt={standing.paymentFailedAt}
+          suspendedSince={standing.suspendedSince}
+          suspended={standing.suspended}
+        />
+      </dd>
+      <dt>Stripe customer</dt>
+      <dd>
+        <code>{account.stripeCustomerId}</code>
+      </dd>
+      <dt>Subscription</dt>
+      <dd>{account.stripeSubscriptionId ? <code>{account.stripeSubscriptionId}</code> : "none (metered only)"}</dd>
+      <dt>This month</dt>
+      <dd>
+        {formatCount(usage.requests)} calls, {formatCount(usage.totalTokens)} tokens;{" "}
+        {formatCount(usage.unbilledRequests)} still waiting to be sent to Stripe
+      </dd>
+    </dl>
+  );
+}
+
 /** One grant: who holds it, its tokens, what it downloaded, and the controls the reviewer's role allows. */
 export function GrantPage(props: {
   admin: AdminIdentity;
@@ -104,6 +160,8 @@ export function GrantPage(props: {
   tokens: Awaited<ReturnType<typeof grantTokens>>;
   downloads: Awaited<ReturnType<typeof recentGrantDownloads>>;
   usage: Awaited<ReturnType<typeof grantTokenUsage>>;
+  billing: Awaited<ReturnType<typeof billingStanding>>;
+  billingAccount: BillingAccount | undefined;
 }) {
   const { grant, admin } = props;
   const approver = holdsRole(admin, "approver");
@@ -229,6 +287,11 @@ export function GrantPage(props: {
             { label: "Last call", cell: (u) => formatTime(u.lastAt) },
           ]}
         />
+      </section>
+
+      <section aria-labelledby="billing-heading">
+        <h2 id="billing-heading">Billing</h2>
+        <OrganizationBilling standing={props.billing} account={props.billingAccount} />
       </section>
     </ConsolePage>
   );

@@ -308,7 +308,7 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await expect(ann.getByText("forged").count()).resolves.toBe(0);
   });
 
-  it("grants, usage and audit pages render, pass axe, and fit a phone", async () => {
+  it("grants, usage, audit and billing pages render, pass axe, and fit a phone", async () => {
     const admin = await signIn("ada@example.com", "admin");
     await admin.goto(`${gateway.baseUrl}/admin/grants`);
     await admin.getByRole("link", { name: "Globex Megacorp" }).click();
@@ -345,11 +345,22 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await expect(admin.locator("#chain-status").textContent()).resolves.toContain("Chain verified.");
     await expectAccessible(admin, "audit page");
 
+    // npm start runs without a Stripe key: the billing view says so, and counts the call above as unsent.
+    await admin.getByRole("navigation", { name: "Console" }).getByRole("link", { name: "Billing" }).click();
+    await admin.getByRole("heading", { name: "Billing", level: 1 }).waitFor();
+    await expect(admin.locator("#billing-off").textContent()).resolves.toMatch(
+      /Billing is off\..*Usage is still metered: [1-9][\d,]* calls? (is|are) in the ledger, unsent\./s,
+    );
+    await admin.screenshot({ path: join(ARTIFACTS, "billing.png"), fullPage: true });
+    await expectAccessible(admin, "billing page");
+
     const phone = await signIn("ada2@example.com", "admin", 375);
-    for (const path of ["/admin/grants", "/admin/usage", "/admin/audit"]) {
+    for (const path of ["/admin/grants", "/admin/usage", "/admin/audit", "/admin/billing"]) {
       await phone.goto(`${gateway.baseUrl}${path}`);
       await expectAccessible(phone, `${path} at 375 px`);
     }
+    await expectNoSidewaysScroll(phone, "billing at 375 px");
+    await phone.screenshot({ path: join(ARTIFACTS, "billing-375.png"), fullPage: true });
     await phone.goto(`${gateway.baseUrl}/apply/llama-2`);
     await expectAccessible(phone, "application form at 375 px");
     await expectNoSidewaysScroll(phone, "application form at 375 px");

@@ -19,20 +19,25 @@ import { fixedClock } from "../../worker/platform/clock";
 import { createServices, type Services } from "../../worker/services";
 import { TOKEN_NOW } from "./access";
 
-/** A gateway on a clock that only moves when the test moves it, and a mailer that records. */
-export function testGateway(start: Date | string = TOKEN_NOW) {
+/**
+ * A gateway on a clock that only moves when the test moves it, and a mailer that records.
+ * `bindings` are merged over the test environment (a Stripe key, say) for this gateway only.
+ */
+export function testGateway(start: Date | string = TOKEN_NOW, bindings: Partial<Env> = {}) {
   const clock = fixedClock(start);
   const mailer = memoryMailer();
+  // A new object even without bindings, so configuration is read afresh for this gateway.
+  const gatewayEnv: Env = { ...env, ...bindings };
   const app = newApp({ clock, mailer: () => mailer });
-  const services = createServices(env, { clock, mailer: () => mailer });
+  const services = createServices(gatewayEnv, { clock, mailer: () => mailer });
   /** Sends a request and waits for the work it left behind (mail delivery) before answering. */
   async function request(path: string, init: RequestInit = {}): Promise<Response> {
     const ctx = createExecutionContext();
-    const res = await app.request(`http://gw.test${path}`, init, env, ctx);
+    const res = await app.request(`http://gw.test${path}`, init, gatewayEnv, ctx);
     await waitOnExecutionContext(ctx);
     return res;
   }
-  return { app, clock, mailer, services, request };
+  return { app, clock, mailer, services, request, env: gatewayEnv };
 }
 
 /** Loads a Llama 2 license version, as an operator would before applications open. */
