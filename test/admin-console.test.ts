@@ -355,6 +355,17 @@ describe("billing in the reviewer console", () => {
     expect(rowOf(html, 'data-label="State">pending<')).toMatch(/data-label="Rows" class="num">1</);
     expect(html).toContain("1 row waiting to be sent, the oldest written 40 min ago");
     expect(html).toContain("1 row was never billed");
+    // The admin API counts the backlog with the same function.
+    const outbox = await gateway.request("/admin/api/billing/outbox", {
+      headers: accessHeaders(await adminToken({ role: "reviewer" })),
+    });
+    expect(await outbox.json()).toEqual({
+      enabled: true,
+      states: [
+        { state: "dead", rows: 1, oldest: doomed.createdAt },
+        { state: "pending", rows: 1, oldest: waiting.createdAt },
+      ],
+    });
   });
 
   it("shows a suspended organization and one in its grace period, on the billing page and with its grant", async () => {
