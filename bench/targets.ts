@@ -3,17 +3,17 @@
  * simulator: the simulator itself, a no-op Worker, this gateway's full path and Portkey.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
-import type { Readable } from "node:stream";
 import { Miniflare, type MiniflareOptions } from "miniflare";
-import { unstable_getMiniflareWorkerOptions, unstable_splitSqlQuery } from "wrangler";
-import { spawnWrangler } from "../scripts/lib/local-state";
-import { loadLicenseTexts, placeholderLlama2Texts } from "../scripts/seed/license";
-
-export const ROOT = join(import.meta.dirname, "..");
+import { freePort } from "../scripts/lib/gateway-process";
+import { ROOT } from "../scripts/lib/local-state";
+import {
+  approvedAccessToken,
+  buildGateway,
+  gatewayWorkerOptions,
+  prepareDatabase,
+  runtimeOutput,
+} from "./lib/gateway-miniflare";
 
 /** The model every target is asked for; the gateway routes it to the simulator. */
 export const MODEL = "llama-2-7b-chat";
@@ -63,17 +63,10 @@ const JSON_HEADERS = { "content-type": "application/json" };
  * it prints is passed on.
  */
 function workerSocketOptions() {
-  const passOn = (stream: Readable, to: NodeJS.WriteStream) =>
-    createInterface({ input: stream }).on("line", (line) => {
-      if (!/disconnected|Broken pipe|Connection reset|^stack: /.test(line)) to.write(`workerd: ${line}\n`);
-    });
   return {
     host: "127.0.0.1",
     unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
-    handleRuntimeStdio: (stdout: Readable, stderr: Readable) => {
-      passOn(stdout, process.stdout);
-      passOn(stderr, process.stderr);
-    },
+    handleRuntimeStdio: runtimeOutput(/disconnected|Broken pipe|Connection reset|^stack: /),
   };
 }
 
@@ -81,18 +74,6 @@ function workerSocketOptions() {
 async function directOrigin(mf: Miniflare): Promise<string> {
   await mf.ready;
   return (await mf.unsafeGetDirectURL()).origin;
-}
-
-/** A free TCP port on loopback. */
-export function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.on("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? done(address.port) : fail(new Error("no port"))));
-    });
-  });
 }
 
 function stopChild(child: ChildProcess): Promise<void> {
@@ -221,102 +202,8 @@ export async function portkeyTarget(simUrl: string): Promise<Target> {
   };
 }
 
-/**
- * Options of wrangler.toml that a Miniflare worker takes as they are. Queue consumers are left
- * out on purpose: the usage consumer would try to reach Stripe, and billing is not on the
- * request path being measured (the proxy only enqueues).
- */
-const WRANGLER_BINDING_OPTIONS = [
-  "compatibilityDate",
-  "compatibilityFlags",
-  "bindings",
-  "d1Databases",
-  "r2Buckets",
-  "durableObjects",
-  "ratelimits",
-  "email",
-  "queueProducers",
-  "kvNamespaces",
-] as const;
-
-/**
- * wrangler's `send_email` options leave `allowed_sender_addresses` undefined, which the pinned
- * Miniflare turns into a binding without a value and refuses to start; the gateway only ever
- * sends from MAIL_FROM, so that is the list.
- */
-function sendEmailOptions(email: unknown, mailFrom: string): unknown {
-  const bindings = (email as { send_email?: Record<string, unknown>[] } | undefined)?.send_email;
-  if (!bindings) return email;
-  return {
-    send_email: bindings.map((b) => ({ ...b, allowed_sender_addresses: b.allowed_sender_addresses ?? [mailFrom] })),
-  };
-}
-
 /** Limits no benchmark reaches: the quota object still reserves and settles every request. */
 const BENCH_LIMITS = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_000_000, monthlyTokenBudget: 1e15 };
-
-async function applyMigrations(db: D1Database): Promise<void> {
-  const dir = join(ROOT, "migrations");
-  for (const file of readdirSync(dir)
-    .filter((f) => f.endsWith(".sql"))
-    .sort()) {
-    const statements = unstable_splitSqlQuery(readFileSync(join(dir, file), "utf8"));
-    if (statements.length) await db.batch(statements.map((s) => db.prepare(s)));
-  }
-}
-
-/** An approved application and an inference token, through the gateway's own public API. */
-async function mintInferenceToken(base: string, licenseSha256: string): Promise<string> {
-  const applied = await fetch(`${base}/v1/applications`, {
-    method: "POST",
-    headers: { ...JSON_HEADERS, accept: "application/json" },
-    body: JSON.stringify({
-      family: "llama-2",
-      organization: { name: "Bench Robotics", website: "https://bench.example", country: "DE" },
-      contact: { name: "Bea", email: "bea@bench.example" },
-      intendedUse: "Load testing the inference proxy",
-      declaredMau: 5_000,
-      models: [MODEL, PACED_MODEL],
-      licenseSha256,
-      acceptLicense: true,
-      acceptAup: true,
-    }),
-  });
-  const application = (await applied.json()) as { id?: string; status?: string; statusUrl?: string };
-  if (application.status !== "approved" || !application.statusUrl) {
-    throw new Error(`POST /v1/applications answered ${applied.status} ${JSON.stringify(application)}`);
-  }
-  const capability = new URL(application.statusUrl).searchParams.get("token");
-  const minted = await fetch(`${base}/v1/applications/${application.id}/tokens`, {
-    method: "POST",
-    headers: { ...JSON_HEADERS, authorization: `Bearer ${capability}` },
-    body: JSON.stringify({ name: "bench", scopes: ["inference"] }),
-  });
-  const token = (await minted.json()) as { token?: string };
-  if (minted.status !== 201 || !token.token) {
-    throw new Error(`POST /v1/applications/{id}/tokens answered ${minted.status} ${JSON.stringify(token)}`);
-  }
-  return token.token;
-}
-
-/** Bundles the gateway as `wrangler deploy` would upload it; wrangler's output only shows on failure. */
-function buildWorker(outdir: string): Promise<void> {
-  const child = spawnWrangler(["deploy", "--dry-run", "--outdir", outdir], { stdio: ["ignore", "pipe", "pipe"] });
-  let output = "";
-  child.stdout?.on("data", (chunk: Buffer) => {
-    output += chunk.toString();
-  });
-  child.stderr?.on("data", (chunk: Buffer) => {
-    output += chunk.toString();
-  });
-  return new Promise((done, fail) => {
-    child.on("error", fail);
-    child.on("exit", (code) => {
-      if (code === 0) done();
-      else fail(new Error(`wrangler deploy --dry-run exited with ${code}:\n${output.slice(-2000)}`));
-    });
-  });
-}
 
 /**
  * This gateway's full inference path — token check, license check, quota reservation and
@@ -324,42 +211,22 @@ function buildWorker(outdir: string): Promise<void> {
  * upload, in Miniflare with wrangler.toml's bindings and in-memory state.
  */
 export async function gatewayTarget(simUrl: string): Promise<Target> {
-  const outdir = join(ROOT, "bench", ".build");
-  await buildWorker(outdir);
-  const fromWrangler = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml")).workerOptions as Record<
-    string,
-    unknown
-  >;
-  const options: Record<string, unknown> = {};
-  for (const key of WRANGLER_BINDING_OPTIONS) if (fromWrangler[key] !== undefined) options[key] = fromWrangler[key];
-  const vars = fromWrangler.bindings as Record<string, unknown>;
-  options.email = sendEmailOptions(options.email, String(vars.MAIL_FROM));
-  const bindings = {
-    ...vars,
-    INFERENCE_BACKENDS: JSON.stringify({
-      [MODEL]: [{ url: simUrl, weight: 1 }],
-      [PACED_MODEL]: [{ url: `${simUrl}${PACED_SCOPE}`, weight: 1 }],
-    }),
-    INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
-    INFERENCE_DEFAULT_LIMITS: JSON.stringify(BENCH_LIMITS),
-  };
+  const script = await buildGateway(join(ROOT, "bench", ".build"));
   const mf = new Miniflare({
-    ...options,
+    ...gatewayWorkerOptions(script, {
+      INFERENCE_BACKENDS: JSON.stringify({
+        [MODEL]: [{ url: simUrl, weight: 1 }],
+        [PACED_MODEL]: [{ url: `${simUrl}${PACED_SCOPE}`, weight: 1 }],
+      }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      INFERENCE_DEFAULT_LIMITS: JSON.stringify(BENCH_LIMITS),
+    }),
     ...workerSocketOptions(),
-    bindings,
-    modules: true,
-    scriptPath: join(outdir, "index.js"),
   } as MiniflareOptions);
   try {
     const base = await directOrigin(mf);
-    const db = (await mf.getD1Database("DB")) as unknown as D1Database;
-    await applyMigrations(db);
-    const license = await loadLicenseTexts(db, {
-      family: "llama-2",
-      ...placeholderLlama2Texts(),
-      source: "placeholder",
-    });
-    const token = await mintInferenceToken(base, license.licenseSha256);
+    const licenseSha256 = await prepareDatabase((await mf.getD1Database("DB")) as unknown as D1Database);
+    const token = await approvedAccessToken(base, licenseSha256, ["inference"], [MODEL, PACED_MODEL]);
     const headers = { ...JSON_HEADERS, authorization: `Bearer ${token}` };
     const probe = await fetch(`${base}/v1/chat/completions`, { method: "POST", headers, body: chatBody(MODEL, false) });
     if (probe.status !== 200) throw new Error(`a first completion answered ${probe.status}: ${await probe.text()}`);

@@ -1,0 +1,161 @@
+/**
+ * The gateway in Miniflare, as the benchmarks run it: the bundle `wrangler deploy` would upload,
+ * with wrangler.toml's bindings, a migrated D1 database holding the placeholder license, and an
+ * approved application's access token minted through the public API. Shared by the benchmarks so
+ * each measures the same gateway the same way.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
+import type { Readable } from "node:stream";
+import type { WorkerOptions } from "miniflare";
+import { unstable_getMiniflareWorkerOptions, unstable_splitSqlQuery } from "wrangler";
+import { ROOT, spawnWrangler } from "../../scripts/lib/local-state";
+import { loadLicenseTexts, placeholderLlama2Texts } from "../../scripts/seed/license";
+
+/**
+ * Options of wrangler.toml that a Miniflare worker takes as they are. Queue consumers are left
+ * out on purpose: the usage consumer would try to reach Stripe, and billing is on no path a
+ * benchmark measures (the proxy only enqueues).
+ */
+const WRANGLER_BINDING_OPTIONS = [
+  "compatibilityDate",
+  "compatibilityFlags",
+  "bindings",
+  "d1Databases",
+  "r2Buckets",
+  "durableObjects",
+  "ratelimits",
+  "email",
+  "queueProducers",
+  "kvNamespaces",
+] as const;
+
+/** Bundles the gateway into `outdir` as `wrangler deploy` would; wrangler's output shows only on failure. */
+export function buildGateway(outdir: string): Promise<string> {
+  const child = spawnWrangler(["deploy", "--dry-run", "--outdir", outdir], { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const collect = (chunk: Buffer) => {
+    output += chunk.toString();
+  };
+  child.stdout?.on("data", collect);
+  child.stderr?.on("data", collect);
+  return new Promise((done, fail) => {
+    child.on("error", fail);
+    child.on("exit", (code) =>
+      code === 0
+        ? done(join(outdir, "index.js"))
+        : fail(new Error(`wrangler deploy --dry-run exited with ${code}:\n${output.slice(-2000)}`)),
+    );
+  });
+}
+
+/**
+ * wrangler's `send_email` options leave `allowed_sender_addresses` undefined, which the pinned
+ * Miniflare turns into a binding without a value and refuses to start; the gateway only ever
+ * sends from MAIL_FROM, so that is the list.
+ */
+function sendEmailOptions(email: unknown, mailFrom: string): unknown {
+  const bindings = (email as { send_email?: Record<string, unknown>[] } | undefined)?.send_email;
+  if (!bindings) return email;
+  return {
+    send_email: bindings.map((b) => ({ ...b, allowed_sender_addresses: b.allowed_sender_addresses ?? [mailFrom] })),
+  };
+}
+
+/** wrangler.toml (and .dev.vars) as Miniflare options, read once: wrangler logs every read. */
+let fromWrangler: Record<string, unknown> | undefined;
+
+/**
+ * Miniflare worker options for the gateway bundle at `scriptPath`: wrangler.toml's bindings, with
+ * `bindings` added to (or replacing) its vars.
+ */
+export function gatewayWorkerOptions(scriptPath: string, bindings: Record<string, unknown> = {}): WorkerOptions {
+  fromWrangler ??= unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml")).workerOptions as Record<
+    string,
+    unknown
+  >;
+  const options: Record<string, unknown> = {};
+  for (const key of WRANGLER_BINDING_OPTIONS) if (fromWrangler[key] !== undefined) options[key] = fromWrangler[key];
+  const vars = (fromWrangler.bindings ?? {}) as Record<string, unknown>;
+  options.email = sendEmailOptions(options.email, String(vars.MAIL_FROM));
+  // Module names are paths relative to modulesRoot; the bundle may live outside the repository.
+  return {
+    ...options,
+    bindings: { ...vars, ...bindings },
+    modules: true,
+    modulesRoot: dirname(scriptPath),
+    scriptPath,
+  } as WorkerOptions;
+}
+
+/**
+ * Makes an empty D1 database the gateway's: every migration in `migrations/`, in order, then the
+ * placeholder Llama 2 license. Returns the license's sha256, which applicants accept.
+ */
+export async function prepareDatabase(db: D1Database): Promise<string> {
+  const dir = join(ROOT, "migrations");
+  for (const file of readdirSync(dir)
+    .filter((f) => f.endsWith(".sql"))
+    .sort()) {
+    const statements = unstable_splitSqlQuery(readFileSync(join(dir, file), "utf8"));
+    if (statements.length) await db.batch(statements.map((s) => db.prepare(s)));
+  }
+  const license = await loadLicenseTexts(db, { family: "llama-2", ...placeholderLlama2Texts(), source: "placeholder" });
+  return license.licenseSha256;
+}
+
+/** An approved application and a personal access token with `scopes`, through the public API. */
+export async function approvedAccessToken(
+  base: string,
+  licenseSha256: string,
+  scopes: ("download" | "inference")[],
+  models: string[],
+): Promise<string> {
+  const json = { "content-type": "application/json", accept: "application/json" };
+  const applied = await fetch(`${base}/v1/applications`, {
+    method: "POST",
+    headers: json,
+    body: JSON.stringify({
+      family: "llama-2",
+      organization: { name: "Bench Robotics", website: "https://bench.example", country: "DE" },
+      contact: { name: "Bea", email: "bea@bench.example" },
+      intendedUse: "Benchmarking the gateway",
+      declaredMau: 5_000,
+      models,
+      licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+    }),
+  });
+  const application = (await applied.json()) as { id?: string; status?: string; statusUrl?: string };
+  if (application.status !== "approved" || !application.statusUrl) {
+    throw new Error(`POST /v1/applications answered ${applied.status} ${JSON.stringify(application)}`);
+  }
+  const capability = new URL(application.statusUrl).searchParams.get("token");
+  const minted = await fetch(`${base}/v1/applications/${application.id}/tokens`, {
+    method: "POST",
+    headers: { ...json, authorization: `Bearer ${capability}` },
+    body: JSON.stringify({ name: "bench", scopes }),
+  });
+  const token = (await minted.json()) as { token?: string };
+  if (minted.status !== 201 || !token.token) {
+    throw new Error(`POST /v1/applications/{id}/tokens answered ${minted.status} ${JSON.stringify(token)}`);
+  }
+  return token.token;
+}
+
+/**
+ * A Miniflare `handleRuntimeStdio` that passes workerd's output on line by line, prefixed, except
+ * lines matching `drop`.
+ */
+export function runtimeOutput(drop: RegExp): (stdout: Readable, stderr: Readable) => void {
+  const passOn = (stream: Readable, to: NodeJS.WriteStream) =>
+    createInterface({ input: stream }).on("line", (line) => {
+      if (!drop.test(line)) to.write(`workerd: ${line}\n`);
+    });
+  return (stdout, stderr) => {
+    passOn(stdout, process.stdout);
+    passOn(stderr, process.stderr);
+  };
+}
