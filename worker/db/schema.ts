@@ -344,6 +344,7 @@ export const downloadEvents = sqliteTable(
     status: integer("status").notNull(),
     rangeStart: integer("range_start"),
     rangeEnd: integer("range_end"),
+    /** The whole range when complete; 0 when the client hung up (its resumed range is recorded next). */
     bytesServed: integer("bytes_served").notNull(),
     /** Whether the client read the whole answer (false when it hung up). */
     complete: integer("complete", { mode: "boolean" }).notNull(),
