@@ -355,6 +355,15 @@ describe("billing in the reviewer console", () => {
     expect(rowOf(html, 'data-label="State">pending<')).toMatch(/data-label="Rows" class="num">1</);
     expect(html).toContain("1 row waiting to be sent, the oldest written 40 min ago");
     expect(html).toContain("1 row was never billed");
+    // A reviewer is told who may resend; an admin gets the form that calls the resend API.
+    expect(html).toContain("Sending dead letters again needs the admin role.");
+    expect(html).not.toContain('id="resend-dead"');
+    const asAdmin = await (
+      await gateway.request("/admin/billing", {
+        headers: { "cf-access-jwt-assertion": await adminToken({ role: "admin" }) },
+      })
+    ).text();
+    expect(asAdmin).toMatch(/<form[^>]*id="resend-dead"[^>]*data-api="\/admin\/api\/billing\/outbox\/resend"/);
     // The admin API counts the backlog with the same function.
     const outbox = await gateway.request("/admin/api/billing/outbox", {
       headers: accessHeaders(await adminToken({ role: "reviewer" })),

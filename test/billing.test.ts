@@ -9,6 +9,7 @@ import { applications, auditEvents, billingAccounts, organizationLimits, usageLe
 import worker from "../worker/index";
 import { clearCallerCache } from "../worker/inference/access";
 import { fixedClock } from "../worker/platform/clock";
+import { accessHeaders, adminToken } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { approvedToken } from "./helpers/weights";
 
@@ -215,6 +216,60 @@ describe("usage billing", () => {
     expect(dead?.billingState).toBe("dead");
     const outbox = await b.gw.request("/admin/api/billing/outbox", {});
     expect(outbox.status).toBe(401);
+  });
+
+  it("lets an admin send dead letters again, once each, audited; others may not", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 3);
+    const dead = rows.slice(0, 2).map((r) => r.id);
+    const dlq = createMessageBatch<UsageMessage>(
+      "modelgate-usage-dlq",
+      dead.map((ledgerId, i) => ({ id: `d${i}`, timestamp: new Date(), attempts: 10, body: { ledgerId } })),
+    );
+    const ctx = createExecutionContext();
+    await worker.queue(dlq, b.gw.env, ctx);
+    await waitOnExecutionContext(ctx);
+
+    const issuedAt = b.clock.now();
+    const resend = async (token: string, extra: Record<string, string> = {}) =>
+      b.gw.request("/admin/api/billing/outbox/resend", {
+        method: "POST",
+        headers: accessHeaders(token, extra),
+        body: "{}",
+      });
+    const approver = await adminToken({ role: "approver", email: "ann@example.com", issuedAt });
+    expect((await resend(approver)).status).toBe(403);
+    const admin = await adminToken({ role: "admin", email: "ada@example.com", issuedAt });
+    expect((await resend(admin, { "sec-fetch-site": "cross-site", origin: "https://evil.example" })).status).toBe(403);
+
+    const res = await resend(admin);
+    expect(res.status).toBe(200);
+    const answer = (await res.json()) as { resent: number; ids: string[] };
+    expect(answer.resent).toBe(2);
+    expect([...answer.ids].sort()).toEqual([...dead].sort());
+    const states = await b.gw.db
+      .select({ id: usageLedger.id, state: usageLedger.billingState, attempts: usageLedger.billingAttempts })
+      .from(usageLedger)
+      .where(eq(usageLedger.organizationId, b.organizationId));
+    expect(states.filter((r) => r.state === "dead")).toHaveLength(0);
+    const [event] = await b.gw.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "billing.dead_letters_resent"));
+    expect(event).toMatchObject({ actor: "reviewer:ada@example.com", data: { rows: 2 } });
+
+    await deliver(b, dead);
+    await deliver(b, dead);
+    const state = await b.standin("/_standin/state");
+    // Each meter event once; a zero count (the first row's completion) is not sent at all.
+    const expected = rows
+      .slice(0, 2)
+      .flatMap((r) => [
+        ...(r.promptTokens > 0 ? [`${r.id}.prompt`] : []),
+        ...(r.completionTokens > 0 ? [`${r.id}.completion`] : []),
+      ]);
+    expect(state.meterEvents.map((e) => e.identifier).sort()).toEqual(expected.sort());
+    expect(((await (await resend(admin)).json()) as { resent: number }).resent).toBe(0);
   });
 
   it("meters real proxied requests onto the usage queue", async () => {

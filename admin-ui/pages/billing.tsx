@@ -1,4 +1,4 @@
-import type { AdminIdentity } from "../../worker/admin/access";
+import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { failedLedgerRows, outboxStates, retryingRows } from "../../worker/billing/outbox";
 import type { BillingStatus } from "../../worker/db/schema";
 import { formatAge, formatCount, formatTime } from "../format";
@@ -149,6 +149,26 @@ export function BillingPage(props: {
               ]}
             />
           </section>
+
+          {byState("dead").rows > 0 &&
+            (holdsRole(props.admin, "admin") ? (
+              <form
+                class="panel"
+                id="resend-dead"
+                data-api="/admin/api/billing/outbox/resend"
+                data-confirm={`Send ${byState("dead").rows} dead-lettered row(s) to Stripe again?`}
+                data-done="reload"
+                data-success="Queued again."
+              >
+                <p>
+                  {formatCount(byState("dead").rows)} dead-lettered row{byState("dead").rows === 1 ? "" : "s"}: once the
+                  cause is fixed, send them again. Stripe takes each row once, so nothing is billed twice.
+                </p>
+                <button type="submit">Send dead letters again</button> <output data-form-status />
+              </form>
+            ) : (
+              <p class="muted">Sending dead letters again needs the admin role.</p>
+            ))}
 
           <section aria-labelledby="arrears-heading">
             <h2 id="arrears-heading">Organizations whose payment is not in order</h2>

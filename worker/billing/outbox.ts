@@ -4,8 +4,11 @@
  * visible rather than silently unbilled.
  */
 import { and, asc, count, desc, eq, gt, inArray, min, or } from "drizzle-orm";
+import { writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
 import { organizations, usageLedger } from "../db/schema";
+import type { Services } from "../services";
+import type { UsageMessage } from "./queue";
 
 /** Ledger rows per billing state, with when the oldest of them was written. */
 export async function outboxStates(db: Database) {
@@ -56,4 +59,65 @@ export async function failedLedgerRows(db: Database, limit = 50) {
     )
     .orderBy(desc(usageLedger.createdAt))
     .limit(limit);
+}
+
+/** The most dead-lettered rows one resend takes. */
+export const MAX_RESEND = 500;
+
+/**
+ * Puts dead-lettered ledger rows back on their way to Stripe: state `pending`, attempts and error
+ * cleared, with an audit event naming who did it, then a queue message per row. Only `dead` rows
+ * move (an `expired` row is past what Stripe accepts; a `sent` one is done). If the queue send
+ * fails the rows are pending all the same, and the reconciler queues them within minutes.
+ */
+export async function resendDeadLetters(
+  services: Pick<Services, "db" | "clock" | "ids" | "log">,
+  queue: Queue<UsageMessage>,
+  actor: string,
+  ids: readonly string[] | undefined,
+): Promise<string[]> {
+  const moved = await writeAudited(services, async () => {
+    const dead = await services.db
+      .select({ id: usageLedger.id })
+      .from(usageLedger)
+      .where(
+        ids
+          ? and(eq(usageLedger.billingState, "dead"), inArray(usageLedger.id, [...ids]))
+          : eq(usageLedger.billingState, "dead"),
+      )
+      .orderBy(usageLedger.createdAt)
+      .limit(MAX_RESEND);
+    const rowIds = dead.map((r) => r.id);
+    if (rowIds.length === 0) return { statements: [], events: [], result: rowIds };
+    const statements = [];
+    for (let i = 0; i < rowIds.length; i += 90) {
+      statements.push(
+        services.db
+          .update(usageLedger)
+          .set({ billingState: "pending", billingAttempts: 0, billingError: null })
+          .where(and(eq(usageLedger.billingState, "dead"), inArray(usageLedger.id, rowIds.slice(i, i + 90)))),
+      );
+    }
+    return {
+      statements,
+      events: [
+        {
+          actor,
+          action: "billing.dead_letters_resent",
+          subjectType: "usage_ledger",
+          subjectId: rowIds.length === 1 ? (rowIds[0] as string) : `${rowIds.length} rows`,
+          data: { rows: rowIds.length, ids: rowIds },
+        },
+      ],
+      result: rowIds,
+    };
+  });
+  for (let i = 0; i < moved.length; i += 100) {
+    try {
+      await queue.sendBatch(moved.slice(i, i + 100).map((ledgerId) => ({ body: { ledgerId } })));
+    } catch (error) {
+      services.log.warn("resent rows not queued; the reconciler will send them", { error: String(error) });
+    }
+  }
+  return moved;
 }

@@ -1,14 +1,15 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, count, eq, gte, sql } from "drizzle-orm";
-import { requireRole } from "../admin/access";
+import { currentAdmin, requireRole } from "../admin/access";
 import { billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";
-import { newRouter, problemResponses } from "../http/router";
+import { refuseCrossSite } from "../http/middleware";
+import { newRouter, problemResponses, readBody } from "../http/router";
 import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
 import { bearerToken, checkAccessToken } from "../tokens/service";
 import { paymentStanding } from "./accounts";
-import { outboxStates } from "./outbox";
+import { MAX_RESEND, outboxStates, resendDeadLetters } from "./outbox";
 import { handleBillingEvent, verifyWebhook } from "./webhooks";
 
 const BillingSchema = z
@@ -113,6 +114,37 @@ const outboxRoute = createRoute({
   },
 });
 
+const ResendRequest = z
+  .object({
+    ids: z
+      .array(z.string().min(1).max(64))
+      .min(1)
+      .max(MAX_RESEND)
+      .optional()
+      .openapi({ description: "Ledger row ids; without it, every dead-lettered row (oldest first, up to 500)." }),
+  })
+  .openapi("ResendDeadLetters");
+
+const resendRoute = createRoute({
+  method: "post",
+  path: "/admin/api/billing/outbox/resend",
+  tags: ["Admin"],
+  summary: "Send dead-lettered usage rows to Stripe again",
+  description:
+    "Needs the admin role. Rows the usage queue gave up on go back to `pending` and onto the queue; Stripe's identifier on each meter event keeps a row from being billed twice. Audited.",
+  middleware: [refuseCrossSite(), requireRole("admin")] as const,
+  request: {
+    body: { content: { "application/json": { schema: { $ref: "#/components/schemas/ResendDeadLetters" } } } },
+  },
+  responses: {
+    200: {
+      description: "The rows put back on the queue",
+      content: { "application/json": { schema: z.object({ resent: z.number().int(), ids: z.array(z.string()) }) } },
+    },
+    ...problemResponses(400, 401, 403, 415, 503),
+  },
+});
+
 const organizationBillingRoute = createRoute({
   method: "get",
   path: "/admin/api/billing/organizations/{id}",
@@ -127,6 +159,7 @@ const organizationBillingRoute = createRoute({
 });
 
 export const billingRoutes = newRouter();
+billingRoutes.openAPIRegistry.register("ResendDeadLetters", ResendRequest);
 
 billingRoutes
   .openapi(billingRoute, async (c) => {
@@ -148,6 +181,15 @@ billingRoutes
     const services = c.get("services");
     const states = await outboxStates(services.db);
     return c.json({ enabled: services.config.billing.secretKey !== undefined, states }, 200);
+  })
+  .openapi(resendRoute, async (c) => {
+    const services = c.get("services");
+    const { ids } = await readBody(c, ResendRequest);
+    if (!services.config.billing.secretKey) {
+      throw new AppError("service_unavailable", "Billing is off (no STRIPE_SECRET_KEY): there is nothing to send to.");
+    }
+    const moved = await resendDeadLetters(services, c.env.USAGE_QUEUE, `reviewer:${currentAdmin(c).email}`, ids);
+    return c.json({ resent: moved.length, ids: moved }, 200);
   })
   .openapi(organizationBillingRoute, async (c) => {
     const services = c.get("services");
