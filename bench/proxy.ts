@@ -12,6 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
+import { cpuMillis } from "./lib/workerd-memory";
 import { percentile, runSequential, type SequentialResult } from "./sequential-client";
 import {
   directTarget,
@@ -37,6 +38,8 @@ interface LoadRow {
   p99: number;
   failures: number;
   requests: number;
+  /** CPU time of the target's own process per completed request, in µs (undefined without a pid). */
+  cpuMicros: number | undefined;
 }
 
 function usage(message?: string): never {
@@ -79,6 +82,7 @@ function options() {
 
 async function load(target: Target, stream: boolean, connections: number, seconds: number): Promise<LoadRow> {
   const req = target.chat({ stream });
+  const cpuBefore = target.pid === undefined ? undefined : cpuMillis(target.pid);
   const result = await autocannon({
     url: req.url,
     method: "POST",
@@ -89,10 +93,18 @@ async function load(target: Target, stream: boolean, connections: number, second
     duration: seconds,
     timeout: 10,
   });
+  // Work the target deferred past its answers (metering, settlement) belongs to the requests too.
+  if (cpuBefore !== undefined) await new Promise((resolve) => setTimeout(resolve, 1_000));
+  const cpuAfter = target.pid === undefined ? undefined : cpuMillis(target.pid);
+  const completed = result["2xx"];
   return {
     target: target.name,
     stream,
     connections,
+    cpuMicros:
+      cpuBefore !== undefined && cpuAfter !== undefined && completed > 0
+        ? ((cpuAfter - cpuBefore) * 1000) / completed
+        : undefined,
     rps: result.requests.average,
     p50: result.latency.p50,
     p99: result.latency.p99,
@@ -136,7 +148,7 @@ async function main(): Promise<void> {
   watchdog.unref();
 
   const sim = await startSimulator();
-  const targets: Target[] = [directTarget(sim.url)];
+  const targets: Target[] = [directTarget(sim.url, sim.pid)];
   const stopAll = async () => {
     await Promise.allSettled(targets.map((t) => t.close()));
     await sim.close();
@@ -191,7 +203,7 @@ async function main(): Promise<void> {
     );
     console.log(
       table(
-        ["answer", "conns", "target", "req/s", "p50 ms", "p99 ms", "failed"],
+        ["answer", "conns", "target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "failed"],
         rows.map((r) => [
           r.stream ? "streamed" : "plain",
           String(r.connections),
@@ -199,9 +211,13 @@ async function main(): Promise<void> {
           fmt(r.rps),
           fmt(r.p50),
           fmt(r.p99),
+          r.cpuMicros === undefined ? "–" : fmt(r.cpuMicros),
           `${r.failures}/${r.requests}`,
         ]),
       ),
+    );
+    console.log(
+      "\nCPU µs/req: CPU time of the target's own process (workerd, Portkey's Node, the simulator for direct) per answered request, deferred work included; steadier than req/s on a shared machine.",
     );
     for (const t of targets.filter((t) => t.unavailable)) console.log(`\n${t.name}: not available — ${t.unavailable}`);
 
@@ -218,10 +234,16 @@ async function main(): Promise<void> {
           ratio(g, rowOf(noop, stream, c)?.rps),
           ratio(g, rowOf(portkey, stream, c)?.rps),
           ratio(rowOf(noop, stream, c)?.rps, rowOf(direct, stream, c)?.rps),
+          ratio(rowOf(noop, stream, c)?.cpuMicros, rowOf(gateway, stream, c)?.cpuMicros),
         ]);
       }
     }
-    console.log(table(["answer", "conns", "gateway ÷ no-op", "gateway ÷ Portkey", "no-op ÷ direct"], ratioRows));
+    console.log(
+      table(
+        ["answer", "conns", "gateway ÷ no-op", "gateway ÷ Portkey", "no-op ÷ direct", "CPU: no-op ÷ gateway"],
+        ratioRows,
+      ),
+    );
 
     console.log(
       `\n## One request at a time (sequential client, µs clock; streams paced at ${PACED_TOKEN_MS} ms per token)\n`,

@@ -14,6 +14,7 @@ import {
   prepareDatabase,
   runtimeOutput,
 } from "./lib/gateway-miniflare";
+import { workerdListeningOn } from "./lib/workerd-memory";
 
 /** The model every target is asked for; the gateway routes it to the simulator. */
 export const MODEL = "llama-2-7b-chat";
@@ -36,6 +37,8 @@ export interface Target {
   name: string;
   /** Why the target has no numbers; undefined when it runs. */
   unavailable?: string;
+  /** The process doing the target's work, whose CPU time per request the load runs report. */
+  pid?: number;
   /** A chat completion request; `paced` targets the simulator scope with slow tokens. */
   chat(options: { stream: boolean; paced?: boolean }): TargetRequest;
   close(): Promise<void>;
@@ -108,7 +111,7 @@ async function waitForHttp(url: string, deadlineMs: number, child?: ChildProcess
  * load generator. Tokens in the paced scope come `PACED_TOKEN_MS` apart, so a proxy that
  * buffers a stream shows it.
  */
-export async function startSimulator(): Promise<{ url: string; close(): Promise<void> }> {
+export async function startSimulator(): Promise<{ url: string; pid: number | undefined; close(): Promise<void> }> {
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "backend-sim.ts"), "--port", "0"], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "inherit"],
@@ -132,13 +135,14 @@ export async function startSimulator(): Promise<{ url: string; close(): Promise<
     body: JSON.stringify({ mode: "ok", tokenLatencyMs: PACED_TOKEN_MS }),
   });
   if (!paced.ok) throw new Error(`could not pace the simulator: ${paced.status}`);
-  return { url, close: () => stopChild(child) };
+  return { url, pid: child.pid, close: () => stopChild(child) };
 }
 
 /** The simulator itself: what any proxy's numbers are compared with. */
-export function directTarget(simUrl: string): Target {
+export function directTarget(simUrl: string, simPid?: number): Target {
   return {
     name: "direct (simulator)",
+    pid: simPid,
     chat: ({ stream, paced }) => ({
       url: `${simUrl}${paced ? PACED_SCOPE : ""}/v1/chat/completions`,
       headers: JSON_HEADERS,
@@ -160,6 +164,7 @@ export async function noopWorkerTarget(simUrl: string): Promise<Target> {
   const base = await directOrigin(mf);
   return {
     name: "no-op Worker (Miniflare)",
+    pid: workerdListeningOn(Number(new URL(base).port)),
     chat: ({ stream, paced }) => ({
       url: `${base}${paced ? PACED_SCOPE : ""}/v1/chat/completions`,
       headers: JSON_HEADERS,
@@ -188,6 +193,7 @@ export async function portkeyTarget(simUrl: string): Promise<Target> {
   }
   return {
     name: "Portkey gateway (Node)",
+    pid: child.pid,
     chat: ({ stream, paced }) => ({
       url: `${base}/v1/chat/completions`,
       headers: {
@@ -233,6 +239,7 @@ export async function gatewayTarget(simUrl: string): Promise<Target> {
     await probe.body?.cancel();
     return {
       name: "modelgate (Miniflare)",
+      pid: workerdListeningOn(Number(new URL(base).port)),
       chat: ({ stream, paced }) => ({
         url: `${base}/v1/chat/completions`,
         headers,

@@ -76,3 +76,14 @@ export function residentMemory(pid: number): { now: number; peak: number } {
   };
   return { now: kib("VmRSS"), peak: kib("VmHWM") };
 }
+
+/** Linux's USER_HZ: what /proc counts CPU time in. */
+const CLOCK_TICKS = 100;
+
+/** CPU time (user + system) a process has used so far, in milliseconds. */
+export function cpuMillis(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
