@@ -2,9 +2,6 @@
  * Test data written straight into D1 with drizzle, so admin tests do not depend on the public
  * application flow, and a gateway harness with a fixed clock and a recording mailer.
  */
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
-import { env } from "cloudflare:workers";
-import { newApp } from "../../worker/app";
 import {
   type Application,
   applications,
@@ -14,30 +11,20 @@ import {
   type PolicyReasonRow,
 } from "../../worker/db/schema";
 import { type LicenseVersion, loadLicenseVersion } from "../../worker/licenses/store";
-import { memoryMailer } from "../../worker/mail/mailer";
 import { fixedClock } from "../../worker/platform/clock";
-import { createServices, type Services } from "../../worker/services";
+import type { Services } from "../../worker/services";
 import { TOKEN_NOW } from "./access";
+import { testGateway as baseGateway } from "./gateway";
 
 /**
- * A gateway on a clock that only moves when the test moves it, and a mailer that records.
- * `bindings` are merged over the test environment (a Stripe key, say) for this gateway only.
+ * The test gateway (`./gateway`) on a clock that only moves when the test moves it, with its
+ * services at hand. `bindings` are merged over the test environment (a Stripe key, say) for this
+ * gateway only.
  */
 export function testGateway(start: Date | string = TOKEN_NOW, bindings: Partial<Env> = {}) {
   const clock = fixedClock(start);
-  const mailer = memoryMailer();
-  // A new object even without bindings, so configuration is read afresh for this gateway.
-  const gatewayEnv: Env = { ...env, ...bindings };
-  const app = newApp({ clock, mailer: () => mailer });
-  const services = createServices(gatewayEnv, { clock, mailer: () => mailer });
-  /** Sends a request and waits for the work it left behind (mail delivery) before answering. */
-  async function request(path: string, init: RequestInit = {}): Promise<Response> {
-    const ctx = createExecutionContext();
-    const res = await app.request(`http://gw.test${path}`, init, gatewayEnv, ctx);
-    await waitOnExecutionContext(ctx);
-    return res;
-  }
-  return { app, clock, mailer, services, request, env: gatewayEnv };
+  const gateway = baseGateway({ clock, bindings, origin: "http://gw.test" });
+  return { ...gateway, clock, services: gateway.services() };
 }
 
 /** Loads a Llama 2 license version, as an operator would before applications open. */

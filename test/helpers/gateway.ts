@@ -10,16 +10,16 @@ import { createServices } from "../../worker/services";
  * The gateway as tests drive it: the real app over the real bindings, with a recording mailer,
  * and every `waitUntil` awaited before a request returns so no work leaks into the next test.
  */
-export function testGateway(options: AppOptions & { bindings?: Partial<Env> } = {}) {
+export function testGateway(options: AppOptions & { bindings?: Partial<Env>; origin?: string } = {}) {
   const mailer = memoryMailer();
-  const { bindings, ...rest } = options;
+  const { bindings, origin = "http://gw", ...rest } = options;
   const appOptions: AppOptions = { mailer: () => mailer, ...rest };
   const app = newApp(appOptions);
   // Bindings merged over the test environment: a new object, so configuration is read afresh.
   const gatewayEnv: Env = bindings ? { ...env, ...bindings } : env;
   async function request(path: string, init?: RequestInit): Promise<Response> {
     const ctx = createExecutionContext();
-    const response = await app.request(`http://gw${path}`, init, gatewayEnv, ctx);
+    const response = await app.request(`${origin}${path}`, init, gatewayEnv, ctx);
     // Read the body before awaiting the context: work deferred until a stream ends (download
     // events, usage metering) would otherwise wait for a reader that never comes.
     const chunks: Uint8Array[] = [];
