@@ -11,6 +11,7 @@ import { clearCallerCache } from "../worker/inference/access";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
+import { flushUsage } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
 
 // Real time: the queue and cron entrypoints run on the system clock, as in production.
@@ -284,6 +285,7 @@ describe("usage billing", () => {
       }),
     });
     expect(res.status).toBe(200);
+    await flushUsage();
     const [row] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
     expect(row).toMatchObject({ promptTokens: 2, completionTokens: 3, billingState: "pending" });
     await deliver(b, [row?.id as string]);

@@ -310,6 +310,10 @@ describe("recordUsage", () => {
     return new Proxy(env.DB, {
       get(target, key) {
         if (key === "prepare") return (query: string) => wrap(target.prepare(query));
+        if (key === "batch") {
+          return (statements: D1PreparedStatement[]) =>
+            left-- > 0 ? Promise.reject(new Error("D1_ERROR: Database is overloaded")) : target.batch(statements);
+        }
         const value = Reflect.get(target, key);
         return typeof value === "function" ? value.bind(target) : value;
       },

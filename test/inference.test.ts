@@ -9,6 +9,7 @@ import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
+import { flushUsage } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
 
 const MODEL = "llama-2-7b-chat";
@@ -75,6 +76,7 @@ async function setup(backends: Backend[], options: { timeoutMs?: number; clock?:
 }
 
 async function ledger(gw: ReturnType<typeof testGateway>) {
+  await flushUsage();
   return gw.db.select().from(usageLedger).orderBy(usageLedger.startedAt);
 }
 
@@ -437,6 +439,8 @@ describe("models and usage", () => {
       max_tokens: 4,
     });
     await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "a b" }], max_tokens: 1 });
+    // Usage reaches the ledger in the quota object's next batch, within LEDGER_FLUSH_MS.
+    await flushUsage();
     const res = await gw.request("/v1/usage?from=2026-06-01&to=2026-06-30", {
       headers: { authorization: `Bearer ${(client as unknown as { apiKey: string }).apiKey}` },
     });

@@ -1,6 +1,9 @@
-import { evictDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { createDatabase } from "../worker/db/client";
+import { usageLedger } from "../worker/db/schema";
+import type { SettledUsage } from "../worker/quota/org-quota";
 
 const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
 const NOW = Date.parse("2026-06-15T12:00:10Z");
@@ -89,5 +92,53 @@ describe("OrgQuota", () => {
     expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 640, remainingRequests: 98 });
     await q.settle("open", 10, small, NOW);
     expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 50, remainingTokens: 950 });
+  });
+
+  describe("usage rows", () => {
+    const usage = (id: string, totalTokens: number): SettledUsage => ({
+      id,
+      organizationId: "org_q",
+      grantId: "grt_q",
+      tokenId: "tok_q",
+      model: "llama-2-7b-chat",
+      backend: "https://gpu.example",
+      endpoint: "chat.completions",
+      stream: false,
+      promptTokens: 2,
+      completionTokens: totalTokens - 2,
+      totalTokens,
+      usageReported: true,
+      outcome: "ok",
+      partial: false,
+      status: 200,
+      latencyMs: 3,
+      startedAt: new Date(NOW).toISOString(),
+      createdAt: new Date(NOW).toISOString(),
+    });
+    const ledger = () => createDatabase(env.DB).select().from(usageLedger).orderBy(usageLedger.id);
+
+    it("reach D1 in one batch at the next flush, each once, and survive an eviction before it", async () => {
+      const q = quota();
+      for (const id of ["u1", "u2", "u3"]) {
+        await q.reserve(id, 50, limits, NOW);
+        await q.settle(id, 10, limits, NOW, usage(id, 10));
+      }
+      // A settlement repeated with the same row (a retried call) does not add a second row.
+      await q.settle("u3", 10, limits, NOW, usage("u3", 10));
+      // Evicted before its flush (unless a slow machine let the alarm fire first): the rows were
+      // stored with the counters, so the restarted object still writes them.
+      await evictDurableObject(q);
+      await runDurableObjectAlarm(q);
+      const rows = await ledger();
+      expect(rows.map((r) => [r.id, r.totalTokens, r.billingState])).toEqual([
+        ["u1", 10, "pending"],
+        ["u2", 10, "pending"],
+        ["u3", 10, "pending"],
+      ]);
+      // Flushed rows leave the object: the next flush has nothing to write.
+      await q.settle("late", 5, limits, NOW, usage("u4", 5));
+      await runDurableObjectAlarm(q);
+      expect((await ledger()).map((r) => r.id)).toEqual(["u1", "u2", "u3", "u4"]);
+    });
   });
 });

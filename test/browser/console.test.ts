@@ -335,6 +335,16 @@ describe("reviewer console and applicant pages in Chromium", () => {
     });
     expect(chat.status).toBe(200);
     await chat.json();
+    // The call reaches the ledger with its quota object's next batch, a fraction of a second later.
+    await expect
+      .poll(
+        async () => {
+          const usage = await fetch(`${gateway.baseUrl}/v1/usage`, { headers: auth });
+          return ((await usage.json()) as { data: unknown[] }).data.length;
+        },
+        { timeout: 10_000, interval: 100 },
+      )
+      .toBeGreaterThan(0);
 
     await admin.goto(`${gateway.baseUrl}/admin/usage`);
     await expect(admin.locator("svg[role=img]").count()).resolves.toBe(3);

@@ -8,15 +8,42 @@ export type UsageRecord = Omit<
   "createdAt" | "billedAt" | "billingState" | "billingAttempts" | "billingError"
 >;
 
-/** Attempts at writing a ledger row before it is given up to the error log. */
+/** Attempts at writing a ledger row directly before it is given up to the error log. */
 const WRITE_ATTEMPTS = 4;
 
 /**
- * Appends one request's usage to the ledger and, when billing is on, queues it for Stripe. The row
- * is written first: if the queue send fails, the reconciler finds the row still pending and sends
- * it later, so usage is never lost between the two. A failed write is retried (a row that did land
- * despite the error is recognised by its id); a row that cannot be written at all is logged whole,
- * at error level, so that it can be replayed.
+ * Appends usage rows to the ledger in one D1 batch (a row whose id is already there is left as
+ * it is, so a repeated write changes nothing) and, when billing is on, queues them for Stripe.
+ * The rows are written first: if the queue send fails, the reconciler finds them still pending
+ * and sends them later, so usage is never lost between the two.
+ */
+export async function writeUsageRows(
+  services: Pick<Services, "db" | "log">,
+  rows: readonly (UsageRecord & { createdAt: string })[],
+  billingQueue?: Queue<UsageMessage>,
+): Promise<void> {
+  if (rows.length === 0) return;
+  const [first, ...rest] = rows.map((row) =>
+    services.db.insert(usageLedger).values(row).onConflictDoNothing({ target: usageLedger.id }),
+  );
+  if (first) await services.db.batch([first, ...rest]);
+  if (!billingQueue) return;
+  for (let i = 0; i < rows.length; i += 100) {
+    try {
+      await billingQueue.sendBatch(rows.slice(i, i + 100).map((row) => ({ body: { ledgerId: row.id } })));
+    } catch (error) {
+      services.log.warn("usage rows not queued; the reconciler will send them", {
+        ledgerIds: rows.slice(i, i + 100).map((row) => row.id),
+        error: String(error),
+      });
+    }
+  }
+}
+
+/**
+ * Appends one request's usage straight to the ledger: the path for a row whose quota object
+ * could not take it. A failed write is retried; a row that cannot be written at all is logged
+ * whole, at error level, so that it can be replayed.
  */
 export async function recordUsage(
   services: Pick<Services, "db" | "clock" | "log">,
@@ -27,8 +54,8 @@ export async function recordUsage(
   const row = { ...record, createdAt: services.clock.now().toISOString() };
   for (let attempt = 1; ; attempt++) {
     try {
-      await services.db.insert(usageLedger).values(row).onConflictDoNothing({ target: usageLedger.id });
-      break;
+      await writeUsageRows(services, [row], billingQueue);
+      return;
     } catch (error) {
       if (attempt >= WRITE_ATTEMPTS) {
         services.log.error("usage row not written", { row, error: String(error) });
@@ -36,14 +63,5 @@ export async function recordUsage(
       }
       await new Promise((resolve) => setTimeout(resolve, retryDelayMs * 2 ** (attempt - 1)));
     }
-  }
-  if (!billingQueue) return;
-  try {
-    await billingQueue.send({ ledgerId: record.id });
-  } catch (error) {
-    services.log.warn("usage row not queued; the reconciler will send it", {
-      ledgerId: record.id,
-      error: String(error),
-    });
   }
 }

@@ -253,18 +253,22 @@ export async function proxyCompletion(
     stream,
     startedAt: startedAt.toISOString(),
   };
-  /** Settles the reservation to what was used and writes the ledger row. */
+  /**
+   * Settles the reservation to what was used, handing the quota object the ledger row, which it
+   * stores with the new counters and writes to D1 in its next batch. Should the object be
+   * unreachable, the row goes to D1 directly.
+   */
   const settle = async (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">) => {
     const now = services.clock.now();
+    const row = { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() };
     try {
-      await quota.settle(usageId, record.totalTokens, caller.limits, now.getTime());
-    } finally {
-      const billingQueue = services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined;
-      await recordUsage(
-        services,
-        { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() },
-        billingQueue,
-      );
+      await quota.settle(usageId, record.totalTokens, caller.limits, now.getTime(), {
+        ...row,
+        createdAt: now.toISOString(),
+      });
+    } catch (error) {
+      services.log.warn("quota settlement failed; usage row written directly", { usageId, error: String(error) });
+      await recordUsage(services, row, services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined);
     }
   };
 

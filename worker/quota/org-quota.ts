@@ -1,4 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
+import type { UsageRow } from "../db/schema";
+import { writeUsageRows } from "../inference/ledger";
+import { createServices } from "../services";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
 export interface QuotaLimits {
@@ -43,6 +46,18 @@ interface QuotaCounters {
 
 const COUNTERS_KEY = "state";
 const RESERVATION_PREFIX = "r:";
+/** Usage-ledger rows settled here and not yet written to D1. */
+const USAGE_PREFIX = "u:";
+
+/** How long settled usage rows gather before they go to D1 in one batch. */
+export const LEDGER_FLUSH_MS = 250;
+/** Rows per flush; more wait for the next one, which follows at once. */
+const LEDGER_FLUSH_ROWS = 200;
+/** When D1 refuses a flush, the rows stay here and the flush is tried again after this long. */
+const LEDGER_RETRY_MS = 5_000;
+
+/** A settled request's ledger row, as the proxy fills it in (billing fields take their defaults). */
+export type SettledUsage = Omit<UsageRow, "billedAt" | "billingState" | "billingAttempts" | "billingError">;
 
 /** A reservation nobody settled (the request's isolate died) is released after this long. */
 const RESERVATION_TTL_MS = 15 * 60_000;
@@ -70,6 +85,8 @@ export class OrgQuota extends DurableObject<Env> {
   private reservations = new Map<string, Reservation>();
   /** When open reservations were last checked for expiry. */
   private sweptAt = 0;
+  /** Whether an alarm is set to flush settled usage rows to D1. */
+  private flushArmed = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -85,6 +102,9 @@ export class OrgQuota extends DurableObject<Env> {
       }
       const open = await ctx.storage.list<Reservation>({ prefix: RESERVATION_PREFIX });
       for (const [key, r] of open) this.reservations.set(key.slice(RESERVATION_PREFIX.length), r);
+      // Usage rows left from before a restart go to D1 even if no request comes to flush them.
+      const unwritten = await ctx.storage.list({ prefix: USAGE_PREFIX, limit: 1 });
+      if (unwritten.size > 0 && (await ctx.storage.getAlarm()) === null) await ctx.storage.setAlarm(Date.now());
     });
   }
 
@@ -135,22 +155,16 @@ export class OrgQuota extends DurableObject<Env> {
   }
 
   /**
-   * Writes the counters, and the reservation that changed, through to storage. Not awaited on
-   * purpose: the output gate delays the reply until the write is durable, and awaiting would let
-   * another request interleave between check and update.
+   * Writes the counters, the reservation that changed and a settled usage row through to
+   * storage, in one write. Not awaited on purpose: the output gate delays the reply until the
+   * write is durable, and awaiting would let another request interleave between check and update.
    */
-  private persist(reservation?: { id: string; opened?: Reservation }): void {
-    if (!reservation) {
-      void this.ctx.storage.put(COUNTERS_KEY, this.state);
-    } else if (reservation.opened) {
-      void this.ctx.storage.put({
-        [COUNTERS_KEY]: this.state,
-        [RESERVATION_PREFIX + reservation.id]: reservation.opened,
-      });
-    } else {
-      void this.ctx.storage.put(COUNTERS_KEY, this.state);
-      void this.ctx.storage.delete(RESERVATION_PREFIX + reservation.id);
-    }
+  private persist(reservation?: { id: string; opened?: Reservation }, usage?: SettledUsage): void {
+    const entries: Record<string, unknown> = { [COUNTERS_KEY]: this.state };
+    if (reservation?.opened) entries[RESERVATION_PREFIX + reservation.id] = reservation.opened;
+    if (usage) entries[USAGE_PREFIX + usage.id] = usage;
+    void this.ctx.storage.put(entries);
+    if (reservation && !reservation.opened) void this.ctx.storage.delete(RESERVATION_PREFIX + reservation.id);
   }
 
   /** Admits a request of at most `tokens` tokens, or says which limit refuses it and for how long. */
@@ -183,8 +197,17 @@ export class OrgQuota extends DurableObject<Env> {
   /**
    * Replaces a reservation with the tokens actually used. A request that used more than it
    * reserved (a backend that ignored `max_tokens`) is charged in full: usage is never forgotten.
+   * The request's ledger row, when given, is stored in the same write as the new counters and
+   * goes to D1 with the others settled in the next `LEDGER_FLUSH_MS`: one D1 batch instead of a
+   * write per request, and a row that cannot get lost between settlement and the ledger.
    */
-  async settle(id: string, actualTokens: number, limits: QuotaLimits, now: number): Promise<QuotaSnapshot> {
+  async settle(
+    id: string,
+    actualTokens: number,
+    limits: QuotaLimits,
+    now: number,
+    usage?: SettledUsage,
+  ): Promise<QuotaSnapshot> {
     this.roll(now);
     const r = this.reservations.get(id);
     if (r) {
@@ -197,8 +220,37 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.minuteTokens += actualTokens;
       this.state.monthTokens += actualTokens;
     }
-    this.persist(r ? { id } : undefined);
+    this.persist(r ? { id } : undefined, usage);
+    if (usage) this.armFlush(LEDGER_FLUSH_MS);
     return this.snapshot(limits, now);
+  }
+
+  private armFlush(delayMs: number): void {
+    if (this.flushArmed) return;
+    this.flushArmed = true;
+    void this.ctx.storage.setAlarm(Date.now() + delayMs);
+  }
+
+  /**
+   * Writes settled usage rows to the D1 ledger in one batch (a row already there is kept as it
+   * is) and, when billing is on, queues them for Stripe. Rows leave this object's storage only
+   * after D1 took them; if D1 fails they stay and the flush is tried again.
+   */
+  override async alarm(): Promise<void> {
+    this.flushArmed = false;
+    const pending = await this.ctx.storage.list<SettledUsage>({ prefix: USAGE_PREFIX, limit: LEDGER_FLUSH_ROWS });
+    if (pending.size === 0) return;
+    const services = createServices(this.env, {}, { quota: this.ctx.id.toString() });
+    const rows = [...pending.values()];
+    try {
+      await writeUsageRows(services, rows, services.config.billing.secretKey ? this.env.USAGE_QUEUE : undefined);
+    } catch (error) {
+      services.log.warn("usage rows not written to D1; kept and retried", { rows: rows.length, error: String(error) });
+      this.armFlush(LEDGER_RETRY_MS);
+      return;
+    }
+    await this.ctx.storage.delete([...pending.keys()]);
+    if (pending.size === LEDGER_FLUSH_ROWS) this.armFlush(0);
   }
 
   /** Current standing without changing anything. */
