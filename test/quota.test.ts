@@ -123,8 +123,10 @@ describe("OrgQuota", () => {
         await q.reserve(id, 50, limits, NOW);
         await q.settle(id, 10, limits, NOW, usage(id, 10));
       }
-      // A settlement repeated with the same row (a retried call) does not add a second row.
+      // A settlement repeated with the same row (a retried call) counts and writes nothing twice.
+      const before = await q.peek(limits, NOW);
       await q.settle("u3", 10, limits, NOW, usage("u3", 10));
+      expect((await q.peek(limits, NOW)).monthTokens).toBe(before.monthTokens);
       // Evicted before its flush (unless a slow machine let the alarm fire first): the rows were
       // stored with the counters, so the restarted object still writes them.
       await evictDurableObject(q);

@@ -59,6 +59,9 @@ const LEDGER_RETRY_MS = 5_000;
 /** A settled request's ledger row, as the proxy fills it in (billing fields take their defaults). */
 export type SettledUsage = Omit<UsageRow, "billedAt" | "billingState" | "billingAttempts" | "billingError">;
 
+/** How many settled ids the object remembers to recognise a repeated settlement. */
+const SETTLED_REMEMBERED = 10_000;
+
 /** A reservation nobody settled (the request's isolate died) is released after this long. */
 const RESERVATION_TTL_MS = 15 * 60_000;
 
@@ -87,6 +90,8 @@ export class OrgQuota extends DurableObject<Env> {
   private sweptAt = 0;
   /** Whether an alarm is set to flush settled usage rows to D1. */
   private flushArmed = false;
+  /** Ids settled lately, oldest first, so that a repeated settlement is not counted twice. */
+  private settled = new Set<string>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -209,6 +214,10 @@ export class OrgQuota extends DurableObject<Env> {
     usage?: SettledUsage,
   ): Promise<QuotaSnapshot> {
     this.roll(now);
+    // A settlement delivered twice (a retried call) changes nothing the second time.
+    if (this.settled.has(id)) return this.snapshot(limits, now);
+    this.settled.add(id);
+    if (this.settled.size > SETTLED_REMEMBERED) this.settled.delete(this.settled.values().next().value as string);
     const r = this.reservations.get(id);
     if (r) {
       this.reservations.delete(id);
