@@ -38,6 +38,7 @@ import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
 import { refuseCrossSite } from "../worker/http/middleware";
 import { FAMILIES } from "../worker/policy/families";
+import { effectiveLimits } from "../worker/quota/routes";
 import { daysBetween } from "./chart";
 import type { SignOut } from "./layout";
 import { AuditPage } from "./pages/audit";
@@ -244,13 +245,14 @@ consoleApp.get("/grants/:id", async (c) => {
     .where(and(eq(grants.id, id)));
   if (!row) throw new AppError("not_found", `No grant ${id}.`);
   const organizationId = row.grant.organizationId;
-  const [tokens, downloads, totals, usage, billing, accounts] = await Promise.all([
+  const [tokens, downloads, totals, usage, billing, accounts, limits] = await Promise.all([
     grantTokens(db, id),
     recentGrantDownloads(db, id),
     downloadTotalsByGrant(db, [id]),
     grantTokenUsage(db, id),
     billingStanding(services, organizationId),
     billingAccountsOf(db, [organizationId]),
+    effectiveLimits(services, organizationId),
   ]);
   return c.html(
     <GrantPage
@@ -267,6 +269,7 @@ consoleApp.get("/grants/:id", async (c) => {
       usage={usage}
       billing={billing}
       billingAccount={accounts.get(organizationId)}
+      limits={limits}
     />,
   );
 });

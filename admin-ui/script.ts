@@ -14,6 +14,7 @@ export const CONSOLE_SCRIPT = `"use strict";
       if (!el.name || el.disabled) continue;
       if (el.type === "checkbox") body[el.name] = el.checked;
       else if (el.type === "radio") { if (el.checked) body[el.name] = el.value; }
+      else if (el.type === "number") body[el.name] = el.value === "" ? null : Number(el.value);
       else if (el.tagName !== "BUTTON") body[el.name] = el.value;
     }
     return body;

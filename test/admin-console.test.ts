@@ -420,4 +420,26 @@ describe("billing in the reviewer console", () => {
     expect(list).toContain("Metered Only SA");
     expect(list).not.toContain('data-label="Billing"');
   });
+
+  it("shows an organization's inference limits, and the form to change them only to admins", async () => {
+    const gateway = testGateway();
+    const { grant } = await seedGrant(gateway.services, license, { organizationName: "Limited Co" });
+    const asReviewer = await page(gateway, `/admin/grants/${grant.id}`);
+    expect(asReviewer).toContain("60 requests and 100,000 tokens per minute");
+    expect(asReviewer).toContain("the gateway&#39;s defaults");
+    expect(asReviewer).not.toContain('data-method="PUT"');
+    const admin = await adminToken({ role: "admin", email: "ada@example.com" });
+    const set = await gateway.request(`/admin/api/organizations/${grant.organizationId}/limits`, {
+      method: "PUT",
+      headers: accessHeaders(admin),
+      body: JSON.stringify({ plan: "gold", requestsPerMinute: 7, tokensPerMinute: 700, monthlyTokenBudget: 7000 }),
+    });
+    expect(set.status).toBe(200);
+    const asAdmin = await (
+      await gateway.request(`/admin/grants/${grant.id}`, { headers: { "cf-access-jwt-assertion": admin } })
+    ).text();
+    expect(asAdmin).toMatch(/<form[^>]*id="limits"[^>]*data-method="PUT"/);
+    expect(asAdmin).toContain("Now: plan gold.");
+    expect(asAdmin).toMatch(/name="requestsPerMinute" type="number"[^>]*value="7"/);
+  });
 });

@@ -2,6 +2,7 @@ import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../worker/admin/usage";
 import type { billingStanding } from "../../worker/billing/routes";
 import { type BillingAccount, type BillingStatus, GRANT_STATUSES, type Grant } from "../../worker/db/schema";
+import type { effectiveLimits } from "../../worker/quota/routes";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
@@ -111,6 +112,58 @@ function GrantAction(props: {
   );
 }
 
+const LIMIT_FIELDS = [
+  { name: "requestsPerMinute", label: "Requests per minute", max: 1_000_000 },
+  { name: "tokensPerMinute", label: "Tokens per minute", max: 1_000_000_000 },
+  { name: "monthlyTokenBudget", label: "Tokens per calendar month (UTC)", max: 1_000_000_000_000 },
+] as const;
+
+/** The organization's quota limits; admins may change them (in force within seconds). */
+function InferenceLimits(props: { limits: Awaited<ReturnType<typeof effectiveLimits>>; editable: boolean }) {
+  const { limits } = props;
+  const source = limits.custom ? `plan ${limits.plan}` : "the gateway's defaults";
+  if (!props.editable) {
+    return (
+      <p id="limits">
+        {formatCount(limits.requestsPerMinute)} requests and {formatCount(limits.tokensPerMinute)} tokens per minute,{" "}
+        {formatCount(limits.monthlyTokenBudget)} tokens per month ({source}). Changing them needs the admin role.
+      </p>
+    );
+  }
+  return (
+    <form
+      class="panel"
+      id="limits"
+      data-api={`/admin/api/organizations/${encodeURIComponent(limits.organizationId)}/limits`}
+      data-method="PUT"
+      data-done="reload"
+      data-success="Saved; in force within seconds."
+    >
+      <p class="muted">Now: {source}. Applies to every grant and token of the organization.</p>
+      <div class="form-row">
+        <label for="limits-plan">Plan name</label>
+        <input id="limits-plan" name="plan" required maxlength={64} value={limits.plan} />
+      </div>
+      {LIMIT_FIELDS.map((f) => (
+        <div class="form-row">
+          <label for={`limits-${f.name}`}>{f.label}</label>
+          <input
+            id={`limits-${f.name}`}
+            name={f.name}
+            type="number"
+            required
+            min={1}
+            max={f.max}
+            step={1}
+            value={String(limits[f.name])}
+          />
+        </div>
+      ))}
+      <button type="submit">Save limits</button> <output data-form-status />
+    </form>
+  );
+}
+
 /** The organization's plan, Stripe ids, payment standing and this month's metered usage. */
 function OrganizationBilling(props: {
   standing: Awaited<ReturnType<typeof billingStanding>>;
@@ -162,6 +215,7 @@ export function GrantPage(props: {
   usage: Awaited<ReturnType<typeof grantTokenUsage>>;
   billing: Awaited<ReturnType<typeof billingStanding>>;
   billingAccount: BillingAccount | undefined;
+  limits: Awaited<ReturnType<typeof effectiveLimits>>;
 }) {
   const { grant, admin } = props;
   const approver = holdsRole(admin, "approver");
@@ -292,6 +346,11 @@ export function GrantPage(props: {
       <section aria-labelledby="billing-heading">
         <h2 id="billing-heading">Billing</h2>
         <OrganizationBilling standing={props.billing} account={props.billingAccount} />
+      </section>
+
+      <section aria-labelledby="limits-heading">
+        <h2 id="limits-heading">Inference limits</h2>
+        <InferenceLimits limits={props.limits} editable={isAdmin} />
       </section>
     </ConsolePage>
   );

@@ -315,6 +315,13 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await admin.getByRole("button", { name: "Revoke for good" }).waitFor();
     await admin.getByText("training cluster").waitFor();
     await expectAccessible(admin, "grant page");
+    // An admin configures the organization's inference limits; the page reloads with them.
+    await admin.getByLabel("Plan name").fill("enterprise");
+    await admin.getByLabel("Requests per minute").fill("1200");
+    await admin.getByRole("button", { name: "Save limits" }).click();
+    await admin.waitForURL(/\/admin\/grants\//);
+    await expect.poll(() => admin.getByLabel("Requests per minute").inputValue()).toBe("1200");
+    await expect(admin.locator("#limits").textContent()).resolves.toContain("plan enterprise");
 
     // Use the demo token npm start mints, so the usage charts have a download and a call to show.
     const { demoToken } = JSON.parse(readFileSync(join(gateway.dir, "demo.json"), "utf8")) as {

@@ -6,6 +6,7 @@ import { organizationLimits, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
+import type { Services } from "../services";
 
 const LimitsSchema = z
   .strictObject({
@@ -51,6 +52,26 @@ const putLimits = createRoute({
   },
 });
 
+/** The limits an organization's inference runs under: its own row, or the deployment's defaults. */
+export async function effectiveLimits(
+  services: Pick<Services, "db" | "config">,
+  organizationId: string,
+): Promise<z.infer<typeof LimitsAnswer>> {
+  const [own] = await services.db
+    .select()
+    .from(organizationLimits)
+    .where(eq(organizationLimits.organizationId, organizationId));
+  const limits = own ?? { plan: "default", ...services.config.inference.defaultLimits };
+  return {
+    organizationId,
+    custom: own !== undefined,
+    plan: limits.plan,
+    requestsPerMinute: limits.requestsPerMinute,
+    tokensPerMinute: limits.tokensPerMinute,
+    monthlyTokenBudget: limits.monthlyTokenBudget,
+  };
+}
+
 export const quotaRoutes = newRouter();
 quotaRoutes.openAPIRegistry.register("OrganizationLimits", LimitsSchema);
 
@@ -63,19 +84,7 @@ quotaRoutes
       .from(organizations)
       .where(eq(organizations.id, id));
     if (!org) throw new AppError("not_found", "No such organization.");
-    const [own] = await services.db.select().from(organizationLimits).where(eq(organizationLimits.organizationId, id));
-    const limits = own ?? { plan: "default", ...services.config.inference.defaultLimits };
-    return c.json(
-      {
-        organizationId: id,
-        custom: own !== undefined,
-        plan: limits.plan,
-        requestsPerMinute: limits.requestsPerMinute,
-        tokensPerMinute: limits.tokensPerMinute,
-        monthlyTokenBudget: limits.monthlyTokenBudget,
-      },
-      200,
-    );
+    return c.json(await effectiveLimits(services, id), 200);
   })
   .openapi(putLimits, async (c) => {
     const services = c.get("services");
