@@ -9,7 +9,7 @@ import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
 import { bearerToken, checkAccessToken } from "../tokens/service";
 import { paymentStanding } from "./accounts";
-import { MAX_RESEND, outboxStates, resendDeadLetters } from "./outbox";
+import { MAX_RESEND, MAX_RESEND_IDS, outboxStates, resendDeadLetters } from "./outbox";
 import { handleBillingEvent, verifyWebhook } from "./webhooks";
 
 const BillingSchema = z
@@ -119,9 +119,11 @@ const ResendRequest = z
     ids: z
       .array(z.string().min(1).max(64))
       .min(1)
-      .max(MAX_RESEND)
+      .max(MAX_RESEND_IDS)
       .optional()
-      .openapi({ description: "Ledger row ids; without it, every dead-lettered row (oldest first, up to 500)." }),
+      .openapi({
+        description: `Ledger row ids (at most ${MAX_RESEND_IDS}); without it, every dead-lettered row, oldest first, up to ${MAX_RESEND} per call.`,
+      }),
   })
   .openapi("ResendDeadLetters");
 
