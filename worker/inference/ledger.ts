@@ -1,3 +1,4 @@
+import { getTableColumns } from "drizzle-orm";
 import type { UsageMessage } from "../billing/queue";
 import { type UsageRow, usageLedger } from "../db/schema";
 import type { Services } from "../services";
@@ -7,6 +8,11 @@ export type UsageRecord = Omit<
   UsageRow,
   "createdAt" | "billedAt" | "billingState" | "billingAttempts" | "billingError"
 >;
+
+/** D1 binds at most this many parameters in one statement. */
+const D1_MAX_PARAMETERS = 100;
+/** Parameters one ledger row can bind: one per column at most. */
+const LEDGER_COLUMNS = Object.keys(getTableColumns(usageLedger)).length;
 
 /** Attempts at writing a ledger row directly before it is given up to the error log. */
 const WRITE_ATTEMPTS = 4;
@@ -23,9 +29,18 @@ export async function writeUsageRows(
   billingQueue?: Queue<UsageMessage>,
 ): Promise<void> {
   if (rows.length === 0) return;
-  const [first, ...rest] = rows.map((row) =>
-    services.db.insert(usageLedger).values(row).onConflictDoNothing({ target: usageLedger.id }),
-  );
+  // Several rows per statement, within D1's 100 bound parameters per statement.
+  const perStatement = Math.max(1, Math.floor(D1_MAX_PARAMETERS / LEDGER_COLUMNS));
+  const statements = [];
+  for (let i = 0; i < rows.length; i += perStatement) {
+    statements.push(
+      services.db
+        .insert(usageLedger)
+        .values(rows.slice(i, i + perStatement))
+        .onConflictDoNothing({ target: usageLedger.id }),
+    );
+  }
+  const [first, ...rest] = statements;
   if (first) await services.db.batch([first, ...rest]);
   if (!billingQueue) return;
   for (let i = 0; i < rows.length; i += 100) {
