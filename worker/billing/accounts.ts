@@ -1,6 +1,7 @@
 import { and, asc, eq, inArray, ne } from "drizzle-orm";
 import type Stripe from "stripe";
 import type { Database } from "../db/client";
+import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { type BillingAccount, billingAccounts, grants, organizationLimits, organizations } from "../db/schema";
 import type { Services } from "../services";
 
@@ -102,11 +103,8 @@ export async function billingAccountsOf(
   organizationIds: readonly string[],
 ): Promise<Map<string, BillingAccount>> {
   const accounts = new Map<string, BillingAccount>();
-  for (let i = 0; i < organizationIds.length; i += 90) {
-    const batch = await db
-      .select()
-      .from(billingAccounts)
-      .where(inArray(billingAccounts.organizationId, organizationIds.slice(i, i + 90)));
+  for (const ids of chunked(organizationIds, D1_IDS_PER_STATEMENT)) {
+    const batch = await db.select().from(billingAccounts).where(inArray(billingAccounts.organizationId, ids));
     for (const account of batch) accounts.set(account.organizationId, account);
   }
   return accounts;

@@ -1,5 +1,6 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
 import type Stripe from "stripe";
+import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { type UsageRow, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { ensureBillingAccount } from "./accounts";
@@ -35,13 +36,8 @@ export async function billLedgerRows(
 ): Promise<Map<string, BillingOutcome>> {
   const outcomes = new Map<string, BillingOutcome>();
   const rows: UsageRow[] = [];
-  for (let i = 0; i < rowIds.length; i += 90) {
-    rows.push(
-      ...(await services.db
-        .select()
-        .from(usageLedger)
-        .where(inArray(usageLedger.id, rowIds.slice(i, i + 90)))),
-    );
+  for (const ids of chunked(rowIds, D1_IDS_PER_STATEMENT)) {
+    rows.push(...(await services.db.select().from(usageLedger).where(inArray(usageLedger.id, ids))));
   }
   for (const id of rowIds) outcomes.set(id, "not_pending");
   const customers = new Map<string, string | undefined>();

@@ -6,9 +6,10 @@
 import { and, asc, count, desc, eq, gt, inArray, min, or } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
+import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { organizations, usageLedger } from "../db/schema";
 import type { Services } from "../services";
-import type { UsageMessage } from "./queue";
+import { queueLedgerRows, type UsageMessage } from "./queue";
 
 /** Ledger rows per billing state, with when the oldest of them was written. */
 export async function outboxStates(db: Database) {
@@ -91,17 +92,13 @@ export async function resendDeadLetters(
       .limit(MAX_RESEND);
     const rowIds = dead.map((r) => r.id);
     if (rowIds.length === 0) return { statements: [], events: [], result: rowIds };
-    const statements = [];
-    for (let i = 0; i < rowIds.length; i += 90) {
-      statements.push(
+    return {
+      statements: chunked(rowIds, D1_IDS_PER_STATEMENT).map((ids) =>
         services.db
           .update(usageLedger)
           .set({ billingState: "pending", billingAttempts: 0, billingError: null })
-          .where(and(eq(usageLedger.billingState, "dead"), inArray(usageLedger.id, rowIds.slice(i, i + 90)))),
-      );
-    }
-    return {
-      statements,
+          .where(and(eq(usageLedger.billingState, "dead"), inArray(usageLedger.id, ids))),
+      ),
       events: [
         {
           actor,
@@ -114,12 +111,8 @@ export async function resendDeadLetters(
       result: rowIds,
     };
   });
-  for (let i = 0; i < moved.length; i += 100) {
-    try {
-      await queue.sendBatch(moved.slice(i, i + 100).map((ledgerId) => ({ body: { ledgerId } })));
-    } catch (error) {
-      services.log.warn("resent rows not queued; the reconciler will send them", { error: String(error) });
-    }
-  }
+  await queueLedgerRows(queue, moved, (_ids, error) =>
+    services.log.warn("resent rows not queued; the reconciler will send them", { error: String(error) }),
+  );
   return moved;
 }

@@ -1,4 +1,5 @@
 import { inArray } from "drizzle-orm";
+import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { billLedgerRows } from "./meter";
@@ -11,6 +12,29 @@ export interface UsageMessage {
 
 export const USAGE_QUEUE_NAME = "modelgate-usage";
 export const USAGE_DLQ_NAME = "modelgate-usage-dlq";
+
+/** Messages in one `sendBatch`, the Queues limit. */
+const MESSAGES_PER_SEND = 100;
+
+/**
+ * Puts ledger rows on the usage queue, in batches of what one send may carry. A batch that fails
+ * goes to `onFailure` when given (its rows stay pending, and the reconciler queues them within
+ * minutes), and otherwise fails the call.
+ */
+export async function queueLedgerRows(
+  queue: Queue<UsageMessage>,
+  ledgerIds: readonly string[],
+  onFailure?: (ledgerIds: string[], error: unknown) => void,
+): Promise<void> {
+  for (const ids of chunked(ledgerIds, MESSAGES_PER_SEND)) {
+    try {
+      await queue.sendBatch(ids.map((ledgerId) => ({ body: { ledgerId } })));
+    } catch (error) {
+      if (!onFailure) throw error;
+      onFailure(ids, error);
+    }
+  }
+}
 
 /** Seconds before a failed message comes back: 10 s, 20 s, 40 s … at most 10 minutes. */
 export function retryDelaySeconds(attempts: number): number {
@@ -41,11 +65,8 @@ export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, servi
 /** Consumes the dead-letter queue: the rows are marked `dead` for operators, never dropped. */
 export async function consumeDeadLetters(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
   const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
-  for (let i = 0; i < ids.length; i += 90) {
-    await services.db
-      .update(usageLedger)
-      .set({ billingState: "dead" })
-      .where(inArray(usageLedger.id, ids.slice(i, i + 90)));
+  for (const chunk of chunked(ids, D1_IDS_PER_STATEMENT)) {
+    await services.db.update(usageLedger).set({ billingState: "dead" }).where(inArray(usageLedger.id, chunk));
   }
   services.log.error("usage rows dead-lettered", { count: ids.length });
   batch.ackAll();

@@ -3,7 +3,7 @@ import { billingAccounts, grants, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { ensureBillingAccount } from "./accounts";
 import { MAX_EVENT_AGE_MS } from "./meter";
-import type { UsageMessage } from "./queue";
+import { queueLedgerRows, type UsageMessage } from "./queue";
 import { stripeClient } from "./stripe";
 
 /** Rows unsent this long after they were written are sent again. */
@@ -55,9 +55,10 @@ export async function reconcileBilling(
     )
     .orderBy(asc(usageLedger.createdAt))
     .limit(limit);
-  for (let i = 0; i < stuck.length; i += 100) {
-    await queue.sendBatch(stuck.slice(i, i + 100).map((row) => ({ body: { ledgerId: row.id } })));
-  }
+  await queueLedgerRows(
+    queue,
+    stuck.map((row) => row.id),
+  );
   report.requeued = stuck.length;
 
   const unprovisioned = await services.db

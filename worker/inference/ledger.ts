@@ -1,5 +1,6 @@
 import { getTableColumns } from "drizzle-orm";
-import type { UsageMessage } from "../billing/queue";
+import { queueLedgerRows, type UsageMessage } from "../billing/queue";
+import { chunked, D1_MAX_PARAMETERS } from "../db/limits";
 import { type UsageRow, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 
@@ -9,8 +10,6 @@ export type UsageRecord = Omit<
   "createdAt" | "billedAt" | "billingState" | "billingAttempts" | "billingError"
 >;
 
-/** D1 binds at most this many parameters in one statement. */
-const D1_MAX_PARAMETERS = 100;
 /** Parameters one ledger row can bind: one per column at most. */
 const LEDGER_COLUMNS = Object.keys(getTableColumns(usageLedger)).length;
 
@@ -31,28 +30,17 @@ export async function writeUsageRows(
   if (rows.length === 0) return;
   // Several rows per statement, within D1's 100 bound parameters per statement.
   const perStatement = Math.max(1, Math.floor(D1_MAX_PARAMETERS / LEDGER_COLUMNS));
-  const statements = [];
-  for (let i = 0; i < rows.length; i += perStatement) {
-    statements.push(
-      services.db
-        .insert(usageLedger)
-        .values(rows.slice(i, i + perStatement))
-        .onConflictDoNothing({ target: usageLedger.id }),
-    );
-  }
-  const [first, ...rest] = statements;
+  const [first, ...rest] = chunked(rows, perStatement).map((chunk) =>
+    services.db.insert(usageLedger).values(chunk).onConflictDoNothing({ target: usageLedger.id }),
+  );
   if (first) await services.db.batch([first, ...rest]);
   if (!billingQueue) return;
-  for (let i = 0; i < rows.length; i += 100) {
-    try {
-      await billingQueue.sendBatch(rows.slice(i, i + 100).map((row) => ({ body: { ledgerId: row.id } })));
-    } catch (error) {
-      services.log.warn("usage rows not queued; the reconciler will send them", {
-        ledgerIds: rows.slice(i, i + 100).map((row) => row.id),
-        error: String(error),
-      });
-    }
-  }
+  await queueLedgerRows(
+    billingQueue,
+    rows.map((row) => row.id),
+    (ledgerIds, error) =>
+      services.log.warn("usage rows not queued; the reconciler will send them", { ledgerIds, error: String(error) }),
+  );
 }
 
 /**
