@@ -38,7 +38,7 @@ import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
 import { refuseCrossSite } from "../worker/http/middleware";
 import { FAMILIES } from "../worker/policy/families";
-import { effectiveLimits } from "../worker/quota/routes";
+import { effectiveLimits } from "../worker/quota/limits";
 import { daysBetween } from "./chart";
 import type { SignOut } from "./layout";
 import { AuditPage } from "./pages/audit";

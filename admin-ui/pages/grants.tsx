@@ -2,7 +2,7 @@ import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../worker/admin/usage";
 import type { billingStanding } from "../../worker/billing/routes";
 import { type BillingAccount, type BillingStatus, GRANT_STATUSES, type Grant } from "../../worker/db/schema";
-import type { effectiveLimits } from "../../worker/quota/routes";
+import type { EffectiveLimits } from "../../worker/quota/limits";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
@@ -119,7 +119,7 @@ const LIMIT_FIELDS = [
 ] as const;
 
 /** The organization's quota limits; admins may change them (in force within seconds). */
-function InferenceLimits(props: { limits: Awaited<ReturnType<typeof effectiveLimits>>; editable: boolean }) {
+function InferenceLimits(props: { limits: EffectiveLimits; editable: boolean }) {
   const { limits } = props;
   const source = limits.custom ? `plan ${limits.plan}` : "the gateway's defaults";
   if (!props.editable) {
@@ -215,7 +215,7 @@ export function GrantPage(props: {
   usage: Awaited<ReturnType<typeof grantTokenUsage>>;
   billing: Awaited<ReturnType<typeof billingStanding>>;
   billingAccount: BillingAccount | undefined;
-  limits: Awaited<ReturnType<typeof effectiveLimits>>;
+  limits: EffectiveLimits;
 }) {
   const { grant, admin } = props;
   const approver = holdsRole(admin, "approver");

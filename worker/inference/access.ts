@@ -1,8 +1,9 @@
 import { eq } from "drizzle-orm";
 import { suspendedSince } from "../billing/accounts";
-import { billingAccounts, organizationLimits } from "../db/schema";
+import { billingAccounts } from "../db/schema";
 import { AppError } from "../errors";
 import { sha256Hex } from "../platform/hash";
+import { effectiveLimits } from "../quota/limits";
 import type { QuotaLimits } from "../quota/org-quota";
 import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
@@ -49,17 +50,11 @@ export async function authenticateInference(services: Services, bearer: string |
     cache.delete(key);
     throw tokenProblem(check.refusal, "inference");
   }
-  const [own] = await services.db
-    .select()
-    .from(organizationLimits)
-    .where(eq(organizationLimits.organizationId, check.principal.organizationId));
-  const limits: QuotaLimits = own
-    ? {
-        requestsPerMinute: own.requestsPerMinute,
-        tokensPerMinute: own.tokensPerMinute,
-        monthlyTokenBudget: own.monthlyTokenBudget,
-      }
-    : services.config.inference.defaultLimits;
+  const { requestsPerMinute, tokensPerMinute, monthlyTokenBudget } = await effectiveLimits(
+    services,
+    check.principal.organizationId,
+  );
+  const limits: QuotaLimits = { requestsPerMinute, tokensPerMinute, monthlyTokenBudget };
   let suspendedFrom: number | undefined;
   if (services.config.billing.secretKey) {
     const [account] = await services.db

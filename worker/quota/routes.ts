@@ -6,7 +6,7 @@ import { organizationLimits, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import type { Services } from "../services";
+import { effectiveLimits } from "./limits";
 
 const LimitsSchema = z
   .strictObject({
@@ -51,26 +51,6 @@ const putLimits = createRoute({
     ...problemResponses(400, 401, 403, 404, 415),
   },
 });
-
-/** The limits an organization's inference runs under: its own row, or the deployment's defaults. */
-export async function effectiveLimits(
-  services: Pick<Services, "db" | "config">,
-  organizationId: string,
-): Promise<z.infer<typeof LimitsAnswer>> {
-  const [own] = await services.db
-    .select()
-    .from(organizationLimits)
-    .where(eq(organizationLimits.organizationId, organizationId));
-  const limits = own ?? { plan: "default", ...services.config.inference.defaultLimits };
-  return {
-    organizationId,
-    custom: own !== undefined,
-    plan: limits.plan,
-    requestsPerMinute: limits.requestsPerMinute,
-    tokensPerMinute: limits.tokensPerMinute,
-    monthlyTokenBudget: limits.monthlyTokenBudget,
-  };
-}
 
 export const quotaRoutes = newRouter();
 quotaRoutes.openAPIRegistry.register("OrganizationLimits", LimitsSchema);
