@@ -245,15 +245,16 @@ consoleApp.get("/grants/:id", async (c) => {
     .where(and(eq(grants.id, id)));
   if (!row) throw new AppError("not_found", `No grant ${id}.`);
   const organizationId = row.grant.organizationId;
-  const [tokens, downloads, totals, usage, billing, accounts, limits] = await Promise.all([
+  const [tokens, downloads, totals, usage, accounts, limits] = await Promise.all([
     grantTokens(db, id),
     recentGrantDownloads(db, id),
     downloadTotalsByGrant(db, [id]),
     grantTokenUsage(db, id),
-    billingStanding(services, organizationId),
     billingAccountsOf(db, [organizationId]),
     effectiveLimits(services, organizationId),
   ]);
+  const account = accounts.get(organizationId);
+  const billing = await billingStanding(services, organizationId, account ?? null);
   return c.html(
     <GrantPage
       admin={reviewer(c)}
@@ -268,7 +269,7 @@ consoleApp.get("/grants/:id", async (c) => {
       downloads={downloads}
       usage={usage}
       billing={billing}
-      billingAccount={accounts.get(organizationId)}
+      billingAccount={account}
       limits={limits}
     />,
   );

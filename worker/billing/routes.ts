@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, count, eq, gte, sql } from "drizzle-orm";
 import { currentAdmin, requireRole } from "../admin/access";
-import { billingAccounts, organizations, usageLedger } from "../db/schema";
+import { type BillingAccount, billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";
 import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
@@ -33,13 +33,18 @@ const BillingSchema = z
   .openapi("Billing");
 
 /** An organization's billing standing and its usage in the current calendar month. */
-export async function billingStanding(services: Pick<Services, "db" | "clock" | "config">, organizationId: string) {
+export async function billingStanding(
+  services: Pick<Services, "db" | "clock" | "config">,
+  organizationId: string,
+  /** The organization's account when the caller has read it already (`null`: it has none). */
+  known?: BillingAccount | null,
+) {
   const now = services.clock.now();
   const from = `${now.toISOString().slice(0, 7)}-01T00:00:00.000Z`;
-  const [account] = await services.db
-    .select()
-    .from(billingAccounts)
-    .where(eq(billingAccounts.organizationId, organizationId));
+  const account =
+    known !== undefined
+      ? known
+      : (await services.db.select().from(billingAccounts).where(eq(billingAccounts.organizationId, organizationId)))[0];
   const [usage] = await services.db
     .select({
       requests: count(),
