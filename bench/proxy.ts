@@ -26,6 +26,10 @@ import {
   unavailableTarget,
 } from "./targets";
 
+/** The peers besides the simulator itself, which is always measured. */
+const PEERS = ["noop", "modelgate", "portkey"] as const;
+type Peer = (typeof PEERS)[number];
+
 /** The issue's targets. */
 const GOALS = { vsNoopThroughput: 0.7, vsPortkeyThroughput: 2, addedP50Ms: 0.5 };
 
@@ -45,7 +49,8 @@ interface LoadRow {
 function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
-    "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n",
+    "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
+      "                              [--targets noop,modelgate,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n",
   );
   process.exit(2);
 }
@@ -57,7 +62,16 @@ function positive(flag: string, text: string): number {
 }
 
 function options() {
-  let values: { duration: string; warmup: string; connections: string; samples: string; help?: boolean };
+  let values: {
+    duration: string;
+    warmup: string;
+    connections: string;
+    samples: string;
+    targets: string;
+    answers: string;
+    "no-sequential"?: boolean;
+    help?: boolean;
+  };
   try {
     ({ values } = parseArgs({
       options: {
@@ -65,6 +79,9 @@ function options() {
         warmup: { type: "string", default: "2" },
         connections: { type: "string", default: "1,32" },
         samples: { type: "string", default: "500" },
+        targets: { type: "string", default: PEERS.join(",") },
+        answers: { type: "string", default: "plain,streamed" },
+        "no-sequential": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     }) as { values: typeof values });
@@ -77,6 +94,13 @@ function options() {
     warmup: Number(values.warmup) >= 0 ? Number(values.warmup) : usage("--warmup must be 0 or more"),
     connections: values.connections.split(",").map((c) => Math.round(positive("--connections", c))),
     samples: Math.round(positive("--samples", values.samples)),
+    targets: new Set(
+      values.targets.split(",").map((t) => (PEERS.includes(t as Peer) ? (t as Peer) : usage(`unknown target "${t}"`))),
+    ),
+    streams: values.answers
+      .split(",")
+      .map((a) => (a === "plain" ? false : a === "streamed" ? true : usage(`--answers takes plain and/or streamed`))),
+    sequential: !values["no-sequential"],
   };
 }
 
@@ -158,14 +182,18 @@ async function main(): Promise<void> {
   });
   try {
     console.log(`backend simulator at ${sim.url}`);
-    targets.push(await start("no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
-    targets.push(await start("modelgate (Miniflare)", () => gatewayTarget(sim.url)));
-    targets.push(await start("Portkey gateway (Node)", () => portkeyTarget(sim.url)));
+    const peer = (id: Peer, name: string, starter: () => Promise<Target>) =>
+      opts.targets.has(id)
+        ? start(name, starter)
+        : Promise.resolve(unavailableTarget(name, "not selected (--targets)"));
+    targets.push(await peer("noop", "no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
+    targets.push(await peer("modelgate", "modelgate (Miniflare)", () => gatewayTarget(sim.url)));
+    targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
     const [direct, noop, gateway, portkey] = targets as [Target, Target, Target, Target];
     const running = targets.filter((t) => !t.unavailable);
 
     const rows: LoadRow[] = [];
-    for (const stream of [false, true]) {
+    for (const stream of opts.streams) {
       for (const connections of opts.connections) {
         for (const target of running) {
           process.stdout.write(`${target.name}: ${stream ? "streamed" : "plain"}, ${connections} connection(s)… `);
@@ -178,7 +206,7 @@ async function main(): Promise<void> {
     }
 
     const sequential = new Map<string, { plain: SequentialResult; stream: SequentialResult }>();
-    for (const target of running) {
+    for (const target of opts.sequential ? running : []) {
       process.stdout.write(`${target.name}: sequential timing… `);
       const durationMs = opts.duration * 1000;
       const plain = await runSequential(() => target.chat({ stream: false }), {
@@ -245,46 +273,48 @@ async function main(): Promise<void> {
       ),
     );
 
-    console.log(
-      `\n## One request at a time (sequential client, µs clock; streams paced at ${PACED_TOKEN_MS} ms per token)\n`,
-    );
-    const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
-    const directTtft = percentile(sequential.get(direct.name)?.stream.ttfts ?? [], 50);
-    console.log(
-      table(
-        [
-          "target",
-          "plain p50 ms",
-          "plain p99 ms",
-          "p50 over no-op",
-          "TTFT p50 ms",
-          "TTFT over direct",
-          "chunks intact",
-          "streamed live",
-          "failed",
-        ],
-        running.map((t) => {
-          const s = sequential.get(t.name) as { plain: SequentialResult; stream: SequentialResult };
-          const p50 = percentile(s.plain.latencies, 50);
-          const ttft = percentile(s.stream.ttfts, 50);
-          return [
-            t.name,
-            fmt(p50, 3),
-            fmt(percentile(s.plain.latencies, 99), 3),
-            t === direct || t === noop ? "" : `${fmt(p50 - noopP50, 3)} ms`,
-            fmt(ttft, 3),
-            t === direct ? "" : `${fmt(ttft - directTtft, 3)} ms`,
-            `${s.stream.streamsIntact}/${s.stream.requests}`,
-            `${s.stream.streamsIncremental}/${s.stream.requests}`,
-            `${s.plain.failures + s.stream.failures}`,
-          ];
-        }),
-      ),
-    );
-    for (const t of running) {
-      const s = sequential.get(t.name);
-      const problem = s?.stream.firstProblem ?? s?.plain.firstProblem;
-      if (problem) console.log(`${t.name}: first problem seen: ${problem}`);
+    if (opts.sequential) {
+      console.log(
+        `\n## One request at a time (sequential client, µs clock; streams paced at ${PACED_TOKEN_MS} ms per token)\n`,
+      );
+      const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
+      const directTtft = percentile(sequential.get(direct.name)?.stream.ttfts ?? [], 50);
+      console.log(
+        table(
+          [
+            "target",
+            "plain p50 ms",
+            "plain p99 ms",
+            "p50 over no-op",
+            "TTFT p50 ms",
+            "TTFT over direct",
+            "chunks intact",
+            "streamed live",
+            "failed",
+          ],
+          running.map((t) => {
+            const s = sequential.get(t.name) as { plain: SequentialResult; stream: SequentialResult };
+            const p50 = percentile(s.plain.latencies, 50);
+            const ttft = percentile(s.stream.ttfts, 50);
+            return [
+              t.name,
+              fmt(p50, 3),
+              fmt(percentile(s.plain.latencies, 99), 3),
+              t === direct || t === noop ? "" : `${fmt(p50 - noopP50, 3)} ms`,
+              fmt(ttft, 3),
+              t === direct ? "" : `${fmt(ttft - directTtft, 3)} ms`,
+              `${s.stream.streamsIntact}/${s.stream.requests}`,
+              `${s.stream.streamsIncremental}/${s.stream.requests}`,
+              `${s.plain.failures + s.stream.failures}`,
+            ];
+          }),
+        ),
+      );
+      for (const t of running) {
+        const s = sequential.get(t.name);
+        const problem = s?.stream.firstProblem ?? s?.plain.firstProblem;
+        if (problem) console.log(`${t.name}: first problem seen: ${problem}`);
+      }
     }
 
     console.log("\n## Against the issue's targets\n");
@@ -302,6 +332,7 @@ async function main(): Promise<void> {
           `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(g !== undefined && n !== undefined ? g >= GOALS.vsNoopThroughput * n : undefined)} (${ratio(g, n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(g !== undefined && p !== undefined ? g >= GOALS.vsPortkeyThroughput * p : undefined)} (${ratio(g, p)})`,
         );
       }
+      const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
       const added = percentile(sequential.get(gateway.name)?.plain.latencies ?? [], 50) - noopP50;
       console.log(
         `1 connection: ≤ ${GOALS.addedP50Ms} ms added to the no-op Worker's p50: ${verdict(Number.isFinite(added) ? added <= GOALS.addedP50Ms : undefined)} (${fmt(added, 3)} ms)`,

@@ -216,7 +216,7 @@ const BENCH_LIMITS = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_00
  * settlement in the Durable Object, metering into D1 — from the bundle `wrangler deploy` would
  * upload, in Miniflare with wrangler.toml's bindings and in-memory state.
  */
-export async function gatewayTarget(simUrl: string): Promise<Target> {
+export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
   const script = await buildGateway(join(ROOT, "bench", ".build"));
   const mf = new Miniflare({
     ...gatewayWorkerOptions(script, {
@@ -228,6 +228,7 @@ export async function gatewayTarget(simUrl: string): Promise<Target> {
       INFERENCE_DEFAULT_LIMITS: JSON.stringify(BENCH_LIMITS),
     }),
     ...workerSocketOptions(),
+    ...extra,
   } as MiniflareOptions);
   try {
     const base = await directOrigin(mf);
