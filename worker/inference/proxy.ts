@@ -4,7 +4,8 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { fieldErrors } from "../http/router";
 import { findModel } from "../policy/families";
-import type { QuotaSnapshot, ReserveResult } from "../quota/org-quota";
+import { type LeaseContext, QuotaLeases } from "../quota/leases";
+import type { QuotaRefusal, QuotaSnapshot } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
@@ -37,6 +38,14 @@ export type Endpoint = "chat" | "completions";
 
 /** Shared, per-isolate backend health. */
 const isolateHealth = new BackendHealth();
+
+/** This isolate's leases of organizations' quota. */
+const isolateLeases = new QuotaLeases();
+
+/** Forgets the leases this isolate holds (tests that change limits behind the gateway's back). */
+export function clearQuotaLeases(): void {
+  isolateLeases.clear();
+}
 
 /** What the proxy depends on beyond the request's services; tests pass their own. */
 export interface ProxyOptions {
@@ -83,7 +92,7 @@ export function rateLimitHeaders(s: QuotaSnapshot): Record<string, string> {
   };
 }
 
-const REFUSALS: Record<Exclude<ReserveResult, { ok: true }>["refusal"], [string, string]> = {
+const REFUSALS: Record<QuotaRefusal, [string, string]> = {
   requests_per_minute: ["Rate limit reached for requests per minute.", "rate_limit_exceeded"],
   tokens_per_minute: ["Rate limit reached for tokens per minute.", "rate_limit_exceeded"],
   monthly_budget: ["Your organization's monthly token budget is used up.", "insufficient_quota"],
@@ -99,8 +108,9 @@ async function readJson(c: Context<HonoEnv>): Promise<unknown> {
   const declared = Number(c.req.header("content-length") ?? "0");
   if (declared > MAX_REQUEST_BYTES)
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
-  const text = await c.req.text();
-  if (new TextEncoder().encode(text).byteLength > MAX_REQUEST_BYTES) {
+  const text = await c.req.raw.text();
+  // A UTF-8 character is at most three bytes per UTF-16 unit: most bodies need no encoding to tell.
+  if (text.length * 3 > MAX_REQUEST_BYTES && new TextEncoder().encode(text).byteLength > MAX_REQUEST_BYTES) {
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
   }
   try {
@@ -226,8 +236,24 @@ export async function proxyCompletion(
   const promptEstimate = estimatePromptTokens(request);
   const reserveTokens = promptEstimate + maxTokens * (request.n ?? 1);
   const usageId = services.ids.id("use");
-  const quota = quotaStub(c.env, caller.principal.organizationId);
-  const reservation = await quota.reserve(usageId, reserveTokens, caller.limits, startedAt.getTime());
+  const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
+  const organizationId = caller.principal.organizationId;
+  const billingQueue = services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined;
+  const quota: LeaseContext = {
+    stub: quotaStub(c.env, organizationId),
+    limits: caller.limits,
+    now: () => services.clock.now().getTime(),
+    newId: () => services.ids.id("lse"),
+    waitUntil,
+    fallback: (rows, error) => {
+      services.log.warn("quota object unreachable; usage rows written directly", {
+        rows: rows.length,
+        error: String(error),
+      });
+      return recordUsage(services, rows, billingQueue);
+    },
+  };
+  const reservation = await isolateLeases.admit(organizationId, reserveTokens, quota);
   if (!reservation.ok) {
     const [message, openaiCode] = REFUSALS[reservation.refusal];
     throw new AppError("rate_limited", message, {
@@ -242,7 +268,6 @@ export async function proxyCompletion(
   if (request.max_tokens == null && request.max_completion_tokens == null) forward.max_tokens = maxTokens;
   if (stream) forward.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
 
-  const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
   const ledgerBase = {
     id: usageId,
     organizationId: caller.principal.organizationId,
@@ -254,22 +279,19 @@ export async function proxyCompletion(
     startedAt: startedAt.toISOString(),
   };
   /**
-   * Settles the reservation to what was used, handing the quota object the ledger row, which it
-   * stores with the new counters and writes to D1 in its next batch. Should the object be
-   * unreachable, the row goes to D1 directly.
+   * Settles the reservation to what was used. The ledger row goes with the settlement to the
+   * quota object, in this isolate's next batch; the object stores it with the new counters and
+   * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly).
    */
-  const settle = async (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">) => {
+  const settle = (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">): Promise<void> => {
     const now = services.clock.now();
-    const row = { ...ledgerBase, ...record, latencyMs: now.getTime() - startedAt.getTime() };
-    try {
-      await quota.settle(usageId, record.totalTokens, caller.limits, now.getTime(), {
-        ...row,
-        createdAt: now.toISOString(),
-      });
-    } catch (error) {
-      services.log.warn("quota settlement failed; usage row written directly", { usageId, error: String(error) });
-      await recordUsage(services, row, services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined);
-    }
+    const row = {
+      ...ledgerBase,
+      ...record,
+      latencyMs: now.getTime() - startedAt.getTime(),
+      createdAt: now.toISOString(),
+    };
+    return isolateLeases.settle(organizationId, reservation, row, quota);
   };
 
   // Backends differ only in the model name they serve; most pools serve one name.

@@ -28,11 +28,53 @@ export type ReserveResult =
   | { ok: true; snapshot: QuotaSnapshot }
   | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
 
+/**
+ * Capacity held out of the counters: one request's worst case, or a lease of several requests'
+ * worth that an isolate admits from on its own. What is still held counts against the limits
+ * until it is settled or returned.
+ */
 interface Reservation {
   tokens: number;
+  /** Request slots still held (absent in objects written before leases: one). */
+  requests?: number;
   minute: number;
   month: string;
   at: number;
+}
+
+/** What an isolate asks a lease for: up to `requests` requests and `tokens` tokens, at least `need` tokens. */
+export interface LeaseAsk {
+  requests: number;
+  tokens: number;
+  /** The first request's worst case: a lease smaller than this is refused. */
+  need: number;
+}
+
+export type LeaseResult =
+  | { ok: true; requests: number; tokens: number; snapshot: QuotaSnapshot }
+  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
+
+/** One finished request: its worst case, held in `lease`, is replaced by the tokens it used. */
+export interface Settlement {
+  /** The request's id (its ledger row's id): a settlement is counted once. */
+  id: string;
+  lease: string;
+  reserved: number;
+  actual: number;
+}
+
+/** Capacity of a lease its isolate did not use and gives back. */
+export interface LeaseReturn {
+  lease: string;
+  requests: number;
+  tokens: number;
+}
+
+/** What an isolate sends after requests finished: settlements, returned capacity and ledger rows. */
+export interface QuotaCommit {
+  settlements?: Settlement[];
+  returns?: LeaseReturn[];
+  rows?: SettledUsage[];
 }
 
 /** The counters, stored under one small key; reservations each have their own key. */
@@ -61,6 +103,9 @@ export type SettledUsage = Omit<UsageRow, "billedAt" | "billingState" | "billing
 
 /** How many settled ids the object remembers to recognise a repeated settlement. */
 const SETTLED_REMEMBERED = 10_000;
+
+/** No lease holds more than this share of a per-minute limit, so that isolates can share an organization. */
+export const LEASE_SHARE = 8;
 
 /** A reservation nobody settled (the request's isolate died) is released after this long. */
 const RESERVATION_TTL_MS = 15 * 60_000;
@@ -114,8 +159,9 @@ export class OrgQuota extends DurableObject<Env> {
   }
 
   private roll(now: number): void {
+    // Clocks of different isolates disagree a little: a late call never takes a window back.
     const minute = Math.floor(now / 60_000);
-    if (minute !== this.state.minute) {
+    if (minute > this.state.minute) {
       this.state.minute = minute;
       this.state.minuteRequests = 0;
       // Reservations still open keep their tokens in the window that admitted them; the new window
@@ -123,7 +169,7 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.minuteTokens = 0;
     }
     const month = monthOf(now);
-    if (month !== this.state.month) {
+    if (month > this.state.month) {
       this.state.month = month;
       this.state.monthTokens = 0;
     }
@@ -142,9 +188,13 @@ export class OrgQuota extends DurableObject<Env> {
     if (expired.length) void this.ctx.storage.delete(expired);
   }
 
-  private release(r: Reservation): void {
-    if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens - r.tokens);
-    if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens - r.tokens);
+  /** Takes capacity a reservation holds out of the counters it was counted in. */
+  private release(r: Reservation, tokens = r.tokens, requests = 0): void {
+    if (r.minute === this.state.minute) {
+      this.state.minuteTokens = Math.max(0, this.state.minuteTokens - tokens);
+      this.state.minuteRequests = Math.max(0, this.state.minuteRequests - requests);
+    }
+    if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens - tokens);
   }
 
   private snapshot(limits: QuotaLimits, now: number): QuotaSnapshot {
@@ -160,51 +210,121 @@ export class OrgQuota extends DurableObject<Env> {
   }
 
   /**
-   * Writes the counters, the reservation that changed and a settled usage row through to
-   * storage, in one write. Not awaited on purpose: the output gate delays the reply until the
-   * write is durable, and awaiting would let another request interleave between check and update.
+   * Writes the counters, the reservations that changed (deleting those that hold nothing) and
+   * settled usage rows through to storage, in one write. Not awaited on purpose: the output gate
+   * delays the reply until the write is durable, and awaiting would let another request
+   * interleave between check and update.
    */
-  private persist(reservation?: { id: string; opened?: Reservation }, usage?: SettledUsage): void {
+  private persist(changed: Iterable<string> = [], rows: readonly SettledUsage[] = []): void {
     const entries: Record<string, unknown> = { [COUNTERS_KEY]: this.state };
-    if (reservation?.opened) entries[RESERVATION_PREFIX + reservation.id] = reservation.opened;
-    if (usage) entries[USAGE_PREFIX + usage.id] = usage;
+    const gone: string[] = [];
+    for (const id of changed) {
+      const r = this.reservations.get(id);
+      if (r) entries[RESERVATION_PREFIX + id] = r;
+      else gone.push(RESERVATION_PREFIX + id);
+    }
+    for (const row of rows) entries[USAGE_PREFIX + row.id] = row;
     void this.ctx.storage.put(entries);
-    if (reservation && !reservation.opened) void this.ctx.storage.delete(RESERVATION_PREFIX + reservation.id);
+    if (gone.length) void this.ctx.storage.delete(gone);
+    if (rows.length) this.armFlush(LEDGER_FLUSH_MS);
   }
 
-  /** Admits a request of at most `tokens` tokens, or says which limit refuses it and for how long. */
-  async reserve(id: string, tokens: number, limits: QuotaLimits, now: number): Promise<ReserveResult> {
+  /**
+   * Holds capacity for requests an isolate will admit on its own: at least one request of
+   * `ask.need` tokens, at most what was asked, an eighth of the per-minute limits (so that one
+   * isolate cannot hold what others need) and what the limits have left. Refuses, saying which
+   * limit and for how long, when not even the one request fits.
+   */
+  async lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number): Promise<LeaseResult> {
     this.roll(now);
-    const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): ReserveResult => ({
+    const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): LeaseResult => ({
       ok: false,
       refusal,
       retryAfterSeconds,
       snapshot: this.snapshot(limits, now),
     });
+    const need = ask.need;
     const resetSeconds = this.snapshot(limits, now).resetSeconds;
-    if (tokens > limits.tokensPerMinute || tokens > limits.monthlyTokenBudget) {
+    if (need > limits.tokensPerMinute || need > limits.monthlyTokenBudget)
       return refuse("request_too_large", resetSeconds);
-    }
-    if (this.state.monthTokens + tokens > limits.monthlyTokenBudget) {
-      return refuse("monthly_budget", secondsToMonthEnd(now));
-    }
-    if (this.state.minuteRequests + 1 > limits.requestsPerMinute) return refuse("requests_per_minute", resetSeconds);
-    if (this.state.minuteTokens + tokens > limits.tokensPerMinute) return refuse("tokens_per_minute", resetSeconds);
-    this.state.minuteRequests += 1;
+    const monthLeft = limits.monthlyTokenBudget - this.state.monthTokens;
+    if (need > monthLeft) return refuse("monthly_budget", secondsToMonthEnd(now));
+    const requestsLeft = limits.requestsPerMinute - this.state.minuteRequests;
+    if (requestsLeft < 1) return refuse("requests_per_minute", resetSeconds);
+    const tokensLeft = limits.tokensPerMinute - this.state.minuteTokens;
+    if (need > tokensLeft) return refuse("tokens_per_minute", resetSeconds);
+    const requests = Math.max(
+      1,
+      Math.min(ask.requests, requestsLeft, Math.floor(limits.requestsPerMinute / LEASE_SHARE)),
+    );
+    const tokens = Math.max(
+      need,
+      Math.min(ask.tokens, tokensLeft, monthLeft, Math.floor(limits.tokensPerMinute / LEASE_SHARE)),
+    );
+    this.state.minuteRequests += requests;
     this.state.minuteTokens += tokens;
     this.state.monthTokens += tokens;
-    const opened = { tokens, minute: this.state.minute, month: this.state.month, at: now };
-    this.reservations.set(id, opened);
-    this.persist({ id, opened });
-    return { ok: true, snapshot: this.snapshot(limits, now) };
+    this.reservations.set(id, { tokens, requests, minute: this.state.minute, month: this.state.month, at: now });
+    this.persist([id]);
+    return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now) };
+  }
+
+  /** Admits one request of at most `tokens` tokens, or says which limit refuses it and for how long. */
+  async reserve(id: string, tokens: number, limits: QuotaLimits, now: number): Promise<ReserveResult> {
+    const leased = await this.lease(id, { requests: 1, tokens, need: tokens }, limits, now);
+    return leased.ok ? { ok: true, snapshot: leased.snapshot } : leased;
   }
 
   /**
-   * Replaces a reservation with the tokens actually used. A request that used more than it
-   * reserved (a backend that ignored `max_tokens`) is charged in full: usage is never forgotten.
-   * The request's ledger row, when given, is stored in the same write as the new counters and
-   * goes to D1 with the others settled in the next `LEDGER_FLUSH_MS`: one D1 batch instead of a
-   * write per request, and a row that cannot get lost between settlement and the ledger.
+   * Applies what an isolate reports in one write: each finished request's worst case replaced by
+   * its actual usage, unused lease capacity given back, and the requests' ledger rows stored to
+   * go to D1 with the others in the next `LEDGER_FLUSH_MS` — one D1 batch instead of a write per
+   * request, and a row that cannot get lost between settlement and the ledger. A request that
+   * used more than it reserved (a backend that ignored `max_tokens`) is charged in full; a
+   * settlement delivered twice counts once.
+   */
+  async commit(report: QuotaCommit, limits: QuotaLimits, now: number): Promise<QuotaSnapshot> {
+    this.roll(now);
+    const changed = new Set<string>();
+    for (const s of report.settlements ?? []) {
+      if (this.settled.has(s.id)) continue;
+      this.settled.add(s.id);
+      if (this.settled.size > SETTLED_REMEMBERED) this.settled.delete(this.settled.values().next().value as string);
+      const r = this.reservations.get(s.lease);
+      if (r) {
+        const delta = s.actual - s.reserved;
+        if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
+        if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
+        r.tokens -= s.reserved;
+        r.requests = (r.requests ?? 1) - 1;
+        changed.add(s.lease);
+      } else {
+        // Settled after its lease expired: the usage still happened now.
+        this.state.minuteTokens += s.actual;
+        this.state.monthTokens += s.actual;
+      }
+    }
+    for (const back of report.returns ?? []) {
+      const r = this.reservations.get(back.lease);
+      if (!r) continue;
+      const tokens = Math.min(back.tokens, Math.max(0, r.tokens));
+      const requests = Math.min(back.requests, r.requests ?? 1);
+      this.release(r, tokens, requests);
+      r.tokens -= tokens;
+      r.requests = (r.requests ?? 1) - requests;
+      changed.add(back.lease);
+    }
+    for (const id of changed) {
+      const r = this.reservations.get(id);
+      if (r && r.tokens <= 0 && (r.requests ?? 1) <= 0) this.reservations.delete(id);
+    }
+    this.persist(changed, report.rows);
+    return this.snapshot(limits, now);
+  }
+
+  /**
+   * Replaces a one-request reservation with the tokens actually used, storing the request's
+   * ledger row, when given, in the same write (see `commit`).
    */
   async settle(
     id: string,
@@ -213,25 +333,12 @@ export class OrgQuota extends DurableObject<Env> {
     now: number,
     usage?: SettledUsage,
   ): Promise<QuotaSnapshot> {
-    this.roll(now);
-    // A settlement delivered twice (a retried call) changes nothing the second time.
-    if (this.settled.has(id)) return this.snapshot(limits, now);
-    this.settled.add(id);
-    if (this.settled.size > SETTLED_REMEMBERED) this.settled.delete(this.settled.values().next().value as string);
-    const r = this.reservations.get(id);
-    if (r) {
-      this.reservations.delete(id);
-      const delta = actualTokens - r.tokens;
-      if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
-      if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
-    } else {
-      // Settled after the reservation expired: the usage still happened now.
-      this.state.minuteTokens += actualTokens;
-      this.state.monthTokens += actualTokens;
-    }
-    this.persist(r ? { id } : undefined, usage);
-    if (usage) this.armFlush(LEDGER_FLUSH_MS);
-    return this.snapshot(limits, now);
+    const reserved = this.reservations.get(id)?.tokens ?? 0;
+    return this.commit(
+      { settlements: [{ id, lease: id, reserved, actual: actualTokens }], rows: usage ? [usage] : [] },
+      limits,
+      now,
+    );
   }
 
   private armFlush(delayMs: number): void {

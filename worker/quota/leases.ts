@@ -1,0 +1,281 @@
+import type {
+  LeaseResult,
+  LeaseReturn,
+  OrgQuota,
+  QuotaCommit,
+  QuotaLimits,
+  QuotaRefusal,
+  QuotaSnapshot,
+  SettledUsage,
+  Settlement,
+} from "./org-quota";
+
+/**
+ * Admission without a round trip per request. An isolate leases a block of an organization's
+ * capacity (requests and tokens) from its `OrgQuota` object and admits requests from it on its
+ * own; finished requests are settled, and unused capacity given back, in batches. The object
+ * counts what a lease holds as used until it comes back, so however many isolates hold leases,
+ * admitted requests never exceed a limit: leasing trades a little capacity held idle in one
+ * isolate for far fewer calls to the one object every request of the organization goes through.
+ */
+
+/** How long an isolate admits on a lease; after that its unused capacity goes back. */
+export const LEASE_TTL_MS = 1_000;
+/** The most requests one lease asks for; the object also caps it at a share of the limit. */
+export const MAX_LEASE_REQUESTS = 256;
+/** How long settlements gather in an isolate before they go to the quota object together. */
+export const COMMIT_DELAY_MS = 4;
+/** An organization idle this long in an isolate gives back what its leases still hold. */
+export const IDLE_RETURN_MS = 25;
+
+type Stub = Pick<DurableObjectStub<OrgQuota>, "lease" | "commit">;
+
+interface Lease {
+  id: string;
+  minute: number;
+  expiresAt: number;
+  granted: number;
+  requestsLeft: number;
+  tokensLeft: number;
+  snapshot: QuotaSnapshot;
+}
+
+interface Batch {
+  settlements: Settlement[];
+  returns: LeaseReturn[];
+  rows: SettledUsage[];
+}
+
+interface OrgLeases {
+  /** The limits the leases were taken under; new limits make the old leases go back. */
+  limitsKey: string;
+  limits: QuotaLimits;
+  open: Lease[];
+  /** Requests the next lease asks for: doubles when leases run out, halves when they idle. */
+  ask: number;
+  inflight: number;
+  admissions: number;
+  batch: Batch | undefined;
+  lingering: boolean;
+}
+
+/** A request admitted on a lease: what it holds until it settles. */
+export interface Admission {
+  lease: string;
+  reserved: number;
+  /** The organization's standing for the rate-limit headers. */
+  snapshot: QuotaSnapshot;
+}
+
+export type AdmitResult =
+  | ({ ok: true } & Admission)
+  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
+
+/** What a lease call needs from the request making it. */
+export interface LeaseContext {
+  stub: Stub;
+  limits: QuotaLimits;
+  /** The request's clock, in ms. */
+  now: () => number;
+  newId: () => string;
+  waitUntil: (work: Promise<unknown>) => void;
+  /** Writes rows straight to the ledger when the quota object cannot take them. */
+  fallback: (rows: SettledUsage[], error: unknown) => Promise<void>;
+}
+
+const minuteOf = (now: number) => Math.floor(now / 60_000);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The leases of one isolate. Nothing here awaits a promise another request created: a request
+ * that needs a lease asks for one itself, and the request that opens a batch sends it from its
+ * own `waitUntil`, so no request's work depends on another request staying alive.
+ */
+export class QuotaLeases {
+  private orgs = new Map<string, OrgLeases>();
+
+  /** Admits one request of at most `need` tokens, from a lease held here or a new one. */
+  async admit(organizationId: string, need: number, c: LeaseContext): Promise<AdmitResult> {
+    const org = this.org(organizationId, c);
+    const local = this.take(org, need, c);
+    if (local) return local;
+    const id = c.newId();
+    const now = c.now();
+    const granted: LeaseResult = await c.stub.lease(
+      id,
+      { requests: org.ask, tokens: org.ask * need, need },
+      c.limits,
+      now,
+    );
+    if (granted.ok) {
+      org.open.push({
+        id,
+        minute: minuteOf(now),
+        expiresAt: Math.min(now + LEASE_TTL_MS, (minuteOf(now) + 1) * 60_000),
+        granted: granted.requests,
+        requestsLeft: granted.requests,
+        tokensLeft: granted.tokens,
+        snapshot: granted.snapshot,
+      });
+    }
+    // Another request's lease may have come in while this one waited.
+    return this.take(org, need, c) ?? (granted.ok ? this.unexpected(org, need) : granted);
+  }
+
+  /**
+   * Settles an admitted request to its actual usage and hands its ledger row to the next batch.
+   * Resolves when the batch is sent if this request opened it (and is registered with the
+   * request's `waitUntil` either way); otherwise at once, as the request that opened it sends it.
+   */
+  settle(organizationId: string, admission: Admission, usage: SettledUsage, c: LeaseContext): Promise<void> {
+    const org = this.org(organizationId, c);
+    org.inflight = Math.max(0, org.inflight - 1);
+    const { batch, sent } = this.batchOf(org, c);
+    batch.settlements.push({
+      id: usage.id,
+      lease: admission.lease,
+      reserved: admission.reserved,
+      actual: usage.totalTokens,
+    });
+    batch.rows.push(usage);
+    return sent;
+  }
+
+  /** Forgets every lease without giving anything back (tests). */
+  clear(): void {
+    this.orgs.clear();
+  }
+
+  private org(organizationId: string, c: LeaseContext): OrgLeases {
+    const limitsKey = `${c.limits.requestsPerMinute}/${c.limits.tokensPerMinute}/${c.limits.monthlyTokenBudget}`;
+    let org = this.orgs.get(organizationId);
+    if (!org) {
+      org = {
+        limitsKey,
+        limits: c.limits,
+        open: [],
+        ask: 1,
+        inflight: 0,
+        admissions: 0,
+        batch: undefined,
+        lingering: false,
+      };
+      this.orgs.set(organizationId, org);
+    } else if (org.limitsKey !== limitsKey) {
+      for (const lease of org.open) this.giveBack(org, lease, c);
+      org.open = [];
+      org.ask = 1;
+      org.limitsKey = limitsKey;
+      org.limits = c.limits;
+    }
+    return org;
+  }
+
+  /**
+   * Admits from the first lease with room, closing on the way the leases that expired (halving
+   * the next ask if they were mostly unused) or ran out (doubling it).
+   */
+  private take(org: OrgLeases, need: number, c: LeaseContext): AdmitResult | undefined {
+    let found: Lease | undefined;
+    const now = c.now();
+    const minute = minuteOf(now);
+    for (const lease of org.open) {
+      if (now >= lease.expiresAt || lease.minute !== minute) {
+        if (lease.requestsLeft * 2 > lease.granted) org.ask = Math.max(1, org.ask >> 1);
+        this.giveBack(org, lease, c);
+      } else if (lease.requestsLeft >= 1 && lease.tokensLeft >= need) {
+        found = lease;
+        break;
+      } else {
+        org.ask = Math.min(MAX_LEASE_REQUESTS, org.ask * 2);
+        this.giveBack(org, lease, c);
+      }
+    }
+    if (!found) {
+      org.open = org.open.filter((l) => l.requestsLeft > 0);
+      return undefined;
+    }
+    found.requestsLeft -= 1;
+    found.tokensLeft -= need;
+    org.inflight += 1;
+    org.admissions += 1;
+    const s = found.snapshot;
+    const snapshot = {
+      ...s,
+      remainingRequests: s.remainingRequests + found.requestsLeft,
+      remainingTokens: s.remainingTokens + found.tokensLeft,
+      monthlyRemaining: s.monthlyRemaining + found.tokensLeft,
+    };
+    if (found.requestsLeft === 0) {
+      // Used up before it expired: the next lease may be larger. Tokens it still has go back.
+      org.ask = Math.min(MAX_LEASE_REQUESTS, org.ask * 2);
+      this.giveBack(org, found, c);
+    }
+    org.open = org.open.filter((l) => l.requestsLeft > 0);
+    return { ok: true, lease: found.id, reserved: need, snapshot };
+  }
+
+  /** A fresh lease always fits the request it was asked for; this guards the arithmetic. */
+  private unexpected(org: OrgLeases, need: number): AdmitResult {
+    throw new Error(`a new lease did not fit its request (${need} tokens, ${org.open.length} leases open)`);
+  }
+
+  private giveBack(org: OrgLeases, lease: Lease, c: LeaseContext): void {
+    if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
+      this.batchOf(org, c).batch.returns.push({
+        lease: lease.id,
+        requests: lease.requestsLeft,
+        tokens: lease.tokensLeft,
+      });
+    }
+    lease.requestsLeft = 0;
+    lease.tokensLeft = 0;
+  }
+
+  /** The organization's open batch; the request that opens one sends it, from its own `waitUntil`. */
+  private batchOf(org: OrgLeases, c: LeaseContext): { batch: Batch; sent: Promise<void> } {
+    if (org.batch) return { batch: org.batch, sent: Promise.resolve() };
+    const batch: Batch = { settlements: [], returns: [], rows: [] };
+    org.batch = batch;
+    const sent = this.send(org, batch, c);
+    c.waitUntil(sent);
+    return { batch, sent };
+  }
+
+  private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
+    await sleep(COMMIT_DELAY_MS);
+    if (org.batch === batch) org.batch = undefined;
+    await this.commit(batch, c);
+    if (org.lingering || org.open.length === 0) return;
+    // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
+    org.lingering = true;
+    try {
+      const seen = org.admissions;
+      await sleep(IDLE_RETURN_MS);
+      if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
+      const returns: Batch = { settlements: [], returns: [], rows: [] };
+      for (const lease of org.open) {
+        if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
+          returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
+        }
+      }
+      org.open = [];
+      if (returns.returns.length) await this.commit(returns, c);
+    } finally {
+      org.lingering = false;
+    }
+  }
+
+  private async commit(batch: Batch, c: LeaseContext): Promise<void> {
+    const report: QuotaCommit = {};
+    if (batch.settlements.length) report.settlements = batch.settlements;
+    if (batch.returns.length) report.returns = batch.returns;
+    if (batch.rows.length) report.rows = batch.rows;
+    try {
+      await c.stub.commit(report, c.limits, c.now());
+    } catch (error) {
+      // Returned capacity is released by the object when the lease expires there.
+      if (batch.rows.length) await c.fallback(batch.rows, error);
+    }
+  }
+}
