@@ -1,4 +1,4 @@
-import { getTableColumns } from "drizzle-orm";
+import { getTableColumns, getTableName } from "drizzle-orm";
 import { queueLedgerRows, type UsageMessage } from "../billing/queue";
 import { chunked, D1_MAX_PARAMETERS } from "../db/limits";
 import { type UsageRow, usageLedger } from "../db/schema";
@@ -10,8 +10,47 @@ export type UsageRecord = Omit<
   "createdAt" | "billedAt" | "billingState" | "billingAttempts" | "billingError"
 >;
 
-/** Parameters one ledger row can bind: one per column at most. */
-const LEDGER_COLUMNS = Object.keys(getTableColumns(usageLedger)).length;
+/** The fields a new ledger row sets, in column order; billing fields take the table's defaults. */
+const INSERTED = [
+  "id",
+  "organizationId",
+  "grantId",
+  "tokenId",
+  "model",
+  "backend",
+  "endpoint",
+  "stream",
+  "promptTokens",
+  "completionTokens",
+  "totalTokens",
+  "usageReported",
+  "outcome",
+  "partial",
+  "status",
+  "latencyMs",
+  "startedAt",
+  "createdAt",
+] as const satisfies readonly (keyof UsageRecord | "createdAt")[];
+
+const COLUMNS = getTableColumns(usageLedger);
+const BOOLEANS = new Set<string>(INSERTED.filter((field) => COLUMNS[field].dataType === "boolean"));
+/** Rows per statement, within D1's bound-parameter limit. */
+const ROWS_PER_STATEMENT = Math.floor(D1_MAX_PARAMETERS / INSERTED.length);
+
+/**
+ * The insert of `rows` rows, built once per size. The ledger is the one table written on every
+ * request, so its insert skips the query builder: the same statement, without building it anew.
+ */
+const insertSql = new Map<number, string>();
+function insertOf(rows: number): string {
+  let sql = insertSql.get(rows);
+  if (!sql) {
+    const tuple = `(${INSERTED.map(() => "?").join(",")})`;
+    sql = `insert into "${getTableName(usageLedger)}" (${INSERTED.map((f) => `"${COLUMNS[f].name}"`).join(",")}) values ${Array(rows).fill(tuple).join(",")} on conflict ("${COLUMNS.id.name}") do nothing`;
+    insertSql.set(rows, sql);
+  }
+  return sql;
+}
 
 /** Attempts at writing a ledger row directly before it is given up to the error log. */
 const WRITE_ATTEMPTS = 4;
@@ -28,12 +67,18 @@ export async function writeUsageRows(
   billingQueue?: Queue<UsageMessage>,
 ): Promise<void> {
   if (rows.length === 0) return;
-  // Several rows per statement, within D1's 100 bound parameters per statement.
-  const perStatement = Math.max(1, Math.floor(D1_MAX_PARAMETERS / LEDGER_COLUMNS));
-  const [first, ...rest] = chunked(rows, perStatement).map((chunk) =>
-    services.db.insert(usageLedger).values(chunk).onConflictDoNothing({ target: usageLedger.id }),
-  );
-  if (first) await services.db.batch([first, ...rest]);
+  const d1 = services.db.$client;
+  const statements = chunked(rows, ROWS_PER_STATEMENT).map((chunk) => {
+    const values: unknown[] = [];
+    for (const row of chunk) {
+      for (const field of INSERTED) {
+        const value = row[field];
+        values.push(BOOLEANS.has(field) ? (value ? 1 : 0) : (value ?? null));
+      }
+    }
+    return d1.prepare(insertOf(chunk.length)).bind(...values);
+  });
+  await d1.batch(statements);
   if (!billingQueue) return;
   await queueLedgerRows(
     billingQueue,
@@ -44,24 +89,28 @@ export async function writeUsageRows(
 }
 
 /**
- * Appends one request's usage straight to the ledger: the path for a row whose quota object
- * could not take it. A failed write is retried; a row that cannot be written at all is logged
- * whole, at error level, so that it can be replayed.
+ * Appends requests' usage straight to the ledger: the path for rows their quota object could not
+ * take. A failed write is retried; rows that cannot be written at all are logged whole, at error
+ * level, so that they can be replayed.
  */
 export async function recordUsage(
   services: Pick<Services, "db" | "clock" | "log">,
-  record: UsageRecord,
+  records: UsageRecord | readonly (UsageRecord & { createdAt?: string })[],
   billingQueue?: Queue<UsageMessage>,
   retryDelayMs = 100,
 ): Promise<void> {
-  const row = { ...record, createdAt: services.clock.now().toISOString() };
+  const createdAt = services.clock.now().toISOString();
+  const rows = (Array.isArray(records) ? records : [records]).map((r: UsageRecord & { createdAt?: string }) => ({
+    ...r,
+    createdAt: r.createdAt ?? createdAt,
+  }));
   for (let attempt = 1; ; attempt++) {
     try {
-      await writeUsageRows(services, [row], billingQueue);
+      await writeUsageRows(services, rows, billingQueue);
       return;
     } catch (error) {
       if (attempt >= WRITE_ATTEMPTS) {
-        services.log.error("usage row not written", { row, error: String(error) });
+        for (const row of rows) services.log.error("usage row not written", { row, error: String(error) });
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, retryDelayMs * 2 ** (attempt - 1)));
