@@ -1,7 +1,7 @@
 import type {
+  LeaseAsk,
   LeaseResult,
   LeaseReturn,
-  OrgQuota,
   QuotaCommit,
   QuotaLimits,
   QuotaRefusal,
@@ -28,7 +28,11 @@ export const COMMIT_DELAY_MS = 4;
 /** An organization idle this long in an isolate gives back what its leases still hold. */
 export const IDLE_RETURN_MS = 25;
 
-type Stub = Pick<DurableObjectStub<OrgQuota>, "lease" | "commit">;
+/** What leasing needs of the organization's `OrgQuota` object (its stub, in production). */
+export interface QuotaObject {
+  lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number): Promise<LeaseResult>;
+  commit(report: QuotaCommit, limits: QuotaLimits, now: number): Promise<unknown>;
+}
 
 interface Lease {
   id: string;
@@ -41,6 +45,8 @@ interface Lease {
 }
 
 interface Batch {
+  /** Set when the batch leaves: later settlements go to a new one. */
+  sent: boolean;
   settlements: Settlement[];
   returns: LeaseReturn[];
   rows: SettledUsage[];
@@ -73,7 +79,7 @@ export type AdmitResult =
 
 /** What a lease call needs from the request making it. */
 export interface LeaseContext {
-  stub: Stub;
+  stub: QuotaObject;
   limits: QuotaLimits;
   /** The request's clock, in ms. */
   now: () => number;
@@ -99,6 +105,9 @@ export class QuotaLeases {
     const org = this.org(organizationId, c);
     const local = this.take(org, need, c);
     if (local) return local;
+    // Capacity this isolate gives back (leases that expired, ran short or were taken under other
+    // limits) reaches the object before the new lease is asked for, so that it counts.
+    if (org.batch?.returns.length) await this.sendNow(org, c);
     const id = c.newId();
     const now = c.now();
     const granted: LeaseResult = await c.stub.lease(
@@ -235,15 +244,27 @@ export class QuotaLeases {
   /** The organization's open batch; the request that opens one sends it, from its own `waitUntil`. */
   private batchOf(org: OrgLeases, c: LeaseContext): { batch: Batch; sent: Promise<void> } {
     if (org.batch) return { batch: org.batch, sent: Promise.resolve() };
-    const batch: Batch = { settlements: [], returns: [], rows: [] };
+    const batch: Batch = { sent: false, settlements: [], returns: [], rows: [] };
     org.batch = batch;
     const sent = this.send(org, batch, c);
     c.waitUntil(sent);
     return { batch, sent };
   }
 
+  /** Sends the open batch from this request, without waiting for others to join it. */
+  private async sendNow(org: OrgLeases, c: LeaseContext): Promise<void> {
+    const batch = org.batch;
+    if (!batch) return;
+    batch.sent = true;
+    org.batch = undefined;
+    await this.commit(batch, c);
+  }
+
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     await sleep(COMMIT_DELAY_MS);
+    // Sent already by a request that could not wait.
+    if (batch.sent) return;
+    batch.sent = true;
     if (org.batch === batch) org.batch = undefined;
     await this.commit(batch, c);
     if (org.lingering || org.open.length === 0) return;
@@ -253,7 +274,7 @@ export class QuotaLeases {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns: Batch = { settlements: [], returns: [], rows: [] };
+      const returns: Batch = { sent: true, settlements: [], returns: [], rows: [] };
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });

@@ -1,0 +1,176 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { createDatabase } from "../worker/db/client";
+import { usageLedger } from "../worker/db/schema";
+import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases } from "../worker/quota/leases";
+import type { QuotaLimits, SettledUsage } from "../worker/quota/org-quota";
+import { flushUsage } from "./helpers/ledger";
+
+const NOW = Date.parse("2026-06-15T12:00:10Z");
+const roomy: QuotaLimits = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1e12 };
+
+/**
+ * One isolate's view: its own `QuotaLeases` over the organization's real quota object, a clock,
+ * and the `waitUntil` work it started, so a test can wait for its batches to land.
+ */
+function isolate(organization: string, limits: QuotaLimits, overrides: Partial<LeaseContext> = {}) {
+  const leases = new QuotaLeases();
+  const pending: Promise<unknown>[] = [];
+  const calls = { lease: 0, commit: 0 };
+  const real = env.QUOTA.get(env.QUOTA.idFromName(organization));
+  let ids = 0;
+  const context: LeaseContext = {
+    stub: {
+      lease: (...args: Parameters<typeof real.lease>) => {
+        calls.lease += 1;
+        return real.lease(...args);
+      },
+      commit: (...args: Parameters<typeof real.commit>) => {
+        calls.commit += 1;
+        return real.commit(...args);
+      },
+    },
+    limits,
+    now: () => NOW,
+    newId: () => `${organization}-lease-${++ids}`,
+    waitUntil: (work) => pending.push(work),
+    fallback: async () => {},
+    ...overrides,
+  };
+  const settled = async () => {
+    while (pending.length) await Promise.all(pending.splice(0));
+  };
+  return { leases, context, calls, settled, quota: real };
+}
+
+function row(id: string, organizationId: string, totalTokens: number): SettledUsage {
+  return {
+    id,
+    organizationId,
+    grantId: "grt_l",
+    tokenId: "tok_l",
+    model: "llama-2-7b-chat",
+    backend: "https://gpu.example",
+    endpoint: "chat.completions",
+    stream: false,
+    promptTokens: 1,
+    completionTokens: totalTokens - 1,
+    totalTokens,
+    usageReported: true,
+    outcome: "ok",
+    partial: false,
+    status: 200,
+    latencyMs: 2,
+    startedAt: new Date(NOW).toISOString(),
+    createdAt: new Date(NOW).toISOString(),
+  };
+}
+
+describe("quota leases", () => {
+  it("admit most requests without a call to the quota object, and settle them in batches", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, settled, quota } = isolate(org, roomy);
+    let n = 0;
+    for (let round = 0; round < 10; round++) {
+      const admitted = await Promise.all(Array.from({ length: 20 }, () => leases.admit(org, 50, context)));
+      for (const a of admitted) {
+        if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+        n += 1;
+        void leases.settle(org, a, row(`${org}-${n}`, org, 20), context);
+      }
+    }
+    await settled();
+    // 200 requests: the first ones each ask for a lease, the leases grow, and most need none.
+    expect(calls.lease).toBeLessThan(60);
+    expect(calls.commit).toBeLessThan(30);
+    await new Promise((resolve) => setTimeout(resolve, IDLE_RETURN_MS * 3));
+    await settled();
+    // Once the isolate is idle, what its leases held goes back: the object counts actual usage only.
+    expect(await quota.peek(roomy, NOW)).toMatchObject({ monthTokens: 200 * 20, remainingRequests: 10_000 - 200 });
+    await flushUsage();
+    const rows = await createDatabase(env.DB).select().from(usageLedger);
+    expect(rows.filter((r) => r.organizationId === org)).toHaveLength(200);
+  });
+
+  it("never admit more than the limit across isolates, and admit exactly the limit when asked for more", async () => {
+    const org = crypto.randomUUID();
+    const limits: QuotaLimits = { requestsPerMinute: 120, tokensPerMinute: 1_000_000, monthlyTokenBudget: 1e9 };
+    const isolates = [isolate(org, limits), isolate(org, limits), isolate(org, limits)];
+    // One request after another first, so that each isolate's leases grow past one request.
+    let admitted = 0;
+    for (const i of isolates) {
+      for (let n = 0; n < 10; n++) if ((await i.leases.admit(org, 10, i.context)).ok) admitted += 1;
+    }
+    const results = await Promise.all(
+      isolates.flatMap((i) => Array.from({ length: 100 }, () => i.leases.admit(org, 10, i.context))),
+    );
+    admitted += results.filter((r) => r.ok).length;
+    expect(admitted).toBeLessThanOrEqual(120);
+    // Capacity a lease holds in one isolate is not lost: after it goes back, the rest are admitted.
+    await new Promise((resolve) => setTimeout(resolve, IDLE_RETURN_MS * 3));
+    await Promise.all(isolates.map((i) => i.settled()));
+    const more = await Promise.all(
+      isolates.flatMap((i) => Array.from({ length: 100 }, () => i.leases.admit(org, 10, i.context))),
+    );
+    expect(admitted + more.filter((r) => r.ok).length).toBe(120);
+    const refused = more.find((r) => !r.ok);
+    expect(refused).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+  });
+
+  it("never let concurrent requests in several isolates exceed the monthly budget", async () => {
+    const org = crypto.randomUUID();
+    const limits: QuotaLimits = { requestsPerMinute: 100_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1_000 };
+    const isolates = [isolate(org, limits), isolate(org, limits)];
+    const results = await Promise.all(
+      isolates.flatMap((i) => Array.from({ length: 60 }, () => i.leases.admit(org, 30, i.context))),
+    );
+    expect(results.filter((r) => r.ok).length * 30).toBeLessThanOrEqual(1_000);
+    expect(results.find((r) => !r.ok)).toMatchObject({ refusal: "monthly_budget" });
+  });
+
+  it("give a lease back at once when the organization's limits change", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled, quota } = isolate(org, roomy);
+    for (let i = 0; i < 40; i++) {
+      const a = await leases.admit(org, 10, context);
+      if (!a.ok) throw new Error("refused");
+      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
+    }
+    const tight: QuotaLimits = { requestsPerMinute: 41, tokensPerMinute: 10_000, monthlyTokenBudget: 1e9 };
+    context.limits = tight;
+    const first = await leases.admit(org, 10, context);
+    expect(first.ok).toBe(true);
+    // Whatever the old leases held went back: one more request fits and the next does not.
+    const second = await leases.admit(org, 10, context);
+    expect(second).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+    await settled();
+    expect((await quota.peek(tight, NOW)).remainingRequests).toBe(0);
+  });
+
+  it("charge a request that used more than it reserved in full", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled, quota } = isolate(org, roomy);
+    const a = await leases.admit(org, 10, context);
+    if (!a.ok) throw new Error("refused");
+    await leases.settle(org, a, row(`${org}-big`, org, 250), context);
+    await new Promise((resolve) => setTimeout(resolve, IDLE_RETURN_MS * 3));
+    await settled();
+    expect((await quota.peek(roomy, NOW)).monthTokens).toBe(250);
+  });
+
+  it("write the rows straight to the ledger when the quota object cannot take them", async () => {
+    const org = crypto.randomUUID();
+    const fellBack: SettledUsage[] = [];
+    const { leases, context, settled } = isolate(org, roomy, {
+      fallback: async (rows) => {
+        fellBack.push(...rows);
+      },
+    });
+    const a = await leases.admit(org, 10, context);
+    if (!a.ok) throw new Error("refused");
+    context.stub = { ...context.stub, commit: () => Promise.reject(new Error("object unreachable")) };
+    await leases.settle(org, a, row(`${org}-lost`, org, 7), context);
+    await settled();
+    expect(fellBack.map((r) => r.id)).toEqual([`${org}-lost`]);
+  });
+});
