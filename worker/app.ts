@@ -1,3 +1,4 @@
+import { getPath } from "hono/utils/url";
 import { adminConsoleRoutes } from "../admin-ui/routes";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
@@ -28,11 +29,7 @@ export interface AppOptions extends ServiceOptions {
  * tests, which pass a fixed clock, predictable ids or a recording mailer through `options`.
  */
 export function newApp(options: AppOptions = {}) {
-  const app = newRouter();
-  app.use("*", requestId(options.requestIdGenerator ? { generator: options.requestIdGenerator } : {}));
-  app.use("*", init(options));
-  app.onError(handleError);
-  app.notFound(handleNotFound);
+  const app = withCommonHandling(newRouter(), options);
 
   app.get("/health", (c) => c.json({ ok: true }));
   app.route("/", licenseRoutes);
@@ -62,6 +59,26 @@ export function newApp(options: AppOptions = {}) {
     },
     servers: [{ url: c.get("services").config.publicBaseUrl }],
   }));
+
+  // Completions are most of the traffic: they go to an app of their own, whose few routes match
+  // without walking the whole route table (the Hub's wildcard paths make that a tree search).
+  const completions = withCommonHandling(newRouter(), options).route("/", inferenceRoutes(options.inference));
+  const fetchAny = app.fetch;
+  app.fetch = (request, env, ctx) =>
+    request.method === "POST" && COMPLETION_PATHS.has(getPath(request))
+      ? completions.fetch(request, env, ctx)
+      : fetchAny(request, env, ctx);
+  return app;
+}
+
+const COMPLETION_PATHS = new Set(["/v1/chat/completions", "/v1/completions"]);
+
+/** Request ids, the request's services and problem documents for errors, on `app`. */
+function withCommonHandling(app: ReturnType<typeof newRouter>, options: AppOptions) {
+  app.use("*", requestId(options.requestIdGenerator ? { generator: options.requestIdGenerator } : {}));
+  app.use("*", init(options));
+  app.onError(handleError);
+  app.notFound(handleNotFound);
   return app;
 }
 

@@ -120,8 +120,23 @@ async function readJson(c: Context<HonoEnv>): Promise<unknown> {
   }
 }
 
+/** Durable Object ids of organizations' quota objects: deriving one hashes the name. */
+const quotaIds = new WeakMap<object, Map<string, DurableObjectId>>();
+const MAX_QUOTA_IDS = 10_000;
+
 function quotaStub(env: Env, organizationId: string) {
-  return env.QUOTA.get(env.QUOTA.idFromName(organizationId));
+  let ids = quotaIds.get(env.QUOTA);
+  if (!ids) {
+    ids = new Map();
+    quotaIds.set(env.QUOTA, ids);
+  }
+  let id = ids.get(organizationId);
+  if (!id) {
+    if (ids.size >= MAX_QUOTA_IDS) ids.clear();
+    id = env.QUOTA.idFromName(organizationId);
+    ids.set(organizationId, id);
+  }
+  return env.QUOTA.get(id);
 }
 
 type Attempt =
@@ -239,8 +254,13 @@ export async function proxyCompletion(
   const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
   const organizationId = caller.principal.organizationId;
   const billingQueue = services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined;
+  let stub: ReturnType<typeof quotaStub> | undefined;
   const quota: LeaseContext = {
-    stub: quotaStub(c.env, organizationId),
+    // Made only when this request talks to the quota object: most are admitted on a lease.
+    get stub() {
+      stub ??= quotaStub(c.env, organizationId);
+      return stub;
+    },
     limits: caller.limits,
     now: () => services.clock.now().getTime(),
     newId: () => services.ids.id("lse"),
