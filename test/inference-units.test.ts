@@ -4,7 +4,7 @@ import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
 import { BackendHealth, checkBackendUrl, orderBackends, parseBackendPools } from "../worker/inference/backends";
 import { recordUsage, type UsageRecord } from "../worker/inference/ledger";
-import { estimatePromptTokens } from "../worker/inference/proxy";
+import { completionSchema, estimatePromptTokens, plainlyValid } from "../worker/inference/proxy";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
 import { jsonLogger } from "../worker/platform/logger";
@@ -268,6 +268,55 @@ describe("estimatePromptTokens", () => {
     expect(estimatePromptTokens({ messages: [{ role: "user", content: [{ type: "text", text }] }] })).toBeGreaterThan(
       9,
     );
+  });
+});
+
+describe("the request check without the schemas", () => {
+  const chat = { model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }] };
+  const completion = { model: "llama-2-7b", prompt: "Once upon" };
+  const variants: Record<string, unknown>[] = [
+    {},
+    { stream: true },
+    { stream: null },
+    { stream: "yes" },
+    { stream_options: null },
+    { stream_options: { include_usage: true } },
+    { stream_options: { include_usage: null } },
+    { stream_options: [] },
+    { max_tokens: 16 },
+    { max_tokens: null },
+    { max_tokens: 0 },
+    { max_tokens: 1.5 },
+    { max_tokens: 1e20 },
+    { max_tokens: "16" },
+    { max_completion_tokens: 8 },
+    { n: 16 },
+    { n: 17 },
+    { model: "" },
+    { model: "x".repeat(129) },
+    { model: 7 },
+    { messages: [] },
+    { messages: [[]] },
+    { messages: [{ content: "no role" }] },
+    { messages: "hi" },
+    { prompt: ["a", "b"] },
+    { prompt: [1, 2] },
+    { prompt: 3 },
+  ];
+
+  it("passes only what the schemas pass, and passes the common requests", () => {
+    for (const [endpoint, base] of [
+      ["chat", chat],
+      ["completions", completion],
+    ] as const) {
+      expect(plainlyValid(base, endpoint)).toBe(true);
+      expect(plainlyValid({ ...base, stream: true, max_tokens: 16, temperature: 0.2 }, endpoint)).toBe(true);
+      for (const body of [null, [], "text", ...variants.map((v) => ({ ...base, ...v }))]) {
+        if (plainlyValid(body, endpoint)) {
+          expect(completionSchema(endpoint).safeParse(body).success, JSON.stringify(body)).toBe(true);
+        }
+      }
+    }
   });
 });
 

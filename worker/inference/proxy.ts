@@ -35,6 +35,39 @@ const CompletionRequest = z
   .passthrough();
 
 export type Endpoint = "chat" | "completions";
+type CompletionBody = z.infer<typeof ChatRequest> & z.infer<typeof CompletionRequest>;
+
+/** The schema an endpoint's body must meet. */
+export const completionSchema = (endpoint: Endpoint) => (endpoint === "chat" ? ChatRequest : CompletionRequest);
+
+const isPositiveInt = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * Whether `body` is a request the schemas accept, checked without them: the common request
+ * skips zod, and anything this does not recognise is judged (and explained) by the schemas.
+ */
+export function plainlyValid(body: unknown, endpoint: Endpoint): body is CompletionBody {
+  if (!isObject(body)) return false;
+  const { model, stream, stream_options, max_tokens, max_completion_tokens, n } = body;
+  if (typeof model !== "string" || model.length === 0 || model.length > 128) return false;
+  if (stream !== undefined && typeof stream !== "boolean") return false;
+  if (
+    stream_options != null &&
+    !(isObject(stream_options) && [undefined, true, false].includes(stream_options.include_usage as never))
+  )
+    return false;
+  if (max_tokens != null && !isPositiveInt(max_tokens)) return false;
+  if (max_completion_tokens != null && !isPositiveInt(max_completion_tokens)) return false;
+  if (n != null && !(isPositiveInt(n) && (n as number) <= 16)) return false;
+  if (endpoint === "chat") {
+    const { messages } = body;
+    return (
+      Array.isArray(messages) && messages.length > 0 && messages.every((m) => isObject(m) && typeof m.role === "string")
+    );
+  }
+  return typeof body.prompt === "string";
+}
 
 /** Shared, per-isolate backend health. */
 const isolateHealth = new BackendHealth();
@@ -222,7 +255,9 @@ export async function proxyCompletion(
   const startedAt = services.clock.now();
   const caller: InferenceCaller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
   const raw = await readJson(c);
-  const parsed = (endpoint === "chat" ? ChatRequest : CompletionRequest).safeParse(raw);
+  const parsed = plainlyValid(raw, endpoint)
+    ? { success: true as const, data: raw }
+    : completionSchema(endpoint).safeParse(raw);
   if (!parsed.success) {
     const errors = fieldErrors(parsed.error);
     throw new AppError(
@@ -234,7 +269,7 @@ export async function proxyCompletion(
       },
     );
   }
-  const request = parsed.data as z.infer<typeof ChatRequest> & z.infer<typeof CompletionRequest>;
+  const request = parsed.data as CompletionBody;
   const found = findModel(request.model);
   if (!found)
     throw new AppError("not_found", `The model \`${request.model}\` does not exist.`, {
@@ -355,18 +390,18 @@ export async function proxyCompletion(
 
   const { backend, response } = attempt;
   const overheadMs = services.clock.now().getTime() - startedAt.getTime();
-  const headers = new Headers({
+  const headers: Record<string, string> = {
     ...rateLimitHeaders(reservation.snapshot),
     "x-modelgate-overhead-ms": String(overheadMs),
     "x-request-id": c.get("requestId"),
-  });
+  };
 
   if (!response.ok) {
     // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
     const text = await response.text();
     attempt.clearTimer();
     settleUnused(backend.url, "backend_error", response.status);
-    headers.set("content-type", response.headers.get("content-type") ?? "application/json");
+    headers["content-type"] = response.headers.get("content-type") ?? "application/json";
     return new Response(text, { status: response.status, headers });
   }
 
@@ -402,7 +437,7 @@ export async function proxyCompletion(
         status: 200,
       }),
     );
-    headers.set("content-type", "application/json");
+    headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }
 
@@ -434,7 +469,7 @@ export async function proxyCompletion(
       });
     }),
   );
-  headers.set("content-type", "text/event-stream; charset=utf-8");
-  headers.set("cache-control", "no-cache");
+  headers["content-type"] = "text/event-stream; charset=utf-8";
+  headers["cache-control"] = "no-cache";
   return new Response(body, { status: 200, headers });
 }
