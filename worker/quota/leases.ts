@@ -24,7 +24,7 @@ export const LEASE_TTL_MS = 1_000;
 /** The most requests one lease asks for; the object also caps it at a share of the limit. */
 export const MAX_LEASE_REQUESTS = 256;
 /** How long settlements gather in an isolate before they go to the quota object together. */
-export const COMMIT_DELAY_MS = 4;
+export const COMMIT_DELAY_MS = 10;
 /** An organization idle this long in an isolate gives back what its leases still hold. */
 export const IDLE_RETURN_MS = 25;
 
