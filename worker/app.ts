@@ -7,7 +7,7 @@ import { docsRoutes } from "./docs/routes";
 import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
-import { init, requestId } from "./http/middleware";
+import { requestContext } from "./http/middleware";
 import { newRouter } from "./http/router";
 import type { ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes } from "./inference/routes";
@@ -75,8 +75,7 @@ const COMPLETION_PATHS = new Set(["/v1/chat/completions", "/v1/completions"]);
 
 /** Request ids, the request's services and problem documents for errors, on `app`. */
 function withCommonHandling(app: ReturnType<typeof newRouter>, options: AppOptions) {
-  app.use("*", requestId(options.requestIdGenerator ? { generator: options.requestIdGenerator } : {}));
-  app.use("*", init(options));
+  app.use("*", requestContext(options));
   app.onError(handleError);
   app.notFound(handleNotFound);
   return app;

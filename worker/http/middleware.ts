@@ -3,29 +3,24 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { createServices, type ServiceOptions } from "../services";
 
-/** Options of the request-id middleware. */
-export interface RequestIdOptions {
+/** Options of the request middleware. */
+export interface RequestContextOptions extends ServiceOptions {
   /** Makes a fresh id when the edge gave none. */
-  generator?: () => string;
+  requestIdGenerator?: () => string;
 }
 
-/** Tags each request with an id (Cloudflare's ray id when present) and echoes it back. */
-export function requestId({
-  generator = () => crypto.randomUUID(),
-}: RequestIdOptions = {}): MiddlewareHandler<HonoEnv> {
+/**
+ * Tags each request with an id (Cloudflare's ray id when present), builds its services once and
+ * echoes the id back on the response.
+ */
+export function requestContext(options: RequestContextOptions = {}): MiddlewareHandler<HonoEnv> {
+  const generate = options.requestIdGenerator ?? (() => crypto.randomUUID());
   return async (c, next) => {
-    const id = c.req.header("cf-ray") ?? generator();
+    const id = c.req.header("cf-ray") ?? generate();
     c.set("requestId", id);
+    c.set("services", createServices(c.env, options, { requestId: id }));
     await next();
     c.res.headers.set("x-request-id", id);
-  };
-}
-
-/** Builds the request's services once and puts them on the context. */
-export function init(options: ServiceOptions = {}): MiddlewareHandler<HonoEnv> {
-  return async (c, next) => {
-    c.set("services", createServices(c.env, options, { requestId: c.get("requestId") }));
-    await next();
   };
 }
 

@@ -393,7 +393,6 @@ export async function proxyCompletion(
   const headers: Record<string, string> = {
     ...rateLimitHeaders(reservation.snapshot),
     "x-modelgate-overhead-ms": String(overheadMs),
-    "x-request-id": c.get("requestId"),
   };
 
   if (!response.ok) {

@@ -88,12 +88,15 @@ interface QuotaCounters {
 
 const COUNTERS_KEY = "state";
 const RESERVATION_PREFIX = "r:";
-/** Usage-ledger rows settled here and not yet written to D1. */
+/**
+ * Usage-ledger rows settled here and not yet written to D1: the rows of one commit under one key
+ * (named after its first row), or one row per key in objects written before commits carried several.
+ */
 const USAGE_PREFIX = "u:";
 
 /** How long settled usage rows gather before they go to D1 in one batch. */
 export const LEDGER_FLUSH_MS = 250;
-/** Rows per flush; more wait for the next one, which follows at once. */
+/** Rows per flush (at least; a commit's rows stay together); more wait for the next one, which follows at once. */
 const LEDGER_FLUSH_ROWS = 200;
 /** When D1 refuses a flush, the rows stay here and the flush is tried again after this long. */
 const LEDGER_RETRY_MS = 5_000;
@@ -223,7 +226,7 @@ export class OrgQuota extends DurableObject<Env> {
       if (r) entries[RESERVATION_PREFIX + id] = r;
       else gone.push(RESERVATION_PREFIX + id);
     }
-    for (const row of rows) entries[USAGE_PREFIX + row.id] = row;
+    if (rows[0]) entries[USAGE_PREFIX + rows[0].id] = rows.length === 1 ? rows[0] : rows;
     void this.ctx.storage.put(entries);
     if (gone.length) void this.ctx.storage.delete(gone);
     if (rows.length) this.armFlush(LEDGER_FLUSH_MS);
@@ -354,10 +357,20 @@ export class OrgQuota extends DurableObject<Env> {
    */
   override async alarm(): Promise<void> {
     this.flushArmed = false;
-    const pending = await this.ctx.storage.list<SettledUsage>({ prefix: USAGE_PREFIX, limit: LEDGER_FLUSH_ROWS });
+    const pending = await this.ctx.storage.list<SettledUsage | SettledUsage[]>({
+      prefix: USAGE_PREFIX,
+      limit: LEDGER_FLUSH_ROWS,
+    });
     if (pending.size === 0) return;
     const services = createServices(this.env, {}, { quota: this.ctx.id.toString() });
-    const rows = [...pending.values()];
+    const keys: string[] = [];
+    const rows: SettledUsage[] = [];
+    for (const [key, value] of pending) {
+      if (rows.length >= LEDGER_FLUSH_ROWS) break;
+      keys.push(key);
+      if (Array.isArray(value)) rows.push(...value);
+      else rows.push(value);
+    }
     try {
       await writeUsageRows(services, rows, services.config.billing.secretKey ? this.env.USAGE_QUEUE : undefined);
     } catch (error) {
@@ -365,8 +378,8 @@ export class OrgQuota extends DurableObject<Env> {
       this.armFlush(LEDGER_RETRY_MS);
       return;
     }
-    await this.ctx.storage.delete([...pending.keys()]);
-    if (pending.size === LEDGER_FLUSH_ROWS) this.armFlush(0);
+    await this.ctx.storage.delete(keys);
+    if (keys.length < pending.size || pending.size === LEDGER_FLUSH_ROWS) this.armFlush(0);
   }
 
   /** Current standing without changing anything. */
