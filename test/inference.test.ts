@@ -99,6 +99,7 @@ describe("the real openai client through the gateway", () => {
       "x-ratelimit-remaining-tokens",
       "x-ratelimit-reset-tokens",
       "x-modelgate-overhead-ms",
+      "x-request-id",
     ]) {
       expect(response.headers.get(header), header).not.toBeNull();
     }
