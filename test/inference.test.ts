@@ -6,6 +6,7 @@ import { beforeEach, describe, expect, it } from "vitest";
 import { accessTokens, applications, organizationLimits, usageLedger } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
+import { clearQuotaLeases } from "../worker/inference/proxy";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
@@ -371,6 +372,38 @@ describe("limits", () => {
     expect(statuses.filter((s) => s === 200)).toHaveLength(5);
     expect(statuses.filter((s) => s === 429)).toHaveLength(15);
     expect(await ledger(gw)).toHaveLength(5);
+  });
+
+  it("answers 503 with Retry-After, not 500, when the quota object cannot be reached", async () => {
+    const backend = scopedBackend(0);
+    const { token, clock } = await setup([backend]);
+    const unreachable = {
+      idFromName: (name: string) => env.QUOTA.idFromName(name),
+      get: () => ({
+        lease: () => Promise.reject(new Error("Durable Object is overloaded")),
+        commit: () => Promise.reject(new Error("Durable Object is overloaded")),
+      }),
+    };
+    const gw = testGateway({
+      clock,
+      bindings: {
+        QUOTA: unreachable as unknown as Env["QUOTA"],
+        INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: backend.url }] }),
+        INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      },
+    });
+    clearCallerCache();
+    clearQuotaLeases();
+    const res = await gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
+    });
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("1");
+    expect(await res.json()).toMatchObject({ error: { code: "service_unavailable" } });
+    // Nothing reached the backend.
+    expect(await backend.requests()).toHaveLength(0);
   });
 
   it("stops a revoked token within the cache window", async () => {

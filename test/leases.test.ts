@@ -158,6 +158,53 @@ describe("quota leases", () => {
     expect((await quota.peek(roomy, NOW)).monthTokens).toBe(250);
   });
 
+  it("admit the request that asked even when the lease call outlasted the lease, and give the rest back", async () => {
+    const org = crypto.randomUUID();
+    let now = NOW;
+    const { leases, context, settled, quota } = isolate(org, roomy, { now: () => now });
+    // Grow the next ask past one request.
+    for (let i = 0; i < 3; i++) {
+      const a = await leases.admit(org, 10, context);
+      if (!a.ok) throw new Error("refused");
+      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
+    }
+    now += 2_000;
+    const slowStub = context.stub;
+    context.stub = {
+      ...slowStub,
+      lease: async (...args: Parameters<typeof slowStub.lease>) => {
+        const granted = await slowStub.lease(...args);
+        now += 1_500; // the call took longer than a lease lives
+        return granted;
+      },
+    };
+    const late = await leases.admit(org, 10, context);
+    expect(late.ok).toBe(true);
+    await settled();
+    // Only the late request holds anything: what else its lease had went straight back.
+    const standing = await quota.peek(roomy, now);
+    expect(standing.remainingRequests).toBe(roomy.requestsPerMinute - 4);
+  });
+
+  it("keep capacity to give back when the lease call fails, and send it all the same", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled, quota } = isolate(org, roomy);
+    for (let i = 0; i < 4; i++) {
+      const a = await leases.admit(org, 10, context);
+      if (!a.ok) throw new Error("refused");
+      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
+    }
+    // The last lease still holds requests: this isolate has capacity it has not used.
+    expect((await quota.peek(roomy, NOW)).remainingRequests).toBeLessThan(roomy.requestsPerMinute - 4);
+    const working = context.stub;
+    context.stub = { ...working, lease: () => Promise.reject(new Error("object unreachable")) };
+    // A request larger than the lease holds makes the isolate give the lease back and ask anew.
+    await expect(leases.admit(org, 5_000, context)).rejects.toThrow("object unreachable");
+    context.stub = working;
+    await settled();
+    expect((await quota.peek(roomy, NOW)).remainingRequests).toBe(roomy.requestsPerMinute - 4);
+  });
+
   it("write the rows straight to the ledger when the quota object cannot take them", async () => {
     const org = crypto.randomUUID();
     const fellBack: SettledUsage[] = [];

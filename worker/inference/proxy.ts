@@ -308,7 +308,12 @@ export async function proxyCompletion(
       return recordUsage(services, rows, billingQueue);
     },
   };
-  const reservation = await isolateLeases.admit(organizationId, reserveTokens, quota);
+  const reservation = await isolateLeases.admit(organizationId, reserveTokens, quota).catch((error: unknown) => {
+    services.log.error("quota object unreachable; request refused", { organizationId, error: String(error) });
+    throw new AppError("service_unavailable", "The quota service is unavailable; retry shortly.", {
+      headers: { "retry-after": "1" },
+    });
+  });
   if (!reservation.ok) {
     const [message, openaiCode] = REFUSALS[reservation.refusal];
     throw new AppError("rate_limited", message, {
@@ -397,7 +402,14 @@ export async function proxyCompletion(
 
   if (!response.ok) {
     // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
-    const text = await response.text();
+    let text: string;
+    try {
+      text = await response.text();
+    } catch {
+      attempt.clearTimer();
+      settleUnused(backend.url, "partial", 502);
+      throw new AppError("bad_gateway", "The inference server broke off its answer.");
+    }
     attempt.clearTimer();
     settleUnused(backend.url, "backend_error", response.status);
     headers["content-type"] = response.headers.get("content-type") ?? "application/json";

@@ -30,7 +30,7 @@ export const IDLE_RETURN_MS = 25;
 
 /** What leasing needs of the organization's `OrgQuota` object (its stub, in production). */
 export interface QuotaObject {
-  lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number): Promise<LeaseResult>;
+  lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number, returns?: LeaseReturn[]): Promise<LeaseResult>;
   commit(report: QuotaCommit, limits: QuotaLimits, now: number): Promise<unknown>;
 }
 
@@ -106,29 +106,36 @@ export class QuotaLeases {
     const local = this.take(org, need, c);
     if (local) return local;
     // Capacity this isolate gives back (leases that expired, ran short or were taken under other
-    // limits) reaches the object before the new lease is asked for, so that it counts.
-    if (org.batch?.returns.length) await this.sendNow(org, c);
+    // limits) goes with the call, so that it counts before the new lease is granted.
+    const returns = org.batch?.returns.splice(0) ?? [];
     const id = c.newId();
     const now = c.now();
-    const granted: LeaseResult = await c.stub.lease(
-      id,
-      { requests: org.ask, tokens: org.ask * need, need },
-      c.limits,
-      now,
-    );
-    if (granted.ok) {
-      org.open.push({
-        id,
-        minute: minuteOf(now),
-        expiresAt: Math.min(now + LEASE_TTL_MS, (minuteOf(now) + 1) * 60_000),
-        granted: granted.requests,
-        requestsLeft: granted.requests,
-        tokensLeft: granted.tokens,
-        snapshot: granted.snapshot,
-      });
+    let granted: LeaseResult;
+    try {
+      granted = await c.stub.lease(id, { requests: org.ask, tokens: org.ask * need, need }, c.limits, now, returns);
+    } catch (error) {
+      if (returns.length) this.batchOf(org, c).batch.returns.push(...returns);
+      throw error;
     }
-    // Another request's lease may have come in while this one waited.
-    return this.take(org, need, c) ?? (granted.ok ? this.unexpected(org, need) : granted);
+    if (!granted.ok) {
+      // Another request's lease may have come in while this one waited.
+      return this.take(org, need, c) ?? granted;
+    }
+    const lease: Lease = {
+      id,
+      minute: minuteOf(now),
+      expiresAt: Math.min(now + LEASE_TTL_MS, (minuteOf(now) + 1) * 60_000),
+      granted: granted.requests,
+      requestsLeft: granted.requests,
+      tokensLeft: granted.tokens,
+      snapshot: granted.snapshot,
+    };
+    // The request that asked is admitted from its lease even if the call took so long that the
+    // lease has expired since: the capacity is held for it either way.
+    const admitted = this.admitFrom(org, lease, need, c);
+    if (lease.requestsLeft > 0 && c.now() < lease.expiresAt) org.open.push(lease);
+    else this.giveBack(org, lease, c);
+    return admitted;
   }
 
   /**
@@ -200,33 +207,32 @@ export class QuotaLeases {
         this.giveBack(org, lease, c);
       }
     }
-    if (!found) {
-      org.open = org.open.filter((l) => l.requestsLeft > 0);
-      return undefined;
-    }
-    found.requestsLeft -= 1;
-    found.tokensLeft -= need;
-    org.inflight += 1;
-    org.admissions += 1;
-    const s = found.snapshot;
-    const snapshot = {
-      ...s,
-      remainingRequests: s.remainingRequests + found.requestsLeft,
-      remainingTokens: s.remainingTokens + found.tokensLeft,
-      monthlyRemaining: s.monthlyRemaining + found.tokensLeft,
-    };
-    if (found.requestsLeft === 0) {
-      // Used up before it expired: the next lease may be larger. Tokens it still has go back.
-      org.ask = Math.min(MAX_LEASE_REQUESTS, org.ask * 2);
-      this.giveBack(org, found, c);
-    }
     org.open = org.open.filter((l) => l.requestsLeft > 0);
-    return { ok: true, lease: found.id, reserved: need, snapshot };
+    if (!found) return undefined;
+    const admitted = this.admitFrom(org, found, need, c);
+    org.open = org.open.filter((l) => l.requestsLeft > 0);
+    return admitted;
   }
 
-  /** A fresh lease always fits the request it was asked for; this guards the arithmetic. */
-  private unexpected(org: OrgLeases, need: number): AdmitResult {
-    throw new Error(`a new lease did not fit its request (${need} tokens, ${org.open.length} leases open)`);
+  /** Takes one request of `need` tokens out of `lease`, which has room for it. */
+  private admitFrom(org: OrgLeases, lease: Lease, need: number, c: LeaseContext): AdmitResult {
+    lease.requestsLeft -= 1;
+    lease.tokensLeft -= need;
+    org.inflight += 1;
+    org.admissions += 1;
+    const s = lease.snapshot;
+    const snapshot = {
+      ...s,
+      remainingRequests: s.remainingRequests + lease.requestsLeft,
+      remainingTokens: s.remainingTokens + lease.tokensLeft,
+      monthlyRemaining: s.monthlyRemaining + lease.tokensLeft,
+    };
+    if (lease.requestsLeft === 0) {
+      // Used up before it expired: the next lease may be larger. Tokens it still has go back.
+      org.ask = Math.min(MAX_LEASE_REQUESTS, org.ask * 2);
+      this.giveBack(org, lease, c);
+    }
+    return { ok: true, lease: lease.id, reserved: need, snapshot };
   }
 
   private giveBack(org: OrgLeases, lease: Lease, c: LeaseContext): void {

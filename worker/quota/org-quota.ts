@@ -235,19 +235,26 @@ export class OrgQuota extends DurableObject<Env> {
   /**
    * Holds capacity for requests an isolate will admit on its own: at least one request of
    * `ask.need` tokens, at most what was asked, an eighth of the per-minute limits (so that one
-   * isolate cannot hold what others need) and what the limits have left. Refuses, saying which
-   * limit and for how long, when not even the one request fits.
+   * isolate cannot hold what others need) and what the limits have left, after taking back what
+   * the isolate's older leases `returns`. Refuses, saying which limit and for how long, when not
+   * even the one request fits.
    */
-  async lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number): Promise<LeaseResult> {
+  async lease(
+    id: string,
+    ask: LeaseAsk,
+    limits: QuotaLimits,
+    now: number,
+    returns: readonly LeaseReturn[] = [],
+  ): Promise<LeaseResult> {
     this.roll(now);
-    const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): LeaseResult => ({
-      ok: false,
-      refusal,
-      retryAfterSeconds,
-      snapshot: this.snapshot(limits, now),
-    });
+    const changed = new Set<string>();
+    this.takeBack(returns, changed);
     const need = ask.need;
     const resetSeconds = this.snapshot(limits, now).resetSeconds;
+    const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): LeaseResult => {
+      if (changed.size) this.persist(changed);
+      return { ok: false, refusal, retryAfterSeconds, snapshot: this.snapshot(limits, now) };
+    };
     if (need > limits.tokensPerMinute || need > limits.monthlyTokenBudget)
       return refuse("request_too_large", resetSeconds);
     const monthLeft = limits.monthlyTokenBudget - this.state.monthTokens;
@@ -268,8 +275,30 @@ export class OrgQuota extends DurableObject<Env> {
     this.state.minuteTokens += tokens;
     this.state.monthTokens += tokens;
     this.reservations.set(id, { tokens, requests, minute: this.state.minute, month: this.state.month, at: now });
-    this.persist([id]);
+    changed.add(id);
+    this.persist(changed);
     return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now) };
+  }
+
+  /**
+   * Releases the capacity leases give back, noting each changed lease in `changed`; a lease that
+   * holds nothing any more is forgotten.
+   */
+  private takeBack(returns: readonly LeaseReturn[], changed: Set<string>): void {
+    for (const back of returns) {
+      const r = this.reservations.get(back.lease);
+      if (!r) continue;
+      const tokens = Math.min(back.tokens, Math.max(0, r.tokens));
+      const requests = Math.min(back.requests, r.requests ?? 1);
+      this.release(r, tokens, requests);
+      r.tokens -= tokens;
+      r.requests = (r.requests ?? 1) - requests;
+      changed.add(back.lease);
+    }
+    for (const id of changed) {
+      const r = this.reservations.get(id);
+      if (r && r.tokens <= 0 && (r.requests ?? 1) <= 0) this.reservations.delete(id);
+    }
   }
 
   /** Admits one request of at most `tokens` tokens, or says which limit refuses it and for how long. */
@@ -307,20 +336,7 @@ export class OrgQuota extends DurableObject<Env> {
         this.state.monthTokens += s.actual;
       }
     }
-    for (const back of report.returns ?? []) {
-      const r = this.reservations.get(back.lease);
-      if (!r) continue;
-      const tokens = Math.min(back.tokens, Math.max(0, r.tokens));
-      const requests = Math.min(back.requests, r.requests ?? 1);
-      this.release(r, tokens, requests);
-      r.tokens -= tokens;
-      r.requests = (r.requests ?? 1) - requests;
-      changed.add(back.lease);
-    }
-    for (const id of changed) {
-      const r = this.reservations.get(id);
-      if (r && r.tokens <= 0 && (r.requests ?? 1) <= 0) this.reservations.delete(id);
-    }
+    this.takeBack(report.returns ?? [], changed);
     this.persist(changed, report.rows);
     return this.snapshot(limits, now);
   }
