@@ -45,8 +45,6 @@ interface Lease {
 }
 
 interface Batch {
-  /** Set when the batch leaves: later settlements go to a new one. */
-  sent: boolean;
   settlements: Settlement[];
   returns: LeaseReturn[];
   rows: SettledUsage[];
@@ -250,27 +248,15 @@ export class QuotaLeases {
   /** The organization's open batch; the request that opens one sends it, from its own `waitUntil`. */
   private batchOf(org: OrgLeases, c: LeaseContext): { batch: Batch; sent: Promise<void> } {
     if (org.batch) return { batch: org.batch, sent: Promise.resolve() };
-    const batch: Batch = { sent: false, settlements: [], returns: [], rows: [] };
+    const batch: Batch = { settlements: [], returns: [], rows: [] };
     org.batch = batch;
     const sent = this.send(org, batch, c);
     c.waitUntil(sent);
     return { batch, sent };
   }
 
-  /** Sends the open batch from this request, without waiting for others to join it. */
-  private async sendNow(org: OrgLeases, c: LeaseContext): Promise<void> {
-    const batch = org.batch;
-    if (!batch) return;
-    batch.sent = true;
-    org.batch = undefined;
-    await this.commit(batch, c);
-  }
-
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     await sleep(COMMIT_DELAY_MS);
-    // Sent already by a request that could not wait.
-    if (batch.sent) return;
-    batch.sent = true;
     if (org.batch === batch) org.batch = undefined;
     await this.commit(batch, c);
     if (org.lingering || org.open.length === 0) return;
@@ -280,7 +266,7 @@ export class QuotaLeases {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns: Batch = { sent: true, settlements: [], returns: [], rows: [] };
+      const returns: Batch = { settlements: [], returns: [], rows: [] };
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
