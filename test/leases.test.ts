@@ -40,7 +40,15 @@ function isolate(organization: string, limits: QuotaLimits, overrides: Partial<L
   const settled = async () => {
     while (pending.length) await Promise.all(pending.splice(0));
   };
-  return { leases, context, calls, settled, quota: real };
+  /** `count` requests of `tokens` tokens one after another, each settled at what it reserved. */
+  const serve = async (count: number, tokens = 10) => {
+    for (let i = 0; i < count; i++) {
+      const a = await leases.admit(organization, tokens, context);
+      if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+      void leases.settle(organization, a, row(`${organization}-${crypto.randomUUID()}`, organization, tokens), context);
+    }
+  };
+  return { leases, context, calls, settled, serve, quota: real };
 }
 
 function row(id: string, organizationId: string, totalTokens: number): SettledUsage {
@@ -130,12 +138,8 @@ describe("quota leases", () => {
 
   it("give a lease back at once when the organization's limits change", async () => {
     const org = crypto.randomUUID();
-    const { leases, context, settled, quota } = isolate(org, roomy);
-    for (let i = 0; i < 40; i++) {
-      const a = await leases.admit(org, 10, context);
-      if (!a.ok) throw new Error("refused");
-      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
-    }
+    const { leases, context, settled, serve, quota } = isolate(org, roomy);
+    await serve(40);
     const tight: QuotaLimits = { requestsPerMinute: 41, tokensPerMinute: 10_000, monthlyTokenBudget: 1e9 };
     context.limits = tight;
     const first = await leases.admit(org, 10, context);
@@ -161,13 +165,9 @@ describe("quota leases", () => {
   it("admit the request that asked even when the lease call outlasted the lease, and give the rest back", async () => {
     const org = crypto.randomUUID();
     let now = NOW;
-    const { leases, context, settled, quota } = isolate(org, roomy, { now: () => now });
+    const { leases, context, settled, serve, quota } = isolate(org, roomy, { now: () => now });
     // Grow the next ask past one request.
-    for (let i = 0; i < 3; i++) {
-      const a = await leases.admit(org, 10, context);
-      if (!a.ok) throw new Error("refused");
-      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
-    }
+    await serve(3);
     now += 2_000;
     const slowStub = context.stub;
     context.stub = {
@@ -188,12 +188,8 @@ describe("quota leases", () => {
 
   it("keep capacity to give back when the lease call fails, and send it all the same", async () => {
     const org = crypto.randomUUID();
-    const { leases, context, settled, quota } = isolate(org, roomy);
-    for (let i = 0; i < 4; i++) {
-      const a = await leases.admit(org, 10, context);
-      if (!a.ok) throw new Error("refused");
-      void leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
-    }
+    const { leases, context, settled, serve, quota } = isolate(org, roomy);
+    await serve(4);
     // The last lease still holds requests: this isolate has capacity it has not used.
     expect((await quota.peek(roomy, NOW)).remainingRequests).toBeLessThan(roomy.requestsPerMinute - 4);
     const working = context.stub;

@@ -400,32 +400,28 @@ export async function proxyCompletion(
     "x-modelgate-overhead-ms": String(overheadMs),
   };
 
-  if (!response.ok) {
-    // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
-    let text: string;
+  /** The whole answer; one that breaks off is a 502 for the client and nothing billable. */
+  const readAnswer = async (): Promise<string> => {
     try {
-      text = await response.text();
+      return await response.text();
     } catch {
-      attempt.clearTimer();
       settleUnused(backend.url, "partial", 502);
       throw new AppError("bad_gateway", "The inference server broke off its answer.");
+    } finally {
+      attempt.clearTimer();
     }
-    attempt.clearTimer();
+  };
+
+  if (!response.ok) {
+    // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
+    const text = await readAnswer();
     settleUnused(backend.url, "backend_error", response.status);
     headers["content-type"] = response.headers.get("content-type") ?? "application/json";
     return new Response(text, { status: response.status, headers });
   }
 
   if (!stream || !response.body) {
-    let text: string;
-    try {
-      text = await response.text();
-    } catch {
-      attempt.clearTimer();
-      settleUnused(backend.url, "partial", 502);
-      throw new AppError("bad_gateway", "The inference server broke off its answer.");
-    }
-    attempt.clearTimer();
+    const text = await readAnswer();
     let json: unknown;
     try {
       json = JSON.parse(text);
