@@ -2,7 +2,8 @@
  * `npm run bench:proxy [-- --duration 10 --warmup 2 --connections 1,32]`
  *
  * What the inference proxy costs, measured in one run on loopback against one backend simulator:
- * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), this
+ * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), a
+ * Worker that only reads what metering needs (the floor for any Worker gateway that meters), this
  * gateway's full path (token, license, quota reservation and settlement, metering) and the
  * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
  * each concurrency for a fixed time; a sequential client then times single requests to the
@@ -18,6 +19,7 @@ import {
   directTarget,
   gatewayTarget,
   MAX_TOKENS,
+  meteringFloorTarget,
   noopWorkerTarget,
   PACED_TOKEN_MS,
   portkeyTarget,
@@ -27,7 +29,7 @@ import {
 } from "./targets";
 
 /** The peers besides the simulator itself, which is always measured. */
-const PEERS = ["noop", "modelgate", "portkey"] as const;
+const PEERS = ["noop", "floor", "modelgate", "portkey"] as const;
 type Peer = (typeof PEERS)[number];
 
 /** The issue's targets. */
@@ -50,7 +52,7 @@ function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
-      "                              [--targets noop,modelgate,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n",
+      "                              [--targets noop,floor,modelgate,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n",
   );
   process.exit(2);
 }
@@ -187,9 +189,10 @@ async function main(): Promise<void> {
         ? start(name, starter)
         : Promise.resolve(unavailableTarget(name, "not selected (--targets)"));
     targets.push(await peer("noop", "no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
+    targets.push(await peer("floor", "metering floor Worker (Miniflare)", () => meteringFloorTarget(sim.url)));
     targets.push(await peer("modelgate", "modelgate (Miniflare)", () => gatewayTarget(sim.url)));
     targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
-    const [direct, noop, gateway, portkey] = targets as [Target, Target, Target, Target];
+    const [direct, noop, floor, gateway, portkey] = targets as [Target, Target, Target, Target, Target];
     const running = targets.filter((t) => !t.unavailable);
 
     const rows: LoadRow[] = [];
@@ -261,6 +264,8 @@ async function main(): Promise<void> {
           String(c),
           ratio(g, rowOf(noop, stream, c)?.rps),
           ratio(g, rowOf(portkey, stream, c)?.rps),
+          ratio(rowOf(floor, stream, c)?.rps, rowOf(noop, stream, c)?.rps),
+          ratio(g, rowOf(floor, stream, c)?.rps),
           ratio(rowOf(noop, stream, c)?.rps, rowOf(direct, stream, c)?.rps),
           ratio(rowOf(noop, stream, c)?.cpuMicros, rowOf(gateway, stream, c)?.cpuMicros),
         ]);
@@ -268,7 +273,16 @@ async function main(): Promise<void> {
     }
     console.log(
       table(
-        ["answer", "conns", "gateway ÷ no-op", "gateway ÷ Portkey", "no-op ÷ direct", "CPU: no-op ÷ gateway"],
+        [
+          "answer",
+          "conns",
+          "gateway ÷ no-op",
+          "gateway ÷ Portkey",
+          "floor ÷ no-op",
+          "gateway ÷ floor",
+          "no-op ÷ direct",
+          "CPU: no-op ÷ gateway",
+        ],
         ratioRows,
       ),
     );

@@ -152,18 +152,18 @@ export function directTarget(simUrl: string, simPid?: number): Target {
   };
 }
 
-/** A Worker that only forwards, in Miniflare: the floor for any Worker gateway. */
-export async function noopWorkerTarget(simUrl: string): Promise<Target> {
+/** A Worker of `bench/` that forwards to the simulator, in Miniflare. */
+async function forwardingWorkerTarget(name: string, script: string, simUrl: string): Promise<Target> {
   const mf = new Miniflare({
     ...workerSocketOptions(),
     modules: true,
-    scriptPath: join(ROOT, "bench", "noop-worker.js"),
+    scriptPath: join(ROOT, "bench", script),
     compatibilityDate: "2026-07-30",
     bindings: { UPSTREAM: simUrl },
   });
   const base = await directOrigin(mf);
   return {
-    name: "no-op Worker (Miniflare)",
+    name,
     pid: workerdListeningOn(Number(new URL(base).port)),
     chat: ({ stream, paced }) => ({
       url: `${base}${paced ? PACED_SCOPE : ""}/v1/chat/completions`,
@@ -172,6 +172,19 @@ export async function noopWorkerTarget(simUrl: string): Promise<Target> {
     }),
     close: () => mf.dispose(),
   };
+}
+
+/** A Worker that only forwards, in Miniflare: the floor for any Worker gateway. */
+export function noopWorkerTarget(simUrl: string): Promise<Target> {
+  return forwardingWorkerTarget("no-op Worker (Miniflare)", "noop-worker.js", simUrl);
+}
+
+/**
+ * A Worker that forwards and reads what metering needs — the request's body, the answer's usage,
+ * every streamed chunk — and nothing else: the floor for any Worker gateway that meters.
+ */
+export function meteringFloorTarget(simUrl: string): Promise<Target> {
+  return forwardingWorkerTarget("metering floor Worker (Miniflare)", "metering-worker.js", simUrl);
 }
 
 /** The Portkey AI gateway's Node server, routing to the simulator as an OpenAI-compatible custom host. */
