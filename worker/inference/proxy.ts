@@ -87,8 +87,16 @@ export interface ProxyOptions {
   random?: () => number;
 }
 
+const utf8 = new TextEncoder();
+/** Reused for the UTF-8 length of short texts, which is most of them. */
+const scratch = new Uint8Array(64 * 1024);
+
+function utf8Length(text: string): number {
+  return text.length * 3 <= scratch.length ? utf8.encodeInto(text, scratch).written : utf8.encode(text).byteLength;
+}
+
 function textOf(value: unknown): number {
-  if (typeof value === "string") return new TextEncoder().encode(value).byteLength;
+  if (typeof value === "string") return utf8Length(value);
   if (Array.isArray(value)) return value.reduce((n: number, part) => n + textOf(part), 0);
   if (value && typeof value === "object") {
     const part = value as { text?: unknown; content?: unknown };
@@ -341,7 +349,9 @@ export async function proxyCompletion(
   /**
    * Settles the reservation to what was used. The ledger row goes with the settlement to the
    * quota object, in this isolate's next batch; the object stores it with the new counters and
-   * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly).
+   * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly). The
+   * request that opens a batch keeps itself alive (`waitUntil`) until the batch is sent, so the
+   * caller need not wait for it.
    */
   const settle = (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">): Promise<void> => {
     const now = services.clock.now();
@@ -366,18 +376,16 @@ export async function proxyCompletion(
   };
   /** Settles a request that produced nothing billable. */
   const settleUnused = (backendUrl: string | null, outcome: "backend_error" | "partial", status: number) =>
-    waitUntil(
-      settle({
-        backend: backendUrl,
-        promptTokens: 0,
-        completionTokens: 0,
-        totalTokens: 0,
-        usageReported: false,
-        outcome,
-        partial: outcome === "partial",
-        status,
-      }),
-    );
+    void settle({
+      backend: backendUrl,
+      promptTokens: 0,
+      completionTokens: 0,
+      totalTokens: 0,
+      usageReported: false,
+      outcome,
+      partial: outcome === "partial",
+      status,
+    });
   const path = endpoint === "chat" ? "chat/completions" : "completions";
   const attempt = await sendToBackends(services, pool, path, bodyFor, options, waitUntil);
   if (!attempt.ok) {
@@ -434,16 +442,14 @@ export async function proxyCompletion(
       completionTokens: maxTokens,
       totalTokens: promptEstimate + maxTokens,
     };
-    waitUntil(
-      settle({
-        backend: backend.url,
-        ...usage,
-        usageReported: reported !== undefined,
-        outcome: "ok",
-        partial: false,
-        status: 200,
-      }),
-    );
+    void settle({
+      backend: backend.url,
+      ...usage,
+      usageReported: reported !== undefined,
+      outcome: "ok",
+      partial: false,
+      status: 200,
+    });
     headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }
