@@ -27,6 +27,8 @@ export const MAX_LEASE_REQUESTS = 256;
 export const COMMIT_DELAY_MS = 10;
 /** An organization idle this long in an isolate gives back what its leases still hold. */
 export const IDLE_RETURN_MS = 25;
+/** Organizations an isolate keeps state for; past this, the idle ones are forgotten. */
+const MAX_ORGANIZATIONS = 10_000;
 
 /** What leasing needs of the organization's `OrgQuota` object (its stub, in production). */
 export interface QuotaObject {
@@ -155,6 +157,13 @@ export class QuotaLeases {
     return sent;
   }
 
+  /** Forgets organizations that hold nothing here: no lease, no request in flight, nothing to send. */
+  private forgetIdle(): void {
+    for (const [id, org] of this.orgs) {
+      if (org.open.length === 0 && org.inflight === 0 && !org.batch && !org.lingering) this.orgs.delete(id);
+    }
+  }
+
   /** Forgets every lease without giving anything back (tests). */
   clear(): void {
     this.orgs.clear();
@@ -164,6 +173,7 @@ export class QuotaLeases {
     const limitsKey = `${c.limits.requestsPerMinute}/${c.limits.tokensPerMinute}/${c.limits.monthlyTokenBudget}`;
     let org = this.orgs.get(organizationId);
     if (!org) {
+      if (this.orgs.size >= MAX_ORGANIZATIONS) this.forgetIdle();
       org = {
         limitsKey,
         limits: c.limits,
