@@ -50,6 +50,21 @@ export function DataTable<Row>(props: {
   );
 }
 
+/**
+ * A row's organization, linked to the row's page (the whole row opens it, see `data-row-link`),
+ * with its contact below.
+ */
+export function OrganizationCell(props: { href: string; name: Child; contact: Child }) {
+  return (
+    <>
+      <a href={props.href} data-row-link>
+        {props.name}
+      </a>
+      <div class="muted">{props.contact}</div>
+    </>
+  );
+}
+
 /** The link to the next page of a list, when there is one. */
 export function NextPageLink(props: { href: string | null; label?: string }) {
   if (!props.href) return null;

@@ -6,7 +6,7 @@ import type { EffectiveLimits } from "../../worker/quota/limits";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
-import { DataTable, NextPageLink } from "../table";
+import { DataTable, NextPageLink, OrganizationCell } from "../table";
 import { BillingBadge, PaymentStanding } from "./billing";
 
 /** A grant as listed, with its download totals. */
@@ -55,12 +55,7 @@ export function GrantsPage(props: {
           {
             label: "Organization",
             cell: (g) => (
-              <>
-                <a href={`/admin/grants/${g.id}`} data-row-link>
-                  {g.organizationName}
-                </a>
-                <div class="muted">{g.contactEmail}</div>
-              </>
+              <OrganizationCell href={`/admin/grants/${g.id}`} name={g.organizationName} contact={g.contactEmail} />
             ),
           },
           { label: "Family", cell: (g) => g.family },

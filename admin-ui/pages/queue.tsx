@@ -4,7 +4,7 @@ import { countryName } from "../../worker/applications/countries";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatAge, formatCount, STATUS_WORDS } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
-import { DataTable, NextPageLink } from "../table";
+import { DataTable, NextPageLink, OrganizationCell } from "../table";
 
 type Queue = Awaited<ReturnType<typeof listReviewQueue>>;
 
@@ -49,12 +49,11 @@ export function QueuePage(props: {
           {
             label: "Organization",
             cell: (item) => (
-              <>
-                <a href={`/admin/applications/${item.id}`} data-row-link>
-                  {item.organization}
-                </a>
-                <div class="muted">{item.contactEmail}</div>
-              </>
+              <OrganizationCell
+                href={`/admin/applications/${item.id}`}
+                name={item.organization}
+                contact={item.contactEmail}
+              />
             ),
           },
           { label: "Waiting", cell: (item) => formatAge(item.ageSeconds) },
