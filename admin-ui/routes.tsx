@@ -32,7 +32,7 @@ import { listAuditEvents } from "../worker/audit/routes";
 import { accountsInArrears, billingAccountsOf, paymentStanding } from "../worker/billing/accounts";
 import { failedLedgerRows, outboxStates, retryingRows } from "../worker/billing/outbox";
 import { billingStanding } from "../worker/billing/routes";
-import type { Config } from "../worker/config";
+import { billingEnabled } from "../worker/config";
 import { type APPLICATION_STATUSES, applications, GRANT_STATUSES, grants, organizations } from "../worker/db/schema";
 import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
@@ -71,11 +71,6 @@ function reviewer(c: { get(key: "admin"): AdminIdentity | undefined }): AdminIde
 /** How the reviewer signs out: our dev cookie locally, Access's own logout in production. */
 function signOutOf(c: { get(key: "services"): HonoEnv["Variables"]["services"] }): SignOut {
   return devSignInEnabled(c.get("services").config) ? { kind: "dev" } : { kind: "access" };
-}
-
-/** Whether this gateway bills through Stripe: without a key, usage is only metered. */
-function billingEnabled(config: Config): boolean {
-  return config.billing.secretKey !== undefined;
 }
 
 /** `?key=value` for the non-empty entries, for filter and pagination links. */

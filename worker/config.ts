@@ -34,6 +34,11 @@ export interface Config {
   billing: BillingConfig;
 }
 
+/** Whether this gateway bills through Stripe: without a secret key, usage is only metered. */
+export function billingEnabled(config: Pick<Config, "billing">): boolean {
+  return config.billing.secretKey !== undefined;
+}
+
 /** Stripe settings; `secretKey` undefined means billing is off (the gateway still meters usage). */
 export interface BillingConfig {
   secretKey: string | undefined;

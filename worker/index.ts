@@ -1,6 +1,7 @@
 import { newApp } from "./app";
 import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
 import { reconcileBilling } from "./billing/reconcile";
+import { billingEnabled } from "./config";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
 
@@ -22,7 +23,7 @@ export default {
         if (report.sent + report.retried + report.failed > 0) services.log.info("mail outbox run", { ...report });
       }),
     );
-    if (!services.config.billing.secretKey) {
+    if (!billingEnabled(services.config)) {
       services.log.info("billing is off: no STRIPE_SECRET_KEY; usage is metered but not sent to Stripe");
       return;
     }

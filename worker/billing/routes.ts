@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, count, eq, gte, sql } from "drizzle-orm";
 import { currentAdmin, requireRole } from "../admin/access";
+import { billingEnabled } from "../config";
 import { type BillingAccount, billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";
 import { refuseCrossSite } from "../http/middleware";
@@ -58,7 +59,7 @@ export async function billingStanding(
   const standing = account ? paymentStanding(account, services.config.billing.graceDays, now) : undefined;
   return {
     organizationId,
-    enabled: services.config.billing.secretKey !== undefined,
+    enabled: billingEnabled(services.config),
     plan: account?.plan ?? null,
     status: account?.status ?? null,
     suspended: standing?.suspended ?? false,
@@ -187,12 +188,12 @@ billingRoutes
   .openapi(outboxRoute, async (c) => {
     const services = c.get("services");
     const states = await outboxStates(services.db);
-    return c.json({ enabled: services.config.billing.secretKey !== undefined, states }, 200);
+    return c.json({ enabled: billingEnabled(services.config), states }, 200);
   })
   .openapi(resendRoute, async (c) => {
     const services = c.get("services");
     const { ids } = await readBody(c, ResendRequest);
-    if (!services.config.billing.secretKey) {
+    if (!billingEnabled(services.config)) {
       throw new AppError("service_unavailable", "Billing is off (no STRIPE_SECRET_KEY): there is nothing to send to.");
     }
     const moved = await resendDeadLetters(services, c.env.USAGE_QUEUE, `reviewer:${currentAdmin(c).email}`, ids);

@@ -1,5 +1,6 @@
 import { eq } from "drizzle-orm";
 import { suspendedSince } from "../billing/accounts";
+import { billingEnabled } from "../config";
 import { billingAccounts } from "../db/schema";
 import { AppError } from "../errors";
 import { effectiveLimits } from "../quota/limits";
@@ -56,7 +57,7 @@ export async function authenticateInference(services: Services, bearer: string |
   );
   const limits: QuotaLimits = { requestsPerMinute, tokensPerMinute, monthlyTokenBudget };
   let suspendedFrom: number | undefined;
-  if (services.config.billing.secretKey) {
+  if (billingEnabled(services.config)) {
     const [account] = await services.db
       .select()
       .from(billingAccounts)
