@@ -3,13 +3,34 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
-import type { SettledUsage } from "../worker/quota/org-quota";
+import type { QuotaLimits, SettledUsage } from "../worker/quota/org-quota";
 
 const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
 const NOW = Date.parse("2026-06-15T12:00:10Z");
 
+/**
+ * An organization's quota object used one request at a time, as an isolate whose every lease is
+ * a single request would: `reserve` leases exactly one request's worth, `settle` commits that
+ * request's usage (and its ledger row) against its lease.
+ */
 function quota(name = crypto.randomUUID()) {
-  return env.QUOTA.get(env.QUOTA.idFromName(name));
+  const stub = env.QUOTA.get(env.QUOTA.idFromName(name));
+  const reserved = new Map<string, number>();
+  return {
+    stub,
+    peek: (l: QuotaLimits, now: number) => stub.peek(l, now),
+    async reserve(id: string, tokens: number, l: QuotaLimits, now: number) {
+      const result = await stub.lease(id, { requests: 1, tokens, need: tokens }, l, now);
+      if (result.ok) reserved.set(id, tokens);
+      return result;
+    },
+    settle: (id: string, actual: number, l: QuotaLimits, now: number, row?: SettledUsage) =>
+      stub.commit(
+        { settlements: [{ id, lease: id, reserved: reserved.get(id) ?? 0, actual }], rows: row ? [row] : [] },
+        l,
+        now,
+      ),
+  };
 }
 
 describe("OrgQuota", () => {
@@ -87,7 +108,7 @@ describe("OrgQuota", () => {
     await q.reserve("open", 600, small, NOW);
     await q.reserve("done", 100, small, NOW);
     await q.settle("done", 40, small, NOW);
-    await evictDurableObject(q);
+    await evictDurableObject(q.stub);
     // A fresh instance over the same storage must know both the counters and the open reservation.
     expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 640, remainingRequests: 98 });
     await q.settle("open", 10, small, NOW);
@@ -129,8 +150,8 @@ describe("OrgQuota", () => {
       expect((await q.peek(limits, NOW)).monthTokens).toBe(before.monthTokens);
       // Evicted before its flush (unless a slow machine let the alarm fire first): the rows were
       // stored with the counters, so the restarted object still writes them.
-      await evictDurableObject(q);
-      await runDurableObjectAlarm(q);
+      await evictDurableObject(q.stub);
+      await runDurableObjectAlarm(q.stub);
       const rows = await ledger();
       expect(rows.map((r) => [r.id, r.totalTokens, r.billingState])).toEqual([
         ["u1", 10, "pending"],
@@ -139,7 +160,7 @@ describe("OrgQuota", () => {
       ]);
       // Flushed rows leave the object: the next flush has nothing to write.
       await q.settle("late", 5, limits, NOW, usage("u4", 5));
-      await runDurableObjectAlarm(q);
+      await runDurableObjectAlarm(q.stub);
       expect((await ledger()).map((r) => r.id)).toEqual(["u1", "u2", "u3", "u4"]);
     });
   });

@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { billingEnabled } from "../config";
 import type { UsageRow } from "../db/schema";
 import { writeUsageRows } from "../inference/ledger";
 import { createServices } from "../services";
@@ -23,10 +24,6 @@ export interface QuotaSnapshot {
 }
 
 export type QuotaRefusal = "requests_per_minute" | "tokens_per_minute" | "monthly_budget" | "request_too_large";
-
-export type ReserveResult =
-  | { ok: true; snapshot: QuotaSnapshot }
-  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
 
 /**
  * Capacity held out of the counters: one request's worst case, or a lease of several requests'
@@ -125,8 +122,9 @@ function secondsToMonthEnd(now: number): number {
 
 /**
  * The exact counters of one organization: requests and tokens per minute, and tokens per calendar
- * month (UTC). A request reserves its worst case before it is sent and settles to its actual
- * usage afterwards. Each method runs to completion without awaiting I/O between its check and its
+ * month (UTC). Isolates lease capacity from it (`lease`: a block of requests' worst cases) and
+ * report back (`commit`: each finished request's actual usage, capacity they did not use, and the
+ * requests' ledger rows); see `leases.ts`. Each method runs to completion without awaiting I/O between its check and its
  * update, and a Durable Object runs one such method at a time, so concurrent requests can never
  * push usage past a limit. State is written through to storage (the output gate holds the reply
  * until it is durable), so it survives eviction.
@@ -301,12 +299,6 @@ export class OrgQuota extends DurableObject<Env> {
     }
   }
 
-  /** Admits one request of at most `tokens` tokens, or says which limit refuses it and for how long. */
-  async reserve(id: string, tokens: number, limits: QuotaLimits, now: number): Promise<ReserveResult> {
-    const leased = await this.lease(id, { requests: 1, tokens, need: tokens }, limits, now);
-    return leased.ok ? { ok: true, snapshot: leased.snapshot } : leased;
-  }
-
   /**
    * Applies what an isolate reports in one write: each finished request's worst case replaced by
    * its actual usage, unused lease capacity given back, and the requests' ledger rows stored to
@@ -341,25 +333,6 @@ export class OrgQuota extends DurableObject<Env> {
     return this.snapshot(limits, now);
   }
 
-  /**
-   * Replaces a one-request reservation with the tokens actually used, storing the request's
-   * ledger row, when given, in the same write (see `commit`).
-   */
-  async settle(
-    id: string,
-    actualTokens: number,
-    limits: QuotaLimits,
-    now: number,
-    usage?: SettledUsage,
-  ): Promise<QuotaSnapshot> {
-    const reserved = this.reservations.get(id)?.tokens ?? 0;
-    return this.commit(
-      { settlements: [{ id, lease: id, reserved, actual: actualTokens }], rows: usage ? [usage] : [] },
-      limits,
-      now,
-    );
-  }
-
   private armFlush(delayMs: number): void {
     if (this.flushArmed) return;
     this.flushArmed = true;
@@ -388,7 +361,7 @@ export class OrgQuota extends DurableObject<Env> {
       else rows.push(value);
     }
     try {
-      await writeUsageRows(services, rows, services.config.billing.secretKey ? this.env.USAGE_QUEUE : undefined);
+      await writeUsageRows(services, rows, billingEnabled(services.config) ? this.env.USAGE_QUEUE : undefined);
     } catch (error) {
       services.log.warn("usage rows not written to D1; kept and retried", { rows: rows.length, error: String(error) });
       this.armFlush(LEDGER_RETRY_MS);
