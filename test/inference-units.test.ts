@@ -380,7 +380,7 @@ describe("recordUsage", () => {
 
   it("retries a failed write until the row lands, once", async () => {
     const { services, errors } = servicesOver(flakyD1(2));
-    await recordUsage(services, record, undefined, 1);
+    await recordUsage(services, [record], undefined, 1);
     const rows = await createDatabase(env.DB).select().from(usageLedger);
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ id: "use_flaky", totalTokens: 24 });
@@ -389,7 +389,7 @@ describe("recordUsage", () => {
 
   it("logs the whole row when it cannot be written at all", async () => {
     const { services, errors } = servicesOver(flakyD1(100));
-    await recordUsage(services, record, undefined, 1);
+    await recordUsage(services, [record], undefined, 1);
     expect(await createDatabase(env.DB).select().from(usageLedger)).toHaveLength(0);
     expect(errors).toHaveLength(1);
     expect(errors[0]?.row).toMatchObject({ id: "use_flaky", promptTokens: 8, completionTokens: 16 });

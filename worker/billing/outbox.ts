@@ -64,8 +64,8 @@ export async function failedLedgerRows(db: Database, limit = 50) {
 
 /** The most dead-lettered rows one resend takes. */
 export const MAX_RESEND = 500;
-/** The most row ids one resend may name (D1 binds at most 100 parameters per statement). */
-export const MAX_RESEND_IDS = 90;
+/** The most row ids one resend may name: one statement's worth. */
+export const MAX_RESEND_IDS = D1_IDS_PER_STATEMENT;
 
 /**
  * Puts dead-lettered ledger rows back on their way to Stripe: state `pending`, attempts and error

@@ -95,15 +95,12 @@ export async function writeUsageRows(
  */
 export async function recordUsage(
   services: Pick<Services, "db" | "clock" | "log">,
-  records: UsageRecord | readonly (UsageRecord & { createdAt?: string })[],
+  records: readonly (UsageRecord & { createdAt?: string })[],
   billingQueue?: Queue<UsageMessage>,
   retryDelayMs = 100,
 ): Promise<void> {
   const createdAt = services.clock.now().toISOString();
-  const rows = (Array.isArray(records) ? records : [records]).map((r: UsageRecord & { createdAt?: string }) => ({
-    ...r,
-    createdAt: r.createdAt ?? createdAt,
-  }));
+  const rows = records.map((r) => ({ ...r, createdAt: r.createdAt ?? createdAt }));
   for (let attempt = 1; ; attempt++) {
     try {
       await writeUsageRows(services, rows, billingQueue);

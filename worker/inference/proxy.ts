@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { z } from "zod";
+import { billingEnabled } from "../config";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { fieldErrors } from "../http/router";
@@ -151,7 +152,7 @@ async function readJson(c: Context<HonoEnv>): Promise<unknown> {
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
   const text = await c.req.raw.text();
   // A UTF-8 character is at most three bytes per UTF-16 unit: most bodies need no encoding to tell.
-  if (text.length * 3 > MAX_REQUEST_BYTES && new TextEncoder().encode(text).byteLength > MAX_REQUEST_BYTES) {
+  if (text.length * 3 > MAX_REQUEST_BYTES && utf8.encode(text).byteLength > MAX_REQUEST_BYTES) {
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
   }
   try {
@@ -296,7 +297,7 @@ export async function proxyCompletion(
   const usageId = services.ids.id("use");
   const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
   const organizationId = caller.principal.organizationId;
-  const billingQueue = services.config.billing.secretKey ? c.env.USAGE_QUEUE : undefined;
+  const billingQueue = billingEnabled(services.config) ? c.env.USAGE_QUEUE : undefined;
   let stub: ReturnType<typeof quotaStub> | undefined;
   const quota: LeaseContext = {
     // Made only when this request talks to the quota object: most are admitted on a lease.
