@@ -4,12 +4,12 @@
  * checks what a new developer would open first, then stops it with SIGTERM and checks that the
  * whole process tree is gone. Fails non-zero on any error; gives up after 90 seconds.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { exitWithin, freePort, portAnswers, START_BANNER } from "./lib/gateway-process";
 import { sha256OfText } from "./lib/license-sql";
 import { ROOT, wranglerEnv } from "./lib/local-state";
 import type { DemoCase } from "./seed/demo";
@@ -18,18 +18,6 @@ import { placeholderLlama2Texts } from "./seed/license";
 
 const DEADLINE_MS = 90_000;
 const STOP_GRACE_MS = 10_000;
-const BANNER = "modelgate is running";
-
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.on("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? done(address.port) : fail(new Error("no port"))));
-    });
-  });
-}
 
 function check(condition: unknown, message: string): asserts condition {
   if (!condition) throw new Error(message);
@@ -125,34 +113,6 @@ async function checkWeightsAndInference(baseUrl: string, demoPath: string): Prom
   check(completion.choices?.[0]?.message?.content === "tok0 tok1 tok2 tok3 ", "the completion is not the simulator's");
 }
 
-function exited(child: ChildProcess): Promise<number | string> {
-  if (child.exitCode !== null || child.signalCode !== null)
-    return Promise.resolve(child.exitCode ?? child.signalCode ?? 0);
-  return new Promise((done) => child.once("exit", (code, signal) => done(code ?? signal ?? 0)));
-}
-
-/** The child's exit code or signal, or "still running" after `ms`. */
-async function exitWithin(child: ChildProcess, ms: number): Promise<number | string> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<string>((done) => {
-    timer = setTimeout(() => done("still running"), ms);
-  });
-  try {
-    return await Promise.race([exited(child), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function portAnswers(baseUrl: string): Promise<boolean> {
-  try {
-    await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(1_000) });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function main(): Promise<void> {
   const started = Date.now();
   const dir = mkdtempSync(join(tmpdir(), "modelgate-smoke-"));
@@ -192,7 +152,7 @@ async function main(): Promise<void> {
   }, DEADLINE_MS);
 
   try {
-    while (!output.includes(BANNER)) {
+    while (!output.includes(START_BANNER)) {
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`npm start exited (${child.exitCode ?? child.signalCode}) before its banner`);
       }
