@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
 import { BackendHealth, checkBackendUrl, orderBackends, parseBackendPools } from "../worker/inference/backends";
-import { recordUsage, type UsageRecord } from "../worker/inference/ledger";
+import { ledgerBatch, ledgerEntry, recordUsage, type UsageRecord } from "../worker/inference/ledger";
 import { completionSchema, estimatePromptTokens, plainlyValid } from "../worker/inference/proxy";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
@@ -340,6 +340,7 @@ describe("recordUsage", () => {
     latencyMs: 5,
     startedAt: "2026-06-15T12:00:00.000Z",
   };
+  const batch = ledgerBatch([ledgerEntry({ ...record, createdAt: "2026-06-15T12:00:01.000Z" })]);
 
   /** A D1 binding whose first `failures` statements throw, as D1 does when overloaded. */
   function flakyD1(failures: number): D1Database {
@@ -380,7 +381,7 @@ describe("recordUsage", () => {
 
   it("retries a failed write until the row lands, once", async () => {
     const { services, errors } = servicesOver(flakyD1(2));
-    await recordUsage(services, [record], undefined, 1);
+    await recordUsage(services, batch, undefined, 1);
     const rows = await createDatabase(env.DB).select().from(usageLedger);
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ id: "use_flaky", totalTokens: 24 });
@@ -389,7 +390,7 @@ describe("recordUsage", () => {
 
   it("logs the whole row when it cannot be written at all", async () => {
     const { services, errors } = servicesOver(flakyD1(100));
-    await recordUsage(services, [record], undefined, 1);
+    await recordUsage(services, batch, undefined, 1);
     expect(await createDatabase(env.DB).select().from(usageLedger)).toHaveLength(0);
     expect(errors).toHaveLength(1);
     expect(errors[0]?.row).toMatchObject({ id: "use_flaky", promptTokens: 8, completionTokens: 16 });

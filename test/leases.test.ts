@@ -2,8 +2,9 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
-import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases } from "../worker/quota/leases";
-import type { QuotaLimits, SettledUsage } from "../worker/quota/org-quota";
+import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
+import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
+import type { QuotaLimits } from "../worker/quota/org-quota";
 import { flushUsage } from "./helpers/ledger";
 
 const NOW = Date.parse("2026-06-15T12:00:10Z");
@@ -51,8 +52,9 @@ function isolate(organization: string, limits: QuotaLimits, overrides: Partial<L
   return { leases, context, calls, settled, serve, quota: real };
 }
 
-function row(id: string, organizationId: string, totalTokens: number): SettledUsage {
-  return {
+/** A finished request of `totalTokens` tokens and its ledger row. */
+function row(id: string, organizationId: string, totalTokens: number): SettledRequest {
+  const entry = ledgerEntry({
     id,
     organizationId,
     grantId: "grt_l",
@@ -71,7 +73,8 @@ function row(id: string, organizationId: string, totalTokens: number): SettledUs
     latencyMs: 2,
     startedAt: new Date(NOW).toISOString(),
     createdAt: new Date(NOW).toISOString(),
-  };
+  });
+  return { id, actual: totalTokens, entry };
 }
 
 describe("quota leases", () => {
@@ -203,10 +206,10 @@ describe("quota leases", () => {
 
   it("write the rows straight to the ledger when the quota object cannot take them", async () => {
     const org = crypto.randomUUID();
-    const fellBack: SettledUsage[] = [];
+    const fellBack: string[] = [];
     const { leases, context, settled } = isolate(org, roomy, {
       fallback: async (rows) => {
-        fellBack.push(...rows);
+        fellBack.push(...ledgerRows(rows).map((r) => r.id));
       },
     });
     const a = await leases.admit(org, 10, context);
@@ -214,6 +217,6 @@ describe("quota leases", () => {
     context.stub = { ...context.stub, commit: () => Promise.reject(new Error("object unreachable")) };
     await leases.settle(org, a, row(`${org}-lost`, org, 7), context);
     await settled();
-    expect(fellBack.map((r) => r.id)).toEqual([`${org}-lost`]);
+    expect(fellBack).toEqual([`${org}-lost`]);
   });
 });

@@ -1,9 +1,10 @@
-import { evictDurableObject, runDurableObjectAlarm } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
-import type { QuotaLimits, SettledUsage } from "../worker/quota/org-quota";
+import { type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../worker/inference/ledger";
+import type { QuotaLimits } from "../worker/quota/org-quota";
 
 const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
 const NOW = Date.parse("2026-06-15T12:00:10Z");
@@ -24,9 +25,9 @@ function quota(name = crypto.randomUUID()) {
       if (result.ok) reserved.set(id, tokens);
       return result;
     },
-    settle: (id: string, actual: number, l: QuotaLimits, now: number, row?: SettledUsage) =>
+    settle: (id: string, actual: number, l: QuotaLimits, now: number, row?: LedgerRow) =>
       stub.commit(
-        { settlements: [{ id, lease: id, reserved: reserved.get(id) ?? 0, actual }], rows: row ? [row] : [] },
+        { settlements: [{ id, lease: id, reserved: reserved.get(id) ?? 0, actual }], rows: row ? ledgerBatch([ledgerEntry(row)]) : undefined },
         l,
         now,
       ),
@@ -116,7 +117,7 @@ describe("OrgQuota", () => {
   });
 
   describe("usage rows", () => {
-    const usage = (id: string, totalTokens: number): SettledUsage => ({
+    const usage = (id: string, totalTokens: number): LedgerRow => ({
       id,
       organizationId: "org_q",
       grantId: "grt_q",
@@ -162,6 +163,38 @@ describe("OrgQuota", () => {
       await q.settle("late", 5, limits, NOW, usage("u4", 5));
       await runDurableObjectAlarm(q.stub);
       expect((await ledger()).map((r) => r.id)).toEqual(["u1", "u2", "u3", "u4"]);
+    });
+
+    it("are written as they were settled, field by field, also when stored as objects by an older version", async () => {
+      const q = quota();
+      await q.reserve("t1", 50, limits, NOW);
+      const streamed = { ...usage("t1", 10), stream: true, partial: true, outcome: "partial" as const, backend: null };
+      await q.settle("t1", 10, limits, NOW, streamed);
+      await runInDurableObject(q.stub, async (_object, state) => {
+        await state.storage.put("u:t2", usage("t2", 7));
+        await state.storage.put("u:t3", [usage("t3", 8), usage("t4", 9)]);
+      });
+      await runDurableObjectAlarm(q.stub);
+      const rows = await ledger();
+      expect(rows.map((r) => [r.id, r.totalTokens])).toEqual([
+        ["t1", 10],
+        ["t2", 7],
+        ["t3", 8],
+        ["t4", 9],
+      ]);
+      const { billedAt, billingState, billingAttempts, billingError, ...written } = rows[0] ?? {};
+      expect(written).toEqual(streamed);
+      expect([billedAt, billingState, billingAttempts, billingError]).toEqual([null, "pending", 0, null]);
+    });
+
+    it("go to D1 in parts when a batch is larger than a statement takes", async () => {
+      const many = Array.from({ length: 3_500 }, (_, i) => usage(`big-${String(i).padStart(4, "0")}`, 3));
+      const batch = ledgerBatch(many.map(ledgerEntry));
+      expect(batch.length).toBeGreaterThan(500_000);
+      await writeUsageRows({ db: createDatabase(env.DB), log: console }, batch);
+      const rows = await ledger();
+      expect(rows).toHaveLength(3_500);
+      expect(rows[3_499]?.id).toBe("big-3499");
     });
   });
 });

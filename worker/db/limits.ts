@@ -1,7 +1,7 @@
-/** D1 binds at most this many parameters in one statement. */
-export const D1_MAX_PARAMETERS = 100;
-
-/** Ids in one `IN (…)` list, leaving room for the statement's other parameters. */
+/**
+ * Ids in one `IN (…)` list: D1 binds at most 100 parameters in one statement, and this leaves
+ * room for the statement's others.
+ */
 export const D1_IDS_PER_STATEMENT = 90;
 
 /** `items` in consecutive slices of at most `size`. */

@@ -10,7 +10,7 @@ import type { QuotaRefusal, QuotaSnapshot } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
-import { recordUsage, type UsageRecord } from "./ledger";
+import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
 
 /** The largest request body accepted, in bytes. */
@@ -310,10 +310,7 @@ export async function proxyCompletion(
     newId: () => services.ids.id("lse"),
     waitUntil,
     fallback: (rows, error) => {
-      services.log.warn("quota object unreachable; usage rows written directly", {
-        rows: rows.length,
-        error: String(error),
-      });
+      services.log.warn("quota object unreachable; usage rows written directly", { error: String(error) });
       return recordUsage(services, rows, billingQueue);
     },
   };
@@ -356,13 +353,13 @@ export async function proxyCompletion(
    */
   const settle = (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">): Promise<void> => {
     const now = services.clock.now();
-    const row = {
+    const entry = ledgerEntry({
       ...ledgerBase,
       ...record,
       latencyMs: now.getTime() - startedAt.getTime(),
       createdAt: now.toISOString(),
-    };
-    return isolateLeases.settle(organizationId, reservation, row, quota);
+    });
+    return isolateLeases.settle(organizationId, reservation, { id: usageId, actual: record.totalTokens, entry }, quota);
   };
 
   // Backends differ only in the model name they serve; most pools serve one name.

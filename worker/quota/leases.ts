@@ -1,3 +1,4 @@
+import { ledgerBatch } from "../inference/ledger";
 import type {
   LeaseAsk,
   LeaseResult,
@@ -6,7 +7,6 @@ import type {
   QuotaLimits,
   QuotaRefusal,
   QuotaSnapshot,
-  SettledUsage,
   Settlement,
 } from "./org-quota";
 
@@ -49,7 +49,8 @@ interface Lease {
 interface Batch {
   settlements: Settlement[];
   returns: LeaseReturn[];
-  rows: SettledUsage[];
+  /** Ledger entries (`ledgerEntry` text). */
+  rows: string[];
 }
 
 interface OrgLeases {
@@ -77,6 +78,13 @@ export type AdmitResult =
   | ({ ok: true } & Admission)
   | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
 
+/** A finished request: its ledger row's id, the tokens it used and the row as `ledgerEntry` text. */
+export interface SettledRequest {
+  id: string;
+  actual: number;
+  entry: string;
+}
+
 /** What a lease call needs from the request making it. */
 export interface LeaseContext {
   stub: QuotaObject;
@@ -85,8 +93,8 @@ export interface LeaseContext {
   now: () => number;
   newId: () => string;
   waitUntil: (work: Promise<unknown>) => void;
-  /** Writes rows straight to the ledger when the quota object cannot take them. */
-  fallback: (rows: SettledUsage[], error: unknown) => Promise<void>;
+  /** Writes rows (a `ledgerBatch`) straight to the ledger when the quota object cannot take them. */
+  fallback: (rows: string, error: unknown) => Promise<void>;
 }
 
 const minuteOf = (now: number) => Math.floor(now / 60_000);
@@ -143,17 +151,17 @@ export class QuotaLeases {
    * Resolves when the batch is sent if this request opened it (and is registered with the
    * request's `waitUntil` either way); otherwise at once, as the request that opened it sends it.
    */
-  settle(organizationId: string, admission: Admission, usage: SettledUsage, c: LeaseContext): Promise<void> {
+  settle(organizationId: string, admission: Admission, request: SettledRequest, c: LeaseContext): Promise<void> {
     const org = this.org(organizationId, c);
     org.inflight = Math.max(0, org.inflight - 1);
     const { batch, sent } = this.batchOf(org, c);
     batch.settlements.push({
-      id: usage.id,
+      id: request.id,
       lease: admission.lease,
       reserved: admission.reserved,
-      actual: usage.totalTokens,
+      actual: request.actual,
     });
-    batch.rows.push(usage);
+    batch.rows.push(request.entry);
     return sent;
   }
 
@@ -293,12 +301,12 @@ export class QuotaLeases {
     const report: QuotaCommit = {};
     if (batch.settlements.length) report.settlements = batch.settlements;
     if (batch.returns.length) report.returns = batch.returns;
-    if (batch.rows.length) report.rows = batch.rows;
+    if (batch.rows.length) report.rows = ledgerBatch(batch.rows);
     try {
       await c.stub.commit(report, c.limits, c.now());
     } catch (error) {
       // Returned capacity is released by the object when the lease expires there.
-      if (batch.rows.length) await c.fallback(batch.rows, error);
+      if (report.rows) await c.fallback(report.rows, error);
     }
   }
 }

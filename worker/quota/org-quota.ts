@@ -1,7 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { billingEnabled } from "../config";
-import type { UsageRow } from "../db/schema";
-import { writeUsageRows } from "../inference/ledger";
+import { firstLedgerId, joinLedgerBatches, type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../inference/ledger";
 import { createServices } from "../services";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
@@ -71,7 +70,8 @@ export interface LeaseReturn {
 export interface QuotaCommit {
   settlements?: Settlement[];
   returns?: LeaseReturn[];
-  rows?: SettledUsage[];
+  /** The requests' ledger rows, as one `ledgerBatch`. */
+  rows?: string;
 }
 
 /** The counters, stored under one small key; reservations each have their own key. */
@@ -87,19 +87,18 @@ const COUNTERS_KEY = "state";
 const RESERVATION_PREFIX = "r:";
 /**
  * Usage-ledger rows settled here and not yet written to D1: the rows of one commit under one key
- * (named after its first row), or one row per key in objects written before commits carried several.
+ * (named after its first row) as `ledgerBatch` text; objects written before rows travelled as
+ * text hold row objects, one or an array of them per key.
  */
 const USAGE_PREFIX = "u:";
 
 /** How long settled usage rows gather before they go to D1 in one batch. */
 export const LEDGER_FLUSH_MS = 250;
-/** Rows per flush (at least; a commit's rows stay together); more wait for the next one, which follows at once. */
-const LEDGER_FLUSH_ROWS = 200;
+/** Stored commits read per flush, and the size of their rows at which a flush stops taking more; the rest go in the next flush, which follows at once. */
+const LEDGER_FLUSH_KEYS = 200;
+const LEDGER_FLUSH_CHARS = 256 * 1024;
 /** When D1 refuses a flush, the rows stay here and the flush is tried again after this long. */
 const LEDGER_RETRY_MS = 5_000;
-
-/** A settled request's ledger row, as the proxy fills it in (billing fields take their defaults). */
-export type SettledUsage = Omit<UsageRow, "billedAt" | "billingState" | "billingAttempts" | "billingError">;
 
 /** How many settled ids the object remembers to recognise a repeated settlement. */
 const SETTLED_REMEMBERED = 10_000;
@@ -216,7 +215,7 @@ export class OrgQuota extends DurableObject<Env> {
    * delays the reply until the write is durable, and awaiting would let another request
    * interleave between check and update.
    */
-  private persist(changed: Iterable<string> = [], rows: readonly SettledUsage[] = []): void {
+  private persist(changed: Iterable<string> = [], rows?: string): void {
     const entries: Record<string, unknown> = { [COUNTERS_KEY]: this.state };
     const gone: string[] = [];
     for (const id of changed) {
@@ -224,10 +223,11 @@ export class OrgQuota extends DurableObject<Env> {
       if (r) entries[RESERVATION_PREFIX + id] = r;
       else gone.push(RESERVATION_PREFIX + id);
     }
-    if (rows[0]) entries[USAGE_PREFIX + rows[0].id] = rows.length === 1 ? rows[0] : rows;
+    const hasRows = rows !== undefined && rows !== "[]";
+    if (hasRows) entries[USAGE_PREFIX + (firstLedgerId(rows) ?? crypto.randomUUID())] = rows;
     void this.ctx.storage.put(entries);
     if (gone.length) void this.ctx.storage.delete(gone);
-    if (rows.length) this.armFlush(LEDGER_FLUSH_MS);
+    if (hasRows) this.armFlush(LEDGER_FLUSH_MS);
   }
 
   /**
@@ -346,29 +346,36 @@ export class OrgQuota extends DurableObject<Env> {
    */
   override async alarm(): Promise<void> {
     this.flushArmed = false;
-    const pending = await this.ctx.storage.list<SettledUsage | SettledUsage[]>({
+    const pending = await this.ctx.storage.list<string | LedgerRow | LedgerRow[]>({
       prefix: USAGE_PREFIX,
-      limit: LEDGER_FLUSH_ROWS,
+      limit: LEDGER_FLUSH_KEYS,
     });
     if (pending.size === 0) return;
     const services = createServices(this.env, {}, { quota: this.ctx.id.toString() });
     const keys: string[] = [];
-    const rows: SettledUsage[] = [];
+    const batches: string[] = [];
+    let chars = 0;
     for (const [key, value] of pending) {
-      if (rows.length >= LEDGER_FLUSH_ROWS) break;
+      if (chars >= LEDGER_FLUSH_CHARS) break;
+      const batch =
+        typeof value === "string" ? value : ledgerBatch((Array.isArray(value) ? value : [value]).map(ledgerEntry));
       keys.push(key);
-      if (Array.isArray(value)) rows.push(...value);
-      else rows.push(value);
+      batches.push(batch);
+      chars += batch.length;
     }
+    const rows = joinLedgerBatches(batches);
     try {
       await writeUsageRows(services, rows, billingEnabled(services.config) ? this.env.USAGE_QUEUE : undefined);
     } catch (error) {
-      services.log.warn("usage rows not written to D1; kept and retried", { rows: rows.length, error: String(error) });
+      services.log.warn("usage rows not written to D1; kept and retried", {
+        batches: batches.length,
+        error: String(error),
+      });
       this.armFlush(LEDGER_RETRY_MS);
       return;
     }
     await this.ctx.storage.delete(keys);
-    if (keys.length < pending.size || pending.size === LEDGER_FLUSH_ROWS) this.armFlush(0);
+    if (keys.length < pending.size || pending.size === LEDGER_FLUSH_KEYS) this.armFlush(0);
   }
 
   /** Current standing without changing anything. */
