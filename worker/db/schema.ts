@@ -430,7 +430,6 @@ export const usageLedger = sqliteTable(
   },
   (t) => [
     index("usage_ledger_org_started").on(t.organizationId, t.startedAt),
-    index("usage_ledger_unbilled").on(t.billedAt, t.createdAt),
     index("usage_ledger_billing_state").on(t.billingState, t.createdAt),
   ],
 );
