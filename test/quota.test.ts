@@ -27,7 +27,10 @@ function quota(name = crypto.randomUUID()) {
     },
     settle: (id: string, actual: number, l: QuotaLimits, now: number, row?: LedgerRow) =>
       stub.commit(
-        { settlements: [{ id, lease: id, reserved: reserved.get(id) ?? 0, actual }], rows: row ? ledgerBatch([ledgerEntry(row)]) : undefined },
+        {
+          settlements: [{ id, lease: id, reserved: reserved.get(id) ?? 0, actual }],
+          rows: row ? ledgerBatch([ledgerEntry(row)]) : undefined,
+        },
         l,
         now,
       ),

@@ -9,8 +9,8 @@ import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { requestContext } from "./http/middleware";
 import { newRouter } from "./http/router";
-import type { ProxyOptions } from "./inference/proxy";
-import { inferenceRoutes } from "./inference/routes";
+import type { Endpoint, ProxyOptions } from "./inference/proxy";
+import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
 import { quotaRoutes } from "./quota/routes";
 import type { ServiceOptions } from "./services";
@@ -60,18 +60,20 @@ export function newApp(options: AppOptions = {}) {
     servers: [{ url: c.get("services").config.publicBaseUrl }],
   }));
 
-  // Completions are most of the traffic: they go to an app of their own, whose few routes match
-  // without walking the whole route table (the Hub's wildcard paths make that a tree search).
-  const completions = withCommonHandling(newRouter(), options).route("/", inferenceRoutes(options.inference));
+  // Completions are most of the traffic: they skip the router (and the walk through the whole
+  // route table that the Hub's wildcard paths make a tree search).
   const fetchAny = app.fetch;
-  app.fetch = (request, env, ctx) =>
-    request.method === "POST" && COMPLETION_PATHS.has(getPath(request))
-      ? completions.fetch(request, env, ctx)
-      : fetchAny(request, env, ctx);
+  app.fetch = (request, env, ctx) => {
+    const endpoint = request.method === "POST" ? COMPLETION_ENDPOINTS.get(getPath(request)) : undefined;
+    return endpoint && ctx ? serveCompletion(request, env as Env, ctx, endpoint, options) : fetchAny(request, env, ctx);
+  };
   return app;
 }
 
-const COMPLETION_PATHS = new Set(["/v1/chat/completions", "/v1/completions"]);
+const COMPLETION_ENDPOINTS = new Map<string, Endpoint>([
+  ["/v1/chat/completions", "chat"],
+  ["/v1/completions", "completions"],
+]);
 
 /** Request ids, the request's services and problem documents for errors, on `app`. */
 function withCommonHandling(app: ReturnType<typeof newRouter>, options: AppOptions) {

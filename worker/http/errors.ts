@@ -3,6 +3,7 @@ import { HTTPException } from "hono/http-exception";
 import type { HonoEnv } from "../env";
 import { AppError, type ProblemCode, problemResponse } from "../errors";
 import { isOpenAiPath, openAiErrorResponse } from "../inference/errors";
+import type { Logger } from "../platform/logger";
 
 const STATUS_CODES: Record<number, ProblemCode> = {
   400: "malformed_body",
@@ -21,18 +22,25 @@ const STATUS_CODES: Record<number, ProblemCode> = {
  * anything else is a bug, logged with its stack and answered as a generic 500.
  */
 export function handleError(error: Error, c: Context<HonoEnv>): Response {
-  const requestId = c.get("requestId");
-  const instance = new URL(c.req.url).pathname;
+  return errorResponse(error, new URL(c.req.url).pathname, c.get("requestId"), c.get("services")?.log);
+}
+
+/** `handleError` for a request at `path` that no Hono context carries (the completions fast path). */
+export function errorResponse(error: unknown, path: string, requestId?: string, log?: Logger): Response {
   // The OpenAI-compatible routes answer in OpenAI's error shape, which their clients parse.
   const render = (e: AppError) =>
-    isOpenAiPath(instance) ? openAiErrorResponse(e, requestId) : problemResponse(e, instance, requestId);
+    isOpenAiPath(path) ? openAiErrorResponse(e, requestId) : problemResponse(e, path, requestId);
   if (error instanceof AppError) return render(error);
   if (error instanceof HTTPException && error.status < 500) {
     const code = STATUS_CODES[error.status] ?? "malformed_body";
     return render(new AppError(code, error.message || "The request was refused."));
   }
-  const log = c.get("services")?.log;
-  const fields = { requestId, path: instance, error: error.message, stack: error.stack };
+  const fields = {
+    requestId,
+    path,
+    error: error instanceof Error ? error.message : String(error),
+    stack: error instanceof Error ? error.stack : undefined,
+  };
   if (log) log.error("unhandled error", fields);
   else console.error(JSON.stringify({ level: "error", message: "unhandled error", ...fields }));
   return render(new AppError("internal_error", "Something went wrong on our side."));

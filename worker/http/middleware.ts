@@ -9,12 +9,15 @@ export interface RequestContextOptions extends ServiceOptions {
   requestIdGenerator?: () => string;
 }
 
+/** A request id when the edge gave none. */
+export const newRequestId = () => crypto.randomUUID();
+
 /**
  * Tags each request with an id (Cloudflare's ray id when present), builds its services once and
  * echoes the id back on the response.
  */
 export function requestContext(options: RequestContextOptions = {}): MiddlewareHandler<HonoEnv> {
-  const generate = options.requestIdGenerator ?? (() => crypto.randomUUID());
+  const generate = options.requestIdGenerator ?? newRequestId;
   return async (c, next) => {
     const id = c.req.header("cf-ray") ?? generate();
     c.set("requestId", id);

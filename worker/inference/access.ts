@@ -82,7 +82,7 @@ function admitPaid(caller: CachedCaller, now: number): InferenceCaller {
 }
 
 /** The bearer token of an OpenAI-style request. */
-export function inferenceBearer(authorization: string | undefined): string | undefined {
+export function inferenceBearer(authorization: string | null | undefined): string | undefined {
   const match = authorization ? /^Bearer\s+(\S+)$/i.exec(authorization.trim()) : null;
   if (!match && authorization) throw new AppError("unauthorized", "Send your token as `Authorization: Bearer mg_…`.");
   return match?.[1];

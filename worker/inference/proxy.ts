@@ -1,7 +1,5 @@
-import type { Context } from "hono";
 import { z } from "zod";
 import { billingEnabled } from "../config";
-import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { fieldErrors } from "../http/router";
 import { findModel } from "../policy/families";
@@ -144,13 +142,13 @@ const REFUSALS: Record<QuotaRefusal, [string, string]> = {
   ],
 };
 
-async function readJson(c: Context<HonoEnv>): Promise<unknown> {
-  const type = (c.req.header("content-type") ?? "").split(";")[0]?.trim().toLowerCase();
+async function readJson(request: Request): Promise<unknown> {
+  const type = (request.headers.get("content-type") ?? "").split(";")[0]?.trim().toLowerCase();
   if (type !== "application/json") throw new AppError("unsupported_media_type", "Send the body as application/json.");
-  const declared = Number(c.req.header("content-length") ?? "0");
+  const declared = Number(request.headers.get("content-length") ?? "0");
   if (declared > MAX_REQUEST_BYTES)
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
-  const text = await c.req.raw.text();
+  const text = await request.text();
   // A UTF-8 character is at most three bytes per UTF-16 unit: most bodies need no encoding to tell.
   if (text.length * 3 > MAX_REQUEST_BYTES && utf8.encode(text).byteLength > MAX_REQUEST_BYTES) {
     throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
@@ -243,6 +241,16 @@ async function sendToBackends(
   return { ok: false, failure };
 }
 
+/** One completion request as the proxy sees it: no router, as most of the gateway's traffic is these. */
+export interface CompletionCall {
+  request: Request;
+  env: Env;
+  ctx: Pick<ExecutionContext, "waitUntil">;
+  services: Services;
+  /** Echoed on the answer as `x-request-id`. */
+  requestId: string;
+}
+
 /**
  * `POST /v1/chat/completions` and `/v1/completions`: authenticate (cached briefly), check the
  * license grant covers the model's family, reserve the worst case in the organization's quota
@@ -251,19 +259,22 @@ async function sendToBackends(
  * the last two after the response, also when the client hangs up.
  */
 export async function proxyCompletion(
-  c: Context<HonoEnv>,
+  call: CompletionCall,
   endpoint: Endpoint,
   proxyOptions: ProxyOptions = {},
 ): Promise<Response> {
-  const services = c.get("services");
+  const { request: incoming, env, ctx, services } = call;
   const options: Required<ProxyOptions> = {
     health: proxyOptions.health ?? isolateHealth,
     fetcher: proxyOptions.fetcher ?? ((input, init) => fetch(input, init)),
     random: proxyOptions.random ?? Math.random,
   };
   const startedAt = services.clock.now();
-  const caller: InferenceCaller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
-  const raw = await readJson(c);
+  const caller: InferenceCaller = await authenticateInference(
+    services,
+    inferenceBearer(incoming.headers.get("authorization")),
+  );
+  const raw = await readJson(incoming);
   const parsed = plainlyValid(raw, endpoint)
     ? { success: true as const, data: raw }
     : completionSchema(endpoint).safeParse(raw);
@@ -295,14 +306,14 @@ export async function proxyCompletion(
   const promptEstimate = estimatePromptTokens(request);
   const reserveTokens = promptEstimate + maxTokens * (request.n ?? 1);
   const usageId = services.ids.id("use");
-  const waitUntil = (p: Promise<unknown>) => c.executionCtx.waitUntil(p);
+  const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const organizationId = caller.principal.organizationId;
-  const billingQueue = billingEnabled(services.config) ? c.env.USAGE_QUEUE : undefined;
+  const billingQueue = billingEnabled(services.config) ? env.USAGE_QUEUE : undefined;
   let stub: ReturnType<typeof quotaStub> | undefined;
   const quota: LeaseContext = {
     // Made only when this request talks to the quota object: most are admitted on a lease.
     get stub() {
-      stub ??= quotaStub(c.env, organizationId);
+      stub ??= quotaStub(env, organizationId);
       return stub;
     },
     limits: caller.limits,
@@ -404,6 +415,7 @@ export async function proxyCompletion(
   const headers: Record<string, string> = {
     ...rateLimitHeaders(reservation.snapshot),
     "x-modelgate-overhead-ms": String(overheadMs),
+    "x-request-id": call.requestId,
   };
 
   /** The whole answer; one that breaks off is a 502 for the client and nothing billable. */

@@ -1,11 +1,16 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, eq, gte, lt, sql } from "drizzle-orm";
+import type { Context } from "hono";
 import { usageLedger } from "../db/schema";
+import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { errorResponse } from "../http/errors";
+import { newRequestId, type RequestContextOptions } from "../http/middleware";
 import { newRouter } from "../http/router";
 import { findFamily } from "../policy/families";
+import { createServices, type Services } from "../services";
 import { authenticateInference, inferenceBearer } from "./access";
-import { type ProxyOptions, proxyCompletion } from "./proxy";
+import { type CompletionCall, type Endpoint, type ProxyOptions, proxyCompletion } from "./proxy";
 
 const openAiError = z.object({
   error: z.object({ message: z.string(), type: z.string(), code: z.string().nullable() }),
@@ -85,6 +90,44 @@ const usageRoute = createRoute({
   },
 });
 
+/** A completion reached through the router (the app serves most without it: `serveCompletion`). */
+function honoCall(c: Context<HonoEnv>): CompletionCall {
+  return {
+    request: c.req.raw,
+    env: c.env,
+    ctx: c.executionCtx,
+    services: c.get("services"),
+    requestId: c.get("requestId"),
+  };
+}
+
+/**
+ * Serves `POST /v1/chat/completions` and `/v1/completions` without the router, which costs more
+ * than anything else on the path of a request the gateway mostly answers: it does here what
+ * the app's middleware and error handler would (request id, services, errors in OpenAI's shape).
+ */
+export async function serveCompletion(
+  request: Request,
+  env: Env,
+  ctx: Pick<ExecutionContext, "waitUntil">,
+  endpoint: Endpoint,
+  options: RequestContextOptions & { inference?: ProxyOptions } = {},
+): Promise<Response> {
+  const requestId = request.headers.get("cf-ray") ?? (options.requestIdGenerator ?? newRequestId)();
+  let services: Services | undefined;
+  try {
+    services = createServices(env, options, { requestId });
+    return await proxyCompletion({ request, env, ctx, services, requestId }, endpoint, options.inference);
+  } catch (error) {
+    return errorResponse(
+      error,
+      endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions",
+      requestId,
+      services?.log,
+    );
+  }
+}
+
 /** The OpenAI-compatible surface. `options` lets tests swap the backend health and fetch. */
 export function inferenceRoutes(options: ProxyOptions = {}) {
   const router = newRouter();
@@ -103,10 +146,10 @@ export function inferenceRoutes(options: ProxyOptions = {}) {
   });
   router
     .openapi(completionRoute("/v1/chat/completions", "Chat completion (OpenAI-compatible)"), (c) =>
-      proxyCompletion(c, "chat", options),
+      proxyCompletion(honoCall(c), "chat", options),
     )
     .openapi(completionRoute("/v1/completions", "Text completion (OpenAI-compatible)"), (c) =>
-      proxyCompletion(c, "completions", options),
+      proxyCompletion(honoCall(c), "completions", options),
     )
     .openapi(usageRoute, async (c) => {
       const services = c.get("services");

@@ -1,6 +1,13 @@
 import { DurableObject } from "cloudflare:workers";
 import { billingEnabled } from "../config";
-import { firstLedgerId, joinLedgerBatches, type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../inference/ledger";
+import {
+  firstLedgerId,
+  joinLedgerBatches,
+  type LedgerRow,
+  ledgerBatch,
+  ledgerEntry,
+  writeUsageRows,
+} from "../inference/ledger";
 import { createServices } from "../services";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
