@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { newId } from "../platform/ids";
 import { createServices, type ServiceOptions } from "../services";
 
 /** Options of the request middleware. */
@@ -9,8 +10,8 @@ export interface RequestContextOptions extends ServiceOptions {
   requestIdGenerator?: () => string;
 }
 
-/** A request id when the edge gave none. */
-export const newRequestId = () => crypto.randomUUID();
+/** A request id when the edge gave none (Cloudflare's edge always sends `cf-ray`). */
+export const newRequestId = () => newId("req", Date.now());
 
 /**
  * Tags each request with an id (Cloudflare's ray id when present), builds its services once and

@@ -28,17 +28,36 @@ export function base64url(bytes: Uint8Array): string {
 }
 
 /**
+ * Random bytes for identifiers, drawn from the CSPRNG a few kilobytes at a time: a call for every
+ * id costs more than making the id. Secrets never come from here.
+ */
+const idBytes = new Uint8Array(4096);
+let idBytesUsed = idBytes.length;
+
+/** Sixteen random characters of Crockford base32 (80 bits). */
+function randomTail(): string {
+  if (idBytesUsed + 16 > idBytes.length) {
+    crypto.getRandomValues(idBytes);
+    idBytesUsed = 0;
+  }
+  let tail = "";
+  for (let i = idBytesUsed; i < idBytesUsed + 16; i++) tail += CROCKFORD[(idBytes[i] as number) % 32];
+  idBytesUsed += 16;
+  return tail;
+}
+
+/** A ULID-style identifier of `now` with a type prefix. */
+export function newId(prefix: string, now: number): string {
+  return `${prefix}_${encodeTime(now)}${randomTail()}`;
+}
+
+/**
  * ULID-style identifiers (48-bit time, 80 random bits, Crockford base32) so that ids sort by
  * creation time, and secrets from the platform's CSPRNG.
  */
 export function randomIds(clock: Clock): IdGenerator {
   return {
-    id(prefix) {
-      const random = crypto.getRandomValues(new Uint8Array(16));
-      let tail = "";
-      for (let i = 0; i < 16; i++) tail += CROCKFORD[(random[i] as number) % 32];
-      return `${prefix}_${encodeTime(clock.now().getTime())}${tail}`;
-    },
+    id: (prefix) => newId(prefix, clock.now().getTime()),
     secret(bytes = 32) {
       return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
     },
