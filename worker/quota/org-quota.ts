@@ -142,8 +142,13 @@ export class OrgQuota extends DurableObject<Env> {
   private sweptAt = 0;
   /** Whether an alarm is set to flush settled usage rows to D1. */
   private flushArmed = false;
-  /** Ids settled lately, oldest first, so that a repeated settlement is not counted twice. */
+  /**
+   * Ids settled lately, so that a repeated settlement is not counted twice: the newest ids and,
+   * when those reach half of `SETTLED_REMEMBERED`, the generation before them. (Dropping the
+   * oldest id one at a time walks the holes deletes leave at the front of a `Set`.)
+   */
   private settled = new Set<string>();
+  private settledBefore = new Set<string>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -318,9 +323,12 @@ export class OrgQuota extends DurableObject<Env> {
     this.roll(now);
     const changed = new Set<string>();
     for (const s of report.settlements ?? []) {
-      if (this.settled.has(s.id)) continue;
+      if (this.settled.has(s.id) || this.settledBefore.has(s.id)) continue;
       this.settled.add(s.id);
-      if (this.settled.size > SETTLED_REMEMBERED) this.settled.delete(this.settled.values().next().value as string);
+      if (this.settled.size >= SETTLED_REMEMBERED / 2) {
+        this.settledBefore = this.settled;
+        this.settled = new Set();
+      }
       const r = this.reservations.get(s.lease);
       if (r) {
         const delta = s.actual - s.reserved;
