@@ -101,8 +101,9 @@ const USAGE_PREFIX = "u:";
 
 /** How long settled usage rows gather before they go to D1 in one batch. */
 export const LEDGER_FLUSH_MS = 250;
-/** Stored commits read per flush, and the size of their rows at which a flush stops taking more; the rest go in the next flush, which follows at once. */
+/** Stored commits a flush reads; what it leaves goes in the next flush, which follows at once. */
 const LEDGER_FLUSH_KEYS = 200;
+/** A flush takes no more commits once their rows reach this much text. */
 const LEDGER_FLUSH_CHARS = 256 * 1024;
 /** When D1 refuses a flush, the rows stay here and the flush is tried again after this long. */
 const LEDGER_RETRY_MS = 5_000;
