@@ -60,6 +60,20 @@ describe("OrgQuota", () => {
     expect(refusal && !refusal.ok && refusal.retryAfterSeconds).toBe((Date.parse("2026-07-01T00:00:00Z") - NOW) / 1000);
   });
 
+  it("counts a repeated settlement once, also after thousands of others since", async () => {
+    const q = quota();
+    const roomy = { requestsPerMinute: 100_000, tokensPerMinute: 100_000_000, monthlyTokenBudget: 100_000_000 };
+    // Settlements of leases the object no longer knows count as usage as they come.
+    const settle = (ids: string[]) =>
+      q.stub.commit({ settlements: ids.map((id) => ({ id, lease: "gone", reserved: 0, actual: 1 })) }, roomy, NOW);
+    const first = Array.from({ length: 6_000 }, (_, i) => `s${i}`);
+    await settle(first);
+    expect((await q.peek(roomy, NOW)).monthTokens).toBe(6_000);
+    await settle(["s0", "s2999", "s5999"]);
+    await settle(first.slice(0, 10));
+    expect((await q.peek(roomy, NOW)).monthTokens).toBe(6_000);
+  });
+
   it("settles reservations to actual usage, giving unused tokens back", async () => {
     const q = quota();
     const small = { requestsPerMinute: 100, tokensPerMinute: 1_000, monthlyTokenBudget: 1_000_000 };
