@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, eq, gte, lt, sql } from "drizzle-orm";
 import type { Context } from "hono";
+import { getPath } from "hono/utils/url";
 import { usageLedger } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
@@ -120,12 +121,7 @@ export async function serveCompletion(
     services = createServices(env, options, { requestId });
     return await proxyCompletion({ request, env, ctx, services, requestId }, endpoint, options.inference);
   } catch (error) {
-    return errorResponse(
-      error,
-      endpoint === "chat" ? "/v1/chat/completions" : "/v1/completions",
-      requestId,
-      services?.log,
-    );
+    return errorResponse(error, getPath(request), requestId, services?.log);
   }
 }
 
