@@ -5,7 +5,7 @@ import { usageLedger } from "../worker/db/schema";
 import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
 import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
 import type { QuotaLimits } from "../worker/quota/org-quota";
-import { flushUsage } from "./helpers/ledger";
+import { flushUsage, ledgerRow } from "./helpers/ledger";
 
 const NOW = Date.parse("2026-06-15T12:00:10Z");
 const roomy: QuotaLimits = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1e12 };
@@ -54,27 +54,7 @@ function isolate(organization: string, limits: QuotaLimits, overrides: Partial<L
 
 /** A finished request of `totalTokens` tokens and its ledger row. */
 function row(id: string, organizationId: string, totalTokens: number): SettledRequest {
-  const entry = ledgerEntry({
-    id,
-    organizationId,
-    grantId: "grt_l",
-    tokenId: "tok_l",
-    model: "llama-2-7b-chat",
-    backend: "https://gpu.example",
-    endpoint: "chat.completions",
-    stream: false,
-    promptTokens: 1,
-    completionTokens: totalTokens - 1,
-    totalTokens,
-    usageReported: true,
-    outcome: "ok",
-    partial: false,
-    status: 200,
-    latencyMs: 2,
-    startedAt: new Date(NOW).toISOString(),
-    createdAt: new Date(NOW).toISOString(),
-  });
-  return { id, actual: totalTokens, entry };
+  return { id, actual: totalTokens, entry: ledgerEntry(ledgerRow(id, totalTokens, { organizationId })) };
 }
 
 describe("quota leases", () => {

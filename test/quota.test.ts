@@ -5,6 +5,7 @@ import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
 import { type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../worker/inference/ledger";
 import type { QuotaLimits } from "../worker/quota/org-quota";
+import { ledgerRow } from "./helpers/ledger";
 
 const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
 const NOW = Date.parse("2026-06-15T12:00:10Z");
@@ -134,26 +135,7 @@ describe("OrgQuota", () => {
   });
 
   describe("usage rows", () => {
-    const usage = (id: string, totalTokens: number): LedgerRow => ({
-      id,
-      organizationId: "org_q",
-      grantId: "grt_q",
-      tokenId: "tok_q",
-      model: "llama-2-7b-chat",
-      backend: "https://gpu.example",
-      endpoint: "chat.completions",
-      stream: false,
-      promptTokens: 2,
-      completionTokens: totalTokens - 2,
-      totalTokens,
-      usageReported: true,
-      outcome: "ok",
-      partial: false,
-      status: 200,
-      latencyMs: 3,
-      startedAt: new Date(NOW).toISOString(),
-      createdAt: new Date(NOW).toISOString(),
-    });
+    const usage = ledgerRow;
     const ledger = () => createDatabase(env.DB).select().from(usageLedger).orderBy(usageLedger.id);
 
     it("reach D1 in one batch at the next flush, each once, and survive an eviction before it", async () => {
