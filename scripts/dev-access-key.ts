@@ -4,6 +4,7 @@
  * committed) and tell the gateway to trust its public half through `ACCESS_JWKS` in `.dev.vars`.
  * The gateway verifies these tokens with exactly the code it uses in production.
  */
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { exportJWK, generateKeyPair, type JWK } from "jose";
@@ -47,4 +48,17 @@ export function writeDevVar(root: string, name: string, value: string): void {
   const pattern = new RegExp(`^${name}=.*$`, "m");
   const next = pattern.test(text) ? text.replace(pattern, line) : `${text.replace(/\n?$/, "\n")}${line}\n`;
   if (next !== text) writeFileSync(path, next);
+}
+
+/**
+ * Makes sure `.dev.vars` holds a value for the secret `name`, writing 32 random bytes (base64url)
+ * the first time and keeping it afterwards, so that what it sealed stays readable across restarts.
+ */
+export function ensureDevSecret(root: string, name: string): void {
+  const path = join(root, ".dev.vars");
+  const current = existsSync(path)
+    ? new RegExp(`^${name}='?([^'\\n]+)'?$`, "m").exec(readFileSync(path, "utf8"))?.[1]
+    : undefined;
+  if (current?.trim()) return;
+  writeDevVar(root, name, randomBytes(32).toString("base64url"));
 }

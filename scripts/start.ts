@@ -17,7 +17,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
 import { llama2 } from "../worker/policy/families/llama-2";
 import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
-import { ensureDevAccessKey } from "./dev-access-key";
+import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
 import { ensureDevDownloadKey } from "./dev-download-key";
 import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
 import { type DemoCase, seedDemoApplications } from "./seed/demo";
@@ -107,6 +107,7 @@ async function main(): Promise<void> {
   const hadDevVars = existsSync(`${ROOT}/.dev.vars`);
   const key = await ensureDevAccessKey(ROOT);
   const downloadKid = await ensureDevDownloadKey(ROOT);
+  ensureDevSecret(ROOT, "INFERENCE_KEYS_SECRET");
   console.log(`${hadDevVars ? "Updated" : "Created"} .dev.vars; Access key ${key.kid}, download key ${downloadKid}`);
 
   step("D1 migrations (local)");

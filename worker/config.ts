@@ -27,7 +27,12 @@ export interface Config {
     signingKeys: Record<string, unknown>[];
   };
   inference: {
+    /** The pools of `INFERENCE_BACKENDS`; admins add more in the console (`backend-store.ts`). */
     backends: BackendPools;
+    /** Private or loopback hosts an operator allowed as backends. */
+    allowedHosts: string[];
+    /** Seals the API keys of backends added in the console; without it they cannot have keys. */
+    keysSecret: string | undefined;
     defaultLimits: { requestsPerMinute: number; tokensPerMinute: number; monthlyTokenBudget: number };
     defaultMaxTokens: number;
   };
@@ -83,6 +88,10 @@ export function readConfig(env: Env): Config {
   const hit = cache.get(env);
   if (hit) return hit;
   const jwksText = env.ACCESS_JWKS?.trim();
+  const allowedHosts = (env.INFERENCE_ALLOWED_HOSTS ?? "")
+    .split(",")
+    .map((h) => h.trim().toLowerCase())
+    .filter(Boolean);
   const config: Config = {
     publicBaseUrl: env.PUBLIC_BASE_URL.replace(/\/+$/, ""),
     mailFrom: env.MAIL_FROM,
@@ -103,13 +112,9 @@ export function readConfig(env: Env): Config {
         : [],
     },
     inference: {
-      backends: parseBackendPools(
-        env.INFERENCE_BACKENDS,
-        (env.INFERENCE_ALLOWED_HOSTS ?? "")
-          .split(",")
-          .map((h) => h.trim().toLowerCase())
-          .filter(Boolean),
-      ),
+      backends: parseBackendPools(env.INFERENCE_BACKENDS, allowedHosts),
+      allowedHosts,
+      keysSecret: env.INFERENCE_KEYS_SECRET?.trim() || undefined,
       defaultLimits: Limits.parse(
         JSON.parse(
           env.INFERENCE_DEFAULT_LIMITS ||

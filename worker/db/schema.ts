@@ -3,7 +3,7 @@
  * UTC strings, which sort and compare correctly as text; JSON columns hold arrays and small records.
  */
 import { sql } from "drizzle-orm";
-import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { index, integer, real, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 /** Content-addressed legal documents (license texts, acceptable use policies). */
 export const documents = sqliteTable("documents", {
@@ -387,6 +387,30 @@ export const organizationLimits = sqliteTable("organization_limits", {
   monthlyTokenBudget: integer("monthly_token_budget").notNull(),
   updatedAt: text("updated_at").notNull(),
 });
+
+/**
+ * An inference server an admin added in the console, served beside the pools of
+ * `INFERENCE_BACKENDS`. Its API key, when it needs one, is sealed under `INFERENCE_KEYS_SECRET`
+ * (AES-GCM, bound to the row's id) and never leaves the gateway.
+ */
+export const inferenceBackends = sqliteTable(
+  "inference_backends",
+  {
+    id: text("id").primaryKey(),
+    model: text("model").notNull(),
+    /** Base URL without `/v1`, as requests are sent to it. */
+    url: text("url").notNull(),
+    /** The name the server serves the model under; null: the model's id. */
+    servedModel: text("served_model"),
+    weight: real("weight").notNull(),
+    timeoutMs: integer("timeout_ms").notNull(),
+    apiKeySealed: text("api_key_sealed"),
+    enabled: integer("enabled", { mode: "boolean" }).notNull(),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [uniqueIndex("inference_backends_model_url").on(t.model, t.url)],
+);
 
 export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed"] as const;
 

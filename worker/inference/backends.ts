@@ -82,6 +82,20 @@ export function checkBackendUrl(raw: string, allowedHosts: readonly string[]): B
   return undefined;
 }
 
+/** A backend URL as requests are sent to it: no trailing slash, no `/v1`. */
+export function backendBaseUrl(url: string): string {
+  return url.trim().replace(/\/+$/, "").replace(/\/v1$/, "");
+}
+
+/** What each refusal of a backend URL means, for the operator. */
+export const BACKEND_URL_PROBLEMS: Record<BackendUrlProblem, string> = {
+  not_a_url: "is not an absolute URL",
+  scheme: "must be http or https",
+  credentials: "must not carry a user name or password (give the API key on its own)",
+  private_address:
+    "is a private, loopback, link-local or metadata address; an operator must list the host in INFERENCE_ALLOWED_HOSTS first",
+};
+
 /** The configured pools, with refused backends listed separately for the operator's logs. */
 export interface BackendPools {
   pools: ReadonlyMap<string, readonly Backend[]>;
@@ -102,7 +116,7 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
         continue;
       }
       usable.push({
-        url: b.url.replace(/\/+$/, "").replace(/\/v1$/, ""),
+        url: backendBaseUrl(b.url),
         weight: b.weight,
         timeoutMs: b.timeoutMs,
         apiKey: b.apiKey,

@@ -7,6 +7,7 @@ import { type LeaseContext, QuotaLeases } from "../quota/leases";
 import type { QuotaRefusal, QuotaSnapshot } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
+import { backendPools, cachedBackendPools } from "./backend-store";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
@@ -298,7 +299,9 @@ export async function proxyCompletion(
   if (found.family.id !== caller.principal.family) {
     throw new AppError("forbidden", `Your organization has no grant for ${found.family.displayName}.`);
   }
-  const pool = services.config.inference.backends.pools.get(request.model) ?? [];
+  // The pools are in memory but for one read of the stored servers every few seconds.
+  const pools = cachedBackendPools(services) ?? (await backendPools(services));
+  const pool = pools.get(request.model) ?? [];
   if (pool.length === 0)
     throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
 

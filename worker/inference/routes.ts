@@ -11,6 +11,7 @@ import { newRouter } from "../http/router";
 import { findFamily } from "../policy/families";
 import { createServices, type Services } from "../services";
 import { authenticateInference, inferenceBearer } from "./access";
+import { backendPools } from "./backend-store";
 import { type CompletionCall, type Endpoint, type ProxyOptions, proxyCompletion } from "./proxy";
 
 const openAiError = z.object({
@@ -132,7 +133,7 @@ export function inferenceRoutes(options: ProxyOptions = {}) {
     const services = c.get("services");
     const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
     const family = findFamily(caller.principal.family);
-    const pools = services.config.inference.backends.pools;
+    const pools = await backendPools(services);
     const created = Math.floor(new Date(`${family?.releaseDate ?? "2023-07-18"}T00:00:00Z`).getTime() / 1000);
     return c.json({
       object: "list",

@@ -1,0 +1,155 @@
+/**
+ * Inference servers admins add in the console, and the pools requests are balanced over: those of
+ * `INFERENCE_BACKENDS` first, then the enabled servers of the `inference_backends` table. An
+ * isolate reads the table at most once per `BACKENDS_CACHE_MS`, so a change made in the console
+ * is in force everywhere within that window (at once in the isolate that made it) while the
+ * completion path reads nothing but memory.
+ */
+import { eq } from "drizzle-orm";
+import type { Config } from "../config";
+import { inferenceBackends } from "../db/schema";
+import { base64url } from "../platform/ids";
+import type { Services } from "../services";
+import { type Backend, checkBackendUrl } from "./backends";
+
+/** How long an isolate serves the stored servers it read before reading them again. */
+export const BACKENDS_CACHE_MS = 5_000;
+
+type StoredBackendRow = typeof inferenceBackends.$inferSelect;
+
+interface CachedPools {
+  pools: ReadonlyMap<string, readonly Backend[]>;
+  expiresAt: number;
+}
+
+/** Per deployment configuration (one per set of bindings): the merged pools and when they expire. */
+const cache = new WeakMap<Config, CachedPools>();
+
+/** Makes this isolate read the stored servers again on the next request (after a change here). */
+export function forgetStoredBackends(config: Config): void {
+  cache.delete(config);
+}
+
+/** The merged pools if this isolate read them lately: the completion path's usual answer. */
+export function cachedBackendPools(services: Pick<Services, "config" | "clock">) {
+  const hit = cache.get(services.config);
+  return hit && hit.expiresAt > services.clock.now().getTime() ? hit.pools : undefined;
+}
+
+/**
+ * Model id → the servers to balance its requests over. A stored server whose URL the current
+ * rules refuse (an allowed host was taken off the list) or whose key no longer opens (the secret
+ * changed) is left out and logged, never sent to without its key. If the table cannot be read,
+ * the pools read last (or the configured ones) serve until the next try.
+ */
+export async function backendPools(
+  services: Pick<Services, "db" | "config" | "clock" | "log">,
+): Promise<ReadonlyMap<string, readonly Backend[]>> {
+  const cached = cachedBackendPools(services);
+  if (cached) return cached;
+  const { config } = services;
+  const now = services.clock.now().getTime();
+  let rows: StoredBackendRow[];
+  try {
+    rows = await services.db.select().from(inferenceBackends).where(eq(inferenceBackends.enabled, true));
+  } catch (error) {
+    services.log.error("stored inference servers unreadable; serving the last known pools", { error: String(error) });
+    const pools = cache.get(config)?.pools ?? config.inference.backends.pools;
+    cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
+    return pools;
+  }
+  const pools = new Map<string, Backend[]>();
+  for (const [model, pool] of config.inference.backends.pools) pools.set(model, [...pool]);
+  for (const row of rows) {
+    const problem = checkBackendUrl(row.url, config.inference.allowedHosts);
+    if (problem) {
+      services.log.warn("stored inference server refused", { id: row.id, url: row.url, problem });
+      continue;
+    }
+    let apiKey: string | undefined;
+    if (row.apiKeySealed) {
+      apiKey = config.inference.keysSecret
+        ? await openApiKey(config.inference.keysSecret, row.id, row.apiKeySealed)
+        : undefined;
+      if (apiKey === undefined) {
+        services.log.error("stored inference server skipped: its API key does not open with INFERENCE_KEYS_SECRET", {
+          id: row.id,
+          url: row.url,
+        });
+        continue;
+      }
+    }
+    const pool = pools.get(row.model) ?? [];
+    pool.push({
+      url: row.url,
+      weight: row.weight,
+      timeoutMs: row.timeoutMs,
+      apiKey,
+      servedModel: row.servedModel ?? row.model,
+    });
+    pools.set(row.model, pool);
+  }
+  cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
+  return pools;
+}
+
+const utf8 = new TextEncoder();
+const SEAL_INFO = utf8.encode("modelgate inference server api key v1");
+const SEAL_PREFIX = "v1.";
+const sealingKeys = new Map<string, Promise<CryptoKey>>();
+
+/** The AES-256-GCM key derived (HKDF-SHA-256) from `INFERENCE_KEYS_SECRET`. */
+function sealingKey(secret: string): Promise<CryptoKey> {
+  let key = sealingKeys.get(secret);
+  if (!key) {
+    key = crypto.subtle
+      .importKey("raw", utf8.encode(secret), "HKDF", false, ["deriveKey"])
+      .then((base) =>
+        crypto.subtle.deriveKey(
+          { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: SEAL_INFO },
+          base,
+          { name: "AES-GCM", length: 256 },
+          false,
+          ["encrypt", "decrypt"],
+        ),
+      );
+    sealingKeys.set(secret, key);
+  }
+  return key;
+}
+
+function fromBase64url(text: string): Uint8Array {
+  const binary = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
+  return Uint8Array.from(binary, (ch) => ch.charCodeAt(0));
+}
+
+/**
+ * Seals a backend's API key for storage: AES-GCM under a key derived from `secret`, with the
+ * backend's id as associated data, so a sealed key copied to another row does not open.
+ */
+export async function sealApiKey(secret: string, backendId: string, apiKey: string): Promise<string> {
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const sealed = await crypto.subtle.encrypt(
+    { name: "AES-GCM", iv, additionalData: utf8.encode(backendId) },
+    await sealingKey(secret),
+    utf8.encode(apiKey),
+  );
+  return `${SEAL_PREFIX}${base64url(iv)}.${base64url(new Uint8Array(sealed))}`;
+}
+
+/** The API key `sealApiKey` sealed, or undefined when it does not open with `secret` for this backend. */
+export async function openApiKey(secret: string, backendId: string, sealed: string): Promise<string | undefined> {
+  if (!sealed.startsWith(SEAL_PREFIX)) return undefined;
+  const [iv, data] = sealed.slice(SEAL_PREFIX.length).split(".");
+  if (!iv || !data) return undefined;
+  try {
+    const plain = await crypto.subtle.decrypt(
+      { name: "AES-GCM", iv: fromBase64url(iv), additionalData: utf8.encode(backendId) },
+      await sealingKey(secret),
+      fromBase64url(data),
+    );
+    return new TextDecoder().decode(plain);
+  } catch {
+    return undefined;
+  }
+}
