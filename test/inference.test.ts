@@ -9,35 +9,12 @@ import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
+import { type Backend, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { flushUsage } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
 
 const MODEL = "llama-2-7b-chat";
-const SIM_URLS = JSON.parse(env.TEST_BACKEND_URLS) as string[];
-
-/** A private slice of a simulator: its own mode and request log, so tests never disturb each other. */
-function scopedBackend(index: number) {
-  const base = `${SIM_URLS[index]}/scope/${crypto.randomUUID()}`;
-  return {
-    url: base,
-    async mode(mode: string, extra: Record<string, unknown> = {}) {
-      const res = await fetch(`${base}/_sim/mode`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ mode, ...extra }),
-      });
-      expect(res.status).toBe(200);
-    },
-    async requests(): Promise<{ path: string; body: Record<string, unknown> }[]> {
-      const res = await fetch(`${base}/_sim/requests`);
-      const body = (await res.json()) as { requests?: unknown[] } | unknown[];
-      return (Array.isArray(body) ? body : (body.requests ?? [])) as { path: string; body: Record<string, unknown> }[];
-    },
-  };
-}
-
-type Backend = ReturnType<typeof scopedBackend>;
 
 let licenseSha256: string;
 beforeEach(async () => {

@@ -10,6 +10,7 @@ import { ADMIN_ROLES } from "../config";
 import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses } from "../http/router";
 import { adminIdentity, currentAdmin, requireRole } from "./access";
+import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
 import { commentRoutes } from "./comments";
 import { decisionRoutes } from "./decisions";
@@ -53,4 +54,5 @@ export const adminRoutes = adminApi
   .route("/", commentRoutes)
   .route("/", decisionRoutes)
   .route("/", grantRoutes)
+  .route("/", inferenceBackendRoutes)
   .route("/", auditRoutes);

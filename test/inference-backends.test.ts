@@ -1,0 +1,328 @@
+import { eq } from "drizzle-orm";
+import OpenAI from "openai";
+import { beforeEach, describe, expect, it } from "vitest";
+import { auditEvents, inferenceBackends } from "../worker/db/schema";
+import { clearCallerCache } from "../worker/inference/access";
+import { BACKENDS_CACHE_MS, openApiKey, sealApiKey } from "../worker/inference/backend-store";
+import { BackendHealth } from "../worker/inference/backends";
+import { fixedClock } from "../worker/platform/clock";
+import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
+import { type Backend, scopedBackend } from "./helpers/backends";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { approvedToken } from "./helpers/weights";
+
+const MODEL = "llama-2-7b-chat";
+const KEYS_SECRET = "a long random string that seals inference server keys";
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+/** A gateway with no configured servers, an approved token, an OpenAI client and admin calls. */
+async function setup(bindings: Partial<Env> = {}) {
+  const clock = fixedClock(TOKEN_NOW);
+  const gw = testGateway({
+    clock,
+    inference: { health: new BackendHealth(), random: () => 0 },
+    bindings: {
+      INFERENCE_BACKENDS: "{}",
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      INFERENCE_KEYS_SECRET: KEYS_SECRET,
+      ...bindings,
+    },
+  });
+  const unique = crypto.randomUUID();
+  const access = await approvedToken(gw, licenseSha256, {
+    organization: `Org ${unique}`,
+    email: `${unique}@x.example`,
+  });
+  const client = new OpenAI({
+    apiKey: access.token,
+    baseURL: "http://gw/v1",
+    maxRetries: 0,
+    fetch: (input: string | URL | Request, init?: RequestInit) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      return gw.request(url.pathname + url.search, init);
+    },
+  });
+  const admin = async (method: string, path: string, body?: unknown, role: "admin" | "approver" = "admin") =>
+    gw.request(`/admin/api/inference-backends${path}`, {
+      method,
+      headers: accessHeaders(await adminToken({ role, email: `${role}@example.com` })),
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+  const ask = () =>
+    client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 4 });
+  return { gw, clock, client, admin, ask };
+}
+
+async function add(admin: Awaited<ReturnType<typeof setup>>["admin"], backend: Backend, extra = {}) {
+  const res = await admin("POST", "", { model: MODEL, url: backend.url, ...extra });
+  expect(res.status).toBe(201);
+  return (await res.json()) as { id: string; [key: string]: unknown };
+}
+
+describe("inference servers added in the console", () => {
+  it("serve the model at once, with their key and served name, which is sealed at rest and never shown", async () => {
+    const { gw, client, admin, ask } = await setup();
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    expect((await client.models.list()).data).toEqual([]);
+
+    const gpu = scopedBackend(0);
+    // The simulators serve every Llama 2 id; another one stands for the name a server expects.
+    const added = await add(admin, gpu, {
+      apiKey: "sk-gpu-secret-1",
+      servedModel: "llama-2-13b-chat",
+      weight: 2,
+      timeoutMs: 30_000,
+    });
+    expect(added).toMatchObject({
+      source: "console",
+      model: MODEL,
+      url: gpu.url,
+      servedModel: "llama-2-13b-chat",
+      weight: 2,
+      timeoutMs: 30_000,
+      hasApiKey: true,
+      apiKeyReadable: true,
+      enabled: true,
+    });
+    expect(JSON.stringify(added)).not.toContain("sk-gpu-secret-1");
+
+    const answer = await ask();
+    expect(answer.choices[0]?.message.content).toBeTruthy();
+    const [sent] = await gpu.requests();
+    expect(sent?.headers.authorization).toBe("Bearer sk-gpu-secret-1");
+    expect(sent?.body.model).toBe("llama-2-13b-chat");
+    expect((await client.models.list()).data.map((m) => m.id)).toEqual([MODEL]);
+
+    const [row] = await gw.db.select().from(inferenceBackends).where(eq(inferenceBackends.id, added.id));
+    expect(row?.apiKeySealed).toMatch(/^v1\./);
+    expect(row?.apiKeySealed).not.toContain("sk-gpu-secret-1");
+    expect(await openApiKey(KEYS_SECRET, added.id, row?.apiKeySealed as string)).toBe("sk-gpu-secret-1");
+    // Bound to its row: the same sealed text does not open for another id.
+    expect(await openApiKey(KEYS_SECRET, "bkd_other", row?.apiKeySealed as string)).toBeUndefined();
+
+    const listed = await admin("GET", "", undefined, "approver");
+    expect(listed.status).toBe(200);
+    const list = (await listed.json()) as { items: unknown[]; keysSealable: boolean };
+    expect(list.keysSealable).toBe(true);
+    expect(list.items).toEqual([expect.objectContaining({ id: added.id, hasApiKey: true })]);
+    expect(JSON.stringify(list)).not.toContain("sk-gpu-secret-1");
+
+    const events = await gw.db.select().from(auditEvents).where(eq(auditEvents.subjectId, added.id));
+    expect(events.map((e) => [e.action, e.actor, e.data.url, e.data.apiKey])).toEqual([
+      ["inference_backend.added", "reviewer:admin@example.com", gpu.url, "set"],
+    ]);
+    expect(JSON.stringify(events)).not.toContain("sk-gpu-secret-1");
+  });
+
+  it("are disabled, changed and removed, each audited, and the proxy follows", async () => {
+    const { gw, admin, ask } = await setup();
+    const first = scopedBackend(0);
+    const second = scopedBackend(1);
+    const a = await add(admin, first);
+    const b = await add(admin, second);
+    await ask();
+    expect((await first.requests()).length).toBe(1);
+
+    const disabled = await admin("PATCH", `/${a.id}`, { enabled: false, weight: 5 });
+    expect(disabled.status).toBe(200);
+    expect(await disabled.json()).toMatchObject({ id: a.id, enabled: false, weight: 5 });
+    await ask();
+    await ask();
+    expect((await first.requests()).length).toBe(1);
+    expect((await second.requests()).length).toBe(2);
+
+    const removed = await admin("DELETE", `/${b.id}`);
+    expect(removed.status).toBe(200);
+    expect(await removed.json()).toEqual({ id: b.id, removed: true });
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    expect(await gw.db.select().from(inferenceBackends).where(eq(inferenceBackends.id, b.id))).toEqual([]);
+
+    const enabled = await admin("PATCH", `/${a.id}`, {
+      enabled: true,
+      apiKey: "sk-new",
+      servedModel: "llama-2-70b-chat",
+    });
+    expect(await enabled.json()).toMatchObject({ enabled: true, hasApiKey: true, servedModel: "llama-2-70b-chat" });
+    await ask();
+    const sent = (await first.requests()).at(-1);
+    expect(sent?.headers.authorization).toBe("Bearer sk-new");
+    expect(sent?.body.model).toBe("llama-2-70b-chat");
+
+    const cleared = await admin("PATCH", `/${a.id}`, { clearApiKey: true, servedModel: "" });
+    expect(await cleared.json()).toMatchObject({ hasApiKey: false, servedModel: MODEL });
+    await ask();
+    expect((await first.requests()).at(-1)?.headers.authorization).toBeUndefined();
+
+    const events = await gw.db.select().from(auditEvents).orderBy(auditEvents.seq);
+    const mine = events.filter((e) => e.subjectType === "inference_backend");
+    expect(mine.map((e) => [e.action, e.subjectId])).toEqual([
+      ["inference_backend.added", a.id],
+      ["inference_backend.added", b.id],
+      ["inference_backend.changed", a.id],
+      ["inference_backend.removed", b.id],
+      ["inference_backend.changed", a.id],
+      ["inference_backend.changed", a.id],
+    ]);
+    expect(mine[2]?.data.changes).toEqual({ enabled: { from: true, to: false }, weight: { from: 1, to: 5 } });
+    expect(mine[4]?.data.changes).toEqual({
+      enabled: { from: false, to: true },
+      servedModel: { from: null, to: "llama-2-70b-chat" },
+      apiKey: { from: "none", to: "replaced" },
+    });
+    expect(mine[5]?.data.changes).toEqual({
+      servedModel: { from: "llama-2-70b-chat", to: null },
+      apiKey: { from: "set", to: "none" },
+    });
+  });
+
+  it("made elsewhere are in force in this isolate once its read of them expires", async () => {
+    const { gw, clock, ask } = await setup();
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    const gpu = scopedBackend(0);
+    // Another isolate's admin call: this isolate's pools were read before it.
+    const at = clock.now().toISOString();
+    await gw.db.insert(inferenceBackends).values({
+      id: "bkd_elsewhere",
+      model: MODEL,
+      url: gpu.url,
+      servedModel: null,
+      weight: 1,
+      timeoutMs: 10_000,
+      apiKeySealed: null,
+      enabled: true,
+      createdAt: at,
+      updatedAt: at,
+    });
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    clock.advance(BACKENDS_CACHE_MS);
+    await ask();
+    expect((await gpu.requests()).length).toBe(1);
+  });
+
+  it("whose key does not open with the current secret are skipped, and flagged in the list", async () => {
+    const { gw, admin, ask } = await setup();
+    const gpu = scopedBackend(0);
+    const at = TOKEN_NOW.toISOString();
+    await gw.db.insert(inferenceBackends).values({
+      id: "bkd_rotated",
+      model: MODEL,
+      url: gpu.url,
+      servedModel: null,
+      weight: 1,
+      timeoutMs: 10_000,
+      apiKeySealed: await sealApiKey("the secret before the rotation", "bkd_rotated", "sk-old"),
+      enabled: true,
+      createdAt: at,
+      updatedAt: at,
+    });
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    expect(await gpu.requests()).toEqual([]);
+    const list = (await (await admin("GET", "")).json()) as { items: { id: string; apiKeyReadable: boolean }[] };
+    expect(list.items).toEqual([expect.objectContaining({ id: "bkd_rotated", apiKeyReadable: false })]);
+    const probe = await admin("POST", "/bkd_rotated/probe");
+    expect(probe.status).toBe(409);
+    // Entering the key again brings it back.
+    expect((await admin("PATCH", "/bkd_rotated", { apiKey: "sk-current" })).status).toBe(200);
+    await ask();
+    expect((await gpu.requests())[0]?.headers.authorization).toBe("Bearer sk-current");
+  });
+
+  it("are probed on an admin's request, enabled or not", async () => {
+    const { admin } = await setup();
+    const up = await add(admin, scopedBackend(0), { enabled: false });
+    const probe = await admin("POST", `/${up.id}/probe`);
+    expect(probe.status).toBe(200);
+    expect(await probe.json()).toMatchObject({ id: up.id, healthy: true });
+    const downBackend = scopedBackend(1);
+    await downBackend.mode("down");
+    const down = await add(admin, downBackend);
+    expect(await (await admin("POST", `/${down.id}/probe`)).json()).toMatchObject({ healthy: false });
+    expect((await admin("POST", "/bkd_missing/probe")).status).toBe(404);
+  });
+
+  it("configured in INFERENCE_BACKENDS are listed read-only and cannot be added twice", async () => {
+    const gpu = scopedBackend(0);
+    const { admin } = await setup({
+      INFERENCE_BACKENDS: JSON.stringify({
+        [MODEL]: [{ url: gpu.url, apiKey: "sk-config" }, { url: "http://10.1.2.3" }],
+      }),
+    });
+    const list = (await (await admin("GET", "")).json()) as Record<string, unknown>;
+    expect(list.items).toEqual([
+      expect.objectContaining({ id: null, source: "configuration", url: gpu.url, hasApiKey: true }),
+    ]);
+    expect(list.refused).toEqual([{ model: MODEL, url: "http://10.1.2.3", problem: "private_address" }]);
+    const twice = await admin("POST", "", { model: MODEL, url: `${gpu.url}/v1/` });
+    expect(twice.status).toBe(409);
+    expect(await twice.json()).toMatchObject({ code: "conflict" });
+  });
+});
+
+describe("inference server changes that are refused", () => {
+  it("answer 4xx problems and write nothing", async () => {
+    const { gw, admin } = await setup();
+    const gpu = scopedBackend(0);
+    const existing = await add(admin, gpu);
+    const before = {
+      rows: (await gw.db.select().from(inferenceBackends)).length,
+      events: (await gw.db.select().from(auditEvents)).length,
+    };
+    const cases: [string, string, unknown, number, string, string?][] = [
+      ["POST", "", { model: MODEL, url: "http://10.0.0.5:8000" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: MODEL, url: "http://169.254.169.254/latest" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: MODEL, url: "http://[::1]:8000" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: MODEL, url: "ftp://gpu.example.com" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: MODEL, url: "https://user:pw@gpu.example.com" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: MODEL, url: "not a url" }, 400, "validation_failed", "url"],
+      ["POST", "", { model: "gpt-4", url: "https://gpu.example.com" }, 400, "validation_failed", "model"],
+      ["POST", "", { model: MODEL, url: "https://gpu.example.com", weight: 0 }, 400, "validation_failed", "weight"],
+      ["POST", "", { model: MODEL, url: "https://gpu.example.com", timeoutMs: 1e9 }, 400, "validation_failed"],
+      ["POST", "", { model: MODEL, url: "https://gpu.example.com", extra: 1 }, 400, "validation_failed"],
+      ["POST", "", { model: MODEL, url: gpu.url }, 409, "conflict"],
+      ["POST", "", "{not json", 400, "malformed_body"],
+      ["PATCH", `/${existing.id}`, { url: "http://192.168.1.9" }, 400, "validation_failed", "url"],
+      ["PATCH", `/${existing.id}`, { apiKey: "k", clearApiKey: true }, 400, "validation_failed", "apiKey"],
+      ["PATCH", `/${existing.id}`, { model: "llama-2-13b-chat" }, 400, "validation_failed"],
+      ["PATCH", "/bkd_missing", { weight: 2 }, 404, "not_found"],
+      ["DELETE", "/bkd_missing", undefined, 404, "not_found"],
+    ];
+    for (const [method, path, body, status, code, field] of cases) {
+      const res = await admin(method, path, body);
+      expect([method, path, body, res.status]).toEqual([method, path, body, status]);
+      expect(res.headers.get("content-type")).toContain("application/problem+json");
+      const problem = (await res.json()) as { code: string; errors?: { field: string }[] };
+      expect(problem.code).toBe(code);
+      if (field) expect(problem.errors?.map((e) => e.field)).toContain(field);
+    }
+    expect((await admin("POST", "", { model: MODEL, url: "https://gpu.example.com" }, "approver")).status).toBe(403);
+    const crossSite = await gw.request("/admin/api/inference-backends", {
+      method: "POST",
+      headers: accessHeaders(await adminToken({ role: "admin" }), { "sec-fetch-site": "cross-site" }),
+      body: JSON.stringify({ model: MODEL, url: "https://gpu.example.com" }),
+    });
+    expect(crossSite.status).toBe(403);
+    expect((await gw.request("/admin/api/inference-backends")).status).toBe(401);
+    expect({
+      rows: (await gw.db.select().from(inferenceBackends)).length,
+      events: (await gw.db.select().from(auditEvents)).length,
+    }).toEqual(before);
+  });
+
+  it("cannot give a server an API key without INFERENCE_KEYS_SECRET, but can add it without one", async () => {
+    const { gw, admin } = await setup({ INFERENCE_KEYS_SECRET: "" });
+    const refused = await admin("POST", "", { model: MODEL, url: "https://gpu-1.example.com", apiKey: "sk-1" });
+    expect(refused.status).toBe(409);
+    expect(await refused.json()).toMatchObject({ code: "invalid_state" });
+    expect(await gw.db.select().from(inferenceBackends)).toEqual([]);
+    const added = await admin("POST", "", { model: MODEL, url: "https://gpu-1.example.com", apiKey: "" });
+    expect(added.status).toBe(201);
+    expect(await added.json()).toMatchObject({ hasApiKey: false });
+    const list = (await (await admin("GET", "")).json()) as { keysSealable: boolean };
+    expect(list.keysSealable).toBe(false);
+  });
+});

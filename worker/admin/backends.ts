@@ -1,0 +1,493 @@
+/**
+ * Inference servers as admins steer them: the pools of every model (those of `INFERENCE_BACKENDS`,
+ * read-only here, and those added in the console), and adding, changing, probing and removing the
+ * latter. Every change is audited; API keys are sealed at rest and never shown again.
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { asc, eq } from "drizzle-orm";
+import { writeAudited } from "../audit/log";
+import { inferenceBackends } from "../db/schema";
+import { AppError } from "../errors";
+import { newRouter, problemResponses, readBody } from "../http/router";
+import { forgetStoredBackends, openApiKey, sealApiKey } from "../inference/backend-store";
+import {
+  BACKEND_URL_PROBLEMS,
+  type Backend,
+  BackendHealth,
+  backendBaseUrl,
+  checkBackendUrl,
+} from "../inference/backends";
+import { findModel } from "../policy/families";
+import type { Services } from "../services";
+import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { documentedJsonBody, registerBodySchema } from "./body";
+import { reviewerActor } from "./decisions";
+
+/** Form fields left empty arrive as "" (text) or null (numbers): both mean "not given". */
+const unset = (value: unknown) => (value === "" || value === null ? undefined : value);
+
+const Weight = z.number().positive().max(1000);
+const TimeoutMs = z.number().int().min(100).max(600_000);
+
+export const BackendCreateSchema = z
+  .strictObject({
+    model: z.string().trim().min(1).max(128),
+    url: z.string().trim().min(1).max(2048),
+    servedModel: z.preprocess(unset, z.string().trim().min(1).max(128).optional()),
+    weight: z.preprocess(unset, Weight.default(1)),
+    timeoutMs: z.preprocess(unset, TimeoutMs.default(120_000)),
+    apiKey: z.preprocess(unset, z.string().min(1).max(4096).optional()),
+    enabled: z.boolean().default(true),
+  })
+  .openapi("InferenceBackendCreate", {
+    description:
+      "A server for one model. `servedModel`: the name the server serves it under (default: the model id). The API key is sealed at rest and never shown again.",
+  });
+
+export const BackendChangeSchema = z
+  .strictObject({
+    url: z.preprocess(unset, z.string().trim().min(1).max(2048).optional()),
+    /** "" or null: the model's own id. */
+    servedModel: z.union([z.string().trim().max(128), z.null()]).optional(),
+    weight: z.preprocess(unset, Weight.optional()),
+    timeoutMs: z.preprocess(unset, TimeoutMs.optional()),
+    /** A new key; empty or absent keeps the current one. */
+    apiKey: z.preprocess(unset, z.string().min(1).max(4096).optional()),
+    clearApiKey: z.boolean().optional(),
+    enabled: z.boolean().optional(),
+  })
+  .openapi("InferenceBackendChange", {
+    description:
+      "Fields to change; absent ones keep their value. An empty `apiKey` keeps the key; `clearApiKey` removes it.",
+  });
+
+const BackendSchema = z
+  .object({
+    /** Null for servers of `INFERENCE_BACKENDS`, which only a deployment changes. */
+    id: z.string().nullable(),
+    source: z.enum(["configuration", "console"]),
+    model: z.string(),
+    url: z.string(),
+    servedModel: z.string(),
+    weight: z.number(),
+    timeoutMs: z.number(),
+    hasApiKey: z.boolean(),
+    /** False when a stored key does not open with the current `INFERENCE_KEYS_SECRET`: the server is skipped. */
+    apiKeyReadable: z.boolean(),
+    enabled: z.boolean(),
+    createdAt: z.string().nullable(),
+    updatedAt: z.string().nullable(),
+  })
+  .openapi("InferenceBackend");
+
+const BackendListSchema = z
+  .object({
+    items: z.array(BackendSchema),
+    /** Servers of `INFERENCE_BACKENDS` the gateway refuses, and why. */
+    refused: z.array(z.object({ model: z.string(), url: z.string(), problem: z.string() })),
+    /** Whether console servers can be given API keys (`INFERENCE_KEYS_SECRET` is set). */
+    keysSealable: z.boolean(),
+  })
+  .openapi("InferenceBackendList");
+
+export type BackendView = z.infer<typeof BackendSchema>;
+export type BackendList = z.infer<typeof BackendListSchema>;
+type StoredRow = typeof inferenceBackends.$inferSelect;
+type Deps = Pick<Services, "db" | "clock" | "ids" | "config">;
+
+async function viewOf(config: Services["config"], row: StoredRow): Promise<BackendView> {
+  const secret = config.inference.keysSecret;
+  const readable =
+    row.apiKeySealed === null ||
+    (secret !== undefined && (await openApiKey(secret, row.id, row.apiKeySealed)) !== undefined);
+  return {
+    id: row.id,
+    source: "console",
+    model: row.model,
+    url: row.url,
+    servedModel: row.servedModel ?? row.model,
+    weight: row.weight,
+    timeoutMs: row.timeoutMs,
+    hasApiKey: row.apiKeySealed !== null,
+    apiKeyReadable: readable,
+    enabled: row.enabled,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt,
+  };
+}
+
+/** Every model's servers, those of the configuration first, then those added here, by model. */
+export async function listInferenceBackends(services: Pick<Services, "db" | "config">): Promise<BackendList> {
+  const { config } = services;
+  const configured: BackendView[] = [...config.inference.backends.pools].flatMap(([model, pool]) =>
+    pool.map((b) => ({
+      id: null,
+      source: "configuration" as const,
+      model,
+      url: b.url,
+      servedModel: b.servedModel,
+      weight: b.weight,
+      timeoutMs: b.timeoutMs,
+      hasApiKey: b.apiKey !== undefined,
+      apiKeyReadable: true,
+      enabled: true,
+      createdAt: null,
+      updatedAt: null,
+    })),
+  );
+  const rows = await services.db
+    .select()
+    .from(inferenceBackends)
+    .orderBy(asc(inferenceBackends.model), asc(inferenceBackends.createdAt));
+  const stored = await Promise.all(rows.map((row) => viewOf(config, row)));
+  return {
+    items: [...configured, ...stored].sort((a, b) => a.model.localeCompare(b.model)),
+    refused: config.inference.backends.refused,
+    keysSealable: config.inference.keysSecret !== undefined,
+  };
+}
+
+/** A URL the gateway may send to, as it will be stored; a 400 naming the field otherwise. */
+function acceptedUrl(services: Deps, raw: string): string {
+  const problem = checkBackendUrl(raw, services.config.inference.allowedHosts);
+  if (problem) {
+    throw new AppError("validation_failed", `The URL ${BACKEND_URL_PROBLEMS[problem]}.`, {
+      errors: [{ field: "url", message: BACKEND_URL_PROBLEMS[problem] }],
+      extensions: { urlProblem: problem },
+    });
+  }
+  return backendBaseUrl(raw);
+}
+
+function sealingSecret(services: Deps): string {
+  const secret = services.config.inference.keysSecret;
+  if (!secret) {
+    throw new AppError(
+      "invalid_state",
+      "This gateway cannot store API keys: set the INFERENCE_KEYS_SECRET secret first, or add the server without a key.",
+    );
+  }
+  return secret;
+}
+
+/** Refuses a URL the model's pool already has, from the configuration or the console. */
+async function refuseDuplicate(services: Deps, model: string, url: string, except?: string): Promise<void> {
+  if (services.config.inference.backends.pools.get(model)?.some((b) => b.url === url)) {
+    throw new AppError("conflict", `${url} already serves ${model} through INFERENCE_BACKENDS.`);
+  }
+  const rows = await services.db
+    .select({ id: inferenceBackends.id, url: inferenceBackends.url })
+    .from(inferenceBackends)
+    .where(eq(inferenceBackends.model, model));
+  if (rows.some((r) => r.url === url && r.id !== except)) {
+    throw new AppError("conflict", `${url} already serves ${model}.`);
+  }
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  return `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`.includes("UNIQUE constraint failed");
+}
+
+/** Adds a server to a model's pool; in force within `BACKENDS_CACHE_MS` in every isolate. */
+export async function addInferenceBackend(
+  services: Deps,
+  admin: Pick<AdminIdentity, "email">,
+  input: z.infer<typeof BackendCreateSchema>,
+): Promise<BackendView> {
+  if (!findModel(input.model)) {
+    throw new AppError("validation_failed", `No model ${input.model}.`, {
+      errors: [{ field: "model", message: "Unknown model id" }],
+    });
+  }
+  const url = acceptedUrl(services, input.url);
+  const id = services.ids.id("bkd");
+  const apiKeySealed = input.apiKey ? await sealApiKey(sealingSecret(services), id, input.apiKey) : null;
+  const at = services.clock.now().toISOString();
+  const row: StoredRow = {
+    id,
+    model: input.model,
+    url,
+    servedModel: input.servedModel ?? null,
+    weight: input.weight,
+    timeoutMs: input.timeoutMs,
+    apiKeySealed,
+    enabled: input.enabled,
+    createdAt: at,
+    updatedAt: at,
+  };
+  try {
+    await writeAudited(services, async () => {
+      await refuseDuplicate(services, input.model, url);
+      return {
+        statements: [services.db.insert(inferenceBackends).values(row)],
+        events: [
+          {
+            actor: reviewerActor(admin),
+            action: "inference_backend.added",
+            subjectType: "inference_backend",
+            subjectId: id,
+            data: { ...settingsOf(row), apiKey: apiKeySealed ? "set" : "none" },
+          },
+        ],
+        result: undefined,
+      };
+    });
+  } catch (error) {
+    if (isUniqueViolation(error)) throw new AppError("conflict", `${url} already serves ${input.model}.`);
+    throw error;
+  }
+  forgetStoredBackends(services.config);
+  return viewOf(services.config, row);
+}
+
+/** The settings of a stored server the audit log records (never its key). */
+function settingsOf(row: StoredRow) {
+  return {
+    model: row.model,
+    url: row.url,
+    servedModel: row.servedModel,
+    weight: row.weight,
+    timeoutMs: row.timeoutMs,
+    enabled: row.enabled,
+  };
+}
+
+async function storedRow(services: Pick<Services, "db">, id: string): Promise<StoredRow> {
+  const [row] = await services.db.select().from(inferenceBackends).where(eq(inferenceBackends.id, id));
+  if (!row) throw new AppError("not_found", `No inference server ${id} (servers of INFERENCE_BACKENDS have no id).`);
+  return row;
+}
+
+/** Changes a stored server; the audit event records each changed setting's old and new value. */
+export async function changeInferenceBackend(
+  services: Deps,
+  admin: Pick<AdminIdentity, "email">,
+  id: string,
+  change: z.infer<typeof BackendChangeSchema>,
+): Promise<BackendView> {
+  if (change.apiKey !== undefined && change.clearApiKey) {
+    throw new AppError("validation_failed", "Give a new API key or clear it, not both.", {
+      errors: [{ field: "apiKey", message: "Not together with clearApiKey" }],
+    });
+  }
+  const url = change.url === undefined ? undefined : acceptedUrl(services, change.url);
+  const sealed = change.apiKey === undefined ? undefined : await sealApiKey(sealingSecret(services), id, change.apiKey);
+  let updated: StoredRow | undefined;
+  try {
+    await writeAudited(services, async () => {
+      const row = await storedRow(services, id);
+      const next: StoredRow = {
+        ...row,
+        url: url ?? row.url,
+        servedModel: change.servedModel === undefined ? row.servedModel : change.servedModel || null,
+        weight: change.weight ?? row.weight,
+        timeoutMs: change.timeoutMs ?? row.timeoutMs,
+        enabled: change.enabled ?? row.enabled,
+        apiKeySealed: change.clearApiKey ? null : (sealed ?? row.apiKeySealed),
+        updatedAt: services.clock.now().toISOString(),
+      };
+      if (next.url !== row.url) await refuseDuplicate(services, row.model, next.url, id);
+      const before = settingsOf(row);
+      const after = settingsOf(next);
+      const changes: Record<string, { from: unknown; to: unknown }> = {};
+      for (const key of Object.keys(after) as (keyof typeof after)[]) {
+        if (before[key] !== after[key]) changes[key] = { from: before[key], to: after[key] };
+      }
+      if (sealed !== undefined) changes.apiKey = { from: row.apiKeySealed ? "set" : "none", to: "replaced" };
+      else if (change.clearApiKey && row.apiKeySealed) changes.apiKey = { from: "set", to: "none" };
+      updated = next;
+      if (Object.keys(changes).length === 0) return { statements: [], events: [], result: undefined };
+      return {
+        statements: [services.db.update(inferenceBackends).set(next).where(eq(inferenceBackends.id, id))],
+        events: [
+          {
+            actor: reviewerActor(admin),
+            action: "inference_backend.changed",
+            subjectType: "inference_backend",
+            subjectId: id,
+            data: { model: row.model, url: row.url, changes },
+          },
+        ],
+        result: undefined,
+      };
+    });
+  } catch (error) {
+    if (isUniqueViolation(error)) throw new AppError("conflict", `${url} already serves this model.`);
+    throw error;
+  }
+  forgetStoredBackends(services.config);
+  return viewOf(services.config, updated as StoredRow);
+}
+
+/** Removes a stored server from its pool. */
+export async function removeInferenceBackend(
+  services: Deps,
+  admin: Pick<AdminIdentity, "email">,
+  id: string,
+): Promise<void> {
+  await writeAudited(services, async () => {
+    const row = await storedRow(services, id);
+    return {
+      statements: [services.db.delete(inferenceBackends).where(eq(inferenceBackends.id, id))],
+      events: [
+        {
+          actor: reviewerActor(admin),
+          action: "inference_backend.removed",
+          subjectType: "inference_backend",
+          subjectId: id,
+          data: { ...settingsOf(row), apiKey: row.apiKeySealed ? "set" : "none" },
+        },
+      ],
+      result: undefined,
+    };
+  });
+  forgetStoredBackends(services.config);
+}
+
+/**
+ * Asks a stored server whether it is up, as the gateway's own health checks do (`/health`, then
+ * `/v1/models`, with its key), whether or not it is enabled: the way to check a server before
+ * turning it on.
+ */
+export async function probeInferenceBackend(
+  services: Pick<Services, "db" | "config" | "clock">,
+  id: string,
+  health = new BackendHealth(),
+): Promise<{ id: string; healthy: boolean; latencyMs: number; detail: string }> {
+  const row = await storedRow(services, id);
+  const secret = services.config.inference.keysSecret;
+  const apiKey =
+    row.apiKeySealed && secret !== undefined ? await openApiKey(secret, row.id, row.apiKeySealed) : undefined;
+  if (row.apiKeySealed && apiKey === undefined) {
+    throw new AppError(
+      "invalid_state",
+      "The server's API key does not open with INFERENCE_KEYS_SECRET; enter the key again before probing.",
+    );
+  }
+  if (checkBackendUrl(row.url, services.config.inference.allowedHosts)) {
+    throw new AppError("invalid_state", "The server's URL is no longer allowed; change it before probing.");
+  }
+  const backend: Backend = {
+    url: row.url,
+    weight: row.weight,
+    timeoutMs: row.timeoutMs,
+    apiKey,
+    servedModel: row.servedModel ?? row.model,
+  };
+  const started = Date.now();
+  const healthy = await health.probe(backend);
+  const latencyMs = Date.now() - started;
+  return {
+    id,
+    healthy,
+    latencyMs,
+    detail: healthy
+      ? `Up: answered its health check in ${latencyMs} ms.`
+      : "Down: no healthy answer from /health or /v1/models.",
+  };
+}
+
+const Params = z.object({ id: z.string().min(1).max(100) });
+
+const listRoute = createRoute({
+  method: "get",
+  path: "/admin/api/inference-backends",
+  tags: ["Admin"],
+  summary: "Every model's inference servers",
+  middleware: [requireRole("reviewer")] as const,
+  responses: {
+    200: { description: "The servers", content: { "application/json": { schema: BackendListSchema } } },
+    ...problemResponses(401, 403),
+  },
+});
+
+const addRoute = createRoute({
+  method: "post",
+  path: "/admin/api/inference-backends",
+  tags: ["Admin"],
+  summary: "Add an inference server to a model's pool; in force within seconds",
+  description:
+    "Needs the admin role. The URL must be http(s) and not a private, loopback, link-local or metadata address unless its host is in INFERENCE_ALLOWED_HOSTS.",
+  middleware: [requireRole("admin")] as const,
+  request: { body: documentedJsonBody(BackendCreateSchema, "InferenceBackendCreate") },
+  responses: {
+    201: { description: "The server", content: { "application/json": { schema: BackendSchema } } },
+    ...problemResponses(400, 401, 403, 409, 415),
+  },
+});
+
+const changeRoute = createRoute({
+  method: "patch",
+  path: "/admin/api/inference-backends/{id}",
+  tags: ["Admin"],
+  summary: "Change an inference server added in the console; in force within seconds",
+  middleware: [requireRole("admin")] as const,
+  request: { params: Params, body: documentedJsonBody(BackendChangeSchema, "InferenceBackendChange") },
+  responses: {
+    200: { description: "The server", content: { "application/json": { schema: BackendSchema } } },
+    ...problemResponses(400, 401, 403, 404, 409, 415),
+  },
+});
+
+const removeRoute = createRoute({
+  method: "delete",
+  path: "/admin/api/inference-backends/{id}",
+  tags: ["Admin"],
+  summary: "Remove an inference server added in the console",
+  middleware: [requireRole("admin")] as const,
+  request: { params: Params },
+  responses: {
+    200: {
+      description: "Removed",
+      content: { "application/json": { schema: z.object({ id: z.string(), removed: z.literal(true) }) } },
+    },
+    ...problemResponses(401, 403, 404),
+  },
+});
+
+const probeRoute = createRoute({
+  method: "post",
+  path: "/admin/api/inference-backends/{id}/probe",
+  tags: ["Admin"],
+  summary: "Check whether an inference server added in the console is up",
+  middleware: [requireRole("admin")] as const,
+  request: { params: Params },
+  responses: {
+    200: {
+      description: "The health check's outcome",
+      content: {
+        "application/json": {
+          schema: z.object({ id: z.string(), healthy: z.boolean(), latencyMs: z.number(), detail: z.string() }),
+        },
+      },
+    },
+    ...problemResponses(401, 403, 404, 409),
+  },
+});
+
+/** The inference-server routes. */
+export const inferenceBackendRoutes = registerBodySchema(
+  registerBodySchema(newRouter(), "InferenceBackendCreate", BackendCreateSchema),
+  "InferenceBackendChange",
+  BackendChangeSchema,
+)
+  .openapi(listRoute, async (c) => c.json(await listInferenceBackends(c.get("services")), 200))
+  .openapi(addRoute, async (c) => {
+    const input = await readBody(c, BackendCreateSchema);
+    return c.json(await addInferenceBackend(c.get("services"), currentAdmin(c), input), 201);
+  })
+  .openapi(changeRoute, async (c) => {
+    const change = await readBody(c, BackendChangeSchema);
+    return c.json(
+      await changeInferenceBackend(c.get("services"), currentAdmin(c), c.req.valid("param").id, change),
+      200,
+    );
+  })
+  .openapi(removeRoute, async (c) => {
+    const { id } = c.req.valid("param");
+    await removeInferenceBackend(c.get("services"), currentAdmin(c), id);
+    return c.json({ id, removed: true as const }, 200);
+  })
+  .openapi(probeRoute, async (c) =>
+    c.json(await probeInferenceBackend(c.get("services"), c.req.valid("param").id), 200),
+  );
