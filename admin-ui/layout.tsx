@@ -7,6 +7,7 @@ export const SECTIONS = [
   { id: "grants", href: "/admin/grants", label: "Grants" },
   { id: "usage", href: "/admin/usage", label: "Usage" },
   { id: "billing", href: "/admin/billing", label: "Billing" },
+  { id: "servers", href: "/admin/inference-servers", label: "Servers" },
   { id: "audit", href: "/admin/audit", label: "Audit" },
 ] as const;
 

@@ -15,6 +15,7 @@ import {
   devSignInEnabled,
   verifyAccessToken,
 } from "../worker/admin/access";
+import { listInferenceBackends } from "../worker/admin/backends";
 import { listReviewQueue, readCaseFile } from "../worker/admin/cases";
 import { caseComments, commentView } from "../worker/admin/comments";
 import { listGrantsPage } from "../worker/admin/grants";
@@ -42,6 +43,7 @@ import { effectiveLimits } from "../worker/quota/limits";
 import { daysBetween } from "./chart";
 import type { SignOut } from "./layout";
 import { AuditPage } from "./pages/audit";
+import { BackendsPage } from "./pages/backends";
 import { BillingPage } from "./pages/billing";
 import { CasePage } from "./pages/case";
 import { GrantPage, GrantsPage } from "./pages/grants";
@@ -323,6 +325,12 @@ consoleApp.get("/billing", async (c) => {
       }))}
     />,
   );
+});
+
+consoleApp.get("/inference-servers", async (c) => {
+  const list = await listInferenceBackends(c.get("services"));
+  const models = [...FAMILIES.values()].flatMap((family) => family.models.map((m) => m.id));
+  return c.html(<BackendsPage admin={reviewer(c)} signOut={signOutOf(c)} list={list} models={models} />);
 });
 
 consoleApp.get("/audit", async (c) => {

@@ -2,7 +2,8 @@
  * The console's only script, served as `/admin/assets/console.js`: pages work as plain HTML, and
  * this turns forms marked `data-api` into same-origin JSON calls to `/admin/api/…` (the admin API
  * takes JSON only, and a JSON `fetch` from our own origin is what `refuseCrossSite()` admits),
- * asks for confirmation where a form says so, and adds a few keys to move through the queue.
+ * asks for confirmation where a form says so (`data-confirm`), shows a field of the answer where
+ * it names one (`data-success-field`), and adds a few keys to move through the queue.
  * Plain ES2020 without a build step: it is shipped as written.
  */
 export const CONSOLE_SCRIPT = `"use strict";
@@ -53,7 +54,8 @@ export const CONSOLE_SCRIPT = `"use strict";
       .then(function (res) {
         return res.json().catch(function () { return null; }).then(function (data) {
           if (!res.ok) throw new Error(problemText(data, res.status));
-          say(form, form.dataset.success || "Saved.", false);
+          var field = form.dataset.successField;
+          say(form, field && data && data[field] ? String(data[field]) : form.dataset.success || "Saved.", false);
           var next = form.dataset.done;
           if (next) window.location.assign(next === "reload" ? window.location.href : next);
         });

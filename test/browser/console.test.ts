@@ -2,7 +2,8 @@
  * The reviewer console and the applicant's pages in a real browser: Debian's Chromium driven by
  * playwright-core against the gateway started exactly as `npm start` starts it. Covers the
  * over-threshold case end to end (apply → two approvers → token), a rejection's reason, a
- * reviewer without the approver role, cross-site posts, phone width and an axe-core audit.
+ * reviewer without the approver role, cross-site posts, an admin steering inference servers, phone
+ * width and an axe-core audit.
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -371,7 +372,13 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await expectAccessible(admin, "billing page");
 
     const phone = await signIn("ada2@example.com", "admin", 375);
-    for (const path of ["/admin/grants", "/admin/usage", "/admin/audit", "/admin/billing"]) {
+    for (const path of [
+      "/admin/grants",
+      "/admin/usage",
+      "/admin/audit",
+      "/admin/billing",
+      "/admin/inference-servers",
+    ]) {
       await phone.goto(`${gateway.baseUrl}${path}`);
       await expectAccessible(phone, `${path} at 375 px`);
     }
@@ -380,5 +387,75 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await phone.goto(`${gateway.baseUrl}/apply/llama-2`);
     await expectAccessible(phone, "application form at 375 px");
     await expectNoSidewaysScroll(phone, "application form at 375 px");
+  });
+
+  it("an admin adds, checks, disables and removes an inference server, and calls go to it", async () => {
+    const admin = await signIn("grace@example.com", "admin");
+    await admin.getByRole("navigation", { name: "Console" }).getByRole("link", { name: "Servers" }).click();
+    await admin.getByRole("heading", { name: "Inference servers", level: 1 }).waitFor();
+    // npm start routes every Llama 2 model to its simulator through INFERENCE_BACKENDS.
+    const configured = await admin
+      .locator("table tbody tr", { hasText: "llama-2-7b-chat" })
+      .locator("code")
+      .textContent();
+    const simulatorUrl = new URL(configured ?? "").origin;
+    const serverUrl = `${simulatorUrl}/scope/console-added`;
+
+    const form = admin.locator("#add-server");
+    await form.getByLabel("Model", { exact: true }).selectOption("llama-2-13b-chat");
+    await form.getByLabel("URL (OpenAI-compatible server, without /v1)").fill(serverUrl);
+    await form.getByLabel("Weight (default 1)").fill("3");
+    await form.getByLabel(/API key/).fill("sk-from-the-console");
+    await form.getByRole("button", { name: "Add server" }).click();
+    const row = admin.locator("table tbody tr", { hasText: "/scope/console-added" });
+    await row.waitFor({ timeout: 10_000 });
+    await expect(row.textContent()).resolves.toMatch(/llama-2-13b-chat.*3.*yes.*enabled/s);
+    await expectAccessible(admin, "inference servers page");
+    await admin.screenshot({ path: join(ARTIFACTS, "inference-servers.png"), fullPage: true });
+
+    const controls = admin.locator("details", { hasText: "/scope/console-added" });
+    await controls.locator("summary").click();
+    await controls.getByRole("button", { name: "Check health" }).click();
+    await expect
+      .poll(() => controls.locator("output").nth(1).textContent(), { timeout: 10_000 })
+      .toMatch(/^Up: answered its health check in \d+ ms\.$/);
+
+    // Calls for the model are now balanced 3:1 between it and the simulator of INFERENCE_BACKENDS;
+    // those that reach it carry the key the admin entered (as the simulator's log shows).
+    const { demoToken } = JSON.parse(readFileSync(join(gateway.dir, "demo.json"), "utf8")) as {
+      demoToken: { token: string };
+    };
+    for (let i = 0; i < 20; i++) {
+      const chat = await fetch(`${gateway.baseUrl}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${demoToken.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama-2-13b-chat", messages: [{ role: "user", content: "Hi" }], max_tokens: 4 }),
+      });
+      expect(chat.status).toBe(200);
+      await chat.json();
+    }
+    const log = (await (await fetch(`${serverUrl}/_sim/requests`)).json()) as {
+      path: string;
+      headers: Record<string, string>;
+    }[];
+    const completions = log.filter((r) => r.path === "/v1/chat/completions");
+    // None of 20 calls reaching a server of weight 3 against 1 would happen once in 10^12 runs.
+    expect(completions.length).toBeGreaterThan(0);
+    expect(new Set(completions.map((r) => r.headers.authorization))).toEqual(new Set(["Bearer sk-from-the-console"]));
+
+    await controls.getByLabel("Enabled (takes traffic)").uncheck();
+    await controls.getByRole("button", { name: "Save" }).click();
+    await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("disabled");
+
+    admin.once("dialog", (dialog) => void dialog.accept());
+    await admin.locator("details", { hasText: "/scope/console-added" }).locator("summary").click();
+    await admin.getByRole("button", { name: "Remove server" }).click();
+    await expect.poll(() => row.count(), { timeout: 10_000 }).toBe(0);
+
+    await admin.goto(`${gateway.baseUrl}/admin/audit?subjectType=inference_backend`);
+    await expect(admin.locator("main").textContent()).resolves.toMatch(
+      /inference_backend\.removed.*inference_backend\.changed.*inference_backend\.added/s,
+    );
+    await expect(admin.locator("main").textContent()).resolves.not.toContain("sk-from-the-console");
   });
 });
