@@ -1,5 +1,4 @@
 import { eq } from "drizzle-orm";
-import OpenAI from "openai";
 import { beforeEach, describe, expect, it } from "vitest";
 import { auditEvents, inferenceBackends } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
@@ -7,9 +6,8 @@ import { BACKENDS_CACHE_MS, openApiKey, sealApiKey } from "../worker/inference/b
 import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
-import { type Backend, scopedBackend } from "./helpers/backends";
+import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
-import { approvedToken } from "./helpers/weights";
 
 const MODEL = "llama-2-7b-chat";
 const KEYS_SECRET = "a long random string that seals inference server keys";
@@ -33,20 +31,7 @@ async function setup(bindings: Partial<Env> = {}) {
       ...bindings,
     },
   });
-  const unique = crypto.randomUUID();
-  const access = await approvedToken(gw, licenseSha256, {
-    organization: `Org ${unique}`,
-    email: `${unique}@x.example`,
-  });
-  const client = new OpenAI({
-    apiKey: access.token,
-    baseURL: "http://gw/v1",
-    maxRetries: 0,
-    fetch: (input: string | URL | Request, init?: RequestInit) => {
-      const url = new URL(input instanceof Request ? input.url : String(input));
-      return gw.request(url.pathname + url.search, init);
-    },
-  });
+  const { client } = await openAiCaller(gw, licenseSha256);
   const admin = async (method: string, path: string, body?: unknown, role: "admin" | "approver" = "admin") =>
     gw.request(`/admin/api/inference-backends${path}`, {
       method,

@@ -9,7 +9,7 @@ import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
-import { type Backend, scopedBackend } from "./helpers/backends";
+import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { flushUsage } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
@@ -36,21 +36,7 @@ async function setup(backends: Backend[], options: { timeoutMs?: number; clock?:
       INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
     },
   });
-  const unique = crypto.randomUUID();
-  const access = await approvedToken(gw, licenseSha256, {
-    organization: `Org ${unique}`,
-    email: `${unique}@example.com`,
-  });
-  const client = new OpenAI({
-    apiKey: access.token,
-    baseURL: "http://gw/v1",
-    maxRetries: 0,
-    fetch: (input: string | URL | Request, init?: RequestInit) => {
-      const url = new URL(input instanceof Request ? input.url : String(input));
-      return gw.request(url.pathname + url.search, init);
-    },
-  });
-  return { gw, client, clock, health, ...access };
+  return { gw, clock, health, ...(await openAiCaller(gw, licenseSha256)) };
 }
 
 async function ledger(gw: ReturnType<typeof testGateway>) {

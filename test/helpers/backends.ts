@@ -1,5 +1,8 @@
 import { env } from "cloudflare:workers";
+import OpenAI from "openai";
 import { expect } from "vitest";
+import type { testGateway } from "./gateway";
+import { approvedToken } from "./weights";
 
 const SIM_URLS = JSON.parse(env.TEST_BACKEND_URLS) as string[];
 
@@ -36,3 +39,25 @@ export function scopedBackend(index: number) {
 }
 
 export type Backend = ReturnType<typeof scopedBackend>;
+
+/**
+ * A fresh organization with an approved application and an access token, and the real `openai`
+ * client on the gateway with that token (no retries, so each test sees every answer).
+ */
+export async function openAiCaller(gw: ReturnType<typeof testGateway>, licenseSha256: string) {
+  const unique = crypto.randomUUID();
+  const access = await approvedToken(gw, licenseSha256, {
+    organization: `Org ${unique}`,
+    email: `${unique}@example.com`,
+  });
+  const client = new OpenAI({
+    apiKey: access.token,
+    baseURL: "http://gw/v1",
+    maxRetries: 0,
+    fetch: (input: string | URL | Request, init?: RequestInit) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      return gw.request(url.pathname + url.search, init);
+    },
+  });
+  return { client, ...access };
+}
