@@ -5,7 +5,7 @@
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
-import { writeAudited } from "../audit/log";
+import { isUniqueViolation, writeAudited } from "../audit/log";
 import { inferenceBackends } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
@@ -184,10 +184,6 @@ async function refuseDuplicate(services: Deps, model: string, url: string, excep
   }
 }
 
-function isUniqueViolation(error: unknown): boolean {
-  return `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`.includes("UNIQUE constraint failed");
-}
-
 /** Adds a server to a model's pool; in force within `BACKENDS_CACHE_MS` in every isolate. */
 export async function addInferenceBackend(
   services: Deps,
@@ -233,7 +229,7 @@ export async function addInferenceBackend(
       };
     });
   } catch (error) {
-    if (isUniqueViolation(error)) throw new AppError("conflict", `${url} already serves ${input.model}.`);
+    if (isUniqueViolation(error, "inference_backends")) throw new AppError("conflict", `${url} already serves ${input.model}.`);
     throw error;
   }
   forgetStoredBackends(services.config);
@@ -312,7 +308,7 @@ export async function changeInferenceBackend(
       };
     });
   } catch (error) {
-    if (isUniqueViolation(error)) throw new AppError("conflict", `${url} already serves this model.`);
+    if (isUniqueViolation(error, "inference_backends")) throw new AppError("conflict", `${url} already serves this model.`);
     throw error;
   }
   forgetStoredBackends(services.config);

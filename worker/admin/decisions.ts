@@ -6,7 +6,7 @@ import { and, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
 import { applyDecision } from "../applications/review";
-import { type AuditEntry, writeAudited } from "../audit/log";
+import { type AuditEntry, isUniqueViolation, writeAudited } from "../audit/log";
 import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
@@ -190,7 +190,7 @@ export async function decideApplication(
     });
   } catch (error) {
     // The database's four-eyes index caught the same approver twice in one round, racing itself.
-    if (/UNIQUE constraint failed: decisions\./.test(`${String(error)} ${String((error as Error)?.cause ?? "")}`)) {
+    if (isUniqueViolation(error, "decisions")) {
       throw new AppError("conflict", "You have already approved this case in this round.", { cause: error });
     }
     throw error;

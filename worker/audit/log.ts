@@ -62,9 +62,10 @@ function backoff(attempt: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function isUniqueViolation(error: unknown): boolean {
+/** Whether a D1 error is a unique constraint failing (on `table.` when given). */
+export function isUniqueViolation(error: unknown, table?: string): boolean {
   const text = `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
-  return text.includes("UNIQUE constraint failed");
+  return text.includes(table ? `UNIQUE constraint failed: ${table}.` : "UNIQUE constraint failed");
 }
 
 async function readHead(db: Database) {
