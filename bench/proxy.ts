@@ -1,15 +1,18 @@
 /**
- * `npm run bench:proxy [-- --duration 10 --warmup 2 --connections 1,32]`
+ * `npm run bench:proxy [-- --duration 10 --rounds 3 --warmup 2 --connections 1,32]`
  *
  * What the inference proxy costs, measured in one run on loopback against one backend simulator:
  * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), a
  * Worker that only reads what metering needs (the floor for any Worker gateway that meters), this
  * gateway's full path (token, license, quota reservation and settlement, metering) and the
  * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
- * each concurrency for a fixed time; a sequential client then times single requests to the
- * microsecond, the time to the first streamed token, and checks that every token arrived as its
- * own SSE event, in order. Ratios are against peers measured in the same run, on the same
- * machine, so they mean something even where absolute numbers do not.
+ * each concurrency for a fixed time, split into rounds that take the peers in turn (a different one
+ * first each round) so that a slow spell of the shared machine falls on all of them: each figure
+ * is the median over the rounds, each ratio the median of the ratios within a round. A sequential
+ * client then times single requests to the microsecond, the time to the first streamed token, and
+ * checks that every token arrived as its own SSE event, in order. Ratios are against peers
+ * measured in the same run, on the same machine, so they mean something even where absolute
+ * numbers do not.
  */
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
@@ -37,6 +40,8 @@ const GOALS = { vsNoopThroughput: 0.7, vsPortkeyThroughput: 2, addedP50Ms: 0.5 }
 
 interface LoadRow {
   target: string;
+  /** The round it was measured in; -1 for the median over rounds. */
+  round: number;
   stream: boolean;
   connections: number;
   rps: number;
@@ -51,7 +56,7 @@ interface LoadRow {
 function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
-    "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
+    "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
       "                              [--targets noop,floor,modelgate,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n",
   );
   process.exit(2);
@@ -66,6 +71,7 @@ function positive(flag: string, text: string): number {
 function options() {
   let values: {
     duration: string;
+    rounds: string;
     warmup: string;
     connections: string;
     samples: string;
@@ -78,6 +84,7 @@ function options() {
     ({ values } = parseArgs({
       options: {
         duration: { type: "string", default: "10" },
+        rounds: { type: "string", default: "3" },
         warmup: { type: "string", default: "2" },
         connections: { type: "string", default: "1,32" },
         samples: { type: "string", default: "500" },
@@ -93,6 +100,7 @@ function options() {
   if (values.help) usage();
   return {
     duration: positive("--duration", values.duration),
+    rounds: Math.round(positive("--rounds", values.rounds)),
     warmup: Number(values.warmup) >= 0 ? Number(values.warmup) : usage("--warmup must be 0 or more"),
     connections: values.connections.split(",").map((c) => Math.round(positive("--connections", c))),
     samples: Math.round(positive("--samples", values.samples)),
@@ -106,7 +114,13 @@ function options() {
   };
 }
 
-async function load(target: Target, stream: boolean, connections: number, seconds: number): Promise<LoadRow> {
+async function load(
+  target: Target,
+  stream: boolean,
+  connections: number,
+  seconds: number,
+  round: number,
+): Promise<LoadRow> {
   const req = target.chat({ stream });
   const cpuBefore = target.pid === undefined ? undefined : cpuMillis(target.pid);
   const result = await autocannon({
@@ -125,6 +139,7 @@ async function load(target: Target, stream: boolean, connections: number, second
   const completed = result["2xx"];
   return {
     target: target.name,
+    round,
     stream,
     connections,
     cpuMicros:
@@ -152,9 +167,15 @@ async function start(name: string, starter: () => Promise<Target>): Promise<Targ
   }
 }
 
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  if (sorted.length === 0) return Number.NaN;
+  return sorted.length % 2 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
 const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : "–");
-const ratio = (a: number | undefined, b: number | undefined) =>
-  a !== undefined && b !== undefined && b > 0 ? `${(a / b).toFixed(2)}×` : "n/a";
+const times = (r: number | undefined) => (r === undefined ? "n/a" : `${r.toFixed(2)}×`);
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -166,7 +187,9 @@ async function main(): Promise<void> {
   const opts = options();
   // Every loop below is bounded by --duration; this only catches a hung start or teardown.
   const budgetSeconds =
-    120 + opts.connections.length * 2 * 4 * (opts.duration + opts.warmup) + 4 * 2 * (opts.duration + 5);
+    120 +
+    opts.connections.length * 2 * 5 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
+    5 * 2 * (opts.duration + 5);
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
     process.exit(1);
@@ -195,18 +218,59 @@ async function main(): Promise<void> {
     const [direct, noop, floor, gateway, portkey] = targets as [Target, Target, Target, Target, Target];
     const running = targets.filter((t) => !t.unavailable);
 
-    const rows: LoadRow[] = [];
+    const rounds: LoadRow[] = [];
+    const slice = Math.max(1, Math.round((opts.duration / opts.rounds) * 10) / 10);
     for (const stream of opts.streams) {
       for (const connections of opts.connections) {
-        for (const target of running) {
-          process.stdout.write(`${target.name}: ${stream ? "streamed" : "plain"}, ${connections} connection(s)… `);
-          if (opts.warmup > 0) await load(target, stream, connections, opts.warmup);
-          const row = await load(target, stream, connections, opts.duration);
-          rows.push(row);
-          process.stdout.write(`${fmt(row.rps)} req/s\n`);
+        const kind = `${stream ? "streamed" : "plain"}, ${connections} connection(s)`;
+        if (opts.warmup > 0) {
+          process.stdout.write(`${kind}: warming up… `);
+          for (const target of running) await load(target, stream, connections, opts.warmup, -1);
+          process.stdout.write("done\n");
+        }
+        for (let round = 0; round < opts.rounds; round++) {
+          const order = running.map((_, i) => running[(i + round) % running.length] as Target);
+          const line: string[] = [];
+          for (const target of order) {
+            const row = await load(target, stream, connections, slice, round);
+            rounds.push(row);
+            line.push(`${target.name.split(" (")[0]} ${fmt(row.rps)}/s`);
+          }
+          process.stdout.write(`${kind}, round ${round + 1}/${opts.rounds}: ${line.join(", ")}\n`);
         }
       }
     }
+    const cellRounds = (t: Target, stream: boolean, c: number) =>
+      rounds.filter((r) => r.target === t.name && r.stream === stream && r.connections === c);
+    const rows: LoadRow[] = opts.streams.flatMap((stream) =>
+      opts.connections.flatMap((connections) =>
+        running.map((t) => {
+          const cell = cellRounds(t, stream, connections);
+          const cpu = cell.flatMap((r) => (r.cpuMicros === undefined ? [] : [r.cpuMicros]));
+          return {
+            target: t.name,
+            round: -1,
+            stream,
+            connections,
+            rps: median(cell.map((r) => r.rps)),
+            p50: median(cell.map((r) => r.p50)),
+            p99: median(cell.map((r) => r.p99)),
+            cpuMicros: cpu.length ? median(cpu) : undefined,
+            failures: cell.reduce((n, r) => n + r.failures, 0),
+            requests: cell.reduce((n, r) => n + r.requests, 0),
+          };
+        }),
+      ),
+    );
+    /** The median over rounds of a ÷ b, each pair measured in the same round. */
+    const ratioOf = (a: Target, b: Target, stream: boolean, c: number, field: "rps" | "cpuMicros" = "rps") => {
+      const ratios = cellRounds(a, stream, c).flatMap((ra) => {
+        const x = ra[field];
+        const y = cellRounds(b, stream, c).find((rb) => rb.round === ra.round)?.[field];
+        return x !== undefined && y !== undefined && y > 0 ? [x / y] : [];
+      });
+      return ratios.length ? median(ratios) : undefined;
+    };
 
     const sequential = new Map<string, { plain: SequentialResult; stream: SequentialResult }>();
     for (const target of opts.sequential ? running : []) {
@@ -230,16 +294,20 @@ async function main(): Promise<void> {
     }
 
     console.log(
-      `\n## Load (autocannon, ${opts.duration} s each after ${opts.warmup} s warm-up; ${MAX_TOKENS} tokens per answer; latency in whole ms)\n`,
+      `\n## Load (autocannon; each cell ${opts.rounds} rounds of ${slice} s after ${opts.warmup} s warm-up, medians over the rounds; ${MAX_TOKENS} tokens per answer; latency in whole ms)\n`,
     );
     console.log(
       table(
-        ["answer", "conns", "target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "failed"],
+        ["answer", "conns", "target", "req/s", "req/s by round", "p50 ms", "p99 ms", "CPU µs/req", "failed"],
         rows.map((r) => [
           r.stream ? "streamed" : "plain",
           String(r.connections),
           r.target,
           fmt(r.rps),
+          rounds
+            .filter((x) => x.target === r.target && x.stream === r.stream && x.connections === r.connections)
+            .map((x) => fmt(x.rps))
+            .join(" / "),
           fmt(r.p50),
           fmt(r.p99),
           r.cpuMicros === undefined ? "–" : fmt(r.cpuMicros),
@@ -252,22 +320,19 @@ async function main(): Promise<void> {
     );
     for (const t of targets.filter((t) => t.unavailable)) console.log(`\n${t.name}: not available — ${t.unavailable}`);
 
-    const rowOf = (t: Target, stream: boolean, c: number) =>
-      rows.find((r) => r.target === t.name && r.stream === stream && r.connections === c);
-    console.log("\n## Throughput ratios\n");
+    console.log("\n## Throughput ratios (median over rounds of the ratio within each round)\n");
     const ratioRows: string[][] = [];
     for (const stream of [false, true]) {
       for (const c of opts.connections) {
-        const g = rowOf(gateway, stream, c)?.rps;
         ratioRows.push([
           stream ? "streamed" : "plain",
           String(c),
-          ratio(g, rowOf(noop, stream, c)?.rps),
-          ratio(g, rowOf(portkey, stream, c)?.rps),
-          ratio(rowOf(floor, stream, c)?.rps, rowOf(noop, stream, c)?.rps),
-          ratio(g, rowOf(floor, stream, c)?.rps),
-          ratio(rowOf(noop, stream, c)?.rps, rowOf(direct, stream, c)?.rps),
-          ratio(rowOf(noop, stream, c)?.cpuMicros, rowOf(gateway, stream, c)?.cpuMicros),
+          times(ratioOf(gateway, noop, stream, c)),
+          times(ratioOf(gateway, portkey, stream, c)),
+          times(ratioOf(floor, noop, stream, c)),
+          times(ratioOf(gateway, floor, stream, c)),
+          times(ratioOf(noop, direct, stream, c)),
+          times(ratioOf(noop, gateway, stream, c, "cpuMicros")),
         ]);
       }
     }
@@ -338,12 +403,11 @@ async function main(): Promise<void> {
       const top = Math.max(...opts.connections);
       const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a" : ok ? "met" : "NOT met");
       for (const stream of [false, true]) {
-        const g = rowOf(gateway, stream, top)?.rps;
-        const n = rowOf(noop, stream, top)?.rps;
-        const p = rowOf(portkey, stream, top)?.rps;
+        const n = ratioOf(gateway, noop, stream, top);
+        const p = ratioOf(gateway, portkey, stream, top);
         const kind = stream ? "streamed" : "plain";
         console.log(
-          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(g !== undefined && n !== undefined ? g >= GOALS.vsNoopThroughput * n : undefined)} (${ratio(g, n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(g !== undefined && p !== undefined ? g >= GOALS.vsPortkeyThroughput * p : undefined)} (${ratio(g, p)})`,
+          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(n === undefined ? undefined : n >= GOALS.vsNoopThroughput)} (${times(n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(p === undefined ? undefined : p >= GOALS.vsPortkeyThroughput)} (${times(p)})`,
         );
       }
       const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
