@@ -167,6 +167,46 @@ describe("reviewer console pages", () => {
     expect(list.html).toContain("Granted Inc");
   });
 
+  it("lists every model's inference servers, with forms to change them only for admins, and no key", async () => {
+    const servers = testGateway(undefined, {
+      INFERENCE_BACKENDS: JSON.stringify({
+        "llama-2-7b-chat": [
+          { url: "https://gpu-1.example.com/v1", apiKey: "sk-configured" },
+          { url: "http://10.9.8.7" },
+        ],
+      }),
+      INFERENCE_KEYS_SECRET: "a secret for this test's sealed keys",
+    });
+    const admin = await adminToken({ role: "admin" });
+    const added = await servers.request("/admin/api/inference-backends", {
+      method: "POST",
+      headers: accessHeaders(admin),
+      body: JSON.stringify({ model: "llama-2-13b-chat", url: "https://gpu-2.example.com", apiKey: "sk-console" }),
+    });
+    expect(added.status).toBe(201);
+    const { id } = (await added.json()) as { id: string };
+    const render = async (token: string) =>
+      (await servers.request("/admin/inference-servers", { headers: { "cf-access-jwt-assertion": token } })).text();
+
+    const asReviewer = await render(await adminToken({ role: "reviewer" }));
+    expect(asReviewer).toContain("https://gpu-1.example.com");
+    expect(asReviewer).toContain("https://gpu-2.example.com");
+    expect(asReviewer).toContain("http://10.9.8.7 is a private, loopback, link-local or metadata address");
+    expect(asReviewer).toContain("Adding and changing servers needs the admin role.");
+    expect(asReviewer).not.toContain('id="add-server"');
+    expect(asReviewer).not.toContain("data-method=");
+
+    const asAdmin = await render(admin);
+    expect(asAdmin).toContain('id="add-server"');
+    expect(asAdmin).toMatch(new RegExp(`<form data-api="/admin/api/inference-backends/${id}" data-method="PATCH"`));
+    expect(asAdmin).toContain(`data-api="/admin/api/inference-backends/${id}/probe"`);
+    expect(asAdmin).toContain("Remove server");
+    for (const html of [asReviewer, asAdmin]) {
+      expect(html).not.toContain("sk-configured");
+      expect(html).not.toContain("sk-console");
+    }
+  });
+
   it("shows the audit chain's verification", async () => {
     await seedApplication(gateway.services, license);
     const audit = await page("/admin/audit", await adminToken({ role: "reviewer" }));
