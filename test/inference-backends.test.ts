@@ -105,7 +105,7 @@ describe("inference servers added in the console", () => {
   });
 
   it("are disabled, changed and removed, each audited, and the proxy follows", async () => {
-    const { gw, admin, ask } = await setup();
+    const { gw, clock, admin, ask } = await setup();
     const first = scopedBackend(0);
     const second = scopedBackend(1);
     const a = await add(admin, first);
@@ -139,9 +139,15 @@ describe("inference servers added in the console", () => {
     expect(sent?.body.model).toBe("llama-2-70b-chat");
 
     const cleared = await admin("PATCH", `/${a.id}`, { clearApiKey: true, servedModel: "" });
-    expect(await cleared.json()).toMatchObject({ hasApiKey: false, servedModel: MODEL });
+    const clearedView = (await cleared.json()) as { updatedAt: string };
+    expect(clearedView).toMatchObject({ hasApiKey: false, servedModel: MODEL });
     await ask();
     expect((await first.requests()).at(-1)?.headers.authorization).toBeUndefined();
+
+    // A change to what a server already has writes and records nothing.
+    clock.advance(1_000);
+    const same = await admin("PATCH", `/${a.id}`, { weight: 5, enabled: true });
+    expect(await same.json()).toMatchObject({ weight: 5, updatedAt: clearedView.updatedAt });
 
     const events = await gw.db.select().from(auditEvents).orderBy(auditEvents.seq);
     const mine = events.filter((e) => e.subjectType === "inference_backend");

@@ -229,7 +229,8 @@ export async function addInferenceBackend(
       };
     });
   } catch (error) {
-    if (isUniqueViolation(error, "inference_backends")) throw new AppError("conflict", `${url} already serves ${input.model}.`);
+    if (isUniqueViolation(error, "inference_backends"))
+      throw new AppError("conflict", `${url} already serves ${input.model}.`);
     throw error;
   }
   forgetStoredBackends(services.config);
@@ -291,8 +292,11 @@ export async function changeInferenceBackend(
       }
       if (sealed !== undefined) changes.apiKey = { from: row.apiKeySealed ? "set" : "none", to: "replaced" };
       else if (change.clearApiKey && row.apiKeySealed) changes.apiKey = { from: "set", to: "none" };
+      if (Object.keys(changes).length === 0) {
+        updated = row;
+        return { statements: [], events: [], result: undefined };
+      }
       updated = next;
-      if (Object.keys(changes).length === 0) return { statements: [], events: [], result: undefined };
       return {
         statements: [services.db.update(inferenceBackends).set(next).where(eq(inferenceBackends.id, id))],
         events: [
@@ -308,7 +312,8 @@ export async function changeInferenceBackend(
       };
     });
   } catch (error) {
-    if (isUniqueViolation(error, "inference_backends")) throw new AppError("conflict", `${url} already serves this model.`);
+    if (isUniqueViolation(error, "inference_backends"))
+      throw new AppError("conflict", `${url} already serves this model.`);
     throw error;
   }
   forgetStoredBackends(services.config);
