@@ -461,6 +461,28 @@ describe("models and usage", () => {
 });
 
 describe("admin-set limits", () => {
+  it("hold at once, also in an isolate that cached the old ones", async () => {
+    const clock = fixedClock(TOKEN_NOW);
+    const { gw, client, applicationId } = await setup([scopedBackend(2)], { clock });
+    const ask = () =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
+    await ask();
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    const set = await gw.request(`/admin/api/organizations/${app?.organizationId}/limits`, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@example.com" })),
+      body: JSON.stringify({ plan: "trial", requestsPerMinute: 2, tokensPerMinute: 1_000, monthlyTokenBudget: 10_000 }),
+    });
+    expect(set.status).toBe(200);
+    // Same minute, the token's check still cached with 60 requests per minute: the second request
+    // of the minute is the last one the new limit allows.
+    const second = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 })
+      .withResponse();
+    expect(second.response.headers.get("x-ratelimit-limit-requests")).toBe("2");
+    await expect(ask()).rejects.toBeInstanceOf(OpenAI.RateLimitError);
+  });
+
   it("take effect for the organization within the cache window, and only admins may set them", async () => {
     const clock = fixedClock(TOKEN_NOW);
     const { gw, client, applicationId } = await setup([scopedBackend(2)], { clock });

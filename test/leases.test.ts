@@ -134,6 +134,38 @@ describe("quota leases", () => {
     expect((await quota.peek(tight, NOW)).remainingRequests).toBe(0);
   });
 
+  it("take limits an admin set since from the quota object's answer to a commit", async () => {
+    const org = crypto.randomUUID();
+    const leaseCalls: Parameters<LeaseContext["stub"]["lease"]>[] = [];
+    const { leases, context, settled, serve, quota } = isolate(org, roomy, { limitsAt: NOW - 1_000 });
+    const real = context.stub.lease;
+    context.stub = {
+      ...context.stub,
+      lease: (...args) => {
+        leaseCalls.push(args);
+        return real(...args);
+      },
+    };
+    await serve(40);
+    const tight: QuotaLimits = { requestsPerMinute: 41, tokensPerMinute: 10_000, monthlyTokenBudget: 1e9 };
+    await quota.announceLimits(tight, NOW);
+    // The isolate's open lease goes back with a commit after the announcement (its batch, or its
+    // idle return), whose answer carries the new limits: the next lease call asks under them.
+    await settled();
+    const calledBefore = leaseCalls.length;
+    // 40 requests are used: one more fits the new limit and the next does not.
+    expect((await leases.admit(org, 10, context)).ok).toBe(true);
+    expect(await leases.admit(org, 10, context)).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+    const [, ask, limits, , , limitsAt] = leaseCalls[calledBefore] ?? [];
+    expect({ ask, limits, limitsAt }).toEqual({
+      ask: { requests: 1, tokens: 10, need: 10 },
+      limits: tight,
+      limitsAt: NOW,
+    });
+    await settled();
+    expect(await quota.peek(tight, NOW)).toMatchObject({ remainingRequests: 0, limitRequests: 41 });
+  });
+
   it("charge a request that used more than it reserved in full", async () => {
     const org = crypto.randomUUID();
     const { leases, context, settled, quota } = isolate(org, roomy);

@@ -81,7 +81,7 @@ describe("OrgQuota", () => {
     expect((await q.reserve("a", 600, small, NOW)).ok).toBe(true);
     expect(await q.reserve("b", 600, small, NOW)).toMatchObject({ ok: false, refusal: "tokens_per_minute" });
     const after = await q.settle("a", 100, small, NOW);
-    expect(after.remainingTokens).toBe(900);
+    expect(after.snapshot.remainingTokens).toBe(900);
     expect((await q.reserve("b", 600, small, NOW)).ok).toBe(true);
     const standing = await q.peek(small, NOW);
     expect(standing).toMatchObject({ monthTokens: 700, remainingRequests: 98 });
@@ -132,6 +132,28 @@ describe("OrgQuota", () => {
     expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 640, remainingRequests: 98 });
     await q.settle("open", 10, small, NOW);
     expect(await q.peek(small, NOW)).toMatchObject({ monthTokens: 50, remainingTokens: 950 });
+  });
+
+  it("judges by limits an admin announced over limits read before them, also after a restart", async () => {
+    const q = quota();
+    const tight = { requestsPerMinute: 2, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
+    await q.stub.announceLimits(tight, NOW);
+    await evictDurableObject(q.stub);
+    // Read before the announcement: judged by the announced limits, which come back with the answer.
+    const lease = (id: string, readAt: number) =>
+      q.stub.lease(id, { requests: 10, tokens: 100, need: 10 }, limits, NOW, [], readAt);
+    const stale = await lease("a", NOW - 1_000);
+    expect(stale).toMatchObject({ ok: true, requests: 1, announced: { limits: tight, at: NOW } });
+    expect(stale.snapshot.limitRequests).toBe(2);
+    expect(await lease("b", NOW - 1_000)).toMatchObject({ ok: true, requests: 1 });
+    expect(await lease("c", NOW - 1_000)).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+    // Read after it: the caller's own limits hold, and nothing is announced back.
+    const fresh = await lease("d", NOW + 1);
+    expect(fresh).toMatchObject({ ok: true });
+    expect(fresh.announced).toBeUndefined();
+    // An announcement older than the one the object has changes nothing.
+    await q.stub.announceLimits(limits, NOW - 5_000);
+    expect(await q.stub.commit({}, limits, NOW, NOW - 1_000)).toMatchObject({ announced: { limits: tight } });
   });
 
   describe("usage rows", () => {

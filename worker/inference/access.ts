@@ -16,6 +16,8 @@ export const TOKEN_CACHE_MS = 5_000;
 export interface InferenceCaller {
   principal: TokenPrincipal;
   limits: QuotaLimits;
+  /** When the limits were read: limits an admin set after this outrank them in the quota object. */
+  limitsAt: number;
   /** When inference stops for lack of payment (grace period included), if it does. */
   suspendedFrom: number | undefined;
 }
@@ -65,7 +67,7 @@ export async function authenticateInference(services: Services, bearer: string |
     suspendedFrom = account ? suspendedSince(account, services.config.billing.graceDays)?.getTime() : undefined;
   }
   if (cache.size >= MAX_CACHED) cache.clear();
-  const caller = { principal: check.principal, limits, suspendedFrom, expiresAt: now + TOKEN_CACHE_MS };
+  const caller = { principal: check.principal, limits, limitsAt: now, suspendedFrom, expiresAt: now + TOKEN_CACHE_MS };
   cache.set(key, caller);
   return admitPaid(caller, now);
 }

@@ -4,7 +4,7 @@ import { AppError } from "../errors";
 import { fieldErrors } from "../http/router";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
-import type { QuotaRefusal, QuotaSnapshot } from "../quota/org-quota";
+import { type QuotaRefusal, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
 import { backendPools, cachedBackendPools } from "./backend-store";
@@ -161,25 +161,6 @@ async function readJson(request: Request): Promise<unknown> {
   }
 }
 
-/** Durable Object ids of organizations' quota objects: deriving one hashes the name. */
-const quotaIds = new WeakMap<object, Map<string, DurableObjectId>>();
-const MAX_QUOTA_IDS = 10_000;
-
-function quotaStub(env: Env, organizationId: string) {
-  let ids = quotaIds.get(env.QUOTA);
-  if (!ids) {
-    ids = new Map();
-    quotaIds.set(env.QUOTA, ids);
-  }
-  let id = ids.get(organizationId);
-  if (!id) {
-    if (ids.size >= MAX_QUOTA_IDS) ids.clear();
-    id = env.QUOTA.idFromName(organizationId);
-    ids.set(organizationId, id);
-  }
-  return env.QUOTA.get(id);
-}
-
 type Attempt =
   | { ok: true; backend: Backend; response: Response; clearTimer: () => void; abort: () => void }
   | { ok: false; failure: "timeout" | "connect" | "server_error" | "none_usable" };
@@ -320,6 +301,7 @@ export async function proxyCompletion(
       return stub;
     },
     limits: caller.limits,
+    limitsAt: caller.limitsAt,
     now: () => services.clock.now().getTime(),
     newId: () => services.ids.id("lse"),
     waitUntil,

@@ -1,5 +1,7 @@
 import { ledgerBatch } from "../inference/ledger";
 import type {
+  AnnouncedLimits,
+  CommitResult,
   LeaseAsk,
   LeaseResult,
   LeaseReturn,
@@ -32,8 +34,15 @@ const MAX_ORGANIZATIONS = 10_000;
 
 /** What leasing needs of the organization's `OrgQuota` object (its stub, in production). */
 export interface QuotaObject {
-  lease(id: string, ask: LeaseAsk, limits: QuotaLimits, now: number, returns?: LeaseReturn[]): Promise<LeaseResult>;
-  commit(report: QuotaCommit, limits: QuotaLimits, now: number): Promise<unknown>;
+  lease(
+    id: string,
+    ask: LeaseAsk,
+    limits: QuotaLimits,
+    now: number,
+    returns?: LeaseReturn[],
+    limitsAt?: number,
+  ): Promise<LeaseResult>;
+  commit(report: QuotaCommit, limits: QuotaLimits, now: number, limitsAt?: number): Promise<CommitResult>;
 }
 
 interface Lease {
@@ -57,6 +66,10 @@ interface OrgLeases {
   /** The limits the leases were taken under; new limits make the old leases go back. */
   limitsKey: string;
   limits: QuotaLimits;
+  /** When those limits were read (or set by an admin): newer limits replace them, older do not. */
+  limitsAt: number;
+  /** Whether they came from the quota object as set by an admin, which outranks a read of the same moment. */
+  announced: boolean;
   open: Lease[];
   /** Requests the next lease asks for: doubles when leases run out, halves when they idle. */
   ask: number;
@@ -89,6 +102,8 @@ export interface SettledRequest {
 export interface LeaseContext {
   stub: QuotaObject;
   limits: QuotaLimits;
+  /** When `limits` were read from the database; absent: now. */
+  limitsAt?: number;
   /** The request's clock, in ms. */
   now: () => number;
   newId: () => string;
@@ -98,6 +113,7 @@ export interface LeaseContext {
 }
 
 const minuteOf = (now: number) => Math.floor(now / 60_000);
+const keyOf = (l: QuotaLimits) => `${l.requestsPerMinute}/${l.tokensPerMinute}/${l.monthlyTokenBudget}`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -120,11 +136,20 @@ export class QuotaLeases {
     const now = c.now();
     let granted: LeaseResult;
     try {
-      granted = await c.stub.lease(id, { requests: org.ask, tokens: org.ask * need, need }, c.limits, now, returns);
+      granted = await c.stub.lease(
+        id,
+        { requests: org.ask, tokens: org.ask * need, need },
+        org.limits,
+        now,
+        returns,
+        org.limitsAt,
+      );
     } catch (error) {
       if (returns.length) this.batchOf(org, c).batch.returns.push(...returns);
       throw error;
     }
+    // Limits an admin set since this isolate read its own: the leases taken under the old go back.
+    if (granted.announced) this.adopt(org, granted.announced, true, c);
     if (!granted.ok) {
       // Another request's lease may have come in while this one waited.
       return this.take(org, need, c) ?? granted;
@@ -178,13 +203,16 @@ export class QuotaLeases {
   }
 
   private org(organizationId: string, c: LeaseContext): OrgLeases {
-    const limitsKey = `${c.limits.requestsPerMinute}/${c.limits.tokensPerMinute}/${c.limits.monthlyTokenBudget}`;
+    const limitsKey = keyOf(c.limits);
+    const limitsAt = c.limitsAt ?? c.now();
     let org = this.orgs.get(organizationId);
     if (!org) {
       if (this.orgs.size >= MAX_ORGANIZATIONS) this.forgetIdle();
       org = {
         limitsKey,
         limits: c.limits,
+        limitsAt,
+        announced: false,
         open: [],
         ask: 1,
         inflight: 0,
@@ -193,14 +221,27 @@ export class QuotaLeases {
         lingering: false,
       };
       this.orgs.set(organizationId, org);
-    } else if (org.limitsKey !== limitsKey) {
-      for (const lease of org.open) this.giveBack(org, lease, c);
-      org.open = [];
-      org.ask = 1;
-      org.limitsKey = limitsKey;
-      org.limits = c.limits;
+    } else if (limitsAt > org.limitsAt || (limitsAt === org.limitsAt && !org.announced)) {
+      this.adopt(org, { limits: c.limits, at: limitsAt }, false, c);
     }
     return org;
+  }
+
+  /**
+   * Judges the organization by newer limits from now on (read by this request, or `announced` by
+   * the quota object as an admin set them); different limits make the open leases go back.
+   */
+  private adopt(org: OrgLeases, news: AnnouncedLimits, announced: boolean, c: LeaseContext): void {
+    if (news.at < org.limitsAt) return;
+    org.limitsAt = news.at;
+    org.announced = announced;
+    const limitsKey = keyOf(news.limits);
+    if (limitsKey === org.limitsKey) return;
+    for (const lease of org.open) this.giveBack(org, lease, c);
+    org.open = [];
+    org.ask = 1;
+    org.limitsKey = limitsKey;
+    org.limits = news.limits;
   }
 
   /**
@@ -276,7 +317,7 @@ export class QuotaLeases {
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     await sleep(COMMIT_DELAY_MS);
     if (org.batch === batch) org.batch = undefined;
-    await this.commit(batch, c);
+    await this.commit(org, batch, c);
     if (org.lingering || org.open.length === 0) return;
     // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
     org.lingering = true;
@@ -291,19 +332,20 @@ export class QuotaLeases {
         }
       }
       org.open = [];
-      if (returns.returns.length) await this.commit(returns, c);
+      if (returns.returns.length) await this.commit(org, returns, c);
     } finally {
       org.lingering = false;
     }
   }
 
-  private async commit(batch: Batch, c: LeaseContext): Promise<void> {
+  private async commit(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     const report: QuotaCommit = {};
     if (batch.settlements.length) report.settlements = batch.settlements;
     if (batch.returns.length) report.returns = batch.returns;
     if (batch.rows.length) report.rows = ledgerBatch(batch.rows);
     try {
-      await c.stub.commit(report, c.limits, c.now());
+      const answer = await c.stub.commit(report, org.limits, c.now(), org.limitsAt);
+      if (answer?.announced) this.adopt(org, answer.announced, true, c);
     } catch (error) {
       // Returned capacity is released by the object when the lease expires there.
       if (report.rows) await c.fallback(report.rows, error);

@@ -53,9 +53,26 @@ export interface LeaseAsk {
   need: number;
 }
 
-export type LeaseResult =
+/** Limits an admin set, with when: they override limits an isolate read before then. */
+export interface AnnouncedLimits {
+  limits: QuotaLimits;
+  /** When they were set (ms since the epoch). */
+  at: number;
+}
+
+export type LeaseResult = (
   | { ok: true; requests: number; tokens: number; snapshot: QuotaSnapshot }
-  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
+  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot }
+) & {
+  /** Present when the object judged by limits newer than the caller's: the caller should use them. */
+  announced?: AnnouncedLimits;
+};
+
+/** What `commit` answers: the standing, and newer limits than the caller's if the object has them. */
+export interface CommitResult {
+  snapshot: QuotaSnapshot;
+  announced?: AnnouncedLimits;
+}
 
 /** One finished request: its worst case, held in `lease`, is replaced by the tokens it used. */
 export interface Settlement {
@@ -91,6 +108,8 @@ interface QuotaCounters {
 }
 
 const COUNTERS_KEY = "state";
+/** Limits an admin set, kept so that they outrank older cached ones after a restart too. */
+const ANNOUNCED_KEY = "limits";
 const RESERVATION_PREFIX = "r:";
 /**
  * Usage-ledger rows settled here and not yet written to D1: the rows of one commit under one key
@@ -116,6 +135,26 @@ export const LEASE_SHARE = 8;
 
 /** A reservation nobody settled (the request's isolate died) is released after this long. */
 const RESERVATION_TTL_MS = 15 * 60_000;
+
+/** Durable Object ids of organizations' quota objects, kept per namespace: deriving one hashes the name. */
+const quotaIds = new WeakMap<object, Map<string, DurableObjectId>>();
+const MAX_QUOTA_IDS = 10_000;
+
+/** The organization's `OrgQuota` object. */
+export function quotaStub(env: Env, organizationId: string) {
+  let ids = quotaIds.get(env.QUOTA);
+  if (!ids) {
+    ids = new Map();
+    quotaIds.set(env.QUOTA, ids);
+  }
+  let id = ids.get(organizationId);
+  if (!id) {
+    if (ids.size >= MAX_QUOTA_IDS) ids.clear();
+    id = env.QUOTA.idFromName(organizationId);
+    ids.set(organizationId, id);
+  }
+  return env.QUOTA.get(id);
+}
 
 function monthOf(now: number): string {
   return new Date(now).toISOString().slice(0, 7);
@@ -150,6 +189,8 @@ export class OrgQuota extends DurableObject<Env> {
    */
   private settled = new Set<string>();
   private settledBefore = new Set<string>();
+  /** The limits an admin set last, which outrank limits isolates read (and cached) before then. */
+  private announced: AnnouncedLimits | undefined;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -163,6 +204,7 @@ export class OrgQuota extends DurableObject<Env> {
         // Objects written before reservations had keys of their own kept them inside the counters.
         for (const [id, r] of Object.entries(reservations ?? {})) this.reservations.set(id, r);
       }
+      this.announced = await ctx.storage.get<AnnouncedLimits>(ANNOUNCED_KEY);
       const open = await ctx.storage.list<Reservation>({ prefix: RESERVATION_PREFIX });
       for (const [key, r] of open) this.reservations.set(key.slice(RESERVATION_PREFIX.length), r);
       // Usage rows left from before a restart go to D1 even if no request comes to flush them.
@@ -253,10 +295,12 @@ export class OrgQuota extends DurableObject<Env> {
   async lease(
     id: string,
     ask: LeaseAsk,
-    limits: QuotaLimits,
+    callerLimits: QuotaLimits,
     now: number,
     returns: readonly LeaseReturn[] = [],
+    limitsAt?: number,
   ): Promise<LeaseResult> {
+    const { limits, announced } = this.limitsFor(callerLimits, limitsAt ?? now);
     this.roll(now);
     const changed = new Set<string>();
     this.takeBack(returns, changed);
@@ -264,7 +308,7 @@ export class OrgQuota extends DurableObject<Env> {
     const resetSeconds = this.snapshot(limits, now).resetSeconds;
     const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): LeaseResult => {
       if (changed.size) this.persist(changed);
-      return { ok: false, refusal, retryAfterSeconds, snapshot: this.snapshot(limits, now) };
+      return { ok: false, refusal, retryAfterSeconds, snapshot: this.snapshot(limits, now), announced };
     };
     if (need > limits.tokensPerMinute || need > limits.monthlyTokenBudget)
       return refuse("request_too_large", resetSeconds);
@@ -288,7 +332,7 @@ export class OrgQuota extends DurableObject<Env> {
     this.reservations.set(id, { tokens, requests, minute: this.state.minute, month: this.state.month, at: now });
     changed.add(id);
     this.persist(changed);
-    return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now) };
+    return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now), announced };
   }
 
   /**
@@ -320,7 +364,8 @@ export class OrgQuota extends DurableObject<Env> {
    * used more than it reserved (a backend that ignored `max_tokens`) is charged in full; a
    * settlement delivered twice counts once.
    */
-  async commit(report: QuotaCommit, limits: QuotaLimits, now: number): Promise<QuotaSnapshot> {
+  async commit(report: QuotaCommit, callerLimits: QuotaLimits, now: number, limitsAt?: number): Promise<CommitResult> {
+    const { limits, announced } = this.limitsFor(callerLimits, limitsAt ?? now);
     this.roll(now);
     const changed = new Set<string>();
     for (const s of report.settlements ?? []) {
@@ -346,7 +391,26 @@ export class OrgQuota extends DurableObject<Env> {
     }
     this.takeBack(report.returns ?? [], changed);
     this.persist(changed, report.rows);
-    return this.snapshot(limits, now);
+    return { snapshot: this.snapshot(limits, now), announced };
+  }
+
+  /**
+   * Takes limits an admin just set (the admin API calls this after writing them to D1), so that
+   * they hold at once: isolates keep what they read from D1 for a few seconds, and the object
+   * judges by these until the limits an isolate passes were read after them. Older news than
+   * what the object has is ignored.
+   */
+  async announceLimits(limits: QuotaLimits, at: number): Promise<void> {
+    if (this.announced && this.announced.at > at) return;
+    this.announced = { limits, at };
+    void this.ctx.storage.put(ANNOUNCED_KEY, this.announced);
+  }
+
+  /** The limits to judge by: the caller's, unless an admin set others after the caller read them. */
+  private limitsFor(callerLimits: QuotaLimits, readAt: number): { limits: QuotaLimits; announced?: AnnouncedLimits } {
+    const announced = this.announced;
+    if (announced && announced.at >= readAt) return { limits: announced.limits, announced };
+    return { limits: callerLimits };
   }
 
   private armFlush(delayMs: number): void {

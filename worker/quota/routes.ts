@@ -7,6 +7,7 @@ import { AppError } from "../errors";
 import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { effectiveLimits } from "./limits";
+import { quotaStub } from "./org-quota";
 
 const LimitsSchema = z
   .strictObject({
@@ -37,7 +38,7 @@ const putLimits = createRoute({
   method: "put",
   path: "/admin/api/organizations/{id}/limits",
   tags: ["Admin"],
-  summary: "Set an organization's inference limits; in force within seconds",
+  summary: "Set an organization's inference limits; in force at once",
   middleware: [refuseCrossSite(), requireRole("admin")] as const,
   request: {
     params: Params,
@@ -97,5 +98,15 @@ quotaRoutes
         result: undefined,
       };
     });
+    // Isolates keep the limits they read for a few seconds; the quota object outranks them at once.
+    const { plan: _plan, ...limits } = input;
+    try {
+      await quotaStub(c.env, id).announceLimits(limits, services.clock.now().getTime());
+    } catch (error) {
+      services.log.warn("new limits not announced to the quota object; in force within the token cache", {
+        organizationId: id,
+        error: String(error),
+      });
+    }
     return c.json({ organizationId: id, custom: true, ...input }, 200);
   });
