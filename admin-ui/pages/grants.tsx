@@ -113,7 +113,7 @@ const LIMIT_FIELDS = [
   { name: "monthlyTokenBudget", label: "Tokens per calendar month (UTC)", max: 1_000_000_000_000 },
 ] as const;
 
-/** The organization's quota limits; admins may change them (in force within seconds). */
+/** The organization's quota limits; admins may change them (in force at once). */
 function InferenceLimits(props: { limits: EffectiveLimits; editable: boolean }) {
   const { limits } = props;
   const source = limits.custom ? `plan ${limits.plan}` : "the gateway's defaults";
@@ -132,7 +132,7 @@ function InferenceLimits(props: { limits: EffectiveLimits; editable: boolean }) 
       data-api={`/admin/api/organizations/${encodeURIComponent(limits.organizationId)}/limits`}
       data-method="PUT"
       data-done="reload"
-      data-success="Saved; in force within seconds."
+      data-success="Saved; in force at once."
     >
       <p class="muted">Now: {source}. Applies to every grant and token of the organization.</p>
       <div class="form-row">
