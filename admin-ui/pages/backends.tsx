@@ -15,7 +15,16 @@ function Status(props: { backend: BackendView }) {
 }
 
 /** A number field with its label. */
-function NumberField(props: { id: string; name: string; label: string; value?: number; min: number; max: number }) {
+function NumberField(props: {
+  id: string;
+  name: string;
+  label: string;
+  value?: number;
+  min: number;
+  max: number;
+  /** "any" for fractions. */
+  step: string;
+}) {
   return (
     <div class="form-row">
       <label for={props.id}>{props.label}</label>
@@ -25,7 +34,7 @@ function NumberField(props: { id: string; name: string; label: string; value?: n
         type="number"
         min={props.min}
         max={props.max}
-        step="any"
+        step={props.step}
         value={props.value === undefined ? undefined : String(props.value)}
       />
     </div>
@@ -64,7 +73,15 @@ function ServerControls(props: { backend: BackendView; keysSealable: boolean }) 
             value={b.servedModel === b.model ? "" : b.servedModel}
           />
         </div>
-        <NumberField id={`weight-${id}`} name="weight" label="Weight" value={b.weight} min={0.001} max={1000} />
+        <NumberField
+          id={`weight-${id}`}
+          name="weight"
+          label="Weight"
+          value={b.weight}
+          min={0.001}
+          max={1000}
+          step="any"
+        />
         <NumberField
           id={`timeout-${id}`}
           name="timeoutMs"
@@ -72,6 +89,7 @@ function ServerControls(props: { backend: BackendView; keysSealable: boolean }) 
           value={b.timeoutMs}
           min={100}
           max={600_000}
+          step="1"
         />
         {props.keysSealable ? (
           <>
@@ -146,8 +164,15 @@ function AddServer(props: { models: readonly string[]; keysSealable: boolean }) 
         <label for="add-served">Served model name (vLLM's --served-model-name; empty: the model id)</label>
         <input id="add-served" name="servedModel" maxlength={128} />
       </div>
-      <NumberField id="add-weight" name="weight" label="Weight (default 1)" min={0.001} max={1000} />
-      <NumberField id="add-timeout" name="timeoutMs" label="Timeout in ms (default 120000)" min={100} max={600_000} />
+      <NumberField id="add-weight" name="weight" label="Weight (default 1)" min={0.001} max={1000} step="any" />
+      <NumberField
+        id="add-timeout"
+        name="timeoutMs"
+        label="Timeout in ms (default 120000)"
+        min={100}
+        max={600_000}
+        step="1"
+      />
       {props.keysSealable ? (
         <div class="form-row">
           <label for="add-key">API key (optional; sealed, never shown again)</label>

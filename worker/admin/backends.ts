@@ -353,7 +353,6 @@ export async function removeInferenceBackend(
 export async function probeInferenceBackend(
   services: Pick<Services, "db" | "config" | "clock">,
   id: string,
-  health = new BackendHealth(),
 ): Promise<{ id: string; healthy: boolean; latencyMs: number; detail: string }> {
   const row = await storedRow(services, id);
   const secret = services.config.inference.keysSecret;
@@ -376,7 +375,7 @@ export async function probeInferenceBackend(
     servedModel: row.servedModel ?? row.model,
   };
   const started = Date.now();
-  const healthy = await health.probe(backend);
+  const healthy = await new BackendHealth().probe(backend);
   const latencyMs = Date.now() - started;
   return {
     id,
