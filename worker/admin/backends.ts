@@ -9,14 +9,8 @@ import { isUniqueViolation, writeAudited } from "../audit/log";
 import { inferenceBackends } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import { forgetStoredBackends, openApiKey, sealApiKey } from "../inference/backend-store";
-import {
-  BACKEND_URL_PROBLEMS,
-  type Backend,
-  BackendHealth,
-  backendBaseUrl,
-  checkBackendUrl,
-} from "../inference/backends";
+import { forgetStoredBackends, sealApiKey, storedBackend } from "../inference/backend-store";
+import { BACKEND_URL_PROBLEMS, BackendHealth, backendBaseUrl, checkBackendUrl } from "../inference/backends";
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
 import { type AdminIdentity, currentAdmin, requireRole } from "./access";
@@ -96,10 +90,8 @@ type StoredRow = typeof inferenceBackends.$inferSelect;
 type Deps = Pick<Services, "db" | "clock" | "ids" | "config">;
 
 async function viewOf(config: Services["config"], row: StoredRow): Promise<BackendView> {
-  const secret = config.inference.keysSecret;
-  const readable =
-    row.apiKeySealed === null ||
-    (secret !== undefined && (await openApiKey(secret, row.id, row.apiKeySealed)) !== undefined);
+  const stored = await storedBackend(config, row);
+  const readable = stored.ok || stored.problem !== "key_unreadable";
   return {
     id: row.id,
     source: "console",
@@ -354,28 +346,17 @@ export async function probeInferenceBackend(
   services: Pick<Services, "db" | "config" | "clock">,
   id: string,
 ): Promise<{ id: string; healthy: boolean; latencyMs: number; detail: string }> {
-  const row = await storedRow(services, id);
-  const secret = services.config.inference.keysSecret;
-  const apiKey =
-    row.apiKeySealed && secret !== undefined ? await openApiKey(secret, row.id, row.apiKeySealed) : undefined;
-  if (row.apiKeySealed && apiKey === undefined) {
+  const stored = await storedBackend(services.config, await storedRow(services, id));
+  if (!stored.ok) {
     throw new AppError(
       "invalid_state",
-      "The server's API key does not open with INFERENCE_KEYS_SECRET; enter the key again before probing.",
+      stored.problem === "key_unreadable"
+        ? "The server's API key does not open with INFERENCE_KEYS_SECRET; enter the key again before probing."
+        : "The server's URL is no longer allowed; change it before probing.",
     );
   }
-  if (checkBackendUrl(row.url, services.config.inference.allowedHosts)) {
-    throw new AppError("invalid_state", "The server's URL is no longer allowed; change it before probing.");
-  }
-  const backend: Backend = {
-    url: row.url,
-    weight: row.weight,
-    timeoutMs: row.timeoutMs,
-    apiKey,
-    servedModel: row.servedModel ?? row.model,
-  };
   const started = Date.now();
-  const healthy = await new BackendHealth().probe(backend);
+  const healthy = await new BackendHealth().probe(stored.backend);
   const latencyMs = Date.now() - started;
   return {
     id,

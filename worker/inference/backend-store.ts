@@ -10,7 +10,7 @@ import type { Config } from "../config";
 import { inferenceBackends } from "../db/schema";
 import { base64url } from "../platform/ids";
 import type { Services } from "../services";
-import { type Backend, checkBackendUrl } from "./backends";
+import { type Backend, type BackendUrlProblem, checkBackendUrl } from "./backends";
 
 /** How long an isolate serves the stored servers it read before reading them again. */
 export const BACKENDS_CACHE_MS = 5_000;
@@ -61,36 +61,51 @@ export async function backendPools(
   const pools = new Map<string, Backend[]>();
   for (const [model, pool] of config.inference.backends.pools) pools.set(model, [...pool]);
   for (const row of rows) {
-    const problem = checkBackendUrl(row.url, config.inference.allowedHosts);
-    if (problem) {
-      services.log.warn("stored inference server refused", { id: row.id, url: row.url, problem });
-      continue;
-    }
-    let apiKey: string | undefined;
-    if (row.apiKeySealed) {
-      apiKey = config.inference.keysSecret
-        ? await openApiKey(config.inference.keysSecret, row.id, row.apiKeySealed)
-        : undefined;
-      if (apiKey === undefined) {
+    const stored = await storedBackend(config, row);
+    if (!stored.ok) {
+      if (stored.problem === "key_unreadable") {
         services.log.error("stored inference server skipped: its API key does not open with INFERENCE_KEYS_SECRET", {
           id: row.id,
           url: row.url,
         });
-        continue;
-      }
+      } else
+        services.log.warn("stored inference server refused", { id: row.id, url: row.url, problem: stored.problem });
+      continue;
     }
     const pool = pools.get(row.model) ?? [];
-    pool.push({
+    pool.push(stored.backend);
+    pools.set(row.model, pool);
+  }
+  cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
+  return pools;
+}
+
+/**
+ * A stored server as requests are sent to it, its key opened; or why it cannot be sent to: its
+ * key does not open with the current secret (checked first), or the current rules refuse its URL.
+ */
+export async function storedBackend(
+  config: Config,
+  row: StoredBackendRow,
+): Promise<{ ok: true; backend: Backend } | { ok: false; problem: BackendUrlProblem | "key_unreadable" }> {
+  let apiKey: string | undefined;
+  if (row.apiKeySealed !== null) {
+    const secret = config.inference.keysSecret;
+    apiKey = secret === undefined ? undefined : await openApiKey(secret, row.id, row.apiKeySealed);
+    if (apiKey === undefined) return { ok: false, problem: "key_unreadable" };
+  }
+  const problem = checkBackendUrl(row.url, config.inference.allowedHosts);
+  if (problem) return { ok: false, problem };
+  return {
+    ok: true,
+    backend: {
       url: row.url,
       weight: row.weight,
       timeoutMs: row.timeoutMs,
       apiKey,
       servedModel: row.servedModel ?? row.model,
-    });
-    pools.set(row.model, pool);
-  }
-  cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
-  return pools;
+    },
+  };
 }
 
 const utf8 = new TextEncoder();
