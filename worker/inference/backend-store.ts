@@ -8,7 +8,7 @@
 import { eq } from "drizzle-orm";
 import type { Config } from "../config";
 import { inferenceBackends } from "../db/schema";
-import { base64url } from "../platform/ids";
+import { base64url, fromBase64url } from "../platform/ids";
 import type { Services } from "../services";
 import { type Backend, type BackendUrlProblem, checkBackendUrl } from "./backends";
 
@@ -131,11 +131,6 @@ function sealingKey(secret: string): Promise<CryptoKey> {
     sealingKeys.set(secret, key);
   }
   return key;
-}
-
-function fromBase64url(text: string): Uint8Array {
-  const binary = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
-  return Uint8Array.from(binary, (ch) => ch.charCodeAt(0));
 }
 
 /**

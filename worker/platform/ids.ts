@@ -27,6 +27,12 @@ export function base64url(bytes: Uint8Array): string {
   return btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
+/** The bytes of base64url text (padded or not); throws on text that is not base64. */
+export function fromBase64url(text: string): Uint8Array {
+  const binary = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
+  return Uint8Array.from(binary, (ch) => ch.charCodeAt(0));
+}
+
 /**
  * Random bytes for identifiers, drawn from the CSPRNG a few kilobytes at a time: a call for every
  * id costs more than making the id. Secrets never come from here.
