@@ -11,16 +11,20 @@ export interface RequestContextOptions extends ServiceOptions {
 }
 
 /** A request id when the edge gave none (Cloudflare's edge always sends `cf-ray`). */
-export const newRequestId = () => newId("req", Date.now());
+const newRequestId = () => newId("req", Date.now());
+
+/** The request's id: Cloudflare's ray id when the edge gave one, else a fresh one. */
+export function requestIdFor(cfRay: string | null | undefined, options: RequestContextOptions = {}): string {
+  return cfRay ?? (options.requestIdGenerator ?? newRequestId)();
+}
 
 /**
  * Tags each request with an id (Cloudflare's ray id when present), builds its services once and
  * echoes the id back on the response.
  */
 export function requestContext(options: RequestContextOptions = {}): MiddlewareHandler<HonoEnv> {
-  const generate = options.requestIdGenerator ?? newRequestId;
   return async (c, next) => {
-    const id = c.req.header("cf-ray") ?? generate();
+    const id = requestIdFor(c.req.header("cf-ray"), options);
     c.set("requestId", id);
     c.set("services", createServices(c.env, options, { requestId: id }));
     await next();

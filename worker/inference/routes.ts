@@ -6,7 +6,7 @@ import { usageLedger } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { errorResponse } from "../http/errors";
-import { newRequestId, type RequestContextOptions } from "../http/middleware";
+import { type RequestContextOptions, requestIdFor } from "../http/middleware";
 import { newRouter } from "../http/router";
 import { findFamily } from "../policy/families";
 import { createServices, type Services } from "../services";
@@ -116,7 +116,7 @@ export async function serveCompletion(
   endpoint: Endpoint,
   options: RequestContextOptions & { inference?: ProxyOptions } = {},
 ): Promise<Response> {
-  const requestId = request.headers.get("cf-ray") ?? (options.requestIdGenerator ?? newRequestId)();
+  const requestId = requestIdFor(request.headers.get("cf-ray"), options);
   let services: Services | undefined;
   try {
     services = createServices(env, options, { requestId });
