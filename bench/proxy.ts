@@ -240,12 +240,12 @@ async function main(): Promise<void> {
         }
       }
     }
-    const cellRounds = (t: Target, stream: boolean, c: number) =>
-      rounds.filter((r) => r.target === t.name && r.stream === stream && r.connections === c);
+    const cellRounds = (name: string, stream: boolean, c: number) =>
+      rounds.filter((r) => r.target === name && r.stream === stream && r.connections === c);
     const rows: LoadRow[] = opts.streams.flatMap((stream) =>
       opts.connections.flatMap((connections) =>
         running.map((t) => {
-          const cell = cellRounds(t, stream, connections);
+          const cell = cellRounds(t.name, stream, connections);
           const cpu = cell.flatMap((r) => (r.cpuMicros === undefined ? [] : [r.cpuMicros]));
           return {
             target: t.name,
@@ -264,9 +264,9 @@ async function main(): Promise<void> {
     );
     /** The median over rounds of a ÷ b, each pair measured in the same round. */
     const ratioOf = (a: Target, b: Target, stream: boolean, c: number, field: "rps" | "cpuMicros" = "rps") => {
-      const ratios = cellRounds(a, stream, c).flatMap((ra) => {
+      const ratios = cellRounds(a.name, stream, c).flatMap((ra) => {
         const x = ra[field];
-        const y = cellRounds(b, stream, c).find((rb) => rb.round === ra.round)?.[field];
+        const y = cellRounds(b.name, stream, c).find((rb) => rb.round === ra.round)?.[field];
         return x !== undefined && y !== undefined && y > 0 ? [x / y] : [];
       });
       return ratios.length ? median(ratios) : undefined;
@@ -304,8 +304,7 @@ async function main(): Promise<void> {
           String(r.connections),
           r.target,
           fmt(r.rps),
-          rounds
-            .filter((x) => x.target === r.target && x.stream === r.stream && x.connections === r.connections)
+          cellRounds(r.target, r.stream, r.connections)
             .map((x) => fmt(x.rps))
             .join(" / "),
           fmt(r.p50),
