@@ -32,8 +32,7 @@ export function scopedBackend(index: number) {
     },
     async requests(): Promise<SimulatorRequest[]> {
       const res = await fetch(`${base}/_sim/requests`);
-      const body = (await res.json()) as { requests?: unknown[] } | unknown[];
-      return (Array.isArray(body) ? body : (body.requests ?? [])) as SimulatorRequest[];
+      return (await res.json()) as SimulatorRequest[];
     },
   };
 }
