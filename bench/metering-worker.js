@@ -1,11 +1,31 @@
 /**
- * The floor for a Worker gateway that meters: the least any gateway must do to reserve against a
- * request and bill its usage. It parses the request body (the model, `max_tokens`, the prompt),
- * sends it on, and reads the answer for its usage — a plain answer whole, a stream chunk by chunk
- * through JavaScript — with no token check, quota or ledger. Whatever a metering gateway costs
- * beyond this is its own work; what this costs beyond the no-op Worker, any metering gateway pays.
+ * The floor for a Worker gateway that meters and keeps this proxy's wire contract: the least any
+ * such gateway must do. It parses the request body (the model, `max_tokens`, the prompt), sends
+ * it on under a timeout without following redirects, and reads the answer for its usage — a plain
+ * answer whole, a stream chunk by chunk through JavaScript — and answers with the rate-limit and
+ * overhead headers every answer carries; it has no token check, quota or ledger, and its header
+ * values count requests in this isolate. Whatever a metering gateway costs beyond this is its own
+ * work; what this costs beyond the no-op Worker, any such gateway pays.
  */
 const decoder = new TextDecoder();
+const TIMEOUT_MS = 60_000;
+const LIMIT = 100_000_000;
+let served = 0;
+
+/** The headers OpenAI's clients read on every answer, and the gateway's overhead. */
+function contractHeaders(startedAt, contentType) {
+  served++;
+  return {
+    "content-type": contentType,
+    "x-ratelimit-limit-requests": String(LIMIT),
+    "x-ratelimit-remaining-requests": String(LIMIT - served),
+    "x-ratelimit-reset-requests": `${60 - (served % 60)}s`,
+    "x-ratelimit-limit-tokens": String(LIMIT),
+    "x-ratelimit-remaining-tokens": String(LIMIT - served * 24),
+    "x-ratelimit-reset-tokens": `${60 - (served % 60)}s`,
+    "x-modelgate-overhead-ms": String(Date.now() - startedAt),
+  };
+}
 
 export default {
   /**
@@ -13,21 +33,27 @@ export default {
    * @param {{ UPSTREAM: string }} env
    */
   async fetch(request, env) {
+    const startedAt = Date.now();
     const url = new URL(request.url);
     const body = await request.json();
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
     const upstream = await fetch(env.UPSTREAM + url.pathname, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
+      redirect: "manual",
+      signal: controller.signal,
     });
     if (!body.stream || !upstream.body) {
       const text = await upstream.text();
+      clearTimeout(timer);
       const usage = JSON.parse(text).usage;
-      return new Response(text, {
-        status: upstream.status,
-        headers: { "content-type": "application/json", "x-usage": String(usage?.total_tokens) },
-      });
+      const headers = contractHeaders(startedAt, "application/json");
+      headers["x-usage"] = String(usage?.total_tokens);
+      return new Response(text, { status: upstream.status, headers });
     }
+    clearTimeout(timer);
     const reader = upstream.body.getReader();
     let seen = 0;
     const stream = new ReadableStream(
@@ -48,6 +74,6 @@ export default {
       { highWaterMark: 0 },
     );
     void seen;
-    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+    return new Response(stream, { headers: contractHeaders(startedAt, "text/event-stream") });
   },
 };

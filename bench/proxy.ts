@@ -3,7 +3,8 @@
  *
  * What the inference proxy costs, measured in one run on loopback against one backend simulator:
  * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), a
- * Worker that only reads what metering needs (the floor for any Worker gateway that meters), this
+ * Worker that only reads what metering needs and keeps the proxy's wire contract (backend timeout,
+ * no redirects, rate-limit headers: the floor for any Worker gateway that meters), this
  * gateway's full path (token, license, quota reservation and settlement, metering) and the
  * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
  * each concurrency for a fixed time, split into rounds that take the peers in turn (a different one
@@ -329,6 +330,7 @@ async function main(): Promise<void> {
           times(ratioOf(gateway, noop, stream, c)),
           times(ratioOf(gateway, portkey, stream, c)),
           times(ratioOf(floor, noop, stream, c)),
+          times(ratioOf(floor, portkey, stream, c)),
           times(ratioOf(gateway, floor, stream, c)),
           times(ratioOf(noop, direct, stream, c)),
           times(ratioOf(noop, gateway, stream, c, "cpuMicros")),
@@ -343,6 +345,7 @@ async function main(): Promise<void> {
           "gateway ÷ no-op",
           "gateway ÷ Portkey",
           "floor ÷ no-op",
+          "floor ÷ Portkey",
           "gateway ÷ floor",
           "no-op ÷ direct",
           "CPU: no-op ÷ gateway",
@@ -406,7 +409,7 @@ async function main(): Promise<void> {
         const p = ratioOf(gateway, portkey, stream, top);
         const kind = stream ? "streamed" : "plain";
         console.log(
-          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(n === undefined ? undefined : n >= GOALS.vsNoopThroughput)} (${times(n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(p === undefined ? undefined : p >= GOALS.vsPortkeyThroughput)} (${times(p)})`,
+          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(n === undefined ? undefined : n >= GOALS.vsNoopThroughput)} (${times(n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(p === undefined ? undefined : p >= GOALS.vsPortkeyThroughput)} (${times(p)}); the metering floor: ${times(ratioOf(floor, noop, stream, top))} and ${times(ratioOf(floor, portkey, stream, top))}`,
         );
       }
       const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);

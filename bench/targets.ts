@@ -181,7 +181,9 @@ export function noopWorkerTarget(simUrl: string): Promise<Target> {
 
 /**
  * A Worker that forwards and reads what metering needs — the request's body, the answer's usage,
- * every streamed chunk — and nothing else: the floor for any Worker gateway that meters.
+ * every streamed chunk — under a backend timeout, without following redirects, and answers with
+ * the rate-limit headers; nothing else: the floor for any Worker gateway that meters and keeps this
+ * proxy's wire contract.
  */
 export function meteringFloorTarget(simUrl: string): Promise<Target> {
   return forwardingWorkerTarget("metering floor Worker (Miniflare)", "metering-worker.js", simUrl);
