@@ -236,6 +236,34 @@ describe("inference servers added in the console", () => {
     expect((await admin("POST", "/bkd_missing/probe")).status).toBe(404);
   });
 
+  it("show what the gateway last saw of each server, and an admin's check tells every isolate", async () => {
+    const { admin, ask, clock } = await setup();
+    const gpu = scopedBackend(0);
+    const added = await add(admin, gpu);
+    const healthOf = async () => {
+      const list = (await (await admin("GET", "")).json()) as { items: { id: string; health: unknown }[] };
+      return list.items.find((b) => b.id === added.id)?.health;
+    };
+    expect(await healthOf()).toBeNull();
+    await gpu.mode("500");
+    await expect(ask()).rejects.toMatchObject({ status: 502 });
+    const since = TOKEN_NOW.toISOString();
+    expect(await healthOf()).toEqual({ state: "down", reason: "status 500", since, seenAt: since });
+    // Left alone while down: no request reaches it.
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    expect(await gpu.requests()).toHaveLength(1);
+
+    await gpu.mode("ok");
+    clock.advance(1_000);
+    expect(await (await admin("POST", `/${added.id}/probe`)).json()).toMatchObject({ healthy: true });
+    const checked = clock.now().toISOString();
+    expect(await healthOf()).toEqual({ state: "up", reason: null, since: checked, seenAt: checked });
+    // Once this isolate reads the servers again it sends to it, before its own probe would have.
+    clock.advance(BACKENDS_CACHE_MS);
+    expect((await ask()).choices[0]?.message.content).toBe("tok0 tok1 tok2 tok3 ");
+    expect(await gpu.requests()).toHaveLength(2);
+  });
+
   it("configured in INFERENCE_BACKENDS are listed read-only and cannot be added twice", async () => {
     const gpu = scopedBackend(0);
     const { admin } = await setup({

@@ -239,6 +239,38 @@ describe("backend order and health", () => {
     expect(picksA / 4000).toBeLessThan(0.8);
   });
 
+  it("reports only changes, and adopts other isolates' reports only where they are newer", () => {
+    const health = new BackendHealth();
+    const ignore = () => {};
+    health.markUp(a, 500);
+    expect(health.hasReports).toBe(false);
+    health.markDown(a, 1_000, "connect");
+    const down = health.takeReports();
+    expect(down).toEqual([{ url: a.url, state: "down", reason: "connect", at: 1_000, downUntil: 11_000 }]);
+    expect(health.hasReports).toBe(false);
+
+    health.adopt([{ url: a.url, state: "up", reason: null, at: 900, downUntil: null }]);
+    expect(health.isUsable(a, 1_001, ignore)).toBe(false);
+    health.adopt([{ url: a.url, state: "up", reason: null, at: 2_000, downUntil: null }]);
+    expect(health.isUsable(a, 2_001, ignore)).toBe(true);
+    health.adopt(down); // Its own report, read back after another isolate's newer one.
+    expect(health.isUsable(a, 2_002, ignore)).toBe(true);
+    health.adopt([{ url: b.url, state: "down", reason: "timeout", at: 2_500, downUntil: 12_500 }]);
+    expect(health.isUsable(b, 3_000, ignore)).toBe(false);
+    expect(health.hasReports).toBe(false);
+
+    // Reports that could not be shared go out with the next, unless a newer change replaced them.
+    health.markDown(a, 3_000, "status 503");
+    const unsent = health.takeReports();
+    health.markDown(b, 3_500, "connect");
+    health.giveBack(unsent);
+    health.markUp(b, 4_000);
+    expect(health.takeReports().sort((x, y) => x.url.localeCompare(y.url))).toEqual([
+      unsent[0],
+      { url: b.url, state: "up", reason: null, at: 4_000, downUntil: null },
+    ]);
+  });
+
   it("keeps a failed backend out until a probe finds it healthy again", async () => {
     let healthy = false;
     const probes: string[] = [];
@@ -247,7 +279,7 @@ describe("backend order and health", () => {
       return new Response(null, { status: healthy ? 200 : 503 });
     });
     const pending: Promise<unknown>[] = [];
-    health.markDown(a, 0);
+    health.markDown(a, 0, "connect");
     expect(health.isUsable(a, 5_000, (p) => pending.push(p))).toBe(false);
     expect(probes).toEqual([]);
     expect(health.isUsable(a, 10_001, (p) => pending.push(p))).toBe(false);

@@ -23,9 +23,12 @@ beforeEach(async () => {
 });
 
 /** A gateway routing the model to `backends` (tried in the given order), a token, and an OpenAI client on it. */
-async function setup(backends: Backend[], options: { timeoutMs?: number; clock?: ReturnType<typeof fixedClock> } = {}) {
+async function setup(
+  backends: Backend[],
+  options: { timeoutMs?: number; clock?: ReturnType<typeof fixedClock>; health?: BackendHealth } = {},
+) {
   const clock = options.clock ?? fixedClock("2026-06-15T12:00:05Z");
-  const health = new BackendHealth();
+  const health = options.health ?? new BackendHealth();
   const gw = testGateway({
     clock,
     inference: { health, random: () => 0 },
@@ -252,6 +255,34 @@ describe("backend pool", () => {
     await health.settled();
     await ask(client);
     expect(await flaky.requests()).toHaveLength(2);
+  });
+
+  it("tells other isolates of a down backend, and of its recovery, so they need not find out themselves", async () => {
+    const flaky = scopedBackend(0);
+    const steady = scopedBackend(1);
+    await flaky.mode("500");
+    const clock = fixedClock("2026-06-15T12:00:05Z");
+    const now = () => clock.now().getTime();
+    // Two isolates: each its own health and pools, one database.
+    const first = await setup([flaky, steady], { clock, health: new BackendHealth(undefined, now) });
+    const second = await setup([flaky, steady], { clock, health: new BackendHealth(undefined, now) });
+    await ask(first.client);
+    expect(await flaky.requests()).toHaveLength(1);
+    // The second isolate tries the pool in the same order, but already knows to skip the failed server.
+    await ask(second.client);
+    expect(await flaky.requests()).toHaveLength(1);
+    expect(await steady.requests()).toHaveLength(2);
+
+    await flaky.mode("ok");
+    clock.advance(11_000);
+    await ask(first.client); // The first isolate's probe finds the server up…
+    await first.health.settled();
+    await ask(first.client); // …and its next request tells the others.
+    expect(await flaky.requests()).toHaveLength(2);
+    // Without the first isolate's word the second would probe before sending it anything.
+    await ask(second.client);
+    expect(await flaky.requests()).toHaveLength(3);
+    expect(await steady.requests()).toHaveLength(3);
   });
 
   it("answers 502 when every backend fails, 504 on a timeout, 503 with none configured — never 200", async () => {

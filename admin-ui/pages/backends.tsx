@@ -14,6 +14,22 @@ function Status(props: { backend: BackendView }) {
   return b.enabled ? <span class="badge active">enabled</span> : <span class="badge suspended">disabled</span>;
 }
 
+/** What the gateway last saw of a server's health, shared by every isolate. */
+function Health(props: { backend: BackendView }) {
+  const h = props.backend.health;
+  if (!h) return <span class="muted">no failure seen</span>;
+  return h.state === "up" ? (
+    <>
+      <span class="badge active">up</span> since {formatTime(h.since)}
+    </>
+  ) : (
+    <>
+      <span class="badge bad">down</span> since {formatTime(h.since)} ({h.reason ?? "failed"}), checked{" "}
+      {formatTime(h.seenAt)}
+    </>
+  );
+}
+
 /** A number field with its label. */
 function NumberField(props: {
   id: string;
@@ -208,9 +224,10 @@ export function BackendsPage(props: {
       <h1>Inference servers</h1>
       <p class="muted">
         A model's requests are balanced by weight over its enabled servers; one that fails is skipped and probed until
-        it recovers. Servers of <code>INFERENCE_BACKENDS</code> are set by the deployment; those added here are{" "}
-        {IN_FORCE}. URLs must be http(s) and not private, loopback, link-local or metadata addresses unless the host is
-        listed in <code>INFERENCE_ALLOWED_HOSTS</code>.
+        it recovers, and every isolate of the gateway learns of it within seconds (Health). Servers of{" "}
+        <code>INFERENCE_BACKENDS</code> are set by the deployment; those added here are {IN_FORCE}. URLs must be http(s)
+        and not private, loopback, link-local or metadata addresses unless the host is listed in{" "}
+        <code>INFERENCE_ALLOWED_HOSTS</code>.
       </p>
       {list.refused.length > 0 ? (
         <div class="panel bad" id="refused-servers" role="alert">
@@ -236,6 +253,7 @@ export function BackendsPage(props: {
           { label: "Timeout", numeric: true, cell: (b) => `${formatCount(b.timeoutMs / 1000)} s` },
           { label: "API key", cell: (b) => (b.hasApiKey ? "yes" : "no") },
           { label: "Status", cell: (b) => <Status backend={b} /> },
+          { label: "Health", cell: (b) => <Health backend={b} /> },
           {
             label: "Source",
             cell: (b) => (b.source === "configuration" ? "INFERENCE_BACKENDS" : `console, ${formatTime(b.updatedAt)}`),

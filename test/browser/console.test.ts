@@ -409,7 +409,7 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await form.getByRole("button", { name: "Add server" }).click();
     const row = admin.locator("table tbody tr", { hasText: "/scope/console-added" });
     await row.waitFor({ timeout: 10_000 });
-    await expect(row.textContent()).resolves.toMatch(/llama-2-13b-chat.*3.*yes.*enabled/s);
+    await expect(row.textContent()).resolves.toMatch(/llama-2-13b-chat.*3.*yes.*enabled.*no failure seen/s);
     await expectAccessible(admin, "inference servers page");
     await admin.screenshot({ path: join(ARTIFACTS, "inference-servers.png"), fullPage: true });
 
@@ -446,6 +446,8 @@ describe("reviewer console and applicant pages in Chromium", () => {
     await controls.getByLabel("Enabled (takes traffic)").uncheck();
     await controls.getByRole("button", { name: "Save" }).click();
     await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("disabled");
+    // The admin's health check is what the gateway last saw of it.
+    await expect(row.textContent()).resolves.toMatch(/disabled.*up since/s);
 
     admin.once("dialog", (dialog) => void dialog.accept());
     await admin.locator("details", { hasText: "/scope/console-added" }).locator("summary").click();

@@ -9,8 +9,20 @@ import { isUniqueViolation, writeAudited } from "../audit/log";
 import { inferenceBackends } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import { forgetStoredBackends, sealApiKey, storedBackend } from "../inference/backend-store";
-import { BACKEND_URL_PROBLEMS, BackendHealth, backendBaseUrl, checkBackendUrl } from "../inference/backends";
+import {
+  forgetStoredBackends,
+  sealApiKey,
+  sharedHealth,
+  shareHealthReports,
+  storedBackend,
+} from "../inference/backend-store";
+import {
+  BACKEND_URL_PROBLEMS,
+  BackendHealth,
+  backendBaseUrl,
+  checkBackendUrl,
+  DOWN_FOR_MS,
+} from "../inference/backends";
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
 import { type AdminIdentity, currentAdmin, requireRole } from "./access";
@@ -71,6 +83,21 @@ const BackendSchema = z
     enabled: z.boolean(),
     createdAt: z.string().nullable(),
     updatedAt: z.string().nullable(),
+    /**
+     * The last health change the gateway saw (a failed request, a probe, an admin's check),
+     * shared by all isolates; null when none was seen.
+     */
+    health: z
+      .object({
+        state: z.enum(["up", "down"]),
+        /** Why it went down: "connect", "timeout", "status 503", "probe". */
+        reason: z.string().nullable(),
+        /** When it entered this state. */
+        since: z.string(),
+        /** When this was last seen. */
+        seenAt: z.string(),
+      })
+      .nullable(),
   })
   .openapi("InferenceBackend");
 
@@ -89,7 +116,16 @@ export type BackendList = z.infer<typeof BackendListSchema>;
 type StoredRow = typeof inferenceBackends.$inferSelect;
 type Deps = Pick<Services, "db" | "clock" | "ids" | "config">;
 
-async function viewOf(config: Services["config"], row: StoredRow): Promise<BackendView> {
+type Health = Awaited<ReturnType<typeof sharedHealth>>;
+
+function healthView(health: Health, url: string): BackendView["health"] {
+  const row = health.get(url);
+  return row
+    ? { state: row.state, reason: row.reason, since: row.since, seenAt: new Date(row.seenAt).toISOString() }
+    : null;
+}
+
+async function viewOf(config: Services["config"], row: StoredRow, health: Health): Promise<BackendView> {
   const stored = await storedBackend(config, row);
   const readable = stored.ok || stored.problem !== "key_unreadable";
   return {
@@ -105,12 +141,14 @@ async function viewOf(config: Services["config"], row: StoredRow): Promise<Backe
     enabled: row.enabled,
     createdAt: row.createdAt,
     updatedAt: row.updatedAt,
+    health: healthView(health, row.url),
   };
 }
 
 /** Every model's servers, those of the configuration first, then those added here, by model. */
 export async function listInferenceBackends(services: Pick<Services, "db" | "config">): Promise<BackendList> {
   const { config } = services;
+  const health = await sharedHealth(services);
   const configured: BackendView[] = [...config.inference.backends.pools].flatMap(([model, pool]) =>
     pool.map((b) => ({
       id: null,
@@ -125,13 +163,14 @@ export async function listInferenceBackends(services: Pick<Services, "db" | "con
       enabled: true,
       createdAt: null,
       updatedAt: null,
+      health: healthView(health, b.url),
     })),
   );
   const rows = await services.db
     .select()
     .from(inferenceBackends)
     .orderBy(asc(inferenceBackends.model), asc(inferenceBackends.createdAt));
-  const stored = await Promise.all(rows.map((row) => viewOf(config, row)));
+  const stored = await Promise.all(rows.map((row) => viewOf(config, row, health)));
   return {
     items: [...configured, ...stored].sort((a, b) => a.model.localeCompare(b.model)),
     refused: config.inference.backends.refused,
@@ -226,7 +265,7 @@ export async function addInferenceBackend(
     throw error;
   }
   forgetStoredBackends(services.config);
-  return viewOf(services.config, row);
+  return viewOf(services.config, row, await sharedHealth(services));
 }
 
 /** The settings of a stored server the audit log records (never its key). */
@@ -309,7 +348,7 @@ export async function changeInferenceBackend(
     throw error;
   }
   forgetStoredBackends(services.config);
-  return viewOf(services.config, updated as StoredRow);
+  return viewOf(services.config, updated as StoredRow, await sharedHealth(services));
 }
 
 /** Removes a stored server from its pool. */
@@ -340,7 +379,8 @@ export async function removeInferenceBackend(
 /**
  * Asks a stored server whether it is up, as the gateway's own health checks do (`/health`, then
  * `/v1/models`, with its key), whether or not it is enabled: the way to check a server before
- * turning it on.
+ * turning it on. The answer is shared as the gateway's own probes are: a server found up takes
+ * traffic again in every isolate within seconds, one found down is left alone.
  */
 export async function probeInferenceBackend(
   services: Pick<Services, "db" | "config" | "clock">,
@@ -358,6 +398,12 @@ export async function probeInferenceBackend(
   const started = Date.now();
   const healthy = await new BackendHealth().probe(stored.backend);
   const latencyMs = Date.now() - started;
+  const at = services.clock.now().getTime();
+  await shareHealthReports(services, [
+    healthy
+      ? { url: stored.backend.url, state: "up", reason: null, at, downUntil: null }
+      : { url: stored.backend.url, state: "down", reason: "probe", at, downUntil: at + DOWN_FOR_MS },
+  ]);
   return {
     id,
     healthy,

@@ -412,6 +412,25 @@ export const inferenceBackends = sqliteTable(
   (t) => [uniqueIndex("inference_backends_model_url").on(t.model, t.url)],
 );
 
+/**
+ * The last health change each inference server's URL went through, as some isolate saw it (a
+ * failed request, a probe, an admin's check): how isolates tell each other that a server is down
+ * or back, and what the console shows.
+ */
+export const inferenceBackendHealth = sqliteTable("inference_backend_health", {
+  /** The server's base URL, as pools hold it. */
+  url: text("url").primaryKey(),
+  state: text("state", { enum: ["up", "down"] }).notNull(),
+  /** Why it went down ("connect", "timeout", "status 503", "probe"); null when up. */
+  reason: text("reason"),
+  /** When it entered this state (ISO). */
+  since: text("since").notNull(),
+  /** When a down server is next probed (epoch ms); null when up. */
+  downUntil: integer("down_until"),
+  /** When this was seen (epoch ms): a report older than the stored one is not written. */
+  seenAt: integer("seen_at").notNull(),
+});
+
 export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed"] as const;
 
 /**

@@ -5,12 +5,18 @@
  * is in force everywhere within that window (at once in the isolate that made it) while the
  * completion path reads nothing but memory.
  */
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { Config } from "../config";
-import { inferenceBackends } from "../db/schema";
+import { inferenceBackendHealth, inferenceBackends } from "../db/schema";
 import { base64url, fromBase64url } from "../platform/ids";
 import type { Services } from "../services";
-import { type Backend, type BackendUrlProblem, checkBackendUrl } from "./backends";
+import {
+  type Backend,
+  type BackendHealth,
+  type BackendUrlProblem,
+  checkBackendUrl,
+  type HealthReport,
+} from "./backends";
 
 /** How long an isolate serves the stored servers it read before reading them again. */
 export const BACKENDS_CACHE_MS = 5_000;
@@ -40,18 +46,25 @@ export function cachedBackendPools(services: Pick<Services, "config" | "clock">)
  * Model id → the servers to balance its requests over. A stored server whose URL the current
  * rules refuse (an allowed host was taken off the list) or whose key no longer opens (the secret
  * changed) is left out and logged, never sent to without its key. If the table cannot be read,
- * the pools read last (or the configured ones) serve until the next try.
+ * the pools read last (or the configured ones) serve until the next try. Given `health`, the
+ * same read brings it what other isolates last saw of each server.
  */
 export async function backendPools(
   services: Pick<Services, "db" | "config" | "clock" | "log">,
+  health?: BackendHealth,
 ): Promise<ReadonlyMap<string, readonly Backend[]>> {
   const cached = cachedBackendPools(services);
   if (cached) return cached;
-  const { config } = services;
+  const { config, db } = services;
   const now = services.clock.now().getTime();
   let rows: StoredBackendRow[];
   try {
-    rows = await services.db.select().from(inferenceBackends).where(eq(inferenceBackends.enabled, true));
+    const stored = db.select().from(inferenceBackends).where(eq(inferenceBackends.enabled, true));
+    if (health) {
+      const [backends, shared] = await db.batch([stored, db.select().from(inferenceBackendHealth)]);
+      health.adopt(shared.map(reportOf));
+      rows = backends;
+    } else rows = await stored;
   } catch (error) {
     services.log.error("stored inference servers unreadable; serving the last known pools", { error: String(error) });
     const pools = cache.get(config)?.pools ?? config.inference.backends.pools;
@@ -106,6 +119,55 @@ export async function storedBackend(
       servedModel: row.servedModel ?? row.model,
     },
   };
+}
+
+type HealthRow = typeof inferenceBackendHealth.$inferSelect;
+
+function reportOf(row: HealthRow): HealthReport {
+  return { url: row.url, state: row.state, reason: row.reason, at: row.seenAt, downUntil: row.downUntil };
+}
+
+/**
+ * Stores what an isolate saw of its servers' health for the others, each report unless a newer
+ * one for its server is stored; a server's `since` stays when a report only confirms its state.
+ */
+export async function shareHealthReports(
+  services: Pick<Services, "db">,
+  reports: readonly HealthReport[],
+): Promise<void> {
+  const { db } = services;
+  const t = inferenceBackendHealth;
+  const writes = reports.map((r) =>
+    db
+      .insert(t)
+      .values({
+        url: r.url,
+        state: r.state,
+        reason: r.reason,
+        since: new Date(r.at).toISOString(),
+        downUntil: r.downUntil,
+        seenAt: r.at,
+      })
+      .onConflictDoUpdate({
+        target: t.url,
+        set: {
+          state: sql`excluded.state`,
+          reason: sql`excluded.reason`,
+          since: sql`case when ${t.state} = excluded.state then ${t.since} else excluded.since end`,
+          downUntil: sql`excluded.down_until`,
+          seenAt: sql`excluded.seen_at`,
+        },
+        setWhere: sql`excluded.seen_at > ${t.seenAt}`,
+      }),
+  );
+  const [first, ...rest] = writes;
+  if (first) await db.batch([first, ...rest]);
+}
+
+/** Each server's latest shared health, by URL (the console's view). */
+export async function sharedHealth(services: Pick<Services, "db">): Promise<Map<string, HealthRow>> {
+  const rows = await services.db.select().from(inferenceBackendHealth);
+  return new Map(rows.map((row) => [row.url, row]));
 }
 
 const utf8 = new TextEncoder();

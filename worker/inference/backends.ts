@@ -129,29 +129,82 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
 }
 
 /** How long a failed backend is left alone before it is probed again. */
-const DOWN_FOR_MS = 10_000;
+export const DOWN_FOR_MS = 10_000;
+/** A change in a backend's health as one isolate saw it: what isolates tell each other. */
+export interface HealthReport {
+  url: string;
+  state: "up" | "down";
+  /** Why it went down ("connect", "timeout", "status 503", "probe"); null when up. */
+  reason: string | null;
+  /** When it was seen (epoch ms). */
+  at: number;
+  /** When a down backend is next probed (epoch ms); null when up. */
+  downUntil: number | null;
+}
 
 /**
- * Health as this isolate has seen it. A backend that refused a connection or answered 5xx is down
+ * Health as this isolate knows it. A backend that refused a connection or answered 5xx is down
  * for a while; once that passes it is probed (`/health`, then `/v1/models`) before it gets traffic
- * again. Each isolate keeps its own view, which is enough: a down backend costs each isolate one
- * failed attempt, retried elsewhere before the client sees anything.
+ * again. The changes this isolate sees go out as reports (`takeReports`) and it adopts the others'
+ * newer ones (`adopt`): a backend one isolate finds down is left alone by the rest within
+ * seconds, and one a probe finds up takes their traffic again, without each isolate paying a
+ * failed attempt or a probe of its own.
  */
 export class BackendHealth {
   private readonly downUntil = new Map<string, number>();
+  /** When this isolate last learned of each backend's health: reports from before that are old news. */
+  private readonly knownAt = new Map<string, number>();
   private readonly probing = new Map<string, Promise<boolean>>();
+  private readonly unshared = new Map<string, HealthReport>();
 
   constructor(
     private readonly fetcher: typeof fetch = (input, init) => fetch(input, init),
     private readonly now: () => number = () => Date.now(),
   ) {}
 
-  markDown(backend: Backend, now: number): void {
-    this.downUntil.set(backend.url, now + DOWN_FOR_MS);
+  markDown(backend: Backend, now: number, reason: string): void {
+    this.learn({ url: backend.url, state: "down", reason, at: now, downUntil: now + DOWN_FOR_MS });
   }
 
-  markUp(backend: Backend): void {
-    this.downUntil.delete(backend.url);
+  /** A backend answered: news only if it was down. */
+  markUp(backend: Backend, now: number): void {
+    if (this.downUntil.has(backend.url))
+      this.learn({ url: backend.url, state: "up", reason: null, at: now, downUntil: null });
+  }
+
+  private learn(report: HealthReport): void {
+    this.apply(report);
+    this.unshared.set(report.url, report);
+  }
+
+  private apply(report: HealthReport): void {
+    if (report.state === "down") this.downUntil.set(report.url, report.downUntil ?? report.at + DOWN_FOR_MS);
+    else this.downUntil.delete(report.url);
+    this.knownAt.set(report.url, report.at);
+  }
+
+  /** Whether this isolate saw changes the others have not been told of. */
+  get hasReports(): boolean {
+    return this.unshared.size > 0;
+  }
+
+  /** The changes to tell the others of; `giveBack` them if they could not be told. */
+  takeReports(): HealthReport[] {
+    const reports = [...this.unshared.values()];
+    this.unshared.clear();
+    return reports;
+  }
+
+  /** Reports that could not be shared, kept for the next try unless a newer change replaced them. */
+  giveBack(reports: readonly HealthReport[]): void {
+    for (const report of reports) if (!this.unshared.has(report.url)) this.unshared.set(report.url, report);
+  }
+
+  /** Takes on what other isolates saw, where it is newer than what this one knows. */
+  adopt(reports: readonly HealthReport[]): void {
+    for (const report of reports) {
+      if (report.at > (this.knownAt.get(report.url) ?? Number.NEGATIVE_INFINITY)) this.apply(report);
+    }
   }
 
   /** Whether a backend may take traffic now; kicks off a probe when its down time has passed. */
@@ -162,8 +215,8 @@ export class BackendHealth {
     if (!this.probing.has(backend.url)) {
       const probe = this.probe(backend).then((ok) => {
         this.probing.delete(backend.url);
-        if (ok) this.markUp(backend);
-        else this.markDown(backend, this.now());
+        if (ok) this.markUp(backend, this.now());
+        else this.markDown(backend, this.now(), "probe");
         return ok;
       });
       this.probing.set(backend.url, probe);

@@ -7,7 +7,7 @@ import { type LeaseContext, QuotaLeases } from "../quota/leases";
 import { type QuotaRefusal, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
-import { backendPools, cachedBackendPools } from "./backend-store";
+import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
@@ -204,23 +204,38 @@ async function sendToBackends(
       });
     } catch {
       clearTimeout(timer);
-      options.health.markDown(backend, services.clock.now().getTime());
       failure = timedOut ? "timeout" : "connect";
+      options.health.markDown(backend, services.clock.now().getTime(), failure);
       services.log.warn("inference backend failed", { backend: backend.url, failure });
       continue;
     }
     if (response.status >= 500 || (response.status >= 300 && response.status < 400)) {
       clearTimeout(timer);
       await response.body?.cancel();
-      if (response.status >= 500) options.health.markDown(backend, services.clock.now().getTime());
+      if (response.status >= 500)
+        options.health.markDown(backend, services.clock.now().getTime(), `status ${response.status}`);
       failure = "server_error";
       services.log.warn("inference backend failed", { backend: backend.url, status: response.status });
       continue;
     }
-    options.health.markUp(backend);
+    options.health.markUp(backend, now);
+    shareHealth(services, options.health, waitUntil);
     return { ok: true, backend, response, clearTimer: () => clearTimeout(timer), abort: () => controller.abort() };
   }
+  shareHealth(services, options.health, waitUntil);
   return { ok: false, failure };
+}
+
+/** Tells other isolates of the backend health changes this one saw (after the request). */
+function shareHealth(services: Services, health: BackendHealth, waitUntil: (p: Promise<unknown>) => void): void {
+  if (!health.hasReports) return;
+  const reports = health.takeReports();
+  waitUntil(
+    shareHealthReports(services, reports).catch((error: unknown) => {
+      health.giveBack(reports);
+      services.log.warn("backend health not shared", { error: String(error) });
+    }),
+  );
 }
 
 /** One completion request as the proxy sees it: no router, as most of the gateway's traffic is these. */
@@ -281,7 +296,7 @@ export async function proxyCompletion(
     throw new AppError("forbidden", `Your organization has no grant for ${found.family.displayName}.`);
   }
   // The pools are in memory but for one read of the stored servers every few seconds.
-  const pools = cachedBackendPools(services) ?? (await backendPools(services));
+  const pools = cachedBackendPools(services) ?? (await backendPools(services, options.health));
   const pool = pools.get(request.model) ?? [];
   if (pool.length === 0)
     throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
