@@ -130,6 +130,7 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
 
 /** How long a failed backend is left alone before it is probed again. */
 export const DOWN_FOR_MS = 10_000;
+
 /** A change in a backend's health as one isolate saw it: what isolates tell each other. */
 export interface HealthReport {
   url: string;
