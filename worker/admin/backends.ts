@@ -21,7 +21,7 @@ import {
   BackendHealth,
   backendBaseUrl,
   checkBackendUrl,
-  DOWN_FOR_MS,
+  healthReport,
 } from "../inference/backends";
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
@@ -398,11 +398,8 @@ export async function probeInferenceBackend(
   const started = Date.now();
   const healthy = await new BackendHealth().probe(stored.backend);
   const latencyMs = Date.now() - started;
-  const at = services.clock.now().getTime();
   await shareHealthReports(services, [
-    healthy
-      ? { url: stored.backend.url, state: "up", reason: null, at, downUntil: null }
-      : { url: stored.backend.url, state: "down", reason: "probe", at, downUntil: at + DOWN_FOR_MS },
+    healthReport(stored.backend.url, services.clock.now().getTime(), healthy ? null : "probe"),
   ]);
   return {
     id,

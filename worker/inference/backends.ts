@@ -129,7 +129,7 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
 }
 
 /** How long a failed backend is left alone before it is probed again. */
-export const DOWN_FOR_MS = 10_000;
+const DOWN_FOR_MS = 10_000;
 
 /** A change in a backend's health as one isolate saw it: what isolates tell each other. */
 export interface HealthReport {
@@ -141,6 +141,13 @@ export interface HealthReport {
   at: number;
   /** When a down backend is next probed (epoch ms); null when up. */
   downUntil: number | null;
+}
+
+/** What it means to find a backend down (for `reason`) or, with no reason, up at `at`. */
+export function healthReport(url: string, at: number, reason: string | null): HealthReport {
+  return reason === null
+    ? { url, state: "up", reason: null, at, downUntil: null }
+    : { url, state: "down", reason, at, downUntil: at + DOWN_FOR_MS };
 }
 
 /**
@@ -164,13 +171,12 @@ export class BackendHealth {
   ) {}
 
   markDown(backend: Backend, now: number, reason: string): void {
-    this.learn({ url: backend.url, state: "down", reason, at: now, downUntil: now + DOWN_FOR_MS });
+    this.learn(healthReport(backend.url, now, reason));
   }
 
   /** A backend answered: news only if it was down. */
   markUp(backend: Backend, now: number): void {
-    if (this.downUntil.has(backend.url))
-      this.learn({ url: backend.url, state: "up", reason: null, at: now, downUntil: null });
+    if (this.downUntil.has(backend.url)) this.learn(healthReport(backend.url, now, null));
   }
 
   private learn(report: HealthReport): void {
