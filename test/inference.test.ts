@@ -268,7 +268,9 @@ describe("backend pool", () => {
     const second = await setup([flaky, steady], { clock, health: new BackendHealth(undefined, now) });
     await ask(first.client);
     expect(await flaky.requests()).toHaveLength(1);
-    // The second isolate tries the pool in the same order, but already knows to skip the failed server.
+    // The second isolate tries the pool in the same order, but already knows to skip the failed
+    // server: from its first read of the servers, here for the model list.
+    expect((await second.client.models.list()).data.map((m) => m.id)).toContain(MODEL);
     await ask(second.client);
     expect(await flaky.requests()).toHaveLength(1);
     expect(await steady.requests()).toHaveLength(2);

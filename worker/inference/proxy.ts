@@ -72,6 +72,11 @@ export function plainlyValid(body: unknown, endpoint: Endpoint): body is Complet
 /** Shared, per-isolate backend health. */
 const isolateHealth = new BackendHealth();
 
+/** The backend health the proxy keeps with `options`: this isolate's, unless a test passes its own. */
+export function proxyHealth(options: ProxyOptions): BackendHealth {
+  return options.health ?? isolateHealth;
+}
+
 /** This isolate's leases of organizations' quota. */
 const isolateLeases = new QuotaLeases();
 
@@ -262,7 +267,7 @@ export async function proxyCompletion(
 ): Promise<Response> {
   const { request: incoming, env, ctx, services } = call;
   const options: Required<ProxyOptions> = {
-    health: proxyOptions.health ?? isolateHealth,
+    health: proxyHealth(proxyOptions),
     fetcher: proxyOptions.fetcher ?? ((input, init) => fetch(input, init)),
     random: proxyOptions.random ?? Math.random,
   };

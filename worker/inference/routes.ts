@@ -12,7 +12,7 @@ import { findFamily } from "../policy/families";
 import { createServices, type Services } from "../services";
 import { authenticateInference, inferenceBearer } from "./access";
 import { backendPools } from "./backend-store";
-import { type CompletionCall, type Endpoint, type ProxyOptions, proxyCompletion } from "./proxy";
+import { type CompletionCall, type Endpoint, type ProxyOptions, proxyCompletion, proxyHealth } from "./proxy";
 
 const openAiError = z.object({
   error: z.object({ message: z.string(), type: z.string(), code: z.string().nullable() }),
@@ -133,7 +133,7 @@ export function inferenceRoutes(options: ProxyOptions = {}) {
     const services = c.get("services");
     const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
     const family = findFamily(caller.principal.family);
-    const pools = await backendPools(services);
+    const pools = await backendPools(services, proxyHealth(options));
     const created = Math.floor(new Date(`${family?.releaseDate ?? "2023-07-18"}T00:00:00Z`).getTime() / 1000);
     return c.json({
       object: "list",
