@@ -3,7 +3,14 @@ import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import OpenAI from "openai";
 import { beforeEach, describe, expect, it } from "vitest";
-import { accessTokens, applications, organizationLimits, usageLedger } from "../worker/db/schema";
+import {
+  accessTokens,
+  applications,
+  inferenceBackendHealth,
+  inferenceBackends,
+  organizationLimits,
+  usageLedger,
+} from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
@@ -25,7 +32,12 @@ beforeEach(async () => {
 /** A gateway routing the model to `backends` (tried in the given order), a token, and an OpenAI client on it. */
 async function setup(
   backends: Backend[],
-  options: { timeoutMs?: number; clock?: ReturnType<typeof fixedClock>; health?: BackendHealth } = {},
+  options: {
+    timeoutMs?: number;
+    clock?: ReturnType<typeof fixedClock>;
+    health?: BackendHealth;
+    bindings?: Partial<Env>;
+  } = {},
 ) {
   const clock = options.clock ?? fixedClock("2026-06-15T12:00:05Z");
   const health = options.health ?? new BackendHealth();
@@ -37,6 +49,7 @@ async function setup(
         [MODEL]: backends.map((b) => ({ url: b.url, timeoutMs: options.timeoutMs ?? 10_000 })),
       }),
       INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      ...options.bindings,
     },
   });
   return { gw, clock, health, ...(await openAiCaller(gw, licenseSha256)) };
@@ -285,6 +298,50 @@ describe("backend pool", () => {
     await ask(second.client);
     expect(await flaky.requests()).toHaveLength(3);
     expect(await steady.requests()).toHaveLength(3);
+  });
+
+  it("keeps serving when backend health cannot be shared or read, and shares it once it can", async () => {
+    const flaky = scopedBackend(0);
+    const steady = scopedBackend(1);
+    await flaky.mode("500");
+    let broken = true;
+    // The database refuses every statement on the health table while `broken`.
+    const db = new Proxy(env.DB, {
+      get(target, property) {
+        if (property === "prepare") {
+          return (query: string) => {
+            if (broken && query.includes("inference_backend_health")) throw new Error("D1_ERROR: table unavailable");
+            return target.prepare(query);
+          };
+        }
+        const value = Reflect.get(target, property);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    // The steady server is one an admin added: reading it must not depend on reading health.
+    const at = new Date().toISOString();
+    const { client, gw } = await setup([flaky], { bindings: { DB: db } });
+    await gw.db.insert(inferenceBackends).values({
+      id: `bkd_${crypto.randomUUID()}`,
+      model: MODEL,
+      url: steady.url,
+      servedModel: null,
+      weight: 1,
+      timeoutMs: 10_000,
+      apiKeySealed: null,
+      enabled: true,
+      createdAt: at,
+      updatedAt: at,
+    });
+    const shared = () => gw.db.select().from(inferenceBackendHealth).where(eq(inferenceBackendHealth.url, flaky.url));
+    expect((await ask(client)).choices[0]?.message.content).toBe("tok0 tok1 ");
+    expect(await shared()).toEqual([]);
+    broken = false;
+    await ask(client);
+    // The failure the first request could not report went out with the next.
+    expect(await shared()).toEqual([expect.objectContaining({ state: "down", reason: "status 500" })]);
+    expect(await flaky.requests()).toHaveLength(1);
+    expect(await steady.requests()).toHaveLength(2);
   });
 
   it("answers 502 when every backend fails, 504 on a timeout, 503 with none configured — never 200", async () => {

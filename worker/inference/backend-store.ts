@@ -55,16 +55,11 @@ export async function backendPools(
 ): Promise<ReadonlyMap<string, readonly Backend[]>> {
   const cached = cachedBackendPools(services);
   if (cached) return cached;
-  const { config, db } = services;
+  const { config } = services;
   const now = services.clock.now().getTime();
   let rows: StoredBackendRow[];
   try {
-    const stored = db.select().from(inferenceBackends).where(eq(inferenceBackends.enabled, true));
-    if (health) {
-      const [backends, shared] = await db.batch([stored, db.select().from(inferenceBackendHealth)]);
-      health.adopt(shared.map(reportOf));
-      rows = backends;
-    } else rows = await stored;
+    rows = await enabledServers(services, health);
   } catch (error) {
     services.log.error("stored inference servers unreadable; serving the last known pools", { error: String(error) });
     const pools = cache.get(config)?.pools ?? config.inference.backends.pools;
@@ -91,6 +86,28 @@ export async function backendPools(
   }
   cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
   return pools;
+}
+
+/**
+ * The enabled stored servers; given `health`, in the same batch what other isolates saw of every
+ * server, which it takes on. Health that cannot be read (say, its migration is not applied yet)
+ * is logged and done without: the servers are read on their own.
+ */
+async function enabledServers(
+  services: Pick<Services, "db" | "log">,
+  health: BackendHealth | undefined,
+): Promise<StoredBackendRow[]> {
+  const { db } = services;
+  const servers = db.select().from(inferenceBackends).where(eq(inferenceBackends.enabled, true));
+  if (!health) return servers;
+  try {
+    const [rows, shared] = await db.batch([servers, db.select().from(inferenceBackendHealth)]);
+    health.adopt(shared.map(reportOf));
+    return rows;
+  } catch (error) {
+    services.log.warn("backend health unreadable; servers read without it", { error: String(error) });
+    return servers;
+  }
 }
 
 /**
