@@ -6,7 +6,7 @@ import { BACKENDS_CACHE_MS, openApiKey, sealApiKey } from "../worker/inference/b
 import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
-import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
+import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 
 const MODEL = "llama-2-7b-chat";
@@ -177,18 +177,7 @@ describe("inference servers added in the console", () => {
     const gpu = scopedBackend(0);
     // Another isolate's admin call: this isolate's pools were read before it.
     const at = clock.now().toISOString();
-    await gw.db.insert(inferenceBackends).values({
-      id: "bkd_elsewhere",
-      model: MODEL,
-      url: gpu.url,
-      servedModel: null,
-      weight: 1,
-      timeoutMs: 10_000,
-      apiKeySealed: null,
-      enabled: true,
-      createdAt: at,
-      updatedAt: at,
-    });
+    await gw.db.insert(inferenceBackends).values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
     await expect(ask()).rejects.toMatchObject({ status: 503 });
     clock.advance(BACKENDS_CACHE_MS);
     await ask();
@@ -199,18 +188,15 @@ describe("inference servers added in the console", () => {
     const { gw, admin, ask } = await setup();
     const gpu = scopedBackend(0);
     const at = TOKEN_NOW.toISOString();
-    await gw.db.insert(inferenceBackends).values({
-      id: "bkd_rotated",
-      model: MODEL,
-      url: gpu.url,
-      servedModel: null,
-      weight: 1,
-      timeoutMs: 10_000,
-      apiKeySealed: await sealApiKey("the secret before the rotation", "bkd_rotated", "sk-old"),
-      enabled: true,
-      createdAt: at,
-      updatedAt: at,
-    });
+    await gw.db.insert(inferenceBackends).values(
+      storedServer({
+        id: "bkd_rotated",
+        model: MODEL,
+        url: gpu.url,
+        at,
+        apiKeySealed: await sealApiKey("the secret before the rotation", "bkd_rotated", "sk-old"),
+      }),
+    );
     await expect(ask()).rejects.toMatchObject({ status: 503 });
     expect(await gpu.requests()).toEqual([]);
     const list = (await (await admin("GET", "")).json()) as { items: { id: string; apiKeyReadable: boolean }[] };

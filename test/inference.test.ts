@@ -16,7 +16,7 @@ import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
-import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
+import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { flushUsage } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
@@ -321,18 +321,9 @@ describe("backend pool", () => {
     // The steady server is one an admin added: reading it must not depend on reading health.
     const at = new Date().toISOString();
     const { client, gw } = await setup([flaky], { bindings: { DB: db } });
-    await gw.db.insert(inferenceBackends).values({
-      id: `bkd_${crypto.randomUUID()}`,
-      model: MODEL,
-      url: steady.url,
-      servedModel: null,
-      weight: 1,
-      timeoutMs: 10_000,
-      apiKeySealed: null,
-      enabled: true,
-      createdAt: at,
-      updatedAt: at,
-    });
+    await gw.db
+      .insert(inferenceBackends)
+      .values(storedServer({ id: `bkd_${crypto.randomUUID()}`, model: MODEL, url: steady.url, at }));
     const shared = () => gw.db.select().from(inferenceBackendHealth).where(eq(inferenceBackendHealth.url, flaky.url));
     expect((await ask(client)).choices[0]?.message.content).toBe("tok0 tok1 ");
     expect(await shared()).toEqual([]);

@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import OpenAI from "openai";
 import { expect } from "vitest";
+import type { inferenceBackends } from "../../worker/db/schema";
 import type { testGateway } from "./gateway";
 import { approvedToken } from "./weights";
 
@@ -38,6 +39,26 @@ export function scopedBackend(index: number) {
 }
 
 export type Backend = ReturnType<typeof scopedBackend>;
+
+/**
+ * A row of `inference_backends` as an admin's call elsewhere would have stored it: enabled,
+ * weight 1, a 10 s timeout, no key, unless `fields` say otherwise.
+ */
+export function storedServer(
+  fields: { id: string; model: string; url: string; at: string } & Partial<typeof inferenceBackends.$inferInsert>,
+): typeof inferenceBackends.$inferInsert {
+  const { at, ...rest } = fields;
+  return {
+    servedModel: null,
+    weight: 1,
+    timeoutMs: 10_000,
+    apiKeySealed: null,
+    enabled: true,
+    createdAt: at,
+    updatedAt: at,
+    ...rest,
+  };
+}
 
 /**
  * A fresh organization with an approved application and an access token, and the real `openai`
