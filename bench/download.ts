@@ -29,7 +29,7 @@ import { parseArgs } from "node:util";
 import { exportJWK, generateKeyPair } from "jose";
 import { Miniflare, type MiniflareOptions, type WorkerOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
-import { uploadWeights } from "../scripts/lib/weights";
+import { bindingBucket, uploadWeights } from "../scripts/lib/weights";
 import {
   approvedAccessToken,
   buildGateway,
@@ -212,7 +212,10 @@ async function main(): Promise<void> {
       WEIGHTS: (await setup.mf.getR2Bucket("WEIGHTS", "modelgate")) as unknown as R2Bucket,
     };
     const licenseSha256 = await prepareDatabase(env.DB);
-    const upload = await uploadWeights(env, { model: MODEL, dir: weights });
+    const upload = await uploadWeights(
+      { db: env.DB, bucket: bindingBucket(env.WEIGHTS) },
+      { model: MODEL, dir: weights },
+    );
     const rows = await env.DB.prepare("SELECT path, r2_key, size FROM model_files WHERE revision_id = ?")
       .bind(upload.revision)
       .all<{ path: string; r2_key: string; size: number }>();

@@ -1,12 +1,14 @@
 /**
  * Uploads a folder of model weights to R2 and publishes it as a new revision of a model: the one
- * code path behind `npm run weights:upload` and the synthetic weights `npm start` seeds.
+ * code path behind `npm run weights:upload` (local or production) and the synthetic weights
+ * `npm start` seeds.
  *
  * Each file's sha256 is computed from the bytes as they are read and sent to R2, never taken from
- * a checksum file the uploader brings, so the manifest vouches for what R2 actually holds. Files
- * are streamed: a small file goes in one `put`, a large one as an R2 multipart upload, and no more
- * than one part is ever held in memory. (The `getPlatformProxy()` R2 binding cannot take a stream
- * of unknown length, so a part is the unit of buffering.)
+ * a checksum file the uploader brings, so the manifest vouches for what R2 actually holds; R2
+ * checks the hash of each request's bytes (of a whole file, and over the S3 API of each part). Files are streamed: a small file goes in one `put`,
+ * a large one as a multipart upload, and no more than one part is ever held in memory. (Neither
+ * the `getPlatformProxy()` R2 binding nor a signed S3 request can take a stream of unknown length,
+ * so a part is the unit of buffering.)
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
@@ -35,6 +37,47 @@ export const MIN_PART_SIZE = 5 * 1024 * 1024;
 const MAX_PARTS = 10_000;
 /** Who publishes, as the audit log names them. */
 const OPERATOR = "operator";
+
+/**
+ * Where the bytes go: the R2 binding locally (`bindingBucket`), R2's S3 API in production
+ * (`s3Bucket`). A sha256 given with bytes is checked by R2 against the bytes it received.
+ */
+export interface WeightsBucket {
+  /** Stores `bytes` under `key` in one request; resolves to the object's etag. */
+  put(key: string, bytes: Uint8Array, options: { contentType: string; sha256: string }): Promise<{ etag: string }>;
+  /** Starts a multipart upload of `key`. */
+  createMultipartUpload(key: string, options: { contentType: string }): Promise<WeightsMultipartUpload>;
+}
+
+/** A multipart upload under way. */
+export interface WeightsMultipartUpload {
+  /** Sends part `partNumber` (from 1); `sha256` is the part's own hash. */
+  uploadPart(partNumber: number, bytes: Uint8Array, sha256: string): Promise<R2UploadedPart>;
+  /** Joins the parts into the object; resolves to its etag. */
+  complete(parts: R2UploadedPart[]): Promise<{ etag: string }>;
+  /** Drops the parts sent so far. */
+  abort(): Promise<void>;
+}
+
+/** The R2 binding (`getPlatformProxy()`, Miniflare) as a `WeightsBucket`. */
+export function bindingBucket(r2: R2Bucket): WeightsBucket {
+  return {
+    async put(key, bytes, { contentType, sha256 }) {
+      const object = await r2.put(key, bytes, { httpMetadata: { contentType }, sha256 });
+      if (!object) throw new Error(`R2 did not store ${key}`);
+      return { etag: object.etag };
+    },
+    async createMultipartUpload(key, { contentType }) {
+      const upload = await r2.createMultipartUpload(key, { httpMetadata: { contentType } });
+      return {
+        // The binding takes no checksum for a part (R2's S3 API does).
+        uploadPart: (partNumber, bytes) => upload.uploadPart(partNumber, bytes),
+        complete: async (parts) => ({ etag: (await upload.complete(parts)).etag }),
+        abort: () => upload.abort(),
+      };
+    },
+  };
+}
 
 /** A problem the operator can fix (wrong model id, empty folder): exit 1 with the message, no stack. */
 export class WeightsUploadError extends Error {
@@ -113,7 +156,7 @@ function changedWhileReading(file: LocalFile, read: number): WeightsUploadError 
 }
 
 /** One `put`, with R2 checking the sha256 we computed against the bytes it received. */
-async function putWhole(bucket: R2Bucket, key: string, file: LocalFile, contentType: string) {
+async function putWhole(bucket: WeightsBucket, key: string, file: LocalFile, contentType: string) {
   const hash = createHash("sha256");
   const data = Buffer.allocUnsafe(file.size);
   let read = 0;
@@ -126,14 +169,13 @@ async function putWhole(bucket: R2Bucket, key: string, file: LocalFile, contentT
   }
   if (read !== file.size) throw changedWhileReading(file, read);
   const sha256 = hash.digest("hex");
-  const object = await bucket.put(key, data, { httpMetadata: { contentType }, sha256 });
-  if (!object) throw new Error(`R2 did not store ${key}`);
-  return { sha256, etag: object.etag };
+  const { etag } = await bucket.put(key, data, { contentType, sha256 });
+  return { sha256, etag };
 }
 
 /** A multipart upload; aborted if anything fails, so no half-object lingers. */
 async function putInParts(
-  bucket: R2Bucket,
+  bucket: WeightsBucket,
   key: string,
   file: LocalFile,
   contentType: string,
@@ -144,7 +186,7 @@ async function putInParts(
   if (parts > MAX_PARTS) {
     throw new WeightsUploadError(`${file.path} would need ${parts} parts; R2 allows ${MAX_PARTS}: raise --part-size`);
   }
-  const upload = await bucket.createMultipartUpload(key, { httpMetadata: { contentType } });
+  const upload = await bucket.createMultipartUpload(key, { contentType });
   try {
     const hash = createHash("sha256");
     const uploaded: R2UploadedPart[] = [];
@@ -153,11 +195,9 @@ async function putInParts(
     let filled = 0;
     let read = 0;
     const sendPart = async () => {
-      const part = await upload.uploadPart(
-        uploaded.length + 1,
-        new Uint8Array(buffer.buffer, buffer.byteOffset, filled),
-      );
-      uploaded.push(part);
+      const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, filled);
+      const partHash = createHash("sha256").update(bytes).digest("hex");
+      uploaded.push(await upload.uploadPart(uploaded.length + 1, bytes, partHash));
       log(`  ${file.path}: part ${uploaded.length}/${parts}`);
       filled = 0;
     };
@@ -177,8 +217,8 @@ async function putInParts(
     }
     if (read !== file.size) throw changedWhileReading(file, read);
     if (filled > 0) await sendPart();
-    const object = await upload.complete(uploaded);
-    return { sha256: hash.digest("hex"), etag: object.etag };
+    const { etag } = await upload.complete(uploaded);
+    return { sha256: hash.digest("hex"), etag };
   } catch (error) {
     await upload.abort().catch(() => undefined);
     throw error;
@@ -201,7 +241,7 @@ async function publish(db: Database, model: string, files: UploadedFile[]): Prom
  * back to it if it points elsewhere, and left alone (no audit event) if it already points there.
  */
 export async function uploadWeights(
-  env: { DB: D1Database; WEIGHTS: R2Bucket },
+  target: { db: D1Database; bucket: WeightsBucket },
   options: WeightsUploadOptions,
 ): Promise<WeightsUploadReport> {
   const { model } = options;
@@ -217,7 +257,7 @@ export async function uploadWeights(
   });
   if (local.length === 0) throw new WeightsUploadError(`${options.dir} holds no files`);
   const totalBytes = local.reduce((n, f) => n + f.size, 0);
-  const db = createDatabase(env.DB);
+  const db = createDatabase(target.db);
 
   // Hash first to learn the revision id, so an unchanged folder costs a local read, not an upload.
   // The hashes stored are still those of the upload pass below, should a file change meanwhile.
@@ -245,8 +285,8 @@ export async function uploadWeights(
     log(`  ${file.path} (${file.size} bytes)${file.size > threshold ? " in parts" : ""}`);
     const { sha256, etag } =
       file.size > threshold
-        ? await putInParts(env.WEIGHTS, r2Key, file, contentType, partSize, log)
-        : await putWhole(env.WEIGHTS, r2Key, file, contentType);
+        ? await putInParts(target.bucket, r2Key, file, contentType, partSize, log)
+        : await putWhole(target.bucket, r2Key, file, contentType);
     uploaded.push({ path: file.path, size: file.size, sha256, r2Key, etag, contentType });
   }
   const revision = await publish(db, model, uploaded);

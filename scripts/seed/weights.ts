@@ -11,7 +11,7 @@ import { createDatabase } from "../../worker/db/client";
 import { currentLicenseVersion, documentText } from "../../worker/licenses/store";
 import { llama2 } from "../../worker/policy/families/llama-2";
 import { persistDir } from "../lib/local-state";
-import { uploadWeights, type WeightsUploadReport } from "../lib/weights";
+import { bindingBucket, uploadWeights, type WeightsUploadReport } from "../lib/weights";
 
 /** Where the synthetic folders are written: next to the local state, so a clean start clears them. */
 export function demoWeightsDir(): string {
@@ -147,7 +147,7 @@ export async function seedSyntheticWeights(env: { DB: D1Database; WEIGHTS: R2Buc
   const reports: WeightsUploadReport[] = [];
   for (const model of llama2.models) {
     const dir = writeModelFolder(root, syntheticModelFiles(model, texts), model.id);
-    reports.push(await uploadWeights(env, { model: model.id, dir }));
+    reports.push(await uploadWeights({ db: env.DB, bucket: bindingBucket(env.WEIGHTS) }, { model: model.id, dir }));
   }
   return reports;
 }
