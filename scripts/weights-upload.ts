@@ -1,20 +1,94 @@
 /**
- * `npm run weights:upload -- --model llama-2-7b --dir PATH [--multipart-threshold BYTES] [--part-size BYTES]`
+ * `npm run weights:upload -- --model llama-2-7b --dir PATH [--remote [--database-id ID] [--bucket NAME]]
+ *   [--multipart-threshold BYTES] [--part-size BYTES]`
  *
- * Uploads every file under PATH (recursively) to the local R2 bucket as a new revision of the
- * model, hashing each file as it streams, and publishes it as the model's `main` revision with an
- * audit event (actor `operator`). Prints the revision id, the number of files and the total size.
- * Uploading the same files again changes nothing.
+ * Uploads every file under PATH (recursively) to R2 as a new revision of the model, hashing each
+ * file as it streams, and publishes it as the model's `main` revision with an audit event (actor
+ * `operator`). Prints the revision id, the number of files and the total size. Uploading the same
+ * files again changes nothing.
  *
- * `--remote` is refused for now: see the README ("Uploading weights") for what it needs.
+ * Without `--remote`: the local bucket and database (`.wrangler/state`, what `npm start` serves).
+ * With `--remote`: the production bucket through R2's S3 API and the production database through
+ * Cloudflare's D1 REST API, named by wrangler.toml (or `--bucket`, `--database-id`), with
+ * credentials from the environment: `CLOUDFLARE_ACCOUNT_ID`, `CLOUDFLARE_API_TOKEN` (D1 edit),
+ * `R2_ACCESS_KEY_ID` and `R2_SECRET_ACCESS_KEY` (Object Read & Write on the bucket); optional
+ * `R2_ENDPOINT` (e.g. an EU bucket's) and `CLOUDFLARE_API_BASE_URL`. Both are checked before any
+ * file is read.
  */
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { withLocalBindings } from "./lib/local-state";
-import { DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, uploadWeights, WeightsUploadError } from "./lib/weights";
+import { unstable_readConfig } from "wrangler";
+import { d1OverHttp } from "./lib/d1-http";
+import { ROOT, withLocalBindings } from "./lib/local-state";
+import { s3Bucket } from "./lib/r2-s3";
+import {
+  bindingBucket,
+  DEFAULT_MULTIPART_THRESHOLD,
+  DEFAULT_PART_SIZE,
+  uploadWeights,
+  type WeightsBucket,
+  WeightsUploadError,
+} from "./lib/weights";
 
 const USAGE =
-  "usage: npm run weights:upload -- --model MODEL --dir PATH [--multipart-threshold BYTES] [--part-size BYTES]";
+  "usage: npm run weights:upload -- --model MODEL --dir PATH [--remote [--database-id ID] [--bucket NAME]] [--multipart-threshold BYTES] [--part-size BYTES]";
+
+/** wrangler.toml's placeholder database id, which `wrangler d1 create`'s id replaces. */
+const PLACEHOLDER_ID = /^0{8}-0{4}-0{4}-0{4}-0{12}$/;
+
+/** The production bucket and database, reachable: or a `WeightsUploadError` that says what is missing. */
+async function remoteTarget(flags: { databaseId?: string; bucket?: string }) {
+  const env = (name: string) => process.env[name]?.trim() ?? "";
+  const missing = ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"].filter(
+    (name) => !env(name),
+  );
+  if (missing.length > 0) {
+    throw new WeightsUploadError(
+      `--remote needs ${missing.join(", ")} in the environment (see README, "Uploading weights")`,
+    );
+  }
+  const config: {
+    d1_databases: { binding: string; database_id?: string }[];
+    r2_buckets: { binding: string; bucket_name?: string }[];
+  } = unstable_readConfig({ config: join(ROOT, "wrangler.toml") }, { hideWarnings: true });
+  const databaseId = flags.databaseId ?? config.d1_databases.find((d) => d.binding === "DB")?.database_id;
+  if (!databaseId || PLACEHOLDER_ID.test(databaseId)) {
+    throw new WeightsUploadError(
+      "wrangler.toml has no production database id: put the one `wrangler d1 create` printed there, or pass --database-id",
+    );
+  }
+  const bucketName = flags.bucket ?? config.r2_buckets.find((b) => b.binding === "WEIGHTS")?.bucket_name;
+  if (!bucketName) throw new WeightsUploadError("wrangler.toml names no bucket for WEIGHTS: pass --bucket");
+  const accountId = env("CLOUDFLARE_ACCOUNT_ID");
+  const endpoint = env("R2_ENDPOINT") || `https://${accountId}.r2.cloudflarestorage.com`;
+  const db = d1OverHttp({
+    apiBase: env("CLOUDFLARE_API_BASE_URL") || "https://api.cloudflare.com/client/v4",
+    accountId,
+    databaseId,
+    apiToken: env("CLOUDFLARE_API_TOKEN"),
+  });
+  const bucket = s3Bucket({
+    endpoint,
+    bucket: bucketName,
+    accessKeyId: env("R2_ACCESS_KEY_ID"),
+    secretAccessKey: env("R2_SECRET_ACCESS_KEY"),
+  });
+  // Both checked before hashing what may be hundreds of gigabytes.
+  try {
+    await db.prepare("SELECT count(*) FROM model_revisions").all();
+  } catch (error) {
+    const text = String(error);
+    throw new WeightsUploadError(
+      text.includes("no such table")
+        ? "the production database has no catalog tables yet: run `npx wrangler d1 migrations apply DB --remote` first"
+        : `cannot reach the production database ${databaseId}: ${text}`,
+    );
+  }
+  await bucket.check().catch((error: unknown) => {
+    throw new WeightsUploadError(`cannot reach bucket ${bucketName} at ${endpoint}: ${String(error)}`);
+  });
+  return { db, bucket, where: `bucket ${bucketName}, database ${databaseId}` };
+}
 
 function byteCount(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
@@ -29,19 +103,16 @@ async function main(): Promise<void> {
       model: { type: "string" },
       dir: { type: "string" },
       remote: { type: "boolean", default: false },
+      "database-id": { type: "string" },
+      bucket: { type: "string" },
       "multipart-threshold": { type: "string" },
       "part-size": { type: "string" },
     },
     strict: true,
   });
   if (!values.model || !values.dir) throw new WeightsUploadError(USAGE);
-  if (values.remote) {
-    // Reaching production R2 needs either S3 API credentials or wrangler's remote bindings, and
-    // the catalog rows need the remote D1; neither is wired up yet, and a half-remote upload
-    // (bytes in R2, no revision) would be worse than none.
-    throw new WeightsUploadError(
-      "remote upload is not supported by this command yet; see README, 'Uploading weights', for what it needs",
-    );
+  if (!values.remote && (values["database-id"] || values.bucket)) {
+    throw new WeightsUploadError("--database-id and --bucket name production resources: give them with --remote");
   }
   const options = {
     model: values.model,
@@ -50,8 +121,16 @@ async function main(): Promise<void> {
     partSize: byteCount("--part-size", values["part-size"], DEFAULT_PART_SIZE),
     log: (line: string) => console.log(line),
   };
-  console.log(`Uploading ${options.dir} as a revision of ${options.model} (local R2)`);
-  const report = await withLocalBindings((env) => uploadWeights(env, options));
+  const upload = (target: { db: D1Database; bucket: WeightsBucket }) => uploadWeights(target, options);
+  let report: Awaited<ReturnType<typeof upload>>;
+  if (values.remote) {
+    const target = await remoteTarget({ databaseId: values["database-id"], bucket: values.bucket });
+    console.log(`Uploading ${options.dir} as a revision of ${options.model} (production: ${target.where})`);
+    report = await upload(target);
+  } else {
+    console.log(`Uploading ${options.dir} as a revision of ${options.model} (local R2)`);
+    report = await withLocalBindings((env) => upload({ db: env.DB, bucket: bindingBucket(env.WEIGHTS) }));
+  }
   const what = {
     uploaded: "published",
     republished: "already stored; main points at it again",
