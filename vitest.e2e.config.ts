@@ -1,8 +1,9 @@
 import { defineConfig } from "vitest/config";
 
-// End-to-end checks in Node (not inside workerd): each file starts the real gateway the way
-// `npm start` does, on a free port with throwaway state, and drives it with real tools (sh, curl).
-// One file at a time: each runs a whole gateway.
+// End-to-end checks in Node (not inside workerd): the real gateway started the way `npm start`
+// does, on a free port with throwaway state, driven with real tools (sh, curl); and the operator
+// commands that reach production, run against local stand-ins for Cloudflare's APIs.
+// One file at a time: a file may run a whole gateway.
 export default defineConfig({
   test: {
     include: ["scripts/e2e/**/*.e2e.ts"],

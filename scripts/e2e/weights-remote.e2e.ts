@@ -1,0 +1,252 @@
+/**
+ * `weights:upload --remote` end to end: the command as an operator runs it, against local
+ * stand-ins for R2's S3 API (signatures and payload hashes checked) and D1's REST API (a real
+ * SQLite database with the project's migrations). The bytes must land in the bucket intact, the
+ * revision in the catalog with an audit event that keeps the chain, and nothing may be published
+ * when the bucket refuses a part or the credentials are wrong.
+ */
+import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { verifyAuditChain } from "../../worker/audit/log";
+import { createDatabase } from "../../worker/db/client";
+import { d1OverHttp, inlineParams } from "../lib/d1-http";
+import { ROOT, wranglerEnv } from "../lib/local-state";
+import { type CloudflareStandIn, startCloudflareStandIn } from "./cloudflare-standin";
+
+const MODEL = "llama-2-7b";
+const MiB = 1024 * 1024;
+const DATABASE_ID = "3f1c2a9e-5b7d-4e21-9c3a-0d8e6f4b1a27";
+const CREDENTIALS = {
+  apiToken: "cf-api-token-for-tests",
+  accessKeyId: "r2-access-key-id",
+  secretAccessKey: "r2-secret-access-key",
+  bucket: "modelgate-weights",
+};
+
+let work: string;
+let standIn: CloudflareStandIn;
+
+/** A model folder: a small file, a nested one, and a shard large enough for three 5 MiB parts. */
+function writeFolder(dir: string, shardBytes: Buffer): Map<string, Buffer> {
+  const files = new Map<string, Buffer>([
+    ["config.json", Buffer.from(JSON.stringify({ model_type: "llama", hidden_size: 4096 }))],
+    ["original/params.json", Buffer.from('{"dim": 4096}')],
+    ["model-00001-of-00001.safetensors", shardBytes],
+  ]);
+  for (const [path, bytes] of files) {
+    mkdirSync(join(dir, path, ".."), { recursive: true });
+    writeFileSync(join(dir, path), bytes);
+  }
+  return files;
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `npm run weights:upload -- --remote …` with the stand-ins' addresses and `env` over the credentials. */
+function upload(dir: string, env: Record<string, string> = {}): Promise<Run> {
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      join("scripts", "weights-upload.ts"),
+      "--remote",
+      "--model",
+      MODEL,
+      "--dir",
+      dir,
+      "--database-id",
+      DATABASE_ID,
+      "--multipart-threshold",
+      String(6 * MiB),
+      "--part-size",
+      String(5 * MiB),
+    ],
+    {
+      cwd: ROOT,
+      env: wranglerEnv({
+        CLOUDFLARE_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
+        CLOUDFLARE_API_TOKEN: CREDENTIALS.apiToken,
+        R2_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+        R2_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+        CLOUDFLARE_API_BASE_URL: standIn.apiBase,
+        R2_ENDPOINT: standIn.s3Endpoint,
+        ...env,
+      }),
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (c: Buffer) => {
+    stdout += c.toString();
+  });
+  child.stderr.on("data", (c: Buffer) => {
+    stderr += c.toString();
+  });
+  return new Promise((done, fail) => {
+    child.on("error", fail);
+    child.on("exit", (code) => done({ code, stdout, stderr }));
+  });
+}
+
+const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex");
+const mainRevision = () =>
+  (
+    standIn.db.prepare("SELECT revision_id FROM model_refs WHERE model = ? AND ref = 'main'").get(MODEL) as
+      | { revision_id: string }
+      | undefined
+  )?.revision_id;
+const revisionCount = () =>
+  Number((standIn.db.prepare("SELECT count(*) AS n FROM model_revisions").get() as { n: number }).n);
+const writes = () => standIn.s3Requests.filter((r) => !r.startsWith("HEAD "));
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), "modelgate-remote-upload-"));
+  standIn = await startCloudflareStandIn({ dbFile: join(work, "d1.sqlite"), ...CREDENTIALS });
+});
+
+afterAll(async () => {
+  await standIn?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe("weights:upload --remote", () => {
+  let first: { dir: string; files: Map<string, Buffer>; revision: string };
+
+  it("puts every file in the production bucket, checked, and publishes the revision in the production database", async () => {
+    const dir = join(work, "v1");
+    const files = writeFolder(dir, randomBytes(12 * MiB + 123));
+    const run = await upload(dir);
+    expect(run.code, run.stderr).toBe(0);
+    const revision = /revision ([0-9a-f]{40}) \(published\)/.exec(run.stdout)?.[1] ?? "";
+    expect(revision).toMatch(/^[0-9a-f]{40}$/);
+    expect(mainRevision()).toBe(revision);
+
+    const rows = standIn.db
+      .prepare(
+        "SELECT path, size, sha256, r2_key, etag, content_type FROM model_files WHERE revision_id = ? ORDER BY path",
+      )
+      .all(revision) as {
+      path: string;
+      size: number;
+      sha256: string;
+      r2_key: string;
+      etag: string;
+      content_type: string;
+    }[];
+    expect(rows.map((r) => r.path)).toEqual([...files.keys()].sort());
+    for (const row of rows) {
+      const local = files.get(row.path) as Buffer;
+      const stored = standIn.objects.get(row.r2_key);
+      expect(stored, row.path).toBeDefined();
+      expect(Buffer.compare(stored?.bytes ?? Buffer.alloc(0), local), row.path).toBe(0);
+      expect(row.sha256).toBe(sha256(local));
+      expect(Number(row.size)).toBe(local.byteLength);
+      expect(row.etag).toBe(stored?.etag);
+      expect(row.r2_key).toMatch(new RegExp(`^models/${MODEL}/uploads/[^/]+/${row.path}$`));
+    }
+    const shard = rows.find((r) => r.path.endsWith(".safetensors"));
+    expect(standIn.objects.get(shard?.r2_key ?? "")?.parts).toBe(3);
+    expect(standIn.objects.get(rows.find((r) => r.path === "config.json")?.r2_key ?? "")?.contentType).toBe(
+      "application/json",
+    );
+    expect(standIn.uploads.size).toBe(0);
+
+    // The audit event went in with the revision and the chain holds, read back over the D1 API.
+    const event = standIn.db
+      .prepare("SELECT action, actor, data FROM audit_events ORDER BY seq DESC LIMIT 1")
+      .get() as {
+      action: string;
+      actor: string;
+      data: string;
+    };
+    expect(event).toMatchObject({ action: "model.revision_published", actor: "operator" });
+    expect(JSON.parse(event.data)).toMatchObject({ revision, files: 3 });
+    const remote = createDatabase(
+      d1OverHttp({ apiBase: standIn.apiBase, accountId: "a", databaseId: DATABASE_ID, apiToken: CREDENTIALS.apiToken }),
+    );
+    expect(await verifyAuditChain(remote)).toMatchObject({ ok: true, checked: 1 });
+    first = { dir, files, revision };
+  });
+
+  it("sends nothing when the same files are uploaded again", async () => {
+    const before = writes().length;
+    const run = await upload(first.dir);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toContain(`revision ${first.revision} (already main; nothing uploaded)`);
+    expect(writes().length).toBe(before);
+    expect(revisionCount()).toBe(1);
+  });
+
+  it("aborts the multipart upload and publishes nothing when R2 refuses a part", async () => {
+    const dir = join(work, "v2");
+    writeFolder(dir, randomBytes(11 * MiB));
+    standIn.refuseParts.add(2);
+    try {
+      const run = await upload(dir);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain("BadDigest");
+    } finally {
+      standIn.refuseParts.clear();
+    }
+    expect(standIn.uploads.size).toBe(0);
+    expect(writes().at(-1)).toMatch(/^DELETE .*uploadId=/);
+    expect(mainRevision()).toBe(first.revision);
+    expect(revisionCount()).toBe(1);
+  });
+
+  it("refuses wrong credentials before sending any file", async () => {
+    const before = writes().length;
+    const badSecret = await upload(first.dir, { R2_SECRET_ACCESS_KEY: "not-the-secret" });
+    expect(badSecret.code).toBe(1);
+    expect(badSecret.stderr).toContain("cannot reach bucket modelgate-weights");
+    expect(badSecret.stderr).toContain("AccessDenied");
+    const badToken = await upload(first.dir, { CLOUDFLARE_API_TOKEN: "not-the-token" });
+    expect(badToken.code).toBe(1);
+    expect(badToken.stderr).toContain(`cannot reach the production database ${DATABASE_ID}`);
+    expect(badToken.stderr).toContain("Authentication error");
+    const missing = await upload(first.dir, { R2_ACCESS_KEY_ID: "", CLOUDFLARE_ACCOUNT_ID: "" });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("--remote needs CLOUDFLARE_ACCOUNT_ID, R2_ACCESS_KEY_ID in the environment");
+    expect(writes().length).toBe(before);
+  });
+
+  it("says to apply the migrations when the production database has no catalog", async () => {
+    const bare = await startCloudflareStandIn({ dbFile: join(work, "bare.sqlite"), ...CREDENTIALS, migrate: false });
+    try {
+      const run = await upload(first.dir, { CLOUDFLARE_API_BASE_URL: bare.apiBase, R2_ENDPOINT: bare.s3Endpoint });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain("npx wrangler d1 migrations apply DB --remote");
+      expect(bare.s3Requests).toEqual([]);
+    } finally {
+      await bare.close();
+    }
+  });
+});
+
+describe("values written into SQL for the D1 API", () => {
+  it("replaces only the placeholders outside quotes and comments, quoting every value", () => {
+    expect(
+      inlineParams(`select "a?" , '?''?', [b?] /* ? */ from t where x = ? and y = ? -- ?\nand z in (?, ?, ?)`, [
+        "it's",
+        42,
+        null,
+        true,
+        new Uint8Array([0, 255]),
+      ]),
+    ).toBe(`select "a?" , '?''?', [b?] /* ? */ from t where x = 'it''s' and y = 42 -- ?\nand z in (NULL, 1, X'00ff')`);
+    expect(() => inlineParams("select ?", [])).toThrow(/more parameters/);
+    expect(() => inlineParams("select ?", [1, 2])).toThrow(/1 parameters, 2 given/);
+    expect(() => inlineParams("select ?1", [1])).toThrow(/numbered/);
+    expect(() => inlineParams("select ?", [Number.NaN])).toThrow(/cannot be stored/);
+  });
+});
