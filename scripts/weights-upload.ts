@@ -15,12 +15,10 @@
  * `R2_ENDPOINT` (e.g. an EU bucket's) and `CLOUDFLARE_API_BASE_URL`. Both are checked before any
  * file is read.
  */
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { unstable_readConfig } from "wrangler";
-import { d1OverHttp } from "./lib/d1-http";
-import { ROOT, withLocalBindings } from "./lib/local-state";
-import { s3Bucket } from "./lib/r2-s3";
+import { withLocalBindings } from "./lib/local-state";
+import { BUCKET_ENV, DATABASE_ENV, RemoteSetupError, remoteBucket, remoteDatabase, requireEnv } from "./lib/remote";
 import {
   bindingBucket,
   DEFAULT_MULTIPART_THRESHOLD,
@@ -33,61 +31,12 @@ import {
 const USAGE =
   "usage: npm run weights:upload -- --model MODEL --dir PATH [--remote [--database-id ID] [--bucket NAME]] [--multipart-threshold BYTES] [--part-size BYTES]";
 
-/** wrangler.toml's placeholder database id, which `wrangler d1 create`'s id replaces. */
-const PLACEHOLDER_ID = /^0{8}-0{4}-0{4}-0{4}-0{12}$/;
-
-/** The production bucket and database, reachable: or a `WeightsUploadError` that says what is missing. */
+/** The production database and bucket, both checked before hashing what may be hundreds of gigabytes. */
 async function remoteTarget(flags: { databaseId?: string; bucket?: string }) {
-  const env = (name: string) => process.env[name]?.trim() ?? "";
-  const missing = ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"].filter(
-    (name) => !env(name),
-  );
-  if (missing.length > 0) {
-    throw new WeightsUploadError(
-      `--remote needs ${missing.join(", ")} in the environment (see README, "Uploading weights")`,
-    );
-  }
-  const config: {
-    d1_databases: { binding: string; database_id?: string }[];
-    r2_buckets: { binding: string; bucket_name?: string }[];
-  } = unstable_readConfig({ config: join(ROOT, "wrangler.toml") }, { hideWarnings: true });
-  const databaseId = flags.databaseId ?? config.d1_databases.find((d) => d.binding === "DB")?.database_id;
-  if (!databaseId || PLACEHOLDER_ID.test(databaseId)) {
-    throw new WeightsUploadError(
-      "wrangler.toml has no production database id: put the one `wrangler d1 create` printed there, or pass --database-id",
-    );
-  }
-  const bucketName = flags.bucket ?? config.r2_buckets.find((b) => b.binding === "WEIGHTS")?.bucket_name;
-  if (!bucketName) throw new WeightsUploadError("wrangler.toml names no bucket for WEIGHTS: pass --bucket");
-  const accountId = env("CLOUDFLARE_ACCOUNT_ID");
-  const endpoint = env("R2_ENDPOINT") || `https://${accountId}.r2.cloudflarestorage.com`;
-  const db = d1OverHttp({
-    apiBase: env("CLOUDFLARE_API_BASE_URL") || "https://api.cloudflare.com/client/v4",
-    accountId,
-    databaseId,
-    apiToken: env("CLOUDFLARE_API_TOKEN"),
-  });
-  const bucket = s3Bucket({
-    endpoint,
-    bucket: bucketName,
-    accessKeyId: env("R2_ACCESS_KEY_ID"),
-    secretAccessKey: env("R2_SECRET_ACCESS_KEY"),
-  });
-  // Both checked before hashing what may be hundreds of gigabytes.
-  try {
-    await db.prepare("SELECT count(*) FROM model_revisions").all();
-  } catch (error) {
-    const text = String(error);
-    throw new WeightsUploadError(
-      text.includes("no such table")
-        ? "the production database has no catalog tables yet: run `npx wrangler d1 migrations apply DB --remote` first"
-        : `cannot reach the production database ${databaseId}: ${text}`,
-    );
-  }
-  await bucket.check().catch((error: unknown) => {
-    throw new WeightsUploadError(`cannot reach bucket ${bucketName} at ${endpoint}: ${String(error)}`);
-  });
-  return { db, bucket, where: `bucket ${bucketName}, database ${databaseId}` };
+  requireEnv([...new Set([...DATABASE_ENV, ...BUCKET_ENV])]);
+  const database = await remoteDatabase("model_revisions", flags.databaseId);
+  const { bucket, name } = await remoteBucket(flags.bucket);
+  return { db: database.db, bucket, where: `bucket ${name}, database ${database.id}` };
 }
 
 function byteCount(flag: string, value: string | undefined, fallback: number): number {
@@ -142,7 +91,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  if (error instanceof WeightsUploadError) {
+  if (error instanceof WeightsUploadError || error instanceof RemoteSetupError) {
     console.error(`weights:upload: ${error.message}`);
   } else {
     console.error("weights:upload failed:", error);
