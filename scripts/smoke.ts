@@ -10,11 +10,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exitWithin, freePort, portAnswers, START_BANNER } from "./lib/gateway-process";
-import { sha256OfText } from "./lib/license-sql";
 import { ROOT, wranglerEnv } from "./lib/local-state";
 import type { DemoCase } from "./seed/demo";
 import type { DemoToken } from "./seed/demo-token";
-import { placeholderLlama2Texts } from "./seed/license";
+import { placeholderLlama2Texts, sha256OfText } from "./seed/license";
 
 const DEADLINE_MS = 90_000;
 const STOP_GRACE_MS = 10_000;

@@ -1,10 +1,16 @@
 /** Loads license versions into a D1 database through the gateway's own license store. */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createDatabase } from "../../worker/db/client";
 import { currentLicenseVersion, loadLicenseVersion } from "../../worker/licenses/store";
 import { systemClock } from "../../worker/platform/clock";
 import { randomIds } from "../../worker/platform/ids";
+
+/** Lower-case hex SHA-256 of UTF-8 text, the digest the gateway publishes for a license text. */
+export function sha256OfText(text: string): string {
+  return createHash("sha256").update(text, "utf8").digest("hex");
+}
 
 /** What a load did, for printing. */
 export interface LicenseLoadReport {
