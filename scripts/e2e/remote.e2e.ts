@@ -1,9 +1,10 @@
 /**
- * `weights:upload --remote` end to end: the command as an operator runs it, against local
- * stand-ins for R2's S3 API (signatures and payload hashes checked) and D1's REST API (a real
- * SQLite database with the project's migrations). The bytes must land in the bucket intact, the
- * revision in the catalog with an audit event that keeps the chain, and nothing may be published
- * when the bucket refuses a part or the credentials are wrong.
+ * The operator commands' `--remote`, end to end: `weights:upload` and `license:load` as an operator
+ * runs them, against local stand-ins for R2's S3 API (signatures and payload hashes checked) and
+ * D1's REST API (a real SQLite database with the project's migrations). The bytes must land in the
+ * bucket intact, the revision in the catalog with an audit event that keeps the chain, a license
+ * version once, and nothing may be published when the bucket refuses a part or the credentials
+ * are wrong.
  */
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -50,40 +51,21 @@ interface Run {
   stderr: string;
 }
 
-/** `npm run weights:upload -- --remote …` with the stand-ins' addresses and `env` over the credentials. */
-function upload(dir: string, env: Record<string, string> = {}): Promise<Run> {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join("scripts", "weights-upload.ts"),
-      "--remote",
-      "--model",
-      MODEL,
-      "--dir",
-      dir,
-      "--database-id",
-      DATABASE_ID,
-      "--multipart-threshold",
-      String(6 * MiB),
-      "--part-size",
-      String(5 * MiB),
-    ],
-    {
-      cwd: ROOT,
-      env: wranglerEnv({
-        CLOUDFLARE_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
-        CLOUDFLARE_API_TOKEN: CREDENTIALS.apiToken,
-        R2_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
-        R2_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
-        CLOUDFLARE_API_BASE_URL: standIn.apiBase,
-        R2_ENDPOINT: standIn.s3Endpoint,
-        ...env,
-      }),
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+/** `npm run <script> -- …args --remote` with the stand-ins' addresses and `env` over the credentials. */
+function runRemote(script: string, args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const child = spawn(process.execPath, ["--import", "tsx", join("scripts", script), ...args, "--remote"], {
+    cwd: ROOT,
+    env: wranglerEnv({
+      CLOUDFLARE_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
+      CLOUDFLARE_API_TOKEN: CREDENTIALS.apiToken,
+      R2_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+      R2_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+      CLOUDFLARE_API_BASE_URL: standIn.apiBase,
+      R2_ENDPOINT: standIn.s3Endpoint,
+      ...env,
+    }),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (c: Buffer) => {
@@ -97,6 +79,25 @@ function upload(dir: string, env: Record<string, string> = {}): Promise<Run> {
     child.on("exit", (code) => done({ code, stdout, stderr }));
   });
 }
+
+/** `weights:upload --remote` of `dir`, in 5 MiB parts above 6 MiB. */
+const upload = (dir: string, env: Record<string, string> = {}) =>
+  runRemote(
+    "weights-upload.ts",
+    [
+      "--model",
+      MODEL,
+      "--dir",
+      dir,
+      "--database-id",
+      DATABASE_ID,
+      "--multipart-threshold",
+      String(6 * MiB),
+      "--part-size",
+      String(5 * MiB),
+    ],
+    env,
+  );
 
 const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex");
 const mainRevision = () =>
@@ -230,6 +231,60 @@ describe("weights:upload --remote", () => {
     } finally {
       await bare.close();
     }
+  });
+});
+
+describe("license:load --remote", () => {
+  const load = (license: string, aup: string, env: Record<string, string> = {}) => {
+    writeFileSync(join(work, "LICENSE"), license);
+    writeFileSync(join(work, "USE_POLICY.md"), aup);
+    return runRemote(
+      "license-load.ts",
+      [
+        "--family",
+        "llama-2",
+        "--license",
+        join(work, "LICENSE"),
+        "--aup",
+        join(work, "USE_POLICY.md"),
+        "--database-id",
+        DATABASE_ID,
+      ],
+      env,
+    );
+  };
+  const versions = () =>
+    standIn.db
+      .prepare(
+        "SELECT v.version, v.license_sha256, d.body FROM license_versions v JOIN documents d ON d.sha256 = v.license_sha256 WHERE v.family = 'llama-2' ORDER BY v.version",
+      )
+      .all() as { version: number; license_sha256: string; body: string }[];
+
+  it("loads the texts into the production database once, byte for byte", async () => {
+    // Quotes, a question mark and non-ASCII text travel inside the SQL the API receives.
+    const license = "LLAMA 2 COMMUNITY LICENSE AGREEMENT\nIt's \"Meta's\" text? — 700 million MAU; ';-- not SQL\n";
+    const aup = "# Llama 2 Acceptable Use Policy\n\nDon't.\n";
+    const first = await load(license, aup);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/version\s+1\n/);
+    expect(first.stdout).toContain("new version    yes");
+    expect(versions()).toEqual([{ version: 1, license_sha256: sha256(Buffer.from(license)), body: license }]);
+
+    const again = await load(license, aup);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain("new version    no (these texts were already current)");
+    expect(versions()).toHaveLength(1);
+
+    const changed = await load(`${license}Amended.\n`, aup);
+    expect(changed.code, changed.stderr).toBe(0);
+    expect(versions().map((v) => v.version)).toEqual([1, 2]);
+  });
+
+  it("refuses a wrong API token without writing", async () => {
+    const run = await load("Another license\n", "Another policy\n", { CLOUDFLARE_API_TOKEN: "not-the-token" });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain("license:load: cannot reach the production database");
+    expect(versions().map((v) => v.version)).toEqual([1, 2]);
   });
 });
 
