@@ -1,6 +1,6 @@
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { auditEvents, inferenceBackends } from "../worker/db/schema";
+import { auditEvents, inferenceBackendHealth, inferenceBackends } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BACKENDS_CACHE_MS, openApiKey, sealApiKey } from "../worker/inference/backend-store";
 import { BackendHealth } from "../worker/inference/backends";
@@ -248,6 +248,43 @@ describe("inference servers added in the console", () => {
     clock.advance(BACKENDS_CACHE_MS);
     expect((await ask()).choices[0]?.message.content).toBe("tok0 tok1 tok2 tok3 ");
     expect(await gpu.requests()).toHaveLength(2);
+  });
+
+  it("take their shared health with them when they leave, unless another server still has the URL", async () => {
+    const gpu = scopedBackend(0);
+    const other = scopedBackend(1);
+    const { gw, admin, ask } = await setup({
+      INFERENCE_BACKENDS: JSON.stringify({ "llama-2-70b-chat": [{ url: other.url }] }),
+    });
+    const healthUrls = async () => (await gw.db.select().from(inferenceBackendHealth)).map((r) => r.url).sort();
+    const first = await add(admin, gpu);
+    const second = (await (await admin("POST", "", { model: "llama-2-13b-chat", url: gpu.url })).json()) as {
+      id: string;
+    };
+    await gpu.mode("500");
+    await expect(ask()).rejects.toMatchObject({ status: 502 });
+    expect(await healthUrls()).toEqual([gpu.url]);
+
+    // Another stored server still has the URL: its health stays; the last one takes it along.
+    expect((await admin("DELETE", `/${first.id}`)).status).toBe(200);
+    expect(await healthUrls()).toEqual([gpu.url]);
+    expect((await admin("DELETE", `/${second.id}`)).status).toBe(200);
+    expect(await healthUrls()).toEqual([]);
+
+    // A server moved to another URL leaves its old URL's health behind it; a URL the configuration
+    // names keeps its health when the stored server leaves it.
+    const third = (await (await admin("POST", "", { model: "llama-2-13b-chat", url: gpu.url })).json()) as {
+      id: string;
+    };
+    expect(await (await admin("POST", `/${third.id}/probe`)).json()).toMatchObject({ healthy: true });
+    expect(await healthUrls()).toEqual([gpu.url]);
+    expect((await admin("PATCH", `/${third.id}`, { url: other.url })).status).toBe(200);
+    expect(await healthUrls()).toEqual([]);
+    await other.mode("down");
+    expect(await (await admin("POST", `/${third.id}/probe`)).json()).toMatchObject({ healthy: false });
+    expect(await healthUrls()).toEqual([other.url]);
+    expect((await admin("DELETE", `/${third.id}`)).status).toBe(200);
+    expect(await healthUrls()).toEqual([other.url]);
   });
 
   it("configured in INFERENCE_BACKENDS are listed read-only and cannot be added twice", async () => {

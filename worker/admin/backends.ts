@@ -10,6 +10,7 @@ import { inferenceBackends } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import {
+  dropHealthOfUnusedUrl,
   forgetStoredBackends,
   sealApiKey,
   sharedHealth,
@@ -329,7 +330,10 @@ export async function changeInferenceBackend(
       }
       updated = next;
       return {
-        statements: [services.db.update(inferenceBackends).set(next).where(eq(inferenceBackends.id, id))],
+        statements: [
+          services.db.update(inferenceBackends).set(next).where(eq(inferenceBackends.id, id)),
+          ...(next.url !== row.url ? dropHealthOfUnusedUrl(services, row.url, id) : []),
+        ],
         events: [
           {
             actor: reviewerActor(admin),
@@ -360,7 +364,10 @@ export async function removeInferenceBackend(
   await writeAudited(services, async () => {
     const row = await storedRow(services, id);
     return {
-      statements: [services.db.delete(inferenceBackends).where(eq(inferenceBackends.id, id))],
+      statements: [
+        services.db.delete(inferenceBackends).where(eq(inferenceBackends.id, id)),
+        ...dropHealthOfUnusedUrl(services, row.url, id),
+      ],
       events: [
         {
           actor: reviewerActor(admin),

@@ -5,7 +5,7 @@
  * is in force everywhere within that window (at once in the isolate that made it) while the
  * completion path reads nothing but memory.
  */
-import { eq, sql } from "drizzle-orm";
+import { and, eq, ne, notExists, sql } from "drizzle-orm";
 import type { Config } from "../config";
 import { inferenceBackendHealth, inferenceBackends } from "../db/schema";
 import { base64url, fromBase64url } from "../platform/ids";
@@ -179,6 +179,24 @@ export async function shareHealthReports(
   );
   const [first, ...rest] = writes;
   if (first) await db.batch([first, ...rest]);
+}
+
+/**
+ * The statements that drop the shared health of `url` as a stored server leaves it (removed, or
+ * moved to another URL): none while `INFERENCE_BACKENDS` names it, and the row stays while another
+ * stored server (`exceptId` aside) still has it. Run in the change's own batch.
+ */
+export function dropHealthOfUnusedUrl(services: Pick<Services, "db" | "config">, url: string, exceptId: string) {
+  const configured = [...services.config.inference.backends.pools.values()].some((pool) =>
+    pool.some((b) => b.url === url),
+  );
+  if (configured) return [];
+  const { db } = services;
+  const stillStored = db
+    .select({ id: inferenceBackends.id })
+    .from(inferenceBackends)
+    .where(and(eq(inferenceBackends.url, url), ne(inferenceBackends.id, exceptId)));
+  return [db.delete(inferenceBackendHealth).where(and(eq(inferenceBackendHealth.url, url), notExists(stillStored)))];
 }
 
 /** Each server's latest shared health, by URL (the console's view). */
