@@ -17,7 +17,9 @@
  */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { D1HttpError } from "./lib/d1-http";
 import { withLocalBindings } from "./lib/local-state";
+import { S3Error } from "./lib/r2-s3";
 import { BUCKET_ENV, DATABASE_ENV, RemoteSetupError, remoteBucket, remoteDatabase, requireEnv } from "./lib/remote";
 import {
   bindingBucket,
@@ -65,7 +67,8 @@ async function main(): Promise<void> {
   }
   const options = {
     model: values.model,
-    dir: resolve(values.dir),
+    // npm runs scripts from the project root; the folder is named relative to where the user stood.
+    dir: resolve(process.env.INIT_CWD ?? process.cwd(), values.dir),
     multipartThreshold: byteCount("--multipart-threshold", values["multipart-threshold"], DEFAULT_MULTIPART_THRESHOLD),
     partSize: byteCount("--part-size", values["part-size"], DEFAULT_PART_SIZE),
     log: (line: string) => console.log(line),
@@ -91,8 +94,10 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  if (error instanceof WeightsUploadError || error instanceof RemoteSetupError) {
-    console.error(`weights:upload: ${error.message}`);
+  // What the operator can act on is said in a line; anything else keeps its stack.
+  const known = [WeightsUploadError, RemoteSetupError, S3Error, D1HttpError].some((type) => error instanceof type);
+  if (known) {
+    console.error(`weights:upload: ${(error as Error).message}`);
   } else {
     console.error("weights:upload failed:", error);
   }

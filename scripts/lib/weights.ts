@@ -5,10 +5,10 @@
  *
  * Each file's sha256 is computed from the bytes as they are read and sent to R2, never taken from
  * a checksum file the uploader brings, so the manifest vouches for what R2 actually holds; R2
- * checks the hash of each request's bytes (of a whole file, and over the S3 API of each part). Files are streamed: a small file goes in one `put`,
- * a large one as a multipart upload, and no more than one part is ever held in memory. (Neither
- * the `getPlatformProxy()` R2 binding nor a signed S3 request can take a stream of unknown length,
- * so a part is the unit of buffering.)
+ * checks the hash of each request's bytes (of a whole file, and over the S3 API of each part).
+ * Files are streamed: a small file goes in one `put`, a large one as a multipart upload, and no
+ * more than one part is ever held in memory. (Neither the `getPlatformProxy()` R2 binding nor a
+ * signed S3 request can take a stream of unknown length, so a part is the unit of buffering.)
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
