@@ -451,7 +451,8 @@ describe("reviewer console and applicant pages in Chromium", () => {
 
     admin.once("dialog", (dialog) => void dialog.accept());
     await admin.locator("details", { hasText: "/scope/console-added" }).locator("summary").click();
-    await admin.getByRole("button", { name: "Remove server" }).click();
+    // The page reloads once the server is gone: wait for that load, or the next navigation races it.
+    await Promise.all([admin.waitForEvent("load"), admin.getByRole("button", { name: "Remove server" }).click()]);
     await expect.poll(() => row.count(), { timeout: 10_000 }).toBe(0);
 
     await admin.goto(`${gateway.baseUrl}/admin/audit?subjectType=inference_backend`);
