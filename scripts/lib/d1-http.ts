@@ -6,8 +6,8 @@
  *
  * Each statement's values are written into its SQL as literals rather than sent as `params`, which
  * the API takes only as strings; a `batch()` is one API call with one entry per statement, which
- * D1 runs as a batch, as it does the binding's `batch()`. Only what Drizzle uses is here: `prepare().bind()` with `raw()`,
- * `all()`, `first()`, `run()`, and `batch()`.
+ * D1 runs as a batch, as it does the binding's `batch()`. Only what Drizzle uses is here:
+ * `prepare().bind()` with `raw()`, `all()` and `run()`, and `batch()`.
  */
 
 /** How to reach one database. */
@@ -143,10 +143,9 @@ class HttpStatement {
     return inlineParams(this.sql, this.values);
   }
 
-  async raw(options?: { columnNames?: boolean }): Promise<unknown[][]> {
+  async raw(): Promise<unknown[][]> {
     const [result] = await this.send([this.text()]);
-    const rows = result?.results?.rows ?? [];
-    return options?.columnNames ? [result?.results?.columns ?? [], ...rows] : rows;
+    return result?.results?.rows ?? [];
   }
 
   async all(): Promise<D1Result<Record<string, unknown>>> {
@@ -156,12 +155,6 @@ class HttpStatement {
 
   run(): Promise<D1Result<Record<string, unknown>>> {
     return this.all();
-  }
-
-  async first(column?: string): Promise<unknown> {
-    const [row] = (await this.all()).results;
-    if (row === undefined) return null;
-    return column === undefined ? row : row[column];
   }
 }
 
@@ -200,10 +193,6 @@ export function d1OverHttp(options: D1HttpOptions): D1Database {
     async batch(statements: HttpStatement[]) {
       if (statements.length === 0) return [];
       return (await send(statements.map((s) => s.text()))).map(asD1Result);
-    },
-    async exec(sql: string) {
-      const results = await send([sql]);
-      return { count: results.length, duration: 0 };
     },
   };
   return database as unknown as D1Database;
