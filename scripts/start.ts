@@ -12,9 +12,14 @@
  *
  * `PORT` moves the server, `SIM_PORT` the simulator (default: a free port), `PERSIST_TO` the
  * local state (default `.wrangler/state`).
+ *
+ * `npm start -- --billing` also starts the Stripe stand-in (`STRIPE_PORT`, default a free port)
+ * and turns billing on against it: accounts open at the first metered call and usage goes out
+ * through the queue, as in production with a Stripe key.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, relative } from "node:path";
+import { parseArgs } from "node:util";
 import { llama2 } from "../worker/policy/families/llama-2";
 import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
@@ -24,6 +29,7 @@ import { type DemoCase, seedDemoApplications } from "./seed/demo";
 import { type DemoToken, ensureDemoToken } from "./seed/demo-token";
 import { describeLoad, seedPlaceholderLicense } from "./seed/license";
 import { seedSyntheticWeights } from "./seed/weights";
+import { startStripeStandin } from "./stripe-standin";
 
 const port = Number(process.env.PORT ?? 8787);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
@@ -36,6 +42,15 @@ if (!Number.isInteger(simPort) || simPort < 0 || simPort > 65535) {
   console.error(`SIM_PORT must be a TCP port number, not ${process.env.SIM_PORT}`);
   process.exit(2);
 }
+const billing = parseArgs({ options: { billing: { type: "boolean", default: false } } }).values.billing === true;
+const stripePort = Number(process.env.STRIPE_PORT ?? 0);
+if (!Number.isInteger(stripePort) || stripePort < 0 || stripePort > 65535) {
+  console.error(`STRIPE_PORT must be a TCP port number, not ${process.env.STRIPE_PORT}`);
+  process.exit(2);
+}
+/** The Stripe key and webhook secret the gateway and the stand-in share under `--billing`. */
+const LOCAL_STRIPE_KEY = "sk_test_local";
+const LOCAL_WEBHOOK_SECRET = "whsec_local";
 const HEALTH_TIMEOUT_MS = 60_000;
 
 function step(message: string): void {
@@ -63,6 +78,7 @@ function printBanner(
   demoCases: { label: string; statusUrl: string }[] | undefined,
   demoToken: DemoToken | undefined,
   simulatorUrl: string,
+  stripeUrl: string | undefined,
 ): void {
   const lines = [
     "",
@@ -89,6 +105,10 @@ function printBanner(
     `    curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" ${baseUrl}/v1/chat/completions \\`,
     `      -d '{"model":"llama-2-7b-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'`,
     `    OpenAI client: new OpenAI({ baseURL: "${baseUrl}/v1", apiKey: TOKEN })`,
+    "",
+    stripeUrl
+      ? `  Billing: on, through the Stripe stand-in at ${stripeUrl}; standing: curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/billing`
+      : "  Billing: off (no Stripe key); `npm start -- --billing` runs it against a local Stripe stand-in",
   );
   lines.push(
     "",
@@ -125,8 +145,30 @@ async function main(): Promise<void> {
 
   step("Inference-backend simulator");
   const simulator = await startBackendSimulator({ port: simPort, models: llama2.models.map((m) => m.id) });
-  closeSimulator = () => simulator.close();
+  closeHelpers = () => simulator.close();
   console.log(`Listening on ${simulator.url}; every Llama 2 model is routed to it`);
+
+  const billingVars: string[] = [];
+  let stripeUrl: string | undefined;
+  if (billing) {
+    step("Stripe stand-in (billing on)");
+    const stripe = await startStripeStandin({ port: stripePort });
+    stripeUrl = stripe.url;
+    closeHelpers = async () => {
+      await Promise.all([simulator.close(), stripe.close()]);
+    };
+    billingVars.push(
+      "--var",
+      `STRIPE_SECRET_KEY:${LOCAL_STRIPE_KEY}`,
+      "--var",
+      `STRIPE_WEBHOOK_SECRETS:${LOCAL_WEBHOOK_SECRET}`,
+      "--var",
+      `STRIPE_API_BASE:${stripe.url}`,
+    );
+    console.log(
+      `Listening on ${stripe.url}; the gateway bills through it (what it holds: curl -H "Authorization: Bearer ${LOCAL_STRIPE_KEY}" ${stripe.url}/_standin/state)`,
+    );
+  }
 
   step(`wrangler dev on ${baseUrl}`);
   const server = spawnWrangler(
@@ -144,6 +186,7 @@ async function main(): Promise<void> {
       `INFERENCE_BACKENDS:${inferenceBackends(simulator)}`,
       "--var",
       "INFERENCE_ALLOWED_HOSTS:127.0.0.1",
+      ...billingVars,
       "--show-interactive-dev-session=false",
     ],
     // Its own process group, so that stopping it stops workerd too, and Ctrl-C reaches it only
@@ -154,7 +197,7 @@ async function main(): Promise<void> {
   const stopServer = (signal: NodeJS.Signals, exitCode: number) => {
     if (stopping) return;
     stopping = true;
-    void closeSimulator();
+    void closeHelpers();
     if (server.pid === undefined || server.exitCode !== null || server.signalCode !== null) process.exit(exitCode);
     // Ask wrangler to stop (it stops workerd), then make sure of it after a grace period.
     killGroup(server.pid, signal);
@@ -196,7 +239,7 @@ async function main(): Promise<void> {
     console.warn(`⚠ No demo applications: ${demo.warning}`);
   }
 
-  printBanner(demo.ok ? demo.cases : undefined, demoToken, simulator.url);
+  printBanner(demo.ok ? demo.cases : undefined, demoToken, simulator.url, stripeUrl);
 }
 
 /** `INFERENCE_BACKENDS`: every Llama 2 model served by the simulator. */
@@ -215,8 +258,8 @@ function readPreviousDemo(): { cases: DemoCase[]; demoToken?: DemoToken } {
 }
 
 let stopping = false;
-/** Stops the simulator once it runs. */
-let closeSimulator: () => Promise<void> = async () => {};
+/** Stops the simulator (and the Stripe stand-in) once they run. */
+let closeHelpers: () => Promise<void> = async () => {};
 /** How to give up once the server runs: stop it too. Before that, just exit. */
 let onFailure: () => void = () => process.exit(1);
 

@@ -71,15 +71,15 @@ export interface GatewayProcess {
 }
 
 /**
- * Starts `scripts/start.ts` on a free port with state in a fresh temporary directory. `node
- * --import tsx` rather than the tsx CLI: one process, so SIGTERM reaches start.ts itself; its own
- * process group, so that a last-resort kill can take the whole tree.
+ * Starts `scripts/start.ts` (with `args`, e.g. `--billing`) on a free port with state in a fresh
+ * temporary directory. `node --import tsx` rather than the tsx CLI: one process, so SIGTERM
+ * reaches start.ts itself; its own process group, so that a last-resort kill can take the whole tree.
  */
-export async function startGateway(): Promise<GatewayProcess> {
+export async function startGateway(args: string[] = []): Promise<GatewayProcess> {
   const dir = mkdtempSync(join(tmpdir(), "modelgate-gw-"));
   const port = await freePort();
   const baseUrl = `http://127.0.0.1:${port}`;
-  const child = spawn(process.execPath, ["--import", "tsx", join("scripts", "start.ts")], {
+  const child = spawn(process.execPath, ["--import", "tsx", join("scripts", "start.ts"), ...args], {
     cwd: ROOT,
     env: wranglerEnv({ PORT: String(port), PERSIST_TO: join(dir, "state"), FORCE_COLOR: "0" }),
     stdio: ["ignore", "pipe", "pipe"],
