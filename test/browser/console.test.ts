@@ -5,114 +5,29 @@
  * reviewer without the approver role, cross-site posts, an admin steering inference servers, phone
  * width and an axe-core audit.
  */
-import { mkdirSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type AdminRoleName, mintDevAccessToken } from "../../scripts/lib/dev-access-token";
-import { type GatewayProcess, startGateway } from "../../scripts/lib/gateway-process";
-import { ROOT } from "../../scripts/lib/local-state";
+import type { AdminRoleName } from "../../scripts/lib/dev-access-token";
+import type { GatewayProcess } from "../../scripts/lib/gateway-process";
+import { ARTIFACTS, BrowserHarness, EVIL_HOST, expectAccessible, expectNoSidewaysScroll } from "./harness";
 
-const require = createRequire(import.meta.url);
-const AXE_PATH = require.resolve("axe-core");
-const ARTIFACTS = join(ROOT, "test-artifacts");
-/** A second site for cross-site requests: Chromium resolves it to the gateway's own address. */
-const EVIL_HOST = "evil.test";
-
+let harness: BrowserHarness;
 let gateway: GatewayProcess;
-let browser: Browser;
-const contexts: BrowserContext[] = [];
 
 beforeAll(async () => {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  gateway = await startGateway();
-  try {
-    await gateway.ready(90_000);
-  } catch (error) {
-    console.error(gateway.output());
-    throw error;
-  }
-  // launch() gives every run a fresh temporary profile (its own --user-data-dir), and each
-  // newContext() below is a separate cookie jar: one per person in the story.
-  browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      `--host-resolver-rules=MAP ${EVIL_HOST} 127.0.0.1`,
-    ],
-  });
+  harness = await BrowserHarness.start();
+  gateway = harness.gateway;
 });
 
 afterAll(async () => {
-  for (const context of contexts) await context.close().catch(() => undefined);
-  await browser?.close();
-  await gateway?.stop();
+  await harness?.stop();
 });
 
-async function newPage(width = 1280, height = 900): Promise<Page> {
-  // bypassCSP only so that the test can inject axe-core; the pages' own policy stays in force otherwise.
-  const context = await browser.newContext({ viewport: { width, height }, bypassCSP: true });
-  contexts.push(context);
-  return context.newPage();
-}
-
-/** Runs axe-core in the page and fails on serious or critical violations. */
-async function expectAccessible(page: Page, label: string): Promise<void> {
-  await page.addScriptTag({ path: AXE_PATH });
-  const violations = await page.evaluate(async () => {
-    const axe = (
-      globalThis as unknown as {
-        axe: { run(): Promise<{ violations: { id: string; impact: string; nodes: { target: string[] }[] }[] }> };
-      }
-    ).axe;
-    const result = await axe.run();
-    return result.violations.map((v) => ({
-      id: v.id,
-      impact: v.impact,
-      targets: v.nodes.slice(0, 3).map((n) => n.target.join(" ")),
-    }));
-  });
-  const serious = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  expect(serious, `${label}: ${JSON.stringify(serious, null, 2)}`).toEqual([]);
-}
-
-/** Nothing on the page is wider than the viewport (no sideways scrolling at phone width). */
-async function expectNoSidewaysScroll(page: Page, label: string): Promise<void> {
-  const overflow = await page.evaluate(() => {
-    const doc = (
-      globalThis as unknown as { document: { documentElement: { scrollWidth: number; clientWidth: number } } }
-    ).document;
-    return doc.documentElement.scrollWidth - doc.documentElement.clientWidth;
-  });
-  expect(overflow, `${label} scrolls sideways by ${overflow}px`).toBeLessThanOrEqual(0);
-}
-
-async function token(email: string, role: AdminRoleName): Promise<string> {
-  return (await mintDevAccessToken(ROOT, { email, role, ttlSeconds: 3600 })).token;
-}
-
-/** Signs a reviewer in through the local sign-in page, as the README tells a developer to. */
-async function signIn(email: string, role: AdminRoleName, width?: number): Promise<Page> {
-  const page = await newPage(width);
-  const res = await page.goto(`${gateway.baseUrl}/admin`);
-  expect(res?.status()).toBe(401);
-  await page.getByRole("link", { name: "Sign in with a local token" }).click();
-  await page.getByLabel("Access token (JWT)").fill(await token(email, role));
-  await Promise.all([
-    page.waitForURL(`${gateway.baseUrl}/admin`),
-    page.getByRole("button", { name: "Sign in" }).click(),
-  ]);
-  await page.getByRole("heading", { name: "Review queue" }).waitFor();
-  return page;
-}
+const newPage = (width?: number, height?: number): Promise<Page> => harness.newPage(width, height);
+const signIn = (email: string, role: AdminRoleName, width?: number): Promise<Page> =>
+  harness.signIn(email, role, width);
 
 /** Fills and submits the public application form; returns the status page's address. */
 async function apply(page: Page, org: { name: string; country: string; email: string; mau: string }): Promise<string> {

@@ -1,0 +1,120 @@
+/**
+ * What every browser test file needs: the gateway started exactly as `npm start` starts it (with
+ * the file's own flags), Debian's Chromium driven by playwright-core, a context (cookie jar) per
+ * person, the local sign-in, and the checks every page must pass (axe-core, no sideways scrolling).
+ */
+import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import { expect } from "vitest";
+import { type AdminRoleName, mintDevAccessToken } from "../../scripts/lib/dev-access-token";
+import { type GatewayProcess, startGateway } from "../../scripts/lib/gateway-process";
+import { ROOT } from "../../scripts/lib/local-state";
+
+const require = createRequire(import.meta.url);
+const AXE_PATH = require.resolve("axe-core");
+/** Where screenshots go. */
+export const ARTIFACTS = join(ROOT, "test-artifacts");
+/** A second site for cross-site requests: Chromium resolves it to the gateway's own address. */
+export const EVIL_HOST = "evil.test";
+
+/** A running gateway and browser; `stop()` takes both down. */
+export class BrowserHarness {
+  private readonly contexts: BrowserContext[] = [];
+
+  private constructor(
+    readonly gateway: GatewayProcess,
+    private readonly browser: Browser,
+  ) {}
+
+  /** Starts `npm start -- …gatewayArgs` on throwaway state, then Chromium. */
+  static async start(gatewayArgs: string[] = []): Promise<BrowserHarness> {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const gateway = await startGateway(gatewayArgs);
+    try {
+      await gateway.ready(90_000);
+    } catch (error) {
+      console.error(gateway.output());
+      await gateway.stop();
+      throw error;
+    }
+    // launch() gives every run a fresh temporary profile (its own --user-data-dir), and each
+    // newContext() is a separate cookie jar: one per person in a story.
+    const browser = await chromium.launch({
+      executablePath: "/usr/bin/chromium",
+      headless: true,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        `--host-resolver-rules=MAP ${EVIL_HOST} 127.0.0.1`,
+      ],
+    });
+    return new BrowserHarness(gateway, browser);
+  }
+
+  async stop(): Promise<void> {
+    for (const context of this.contexts) await context.close().catch(() => undefined);
+    await this.browser.close();
+    await this.gateway.stop();
+  }
+
+  async newPage(width = 1280, height = 900): Promise<Page> {
+    // bypassCSP only so that the tests can inject axe-core; the pages' own policy stays in force otherwise.
+    const context = await this.browser.newContext({ viewport: { width, height }, bypassCSP: true });
+    this.contexts.push(context);
+    return context.newPage();
+  }
+
+  /** Signs a reviewer in through the local sign-in page, as the README tells a developer to. */
+  async signIn(email: string, role: AdminRoleName, width?: number): Promise<Page> {
+    const page = await this.newPage(width);
+    const res = await page.goto(`${this.gateway.baseUrl}/admin`);
+    expect(res?.status()).toBe(401);
+    await page.getByRole("link", { name: "Sign in with a local token" }).click();
+    const { token } = await mintDevAccessToken(ROOT, { email, role, ttlSeconds: 3600 });
+    await page.getByLabel("Access token (JWT)").fill(token);
+    await Promise.all([
+      page.waitForURL(`${this.gateway.baseUrl}/admin`),
+      page.getByRole("button", { name: "Sign in" }).click(),
+    ]);
+    await page.getByRole("heading", { name: "Review queue" }).waitFor();
+    return page;
+  }
+}
+
+/** Runs axe-core in the page and fails on serious or critical violations. */
+export async function expectAccessible(page: Page, label: string): Promise<void> {
+  await page.addScriptTag({ path: AXE_PATH });
+  const violations = await page.evaluate(async () => {
+    const axe = (
+      globalThis as unknown as {
+        axe: { run(): Promise<{ violations: { id: string; impact: string; nodes: { target: string[] }[] }[] }> };
+      }
+    ).axe;
+    const result = await axe.run();
+    return result.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      targets: v.nodes.slice(0, 3).map((n) => n.target.join(" ")),
+    }));
+  });
+  const serious = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  expect(serious, `${label}: ${JSON.stringify(serious, null, 2)}`).toEqual([]);
+}
+
+/** Nothing on the page is wider than the viewport (no sideways scrolling at phone width). */
+export async function expectNoSidewaysScroll(page: Page, label: string): Promise<void> {
+  const overflow = await page.evaluate(() => {
+    const doc = (
+      globalThis as unknown as { document: { documentElement: { scrollWidth: number; clientWidth: number } } }
+    ).document;
+    return doc.documentElement.scrollWidth - doc.documentElement.clientWidth;
+  });
+  expect(overflow, `${label} scrolls sideways by ${overflow}px`).toBeLessThanOrEqual(0);
+}
