@@ -5,8 +5,8 @@
  *   `{sql}` or `{batch: [{sql}]}`; rows as `{columns, rows}`; a batch is one transaction; errors as
  *   `{success: false, errors: [{code, message}]}`), over a real SQLite file with the project's
  *   migrations applied.
- * - R2's S3 API, path-style: HeadBucket, PutObject, CreateMultipartUpload, UploadPart,
- *   CompleteMultipartUpload, AbortMultipartUpload. Every request's AWS Signature V4 is checked
+ * - R2's S3 API, path-style: HeadBucket, PutObject, DeleteObject, CreateMultipartUpload,
+ *   UploadPart, CompleteMultipartUpload, AbortMultipartUpload. Every request's AWS Signature V4 is checked
  *   (computed here independently of the client's signer) and so is its `x-amz-content-sha256`
  *   against the bytes received, as S3 does; parts other than the last must be at least 5 MiB.
  */
@@ -266,6 +266,11 @@ export async function startCloudflareStandIn(options: StandInOptions): Promise<C
     }
     if (req.method === "DELETE" && upload && uploadId) {
       uploads.delete(uploadId);
+      res.writeHead(204);
+      return res.end();
+    }
+    if (req.method === "DELETE" && key) {
+      objects.delete(key);
       res.writeHead(204);
       return res.end();
     }

@@ -188,7 +188,7 @@ describe("weights:upload --remote", () => {
     expect(revisionCount()).toBe(1);
   });
 
-  it("aborts the multipart upload and publishes nothing when R2 refuses a part", async () => {
+  it("aborts the multipart upload, removes what it stored and publishes nothing when R2 refuses a part", async () => {
     const dir = join(work, "v2");
     writeFolder(dir, randomBytes(11 * MiB));
     standIn.refuseParts.add(2);
@@ -200,7 +200,10 @@ describe("weights:upload --remote", () => {
       standIn.refuseParts.clear();
     }
     expect(standIn.uploads.size).toBe(0);
-    expect(writes().at(-1)).toMatch(/^DELETE .*uploadId=/);
+    expect(writes().some((r) => /^DELETE .*uploadId=/.test(r))).toBe(true);
+    // The files this attempt had stored are gone again: only the published revision's remain.
+    const published = standIn.db.prepare("SELECT r2_key FROM model_files").all() as { r2_key: string }[];
+    expect([...standIn.objects.keys()].sort()).toEqual(published.map((f) => f.r2_key).sort());
     expect(mainRevision()).toBe(first.revision);
     expect(revisionCount()).toBe(1);
   });

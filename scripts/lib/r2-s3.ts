@@ -133,5 +133,9 @@ export function s3Bucket(options: S3BucketOptions): WeightsBucket & { check(): P
         },
       };
     },
+
+    async delete(key) {
+      await call("DELETE", objectUrl(key));
+    },
   };
 }

@@ -47,6 +47,8 @@ export interface WeightsBucket {
   put(key: string, bytes: Uint8Array, options: { contentType: string; sha256: string }): Promise<{ etag: string }>;
   /** Starts a multipart upload of `key`. */
   createMultipartUpload(key: string, options: { contentType: string }): Promise<WeightsMultipartUpload>;
+  /** Removes the object under `key`, if there is one. */
+  delete(key: string): Promise<void>;
 }
 
 /** A multipart upload under way. */
@@ -76,6 +78,7 @@ export function bindingBucket(r2: R2Bucket): WeightsBucket {
         abort: () => upload.abort(),
       };
     },
+    delete: (key) => r2.delete(key),
   };
 }
 
@@ -279,15 +282,22 @@ export async function uploadWeights(
 
   const uploadId = randomIds(systemClock).id("upl");
   const uploaded: UploadedFile[] = [];
-  for (const file of local) {
-    const r2Key = `models/${model}/uploads/${uploadId}/${file.path}`;
-    const contentType = contentTypeOf(file.path);
-    log(`  ${file.path} (${file.size} bytes)${file.size > threshold ? " in parts" : ""}`);
-    const { sha256, etag } =
-      file.size > threshold
-        ? await putInParts(target.bucket, r2Key, file, contentType, partSize, log)
-        : await putWhole(target.bucket, r2Key, file, contentType);
-    uploaded.push({ path: file.path, size: file.size, sha256, r2Key, etag, contentType });
+  try {
+    for (const file of local) {
+      const r2Key = `models/${model}/uploads/${uploadId}/${file.path}`;
+      const contentType = contentTypeOf(file.path);
+      log(`  ${file.path} (${file.size} bytes)${file.size > threshold ? " in parts" : ""}`);
+      const { sha256, etag } =
+        file.size > threshold
+          ? await putInParts(target.bucket, r2Key, file, contentType, partSize, log)
+          : await putWhole(target.bucket, r2Key, file, contentType);
+      uploaded.push({ path: file.path, size: file.size, sha256, r2Key, etag, contentType });
+    }
+  } catch (error) {
+    // Nothing is published, so the files this attempt stored would never be served: remove them
+    // (best effort). A failure while publishing leaves them, as the revision may have landed.
+    await Promise.all(uploaded.map((f) => target.bucket.delete(f.r2Key).catch(() => undefined)));
+    throw error;
   }
   const revision = await publish(db, model, uploaded);
   return { model, revision, files: uploaded.length, totalBytes, outcome: "uploaded" };
