@@ -306,5 +306,7 @@ describe("values written into SQL for the D1 API", () => {
     expect(() => inlineParams("select ?", [1, 2])).toThrow(/1 parameters, 2 given/);
     expect(() => inlineParams("select ?1", [1])).toThrow(/numbered/);
     expect(() => inlineParams("select ?", [Number.NaN])).toThrow(/cannot be stored/);
+    // SQLite stops reading SQL at a NUL: a string with one goes as bytes, as a bound value would.
+    expect(inlineParams("select ?", ["a\u0000b"])).toBe("select CAST(X'610062' AS TEXT)");
   });
 });

@@ -32,10 +32,16 @@ interface RawResult {
   meta?: Record<string, unknown>;
 }
 
+const hexOf = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
 /** A value as an SQLite literal. */
 export function sqlLiteral(value: unknown): string {
   if (value === null || value === undefined) return "NULL";
-  if (typeof value === "string") return `'${value.replaceAll("'", "''")}'`;
+  if (typeof value === "string") {
+    // SQLite stops reading SQL text at a NUL: such a string travels as its UTF-8 bytes.
+    if (value.includes("\u0000")) return `CAST(X'${hexOf(new TextEncoder().encode(value))}' AS TEXT)`;
+    return `'${value.replaceAll("'", "''")}'`;
+  }
   if (typeof value === "number") {
     if (!Number.isFinite(value)) throw new TypeError(`${value} cannot be stored in SQLite`);
     return String(value);
@@ -47,9 +53,7 @@ export function sqlLiteral(value: unknown): string {
       value instanceof ArrayBuffer
         ? new Uint8Array(value)
         : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
-    let hex = "";
-    for (const byte of bytes) hex += byte.toString(16).padStart(2, "0");
-    return `X'${hex}'`;
+    return `X'${hexOf(bytes)}'`;
   }
   throw new TypeError(`a ${typeof value} cannot be written into SQL`);
 }
