@@ -42,12 +42,14 @@ export function DailyBarChart(props: {
     undefined,
   );
   const labelEvery = Math.max(1, Math.ceil(points.length / 8));
+  // The figures under the chart; its text alternative also says which days it covers.
+  const figures = `Total ${props.format(total)}${
+    busiest && busiest.value > 0 ? `; busiest day ${busiest.day} with ${props.format(busiest.value)}` : ""
+  }.`;
   const summary =
     points.length === 0
       ? "No days in range."
-      : `${points.length} days from ${points[0]?.day} to ${points.at(-1)?.day}; total ${props.format(total)}${
-          busiest && busiest.value > 0 ? `; busiest day ${busiest.day} with ${props.format(busiest.value)}` : ""
-        }.`;
+      : `${points.length} days from ${points[0]?.day} to ${points.at(-1)?.day}. ${figures}`;
   // An empty chart reads like a broken one; say there is nothing instead.
   if (total === 0) return <p class="panel empty">{`${props.title}: nothing in this period.`}</p>;
   return (
@@ -105,7 +107,9 @@ export function DailyBarChart(props: {
         })}
         <line x1={PAD.left} x2={WIDTH - PAD.right} y1={PAD.top + plotH} y2={PAD.top + plotH} stroke="#4a5563" />
       </svg>
-      <figcaption class="muted">{summary}</figcaption>
+      <figcaption>
+        <strong>{props.title}.</strong> <span class="muted">{figures}</span>
+      </figcaption>
     </figure>
   );
 }

@@ -270,6 +270,13 @@ describe("reviewer console and applicant pages in Chromium", () => {
 
     await admin.goto(`${gateway.baseUrl}/admin/usage`);
     await expect(admin.locator("svg[role=img]").count()).resolves.toBe(3);
+    // Each chart says what it plots under it, not only to screen readers.
+    const captions = await admin.locator("figcaption strong").allTextContents();
+    expect(captions.map((c) => c.split(",")[0])).toEqual([
+      "Download requests per day",
+      "Bytes served per day",
+      "Inference tokens per day",
+    ]);
     await admin.screenshot({ path: join(ARTIFACTS, "usage.png"), fullPage: true });
     await expectAccessible(admin, "usage page");
 
