@@ -107,11 +107,9 @@ export function s3Bucket(options: S3BucketOptions): WeightsBucket & { check(): P
       if (!uploadId) throw new S3Error(502, "MissingUploadId", `R2 started no multipart upload of ${key}`);
       const upload = `uploadId=${encodeURIComponent(uploadId)}`;
       return {
-        async uploadPart(partNumber, bytes, sha256) {
-          const response = await call("PUT", objectUrl(key, `partNumber=${partNumber}&${upload}`), {
-            body: bytes,
-            sha256,
-          });
+        async uploadPart(partNumber, bytes) {
+          // `call` sends the part's own sha256, which R2 checks against the bytes it receives.
+          const response = await call("PUT", objectUrl(key, `partNumber=${partNumber}&${upload}`), { body: bytes });
           return { partNumber, etag: bareEtag(response.headers.get("etag")) };
         },
         async complete(parts) {

@@ -53,8 +53,8 @@ export interface WeightsBucket {
 
 /** A multipart upload under way. */
 export interface WeightsMultipartUpload {
-  /** Sends part `partNumber` (from 1); `sha256` is the part's own hash. */
-  uploadPart(partNumber: number, bytes: Uint8Array, sha256: string): Promise<R2UploadedPart>;
+  /** Sends part `partNumber` (from 1). */
+  uploadPart(partNumber: number, bytes: Uint8Array): Promise<R2UploadedPart>;
   /** Joins the parts into the object; resolves to its etag. */
   complete(parts: R2UploadedPart[]): Promise<{ etag: string }>;
   /** Drops the parts sent so far. */
@@ -72,7 +72,6 @@ export function bindingBucket(r2: R2Bucket): WeightsBucket {
     async createMultipartUpload(key, { contentType }) {
       const upload = await r2.createMultipartUpload(key, { httpMetadata: { contentType } });
       return {
-        // The binding takes no checksum for a part (R2's S3 API does).
         uploadPart: (partNumber, bytes) => upload.uploadPart(partNumber, bytes),
         complete: async (parts) => ({ etag: (await upload.complete(parts)).etag }),
         abort: () => upload.abort(),
@@ -199,8 +198,7 @@ async function putInParts(
     let read = 0;
     const sendPart = async () => {
       const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, filled);
-      const partHash = createHash("sha256").update(bytes).digest("hex");
-      uploaded.push(await upload.uploadPart(uploaded.length + 1, bytes, partHash));
+      uploaded.push(await upload.uploadPart(uploaded.length + 1, bytes));
       log(`  ${file.path}: part ${uploaded.length}/${parts}`);
       filled = 0;
     };
