@@ -9,6 +9,7 @@
  * D1 runs as a batch, as it does the binding's `batch()`. Only what Drizzle uses is here:
  * `prepare().bind()` with `raw()`, `all()` and `run()`, and `batch()`.
  */
+import { hexOf } from "../../worker/platform/hash";
 
 /** How to reach one database. */
 export interface D1HttpOptions {
@@ -31,8 +32,6 @@ interface RawResult {
   results?: { columns?: string[]; rows?: unknown[][] };
   meta?: Record<string, unknown>;
 }
-
-const hexOf = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 
 /** A value as an SQLite literal. */
 export function sqlLiteral(value: unknown): string {

@@ -1,10 +1,14 @@
 const encoder = new TextEncoder();
 
+/** Bytes as lower-case hex. */
+export function hexOf(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** Lower-case hex SHA-256 of a string (UTF-8) or bytes. */
 export async function sha256Hex(input: string | Uint8Array | ArrayBuffer): Promise<string> {
   const bytes = typeof input === "string" ? encoder.encode(input) : input;
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return hexOf(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)));
 }
 
 /** Constant-time comparison of two strings of hex or base64 text. */
