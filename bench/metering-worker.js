@@ -36,18 +36,19 @@ export default {
     const startedAt = Date.now();
     const url = new URL(request.url);
     const body = await request.json();
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
+    // A plain answer's time limit covers the whole answer (the runtime's timer, never cleared);
+    // a stream's covers its headers, so it needs a timer of its own to clear.
+    const controller = body.stream ? new AbortController() : undefined;
+    const timer = controller && setTimeout(() => controller.abort(), TIMEOUT_MS);
     const upstream = await fetch(env.UPSTREAM + url.pathname, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
       redirect: "manual",
-      signal: controller.signal,
+      signal: controller ? controller.signal : AbortSignal.timeout(TIMEOUT_MS),
     });
     if (!body.stream || !upstream.body) {
       const text = await upstream.text();
-      clearTimeout(timer);
       const usage = JSON.parse(text).usage;
       const headers = contractHeaders(startedAt, "application/json");
       headers["x-usage"] = String(usage?.total_tokens);

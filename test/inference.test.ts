@@ -353,6 +353,40 @@ describe("backend pool", () => {
     await expect(ask(none.client)).rejects.toMatchObject({ status: 503 });
   });
 
+  it("limits a stream's wait for its first byte, not the stream: a long answer runs past the timeout", async () => {
+    const streamOf = (client: OpenAI, max_tokens: number) =>
+      client.chat.completions.create({
+        model: MODEL,
+        messages: [{ role: "user", content: "hi" }],
+        max_tokens,
+        stream: true,
+      });
+    const stalled = scopedBackend(0);
+    await stalled.mode("stall");
+    const slow = await setup([stalled], { timeoutMs: 300 });
+    await expect(streamOf(slow.client, 2)).rejects.toMatchObject({ status: 504 });
+
+    const patient = scopedBackend(1);
+    await patient.mode("ok", { tokenLatencyMs: 60 });
+    const { gw, client } = await setup([patient], { timeoutMs: 300 });
+    const startedAt = Date.now();
+    let text = "";
+    for await (const chunk of await streamOf(client, 8)) text += chunk.choices[0]?.delta.content ?? "";
+    expect(Date.now() - startedAt).toBeGreaterThan(300);
+    expect(text).toBe("tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ");
+    expect(
+      (await ledger(gw)).map(({ backend, outcome, status, completionTokens }) => ({
+        backend,
+        outcome,
+        status,
+        completionTokens,
+      })),
+    ).toEqual([
+      { backend: null, outcome: "backend_error", status: 504, completionTokens: 0 },
+      { backend: patient.url, outcome: "ok", status: 200, completionTokens: 8 },
+    ]);
+  });
+
   it("refuses private-address backend URLs unless the operator allowed the host", async () => {
     const gw = testGateway({
       bindings: {

@@ -167,8 +167,32 @@ async function readJson(request: Request): Promise<unknown> {
 }
 
 type Attempt =
-  | { ok: true; backend: Backend; response: Response; clearTimer: () => void; abort: () => void }
+  | { ok: true; backend: Backend; response: Response; deadline: Deadline }
   | { ok: false; failure: "timeout" | "connect" | "server_error" | "none_usable" };
+
+/** A backend call's time limit, and the means to end the call early. */
+interface Deadline {
+  signal: AbortSignal;
+  /** Stops the clock (a stream's limit covers its response headers, not the whole stream). */
+  clear(): void;
+  /** Ends the call (a stream whose client left). */
+  abort(): void;
+}
+
+/**
+ * A plain answer's limit covers the whole answer and is never cleared or aborted: the runtime's
+ * own timeout signal, whose timer ends with the request, costs no JavaScript timer. A stream's
+ * limit ends at its headers and the call ends with its client, so it needs a controller.
+ */
+function deadlineFor(ms: number, stream: boolean): Deadline {
+  if (!stream) return { signal: AbortSignal.timeout(ms), clear() {}, abort() {} };
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new DOMException("The backend did not answer in time.", "TimeoutError")),
+    ms,
+  );
+  return { signal: controller.signal, clear: () => clearTimeout(timer), abort: () => controller.abort() };
+}
 
 /**
  * Tries the pool's backends in weighted order until one answers without a server error. A request
@@ -180,6 +204,7 @@ async function sendToBackends(
   pool: readonly Backend[],
   path: string,
   bodyFor: (backend: Backend) => string,
+  stream: boolean,
   options: Required<ProxyOptions>,
   waitUntil: (p: Promise<unknown>) => void,
 ): Promise<Attempt> {
@@ -187,12 +212,7 @@ async function sendToBackends(
   const order = orderBackends(pool, (b) => options.health.isUsable(b, now, waitUntil), options.random);
   let failure: Exclude<Attempt, { ok: true }>["failure"] = "none_usable";
   for (const backend of order) {
-    const controller = new AbortController();
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort();
-    }, backend.timeoutMs);
+    const deadline = deadlineFor(backend.timeoutMs, stream);
     const headers: Record<string, string> = {
       "content-type": "application/json",
       accept: "application/json, text/event-stream",
@@ -205,17 +225,17 @@ async function sendToBackends(
         headers,
         body: bodyFor(backend),
         redirect: "manual",
-        signal: controller.signal,
+        signal: deadline.signal,
       });
     } catch {
-      clearTimeout(timer);
-      failure = timedOut ? "timeout" : "connect";
+      deadline.clear();
+      failure = deadline.signal.aborted ? "timeout" : "connect";
       options.health.markDown(backend, services.clock.now().getTime(), failure);
       services.log.warn("inference backend failed", { backend: backend.url, failure });
       continue;
     }
     if (response.status >= 500 || (response.status >= 300 && response.status < 400)) {
-      clearTimeout(timer);
+      deadline.clear();
       await response.body?.cancel();
       if (response.status >= 500)
         options.health.markDown(backend, services.clock.now().getTime(), `status ${response.status}`);
@@ -225,7 +245,7 @@ async function sendToBackends(
     }
     options.health.markUp(backend, now);
     shareHealth(services, options.health, waitUntil);
-    return { ok: true, backend, response, clearTimer: () => clearTimeout(timer), abort: () => controller.abort() };
+    return { ok: true, backend, response, deadline };
   }
   shareHealth(services, options.health, waitUntil);
   return { ok: false, failure };
@@ -401,7 +421,7 @@ export async function proxyCompletion(
       status,
     });
   const path = endpoint === "chat" ? "chat/completions" : "completions";
-  const attempt = await sendToBackends(services, pool, path, bodyFor, options, waitUntil);
+  const attempt = await sendToBackends(services, pool, path, bodyFor, stream, options, waitUntil);
   if (!attempt.ok) {
     const status = attempt.failure === "timeout" ? 504 : attempt.failure === "none_usable" ? 503 : 502;
     settleUnused(null, "backend_error", status);
@@ -431,7 +451,7 @@ export async function proxyCompletion(
       settleUnused(backend.url, "partial", 502);
       throw new AppError("bad_gateway", "The inference server broke off its answer.");
     } finally {
-      attempt.clearTimer();
+      attempt.deadline.clear();
     }
   };
 
@@ -469,7 +489,7 @@ export async function proxyCompletion(
     return new Response(text, { status: 200, headers });
   }
 
-  attempt.clearTimer();
+  attempt.deadline.clear();
   let reportStream: (report: StreamReport) => void = () => {};
   const ended = new Promise<StreamReport>((resolve) => {
     reportStream = resolve;
@@ -481,7 +501,7 @@ export async function proxyCompletion(
   });
   waitUntil(
     ended.then((report) => {
-      if (report.end === "client_closed") attempt.abort();
+      if (report.end === "client_closed") attempt.deadline.abort();
       const usage = report.usage;
       const completionTokens = usage?.completionTokens ?? report.contentChunks;
       const promptTokens = usage?.promptTokens ?? promptEstimate;
