@@ -48,7 +48,7 @@ export interface SimulatorModeRequest {
   count?: number;
   /** Tokens streamed before a `cut` (default 3). */
   cutAfter?: number;
-  /** Changes the pause between streamed tokens from now on. */
+  /** Changes the time to generate a token (see {@link BackendSimulatorOptions}) from now on. */
   tokenLatencyMs?: number;
 }
 
@@ -69,7 +69,7 @@ export interface BackendSimulatorOptions {
   port?: number;
   /** Default 127.0.0.1: nothing here should listen beyond loopback. */
   host?: string;
-  /** Pause between streamed tokens, default 0. */
+  /** Time to generate a token, default 0: the pause between streamed tokens; a plain answer waits for all of them. */
   tokenLatencyMs?: number;
   /** Models served, default every Llama 2 model id. */
   models?: readonly string[];
@@ -408,6 +408,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       return;
     }
 
+    // A plain answer comes once every token is generated, as a GPU server's does.
+    if (state.tokenLatencyMs > 0) await sleep(maxTokens * state.tokenLatencyMs);
     const content = completionText(maxTokens);
     const usage = usageOf(promptTokens, maxTokens);
     const choice =

@@ -162,6 +162,27 @@ describe("backend simulators", () => {
     expect(recorded[0]?.headers.authorization).toBe("Bearer sk-test");
   });
 
+  it("takes its time per token: a plain answer comes once all are generated, a stream paces them", async () => {
+    const url = `${backendUrls[2]}/scope/${crypto.randomUUID()}`;
+    await setMode(url, { mode: "ok", tokenLatencyMs: 40 });
+    let startedAt = Date.now();
+    const plain = await fetch(`${url}/v1/chat/completions`, chatRequest({ messages: [], max_tokens: 5 }));
+    expect(plain.status).toBe(200);
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(200);
+    await plain.body?.cancel();
+
+    startedAt = Date.now();
+    const streamed = await fetch(
+      `${url}/v1/chat/completions`,
+      chatRequest({ messages: [], max_tokens: 5, stream: true }),
+    );
+    const headersAfter = Date.now() - startedAt;
+    const { data } = await readEvents(streamed);
+    expect(headersAfter).toBeLessThan(150);
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(160);
+    expect(data.at(-1)).toBe("[DONE]");
+  });
+
   it("answers an unknown model with an OpenAI-style 404", async () => {
     const res = await fetch(
       `${backendUrls[0]}/v1/chat/completions`,
