@@ -14,7 +14,7 @@ import {
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
-import { fixedClock } from "../worker/platform/clock";
+import { fixedClock, systemClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
@@ -35,6 +35,8 @@ async function setup(
   options: {
     timeoutMs?: number;
     clock?: ReturnType<typeof fixedClock>;
+    /** The gateway reads the real time instead of `clock`. */
+    realClock?: boolean;
     health?: BackendHealth;
     bindings?: Partial<Env>;
   } = {},
@@ -42,7 +44,7 @@ async function setup(
   const clock = options.clock ?? fixedClock("2026-06-15T12:00:05Z");
   const health = options.health ?? new BackendHealth();
   const gw = testGateway({
-    clock,
+    clock: options.realClock ? systemClock : clock,
     inference: { health, random: () => 0 },
     bindings: {
       INFERENCE_BACKENDS: JSON.stringify({
@@ -351,6 +353,35 @@ describe("backend pool", () => {
 
     const none = await setup([]);
     await expect(ask(none.client)).rejects.toMatchObject({ status: 503 });
+  });
+
+  it("counts in x-modelgate-overhead-ms the gateway's own time, never the backend's, on answers and refusals alike", async () => {
+    const overheadOf = (headers: Headers | undefined) => Number(headers?.get("x-modelgate-overhead-ms") ?? Number.NaN);
+    const slow = scopedBackend(0);
+    await slow.mode("ok", { tokenLatencyMs: 100 });
+    const { gw, client } = await setup([slow], { realClock: true });
+    const startedAt = Date.now();
+    const { response } = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 6 })
+      .withResponse();
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(600);
+    expect(overheadOf(response.headers)).toBeGreaterThanOrEqual(0);
+    expect(overheadOf(response.headers)).toBeLessThan(300);
+
+    const stalled = scopedBackend(1);
+    await stalled.mode("stall");
+    const timedOut = await setup([stalled], { timeoutMs: 600, realClock: true });
+    const error = (await ask(timedOut.client).catch((e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+    expect(error.status).toBe(504);
+    expect(overheadOf(error.headers)).toBeLessThan(300);
+
+    const refused = await gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer mg_unknown", "content-type": "application/json" },
+      body: "{}",
+    });
+    expect(refused.status).toBe(401);
+    expect(overheadOf(refused.headers)).toBeGreaterThanOrEqual(0);
   });
 
   it("limits a stream's wait for its first byte, not the stream: a long answer runs past the timeout", async () => {

@@ -285,13 +285,46 @@ export async function proxyCompletion(
   endpoint: Endpoint,
   proxyOptions: ProxyOptions = {},
 ): Promise<Response> {
+  const timing: Timing = { startedAt: call.services.clock.now(), sentAt: undefined };
+  try {
+    return await complete(call, endpoint, proxyOptions, timing);
+  } catch (error) {
+    // Refusals and backend failures carry it too: every answer on these routes does.
+    if (error instanceof AppError) error.headers[OVERHEAD_HEADER] = overheadOf(timing, call.services);
+    throw error;
+  }
+}
+
+const OVERHEAD_HEADER = "x-modelgate-overhead-ms";
+
+/** When a completion arrived, and when it was handed to its first backend. */
+interface Timing {
+  startedAt: Date;
+  sentAt: number | undefined;
+}
+
+/**
+ * The gateway's own time on a request, in ms, backends excluded: from its arrival until it went
+ * to a backend (or until now, if it never did). After the backend answers, the gateway waits on
+ * nothing before it answers in turn (settlement and the ledger come after the response).
+ */
+function overheadOf(timing: Timing, services: Services): string {
+  return String((timing.sentAt ?? services.clock.now().getTime()) - timing.startedAt.getTime());
+}
+
+async function complete(
+  call: CompletionCall,
+  endpoint: Endpoint,
+  proxyOptions: ProxyOptions,
+  timing: Timing,
+): Promise<Response> {
   const { request: incoming, env, ctx, services } = call;
   const options: Required<ProxyOptions> = {
     health: proxyHealth(proxyOptions),
     fetcher: proxyOptions.fetcher ?? ((input, init) => fetch(input, init)),
     random: proxyOptions.random ?? Math.random,
   };
-  const startedAt = services.clock.now();
+  const { startedAt } = timing;
   const caller: InferenceCaller = await authenticateInference(
     services,
     inferenceBearer(incoming.headers.get("authorization")),
@@ -421,6 +454,7 @@ export async function proxyCompletion(
       status,
     });
   const path = endpoint === "chat" ? "chat/completions" : "completions";
+  timing.sentAt = services.clock.now().getTime();
   const attempt = await sendToBackends(services, pool, path, bodyFor, stream, options, waitUntil);
   if (!attempt.ok) {
     const status = attempt.failure === "timeout" ? 504 : attempt.failure === "none_usable" ? 503 : 502;
@@ -436,10 +470,9 @@ export async function proxyCompletion(
   }
 
   const { backend, response } = attempt;
-  const overheadMs = services.clock.now().getTime() - startedAt.getTime();
   const headers: Record<string, string> = {
     ...rateLimitHeaders(reservation.snapshot),
-    "x-modelgate-overhead-ms": String(overheadMs),
+    [OVERHEAD_HEADER]: overheadOf(timing, services),
     "x-request-id": call.requestId,
   };
 

@@ -31,7 +31,7 @@ const completionRoute = (path: "/v1/chat/completions" | "/v1/completions", summa
     tags: ["Inference"],
     summary,
     description:
-      "OpenAI wire format, streamed (`stream: true`, server-sent events) or not. Authorized by a personal access token with the `inference` scope whose organization holds a live grant for the model's family. Answers carry OpenAI's `x-ratelimit-*` headers and `x-modelgate-overhead-ms`.",
+      "OpenAI wire format, streamed (`stream: true`, server-sent events) or not. Authorized by a personal access token with the `inference` scope whose organization holds a live grant for the model's family. Answers carry OpenAI's `x-ratelimit-*` headers (once the request reached the quota check) and `x-modelgate-overhead-ms`: the gateway's own time before the backend, in ms.",
     security: [{ accessToken: [] }],
     request: {
       body: {
