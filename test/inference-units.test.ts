@@ -2,7 +2,13 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
-import { BackendHealth, checkBackendUrl, orderBackends, parseBackendPools } from "../worker/inference/backends";
+import {
+  BACKENDS_CACHE_MS,
+  BackendHealth,
+  checkBackendUrl,
+  orderBackends,
+  parseBackendPools,
+} from "../worker/inference/backends";
 import { ledgerBatch, ledgerEntry, recordUsage, type UsageRecord } from "../worker/inference/ledger";
 import { completionSchema, estimatePromptTokens, plainlyValid } from "../worker/inference/proxy";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
@@ -269,6 +275,29 @@ describe("backend order and health", () => {
       unsent[0],
       { url: b.url, state: "up", reason: null, at: 4_000, downUntil: null },
     ]);
+  });
+
+  it("leaves a backend another isolate found down to that isolate's probe, and probes it itself only if no word comes", async () => {
+    const probes: string[] = [];
+    const health = new BackendHealth(async (input) => {
+      probes.push(String(input));
+      return new Response(null, { status: 503 });
+    });
+    const pending: Promise<unknown>[] = [];
+    const waitUntil = (p: Promise<unknown>) => pending.push(p);
+    health.adopt([{ url: a.url, state: "down", reason: "status 500", at: 1_000, downUntil: 11_000 }]);
+    expect(health.isUsable(a, 11_001, waitUntil)).toBe(false);
+    expect(health.isUsable(a, 11_000 + BACKENDS_CACHE_MS, waitUntil)).toBe(false);
+    expect(probes).toEqual([]);
+    // The other isolate's probe failed again: its word moves the wait on.
+    health.adopt([{ url: a.url, state: "down", reason: "probe", at: 11_500, downUntil: 21_500 }]);
+    expect(health.isUsable(a, 21_501 + BACKENDS_CACHE_MS, waitUntil)).toBe(false);
+    expect(probes).toEqual([]);
+    // No word after that: this isolate probes for itself, and its failure is news to share.
+    expect(health.isUsable(a, 21_500 + BACKENDS_CACHE_MS + 1_001, waitUntil)).toBe(false);
+    await Promise.all(pending);
+    expect(probes).toEqual(["https://a/health"]);
+    expect(health.takeReports()).toEqual([expect.objectContaining({ url: a.url, state: "down", reason: "probe" })]);
   });
 
   it("keeps a failed backend out until a probe finds it healthy again", async () => {

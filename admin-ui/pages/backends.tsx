@@ -1,7 +1,6 @@
 import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { BackendList, BackendView } from "../../worker/admin/backends";
-import { BACKENDS_CACHE_MS } from "../../worker/inference/backend-store";
-import { BACKEND_URL_PROBLEMS, type BackendUrlProblem } from "../../worker/inference/backends";
+import { BACKEND_URL_PROBLEMS, BACKENDS_CACHE_MS, type BackendUrlProblem } from "../../worker/inference/backends";
 import { formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";

@@ -11,15 +11,13 @@ import { inferenceBackendHealth, inferenceBackends } from "../db/schema";
 import { base64url, fromBase64url } from "../platform/ids";
 import type { Services } from "../services";
 import {
+  BACKENDS_CACHE_MS,
   type Backend,
   type BackendHealth,
   type BackendUrlProblem,
   checkBackendUrl,
   type HealthReport,
 } from "./backends";
-
-/** How long an isolate serves the stored servers it read before reading them again. */
-export const BACKENDS_CACHE_MS = 5_000;
 
 type StoredBackendRow = typeof inferenceBackends.$inferSelect;
 

@@ -131,6 +131,17 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
 /** How long a failed backend is left alone before it is probed again. */
 const DOWN_FOR_MS = 10_000;
 
+/** How long an isolate serves the stored servers, and their shared health, before reading them again. */
+export const BACKENDS_CACHE_MS = 5_000;
+
+/**
+ * How much longer an isolate that learned of a failure from another leaves the backend alone:
+ * the isolate that found it down probes it when its time is up, and the others, reading its word
+ * within `BACKENDS_CACHE_MS`, need not probe at all (nor each write what they found). They probe
+ * themselves only if no word comes, say because that isolate is gone.
+ */
+const PROBE_LEFT_TO_REPORTER_MS = BACKENDS_CACHE_MS + 1_000;
+
 /** A change in a backend's health as one isolate saw it: what isolates tell each other. */
 export interface HealthReport {
   url: string;
@@ -207,10 +218,18 @@ export class BackendHealth {
     for (const report of reports) if (!this.unshared.has(report.url)) this.unshared.set(report.url, report);
   }
 
-  /** Takes on what other isolates saw, where it is newer than what this one knows. */
+  /**
+   * Takes on what other isolates saw, where it is newer than what this one knows. A backend
+   * another isolate found down is left to that isolate's probe (`PROBE_LEFT_TO_REPORTER_MS`).
+   */
   adopt(reports: readonly HealthReport[]): void {
     for (const report of reports) {
-      if (report.at > (this.knownAt.get(report.url) ?? Number.NEGATIVE_INFINITY)) this.apply(report);
+      if (report.at <= (this.knownAt.get(report.url) ?? Number.NEGATIVE_INFINITY)) continue;
+      this.apply(
+        report.state === "down"
+          ? { ...report, downUntil: (report.downUntil ?? report.at + DOWN_FOR_MS) + PROBE_LEFT_TO_REPORTER_MS }
+          : report,
+      );
     }
   }
 
