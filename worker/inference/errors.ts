@@ -21,6 +21,7 @@ const OPENAI: Partial<Record<ProblemCode, { type: string; code: string }>> = {
 export function isOpenAiPath(pathname: string): boolean {
   return (
     pathname === "/v1/models" ||
+    /^\/v1\/models\/[^/]+$/.test(pathname) ||
     pathname === "/v1/chat/completions" ||
     pathname === "/v1/completions" ||
     pathname === "/v1/usage"

@@ -129,18 +129,27 @@ export async function serveCompletion(
 /** The OpenAI-compatible surface. `options` lets tests swap the backend health and fetch. */
 export function inferenceRoutes(options: ProxyOptions = {}) {
   const router = newRouter();
-  router.get("/v1/models", async (c) => {
+  /** The models the caller's grant covers that have servers, as OpenAI's model objects. */
+  const servedModels = async (c: Context<HonoEnv>) => {
     const services = c.get("services");
     const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
     const family = findFamily(caller.principal.family);
     const pools = await backendPools(services, proxyHealth(options));
     const created = Math.floor(new Date(`${family?.releaseDate ?? "2023-07-18"}T00:00:00Z`).getTime() / 1000);
-    return c.json({
-      object: "list",
-      data: (family?.models ?? [])
-        .filter((m) => (pools.get(m.id)?.length ?? 0) > 0)
-        .map((m) => ({ id: m.id, object: "model", created, owned_by: family?.licensor ?? "modelgate" })),
-    });
+    return (family?.models ?? [])
+      .filter((m) => (pools.get(m.id)?.length ?? 0) > 0)
+      .map((m) => ({ id: m.id, object: "model" as const, created, owned_by: family?.licensor ?? "modelgate" }));
+  };
+  router.get("/v1/models", async (c) => c.json({ object: "list", data: await servedModels(c) }));
+  // OpenAI's `models.retrieve`; a model the caller cannot use is as unknown as one that does not exist.
+  router.get("/v1/models/:model", async (c) => {
+    const id = c.req.param("model");
+    const model = (await servedModels(c)).find((m) => m.id === id);
+    if (!model)
+      throw new AppError("not_found", `The model \`${id}\` does not exist or you do not have access to it.`, {
+        extensions: { param: "model" },
+      });
+    return c.json(model);
   });
   router
     .openapi(completionRoute("/v1/chat/completions", "Chat completion (OpenAI-compatible)"), (c) =>
