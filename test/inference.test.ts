@@ -65,19 +65,6 @@ async function ledger(gw: ReturnType<typeof testGateway>) {
 const PROMPT = "say hello to the nice people";
 
 describe("the real openai client through the gateway", () => {
-  it("lists and retrieves the models the grant covers and servers serve, as OpenAI's client reads them", async () => {
-    const { client } = await setup([scopedBackend(0)]);
-    expect((await client.models.list()).data.map((m) => m.id)).toEqual([MODEL]);
-    expect(await client.models.retrieve(MODEL)).toMatchObject({
-      id: MODEL,
-      object: "model",
-      owned_by: "Meta Platforms, Inc.",
-    });
-    // Of the family, but no server serves it; and no model at all.
-    await expect(client.models.retrieve("llama-2-13b-chat")).rejects.toBeInstanceOf(OpenAI.NotFoundError);
-    await expect(client.models.retrieve("gpt-4")).rejects.toMatchObject({ status: 404, code: "model_not_found" });
-  });
-
   it("completes a chat and the ledger holds exactly the backend's usage", async () => {
     const backend = scopedBackend(0);
     const { gw, client } = await setup([backend]);
@@ -585,10 +572,18 @@ describe("bad requests", () => {
 });
 
 describe("models and usage", () => {
-  it("lists the models of the family that have backends, and reports usage per day", async () => {
+  it("lists and retrieves the models of the family that have backends, and reports usage per day", async () => {
     const { gw, client } = await setup([scopedBackend(0)]);
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual([MODEL]);
+    expect(await client.models.retrieve(MODEL)).toMatchObject({
+      id: MODEL,
+      object: "model",
+      owned_by: "Meta Platforms, Inc.",
+    });
+    // Of the family, but no server serves it; and no model at all.
+    await expect(client.models.retrieve("llama-2-13b-chat")).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.models.retrieve("gpt-4")).rejects.toMatchObject({ status: 404, code: "model_not_found" });
     await client.chat.completions.create({
       model: MODEL,
       messages: [{ role: "user", content: "a b c" }],
