@@ -453,7 +453,40 @@ describe("limits", () => {
     expect(error).toBeInstanceOf(OpenAI.RateLimitError);
     const limited = error as InstanceType<typeof OpenAI.RateLimitError>;
     expect(limited.headers?.get("retry-after")).toBe("55");
+    expect(limited.headers?.get("x-should-retry")).toBeNull(); // Lifts within the minute: clients may retry.
     expect(limited.error).toMatchObject({ code: "rate_limit_exceeded", type: "requests" });
+  });
+
+  it("stops OpenAI's client from retrying refusals that waiting will not lift", async () => {
+    const { gw, token, applicationId } = await setup([scopedBackend(0)]);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    await gw.db.insert(organizationLimits).values({
+      organizationId: app?.organizationId as string,
+      plan: "tiny",
+      requestsPerMinute: 100,
+      tokensPerMinute: 1_000,
+      monthlyTokenBudget: 50,
+      updatedAt: new Date().toISOString(),
+    });
+    clearCallerCache();
+    let calls = 0;
+    // The client as applications use it: with its default retries.
+    const client = new OpenAI({
+      apiKey: token,
+      baseURL: "http://gw/v1",
+      fetch: (input: string | URL | Request, init?: RequestInit) => {
+        calls++;
+        return gw.request(new URL(input instanceof Request ? input.url : String(input)).pathname, init);
+      },
+    });
+    const ask = (max_tokens: number) =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens });
+    await expect(ask(2_000)).rejects.toMatchObject({ status: 429, code: "request_too_large" });
+    expect(calls).toBe(1);
+    await ask(20); // Of the budget of 50 tokens, 21 used.
+    calls = 0;
+    await expect(ask(30)).rejects.toMatchObject({ status: 429, code: "insufficient_quota" });
+    expect(calls).toBe(1);
   });
 
   it("admits exactly the limit of concurrent requests", async () => {

@@ -148,6 +148,9 @@ const REFUSALS: Record<QuotaRefusal, [string, string]> = {
   ],
 };
 
+/** Refusals that lift within the minute; the others (budget used up, too large a request) do not. */
+const PASSING_REFUSALS = new Set<QuotaRefusal>(["requests_per_minute", "tokens_per_minute"]);
+
 async function readJson(request: Request): Promise<unknown> {
   const type = (request.headers.get("content-type") ?? "").split(";")[0]?.trim().toLowerCase();
   if (type !== "application/json") throw new AppError("unsupported_media_type", "Send the body as application/json.");
@@ -391,10 +394,14 @@ async function complete(
   });
   if (!reservation.ok) {
     const [message, openaiCode] = REFUSALS[reservation.refusal];
-    throw new AppError("rate_limited", message, {
-      headers: { "retry-after": String(reservation.retryAfterSeconds), ...rateLimitHeaders(reservation.snapshot) },
-      extensions: { openaiCode },
-    });
+    const headers: Record<string, string> = {
+      "retry-after": String(reservation.retryAfterSeconds),
+      ...rateLimitHeaders(reservation.snapshot),
+    };
+    // OpenAI's clients retry a 429 by themselves, after a short wait of their own when Retry-After
+    // is over a minute away; this header stops them where their retries could only be refused.
+    if (!PASSING_REFUSALS.has(reservation.refusal)) headers["x-should-retry"] = "false";
+    throw new AppError("rate_limited", message, { headers, extensions: { openaiCode } });
   }
 
   const stream = request.stream === true;
