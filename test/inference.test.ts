@@ -62,6 +62,19 @@ async function ledger(gw: ReturnType<typeof testGateway>) {
   return gw.db.select().from(usageLedger).orderBy(usageLedger.startedAt);
 }
 
+/** Puts the organization of `applicationId` on limits of its own, in force from the gateway's next token check. */
+async function setLimits(
+  gw: ReturnType<typeof testGateway>,
+  applicationId: string,
+  limits: { plan: string; requestsPerMinute: number; tokensPerMinute: number; monthlyTokenBudget: number },
+) {
+  const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+  await gw.db
+    .insert(organizationLimits)
+    .values({ organizationId: app?.organizationId as string, ...limits, updatedAt: new Date().toISOString() });
+  clearCallerCache();
+}
+
 const PROMPT = "say hello to the nice people";
 
 describe("the real openai client through the gateway", () => {
@@ -435,16 +448,12 @@ describe("backend pool", () => {
 describe("limits", () => {
   it("answers 429 with Retry-After in OpenAI's shape once the per-minute request limit is reached", async () => {
     const { gw, client, applicationId } = await setup([scopedBackend(0)]);
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
-    await gw.db.insert(organizationLimits).values({
-      organizationId: app?.organizationId as string,
+    await setLimits(gw, applicationId, {
       plan: "tiny",
       requestsPerMinute: 2,
       tokensPerMinute: 10_000,
       monthlyTokenBudget: 1_000_000,
-      updatedAt: new Date().toISOString(),
     });
-    clearCallerCache();
     const ask = () =>
       client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
     await ask();
@@ -459,16 +468,12 @@ describe("limits", () => {
 
   it("stops OpenAI's client from retrying refusals that waiting will not lift", async () => {
     const { gw, token, applicationId } = await setup([scopedBackend(0)]);
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
-    await gw.db.insert(organizationLimits).values({
-      organizationId: app?.organizationId as string,
+    await setLimits(gw, applicationId, {
       plan: "tiny",
       requestsPerMinute: 100,
       tokensPerMinute: 1_000,
       monthlyTokenBudget: 50,
-      updatedAt: new Date().toISOString(),
     });
-    clearCallerCache();
     let calls = 0;
     // The client as applications use it: with its default retries.
     const client = new OpenAI({
@@ -491,16 +496,12 @@ describe("limits", () => {
 
   it("admits exactly the limit of concurrent requests", async () => {
     const { gw, token, applicationId } = await setup([scopedBackend(1)]);
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
-    await gw.db.insert(organizationLimits).values({
-      organizationId: app?.organizationId as string,
+    await setLimits(gw, applicationId, {
       plan: "small",
       requestsPerMinute: 5,
       tokensPerMinute: 100_000,
       monthlyTokenBudget: 1_000_000,
-      updatedAt: new Date().toISOString(),
     });
-    clearCallerCache();
     const responses = await Promise.all(
       Array.from({ length: 20 }, () =>
         gw.request("/v1/chat/completions", {
