@@ -13,6 +13,7 @@ import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type GatewayProcess, startGateway } from "../lib/gateway-process";
 import type { DemoToken } from "../seed/demo-token";
+import { type ChildOutput, outputOf } from "./child-output";
 
 const MODEL = "llama-2-7b";
 const SHARD = "model-00001-of-00002.safetensors";
@@ -64,22 +65,10 @@ async function fetchScript(): Promise<string> {
 }
 
 /** Runs a script with `sh` into `dest`; resolves with its exit code and output. */
-function runScript(script: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runScript(script: string): Promise<ChildOutput> {
   const path = join(work, "download.sh");
   writeFileSync(path, script);
-  return new Promise((done, fail) => {
-    const child = spawn("sh", [path, dest], { stdio: ["ignore", "pipe", "pipe"], timeout: SCRIPT_TIMEOUT_MS });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.on("error", fail);
-    child.on("close", (code) => done({ code, stdout, stderr }));
-  });
+  return outputOf(spawn("sh", [path, dest], { stdio: ["ignore", "pipe", "pipe"], timeout: SCRIPT_TIMEOUT_MS }));
 }
 
 function sha256Of(path: string): string {

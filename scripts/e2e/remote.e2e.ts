@@ -16,6 +16,7 @@ import { verifyAuditChain } from "../../worker/audit/log";
 import { createDatabase } from "../../worker/db/client";
 import { d1OverHttp, inlineParams } from "../lib/d1-http";
 import { ROOT, wranglerEnv } from "../lib/local-state";
+import { type ChildOutput, outputOf } from "./child-output";
 import { type CloudflareStandIn, startCloudflareStandIn } from "./cloudflare-standin";
 
 const MODEL = "llama-2-7b";
@@ -45,14 +46,8 @@ function writeFolder(dir: string, shardBytes: Buffer): Map<string, Buffer> {
   return files;
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** `npm run <script> -- …args --remote` with the stand-ins' addresses and `env` over the credentials. */
-function runRemote(script: string, args: string[], env: Record<string, string> = {}): Promise<Run> {
+function runRemote(script: string, args: string[], env: Record<string, string> = {}): Promise<ChildOutput> {
   const child = spawn(process.execPath, ["--import", "tsx", join("scripts", script), ...args, "--remote"], {
     cwd: ROOT,
     env: wranglerEnv({
@@ -66,18 +61,7 @@ function runRemote(script: string, args: string[], env: Record<string, string> =
     }),
     stdio: ["ignore", "pipe", "pipe"],
   });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (c: Buffer) => {
-    stdout += c.toString();
-  });
-  child.stderr.on("data", (c: Buffer) => {
-    stderr += c.toString();
-  });
-  return new Promise((done, fail) => {
-    child.on("error", fail);
-    child.on("exit", (code) => done({ code, stdout, stderr }));
-  });
+  return outputOf(child);
 }
 
 /** `weights:upload --remote` of `dir`, in 5 MiB parts above 6 MiB. */
