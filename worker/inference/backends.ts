@@ -195,8 +195,9 @@ export class BackendHealth {
     this.unshared.set(report.url, report);
   }
 
-  private apply(report: HealthReport): void {
-    if (report.state === "down") this.downUntil.set(report.url, report.downUntil ?? report.at + DOWN_FOR_MS);
+  /** Takes `report` as known, a down backend left alone `waitMs` longer than it says. */
+  private apply(report: HealthReport, waitMs = 0): void {
+    if (report.state === "down") this.downUntil.set(report.url, (report.downUntil ?? report.at + DOWN_FOR_MS) + waitMs);
     else this.downUntil.delete(report.url);
     this.knownAt.set(report.url, report.at);
   }
@@ -224,12 +225,9 @@ export class BackendHealth {
    */
   adopt(reports: readonly HealthReport[]): void {
     for (const report of reports) {
-      if (report.at <= (this.knownAt.get(report.url) ?? Number.NEGATIVE_INFINITY)) continue;
-      this.apply(
-        report.state === "down"
-          ? { ...report, downUntil: (report.downUntil ?? report.at + DOWN_FOR_MS) + PROBE_LEFT_TO_REPORTER_MS }
-          : report,
-      );
+      if (report.at > (this.knownAt.get(report.url) ?? Number.NEGATIVE_INFINITY)) {
+        this.apply(report, PROBE_LEFT_TO_REPORTER_MS);
+      }
     }
   }
 
