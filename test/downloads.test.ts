@@ -84,7 +84,9 @@ describe("download", () => {
     expect(res.headers.get("accept-ranges")).toBe("bytes");
     expect(res.headers.get("content-length")).toBe(String(SHARD.byteLength));
     expect(res.headers.get("etag")).toMatch(/^".+"$/);
-    expect(res.headers.get("content-disposition")).toBe('attachment; filename="consolidated.00.pth"');
+    expect(res.headers.get("content-disposition")).toBe(
+      "attachment; filename=\"consolidated.00.pth\"; filename*=UTF-8''consolidated.00.pth",
+    );
     const body = new Uint8Array(await res.arrayBuffer());
     expect(await sha256Hex(body)).toBe(m.files[0]?.sha256);
     const nested = await gw.request(linkOf(m, "sub/dir/tokenizer.model"));

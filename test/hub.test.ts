@@ -145,3 +145,118 @@ describe("Hub-compatible resolve", () => {
     expect(((await sub.json()) as { path: string }[]).map((e) => e.path)).toEqual(["tokenizer/tokenizer.model"]);
   });
 });
+
+describe("security: hostile repo ids, revisions and paths on the Hub routes", () => {
+  const CONTROL = ["%0D%0A", "%0A", "%00", "%7F"];
+
+  /** Every Hub route, with one part replaced by `bad`. */
+  function routes(part: "repo" | "revision" | "path", bad: string): [string, string][] {
+    const repo = part === "repo" ? bad : REPO;
+    const rev = part === "revision" ? bad : "main";
+    const path = part === "path" ? bad : "config.json";
+    return [
+      ...(part === "path" ? [] : ([["GET", `/api/models/${repo}/revision/${rev}`]] as [string, string][])),
+      ...(part === "repo" ? ([["GET", `/api/models/${repo}`]] as [string, string][]) : []),
+      ["GET", `/api/models/${repo}/tree/${rev}/${path}`],
+      ["GET", `/${repo}/resolve/${rev}/${path}`],
+      ["HEAD", `/${repo}/resolve/${rev}/${path}`],
+      ["GET", `/${repo}/raw/${rev}/${path}`],
+      ["HEAD", `/${repo}/raw/${rev}/${path}`],
+    ];
+  }
+
+  const hostile: ["repo" | "revision" | "path", string][] = [
+    ...CONTROL.map((c) => ["repo", `meta-llama/Llama-2-7b-hf${c}`] as ["repo", string]),
+    ...CONTROL.map((c) => ["repo", `meta${c}llama/Llama-2-7b-hf`] as ["repo", string]),
+    ["repo", "meta-llama/Llama-2-7b-h%C3%A9"],
+    ["repo", "meta-llama/%E6%A8%A1%E5%9E%8B"],
+    ["repo", "meta-llama/Llama..2"],
+    ["repo", "meta-llama/Llama--2"],
+    ["repo", `meta-llama/${"L".repeat(100)}`],
+    ...CONTROL.map((c) => ["revision", `main${c}`] as ["revision", string]),
+    ["revision", "%E6%A8%A1%E5%9E%8B"],
+    ["revision", "..%2F..%2Fmain"],
+    ["revision", "%2Fmain"],
+    ["revision", "m".repeat(300)],
+    ...CONTROL.map((c) => ["path", `config.json${c}X-Injected: 1`] as ["path", string]),
+    ["path", "%E6%A8%A1%E5%9E%8B%0D%0A.json"],
+    ["path", "tokenizer%2F..%2F..%2Fconfig.json"],
+    ["path", "%2Fconfig.json"],
+    ["path", `${"p".repeat(2000)}.json`],
+  ];
+
+  const cases = hostile.map(([part, bad]) => [
+    part,
+    bad.length > 40 ? `${bad.slice(0, 12)}… (${bad.length} chars)` : bad,
+    bad,
+  ]);
+  it.each(cases)(
+    "answers a hostile %s (%s) with a 4xx problem and a Hub error code, never a 5xx",
+    async (part, _, bad) => {
+      const gw = testGateway();
+      const { token } = await approvedToken(gw, licenseSha256);
+      for (const headers of [{ authorization: `Bearer ${token}` }, {} as Record<string, string>]) {
+        for (const [method, url] of routes(part as "repo" | "revision" | "path", bad)) {
+          const res = await gw.request(url, { method, headers });
+          const label = `${method} ${url}`;
+          expect(res.status, label).toBeGreaterThanOrEqual(400);
+          expect(res.status, label).toBeLessThan(500);
+          expect(res.headers.get("content-type"), label).toMatch(/^application\/problem\+json/);
+          expect(res.headers.get("x-injected"), label).toBeNull();
+          if (res.status === 404) {
+            expect(["RepoNotFound", "RevisionNotFound", "EntryNotFound"], label).toContain(
+              res.headers.get("x-error-code"),
+            );
+          }
+          if (method === "GET")
+            expect(await res.json(), label).toMatchObject({ status: res.status, code: expect.any(String) });
+        }
+      }
+    },
+  );
+
+  it("names a malformed id the way the Hub does, before asking for a token", async () => {
+    const gw = testGateway();
+    const cases: [string, string][] = [
+      ["/meta-llama/Llama%0D%0A2/resolve/main/config.json", "RepoNotFound"],
+      [`/${REPO}/resolve/main%00/config.json`, "RevisionNotFound"],
+    ];
+    for (const [path, code] of cases) {
+      const res = await gw.request(path);
+      expect(res.status, path).toBe(404);
+      expect(res.headers.get("x-error-code"), path).toBe(code);
+      expect(await res.json(), path).toMatchObject({ code: "not_found" });
+    }
+    const { token } = await approvedToken(gw, licenseSha256);
+    const entry = await gw.request(`/${REPO}/resolve/main/a%2F..%2Fconfig.json`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(entry.status).toBe(404);
+    expect(entry.headers.get("x-error-code")).toBe("EntryNotFound");
+  });
+
+  it("resolves and serves a file whose name is not ASCII, with headers that stay ASCII", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256);
+    const name = 'tokenizer/模型 "ä".json';
+    const { revision: rev } = await seedRevision("llama-2-7b", { "config.json": "{}", [name]: '{"a":1}' });
+    const auth = { authorization: `Bearer ${token}` };
+    const missing = await gw.request(`/${REPO}/resolve/main/${encodeURIComponent("模型-missing.json")}`, {
+      headers: auth,
+    });
+    expect(missing.status).toBe(404);
+    expect(missing.headers.get("x-error-code")).toBe("EntryNotFound");
+    const resolved = await gw.request(`/${REPO}/resolve/main/${name.split("/").map(encodeURIComponent).join("/")}`, {
+      headers: auth,
+    });
+    expect(resolved.status).toBe(302);
+    expect(resolved.headers.get("x-repo-commit")).toBe(rev);
+    const location = new URL(resolved.headers.get("location") as string);
+    const file = await gw.request(location.pathname + location.search);
+    expect(file.status).toBe(200);
+    expect(await file.text()).toBe('{"a":1}');
+    const disposition = file.headers.get("content-disposition") as string;
+    expect(disposition).toMatch(/^[\x20-\x7e]+$/);
+    expect(disposition).toContain(`filename*=UTF-8''${encodeURIComponent('模型 "ä".json')}`);
+  });
+});

@@ -7,21 +7,60 @@
 import type { Context } from "hono";
 import type { ModelFile } from "../db/schema";
 import type { HonoEnv } from "../env";
+import { AppError, problemResponse } from "../errors";
 import { newRouter } from "../http/router";
 import { findModelByHubRepo } from "../policy/families";
 import type { FamilyModel, LicenseFamily } from "../policy/types";
 import { bearerToken, checkAccessToken, type TokenPrincipal } from "../tokens/service";
 import { findRevisionFile, listRevisionFiles, type Revision, resolveRevision } from "./catalog";
 import { issueDownloadLinks } from "./links";
+import { isFilePath, isRepoId, isRevision } from "./names";
 
 type HubErrorCode = "GatedRepo" | "RepoNotFound" | "RevisionNotFound" | "EntryNotFound";
 
+/**
+ * A header value from text that may carry what a client sent (a repo id, a path): every byte
+ * outside printable ASCII, and `%` itself, is percent-encoded, so CR, LF, NUL or Unicode can
+ * neither split the header nor make the runtime refuse it.
+ */
+function headerSafe(text: string): string {
+  let out = "";
+  for (const byte of new TextEncoder().encode(text)) {
+    out +=
+      byte >= 0x20 && byte < 0x7f && byte !== 0x25
+        ? String.fromCharCode(byte)
+        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+const PROBLEM_OF_STATUS = { 401: "unauthorized", 403: "forbidden", 404: "not_found" } as const;
+
+/**
+ * A Hub error as a problem document, with the `X-Error-Code` and `X-Error-Message` headers Hub
+ * clients read and the `error` member `huggingface_hub` shows.
+ */
 function hubError(c: Context<HonoEnv>, status: 401 | 403 | 404, code: HubErrorCode | null, message: string): Response {
-  const headers: Record<string, string> = { "x-error-message": message };
+  const headers: Record<string, string> = { "x-error-message": headerSafe(message) };
   if (code) headers["x-error-code"] = code;
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="modelgate"';
-  if (c.req.method === "HEAD") return new Response(null, { status, headers });
-  return c.json({ error: message }, status, headers);
+  const error = new AppError(PROBLEM_OF_STATUS[status], message, { headers, extensions: { error: message } });
+  const response = problemResponse(error, new URL(c.req.url).pathname, c.get("requestId"));
+  if (c.req.method === "HEAD") return new Response(null, { status, headers: response.headers });
+  return response;
+}
+
+/**
+ * Refuses a repo id, revision or path no repository can have, the way the Hub names what it does
+ * not hold. The answer does not repeat the input: it was not a name.
+ */
+function malformedName(c: Context<HonoEnv>, repo: string, revision: string, path?: string): Response | undefined {
+  if (!isRepoId(repo)) return hubError(c, 404, "RepoNotFound", "Repository not found: not a valid repo id.");
+  if (!isRevision(revision)) return hubError(c, 404, "RevisionNotFound", "Revision not found: not a valid revision.");
+  if (path !== undefined && !isFilePath(path)) {
+    return hubError(c, 404, "EntryNotFound", "Entry not found: not a valid file path.");
+  }
+  return undefined;
 }
 
 interface HubTarget {
@@ -35,7 +74,14 @@ interface HubTarget {
  * Resolves a repo and revision for a token the way the Hub does for gated repos: unknown repo
  * 404, no token 401, a token without a live grant for the repo's family 403 `GatedRepo`.
  */
-async function hubTarget(c: Context<HonoEnv>, repo: string, revision: string): Promise<HubTarget | Response> {
+async function hubTarget(
+  c: Context<HonoEnv>,
+  repo: string,
+  revision: string,
+  path?: string,
+): Promise<HubTarget | Response> {
+  const malformed = malformedName(c, repo, revision, path);
+  if (malformed) return malformed;
   const found = findModelByHubRepo(repo);
   if (!found) return hubError(c, 404, "RepoNotFound", `Repository ${repo} not found.`);
   const services = c.get("services");
@@ -128,7 +174,7 @@ function treeEntries(files: ModelFile[], prefix: string, recursive: boolean) {
  * their `Authorization` header; the link itself does not need it.
  */
 async function resolveFile(c: Context<HonoEnv>, repo: string, revision: string, path: string) {
-  const target = await hubTarget(c, repo, revision);
+  const target = await hubTarget(c, repo, revision, path);
   if (target instanceof Response) return target;
   const services = c.get("services");
   const file = await findRevisionFile(services.db, target.revision.id, path);
@@ -155,15 +201,20 @@ hubRoutes.get("/api/models/:ns/:repo", (c) => modelInfo(c, `${c.req.param("ns")}
 hubRoutes.get("/api/models/:ns/:repo/revision/:revision", (c) =>
   modelInfo(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision")),
 );
-hubRoutes.get("/api/models/:ns/:repo/tree/:revision/:path{.*}?", async (c) => {
-  const target = await hubTarget(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"));
+// `[\s\S]`, not `.`: a path with an encoded line break still reaches these routes, whose answer
+// carries the Hub's error code, instead of falling through to a generic 404.
+hubRoutes.get("/api/models/:ns/:repo/tree/:revision/:path{[\\s\\S]*}?", async (c) => {
+  // A directory may be asked for with a trailing slash; the root is no path at all.
+  const prefix = (c.req.param("path") ?? "").replace(/\/+$/, "");
+  const repo = `${c.req.param("ns")}/${c.req.param("repo")}`;
+  const target = await hubTarget(c, repo, c.req.param("revision"), prefix === "" ? undefined : prefix);
   if (target instanceof Response) return target;
   const files = await listRevisionFiles(c.get("services").db, target.revision.id);
-  return c.json(treeEntries(files, c.req.param("path") ?? "", c.req.query("recursive") === "true"));
+  return c.json(treeEntries(files, prefix, c.req.query("recursive") === "true"));
 });
-hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/resolve/:revision/:path{.+}", (c) =>
+hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/resolve/:revision/:path{[\\s\\S]+}", (c) =>
   resolveFile(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"), c.req.param("path")),
 );
-hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/raw/:revision/:path{.+}", (c) =>
+hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/raw/:revision/:path{[\\s\\S]+}", (c) =>
   resolveFile(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"), c.req.param("path")),
 );

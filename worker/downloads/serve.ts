@@ -6,10 +6,20 @@ import { AppError } from "../errors";
 import { planRange } from "./range";
 import { verifyLink } from "./signing";
 
-/** The last path segment, safe for a `Content-Disposition` filename. */
-function fileName(path: string): string {
-  const base = path.split("/").at(-1) ?? "download";
-  return base.replace(/["\\\r\n]/g, "_");
+/**
+ * `Content-Disposition` for a file's last path segment (RFC 6266): an ASCII `filename` fallback
+ * with anything that could end the quoted string or the header replaced, and the exact name as
+ * UTF-8 in `filename*` (RFC 8187), so the header stays ASCII whatever the file is called.
+ */
+function contentDisposition(path: string): string {
+  const base = path.split("/").at(-1) || "download";
+  const fallback = base.replace(/[^\x20-\x7e]|["\\%]/g, "_");
+  let encoded = "";
+  for (const byte of new TextEncoder().encode(base)) {
+    const ch = String.fromCharCode(byte);
+    encoded += /[A-Za-z0-9!#$&+.^_`|~-]/.test(ch) ? ch : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return `attachment; filename="${fallback}"; filename*=UTF-8''${encoded}`;
 }
 
 function hexToBase64(hex: string): string {
@@ -79,7 +89,7 @@ export async function serveDownload(
     "accept-ranges": "bytes",
     etag: `"${claims.etg}"`,
     "content-type": file.contentType,
-    "content-disposition": `attachment; filename="${fileName(file.path)}"`,
+    "content-disposition": contentDisposition(file.path),
     "cache-control": "private, no-store",
     "repr-digest": `sha-256=:${hexToBase64(file.sha256)}:`,
     "x-checksum-sha256": file.sha256,
