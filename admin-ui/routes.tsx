@@ -175,7 +175,7 @@ consoleApp.get("/", async (c) => {
 consoleApp.get("/applications/:id", async (c) => {
   const { db } = c.get("services");
   const id = c.req.param("id");
-  const [file, comments] = await Promise.all([readCaseFile(db, id), caseComments(db, id)]);
+  const [file, comments] = await Promise.all([readCaseFile(db, id, reviewer(c)), caseComments(db, id)]);
   return c.html(
     <CasePage admin={reviewer(c)} signOut={signOutOf(c)} file={file} comments={comments.map(commentView)} />,
   );

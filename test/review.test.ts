@@ -247,3 +247,98 @@ describe("POST /admin/api/applications/{id}/decision", () => {
     expect(await gateway.services.db.select().from(decisions)).toHaveLength(1);
   });
 });
+
+describe("security: a reviewer party to the case cannot decide it", () => {
+  let gateway: Gateway;
+  let license: LicenseVersion;
+
+  beforeEach(async () => {
+    gateway = testGateway();
+    license = await seedLicense(gateway.services);
+  });
+
+  async function refusals() {
+    return gateway.services.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "application.decision_refused"))
+      .orderBy(auditEvents.seq);
+  }
+
+  async function caseFileFor(applicationId: string, reviewer: string) {
+    const token = await adminToken({ email: reviewer, role: "reviewer" });
+    const res = await gateway.request(`/admin/api/applications/${applicationId}`, { headers: accessHeaders(token) });
+    expect(res.status).toBe(200);
+    return (await res.json()) as { conflictOfInterest: boolean };
+  }
+
+  it.each([
+    ["their own contact e-mail, in another case", "ADA@Acme.Example", "applicant_email", {}],
+    ["the contact's company domain", "carl@acme.example", "contact_domain", {}],
+    ["a subdomain of the contact's domain", "carl@eu.acme.example", "contact_domain", {}],
+    [
+      "the organization's website domain",
+      "dan@globex.example",
+      "website_domain",
+      { contactEmail: "ada@gmail.com", website: "https://www.globex.example/about" },
+    ],
+  ])("refuses and audits an approver with %s", async (_, reviewer, conflict, seed) => {
+    const application = await seedApplication(gateway.services, license, seed);
+    for (const decision of ["approve", "reject", "request_info"]) {
+      const res = await decide(gateway, application.id, reviewer, { decision });
+      expect(res.status).toBe(403);
+      expect(res.headers.get("content-type")).toContain("application/problem+json");
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict });
+    }
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review", decidedAt: null });
+    expect(await gateway.services.db.select().from(decisions)).toEqual([]);
+    expect(await gateway.services.db.select().from(grants)).toEqual([]);
+    expect(await gateway.services.db.select().from(mailOutbox)).toEqual([]);
+
+    const refused = await refusals();
+    // Access identities are lower-cased, so the audit log names the reviewer in lower case.
+    const actor = `reviewer:${reviewer.toLowerCase()}`;
+    expect(refused.map((e) => [e.actor, e.subjectId, e.data.decision])).toEqual([
+      [actor, application.id, "approve"],
+      [actor, application.id, "reject"],
+      [actor, application.id, "request_info"],
+    ]);
+    expect(refused[0]?.data).toMatchObject({ code: "conflict_of_interest", conflict, round: 1 });
+    expect(await verifyAuditChain(gateway.services.db)).toMatchObject({ ok: true, checked: 3 });
+
+    expect(await caseFileFor(application.id, reviewer)).toMatchObject({ conflictOfInterest: true });
+    expect(await caseFileFor(application.id, ANN)).toMatchObject({ conflictOfInterest: false });
+  });
+
+  it("refuses the second approval of a two-approver case from a colleague of the applicant", async () => {
+    const application = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    expect((await decide(gateway, application.id, ANN, { decision: "approve" })).status).toBe(200);
+
+    const colleague = await decide(gateway, application.id, "carl@acme.example", { decision: "approve" });
+    expect(colleague.status).toBe(403);
+    expect(await colleague.json()).toMatchObject({ code: "conflict_of_interest" });
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review" });
+    expect(await gateway.services.db.select().from(grants)).toEqual([]);
+    expect(await gateway.services.db.select().from(decisions)).toHaveLength(1);
+    expect((await refusals()).map((e) => e.actor)).toEqual(["reviewer:carl@acme.example"]);
+
+    // An approver from outside still completes the four eyes.
+    const second = await decide(gateway, application.id, BOB, { decision: "approve" });
+    expect(second.status).toBe(200);
+    expect(await second.json()).toMatchObject({ status: "approved", approvals: 2 });
+    expect(await gateway.services.db.select().from(grants)).toHaveLength(1);
+    expect(await verifyAuditChain(gateway.services.db)).toMatchObject({ ok: true, checked: 4 });
+  });
+
+  it("lets a reviewer who only shares a free-mail provider with the applicant decide", async () => {
+    const application = await seedApplication(gateway.services, license, {
+      contactEmail: "ada@gmail.com",
+      website: "https://mail.google.com",
+    });
+    expect(await caseFileFor(application.id, "ann@googlemail.com")).toMatchObject({ conflictOfInterest: false });
+    const res = await decide(gateway, application.id, "ann@gmail.com", { decision: "approve" });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "approved" });
+    expect(await refusals()).toEqual([]);
+  });
+});

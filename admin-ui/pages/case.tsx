@@ -22,6 +22,14 @@ function DecisionForm(props: { admin: AdminIdentity; file: CaseFile }) {
   if (app.status !== "pending_review" && app.status !== "info_requested") {
     return <p class="panel">This case is closed ({STATUS_WORDS[app.status]}); there is nothing to decide.</p>;
   }
+  if (file.conflictOfInterest) {
+    return (
+      <p class="panel" id="conflict-of-interest">
+        You are party to this case: your e-mail or its domain is the applicant's. Another approver must decide it; you
+        can read it and comment.
+      </p>
+    );
+  }
   const mine = file.approvals.find((a) => a.reviewer === admin.email);
   const waiting = app.status === "info_requested";
   return (

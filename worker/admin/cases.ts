@@ -3,6 +3,7 @@
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, asc, eq, gt, inArray, lt, ne, or, type SQL, sql } from "drizzle-orm";
+import { conflictOfInterest } from "../applications/review";
 import { AuditEventSchema, auditEventView } from "../audit/routes";
 import type { Database } from "../db/client";
 import {
@@ -19,7 +20,7 @@ import {
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
-import { requireRole } from "./access";
+import { type AdminIdentity, currentAdmin, requireRole } from "./access";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
 
 const PolicyReasonSchema = z.object({
@@ -120,6 +121,10 @@ const CaseSchema = z
       }),
     ),
     auditEvents: z.array(AuditEventSchema),
+    conflictOfInterest: z.boolean().openapi({
+      description:
+        "Whether the signed-in reviewer is party to this case (their e-mail, or its domain, is the applicant's) and so may not decide it.",
+    }),
   })
   .openapi("ReviewCase");
 
@@ -261,8 +266,12 @@ export async function listReviewQueue(
   };
 }
 
-/** A case file, or `not_found`. */
-export async function readCaseFile(db: Database, id: string): Promise<z.infer<typeof CaseSchema>> {
+/** A case file as `viewer` may see it, or `not_found`. */
+export async function readCaseFile(
+  db: Database,
+  id: string,
+  viewer: Pick<AdminIdentity, "email">,
+): Promise<z.infer<typeof CaseSchema>> {
   const [row] = await db.select().from(applications).where(eq(applications.id, id));
   if (!row) throw new AppError("not_found", `No application ${id}.`);
   const [evidence, history, [grant], earlier, approvals] = await Promise.all([
@@ -343,10 +352,13 @@ export async function readCaseFile(db: Database, id: string): Promise<z.infer<ty
       decidedAt: item.decidedAt,
     })),
     auditEvents: trail.map(auditEventView),
+    conflictOfInterest: conflictOfInterest(viewer.email, row) !== null,
   };
 }
 
 /** The queue and case-file routes. */
 export const caseRoutes = newRouter()
   .openapi(listApplications, async (c) => c.json(await listReviewQueue(c.get("services"), c.req.valid("query")), 200))
-  .openapi(getApplication, async (c) => c.json(await readCaseFile(c.get("services").db, c.req.valid("param").id), 200));
+  .openapi(getApplication, async (c) =>
+    c.json(await readCaseFile(c.get("services").db, c.req.valid("param").id, currentAdmin(c)), 200),
+  );

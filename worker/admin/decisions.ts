@@ -5,7 +5,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
-import { applyDecision } from "../applications/review";
+import { applyDecision, type ConflictOfInterest, conflictOfInterest } from "../applications/review";
 import { type AuditEntry, isUniqueViolation, writeAudited } from "../audit/log";
 import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
@@ -50,6 +50,12 @@ export function reviewerActor(reviewer: Pick<AdminIdentity, "email">): string {
   return `reviewer:${reviewer.email}`;
 }
 
+const CONFLICT_DETAIL: Record<ConflictOfInterest, string> = {
+  applicant_email: "This is your own application; another approver must decide it.",
+  contact_domain: "The applicant's contact e-mail is at your organization's domain; another approver must decide it.",
+  website_domain: "The applicant's website is at your organization's domain; another approver must decide it.",
+};
+
 /** Statuses whose notice to the applicant `decisionMail` writes. */
 function noticeStatus(status: ApplicationStatus): "approved" | "rejected" | "info_requested" | undefined {
   return status === "approved" || status === "rejected" || status === "info_requested" ? status : undefined;
@@ -71,9 +77,32 @@ export async function decideApplication(
   const { db, clock, ids, config } = services;
   const actor = reviewerActor(reviewer);
   try {
-    return await writeAudited(services, async () => {
+    const planned = await writeAudited<DecisionOutcome | { refused: ConflictOfInterest }>(services, async () => {
       const [application] = await db.select().from(applications).where(eq(applications.id, applicationId));
       if (!application) throw new AppError("not_found", `No application ${applicationId}.`);
+      const conflict = conflictOfInterest(reviewer.email, application);
+      if (conflict) {
+        // The refusal is evidence too: someone party to the case tried to decide it.
+        return {
+          statements: [],
+          events: [
+            {
+              actor,
+              action: "application.decision_refused",
+              subjectType: "application",
+              subjectId: applicationId,
+              data: {
+                code: "conflict_of_interest",
+                conflict,
+                decision: request.decision,
+                round: application.reviewRound,
+                reviewer: reviewer.email,
+              },
+            },
+          ],
+          result: { refused: conflict },
+        };
+      }
       const family = findFamily(application.family);
       if (!family) throw new Error(`application ${applicationId} names unknown family ${application.family}`);
       const approvalsThisRound = await db
@@ -188,6 +217,12 @@ export async function decideApplication(
         },
       };
     });
+    if ("refused" in planned) {
+      throw new AppError("conflict_of_interest", CONFLICT_DETAIL[planned.refused], {
+        extensions: { conflict: planned.refused },
+      });
+    }
+    return planned;
   } catch (error) {
     // The database's four-eyes index caught the same approver twice in one round, racing itself.
     if (isUniqueViolation(error, "decisions")) {
@@ -213,7 +248,7 @@ const decide = createRoute({
   tags: ["Admin"],
   summary: "Approve, reject, or ask for more information",
   description:
-    "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant.",
+    "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant. An approver whose e-mail is the contact's, or whose domain is the contact's or the website's (free-mail domains aside), is refused with `conflict_of_interest`, and the refusal is audited.",
   middleware: [requireRole("approver")] as const,
   request: {
     params: z.object({ id: z.string().min(1).max(100) }),

@@ -1,4 +1,5 @@
 import type { ApplicationStatus, Decision } from "../db/schema";
+import { isFreeMailDomain } from "./free-mail";
 
 /** What a reviewer's decision acts on. */
 export interface ReviewState {
@@ -47,4 +48,54 @@ export function applyDecision(state: ReviewState, reviewerEmail: string, decisio
     case "request_info":
       return { ok: true, status: "info_requested", issueGrant: false, approvals: state.approvalsThisRound.length };
   }
+}
+
+/** Why a reviewer may not decide a case: they are, or work where, the applicant is. */
+export type ConflictOfInterest = "applicant_email" | "contact_domain" | "website_domain";
+
+/** The domain of an e-mail address, lower-cased; `undefined` when there is none. */
+function emailDomain(email: string): string | undefined {
+  const at = email.lastIndexOf("@");
+  const domain =
+    at < 0
+      ? ""
+      : email
+          .slice(at + 1)
+          .toLowerCase()
+          .replace(/\.$/, "");
+  return domain.includes(".") ? domain : undefined;
+}
+
+/** The host of a website, lower-cased and without `www.`; `undefined` when it does not parse. */
+function websiteDomain(website: string | null): string | undefined {
+  if (!website) return undefined;
+  try {
+    const host = new URL(website).hostname.toLowerCase().replace(/\.$/, "");
+    return host.replace(/^www\./, "") || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The same organization's domains: equal, or one a subdomain of the other, and neither free mail. */
+function sameOrganizationDomain(a: string | undefined, b: string | undefined): boolean {
+  if (!a || !b || isFreeMailDomain(a) || isFreeMailDomain(b)) return false;
+  return a === b || a.endsWith(`.${b}`) || b.endsWith(`.${a}`);
+}
+
+/**
+ * Whether a reviewer is too close to a case to decide it or approve it: their e-mail is the
+ * contact's, or their domain is the contact's e-mail domain or the organization's website domain.
+ * A shared free-mail domain (`gmail.com`) is no conflict. Four eyes mean nothing if one pair
+ * belongs to the applicant.
+ */
+export function conflictOfInterest(
+  reviewerEmail: string,
+  applicant: { contactEmail: string; website: string | null },
+): ConflictOfInterest | null {
+  if (reviewerEmail.trim().toLowerCase() === applicant.contactEmail.trim().toLowerCase()) return "applicant_email";
+  const reviewerDomain = emailDomain(reviewerEmail);
+  if (sameOrganizationDomain(reviewerDomain, emailDomain(applicant.contactEmail))) return "contact_domain";
+  if (sameOrganizationDomain(reviewerDomain, websiteDomain(applicant.website))) return "website_domain";
+  return null;
 }
