@@ -322,8 +322,12 @@ export const downloadLinks = sqliteTable(
     model: text("model").notNull(),
     revisionId: text("revision_id").notNull(),
     path: text("path").notNull(),
+    /** With the file's size, sets the link's byte budget (`linkByteBudget`). */
     maxDownloads: integer("max_downloads").notNull(),
+    /** Requests that started a whole download: for the record; the cap is `bytesServed`. */
     downloads: integer("downloads").notNull().default(0),
+    /** Bytes reserved by every answer with a body (the range's length, taken before it is sent). */
+    bytesServed: integer("bytes_served").notNull().default(0),
     expiresAt: text("expires_at").notNull(),
     createdAt: text("created_at").notNull(),
   },
