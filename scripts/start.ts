@@ -1,7 +1,8 @@
 /**
  * `npm start`: everything a fresh clone needs to run the gateway locally, then the gateway itself.
  *
- * 1. `.dev.vars` from `.dev.vars.example`, and the dev Access key it trusts;
+ * 1. `.dev.vars` from `.dev.vars.example`, the dev Access key it trusts, and dev keys that sign
+ *    download links and audit checkpoints;
  * 2. D1 migrations applied to the local database;
  * 3. the placeholder Llama 2 license and AUP loaded into that database;
  * 4. synthetic weights for every Llama 2 model uploaded to local R2 and published;
@@ -23,7 +24,7 @@ import { parseArgs } from "node:util";
 import { llama2 } from "../worker/policy/families/llama-2";
 import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
-import { ensureDevDownloadKey } from "./dev-download-key";
+import { ensureDevAuditKey, ensureDevDownloadKey } from "./dev-download-key";
 import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
 import { type DemoCase, seedDemoApplications } from "./seed/demo";
 import { type DemoToken, ensureDemoToken } from "./seed/demo-token";
@@ -127,8 +128,11 @@ async function main(): Promise<void> {
   const hadDevVars = existsSync(`${ROOT}/.dev.vars`);
   const key = await ensureDevAccessKey(ROOT);
   const downloadKid = await ensureDevDownloadKey(ROOT);
+  const auditKid = await ensureDevAuditKey(ROOT);
   ensureDevSecret(ROOT, "INFERENCE_KEYS_SECRET");
-  console.log(`${hadDevVars ? "Updated" : "Created"} .dev.vars; Access key ${key.kid}, download key ${downloadKid}`);
+  console.log(
+    `${hadDevVars ? "Updated" : "Created"} .dev.vars; Access key ${key.kid}, download key ${downloadKid}, audit key ${auditKid}`,
+  );
 
   step("D1 migrations (local)");
   await applyLocalMigrations();

@@ -1,8 +1,20 @@
+import { createExecutionContext, createScheduledController, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
+import { CompactSign, compactVerify, generateKeyPair, importJWK, type JWK } from "jose";
 import { beforeEach, describe, expect, it } from "vitest";
-import { type AuditEntry, auditHashInput, verifyAuditChain, writeAudited } from "../worker/audit/log";
+import { CHECKPOINT_PREFIX, checkpointKey, writeCheckpoint } from "../worker/audit/anchor";
+import {
+  type AuditEntry,
+  type AuditVerification,
+  anchorAuditHead,
+  auditHashInput,
+  GENESIS_HASH,
+  verifyAuditChain,
+  writeAudited,
+} from "../worker/audit/log";
 import { auditEvents } from "../worker/db/schema";
+import worker from "../worker/index";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { sha256Hex } from "../worker/platform/hash";
 import { accessHeaders, adminToken } from "./helpers/access";
@@ -31,7 +43,7 @@ async function verifyOverHttp(gateway: Gateway) {
     headers: accessHeaders(await adminToken({ role: "reviewer" })),
   });
   expect(res.status).toBe(200);
-  return res.json();
+  return (await res.json()) as AuditVerification;
 }
 
 describe("GET /admin/api/audit/verify", () => {
@@ -54,7 +66,19 @@ describe("GET /admin/api/audit/verify", () => {
       expect(res.status).toBe(200);
     }
     const [head] = await gateway.services.db.select().from(auditEvents).orderBy(auditEvents.seq).limit(3).offset(2);
-    expect(await verifyOverHttp(gateway)).toEqual({ ok: true, checked: 3, headSeq: 3, headHash: head?.hash });
+    expect(await verifyOverHttp(gateway)).toEqual({
+      ok: true,
+      checked: 3,
+      headSeq: 3,
+      headHash: head?.hash,
+      anchored: true,
+      checkpoints: 0,
+      newestCheckpoint: null,
+      truncated: false,
+      rewritten: false,
+      forged: false,
+      checkpointProblems: [],
+    });
   });
 
   it("finds a rewritten event once an attacker drops the trigger", async () => {
@@ -175,3 +199,212 @@ describe("GET /admin/api/audit", () => {
     expect(second.nextCursor).toBeNull();
   });
 });
+
+/** The public half of the test's audit signing key, as a verifier outside the gateway holds it. */
+function auditPublicJwk(): JWK {
+  const [key] = (JSON.parse(env.AUDIT_SIGNING_KEYS) as { keys: JWK[] }).keys;
+  if (!key) throw new Error("no audit signing key in the test environment");
+  return { kty: key.kty, crv: key.crv, x: key.x, kid: key.kid };
+}
+
+async function checkpointKeys(): Promise<string[]> {
+  return (await env.AUDIT_BUCKET.list({ prefix: CHECKPOINT_PREFIX })).objects.map((o) => o.key);
+}
+
+async function storedHash(gateway: Gateway, seq: number): Promise<string | undefined> {
+  const [row] = await gateway.services.db.select().from(auditEvents).where(eq(auditEvents.seq, seq));
+  return row?.hash;
+}
+
+/** What a database operator can do once the append-only triggers are dropped: rewrite `seq` and re-hash the rest. */
+async function rewriteAndRehash(gateway: Gateway, seq: number, data: Record<string, unknown>) {
+  await env.DB.exec("DROP TRIGGER audit_events_no_update");
+  const rows = await gateway.services.db.select().from(auditEvents).orderBy(auditEvents.seq);
+  let prevHash = rows.find((r) => r.seq === seq - 1)?.hash ?? GENESIS_HASH;
+  for (const row of rows.filter((r) => r.seq >= seq)) {
+    const forged = { ...row, prevHash, data: row.seq === seq ? data : row.data };
+    const hash = await sha256Hex(auditHashInput(forged));
+    await env.DB.prepare("UPDATE audit_events SET data = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+      .bind(JSON.stringify(forged.data), prevHash, hash, row.seq)
+      .run();
+    prevHash = hash;
+  }
+}
+
+describe("security: the audit chain is anchored outside D1", () => {
+  // Checkpoints every 5 events, so that a test needs a handful of events rather than a hundred.
+  const anchoredGateway = () => testGateway(undefined, { AUDIT_CHECKPOINT_EVERY: "5" });
+
+  it("checkpoints the head each time a write passes a multiple of AUDIT_CHECKPOINT_EVERY, signed with the secret key", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 12);
+    expect(await checkpointKeys()).toEqual([checkpointKey(5), checkpointKey(10)]);
+    const object = await env.AUDIT_BUCKET.get(checkpointKey(10));
+    const body = (await object?.json()) as { seq: number; hash: string; jws: string };
+    expect(body).toMatchObject({ seq: 10, hash: await storedHash(gateway, 10) });
+    // Anyone holding the public key can check a checkpoint without the gateway.
+    const verified = await compactVerify(body.jws, await importJWK(auditPublicJwk(), "EdDSA"));
+    expect(JSON.parse(new TextDecoder().decode(verified.payload))).toMatchObject({ seq: 10, hash: body.hash });
+    expect(verified.protectedHeader).toMatchObject({ alg: "EdDSA", kid: "test-audit-key" });
+  });
+
+  it("verifies an intact chain against every checkpoint, then checkpoints the head it verified", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 12);
+    expect(await verifyOverHttp(gateway)).toMatchObject({
+      ok: true,
+      checked: 12,
+      headSeq: 12,
+      anchored: true,
+      checkpoints: 2,
+      newestCheckpoint: { seq: 10, hash: await storedHash(gateway, 10) },
+      truncated: false,
+      rewritten: false,
+      forged: false,
+      checkpointProblems: [],
+    });
+    expect(await checkpointKeys()).toEqual([checkpointKey(5), checkpointKey(10), checkpointKey(12)]);
+  });
+
+  it("checkpoints the head from the cron, so the newest events are anchored within a minute", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 3);
+    const ctx = createExecutionContext();
+    await worker.scheduled(createScheduledController({ cron: "* * * * *" }), env, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(await checkpointKeys()).toEqual([checkpointKey(3)]);
+  });
+
+  it("(a) reports truncation when the newest events, at and below a checkpoint, are deleted", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 12);
+    await env.DB.exec("DROP TRIGGER audit_events_no_delete");
+    await env.DB.prepare("DELETE FROM audit_events WHERE seq >= 9").run();
+    const result = await verifyOverHttp(gateway);
+    // The chain alone still holds: this is what went unnoticed before checkpoints.
+    expect(result).toMatchObject({ checked: 8, headSeq: 8 });
+    expect(result.firstBroken).toBeUndefined();
+    expect(result).toMatchObject({
+      ok: false,
+      truncated: true,
+      rewritten: false,
+      forged: false,
+      newestCheckpoint: { seq: 10 },
+      checkpointProblems: [{ key: checkpointKey(10), seq: 10, problem: "event_missing" }],
+    });
+    // A history that does not hold is never signed.
+    expect(await checkpointKeys()).toEqual([checkpointKey(5), checkpointKey(10)]);
+  });
+
+  it("(a) reports truncation of the newest token.issued event once the cron anchored it", async () => {
+    const gateway = anchoredGateway();
+    const license = await seedLicense(gateway.services);
+    await seedGrant(gateway.services, license);
+    await record(gateway, 2);
+    await writeAudited(gateway.services, async () => ({
+      statements: [],
+      events: [
+        { actor: "applicant:ada@acme.example", action: "token.issued", subjectType: "token", subjectId: "tok_1" },
+      ],
+      result: undefined,
+    }));
+    const ctx = createExecutionContext();
+    await worker.scheduled(createScheduledController({ cron: "* * * * *" }), env, ctx);
+    await waitOnExecutionContext(ctx);
+    await env.DB.exec("DROP TRIGGER audit_events_no_delete");
+    await env.DB.prepare("DELETE FROM audit_events WHERE action = 'token.issued'").run();
+    expect(await verifyOverHttp(gateway)).toMatchObject({
+      ok: false,
+      truncated: true,
+      checkpointProblems: [{ problem: "event_missing" }],
+    });
+  });
+
+  it("(b) reports a rewrite of an earlier event whose successors were all re-hashed", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 12);
+    await rewriteAndRehash(gateway, 3, { n: 300 });
+    const result = await verifyOverHttp(gateway);
+    expect(result.firstBroken).toBeUndefined();
+    expect(result).toMatchObject({
+      ok: false,
+      checked: 12,
+      truncated: false,
+      rewritten: true,
+      forged: false,
+      checkpointProblems: [
+        { key: checkpointKey(5), seq: 5, problem: "hash_mismatch" },
+        { key: checkpointKey(10), seq: 10, problem: "hash_mismatch" },
+      ],
+    });
+  });
+
+  it("(c) reports checkpoint objects that are not validly signed: another key, a moved copy, no signature", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 5);
+    const { privateKey } = await generateKeyPair("EdDSA", { crv: "Ed25519" });
+    const hash = await storedHash(gateway, 5);
+    const forgedJws = await new CompactSign(new TextEncoder().encode(JSON.stringify({ seq: 7, hash, signedAt: "x" })))
+      .setProtectedHeader({ alg: "EdDSA", kid: "test-audit-key", typ: "modelgate-audit-checkpoint+jws" })
+      .sign(privateKey);
+    await env.AUDIT_BUCKET.put(checkpointKey(7), JSON.stringify({ jws: forgedJws }), {
+      customMetadata: { jws: forgedJws },
+    });
+    const genuine = await env.AUDIT_BUCKET.head(checkpointKey(5));
+    await env.AUDIT_BUCKET.put(checkpointKey(900), "{}", { customMetadata: genuine?.customMetadata ?? {} });
+    await env.AUDIT_BUCKET.put(`${CHECKPOINT_PREFIX}notes.txt`, "nothing signed here");
+    expect(await verifyOverHttp(gateway)).toMatchObject({
+      ok: false,
+      checked: 5,
+      forged: true,
+      truncated: false,
+      rewritten: false,
+      newestCheckpoint: { seq: 5 },
+      checkpointProblems: [
+        { key: checkpointKey(7), seq: null, problem: "invalid_signature" },
+        { key: checkpointKey(900), seq: null, problem: "invalid_signature" },
+        { key: `${CHECKPOINT_PREFIX}notes.txt`, seq: null, problem: "invalid_signature" },
+      ],
+    });
+  });
+
+  it("(d) never overwrites a checkpoint, even for a writer that raced past the existence check", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 5);
+    const anchor = gateway.services.auditAnchor;
+    if (!anchor) throw new Error("anchoring is off");
+    const before = await (await env.AUDIT_BUCKET.get(checkpointKey(5)))?.text();
+    // A rewritten chain reaching seq 5 again, by the cron and by a writer that saw no object there.
+    await rewriteAndRehash(gateway, 2, { n: 200 });
+    expect(await anchorAuditHead(gateway.services)).toEqual({ seq: 5, outcome: "exists" });
+    const racing = { ...anchor, bucket: withoutHead(env.AUDIT_BUCKET) };
+    const checkpoint = { seq: 5, hash: (await storedHash(gateway, 5)) ?? "", signedAt: "2030-01-01T00:00:00.000Z" };
+    expect(await writeCheckpoint(racing, checkpoint)).toBe("exists");
+    expect(await (await env.AUDIT_BUCKET.get(checkpointKey(5)))?.text()).toBe(before);
+    expect(await verifyOverHttp(gateway)).toMatchObject({ ok: false, rewritten: true });
+  });
+
+  it("checks the chain alone when no signing key is configured", async () => {
+    const gateway = testGateway(undefined, { AUDIT_SIGNING_KEYS: "", AUDIT_CHECKPOINT_EVERY: "1" });
+    await record(gateway, 3);
+    expect(await verifyOverHttp(gateway)).toMatchObject({
+      ok: true,
+      checked: 3,
+      anchored: false,
+      checkpoints: 0,
+      newestCheckpoint: null,
+    });
+    expect(await checkpointKeys()).toEqual([]);
+  });
+});
+
+/** The bucket as a writer sees it that checked for an object just before another writer stored one. */
+function withoutHead(bucket: R2Bucket): R2Bucket {
+  return new Proxy(bucket, {
+    get(target, property) {
+      if (property === "head") return async () => null;
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}

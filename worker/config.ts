@@ -37,6 +37,16 @@ export interface Config {
     defaultMaxTokens: number;
   };
   billing: BillingConfig;
+  audit: {
+    /**
+     * Ed25519 private JWKs that sign checkpoints of the audit chain's head, newest (the signing one)
+     * first; a retired key may stay listed without its private part so its checkpoints still verify.
+     * Empty: anchoring is off and verification checks the hash chain alone.
+     */
+    signingKeys: Record<string, unknown>[];
+    /** Audited events between the checkpoints writers leave (the cron also anchors each minute). */
+    checkpointEvery: number;
+  };
 }
 
 /** Whether this gateway bills through Stripe: without a secret key, usage is only metered. */
@@ -141,6 +151,12 @@ export function readConfig(env: Env): Config {
         completion: env.STRIPE_METER_COMPLETION || "modelgate_completion_tokens",
       },
       graceDays: positiveInt(env.BILLING_GRACE_DAYS, 7, "BILLING_GRACE_DAYS"),
+    },
+    audit: {
+      signingKeys: env.AUDIT_SIGNING_KEYS?.trim()
+        ? ((JSON.parse(env.AUDIT_SIGNING_KEYS) as { keys: Record<string, unknown>[] }).keys ?? [])
+        : [],
+      checkpointEvery: positiveInt(env.AUDIT_CHECKPOINT_EVERY, 100, "AUDIT_CHECKPOINT_EVERY"),
     },
   };
   cache.set(env, config);

@@ -1,4 +1,5 @@
 import { newApp } from "./app";
+import { anchorAuditHead } from "./audit/log";
 import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
 import { reconcileBilling } from "./billing/reconcile";
 import { billingEnabled } from "./config";
@@ -13,11 +14,20 @@ export default {
   fetch: app.fetch,
 
   /**
-   * Every minute: deliver mail that is due (retries included) and reconcile billing — re-queue
-   * usage rows Stripe has not accepted yet, flag rows too old to bill, provision billing accounts.
+   * Every minute: checkpoint the audit chain's head outside D1, deliver mail that is due (retries
+   * included) and reconcile billing — re-queue usage rows Stripe has not accepted yet, flag rows
+   * too old to bill, provision billing accounts.
    */
   async scheduled(_controller, env, ctx) {
     const services = createServices(env, {}, { trigger: "cron" });
+    ctx.waitUntil(
+      anchorAuditHead(services).then(
+        (anchored) => {
+          if (anchored?.outcome === "written") services.log.info("audit head checkpointed", { seq: anchored.seq });
+        },
+        (error: unknown) => services.log.error("audit checkpoint failed", { error: String(error) }),
+      ),
+    );
     ctx.waitUntil(
       deliverDueMail(services).then((report) => {
         if (report.sent + report.retried + report.failed > 0) services.log.info("mail outbox run", { ...report });

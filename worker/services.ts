@@ -1,3 +1,4 @@
+import { type AuditAnchor, auditAnchorFor } from "./audit/anchor";
 import type { Config } from "./config";
 import { readConfig } from "./config";
 import { createDatabase, type Database } from "./db/client";
@@ -14,6 +15,8 @@ export interface Services {
   mailer: Mailer;
   log: Logger;
   config: Config;
+  /** Signs checkpoints of the audit chain's head into R2; undefined when no signing key is set. */
+  auditAnchor: AuditAnchor | undefined;
 }
 
 /**
@@ -34,12 +37,14 @@ export function createServices(
 ): Services {
   const config = readConfig(env);
   const clock = options.clock ?? systemClock;
+  const log = jsonLogger(logFields);
   return {
     db: createDatabase(env.DB),
     clock,
     ids: (options.ids ?? randomIds)(clock),
     mailer: (options.mailer ?? ((e, c) => sendEmailMailer(e.EMAIL, c.mailFrom)))(env, config),
-    log: jsonLogger(logFields),
+    log,
     config,
+    auditAnchor: auditAnchorFor(env.AUDIT_BUCKET, config, log),
   };
 }

@@ -5,6 +5,16 @@ import { auditEvents } from "../db/schema";
 import type { Clock } from "../platform/clock";
 import { canonicalJson, sha256Hex } from "../platform/hash";
 import type { IdGenerator } from "../platform/ids";
+import {
+  type AuditAnchor,
+  anchorHead,
+  type CheckpointVerification,
+  type CheckpointWrite,
+  passesCheckpointMark,
+  UNANCHORED,
+  verifyCheckpoints,
+  writeCheckpoint,
+} from "./anchor";
 
 /** The hash the first event chains from. */
 export const GENESIS_HASH = "0".repeat(64);
@@ -68,7 +78,8 @@ export function isUniqueViolation(error: unknown, table?: string): boolean {
   return text.includes(table ? `UNIQUE constraint failed: ${table}.` : "UNIQUE constraint failed");
 }
 
-async function readHead(db: Database) {
+/** The chain's newest event, or undefined before the first. */
+export async function readHead(db: Database) {
   const [head] = await db
     .select({ seq: auditEvents.seq, hash: auditEvents.hash })
     .from(auditEvents)
@@ -85,9 +96,11 @@ async function readHead(db: Database) {
  * and the plan is run again on fresh state.
  * The audit chain is thereby the optimistic lock for every audited change (D1 has no interactive
  * transactions).
+ * A write that carries the chain past a multiple of `checkpointEvery` checkpoints the head it
+ * reached, when anchoring is configured (`anchor.ts`).
  */
 export async function writeAudited<T>(
-  deps: { db: Database; clock: Clock; ids: IdGenerator },
+  deps: { db: Database; clock: Clock; ids: IdGenerator; auditAnchor?: AuditAnchor | undefined },
   plan: () => Promise<AuditedWrite<T>>,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
@@ -119,7 +132,6 @@ export async function writeAudited<T>(
     if (all.length === 0) return result;
     try {
       await deps.db.batch(all as [BatchItem<"sqlite">, ...BatchItem<"sqlite">[]]);
-      return result;
     } catch (error) {
       // A unique key failing after another audited write landed is a lost race (on the chain's
       // `seq`, or on a row the other write created): plan again on the new state. A unique key
@@ -130,6 +142,11 @@ export async function writeAudited<T>(
       }
       throw error;
     }
+    const anchor = deps.auditAnchor;
+    if (anchor && rows.length > 0 && passesCheckpointMark(head?.seq ?? 0, seq, anchor.config.audit.checkpointEvery)) {
+      await anchorHead(anchor, { seq, hash: prevHash, signedAt: at });
+    }
+    return result;
   }
 }
 
@@ -175,4 +192,42 @@ export async function verifyAuditChain(db: Database, pageSize = 500): Promise<Ch
       return { ok: true, checked, headSeq: expectedSeq - 1, headHash: expectedPrev };
     }
   }
+}
+
+/**
+ * Checkpoints the chain's current head unless it already is (the cron's every-minute anchoring).
+ * Undefined when there is nothing to anchor: anchoring is off, or the chain is empty.
+ */
+export async function anchorAuditHead(deps: {
+  db: Database;
+  clock: Clock;
+  auditAnchor: AuditAnchor | undefined;
+}): Promise<{ seq: number; outcome: CheckpointWrite } | undefined> {
+  const head = deps.auditAnchor ? await readHead(deps.db) : undefined;
+  if (!deps.auditAnchor || !head) return undefined;
+  const signedAt = deps.clock.now().toISOString();
+  return { seq: head.seq, outcome: await writeCheckpoint(deps.auditAnchor, { ...head, signedAt }) };
+}
+
+/** The chain walked, and compared with every checkpoint; `ok` only when both hold. */
+export type AuditVerification = ChainVerification & CheckpointVerification;
+
+/**
+ * Verifies the audit log: the hash chain link by link, then against every signed checkpoint in R2,
+ * which is what catches a history re-hashed or cut short by someone able to write to D1. A log
+ * that holds on every count has its head checkpointed when it is past the newest checkpoint.
+ */
+export async function verifyAuditLog(deps: {
+  db: Database;
+  clock: Clock;
+  auditAnchor: AuditAnchor | undefined;
+}): Promise<AuditVerification> {
+  const chain = await verifyAuditChain(deps.db);
+  const anchor = deps.auditAnchor;
+  const anchoring = anchor ? await verifyCheckpoints(deps.db, anchor) : UNANCHORED;
+  const ok = chain.ok && !anchoring.truncated && !anchoring.rewritten && !anchoring.forged;
+  if (anchor && ok && chain.headSeq > (anchoring.newestCheckpoint?.seq ?? 0)) {
+    await anchorHead(anchor, { seq: chain.headSeq, hash: chain.headHash, signedAt: deps.clock.now().toISOString() });
+  }
+  return { ...chain, ...anchoring, ok };
 }

@@ -1,11 +1,12 @@
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, type SQL } from "drizzle-orm";
-import { requireRole } from "../admin/access";
 import { decodeSeqCursor, encodeSeqCursor, PageQuery } from "../admin/cursor";
+import { adminRoute } from "../admin/door";
 import type { Database } from "../db/client";
 import { type AuditEvent, auditEvents } from "../db/schema";
 import { newRouter, problemResponses } from "../http/router";
-import { verifyAuditChain } from "./log";
+import { deferredTo } from "./anchor";
+import { verifyAuditLog } from "./log";
 
 /** One recorded event as the admin API shows it, hashes included so a copy can be re-verified. */
 export const AuditEventSchema = z
@@ -39,12 +40,10 @@ export function auditEventView(event: AuditEvent): z.infer<typeof AuditEventSche
   };
 }
 
-const listAudit = createRoute({
+const listAudit = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/audit",
-  tags: ["Admin"],
   summary: "Audit events, newest first",
-  middleware: [requireRole("reviewer")] as const,
   request: {
     query: z.object({
       action: z.string().max(100).optional().openapi({ example: "application.decided" }),
@@ -67,15 +66,16 @@ const listAudit = createRoute({
   },
 });
 
-const verifyAudit = createRoute({
+const verifyAudit = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/audit/verify",
-  tags: ["Admin"],
-  summary: "Walk the hash chain and report the first broken link",
-  middleware: [requireRole("reviewer")] as const,
+  summary: "Walk the hash chain, compare it with every signed checkpoint, and report what does not hold",
   responses: {
     200: {
-      description: "The verification result; `ok: false` names the first event that does not hold",
+      description:
+        "The verification result. `ok` is false when a link of the chain does not hold (`firstBroken`), or when the " +
+        "chain disagrees with a signed checkpoint kept outside the database: events at or below one are missing " +
+        "(`truncated`), an event at one has another hash (`rewritten`), or a checkpoint is not validly signed (`forged`).",
       content: {
         "application/json": {
           schema: z
@@ -91,6 +91,24 @@ const verifyAudit = createRoute({
                   problem: z.enum(["hash_mismatch", "prev_hash_mismatch", "sequence_gap"]),
                 })
                 .optional(),
+              anchored: z.boolean().openapi({ description: "Whether checkpoints are signed and checked here" }),
+              checkpoints: z.number().int().openapi({ description: "Checkpoint objects examined" }),
+              newestCheckpoint: z
+                .object({ seq: z.number().int(), hash: z.string(), signedAt: z.string() })
+                .nullable()
+                .openapi({ description: "The newest checkpoint whose signature holds" }),
+              truncated: z.boolean(),
+              rewritten: z.boolean(),
+              forged: z.boolean(),
+              checkpointProblems: z
+                .array(
+                  z.object({
+                    key: z.string(),
+                    seq: z.number().int().nullable(),
+                    problem: z.enum(["invalid_signature", "event_missing", "hash_mismatch"]),
+                  }),
+                )
+                .openapi({ description: "The first checkpoints that do not hold, in sequence order" }),
             })
             .openapi("AuditVerification"),
         },
@@ -130,5 +148,7 @@ export async function listAuditEvents(
 export const auditRoutes = newRouter()
   .openapi(listAudit, async (c) => c.json(await listAuditEvents(c.get("services").db, c.req.valid("query")), 200))
   .openapi(verifyAudit, async (c) => {
-    return c.json(await verifyAuditChain(c.get("services").db), 200);
+    const services = c.get("services");
+    const anchor = services.auditAnchor && deferredTo(services.auditAnchor, c.executionCtx);
+    return c.json(await verifyAuditLog({ ...services, auditAnchor: anchor }), 200);
   });
