@@ -2,8 +2,9 @@
  * A stand-in for an OpenAI-compatible GPU inference server (vLLM, TGI) in development, tests and
  * benchmarks. It speaks the real wire format — `/v1/models`, `/v1/chat/completions`,
  * `/v1/completions`, streamed or not, with usage reported the way vLLM reports it — but answers
- * deterministically: `max_tokens` tokens reading `tok0 tok1 …`, and usage counted as words, so a
- * test can compute exactly what the gateway must meter and bill.
+ * deterministically: `max_tokens` tokens reading `tok0 tok1 …`, and usage counted as words (or,
+ * when a test asks, one token per byte), so a test can compute exactly what the gateway must
+ * meter and bill.
  *
  * Tests make one backend misbehave through `POST /_sim/mode` (refuse, 500, stall, cut, down) and
  * read back what the gateway sent through `GET /_sim/requests`.
@@ -50,7 +51,15 @@ export interface SimulatorModeRequest {
   cutAfter?: number;
   /** Changes the time to generate a token (see {@link BackendSimulatorOptions}) from now on. */
   tokenLatencyMs?: number;
+  /**
+   * How prompts are counted from now on: `words` (the default) or `bytes`, one token per UTF-8
+   * byte of the prompt's text, as a byte-fallback tokenizer does at worst (digits, for Llama 2).
+   */
+  promptTokens?: PromptCount;
 }
+
+/** How a simulator counts a prompt's tokens. */
+export type PromptCount = "words" | "bytes";
 
 /** One completion request as the simulator received it (`GET /_sim/requests`). */
 export interface RecordedRequest {
@@ -119,6 +128,7 @@ interface ScopeState {
   remaining: number | undefined;
   cutAfter: number;
   tokenLatencyMs: number;
+  promptTokens: PromptCount;
   recorded: RecordedRequest[];
 }
 
@@ -136,20 +146,24 @@ function countWords(text: string): number {
   return words;
 }
 
-/** Words in every text a chat message carries: plain `content` strings and `text` parts. */
-function chatPromptWords(messages: ChatMessage[]): number {
-  let words = 0;
+function countTokens(text: string, count: PromptCount): number {
+  return count === "bytes" ? Buffer.byteLength(text) : countWords(text);
+}
+
+/** Tokens in every text a chat message carries: plain `content` strings and `text` parts. */
+function chatPromptTokens(messages: ChatMessage[], count: PromptCount): number {
+  let tokens = 0;
   for (const message of messages) {
     const content = message?.content;
-    if (typeof content === "string") words += countWords(content);
+    if (typeof content === "string") tokens += countTokens(content, count);
     else if (Array.isArray(content)) {
       for (const part of content) {
         const text = (part as { text?: unknown } | null)?.text;
-        if (typeof text === "string") words += countWords(text);
+        if (typeof text === "string") tokens += countTokens(text, count);
       }
     }
   }
-  return words;
+  return tokens;
 }
 
 /** The i-th generated token; the whole completion is their concatenation. */
@@ -250,6 +264,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         remaining: undefined,
         cutAfter: 3,
         tokenLatencyMs: options.tokenLatencyMs ?? 0,
+        promptTokens: "words",
         recorded: [],
       };
       scopes.set(scope, state);
@@ -286,7 +301,12 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     if (latency !== undefined && !(typeof latency === "number" && latency >= 0)) {
       throw new BadRequest(400, "tokenLatencyMs must be a non-negative number", "invalid_request_error");
     }
+    const promptTokens = request.promptTokens;
+    if (promptTokens !== undefined && promptTokens !== "words" && promptTokens !== "bytes") {
+      throw new BadRequest(400, "promptTokens must be words or bytes", "invalid_request_error", "promptTokens");
+    }
     state.mode = request.mode;
+    if (promptTokens !== undefined) state.promptTokens = promptTokens;
     state.remaining = request.mode === "ok" ? undefined : count;
     state.cutAfter = cut;
     if (latency !== undefined) state.tokenLatencyMs = latency;
@@ -298,6 +318,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       count: state.remaining ?? null,
       cutAfter: state.cutAfter,
       tokenLatencyMs: state.tokenLatencyMs,
+      promptTokens: state.promptTokens,
     };
   }
 
@@ -361,7 +382,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         "model_not_found",
       );
     }
-    const maxTokens = request.max_tokens ?? request.max_completion_tokens ?? DEFAULT_MAX_TOKENS;
+    // vLLM's order: `max_completion_tokens` wins over `max_tokens` when both are sent.
+    const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? DEFAULT_MAX_TOKENS;
     if (!(typeof maxTokens === "number" && Number.isInteger(maxTokens) && maxTokens >= 0)) {
       throw new BadRequest(400, "max_tokens must be a non-negative integer", "invalid_request_error", "max_tokens");
     }
@@ -378,14 +400,23 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       if (!Array.isArray(request.messages)) {
         throw new BadRequest(400, "messages must be an array", "invalid_request_error", "messages");
       }
-      promptTokens = chatPromptWords(request.messages as ChatMessage[]);
+      promptTokens = chatPromptTokens(request.messages as ChatMessage[], state.promptTokens);
     } else {
       const prompt = request.prompt;
-      if (typeof prompt === "string") promptTokens = countWords(prompt);
+      if (typeof prompt === "string") promptTokens = countTokens(prompt, state.promptTokens);
       else if (Array.isArray(prompt) && prompt.every((p) => typeof p === "string")) {
-        promptTokens = prompt.reduce((sum: number, p: string) => sum + countWords(p), 0);
+        promptTokens = prompt.reduce((sum: number, p: string) => sum + countTokens(p, state.promptTokens), 0);
+      } else if (Array.isArray(prompt) && prompt.every((p) => typeof p === "number")) {
+        promptTokens = prompt.length;
+      } else if (Array.isArray(prompt) && prompt.every((p) => Array.isArray(p))) {
+        promptTokens = prompt.reduce((sum: number, p: unknown[]) => sum + p.length, 0);
       } else {
-        throw new BadRequest(400, "prompt must be a string or an array of strings", "invalid_request_error", "prompt");
+        throw new BadRequest(
+          400,
+          "prompt must be a string, an array of strings, or token ids",
+          "invalid_request_error",
+          "prompt",
+        );
       }
     }
 
