@@ -18,6 +18,7 @@ import { ADMIN_ROLES, type AdminRole, type Config } from "../config";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import type { Clock } from "../platform/clock";
+import { ownProperty } from "../platform/untrusted";
 
 /** The header Cloudflare Access puts the signed identity in. */
 export const ACCESS_JWT_HEADER = "cf-access-jwt-assertion";
@@ -67,16 +68,20 @@ export function holdsRole(identity: Pick<AdminIdentity, "roles">, required: Admi
   return identity.roles.some((role) => rank(role) >= rank(required));
 }
 
-/** The group names a token carries, from `groups` or Access's `custom.groups` (names or `{id, name}`). */
+/**
+ * The group names a token carries, from `groups` or Access's `custom.groups` (names or
+ * `{id, name}`). Every claim is read as the token's own property: an inherited `custom` or
+ * `groups` would be whatever some request managed to put on `Object.prototype`.
+ */
 function tokenGroups(payload: JWTPayload): string[] {
-  const custom = payload.custom as { groups?: unknown } | undefined;
   const out: string[] = [];
-  for (const source of [payload.groups, custom?.groups]) {
+  for (const source of [ownProperty(payload, "groups"), ownProperty(ownProperty(payload, "custom"), "groups")]) {
     if (!Array.isArray(source)) continue;
     for (const group of source) {
       if (typeof group === "string") out.push(group);
-      else if (group && typeof group === "object") {
-        const { name, id } = group as { name?: unknown; id?: unknown };
+      else {
+        const name = ownProperty(group, "name");
+        const id = ownProperty(group, "id");
         if (typeof name === "string") out.push(name);
         if (typeof id === "string") out.push(id);
       }
@@ -159,10 +164,12 @@ export async function verifyAccessToken(
     }
     throw new AppError("unauthorized", "The Access token is not valid.", { cause: error });
   }
-  if (typeof payload.email !== "string" || !payload.email.includes("@") || typeof payload.sub !== "string") {
+  const email = ownProperty(payload, "email");
+  const subject = ownProperty(payload, "sub");
+  if (typeof email !== "string" || !email.includes("@") || typeof subject !== "string") {
     throw new AppError("unauthorized", "The Access token names no user.");
   }
-  const identity = { email: payload.email.toLowerCase(), subject: payload.sub };
+  const identity = { email: email.toLowerCase(), subject };
   return { ...identity, roles: rolesFor({ ...payload, email: identity.email }, deps.config.adminRoles) };
 }
 

@@ -1,10 +1,9 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { abuseBrake, clientIp } from "../http/middleware";
-import { formToObject, newRouter, problemResponses, readBody } from "../http/router";
+import { newRouter, problemResponses, readBody, readRawBody, validateBody } from "../http/router";
 import { requireLicense } from "../licenses/routes";
 import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
@@ -20,16 +19,6 @@ import {
 } from "./schemas";
 import { answerInformationRequest, applicantView, applicationBySecret, capability } from "./status";
 import { submitApplication } from "./submit";
-
-/** Largest accepted application body; the longest legitimate one is well under 16 KiB. */
-const MAX_BODY_BYTES = 64 * 1024;
-
-const limitBody = bodyLimit({
-  maxSize: MAX_BODY_BYTES,
-  onError: () => {
-    throw new AppError("payload_too_large", `The body must be at most ${MAX_BODY_BYTES} bytes.`);
-  },
-});
 
 /** A browser form post that wants a page back rather than JSON. */
 function wantsPage(c: Context<HonoEnv>): boolean {
@@ -81,7 +70,7 @@ const submitRoute = createRoute({
   summary: "Apply for access to a model family under its license",
   description:
     "JSON or form-encoded (dotted names such as `organization.country`). The license policy decides at once: approved, pending_review or rejected. A repeat application by the same organization and e-mail while a case is open returns that case (200, `duplicate: true`) and e-mails a fresh status link to the contact.",
-  middleware: [abuseBrake(), limitBody] as const,
+  middleware: [abuseBrake()] as const,
   request: {
     body: {
       // Documented by reference only: the handler's `readBody` parses JSON and form posts alike
@@ -125,7 +114,7 @@ const respondRoute = createRoute({
   path: "/v1/applications/{id}/response",
   tags: ["Applications"],
   summary: "Answer a reviewer's request for information",
-  middleware: [abuseBrake(), limitBody] as const,
+  middleware: [abuseBrake()] as const,
   request: {
     params: IdParam,
     query: TokenQuery,
@@ -172,12 +161,13 @@ applicationRoutes
   .openapi(submitRoute, async (c) => {
     const services = c.get("services");
     const page = wantsPage(c);
+    const body = await readRawBody(c, { form: true });
     let input: ApplicationInput;
     try {
-      input = await readBody(c, ApplicationInput, { form: true, fromForm: applicationFromForm });
+      input = validateBody(body, ApplicationInput, applicationFromForm);
     } catch (error) {
-      if (page && error instanceof AppError && error.code === "validation_failed") {
-        const values = formToObject(await c.req.formData());
+      if (page && body.kind === "form" && error instanceof AppError && error.code === "validation_failed") {
+        const values = body.value;
         // A browser's form post gets the form back, filled in, with the errors; API clients get problem+json.
         const page = await renderForm(c, typeof values.family === "string" ? values.family : "", {
           values,

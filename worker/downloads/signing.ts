@@ -1,6 +1,7 @@
 import { type CryptoKey, importJWK, type JWK, type JWTPayload, jwtVerify, SignJWT } from "jose";
 import type { Config } from "../config";
 import { AppError } from "../errors";
+import { ownProperty } from "../platform/untrusted";
 
 /** Audience of every download link: a link is good for nothing else. */
 export const LINK_AUDIENCE = "modelgate:download";
@@ -116,7 +117,8 @@ export async function verifyLink(config: Config, token: string, now: Date): Prom
     throw refuse();
   }
   for (const claim of ["jti", "gnt", "tok", "mdl", "rev", "pth", "etg"] as const) {
-    if (typeof payload[claim] !== "string" || (payload[claim] as string).length === 0) throw refuse();
+    const value = ownProperty(payload, claim);
+    if (typeof value !== "string" || value.length === 0) throw refuse();
   }
   return payload as unknown as LinkClaims;
 }

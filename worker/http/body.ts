@@ -1,0 +1,40 @@
+import { AppError } from "../errors";
+
+/**
+ * A request body as text, counted while it is read: the read stops, and the request is refused as
+ * `payload_too_large`, as soon as more than `limit` bytes have arrived, whether or not the client
+ * declared a `Content-Length` (a chunked body declares none). A declared length over the limit is
+ * refused before anything is read.
+ */
+export async function readBodyText(request: Request, limit: number): Promise<string> {
+  return new TextDecoder().decode(await readBodyBytes(request, limit));
+}
+
+/** `readBodyText`'s bytes, undecoded. */
+export async function readBodyBytes(request: Request, limit: number): Promise<Uint8Array> {
+  const tooLarge = () => new AppError("payload_too_large", `The request body is larger than ${limit} bytes.`);
+  const declared = Number(request.headers.get("content-length"));
+  if (Number.isFinite(declared) && declared > limit) throw tooLarge();
+  if (!request.body) return new Uint8Array();
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0] as Uint8Array;
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return out;
+}
