@@ -3,7 +3,7 @@
  * read-only here, and those added in the console), and adding, changing, probing and removing the
  * latter. Every change is audited; API keys are sealed at rest and never shown again.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
 import { isUniqueViolation, writeAudited } from "../audit/log";
 import { inferenceBackends } from "../db/schema";
@@ -26,9 +26,10 @@ import {
 } from "../inference/backends";
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { reviewerActor } from "./decisions";
+import { adminRoute } from "./door";
 
 /** Form fields left empty arrive as "" (text) or null (numbers): both mean "not given". */
 const unset = (value: unknown) => (value === "" || value === null ? undefined : value);
@@ -420,26 +421,22 @@ export async function probeInferenceBackend(
 
 const Params = z.object({ id: z.string().min(1).max(100) });
 
-const listRoute = createRoute({
+const listRoute = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/inference-backends",
-  tags: ["Admin"],
   summary: "Every model's inference servers",
-  middleware: [requireRole("reviewer")] as const,
   responses: {
     200: { description: "The servers", content: { "application/json": { schema: BackendListSchema } } },
     ...problemResponses(401, 403),
   },
 });
 
-const addRoute = createRoute({
+const addRoute = adminRoute("admin", {
   method: "post",
   path: "/admin/api/inference-backends",
-  tags: ["Admin"],
   summary: "Add an inference server to a model's pool; in force within seconds",
   description:
     "Needs the admin role. The URL must be http(s) and not a private, loopback, link-local or metadata address unless its host is in INFERENCE_ALLOWED_HOSTS.",
-  middleware: [requireRole("admin")] as const,
   request: { body: documentedJsonBody(BackendCreateSchema, "InferenceBackendCreate") },
   responses: {
     201: { description: "The server", content: { "application/json": { schema: BackendSchema } } },
@@ -447,12 +444,10 @@ const addRoute = createRoute({
   },
 });
 
-const changeRoute = createRoute({
+const changeRoute = adminRoute("admin", {
   method: "patch",
   path: "/admin/api/inference-backends/{id}",
-  tags: ["Admin"],
   summary: "Change an inference server added in the console; in force within seconds",
-  middleware: [requireRole("admin")] as const,
   request: { params: Params, body: documentedJsonBody(BackendChangeSchema, "InferenceBackendChange") },
   responses: {
     200: { description: "The server", content: { "application/json": { schema: BackendSchema } } },
@@ -460,12 +455,10 @@ const changeRoute = createRoute({
   },
 });
 
-const removeRoute = createRoute({
+const removeRoute = adminRoute("admin", {
   method: "delete",
   path: "/admin/api/inference-backends/{id}",
-  tags: ["Admin"],
   summary: "Remove an inference server added in the console",
-  middleware: [requireRole("admin")] as const,
   request: { params: Params },
   responses: {
     200: {
@@ -476,12 +469,10 @@ const removeRoute = createRoute({
   },
 });
 
-const probeRoute = createRoute({
+const probeRoute = adminRoute("admin", {
   method: "post",
   path: "/admin/api/inference-backends/{id}/probe",
-  tags: ["Admin"],
   summary: "Check whether an inference server added in the console is up",
-  middleware: [requireRole("admin")] as const,
   request: { params: Params },
   responses: {
     200: {

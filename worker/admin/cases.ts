@@ -1,7 +1,7 @@
 /**
  * The review queue and the case file: what a reviewer reads before deciding.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { and, asc, eq, gt, inArray, lt, ne, or, type SQL, sql } from "drizzle-orm";
 import { conflictOfInterest } from "../applications/review";
 import { AuditEventSchema, auditEventView } from "../audit/routes";
@@ -20,8 +20,9 @@ import {
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { type AdminIdentity, currentAdmin } from "./access";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
+import { adminRoute } from "./door";
 
 const PolicyReasonSchema = z.object({
   code: z.string(),
@@ -128,12 +129,10 @@ const CaseSchema = z
   })
   .openapi("ReviewCase");
 
-const listApplications = createRoute({
+const listApplications = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/applications",
-  tags: ["Admin"],
   summary: "The review queue, oldest first",
-  middleware: [requireRole("reviewer")] as const,
   request: {
     query: z.object({
       status: z.enum(APPLICATION_STATUSES).optional(),
@@ -156,12 +155,10 @@ const listApplications = createRoute({
 
 const IdParam = z.object({ id: z.string().min(1).max(100).openapi({ example: "app_01J0000000000000000000000" }) });
 
-const getApplication = createRoute({
+const getApplication = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/applications/{id}",
-  tags: ["Admin"],
   summary: "A case file: submission, evidence, decisions, grant, history and audit trail",
-  middleware: [requireRole("reviewer")] as const,
   request: { params: IdParam },
   responses: {
     200: { description: "The case", content: { "application/json": { schema: CaseSchema } } },

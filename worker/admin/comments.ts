@@ -3,7 +3,7 @@
  * comment is never an approval) and the applicant never sees them, but each one is audited, since
  * what reviewers knew when they decided is part of the record.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
@@ -12,9 +12,10 @@ import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { sha256Hex } from "../platform/hash";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { reviewerActor } from "./decisions";
+import { adminRoute } from "./door";
 
 /** What a reviewer writes. */
 export const NewCommentSchema = z.object({ body: z.string().trim().min(1).max(4000) }).openapi("NewReviewComment");
@@ -81,12 +82,10 @@ export async function addReviewComment(
 
 const Params = z.object({ id: z.string().min(1).max(100) });
 
-const listComments = createRoute({
+const listComments = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/applications/{id}/comments",
-  tags: ["Admin"],
   summary: "Reviewers' comments on a case, oldest first",
-  middleware: [requireRole("reviewer")] as const,
   request: { params: Params },
   responses: {
     200: {
@@ -97,12 +96,10 @@ const listComments = createRoute({
   },
 });
 
-const postComment = createRoute({
+const postComment = adminRoute("reviewer", {
   method: "post",
   path: "/admin/api/applications/{id}/comments",
-  tags: ["Admin"],
   summary: "Comment on a case (visible to reviewers only)",
-  middleware: [requireRole("reviewer")] as const,
   request: { params: Params, body: documentedJsonBody(NewCommentSchema, "NewReviewComment") },
   responses: {
     201: { description: "The new comment", content: { "application/json": { schema: CommentSchema } } },

@@ -1,7 +1,7 @@
 /**
  * Grants as reviewers see and steer them: the list, and suspension, reinstatement and revocation.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, or, type SQL, sql } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import type { AdminRole } from "../config";
@@ -10,14 +10,15 @@ import { applications, GRANT_STATUSES, grants, organizations } from "../db/schem
 import { AppError } from "../errors";
 import { type GrantAction, nextGrantStatus } from "../grants/state";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import { enqueueMail } from "../mail/outbox";
-import { grantMail } from "../mail/templates";
+import { enqueueMailWithinLimits } from "../mail/outbox";
+import { caseNotice, grantMail } from "../mail/templates";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
 import { deliverMailSoon, reviewerActor } from "./decisions";
+import { adminRoute } from "./door";
 
 const GrantSchema = z
   .object({
@@ -85,21 +86,14 @@ export async function changeGrantStatus(
     }
     const at = clock.now().toISOString();
     const mail = grantMail(
-      {
-        to: application.contactEmail,
-        contactName: application.contactName,
-        organizationName: application.organizationName,
-        familyName: findFamily(grant.family)?.displayName ?? grant.family,
-        applicationId: application.id,
-        statusUrl: `${services.config.publicBaseUrl}/applications/${application.id}`,
-      },
+      caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
       next,
       reason,
     );
     return {
       statements: [
         db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
-        enqueueMail(services, mail),
+        ...(await enqueueMailWithinLimits(services, mail)),
       ],
       events: [
         {
@@ -122,12 +116,10 @@ export async function changeGrantStatus(
   });
 }
 
-const listGrants = createRoute({
+const listGrants = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/grants",
-  tags: ["Admin"],
   summary: "Grants, newest first",
-  middleware: [requireRole("reviewer")] as const,
   request: {
     query: z.object({
       status: z.enum(GRANT_STATUSES).optional(),
@@ -153,13 +145,11 @@ const listGrants = createRoute({
 });
 
 function grantActionRoute(action: GrantAction, role: AdminRole, summary: string) {
-  return createRoute({
+  return adminRoute(role, {
     method: "post",
     path: `/admin/api/grants/{id}/${action}`,
-    tags: ["Admin"],
     summary,
     description: `Needs the ${role} role. The reason is recorded in the audit log and sent to the licensee's contact.`,
-    middleware: [requireRole(role)] as const,
     request: {
       params: z.object({ id: z.string().min(1).max(100) }),
       body: documentedJsonBody(GrantChangeRequestSchema, "GrantChangeRequest"),

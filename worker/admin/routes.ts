@@ -1,27 +1,28 @@
 /**
- * The reviewer API under `/admin/api`. Every request is judged twice before any handler runs: a
- * state-changing call must come from this site (a reviewer's browser carries Access's cookie to
- * any site that posts to us), and the caller must hold a valid Cloudflare Access JWT with a
- * reviewer role. Each route then names the least role it needs.
+ * The admin API under `/admin/api`, behind its one door (`./door`): every request is judged
+ * before any handler runs — a state-changing call must come from this site, and the caller must
+ * hold a valid Cloudflare Access JWT with a reviewer role — and each operation, declared with
+ * `adminRoute`, then checks the least role it needs. Every feature's admin operations are mounted
+ * here and nowhere else.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { auditRoutes } from "../audit/routes";
+import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
-import { refuseCrossSite } from "../http/middleware";
-import { newRouter, problemResponses } from "../http/router";
-import { adminIdentity, currentAdmin, requireRole } from "./access";
+import { newRouter } from "../http/router";
+import { quotaAdminRoutes } from "../quota/routes";
+import { currentAdmin } from "./access";
 import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
 import { commentRoutes } from "./comments";
 import { decisionRoutes } from "./decisions";
+import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "./door";
 import { grantRoutes } from "./grants";
 
-const getMe = createRoute({
+const getMe = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/me",
-  tags: ["Admin"],
   summary: "The signed-in reviewer and their roles",
-  middleware: [requireRole("reviewer")] as const,
   responses: {
     200: {
       description: "The reviewer",
@@ -31,18 +32,12 @@ const getMe = createRoute({
         },
       },
     },
-    ...problemResponses(401, 403),
   },
 });
 
 const adminApi = newRouter();
-adminApi.use("/admin/api/*", refuseCrossSite());
-// Authenticate every admin path, including ones no route claims, so the API's shape is not
-// visible to strangers; routes still check their own least role.
-adminApi.use("/admin/api/*", async (c, next) => {
-  await adminIdentity(c);
-  await next();
-});
+// Every admin path, including ones no route claims, so the API's shape is not visible to strangers.
+adminApi.use(`${ADMIN_API_PREFIX}*`, ...adminDoor());
 
 /** The admin router, mounted at `/` by the app. */
 export const adminRoutes = adminApi
@@ -55,4 +50,6 @@ export const adminRoutes = adminApi
   .route("/", decisionRoutes)
   .route("/", grantRoutes)
   .route("/", inferenceBackendRoutes)
-  .route("/", auditRoutes);
+  .route("/", auditRoutes)
+  .route("/", quotaAdminRoutes)
+  .route("/", billingAdminRoutes);

@@ -1,10 +1,10 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, count, eq, gte, sql } from "drizzle-orm";
-import { currentAdmin, requireRole } from "../admin/access";
+import { currentAdmin } from "../admin/access";
+import { adminRoute } from "../admin/door";
 import { billingEnabled } from "../config";
 import { type BillingAccount, billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";
-import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
@@ -98,12 +98,10 @@ const webhookRoute = createRoute({
   },
 });
 
-const outboxRoute = createRoute({
+const outboxRoute = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/billing/outbox",
-  tags: ["Admin"],
   summary: "Usage rows by billing state: the backlog on its way to Stripe",
-  middleware: [requireRole("reviewer")] as const,
   responses: {
     200: {
       description: "Backlog",
@@ -133,14 +131,12 @@ const ResendRequest = z
   })
   .openapi("ResendDeadLetters");
 
-const resendRoute = createRoute({
+const resendRoute = adminRoute("admin", {
   method: "post",
   path: "/admin/api/billing/outbox/resend",
-  tags: ["Admin"],
   summary: "Send dead-lettered usage rows to Stripe again",
   description:
     "Needs the admin role. Rows the usage queue gave up on go back to `pending` and onto the queue; Stripe's identifier on each meter event keeps a row from being billed twice. Audited.",
-  middleware: [refuseCrossSite(), requireRole("admin")] as const,
   request: {
     body: { content: { "application/json": { schema: { $ref: "#/components/schemas/ResendDeadLetters" } } } },
   },
@@ -153,12 +149,10 @@ const resendRoute = createRoute({
   },
 });
 
-const organizationBillingRoute = createRoute({
+const organizationBillingRoute = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/billing/organizations/{id}",
-  tags: ["Admin"],
   summary: "An organization's billing standing",
-  middleware: [requireRole("reviewer")] as const,
   request: { params: z.object({ id: z.string().min(1).max(64) }) },
   responses: {
     200: { description: "Billing standing", content: { "application/json": { schema: BillingSchema } } },
@@ -166,8 +160,8 @@ const organizationBillingRoute = createRoute({
   },
 });
 
+/** The public billing routes: an organization's own standing and Stripe's webhooks. */
 export const billingRoutes = newRouter();
-billingRoutes.openAPIRegistry.register("ResendDeadLetters", ResendRequest);
 
 billingRoutes
   .openapi(billingRoute, async (c) => {
@@ -184,7 +178,13 @@ billingRoutes
     const result = await handleBillingEvent(services, event);
     services.log.info("stripe webhook", { event: event.id, type: event.type, result });
     return c.json({ received: true, result }, 200);
-  })
+  });
+
+/** The operators' billing routes, mounted behind the admin door. */
+export const billingAdminRoutes = newRouter();
+billingAdminRoutes.openAPIRegistry.register("ResendDeadLetters", ResendRequest);
+
+billingAdminRoutes
   .openapi(outboxRoute, async (c) => {
     const services = c.get("services");
     const states = await outboxStates(services.db);

@@ -1,10 +1,9 @@
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import { requireRole } from "../admin/access";
+import { adminRoute } from "../admin/door";
 import { writeAudited } from "../audit/log";
 import { organizationLimits, organizations } from "../db/schema";
 import { AppError } from "../errors";
-import { refuseCrossSite } from "../http/middleware";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { effectiveLimits } from "./limits";
 import { quotaStub } from "./org-quota";
@@ -21,12 +20,10 @@ const LimitsSchema = z
 const Params = z.object({ id: z.string().min(1).max(64) });
 const LimitsAnswer = LimitsSchema.extend({ organizationId: z.string(), custom: z.boolean() });
 
-const getLimits = createRoute({
+const getLimits = adminRoute("reviewer", {
   method: "get",
   path: "/admin/api/organizations/{id}/limits",
-  tags: ["Admin"],
   summary: "An organization's inference limits (its own, or the deployment's defaults)",
-  middleware: [requireRole("reviewer")] as const,
   request: { params: Params },
   responses: {
     200: { description: "Limits", content: { "application/json": { schema: LimitsAnswer } } },
@@ -34,12 +31,10 @@ const getLimits = createRoute({
   },
 });
 
-const putLimits = createRoute({
+const putLimits = adminRoute("admin", {
   method: "put",
   path: "/admin/api/organizations/{id}/limits",
-  tags: ["Admin"],
   summary: "Set an organization's inference limits; in force at once",
-  middleware: [refuseCrossSite(), requireRole("admin")] as const,
   request: {
     params: Params,
     body: {
@@ -53,10 +48,11 @@ const putLimits = createRoute({
   },
 });
 
-export const quotaRoutes = newRouter();
-quotaRoutes.openAPIRegistry.register("OrganizationLimits", LimitsSchema);
+/** Organizations' inference limits, mounted behind the admin door. */
+export const quotaAdminRoutes = newRouter();
+quotaAdminRoutes.openAPIRegistry.register("OrganizationLimits", LimitsSchema);
 
-quotaRoutes
+quotaAdminRoutes
   .openapi(getLimits, async (c) => {
     const services = c.get("services");
     const { id } = c.req.valid("param");
