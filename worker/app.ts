@@ -1,18 +1,20 @@
 import { getPath } from "hono/utils/url";
 import { adminConsoleRoutes } from "../admin-ui/routes";
+import { ACCESS_SECURITY_SCHEME } from "./admin/door";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
 import { billingRoutes } from "./billing/routes";
-import { docsRoutes } from "./docs/routes";
+import type { Config } from "./config";
+import type { OpenApiDocument } from "./docs/openapi";
+import { docsRoutes, type OpenApiSource } from "./docs/routes";
 import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
 import { handleError, handleNotFound } from "./http/errors";
-import { requestContext } from "./http/middleware";
+import { pageSecurityHeaders, requestContext } from "./http/middleware";
 import { newRouter } from "./http/router";
 import type { Endpoint, ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
-import { quotaRoutes } from "./quota/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
 
@@ -38,27 +40,15 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", downloadRoutes);
   app.route("/", inferenceRoutes(options.inference));
   app.route("/", billingRoutes);
-  app.route("/", quotaRoutes);
   app.route("/", adminRoutes);
   app.route("/admin", adminConsoleRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.
   app.route("/", hubRoutes);
-  app.route("/", docsRoutes(app));
-
-  app.openAPIRegistry.registerComponent("securitySchemes", "accessToken", {
-    type: "http",
-    scheme: "bearer",
-    description: "A personal access token (`mg_…`) of an approved organization, with the scope the call needs.",
-  });
-  app.doc31("/openapi.json", (c) => ({
-    openapi: "3.1.0",
-    info: {
-      title: "modelgate",
-      version: "1",
-      description: "Model-license and access gateway: applications under a model's license, review, and access.",
-    },
-    servers: [{ url: c.get("services").config.publicBaseUrl }],
-  }));
+  const openApi = openApiDocuments(app);
+  app.route("/", docsRoutes(openApi));
+  app.get("/openapi.json", (c) =>
+    c.body(openApi(c.get("services").config).json, 200, { "content-type": "application/json; charset=utf-8" }),
+  );
 
   // Completions are most of the traffic: they skip the router (and the walk through the whole
   // route table that the Hub's wildcard paths make a tree search).
@@ -70,6 +60,43 @@ export function newApp(options: AppOptions = {}) {
   return app;
 }
 
+/**
+ * The OpenAPI document, built once per isolate and configuration: it depends on nothing else, and
+ * building it walks every route's schemas (tens of milliseconds of CPU).
+ */
+function openApiDocuments(app: ReturnType<typeof newRouter>): OpenApiSource {
+  app.openAPIRegistry.registerComponent("securitySchemes", "accessToken", {
+    type: "http",
+    scheme: "bearer",
+    description: "A personal access token (`mg_…`) of an approved organization, with the scope the call needs.",
+  });
+  app.openAPIRegistry.registerComponent("securitySchemes", ACCESS_SECURITY_SCHEME, {
+    type: "apiKey",
+    in: "header",
+    name: "Cf-Access-Jwt-Assertion",
+    description:
+      "The Cloudflare Access application token of a reviewer; the operation's `x-required-role` names the least role it needs.",
+  });
+  const built = new WeakMap<Config, { document: OpenApiDocument; json: string }>();
+  return (config) => {
+    let entry = built.get(config);
+    if (!entry) {
+      const document = app.getOpenAPI31Document({
+        openapi: "3.1.0",
+        info: {
+          title: "modelgate",
+          version: "1",
+          description: "Model-license and access gateway: applications under a model's license, review, and access.",
+        },
+        servers: [{ url: config.publicBaseUrl }],
+      }) as unknown as OpenApiDocument;
+      entry = { document, json: JSON.stringify(document) };
+      built.set(config, entry);
+    }
+    return entry;
+  };
+}
+
 const COMPLETION_ENDPOINTS = new Map<string, Endpoint>([
   ["/v1/chat/completions", "chat"],
   ["/v1/completions", "completions"],
@@ -78,6 +105,7 @@ const COMPLETION_ENDPOINTS = new Map<string, Endpoint>([
 /** Request ids, the request's services and problem documents for errors, on `app`. */
 function withCommonHandling(app: ReturnType<typeof newRouter>, options: AppOptions) {
   app.use("*", requestContext(options));
+  app.use("*", pageSecurityHeaders());
   app.onError(handleError);
   app.notFound(handleNotFound);
   return app;
