@@ -368,3 +368,123 @@ describe("inference server changes that are refused", () => {
     expect(list.keysSealable).toBe(false);
   });
 });
+
+/** A simulator's URL with its loopback host written another way. */
+function respelled(backend: Backend, host: string): string {
+  const url = new URL(backend.url);
+  return `http://${host}:${url.port}${url.pathname}`;
+}
+
+describe("security: inference servers at private addresses in disguise", () => {
+  const refusedHosts = [
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "[::ffff:169.254.169.254]",
+    "[::ffff:10.0.0.1]",
+    "[::127.0.0.1]",
+    "[64:ff9b::7f00:1]",
+    "[64:ff9b:1::7f00:1]",
+    "[2002:7f00:1::1]",
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+    "[ff02::1]",
+    "224.0.0.1",
+    "[fec0::1]",
+    "[fc00::1]",
+    "[fd00:ec2::254]",
+    "[fe80::1]",
+    "[::]",
+    "0.0.0.0",
+    "255.255.255.255",
+    "100.64.0.1",
+    "2852039166",
+    "0xa9fea9fe",
+    "0251.0376.0251.0376",
+    "0x0a000001",
+    "10.1",
+    "127.0.0.2",
+    "localhost",
+    "gpu.localhost",
+    "gpu.local",
+    "metadata.google.internal",
+  ];
+
+  // The simulators listen on 127.0.0.1, which the operator allowed: its IPv6 spellings are other
+  // hosts, and reach it all the same.
+  it("are refused by the admin API with the private-address problem, and nothing is stored", async () => {
+    const { gw, admin } = await setup();
+    const gpu = scopedBackend(0);
+    const existing = await add(admin, gpu);
+    const before = (await gw.db.select().from(auditEvents)).length;
+    for (const host of refusedHosts) {
+      for (const [method, path, body] of [
+        ["POST", "", { model: MODEL, url: respelled(gpu, host) }],
+        ["PATCH", `/${existing.id}`, { url: `${respelled(gpu, host)}/v1/` }],
+      ] as const) {
+        const res = await admin(method, path, body);
+        expect([host, method, res.status]).toEqual([host, method, 400]);
+        expect(res.headers.get("content-type")).toContain("application/problem+json");
+        expect(await res.json()).toMatchObject({
+          code: "validation_failed",
+          urlProblem: "private_address",
+          errors: [{ field: "url" }],
+        });
+      }
+    }
+    const rows = await gw.db.select().from(inferenceBackends);
+    expect(rows.map((r) => r.url)).toEqual([gpu.url]);
+    expect((await gw.db.select().from(auditEvents)).length).toBe(before);
+    // Nothing reached the simulator behind the disguised loopback addresses.
+    expect(await gpu.requests()).toEqual([]);
+  });
+
+  it("at loopback written in decimal, hex, octal or short are refused when loopback is not allowed", async () => {
+    const { admin } = await setup({ INFERENCE_ALLOWED_HOSTS: "" });
+    for (const host of ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "127.0.0.1."]) {
+      const res = await admin("POST", "", { model: MODEL, url: `http://${host}:8000/` });
+      expect([host, res.status]).toEqual([host, 400]);
+      expect(await res.json()).toMatchObject({ code: "validation_failed", urlProblem: "private_address" });
+    }
+  });
+
+  it("at public addresses and names are accepted", async () => {
+    const { admin } = await setup({ INFERENCE_ALLOWED_HOSTS: "" });
+    for (const url of [
+      "http://8.8.8.8:8000",
+      "http://[2606:4700::1111]",
+      "http://[::ffff:8.8.8.8]",
+      "https://gpu-1.example.com/v1",
+    ]) {
+      const res = await admin("POST", "", { model: MODEL, url });
+      expect([url, res.status]).toEqual([url, 201]);
+    }
+  });
+
+  it("in INFERENCE_BACKENDS are left out and reported, however their host is spelled", async () => {
+    const gpu = scopedBackend(0);
+    const disguised = ["[::ffff:127.0.0.1]", "[::127.0.0.1]", "[64:ff9b::7f00:1]", "0xa9fea9fe"].map((host) =>
+      respelled(gpu, host),
+    );
+    const { admin, ask } = await setup({
+      INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: disguised.map((url) => ({ url })) }),
+    });
+    const list = (await (await admin("GET", "")).json()) as { items: unknown[]; refused: unknown[] };
+    expect(list.items).toEqual([]);
+    expect(list.refused).toEqual(disguised.map((url) => ({ model: MODEL, url, problem: "private_address" })));
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    expect(await gpu.requests()).toEqual([]);
+  });
+
+  it("stored before they were refused are neither called nor probed", async () => {
+    const { gw, admin, ask } = await setup();
+    const gpu = scopedBackend(0);
+    const at = TOKEN_NOW.toISOString();
+    await gw.db
+      .insert(inferenceBackends)
+      .values(storedServer({ id: "bkd_mapped", model: MODEL, url: respelled(gpu, "[::ffff:127.0.0.1]"), at }));
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    const probe = await admin("POST", "/bkd_mapped/probe");
+    expect(probe.status).toBe(409);
+    expect(await probe.json()).toMatchObject({ code: "invalid_state" });
+    expect(await gpu.requests()).toEqual([]);
+  });
+});

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { canonicalHost, isPrivateHost } from "../platform/addresses";
 
 /** One GPU inference server (vLLM, TGI, anything OpenAI-compatible) serving a model. */
 export interface Backend {
@@ -24,61 +25,26 @@ export const BackendsInput = z.record(z.string(), z.array(BackendInput));
 /** Why a backend URL was refused. */
 export type BackendUrlProblem = "not_a_url" | "scheme" | "credentials" | "private_address";
 
-function ipv4(host: string): number[] | undefined {
-  const parts = host.split(".");
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p))) return undefined;
-  const nums = parts.map(Number);
-  return nums.every((n) => n <= 255) ? nums : undefined;
-}
-
-/** Loopback, private, shared, link-local (cloud metadata) and unspecified addresses and names. */
-export function isPrivateHost(hostname: string): boolean {
-  const host = hostname.toLowerCase().replace(/^\[|\]$/g, "");
-  if (host === "localhost" || host.endsWith(".localhost") || host.endsWith(".internal") || host.endsWith(".local"))
-    return true;
-  if (host === "metadata.google.internal" || host === "metadata") return true;
-  const v4 = ipv4(host);
-  if (v4) {
-    const [a, b] = v4 as [number, number, number, number];
-    return (
-      a === 0 ||
-      a === 10 ||
-      a === 127 ||
-      (a === 100 && b >= 64 && b <= 127) ||
-      (a === 169 && b === 254) ||
-      (a === 172 && b >= 16 && b <= 31) ||
-      (a === 192 && b === 168) ||
-      (a === 192 && b === 0) ||
-      (a === 198 && (b === 18 || b === 19)) ||
-      a >= 224
-    );
-  }
-  if (host.includes(":")) {
-    if (host === "::" || host === "::1") return true;
-    if (/^f[cd][0-9a-f]{2}:/.test(host) || /^fe[89ab][0-9a-f]:/.test(host)) return true;
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(host);
-    if (mapped) return isPrivateHost(mapped[1] as string);
-  }
-  return false;
-}
-
 /**
- * Checks a backend URL: http(s), no credentials in it, and not a private, loopback, link-local or
- * metadata address unless the operator listed the host in `allowedHosts`. (Names that resolve to
- * private addresses cannot be caught here: Workers have no DNS lookup; the edge's own egress
- * rules cover that.)
+ * Checks a backend URL as requests will be sent to it (`backendBaseUrl`): http(s), no credentials
+ * in it, and its host, as the URL parser normalises it (`0x7f000001` is `127.0.0.1`,
+ * `[::ffff:127.0.0.1]` is `[::ffff:7f00:1]`), not a private, loopback, link-local, metadata or
+ * otherwise non-public address (`isPrivateHost`) unless the operator listed the host in
+ * `allowedHosts`. Every way a server enters the pools passes here: `INFERENCE_BACKENDS`, the admin
+ * API, and each stored server whenever it is read. (Names that resolve to private addresses
+ * cannot be caught here: Workers have no DNS lookup; the edge's own egress rules cover that.)
  */
 export function checkBackendUrl(raw: string, allowedHosts: readonly string[]): BackendUrlProblem | undefined {
   let url: URL;
   try {
-    url = new URL(raw);
+    url = new URL(backendBaseUrl(raw));
   } catch {
     return "not_a_url";
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") return "scheme";
   if (url.username || url.password) return "credentials";
   const host = url.hostname.toLowerCase();
-  if (isPrivateHost(host) && !allowedHosts.includes(host)) return "private_address";
+  if (isPrivateHost(host) && !allowedHosts.some((entry) => canonicalHost(entry) === host)) return "private_address";
   return undefined;
 }
 
