@@ -1,6 +1,7 @@
-import { describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it } from "vitest";
 import { checkBackendUrl } from "../worker/inference/backends";
-import { canonicalHost, isPrivateHost } from "../worker/platform/addresses";
+import { canonicalHost, clientNetwork, isPrivateHost } from "../worker/platform/addresses";
+import { seedLicense, testGateway } from "./helpers/gateway";
 
 /** Every host below, each reached through a URL the way the gateway reads it. */
 const PRIVATE_URLS: [string, string][] = [
@@ -115,5 +116,71 @@ describe("security: inference server hosts", () => {
     expect(canonicalHost("user@10.0.0.1")).toBeUndefined();
     expect(canonicalHost("0X7F000001")).toBe("127.0.0.1");
     expect(canonicalHost("::1")).toBe("[::1]");
+  });
+});
+
+describe("security: the abuse brake's client network", () => {
+  it("is an IPv4 address itself, and an IPv4-mapped IPv6 address as that IPv4 address", () => {
+    expect(clientNetwork("198.51.100.7")).toBe("198.51.100.7");
+    expect(clientNetwork("::ffff:198.51.100.7")).toBe("198.51.100.7");
+    expect(clientNetwork("::ffff:c633:6407")).toBe("198.51.100.7");
+    expect(clientNetwork(" 198.51.100.7 ")).toBe("198.51.100.7");
+  });
+
+  it("is an IPv6 address's /64, however the address is spelled", () => {
+    const network = "2001:db8:1:2::/64";
+    expect(clientNetwork("2001:db8:1:2::1")).toBe(network);
+    expect(clientNetwork("2001:db8:1:2:ffff:ffff:ffff:ffff")).toBe(network);
+    expect(clientNetwork("2001:0DB8:0001:0002:abcd:0:0:9")).toBe(network);
+    expect(clientNetwork("2001:db8:1:3::1")).toBe("2001:db8:1:3::/64");
+  });
+
+  it("is one fixed key for a missing or malformed address, never an error", () => {
+    for (const bad of [null, undefined, "", "unknown", "not an ip", "1.2.3.4.5", "2001:db8::1::2", ":::", "[::1]x"]) {
+      expect([bad, clientNetwork(bad)]).toEqual([bad, "unknown"]);
+    }
+    expect(clientNetwork("x".repeat(10_000))).toBe("unknown");
+  });
+});
+
+describe("security: the abuse brake", () => {
+  beforeEach(async () => {
+    await seedLicense();
+  });
+
+  /** The public form's page from `ip`, as the edge would say it saw it. */
+  const formFrom = (gw: ReturnType<typeof testGateway>, ip: string) =>
+    gw.request("/apply/llama-2", { headers: { "cf-connecting-ip": ip } });
+
+  it("counts every address of one IPv6 /64 together, and another /64 apart", async () => {
+    const gw = testGateway();
+    const statuses: number[] = [];
+    // 20 requests from each of two addresses: under the limit of 30 each, over it together.
+    for (let i = 0; i < 20; i++) {
+      statuses.push((await formFrom(gw, `2001:db8:77:1::${(2 * i).toString(16)}`)).status);
+      statuses.push((await formFrom(gw, `2001:db8:77:1:${(2 * i + 1).toString(16)}::1`)).status);
+    }
+    expect(statuses).toContain(429);
+    expect((await formFrom(gw, "2001:db8:77:1:ffff:ffff:ffff:fffe")).status).toBe(429);
+    expect((await formFrom(gw, "2001:db8:77:2::1")).status).toBe(200);
+  });
+
+  it("counts an IPv4-mapped address as the IPv4 address it is", async () => {
+    const gw = testGateway();
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      statuses.push((await formFrom(gw, "198.51.100.77")).status);
+      statuses.push((await formFrom(gw, "::ffff:198.51.100.77")).status);
+    }
+    expect(statuses).toContain(429);
+    expect((await formFrom(gw, "198.51.100.78")).status).toBe(200);
+  });
+
+  it("answers a malformed client address without an error", async () => {
+    const gw = testGateway();
+    for (const ip of ["not an ip", "2001:db8::1::2", "1.2.3.4.5", "x".repeat(4096)]) {
+      const res = await formFrom(gw, ip);
+      expect([ip.slice(0, 20), res.status < 500]).toEqual([ip.slice(0, 20), true]);
+    }
   });
 });

@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { clientNetwork } from "../platform/addresses";
 import { newId } from "../platform/ids";
 import { createServices, type ServiceOptions } from "../services";
 
@@ -38,12 +39,13 @@ export function clientIp(headers: { header(name: string): string | undefined }):
 }
 
 /**
- * Abuse brake for public endpoints: the Workers rate-limit binding, keyed by client IP. It is
- * approximate by design (per location, 60 s window), which is what a brake needs.
+ * Abuse brake for public endpoints: the Workers rate-limit binding, keyed by the client's network
+ * (`clientNetwork`: an IPv4 address, an IPv6 /64). It is approximate by design (per location,
+ * 60 s window), which is what a brake needs.
  */
 export function abuseBrake(): MiddlewareHandler<HonoEnv> {
   return async (c, next) => {
-    const key = `${c.req.method}:${clientIp(c.req) ?? "unknown"}`;
+    const key = `${c.req.method}:${clientNetwork(clientIp(c.req))}`;
     const { success } = await c.env.PUBLIC_LIMITER.limit({ key });
     if (!success) {
       throw new AppError("rate_limited", "Too many requests from this address; try again in a minute.", {

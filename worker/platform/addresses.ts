@@ -1,6 +1,7 @@
 /**
  * IP addresses as the gateway judges them: which hosts it may send requests to (inference
- * servers). Addresses are parsed by ipaddr.js, whose range tables follow the IANA special-purpose registries, rather than by
+ * servers), and which network a client calls from (the abuse brake). Addresses are parsed by
+ * ipaddr.js, whose range tables follow the IANA special-purpose registries, rather than by
  * patterns of our own: every spelling of an address (`::ffff:7f00:1` is `127.0.0.1`) is one value.
  */
 import ipaddr from "ipaddr.js";
@@ -81,4 +82,22 @@ export function canonicalHost(entry: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Bits of an IPv6 client address that name its network: a site or host gets a /64 at least. */
+const IPV6_CLIENT_PREFIX = 64;
+
+/**
+ * The network a client calls from, as the abuse brake counts it: an IPv4 address itself (an
+ * IPv4-mapped IPv6 address as that IPv4 address), an IPv6 address's /64, since one host holds a
+ * whole /64 and could otherwise take a fresh key for each of its 2^64 addresses. Anything else,
+ * a missing or malformed address included, is `unknown`: one shared key, never an error.
+ */
+export function clientNetwork(ip: string | null | undefined): string {
+  const address = ip ? ipLiteral(ip.trim()) : undefined;
+  if (!address) return "unknown";
+  const client = address instanceof ipaddr.IPv6 && address.isIPv4MappedAddress() ? address.toIPv4Address() : address;
+  if (client instanceof ipaddr.IPv4) return client.toString();
+  const network = client.parts.map((part, i) => (i < IPV6_CLIENT_PREFIX / 16 ? part : 0));
+  return `${new ipaddr.IPv6(network).toString()}/${IPV6_CLIENT_PREFIX}`;
 }
