@@ -1,8 +1,10 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import { importJWK, type JWK, SignJWT } from "jose";
 import { beforeEach, describe, expect, it } from "vitest";
 import { accessTokens, downloadEvents, downloadLinks, grants } from "../worker/db/schema";
+import { PROBE_ALLOWANCE_BYTES } from "../worker/downloads/links";
 import { LINK_AUDIENCE } from "../worker/downloads/signing";
 import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
@@ -280,20 +282,29 @@ describe("download links refuse", () => {
     expect((await gw.request(link)).status).toBe(403);
   });
 
-  it("downloads past the link's cap, without counting resumed ranges or probes", async () => {
+  it("downloads past the link's cap, counting resumed ranges by the bytes they serve", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "consolidated.00.pth");
     const jti = claimsOf(link).jti as string;
     await gw.db.update(downloadLinks).set({ maxDownloads: 2 }).where(eq(downloadLinks.jti, jti));
     expect((await gw.request(link)).status).toBe(200);
-    for (const range of ["bytes=1000-", "bytes=0-0", "bytes=-10"]) {
-      expect((await gw.request(link, { headers: { range } })).status).toBe(206);
+    // A probe, then the second download in two resumed halves: exactly the budget's second copy.
+    for (const range of ["bytes=0-0", "bytes=0-999", "bytes=1000-"]) {
+      expect((await gw.request(link, { headers: { range } })).status, range).toBe(206);
     }
-    expect((await gw.request(link, { headers: { range: "bytes=0-" } })).status).toBe(206);
+    expect((await gw.request(link, { headers: { range: "bytes=0-0" } })).status).toBe(206);
     const capped = await gw.request(link);
     expect(capped.status).toBe(403);
-    expect(await capped.json()).toMatchObject({ detail: expect.stringContaining("as many downloads") });
-    expect((await gw.request(link, { headers: { range: "bytes=5000-" } })).status).toBe(206);
+    expect(capped.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+    expect(await capped.json()).toMatchObject({
+      code: "forbidden",
+      detail: expect.stringContaining("as many downloads"),
+      maxBytes: 2 * SHARD.byteLength + PROBE_ALLOWANCE_BYTES,
+    });
+    expect((await gw.request(link, { headers: { range: "bytes=5000-" } })).status).toBe(403);
+    expect((await gw.request(link, { headers: { range: "bytes=-100" } })).status).toBe(403);
+    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
+    expect(row?.bytesServed).toBe(2 * SHARD.byteLength + 2);
   });
 
   it("concurrent downloads beyond the cap", async () => {
@@ -325,5 +336,123 @@ describe("JWKS", () => {
     expect(jwks.keys[0]).toMatchObject({ kty: "OKP", crv: "Ed25519", kid: "test-download-key", alg: "EdDSA" });
     expect(jwks.keys[0]).not.toHaveProperty("d");
     expect(LINK_AUDIENCE).toBe("modelgate:download");
+  });
+});
+
+describe("security: a link's cap counts the bytes it serves", () => {
+  /** Bytes of a response body, read to the end. */
+  async function received(res: Response): Promise<number> {
+    return (await res.arrayBuffer()).byteLength;
+  }
+
+  it("a probe and a range from byte 1 do not make another copy once the cap is spent", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    let total = 0;
+    for (let i = 0; i < 5; i++) {
+      const res = await gw.request(link);
+      expect(res.status).toBe(200);
+      total += await received(res);
+    }
+    const sixth = await gw.request(link);
+    expect(sixth.status).toBe(403);
+    expect(await sixth.json()).toMatchObject({ code: "forbidden" });
+    // The attack: `bytes=0-0` then `bytes=1-`, ten times over, each pair a whole copy.
+    let copies = 0;
+    for (let i = 0; i < 10; i++) {
+      const head = await gw.request(link, { headers: { range: "bytes=0-0" } });
+      const rest = await gw.request(link, { headers: { range: "bytes=1-" } });
+      if (head.status === 206) total += await received(head);
+      if (rest.status === 206) total += await received(rest);
+      else expect(await rest.json()).toMatchObject({ code: "forbidden" });
+      if (head.status === 206 && rest.status === 206) copies++;
+    }
+    expect(copies).toBe(0);
+    expect(total).toBeLessThanOrEqual(5 * SHARD.byteLength + PROBE_ALLOWANCE_BYTES);
+  });
+
+  it("a thousand concurrent ranged requests together stay within the budget", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    const jti = claimsOf(link).jti as string;
+    await gw.db.update(downloadLinks).set({ maxDownloads: 3 }).where(eq(downloadLinks.jti, jti));
+    const budget = 3 * PARAMS.length + PROBE_ALLOWANCE_BYTES;
+    const responses = await Promise.all(
+      Array.from({ length: 1000 }, () => gw.request(link, { headers: { range: "bytes=0-9" } })),
+    );
+    const served = responses.filter((r) => r.status === 206);
+    expect(responses.filter((r) => r.status !== 206).every((r) => r.status === 403)).toBe(true);
+    expect(served).toHaveLength(Math.floor(budget / 10));
+    const bytesReceived = (await Promise.all(served.map(received))).reduce((a, b) => a + b, 0);
+    expect(bytesReceived).toBeLessThanOrEqual(budget);
+    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
+    expect(row?.bytesServed).toBe(bytesReceived);
+  });
+
+  it("a client that hangs up keeps what its range reserved: the resume draws again", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    const jti = claimsOf(link).jti as string;
+    await gw.db.update(downloadLinks).set({ maxDownloads: 1 }).where(eq(downloadLinks.jti, jti));
+    const ctx = createExecutionContext();
+    const res = await gw.app.request(`http://gw${link}`, {}, gw.env, ctx);
+    expect(res.status).toBe(200);
+    await res.body?.cancel();
+    await waitOnExecutionContext(ctx);
+    expect((await gw.request(link, { headers: { range: "bytes=1000-" } })).status).toBe(403);
+    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
+    expect(row?.bytesServed).toBe(SHARD.byteLength);
+  });
+
+  it("the manifest states each link's expiry and byte budget", async () => {
+    const { manifest: m } = await setup();
+    const withBudget = m as Manifest & { downloadsAllowed: number; files: { maxBytes: number }[] };
+    expect(withBudget.downloadsAllowed).toBe(5);
+    for (const file of withBudget.files) expect(file.maxBytes).toBe(5 * file.size + PROBE_ALLOWANCE_BYTES);
+    expect(new Date(m.expiresAt).getTime() - Date.now()).toBeLessThanOrEqual(86_400_000);
+  });
+
+  it("link lifetimes are at most a day, whatever the query or the configuration asks", async () => {
+    const { gw, token } = await setup();
+    const auth = { headers: { authorization: `Bearer ${token}` } };
+    for (const path of ["manifest", "download.sh"]) {
+      const res = await gw.request(`/v1/models/llama-2-7b/${path}?ttl=604800`, auth);
+      expect(res.status, path).toBe(400);
+      expect(await res.json(), path).toMatchObject({ code: "validation_failed" });
+    }
+    expect((await gw.request("/v1/models/llama-2-7b/manifest?ttl=86400", auth)).status).toBe(200);
+    const configured = testGateway({ bindings: { DOWNLOAD_LINK_TTL_SECONDS: "604800" } });
+    const m = await manifest(configured, token);
+    expect(new Date(m.expiresAt).getTime() - Date.now()).toBeLessThanOrEqual(86_400_000);
+  });
+});
+
+describe("security: hostile paths on the download route", () => {
+  it("answers a control character, Unicode, `..` or an overlong part with a 4xx problem, never a 5xx", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    const sig = new URL(`http://gw${link}`).search;
+    const paths = [
+      `/v1/download/llama-2-7b/${revision}/params.json%0D%0AX-Injected:%201${sig}`,
+      `/v1/download/llama-2-7b/${revision}/params.json%00${sig}`,
+      `/v1/download/llama-2-7b/${revision}/%E6%A8%A1%E5%9E%8B.json${sig}`,
+      `/v1/download/llama-2-7b/${revision}/sub%2F..%2Fparams.json${sig}`,
+      `/v1/download/llama-2-7b/${revision}/${"p".repeat(5000)}${sig}`,
+      `/v1/download/llama-2-7b%0D%0A/${revision}/params.json${sig}`,
+      `/v1/download/llama-2-7b/${revision}%00/params.json${sig}`,
+      `/v1/download/${"m".repeat(5000)}/${revision}/params.json${sig}`,
+      `/v1/download/llama-2-7b/${revision}/params.json%0D%0A`,
+    ];
+    for (const path of paths) {
+      for (const method of ["GET", "HEAD"]) {
+        const res = await gw.request(path, { method });
+        const label = `${method} ${path.slice(0, 120)}`;
+        expect(res.status, label).toBeGreaterThanOrEqual(400);
+        expect(res.status, label).toBeLessThan(500);
+        expect(res.headers.get("content-type"), label).toMatch(/^application\/problem\+json/);
+        expect(res.headers.get("x-injected"), label).toBeNull();
+      }
+    }
+    expect((await gw.request(link)).status).toBe(200);
   });
 });

@@ -21,7 +21,7 @@ export interface Config {
   downloads: {
     /** Default lifetime of a signed link, in seconds; never more than `MAX_LINK_TTL_SECONDS`. */
     linkTtlSeconds: number;
-    /** Whole downloads a link allows; resumed ranges of the same download do not count. */
+    /** Whole downloads a link allows, counted in bytes: ranges and resumes draw on the same budget. */
     maxDownloadsPerLink: number;
     /** Ed25519 private JWKs, newest (the signing one) first. Empty when downloads are not set up. */
     signingKeys: Record<string, unknown>[];
@@ -81,8 +81,12 @@ const Limits = z.object({
   monthlyTokenBudget: z.number().int().positive(),
 });
 
-/** Signed links never live longer than a week. */
-export const MAX_LINK_TTL_SECONDS = 7 * 86_400;
+/**
+ * Signed links never live longer than a day: manifests and `download.sh` are fetched by scripts
+ * and end up in logs and shell histories, so a leaked link should die soon. A longer download
+ * asks for a fresh manifest; `download.sh` resumes where it stopped.
+ */
+export const MAX_LINK_TTL_SECONDS = 86_400;
 
 function positiveInt(value: string | undefined, fallback: number, name: string): number {
   if (value === undefined || value.trim() === "") return fallback;

@@ -4,12 +4,28 @@ import type { Services } from "../services";
 import type { TokenPrincipal } from "../tokens/service";
 import { signLink } from "./signing";
 
+/**
+ * Bytes a link may serve beyond its downloads' worth: room for a handful of one-byte probes
+ * (`Range: bytes=0-0`), which `@huggingface/hub` sends before it downloads a file.
+ */
+export const PROBE_ALLOWANCE_BYTES = 16;
+
+/**
+ * All the bytes a link may serve: its downloads times the file's size, plus the probe allowance.
+ * Full downloads, resumed ranges and probes all draw from this one budget.
+ */
+export function linkByteBudget(maxDownloads: number, size: number): number {
+  return maxDownloads * size + PROBE_ALLOWANCE_BYTES;
+}
+
 /** A file with the signed link that downloads it. */
 export interface LinkedFile {
   path: string;
   size: number;
   sha256: string;
   url: string;
+  /** The link's byte budget (`linkByteBudget`). */
+  maxBytes: number;
 }
 
 /** Encodes a file path for a URL, keeping its slashes. */
@@ -24,7 +40,8 @@ export function downloadUrl(base: string, model: string, revision: string, path:
 
 /**
  * Issues one signed link per file, bound to the grant, the token, the model, the revision, the
- * path and the object's etag, and records each link so it can be capped and traced.
+ * path and the object's etag, and records each link so it can be capped and traced. A link lives
+ * `ttlSeconds` (the configured default when absent), never more than `MAX_LINK_TTL_SECONDS`.
  */
 export async function issueDownloadLinks(
   services: Services,
@@ -33,9 +50,10 @@ export async function issueDownloadLinks(
   revisionId: string,
   files: ModelFile[],
   ttlSeconds?: number,
-): Promise<{ expiresAt: string; files: LinkedFile[] }> {
+): Promise<{ expiresAt: string; downloadsAllowed: number; files: LinkedFile[] }> {
   const { config, clock, ids, db } = services;
   const ttl = Math.min(ttlSeconds ?? config.downloads.linkTtlSeconds, MAX_LINK_TTL_SECONDS);
+  const downloadsAllowed = config.downloads.maxDownloadsPerLink;
   const now = clock.now();
   const expires = new Date(now.getTime() + ttl * 1000);
   const issued = await Promise.all(
@@ -67,7 +85,7 @@ export async function issueDownloadLinks(
         model,
         revisionId,
         path: file.path,
-        maxDownloads: config.downloads.maxDownloadsPerLink,
+        maxDownloads: downloadsAllowed,
         downloads: 0,
         expiresAt: expires.toISOString(),
         createdAt: now.toISOString(),
@@ -77,11 +95,13 @@ export async function issueDownloadLinks(
   }
   return {
     expiresAt: expires.toISOString(),
+    downloadsAllowed,
     files: issued.map(({ file, token }) => ({
       path: file.path,
       size: file.size,
       sha256: file.sha256,
       url: downloadUrl(config.publicBaseUrl, model, revisionId, file.path, token),
+      maxBytes: linkByteBudget(downloadsAllowed, file.size),
     })),
   };
 }

@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
+import { MAX_LINK_TTL_SECONDS } from "../config";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
@@ -53,9 +54,9 @@ const ManifestQuery = z.object({
     .number()
     .int()
     .min(60)
-    .max(7 * 86_400)
+    .max(MAX_LINK_TTL_SECONDS)
     .optional()
-    .openapi({ description: "Link lifetime in seconds (default from configuration, at most 7 days)." }),
+    .openapi({ description: "Link lifetime in seconds (default from configuration, at most 24 hours)." }),
 });
 const ModelParam = z.object({ model: z.string().min(1).max(64).openapi({ example: "llama-2-7b" }) });
 
@@ -64,9 +65,20 @@ const ManifestSchema = z
     model: z.string(),
     family: z.string(),
     revision: z.string(),
-    expiresAt: z.string(),
+    expiresAt: z.string().openapi({ description: "When every link in this manifest stops working." }),
+    downloadsAllowed: z.number().int().openapi({
+      description: "Whole downloads each link allows, counted in bytes: ranges and resumes draw on `maxBytes`.",
+    }),
     totalBytes: z.number().int(),
-    files: z.array(z.object({ path: z.string(), size: z.number().int(), sha256: z.string(), url: z.string() })),
+    files: z.array(
+      z.object({
+        path: z.string(),
+        size: z.number().int(),
+        sha256: z.string(),
+        url: z.string(),
+        maxBytes: z.number().int().openapi({ description: "Bytes the link may serve in all, probes included." }),
+      }),
+    ),
     notice: z.string(),
     license: z.object({ version: z.number().int(), sha256: z.string(), url: z.string() }),
   })
@@ -139,6 +151,7 @@ downloadRoutes
         family: family.id,
         revision: revision.id,
         expiresAt: links.expiresAt,
+        downloadsAllowed: links.downloadsAllowed,
         totalBytes: revision.totalBytes,
         files: links.files,
         notice: family.noticeText,
@@ -162,6 +175,7 @@ downloadRoutes
       model: model.id,
       revision: revision.id,
       expiresAt: links.expiresAt,
+      downloadsAllowed: links.downloadsAllowed,
       files: links.files,
       texts,
     });

@@ -27,6 +27,7 @@ export function downloadScript(input: {
   model: string;
   revision: string;
   expiresAt: string;
+  downloadsAllowed: number;
   files: LinkedFile[];
   texts: BundledText[];
 }): string {
@@ -35,6 +36,7 @@ export function downloadScript(input: {
     "#!/bin/sh",
     `# modelgate: ${input.model} at revision ${input.revision}.`,
     `# The links in this script stop working at ${input.expiresAt}; get a fresh script after that.`,
+    `# Each link serves ${input.downloadsAllowed} downloads' worth of bytes; a resume draws only what it fetches.`,
     "# Usage: sh download.sh [TARGET_DIR]   (run it again to resume an interrupted download)",
     "set -u",
     `DEST=\${1:-${shellQuote(input.model)}}`,

@@ -1,8 +1,10 @@
-import { and, eq, lt, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
+import type { Database } from "../db/client";
 import { accessTokens, downloadEvents, downloadLinks, grants, modelFiles } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { linkByteBudget } from "./links";
 import { planRange } from "./range";
 import { verifyLink } from "./signing";
 
@@ -29,12 +31,28 @@ function hexToBase64(hex: string): string {
 }
 
 /**
- * A request counts as a new download when it starts at byte 0; a resumed download (a range that
- * starts later) does not, and neither does a one-byte probe (`bytes=0-0`), which Hub clients send
- * to learn a file's size and etag before they download it.
+ * Takes `length` bytes from the link's budget in one conditional statement, atomic in D1, so no
+ * number of concurrent requests can together take more than the budget. The whole range is taken
+ * before a byte is sent: a client that hangs up part way does not get its bytes back (the budget
+ * cannot tell what reached it), and its resumed range draws again. Whether the request began a
+ * whole download is kept for the record only.
  */
-function countsAsDownload(method: string, offset: number, length: number, size: number): boolean {
-  return method === "GET" && offset === 0 && (length > 1 || size <= 1);
+async function reserveBytes(
+  db: Database,
+  jti: string,
+  length: number,
+  budget: number,
+  wholeDownload: boolean,
+): Promise<boolean> {
+  const reserved = await db
+    .update(downloadLinks)
+    .set({
+      bytesServed: sql`${downloadLinks.bytesServed} + ${length}`,
+      downloads: sql`${downloadLinks.downloads} + ${wholeDownload ? 1 : 0}`,
+    })
+    .where(and(eq(downloadLinks.jti, jti), sql`${downloadLinks.bytesServed} + ${length} <= ${budget}`))
+    .returning({ bytesServed: downloadLinks.bytesServed });
+  return reserved.length > 0;
 }
 
 /**
@@ -122,20 +140,15 @@ export async function serveDownload(
     throw new AppError("precondition_failed", "The file changed since this link was made.");
   }
 
-  if (countsAsDownload(c.req.method, offset, length, file.size)) {
-    // One conditional statement: atomic in D1, so concurrent requests cannot pass the cap.
-    const counted = await db
-      .update(downloadLinks)
-      .set({ downloads: sql`${downloadLinks.downloads} + 1` })
-      .where(and(eq(downloadLinks.jti, claims.jti), lt(downloadLinks.downloads, downloadLinks.maxDownloads)))
-      .returning({ downloads: downloadLinks.downloads });
-    if (counted.length === 0) {
-      await object.body.cancel();
-      throw new AppError(
-        "forbidden",
-        "This link has been used for as many downloads as it allows. Request a fresh one.",
-      );
-    }
+  // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
+  const budget = linkByteBudget(row.link.maxDownloads, file.size);
+  if (!(await reserveBytes(db, claims.jti, length, budget, offset === 0 && length === file.size))) {
+    await object.body.cancel();
+    throw new AppError(
+      "forbidden",
+      `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
+      { extensions: { maxBytes: budget } },
+    );
   }
 
   const status = plan.kind === "partial" ? 206 : 200;
