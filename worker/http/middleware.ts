@@ -1,4 +1,5 @@
 import type { MiddlewareHandler } from "hono";
+import { secureHeaders } from "hono/secure-headers";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { clientNetwork } from "../platform/addresses";
@@ -74,5 +75,43 @@ export function refuseCrossSite(): MiddlewareHandler<HonoEnv> {
       throw new AppError("cross_site_request", "State-changing requests must come from this site.");
     }
     await next();
+  };
+}
+
+/**
+ * What the applicant pages may load: our own scripts and styles (the layout's `<style>` is
+ * inline), nothing from elsewhere, no plugins, no framing, forms posted only here.
+ */
+const PAGE_CSP = {
+  defaultSrc: ["'self'"],
+  scriptSrc: ["'self'"],
+  styleSrc: ["'self'", "'unsafe-inline'"],
+  imgSrc: ["'self'", "data:"],
+  connectSrc: ["'self'"],
+  objectSrc: ["'none'"],
+  formAction: ["'self'"],
+  frameAncestors: ["'none'"],
+  baseUri: ["'none'"],
+};
+
+const pageHeaders = secureHeaders({
+  contentSecurityPolicy: PAGE_CSP,
+  // Status and invitation addresses carry a secret: no page sends its address anywhere.
+  referrerPolicy: "no-referrer",
+  xFrameOptions: "DENY",
+  xContentTypeOptions: "nosniff",
+  // Keep a page's own, stricter policy (the console's, the API reference's) where it set one.
+  overwrite: false,
+});
+
+/**
+ * Security headers on every HTML page, whichever route rendered it: a CSP, no framing
+ * (`frame-ancestors 'none'`, `X-Frame-Options`), `Referrer-Policy: no-referrer`, `nosniff`, HSTS.
+ * API answers are left as they are (they are not rendered by browsers).
+ */
+export function pageSecurityHeaders(): MiddlewareHandler<HonoEnv> {
+  return async (c, next) => {
+    await next();
+    if (c.res.headers.get("content-type")?.startsWith("text/html")) await pageHeaders(c, async () => {});
   };
 }
