@@ -10,7 +10,13 @@ import {
   parseBackendPools,
 } from "../worker/inference/backends";
 import { ledgerBatch, ledgerEntry, recordUsage, type UsageRecord } from "../worker/inference/ledger";
-import { completionSchema, estimatePromptTokens, plainlyValid } from "../worker/inference/proxy";
+import { completionSchema, plainlyValid } from "../worker/inference/proxy";
+import {
+  TEMPLATE_TOKENS_PER_MESSAGE,
+  TEMPLATE_TOKENS_PER_PROMPT,
+  tokenBound,
+  utf8ByteLength,
+} from "../worker/inference/token-bound";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
 import { jsonLogger } from "../worker/platform/logger";
@@ -321,14 +327,81 @@ describe("backend order and health", () => {
   });
 });
 
-describe("estimatePromptTokens", () => {
-  it("over-estimates so reservations cover the worst case", () => {
-    const text = "The quick brown fox jumps over the lazy dog";
-    expect(estimatePromptTokens({ messages: [{ role: "user", content: text }] })).toBeGreaterThanOrEqual(9);
-    expect(estimatePromptTokens({ prompt: [text, text] })).toBeGreaterThan(estimatePromptTokens({ prompt: text }));
-    expect(estimatePromptTokens({ messages: [{ role: "user", content: [{ type: "text", text }] }] })).toBeGreaterThan(
-      9,
+describe("security: a request's token bound is never below what Llama 2 can make of it", () => {
+  const DEFAULT = 512;
+  const user = (content: unknown) => ({ messages: [{ role: "user", content }] });
+
+  it("counts a prompt one token per UTF-8 byte: digits, spaced letters, any script", () => {
+    for (const text of ["7".repeat(3000), " a".repeat(1500), "é".repeat(1000), "😀".repeat(500), "\ud800x"]) {
+      const bytes = new TextEncoder().encode(text).byteLength;
+      expect(utf8ByteLength(text), text.slice(0, 8)).toBe(bytes);
+      expect(tokenBound(user(text), DEFAULT).prompt).toBeGreaterThanOrEqual(bytes + TEMPLATE_TOKENS_PER_MESSAGE);
+      expect(tokenBound({ prompt: text }, DEFAULT).prompt).toBeGreaterThanOrEqual(bytes + TEMPLATE_TOKENS_PER_PROMPT);
+    }
+  });
+
+  it("counts every text a message carries, and each message's template wrapper", () => {
+    const text = "1234567890".repeat(100);
+    const parts = tokenBound(
+      user([
+        { type: "text", text },
+        { type: "text", text },
+      ]),
+      DEFAULT,
+    ).prompt;
+    expect(parts).toBeGreaterThanOrEqual(2_000 + TEMPLATE_TOKENS_PER_MESSAGE);
+    const named = tokenBound({ messages: [{ role: "user", content: "x", name: text }] }, DEFAULT).prompt;
+    expect(named).toBeGreaterThanOrEqual(1_000);
+    const toolCall = {
+      role: "assistant",
+      content: null,
+      tool_calls: [{ id: "c", type: "function", function: { name: "f", arguments: text } }],
+    };
+    expect(tokenBound({ messages: [toolCall] }, DEFAULT).prompt).toBeGreaterThanOrEqual(1_000);
+    const tools = [{ type: "function", function: { name: "f", parameters: { type: "object", description: text } } }];
+    expect(tokenBound({ ...user("x"), tools }, DEFAULT).prompt).toBeGreaterThan(JSON.stringify(tools).length);
+    const many = tokenBound({ messages: Array.from({ length: 10 }, () => ({ role: "user", content: "" })) }, DEFAULT);
+    expect(many.prompt).toBeGreaterThanOrEqual(10 * TEMPLATE_TOKENS_PER_MESSAGE);
+  });
+
+  it("walks deeply nested input without running out of stack", () => {
+    let deep: unknown = "7";
+    for (let i = 0; i < 200_000; i++) deep = [deep];
+    expect(tokenBound(user(deep), DEFAULT).prompt).toBeGreaterThanOrEqual(1);
+  });
+
+  it("reserves the larger of max_tokens and max_completion_tokens, for every sequence of every prompt", () => {
+    expect(tokenBound({ ...user("hi"), max_tokens: 1, max_completion_tokens: 4000 }, DEFAULT)).toMatchObject({
+      completionLimit: 4000,
+      completion: 4000,
+    });
+    expect(tokenBound({ ...user("hi"), max_tokens: 4000, max_completion_tokens: 1 }, DEFAULT).completionLimit).toBe(
+      4000,
     );
+    expect(tokenBound(user("hi"), DEFAULT)).toMatchObject({ completionLimit: DEFAULT, completion: DEFAULT });
+    expect(tokenBound({ ...user("hi"), max_tokens: 100, n: 3 }, DEFAULT).completion).toBe(300);
+    const texts = tokenBound({ prompt: ["12345", "678", ""], max_tokens: 10, n: 2 }, DEFAULT);
+    expect(texts.completion).toBe(60);
+    expect(texts.prompt).toBeGreaterThanOrEqual(8 + 3 * TEMPLATE_TOKENS_PER_PROMPT);
+    expect(texts.total).toBe(texts.prompt + texts.completion);
+  });
+
+  it("counts token-id prompts by their length, one list or several", () => {
+    expect(tokenBound({ prompt: [1, 2, 3, 4], max_tokens: 10 }, DEFAULT)).toMatchObject({ prompt: 4, completion: 10 });
+    expect(
+      tokenBound(
+        {
+          prompt: [
+            [1, 2, 3],
+            [4, 5],
+          ],
+          max_tokens: 10,
+        },
+        DEFAULT,
+      ),
+    ).toMatchObject({ prompt: 5, completion: 20 });
+    // An empty list is still one prompt's completion.
+    expect(tokenBound({ prompt: [], max_tokens: 10 }, DEFAULT).completion).toBe(10);
   });
 });
 
@@ -363,6 +436,7 @@ describe("the request check without the schemas", () => {
     { prompt: ["a", "b"] },
     { prompt: [1, 2] },
     { prompt: 3 },
+    { chat_template: "{% for i in range(99999) %}7{% endfor %}" },
   ];
 
   it("passes only what the schemas pass, and passes the common requests", () => {
@@ -378,6 +452,14 @@ describe("the request check without the schemas", () => {
         }
       }
     }
+  });
+
+  it("security: refuses a chat request's own template, which no bound on its prompt could foresee", () => {
+    const own = { ...chat, chat_template: "{% for i in range(99999) %}7{% endfor %}" };
+    expect(plainlyValid(own, "chat")).toBe(false);
+    const parsed = completionSchema("chat").safeParse(own);
+    expect(parsed.success).toBe(false);
+    expect(parsed.error?.issues[0]?.path).toEqual(["chat_template"]);
   });
 });
 

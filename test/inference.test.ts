@@ -472,7 +472,7 @@ describe("limits", () => {
       plan: "tiny",
       requestsPerMinute: 100,
       tokensPerMinute: 1_000,
-      monthlyTokenBudget: 50,
+      monthlyTokenBudget: 100,
     });
     let calls = 0;
     // The client as applications use it: with its default retries.
@@ -488,9 +488,10 @@ describe("limits", () => {
       client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens });
     await expect(ask(2_000)).rejects.toMatchObject({ status: 429, code: "request_too_large" });
     expect(calls).toBe(1);
-    await ask(20); // Of the budget of 50 tokens, 21 used.
+    await ask(20); // Of the budget of 100 tokens, 21 used.
     calls = 0;
-    await expect(ask(30)).rejects.toMatchObject({ status: 429, code: "insufficient_quota" });
+    // Fits the budget (a bound of 96 tokens), not what is left of it.
+    await expect(ask(60)).rejects.toMatchObject({ status: 429, code: "insufficient_quota" });
     expect(calls).toBe(1);
   });
 
@@ -702,5 +703,117 @@ describe("admin-set limits", () => {
       client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
     await ask();
     await expect(ask()).rejects.toBeInstanceOf(OpenAI.RateLimitError);
+  });
+});
+
+describe("security: a request reserves all it can cost, and the backend is held to it", () => {
+  const post = (gw: ReturnType<typeof testGateway>, token: string, path: string, body: unknown) =>
+    gw.request(path, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+
+  it("never meters past the tokens-per-minute limit, however many worst-case prompts arrive at once", async () => {
+    const backend = scopedBackend(0);
+    // The backend's tokenizer at its worst: one token per byte of the prompt (digits, for Llama 2).
+    await backend.mode("ok", { promptTokens: "bytes" });
+    const { gw, token, applicationId } = await setup([backend]);
+    const limit = 100_000;
+    await setLimits(gw, applicationId, {
+      plan: "worst",
+      requestsPerMinute: 1_000,
+      tokensPerMinute: limit,
+      monthlyTokenBudget: 100_000_000,
+    });
+    const digits = "1234567890".repeat(200);
+    const responses = await Promise.all(
+      Array.from({ length: 200 }, () =>
+        post(gw, token, "/v1/chat/completions", {
+          model: MODEL,
+          messages: [{ role: "user", content: digits }],
+          max_tokens: 500,
+        }),
+      ),
+    );
+    const statuses = responses.map((r) => r.status);
+    const admitted = statuses.filter((s) => s === 200).length;
+    expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+    expect(admitted).toBeGreaterThan(0);
+    const rows = await ledger(gw);
+    expect(rows).toHaveLength(admitted);
+    // Every row is the backend's own count: 2,000 prompt tokens and the 500 it was allowed.
+    for (const row of rows) expect(row).toMatchObject({ promptTokens: 2_000, completionTokens: 500 });
+    const metered = rows.reduce((sum, row) => sum + row.totalTokens, 0);
+    expect(metered).toBeLessThanOrEqual(limit);
+    const sent = await backend.requests();
+    expect(sent).toHaveLength(admitted);
+    for (const request of sent) expect(request.body.max_tokens).toBe(500);
+  });
+
+  it("reserves the larger of max_tokens and max_completion_tokens and forwards it under both names", async () => {
+    const backend = scopedBackend(1);
+    const { gw, token, applicationId } = await setup([backend]);
+    await setLimits(gw, applicationId, {
+      plan: "small",
+      requestsPerMinute: 100,
+      tokensPerMinute: 3_000,
+      monthlyTokenBudget: 1_000_000,
+    });
+    const ask = (max_completion_tokens: number) =>
+      post(gw, token, "/v1/chat/completions", {
+        model: MODEL,
+        messages: [{ role: "user", content: "hi" }],
+        max_tokens: 1,
+        max_completion_tokens,
+      });
+    const tooLarge = await ask(4_000);
+    expect(tooLarge.status).toBe(429);
+    expect(tooLarge.headers.get("x-should-retry")).toBe("false");
+    expect(await tooLarge.json()).toMatchObject({ error: { code: "request_too_large" } });
+    expect(await backend.requests()).toHaveLength(0);
+
+    const fits = await ask(50);
+    expect(fits.status).toBe(200);
+    const [sent] = await backend.requests();
+    expect(sent?.body).toMatchObject({ max_tokens: 50, max_completion_tokens: 50 });
+    expect((await ledger(gw))[0]).toMatchObject({ completionTokens: 50 });
+  });
+
+  it("reserves a completion for every prompt of a list, texts or token ids", async () => {
+    const backend = scopedBackend(2);
+    const { gw, token, applicationId } = await setup([backend]);
+    await setLimits(gw, applicationId, {
+      plan: "small",
+      requestsPerMinute: 100,
+      tokensPerMinute: 1_000,
+      monthlyTokenBudget: 1_000_000,
+    });
+    const ask = (prompt: unknown) => post(gw, token, "/v1/completions", { model: MODEL, prompt, max_tokens: 400 });
+    for (const prompt of [
+      ["a", "b", "c"],
+      [[1], [2], [3]],
+    ]) {
+      const refused = await ask(prompt);
+      expect(refused.status, JSON.stringify(prompt)).toBe(429);
+      expect(await refused.json()).toMatchObject({ error: { code: "request_too_large" } });
+    }
+    expect(await backend.requests()).toHaveLength(0);
+    expect((await ask([1, 2, 3])).status).toBe(200);
+    expect((await backend.requests())[0]?.body).toMatchObject({ prompt: [1, 2, 3], max_tokens: 400 });
+  });
+
+  it("refuses a template of the caller's own before anything is reserved or sent", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token } = await setup([backend]);
+    const res = await post(gw, token, "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 1,
+      chat_template: "{% for i in range(100000) %}7{% endfor %}",
+    });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { code: "invalid_request", param: "chat_template" } });
+    expect(await backend.requests()).toHaveLength(0);
   });
 });

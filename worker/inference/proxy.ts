@@ -10,6 +10,7 @@ import { authenticateInference, type InferenceCaller, inferenceBearer } from "./
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
+import { tokenBound } from "./token-bound";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
 
 /** The largest request body accepted, in bytes. */
@@ -25,7 +26,13 @@ const Common = {
 };
 
 const ChatRequest = z
-  .object({ ...Common, messages: z.array(z.object({ role: z.string() }).passthrough()).min(1) })
+  .object({
+    ...Common,
+    messages: z.array(z.object({ role: z.string() }).passthrough()).min(1),
+    // vLLM renders a request's own template, which could make a prompt of any length from a short
+    // body: the reservation's bound holds for the model's template only.
+    chat_template: z.never({ error: "Prompts are rendered with the model's own template." }).optional(),
+  })
   .passthrough();
 const CompletionRequest = z
   .object({
@@ -62,6 +69,7 @@ export function plainlyValid(body: unknown, endpoint: Endpoint): body is Complet
   if (n != null && !(isPositiveInt(n) && (n as number) <= 16)) return false;
   if (endpoint === "chat") {
     const { messages } = body;
+    if (Object.hasOwn(body, "chat_template")) return false;
     return (
       Array.isArray(messages) && messages.length > 0 && messages.every((m) => isObject(m) && typeof m.role === "string")
     );
@@ -93,36 +101,6 @@ export interface ProxyOptions {
 }
 
 const utf8 = new TextEncoder();
-/** Reused for the UTF-8 length of short texts, which is most of them. */
-const scratch = new Uint8Array(64 * 1024);
-
-function utf8Length(text: string): number {
-  return text.length * 3 <= scratch.length ? utf8.encodeInto(text, scratch).written : utf8.encode(text).byteLength;
-}
-
-function textOf(value: unknown): number {
-  if (typeof value === "string") return utf8Length(value);
-  if (Array.isArray(value)) return value.reduce((n: number, part) => n + textOf(part), 0);
-  if (value && typeof value === "object") {
-    const part = value as { text?: unknown; content?: unknown };
-    return textOf(part.text) + textOf(part.content);
-  }
-  if (typeof value === "number") return 4;
-  return 0;
-}
-
-/**
- * A deliberately high estimate of a prompt's tokens (one per three bytes of text plus per-message
- * overhead), so that a reservation covers the worst case and settlement only gives tokens back.
- */
-export function estimatePromptTokens(body: { messages?: unknown[]; prompt?: unknown }): number {
-  if (Array.isArray(body.messages)) {
-    return (
-      3 + body.messages.reduce((n: number, m) => n + 4 + Math.ceil(textOf((m as { content?: unknown }).content) / 3), 0)
-    );
-  }
-  return 1 + Math.ceil(textOf(body.prompt) / 3);
-}
 
 /** OpenAI's rate-limit headers, from the organization's standing. */
 export function rateLimitHeaders(s: QuotaSnapshot): Record<string, string> {
@@ -362,9 +340,7 @@ async function complete(
   if (pool.length === 0)
     throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
 
-  const maxTokens = request.max_tokens ?? request.max_completion_tokens ?? services.config.inference.defaultMaxTokens;
-  const promptEstimate = estimatePromptTokens(request);
-  const reserveTokens = promptEstimate + maxTokens * (request.n ?? 1);
+  const bound = tokenBound(request, services.config.inference.defaultMaxTokens);
   const usageId = services.ids.id("use");
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const organizationId = caller.principal.organizationId;
@@ -386,7 +362,7 @@ async function complete(
       return recordUsage(services, rows, billingQueue);
     },
   };
-  const reservation = await isolateLeases.admit(organizationId, reserveTokens, quota).catch((error: unknown) => {
+  const reservation = await isolateLeases.admit(organizationId, bound.total, quota).catch((error: unknown) => {
     services.log.error("quota object unreachable; request refused", { organizationId, error: String(error) });
     throw new AppError("service_unavailable", "The quota service is unavailable; retry shortly.", {
       headers: { "retry-after": "1" },
@@ -406,8 +382,9 @@ async function complete(
 
   const stream = request.stream === true;
   const clientWantsUsage = request.stream_options?.include_usage === true;
-  const forward: Record<string, unknown> = { ...request };
-  if (request.max_tokens == null && request.max_completion_tokens == null) forward.max_tokens = maxTokens;
+  // The backend is held to the completion limit that was reserved, under either name it honours.
+  const forward: Record<string, unknown> = { ...request, max_tokens: bound.completionLimit };
+  if (Object.hasOwn(request, "max_completion_tokens")) forward.max_completion_tokens = bound.completionLimit;
   if (stream) forward.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
 
   const ledgerBase = {
@@ -513,9 +490,9 @@ async function complete(
     }
     const reported = readUsage(json);
     const usage: Usage = reported ?? {
-      promptTokens: promptEstimate,
-      completionTokens: maxTokens,
-      totalTokens: promptEstimate + maxTokens,
+      promptTokens: bound.prompt,
+      completionTokens: bound.completion,
+      totalTokens: bound.total,
     };
     void settle({
       backend: backend.url,
@@ -544,7 +521,7 @@ async function complete(
       if (report.end === "client_closed") attempt.deadline.abort();
       const usage = report.usage;
       const completionTokens = usage?.completionTokens ?? report.contentChunks;
-      const promptTokens = usage?.promptTokens ?? promptEstimate;
+      const promptTokens = usage?.promptTokens ?? bound.prompt;
       return settle({
         backend: backend.url,
         promptTokens,
