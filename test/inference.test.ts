@@ -817,3 +817,53 @@ describe("security: a request reserves all it can cost, and the backend is held 
     expect(await backend.requests()).toHaveLength(0);
   });
 });
+
+describe("security: a body without a Content-Length is counted as it arrives", () => {
+  /** A request body streamed in 64 KiB chunks with no declared length, and how many chunks were pulled. */
+  function streamedBody(chunks: number, chunkOf: (i: number) => Uint8Array) {
+    const counter = { pulls: 0 };
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (counter.pulls === chunks) {
+          controller.close();
+          return;
+        }
+        controller.enqueue(chunkOf(counter.pulls));
+        counter.pulls++;
+      },
+    });
+    return { body, counter };
+  }
+
+  it("refuses a chunked body past 1 MiB without reading the rest of it", async () => {
+    const { gw, token } = await setup([scopedBackend(0)]);
+    const chunk = new Uint8Array(64 * 1024).fill(0x20);
+    const { body, counter } = streamedBody(128, () => chunk); // 8 MiB in all
+    const res = await gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body,
+      duplex: "half",
+    } as RequestInit);
+    expect(res.status).toBe(413);
+    expect(await res.json()).toMatchObject({ error: { code: "request_too_large" } });
+    // 16 chunks make the limit; a few more may be buffered, never the whole body.
+    expect(counter.pulls).toBeLessThan(24);
+  });
+
+  it("still serves a chunked body within the limit", async () => {
+    const { gw, token } = await setup([scopedBackend(0)]);
+    const text = new TextEncoder().encode(
+      JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 }),
+    );
+    const { body } = streamedBody(Math.ceil(text.byteLength / 8), (i) => text.slice(i * 8, i * 8 + 8));
+    const res = await gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body,
+      duplex: "half",
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ choices: [{ message: { content: "tok0 tok1 " } }] });
+  });
+});

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { billingEnabled } from "../config";
 import { AppError } from "../errors";
+import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
@@ -100,8 +101,6 @@ export interface ProxyOptions {
   random?: () => number;
 }
 
-const utf8 = new TextEncoder();
-
 /** OpenAI's rate-limit headers, from the organization's standing. */
 export function rateLimitHeaders(s: QuotaSnapshot): Record<string, string> {
   return {
@@ -132,14 +131,8 @@ const PASSING_REFUSALS = new Set<QuotaRefusal>(["requests_per_minute", "tokens_p
 async function readJson(request: Request): Promise<unknown> {
   const type = (request.headers.get("content-type") ?? "").split(";")[0]?.trim().toLowerCase();
   if (type !== "application/json") throw new AppError("unsupported_media_type", "Send the body as application/json.");
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > MAX_REQUEST_BYTES)
-    throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
-  const text = await request.text();
-  // A UTF-8 character is at most three bytes per UTF-16 unit: most bodies need no encoding to tell.
-  if (text.length * 3 > MAX_REQUEST_BYTES && utf8.encode(text).byteLength > MAX_REQUEST_BYTES) {
-    throw new AppError("payload_too_large", `The body must be at most ${MAX_REQUEST_BYTES} bytes.`);
-  }
+  // Counted as it arrives: a body without a Content-Length is refused once past the limit, not read whole.
+  const text = await readBodyText(request, MAX_REQUEST_BYTES);
   try {
     return JSON.parse(text);
   } catch {
