@@ -387,7 +387,7 @@ describe("security: a link's cap counts the bytes it serves", () => {
     expect(bytesReceived).toBeLessThanOrEqual(budget);
     const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
     expect(row?.bytesServed).toBe(bytesReceived);
-  });
+  }, 60_000);
 
   it("a client that hangs up keeps what its range reserved: the resume draws again", async () => {
     const { gw, manifest: m } = await setup();
