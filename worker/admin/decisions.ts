@@ -12,8 +12,8 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { issueGrant } from "../grants/issue";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import { deliverDueMail, enqueueMail } from "../mail/outbox";
-import { decisionMail } from "../mail/templates";
+import { deliverDueMail, enqueueMailWithinLimits } from "../mail/outbox";
+import { caseNotice, decisionMail } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
@@ -191,18 +191,11 @@ export async function decideApplication(
       const notice = statusChanged ? noticeStatus(transition.status) : undefined;
       if (notice) {
         const mail = decisionMail(
-          {
-            to: application.contactEmail,
-            contactName: application.contactName,
-            organizationName: application.organizationName,
-            familyName: family.displayName,
-            applicationId,
-            statusUrl: `${config.publicBaseUrl}/applications/${applicationId}`,
-          },
+          caseNotice(config.publicBaseUrl, application, family.displayName),
           notice,
           request.visibleToApplicant ? request.reason : null,
         );
-        statements.push(enqueueMail(services, mail));
+        statements.push(...(await enqueueMailWithinLimits(services, mail)));
       }
       return {
         statements,

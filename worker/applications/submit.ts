@@ -13,8 +13,9 @@ import {
 import { AppError } from "../errors";
 import { issueGrant } from "../grants/issue";
 import { currentLicenseVersion } from "../licenses/store";
-import { enqueueMail } from "../mail/outbox";
-import { applicationReceivedMail } from "../mail/templates";
+import { gatewayLink } from "../mail/links";
+import { enqueueMailWithinLimits } from "../mail/outbox";
+import { applicationReceivedMail, caseNotice } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { sha256Hex } from "../platform/hash";
 import { evaluateApplication } from "../policy/evaluate";
@@ -51,10 +52,21 @@ export async function newStatusSecret(services: Pick<Services, "ids">): Promise<
   return { secret, hash: await sha256Hex(secret) };
 }
 
+/** The status page with its capability, and the status API, of a case: links on the gateway only. */
 export function statusUrls(base: string, id: string, secret: string) {
   return {
-    statusUrl: `${base}/applications/${id}?token=${encodeURIComponent(secret)}`,
-    statusApiUrl: `${base}/v1/applications/${id}`,
+    statusUrl: gatewayLink(base, `/applications/${encodeURIComponent(id)}?token=${encodeURIComponent(secret)}`),
+    statusApiUrl: gatewayLink(base, `/v1/applications/${encodeURIComponent(id)}`),
+  };
+}
+
+/** The case's contact and names as the applicant gave them, for its notices. */
+function applicantOf(input: ApplicationInput, id: string) {
+  return {
+    id,
+    contactEmail: input.contact.email,
+    contactName: input.contact.name,
+    organizationName: input.organization.name,
   };
 }
 
@@ -137,21 +149,15 @@ export async function submitApplication(
     );
     if (standing) {
       // Never hand an existing case's capability to whoever asked: mail a fresh link to its contact.
-      const ctx = {
-        to: input.contact.email,
-        contactName: input.contact.name,
-        organizationName: input.organization.name,
-        familyName: family.displayName,
-        applicationId: standing.id,
-        statusUrl: statusUrls(config.publicBaseUrl, standing.id, secret).statusUrl,
-      };
+      const urls = statusUrls(config.publicBaseUrl, standing.id, secret);
+      const notice = applicationReceivedMail(
+        caseNotice(config.publicBaseUrl, applicantOf(input, standing.id), family.displayName, urls.statusUrl),
+        standing.status === "approved" ? "approved" : "pending_review",
+      );
       return {
         statements: [
           db.insert(statusLinks).values({ secretHash: hash, applicationId: standing.id, createdAt: at }),
-          enqueueMail(
-            services,
-            applicationReceivedMail(ctx, standing.status === "approved" ? "approved" : "pending_review"),
-          ),
+          ...(await enqueueMailWithinLimits(services, notice)),
         ],
         events: [
           {
@@ -167,7 +173,7 @@ export async function submitApplication(
           status: standing.status,
           reasons: standing.policyReasons,
           statusUrl: null,
-          statusApiUrl: `${config.publicBaseUrl}/v1/applications/${standing.id}`,
+          statusApiUrl: urls.statusApiUrl,
           duplicate: true,
         } satisfies SubmissionOutcome,
       };
@@ -295,22 +301,11 @@ export async function submitApplication(
       events.push(grant.event);
     }
     const urls = statusUrls(config.publicBaseUrl, applicationId, secret);
-    statements.push(
-      enqueueMail(
-        services,
-        applicationReceivedMail(
-          {
-            to: input.contact.email,
-            contactName: input.contact.name,
-            organizationName: input.organization.name,
-            familyName: family.displayName,
-            applicationId,
-            statusUrl: urls.statusUrl,
-          },
-          status,
-        ),
-      ),
+    const notice = applicationReceivedMail(
+      caseNotice(config.publicBaseUrl, applicantOf(input, applicationId), family.displayName, urls.statusUrl),
+      status,
     );
+    statements.push(...(await enqueueMailWithinLimits(services, notice)));
     return {
       statements,
       events,

@@ -219,7 +219,8 @@ export const auditEvents = sqliteTable(
   ],
 );
 
-export const MAIL_STATUSES = ["pending", "sent", "failed"] as const;
+/** `suppressed`: never sent, because its recipient or their domain was over a send limit (`last_error` says which). */
+export const MAIL_STATUSES = ["pending", "sent", "failed", "suppressed"] as const;
 
 /** Outgoing mail, written in the same batch as the state change it reports. */
 export const mailOutbox = sqliteTable(

@@ -1,4 +1,5 @@
-import { and, asc, eq, lte } from "drizzle-orm";
+import { and, asc, count, eq, gte, lte, ne, sql } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
 import type { Database } from "../db/client";
 import { mailOutbox } from "../db/schema";
 import type { Clock } from "../platform/clock";
@@ -17,21 +18,86 @@ export function retryDelayMs(attempts: number): number {
 }
 
 /**
- * The insert that queues a mail. Put it in the same `db.batch()` as the state change the mail
- * reports, so that the change and its notice are written together or not at all.
+ * How much mail the gateway queues for one address and for one domain within a window. The public
+ * form lets anyone name any address, so without a ceiling the gateway could be made to mail a
+ * stranger, or a whole company, again and again under its own name.
  */
-export function enqueueMail(deps: { db: Database; ids: IdGenerator; clock: Clock }, mail: OutgoingMail) {
+export const MAIL_SEND_LIMITS = { perAddress: 5, perDomain: 50, windowMs: 60 * 60_000 } as const;
+
+/** A header value must stay one line: a CR or LF in it would start a header of its own. */
+function assertOneLine(name: string, value: string): void {
+  if (/[\r\n]/.test(value)) throw new Error(`mail ${name} spans lines: ${JSON.stringify(value.slice(0, 80))}`);
+}
+
+/**
+ * The insert that queues a mail, or records it as `suppressed` with the reason when one is given.
+ * Put it in the same `db.batch()` as the state change the mail reports, so that the change and its
+ * notice are written together or not at all.
+ */
+export function enqueueMail(
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
+  mail: OutgoingMail,
+  suppressedBecause: string | null = null,
+) {
+  assertOneLine("recipient", mail.to);
+  assertOneLine("subject", mail.subject);
   const now = deps.clock.now().toISOString();
   return deps.db.insert(mailOutbox).values({
     id: deps.ids.id("mail"),
     to: mail.to,
     subject: mail.subject,
     text: mail.text,
-    status: "pending",
+    status: suppressedBecause ? "suppressed" : "pending",
     attempts: 0,
     nextAttemptAt: now,
+    lastError: suppressedBecause,
     createdAt: now,
   });
+}
+
+/** `%`, `_` and `\\` in a LIKE pattern are literal characters here. */
+function likeLiteral(text: string): string {
+  return text.replace(/[\\%_]/g, (ch) => `\\${ch}`);
+}
+
+/**
+ * The statements that queue a mail within `MAIL_SEND_LIMITS`: counted from the outbox over the
+ * last window (suppressed mail does not count), a message over either limit is recorded as
+ * `suppressed` and never sent. Being over a limit is not the sender's error: what the mail
+ * reports still happens. Call it inside a `writeAudited` plan, whose retry on a concurrent write
+ * makes the count and the insert one step. Returns a list, not the statement itself, because an
+ * awaited query would run on its own.
+ */
+export async function enqueueMailWithinLimits(
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
+  mail: OutgoingMail,
+  limits: { perAddress: number; perDomain: number; windowMs: number } = MAIL_SEND_LIMITS,
+): Promise<BatchItem<"sqlite">[]> {
+  const address = mail.to.trim().toLowerCase();
+  const domain = address.slice(address.lastIndexOf("@") + 1);
+  const since = new Date(deps.clock.now().getTime() - limits.windowMs).toISOString();
+  const [recent] = await deps.db
+    .select({
+      toAddress: sql<number>`coalesce(sum(lower(${mailOutbox.to}) = ${address}), 0)`,
+      toDomain: count(),
+    })
+    .from(mailOutbox)
+    .where(
+      and(
+        ne(mailOutbox.status, "suppressed"),
+        gte(mailOutbox.createdAt, since),
+        sql`lower(${mailOutbox.to}) like ${`%@${likeLiteral(domain)}`} escape '\\'`,
+      ),
+    );
+  const hours = limits.windowMs / 3_600_000;
+  const window = hours === 1 ? "an hour" : `${hours} hours`;
+  const reason =
+    (recent?.toAddress ?? 0) >= limits.perAddress
+      ? `send limit: ${limits.perAddress} messages to this address within ${window}`
+      : (recent?.toDomain ?? 0) >= limits.perDomain
+        ? `send limit: ${limits.perDomain} messages to ${domain} within ${window}`
+        : null;
+  return [enqueueMail(deps, mail, reason)];
 }
 
 /** What one delivery run did. */

@@ -1,14 +1,86 @@
+/**
+ * The applicant notices. Anyone can type any address into the public form, so a notice may land
+ * with a stranger: it must read as the gateway's own message and carry nothing an applicant could
+ * use to speak through it. Subjects hold only the family and the case id; bodies hold the
+ * gateway's words, links to the gateway alone (`GatewayLink`), and the applicant's names only
+ * through `mailSafeName`. Free text the applicant wrote (intended use, answers) is never echoed.
+ */
+import { type GatewayLink, gatewayLink } from "./links";
 import type { OutgoingMail } from "./mailer";
+
+/** Who a notice goes to. */
+export interface Recipient {
+  address: string;
+  /**
+   * Whether the recipient proved they read mail at this address. No flow verifies an address yet,
+   * so every applicant is unverified today; a verified recipient may be shown more of what they
+   * wrote.
+   */
+  verified: boolean;
+}
 
 /** What every applicant notice needs to say who it is for and where to look. */
 export interface NoticeContext {
-  to: string;
+  to: Recipient;
+  /** As the applicant typed it: untrusted. */
   contactName: string;
+  /** As the applicant typed it: untrusted. */
   organizationName: string;
   familyName: string;
   applicationId: string;
   /** The status page; carries the capability only in the first notice, when the secret is known. */
-  statusUrl: string;
+  statusUrl: GatewayLink;
+}
+
+/** The longest applicant-written name a notice repeats, by whether the address is verified. */
+export const MAIL_NAME_MAX = { unverified: 60, verified: 200 } as const;
+
+/**
+ * What a mail client would make a link of: a scheme, `www.`, an address, a host name or an IP
+ * address. Dots include the ideographic full stop, which some clients also accept in host names.
+ */
+const LINKABLE: readonly RegExp[] = [
+  /:\/\//,
+  /www[.\u3002]/i,
+  /@/,
+  /[\p{L}\p{N}][\p{L}\p{N}_-]*[.\u3002][\p{L}\p{N}_-]*\p{L}/u,
+  /\d+[.\u3002]\d+[.\u3002]\d+/u,
+];
+
+/**
+ * An applicant-written name as a notice may repeat it: on one line, without invisible or control
+ * characters, and short. A name that holds anything a mail client would turn into a link is not
+ * repeated at all (`null`), so the gateway's sender never carries an attacker's link, however it
+ * is spelt.
+ */
+export function mailSafeName(raw: string, recipient: Pick<Recipient, "verified">): string | null {
+  const flat = raw
+    .normalize("NFKC")
+    // Zero-width and bidirectional controls are removed, not spaced: they could hide a link.
+    .replace(/\p{Cf}/gu, "")
+    // CR, LF and the other controls would start new lines: a name stays on one.
+    .replace(/[\p{Cc}\p{Cs}\p{Co}\p{Zl}\p{Zp}]/gu, " ")
+    .replace(/\s+/g, " ")
+    .trim();
+  if (flat === "" || LINKABLE.some((pattern) => pattern.test(flat))) return null;
+  const max = recipient.verified ? MAIL_NAME_MAX.verified : MAIL_NAME_MAX.unverified;
+  const chars = Array.from(flat);
+  return chars.length <= max
+    ? flat
+    : `${chars
+        .slice(0, max - 1)
+        .join("")
+        .trimEnd()}…`;
+}
+
+/** The greeting and the organization's name as this notice may show them. */
+function names(ctx: NoticeContext): { greeting: string; organization: string } {
+  const contact = mailSafeName(ctx.contactName, ctx.to);
+  const organization = mailSafeName(ctx.organizationName, ctx.to);
+  return {
+    greeting: contact ? `Hello ${contact},` : "Hello,",
+    organization: organization ? `“${organization}”` : "your organization",
+  };
 }
 
 function sign(text: string): string {
@@ -20,6 +92,7 @@ export function applicationReceivedMail(
   ctx: NoticeContext,
   status: "approved" | "pending_review" | "rejected",
 ): OutgoingMail {
+  const { greeting, organization } = names(ctx);
   const next =
     status === "approved"
       ? "Your application was approved under the license policy. You can create access tokens on the status page."
@@ -27,20 +100,24 @@ export function applicationReceivedMail(
         ? "Your application cannot be approved under the license policy. The status page says why."
         : "Your application needs a reviewer's decision. Most cases are decided within five working days; the status page shows where it stands.";
   return {
-    to: ctx.to,
+    to: ctx.to.address,
     subject: `${ctx.familyName} access application ${ctx.applicationId} received`,
     text: sign(
-      `Hello ${ctx.contactName},\n\nwe received the application of ${ctx.organizationName} for ${ctx.familyName}.\n${next}\n\nStatus page (keep this link private; it is your key to the case):\n${ctx.statusUrl}`,
+      `${greeting}\n\nwe received the application of ${organization} for ${ctx.familyName}.\n${next}\n\nStatus page (keep this link private; it is your key to the case):\n${ctx.statusUrl}\n\nIf you did not apply, ignore this message: nothing happens without the link above.`,
     ),
   };
 }
 
-/** Sent when a reviewer decides or asks for information. */
+/**
+ * Sent when a reviewer decides or asks for information. `message` is the reviewer's own text,
+ * shown when they chose to show it.
+ */
 export function decisionMail(
   ctx: NoticeContext,
   decision: "approved" | "rejected" | "info_requested",
   message: string | null,
 ): OutgoingMail {
+  const { greeting } = names(ctx);
   const headline = {
     approved: "Your application was approved. You can now create access tokens on the status page.",
     rejected: "Your application was not approved.",
@@ -48,28 +125,49 @@ export function decisionMail(
   }[decision];
   const reason = message ? `\n\nMessage from the reviewer:\n${message}` : "";
   return {
-    to: ctx.to,
+    to: ctx.to.address,
     subject: `${ctx.familyName} access application ${ctx.applicationId}: ${decision.replace("_", " ")}`,
     text: sign(
-      `Hello ${ctx.contactName},\n\n${headline}${reason}\n\nOpen your status page with the link from your first e-mail (${ctx.statusUrl}).`,
+      `${greeting}\n\n${headline}${reason}\n\nOpen your status page with the link from your first e-mail (${ctx.statusUrl}).`,
     ),
   };
 }
 
-/** Sent when a grant is suspended, reinstated or revoked. */
+/** Sent when a grant is suspended, reinstated or revoked; `reason` is the reviewer's. */
 export function grantMail(
   ctx: NoticeContext,
   status: "suspended" | "active" | "revoked",
   reason: string | null,
 ): OutgoingMail {
+  const { greeting, organization } = names(ctx);
   const headline = {
-    suspended: `Access of ${ctx.organizationName} to ${ctx.familyName} is suspended.`,
-    active: `Access of ${ctx.organizationName} to ${ctx.familyName} is reinstated.`,
-    revoked: `Access of ${ctx.organizationName} to ${ctx.familyName} is revoked. Under the license you must delete the materials.`,
+    suspended: `Access of ${organization} to ${ctx.familyName} is suspended.`,
+    active: `Access of ${organization} to ${ctx.familyName} is reinstated.`,
+    revoked: `Access of ${organization} to ${ctx.familyName} is revoked. Under the license you must delete the materials.`,
   }[status];
   return {
-    to: ctx.to,
+    to: ctx.to.address,
     subject: `${ctx.familyName} access ${status === "active" ? "reinstated" : status}`,
-    text: sign(`Hello ${ctx.contactName},\n\n${headline}${reason ? `\n\nReason: ${reason}` : ""}`),
+    text: sign(`${greeting}\n\n${headline}${reason ? `\n\nReason: ${reason}` : ""}`),
+  };
+}
+
+/**
+ * The notice context of a case: its contact (unverified, as every applicant is today), its names,
+ * and its status page on the gateway — without the capability unless `statusUrl` carries it.
+ */
+export function caseNotice(
+  publicBaseUrl: string,
+  application: { id: string; contactEmail: string; contactName: string; organizationName: string },
+  familyName: string,
+  statusUrl: GatewayLink = gatewayLink(publicBaseUrl, `/applications/${encodeURIComponent(application.id)}`),
+): NoticeContext {
+  return {
+    to: { address: application.contactEmail, verified: false },
+    contactName: application.contactName,
+    organizationName: application.organizationName,
+    familyName,
+    applicationId: application.id,
+    statusUrl,
   };
 }
