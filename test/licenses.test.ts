@@ -1,5 +1,9 @@
 import { env, exports } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
+import { loadLicenseTexts } from "../scripts/seed/license";
+import { verifyAuditChain } from "../worker/audit/log";
+import { auditEvents, licenseVersions } from "../worker/db/schema";
 import { loadLicenseVersion } from "../worker/licenses/store";
 import { sha256Hex } from "../worker/platform/hash";
 import { createServices } from "../worker/services";
@@ -11,6 +15,7 @@ describe("GET /v1/licenses/{family}", () => {
       license: "LICENSE v1",
       aup: "AUP v1",
       source: "placeholder",
+      actor: "operator",
     });
   });
 
@@ -44,6 +49,7 @@ describe("GET /v1/licenses/{family}", () => {
       license: "LICENSE v1",
       aup: "AUP v1",
       source: "placeholder",
+      actor: "operator",
     });
     expect(again.created).toBe(false);
     const next = await loadLicenseVersion(services, {
@@ -51,6 +57,7 @@ describe("GET /v1/licenses/{family}", () => {
       license: "LICENSE v2",
       aup: "AUP v1",
       source: "official",
+      actor: "operator",
     });
     expect(next).toMatchObject({ created: true, version: { version: 2 } });
     const body = (await (await exports.default.fetch("http://gw/v1/licenses/llama-2")).json()) as Record<
@@ -65,5 +72,58 @@ describe("GET /v1/licenses/{family}", () => {
     expect(res.status).toBe(404);
     expect(res.headers.get("content-type")).toContain("application/problem+json");
     expect(await res.json()).toMatchObject({ code: "not_found", status: 404 });
+  });
+});
+
+describe("security: loading a license version is an audited write", () => {
+  it("records the load by the license:load script, with the texts' hashes, atomically with the version", async () => {
+    const report = await loadLicenseTexts(env.DB, {
+      family: "llama-2",
+      license: "LICENSE official",
+      aup: "AUP official",
+      source: "official",
+    });
+    const services = createServices(env);
+    const [version] = await services.db.select().from(licenseVersions);
+    const events = await services.db.select().from(auditEvents).orderBy(auditEvents.seq);
+    expect(events.map((e) => [e.actor, e.action, e.subjectType, e.subjectId])).toEqual([
+      ["operator", "license.version_loaded", "license_version", version?.id],
+    ]);
+    expect(events[0]?.data).toEqual({
+      family: "llama-2",
+      version: 1,
+      licenseSha256: await sha256Hex("LICENSE official"),
+      aupSha256: await sha256Hex("AUP official"),
+      source: "official",
+      previousVersion: null,
+    });
+    expect(report).toMatchObject({ version: 1, created: true });
+    expect(await verifyAuditChain(services.db)).toMatchObject({ ok: true, checked: 1 });
+  });
+
+  it("records each new version with the one it replaces, and nothing for a load that changes nothing", async () => {
+    const services = createServices(env);
+    const texts = { family: "llama-2", aup: "AUP v1", source: "official" as const, actor: "operator" };
+    await loadLicenseVersion(services, { ...texts, license: "LICENSE v1" });
+    await loadLicenseVersion(services, { ...texts, license: "LICENSE v1" });
+    const next = await loadLicenseVersion(services, { ...texts, license: "LICENSE v2" });
+    const events = await services.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "license.version_loaded"))
+      .orderBy(auditEvents.seq);
+    expect(events.map((e) => [e.subjectId, e.data.version, e.data.previousVersion])).toEqual([
+      [expect.any(String), 1, null],
+      [next.version.id, 2, 1],
+    ]);
+  });
+
+  it("lands two simultaneous loads of the same texts as one version and one event", async () => {
+    const services = createServices(env);
+    const texts = { family: "llama-2", license: "L", aup: "A", source: "official" as const, actor: "operator" };
+    const results = await Promise.all([loadLicenseVersion(services, texts), loadLicenseVersion(services, texts)]);
+    expect(results.map((r) => r.created).sort()).toEqual([false, true]);
+    expect(await services.db.select().from(licenseVersions)).toHaveLength(1);
+    expect(await services.db.select().from(auditEvents)).toHaveLength(1);
   });
 });

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createDatabase } from "../../worker/db/client";
-import { currentLicenseVersion, loadLicenseVersion } from "../../worker/licenses/store";
+import { currentLicenseVersion, type LicenseTexts, loadLicenseVersion } from "../../worker/licenses/store";
 import { systemClock } from "../../worker/platform/clock";
 import { randomIds } from "../../worker/platform/ids";
 
@@ -22,13 +22,13 @@ export interface LicenseLoadReport {
   created: boolean;
 }
 
-/** Stores a family's license and AUP texts as its next version unless they are already current. */
-export async function loadLicenseTexts(
-  db: D1Database,
-  input: { family: string; license: string; aup: string; source: "placeholder" | "official" },
-): Promise<LicenseLoadReport> {
+/**
+ * Stores a family's license and AUP texts as its next version unless they are already current,
+ * with the audit event that records the load, by `operator`.
+ */
+export async function loadLicenseTexts(db: D1Database, input: Omit<LicenseTexts, "actor">): Promise<LicenseLoadReport> {
   const deps = { db: createDatabase(db), clock: systemClock, ids: randomIds(systemClock) };
-  const { version, created } = await loadLicenseVersion(deps, input);
+  const { version, created } = await loadLicenseVersion(deps, { ...input, actor: "operator" });
   return {
     family: version.family,
     version: version.version,

@@ -10,11 +10,11 @@ import {
   organizations,
   type PolicyReasonRow,
 } from "../../worker/db/schema";
-import { type LicenseVersion, loadLicenseVersion } from "../../worker/licenses/store";
+import type { LicenseVersion } from "../../worker/licenses/store";
 import { fixedClock } from "../../worker/platform/clock";
 import type { Services } from "../../worker/services";
 import { TOKEN_NOW } from "./access";
-import { testGateway as baseGateway } from "./gateway";
+import { testGateway as baseGateway, insertLicenseVersion } from "./gateway";
 
 /**
  * The test gateway (`./gateway`) on a clock that only moves when the test moves it, with its
@@ -29,13 +29,12 @@ export function testGateway(start: Date | string = TOKEN_NOW, bindings: Partial<
 
 /** Loads a Llama 2 license version, as an operator would before applications open. */
 export async function seedLicense(services: Pick<Services, "db" | "clock" | "ids">): Promise<LicenseVersion> {
-  const { version } = await loadLicenseVersion(services, {
+  return insertLicenseVersion(services, {
     family: "llama-2",
     license: "LLAMA 2 COMMUNITY LICENSE AGREEMENT (test text)",
     aup: "Llama 2 Acceptable Use Policy (test text)",
     source: "placeholder",
   });
-  return version;
 }
 
 const OVER_THRESHOLD: PolicyReasonRow[] = [

@@ -2,9 +2,9 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import { type AppOptions, newApp } from "../../worker/app";
 import { createDatabase } from "../../worker/db/client";
-import { loadLicenseVersion } from "../../worker/licenses/store";
+import { type LicenseTexts, type LicenseVersion, planLicenseVersion } from "../../worker/licenses/store";
 import { memoryMailer } from "../../worker/mail/mailer";
-import { createServices } from "../../worker/services";
+import { createServices, type Services } from "../../worker/services";
 
 /**
  * The gateway as tests drive it: the real app over the real bindings, with a recording mailer,
@@ -64,18 +64,26 @@ export function testGateway(options: AppOptions & { bindings?: Partial<Env>; ori
   };
 }
 
+/**
+ * Writes a license version's rows straight into D1, without the audit event a real load records
+ * (`loadLicenseVersion`), so that a test's audit log holds only the events the test caused.
+ */
+export async function insertLicenseVersion(
+  services: Pick<Services, "db" | "clock" | "ids">,
+  texts: Omit<LicenseTexts, "actor">,
+): Promise<LicenseVersion> {
+  const plan = await planLicenseVersion(services, { ...texts, actor: "operator" });
+  const [first, ...rest] = plan.statements;
+  if (first) await services.db.batch([first, ...rest]);
+  return plan.result.version;
+}
+
 /** Loads a license version for llama-2 and returns its hashes. */
 export async function seedLicense(
   text = "LLAMA 2 COMMUNITY LICENSE (test text)",
   aup = "ACCEPTABLE USE POLICY (test text)",
 ) {
-  const { version } = await loadLicenseVersion(createServices(env), {
-    family: "llama-2",
-    license: text,
-    aup,
-    source: "placeholder",
-  });
-  return version;
+  return insertLicenseVersion(createServices(env), { family: "llama-2", license: text, aup, source: "placeholder" });
 }
 
 /** JSON request options. */

@@ -1,4 +1,6 @@
-import { and, desc, eq } from "drizzle-orm";
+import { desc, eq } from "drizzle-orm";
+import type { AuditAnchor } from "../audit/anchor";
+import { type AuditedWrite, writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
 import { documents, licenseVersions } from "../db/schema";
 import type { Clock } from "../platform/clock";
@@ -42,53 +44,77 @@ export async function documentText(db: Database, sha256: string): Promise<string
   return row?.body;
 }
 
+/** A family's license and AUP texts to load, and who loads them. */
+export interface LicenseTexts {
+  family: string;
+  license: string;
+  aup: string;
+  source: "placeholder" | "official";
+  /** Who loads them, as the audit log names actors: `operator` for the `license:load` script. */
+  actor: string;
+}
+
 /**
- * Stores a license and AUP text pair as the family's next version, unless the newest version
- * already has exactly these texts (loading is idempotent). Returns the current version.
+ * Plans storing a license and AUP text pair as the family's next version, with the audit event
+ * that records it, unless the newest version already has exactly these texts (then nothing).
  */
-export async function loadLicenseVersion(
+export async function planLicenseVersion(
   deps: { db: Database; clock: Clock; ids: IdGenerator },
-  input: { family: string; license: string; aup: string; source: "placeholder" | "official" },
-): Promise<{ version: LicenseVersion; created: boolean }> {
+  input: LicenseTexts,
+): Promise<AuditedWrite<{ version: LicenseVersion; created: boolean }>> {
   const [licenseSha256, aupSha256] = await Promise.all([sha256Hex(input.license), sha256Hex(input.aup)]);
   const current = await currentLicenseVersion(deps.db, input.family);
   if (current && current.licenseSha256 === licenseSha256 && current.aupSha256 === aupSha256) {
-    return { version: current, created: false };
+    return { statements: [], events: [], result: { version: current, created: false } };
   }
   const now = deps.clock.now().toISOString();
-  const version = (current?.version ?? 0) + 1;
-  const id = deps.ids.id("lic");
-  await deps.db.batch([
+  const row = {
+    id: deps.ids.id("lic"),
+    family: input.family,
+    version: (current?.version ?? 0) + 1,
+    licenseSha256,
+    aupSha256,
+    createdAt: now,
+  };
+  const document = (sha256: string, kind: "license" | "aup", mediaType: string, body: string) =>
     deps.db
       .insert(documents)
-      .values({
-        sha256: licenseSha256,
-        kind: "license",
-        mediaType: "text/plain",
-        body: input.license,
-        source: input.source,
-        createdAt: now,
-      })
-      .onConflictDoNothing(),
-    deps.db
-      .insert(documents)
-      .values({
-        sha256: aupSha256,
-        kind: "aup",
-        mediaType: "text/markdown",
-        body: input.aup,
-        source: input.source,
-        createdAt: now,
-      })
-      .onConflictDoNothing(),
-    deps.db
-      .insert(licenseVersions)
-      .values({ id, family: input.family, version, licenseSha256, aupSha256, createdAt: now }),
-  ]);
-  const [stored] = await deps.db
-    .select()
-    .from(licenseVersions)
-    .where(and(eq(licenseVersions.family, input.family), eq(licenseVersions.version, version)));
-  if (!stored) throw new Error("license version vanished after insert");
-  return { version: { ...stored, licenseSource: input.source }, created: true };
+      .values({ sha256, kind, mediaType, body, source: input.source, createdAt: now })
+      .onConflictDoNothing();
+  return {
+    statements: [
+      document(licenseSha256, "license", "text/plain", input.license),
+      document(aupSha256, "aup", "text/markdown", input.aup),
+      deps.db.insert(licenseVersions).values(row),
+    ],
+    events: [
+      {
+        actor: input.actor,
+        action: "license.version_loaded",
+        subjectType: "license_version",
+        subjectId: row.id,
+        data: {
+          family: row.family,
+          version: row.version,
+          licenseSha256,
+          aupSha256,
+          source: input.source,
+          previousVersion: current?.version ?? null,
+        },
+      },
+    ],
+    result: { version: { ...row, licenseSource: input.source }, created: true },
+  };
+}
+
+/**
+ * Stores a license and AUP text pair as the family's next version, unless the newest version
+ * already has exactly these texts (loading is idempotent). The version and its audit event land
+ * together. Returns the current version.
+ */
+export async function loadLicenseVersion(
+  deps: { db: Database; clock: Clock; ids: IdGenerator; auditAnchor?: AuditAnchor | undefined },
+  input: LicenseTexts,
+): Promise<{ version: LicenseVersion; created: boolean }> {
+  return writeAudited(deps, () => planLicenseVersion(deps, input));
 }
