@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import Stripe from "stripe";
 import { beforeEach, describe, expect, it } from "vitest";
+import { verifyAuditChain } from "../worker/audit/log";
 import type { UsageMessage } from "../worker/billing/queue";
 import { reconcileBilling } from "../worker/billing/reconcile";
 import { applications, auditEvents, billingAccounts, organizationLimits, usageLedger } from "../worker/db/schema";
@@ -438,5 +439,93 @@ describe("Stripe webhooks", () => {
       body: "{}",
     });
     expect(hook.status).toBe(503);
+  });
+});
+
+describe("security: billing writes are audited", () => {
+  it("records the account's opening and the plan limits it writes, by the system, with the account", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 1);
+    await deliver(
+      b,
+      rows.map((r) => r.id),
+    );
+    const [account] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    const events = (await b.gw.db.select().from(auditEvents).orderBy(auditEvents.seq)).filter(
+      (e) => e.action.startsWith("billing.") || e.action === "organization.limits_set",
+    );
+    expect(events.map((e) => [e.actor, e.action, e.subjectType, e.subjectId])).toEqual([
+      ["system", "billing.account_opened", "organization", b.organizationId],
+      ["system", "organization.limits_set", "organization", b.organizationId],
+    ]);
+    expect(events[0]?.data).toEqual({
+      family: "llama-2",
+      plan: "pro",
+      customer: account?.stripeCustomerId,
+      subscription: account?.stripeSubscriptionId,
+    });
+    expect(events[1]?.data).toEqual({ plan: "pro", ...PLAN.limits, source: "billing_plan" });
+    expect(await verifyAuditChain(b.gw.db)).toMatchObject({ ok: true });
+  });
+
+  it("opens one account with one pair of events when the reconciler and the queue race", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 2);
+    await Promise.all([
+      deliver(b, [rows[0]?.id as string]),
+      deliver(b, [rows[1]?.id as string]),
+      reconcileBilling(b.gw.services(), b.gw.env.USAGE_QUEUE),
+    ]);
+    const opened = (await b.gw.db.select().from(auditEvents)).filter((e) => e.subjectId === b.organizationId);
+    expect(opened.map((e) => e.action).sort()).toEqual(["billing.account_opened", "organization.limits_set"]);
+  });
+
+  it("records a webhook update that leaves the status alone, with what it changed", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 1);
+    await deliver(
+      b,
+      rows.map((r) => r.id),
+    );
+    const [account] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    const created = Math.floor(b.clock.now().getTime() / 1000) - 5;
+    const payload = JSON.stringify({
+      id: "evt_sub_moved",
+      object: "event",
+      type: "customer.subscription.updated",
+      created,
+      api_version: "2025-01-01",
+      livemode: false,
+      data: { object: { id: "sub_replacement", status: "active", customer: account?.stripeCustomerId } },
+    });
+    const signature = await new Stripe("sk_test_unused").webhooks.generateTestHeaderStringAsync({
+      payload,
+      secret: SECRETS[1] as string,
+      timestamp: Math.floor(b.clock.now().getTime() / 1000),
+      cryptoProvider: Stripe.createSubtleCryptoProvider(),
+    });
+    const res = await b.gw.request("/webhooks/stripe", {
+      method: "POST",
+      headers: { "stripe-signature": signature, "content-type": "application/json" },
+      body: payload,
+    });
+    expect(await res.json()).toMatchObject({ result: "applied" });
+    const [updated] = await b.gw.db.select().from(auditEvents).where(eq(auditEvents.action, "billing.account_updated"));
+    expect(updated).toMatchObject({ actor: "stripe", subjectType: "organization", subjectId: b.organizationId });
+    expect(updated?.data).toEqual({
+      event: "evt_sub_moved",
+      type: "customer.subscription.updated",
+      changes: {
+        stripeSubscriptionId: { from: account?.stripeSubscriptionId, to: "sub_replacement" },
+        subscriptionEventCreated: { from: 0, to: created },
+      },
+    });
+    expect((await b.gw.db.select().from(auditEvents)).filter((e) => e.action === "billing.status_changed")).toEqual([]);
   });
 });

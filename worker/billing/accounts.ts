@@ -1,5 +1,6 @@
 import { and, asc, eq, inArray, ne } from "drizzle-orm";
 import type Stripe from "stripe";
+import { type AuditedWrite, writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
 import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { type BillingAccount, billingAccounts, grants, organizationLimits, organizations } from "../db/schema";
@@ -9,10 +10,11 @@ import type { Services } from "../services";
  * The organization's billing account, created on first need: a Stripe customer and a subscription
  * to its family's plan, each created with an idempotency key derived from the organization, so two
  * workers racing here end up with the same customer and subscription. The plan's limits become the
- * organization's quota limits.
+ * organization's quota limits. The account and the limits are written with their audit events in
+ * one atomic write.
  */
 export async function ensureBillingAccount(
-  services: Pick<Services, "db" | "clock" | "config">,
+  services: Pick<Services, "db" | "clock" | "ids" | "config"> & Partial<Pick<Services, "auditAnchor">>,
   stripe: Stripe,
   organizationId: string,
 ): Promise<BillingAccount | undefined> {
@@ -45,37 +47,58 @@ export async function ensureBillingAccount(
           { idempotencyKey: `modelgate-subscription-${org.id}-${family}` },
         )
       : undefined;
-  const at = services.clock.now().toISOString();
-  const account: BillingAccount = {
-    organizationId: org.id,
-    stripeCustomerId: customer.id,
-    stripeSubscriptionId: subscription?.id ?? null,
-    plan: plan.plan,
-    status: "active",
-    paymentFailedAt: null,
-    subscriptionEventCreated: 0,
-    invoiceEventCreated: 0,
-    createdAt: at,
-    updatedAt: at,
-  };
-  const insertAccount = services.db.insert(billingAccounts).values(account).onConflictDoNothing();
-  if (plan.limits) {
-    const limits = { plan: plan.plan, ...plan.limits, updatedAt: at };
-    await services.db.batch([
-      insertAccount,
-      services.db
-        .insert(organizationLimits)
-        .values({ organizationId: org.id, ...limits })
-        .onConflictDoUpdate({ target: organizationLimits.organizationId, set: limits }),
-    ]);
-  } else {
-    await insertAccount;
-  }
-  const [stored] = await services.db
-    .select()
-    .from(billingAccounts)
-    .where(eq(billingAccounts.organizationId, organizationId));
-  return stored;
+  return writeAudited(services, async () => {
+    // Planned again on a lost race: the other writer's account is the one to keep.
+    const [opened] = await services.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, organizationId));
+    if (opened) return { statements: [], events: [], result: opened };
+    const at = services.clock.now().toISOString();
+    const account: BillingAccount = {
+      organizationId: org.id,
+      stripeCustomerId: customer.id,
+      stripeSubscriptionId: subscription?.id ?? null,
+      plan: plan.plan,
+      status: "active",
+      paymentFailedAt: null,
+      subscriptionEventCreated: 0,
+      invoiceEventCreated: 0,
+      createdAt: at,
+      updatedAt: at,
+    };
+    const write: AuditedWrite<BillingAccount> = {
+      statements: [services.db.insert(billingAccounts).values(account)],
+      events: [
+        {
+          actor: "system",
+          action: "billing.account_opened",
+          subjectType: "organization",
+          subjectId: org.id,
+          data: { family, plan: plan.plan, customer: customer.id, subscription: subscription?.id ?? null },
+        },
+      ],
+      result: account,
+    };
+    if (plan.limits) {
+      const limits = { plan: plan.plan, ...plan.limits, updatedAt: at };
+      write.statements.push(
+        services.db
+          .insert(organizationLimits)
+          .values({ organizationId: org.id, ...limits })
+          .onConflictDoUpdate({ target: organizationLimits.organizationId, set: limits }),
+      );
+      // The same event an admin's change of limits records, by the system and for the plan.
+      write.events.push({
+        actor: "system",
+        action: "organization.limits_set",
+        subjectType: "organization",
+        subjectId: org.id,
+        data: { plan: plan.plan, ...plan.limits, source: "billing_plan" },
+      });
+    }
+    return write;
+  });
 }
 
 /** When inference of an account stops for lack of payment, if it does. */

@@ -30,7 +30,7 @@ export function meterEventsOf(
  * all its events. Rows Stripe would refuse as too old are flagged `expired`, never dropped.
  */
 export async function billLedgerRows(
-  services: Pick<Services, "db" | "clock" | "config" | "log">,
+  services: Pick<Services, "db" | "clock" | "ids" | "config" | "log"> & Partial<Pick<Services, "auditAnchor">>,
   stripe: Stripe,
   rowIds: readonly string[],
 ): Promise<Map<string, BillingOutcome>> {

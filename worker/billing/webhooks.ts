@@ -110,6 +110,16 @@ export function applyBillingEvent(
   }
 }
 
+/** The fields an event changed, each `{from, to}`; `updatedAt` moves with every write and is left out. */
+function accountChanges(before: BillingAccount, after: BillingAccount): Record<string, { from: unknown; to: unknown }> {
+  const changes: Record<string, { from: unknown; to: unknown }> = {};
+  for (const field of Object.keys(after) as (keyof BillingAccount)[]) {
+    if (field !== "updatedAt" && before[field] !== after[field])
+      changes[field] = { from: before[field], to: after[field] };
+  }
+  return changes;
+}
+
 /** What handling an event did. */
 export type WebhookResult = "applied" | "ignored" | "duplicate";
 
@@ -144,18 +154,24 @@ export async function handleBillingEvent(services: Services, event: Stripe.Event
         : [];
       const next = account ? applyBillingEvent(account, event, at) : undefined;
       if (!account || !next) return { statements: [record], events: [], result: "ignored" };
-      const audit: AuditEntry[] =
+      const audit: AuditEntry =
         next.status !== account.status
-          ? [
-              {
-                actor: "stripe",
-                action: "billing.status_changed",
-                subjectType: "organization",
-                subjectId: account.organizationId,
-                data: { from: account.status, to: next.status, event: event.id, type: event.type },
-              },
-            ]
-          : [];
+          ? {
+              actor: "stripe",
+              action: "billing.status_changed",
+              subjectType: "organization",
+              subjectId: account.organizationId,
+              data: { from: account.status, to: next.status, event: event.id, type: event.type },
+            }
+          : {
+              // Every write to the account is evidence, not only a change of status: a new
+              // subscription id, or the event time that decides which later events still apply.
+              actor: "stripe",
+              action: "billing.account_updated",
+              subjectType: "organization",
+              subjectId: account.organizationId,
+              data: { changes: accountChanges(account, next), event: event.id, type: event.type },
+            };
       return {
         statements: [
           record,
@@ -164,7 +180,7 @@ export async function handleBillingEvent(services: Services, event: Stripe.Event
             .set(next)
             .where(eq(billingAccounts.organizationId, account.organizationId)),
         ],
-        events: audit,
+        events: [audit],
         result: "applied",
       };
     });
