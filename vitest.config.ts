@@ -25,6 +25,7 @@ export default defineConfig(async () => {
           bindings: {
             TEST_MIGRATIONS: migrations,
             ACCESS_JWKS: JSON.stringify({ keys: [publicJwk] }),
+            DEV_LOGIN: "1",
             TEST_ACCESS_PRIVATE_JWK: JSON.stringify(privateJwk),
             DOWNLOAD_SIGNING_KEYS: JSON.stringify({ keys: [downloadKey] }),
             AUDIT_SIGNING_KEYS: JSON.stringify({ keys: [auditKey] }),

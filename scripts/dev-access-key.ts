@@ -35,6 +35,8 @@ export async function ensureDevAccessKey(root = process.cwd()): Promise<DevAcces
     writeFileSync(keyPath, `${JSON.stringify(key, null, 2)}\n`, { mode: 0o600 });
   }
   writeDevVar(root, "ACCESS_JWKS", JSON.stringify(key.publicJwks));
+  // The local console is signed into with that key through /admin/dev-login (loopback origins only).
+  writeDevVar(root, "DEV_LOGIN", "1");
   return key;
 }
 

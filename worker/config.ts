@@ -15,6 +15,8 @@ export interface Config {
     audience: string;
     /** Inline JWKS (local development); when absent, the team's certs endpoint is used. */
     jwks: { keys: Record<string, unknown>[] } | undefined;
+    /** The local sign-in page (`/admin/dev-login`): only with `DEV_LOGIN=1` on a loopback origin. */
+    devLogin: boolean;
   };
   /** Role → matchers: an e-mail, `*@domain`, or `group:NAME` from the token's groups. */
   adminRoles: Partial<Record<AdminRole, string[]>>;
@@ -95,6 +97,21 @@ function positiveInt(value: string | undefined, fallback: number, name: string):
   return n;
 }
 
+/**
+ * Whether the local sign-in page is on. It lets anyone holding a token for the configured JWKS in
+ * through a form, so it needs an explicit `DEV_LOGIN=1`, and a deployment that sets it on a
+ * public origin is refused outright rather than quietly opened.
+ */
+function devLogin(setting: string | undefined, publicBaseUrl: string): boolean {
+  const value = setting?.trim() ?? "";
+  if (value === "" || value === "0") return false;
+  if (value !== "1") throw new Error("DEV_LOGIN must be 1 or empty");
+  const host = new URL(publicBaseUrl).hostname;
+  const loopback = host === "localhost" || host === "[::1]" || /^127(\.\d{1,3}){3}$/.test(host);
+  if (!loopback) throw new Error(`DEV_LOGIN=1 is refused: PUBLIC_BASE_URL (${publicBaseUrl}) is not a loopback origin`);
+  return true;
+}
+
 const cache = new WeakMap<object, Config>();
 
 /** Reads the configuration from bindings. Throws on a malformed deployment setting. */
@@ -113,6 +130,7 @@ export function readConfig(env: Env): Config {
       teamDomain: env.ACCESS_TEAM_DOMAIN.replace(/\/+$/, ""),
       audience: env.ACCESS_AUD,
       jwks: jwksText ? (JSON.parse(jwksText) as { keys: Record<string, unknown>[] }) : undefined,
+      devLogin: devLogin(env.DEV_LOGIN, env.PUBLIC_BASE_URL),
     },
     adminRoles: roleMatchers.parse(JSON.parse(env.ADMIN_ROLES || "{}")),
     downloads: {

@@ -32,15 +32,18 @@ export const ACCESS_JWT_HEADER = "cf-access-jwt-assertion";
  * header-only means there is exactly one way in to audit. Locally there is no Access in front of
  * the browser, so the pasted token has to travel somehow; it goes through the very same
  * `verifyAccessToken` (signature against the configured JWKS, issuer, audience, expiry). The
- * cookie is honoured only while the gateway trusts an inline JWKS (`config.access.jwks`), which
- * production leaves unset. `__Host-` pins it to this origin and path `/`; HttpOnly keeps it from
- * scripts; SameSite=Strict keeps other sites' requests from carrying it at all.
+ * cookie is honoured only with `DEV_LOGIN=1` on a loopback origin, which production never has.
+ * `__Host-` pins it to this origin and path `/`; HttpOnly keeps it from scripts; SameSite=Strict
+ * keeps other sites' requests from carrying it at all.
  */
 export const DEV_ACCESS_COOKIE = "__Host-modelgate-dev-access";
 
-/** Whether the gateway runs with an inline dev JWKS, the only mode the dev sign-in exists in. */
+/**
+ * Whether the local sign-in page and its cookie exist: only with an explicit `DEV_LOGIN=1` on a
+ * loopback origin (see `readConfig`); trusting an inline JWKS alone no longer opens it.
+ */
 export function devSignInEnabled(config: Pick<Config, "access">): boolean {
-  return config.access.jwks !== undefined;
+  return config.access.devLogin;
 }
 
 /** Algorithms Cloudflare Access signs with; anything else (`none`, HMAC) is refused. */

@@ -1,7 +1,7 @@
 /**
  * A reviewer's decision on a case: approve, reject, or ask the applicant for more information.
  */
-import { createRoute, z } from "@hono/zod-openapi";
+import { z } from "@hono/zod-openapi";
 import { and, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
@@ -17,8 +17,9 @@ import { caseNotice, decisionMail } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin, requireRole } from "./access";
+import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
+import { adminRoute } from "./door";
 
 /** What a reviewer submits. */
 export const DecisionRequestSchema = z
@@ -235,14 +236,12 @@ export function deliverMailSoon(c: Context<HonoEnv>): void {
   );
 }
 
-const decide = createRoute({
+const decide = adminRoute("approver", {
   method: "post",
   path: "/admin/api/applications/{id}/decision",
-  tags: ["Admin"],
   summary: "Approve, reject, or ask for more information",
   description:
     "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant. An approver whose e-mail is the contact's, or whose domain is the contact's or the website's (free-mail domains aside), is refused with `conflict_of_interest`, and the refusal is audited.",
-  middleware: [requireRole("approver")] as const,
   request: {
     params: z.object({ id: z.string().min(1).max(100) }),
     body: documentedJsonBody(DecisionRequestSchema, "DecisionRequest"),
