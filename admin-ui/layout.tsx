@@ -1,5 +1,5 @@
 import type { Child } from "hono/jsx";
-import type { AdminIdentity } from "../worker/admin/access";
+import type { AdminIdentity } from "../worker/auth/access";
 
 /** The console's sections, in navigation order. */
 export const SECTIONS = [

@@ -8,13 +8,6 @@ import { and, eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { deleteCookie, setCookie } from "hono/cookie";
 import { decodeJwt } from "jose";
-import {
-  type AdminIdentity,
-  adminIdentity,
-  DEV_ACCESS_COOKIE,
-  devSignInEnabled,
-  verifyAccessToken,
-} from "../worker/admin/access";
 import { listInferenceBackends } from "../worker/admin/backends";
 import { listReviewQueue, readCaseFile } from "../worker/admin/cases";
 import { caseComments, commentView } from "../worker/admin/comments";
@@ -30,6 +23,13 @@ import {
 } from "../worker/admin/usage";
 import { verifyAuditChain } from "../worker/audit/log";
 import { listAuditEvents } from "../worker/audit/routes";
+import {
+  type AdminIdentity,
+  adminIdentity,
+  DEV_ACCESS_COOKIE,
+  devSignInEnabled,
+  verifyAccessToken,
+} from "../worker/auth/access";
 import { accountsInArrears, billingAccountsOf, paymentStanding } from "../worker/billing/accounts";
 import { failedLedgerRows, outboxStates, retryingRows } from "../worker/billing/outbox";
 import { billingStanding } from "../worker/billing/routes";

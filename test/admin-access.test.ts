@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { generateKeyPair } from "jose";
 import { beforeEach, describe, expect, it } from "vitest";
-import { rolesFor } from "../worker/admin/access";
+import { rolesFor } from "../worker/auth/access";
 import { applications, auditEvents, decisions, mailOutbox } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessClaims, accessHeaders, adminToken, signAccessClaims, TOKEN_NOW, unsignedToken } from "./helpers/access";

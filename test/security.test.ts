@@ -6,7 +6,7 @@
 import { env } from "cloudflare:workers";
 import { generateKeyPair } from "jose";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { DEV_ACCESS_COOKIE } from "../worker/admin/access";
+import { DEV_ACCESS_COOKIE } from "../worker/auth/access";
 import { ADMIN_ROLES, type AdminRole, readConfig } from "../worker/config";
 import { HTTP_METHODS, type OpenApiDocument, type OperationObject } from "../worker/docs/openapi";
 import { formToObject } from "../worker/http/router";

@@ -1,8 +1,8 @@
 import { getPath } from "hono/utils/url";
 import { adminConsoleRoutes } from "../admin-ui/routes";
-import { ACCESS_SECURITY_SCHEME } from "./admin/door";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
+import { ACCESS_SECURITY_SCHEME } from "./auth/admin-door";
 import { billingRoutes } from "./billing/routes";
 import type { Config } from "./config";
 import type { OpenApiDocument } from "./docs/openapi";

@@ -1,4 +1,4 @@
-import type { AdminIdentity } from "./admin/access";
+import type { AdminIdentity } from "./auth/access";
 import type { Services } from "./services";
 import type { TokenPrincipal } from "./tokens/service";
 

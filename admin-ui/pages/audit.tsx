@@ -1,6 +1,6 @@
-import type { AdminIdentity } from "../../worker/admin/access";
 import type { ChainVerification } from "../../worker/audit/log";
 import type { listAuditEvents } from "../../worker/audit/routes";
+import type { AdminIdentity } from "../../worker/auth/access";
 import { FilterForm, TextFilter } from "../filters";
 import { formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";

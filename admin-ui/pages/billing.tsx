@@ -1,4 +1,4 @@
-import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
+import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import type { failedLedgerRows, outboxStates, retryingRows } from "../../worker/billing/outbox";
 import type { BillingStatus } from "../../worker/db/schema";
 import { formatAge, formatCount, formatTime } from "../format";

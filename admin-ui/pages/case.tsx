@@ -1,7 +1,7 @@
-import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { readCaseFile } from "../../worker/admin/cases";
 import type { commentView } from "../../worker/admin/comments";
 import { countryName } from "../../worker/applications/countries";
+import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import { formatCount, formatTime, STATUS_WORDS } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";

@@ -1,5 +1,5 @@
-import { type AdminIdentity, holdsRole } from "../../worker/admin/access";
 import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../worker/admin/usage";
+import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import type { billingStanding } from "../../worker/billing/routes";
 import { type BillingAccount, type BillingStatus, GRANT_STATUSES, type Grant } from "../../worker/db/schema";
 import type { EffectiveLimits } from "../../worker/quota/limits";

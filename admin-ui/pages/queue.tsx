@@ -1,6 +1,6 @@
-import type { AdminIdentity } from "../../worker/admin/access";
 import type { listReviewQueue } from "../../worker/admin/cases";
 import { countryName } from "../../worker/applications/countries";
+import type { AdminIdentity } from "../../worker/auth/access";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
 import { formatAge, formatCount, STATUS_WORDS } from "../format";
 import { ConsolePage, type SignOut } from "../layout";

@@ -1,6 +1,6 @@
 import type { Child } from "hono/jsx";
-import type { AdminIdentity } from "../../worker/admin/access";
 import type { DownloadDay, TokenDay } from "../../worker/admin/usage";
+import type { AdminIdentity } from "../../worker/auth/access";
 import { type ChartPoint, DailyBarChart } from "../chart";
 import { FilterForm, SelectFilter } from "../filters";
 import { formatBytes, formatCount } from "../format";

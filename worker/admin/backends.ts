@@ -6,6 +6,8 @@
 import { z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
 import { isUniqueViolation, writeAudited } from "../audit/log";
+import { type AdminIdentity, currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import { inferenceBackends } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
@@ -26,10 +28,8 @@ import {
 } from "../inference/backends";
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { reviewerActor } from "./decisions";
-import { adminRoute } from "./door";
 
 /** Form fields left empty arrive as "" (text) or null (numbers): both mean "not given". */
 const unset = (value: unknown) => (value === "" || value === null ? undefined : value);

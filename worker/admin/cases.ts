@@ -5,6 +5,8 @@ import { z } from "@hono/zod-openapi";
 import { and, asc, eq, gt, inArray, lt, ne, or, type SQL, sql } from "drizzle-orm";
 import { conflictOfInterest } from "../applications/review";
 import { AuditEventSchema, auditEventView } from "../audit/routes";
+import { type AdminIdentity, currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import type { Database } from "../db/client";
 import {
   APPLICATION_STATUSES,
@@ -20,9 +22,7 @@ import {
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin } from "./access";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
-import { adminRoute } from "./door";
 
 const PolicyReasonSchema = z.object({
   code: z.string(),

@@ -6,16 +6,16 @@
 import { z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
+import { type AdminIdentity, currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import type { Database } from "../db/client";
 import { applications, type ReviewComment, reviewComments } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { sha256Hex } from "../platform/hash";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { reviewerActor } from "./decisions";
-import { adminRoute } from "./door";
 
 /** What a reviewer writes. */
 export const NewCommentSchema = z.object({ body: z.string().trim().min(1).max(4000) }).openapi("NewReviewComment");

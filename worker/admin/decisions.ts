@@ -7,6 +7,8 @@ import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
 import { applyDecision, type ConflictOfInterest, conflictOfInterest } from "../applications/review";
 import { type AuditEntry, isUniqueViolation, writeAudited } from "../audit/log";
+import { type AdminIdentity, currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
@@ -17,9 +19,7 @@ import { caseNotice, decisionMail } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
-import { adminRoute } from "./door";
 
 /** What a reviewer submits. */
 export const DecisionRequestSchema = z

@@ -4,6 +4,8 @@
 import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, or, type SQL, sql } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
+import { type AdminIdentity, currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import type { AdminRole } from "../config";
 import type { Database } from "../db/client";
 import { applications, GRANT_STATUSES, grants, organizations } from "../db/schema";
@@ -14,11 +16,9 @@ import { enqueueMailWithinLimits } from "../mail/outbox";
 import { caseNotice, grantMail } from "../mail/templates";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
-import { type AdminIdentity, currentAdmin } from "./access";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
 import { deliverMailSoon, reviewerActor } from "./decisions";
-import { adminRoute } from "./door";
 
 const GrantSchema = z
   .object({

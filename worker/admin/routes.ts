@@ -7,16 +7,16 @@
  */
 import { z } from "@hono/zod-openapi";
 import { auditRoutes } from "../audit/routes";
+import { currentAdmin } from "../auth/access";
+import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "../auth/admin-door";
 import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
 import { newRouter } from "../http/router";
 import { quotaAdminRoutes } from "../quota/routes";
-import { currentAdmin } from "./access";
 import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
 import { commentRoutes } from "./comments";
 import { decisionRoutes } from "./decisions";
-import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "./door";
 import { grantRoutes } from "./grants";
 
 const getMe = adminRoute("reviewer", {

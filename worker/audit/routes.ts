@@ -1,7 +1,7 @@
 import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, type SQL } from "drizzle-orm";
 import { decodeSeqCursor, encodeSeqCursor, PageQuery } from "../admin/cursor";
-import { adminRoute } from "../admin/door";
+import { adminRoute } from "../auth/admin-door";
 import type { Database } from "../db/client";
 import { type AuditEvent, auditEvents } from "../db/schema";
 import { newRouter, problemResponses } from "../http/router";

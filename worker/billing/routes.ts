@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { and, count, eq, gte, sql } from "drizzle-orm";
-import { currentAdmin } from "../admin/access";
-import { adminRoute } from "../admin/door";
+import { currentAdmin } from "../auth/access";
+import { adminRoute } from "../auth/admin-door";
 import { billingEnabled } from "../config";
 import { type BillingAccount, billingAccounts, organizations, usageLedger } from "../db/schema";
 import { AppError } from "../errors";

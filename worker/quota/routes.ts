@@ -1,7 +1,7 @@
 import { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import { adminRoute } from "../admin/door";
 import { writeAudited } from "../audit/log";
+import { adminRoute } from "../auth/admin-door";
 import { organizationLimits, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses, readBody } from "../http/router";
