@@ -223,6 +223,25 @@ describe("security: the public form is not a mail relay", () => {
     expect(rows[3]?.lastError).toBe("send limit: 3 messages to bank.example within an hour");
   });
 
+  it("holds free-mail addresses to their own limit only: a free-mail domain is not one company", async () => {
+    const services = gateway.services;
+    const limits = { perAddress: 2, perDomain: 3, windowMs: 3_600_000 };
+    const to = ["a@gmail.com", "b@gmail.com", "c@gmail.com", "d@gmail.com", "a@gmail.com", "a@gmail.com"];
+    for (const address of to) {
+      await services.db.batch(
+        (await enqueueMailWithinLimits(services, { to: address, subject: "Hello", text: "Body" }, limits)) as [never],
+      );
+    }
+    expect((await outbox()).map((row) => row.status)).toEqual([
+      "pending",
+      "pending",
+      "pending",
+      "pending",
+      "pending",
+      "suppressed",
+    ]);
+  });
+
   it.each([
     ["Acme Robotics GmbH", "Acme Robotics GmbH"],
     ["  Ada \t Lovelace\n", "Ada Lovelace"],

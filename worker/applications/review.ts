@@ -1,5 +1,5 @@
 import type { ApplicationStatus, Decision } from "../db/schema";
-import { isFreeMailDomain } from "./free-mail";
+import { isFreeMailDomain } from "../auth/free-mail";
 
 /** What a reviewer's decision acts on. */
 export interface ReviewState {

@@ -1,5 +1,6 @@
 import { and, asc, count, eq, gte, lte, ne, sql } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
+import { isFreeMailDomain } from "../auth/free-mail";
 import type { Database } from "../db/client";
 import { mailOutbox } from "../db/schema";
 import type { Clock } from "../platform/clock";
@@ -20,7 +21,9 @@ export function retryDelayMs(attempts: number): number {
 /**
  * How much mail the gateway queues for one address and for one domain within a window. The public
  * form lets anyone name any address, so without a ceiling the gateway could be made to mail a
- * stranger, or a whole company, again and again under its own name.
+ * stranger, or a whole company, again and again under its own name. The domain limit protects a
+ * company's domain; free-mail domains are shared by millions of unrelated people, so only the
+ * per-address limit (and the form's per-network brake) applies to them.
  */
 export const MAIL_SEND_LIMITS = { perAddress: 5, perDomain: 50, windowMs: 60 * 60_000 } as const;
 
@@ -94,7 +97,7 @@ export async function enqueueMailWithinLimits(
   const reason =
     (recent?.toAddress ?? 0) >= limits.perAddress
       ? `send limit: ${limits.perAddress} messages to this address within ${window}`
-      : (recent?.toDomain ?? 0) >= limits.perDomain
+      : (recent?.toDomain ?? 0) >= limits.perDomain && !isFreeMailDomain(domain)
         ? `send limit: ${limits.perDomain} messages to ${domain} within ${window}`
         : null;
   return [enqueueMail(deps, mail, reason)];
