@@ -1,4 +1,5 @@
 import type { AdminIdentity } from "./auth/access";
+import type { MemberPrincipal } from "./auth/members";
 import type { Services } from "./services";
 import type { TokenPrincipal } from "./tokens/service";
 
@@ -12,5 +13,7 @@ export interface HonoEnv {
     admin?: AdminIdentity;
     /** The organization a personal access token acts for, on routes that require one. */
     principal?: TokenPrincipal;
+    /** The signed-in member and the organization they act for, on organization routes. */
+    member?: MemberPrincipal;
   };
 }

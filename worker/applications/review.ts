@@ -1,5 +1,5 @@
-import type { ApplicationStatus, Decision } from "../db/schema";
 import { isFreeMailDomain } from "../auth/free-mail";
+import type { ApplicationStatus, Decision } from "../db/schema";
 
 /** What a reviewer's decision acts on. */
 export interface ReviewState {

@@ -293,7 +293,13 @@ export async function submitApplication(
     if (status === "approved") {
       const grant = issueGrant(
         services,
-        { id: applicationId, organizationId, family: family.id, licenseVersionId: license.id },
+        {
+          id: applicationId,
+          organizationId,
+          family: family.id,
+          licenseVersionId: license.id,
+          models: input.models ?? family.models.map((m) => m.id),
+        },
         at,
         "system:policy",
       );

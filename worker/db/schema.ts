@@ -39,13 +39,180 @@ export const organizations = sqliteTable(
   {
     id: text("id").primaryKey(),
     name: text("name").notNull(),
-    /** Lower-cased, whitespace-collapsed name: how repeat applicants are recognised. */
+    /**
+     * Lower-cased, whitespace-collapsed name. Never how an applicant joins an organization (a
+     * name is a claim): only how resembling cases are found and linked for reviewers.
+     */
     normalizedName: text("normalized_name").notNull(),
     website: text("website"),
     country: text("country").notNull(),
     createdAt: text("created_at").notNull(),
   },
-  (t) => [uniqueIndex("organizations_normalized_name").on(t.normalizedName)],
+  (t) => [index("organizations_normalized_name").on(t.normalizedName)],
+);
+
+/** People, known by an e-mail address; `emailVerifiedAt` once a link mailed to it was used. */
+export const users = sqliteTable(
+  "users",
+  {
+    id: text("id").primaryKey(),
+    /** Lower-cased. */
+    email: text("email").notNull(),
+    name: text("name"),
+    emailVerifiedAt: text("email_verified_at"),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("users_email").on(t.email)],
+);
+
+/**
+ * An organization's verified e-mail domains: the domains of its verified contacts, free-mail
+ * domains never. A domain belongs to one organization; a verified contact at it joins that one.
+ */
+export const organizationDomains = sqliteTable("organization_domains", {
+  domain: text("domain").primaryKey(),
+  organizationId: text("organization_id")
+    .notNull()
+    .references(() => organizations.id),
+  verifiedByUserId: text("verified_by_user_id")
+    .notNull()
+    .references(() => users.id),
+  verifiedAt: text("verified_at").notNull(),
+});
+
+export const MEMBER_ROLES = ["owner", "admin", "developer", "viewer"] as const;
+export type MemberRole = (typeof MEMBER_ROLES)[number];
+
+/** Who works in an organization, and as what. A removed member keeps the row (`removedAt`). */
+export const memberships = sqliteTable(
+  "memberships",
+  {
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id),
+    role: text("role", { enum: MEMBER_ROLES }).notNull(),
+    createdAt: text("created_at").notNull(),
+    removedAt: text("removed_at"),
+  },
+  (t) => [
+    uniqueIndex("memberships_one_live").on(t.organizationId, t.userId).where(sql`removed_at is null`),
+    index("memberships_user").on(t.userId),
+  ],
+);
+
+/** An invitation to join an organization: a single-use link mailed to `email`, sha256 stored. */
+export const invitations = sqliteTable(
+  "invitations",
+  {
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    /** Lower-cased; only this address may accept. */
+    email: text("email").notNull(),
+    role: text("role", { enum: MEMBER_ROLES }).notNull(),
+    secretHash: text("secret_hash").notNull(),
+    invitedByUserId: text("invited_by_user_id")
+      .notNull()
+      .references(() => users.id),
+    createdAt: text("created_at").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    acceptedAt: text("accepted_at"),
+    acceptedByUserId: text("accepted_by_user_id"),
+    revokedAt: text("revoked_at"),
+  },
+  (t) => [
+    uniqueIndex("invitations_secret_hash").on(t.secretHash),
+    index("invitations_organization").on(t.organizationId),
+  ],
+);
+
+export const EMAIL_LINK_PURPOSES = ["verify_application", "sign_in"] as const;
+export type EmailLinkPurpose = (typeof EMAIL_LINK_PURPOSES)[number];
+
+/**
+ * Single-use links mailed to an address to prove it is the reader's: confirming an application's
+ * contact (24 h) or signing in (15 min). Only the secret's sha256 is stored; `usedAt` is set by
+ * the conditional update that consumes it, so a link works once however often it is replayed.
+ */
+export const emailLinks = sqliteTable(
+  "email_links",
+  {
+    secretHash: text("secret_hash").primaryKey(),
+    purpose: text("purpose", { enum: EMAIL_LINK_PURPOSES }).notNull(),
+    /** Lower-cased. */
+    email: text("email").notNull(),
+    applicationId: text("application_id"),
+    createdAt: text("created_at").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    usedAt: text("used_at"),
+  },
+  (t) => [index("email_links_email").on(t.email, t.createdAt)],
+);
+
+/** A signed-in person's session (a `__Host-` cookie holds the secret; its sha256 is here). */
+export const sessions = sqliteTable(
+  "sessions",
+  {
+    id: text("id").primaryKey(),
+    secretHash: text("secret_hash").notNull(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id),
+    createdAt: text("created_at").notNull(),
+    lastSeenAt: text("last_seen_at").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    revokedAt: text("revoked_at"),
+    ip: text("ip"),
+    userAgent: text("user_agent"),
+  },
+  (t) => [uniqueIndex("sessions_secret_hash").on(t.secretHash), index("sessions_user").on(t.userId)],
+);
+
+/**
+ * Applications as submitted, before their contact confirmed the address: they decide nothing and
+ * reviewers never see them. Confirming turns one into an application with the same id.
+ */
+export const applicationDrafts = sqliteTable(
+  "application_drafts",
+  {
+    id: text("id").primaryKey(),
+    family: text("family").notNull(),
+    /** Lower-cased contact address the confirmation link was mailed to. */
+    contactEmail: text("contact_email").notNull(),
+    /** The validated application input, as submitted. */
+    input: text("input", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    licenseVersionId: text("license_version_id")
+      .notNull()
+      .references(() => licenseVersions.id),
+    /** Where and how the license was accepted (`AcceptanceEvidence`). */
+    evidence: text("evidence", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    createdAt: text("created_at").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    confirmedAt: text("confirmed_at"),
+  },
+  (t) => [index("application_drafts_email").on(t.contactEmail, t.createdAt)],
+);
+
+/** Cases that resemble each other (name, website, e-mail domain), linked for reviewers. */
+export const caseLinks = sqliteTable(
+  "case_links",
+  {
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    relatedApplicationId: text("related_application_id")
+      .notNull()
+      .references(() => applications.id),
+    /** What resembles: `name`, `website`, `email_domain`. */
+    reasons: text("reasons", { mode: "json" }).$type<string[]>().notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("case_links_pair").on(t.applicationId, t.relatedApplicationId)],
 );
 
 export const APPLICATION_STATUSES = ["pending_review", "info_requested", "approved", "rejected"] as const;
@@ -66,6 +233,8 @@ export const applications = sqliteTable(
     country: text("country").notNull(),
     contactName: text("contact_name").notNull(),
     contactEmail: text("contact_email").notNull(),
+    /** The contact as a verified user; null only for cases from before addresses were verified. */
+    contactUserId: text("contact_user_id"),
     intendedUse: text("intended_use").notNull(),
     declaredMau: integer("declared_mau").notNull(),
     models: text("models", { mode: "json" }).$type<string[]>().notNull(),
@@ -118,6 +287,9 @@ export const statusLinks = sqliteTable(
       .notNull()
       .references(() => applications.id),
     createdAt: text("created_at").notNull(),
+    /** 30 days after it was made; a re-issued link revokes the ones before it. */
+    expiresAt: text("expires_at"),
+    revokedAt: text("revoked_at"),
   },
   (t) => [index("status_links_application").on(t.applicationId)],
 );
@@ -180,6 +352,8 @@ export const grants = sqliteTable(
       .notNull()
       .references(() => organizations.id),
     family: text("family").notNull(),
+    /** The models of the family this grant covers: what was applied for. */
+    models: text("models", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
     licenseVersionId: text("license_version_id")
       .notNull()
       .references(() => licenseVersions.id),
@@ -241,11 +415,23 @@ export const mailOutbox = sqliteTable(
 );
 
 export type Application = typeof applications.$inferSelect;
+export type User = typeof users.$inferSelect;
+export type Membership = typeof memberships.$inferSelect;
+export type Invitation = typeof invitations.$inferSelect;
+export type Session = typeof sessions.$inferSelect;
+export type ApplicationDraft = typeof applicationDrafts.$inferSelect;
 export type Grant = typeof grants.$inferSelect;
 export type AuditEvent = typeof auditEvents.$inferSelect;
 export type MailMessage = typeof mailOutbox.$inferSelect;
 
 export const TOKEN_SCOPES = ["download", "inference"] as const;
+
+/** A token's own limits; any may be absent. */
+export interface TokenLimits {
+  requestsPerMinute?: number;
+  tokensPerMinute?: number;
+  monthlyTokenBudget?: number;
+}
 export type TokenScope = (typeof TOKEN_SCOPES)[number];
 
 /** Personal access tokens of an approved organization; the secret is stored only as its sha256. */
@@ -261,6 +447,12 @@ export const accessTokens = sqliteTable(
     /** The first characters of the token, shown in lists so people can tell their tokens apart. */
     displayPrefix: text("display_prefix").notNull(),
     scopes: text("scopes", { mode: "json" }).$type<TokenScope[]>().notNull(),
+    /** The member who minted it; null for tokens from before members existed. */
+    userId: text("user_id"),
+    /** The grant's models this token may use; null: all of them. */
+    models: text("models", { mode: "json" }).$type<string[]>(),
+    /** Limits of this token inside its organization's; null: the organization's alone. */
+    limits: text("limits", { mode: "json" }).$type<TokenLimits>(),
     createdAt: text("created_at").notNull(),
     expiresAt: text("expires_at"),
     revokedAt: text("revoked_at"),

@@ -3,10 +3,10 @@ import type { Database } from "../db/client";
 import { grants } from "../db/schema";
 import type { IdGenerator } from "../platform/ids";
 
-/** The statement and audit event that issue a grant for an approved application. */
+/** The statement and audit event that issue a grant for an approved application: the models it applied for. */
 export function issueGrant(
   deps: { db: Database; ids: IdGenerator },
-  application: { id: string; organizationId: string; family: string; licenseVersionId: string },
+  application: { id: string; organizationId: string; family: string; licenseVersionId: string; models: string[] },
   at: string,
   actor: string,
 ) {
@@ -16,6 +16,7 @@ export function issueGrant(
     applicationId: application.id,
     organizationId: application.organizationId,
     family: application.family,
+    models: application.models,
     licenseVersionId: application.licenseVersionId,
     status: "active",
     createdAt: at,
@@ -26,7 +27,12 @@ export function issueGrant(
     action: "grant.issued",
     subjectType: "grant",
     subjectId: grantId,
-    data: { applicationId: application.id, organizationId: application.organizationId, family: application.family },
+    data: {
+      applicationId: application.id,
+      organizationId: application.organizationId,
+      family: application.family,
+      models: application.models,
+    },
   };
   return { grantId, statement, event };
 }

@@ -1,4 +1,4 @@
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import { secureHeaders } from "hono/secure-headers";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
@@ -65,17 +65,22 @@ export function abuseBrake(): MiddlewareHandler<HonoEnv> {
  */
 export function refuseCrossSite(): MiddlewareHandler<HonoEnv> {
   return async (c, next) => {
-    if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "OPTIONS") return next();
-    const site = c.req.header("sec-fetch-site");
-    if (site && site !== "same-origin" && site !== "none") {
-      throw new AppError("cross_site_request", "State-changing requests must come from this site.");
-    }
-    const origin = c.req.header("origin");
-    if (origin && origin !== new URL(c.req.url).origin) {
-      throw new AppError("cross_site_request", "State-changing requests must come from this site.");
-    }
+    assertSameSite(c);
     await next();
   };
+}
+
+/** `refuseCrossSite` as a check: throws `cross_site_request` for a state-changing cross-site request. */
+export function assertSameSite(c: Context<HonoEnv>): void {
+  if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "OPTIONS") return;
+  const site = c.req.header("sec-fetch-site");
+  if (site && site !== "same-origin" && site !== "none") {
+    throw new AppError("cross_site_request", "State-changing requests must come from this site.");
+  }
+  const origin = c.req.header("origin");
+  if (origin && origin !== new URL(c.req.url).origin) {
+    throw new AppError("cross_site_request", "State-changing requests must come from this site.");
+  }
 }
 
 /**

@@ -65,6 +65,9 @@ export async function mintAccessToken(
       createdAt: now.toISOString(),
       expiresAt: input.expiresInDays ? addDays(now, input.expiresInDays).toISOString() : null,
       revokedAt: null,
+      userId: null,
+      models: null,
+      limits: null,
     };
     return {
       statements: [services.db.insert(accessTokens).values(token)],
