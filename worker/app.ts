@@ -3,6 +3,7 @@ import { adminConsoleRoutes } from "../admin-ui/routes";
 import { adminRoutes } from "./admin/routes";
 import { applicationRoutes } from "./applications/routes";
 import { ACCESS_SECURITY_SCHEME } from "./auth/admin-door";
+import { authRoutes } from "./auth/routes";
 import { billingRoutes } from "./billing/routes";
 import type { Config } from "./config";
 import type { OpenApiDocument } from "./docs/openapi";
@@ -15,6 +16,7 @@ import { newRouter } from "./http/router";
 import type { Endpoint, ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
+import { organizationRoutes } from "./organizations/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
 
@@ -36,6 +38,8 @@ export function newApp(options: AppOptions = {}) {
   app.get("/health", (c) => c.json({ ok: true }));
   app.route("/", licenseRoutes);
   app.route("/", applicationRoutes);
+  app.route("/", authRoutes);
+  app.route("/", organizationRoutes);
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
   app.route("/", inferenceRoutes(options.inference));
