@@ -12,6 +12,7 @@ import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "../auth/admin-door";
 import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
 import { newRouter } from "../http/router";
+import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
 import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
@@ -52,4 +53,5 @@ export const adminRoutes = adminApi
   .route("/", inferenceBackendRoutes)
   .route("/", auditRoutes)
   .route("/", quotaAdminRoutes)
-  .route("/", billingAdminRoutes);
+  .route("/", billingAdminRoutes)
+  .route("/", mailAdminRoutes);

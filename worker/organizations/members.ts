@@ -1,0 +1,181 @@
+/**
+ * An organization's members: who they are, changing a member's role and removing a member. The
+ * rules: admins manage developers and viewers, only an owner makes or removes an owner or an
+ * admin, anyone may leave, and an organization always keeps an owner. Each change is read and
+ * written inside one audited write, whose retry on a concurrent audited write makes "the last
+ * owner" a fact at the moment of writing, not a guess from before it.
+ */
+import { and, count, eq, inArray, isNull } from "drizzle-orm";
+import { writeAudited } from "../audit/log";
+import { type MemberPrincipal, roleAtLeast } from "../auth/members";
+import { userActor } from "../auth/sign-in";
+import { accessTokens, grants, type MemberRole, memberships, users } from "../db/schema";
+import { AppError } from "../errors";
+import type { Services } from "../services";
+
+type Deps = Pick<Services, "db" | "clock" | "ids" | "auditAnchor">;
+
+/** A member as their organization lists them. */
+export interface MemberView {
+  id: string;
+  userId: string;
+  email: string;
+  name: string | null;
+  role: MemberRole;
+  /** Whether the member has proven their address (a carried-over contact may not have yet). */
+  emailVerified: boolean;
+  createdAt: string;
+}
+
+const memberColumns = {
+  id: memberships.id,
+  userId: memberships.userId,
+  email: users.email,
+  name: users.name,
+  role: memberships.role,
+  emailVerifiedAt: users.emailVerifiedAt,
+  createdAt: memberships.createdAt,
+};
+
+function view(row: { emailVerifiedAt: string | null } & Omit<MemberView, "emailVerified">): MemberView {
+  const { emailVerifiedAt, ...rest } = row;
+  return { ...rest, emailVerified: emailVerifiedAt !== null };
+}
+
+/** The organization's live members, oldest first. */
+export async function listMembers(services: Pick<Services, "db">, organizationId: string): Promise<MemberView[]> {
+  const rows = await services.db
+    .select(memberColumns)
+    .from(memberships)
+    .innerJoin(users, eq(users.id, memberships.userId))
+    .where(and(eq(memberships.organizationId, organizationId), isNull(memberships.removedAt)))
+    .orderBy(memberships.createdAt, memberships.id);
+  return rows.map(view);
+}
+
+/** A live member of the organization by membership id, or 404 (another organization's too). */
+async function liveMember(services: Pick<Services, "db">, organizationId: string, id: string): Promise<MemberView> {
+  const [row] = await services.db
+    .select(memberColumns)
+    .from(memberships)
+    .innerJoin(users, eq(users.id, memberships.userId))
+    .where(and(eq(memberships.id, id), eq(memberships.organizationId, organizationId), isNull(memberships.removedAt)));
+  if (!row) throw new AppError("not_found", "No member with that id in this organization.");
+  return view(row);
+}
+
+async function ownerCount(services: Pick<Services, "db">, organizationId: string): Promise<number> {
+  const [row] = await services.db
+    .select({ owners: count() })
+    .from(memberships)
+    .where(
+      and(eq(memberships.organizationId, organizationId), eq(memberships.role, "owner"), isNull(memberships.removedAt)),
+    );
+  return row?.owners ?? 0;
+}
+
+/** Owners and admins are made and removed by owners alone. */
+function assertMayManage(actor: MemberPrincipal, ...roles: MemberRole[]): void {
+  if (roles.some((role) => roleAtLeast(role, "admin")) && actor.membership.role !== "owner") {
+    throw new AppError("forbidden", "Only an owner may make or remove an owner or an admin.");
+  }
+}
+
+/** Refuses leaving an organization without an owner. */
+async function assertKeepsAnOwner(services: Pick<Services, "db">, organizationId: string, target: MemberView) {
+  if (target.role === "owner" && (await ownerCount(services, organizationId)) <= 1) {
+    throw new AppError("invalid_state", "An organization keeps at least one owner: make another member owner first.");
+  }
+}
+
+/** Changes a member's role (the actor is an admin or owner: the route checked). */
+export async function changeMemberRole(
+  services: Deps,
+  actor: MemberPrincipal,
+  membershipId: string,
+  role: MemberRole,
+): Promise<MemberView> {
+  return writeAudited(services, async () => {
+    const target = await liveMember(services, actor.organizationId, membershipId);
+    assertMayManage(actor, target.role, role);
+    if (target.role === role) return { statements: [], events: [], result: target };
+    if (role !== "owner") await assertKeepsAnOwner(services, actor.organizationId, target);
+    return {
+      statements: [
+        services.db
+          .update(memberships)
+          .set({ role })
+          .where(and(eq(memberships.id, target.id), isNull(memberships.removedAt))),
+      ],
+      events: [
+        {
+          actor: userActor(actor.user),
+          action: "member.role_changed",
+          subjectType: "organization",
+          subjectId: actor.organizationId,
+          data: { membershipId: target.id, userId: target.userId, from: target.role, to: role },
+        },
+      ],
+      result: { ...target, role },
+    };
+  });
+}
+
+/**
+ * Removes a member: the membership ends and, in the same write, every live token the member
+ * minted under the organization's grants is revoked, so none of them works a moment longer.
+ * (Their sessions stay: they may belong to other organizations.) A member may remove themself;
+ * removing anyone else needs an admin, and an owner for an owner or admin.
+ */
+export async function removeMember(
+  services: Deps,
+  actor: MemberPrincipal,
+  membershipId: string,
+): Promise<{ member: MemberView; revokedTokens: number }> {
+  return writeAudited(services, async () => {
+    const target = await liveMember(services, actor.organizationId, membershipId);
+    const self = target.userId === actor.user.id;
+    if (!self) {
+      if (!roleAtLeast(actor.membership.role, "admin")) {
+        throw new AppError("forbidden", "Removing another member needs the admin role in the organization.");
+      }
+      assertMayManage(actor, target.role);
+    }
+    await assertKeepsAnOwner(services, actor.organizationId, target);
+    const now = services.clock.now().toISOString();
+    const organizationGrants = services.db
+      .select({ id: grants.id })
+      .from(grants)
+      .where(eq(grants.organizationId, actor.organizationId));
+    const liveTokens = and(
+      eq(accessTokens.userId, target.userId),
+      isNull(accessTokens.revokedAt),
+      inArray(accessTokens.grantId, organizationGrants),
+    );
+    const tokens = await services.db.select({ id: accessTokens.id }).from(accessTokens).where(liveTokens);
+    return {
+      statements: [
+        services.db
+          .update(memberships)
+          .set({ removedAt: now })
+          .where(and(eq(memberships.id, target.id), isNull(memberships.removedAt))),
+        services.db.update(accessTokens).set({ revokedAt: now }).where(liveTokens),
+      ],
+      events: [
+        {
+          actor: userActor(actor.user),
+          action: self ? "member.left" : "member.removed",
+          subjectType: "organization",
+          subjectId: actor.organizationId,
+          data: {
+            membershipId: target.id,
+            userId: target.userId,
+            role: target.role,
+            revokedTokenIds: tokens.map((t) => t.id),
+          },
+        },
+      ],
+      result: { member: target, revokedTokens: tokens.length },
+    };
+  });
+}
