@@ -228,14 +228,12 @@ describe("sign-in with a mailed link", () => {
     const gw = testGateway();
     const at = gw.clock.now().toISOString();
     const holder = await signedInMember(gw, { email: "first@shared.example" });
-    await gw.db
-      .insert(organizationDomains)
-      .values({
-        domain: "shared.example",
-        organizationId: holder.organizationId,
-        verifiedByUserId: holder.user.id,
-        verifiedAt: at,
-      });
+    await gw.db.insert(organizationDomains).values({
+      domain: "shared.example",
+      organizationId: holder.organizationId,
+      verifiedByUserId: holder.user.id,
+      verifiedAt: at,
+    });
     await gw.db
       .insert(organizations)
       .values({ id: "org_2", name: "Two", normalizedName: "two", country: "DE", createdAt: at });
@@ -362,11 +360,12 @@ describe("sessions", () => {
     const gw = testGateway();
     const a = await signedInMember(gw, { email: "ada@acme.example" });
     const b = await signedInMember(gw, { email: "ada@acme.example" });
-    for (const hostile of [
+    const hostiles: Record<string, string>[] = [
       { origin: "https://evil.example" },
       { "sec-fetch-site": "cross-site" },
       { "sec-fetch-site": "same-site" },
-    ]) {
+    ];
+    for (const hostile of hostiles) {
       const headers = { cookie: a.cookie, ...hostile };
       await expectProblem(
         await gw.request("/v1/auth/sign-out", { method: "POST", headers }),

@@ -281,7 +281,8 @@ describe("members", () => {
   it("refuses cross-site writes carrying a member's cookie", async () => {
     const gw = testGateway();
     const { owner, developer } = await team(gw);
-    for (const hostile of [{ origin: "https://evil.example" }, { "sec-fetch-site": "cross-site" }]) {
+    const hostiles: Record<string, string>[] = [{ origin: "https://evil.example" }, { "sec-fetch-site": "cross-site" }];
+    for (const hostile of hostiles) {
       await expectProblem(
         await call(
           gw,
