@@ -17,8 +17,11 @@ import type { Endpoint, ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
 import { organizationRoutes } from "./organizations/routes";
+import { organizationOverviewRoutes } from "./organizations/overview";
+import { portalRoutes } from "./portal/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
+import { usageRoutes } from "./usage/routes";
 
 /** Options for building the app; defaults are production behaviour. */
 export interface AppOptions extends ServiceOptions {
@@ -42,8 +45,12 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", organizationRoutes);
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
+  // Before the inference routes: `/v1/usage` is the organization's, by model, member or token.
+  app.route("/", usageRoutes);
   app.route("/", inferenceRoutes(options.inference));
   app.route("/", billingRoutes);
+  app.route("/", organizationOverviewRoutes);
+  app.route("/", portalRoutes);
   app.route("/", adminRoutes);
   app.route("/admin", adminConsoleRoutes);
   // Last: the Hub paths (`/{namespace}/{repo}/resolve/…`) are the broadest patterns.

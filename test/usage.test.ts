@@ -1,0 +1,308 @@
+/**
+ * `GET /v1/usage`: an organization's inference per day by model, member or token, as JSON and as
+ * CSV, read by a member's session or by one of its tokens, and nobody else's.
+ */
+import { eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { accessTokens, grants, usageLedger } from "../worker/db/schema";
+import { sha256Hex } from "../worker/platform/hash";
+import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
+import { ledgerRow } from "./helpers/ledger";
+import { signedInMember } from "./helpers/members";
+
+const NOW = "2026-06-20T12:00:00.000Z";
+
+type Gateway = ReturnType<typeof testGateway>;
+
+/** An approved organization with an owner, a developer, tokens of each and a legacy token. */
+async function organizationWithUsage(gw: Gateway, name = "Acme Robotics") {
+  const license = await seedLicense(gw.services);
+  const { application, grant } = await seedGrant(gw.services, license, { organizationName: name });
+  await gw.db
+    .update(grants)
+    .set({ models: ["llama-2-7b-chat", "llama-2-13b-chat"] })
+    .where(eq(grants.id, grant.id));
+  const organizationId = application.organizationId;
+  const owner = await signedInMember(gw, { organizationId, email: `ada@${grant.id}.example`, role: "owner" });
+  const developer = await signedInMember(gw, {
+    organizationId,
+    email: `bob@${grant.id}.example`,
+    role: "developer",
+  });
+  const token = async (name: string, userId: string | null) => {
+    const secret = `mg_${gw.services.ids.secret(32)}`;
+    const id = gw.services.ids.id("tok");
+    await gw.db.insert(accessTokens).values({
+      id,
+      grantId: grant.id,
+      name,
+      secretHash: await sha256Hex(secret),
+      displayPrefix: secret.slice(0, 9),
+      scopes: ["inference"],
+      userId,
+      models: null,
+      limits: null,
+      createdAt: NOW,
+      expiresAt: null,
+      revokedAt: null,
+    });
+    return { id, secret };
+  };
+  return {
+    organizationId,
+    grant,
+    owner,
+    developer,
+    ownerToken: await token("owner laptop", owner.user.id),
+    developerToken: await token("bob ci", developer.user.id),
+    legacyToken: await token("from the status page", null),
+    token,
+  };
+}
+
+type Org = Awaited<ReturnType<typeof organizationWithUsage>>;
+
+async function usage(gw: Gateway, org: Org, rows: [string, number, string, string, string?][]) {
+  for (const [id, total, tokenId, startedAt, model] of rows) {
+    await gw.db.insert(usageLedger).values(
+      ledgerRow(id, total, {
+        organizationId: org.organizationId,
+        grantId: org.grant.id,
+        tokenId,
+        startedAt,
+        createdAt: startedAt,
+        ...(model ? { model } : {}),
+      }),
+    );
+  }
+}
+
+interface UsageAnswer {
+  groupBy: string;
+  from: string;
+  to: string;
+  days: { day: string; key: string; label: string; requests: number; totalTokens: number; promptTokens: number }[];
+  groups: { key: string; label: string; requests: number; totalTokens: number }[];
+}
+
+let gw: Gateway;
+let org: Org;
+
+beforeEach(async () => {
+  gw = testGateway(NOW);
+  org = await organizationWithUsage(gw);
+  await usage(gw, org, [
+    ["u1", 10, org.ownerToken.id, "2026-06-18T09:00:00.000Z"],
+    ["u2", 20, org.ownerToken.id, "2026-06-18T10:00:00.000Z", "llama-2-13b-chat"],
+    ["u3", 30, org.developerToken.id, "2026-06-19T23:59:59.999Z"],
+    ["u4", 40, org.legacyToken.id, "2026-06-20T00:00:00.000Z"],
+    // Outside the default 30 days (2026-05-22 … 2026-06-20).
+    ["u5", 1000, org.developerToken.id, "2026-05-21T23:59:59.000Z"],
+  ]);
+});
+
+const get = (path: string, headers: Record<string, string>) => gw.request(path, { headers });
+
+describe("GET /v1/usage", () => {
+  it("groups by model per day over the last 30 days by default", async () => {
+    const res = await get("/v1/usage?groupBy=model", org.owner.headers);
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as UsageAnswer;
+    expect(body).toMatchObject({ groupBy: "model", from: "2026-05-22", to: "2026-06-20" });
+    expect(body.days.map((d) => [d.day, d.key, d.requests, d.totalTokens])).toEqual([
+      ["2026-06-18", "llama-2-13b-chat", 1, 20],
+      ["2026-06-18", "llama-2-7b-chat", 1, 10],
+      ["2026-06-19", "llama-2-7b-chat", 1, 30],
+      ["2026-06-20", "llama-2-7b-chat", 1, 40],
+    ]);
+    expect(body.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([
+      ["llama-2-7b-chat", 3, 80],
+      ["llama-2-13b-chat", 1, 20],
+    ]);
+  });
+
+  it("without groupBy keeps its earlier answer, per day and model", async () => {
+    const res = await get("/v1/usage?from=2026-06-19&to=2026-06-20", {
+      authorization: `Bearer ${org.developerToken.secret}`,
+    });
+    expect(await res.json()).toEqual({
+      object: "list",
+      from: "2026-06-19",
+      to: "2026-06-20",
+      data: [
+        ["2026-06-19", 30],
+        ["2026-06-20", 40],
+      ].map(([date, total]) => ({
+        date,
+        model: "llama-2-7b-chat",
+        requests: 1,
+        prompt_tokens: 2,
+        completion_tokens: Number(total) - 2,
+        total_tokens: total,
+        partial_requests: 0,
+      })),
+    });
+  });
+
+  it("groups by member: the token's minter by address, tokens without one as the organization's", async () => {
+    const res = await get("/v1/usage?groupBy=member", org.owner.headers);
+    const body = (await res.json()) as UsageAnswer;
+    expect(body.groups.map((g) => [g.label, g.key, g.totalTokens])).toEqual([
+      ["(organization token)", "(organization token)", 40],
+      [org.owner.user.email, org.owner.user.id, 30],
+      [org.developer.user.email, org.developer.user.id, 30],
+    ]);
+    expect(body.days.find((d) => d.day === "2026-06-18")).toMatchObject({
+      label: org.owner.user.email,
+      requests: 2,
+      totalTokens: 30,
+    });
+  });
+
+  it("groups by token, named by the token's name", async () => {
+    const res = await get("/v1/usage?groupBy=token&from=2026-06-19&to=2026-06-19", org.developer.headers);
+    const body = (await res.json()) as UsageAnswer;
+    expect(body.days).toEqual([
+      {
+        day: "2026-06-19",
+        key: org.developerToken.id,
+        label: "bob ci",
+        requests: 1,
+        promptTokens: 2,
+        completionTokens: 28,
+        totalTokens: 30,
+        partialRequests: 0,
+      },
+    ]);
+  });
+
+  it("takes an explicit period, both days included, and a period of 366 days", async () => {
+    const body = (await (
+      await get("/v1/usage?groupBy=model&from=2025-06-20&to=2026-06-20", org.owner.headers)
+    ).json()) as UsageAnswer;
+    expect(body.groups.reduce((sum, g) => sum + g.totalTokens, 0)).toBe(1100);
+    const one = (await (
+      await get("/v1/usage?groupBy=model&from=2026-06-18&to=2026-06-18", org.owner.headers)
+    ).json()) as UsageAnswer;
+    expect(one.days.map((d) => d.totalTokens)).toEqual([20, 10]);
+  });
+
+  it("a token reads its own organization's usage", async () => {
+    const res = await get("/v1/usage?groupBy=token", { authorization: `Bearer ${org.legacyToken.secret}` });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as UsageAnswer;
+    expect(body.groups.map((g) => g.label).sort()).toEqual(["bob ci", "from the status page", "owner laptop"]);
+  });
+
+  it("group keys that name prototype machinery are plain groups", async () => {
+    await usage(gw, org, [
+      ["p1", 5, org.ownerToken.id, "2026-06-20T01:00:00.000Z", "__proto__"],
+      ["p2", 6, org.ownerToken.id, "2026-06-20T02:00:00.000Z", "constructor"],
+    ]);
+    const body = (await (await get("/v1/usage?groupBy=model", org.owner.headers)).json()) as UsageAnswer;
+    expect(body.groups.find((g) => g.key === "__proto__")).toMatchObject({ requests: 1, totalTokens: 5 });
+    expect(body.groups.find((g) => g.key === "constructor")).toMatchObject({ requests: 1, totalTokens: 6 });
+    expect(Object.getPrototypeOf(body.groups[0])).toBe(Object.prototype);
+  });
+});
+
+describe("GET /v1/usage as CSV", () => {
+  it("answers CSV with a header row for format=csv and for Accept: text/csv", async () => {
+    const res = await get("/v1/usage?groupBy=member&format=csv", org.owner.headers);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toMatch(/^text\/csv/);
+    expect(res.headers.get("content-disposition")).toBe(
+      'attachment; filename="usage-member-2026-05-22-2026-06-20.csv"',
+    );
+    const lines = (await res.text()).split("\r\n");
+    expect(lines[0]).toBe("day,member,member_id,requests,prompt_tokens,completion_tokens,total_tokens");
+    expect(lines).toContain(`2026-06-18,${org.owner.user.email},${org.owner.user.id},2,4,26,30`);
+    expect(lines).toContain("2026-06-20,(organization token),(organization token),1,2,38,40");
+    expect(lines.at(-1)).toBe("");
+
+    const accepted = await get("/v1/usage?groupBy=model", { ...org.owner.headers, accept: "text/csv" });
+    expect(accepted.headers.get("content-type")).toMatch(/^text\/csv/);
+    expect((await accepted.text()).split("\r\n")[1]).toBe("2026-06-18,llama-2-13b-chat,llama-2-13b-chat,1,2,18,20");
+  });
+
+  it("security: quotes fields per RFC 4180 and neutralises cells a spreadsheet would run as formulas", async () => {
+    const names = ['=HYPERLINK("http://evil.example","x")', "+1+2", "-2+3", "@SUM(A1)", 'ci, "blue"\nline'];
+    for (const [i, name] of names.entries()) {
+      const t = await org.token(name, org.owner.user.id);
+      await usage(gw, org, [[`f${i}`, 3, t.id, `2026-06-20T0${i}:30:00.000Z`]]);
+    }
+    const text = await (await get("/v1/usage?groupBy=token&from=2026-06-20&format=csv", org.owner.headers)).text();
+    expect(text).toContain(`,"'=HYPERLINK(""http://evil.example"",""x"")",tok_`);
+    expect(text).toContain(",'+1+2,tok_");
+    expect(text).toContain(",'-2+3,tok_");
+    expect(text).toContain(",'@SUM(A1),tok_");
+    expect(text).toContain(',"ci, ""blue""\nline",tok_');
+    // No line starts a cell with a formula character outside quotes.
+    for (const line of text.split("\r\n")) {
+      for (const cell of line.split(",")) expect(cell).not.toMatch(/^[=+\-@]/);
+    }
+  });
+});
+
+describe("security: GET /v1/usage refuses what it must", () => {
+  it("answers 401 without a session or token, and for a bad token", async () => {
+    const anonymous = await get("/v1/usage", {});
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+    expect(await anonymous.json()).toMatchObject({ code: "unauthorized" });
+    const forged = await get("/v1/usage", { authorization: "Bearer mg_forged" });
+    expect(forged.status).toBe(401);
+    const csv = await get("/v1/usage?format=csv", {});
+    expect(csv.status).toBe(401);
+  });
+
+  it("a member of another organization sees only their own, and is refused this one by name", async () => {
+    const other = await organizationWithUsage(gw, "Initech");
+    const own = (await (await get("/v1/usage?groupBy=model", { cookie: other.owner.cookie })).json()) as UsageAnswer;
+    expect(own.days).toEqual([]);
+    const named = await get(`/v1/usage?organization=${org.organizationId}`, { cookie: other.owner.cookie });
+    expect(named.status).toBe(403);
+    expect(await named.json()).toMatchObject({ code: "forbidden" });
+    const header = await get("/v1/usage", {
+      cookie: other.owner.cookie,
+      "x-modelgate-organization": org.organizationId,
+    });
+    expect(header.status).toBe(403);
+  });
+
+  it("a token reads only its organization: naming another is refused", async () => {
+    const other = await organizationWithUsage(gw, "Initech");
+    const res = await get(`/v1/usage?organization=${org.organizationId}`, {
+      authorization: `Bearer ${other.ownerToken.secret}`,
+    });
+    expect(res.status).toBe(403);
+    const own = (await (
+      await get("/v1/usage?groupBy=token", { authorization: `Bearer ${other.ownerToken.secret}` })
+    ).json()) as UsageAnswer;
+    expect(own.days).toEqual([]);
+  });
+
+  it("a revoked token reads nothing", async () => {
+    await gw.db.update(accessTokens).set({ revokedAt: NOW }).where(eq(accessTokens.id, org.ownerToken.id));
+    const res = await get("/v1/usage", { authorization: `Bearer ${org.ownerToken.secret}` });
+    expect(res.status).toBe(401);
+  });
+
+  it.each([
+    ["groupBy=organization", "groupBy"],
+    ["groupBy=__proto__", "groupBy"],
+    ["from=2026-02-30", "from"],
+    ["from=yesterday", "from"],
+    ["to=2026-6-1", "to"],
+    ["format=xlsx", "format"],
+    ["from=2026-06-20&to=2026-06-19", "from"],
+    ["from=2025-06-19&to=2026-06-20", "from"],
+  ])("refuses %s with a 400 problem naming %s", async (query, field) => {
+    const res = await get(`/v1/usage?${query}`, org.owner.headers);
+    expect(res.status).toBe(400);
+    expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+    const problem = (await res.json()) as { code: string; errors: { field: string }[] };
+    expect(problem.code).toBe("validation_failed");
+    expect(problem.errors.map((e) => e.field)).toContain(field);
+  });
+});
