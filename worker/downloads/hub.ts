@@ -5,13 +5,15 @@
  * `RepoNotFound`, `RevisionNotFound`, `EntryNotFound`).
  */
 import type { Context } from "hono";
+import { bearerToken } from "../auth/bearer";
 import type { ModelFile } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError, problemResponse } from "../errors";
+import { modelCoverage } from "../grants/coverage";
 import { newRouter } from "../http/router";
 import { findModelByHubRepo } from "../policy/families";
 import type { FamilyModel, LicenseFamily } from "../policy/types";
-import { bearerToken, checkAccessToken, type TokenPrincipal } from "../tokens/service";
+import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
 import { findRevisionFile, listRevisionFiles, type Revision, resolveRevision } from "./catalog";
 import { issueDownloadLinks } from "./links";
 import { isFilePath, isRepoId, isRevision } from "./names";
@@ -72,7 +74,7 @@ interface HubTarget {
 
 /**
  * Resolves a repo and revision for a token the way the Hub does for gated repos: unknown repo
- * 404, no token 401, a token without a live grant for the repo's family 403 `GatedRepo`.
+ * 404, no token 401, a token without a live grant covering the repo's model 403 `GatedRepo`.
  */
 async function hubTarget(
   c: Context<HonoEnv>,
@@ -91,7 +93,8 @@ async function hubTarget(
       check.refusal === "missing" ||
       check.refusal === "invalid" ||
       check.refusal === "expired" ||
-      check.refusal === "revoked"
+      check.refusal === "revoked" ||
+      check.refusal === "member_removed"
     ) {
       return hubError(
         c,
@@ -102,9 +105,8 @@ async function hubTarget(
     }
     return hubError(c, 403, "GatedRepo", `Access to ${repo} is restricted and your token has no live grant for it.`);
   }
-  if (check.principal.family !== found.family.id) {
-    return hubError(c, 403, "GatedRepo", `Your grant does not cover ${found.family.displayName}.`);
-  }
+  const coverage = modelCoverage(check.principal, found.model.id);
+  if (!coverage.covered) return hubError(c, 403, "GatedRepo", coverage.detail);
   const rev = await resolveRevision(services.db, found.model.id, revision === "HEAD" ? "main" : revision);
   if (!rev) return hubError(c, 404, "RevisionNotFound", `Revision ${revision} of ${repo} not found.`);
   return { principal: check.principal, ...found, revision: rev };

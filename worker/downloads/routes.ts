@@ -3,6 +3,7 @@ import type { Context } from "hono";
 import { MAX_LINK_TTL_SECONDS } from "../config";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { assertCovered } from "../grants/coverage";
 import { newRouter, problemResponses } from "../http/router";
 import { currentLicenseVersion, documentText } from "../licenses/store";
 import { findModel } from "../policy/families";
@@ -14,7 +15,7 @@ import { type BundledText, downloadScript } from "./script";
 import { serveDownload } from "./serve";
 import { publicDownloadJwks } from "./signing";
 
-/** The model and revision a token may download, or the problem why not. */
+/** The model and revision a token may download, or the problem why not (a model outside its coverage: 403). */
 export async function downloadableRevision(
   c: Context<HonoEnv>,
   principal: TokenPrincipal,
@@ -23,9 +24,7 @@ export async function downloadableRevision(
 ) {
   const found = findModel(modelId);
   if (!found) throw new AppError("not_found", `No model named ${modelId}.`);
-  if (found.family.id !== principal.family) {
-    throw new AppError("forbidden", `Your grant does not cover ${found.family.displayName}.`);
-  }
+  assertCovered(principal, found.model.id);
   const rev = await resolveRevision(c.get("services").db, modelId, revision);
   if (!rev) throw new AppError("not_found", `No revision ${revision ?? "main"} of ${modelId}.`);
   return { ...found, revision: rev };

@@ -1,9 +1,11 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import type { Database } from "../db/client";
-import { accessTokens, downloadEvents, downloadLinks, grants, modelFiles } from "../db/schema";
+import { accessTokens, downloadEvents, downloadLinks, grants, memberships, modelFiles } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { assertCovered } from "../grants/coverage";
+import { liveMembershipOfTokenMember, memberMayUseToken } from "../tokens/service";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
 import { verifyLink } from "./signing";
@@ -56,8 +58,8 @@ async function reserveBytes(
 }
 
 /**
- * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link and that its
- * grant and token are still live, then streams the object from R2 with full single-range
+ * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link, that its
+ * grant, token and member are still live and that they still cover the model, then streams the object from R2 with full single-range
  * semantics. Never buffers: the R2 body is piped through a byte counter to the client.
  */
 export async function serveDownload(
@@ -80,12 +82,17 @@ export async function serveDownload(
       link: downloadLinks,
       tokenRevokedAt: accessTokens.revokedAt,
       tokenExpiresAt: accessTokens.expiresAt,
+      tokenUserId: accessTokens.userId,
+      tokenModels: accessTokens.models,
+      memberRole: memberships.role,
       grantStatus: grants.status,
+      grantModels: grants.models,
       file: modelFiles,
     })
     .from(downloadLinks)
     .innerJoin(accessTokens, eq(accessTokens.id, downloadLinks.tokenId))
     .innerJoin(grants, eq(grants.id, downloadLinks.grantId))
+    .leftJoin(memberships, liveMembershipOfTokenMember)
     .innerJoin(
       modelFiles,
       and(eq(modelFiles.revisionId, downloadLinks.revisionId), eq(modelFiles.path, downloadLinks.path)),
@@ -101,6 +108,11 @@ export async function serveDownload(
   if (row.tokenRevokedAt || (row.tokenExpiresAt && row.tokenExpiresAt <= now)) {
     throw new AppError("forbidden", "The access token this link was made with is no longer valid.");
   }
+  // The same rules as the token check: a member's links die with their membership.
+  if (!memberMayUseToken(row.tokenUserId, row.memberRole)) {
+    throw new AppError("forbidden", "The member whose token made this link no longer belongs to the organization.");
+  }
+  assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.link.model);
 
   const file = row.file;
   const headers = new Headers({

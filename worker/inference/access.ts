@@ -1,13 +1,14 @@
 import { eq } from "drizzle-orm";
+import { accessTokenSecret } from "../auth/bearer";
 import { suspendedSince } from "../billing/accounts";
 import { billingEnabled } from "../config";
-import { billingAccounts } from "../db/schema";
+import { billingAccounts, type TokenLimits } from "../db/schema";
 import { AppError } from "../errors";
 import { effectiveLimits } from "../quota/limits";
-import type { QuotaLimits } from "../quota/org-quota";
+import type { QuotaLimits, TokenQuota } from "../quota/org-quota";
 import type { Services } from "../services";
 import { tokenProblem } from "../tokens/middleware";
-import { checkAccessToken, HUB_TOKEN_PREFIX, TOKEN_PREFIX, type TokenPrincipal } from "../tokens/service";
+import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
 
 /** How long this isolate trusts a token check: a revocation takes effect within this window. */
 export const TOKEN_CACHE_MS = 5_000;
@@ -16,6 +17,8 @@ export const TOKEN_CACHE_MS = 5_000;
 export interface InferenceCaller {
   principal: TokenPrincipal;
   limits: QuotaLimits;
+  /** The token's own limits, held inside the organization's; absent when it has none. */
+  tokenQuota: TokenQuota | undefined;
   /** When the limits were read: limits an admin set after this outrank them in the quota object. */
   limitsAt: number;
   /** When inference stops for lack of payment (grace period included), if it does. */
@@ -44,7 +47,7 @@ export async function authenticateInference(services: Services, bearer: string |
   if (!bearer) throw tokenProblem("missing", "inference");
   // Keyed by the token itself, which this isolate holds for the request anyway: hashing it on
   // every call would cost more than the rest of a cached check.
-  const key = bearer.startsWith(HUB_TOKEN_PREFIX + TOKEN_PREFIX) ? bearer.slice(HUB_TOKEN_PREFIX.length) : bearer;
+  const key = accessTokenSecret(bearer);
   const now = services.clock.now().getTime();
   const hit = cache.get(key);
   if (hit && hit.expiresAt > now) return admitPaid(hit, now);
@@ -67,7 +70,14 @@ export async function authenticateInference(services: Services, bearer: string |
     suspendedFrom = account ? suspendedSince(account, services.config.billing.graceDays)?.getTime() : undefined;
   }
   if (cache.size >= MAX_CACHED) cache.clear();
-  const caller = { principal: check.principal, limits, limitsAt: now, suspendedFrom, expiresAt: now + TOKEN_CACHE_MS };
+  const caller = {
+    principal: check.principal,
+    limits,
+    tokenQuota: tokenQuotaOf(check.principal),
+    limitsAt: now,
+    suspendedFrom,
+    expiresAt: now + TOKEN_CACHE_MS,
+  };
   cache.set(key, caller);
   return admitPaid(caller, now);
 }
@@ -83,9 +93,13 @@ function admitPaid(caller: CachedCaller, now: number): InferenceCaller {
   return caller;
 }
 
-/** The bearer token of an OpenAI-style request. */
-export function inferenceBearer(authorization: string | null | undefined): string | undefined {
-  const match = authorization ? /^Bearer\s+(\S+)$/i.exec(authorization.trim()) : null;
-  if (!match && authorization) throw new AppError("unauthorized", "Send your token as `Authorization: Bearer mg_…`.");
-  return match?.[1];
+/** A token's own limits as the quota counts them, when it has any. */
+function tokenQuotaOf(principal: TokenPrincipal): TokenQuota | undefined {
+  const limits = principal.limits;
+  if (!limits) return undefined;
+  const own: TokenLimits = {};
+  if (limits.requestsPerMinute !== undefined) own.requestsPerMinute = limits.requestsPerMinute;
+  if (limits.tokensPerMinute !== undefined) own.tokensPerMinute = limits.tokensPerMinute;
+  if (limits.monthlyTokenBudget !== undefined) own.monthlyTokenBudget = limits.monthlyTokenBudget;
+  return Object.keys(own).length > 0 ? { id: principal.tokenId, limits: own } : undefined;
 }

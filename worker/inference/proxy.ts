@@ -1,13 +1,15 @@
 import { z } from "zod";
+import { bearerToken } from "../auth/bearer";
 import { billingEnabled } from "../config";
 import { AppError } from "../errors";
+import { modelCoverage, notCoveredProblem } from "../grants/coverage";
 import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
 import { type QuotaRefusal, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
 import type { Services } from "../services";
-import { authenticateInference, type InferenceCaller, inferenceBearer } from "./access";
+import { authenticateInference, type InferenceCaller } from "./access";
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
@@ -123,6 +125,14 @@ const REFUSALS: Record<QuotaRefusal, [string, string]> = {
     "This request (prompt plus max_tokens) is larger than your tokens-per-minute limit allows.",
     "request_too_large",
   ],
+};
+
+/** What a refusal by the token's own limits says instead. */
+const TOKEN_REFUSALS: Record<QuotaRefusal, string> = {
+  requests_per_minute: "Rate limit reached for this token's requests per minute.",
+  tokens_per_minute: "Rate limit reached for this token's tokens per minute.",
+  monthly_budget: "This token's monthly token budget is used up.",
+  request_too_large: "This request (prompt plus max_tokens) is larger than this token's limits allow.",
 };
 
 /** Refusals that lift within the minute; the others (budget used up, too large a request) do not. */
@@ -249,8 +259,8 @@ export interface CompletionCall {
 
 /**
  * `POST /v1/chat/completions` and `/v1/completions`: authenticate (cached briefly), check the
- * license grant covers the model's family, reserve the worst case in the organization's quota
- * object, send to a healthy backend (retrying others before the first byte), stream the answer
+ * grant and the token cover the model, reserve the worst case in the organization's quota
+ * object (and in the token's own limits there, when it has them), send to a healthy backend (retrying others before the first byte), stream the answer
  * back through the usage meter, settle the quota to the actual usage and append a ledger row —
  * the last two after the response, also when the client hangs up.
  */
@@ -301,7 +311,7 @@ async function complete(
   const { startedAt } = timing;
   const caller: InferenceCaller = await authenticateInference(
     services,
-    inferenceBearer(incoming.headers.get("authorization")),
+    bearerToken(incoming.headers.get("authorization")),
   );
   const raw = await readJson(incoming);
   const parsed = plainlyValid(raw, endpoint)
@@ -324,9 +334,8 @@ async function complete(
     throw new AppError("not_found", `The model \`${request.model}\` does not exist.`, {
       extensions: { param: "model" },
     });
-  if (found.family.id !== caller.principal.family) {
-    throw new AppError("forbidden", `Your organization has no grant for ${found.family.displayName}.`);
-  }
+  const coverage = modelCoverage(caller.principal, request.model);
+  if (!coverage.covered) throw notCoveredProblem(coverage, "openai");
   // The pools are in memory but for one read of the stored servers every few seconds.
   const pools = cachedBackendPools(services) ?? (await backendPools(services, options.health));
   const pool = pools.get(request.model) ?? [];
@@ -346,6 +355,7 @@ async function complete(
       return stub;
     },
     limits: caller.limits,
+    token: caller.tokenQuota,
     limitsAt: caller.limitsAt,
     now: () => services.clock.now().getTime(),
     newId: () => services.ids.id("lse"),
@@ -362,7 +372,8 @@ async function complete(
     });
   });
   if (!reservation.ok) {
-    const [message, openaiCode] = REFUSALS[reservation.refusal];
+    const [organizationMessage, openaiCode] = REFUSALS[reservation.refusal];
+    const message = reservation.limitedBy === "token" ? TOKEN_REFUSALS[reservation.refusal] : organizationMessage;
     const headers: Record<string, string> = {
       "retry-after": String(reservation.retryAfterSeconds),
       ...rateLimitHeaders(reservation.snapshot),

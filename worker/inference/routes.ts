@@ -2,15 +2,17 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { and, eq, gte, lt, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import { getPath } from "hono/utils/url";
+import { bearerToken } from "../auth/bearer";
 import { usageLedger } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { modelCoverage, notCoveredProblem } from "../grants/coverage";
 import { errorResponse } from "../http/errors";
 import { type RequestContextOptions, requestIdFor } from "../http/middleware";
 import { newRouter } from "../http/router";
-import { findFamily } from "../policy/families";
+import { findModel } from "../policy/families";
 import { createServices, type Services } from "../services";
-import { authenticateInference, inferenceBearer } from "./access";
+import { authenticateInference } from "./access";
 import { backendPools } from "./backend-store";
 import { type CompletionCall, type Endpoint, type ProxyOptions, proxyCompletion, proxyHealth } from "./proxy";
 
@@ -129,21 +131,26 @@ export async function serveCompletion(
 /** The OpenAI-compatible surface. `options` lets tests swap the backend health and fetch. */
 export function inferenceRoutes(options: ProxyOptions = {}) {
   const router = newRouter();
-  /** The models the caller's grant covers that have servers, as OpenAI's model objects. */
+  /** The models the caller's grant and token cover (`coveredModels`) that have servers, as OpenAI's model objects. */
   const servedModels = async (c: Context<HonoEnv>) => {
     const services = c.get("services");
-    const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
-    const family = findFamily(caller.principal.family);
+    const caller = await authenticateInference(services, bearerToken(c.req.header("authorization")));
     const pools = await backendPools(services, proxyHealth(options));
-    const created = Math.floor(new Date(`${family?.releaseDate ?? "2023-07-18"}T00:00:00Z`).getTime() / 1000);
-    return (family?.models ?? [])
-      .filter((m) => (pools.get(m.id)?.length ?? 0) > 0)
-      .map((m) => ({ id: m.id, object: "model" as const, created, owned_by: family?.licensor ?? "modelgate" }));
+    return caller.principal.models.flatMap((id) => {
+      const found = findModel(id);
+      if (!found || (pools.get(id)?.length ?? 0) === 0) return [];
+      const created = Math.floor(new Date(`${found.family.releaseDate}T00:00:00Z`).getTime() / 1000);
+      return [{ id, object: "model" as const, created, owned_by: found.family.licensor }];
+    });
   };
   router.get("/v1/models", async (c) => c.json({ object: "list", data: await servedModels(c) }));
-  // OpenAI's `models.retrieve`; a model the caller cannot use is as unknown as one that does not exist.
+  // OpenAI's `models.retrieve`: a model of a family outside the caller's coverage is refused as
+  // such (saying how to get it); one without servers is as unknown as one that does not exist.
   router.get("/v1/models/:model", async (c) => {
     const id = c.req.param("model");
+    const caller = await authenticateInference(c.get("services"), bearerToken(c.req.header("authorization")));
+    const coverage = modelCoverage(caller.principal, id);
+    if (!coverage.covered && findModel(id)) throw notCoveredProblem(coverage, "openai");
     const model = (await servedModels(c)).find((m) => m.id === id);
     if (!model)
       throw new AppError("not_found", `The model \`${id}\` does not exist or you do not have access to it.`, {
@@ -160,7 +167,7 @@ export function inferenceRoutes(options: ProxyOptions = {}) {
     )
     .openapi(usageRoute, async (c) => {
       const services = c.get("services");
-      const caller = await authenticateInference(services, inferenceBearer(c.req.header("authorization")));
+      const caller = await authenticateInference(services, bearerToken(c.req.header("authorization")));
       const today = services.clock.now().toISOString().slice(0, 10);
       const query = c.req.valid("query");
       const to = query.to ?? today;

@@ -10,6 +10,7 @@ import type {
   QuotaRefusal,
   QuotaSnapshot,
   Settlement,
+  TokenQuota,
 } from "./org-quota";
 
 /**
@@ -19,6 +20,10 @@ import type {
  * counts what a lease holds as used until it comes back, so however many isolates hold leases,
  * admitted requests never exceed a limit: leasing trades a little capacity held idle in one
  * isolate for far fewer calls to the one object every request of the organization goes through.
+ *
+ * A token with limits of its own has leases of its own: each is taken from the organization's
+ * counters and the token's at once, so what the token's leases hold counts against both, and the
+ * same argument bounds the token's requests by its limits and the organization's together.
  */
 
 /** How long an isolate admits on a lease; after that its unused capacity goes back. */
@@ -89,7 +94,14 @@ export interface Admission {
 
 export type AdmitResult =
   | ({ ok: true } & Admission)
-  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot };
+  | {
+      ok: false;
+      refusal: QuotaRefusal;
+      retryAfterSeconds: number;
+      snapshot: QuotaSnapshot;
+      /** `token`: the token's own limit refused, not the organization's. */
+      limitedBy?: "token";
+    };
 
 /** A finished request: its ledger row's id, the tokens it used and the row as `ledgerEntry` text. */
 export interface SettledRequest {
@@ -102,6 +114,8 @@ export interface SettledRequest {
 export interface LeaseContext {
   stub: QuotaObject;
   limits: QuotaLimits;
+  /** The token's own limits, when it has any: its requests are admitted on leases of its own. */
+  token?: TokenQuota | undefined;
   /** When `limits` were read from the database; absent: now. */
   limitsAt?: number;
   /** The request's clock, in ms. */
@@ -136,14 +150,9 @@ export class QuotaLeases {
     const now = c.now();
     let granted: LeaseResult;
     try {
-      granted = await c.stub.lease(
-        id,
-        { requests: org.ask, tokens: org.ask * need, need },
-        org.limits,
-        now,
-        returns,
-        org.limitsAt,
-      );
+      const ask: LeaseAsk = { requests: org.ask, tokens: org.ask * need, need };
+      if (c.token) ask.token = c.token;
+      granted = await c.stub.lease(id, ask, org.limits, now, returns, org.limitsAt);
     } catch (error) {
       if (returns.length) this.batchOf(org, c).batch.returns.push(...returns);
       throw error;
@@ -180,12 +189,14 @@ export class QuotaLeases {
     const org = this.org(organizationId, c);
     org.inflight = Math.max(0, org.inflight - 1);
     const { batch, sent } = this.batchOf(org, c);
-    batch.settlements.push({
+    const settlement: Settlement = {
       id: request.id,
       lease: admission.lease,
       reserved: admission.reserved,
       actual: request.actual,
-    });
+    };
+    if (c.token) settlement.token = c.token.id;
+    batch.settlements.push(settlement);
     batch.rows.push(request.entry);
     return sent;
   }
@@ -202,10 +213,13 @@ export class QuotaLeases {
     this.orgs.clear();
   }
 
+  /** The leases of the organization, or of one of its tokens with limits of its own. */
   private org(organizationId: string, c: LeaseContext): OrgLeases {
     const limitsKey = keyOf(c.limits);
     const limitsAt = c.limitsAt ?? c.now();
-    let org = this.orgs.get(organizationId);
+    // A token's limits never change once minted, so its id names its leases' terms.
+    const key = c.token ? `${organizationId} ${c.token.id}` : organizationId;
+    let org = this.orgs.get(key);
     if (!org) {
       if (this.orgs.size >= MAX_ORGANIZATIONS) this.forgetIdle();
       org = {
@@ -220,7 +234,7 @@ export class QuotaLeases {
         batch: undefined,
         lingering: false,
       };
-      this.orgs.set(organizationId, org);
+      this.orgs.set(key, org);
     } else if (limitsAt > org.limitsAt || (limitsAt === org.limitsAt && !org.announced)) {
       this.adopt(org, { limits: c.limits, at: limitsAt }, false, c);
     }

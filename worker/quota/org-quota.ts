@@ -1,5 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { billingEnabled } from "../config";
+import type { TokenLimits } from "../db/schema";
 import {
   firstLedgerId,
   joinLedgerBatches,
@@ -32,12 +33,24 @@ export interface QuotaSnapshot {
 export type QuotaRefusal = "requests_per_minute" | "tokens_per_minute" | "monthly_budget" | "request_too_large";
 
 /**
+ * A token's own limits, counted in its organization's object beside the organization's counters:
+ * a request takes capacity from both or from neither. Passed with every lease, as the
+ * organization's limits are; a token's limits never change once it is minted.
+ */
+export interface TokenQuota {
+  id: string;
+  limits: TokenLimits;
+}
+
+/**
  * Capacity held out of the counters: one request's worst case, or a lease of several requests'
  * worth that an isolate admits from on its own. What is still held counts against the limits
  * until it is settled or returned.
  */
 interface Reservation {
   tokens: number;
+  /** The token whose own counters this also holds capacity of, if it has limits. */
+  token?: string;
   /** Request slots still held (absent in objects written before leases: one). */
   requests?: number;
   minute: number;
@@ -51,6 +64,8 @@ export interface LeaseAsk {
   tokens: number;
   /** The first request's worst case: a lease smaller than this is refused. */
   need: number;
+  /** The token's own limits, when it has any: the lease is taken from its counters too. */
+  token?: TokenQuota;
 }
 
 /** Limits an admin set, with when: they override limits an isolate read before then. */
@@ -62,7 +77,14 @@ export interface AnnouncedLimits {
 
 export type LeaseResult = (
   | { ok: true; requests: number; tokens: number; snapshot: QuotaSnapshot }
-  | { ok: false; refusal: QuotaRefusal; retryAfterSeconds: number; snapshot: QuotaSnapshot }
+  | {
+      ok: false;
+      refusal: QuotaRefusal;
+      retryAfterSeconds: number;
+      snapshot: QuotaSnapshot;
+      /** `token`: the token's own limit refused, not the organization's. */
+      limitedBy?: "token";
+    }
 ) & {
   /** Present when the object judged by limits newer than the caller's: the caller should use them. */
   announced?: AnnouncedLimits;
@@ -81,6 +103,8 @@ export interface Settlement {
   lease: string;
   reserved: number;
   actual: number;
+  /** The token with limits of its own it was admitted for, so that a late settlement still counts for it. */
+  token?: string;
 }
 
 /** Capacity of a lease its isolate did not use and gives back. */
@@ -111,6 +135,8 @@ const COUNTERS_KEY = "state";
 /** Limits an admin set, kept so that they outrank older cached ones after a restart too. */
 const ANNOUNCED_KEY = "limits";
 const RESERVATION_PREFIX = "r:";
+/** A token's own counters (tokens with limits only), one key each. */
+const TOKEN_PREFIX = "t:";
 /**
  * Usage-ledger rows settled here and not yet written to D1: the rows of one commit under one key
  * (named after its first row) as `ledgerBatch` text; objects written before rows travelled as
@@ -167,8 +193,35 @@ function secondsToMonthEnd(now: number): number {
 }
 
 /**
+ * What `limits` leave for a lease whose first request needs `need` tokens, given `counters`: at
+ * most what is left and a `LEASE_SHARE` of each per-minute limit; or the limit that refuses even
+ * the one request. An absent limit (a token's own limits may lack any) holds nothing back.
+ */
+function roomIn(
+  limits: Partial<QuotaLimits>,
+  counters: QuotaCounters,
+  need: number,
+): { refusal: QuotaRefusal } | { requests: number; tokens: number } {
+  const rpm = limits.requestsPerMinute ?? Number.POSITIVE_INFINITY;
+  const tpm = limits.tokensPerMinute ?? Number.POSITIVE_INFINITY;
+  const budget = limits.monthlyTokenBudget ?? Number.POSITIVE_INFINITY;
+  if (need > tpm || need > budget) return { refusal: "request_too_large" };
+  const monthLeft = budget - counters.monthTokens;
+  if (need > monthLeft) return { refusal: "monthly_budget" };
+  const requestsLeft = rpm - counters.minuteRequests;
+  if (requestsLeft < 1) return { refusal: "requests_per_minute" };
+  const tokensLeft = tpm - counters.minuteTokens;
+  if (need > tokensLeft) return { refusal: "tokens_per_minute" };
+  return {
+    requests: Math.min(requestsLeft, Math.floor(rpm / LEASE_SHARE)),
+    tokens: Math.min(tokensLeft, monthLeft, Math.floor(tpm / LEASE_SHARE)),
+  };
+}
+
+/**
  * The exact counters of one organization: requests and tokens per minute, and tokens per calendar
- * month (UTC). Isolates lease capacity from it (`lease`: a block of requests' worst cases) and
+ * month (UTC), and the same for each of its tokens that has limits of its own (a lease for such a
+ * token is taken from both, so a request fits both or is refused). Isolates lease capacity from it (`lease`: a block of requests' worst cases) and
  * report back (`commit`: each finished request's actual usage, capacity they did not use, and the
  * requests' ledger rows); see `leases.ts`. Each method runs to completion without awaiting I/O between its check and its
  * update, and a Durable Object runs one such method at a time, so concurrent requests can never
@@ -178,6 +231,10 @@ function secondsToMonthEnd(now: number): number {
 export class OrgQuota extends DurableObject<Env> {
   private state: QuotaCounters = { minute: 0, minuteRequests: 0, minuteTokens: 0, month: "", monthTokens: 0 };
   private reservations = new Map<string, Reservation>();
+  /** The counters of the organization's tokens that have limits of their own, by token id. */
+  private tokens = new Map<string, QuotaCounters>();
+  /** Tokens whose counters changed since the last write; a token gone from `tokens` is deleted. */
+  private tokensChanged = new Set<string>();
   /** When open reservations were last checked for expiry. */
   private sweptAt = 0;
   /** Whether an alarm is set to flush settled usage rows to D1. */
@@ -207,6 +264,8 @@ export class OrgQuota extends DurableObject<Env> {
       this.announced = await ctx.storage.get<AnnouncedLimits>(ANNOUNCED_KEY);
       const open = await ctx.storage.list<Reservation>({ prefix: RESERVATION_PREFIX });
       for (const [key, r] of open) this.reservations.set(key.slice(RESERVATION_PREFIX.length), r);
+      const counted = await ctx.storage.list<QuotaCounters>({ prefix: TOKEN_PREFIX });
+      for (const [key, t] of counted) this.tokens.set(key.slice(TOKEN_PREFIX.length), t);
       // Usage rows left from before a restart go to D1 even if no request comes to flush them.
       const unwritten = await ctx.storage.list({ prefix: USAGE_PREFIX, limit: 1 });
       if (unwritten.size > 0 && (await ctx.storage.getAlarm()) === null) await ctx.storage.setAlarm(Date.now());
@@ -241,6 +300,43 @@ export class OrgQuota extends DurableObject<Env> {
     }
     // Not awaited, as in `persist`: the output gate holds replies until the delete is durable.
     if (expired.length) void this.ctx.storage.delete(expired);
+    // A token's counters from a past month hold nothing that still counts.
+    for (const [id, t] of this.tokens) {
+      if (t.month !== this.state.month) {
+        this.tokens.delete(id);
+        this.tokensChanged.add(id);
+      }
+    }
+  }
+
+  /** A token's counters, rolled to the organization's current minute and month. */
+  private tokenState(id: string): QuotaCounters {
+    let t = this.tokens.get(id);
+    if (!t) {
+      t = { minute: this.state.minute, minuteRequests: 0, minuteTokens: 0, month: this.state.month, monthTokens: 0 };
+      this.tokens.set(id, t);
+    }
+    if (this.state.minute > t.minute) {
+      t.minute = this.state.minute;
+      t.minuteRequests = 0;
+      t.minuteTokens = 0;
+    }
+    if (this.state.month > t.month) {
+      t.month = this.state.month;
+      t.monthTokens = 0;
+    }
+    return t;
+  }
+
+  /** Adds `tokens` (and `requests`) to the counters of `token`, for the window a reservation was counted in. */
+  private countForToken(token: string, r: Pick<Reservation, "minute" | "month">, tokens: number, requests = 0): void {
+    const t = this.tokenState(token);
+    if (r.minute === t.minute) {
+      t.minuteTokens = Math.max(0, t.minuteTokens + tokens);
+      t.minuteRequests = Math.max(0, t.minuteRequests + requests);
+    }
+    if (r.month === t.month) t.monthTokens = Math.max(0, t.monthTokens + tokens);
+    this.tokensChanged.add(token);
   }
 
   /** Takes capacity a reservation holds out of the counters it was counted in. */
@@ -250,10 +346,12 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.minuteRequests = Math.max(0, this.state.minuteRequests - requests);
     }
     if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens - tokens);
+    if (r.token) this.countForToken(r.token, r, -tokens, -requests);
   }
 
-  private snapshot(limits: QuotaLimits, now: number): QuotaSnapshot {
-    return {
+  /** The standing for the rate-limit headers: for each limit, the token's where it is the tighter. */
+  private snapshot(limits: QuotaLimits, now: number, token?: TokenQuota): QuotaSnapshot {
+    const s: QuotaSnapshot = {
       limitRequests: limits.requestsPerMinute,
       remainingRequests: Math.max(0, limits.requestsPerMinute - this.state.minuteRequests),
       limitTokens: limits.tokensPerMinute,
@@ -262,6 +360,22 @@ export class OrgQuota extends DurableObject<Env> {
       monthlyBudget: limits.monthlyTokenBudget,
       monthlyRemaining: Math.max(0, limits.monthlyTokenBudget - this.state.monthTokens),
     };
+    if (!token) return s;
+    const t = this.tokenState(token.id);
+    const { requestsPerMinute, tokensPerMinute, monthlyTokenBudget } = token.limits;
+    if (requestsPerMinute !== undefined && requestsPerMinute - t.minuteRequests < s.remainingRequests) {
+      s.limitRequests = requestsPerMinute;
+      s.remainingRequests = Math.max(0, requestsPerMinute - t.minuteRequests);
+    }
+    if (tokensPerMinute !== undefined && tokensPerMinute - t.minuteTokens < s.remainingTokens) {
+      s.limitTokens = tokensPerMinute;
+      s.remainingTokens = Math.max(0, tokensPerMinute - t.minuteTokens);
+    }
+    if (monthlyTokenBudget !== undefined && monthlyTokenBudget - t.monthTokens < s.monthlyRemaining) {
+      s.monthlyBudget = monthlyTokenBudget;
+      s.monthlyRemaining = Math.max(0, monthlyTokenBudget - t.monthTokens);
+    }
+    return s;
   }
 
   /**
@@ -280,6 +394,12 @@ export class OrgQuota extends DurableObject<Env> {
     }
     const hasRows = rows !== undefined && rows !== "[]";
     if (hasRows) entries[USAGE_PREFIX + (firstLedgerId(rows) ?? crypto.randomUUID())] = rows;
+    for (const id of this.tokensChanged) {
+      const t = this.tokens.get(id);
+      if (t) entries[TOKEN_PREFIX + id] = t;
+      else gone.push(TOKEN_PREFIX + id);
+    }
+    this.tokensChanged.clear();
     void this.ctx.storage.put(entries);
     if (gone.length) void this.ctx.storage.delete(gone);
     if (hasRows) this.armFlush(LEDGER_FLUSH_MS);
@@ -305,34 +425,37 @@ export class OrgQuota extends DurableObject<Env> {
     const changed = new Set<string>();
     this.takeBack(returns, changed);
     const need = ask.need;
-    const resetSeconds = this.snapshot(limits, now).resetSeconds;
-    const refuse = (refusal: QuotaRefusal, retryAfterSeconds: number): LeaseResult => {
+    const token = ask.token;
+    const refuse = (refusal: QuotaRefusal, limitedBy?: "token"): LeaseResult => {
       if (changed.size) this.persist(changed);
-      return { ok: false, refusal, retryAfterSeconds, snapshot: this.snapshot(limits, now), announced };
+      const snapshot = this.snapshot(limits, now, token);
+      const retryAfterSeconds = refusal === "monthly_budget" ? secondsToMonthEnd(now) : snapshot.resetSeconds;
+      return { ok: false, refusal, retryAfterSeconds, snapshot, announced, ...(limitedBy ? { limitedBy } : {}) };
     };
-    if (need > limits.tokensPerMinute || need > limits.monthlyTokenBudget)
-      return refuse("request_too_large", resetSeconds);
-    const monthLeft = limits.monthlyTokenBudget - this.state.monthTokens;
-    if (need > monthLeft) return refuse("monthly_budget", secondsToMonthEnd(now));
-    const requestsLeft = limits.requestsPerMinute - this.state.minuteRequests;
-    if (requestsLeft < 1) return refuse("requests_per_minute", resetSeconds);
-    const tokensLeft = limits.tokensPerMinute - this.state.minuteTokens;
-    if (need > tokensLeft) return refuse("tokens_per_minute", resetSeconds);
-    const requests = Math.max(
-      1,
-      Math.min(ask.requests, requestsLeft, Math.floor(limits.requestsPerMinute / LEASE_SHARE)),
-    );
-    const tokens = Math.max(
-      need,
-      Math.min(ask.tokens, tokensLeft, monthLeft, Math.floor(limits.tokensPerMinute / LEASE_SHARE)),
-    );
+    const org = roomIn(limits, this.state, need);
+    if ("refusal" in org) return refuse(org.refusal);
+    const own = token ? roomIn(token.limits, this.tokenState(token.id), need) : undefined;
+    if (own && "refusal" in own) return refuse(own.refusal, "token");
+    const requests = Math.max(1, Math.min(ask.requests, org.requests, own?.requests ?? Number.POSITIVE_INFINITY));
+    const tokens = Math.max(need, Math.min(ask.tokens, org.tokens, own?.tokens ?? Number.POSITIVE_INFINITY));
     this.state.minuteRequests += requests;
     this.state.minuteTokens += tokens;
     this.state.monthTokens += tokens;
-    this.reservations.set(id, { tokens, requests, minute: this.state.minute, month: this.state.month, at: now });
+    const reservation: Reservation = {
+      tokens,
+      requests,
+      minute: this.state.minute,
+      month: this.state.month,
+      at: now,
+    };
+    if (token) {
+      reservation.token = token.id;
+      this.countForToken(token.id, reservation, tokens, requests);
+    }
+    this.reservations.set(id, reservation);
     changed.add(id);
     this.persist(changed);
-    return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now), announced };
+    return { ok: true, requests, tokens, snapshot: this.snapshot(limits, now, token), announced };
   }
 
   /**
@@ -380,6 +503,7 @@ export class OrgQuota extends DurableObject<Env> {
         const delta = s.actual - s.reserved;
         if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
         if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
+        if (r.token) this.countForToken(r.token, r, delta);
         r.tokens -= s.reserved;
         r.requests = (r.requests ?? 1) - 1;
         changed.add(s.lease);
@@ -387,6 +511,7 @@ export class OrgQuota extends DurableObject<Env> {
         // Settled after its lease expired: the usage still happened now.
         this.state.minuteTokens += s.actual;
         this.state.monthTokens += s.actual;
+        if (s.token) this.countForToken(s.token, this.state, s.actual);
       }
     }
     this.takeBack(report.returns ?? [], changed);

@@ -1,14 +1,19 @@
 import type { MiddlewareHandler } from "hono";
+import { bearerToken } from "../auth/bearer";
 import type { TokenScope } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
-import { bearerToken, checkAccessToken, type TokenRefusal } from "./service";
+import { checkAccessToken, type TokenRefusal } from "./service";
 
 const MESSAGES: Record<TokenRefusal, [401 | 403, string]> = {
   missing: [401, "Send a personal access token as `Authorization: Bearer mg_…`."],
   invalid: [401, "The access token is not valid."],
   expired: [401, "The access token has expired."],
   revoked: [401, "The access token was revoked."],
+  member_removed: [
+    401,
+    "The access token's member no longer belongs to the organization, so the token stopped working.",
+  ],
   grant_inactive: [403, "Your organization's access to this model family is suspended or revoked."],
   scope: [403, "The access token lacks the scope this call needs."],
 };

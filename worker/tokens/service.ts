@@ -1,26 +1,48 @@
-import { and, desc, eq } from "drizzle-orm";
+import { and, desc, eq, isNull } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
-import { type AccessToken, type Application, accessTokens, grants, type TokenScope } from "../db/schema";
-import { AppError } from "../errors";
+import { accessTokenSecret, TOKEN_PREFIX } from "../auth/bearer";
+import { type MemberPrincipal, roleAtLeast } from "../auth/members";
+import {
+  type AccessToken,
+  type Application,
+  accessTokens,
+  type Grant,
+  grants,
+  type MemberRole,
+  memberships,
+  type TokenLimits,
+  type TokenScope,
+  users,
+} from "../db/schema";
+import { AppError, type FieldError } from "../errors";
+import { type CoverageScope, coveredModels } from "../grants/coverage";
 import { addDays } from "../platform/clock";
 import { sha256Hex } from "../platform/hash";
+import { findFamily } from "../policy/families";
+import { effectiveLimits } from "../quota/limits";
 import type { Services } from "../services";
 
-/** Every personal access token starts with this, so leaks are easy to scan for. */
-export const TOKEN_PREFIX = "mg_";
-/**
- * Hugging Face Hub clients refuse tokens that do not start with `hf_`; they may send
- * `hf_mg_…`, which is the same token.
- */
-export const HUB_TOKEN_PREFIX = "hf_";
+/** @deprecated Bearer parsing lives in `auth/bearer`; import it from there. */
+export { bearerToken } from "../auth/bearer";
 
-/** The organization and grant a token acts for, once authenticated. */
-export interface TokenPrincipal {
+/** A new token lives this long unless its member asks otherwise. */
+export const DEFAULT_TOKEN_DAYS = 90;
+/** No token lives longer than this. */
+export const MAX_TOKEN_DAYS = 365;
+
+/** The organization, grant and member a token acts for, and what it may use, once authenticated. */
+export interface TokenPrincipal extends CoverageScope {
   tokenId: string;
   grantId: string;
   organizationId: string;
   family: string;
   scopes: TokenScope[];
+  /** The member who minted it; null for a token from before members existed. */
+  userId: string | null;
+  /** The models it may use: its grant's, narrowed to its own list (`coveredModels`). */
+  models: string[];
+  /** Its own limits inside the organization's; null: the organization's alone. */
+  limits: TokenLimits | null;
 }
 
 /** A token as listed: never its secret. */
@@ -30,30 +52,124 @@ export function describeToken(token: AccessToken) {
     name: token.name,
     prefix: token.displayPrefix,
     scopes: token.scopes,
+    models: token.models,
+    limits: token.limits,
     createdAt: token.createdAt,
     expiresAt: token.expiresAt,
     revokedAt: token.revokedAt,
   };
 }
 
-async function liveGrantOf(services: Pick<Services, "db">, applicationId: string) {
-  const [grant] = await services.db.select().from(grants).where(eq(grants.applicationId, applicationId));
+/** What a member asks for when minting a token (already shaped by the route's schema). */
+export interface NewMemberToken {
+  name: string;
+  scopes: TokenScope[];
+  /** The family whose grant the token uses; default `llama-2`. */
+  family?: string | undefined;
+  /** A subset of the grant's models; absent: all of them, including any the grant gains later. */
+  models?: string[] | undefined;
+  expiresInDays?: number | undefined;
+  limits?: TokenLimits | undefined;
+}
+
+/**
+ * The join condition that finds a token's member's live membership of its grant's organization
+ * (with `accessTokens` and `grants` in the query), so the check rides on the token's own query.
+ */
+export const liveMembershipOfTokenMember = and(
+  eq(memberships.userId, accessTokens.userId),
+  eq(memberships.organizationId, grants.organizationId),
+  isNull(memberships.removedAt),
+);
+
+/**
+ * Whether a token's member may still use it: a token from before members has none and lives on
+ * until it expires; a member's lives only as long as a membership that may mint it (a removed
+ * member or a viewer may not).
+ */
+export function memberMayUseToken(userId: string | null, liveRole: MemberRole | null): boolean {
+  return userId === null || (liveRole !== null && roleAtLeast(liveRole, "developer"));
+}
+
+const LIMIT_NAMES = ["requestsPerMinute", "tokensPerMinute", "monthlyTokenBudget"] as const;
+
+/** The organization's active grant for a family: the newest, should there be several. */
+async function activeGrantOf(services: Pick<Services, "db">, organizationId: string, family: string) {
+  const [grant] = await services.db
+    .select()
+    .from(grants)
+    .where(and(eq(grants.organizationId, organizationId), eq(grants.family, family), eq(grants.status, "active")))
+    .orderBy(desc(grants.createdAt))
+    .limit(1);
   return grant;
 }
 
-/** Mints a token for an approved application's live grant; the secret is returned once. */
-export async function mintAccessToken(
-  services: Services,
-  application: Application,
-  input: { name: string; scopes: TokenScope[]; expiresInDays?: number | undefined },
-) {
+/**
+ * Checks a member's token request against the grant and the organization's limits: models a
+ * subset of the grant's, each limit no larger than the organization's own. Field errors for all
+ * that fail.
+ */
+async function checkedTokenRequest(services: Services, grant: Grant, input: NewMemberToken) {
+  const errors: FieldError[] = [];
+  let models: string[] | null = null;
+  if (input.models !== undefined) {
+    const wanted = new Set(input.models);
+    input.models.forEach((model, i) => {
+      if (!grant.models.includes(model)) {
+        errors.push({
+          field: `models.${i}`,
+          message: `The grant does not cover ${model}; it covers ${grant.models.join(", ") || "no models"}.`,
+        });
+      }
+    });
+    models = grant.models.filter((m) => wanted.has(m));
+  }
+  let limits: TokenLimits | null = null;
+  if (input.limits !== undefined) {
+    const organization = await effectiveLimits(services, grant.organizationId);
+    const own: TokenLimits = {};
+    for (const name of LIMIT_NAMES) {
+      const value = Object.hasOwn(input.limits, name) ? input.limits[name] : undefined;
+      if (value === undefined) continue;
+      if (value > organization[name]) {
+        errors.push({
+          field: `limits.${name}`,
+          message: `At most the organization's own limit, ${organization[name]}.`,
+        });
+      }
+      own[name] = value;
+    }
+    limits = Object.keys(own).length > 0 ? own : null;
+  }
+  if (errors.length > 0) {
+    throw new AppError("validation_failed", "The token asks for more than the organization has.", { errors });
+  }
+  return { models, limits };
+}
+
+/**
+ * Mints a token for a signed-in member, on the organization's active grant for the family; the
+ * secret is returned once. Every token expires (`DEFAULT_TOKEN_DAYS`, at most `MAX_TOKEN_DAYS`).
+ */
+export async function mintMemberToken(services: Services, member: MemberPrincipal, input: NewMemberToken) {
+  const familyId = input.family ?? "llama-2";
+  const family = findFamily(familyId);
+  if (!family) {
+    throw new AppError("validation_failed", `No license family named ${familyId}.`, {
+      errors: [{ field: "family", message: `No license family named ${familyId}.` }],
+    });
+  }
   const secret = `${TOKEN_PREFIX}${services.ids.secret(32)}`;
   const secretHash = await sha256Hex(secret);
   const row = await writeAudited(services, async () => {
-    const grant = await liveGrantOf(services, application.id);
-    if (grant?.status !== "active") {
-      throw new AppError("invalid_state", "Tokens can only be created while access is granted and active.");
+    const grant = await activeGrantOf(services, member.organizationId, family.id);
+    if (!grant) {
+      throw new AppError(
+        "invalid_state",
+        `Your organization has no active grant for ${family.displayName}: tokens can be made once access is granted.`,
+      );
     }
+    const { models, limits } = await checkedTokenRequest(services, grant, input);
     const now = services.clock.now();
     const token: AccessToken = {
       id: services.ids.id("tok"),
@@ -63,50 +179,132 @@ export async function mintAccessToken(
       displayPrefix: secret.slice(0, TOKEN_PREFIX.length + 6),
       scopes: [...new Set(input.scopes)],
       createdAt: now.toISOString(),
-      expiresAt: input.expiresInDays ? addDays(now, input.expiresInDays).toISOString() : null,
+      expiresAt: addDays(now, Math.min(input.expiresInDays ?? DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS)).toISOString(),
       revokedAt: null,
-      userId: null,
-      models: null,
-      limits: null,
+      userId: member.user.id,
+      models,
+      limits,
     };
     return {
       statements: [services.db.insert(accessTokens).values(token)],
       events: [
         {
-          actor: `applicant:${application.contactEmail}`,
+          actor: `member:${member.user.email}`,
           action: "token.issued",
           subjectType: "token",
           subjectId: token.id,
-          data: { grantId: grant.id, scopes: token.scopes, name: token.name, expiresAt: token.expiresAt },
+          data: {
+            grantId: grant.id,
+            organizationId: grant.organizationId,
+            userId: member.user.id,
+            scopes: token.scopes,
+            name: token.name,
+            models,
+            limits,
+            expiresAt: token.expiresAt,
+          },
         },
       ],
       result: token,
     };
   });
-  return { ...describeToken(row), token: secret };
+  return {
+    ...describeToken(row),
+    family: family.id,
+    member: { id: member.user.id, email: member.user.email },
+    token: secret,
+  };
 }
 
-/** The tokens of an application's grant, newest first. */
+/**
+ * The organization's tokens a member may see, newest first: their own, or with `all` (admins and
+ * owners only) every member's and the tokens from before members, each with its member's address.
+ */
+export async function listMemberTokens(services: Pick<Services, "db">, member: MemberPrincipal, all: boolean) {
+  if (all && !roleAtLeast(member.membership.role, "admin")) {
+    throw new AppError("forbidden", "Only the organization's admins and owners see every member's tokens.");
+  }
+  const rows = await services.db
+    .select({ token: accessTokens, family: grants.family, email: users.email })
+    .from(accessTokens)
+    .innerJoin(grants, eq(grants.id, accessTokens.grantId))
+    .leftJoin(users, eq(users.id, accessTokens.userId))
+    .where(
+      all
+        ? eq(grants.organizationId, member.organizationId)
+        : and(eq(grants.organizationId, member.organizationId), eq(accessTokens.userId, member.user.id)),
+    )
+    .orderBy(desc(accessTokens.createdAt));
+  return rows.map(({ token, family, email }) => ({
+    ...describeToken(token),
+    family,
+    member: token.userId ? { id: token.userId, email } : null,
+  }));
+}
+
+/**
+ * Revokes one of the organization's tokens: a member their own, an admin or owner any. Another
+ * organization's token is as unknown as one that does not exist. Revoking twice is harmless.
+ */
+export async function revokeMemberToken(services: Services, member: MemberPrincipal, tokenId: string) {
+  return writeAudited(services, async () => {
+    const [token] = await services.db
+      .select({ token: accessTokens })
+      .from(accessTokens)
+      .innerJoin(grants, eq(grants.id, accessTokens.grantId))
+      .where(and(eq(accessTokens.id, tokenId), eq(grants.organizationId, member.organizationId)))
+      .then((rows) => rows.map((r) => r.token));
+    if (!token) throw new AppError("not_found", "No such token.");
+    if (token.userId !== member.user.id && !roleAtLeast(member.membership.role, "admin")) {
+      throw new AppError("forbidden", "Only the organization's admins and owners revoke other members' tokens.");
+    }
+    if (token.revokedAt) return { statements: [], events: [], result: describeToken(token) };
+    const at = services.clock.now().toISOString();
+    return {
+      statements: [services.db.update(accessTokens).set({ revokedAt: at }).where(eq(accessTokens.id, token.id))],
+      events: [
+        {
+          actor: `member:${member.user.email}`,
+          action: "token.revoked",
+          subjectType: "token",
+          subjectId: token.id,
+          data: { grantId: token.grantId, organizationId: member.organizationId, userId: token.userId },
+        },
+      ],
+      result: describeToken({ ...token, revokedAt: at }),
+    };
+  });
+}
+
+async function grantOfApplication(services: Pick<Services, "db">, applicationId: string) {
+  const [grant] = await services.db.select().from(grants).where(eq(grants.applicationId, applicationId));
+  return grant;
+}
+
+/**
+ * The tokens of an application's grant minted through its status link before members existed,
+ * newest first. Members' tokens are theirs to list (`GET /v1/tokens`), not the status link's.
+ */
 export async function listAccessTokens(services: Pick<Services, "db">, application: Application) {
-  const grant = await liveGrantOf(services, application.id);
+  const grant = await grantOfApplication(services, application.id);
   if (!grant) return [];
   const rows = await services.db
     .select()
     .from(accessTokens)
-    .where(eq(accessTokens.grantId, grant.id))
+    .where(and(eq(accessTokens.grantId, grant.id), isNull(accessTokens.userId)))
     .orderBy(desc(accessTokens.createdAt));
   return rows.map(describeToken);
 }
 
-/** Revokes one token of an application's grant. Revoking twice is harmless. */
+/** Revokes one of an application's status-link tokens (`listAccessTokens`). Revoking twice is harmless. */
 export async function revokeAccessToken(services: Services, application: Application, tokenId: string) {
   return writeAudited(services, async () => {
-    const grant = await liveGrantOf(services, application.id);
+    const grant = await grantOfApplication(services, application.id);
     const [token] = grant
       ? await services.db
           .select()
           .from(accessTokens)
-          .where(and(eq(accessTokens.id, tokenId), eq(accessTokens.grantId, grant.id)))
+          .where(and(eq(accessTokens.id, tokenId), eq(accessTokens.grantId, grant.id), isNull(accessTokens.userId)))
       : [];
     if (!token) throw new AppError("not_found", "No such token.");
     if (token.revokedAt) return { statements: [], events: [], result: describeToken(token) };
@@ -128,15 +326,24 @@ export async function revokeAccessToken(services: Services, application: Applica
 }
 
 /** Why a token was refused; the HTTP layers decide how to say it (problem+json, Hub, OpenAI). */
-export type TokenRefusal = "missing" | "invalid" | "expired" | "revoked" | "grant_inactive" | "scope";
+export type TokenRefusal =
+  | "missing"
+  | "invalid"
+  | "expired"
+  | "revoked"
+  | "member_removed"
+  | "grant_inactive"
+  | "scope";
 
 /** The outcome of checking a bearer token. */
 export type TokenCheck = { ok: true; principal: TokenPrincipal } | { ok: false; refusal: TokenRefusal };
 
 /**
- * Checks a bearer token against the database: the token must exist, be unexpired and unrevoked,
- * its grant must be active, and it must carry `scope`. Read on every call, so a revocation of
- * either the token or the grant takes effect at once.
+ * Checks a bearer token against the database in one query: the token must exist, be unexpired
+ * and unrevoked, its grant active, its member (if it has one: tokens from before members have
+ * none) still a member of the grant's organization who may hold tokens, and it must carry
+ * `scope`. Read on every call, so revoking the token or the grant, or removing the member, takes
+ * effect at once.
  */
 export async function checkAccessToken(
   services: Pick<Services, "db" | "clock">,
@@ -144,35 +351,38 @@ export async function checkAccessToken(
   scope: TokenScope,
 ): Promise<TokenCheck> {
   if (!bearer) return { ok: false, refusal: "missing" };
-  const secret = bearer.startsWith(HUB_TOKEN_PREFIX + TOKEN_PREFIX) ? bearer.slice(HUB_TOKEN_PREFIX.length) : bearer;
+  const secret = accessTokenSecret(bearer);
   if (!secret.startsWith(TOKEN_PREFIX) || secret.length > 100) return { ok: false, refusal: "invalid" };
   const [row] = await services.db
-    .select({ token: accessTokens, grant: grants })
+    .select({ token: accessTokens, grant: grants, memberRole: memberships.role })
     .from(accessTokens)
     .innerJoin(grants, eq(grants.id, accessTokens.grantId))
+    .leftJoin(memberships, liveMembershipOfTokenMember)
     .where(eq(accessTokens.secretHash, await sha256Hex(secret)));
   if (!row) return { ok: false, refusal: "invalid" };
-  if (row.token.revokedAt) return { ok: false, refusal: "revoked" };
-  if (row.token.expiresAt && row.token.expiresAt <= services.clock.now().toISOString()) {
+  const { token, grant } = row;
+  if (token.revokedAt) return { ok: false, refusal: "revoked" };
+  if (token.expiresAt && token.expiresAt <= services.clock.now().toISOString()) {
     return { ok: false, refusal: "expired" };
   }
-  if (row.grant.status !== "active") return { ok: false, refusal: "grant_inactive" };
-  if (!row.token.scopes.includes(scope)) return { ok: false, refusal: "scope" };
+  if (!memberMayUseToken(token.userId, row.memberRole)) {
+    return { ok: false, refusal: "member_removed" };
+  }
+  if (grant.status !== "active") return { ok: false, refusal: "grant_inactive" };
+  if (!token.scopes.includes(scope)) return { ok: false, refusal: "scope" };
+  const coverage = { grantModels: grant.models, tokenModels: token.models };
   return {
     ok: true,
     principal: {
-      tokenId: row.token.id,
-      grantId: row.grant.id,
-      organizationId: row.grant.organizationId,
-      family: row.grant.family,
-      scopes: row.token.scopes,
+      tokenId: token.id,
+      grantId: grant.id,
+      organizationId: grant.organizationId,
+      family: grant.family,
+      scopes: token.scopes,
+      userId: token.userId,
+      ...coverage,
+      models: coveredModels(coverage),
+      limits: token.limits,
     },
   };
-}
-
-/** The bearer token of a request (`Authorization: Bearer …`). */
-export function bearerToken(authorization: string | undefined): string | undefined {
-  if (!authorization) return undefined;
-  const match = /^Bearer\s+(\S+)$/i.exec(authorization.trim());
-  return match?.[1];
 }
