@@ -11,6 +11,7 @@ import {
   statusLinks,
 } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
+import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 
 let licenseSha256: string;
@@ -55,67 +56,80 @@ const EMPTY = {
 };
 
 describe("POST /v1/applications", () => {
-  it("approves at or under the threshold at once, with evidence, grant, mail and audit in one write", async () => {
+  it("records the application as awaiting_verification and mails only a confirmation link", async () => {
     const gw = testGateway();
-    const res = await gw.request(
-      "/v1/applications",
-      json(applicationBody({ declaredMau: 700_000_000 }), {
-        "cf-connecting-ip": "203.0.113.9",
-        "user-agent": "test-agent/1",
-      }),
-    );
+    const res = await gw.request("/v1/applications", json(applicationBody()));
     expect(res.status).toBe(201);
-    const body = (await res.json()) as {
-      id: string;
-      status: string;
-      statusUrl: string;
-      reasons: unknown[];
-      duplicate: boolean;
-    };
-    expect(body).toMatchObject({ status: "approved", reasons: [], duplicate: false });
-    expect(body.statusUrl).toMatch(new RegExp(`/applications/${body.id}\\?token=mgs_`));
+    const body = (await res.json()) as Record<string, unknown>;
+    expect(body).toMatchObject({ status: "awaiting_verification" });
+    expect(body).not.toHaveProperty("statusUrl");
+    expect(await rowCounts(gw)).toMatchObject({ applications: 0, grants: 0, statusLinks: 0, auditEvents: 0 });
+    expect(gw.mailer.sent).toHaveLength(1);
+    const mail = gw.mailer.sent[0];
+    expect(mail?.to).toBe("ada@acme.example");
+    expect(mail?.text).toMatch(/\/applications\/confirm\?token=mge_/);
+    expect(mail?.text).not.toContain("Acme");
+    expect(mail?.text).not.toContain("Ada Lovelace");
+    expect(mail?.text).not.toContain("vacuum");
+    // The status API says it waits, to anyone with the id, and nothing else.
+    const status = await gw.request(`/v1/applications/${body.id}`);
+    expect(status.status).toBe(200);
+    expect(await status.json()).toMatchObject({ id: body.id, status: "awaiting_verification" });
+  });
 
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+  it("approves at or under the threshold once the contact confirms, with evidence, grant, mail and audit in one write", async () => {
+    const gw = testGateway();
+    const confirmed = await applyAndConfirm(gw, applicationBody({ declaredMau: 700_000_000 }), {
+      "cf-connecting-ip": "203.0.113.9",
+      "user-agent": "test-agent/1",
+    });
+    expect(confirmed).toMatchObject({ status: "approved", duplicate: false });
+    expect(confirmed.statusUrl).toMatch(new RegExp(`/applications/${confirmed.applicationId}\\?token=mgs_`));
+    expect(confirmed.cookie).toMatch(/^__Host-mg_session=mgsess_/);
+
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, confirmed.applicationId));
     expect(app).toMatchObject({
       status: "approved",
       contactEmail: "ada@acme.example",
       declaredMau: 700_000_000,
       requiredApprovals: 1,
     });
-    const [evidence] = await gw.db.select().from(acceptances).where(eq(acceptances.applicationId, body.id));
+    expect(app?.contactUserId).toMatch(/^usr_/);
+    const [evidence] = await gw.db
+      .select()
+      .from(acceptances)
+      .where(eq(acceptances.applicationId, confirmed.applicationId));
     expect(evidence).toMatchObject({ licenseSha256, ip: "203.0.113.9", userAgent: "test-agent/1" });
     expect(evidence?.aupSha256).toMatch(/^[0-9a-f]{64}$/);
-    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, body.id));
-    expect(grant).toMatchObject({ status: "active", family: "llama-2", organizationId: app?.organizationId });
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, confirmed.applicationId));
+    expect(grant).toMatchObject({
+      status: "active",
+      family: "llama-2",
+      organizationId: app?.organizationId,
+      models: ["llama-2-7b-chat"],
+    });
     const events = await gw.db.select().from(auditEvents).orderBy(auditEvents.seq);
-    expect(events.map((e) => e.action)).toEqual(["application.submitted", "grant.issued"]);
-    expect(gw.mailer.sent).toHaveLength(1);
-    expect(gw.mailer.sent[0]).toMatchObject({ to: "ada@acme.example" });
-    expect(gw.mailer.sent[0]?.text).toContain(body.statusUrl);
+    expect(events.map((e) => e.action)).toEqual(["organization.created", "application.submitted", "grant.issued"]);
+    expect(gw.mailer.sent).toHaveLength(2);
+    expect(gw.mailer.sent[1]).toMatchObject({ to: "ada@acme.example" });
+    expect(gw.mailer.sent[1]?.text).toContain(confirmed.statusUrl);
   });
 
   it("sends 700,000,001 to review with two required approvals and no grant", async () => {
     const gw = testGateway();
-    const res = await gw.request("/v1/applications", json(applicationBody({ declaredMau: 700_000_001 })));
-    expect(res.status).toBe(201);
-    const body = (await res.json()) as { id: string; status: string; reasons: { code: string }[] };
-    expect(body.status).toBe("pending_review");
-    expect(body.reasons.map((r) => r.code)).toEqual(["mau_over_threshold"]);
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+    const confirmed = await applyAndConfirm(gw, applicationBody({ declaredMau: 700_000_001 }));
+    expect(confirmed.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, confirmed.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["mau_over_threshold"]);
     expect(app?.requiredApprovals).toBe(2);
     expect(await gw.db.select().from(grants)).toEqual([]);
   });
 
   it("rejects an embargoed country and sets the cool-down", async () => {
     const gw = testGateway({ clock: fixedClock("2026-01-10T12:00:00Z") });
-    const res = await gw.request(
-      "/v1/applications",
-      json(applicationBody({ organization: { name: "X", country: "KP" } })),
-    );
-    expect(res.status).toBe(201);
-    const body = (await res.json()) as { id: string; status: string };
-    expect(body.status).toBe("rejected");
-    const [app] = await gw.db.select().from(applications).where(eq(applications.id, body.id));
+    const confirmed = await applyAndConfirm(gw, applicationBody({ organization: { name: "X", country: "KP" } }));
+    expect(confirmed.status).toBe("rejected");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, confirmed.applicationId));
     expect(app?.reapplyAfter).toBe("2026-02-09T12:00:00.000Z");
   });
 
@@ -192,95 +206,78 @@ describe("POST /v1/applications", () => {
     expect((await rowCounts(gw)).applications).toBe(0);
   });
 
-  it("returns the open case to a repeat applicant and mails a fresh link instead of exposing the old one", async () => {
+  it("shows a repeat applicant of the organization its open case, with a fresh link that ends the old one", async () => {
     const gw = testGateway();
-    const first = (await (
-      await gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 })))
-    ).json()) as {
-      id: string;
-      statusUrl: string;
-    };
-    const again = await gw.request(
-      "/v1/applications",
-      json(
-        applicationBody({ declaredMau: 900_000_000, organization: { name: "  acme   ROBOTICS gmbh ", country: "DE" } }),
-      ),
-    );
-    expect(again.status).toBe(200);
-    expect(await again.json()).toMatchObject({
-      id: first.id,
-      status: "pending_review",
-      duplicate: true,
-      statusUrl: null,
+    const first = await applyAndConfirm(gw, applicationBody({ declaredMau: 900_000_000 }));
+    const again = await applyAndConfirm(gw, applicationBody({ declaredMau: 50_000 }));
+    expect(again).toMatchObject({ applicationId: first.applicationId, status: "pending_review", duplicate: true });
+    expect(await rowCounts(gw)).toMatchObject({ applications: 1, organizations: 1 });
+    const viaOld = await gw.request(`/v1/applications/${first.applicationId}`, {
+      headers: { authorization: `Bearer ${first.capability}` },
     });
-    const counts = await rowCounts(gw);
-    expect(counts).toMatchObject({ applications: 1, organizations: 1, statusLinks: 2, mailOutbox: 2 });
-    const secondLink = gw.mailer.sent[1]?.text.match(/token=(mgs_[\w-]+)/)?.[1];
-    expect(secondLink).toBeDefined();
-    expect(first.statusUrl).not.toContain(secondLink);
-    const viaNewLink = await gw.request(`/v1/applications/${first.id}`, {
-      headers: { authorization: `Bearer ${secondLink}` },
+    expect(viaOld.status).toBe(404);
+    const viaNew = await gw.request(`/v1/applications/${first.applicationId}`, {
+      headers: { authorization: `Bearer ${again.capability}` },
     });
-    expect(viaNewLink.status).toBe(200);
+    expect(viaNew.status).toBe(200);
   });
 
-  it("creates exactly one case when the same application arrives concurrently", async () => {
+  it("confirms each link once, however often it is replayed, and never on a GET", async () => {
     const gw = testGateway();
-    const responses = await Promise.all(
-      Array.from({ length: 6 }, () =>
-        gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 }))),
-      ),
-    );
-    const bodies = (await Promise.all(responses.map((r) => r.json()))) as { id: string }[];
-    expect(responses.map((r) => r.status).sort()).toEqual([200, 200, 200, 200, 200, 201]);
-    expect(new Set(bodies.map((b) => b.id)).size).toBe(1);
+    await gw.request("/v1/applications", json(applicationBody()));
+    const token = confirmationToken(gw, "ada@acme.example");
+    const page = await gw.request(`/applications/confirm?token=${encodeURIComponent(token)}`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('method="post"');
+    expect((await rowCounts(gw)).applications).toBe(0);
+    const responses = await Promise.all(Array.from({ length: 6 }, () => confirmRequest(gw, token)));
+    expect(responses.map((r) => r.status).sort()).toEqual([200, 401, 401, 401, 401, 401]);
     expect((await rowCounts(gw)).applications).toBe(1);
+    const unknown = await confirmRequest(gw, "mge_not-a-real-link");
+    expect(unknown.status).toBe(401);
+    expect(await unknown.json()).toMatchObject({ code: "unauthorized" });
   });
 
-  it("opens a separate case for another contact of the same organization", async () => {
-    const gw = testGateway();
-    await gw.request("/v1/applications", json(applicationBody({ declaredMau: 900_000_000 })));
-    const other = await gw.request(
-      "/v1/applications",
-      json(applicationBody({ declaredMau: 900_000_000, contact: { name: "Bob", email: "bob@acme.example" } })),
-    );
-    expect(other.status).toBe(201);
-    expect(await rowCounts(gw)).toMatchObject({ applications: 2, organizations: 1 });
+  it("lets a confirmation link expire after 24 hours", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    await gw.request("/v1/applications", json(applicationBody()));
+    clock.advance(24 * 3_600_000 + 1000);
+    const late = await confirmRequest(gw, confirmationToken(gw, "ada@acme.example"));
+    expect(late.status).toBe(401);
+    expect((await rowCounts(gw)).applications).toBe(0);
   });
 
-  it("lets a rejected applicant apply again only after the cool-down", async () => {
+  it("lets a rejected organization apply again only after the cool-down", async () => {
     const clock = fixedClock("2026-03-01T00:00:00Z");
     const gw = testGateway({ clock });
     const body = applicationBody({ organization: { name: "Northwind", country: "IR" } });
-    expect((await gw.request("/v1/applications", json(body))).status).toBe(201);
+    expect((await applyAndConfirm(gw, body)).status).toBe("rejected");
     clock.advance(29 * 86_400_000);
-    const early = await gw.request("/v1/applications", json(body));
+    await gw.request("/v1/applications", json(body));
+    const early = await confirmRequest(gw, confirmationToken(gw, "ada@acme.example"));
     expect(early.status).toBe(409);
     expect(await early.json()).toMatchObject({ code: "reapply_cooldown", reapplyAfter: "2026-03-31T00:00:00.000Z" });
     clock.advance(2 * 86_400_000);
-    const later = await gw.request(
-      "/v1/applications",
-      json({ ...body, organization: { name: "Northwind", country: "DE" } }),
-    );
-    expect(later.status).toBe(201);
-    expect(await later.json()).toMatchObject({ status: "approved" });
+    const later = await applyAndConfirm(gw, { ...body, organization: { name: "Northwind", country: "DE" } });
+    expect(later.status).toBe("approved");
   });
 
   it("sends an organization whose grant was revoked to review when it applies again", async () => {
     const gw = testGateway();
-    const first = (await (await gw.request("/v1/applications", json(applicationBody()))).json()) as { id: string };
-    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, first.id));
-    const again = await gw.request("/v1/applications", json(applicationBody()));
-    expect(again.status).toBe(201);
-    expect(await again.json()).toMatchObject({ status: "pending_review", reasons: [{ code: "prior_revocation" }] });
+    const first = await applyAndConfirm(gw, applicationBody());
+    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, first.applicationId));
+    const again = await applyAndConfirm(gw, applicationBody());
+    expect(again.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["prior_revocation"]);
   });
 });
 
 describe("the status capability", () => {
   async function submitted(gw: ReturnType<typeof testGateway>, overrides: Record<string, unknown> = {}) {
-    const res = await gw.request("/v1/applications", json(applicationBody(overrides)));
-    const body = (await res.json()) as { id: string; statusUrl: string };
-    return { id: body.id, token: new URL(body.statusUrl).searchParams.get("token") as string };
+    const confirmed = await applyAndConfirm(gw, applicationBody(overrides));
+    return { id: confirmed.applicationId, token: confirmed.capability };
   }
 
   it("opens the case by Bearer header or query and says what happens next", async () => {
@@ -299,7 +296,10 @@ describe("the status capability", () => {
   it("answers 404 alike for no secret, a wrong secret and another case's secret", async () => {
     const gw = testGateway();
     const a = await submitted(gw);
-    const b = await submitted(gw, { contact: { name: "B", email: "b@acme.example" } });
+    const b = await submitted(gw, {
+      organization: { name: "Other Co", country: "DE" },
+      contact: { name: "B", email: "b@other.example" },
+    });
     for (const [id, token] of [
       [a.id, undefined],
       [a.id, "mgs_wrong"],
@@ -313,6 +313,16 @@ describe("the status capability", () => {
       expect(res.status).toBe(404);
       expect(await res.json()).toMatchObject({ code: "not_found" });
     }
+  });
+
+  it("expires 30 days after it was issued", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    const { id, token } = await submitted(gw, { declaredMau: 800_000_000 });
+    clock.advance(29 * 86_400_000);
+    expect((await gw.request(`/v1/applications/${id}?token=${token}`)).status).toBe(200);
+    clock.advance(2 * 86_400_000);
+    expect((await gw.request(`/v1/applications/${id}?token=${token}`)).status).toBe(404);
   });
 
   it("takes the applicant's answer to a request for information and starts a new review round", async () => {
@@ -378,8 +388,20 @@ describe("the HTML form", () => {
       body: form,
       redirect: "manual",
     });
-    expect(res.status).toBe(303);
-    const location = res.headers.get("location") as string;
+    expect(res.status).toBe(201);
+    expect(await res.text()).toContain("Check your e-mail");
+    const token = confirmationToken(gw, "hank@globex.example");
+    const confirmed = await gw.request("/applications/confirm", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: new URLSearchParams({ token }),
+      redirect: "manual",
+    });
+    expect(confirmed.status).toBe(303);
+    expect(confirmed.headers.get("set-cookie")).toMatch(
+      /__Host-mg_session=mgsess_.*HttpOnly.*Secure|__Host-mg_session=mgsess_.*Secure.*HttpOnly/,
+    );
+    const location = confirmed.headers.get("location") as string;
     expect(location).toMatch(/^\/applications\/app_\w+\?token=mgs_/);
     const [app] = await gw.db.select().from(applications);
     expect(app).toMatchObject({

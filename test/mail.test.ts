@@ -16,6 +16,7 @@ import {
 import { mailSafeName } from "../worker/mail/templates";
 import { fixedClock } from "../worker/platform/clock";
 import { createServices } from "../worker/services";
+import { confirmationToken, confirmRequest } from "./helpers/apply";
 import { seedLicense, testGateway } from "./helpers/fixtures";
 import { json } from "./helpers/gateway";
 
@@ -155,7 +156,6 @@ describe("security: the public form is not a mail relay", () => {
         }
       }
       expect(mail.text).toContain("Hello,");
-      expect(mail.text).toContain("your organization");
       const found = links(mail.text);
       expect(found.length).toBeGreaterThan(0);
       for (const link of found) expect(link.startsWith(`${base}/applications/`)).toBe(true);
@@ -167,8 +167,10 @@ describe("security: the public form is not a mail relay", () => {
       organization: "Acme\r\nBcc: everyone\r\n\r\nSubject: Urgent",
       contact: "Ada\r\nSubject: Your access is suspended\u202e",
     });
-    const [row] = await outbox();
-    const [sent] = gateway.mailer.sent;
+    // The confirmation mail names no one; the notice after confirmation goes to a proven address.
+    expect((await confirmRequest(gateway, confirmationToken(gateway, "victim@bank.example"))).status).toBe(200);
+    const [, row] = await outbox();
+    const [, sent] = gateway.mailer.sent;
     for (const mail of [row, sent]) {
       expect(mail?.subject).toMatch(/^Llama 2 access application app_\w+ received$/);
       expect(mail?.text).not.toMatch(/[\r\u202e]/);
@@ -179,12 +181,14 @@ describe("security: the public form is not a mail relay", () => {
     expect(sent?.text).toContain("the application of “Acme Bcc: everyone Subject: Urgent”");
   });
 
-  it("repeats at most 60 characters of a name to an unverified address", async () => {
-    await apply(1, { organization: "Acme Robotics ".repeat(10) });
-    const text = gateway.mailer.sent[0]?.text ?? "";
+  it("repeats no name to an unverified address, and at most 200 characters of it to a proven one", async () => {
+    await apply(1, { organization: `Acme Robotics ${"é".repeat(185)}` });
+    expect(gateway.mailer.sent[0]?.text).not.toContain("Acme");
+    expect((await confirmRequest(gateway, confirmationToken(gateway, "victim@bank.example"))).status).toBe(200);
+    const text = gateway.mailer.sent[1]?.text ?? "";
     const name = text.match(/the application of “([^”]*)”/)?.[1] ?? "";
-    expect(Array.from(name)).toHaveLength(60);
-    expect(name.endsWith("…")).toBe(true);
+    expect(Array.from(name)).toHaveLength(199);
+    expect(name.startsWith("Acme Robotics éé")).toBe(true);
   });
 
   it("suppresses the sixth message to one address within an hour, and the application still succeeds", async () => {

@@ -256,15 +256,6 @@ const STATUS_LABELS: Record<ApplicantView["status"], string> = {
 };
 
 /** A personal access token as the status page lists it (never its secret). */
-export interface ListedToken {
-  id: string;
-  name: string;
-  prefix: string;
-  scopes: string[];
-  createdAt: string;
-  expiresAt: string | null;
-  revokedAt: string | null;
-}
 
 function day(iso: string): string {
   return `${iso.replace("T", " ").slice(0, 16)} UTC`;
@@ -298,108 +289,6 @@ function Progress(props: { view: ApplicantView }) {
         </li>
       ))}
     </ol>
-  );
-}
-
-/** How to create and revoke tokens. The secret is shown once, by the page's script. */
-function TokensSection(props: { view: ApplicantView; tokens: ListedToken[] }) {
-  const { view, tokens } = props;
-  return (
-    <section aria-labelledby="tokens-heading">
-      <h2 id="tokens-heading">Access tokens</h2>
-      <p>
-        A personal access token (<code>mg_…</code>) lets you download the weights and, later, call the model. We store
-        only its hash: copy it when it is shown, it is shown once.
-      </p>
-      <form id="mint-token" class="panel" data-application={view.id}>
-        <label for="f-token-name">Token name</label>
-        <p class="hint" id="f-token-name-hint">
-          Where you will use it, e.g. "training cluster".
-        </p>
-        <input
-          id="f-token-name"
-          name="name"
-          type="text"
-          required
-          maxlength={100}
-          aria-describedby="f-token-name-hint"
-        />
-        <fieldset>
-          <legend>Scopes</legend>
-          <label class="check">
-            <input type="checkbox" name="scopes" value="download" checked /> <span>Download the weights</span>
-          </label>
-          <label class="check">
-            <input type="checkbox" name="scopes" value="inference" /> <span>Call the model (inference API)</span>
-          </label>
-        </fieldset>
-        <label for="f-token-expiry">Expires after</label>
-        <select id="f-token-expiry" name="expiresInDays">
-          <option value="30">30 days</option>
-          <option value="90" selected>
-            90 days
-          </option>
-          <option value="366">1 year</option>
-          <option value="">Never</option>
-        </select>
-        <button type="submit">Create token</button>
-        <p id="mint-status" role="status" />
-        <noscript>
-          <p>Creating tokens on this page needs JavaScript; or call POST /v1/applications/{view.id}/tokens.</p>
-        </noscript>
-      </form>
-      <div id="new-token" class="panel secret" hidden tabindex={-1}>
-        <h3>Your new token</h3>
-        <p>Copy it now: it will not be shown again.</p>
-        <p>
-          <code id="new-token-value" />
-        </p>
-        <p class="hint">
-          Hugging Face clients need the <code>hf_</code> prefix: <code id="new-token-hf" />
-        </p>
-      </div>
-      <table id="token-list">
-        <caption>Your tokens</caption>
-        <thead>
-          <tr>
-            <th scope="col">Name</th>
-            <th scope="col">Token</th>
-            <th scope="col">Scopes</th>
-            <th scope="col">Expires</th>
-            <th scope="col">
-              <span class="visually-hidden">Actions</span>
-            </th>
-          </tr>
-        </thead>
-        <tbody>
-          {tokens.length === 0 ? (
-            <tr id="no-tokens">
-              <td colspan={5}>No tokens yet.</td>
-            </tr>
-          ) : (
-            tokens.map((t) => (
-              <tr data-token-row={t.id}>
-                <td>{t.name}</td>
-                <td>
-                  <code>{t.prefix}…</code>
-                </td>
-                <td>{t.scopes.join(", ")}</td>
-                <td>{t.expiresAt ? t.expiresAt.slice(0, 10) : "never"}</td>
-                <td>
-                  {t.revokedAt ? (
-                    <span>Revoked</span>
-                  ) : (
-                    <button type="button" class="danger small" data-revoke-token={t.id} data-token-name={t.name}>
-                      Revoke<span class="visually-hidden"> {t.name}</span>
-                    </button>
-                  )}
-                </td>
-              </tr>
-            ))
-          )}
-        </tbody>
-      </table>
-    </section>
   );
 }
 
@@ -476,14 +365,12 @@ export function StatusPage(props: {
   notice?: string;
   /** The gateway's public origin, for the instructions. */
   baseUrl?: string;
-  /** The grant's tokens; listed while access is granted. */
-  tokens?: ListedToken[];
 }) {
   const { view } = props;
   const family = findFamily(view.family);
   const active = view.status === "approved" && view.grant?.status === "active";
   return (
-    <Page title={`Application ${view.id}`} script={active ? "/assets/applicant.js" : undefined}>
+    <Page title={`Application ${view.id}`}>
       <h1>
         {view.familyName} application of {view.organization.name}
       </h1>
@@ -535,7 +422,15 @@ export function StatusPage(props: {
           <button type="submit">Send answer</button>
         </form>
       ) : null}
-      {active ? <TokensSection view={view} tokens={props.tokens ?? []} /> : null}
+      {active ? (
+        <section aria-labelledby="tokens-heading">
+          <h2 id="tokens-heading">Access tokens</h2>
+          <p>
+            Every developer of your organization creates their own tokens in <a href="/account">your account</a>, signed
+            in with a link mailed to them. Invite colleagues there too.
+          </p>
+        </section>
+      ) : null}
       {active ? <DownloadInstructions baseUrl={props.baseUrl ?? ""} family={family} /> : null}
       <h2>Details</h2>
       <dl class="facts">
@@ -559,14 +454,45 @@ export function StatusPage(props: {
   );
 }
 
-/** Shown after a repeat application: the case exists and a fresh link went to its contact. */
-export function RepeatApplicationPage(props: { familyName: string }) {
+/** Shown after a submission: nothing is decided until the contact confirms the address. */
+export function CheckEmailPage(props: { familyName: string; confirmBy: string }) {
   return (
-    <Page title="Application already on file">
-      <h1>Your application is already on file</h1>
+    <Page title="Confirm your e-mail address">
+      <h1>Check your e-mail</h1>
       <p role="status">
-        Your organization already has an open or approved {props.familyName} application with this e-mail address. We
-        have e-mailed a fresh link to its status page to that address.
+        We sent a link to the contact address you gave. Open it by {props.confirmBy.slice(0, 16).replace("T", " ")} UTC
+        to confirm the address: your {props.familyName} application is decided only then.
+      </p>
+      <p class="hint">No mail? Look in the spam folder, or apply again: only the newest link matters.</p>
+    </Page>
+  );
+}
+
+/**
+ * The page a mailed single-use link opens: one button that posts the link's secret. Mail
+ * scanners fetch links to look at them; a GET must never use a link up.
+ */
+export function UseLinkPage(props: { title: string; lead: string; action: string; token: string; button: string }) {
+  return (
+    <Page title={props.title}>
+      <h1>{props.title}</h1>
+      <p>{props.lead}</p>
+      <form method="post" action={props.action}>
+        <input type="hidden" name="token" value={props.token} />
+        <button type="submit">{props.button}</button>
+      </form>
+    </Page>
+  );
+}
+
+/** A mailed link that is used, expired or unknown. */
+export function LinkFailedPage(props: { detail: string; retry: { href: string; label: string } }) {
+  return (
+    <Page title="This link does not work any more">
+      <h1>This link does not work any more</h1>
+      <p role="alert">{props.detail}</p>
+      <p>
+        <a href={props.retry.href}>{props.retry.label}</a>
       </p>
     </Page>
   );

@@ -1,24 +1,28 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
+import { sessionRequest, setSessionCookie } from "../auth/sessions";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
-import { abuseBrake, clientIp } from "../http/middleware";
+import { abuseBrake, assertSameSite, clientIp } from "../http/middleware";
 import { newRouter, problemResponses, readBody, readRawBody, validateBody } from "../http/router";
 import { requireLicense } from "../licenses/routes";
 import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
-import { APPLICANT_SCRIPT } from "../pages/applicant-script";
-import { listAccessTokens } from "../tokens/service";
-import { ApplicationForm, type FormValues, RepeatApplicationPage, StatusPage } from "./pages";
+import { findFamily } from "../policy/families";
+import { type Confirmation, confirmApplication } from "./confirm";
+import { ApplicationForm, CheckEmailPage, type FormValues, LinkFailedPage, StatusPage, UseLinkPage } from "./pages";
 import {
   ApplicationInput,
   ApplicationStatusSchema,
   applicationFromForm,
+  ConfirmationResult,
+  ConfirmInput,
+  DraftStatusSchema,
   InfoResponseInput,
   SubmissionResult,
 } from "./schemas";
 import { answerInformationRequest, applicantView, applicationBySecret, capability } from "./status";
-import { submitApplication } from "./submit";
+import { pendingDraft, submitApplication } from "./submit";
 
 /** A browser form post that wants a page back rather than JSON. */
 function wantsPage(c: Context<HonoEnv>): boolean {
@@ -69,7 +73,7 @@ const submitRoute = createRoute({
   tags: ["Applications"],
   summary: "Apply for access to a model family under its license",
   description:
-    "JSON or form-encoded (dotted names such as `organization.country`). The license policy decides at once: approved, pending_review or rejected. A repeat application by the same organization and e-mail while a case is open returns that case (200, `duplicate: true`) and e-mails a fresh status link to the contact.",
+    "JSON or form-encoded (dotted names such as `organization.country`). The application is recorded as `awaiting_verification` and a single-use link (24 h) is mailed to the contact; the license policy decides once the contact confirms the address (`POST /v1/applications/confirm`). The organization is then the contact's own (a membership or a verified e-mail domain), or a new one they own — never one found by name.",
   middleware: [abuseBrake()] as const,
   request: {
     body: {
@@ -83,9 +87,34 @@ const submitRoute = createRoute({
     },
   },
   responses: {
-    201: { description: "A new case", content: { "application/json": { schema: SubmissionResult } } },
-    200: { description: "The existing open case", content: { "application/json": { schema: SubmissionResult } } },
+    201: {
+      description: "Recorded; waiting for the contact to confirm the address",
+      content: { "application/json": { schema: SubmissionResult } },
+    },
     ...problemResponses(400, 409, 413, 415, 429),
+  },
+});
+
+const confirmRoute = createRoute({
+  method: "post",
+  path: "/v1/applications/confirm",
+  tags: ["Applications"],
+  summary: "Confirm an application's contact address with the mailed link's token",
+  description:
+    "Uses the single-use token of the mailed link. The policy decides; the answer carries the status page (with a fresh capability, valid 30 days) and signs the contact in (`Set-Cookie`). When the organization already has an open or approved case for the family, that case is shown (`duplicate: true`).",
+  middleware: [abuseBrake()] as const,
+  request: {
+    body: {
+      content: {
+        "application/json": { schema: { $ref: "#/components/schemas/ApplicationConfirmation" } },
+        "application/x-www-form-urlencoded": { schema: { $ref: "#/components/schemas/ApplicationConfirmation" } },
+      },
+      required: true,
+    },
+  },
+  responses: {
+    200: { description: "The decided case", content: { "application/json": { schema: ConfirmationResult } } },
+    ...problemResponses(400, 401, 409, 415, 429),
   },
 });
 
@@ -104,7 +133,10 @@ const statusRoute = createRoute({
   summary: "Where an application stands (with its status capability)",
   request: { params: IdParam, query: TokenQuery },
   responses: {
-    200: { description: "The case", content: { "application/json": { schema: ApplicationStatusSchema } } },
+    200: {
+      description: "The case (with its capability), or one still waiting for its contact to confirm (without)",
+      content: { "application/json": { schema: z.union([ApplicationStatusSchema, DraftStatusSchema]) } },
+    },
     ...problemResponses(404),
   },
 });
@@ -154,6 +186,19 @@ function publicView(view: Awaited<ReturnType<typeof applicantView>>) {
 export const applicationRoutes = newRouter();
 applicationRoutes.openAPIRegistry.register("ApplicationInput", ApplicationInput);
 applicationRoutes.openAPIRegistry.register("ApplicationInfoResponse", InfoResponseInput);
+applicationRoutes.openAPIRegistry.register("ApplicationConfirmation", ConfirmInput);
+
+/** What anyone with a pending application's id may know: that it waits, and until when. */
+function draftView(draft: { id: string; family: string; createdAt: string; expiresAt: string }) {
+  return {
+    id: draft.id,
+    family: draft.family,
+    status: "awaiting_verification" as const,
+    next: "Confirm the contact address with the link we mailed to it; the application is decided then.",
+    submittedAt: draft.createdAt,
+    confirmBy: draft.expiresAt,
+  };
+}
 
 applicationRoutes.get("/apply/:family", abuseBrake(), (c) => renderForm(c, c.req.param("family")));
 
@@ -180,16 +225,28 @@ applicationRoutes
     const outcome = await submitApplication(services, input, evidence(c));
     c.executionCtx.waitUntil(deliverDueMail(services));
     if (page) {
-      if (outcome.statusUrl)
-        return c.redirect(outcome.statusUrl.replace(services.config.publicBaseUrl, ""), 303) as never;
-      return c.html(<RepeatApplicationPage familyName={input.family} />, 200) as never;
+      const familyName = findFamily(input.family)?.displayName ?? input.family;
+      return c.html(<CheckEmailPage familyName={familyName} confirmBy={outcome.confirmBy} />, 201) as never;
     }
-    return c.json(outcome, outcome.duplicate ? 200 : 201);
+    return c.json(outcome, 201);
+  })
+  .openapi(confirmRoute, async (c) => {
+    noStore(c);
+    const services = c.get("services");
+    const { token } = await readBody(c, ConfirmInput, { form: true });
+    const confirmed = await confirmApplication(services, token, sessionRequest(c));
+    c.executionCtx.waitUntil(deliverDueMail(services));
+    setSessionCookie(c, confirmed.session.secret, confirmed.session.expiresAt);
+    const { session: _session, ...result } = confirmed;
+    return c.json(result, 200);
   })
   .openapi(statusRoute, async (c) => {
     noStore(c);
     const services = c.get("services");
-    const app = await applicationBySecret(services, c.req.valid("param").id, capability(c));
+    const { id } = c.req.valid("param");
+    const draft = await pendingDraft(services, id);
+    if (draft) return c.json(draftView(draft), 200);
+    const app = await applicationBySecret(services, id, capability(c));
     return c.json(publicView(await applicantView(services, app)), 200);
   })
   .openapi(respondRoute, async (c) => {
@@ -205,19 +262,51 @@ applicationRoutes
     return c.json(publicView(await applicantView(services, fresh)), 200);
   });
 
+// The confirmation link's page: a button, since a GET must never use a single-use link up.
+applicationRoutes.get("/applications/confirm", (c) => {
+  noStore(c);
+  return c.html(
+    <UseLinkPage
+      title="Confirm your application"
+      lead="Confirm that this is your e-mail address. Your application is then decided under the license policy, and you are signed in to your organization's account."
+      action="/applications/confirm"
+      token={c.req.query("token") ?? ""}
+      button="Confirm my address"
+    />,
+  );
+});
+
+applicationRoutes.post("/applications/confirm", abuseBrake(), async (c) => {
+  noStore(c);
+  assertSameSite(c);
+  const services = c.get("services");
+  const { token } = await readBody(c, ConfirmInput, { form: true });
+  let confirmed: Confirmation;
+  try {
+    confirmed = await confirmApplication(services, token, sessionRequest(c));
+  } catch (error) {
+    if (!(error instanceof AppError) || (error.code !== "unauthorized" && error.code !== "reapply_cooldown"))
+      throw error;
+    return c.html(
+      <LinkFailedPage detail={error.message} retry={{ href: "/account", label: "Sign in to your account" }} />,
+      error.status,
+    );
+  }
+  c.executionCtx.waitUntil(deliverDueMail(services));
+  setSessionCookie(c, confirmed.session.secret, confirmed.session.expiresAt);
+  return c.redirect(confirmed.statusUrl.replace(services.config.publicBaseUrl, ""), 303);
+});
+
 applicationRoutes.get("/applications/:id", async (c) => {
   noStore(c);
   const services = c.get("services");
+  const draft = await pendingDraft(services, c.req.param("id"));
+  if (draft) {
+    const familyName = findFamily(draft.family)?.displayName ?? draft.family;
+    return c.html(<CheckEmailPage familyName={familyName} confirmBy={draft.expiresAt} />);
+  }
   const token = capability(c) ?? "";
   const app = await applicationBySecret(services, c.req.param("id"), token);
   const view = await applicantView(services, app);
-  const tokens = view.grant?.status === "active" ? await listAccessTokens(services, app) : [];
-  return c.html(<StatusPage view={view} token={token} baseUrl={services.config.publicBaseUrl} tokens={tokens} />);
-});
-
-// The status page's script: a file of its own rather than inline, so it is cached and a
-// content-security policy can later forbid inline scripts.
-applicationRoutes.get("/assets/applicant.js", (c) => {
-  c.header("cache-control", "public, max-age=300");
-  return c.body(APPLICANT_SCRIPT, 200, { "content-type": "text/javascript; charset=utf-8" });
+  return c.html(<StatusPage view={view} token={token} baseUrl={services.config.publicBaseUrl} />);
 });

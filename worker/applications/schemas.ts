@@ -77,16 +77,35 @@ export const PolicyReasonSchema = z.object({
 export const SubmissionResult = z
   .object({
     id: z.string(),
-    status: z.enum(["approved", "pending_review", "info_requested", "rejected"]),
-    reasons: z.array(PolicyReasonSchema),
-    statusUrl: z.string().nullable().openapi({
-      description:
-        "The status page with its capability secret; null for a repeat application, whose new link is e-mailed to the contact.",
-    }),
-    statusApiUrl: z.string().nullable(),
-    duplicate: z.boolean(),
+    status: z.literal("awaiting_verification"),
+    confirmBy: z.string().openapi({ description: "When the link mailed to the contact stops working." }),
+    statusApiUrl: z.string(),
   })
   .openapi("ApplicationSubmission");
+
+export const ConfirmInput = z
+  .strictObject({ token: z.string().min(1).max(200) })
+  .openapi({ description: "The token of the link mailed to the contact (`mge_…`)." });
+
+export const ConfirmationResult = z
+  .object({
+    applicationId: z.string(),
+    status: z.enum(["approved", "pending_review", "info_requested", "rejected"]),
+    statusUrl: z.string().openapi({ description: "The status page with a fresh capability (30 days)." }),
+    duplicate: z.boolean(),
+  })
+  .openapi("ApplicationConfirmationResult");
+
+export const DraftStatusSchema = z
+  .object({
+    id: z.string(),
+    family: z.string(),
+    status: z.literal("awaiting_verification"),
+    next: z.string(),
+    submittedAt: z.string(),
+    confirmBy: z.string(),
+  })
+  .openapi("ApplicationAwaitingVerification");
 
 export const ApplicationStatusSchema = z
   .object({

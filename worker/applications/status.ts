@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, gt, isNull, or } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import { type Application, applications, grants, statusLinks } from "../db/schema";
 import { AppError } from "../errors";
@@ -49,16 +49,17 @@ function nextStep(app: Application, grant: ApplicantView["grant"]): string {
       if (grant?.status === "revoked") return "Access was revoked. Under the license you must delete the materials.";
       if (grant?.status === "suspended")
         return "Access is suspended for now. You will get an e-mail when it is reinstated.";
-      return "Approved. Create an access token to download the weights and call the model.";
+      return "Approved. Sign in to your account to create access tokens, download the weights and call the model.";
   }
 }
 
 /**
- * Finds the application a status-page secret opens. A wrong id, a wrong secret and a secret for
- * another application all answer the same 404, so the link reveals nothing but its own case.
+ * Finds the application a status-page secret opens. A wrong id, a wrong secret, a secret for
+ * another application, an expired link and one a newer link replaced all answer the same 404, so
+ * the link reveals nothing but its own case.
  */
 export async function applicationBySecret(
-  services: Pick<Services, "db">,
+  services: Pick<Services, "db" | "clock">,
   id: string,
   secret: string | undefined,
 ): Promise<Application> {
@@ -68,7 +69,14 @@ export async function applicationBySecret(
     .select({ application: applications })
     .from(statusLinks)
     .innerJoin(applications, eq(applications.id, statusLinks.applicationId))
-    .where(and(eq(statusLinks.secretHash, hash), eq(statusLinks.applicationId, id)));
+    .where(
+      and(
+        eq(statusLinks.secretHash, hash),
+        eq(statusLinks.applicationId, id),
+        isNull(statusLinks.revokedAt),
+        or(isNull(statusLinks.expiresAt), gt(statusLinks.expiresAt, services.clock.now().toISOString())),
+      ),
+    );
   if (!row) throw new AppError("not_found", "No such application.");
   return row.application;
 }

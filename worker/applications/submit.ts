@@ -1,25 +1,15 @@
-import { and, desc, eq, inArray } from "drizzle-orm";
-import type { BatchItem } from "drizzle-orm/batch";
-import { type AuditEntry, writeAudited } from "../audit/log";
-import {
-  acceptances,
-  applications,
-  grants,
-  OPEN_STATUSES,
-  organizations,
-  type PolicyReasonRow,
-  statusLinks,
-} from "../db/schema";
+import { and, eq, gt, isNull } from "drizzle-orm";
+import { issueEmailLink } from "../auth/email-links";
+import { normalizeEmail } from "../auth/users";
+import { applicationDrafts } from "../db/schema";
 import { AppError } from "../errors";
-import { issueGrant } from "../grants/issue";
 import { currentLicenseVersion } from "../licenses/store";
 import { gatewayLink } from "../mail/links";
 import { enqueueMailWithinLimits } from "../mail/outbox";
-import { applicationReceivedMail, caseNotice } from "../mail/templates";
-import { addDays } from "../platform/clock";
+import { confirmationMail } from "../mail/templates";
 import { sha256Hex } from "../platform/hash";
-import { evaluateApplication } from "../policy/evaluate";
 import { findFamily } from "../policy/families";
+import type { LicenseFamily } from "../policy/types";
 import type { Services } from "../services";
 import type { ApplicationInput } from "./schemas";
 
@@ -30,18 +20,19 @@ export interface AcceptanceEvidence {
   userAgent: string | null;
 }
 
-/** What submitting an application produced. */
+/** What submitting an application produced: a case waiting for its contact to confirm. */
 export interface SubmissionOutcome {
   id: string;
-  status: "approved" | "pending_review" | "info_requested" | "rejected";
-  reasons: PolicyReasonRow[];
-  /** The status page with its secret; only for a new case (repeat applicants get theirs by mail). */
-  statusUrl: string | null;
-  statusApiUrl: string | null;
-  duplicate: boolean;
+  status: "awaiting_verification";
+  /** When the confirmation link mailed to the contact stops working. */
+  confirmBy: string;
+  statusApiUrl: string;
 }
 
-/** Lower-cased, whitespace-collapsed organization name: how repeat applicants are recognised. */
+/** How long an unconfirmed application (and its link) waits for its contact. */
+export const DRAFT_TTL_MS = 24 * 60 * 60_000;
+
+/** Lower-cased, whitespace-collapsed organization name: how resembling cases are found. */
 export function normalizeOrganizationName(name: string): string {
   return name.normalize("NFKC").toLowerCase().replace(/\s+/g, " ").trim();
 }
@@ -60,29 +51,8 @@ export function statusUrls(base: string, id: string, secret: string) {
   };
 }
 
-/** The case's contact and names as the applicant gave them, for its notices. */
-function applicantOf(input: ApplicationInput, id: string) {
-  return {
-    id,
-    contactEmail: input.contact.email,
-    contactName: input.contact.name,
-    organizationName: input.organization.name,
-  };
-}
-
-/**
- * Submits an application: validates it against the family's current license, lets the policy
- * decide, and writes the application, the acceptance evidence, the status link, the grant (when
- * approved at once), the applicant's e-mail and the audit events in one atomic batch. A repeat
- * application while a case is open (or approved) returns that case and mails a fresh status link
- * to its contact; a rejected applicant may apply again after the family's cool-down.
- */
-export async function submitApplication(
-  services: Services,
-  input: ApplicationInput,
-  evidence: AcceptanceEvidence,
-): Promise<SubmissionOutcome> {
-  const { db, clock, ids, config } = services;
+/** The family an application names, and its models checked against it; 400 otherwise. */
+export function familyOf(input: Pick<ApplicationInput, "family" | "models">): LicenseFamily {
   const family = findFamily(input.family);
   if (!family) {
     throw new AppError("validation_failed", "The request body is invalid.", {
@@ -95,9 +65,15 @@ export async function submitApplication(
       errors: [{ field: "models", message: `Not models of ${family.displayName}: ${unknownModels.join(", ")}.` }],
     });
   }
-  const license = await currentLicenseVersion(db, family.id);
+  return family;
+}
+
+/** The family's current license version, which the applicant must have accepted; 409 otherwise. */
+async function acceptedLicense(services: Services, family: LicenseFamily, input: ApplicationInput) {
+  const license = await currentLicenseVersion(services.db, family.id);
   if (!license) throw new AppError("service_unavailable", `No license text for ${family.displayName} is loaded yet.`);
   if (license.licenseSha256 !== input.licenseSha256) {
+    const base = services.config.publicBaseUrl;
     throw new AppError(
       "stale_license",
       "The license changed since you read it. Read the current version and accept it.",
@@ -105,217 +81,79 @@ export async function submitApplication(
         extensions: {
           currentLicenseSha256: license.licenseSha256,
           currentAupSha256: license.aupSha256,
-          licenseUrl: `${config.publicBaseUrl}/v1/licenses/${family.id}/text`,
-          aupUrl: `${config.publicBaseUrl}/v1/licenses/${family.id}/aup`,
+          licenseUrl: `${base}/v1/licenses/${family.id}/text`,
+          aupUrl: `${base}/v1/licenses/${family.id}/aup`,
         },
       },
     );
   }
+  return license;
+}
 
-  const normalizedName = normalizeOrganizationName(input.organization.name);
-  const { secret, hash } = await newStatusSecret(services);
+/**
+ * Submits an application. Nothing is decided yet: the contact address is only a claim until a
+ * link mailed to it is used, so the application is kept as a draft (with the license acceptance
+ * it carries) and the confirmation link is mailed — a message with no applicant-written text, so
+ * the form cannot make the gateway speak for anyone. `confirmApplication` decides it.
+ */
+export async function submitApplication(
+  services: Services,
+  input: ApplicationInput,
+  evidence: AcceptanceEvidence,
+): Promise<SubmissionOutcome> {
+  const { db, clock, ids, config } = services;
+  const family = familyOf(input);
+  const license = await acceptedLicense(services, family, input);
+  const now = clock.now();
+  const id = ids.id("app");
+  const email = normalizeEmail(input.contact.email);
+  const link = await issueEmailLink(services, { purpose: "verify_application", email, applicationId: id });
+  const confirmBy = new Date(now.getTime() + DRAFT_TTL_MS).toISOString();
+  const mail = confirmationMail(
+    email,
+    family.displayName,
+    id,
+    gatewayLink(config.publicBaseUrl, `/applications/confirm?token=${encodeURIComponent(link.secret)}`),
+  );
+  const [first, ...rest] = [
+    db.insert(applicationDrafts).values({
+      id,
+      family: family.id,
+      contactEmail: email,
+      input: input as unknown as Record<string, unknown>,
+      licenseVersionId: license.id,
+      evidence: { ...evidence, userAgent: evidence.userAgent?.slice(0, 512) ?? null },
+      createdAt: now.toISOString(),
+      expiresAt: confirmBy,
+    }),
+    link.statement,
+    ...(await enqueueMailWithinLimits(services, mail)),
+  ];
+  await db.batch([first, ...rest]);
+  return {
+    id,
+    status: "awaiting_verification",
+    confirmBy,
+    statusApiUrl: gatewayLink(config.publicBaseUrl, `/v1/applications/${encodeURIComponent(id)}`),
+  };
+}
 
-  return writeAudited<SubmissionOutcome>(services, async () => {
-    const now = clock.now();
-    const at = now.toISOString();
-    const [organization] = await db
-      .select({ id: organizations.id })
-      .from(organizations)
-      .where(eq(organizations.normalizedName, normalizedName));
-
-    const earlier = organization
-      ? await db
-          .select({
-            id: applications.id,
-            status: applications.status,
-            policyReasons: applications.policyReasons,
-            reapplyAfter: applications.reapplyAfter,
-            grantStatus: grants.status,
-          })
-          .from(applications)
-          .leftJoin(grants, eq(grants.applicationId, applications.id))
-          .where(
-            and(
-              eq(applications.family, family.id),
-              eq(applications.organizationId, organization.id),
-              eq(applications.contactEmail, input.contact.email),
-            ),
-          )
-          .orderBy(desc(applications.createdAt))
-      : [];
-
-    const standing = earlier.find(
-      (a) => OPEN_STATUSES.includes(a.status) || (a.status === "approved" && a.grantStatus !== "revoked"),
+/** An unconfirmed application still waiting for its contact, if `id` is one. */
+export async function pendingDraft(services: Pick<Services, "db" | "clock">, id: string) {
+  const [draft] = await services.db
+    .select({
+      id: applicationDrafts.id,
+      family: applicationDrafts.family,
+      createdAt: applicationDrafts.createdAt,
+      expiresAt: applicationDrafts.expiresAt,
+    })
+    .from(applicationDrafts)
+    .where(
+      and(
+        eq(applicationDrafts.id, id),
+        isNull(applicationDrafts.confirmedAt),
+        gt(applicationDrafts.expiresAt, services.clock.now().toISOString()),
+      ),
     );
-    if (standing) {
-      // Never hand an existing case's capability to whoever asked: mail a fresh link to its contact.
-      const urls = statusUrls(config.publicBaseUrl, standing.id, secret);
-      const notice = applicationReceivedMail(
-        caseNotice(config.publicBaseUrl, applicantOf(input, standing.id), family.displayName, urls.statusUrl),
-        standing.status === "approved" ? "approved" : "pending_review",
-      );
-      return {
-        statements: [
-          db.insert(statusLinks).values({ secretHash: hash, applicationId: standing.id, createdAt: at }),
-          ...(await enqueueMailWithinLimits(services, notice)),
-        ],
-        events: [
-          {
-            actor: `applicant:${input.contact.email}`,
-            action: "application.status_link_resent",
-            subjectType: "application",
-            subjectId: standing.id,
-            data: {},
-          },
-        ],
-        result: {
-          id: standing.id,
-          status: standing.status,
-          reasons: standing.policyReasons,
-          statusUrl: null,
-          statusApiUrl: urls.statusApiUrl,
-          duplicate: true,
-        } satisfies SubmissionOutcome,
-      };
-    }
-
-    const lastRejection = earlier.find((a) => a.status === "rejected");
-    if (lastRejection?.reapplyAfter && lastRejection.reapplyAfter > at) {
-      throw new AppError("reapply_cooldown", `You may apply again after ${lastRejection.reapplyAfter}.`, {
-        extensions: { reapplyAfter: lastRejection.reapplyAfter },
-      });
-    }
-
-    const priorRevocation = organization
-      ? (
-          await db
-            .select({ id: grants.id })
-            .from(grants)
-            .where(
-              and(
-                eq(grants.organizationId, organization.id),
-                eq(grants.family, family.id),
-                inArray(grants.status, ["revoked"]),
-              ),
-            )
-            .limit(1)
-        ).length > 0
-      : false;
-
-    const decision = evaluateApplication(
-      {
-        country: input.organization.country,
-        declaredMau: input.declaredMau,
-        intendedUse: input.intendedUse,
-        priorRevocation,
-      },
-      family,
-    );
-    const status =
-      decision.outcome === "approve" ? "approved" : decision.outcome === "reject" ? "rejected" : "pending_review";
-    const reasons: PolicyReasonRow[] = decision.reasons.map((r) => ({
-      code: r.code,
-      outcome: r.outcome,
-      detail: r.detail,
-    }));
-    const organizationId = organization?.id ?? ids.id("org");
-    const applicationId = ids.id("app");
-    const actor = `applicant:${input.contact.email}`;
-    const statements: BatchItem<"sqlite">[] = [];
-    const events: AuditEntry[] = [];
-
-    if (!organization) {
-      statements.push(
-        db.insert(organizations).values({
-          id: organizationId,
-          name: input.organization.name,
-          normalizedName,
-          website: input.organization.website ?? null,
-          country: input.organization.country,
-          createdAt: at,
-        }),
-      );
-    }
-    statements.push(
-      db.insert(applications).values({
-        id: applicationId,
-        family: family.id,
-        organizationId,
-        organizationName: input.organization.name,
-        website: input.organization.website ?? null,
-        country: input.organization.country,
-        contactName: input.contact.name,
-        contactEmail: input.contact.email,
-        intendedUse: input.intendedUse,
-        declaredMau: input.declaredMau,
-        models: input.models ?? family.models.map((m) => m.id),
-        status,
-        policyReasons: reasons,
-        requiredApprovals: decision.requiredApprovals,
-        licenseVersionId: license.id,
-        reapplyAfter: status === "rejected" ? addDays(now, family.reapplyCooldownDays).toISOString() : null,
-        createdAt: at,
-        updatedAt: at,
-        decidedAt: status === "pending_review" ? null : at,
-      }),
-      db.insert(acceptances).values({
-        id: ids.id("acc"),
-        applicationId,
-        licenseVersionId: license.id,
-        licenseSha256: license.licenseSha256,
-        aupSha256: license.aupSha256,
-        acceptedAt: at,
-        ip: evidence.ip,
-        country: evidence.country,
-        userAgent: evidence.userAgent?.slice(0, 512) ?? null,
-      }),
-      db.insert(statusLinks).values({ secretHash: hash, applicationId, createdAt: at }),
-    );
-    events.push({
-      actor,
-      action: "application.submitted",
-      subjectType: "application",
-      subjectId: applicationId,
-      data: {
-        family: family.id,
-        organizationId,
-        declaredMau: input.declaredMau,
-        country: input.organization.country,
-        licenseVersion: license.version,
-        licenseSha256: license.licenseSha256,
-        aupSha256: license.aupSha256,
-        policyOutcome: decision.outcome,
-        reasons: reasons.map((r) => r.code),
-        ip: evidence.ip,
-        requestCountry: evidence.country,
-      },
-    });
-    if (status === "approved") {
-      const grant = issueGrant(
-        services,
-        {
-          id: applicationId,
-          organizationId,
-          family: family.id,
-          licenseVersionId: license.id,
-          models: input.models ?? family.models.map((m) => m.id),
-        },
-        at,
-        "system:policy",
-      );
-      statements.push(grant.statement);
-      events.push(grant.event);
-    }
-    const urls = statusUrls(config.publicBaseUrl, applicationId, secret);
-    const notice = applicationReceivedMail(
-      caseNotice(config.publicBaseUrl, applicantOf(input, applicationId), family.displayName, urls.statusUrl),
-      status,
-    );
-    statements.push(...(await enqueueMailWithinLimits(services, notice)));
-    return {
-      statements,
-      events,
-      result: { id: applicationId, status, reasons, ...urls, duplicate: false } satisfies SubmissionOutcome,
-    };
-  });
+  return draft;
 }

@@ -12,9 +12,8 @@ import type { OutgoingMail } from "./mailer";
 export interface Recipient {
   address: string;
   /**
-   * Whether the recipient proved they read mail at this address. No flow verifies an address yet,
-   * so every applicant is unverified today; a verified recipient may be shown more of what they
-   * wrote.
+   * Whether the recipient proved they read mail at this address (a confirmed application's
+   * contact); a verified recipient may be shown more of what they wrote.
    */
   verified: boolean;
 }
@@ -153,21 +152,48 @@ export function grantMail(
 }
 
 /**
- * The notice context of a case: its contact (unverified, as every applicant is today), its names,
- * and its status page on the gateway — without the capability unless `statusUrl` carries it.
+ * The notice context of a case: its contact (verified once a mailed link proved the address, which
+ * cases from before confirmation existed never had), its names, and its status page on the
+ * gateway — without the capability unless `statusUrl` carries it.
  */
 export function caseNotice(
   publicBaseUrl: string,
-  application: { id: string; contactEmail: string; contactName: string; organizationName: string },
+  application: {
+    id: string;
+    contactEmail: string;
+    contactName: string;
+    organizationName: string;
+    contactUserId?: string | null;
+  },
   familyName: string,
   statusUrl: GatewayLink = gatewayLink(publicBaseUrl, `/applications/${encodeURIComponent(application.id)}`),
 ): NoticeContext {
   return {
-    to: { address: application.contactEmail, verified: false },
+    to: { address: application.contactEmail, verified: Boolean(application.contactUserId) },
     contactName: application.contactName,
     organizationName: application.organizationName,
     familyName,
     applicationId: application.id,
     statusUrl,
+  };
+}
+
+/**
+ * Sent on submission to the contact address the form named, which nothing has proven yet: no
+ * applicant-written text at all, only the family, the case id and the single-use link that proves
+ * the address and lets the policy decide.
+ */
+export function confirmationMail(
+  to: string,
+  familyName: string,
+  applicationId: string,
+  confirmUrl: GatewayLink,
+): OutgoingMail {
+  return {
+    to,
+    subject: `Confirm your ${familyName} access application ${applicationId}`,
+    text: sign(
+      `Hello,\n\nsomeone applied for access to ${familyName} with this address as the contact. Open this link within 24 hours to confirm the address; the application is decided only then:\n${confirmUrl}\n\nIf you did not apply, ignore this message: nothing happens without the link above.`,
+    ),
   };
 }

@@ -12,6 +12,12 @@ export interface ApplicationFacts {
   intendedUse: string;
   /** Whether an earlier grant of this family to the organization was revoked. */
   priorRevocation?: boolean;
+  /**
+   * Cases of other organizations this one resembles (name, website, e-mail domain) that are open,
+   * rejected, suspended or revoked. A resemblance is not proof of identity, so it decides nothing
+   * by itself: it sends the case to a reviewer, who sees both side by side.
+   */
+  relatedCases?: { overThreshold: boolean };
 }
 
 export type PolicyOutcome = "approve" | "review" | "reject";
@@ -22,7 +28,8 @@ export type PolicyReasonCode =
   | "export_review_country"
   | "embargoed_country"
   | "aup_category_named"
-  | "prior_revocation";
+  | "prior_revocation"
+  | "related_organization";
 
 /** A machine-readable reason for a policy outcome. */
 export interface PolicyReason {
@@ -116,6 +123,16 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
     });
   }
 
+  if (facts.relatedCases) {
+    // A case that resembles one the licensor must decide is decided the same way: by two approvers.
+    if (facts.relatedCases.overThreshold) overThreshold = true;
+    reasons.push({
+      code: "related_organization",
+      outcome: "review",
+      // The same words whatever the other case's state: the applicant learns nothing about it.
+      detail: "This application resembles another organization's case; a reviewer looks at both.",
+    });
+  }
   const use = facts.intendedUse.toLowerCase();
   for (const category of family.aupCategories) {
     if (category.phrases.some((phrase) => namesPhrase(use, phrase))) {

@@ -1,0 +1,301 @@
+/**
+ * Confirming an application: its contact uses the single-use link mailed to the address the form
+ * named. Only now is the contact a known person, the organization resolved from proof, and the
+ * license policy asked; the contact is signed in to the applicant's portal as well.
+ */
+import { and, desc, eq, gt, inArray, isNull } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import { type AuditEntry, writeAudited } from "../audit/log";
+import { consumeEmailLink } from "../auth/email-links";
+import { newSession } from "../auth/sessions";
+import { provenUser } from "../auth/users";
+import {
+  type ApplicationDraft,
+  acceptances,
+  applicationDrafts,
+  applications,
+  caseLinks,
+  grants,
+  licenseVersions,
+  OPEN_STATUSES,
+  type PolicyReasonRow,
+  statusLinks,
+} from "../db/schema";
+import { AppError } from "../errors";
+import { issueGrant } from "../grants/issue";
+import { enqueueMailWithinLimits } from "../mail/outbox";
+import { applicationReceivedMail, caseNotice } from "../mail/templates";
+import { addDays } from "../platform/clock";
+import { evaluateApplication } from "../policy/evaluate";
+import type { LicenseFamily } from "../policy/types";
+import type { Services } from "../services";
+import { type RelatedCase, relatedCases, resolveOrganization } from "./identity";
+import type { ApplicationInput } from "./schemas";
+import { type AcceptanceEvidence, familyOf, newStatusSecret, statusUrls } from "./submit";
+
+/** A status link works this long; a newer one for the same case ends the ones before it. */
+export const STATUS_LINK_TTL_DAYS = 30;
+
+/** What confirming produced: the case (new, or the organization's standing one) and a session. */
+export interface Confirmation {
+  applicationId: string;
+  status: "approved" | "pending_review" | "info_requested" | "rejected";
+  /** The status page, with a fresh capability. */
+  statusUrl: string;
+  /** True when the organization already had a standing case for the family: that case is shown. */
+  duplicate: boolean;
+  session: { secret: string; expiresAt: string };
+}
+
+/** The status link inserts for a case: a new one, and the end of every earlier one. */
+export function rotateStatusLink(services: Pick<Services, "db">, applicationId: string, hash: string, at: Date) {
+  return [
+    services.db
+      .update(statusLinks)
+      .set({ revokedAt: at.toISOString() })
+      .where(and(eq(statusLinks.applicationId, applicationId), isNull(statusLinks.revokedAt))),
+    services.db.insert(statusLinks).values({
+      secretHash: hash,
+      applicationId,
+      createdAt: at.toISOString(),
+      expiresAt: addDays(at, STATUS_LINK_TTL_DAYS).toISOString(),
+    }),
+  ];
+}
+
+/**
+ * Confirms the application a verification link belongs to, once: consumes the link, then in one
+ * audited batch proves the contact's user, resolves the organization, lets the policy decide
+ * (resemblance to other organizations' cases sends it to review), and writes the application,
+ * the acceptance evidence, case links, the grant when approved, a fresh status link, the notice
+ * and a session for the contact.
+ */
+export async function confirmApplication(
+  services: Services,
+  secret: string,
+  request: { ip: string | null; userAgent: string | null },
+): Promise<Confirmation> {
+  const link = await consumeEmailLink(services, secret, "verify_application");
+  const draft = await liveDraft(services, link.applicationId);
+  const input = draft.input as unknown as ApplicationInput;
+  const family = familyOf(input);
+  const status = await newStatusSecret(services);
+  const [license] = await services.db
+    .select({ aupSha256: licenseVersions.aupSha256, licenseSha256: licenseVersions.licenseSha256 })
+    .from(licenseVersions)
+    .where(eq(licenseVersions.id, draft.licenseVersionId));
+  if (!license) throw new Error(`draft ${draft.id} names a license version that does not exist`);
+
+  return writeAudited<Confirmation>(services, async () => {
+    const now = services.clock.now();
+    const at = now.toISOString();
+    const { user, statements: userStatements } = await provenUser(services, link.email, input.contact.name);
+    const organization = await resolveOrganization(services, user, input, at);
+    const session = await newSession(services, user, request);
+    const statements: BatchItem<"sqlite">[] = [
+      ...userStatements,
+      ...organization.statements,
+      session.statement,
+      services.db.update(applicationDrafts).set({ confirmedAt: at }).where(eq(applicationDrafts.id, draft.id)),
+    ];
+    const events: AuditEntry[] = [...organization.events];
+    const sessionOut = { secret: session.secret, expiresAt: session.session.expiresAt };
+
+    const standing = await standingCase(services, organization.organizationId, family.id);
+    if (standing) {
+      // The organization's case for this family goes on; its new member gets its status link.
+      statements.push(...rotateStatusLink(services, standing.id, status.hash, now));
+      events.push({
+        actor: `member:${user.email}`,
+        action: "application.status_link_issued",
+        subjectType: "application",
+        subjectId: standing.id,
+        data: { draft: draft.id },
+      });
+      const { statusUrl } = statusUrls(services.config.publicBaseUrl, standing.id, status.secret);
+      return {
+        statements,
+        events,
+        result: {
+          applicationId: standing.id,
+          status: standing.status,
+          statusUrl,
+          duplicate: true,
+          session: sessionOut,
+        },
+      };
+    }
+    const decided = await decide(services, organization.organizationId, input, family, link.email, now);
+    const applicationId = draft.id;
+    const row = {
+      id: applicationId,
+      family: family.id,
+      organizationId: organization.organizationId,
+      organizationName: input.organization.name,
+      website: input.organization.website ?? null,
+      country: input.organization.country,
+      contactName: input.contact.name,
+      contactEmail: link.email,
+      contactUserId: user.id,
+      intendedUse: input.intendedUse,
+      declaredMau: input.declaredMau,
+      models: input.models ?? family.models.map((m) => m.id),
+      status: decided.status,
+      policyReasons: decided.reasons,
+      requiredApprovals: decided.requiredApprovals,
+      licenseVersionId: draft.licenseVersionId,
+      reapplyAfter: decided.status === "rejected" ? addDays(now, family.reapplyCooldownDays).toISOString() : null,
+      createdAt: at,
+      updatedAt: at,
+      decidedAt: decided.status === "pending_review" ? null : at,
+    };
+    const evidence = draft.evidence as unknown as AcceptanceEvidence;
+    statements.push(
+      services.db.insert(applications).values(row),
+      services.db.insert(acceptances).values({
+        id: services.ids.id("acc"),
+        applicationId,
+        licenseVersionId: draft.licenseVersionId,
+        licenseSha256: license.licenseSha256,
+        aupSha256: license.aupSha256,
+        acceptedAt: draft.createdAt,
+        ip: evidence.ip,
+        country: evidence.country,
+        userAgent: evidence.userAgent,
+      }),
+      ...rotateStatusLink(services, applicationId, status.hash, now),
+      ...decided.related.map((r) =>
+        services.db
+          .insert(caseLinks)
+          .values({ applicationId, relatedApplicationId: r.applicationId, reasons: r.reasons, createdAt: at }),
+      ),
+    );
+    events.push({
+      actor: `applicant:${link.email}`,
+      action: "application.submitted",
+      subjectType: "application",
+      subjectId: applicationId,
+      data: {
+        family: family.id,
+        organizationId: organization.organizationId,
+        joinedBy: organization.joinedBy,
+        contactUserId: user.id,
+        declaredMau: input.declaredMau,
+        country: input.organization.country,
+        licenseVersionId: draft.licenseVersionId,
+        licenseSha256: license.licenseSha256,
+        aupSha256: license.aupSha256,
+        acceptedAt: draft.createdAt,
+        policyOutcome: decided.outcome,
+        reasons: decided.reasons.map((r) => r.code),
+        relatedApplications: decided.related.map((r) => r.applicationId),
+        ip: evidence.ip,
+        requestCountry: evidence.country,
+      },
+    });
+    if (decided.status === "approved") {
+      const grant = issueGrant(services, row, at, "system:policy");
+      statements.push(grant.statement);
+      events.push(grant.event);
+    }
+    const urls = statusUrls(services.config.publicBaseUrl, applicationId, status.secret);
+    const notice = applicationReceivedMail(
+      caseNotice(services.config.publicBaseUrl, row, family.displayName, urls.statusUrl),
+      decided.status,
+    );
+    statements.push(...(await enqueueMailWithinLimits(services, notice)));
+    return {
+      statements,
+      events,
+      result: {
+        applicationId,
+        status: decided.status,
+        statusUrl: urls.statusUrl,
+        duplicate: false,
+        session: sessionOut,
+      },
+    };
+  });
+}
+
+/** The draft a verification link names, while it waits; the link's own 401 otherwise. */
+async function liveDraft(services: Pick<Services, "db" | "clock">, id: string | null): Promise<ApplicationDraft> {
+  const [draft] = id
+    ? await services.db
+        .select()
+        .from(applicationDrafts)
+        .where(
+          and(
+            eq(applicationDrafts.id, id),
+            isNull(applicationDrafts.confirmedAt),
+            gt(applicationDrafts.expiresAt, services.clock.now().toISOString()),
+          ),
+        )
+    : [];
+  if (!draft) throw new AppError("unauthorized", "This link is not valid any more. Apply again.");
+  return draft;
+}
+
+/** The organization's open or approved (not revoked) case for a family, newest first. */
+async function standingCase(services: Pick<Services, "db">, organizationId: string, family: string) {
+  const cases = await services.db
+    .select({ id: applications.id, status: applications.status, grantStatus: grants.status })
+    .from(applications)
+    .leftJoin(grants, eq(grants.applicationId, applications.id))
+    .where(and(eq(applications.organizationId, organizationId), eq(applications.family, family)))
+    .orderBy(desc(applications.createdAt));
+  return cases.find(
+    (a) => OPEN_STATUSES.includes(a.status) || (a.status === "approved" && a.grantStatus !== "revoked"),
+  );
+}
+
+/**
+ * The policy's decision on a confirmed application, after the organization's own cool-down
+ * (409 while it runs) and with what the organization's history and resembling cases add.
+ */
+async function decide(
+  services: Pick<Services, "db">,
+  organizationId: string,
+  input: ApplicationInput,
+  family: LicenseFamily,
+  contactEmail: string,
+  now: Date,
+) {
+  const history = await services.db
+    .select({ status: applications.status, reapplyAfter: applications.reapplyAfter })
+    .from(applications)
+    .where(and(eq(applications.organizationId, organizationId), eq(applications.family, family.id)))
+    .orderBy(desc(applications.createdAt));
+  const lastRejection = history.find((a) => a.status === "rejected");
+  if (lastRejection?.reapplyAfter && lastRejection.reapplyAfter > now.toISOString()) {
+    throw new AppError("reapply_cooldown", `You may apply again after ${lastRejection.reapplyAfter}.`, {
+      extensions: { reapplyAfter: lastRejection.reapplyAfter },
+    });
+  }
+  const revoked = await services.db
+    .select({ id: grants.id })
+    .from(grants)
+    .where(
+      and(eq(grants.organizationId, organizationId), eq(grants.family, family.id), inArray(grants.status, ["revoked"])),
+    )
+    .limit(1);
+  const related: RelatedCase[] = await relatedCases(services, organizationId, input, contactEmail);
+  const decision = evaluateApplication(
+    {
+      country: input.organization.country,
+      declaredMau: input.declaredMau,
+      intendedUse: input.intendedUse,
+      priorRevocation: revoked.length > 0,
+      ...(related.length > 0 ? { relatedCases: { overThreshold: related.some((r) => r.overThreshold) } } : {}),
+    },
+    family,
+  );
+  const status: "approved" | "pending_review" | "rejected" =
+    decision.outcome === "approve" ? "approved" : decision.outcome === "reject" ? "rejected" : "pending_review";
+  const reasons: PolicyReasonRow[] = decision.reasons.map((r) => ({
+    code: r.code,
+    outcome: r.outcome,
+    detail: r.detail,
+  }));
+  return { status, reasons, requiredApprovals: decision.requiredApprovals, outcome: decision.outcome, related };
+}

@@ -1,0 +1,223 @@
+/**
+ * Which organization a confirmed application belongs to, and which other cases it resembles.
+ * An organization is never found by its name: a name, a website and a declared country are claims.
+ * A case joins an existing organization only through something proven — its contact's verified
+ * address at one of the organization's verified domains, or a membership its contact accepted —
+ * and anything that merely resembles another organization's case is linked for reviewers and
+ * decided by one.
+ */
+import { and, eq, inArray, like, ne, or } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import type { AuditEntry } from "../audit/log";
+import { isFreeMailDomain } from "../auth/free-mail";
+import { membershipsOf } from "../auth/members";
+import { emailDomain } from "../auth/users";
+import {
+  applications,
+  grants,
+  type MemberRole,
+  memberships,
+  OPEN_STATUSES,
+  organizationDomains,
+  organizations,
+  type User,
+} from "../db/schema";
+import type { Services } from "../services";
+import type { ApplicationInput } from "./schemas";
+import { normalizeOrganizationName } from "./submit";
+
+/** How a confirmed application found its organization. */
+export type JoinedBy = "membership" | "verified_domain" | "new_organization";
+
+/** The organization of a confirmed application, and what must be written to make it so. */
+export interface ResolvedOrganization {
+  organizationId: string;
+  joinedBy: JoinedBy;
+  statements: BatchItem<"sqlite">[];
+  events: AuditEntry[];
+}
+
+/** Role of a verified contact who joins an existing organization through its domain. */
+const DOMAIN_JOIN_ROLE: MemberRole = "developer";
+
+/** A website's host as resemblance compares it: lower-cased, without `www.`; null if unparseable. */
+export function websiteHost(website: string | null | undefined): string | null {
+  if (!website) return null;
+  try {
+    return new URL(website).hostname.toLowerCase().replace(/^www\./, "") || null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The organization of `user`'s application: the one they are already a member of, else the one
+ * whose verified domains include their address's domain, else a new one they own, with their
+ * domain as its first verified domain (free-mail domains never).
+ */
+export async function resolveOrganization(
+  services: Services,
+  user: User,
+  input: ApplicationInput,
+  at: string,
+): Promise<ResolvedOrganization> {
+  const { db, ids } = services;
+  const actor = `member:${user.email}`;
+  const [membership] = await membershipsOf(services, user.id);
+  if (membership) {
+    return { organizationId: membership.membership.organizationId, joinedBy: "membership", statements: [], events: [] };
+  }
+  const domain = emailDomain(user.email);
+  const free = isFreeMailDomain(domain);
+  const [owner] = free
+    ? []
+    : await db
+        .select({ organizationId: organizationDomains.organizationId })
+        .from(organizationDomains)
+        .where(eq(organizationDomains.domain, domain));
+  if (owner) {
+    const memberId = ids.id("mem");
+    return {
+      organizationId: owner.organizationId,
+      joinedBy: "verified_domain",
+      statements: [
+        db.insert(memberships).values({
+          id: memberId,
+          organizationId: owner.organizationId,
+          userId: user.id,
+          role: DOMAIN_JOIN_ROLE,
+          createdAt: at,
+        }),
+      ],
+      events: [
+        {
+          actor,
+          action: "member.joined",
+          subjectType: "organization",
+          subjectId: owner.organizationId,
+          data: { userId: user.id, role: DOMAIN_JOIN_ROLE, by: "verified_domain", domain },
+        },
+      ],
+    };
+  }
+  const organizationId = ids.id("org");
+  const statements: BatchItem<"sqlite">[] = [
+    db.insert(organizations).values({
+      id: organizationId,
+      name: input.organization.name,
+      normalizedName: normalizeOrganizationName(input.organization.name),
+      website: input.organization.website ?? null,
+      country: input.organization.country,
+      createdAt: at,
+    }),
+    db.insert(memberships).values({ id: ids.id("mem"), organizationId, userId: user.id, role: "owner", createdAt: at }),
+  ];
+  if (!free) {
+    // Two organizations confirmed at once from one new domain: the first keeps it.
+    statements.push(
+      db
+        .insert(organizationDomains)
+        .values({ domain, organizationId, verifiedByUserId: user.id, verifiedAt: at })
+        .onConflictDoNothing(),
+    );
+  }
+  return {
+    organizationId,
+    joinedBy: "new_organization",
+    statements,
+    events: [
+      {
+        actor,
+        action: "organization.created",
+        subjectType: "organization",
+        subjectId: organizationId,
+        data: { owner: user.id, verifiedDomain: free ? null : domain },
+      },
+    ],
+  };
+}
+
+/** A case of another organization that this one resembles. */
+export interface RelatedCase {
+  applicationId: string;
+  organizationId: string;
+  /** What resembles: `name`, `website`, `email_domain`. */
+  reasons: string[];
+  /** The related case is open and over the license's threshold: the licensor's to decide. */
+  overThreshold: boolean;
+}
+
+/**
+ * Cases of other organizations that resemble this application — the same normalized name, the
+ * same website host, or the contact's (non-free-mail) e-mail domain as their website or verified
+ * domain — and are open, rejected, or hold a suspended or revoked grant.
+ */
+export async function relatedCases(
+  services: Pick<Services, "db">,
+  organizationId: string,
+  input: ApplicationInput,
+  contactEmail: string,
+): Promise<RelatedCase[]> {
+  const { db } = services;
+  const name = normalizeOrganizationName(input.organization.name);
+  const host = websiteHost(input.organization.website);
+  const mailDomain = emailDomain(contactEmail);
+  const domains = [...new Set([host, isFreeMailDomain(mailDomain) ? null : mailDomain].filter((d) => d !== null))];
+
+  const reasonsByOrganization = new Map<string, Set<string>>();
+  const note = (id: string, reason: string) => {
+    if (id === organizationId) return;
+    const reasons = reasonsByOrganization.get(id) ?? new Set<string>();
+    reasons.add(reason);
+    reasonsByOrganization.set(id, reasons);
+  };
+  const byName = await db
+    .select({ id: organizations.id })
+    .from(organizations)
+    .where(and(eq(organizations.normalizedName, name), ne(organizations.id, organizationId)));
+  for (const org of byName) note(org.id, "name");
+  if (domains.length > 0) {
+    const byDomain = await db
+      .select({ id: organizationDomains.organizationId, domain: organizationDomains.domain })
+      .from(organizationDomains)
+      .where(inArray(organizationDomains.domain, domains));
+    for (const org of byDomain) note(org.id, org.domain === host ? "website" : "email_domain");
+    // Websites are stored as typed; a LIKE narrows the candidates, the parsed host decides.
+    const bySite = await db
+      .select({ id: organizations.id, website: organizations.website })
+      .from(organizations)
+      .where(or(...domains.map((d) => like(organizations.website, `%${d.replace(/[%_]/g, "")}%`))));
+    for (const org of bySite) {
+      const theirs = websiteHost(org.website);
+      if (theirs === host) note(org.id, "website");
+      if (theirs !== null && theirs === mailDomain && !isFreeMailDomain(mailDomain)) note(org.id, "email_domain");
+    }
+  }
+  if (reasonsByOrganization.size === 0) return [];
+
+  const candidates = await db
+    .select({
+      applicationId: applications.id,
+      organizationId: applications.organizationId,
+      status: applications.status,
+      requiredApprovals: applications.requiredApprovals,
+      grantStatus: grants.status,
+    })
+    .from(applications)
+    .leftJoin(grants, eq(grants.applicationId, applications.id))
+    .where(inArray(applications.organizationId, [...reasonsByOrganization.keys()]));
+  return candidates
+    .filter(
+      (c) =>
+        OPEN_STATUSES.includes(c.status) ||
+        c.status === "rejected" ||
+        c.grantStatus === "suspended" ||
+        c.grantStatus === "revoked",
+    )
+    .map((c) => ({
+      applicationId: c.applicationId,
+      organizationId: c.organizationId,
+      reasons: [...(reasonsByOrganization.get(c.organizationId) ?? [])].sort(),
+      overThreshold: OPEN_STATUSES.includes(c.status) && c.requiredApprovals > 1,
+    }));
+}
