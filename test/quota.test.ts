@@ -219,3 +219,51 @@ describe("OrgQuota", () => {
     });
   });
 });
+
+describe("OrgQuota: a token's own limits", () => {
+  const roomy = { requestsPerMinute: 10_000, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
+  const tokenA = { id: "tok_a", limits: { tokensPerMinute: 100 } };
+  const leaseFor = (
+    stub: ReturnType<typeof quota>["stub"],
+    id: string,
+    need: number,
+    token?: typeof tokenA,
+    now = NOW,
+  ) =>
+    stub.lease(
+      id,
+      token ? { requests: 1, tokens: need, need, token } : { requests: 1, tokens: need, need },
+      roomy,
+      now,
+    );
+
+  it("admit a token's requests only while both its counters and the organization's have room", async () => {
+    const { stub } = quota();
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => leaseFor(stub, `a${i}`, 30, tokenA)));
+    expect(results.filter((r) => r.ok)).toHaveLength(3);
+    expect(results.find((r) => !r.ok)).toMatchObject({ refusal: "tokens_per_minute", limitedBy: "token" });
+    // The organization's other tokens are not held back by this one's limit.
+    expect((await leaseFor(stub, "b", 500)).ok).toBe(true);
+    expect(await leaseFor(stub, "big", 101, tokenA)).toMatchObject({ ok: false, refusal: "request_too_large" });
+  });
+
+  it("count a token's settled usage, not its reservation, and keep its counters when the object is evicted", async () => {
+    const { stub } = quota();
+    expect((await leaseFor(stub, "first", 60, tokenA)).ok).toBe(true);
+    await stub.commit(
+      { settlements: [{ id: "s1", lease: "first", reserved: 60, actual: 10, token: "tok_a" }] },
+      roomy,
+      NOW,
+    );
+    await evictDurableObject(stub);
+    expect((await leaseFor(stub, "second", 90, tokenA)).ok).toBe(true);
+    expect(await leaseFor(stub, "third", 1, tokenA)).toMatchObject({ ok: false, limitedBy: "token" });
+    // A settlement whose lease is gone still counts for the token; a new minute starts afresh.
+    await stub.commit(
+      { settlements: [{ id: "s2", lease: "gone", reserved: 0, actual: 5, token: "tok_a" }] },
+      roomy,
+      NOW,
+    );
+    expect((await leaseFor(stub, "next-minute", 100, tokenA, NOW + 60_000)).ok).toBe(true);
+  });
+});
