@@ -14,6 +14,7 @@ import {
   users,
 } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
+import { adminToken, TOKEN_NOW } from "./helpers/access";
 import { applyAndConfirm } from "./helpers/apply";
 import { seedLicense, testGateway } from "./helpers/gateway";
 
@@ -166,6 +167,33 @@ describe("security: organizations are never joined by name", () => {
     expect(await gw.db.select().from(organizationDomains)).toEqual([]);
     expect(await organizationOf(gw, a.applicationId)).not.toBe(await organizationOf(gw, b.applicationId));
     expect(b.status).toBe("approved");
+  });
+});
+
+describe("related cases in the review console", () => {
+  it("shows a reviewer the resembling cases side by side, in the API and on the case page", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const big = await applyAndConfirm(
+      gw,
+      application({ name: "Hyperscale Social" }, "cto@hyperscale.example", { declaredMau: 1_200_000_000 }),
+    );
+    const again = await applyAndConfirm(gw, application({ name: "hyperscale social" }, "x@gmail.com"));
+    const headers = { "cf-access-jwt-assertion": await adminToken({ role: "reviewer" }) };
+    for (const [id, other] of [
+      [again.applicationId, big.applicationId],
+      [big.applicationId, again.applicationId],
+    ] as const) {
+      const res = await gw.request(`/admin/api/applications/${id}`, { headers });
+      expect(res.status, await res.clone().text()).toBe(200);
+      const file = (await res.json()) as {
+        relatedCases: { id: string; reasons: string[]; declaredMau: number }[];
+      };
+      expect(file.relatedCases.map((r) => [r.id, r.reasons])).toEqual([[other, ["name"]]]);
+    }
+    const page = await (await gw.request(`/admin/applications/${again.applicationId}`, { headers })).text();
+    expect(page).toContain("Related cases of other organizations");
+    expect(page).toContain("1,200,000,000");
+    expect(page).toContain("same name");
   });
 });
 

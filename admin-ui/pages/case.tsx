@@ -82,6 +82,67 @@ function DecisionForm(props: { admin: AdminIdentity; file: CaseFile }) {
 }
 
 /** A case file: the submission, the evidence, history, reviewers' comments and the decision. */
+/** What made two cases resemble each other, in a reviewer's words. */
+const RESEMBLANCE_WORDS = new Map([
+  ["name", "same name"],
+  ["website", "same website"],
+  ["email_domain", "same e-mail domain"],
+]);
+
+/**
+ * This case beside every case it resembles: a resemblance is not proof that two applicants are
+ * one organization, so the reviewer compares what each declared.
+ */
+function RelatedCases(props: { file: CaseFile }) {
+  const app = props.file.application;
+  const rows: [string, (c: CaseFile["relatedCases"][number] | CaseFile["application"]) => string][] = [
+    ["Organization", (c) => c.organizationName],
+    ["Website", (c) => c.website ?? "—"],
+    ["Country", (c) => c.country],
+    ["Contact", (c) => c.contactEmail],
+    ["Declared MAU", (c) => c.declaredMau.toLocaleString("en-US")],
+    ["Approvals needed", (c) => String(c.requiredApprovals)],
+    ["Submitted", (c) => formatTime(c.createdAt)],
+  ];
+  return (
+    <section aria-labelledby="related-heading" class="panel">
+      <h2 id="related-heading" style="margin-top:0">
+        Related cases of other organizations
+      </h2>
+      <p class="muted">
+        Linked because they resemble this one. A resemblance is not proof of identity: compare before deciding.
+      </p>
+      <table id="related-cases">
+        <thead>
+          <tr>
+            <th scope="col"> </th>
+            <th scope="col">This case</th>
+            {props.file.relatedCases.map((r) => (
+              <th scope="col">
+                <a href={`/admin/applications/${r.id}`}>{r.id}</a>{" "}
+                <span class={`badge ${r.status}`}>{STATUS_WORDS[r.status]}</span>
+                <br />
+                <span class="muted">{r.reasons.map((reason) => RESEMBLANCE_WORDS.get(reason) ?? reason).join(", ")}</span>
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map(([label, value]) => (
+            <tr>
+              <th scope="row">{label}</th>
+              <td>{value(app)}</td>
+              {props.file.relatedCases.map((r) => (
+                <td>{value(r)}</td>
+              ))}
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
 export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: CaseFile; comments: Comment[] }) {
   const { file, admin } = props;
   const app = file.application;
@@ -227,6 +288,8 @@ export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: 
           ) : null}
         </section>
       </div>
+
+      {file.relatedCases.length > 0 ? <RelatedCases file={file} /> : null}
 
       <section aria-labelledby="comments-heading">
         <h2 id="comments-heading">Comments between reviewers</h2>

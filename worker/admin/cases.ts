@@ -14,6 +14,7 @@ import {
   acceptances,
   applications,
   auditEvents,
+  caseLinks,
   DECISIONS,
   decisions,
   GRANT_STATUSES,
@@ -121,6 +122,26 @@ const CaseSchema = z
         decidedAt: z.string().nullable(),
       }),
     ),
+    relatedCases: z
+      .array(
+        z.object({
+          id: z.string(),
+          organizationId: z.string(),
+          organizationName: z.string(),
+          website: z.string().nullable(),
+          country: z.string(),
+          contactEmail: z.string(),
+          declaredMau: z.number().int(),
+          status: z.enum(APPLICATION_STATUSES),
+          requiredApprovals: z.number().int(),
+          createdAt: z.string(),
+          reasons: z.array(z.string()),
+        }),
+      )
+      .openapi({
+        description:
+          "Other organizations' cases this one resembles (name, website, e-mail domain), in either direction: a resemblance is not proof of identity, so a reviewer compares them.",
+      }),
     auditEvents: z.array(AuditEventSchema),
     conflictOfInterest: z.boolean().openapi({
       description:
@@ -263,6 +284,38 @@ export async function listReviewQueue(
   };
 }
 
+/** The cases linked to `id` as resembling it, whichever of the two was linked to the other. */
+async function relatedCaseFiles(db: Database, id: string) {
+  const links = await db
+    .select()
+    .from(caseLinks)
+    .where(or(eq(caseLinks.applicationId, id), eq(caseLinks.relatedApplicationId, id)));
+  if (links.length === 0) return [];
+  const reasons = new Map<string, string[]>();
+  for (const link of links) {
+    const other = link.applicationId === id ? link.relatedApplicationId : link.applicationId;
+    reasons.set(other, [...new Set([...(reasons.get(other) ?? []), ...link.reasons])].sort());
+  }
+  const rows = await db
+    .select()
+    .from(applications)
+    .where(inArray(applications.id, [...reasons.keys()]))
+    .orderBy(asc(applications.createdAt));
+  return rows.map((row) => ({
+    id: row.id,
+    organizationId: row.organizationId,
+    organizationName: row.organizationName,
+    website: row.website,
+    country: row.country,
+    contactEmail: row.contactEmail,
+    declaredMau: row.declaredMau,
+    status: row.status,
+    requiredApprovals: row.requiredApprovals,
+    createdAt: row.createdAt,
+    reasons: reasons.get(row.id) ?? [],
+  }));
+}
+
 /** A case file as `viewer` may see it, or `not_found`. */
 export async function readCaseFile(
   db: Database,
@@ -295,6 +348,7 @@ export async function readCaseFile(
       .orderBy(asc(applications.createdAt), asc(applications.id)),
     currentApprovals(db, [row]),
   ]);
+  const related = await relatedCaseFiles(db, id);
   const subjects = [and(eq(auditEvents.subjectType, "application"), eq(auditEvents.subjectId, id))];
   if (grant) subjects.push(and(eq(auditEvents.subjectType, "grant"), eq(auditEvents.subjectId, grant.id)));
   const trail = await db
@@ -348,6 +402,7 @@ export async function readCaseFile(
       createdAt: item.createdAt,
       decidedAt: item.decidedAt,
     })),
+    relatedCases: related,
     auditEvents: trail.map(auditEventView),
     conflictOfInterest: conflictOfInterest(viewer.email, row) !== null,
   };
