@@ -1,7 +1,7 @@
 /**
  * The applicant's portal at `/account`, rendered on the server. Every figure is the one the JSON
- * API answers (`GET /v1/organization`, `GET /v1/usage`); the forms post to the same JSON API
- * through `/assets/portal.js`, which also lists the tokens from `GET /v1/tokens`.
+ * API answers (`GET /v1/organization`, `GET /v1/usage`, `GET /v1/tokens`); the forms post to the
+ * same JSON API through `/assets/portal.js`.
  */
 import { DailyBarChart, daysBetween } from "../../admin-ui/chart";
 import { formatCount, formatTime } from "../../admin-ui/format";
@@ -56,14 +56,11 @@ export function SignInPage() {
         Enter the address you applied or were invited with. We mail you a link that signs you in; it works once, within
         15 minutes.
       </p>
-      <form
-        data-api={PORTAL_ENDPOINTS.emailLink}
-        data-success="Check your inbox: if the address is known, a sign-in link is on its way."
-      >
+      {/* A plain form post: the endpoint takes forms, and answers a browser with a page. */}
+      <form method="post" action={PORTAL_ENDPOINTS.emailLink}>
         <label for="signin-email">Work e-mail</label>
         <input id="signin-email" name="email" type="email" autocomplete="email" required />
         <button type="submit">Mail me a sign-in link</button>
-        <p data-form-status role="status" />
       </form>
       <p class="hint">
         No organization yet? <a href="/apply/llama-2">Apply for access</a>.
@@ -250,12 +247,27 @@ function Members(props: { overview: Overview; role: MemberRole }) {
   );
 }
 
-function Tokens(props: { overview: Overview; role: MemberRole }) {
+/** A token as the portal lists it (`GET /v1/tokens`). */
+export interface TokenRow {
+  id: string;
+  name: string;
+  prefix: string;
+  scopes: string[];
+  models: string[] | null;
+  expiresAt: string | null;
+  revokedAt: string | null;
+  member: { id: string; email: string | null } | null;
+}
+
+function Tokens(props: { overview: Overview; role: MemberRole; tokens: TokenRow[] }) {
   const grant = props.overview.grants.find((g) => g.status === "active");
   const canMint = grant !== undefined && props.role !== "viewer";
   return (
     <section aria-labelledby="tokens-h">
       <h2 id="tokens-h">Access tokens</h2>
+      <p class="muted">
+        {props.role === "admin" || props.role === "owner" ? "Every member's tokens." : "Your tokens."}
+      </p>
       <div class="table-wrap">
         <table id="token-list" data-endpoint={PORTAL_ENDPOINTS.tokens}>
           <thead>
@@ -270,11 +282,40 @@ function Tokens(props: { overview: Overview; role: MemberRole }) {
             </tr>
           </thead>
           <tbody>
-            <tr>
-              <td colspan={7} class="empty">
-                Loading tokens…
-              </td>
-            </tr>
+            {props.tokens.length === 0 ? (
+              <tr id="no-tokens">
+                <td colspan={7} class="empty">
+                  No tokens yet.
+                </td>
+              </tr>
+            ) : null}
+            {props.tokens.map((t) => (
+              <tr data-token-row={t.id}>
+                <td>{t.name}</td>
+                <td>
+                  <code>{t.prefix}…</code>
+                </td>
+                <td>{t.scopes.join(", ")}</td>
+                <td>{t.models ? t.models.join(", ") : "all of the grant"}</td>
+                <td>{t.member ? (t.member.email ?? t.member.id) : "(organization token)"}</td>
+                <td>{t.expiresAt ? t.expiresAt.slice(0, 10) : "never"}</td>
+                <td>
+                  {t.revokedAt ? (
+                    "Revoked"
+                  ) : (
+                    <button
+                      type="button"
+                      class="danger small"
+                      data-revoke-token={t.id}
+                      data-token-name={t.name}
+                      aria-label={`Revoke ${t.name}`}
+                    >
+                      Revoke
+                    </button>
+                  )}
+                </td>
+              </tr>
+            ))}
           </tbody>
         </table>
       </div>
@@ -531,6 +572,7 @@ export function AccountPage(props: {
   organizations: { id: string; name: string }[];
   usage: UsageView;
   sessions: SessionRow[];
+  tokens: TokenRow[];
 }) {
   const { overview } = props;
   const org = overview.organization;
@@ -583,7 +625,7 @@ export function AccountPage(props: {
         <Applications overview={overview} />
         <QuotaAndBilling overview={overview} />
         <Members overview={overview} role={props.role} />
-        <Tokens overview={overview} role={props.role} />
+        <Tokens overview={overview} role={props.role} tokens={props.tokens} />
         <Usage usage={props.usage} />
         <Sessions sessions={props.sessions} />
       </div>

@@ -4,10 +4,11 @@
  * it, and their sessions.
  */
 import { Hono } from "hono";
-import { membershipsOf } from "../auth/members";
+import { membershipsOf, roleAtLeast } from "../auth/members";
 import { currentSession, describeSession, liveSessions } from "../auth/sessions";
 import type { HonoEnv } from "../env";
 import { organizationOverview, quotaPeekFor } from "../organizations/overview";
+import { listMemberTokens } from "../tokens/service";
 import { organizationUsage } from "../usage/routes";
 import { USAGE_GROUPS, type UsageGroup, usagePeriod } from "../usage/totals";
 import { AccountPage, NoOrganizationPage, SignInPage } from "./pages";
@@ -36,9 +37,11 @@ portalRoutes.get("/account", async (c) => {
   const reader = { kind: "member" as const, organizationId: member.organizationId, member };
   const asked = c.req.query("usage");
   const groupBy: UsageGroup = USAGE_GROUPS.find((g) => g === asked) ?? "model";
-  const [overview, usage] = await Promise.all([
+  const [overview, usage, tokens] = await Promise.all([
     organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId)),
     organizationUsage(services.db, reader.organizationId, groupBy, usagePeriod(services.clock.now())),
+    // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them.
+    listMemberTokens(services, member, roleAtLeast(member.membership.role, "admin")),
   ]);
   return c.html(
     <AccountPage
@@ -48,6 +51,7 @@ portalRoutes.get("/account", async (c) => {
       organizations={all.map((m) => ({ id: m.membership.organizationId, name: m.organizationName }))}
       usage={usage}
       sessions={sessions}
+      tokens={tokens}
     />,
   );
 });

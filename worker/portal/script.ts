@@ -1,8 +1,7 @@
 /**
  * The portal's only script, served as `/assets/portal.js`. The pages render on the server; this
  * sends forms marked `data-api` to the same-origin JSON API (with the page's organization in
- * `x-modelgate-organization`), shows a new token's secret once, lists the member's tokens from
- * `GET /v1/tokens` and revokes them. Plain ES2020 without a build step: shipped as written, and
+ * `x-modelgate-organization`), shows a new token's secret once and revokes tokens. Plain ES2020 without a build step: shipped as written, and
  * every text from the server is written with `textContent`, never as HTML.
  */
 export const PORTAL_SCRIPT = `"use strict";
@@ -87,7 +86,7 @@ export const PORTAL_SCRIPT = `"use strict";
           box.hidden = false;
           box.focus();
           form.querySelectorAll("input[type=text]").forEach(function (i) { i.value = ""; });
-          loadTokens();
+          showNewToken(data);
         }
         say(form, form.dataset.success || "Done.", false);
         buttons.forEach(function (b) { b.disabled = false; });
@@ -108,52 +107,20 @@ export const PORTAL_SCRIPT = `"use strict";
     else td.textContent = text;
     return td;
   }
-  function memberOf(token) {
-    if (token.member && typeof token.member === "object") return token.member.email || "";
-    return token.userEmail || token.email || token.member || (token.userId ? token.userId : "organization");
-  }
-  function loadTokens() {
+  function showNewToken(t) {
     if (!list) return;
-    call("GET", list.getAttribute("data-endpoint"))
-      .then(function (data) {
-        var tokens = (data && Array.isArray(data.tokens)) ? data.tokens : [];
-        var body = list.querySelector("tbody");
-        body.textContent = "";
-        if (!tokens.length) {
-          var empty = document.createElement("tr");
-          var td = cell("No tokens yet.");
-          td.colSpan = 7;
-          td.className = "empty";
-          empty.appendChild(td);
-          body.appendChild(empty);
-          return;
-        }
-        tokens.forEach(function (t) {
-          var row = document.createElement("tr");
-          row.setAttribute("data-token-row", t.id);
-          row.appendChild(cell(t.name));
-          row.appendChild(cell((t.prefix || "") + "…", true));
-          row.appendChild(cell((t.scopes || []).join(", ")));
-          row.appendChild(cell(Array.isArray(t.models) ? t.models.join(", ") : "all of the grant"));
-          row.appendChild(cell(String(memberOf(t))));
-          row.appendChild(cell(t.expiresAt ? String(t.expiresAt).slice(0, 10) : "never"));
-          var state = document.createElement("td");
-          if (t.revokedAt) state.textContent = "Revoked";
-          else {
-            var button = document.createElement("button");
-            button.type = "button";
-            button.className = "danger small";
-            button.textContent = "Revoke";
-            button.setAttribute("aria-label", "Revoke " + t.name);
-            button.setAttribute("data-revoke-token", t.id);
-            button.setAttribute("data-token-name", t.name);
-            state.appendChild(button);
-          }
-          row.appendChild(state);
-          body.appendChild(row);
-        });
-      })
-      .catch(function (error) { listStatus.textContent = error.message; listStatus.className = "form-error"; });
+    var empty = document.getElementById("no-tokens");
+    if (empty) empty.remove();
+    var row = document.createElement("tr");
+    row.setAttribute("data-token-row", t.id);
+    row.appendChild(cell(t.name));
+    row.appendChild(cell((t.prefix || "") + "…", true));
+    row.appendChild(cell((t.scopes || []).join(", ")));
+    row.appendChild(cell(Array.isArray(t.models) ? t.models.join(", ") : "all of the grant"));
+    row.appendChild(cell(t.member && t.member.email ? t.member.email : "you"));
+    row.appendChild(cell(t.expiresAt ? String(t.expiresAt).slice(0, 10) : "never"));
+    row.appendChild(cell("New"));
+    list.querySelector("tbody").prepend(row);
   }
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-revoke-token]");
@@ -162,9 +129,14 @@ export const PORTAL_SCRIPT = `"use strict";
     if (!window.confirm("Revoke the token \\u201c" + name + "\\u201d? Anything using it stops working at once.")) return;
     button.disabled = true;
     call("DELETE", list.getAttribute("data-endpoint") + "/" + encodeURIComponent(button.getAttribute("data-revoke-token")))
-      .then(function () { listStatus.textContent = "Token revoked."; listStatus.className = "form-status"; loadTokens(); })
+      .then(function () {
+        var span = document.createElement("span");
+        span.textContent = "Revoked";
+        button.replaceWith(span);
+        listStatus.textContent = "Token \u201c" + name + "\u201d revoked.";
+        listStatus.className = "form-status";
+      })
       .catch(function (error) { button.disabled = false; listStatus.textContent = error.message; listStatus.className = "form-error"; });
   });
-  loadTokens();
 })();
 `;
