@@ -224,7 +224,7 @@ async function main(): Promise<void> {
       const row = rows.results.find((r) => r.path === file.path);
       if (row?.size !== file.size) throw new Error(`${file.path} was published as ${row?.size} bytes`);
     }
-    const token = await approvedAccessToken(setup.origin, licenseSha256, ["download"], [MODEL]);
+    const token = await approvedAccessToken(setup.origin, env.DB, licenseSha256, ["download"], [MODEL]);
     await stopWorkerd();
     console.log(
       `uploaded revision ${upload.revision} (${mib(upload.totalBytes)}, multipart) in ${since(setupStarted)}`,

@@ -247,8 +247,9 @@ export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOpti
   } as MiniflareOptions);
   try {
     const base = await directOrigin(mf);
-    const licenseSha256 = await prepareDatabase((await mf.getD1Database("DB")) as unknown as D1Database);
-    const token = await approvedAccessToken(base, licenseSha256, ["inference"], [MODEL, PACED_MODEL]);
+    const db = (await mf.getD1Database("DB")) as unknown as D1Database;
+    const licenseSha256 = await prepareDatabase(db);
+    const token = await approvedAccessToken(base, db, licenseSha256, ["inference"], [MODEL, PACED_MODEL]);
     const headers = { ...JSON_HEADERS, authorization: `Bearer ${token}` };
     const probe = await fetch(`${base}/v1/chat/completions`, { method: "POST", headers, body: chatBody(MODEL, false) });
     if (probe.status !== 200) throw new Error(`a first completion answered ${probe.status}: ${await probe.text()}`);

@@ -25,8 +25,9 @@ import { llama2 } from "../worker/policy/families/llama-2";
 import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
 import { ensureDevAuditKey, ensureDevDownloadKey } from "./dev-download-key";
+import { mintDevAccessToken } from "./lib/dev-access-token";
 import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
-import { type DemoCase, seedDemoApplications } from "./seed/demo";
+import { seedDemoApplications } from "./seed/demo";
 import { type DemoToken, ensureDemoToken } from "./seed/demo-token";
 import { describeLoad, seedPlaceholderLicense } from "./seed/license";
 import { seedSyntheticWeights } from "./seed/weights";
@@ -86,6 +87,8 @@ function printBanner(
     "━━━ modelgate is running ━━━",
     `  Gateway         ${baseUrl}`,
     `  Apply (form)    ${baseUrl}/apply/llama-2`,
+    `  Your account    ${baseUrl}/account   (sign in with a link; local mail: GET /admin/api/mail?to=…)`,
+    `  Review console  ${baseUrl}/admin   (sign in at /admin/dev-login with npm run admin:token)`,
     `  License         ${baseUrl}/v1/licenses/llama-2`,
     `  API reference   ${baseUrl}/docs`,
     `  OpenAPI         ${baseUrl}/openapi.json`,
@@ -94,13 +97,12 @@ function printBanner(
     lines.push("", "  Demo applications (status links):");
     for (const c of demoCases) lines.push(`    ${c.label}`, `      ${c.statusUrl}`);
   }
-  const approved = demoCases?.find((c) => c.label.includes("approved"));
   lines.push(
     "",
     `  Weights and inference (synthetic weights; every Llama 2 model answers from the simulator at ${simulatorUrl}):`,
     demoToken
       ? `    TOKEN=${demoToken.token}   # demo token, scopes ${demoToken.scopes.join(" + ")}`
-      : `    TOKEN=…   # mint one: POST ${baseUrl}/v1/applications/{id}/tokens with the status link's token${approved ? ` (${approved.statusUrl})` : ""}`,
+      : `    TOKEN=…   # mint one at ${baseUrl}/account, signed in with a link mailed to the contact`,
     `    curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/models/llama-2-7b/manifest`,
     `    curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/models/llama-2-7b/download.sh | sh -s ./llama-2-7b`,
     `    curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" ${baseUrl}/v1/chat/completions \\`,
@@ -225,7 +227,14 @@ async function main(): Promise<void> {
 
   step("Demo applications");
   const previous = readPreviousDemo();
-  const demo = await seedDemoApplications(baseUrl, previous.cases);
+  // The demo's contacts confirm their addresses as anyone must: with the link the gateway mailed,
+  // read back from its outbox by an admin (a dev Access token signed with the local key).
+  const { token: adminToken } = await mintDevAccessToken(ROOT, {
+    email: "seed@modelgate.local",
+    role: "admin",
+    ttlSeconds: 600,
+  });
+  const demo = await seedDemoApplications(baseUrl, { adminToken });
   let demoToken: DemoToken | undefined;
   if (demo.ok) {
     for (const c of demo.cases) console.log(`${c.status.padEnd(15)} ${c.label}: ${c.statusUrl}`);
@@ -252,12 +261,12 @@ function inferenceBackends(simulator: BackendSimulator): string {
 }
 
 /** What an earlier run recorded in demo.json, if anything. */
-function readPreviousDemo(): { cases: DemoCase[]; demoToken?: DemoToken } {
+function readPreviousDemo(): { demoToken?: DemoToken } {
   try {
-    const saved = JSON.parse(readFileSync(demoFile(), "utf8")) as { cases?: DemoCase[]; demoToken?: DemoToken };
-    return { cases: saved.cases ?? [], ...(saved.demoToken ? { demoToken: saved.demoToken } : {}) };
+    const saved = JSON.parse(readFileSync(demoFile(), "utf8")) as { demoToken?: DemoToken };
+    return saved.demoToken ? { demoToken: saved.demoToken } : {};
   } catch {
-    return { cases: [] };
+    return {};
   }
 }
 

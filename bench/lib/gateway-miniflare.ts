@@ -105,21 +105,27 @@ export async function prepareDatabase(db: D1Database): Promise<string> {
   return license.licenseSha256;
 }
 
-/** An approved application and a personal access token with `scopes`, through the public API. */
+/**
+ * An approved application and a personal access token with `scopes`, through the public API as
+ * an applicant gets them: apply, confirm with the link mailed to the contact (read from the
+ * gateway's outbox in `db`), then mint the token signed in with the session confirming gave.
+ */
 export async function approvedAccessToken(
   base: string,
+  db: D1Database,
   licenseSha256: string,
   scopes: ("download" | "inference")[],
   models: string[],
 ): Promise<string> {
   const json = { "content-type": "application/json", accept: "application/json" };
+  const email = "bea@bench.example";
   const applied = await fetch(`${base}/v1/applications`, {
     method: "POST",
     headers: json,
     body: JSON.stringify({
       family: "llama-2",
       organization: { name: "Bench Robotics", website: "https://bench.example", country: "DE" },
-      contact: { name: "Bea", email: "bea@bench.example" },
+      contact: { name: "Bea", email },
       intendedUse: "Benchmarking the gateway",
       declaredMau: 5_000,
       models,
@@ -128,19 +134,32 @@ export async function approvedAccessToken(
       acceptAup: true,
     }),
   });
-  const application = (await applied.json()) as { id?: string; status?: string; statusUrl?: string };
-  if (application.status !== "approved" || !application.statusUrl) {
-    throw new Error(`POST /v1/applications answered ${applied.status} ${JSON.stringify(application)}`);
-  }
-  const capability = new URL(application.statusUrl).searchParams.get("token");
-  const minted = await fetch(`${base}/v1/applications/${application.id}/tokens`, {
+  if (applied.status !== 201)
+    throw new Error(`POST /v1/applications answered ${applied.status} ${await applied.text()}`);
+  const mail = await db
+    .prepare('SELECT text FROM mail_outbox WHERE "to" = ? ORDER BY created_at DESC LIMIT 1')
+    .bind(email)
+    .first<{ text: string }>();
+  const link = /\/applications\/confirm\?token=(\S+)/.exec(mail?.text ?? "")?.[1];
+  if (!link) throw new Error(`no confirmation link was mailed to ${email}`);
+  const confirmed = await fetch(`${base}/v1/applications/confirm`, {
     method: "POST",
-    headers: { ...json, authorization: `Bearer ${capability}` },
+    headers: json,
+    body: JSON.stringify({ token: decodeURIComponent(link) }),
+  });
+  const application = (await confirmed.json()) as { status?: string };
+  if (confirmed.status !== 200 || application.status !== "approved") {
+    throw new Error(`confirming the application answered ${confirmed.status} ${JSON.stringify(application)}`);
+  }
+  const session = (confirmed.headers.get("set-cookie") ?? "").split(";")[0] ?? "";
+  const minted = await fetch(`${base}/v1/tokens`, {
+    method: "POST",
+    headers: { ...json, cookie: session },
     body: JSON.stringify({ name: "bench", scopes }),
   });
   const token = (await minted.json()) as { token?: string };
   if (minted.status !== 201 || !token.token) {
-    throw new Error(`POST /v1/applications/{id}/tokens answered ${minted.status} ${JSON.stringify(token)}`);
+    throw new Error(`POST /v1/tokens answered ${minted.status} ${JSON.stringify(token)}`);
   }
   return token.token;
 }

@@ -1,8 +1,9 @@
 /**
- * A personal access token for the approved demo application, minted through the public API with
- * the application's status capability, so a developer can download weights and call the model
- * right after `npm start`. The secret is shown once by the API, so it is kept in
- * `.wrangler/demo.json` and shown again on later runs instead of minting a new token each time.
+ * A personal access token for the approved demo application, minted through the public API as
+ * its contact would mint one — signed in (the session from confirming the application) —
+ * so a developer can download weights and call the model right after `npm start`. The secret is
+ * shown once by the API, so it is kept in `.wrangler/demo.json` and shown again on later runs
+ * instead of minting a new token each time.
  */
 import type { DemoCase } from "./demo";
 
@@ -28,12 +29,9 @@ export async function ensureDemoToken(
 ): Promise<DemoTokenResult> {
   const approved = cases.find((c) => c.status === "approved");
   if (!approved) return { ok: false, warning: "no approved demo application" };
-  const capability = approved.statusUrl.startsWith("http")
-    ? new URL(approved.statusUrl).searchParams.get("token")
-    : null;
-  if (!capability) return { ok: false, warning: "the approved demo application's status link is not known" };
-  const auth = { authorization: `Bearer ${capability}`, accept: "application/json" };
-  const tokensUrl = `${baseUrl}/v1/applications/${encodeURIComponent(approved.id)}/tokens`;
+  if (!approved.session) return { ok: false, warning: "confirming the approved demo application signed no one in" };
+  const auth = { cookie: approved.session, accept: "application/json" };
+  const tokensUrl = `${baseUrl}/v1/tokens`;
 
   if (previous?.applicationId === approved.id) {
     const listed = await fetch(tokensUrl, { headers: auth, signal: AbortSignal.timeout(10_000) });

@@ -1,6 +1,6 @@
 /**
- * Demo applications, submitted through the public API exactly as an applicant would. Re-running
- * is harmless: the API answers a repeat submission with the case that is already open.
+ * Demo applications, submitted and confirmed through the public API exactly as an applicant
+ * would. Re-running is harmless: a confirmed repeat shows the organization's standing case.
  */
 
 /** A demo case as recorded in `.wrangler/demo.json`. */
@@ -9,7 +9,9 @@ export interface DemoCase {
   id: string;
   status: string;
   statusUrl: string;
-  reasons: unknown;
+  contactEmail: string;
+  /** The contact's session cookie (`name=value`), from confirming. */
+  session: string;
 }
 
 interface DemoApplicant {
@@ -29,7 +31,8 @@ export const DEMO_APPLICANTS: DemoApplicant[] = [
     contact: { name: "Ada", email: "ada@acme.example" },
     intendedUse: "Customer support assistant",
     declaredMau: 120_000,
-    models: ["llama-2-7b-chat"],
+    // The weights `npm start` seeds are llama-2-7b's; the simulator answers as llama-2-7b-chat.
+    models: ["llama-2-7b", "llama-2-7b-chat"],
   },
   {
     label: "over 700M MAU, pending review by two approvers",
@@ -52,12 +55,18 @@ export const DEMO_APPLICANTS: DemoApplicant[] = [
 /** The outcome of seeding: the cases, or why there are none yet. */
 export type DemoSeedResult = { ok: true; cases: DemoCase[] } | { ok: false; warning: string };
 
+/** How the seeding reads the mail the gateway sent: an admin's Access token for `/admin/api/mail`. */
+export interface MailReader {
+  adminToken: string;
+}
+
 /**
- * Submits the demo applications to a running gateway at `baseUrl`. A repeat submission answers
- * with the open case but not its status link (the gateway mails a fresh one instead), so links
- * from an earlier run, in `previous`, are kept for the same case ids.
+ * Submits the demo applications to a running gateway at `baseUrl` and confirms each as its
+ * contact would: the confirmation link is read from the gateway's own outbox
+ * (`GET /admin/api/mail`) and used. A repeat run confirms again and gets the organization's
+ * standing case with a fresh status link (the old one ends), and the contact's session cookie.
  */
-export async function seedDemoApplications(baseUrl: string, previous: DemoCase[] = []): Promise<DemoSeedResult> {
+export async function seedDemoApplications(baseUrl: string, mail: MailReader): Promise<DemoSeedResult> {
   const licenseRes = await fetch(`${baseUrl}/v1/licenses/llama-2`);
   if (!licenseRes.ok) throw new Error(`GET /v1/licenses/llama-2 answered ${licenseRes.status}`);
   const { licenseSha256 } = (await licenseRes.json()) as { licenseSha256: string };
@@ -73,21 +82,45 @@ export async function seedDemoApplications(baseUrl: string, previous: DemoCase[]
       return { ok: false, warning: `POST /v1/applications answered ${res.status}: this build has no application API.` };
     }
     const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-    if (res.status !== 200 && res.status !== 201) {
+    if (res.status !== 201) {
       throw new Error(`POST /v1/applications (${label}) answered ${res.status}: ${JSON.stringify(body)}`);
     }
-    const id = String(body.id);
-    const earlier = rebase(previous.find((c) => c.id === id)?.statusUrl, baseUrl);
-    const statusUrl =
-      typeof body.statusUrl === "string" ? body.statusUrl : (earlier ?? "(link sent by e-mail; see the wrangler log)");
-    cases.push({ label, id, status: String(body.status), statusUrl, reasons: body.reasons });
+    const token = await confirmationToken(baseUrl, mail, applicant.contact.email);
+    const confirmed = await fetch(`${baseUrl}/v1/applications/confirm`, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "application/json" },
+      body: JSON.stringify({ token }),
+    });
+    const result = (await confirmed.json().catch(() => ({}))) as Record<string, unknown>;
+    if (confirmed.status !== 200) {
+      throw new Error(`confirming ${label} answered ${confirmed.status}: ${JSON.stringify(result)}`);
+    }
+    cases.push({
+      label,
+      id: String(result.applicationId),
+      status: String(result.status),
+      statusUrl: String(result.statusUrl),
+      contactEmail: applicant.contact.email,
+      session: (confirmed.headers.get("set-cookie") ?? "").split(";")[0] ?? "",
+    });
   }
   return { ok: true, cases };
 }
 
-/** The same path and query on another origin (the port may differ from the earlier run). */
-function rebase(url: string | undefined, baseUrl: string): string | undefined {
-  if (!url?.startsWith("http")) return undefined;
-  const { pathname, search } = new URL(url);
-  return `${baseUrl}${pathname}${search}`;
+/** The token of the newest confirmation link in the gateway's outbox for `to`. */
+async function confirmationToken(baseUrl: string, mail: MailReader, to: string): Promise<string> {
+  // Mail is queued with the write and delivered after the answer: give the outbox a moment.
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const res = await fetch(`${baseUrl}/admin/api/mail?to=${encodeURIComponent(to)}`, {
+      headers: { "cf-access-jwt-assertion": mail.adminToken, accept: "application/json" },
+    });
+    if (!res.ok) throw new Error(`GET /admin/api/mail answered ${res.status}: ${await res.text()}`);
+    const { messages } = (await res.json()) as { messages: { text: string }[] };
+    for (const message of messages) {
+      const match = /\/applications\/confirm\?token=([^\s]+)/.exec(message.text);
+      if (match?.[1]) return decodeURIComponent(match[1]);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`no confirmation link was mailed to ${to}`);
 }

@@ -1,5 +1,6 @@
 import { and, eq, gt, isNull, or } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
+import { bearerToken } from "../auth/bearer";
 import { type Application, applications, grants, statusLinks } from "../db/schema";
 import { AppError } from "../errors";
 import { sha256Hex } from "../platform/hash";
@@ -10,9 +11,7 @@ import type { Services } from "../services";
 export function capability(c: {
   req: { header(name: string): string | undefined; query(name: string): string | undefined };
 }) {
-  const auth = c.req.header("authorization");
-  if (auth?.toLowerCase().startsWith("bearer ")) return auth.slice(7).trim();
-  return c.req.query("token") ?? undefined;
+  return bearerToken(c.req.header("authorization")) ?? c.req.query("token") ?? undefined;
 }
 
 /** An application as its applicant may see it. */
