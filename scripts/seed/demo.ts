@@ -31,8 +31,8 @@ export const DEMO_APPLICANTS: DemoApplicant[] = [
     contact: { name: "Ada", email: "ada@acme.example" },
     intendedUse: "Customer support assistant",
     declaredMau: 120_000,
-    // The weights `npm start` seeds are llama-2-7b's; the simulator answers as llama-2-7b-chat.
-    models: ["llama-2-7b", "llama-2-7b-chat"],
+    // Every model: the demo token then pulls any seeded weights and calls any model the simulator serves.
+    models: ["llama-2-7b", "llama-2-7b-chat", "llama-2-13b", "llama-2-13b-chat", "llama-2-70b", "llama-2-70b-chat"],
   },
   {
     label: "over 700M MAU, pending review by two approvers",

@@ -11,7 +11,7 @@ import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AdminRoleName } from "../../scripts/lib/dev-access-token";
 import type { GatewayProcess } from "../../scripts/lib/gateway-process";
-import { ARTIFACTS, BrowserHarness, EVIL_HOST, expectAccessible, expectNoSidewaysScroll } from "./harness";
+import { ARTIFACTS, BrowserHarness, EVIL_HOST, expectAccessible, expectNoSidewaysScroll, useLink } from "./harness";
 
 let harness: BrowserHarness;
 let gateway: GatewayProcess;
@@ -29,7 +29,10 @@ const newPage = (width?: number, height?: number): Promise<Page> => harness.newP
 const signIn = (email: string, role: AdminRoleName, width?: number): Promise<Page> =>
   harness.signIn(email, role, width);
 
-/** Fills and submits the public application form; returns the status page's address. */
+/**
+ * Fills and submits the public application form, then confirms the address with the link mailed
+ * to it; returns the status page's address.
+ */
 async function apply(page: Page, org: { name: string; country: string; email: string; mau: string }): Promise<string> {
   await page.goto(`${gateway.baseUrl}/apply/llama-2`);
   await page.getByLabel("Legal name").fill(org.name);
@@ -40,10 +43,10 @@ async function apply(page: Page, org: { name: string; country: string; email: st
   await page.getByLabel(/Monthly active users in June 2023/).fill(org.mau);
   await page.getByLabel(/I accept the LLAMA 2 Community License/).check();
   await page.getByLabel("I accept the Acceptable Use Policy.").check();
-  await Promise.all([
-    page.waitForURL(/\/applications\/app_/),
-    page.getByRole("button", { name: "Submit application" }).click(),
-  ]);
+  await page.getByRole("button", { name: "Submit application" }).click();
+  await page.getByRole("heading", { name: "Check your e-mail" }).waitFor();
+  const link = await harness.mailedLink(org.email, "/applications/confirm");
+  await useLink(page, link, "Confirm my address", /\/applications\/app_\w+\?token=mgs_/);
   return page.url();
 }
 
@@ -126,25 +129,29 @@ describe("reviewer console and applicant pages in Chromium", () => {
 
     await applicant.goto(statusUrl);
     await expect(applicant.locator(".status").textContent()).resolves.toBe("Approved");
-    await applicant.getByLabel("Token name").fill("training cluster");
-    await applicant.getByRole("button", { name: "Create token" }).click();
-    await applicant.locator("#new-token").waitFor({ state: "visible" });
-    const secret = await applicant.locator("#new-token-value").textContent();
-    expect(secret).toMatch(/^mg_[\w-]{20,}$/);
-    await expect(applicant.locator("#new-token-hf").textContent()).resolves.toBe(`hf_${secret}`);
-    await expect(applicant.locator("#token-list").textContent()).resolves.toContain("training cluster");
     await applicant.getByText(`HF_ENDPOINT=${gateway.baseUrl} huggingface-cli download`).waitFor();
     await applicant.screenshot({ path: join(ARTIFACTS, "status-approved-375.png"), fullPage: true });
     await expectAccessible(applicant, "status page, approved");
     await expectNoSidewaysScroll(applicant, "status page, approved");
 
-    // The token it showed works: the gateway knows it as a live download token.
-    const res = await fetch(
-      `${gateway.baseUrl}/v1/applications/${new URL(statusUrl).pathname.split("/").pop()}/tokens${new URL(statusUrl).search}`,
-    );
-    const { tokens } = (await res.json()) as { tokens: { name: string; prefix: string }[] };
-    expect(tokens.map((t) => t.name)).toContain("training cluster");
-    expect(secret?.startsWith(tokens[0]?.prefix ?? "?")).toBe(true);
+    // Tokens are minted signed in, not with the status link: confirming signed the contact in.
+    await applicant.getByRole("link", { name: "your account" }).click();
+    await applicant.waitForURL(`${gateway.baseUrl}/account`);
+    const minted = await applicant.evaluate(async () => {
+      const res = await fetch("/v1/tokens", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "training cluster", scopes: ["download"] }),
+      });
+      return { status: res.status, body: (await res.json()) as { token?: string } };
+    });
+    expect(minted.status).toBe(201);
+    expect(minted.body.token).toMatch(/^mg_[\w-]{20,}$/);
+    // The form asks for every model by default; npm start seeds llama-2-7b's weights.
+    const manifest = await fetch(`${gateway.baseUrl}/v1/models/llama-2-7b/manifest`, {
+      headers: { authorization: `Bearer ${minted.body.token}` },
+    });
+    expect(manifest.status).toBe(200);
   });
 
   it("a rejection shows its reason and when the applicant may apply again", async () => {

@@ -71,6 +71,29 @@ export class BrowserHarness {
     return context.newPage();
   }
 
+  /** The newest link to `path` mailed to `to`, as an operator finds it in the outbox (`/admin/api/mail`). */
+  async mailedLink(to: string, path: string): Promise<string> {
+    const { token } = await mintDevAccessToken(ROOT, { email: "ops@example.com", role: "admin", ttlSeconds: 600 });
+    const base = this.gateway.baseUrl;
+    const pattern = new RegExp(`${base.replace(/[.]/g, "\\.")}${path}\\?token=[A-Za-z0-9_-]+`);
+    let link = "";
+    await expect
+      .poll(
+        async () => {
+          const res = await fetch(`${base}/admin/api/mail?to=${encodeURIComponent(to)}`, {
+            headers: { "cf-access-jwt-assertion": token },
+          });
+          if (!res.ok) throw new Error(`mail list: ${res.status} ${await res.text()}`);
+          const { messages } = (await res.json()) as { messages: { text: string }[] };
+          link = messages.map((m) => pattern.exec(m.text)?.[0]).find((found) => found !== undefined) ?? "";
+          return link;
+        },
+        { timeout: 15_000, interval: 200 },
+      )
+      .not.toBe("");
+    return link;
+  }
+
   /** Signs a reviewer in through the local sign-in page, as the README tells a developer to. */
   async signIn(email: string, role: AdminRoleName, width?: number): Promise<Page> {
     const page = await this.newPage(width);
@@ -86,6 +109,16 @@ export class BrowserHarness {
     await page.getByRole("heading", { name: "Review queue" }).waitFor();
     return page;
   }
+}
+
+/** Opens a mailed single-use link and presses its button; resolves once the browser landed. */
+export async function useLink(page: Page, link: string, button: string, landing: RegExp): Promise<void> {
+  await page.goto(link);
+  await page.getByRole("button", { name: button }).click();
+  await page.waitForURL(landing, { timeout: 15_000 }).catch(async (error: unknown) => {
+    // Say what the page said instead, which is what went wrong.
+    throw new Error(`${String(error)}\n${page.url()}: ${(await page.content()).slice(0, 2000)}`);
+  });
 }
 
 /** Runs axe-core in the page and fails on serious or critical violations. */
