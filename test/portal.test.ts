@@ -201,6 +201,27 @@ describe("security: one organization reaches nothing of another", () => {
   });
 });
 
+describe("security: the portal's form posts from a no-referrer page", () => {
+  // Applicant pages send `Referrer-Policy: no-referrer`, so Chromium's same-origin form posts from
+  // them carry `Origin: null` beside `Sec-Fetch-Site: same-origin`: they are this site's own.
+  it("admits Origin: null when the browser says same-origin, refuses it otherwise", async () => {
+    const post = (headers: Record<string, string>) =>
+      gw.request("/v1/auth/sign-out-everywhere", {
+        method: "POST",
+        headers: { cookie: acme.owner.cookie, accept: "application/json", ...headers },
+      });
+    const hostiles: Record<string, string>[] = [{ origin: "null" }, { origin: "null", "sec-fetch-site": "cross-site" }];
+    for (const hostile of hostiles) {
+      const refused = await post(hostile);
+      expect(refused.status).toBe(403);
+      expect(await refused.json()).toMatchObject({ code: "cross_site_request" });
+    }
+    const own = await post({ origin: "null", "sec-fetch-site": "same-origin" });
+    expect(own.status).toBe(200);
+    expect((await get("/v1/organization", { cookie: acme.owner.cookie })).status).toBe(401);
+  });
+});
+
 describe("the portal at /account", () => {
   it("shows an owner the organization's cases, grant, members, invitations, tokens, usage, quota and sessions", async () => {
     const res = await get("/account", { cookie: acme.owner.cookie });
