@@ -3,6 +3,7 @@
  * API answers (`GET /v1/organization`, `GET /v1/usage`, `GET /v1/tokens`); the forms post to the
  * same JSON API through `/assets/portal.js`.
  */
+import type { Child } from "hono/jsx";
 import { DailyBarChart, daysBetween } from "../../admin-ui/chart";
 import { formatCount, formatTime } from "../../admin-ui/format";
 import type { MemberRole } from "../db/schema";
@@ -26,7 +27,7 @@ export const PORTAL_SCRIPT_PATH = "/assets/portal.js";
 const PORTAL_STYLES = `
 main{max-width:64rem}
 .portal-nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.5rem 0 1rem;padding:0;list-style:none}
-.table-wrap{overflow-x:auto}
+.table-wrap{overflow-x:auto}.table-wrap:focus-visible{outline:3px solid #ff9e1b}
 .chart{max-width:100%;height:auto;display:block;margin:.5rem 0}
 .muted,.empty{color:var(--muted)}
 .form-status{color:var(--ok)}.form-error{color:var(--bad)}
@@ -85,6 +86,15 @@ export function NoOrganizationPage(props: { email: string; asked: boolean; sessi
   );
 }
 
+/** A table that scrolls sideways on a narrow screen: a named region keyboards can focus to scroll it. */
+function Scroll(props: { label: string; children: Child }) {
+  return (
+    <section class="table-wrap" aria-label={props.label} tabindex={0}>
+      {props.children}
+    </section>
+  );
+}
+
 function Status(props: { status: string }) {
   return <span class={`status ${props.status}`}>{props.status.replaceAll("_", " ")}</span>;
 }
@@ -97,7 +107,7 @@ function Applications(props: { overview: Overview }) {
       {applications.length === 0 ? (
         <p class="empty">No applications yet.</p>
       ) : (
-        <div class="table-wrap">
+        <Scroll label="Applications">
           <table id="applications">
             <thead>
               <tr>
@@ -126,7 +136,7 @@ function Applications(props: { overview: Overview }) {
               ))}
             </tbody>
           </table>
-        </div>
+        </Scroll>
       )}
       {grants.length === 0 ? (
         <p class="empty">No access granted yet.</p>
@@ -174,7 +184,8 @@ function QuotaAndBilling(props: { overview: Overview }) {
         </dd>
         <dt>This month</dt>
         <dd>
-          {formatCount(billing.usage.requests)} calls, {formatCount(billing.usage.totalTokens)} tokens
+          {formatCount(billing.usage.requests)} {billing.usage.requests === 1 ? "call" : "calls"},{" "}
+          {formatCount(billing.usage.totalTokens)} tokens
         </dd>
       </dl>
     </section>
@@ -187,7 +198,7 @@ function Members(props: { overview: Overview; role: MemberRole }) {
   return (
     <section aria-labelledby="members-h">
       <h2 id="members-h">Members</h2>
-      <div class="table-wrap">
+      <Scroll label="Members">
         <table id="members">
           <thead>
             <tr>
@@ -208,7 +219,7 @@ function Members(props: { overview: Overview; role: MemberRole }) {
             ))}
           </tbody>
         </table>
-      </div>
+      </Scroll>
       {admin && invitations ? (
         <>
           <h3>Pending invitations</h3>
@@ -268,7 +279,7 @@ function Tokens(props: { overview: Overview; role: MemberRole; tokens: TokenRow[
       <p class="muted">
         {props.role === "admin" || props.role === "owner" ? "Every member's tokens." : "Your tokens."}
       </p>
-      <div class="table-wrap">
+      <Scroll label="Access tokens">
         <table id="token-list" data-endpoint={PORTAL_ENDPOINTS.tokens}>
           <thead>
             <tr>
@@ -318,7 +329,7 @@ function Tokens(props: { overview: Overview; role: MemberRole; tokens: TokenRow[
             ))}
           </tbody>
         </table>
-      </div>
+      </Scroll>
       <p id="token-list-status" role="status" />
       {canMint ? (
         <form
@@ -403,6 +414,7 @@ export interface UsageView {
 }
 
 const GROUP_NAMES: Record<UsageGroup, string> = { model: "model", member: "member", token: "token" };
+const COLUMN_NAMES: Record<UsageGroup, string> = { model: "Model", member: "Member", token: "Token" };
 
 function Usage(props: { usage: UsageView }) {
   const { usage } = props;
@@ -434,12 +446,12 @@ function Usage(props: { usage: UsageView }) {
         <p class="empty">No inference in this period.</p>
       ) : (
         <>
-          <div class="table-wrap">
+          <Scroll label="Usage totals">
             <table id="usage-groups">
               <caption>Totals by {GROUP_NAMES[usage.groupBy]}</caption>
               <thead>
                 <tr>
-                  <th scope="col">{GROUP_NAMES[usage.groupBy]}</th>
+                  <th scope="col">{COLUMN_NAMES[usage.groupBy]}</th>
                   <th scope="col">Calls</th>
                   <th scope="col">Prompt tokens</th>
                   <th scope="col">Completion tokens</th>
@@ -458,14 +470,14 @@ function Usage(props: { usage: UsageView }) {
                 ))}
               </tbody>
             </table>
-          </div>
-          <div class="table-wrap">
+          </Scroll>
+          <Scroll label="Usage per day">
             <table id="usage-days">
               <caption>Per day</caption>
               <thead>
                 <tr>
                   <th scope="col">Day</th>
-                  <th scope="col">{GROUP_NAMES[usage.groupBy]}</th>
+                  <th scope="col">{COLUMN_NAMES[usage.groupBy]}</th>
                   <th scope="col">Calls</th>
                   <th scope="col">Total tokens</th>
                 </tr>
@@ -481,7 +493,7 @@ function Usage(props: { usage: UsageView }) {
                 ))}
               </tbody>
             </table>
-          </div>
+          </Scroll>
         </>
       )}
       <p>
@@ -504,7 +516,7 @@ function Sessions(props: { sessions: SessionRow[] }) {
   return (
     <section aria-labelledby="sessions-h">
       <h2 id="sessions-h">Your sessions</h2>
-      <div class="table-wrap">
+      <Scroll label="Your sessions">
         <table id="sessions">
           <thead>
             <tr>
@@ -549,7 +561,7 @@ function Sessions(props: { sessions: SessionRow[] }) {
             ))}
           </tbody>
         </table>
-      </div>
+      </Scroll>
       <div class="row">
         <form method="post" action={PORTAL_ENDPOINTS.signOut}>
           <button type="submit">Sign out</button>
