@@ -1,13 +1,15 @@
 /**
  * What every browser test file needs: the gateway started exactly as `npm start` starts it (with
- * the file's own flags), Debian's Chromium driven by playwright-core, a context (cookie jar) per
- * person, the local sign-in, and the checks every page must pass (axe-core, no sideways scrolling).
+ * the file's own flags), the Chromium the global setup found (`CHROMIUM_PATH`) driven by
+ * playwright-core, a context (cookie jar) per person, the local sign-in, and the checks every page
+ * must pass (axe-core, no sideways scrolling).
  */
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 import { expect } from "vitest";
+import { CHROMIUM_PATH_VAR } from "../../scripts/lib/chromium";
 import { type AdminRoleName, mintDevAccessToken } from "../../scripts/lib/dev-access-token";
 import { type GatewayProcess, startGateway } from "../../scripts/lib/gateway-process";
 import { ROOT } from "../../scripts/lib/local-state";
@@ -31,37 +33,28 @@ export class BrowserHarness {
   /** Starts `npm start -- …gatewayArgs` on throwaway state, then Chromium. */
   static async start(gatewayArgs: string[] = []): Promise<BrowserHarness> {
     mkdirSync(ARTIFACTS, { recursive: true });
+    const executablePath = process.env[CHROMIUM_PATH_VAR];
+    if (!executablePath)
+      throw new Error(`${CHROMIUM_PATH_VAR} is not set: run the browser tests with npm run test:browser`);
     const gateway = await startGateway(gatewayArgs);
     try {
       await gateway.ready(90_000);
+      return new BrowserHarness(gateway, await launchChromium(executablePath));
     } catch (error) {
+      // Nobody else holds the gateway yet: a failed start must not leave it running.
       console.error(gateway.output());
       await gateway.stop();
       throw error;
     }
-    // launch() gives every run a fresh temporary profile (its own --user-data-dir), and each
-    // newContext() is a separate cookie jar: one per person in a story.
-    const browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      headless: true,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        `--host-resolver-rules=MAP ${EVIL_HOST} 127.0.0.1`,
-      ],
-    });
-    return new BrowserHarness(gateway, browser);
   }
 
   async stop(): Promise<void> {
-    for (const context of this.contexts) await context.close().catch(() => undefined);
-    await this.browser.close();
-    await this.gateway.stop();
+    try {
+      for (const context of this.contexts) await context.close().catch(() => undefined);
+      await this.browser.close();
+    } finally {
+      await this.gateway.stop();
+    }
   }
 
   async newPage(width = 1280, height = 900): Promise<Page> {
@@ -109,6 +102,27 @@ export class BrowserHarness {
     await page.getByRole("heading", { name: "Review queue" }).waitFor();
     return page;
   }
+}
+
+/**
+ * Launches Chromium headless. launch() gives every run a fresh temporary profile (its own
+ * --user-data-dir), and each newContext() is a separate cookie jar: one per person in a story.
+ */
+function launchChromium(executablePath: string): Promise<Browser> {
+  return chromium.launch({
+    executablePath,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      `--host-resolver-rules=MAP ${EVIL_HOST} 127.0.0.1`,
+    ],
+  });
 }
 
 /** Opens a mailed single-use link and presses its button; resolves once the browser landed. */
