@@ -12,7 +12,7 @@ import { adminRoute } from "../auth/admin-door";
 import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
-import { issueGrant } from "../grants/issue";
+import { grantForApproval } from "../grants/approve";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { deliverDueMail, enqueueMailWithinLimits } from "../mail/outbox";
 import { caseNotice, decisionMail } from "../mail/templates";
@@ -184,10 +184,10 @@ export async function decideApplication(
       ];
       let grantId: string | null = null;
       if (transition.issueGrant) {
-        const issued = issueGrant(services, application, at, actor);
-        grantId = issued.grantId;
-        statements.push(issued.statement);
-        events.push(issued.event);
+        const granted = await grantForApproval(services, application, at, actor);
+        grantId = granted.grantId;
+        statements.push(...granted.statements);
+        events.push(...granted.events);
       }
       const notice = statusChanged ? noticeStatus(transition.status) : undefined;
       if (notice) {

@@ -22,7 +22,7 @@ import {
   statusLinks,
 } from "../db/schema";
 import { AppError } from "../errors";
-import { issueGrant } from "../grants/issue";
+import { grantForApproval } from "../grants/approve";
 import { enqueueMailWithinLimits } from "../mail/outbox";
 import { applicationReceivedMail, caseNotice } from "../mail/templates";
 import { addDays } from "../platform/clock";
@@ -194,9 +194,9 @@ export async function confirmApplication(
       },
     });
     if (decided.status === "approved") {
-      const grant = issueGrant(services, row, at, "system:policy");
-      statements.push(grant.statement);
-      events.push(grant.event);
+      const granted = await grantForApproval(services, row, at, "system:policy");
+      statements.push(...granted.statements);
+      events.push(...granted.events);
     }
     const urls = statusUrls(services.config.publicBaseUrl, applicationId, status.secret);
     const notice = applicationReceivedMail(

@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
+import { currentMember, requireMember } from "../auth/members";
 import { sessionRequest, setSessionCookie } from "../auth/sessions";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
@@ -10,6 +11,7 @@ import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
 import { findFamily } from "../policy/families";
 import { type Confirmation, confirmApplication } from "./confirm";
+import { requestMoreModels } from "./more-models";
 import { ApplicationForm, CheckEmailPage, type FormValues, LinkFailedPage, StatusPage, UseLinkPage } from "./pages";
 import {
   ApplicationInput,
@@ -19,6 +21,7 @@ import {
   ConfirmInput,
   DraftStatusSchema,
   InfoResponseInput,
+  PolicyReasonSchema,
   SubmissionResult,
 } from "./schemas";
 import { answerInformationRequest, applicantView, applicationBySecret, capability } from "./status";
@@ -118,6 +121,45 @@ const confirmRoute = createRoute({
   },
 });
 
+const ModelRequestInput = z
+  .strictObject({
+    family: z.string().min(1).max(64).default("llama-2"),
+    models: z.array(z.string().min(1).max(100)).min(1).max(50),
+  })
+  .openapi("ModelRequest");
+
+const modelRequestRoute = createRoute({
+  method: "post",
+  path: "/v1/organization/model-requests",
+  tags: ["Organization"],
+  summary: "Ask for more of a family's models than the organization's grant covers",
+  description:
+    "A signed-in owner. The license policy decides on the facts of the organization's approved case: approved at once (the grant then covers the models too) or sent to reviewers where the policy says so. The grant keeps covering what it covered meanwhile.",
+  middleware: [abuseBrake(), requireMember("owner")] as const,
+  request: {
+    body: {
+      content: { "application/json": { schema: { $ref: "#/components/schemas/ModelRequest" } } },
+      required: true,
+    },
+  },
+  responses: {
+    201: {
+      description: "The request, as decided or waiting for review",
+      content: {
+        "application/json": {
+          schema: z.object({
+            applicationId: z.string(),
+            status: z.enum(["approved", "pending_review", "rejected"]),
+            models: z.array(z.string()),
+            reasons: z.array(PolicyReasonSchema),
+          }),
+        },
+      },
+    },
+    ...problemResponses(400, 401, 403, 409, 415),
+  },
+});
+
 const IdParam = z.object({ id: z.string().min(1).max(64) });
 const TokenQuery = z.object({
   token: z
@@ -187,6 +229,7 @@ export const applicationRoutes = newRouter();
 applicationRoutes.openAPIRegistry.register("ApplicationInput", ApplicationInput);
 applicationRoutes.openAPIRegistry.register("ApplicationInfoResponse", InfoResponseInput);
 applicationRoutes.openAPIRegistry.register("ApplicationConfirmation", ConfirmInput);
+applicationRoutes.openAPIRegistry.register("ModelRequest", ModelRequestInput);
 
 /** What anyone with a pending application's id may know: that it waits, and until when. */
 function draftView(draft: { id: string; family: string; createdAt: string; expiresAt: string }) {
@@ -239,6 +282,12 @@ applicationRoutes
     setSessionCookie(c, confirmed.session.secret, confirmed.session.expiresAt);
     const { session: _session, ...result } = confirmed;
     return c.json(result, 200);
+  })
+  .openapi(modelRequestRoute, async (c) => {
+    const services = c.get("services");
+    const { family, models } = await readBody(c, ModelRequestInput);
+    const outcome = await requestMoreModels(services, currentMember(c), family, models, evidence(c));
+    return c.json(outcome, 201);
   })
   .openapi(statusRoute, async (c) => {
     noStore(c);

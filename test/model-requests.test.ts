@@ -1,0 +1,126 @@
+/**
+ * An owner asks for more models: the policy decides on the organization's approved case, and an
+ * approval widens the organization's one grant of the family — never a second grant, never past a
+ * suspension.
+ */
+import { eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { auditEvents, grants } from "../worker/db/schema";
+import { fixedClock } from "../worker/platform/clock";
+import { adminToken, TOKEN_NOW } from "./helpers/access";
+import { applyAndConfirm } from "./helpers/apply";
+import { json, seedLicense, testGateway } from "./helpers/gateway";
+import { signedInMember } from "./helpers/members";
+
+let licenseSha256: string;
+
+beforeEach(async () => {
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+function application(country: string, models: string[]) {
+  return {
+    family: "llama-2",
+    organization: { name: "Seven Only", country },
+    contact: { name: "Owner", email: "owner@seven.example" },
+    intendedUse: "Customer support assistant.",
+    declaredMau: 1_000,
+    models,
+    licenseSha256,
+    acceptLicense: true,
+    acceptAup: true,
+  };
+}
+
+async function requestModels(
+  gw: ReturnType<typeof testGateway>,
+  cookie: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+) {
+  return gw.request("/v1/organization/model-requests", json(body, { cookie, ...headers }));
+}
+
+async function grantOf(gw: ReturnType<typeof testGateway>, applicationId: string) {
+  const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, applicationId));
+  return grant;
+}
+
+describe("POST /v1/organization/model-requests", () => {
+  it("widens the organization's grant at once where the policy approves", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    const res = await requestModels(gw, first.cookie, { models: ["llama-2-70b", "llama-2-7b"] });
+    expect(res.status, await res.clone().text()).toBe(201);
+    expect(await res.json()).toMatchObject({ status: "approved", models: ["llama-2-70b"] });
+    const grant = await grantOf(gw, first.applicationId);
+    expect(grant?.models).toEqual(["llama-2-7b", "llama-2-70b"]);
+    expect(await gw.db.select().from(grants)).toHaveLength(1);
+    const events = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "grant.models_added"));
+    expect(events.map((e) => e.data)).toEqual([expect.objectContaining({ added: ["llama-2-70b"] })]);
+  });
+
+  it("sends the request to reviewers where the policy says so, and their approval widens the same grant", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
+    expect(first.status).toBe("pending_review");
+    const approver = {
+      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+    };
+    const decide = (id: string) =>
+      gw.request(
+        `/admin/api/applications/${id}/decision`,
+        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
+      );
+    expect((await decide(first.applicationId)).status).toBe(200);
+    const res = await requestModels(gw, first.cookie, { models: ["llama-2-13b"] });
+    const asked = (await res.json()) as { applicationId: string; status: string };
+    expect(asked.status).toBe("pending_review");
+    expect((await grantOf(gw, first.applicationId))?.models).toEqual(["llama-2-7b"]);
+    expect((await decide(asked.applicationId)).status).toBe(200);
+    expect((await grantOf(gw, first.applicationId))?.models).toEqual(["llama-2-7b", "llama-2-13b"]);
+    expect(await gw.db.select().from(grants)).toHaveLength(1);
+  });
+
+  it("keeps a suspended grant suspended while widening it", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.applicationId, first.applicationId));
+    const res = await requestModels(gw, first.cookie, { models: ["llama-2-70b"] });
+    // No active grant: nothing to widen, and certainly no fresh grant around the suspension.
+    expect(res.status).toBe(409);
+    expect(await gw.db.select().from(grants)).toEqual([expect.objectContaining({ status: "suspended" })]);
+  });
+
+  it("refuses other roles, other organizations, cross-site posts and bad input with 4xx problems", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    const organizationId = (await grantOf(gw, first.applicationId))?.organizationId ?? "";
+    const developer = await signedInMember(gw, { organizationId, email: "dev@seven.example", role: "developer" });
+    expect((await requestModels(gw, developer.cookie, { models: ["llama-2-70b"] })).status).toBe(403);
+    const stranger = await signedInMember(gw, { email: "owner@other.example", role: "owner" });
+    expect((await requestModels(gw, stranger.cookie, { models: ["llama-2-70b"] })).status).toBe(409);
+    expect((await requestModels(gw, "", { models: ["llama-2-70b"] })).status).toBe(401);
+    const crossSite = await requestModels(
+      gw,
+      first.cookie,
+      { models: ["llama-2-70b"] },
+      { origin: "https://evil.example", "sec-fetch-site": "cross-site" },
+    );
+    expect(crossSite.status).toBe(403);
+    expect(await crossSite.json()).toMatchObject({ code: "cross_site_request" });
+    for (const body of [
+      { models: [] },
+      { models: ["gpt-4"] },
+      { models: ["llama-2-7b"] },
+      { family: "llama-9", models: ["x"] },
+      { models: "llama-2-70b" },
+      { models: ["llama-2-70b"], extra: true },
+    ]) {
+      const res = await requestModels(gw, first.cookie, body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(res.headers.get("content-type")).toContain("application/problem+json");
+    }
+    expect((await grantOf(gw, first.applicationId))?.models).toEqual(["llama-2-7b"]);
+  });
+});

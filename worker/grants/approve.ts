@@ -1,0 +1,66 @@
+/**
+ * What approving a case does to the organization's access. An organization holds one grant per
+ * family: its first approved case issues it, and a later approved case of the same family (a
+ * request for more models) widens it to the union of both — never a second grant beside it.
+ */
+import { and, eq, inArray } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import type { AuditEntry } from "../audit/log";
+import type { Database } from "../db/client";
+import { grants } from "../db/schema";
+import type { IdGenerator } from "../platform/ids";
+import { issueGrant } from "./issue";
+
+/** An approved case, as far as access is concerned. */
+export interface ApprovedCase {
+  id: string;
+  organizationId: string;
+  family: string;
+  licenseVersionId: string;
+  models: string[];
+}
+
+/**
+ * The statements and audit events that give `approved`'s organization access to its models: a new
+ * grant, or the organization's live (active or suspended) grant of the family widened by the
+ * models it lacked.
+ */
+export async function grantForApproval(
+  deps: { db: Database; ids: IdGenerator },
+  approved: ApprovedCase,
+  at: string,
+  actor: string,
+): Promise<{ grantId: string; statements: BatchItem<"sqlite">[]; events: AuditEntry[] }> {
+  const [live] = await deps.db
+    .select({ id: grants.id, models: grants.models })
+    .from(grants)
+    .where(
+      and(
+        eq(grants.organizationId, approved.organizationId),
+        eq(grants.family, approved.family),
+        // A suspended grant is widened and stays suspended: approving more models must not
+        // become a way around a suspension.
+        inArray(grants.status, ["active", "suspended"]),
+      ),
+    );
+  if (!live) {
+    const issued = issueGrant(deps, approved, at, actor);
+    return { grantId: issued.grantId, statements: [issued.statement], events: [issued.event] };
+  }
+  const added = approved.models.filter((m) => !live.models.includes(m));
+  const models = [...live.models, ...added];
+  return {
+    grantId: live.id,
+    statements:
+      added.length === 0 ? [] : [deps.db.update(grants).set({ models, updatedAt: at }).where(eq(grants.id, live.id))],
+    events: [
+      {
+        actor,
+        action: "grant.models_added",
+        subjectType: "grant",
+        subjectId: live.id,
+        data: { applicationId: approved.id, added, models },
+      },
+    ],
+  };
+}
