@@ -1,3 +1,5 @@
+import { EventStreamFramer } from "./event-stream";
+
 /** Token counts as OpenAI-compatible servers report them. */
 export interface Usage {
   promptTokens: number;
@@ -31,19 +33,20 @@ export interface StreamReport {
 }
 
 const encoder = new TextEncoder();
-const EVENT_BOUNDARY = /\r?\n\r?\n/;
-const ENDS_AT_BOUNDARY = /\r?\n\r?\n$/;
+const LF = 10;
+const CR = 13;
 
-function hasContent(payload: string): boolean {
-  // Cheap test before any parsing: a delta or text with at least one character.
-  return /"(content|text)":"[^"]/.test(payload);
-}
+/** Whether an event's data carries generated text (or tool-call arguments, or reasoning): a cheap test before any parsing. */
+const CARRIES_TEXT = /"(?:content|text|arguments|reasoning_content|reasoning)"\s*:\s*"[^"]/;
+
+const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data.trim() === "[DONE]");
 
 /**
  * Forwards an SSE stream from an OpenAI-compatible backend event by event (never merging or
- * splitting events), watching for usage. When the client did not ask for usage, the usage-only
- * chunk the gateway requested is removed and `usage` fields are dropped from other chunks, so the
- * client sees what it asked for. A stream that ends without `[DONE]` or breaks is an error to the
+ * splitting events), watching for usage; events are framed by the WHATWG rules
+ * ({@link EventStreamFramer}). When the client did not ask for usage, the usage-only chunk the
+ * gateway requested is removed and `usage` fields are dropped from other chunks, so the client
+ * sees what it asked for. A stream that ends without `[DONE]` or breaks is an error to the
  * client, never a clean end, and the report says so; a client that goes away cancels the backend.
  */
 export function meterEventStream(
@@ -52,41 +55,39 @@ export function meterEventStream(
 ): ReadableStream<Uint8Array> {
   const reader = upstream.getReader();
   const decoder = new TextDecoder();
-  let buffer = "";
   let usage: Usage | undefined;
   let contentChunks = 0;
   let sawDone = false;
   let firstByteAt: number | undefined;
   let ended = false;
+  /** The last chunk's bytes ended in ASCII, so the decoder holds none of them back. */
+  let decoderEmpty = true;
   const finish = (end: StreamEnd) => {
     if (ended) return;
     ended = true;
     options.onEnd({ end, usage, contentChunks, firstByteAt });
   };
 
-  /** Returns the event to forward (possibly rewritten), or undefined to drop it. */
-  const processEvent = (event: string): string | undefined => {
-    const dataLine = event.startsWith("data:") ? event : event.split(/\r?\n/).find((l) => l.startsWith("data:"));
-    if (!dataLine) return event;
-    const payload = dataLine.slice(5).trim();
-    if (payload === "[DONE]") {
+  /** What to forward in place of an event: undefined for the event as it came. */
+  const framer = new EventStreamFramer((data) => {
+    if (isDone(data)) {
       sawDone = true;
-      return event;
+      return undefined;
     }
-    if (hasContent(payload)) contentChunks++;
-    if (!payload.includes('"usage"')) return event;
+    if (CARRIES_TEXT.test(data)) contentChunks++;
+    if (!data.includes('"usage"')) return undefined;
     let chunk: Record<string, unknown>;
     try {
-      chunk = JSON.parse(payload) as Record<string, unknown>;
+      chunk = JSON.parse(data) as Record<string, unknown>;
     } catch {
-      return event;
+      return undefined;
     }
     usage = readUsage(chunk) ?? usage;
-    if (options.clientWantsUsage || chunk.usage === undefined || chunk.usage === null) return event;
-    if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return undefined;
+    if (options.clientWantsUsage || chunk.usage === undefined || chunk.usage === null) return undefined;
+    if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return "";
     delete chunk.usage;
-    return `data: ${JSON.stringify(chunk)}`;
-  };
+    return `data: ${JSON.stringify(chunk)}\n\n`;
+  });
 
   return new ReadableStream<Uint8Array>(
     {
@@ -101,11 +102,8 @@ export function meterEventStream(
             return;
           }
           if (result.done) {
-            buffer += decoder.decode();
-            if (buffer.trim() !== "") {
-              const out = processEvent(buffer.trim());
-              if (out !== undefined) controller.enqueue(encoder.encode(`${out}\n\n`));
-            }
+            const rest = framer.push(decoder.decode()) + framer.end();
+            if (rest !== "") controller.enqueue(encoder.encode(rest));
             if (sawDone) {
               finish("done");
               controller.close();
@@ -115,28 +113,17 @@ export function meterEventStream(
             }
             return;
           }
-          const text = decoder.decode(result.value, { stream: true });
-          if (buffer === "" && ENDS_AT_BOUNDARY.test(text) && (options.clientWantsUsage || !text.includes('"usage"'))) {
-            // The common case: whole events that pass unchanged. Read them for the meter and
-            // forward the backend's own bytes, as the backend wrote them.
-            for (const event of text.split(EVENT_BOUNDARY)) if (event !== "") processEvent(event);
-            firstByteAt ??= options.now();
-            controller.enqueue(result.value);
-            return;
-          }
-          buffer += text;
-          const events = buffer.split(EVENT_BOUNDARY);
-          buffer = events.pop() ?? "";
-          let forwarded = false;
-          for (const event of events) {
-            if (event === "") continue;
-            const out = processEvent(event);
-            if (out === undefined) continue;
-            firstByteAt ??= options.now();
-            controller.enqueue(encoder.encode(`${out}\n\n`));
-            forwarded = true;
-          }
-          if (forwarded) return;
+          const bytes = result.value;
+          const text = decoder.decode(bytes, { stream: true });
+          const out = framer.push(text);
+          const last = bytes[bytes.length - 1];
+          const whole = decoderEmpty && (last === LF || last === CR);
+          decoderEmpty = last !== undefined ? last < 0x80 : decoderEmpty;
+          if (out === "") continue;
+          firstByteAt ??= options.now();
+          // The common case: whole events that pass unchanged go out as the backend's own bytes.
+          controller.enqueue(whole && out === text ? bytes : encoder.encode(out));
+          return;
         }
       },
       async cancel(reason) {

@@ -1,0 +1,314 @@
+/**
+ * The stream usage meter against `eventsource-parser`, a reference implementation of the WHATWG
+ * event-stream rules: generated streams (CR, LF and CRLF line ends, comments, multi-line and
+ * spaced data, BOMs, non-ASCII text, usage on the last or on every chunk) are cut at every byte
+ * boundary and at random places, and the meter must read the usage, the end and the events the
+ * reference reads — and forward a stream the reference reads as the same events.
+ */
+import { createParser } from "eventsource-parser";
+import { describe, expect, it } from "vitest";
+import { meterEventStream, readUsage, type StreamReport, type Usage } from "../worker/inference/usage";
+
+/** A seeded generator (mulberry32), so a failing case can be replayed from its seed. */
+function seeded(seed: number) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const int = (n: number) => Math.floor(next() * n);
+  const pick = <T>(items: readonly T[]): T => items[int(items.length)] as T;
+  return { next, int, pick };
+}
+type Random = ReturnType<typeof seeded>;
+
+const usageOf = (p: number, c: number) => ({ prompt_tokens: p, completion_tokens: c, total_tokens: p + c });
+const WORDS = ["tok ", "héllo ", "🦙 ", 'say "hi" ', "line\nbreak ", "data: ", "\r\n", "usage "];
+
+/** One chunk object of the kinds vLLM and TGI send. */
+function chunkObject(r: Random, i: number): Record<string, unknown> {
+  const base = { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: "m" };
+  switch (r.int(6)) {
+    case 0:
+      return { ...base, choices: [], usage: usageOf(r.int(50), r.int(50)) };
+    case 1:
+      return { ...base, choices: [{ index: 0, delta: { content: r.pick(WORDS) } }], usage: usageOf(7, i) };
+    case 2:
+      return {
+        ...base,
+        choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: r.pick(WORDS) } }] } }],
+        usage: null,
+      };
+    case 3:
+      return { ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" } }] };
+    default:
+      return { ...base, choices: [{ index: 0, delta: { content: r.pick(WORDS) }, finish_reason: null }] };
+  }
+}
+
+/** The `data` lines of a payload: compact, or spaced and spread over several lines. */
+function dataLines(r: Random, payload: unknown): string[] {
+  const json = r.next() < 0.5 ? JSON.stringify(payload) : JSON.stringify(payload, null, r.int(3) + 1);
+  return json.split("\n").map((line) => {
+    const form = r.int(8);
+    if (form === 0) return `data:${line}`;
+    if (form === 1) return `data:  ${line}`;
+    return `data: ${line}`;
+  });
+}
+
+/** A generated event stream, as text; it may end without `[DONE]` or without the last empty line. */
+function generateStream(r: Random): string {
+  const eol = () => r.pick(["\n", "\n", "\r", "\r\n"]);
+  let text = r.next() < 0.2 ? "\uFEFF" : "";
+  // The empty line that ends an event: after a CR, an LF would only complete its line end.
+  const blank = () => (text.endsWith("\r") ? r.pick(["\r", "\r\n"]) : eol());
+  const events = 2 + r.int(8);
+  for (let i = 0; i < events; i++) {
+    const lines: string[] = [];
+    if (r.next() < 0.25) lines.push(r.pick([": keep-alive", ":", ":data: {}"]));
+    if (r.next() < 0.15) lines.push(r.pick(["event: message", "id: 7", "retry: 1000", "x-vendor: 1", "database: x"]));
+    lines.push(...dataLines(r, chunkObject(r, i)));
+    // A bare `data` is a data line with an empty value: whitespace between JSON tokens here.
+    if (r.next() < 0.1) lines.push("data");
+    text += lines.map((line) => line + eol()).join("");
+    text += blank();
+    if (r.next() < 0.1) {
+      text += `:${eol()}`;
+      text += blank();
+    }
+  }
+  if (r.next() < 0.9) text += `data: [DONE]${eol()}`;
+  if (r.next() < 0.8) text += blank();
+  return text;
+}
+
+interface Reading {
+  data: string[];
+  usage: Usage | undefined;
+  done: boolean;
+  textChunks: number;
+}
+
+/** What the reference parser reads in a stream; the end is read as the end of an event, as the meter does. */
+function reference(text: string): Reading {
+  const data: string[] = [];
+  const parser = createParser({ onEvent: (event) => data.push(event.data) });
+  parser.feed(text.replace(/^\uFEFF/, ""));
+  parser.feed("\n\n");
+  let usage: Usage | undefined;
+  let done = false;
+  let textChunks = 0;
+  for (const d of data) {
+    if (d.trim() === "[DONE]") {
+      done = true;
+      continue;
+    }
+    let parsed: { choices?: { delta?: Record<string, unknown> }[] } | undefined;
+    try {
+      parsed = JSON.parse(d);
+    } catch {
+      continue;
+    }
+    usage = readUsage(parsed) ?? usage;
+    const delta = parsed?.choices?.[0]?.delta;
+    const toolCalls = delta?.tool_calls as { function: { arguments: string } }[] | undefined;
+    if ((typeof delta?.content === "string" && delta.content !== "") || toolCalls?.[0]?.function.arguments) {
+      textChunks++;
+    }
+  }
+  return { data, usage, done, textChunks };
+}
+
+/** Runs `chunks` through the meter; returns its report and what it forwarded. */
+async function meter(chunks: Uint8Array[], clientWantsUsage: boolean) {
+  let report: StreamReport | undefined;
+  const upstream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(chunk);
+      controller.close();
+    },
+  });
+  const reader = meterEventStream(upstream, { clientWantsUsage, now: () => 0, onEnd: (r) => (report = r) }).getReader();
+  const decoder = new TextDecoder();
+  let forwarded = "";
+  try {
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {
+      forwarded += decoder.decode(next.value, { stream: true });
+    }
+  } catch {
+    // A stream without [DONE] ends in an error, as the report says.
+  }
+  return { report: report as StreamReport, forwarded };
+}
+
+/** The events a client reads, with the usage fields the gateway strips for a client that did not ask. */
+function withoutUsage(data: string[]): unknown[] {
+  return data.flatMap((d) => {
+    const chunk = parsed(d);
+    if (typeof chunk === "string" || chunk.usage == null) return [withoutUsageField(chunk)];
+    return Array.isArray(chunk.choices) && chunk.choices.length === 0 ? [] : [withoutUsageField(chunk)];
+  });
+}
+
+function parsed(data: string): string | { usage?: unknown; choices?: unknown } {
+  try {
+    const value = JSON.parse(data) as unknown;
+    return typeof value === "object" && value !== null ? value : data;
+  } catch {
+    return data;
+  }
+}
+
+function withoutUsageField(chunk: string | { usage?: unknown }) {
+  if (typeof chunk === "string") return chunk;
+  const { usage: _, ...rest } = chunk;
+  return rest;
+}
+
+async function expectSameReading(text: string, chunks: Uint8Array[], clientWantsUsage: boolean, label: string) {
+  const expected = reference(text);
+  const { report, forwarded } = await meter(chunks, clientWantsUsage);
+  expect(report.usage, label).toEqual(expected.usage);
+  expect(report.end, label).toBe(expected.done ? "done" : "backend_cut");
+  expect(report.contentChunks, `${label} ${JSON.stringify(text)}`).toBe(expected.textChunks);
+  // The client reads the same events (less the usage it did not ask for), however they were framed.
+  const seen = reference(forwarded).data;
+  if (clientWantsUsage) expect(seen, label).toEqual(expected.data);
+  else {
+    expect(
+      seen.filter((d) => typeof parsed(d) !== "string" && (parsed(d) as { usage?: unknown }).usage != null),
+      label,
+    ).toEqual([]);
+    expect(
+      seen.map((d) => withoutUsageField(parsed(d))),
+      label,
+    ).toEqual(withoutUsage(expected.data));
+  }
+}
+
+const encode = (text: string) => new TextEncoder().encode(text);
+
+describe("the SSE meter against eventsource-parser", () => {
+  it("reads what the reference reads in generated streams cut at every byte boundary", async () => {
+    for (let seed = 1; seed <= 8; seed++) {
+      const r = seeded(seed);
+      const text = generateStream(r);
+      const bytes = encode(text);
+      for (let at = 0; at <= bytes.length; at++) {
+        await expectSameReading(
+          text,
+          [bytes.slice(0, at), bytes.slice(at)],
+          seed % 2 === 0,
+          `seed ${seed}, cut at ${at}`,
+        );
+      }
+    }
+  });
+
+  it("reads what the reference reads in generated streams cut in many random places", async () => {
+    for (let seed = 100; seed < 160; seed++) {
+      const r = seeded(seed);
+      const text = generateStream(r);
+      const bytes = encode(text);
+      for (let round = 0; round < 10; round++) {
+        const cuts = [...new Set(Array.from({ length: 1 + r.int(12) }, () => r.int(bytes.length + 1)))].sort(
+          (a, b) => a - b,
+        );
+        const chunks = [0, ...cuts].map((from, i) => bytes.slice(from, cuts[i] ?? bytes.length));
+        await expectSameReading(text, chunks, r.next() < 0.5, `seed ${seed}, cuts ${cuts.join(",")}`);
+      }
+    }
+  });
+
+  it("reads a stream sent one byte at a time", async () => {
+    const text = generateStream(seeded(7));
+    const bytes = encode(text);
+    await expectSameReading(
+      text,
+      Array.from(bytes, (b) => Uint8Array.of(b)),
+      false,
+      "byte by byte",
+    );
+  });
+});
+
+describe("the SSE meter follows the event-stream rules", () => {
+  const usage = (p: number, c: number) =>
+    JSON.stringify({ object: "chat.completion.chunk", choices: [], usage: usageOf(p, c) });
+  const content = JSON.stringify({ choices: [{ index: 0, delta: { content: "a" } }] });
+  const read = async (chunks: string[], clientWantsUsage = true) => meter(chunks.map(encode), clientWantsUsage);
+
+  it("ends lines with CR, LF or CRLF, also a CRLF cut between two chunks", async () => {
+    for (const eol of ["\n", "\r", "\r\n"]) {
+      const text = `data: ${content}${eol}${eol}data: ${usage(3, 4)}${eol}${eol}data: [DONE]${eol}${eol}`;
+      const { report } = await read([text]);
+      expect(report, JSON.stringify(eol)).toMatchObject({ end: "done", usage: { totalTokens: 7 }, contentChunks: 1 });
+    }
+    // `\r` then `\n` in the next chunk is one line end, not an empty line between two fields.
+    const { report } = await read([
+      `data: {"usage": {"prompt_tokens": 1,\r`,
+      `\ndata: "completion_tokens": 2}}\r\n\r\ndata: [DONE]\n\n`,
+    ]);
+    expect(report.usage).toEqual({ promptTokens: 1, completionTokens: 2, totalTokens: 3 });
+  });
+
+  it("joins multi-line data with LF, skips comments, reads `data:` without a space and `data` without a colon", async () => {
+    const text = [
+      ": a comment with data: {}",
+      "event: message",
+      'data:{"object":"chat.completion.chunk",',
+      "data",
+      'data:  "choices": [],',
+      'data: "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}}',
+      "",
+      "data: [DONE]",
+      "",
+      "",
+    ].join("\n");
+    const { report } = await read([text]);
+    expect(report).toMatchObject({ end: "done", usage: { promptTokens: 5, completionTokens: 6, totalTokens: 11 } });
+  });
+
+  it("reads spaced JSON and counts text, tool-call arguments and reasoning as generated chunks", async () => {
+    const spaced = (delta: object) =>
+      `data: ${JSON.stringify({ choices: [{ index: 0, delta }] }, null, 1).replaceAll("\n", " ")}\n\n`;
+    const { report } = await read([
+      spaced({ content: "a" }) +
+        spaced({ tool_calls: [{ index: 0, function: { arguments: '{"x"' } }] }) +
+        spaced({ reasoning_content: "hmm" }) +
+        spaced({ content: "" }) +
+        "data: [DONE]\n\n",
+    ]);
+    expect(report.contentChunks).toBe(3);
+  });
+
+  it("drops a BOM at the start of the stream", async () => {
+    const { report } = await read([`\uFEFFdata: ${usage(2, 2)}\n\ndata: [DONE]\n\n`]);
+    expect(report).toMatchObject({ end: "done", usage: { totalTokens: 4 } });
+  });
+
+  it("reads a last event the server did not end with a blank line, and ends it for the client too", async () => {
+    const { report, forwarded } = await read([`data: ${usage(1, 1)}\n\ndata: [DONE]`]);
+    expect(report.end).toBe("done");
+    expect(forwarded.endsWith("data: [DONE]\n\n")).toBe(true);
+  });
+
+  it("forwards events that pass unchanged as the backend's own bytes, in the backend's line ends", async () => {
+    const text = `: ping\r\ndata: ${content}\r\n\r\n`;
+    const { forwarded } = await read([text, "data: [DONE]\r\r"], false);
+    expect(forwarded).toBe(`${text}data: [DONE]\r\r`);
+  });
+
+  it("removes a usage chunk the client did not ask for with the LF that ended it in the next chunk", async () => {
+    const { forwarded, report } = await read(
+      [`data: ${content}\r\rdata: ${usage(1, 2)}\r\r`, "\ndata: [DONE]\r\n\r\n"],
+      false,
+    );
+    expect(report.usage?.totalTokens).toBe(3);
+    expect(forwarded).toBe(`data: ${content}\r\rdata: [DONE]\r\n\r\n`);
+  });
+});
