@@ -4,7 +4,14 @@
  */
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { accessTokens, grants, invitations, organizationDomains, usageLedger } from "../worker/db/schema";
+import {
+  accessTokens,
+  downloadEvents,
+  grants,
+  invitations,
+  organizationDomains,
+  usageLedger,
+} from "../worker/db/schema";
 import { sha256Hex } from "../worker/platform/hash";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { ledgerRow } from "./helpers/ledger";
@@ -63,6 +70,23 @@ async function organization(gw: Gateway, name: string, domain: string) {
       createdAt: "2026-06-19T08:00:00.000Z",
     }),
   );
+  for (const [i, complete] of [true, false].entries()) {
+    await gw.db.insert(downloadEvents).values({
+      id: gw.services.ids.id("dle"),
+      jti: gw.services.ids.id("jti"),
+      grantId: grant.id,
+      tokenId,
+      model: "llama-2-7b",
+      revisionId: "rev_1",
+      path: `consolidated.0${i}.pth`,
+      status: 200,
+      rangeStart: null,
+      rangeEnd: null,
+      bytesServed: complete ? 3 * 1024 * 1024 : 0,
+      complete,
+      at: "2026-06-18T10:00:00.000Z",
+    });
+  }
   return { name, organizationId, application, grant, owner, developer, token: { id: tokenId, secret } };
 }
 
@@ -247,6 +271,21 @@ describe("the portal at /account", () => {
     // No inline script: the CSP would refuse it.
     expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
     expect(html).toContain('<script src="/assets/portal.js"');
+  });
+
+  it("shows the organization's downloads per day and model, and no other organization's", async () => {
+    const initech = await organization(gw, "Initech", "initech.example");
+    await gw.db
+      .update(downloadEvents)
+      .set({ model: "llama-2-70b" })
+      .where(eq(downloadEvents.grantId, initech.grant.id));
+    const html = await (await get("/account", { cookie: acme.owner.cookie })).text();
+    const table = html.slice(
+      html.indexOf('<table id="downloads">'),
+      html.indexOf("</table>", html.indexOf('<table id="downloads">')),
+    );
+    expect(table).toContain("<td>2026-06-18</td><td>llama-2-7b</td><td>2</td><td>1</td><td>3.0 MiB</td>");
+    expect(table).not.toContain("llama-2-70b");
   });
 
   it("groups the usage by member and by token on request", async () => {

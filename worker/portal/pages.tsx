@@ -5,10 +5,11 @@
  */
 import type { Child } from "hono/jsx";
 import { DailyBarChart, daysBetween } from "../../admin-ui/chart";
-import { formatCount, formatTime } from "../../admin-ui/format";
+import { formatBytes, formatCount, formatTime } from "../../admin-ui/format";
 import type { MemberRole } from "../db/schema";
 import type { organizationOverview } from "../organizations/overview";
 import { Page } from "../pages/layout";
+import type { DownloadDay } from "../usage/downloads";
 import { tokensPerDay, USAGE_GROUPS, type UsageDay, type UsageGroup, type UsageGroupTotal } from "../usage/totals";
 
 /** Where the portal's forms send their requests: the JSON API of sign-in, members and tokens. */
@@ -512,6 +513,45 @@ function Usage(props: { usage: UsageView }) {
   );
 }
 
+function Downloads(props: { downloads: DownloadDay[]; from: string; to: string }) {
+  return (
+    <section aria-labelledby="downloads-h">
+      <h2 id="downloads-h">Downloads</h2>
+      <p class="muted">
+        Weights served from {props.from} to {props.to} (UTC).
+      </p>
+      {props.downloads.length === 0 ? (
+        <p class="empty">No downloads in this period.</p>
+      ) : (
+        <Scroll label="Downloads per day">
+          <table id="downloads">
+            <thead>
+              <tr>
+                <th scope="col">Day</th>
+                <th scope="col">Model</th>
+                <th scope="col">Requests</th>
+                <th scope="col">Completed</th>
+                <th scope="col">Served</th>
+              </tr>
+            </thead>
+            <tbody>
+              {props.downloads.map((d) => (
+                <tr>
+                  <td>{d.day}</td>
+                  <td>{d.model}</td>
+                  <td>{formatCount(d.requests)}</td>
+                  <td>{formatCount(d.completed)}</td>
+                  <td>{formatBytes(d.bytes)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </Scroll>
+      )}
+    </section>
+  );
+}
+
 function Sessions(props: { sessions: SessionRow[] }) {
   return (
     <section aria-labelledby="sessions-h">
@@ -585,6 +625,7 @@ export function AccountPage(props: {
   usage: UsageView;
   sessions: SessionRow[];
   tokens: TokenRow[];
+  downloads: DownloadDay[];
 }) {
   const { overview } = props;
   const org = overview.organization;
@@ -630,6 +671,9 @@ export function AccountPage(props: {
               <a href="#usage-h">Usage</a>
             </li>
             <li>
+              <a href="#downloads-h">Downloads</a>
+            </li>
+            <li>
               <a href="#sessions-h">Sessions</a>
             </li>
           </ul>
@@ -639,6 +683,7 @@ export function AccountPage(props: {
         <Members overview={overview} role={props.role} />
         <Tokens overview={overview} role={props.role} tokens={props.tokens} />
         <Usage usage={props.usage} />
+        <Downloads downloads={props.downloads} from={props.usage.from} to={props.usage.to} />
         <Sessions sessions={props.sessions} />
       </div>
     </Page>

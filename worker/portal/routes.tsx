@@ -9,6 +9,7 @@ import { currentSession, describeSession, liveSessions } from "../auth/sessions"
 import type { HonoEnv } from "../env";
 import { organizationOverview, quotaPeekFor } from "../organizations/overview";
 import { listMemberTokens } from "../tokens/service";
+import { downloadsPerDay } from "../usage/downloads";
 import { organizationUsage } from "../usage/routes";
 import { USAGE_GROUPS, type UsageGroup, usagePeriod } from "../usage/totals";
 import { AccountPage, NoOrganizationPage, SignInPage } from "./pages";
@@ -37,11 +38,13 @@ portalRoutes.get("/account", async (c) => {
   const reader = { kind: "member" as const, organizationId: member.organizationId, member };
   const asked = c.req.query("usage");
   const groupBy: UsageGroup = USAGE_GROUPS.find((g) => g === asked) ?? "model";
-  const [overview, usage, tokens] = await Promise.all([
+  const period = usagePeriod(services.clock.now());
+  const [overview, usage, tokens, downloads] = await Promise.all([
     organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId)),
-    organizationUsage(services.db, reader.organizationId, groupBy, usagePeriod(services.clock.now())),
+    organizationUsage(services.db, reader.organizationId, groupBy, period),
     // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them.
     listMemberTokens(services, member, roleAtLeast(member.membership.role, "admin")),
+    downloadsPerDay(services.db, reader.organizationId, period),
   ]);
   return c.html(
     <AccountPage
@@ -52,6 +55,7 @@ portalRoutes.get("/account", async (c) => {
       usage={usage}
       sessions={sessions}
       tokens={tokens}
+      downloads={downloads}
     />,
   );
 });
