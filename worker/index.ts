@@ -48,7 +48,15 @@ export default {
   /** The usage queue (ledger rows → Stripe meter events) and its dead-letter queue. */
   async queue(batch, env, _ctx) {
     const services = createServices(env, {}, { trigger: "queue", queue: batch.queue });
-    if (batch.queue === USAGE_DLQ_NAME) await consumeDeadLetters(batch, services);
+    if (isDeadLetterQueue(batch.queue)) await consumeDeadLetters(batch, services);
     else await consumeUsageBatch(batch, services);
   },
 } satisfies ExportedHandler<Env, UsageMessage>;
+
+/**
+ * Each deployed environment has its own queues (`modelgate-usage-staging-dlq` beside
+ * `modelgate-usage-dlq`, see wrangler.toml), so the dead-letter queue is known by its suffix.
+ */
+function isDeadLetterQueue(queue: string): boolean {
+  return queue === USAGE_DLQ_NAME || queue.endsWith("-dlq");
+}
