@@ -35,7 +35,7 @@ describe.skipIf(!existsSync("/proc/self/environ"))("e2e: a gateway leaves nothin
       await gateway.stop();
     }
     await expectNothingLeft(gateway.dir);
-  });
+  }, 150_000);
 
   // An uncaught error and process.exit() both end in the "exit" event; a signal does not.
   for (const how of ["throw", "sigterm"]) {
