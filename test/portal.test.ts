@@ -288,6 +288,26 @@ describe("the portal at /account", () => {
     expect(table).not.toContain("llama-2-70b");
   });
 
+  it("lets a member of several organizations switch between them", async () => {
+    const initech = await organization(gw, "Initech", "initech.example");
+    // The oldest membership is the one shown first.
+    gw.clock.advance(60_000);
+    const both = await signedInMember(gw, {
+      organizationId: initech.organizationId,
+      email: "owner@acme.example",
+      role: "viewer",
+    });
+    const first = await (await get("/account", { cookie: both.cookie })).text();
+    expect(first).toContain("<h1>Acme Robotics</h1>");
+    expect(first).toContain(`href="/account?organization=${initech.organizationId}"`);
+    const second = await (await get(`/account?organization=${initech.organizationId}`, { cookie: both.cookie })).text();
+    expect(second).toContain("<h1>Initech</h1>");
+    expect(second).toContain("Signed in as <strong>owner@acme.example</strong>, viewer.");
+    expect(second).not.toContain('id="mint-token"');
+    // The API asks which one when none is named.
+    expect((await get("/v1/organization", { cookie: both.cookie })).status).toBe(403);
+  });
+
   it("groups the usage by member and by token on request", async () => {
     const byMember = await (await get("/account?usage=member", { cookie: acme.owner.cookie })).text();
     expect(byMember).toContain(`data-usage-key="${acme.developer.user.id}"`);
