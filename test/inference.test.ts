@@ -11,6 +11,7 @@ import {
   organizationLimits,
   usageLedger,
 } from "../worker/db/schema";
+import { isOpenAiNamespace } from "../worker/http/openai-errors";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
@@ -603,6 +604,87 @@ describe("bad requests", () => {
     const res = await gw.request("/v1/models", { headers: { authorization: `Bearer ${token}` } });
     expect(res.status).toBe(403);
     expect(await res.json()).toMatchObject({ error: { code: "permission_denied" } });
+  });
+});
+
+describe("OpenAI's namespace: paths the gateway does not serve", () => {
+  it("answer as OpenAI answers an unknown URL, which the real client reads as a 404 with code unknown_url", async () => {
+    const { client } = await setup([scopedBackend(0)]);
+    const calls: [string, () => Promise<unknown>][] = [
+      ["embeddings", () => client.embeddings.create({ model: MODEL, input: "hi" })],
+      ["responses", () => client.responses.create({ model: MODEL, input: "hi" })],
+      ["moderations", () => client.moderations.create({ input: "hi" })],
+      ["images", () => client.images.generate({ prompt: "a llama" })],
+      ["audio", () => client.audio.speech.create({ model: "tts-1", voice: "alloy", input: "hi" })],
+      ["files", () => client.files.list()],
+      ["models.delete", () => client.models.delete(MODEL)],
+    ];
+    for (const [name, call] of calls) {
+      const error = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error, name).toBeInstanceOf(OpenAI.NotFoundError);
+      const apiError = error as InstanceType<typeof OpenAI.NotFoundError>;
+      expect(apiError.status, name).toBe(404);
+      expect(apiError.code, name).toBe("unknown_url");
+      expect(apiError.type, name).toBe("invalid_request_error");
+      expect(apiError.param, name).toBeNull();
+    }
+  });
+
+  it("answer anyone in OpenAI's shape, with the method and path, whatever the method or token", async () => {
+    const gw = testGateway();
+    for (const [method, path] of [
+      ["POST", "/v1/embeddings"],
+      ["GET", "/v1/chat/completions"],
+      ["DELETE", "/v1/models"],
+      ["GET", "/v1/models/llama-2-7b/anything"],
+      ["POST", "/v1/fine_tuning/jobs"],
+      ["GET", "/v1/"],
+    ] as const) {
+      const res = await gw.request(path, { method, headers: { authorization: "Bearer sk-forged" } });
+      expect(res.status, path).toBe(404);
+      expect(res.headers.get("content-type"), path).toMatch(/^application\/json/);
+      expect(res.headers.get("x-request-id"), path).toBeTruthy();
+      expect(await res.json(), path).toEqual({
+        error: {
+          message: expect.stringContaining(`Unknown request URL: ${method} ${path}.`),
+          type: "invalid_request_error",
+          param: null,
+          code: "unknown_url",
+        },
+      });
+    }
+  });
+
+  it("leave the gateway's own /v1 surfaces and everything outside /v1 to problem documents", async () => {
+    const gw = testGateway();
+    for (const path of [
+      "/v1/tokens/tok_x/extra",
+      "/v1/applications/app_x/tokens/t/extra",
+      "/v1/organization/unknown",
+      "/v1/licenses/llama-2/unknown",
+      "/v1/usage/unknown",
+      "/v1/models/llama-2-7b/manifest/extra",
+      "/v2/embeddings",
+      "/nowhere",
+    ]) {
+      const res = await gw.request(path, { method: "PATCH" });
+      expect(res.status, path).toBe(404);
+      expect(res.headers.get("content-type"), path).toMatch(/^application\/problem\+json/);
+      expect(await res.json(), path).toMatchObject({ code: "not_found" });
+    }
+  });
+
+  it("never include a route of the gateway's own: every /v1 route is OpenAI's or on a listed surface", () => {
+    const openAiRoutes = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/:model"]);
+    const v1Routes = [...new Set(testGateway().app.routes.map((r) => r.path))].filter((p) => p.startsWith("/v1/"));
+    expect(v1Routes.length).toBeGreaterThan(10);
+    for (const path of v1Routes) {
+      if (openAiRoutes.has(path)) continue;
+      expect(isOpenAiNamespace(path.replaceAll(/:[^/]+/g, "x").replace(/\{[^}]*\}$/, "")), path).toBe(false);
+    }
   });
 });
 

@@ -2,8 +2,8 @@ import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { HonoEnv } from "../env";
 import { AppError, type ProblemCode, problemResponse } from "../errors";
-import { isOpenAiPath, openAiErrorResponse } from "../inference/errors";
 import type { Logger } from "../platform/logger";
+import { isOpenAiNamespace, isOpenAiPath, openAiErrorResponse, unknownOpenAiUrl } from "./openai-errors";
 
 const STATUS_CODES: Record<number, ProblemCode> = {
   400: "malformed_body",
@@ -46,11 +46,9 @@ export function errorResponse(error: unknown, path: string, requestId?: string, 
   return render(new AppError("internal_error", "Something went wrong on our side."));
 }
 
-/** 404 for every path no route claims. */
+/** 404 for every path no route claims; in OpenAI's namespace (`/v1/embeddings`, …), in OpenAI's shape. */
 export function handleNotFound(c: Context<HonoEnv>): Response {
-  return problemResponse(
-    new AppError("not_found", `No resource at ${new URL(c.req.url).pathname}.`),
-    new URL(c.req.url).pathname,
-    c.get("requestId"),
-  );
+  const path = new URL(c.req.url).pathname;
+  if (isOpenAiNamespace(path)) return unknownOpenAiUrl(c.req.method, path, c.get("requestId"));
+  return problemResponse(new AppError("not_found", `No resource at ${path}.`), path, c.get("requestId"));
 }

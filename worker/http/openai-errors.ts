@@ -1,4 +1,4 @@
-import type { AppError, ProblemCode } from "../errors";
+import { AppError, type ProblemCode } from "../errors";
 
 /** OpenAI's error `type` and `code` for each of our problem codes, as OpenAI clients expect them. */
 const OPENAI: Partial<Record<ProblemCode, { type: string; code: string }>> = {
@@ -25,6 +25,49 @@ export function isOpenAiPath(pathname: string): boolean {
     pathname === "/v1/chat/completions" ||
     pathname === "/v1/completions" ||
     pathname === "/v1/usage"
+  );
+}
+
+/**
+ * The gateway's own surfaces under `/v1` (applications, tokens, …), and its own routes below
+ * `/v1/models/{id}`: everything else under `/v1` is OpenAI's namespace. A test walks the app's
+ * routes so that a new surface cannot be missing here.
+ */
+export const GATEWAY_V1_SURFACES: ReadonlySet<string> = new Set([
+  "applications",
+  "auth",
+  "billing",
+  "download",
+  "licenses",
+  "organization",
+  "tokens",
+  "usage",
+]);
+/** The gateway's routes below `/v1/models/{id}` (OpenAI has none there). */
+export const GATEWAY_MODEL_ROUTES: ReadonlySet<string> = new Set(["manifest", "download.sh"]);
+
+/**
+ * Whether `pathname` lies in OpenAI's API namespace (`/v1/embeddings`, `/v1/responses`,
+ * `/v1/chat/completions`, …) rather than on one of the gateway's own `/v1` surfaces. A request
+ * there that no route serves gets OpenAI's answer to an unknown URL, which its clients parse.
+ */
+export function isOpenAiNamespace(pathname: string): boolean {
+  if (!pathname.startsWith("/v1/")) return false;
+  const [, , surface = "", model, below] = pathname.split("/");
+  if (GATEWAY_V1_SURFACES.has(surface)) return false;
+  return !(surface === "models" && model !== undefined && below !== undefined && GATEWAY_MODEL_ROUTES.has(below));
+}
+
+/** OpenAI's answer to a URL it does not serve: 404, `invalid_request_error`, code `unknown_url`. */
+export function unknownOpenAiUrl(method: string, pathname: string, requestId?: string): Response {
+  const shown = pathname.length > 200 ? `${pathname.slice(0, 200)}…` : pathname;
+  return openAiErrorResponse(
+    new AppError(
+      "not_found",
+      `Unknown request URL: ${method} ${shown}. This gateway serves POST /v1/chat/completions, POST /v1/completions and GET /v1/models.`,
+      { extensions: { openaiCode: "unknown_url" } },
+    ),
+    requestId,
   );
 }
 
