@@ -1,4 +1,4 @@
-import { downloadFile, fileExists, listFiles, modelInfo } from "@huggingface/hub";
+import { downloadFile, fileExists, listFiles, modelInfo, whoAmI } from "@huggingface/hub";
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { grants } from "../worker/db/schema";
@@ -71,6 +71,19 @@ describe("the real @huggingface/hub client", () => {
     expect(await sha256Hex(data)).toBe(await sha256Hex(SAFETENSORS));
     const slice = new Uint8Array(await (blob as Blob).slice(1000, 1010).arrayBuffer());
     expect(slice).toEqual(SAFETENSORS.slice(1000, 1010));
+  });
+
+  it("whoAmI names the token's member, organization and token", async () => {
+    const gw = testGateway();
+    const { token } = await approvedToken(gw, licenseSha256, { organization: "Acme Robotics" });
+    const options = { hubUrl: "http://gw", accessToken: `hf_${token}`, fetch: hubFetch(gw) };
+    const me = await whoAmI(options);
+    expect(me).toMatchObject({ type: "user", name: "ada", orgs: [{ name: "Acme Robotics" }] });
+    expect(me.auth).toMatchObject({ type: "access_token", accessToken: { displayName: "ci", role: "read" } });
+    expect(me.auth.accessToken?.createdAt).toBeInstanceOf(Date);
+    // The client reads an error's body only when it is `application/json`; a problem document
+    // is not, so it sees the status.
+    await expect(whoAmI({ ...options, accessToken: "hf_mg_forged" })).rejects.toMatchObject({ statusCode: 401 });
   });
 
   it("is told 401 without a token and 403 GatedRepo once the grant is suspended", async () => {

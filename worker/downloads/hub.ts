@@ -1,6 +1,7 @@
 /**
- * A Hugging Face Hub–compatible surface over the catalog, so `@huggingface/hub`, `huggingface-cli`
- * and `huggingface_hub` (`HF_ENDPOINT=…`) download gated weights unchanged. Errors carry the Hub's
+ * A Hugging Face Hub–compatible surface over the catalog, so `@huggingface/hub`, the `hf` CLI
+ * (`huggingface-cli` in 0.x) and `huggingface_hub` (`HF_ENDPOINT=…`) download gated weights
+ * unchanged, and `hf auth login` accepts a modelgate token. Errors carry the Hub's
  * `X-Error-Code` header, which the Python client maps to its exceptions (`GatedRepo`,
  * `RepoNotFound`, `RevisionNotFound`, `EntryNotFound`).
  */
@@ -13,10 +14,12 @@ import { modelCoverage } from "../grants/coverage";
 import { newRouter } from "../http/router";
 import { findModelByHubRepo } from "../policy/families";
 import type { FamilyModel, LicenseFamily } from "../policy/types";
-import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
+import { tokenProblem } from "../tokens/middleware";
+import { checkAccessToken, type TokenPrincipal, type TokenRefusal } from "../tokens/service";
 import { findRevisionFile, listRevisionFiles, type Revision, resolveRevision } from "./catalog";
 import { issueDownloadLinks } from "./links";
-import { isFilePath, isRepoId, isRevision } from "./names";
+import { isFilePath, isHubTrue, isRepoId, isRevision } from "./names";
+import { whoAmI } from "./whoami";
 
 type HubErrorCode = "GatedRepo" | "RepoNotFound" | "RevisionNotFound" | "EntryNotFound";
 
@@ -38,15 +41,35 @@ function headerSafe(text: string): string {
 
 const PROBLEM_OF_STATUS = { 401: "unauthorized", 403: "forbidden", 404: "not_found" } as const;
 
+/** What a Hub error may carry beyond its message. */
+interface HubErrorOptions {
+  /**
+   * The Hub's own wording for the `error` member and `X-Error-Message`, when it differs from the
+   * detail: `huggingface_hub` tells some errors apart by that exact text.
+   */
+  hubMessage?: string;
+  extensions?: Record<string, unknown>;
+}
+
 /**
  * A Hub error as a problem document, with the `X-Error-Code` and `X-Error-Message` headers Hub
  * clients read and the `error` member `huggingface_hub` shows.
  */
-function hubError(c: Context<HonoEnv>, status: 401 | 403 | 404, code: HubErrorCode | null, message: string): Response {
-  const headers: Record<string, string> = { "x-error-message": headerSafe(message) };
+function hubError(
+  c: Context<HonoEnv>,
+  status: 401 | 403 | 404,
+  code: HubErrorCode | null,
+  message: string,
+  options: HubErrorOptions = {},
+): Response {
+  const hubMessage = options.hubMessage ?? message;
+  const headers: Record<string, string> = { "x-error-message": headerSafe(hubMessage) };
   if (code) headers["x-error-code"] = code;
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="modelgate"';
-  const error = new AppError(PROBLEM_OF_STATUS[status], message, { headers, extensions: { error: message } });
+  const error = new AppError(PROBLEM_OF_STATUS[status], message, {
+    headers,
+    extensions: { ...options.extensions, error: hubMessage },
+  });
   const response = problemResponse(error, new URL(c.req.url).pathname, c.get("requestId"));
   if (c.req.method === "HEAD") return new Response(null, { status, headers: response.headers });
   return response;
@@ -65,6 +88,38 @@ function malformedName(c: Context<HonoEnv>, repo: string, revision: string, path
   return undefined;
 }
 
+/**
+ * A refused token, said the way the Hub says it for a gated repo (401 without a live token, 403
+ * with one that may not download) and with the reason: the token-wide wording every surface
+ * uses, and for a token without the download scope, that scope by name.
+ */
+function refusedToken(c: Context<HonoEnv>, repo: string, refusal: TokenRefusal): Response {
+  if (refusal === "scope") {
+    return hubError(
+      c,
+      403,
+      "GatedRepo",
+      `Access to ${repo} is restricted and this token lacks the download scope. Mint a token with the download scope (POST /v1/tokens, signed in at /account).`,
+      { extensions: { requiredScope: "download" } },
+    );
+  }
+  if (refusal === "missing") {
+    return hubError(
+      c,
+      401,
+      "GatedRepo",
+      `Access to ${repo} is restricted. Send a modelgate token with the download scope, prefixed hf_ (HF_TOKEN=hf_mg_... or --token hf_mg_...).`,
+    );
+  }
+  const problem = tokenProblem(refusal, "download");
+  return hubError(
+    c,
+    problem.status === 401 ? 401 : 403,
+    "GatedRepo",
+    `Access to ${repo} is restricted. ${problem.message}`,
+  );
+}
+
 interface HubTarget {
   principal: TokenPrincipal;
   family: LicenseFamily;
@@ -74,7 +129,8 @@ interface HubTarget {
 
 /**
  * Resolves a repo and revision for a token the way the Hub does for gated repos: unknown repo
- * 404, no token 401, a token without a live grant covering the repo's model 403 `GatedRepo`.
+ * 404, no live token 401, a token that may not download the repo's model 403 `GatedRepo`, saying
+ * why: the scope, the grant, or the coverage of the grant or token.
  */
 async function hubTarget(
   c: Context<HonoEnv>,
@@ -88,23 +144,7 @@ async function hubTarget(
   if (!found) return hubError(c, 404, "RepoNotFound", `Repository ${repo} not found.`);
   const services = c.get("services");
   const check = await checkAccessToken(services, bearerToken(c.req.header("authorization")), "download");
-  if (!check.ok) {
-    if (
-      check.refusal === "missing" ||
-      check.refusal === "invalid" ||
-      check.refusal === "expired" ||
-      check.refusal === "revoked" ||
-      check.refusal === "member_removed"
-    ) {
-      return hubError(
-        c,
-        401,
-        "GatedRepo",
-        `Access to ${repo} is restricted. Send a modelgate token with the download scope.`,
-      );
-    }
-    return hubError(c, 403, "GatedRepo", `Access to ${repo} is restricted and your token has no live grant for it.`);
-  }
+  if (!check.ok) return refusedToken(c, repo, check.refusal);
   const coverage = modelCoverage(check.principal, found.model.id);
   if (!coverage.covered) return hubError(c, 403, "GatedRepo", coverage.detail);
   const rev = await resolveRevision(services.db, found.model.id, revision === "HEAD" ? "main" : revision);
@@ -197,7 +237,22 @@ async function resolveFile(c: Context<HonoEnv>, repo: string, revision: string, 
   });
 }
 
+/** The Hub's answer to a missing or refused token at `whoami-v2`, which its clients match on. */
+const INVALID_CREDENTIALS = "Invalid credentials in Authorization header";
+
+/** `whoami-v2`: the token's user, organization and reach; 401 in the Hub's words for any refused token. */
+async function whoAmIRoute(c: Context<HonoEnv>) {
+  const result = await whoAmI(c.get("services"), bearerToken(c.req.header("authorization")));
+  if (!result.ok) {
+    const reason = tokenProblem(result.refusal, "download").message;
+    return hubError(c, 401, null, `${INVALID_CREDENTIALS}: ${reason}`, { hubMessage: INVALID_CREDENTIALS });
+  }
+  return c.json(result.answer, 200, { "cache-control": "no-store" });
+}
+
 export const hubRoutes = newRouter();
+
+hubRoutes.get("/api/whoami-v2", whoAmIRoute);
 
 hubRoutes.get("/api/models/:ns/:repo", (c) => modelInfo(c, `${c.req.param("ns")}/${c.req.param("repo")}`, "main"));
 hubRoutes.get("/api/models/:ns/:repo/revision/:revision", (c) =>
@@ -212,7 +267,9 @@ hubRoutes.get("/api/models/:ns/:repo/tree/:revision/:path{[\\s\\S]*}?", async (c
   const target = await hubTarget(c, repo, c.req.param("revision"), prefix === "" ? undefined : prefix);
   if (target instanceof Response) return target;
   const files = await listRevisionFiles(c.get("services").db, target.revision.id);
-  return c.json(treeEntries(files, prefix, c.req.query("recursive") === "true"));
+  // `expand` adds last commits and security scans, which the catalog does not hold: entries are
+  // the same either way.
+  return c.json(treeEntries(files, prefix, isHubTrue(c.req.query("recursive"))));
 });
 hubRoutes.on(["GET", "HEAD"], "/:ns/:repo/resolve/:revision/:path{[\\s\\S]+}", (c) =>
   resolveFile(c, `${c.req.param("ns")}/${c.req.param("repo")}`, c.req.param("revision"), c.req.param("path")),

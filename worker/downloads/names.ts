@@ -44,3 +44,14 @@ export function isRevision(revision: string): boolean {
 export function isFilePath(path: string): boolean {
   return isRelativePath(path, MAX_FILE_PATH_LENGTH);
 }
+
+/**
+ * A boolean query parameter (`recursive`, `expand`) read the way the Hub reads it: `true` in any
+ * case, or `1`. `huggingface_hub` 0.x (requests) sends Python's `True`/`False`, 1.x (httpx) and
+ * `@huggingface/hub` send `true`/`false`; anything else, or no value, is false.
+ */
+export function isHubTrue(value: string | undefined): boolean {
+  if (value === undefined) return false;
+  const text = value.trim().toLowerCase();
+  return text === "true" || text === "1";
+}
