@@ -18,7 +18,8 @@
  * and turns billing on against it: accounts open at the first metered call and usage goes out
  * through the queue, as in production with a Stripe key.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { dirname, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { llama2 } from "../worker/policy/families/llama-2";
@@ -26,7 +27,16 @@ import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
 import { ensureDevAuditKey, ensureDevDownloadKey } from "./dev-download-key";
 import { mintDevAccessToken } from "./lib/dev-access-token";
-import { applyLocalMigrations, demoFile, persistDir, ROOT, spawnWrangler, withLocalBindings } from "./lib/local-state";
+import {
+  applyLocalMigrations,
+  demoFile,
+  lastLines,
+  persistDir,
+  ROOT,
+  spawnWrangler,
+  startLogFile,
+  withLocalBindings,
+} from "./lib/local-state";
 import { seedDemoApplications } from "./seed/demo";
 import { type DemoToken, ensureDemoToken } from "./seed/demo-token";
 import { describeLoad, seedPlaceholderLicense } from "./seed/license";
@@ -56,7 +66,37 @@ const LOCAL_WEBHOOK_SECRET = "whsec_local";
 const HEALTH_TIMEOUT_MS = 60_000;
 
 function step(message: string): void {
-  console.log(`\n▶ ${message}`);
+  console.log(`▶ ${message}`);
+}
+
+/** Where wrangler's output goes (hundreds of lines of migration tables and startup detail). */
+const logFile = startLogFile();
+
+/**
+ * Whether `host:port` is free: we try to listen on it ourselves. `wrangler dev` on a taken port
+ * would not say so before the seeding had already gone to whatever holds it.
+ */
+function portIsFree(host: string, portNumber: number): Promise<boolean> {
+  return new Promise((done) => {
+    const probe = createServer();
+    probe.once("error", () => done(false));
+    probe.listen({ host, port: portNumber, exclusive: true }, () => probe.close(() => done(true)));
+  });
+}
+
+/** Refuses at once, before anything is started or seeded, when a port we need is taken. */
+async function refuseTakenPorts(): Promise<void> {
+  const wanted: [string, number][] = [["PORT", port]];
+  if (simPort !== 0) wanted.push(["SIM_PORT", simPort]);
+  if (billing && stripePort !== 0) wanted.push(["STRIPE_PORT", stripePort]);
+  for (const [name, value] of wanted) {
+    if (await portIsFree("127.0.0.1", value)) continue;
+    const other = name === "PORT" ? " (another npm start?)" : "";
+    console.error(
+      `✖ npm start: port ${value} on 127.0.0.1 is already in use${other}. Stop what holds it, or choose another: ${name}=${value + 1} npm start`,
+    );
+    process.exit(1);
+  }
 }
 
 async function waitForHealth(server: ReturnType<typeof spawnWrangler>): Promise<void> {
@@ -125,6 +165,11 @@ function printBanner(
 }
 
 async function main(): Promise<void> {
+  await refuseTakenPorts();
+  mkdirSync(persistDir(), { recursive: true });
+  writeFileSync(logFile, "");
+  console.log(`wrangler's output goes to ${relative(ROOT, logFile)}`);
+
   step("Dev settings (.dev.vars) and the dev Access key");
   // ensureDevAccessKey creates .dev.vars from .dev.vars.example when it is missing.
   const hadDevVars = existsSync(`${ROOT}/.dev.vars`);
@@ -137,9 +182,12 @@ async function main(): Promise<void> {
   );
 
   step("D1 migrations (local)");
-  await applyLocalMigrations();
+  await applyLocalMigrations(logFile);
 
-  // One set of local bindings for both seeds: starting them costs seconds.
+  // One set of local bindings for both seeds: starting them costs seconds. Wrangler's in-process
+  // logger would print its config warnings (the same that land in the log) here: errors only.
+  const wranglerLog = process.env.WRANGLER_LOG;
+  process.env.WRANGLER_LOG = "error";
   await withLocalBindings(async (env) => {
     step("License texts (placeholder)");
     console.log(describeLoad(await seedPlaceholderLicense(env.DB)));
@@ -148,6 +196,8 @@ async function main(): Promise<void> {
     for (const w of await seedSyntheticWeights(env))
       console.log(`${w.outcome.padEnd(11)} ${w.model} revision ${w.revision}, ${w.files} files, ${w.totalBytes} bytes`);
   });
+  if (wranglerLog === undefined) delete process.env.WRANGLER_LOG;
+  else process.env.WRANGLER_LOG = wranglerLog;
 
   step("Inference-backend simulator");
   const simulator = await startBackendSimulator({ port: simPort, models: llama2.models.map((m) => m.id) });
@@ -197,8 +247,18 @@ async function main(): Promise<void> {
     ],
     // Its own process group, so that stopping it stops workerd too, and Ctrl-C reaches it only
     // through us (once), not twice.
-    { stdio: ["ignore", "inherit", "inherit"], detached: true },
+    { stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
+  // Until the banner, wrangler's output goes to the log only (errors to the terminal too); then the
+  // server's logs follow the banner on the terminal as well.
+  server.stdout?.on("data", (chunk: Buffer) => {
+    appendFileSync(logFile, chunk);
+    if (serverLogsShown) process.stdout.write(chunk);
+  });
+  server.stderr?.on("data", (chunk: Buffer) => {
+    appendFileSync(logFile, chunk);
+    if (serverLogsShown || chunk.toString().includes("[ERROR]")) process.stderr.write(chunk);
+  });
 
   const stopServer = (signal: NodeJS.Signals, exitCode: number) => {
     if (stopping) return;
@@ -218,7 +278,8 @@ async function main(): Promise<void> {
   process.on("SIGTERM", () => stopServer("SIGTERM", 0));
   server.on("exit", (code, signal) => {
     if (stopping) return;
-    console.error(`wrangler dev exited (${signal ?? code})`);
+    console.error(`wrangler dev exited (${signal ?? code}); its last lines (all in ${relative(ROOT, logFile)}):`);
+    console.error(lastLines(readLog(), 30));
     process.exit(code || 1);
   });
   onFailure = () => stopServer("SIGTERM", 1);
@@ -253,6 +314,15 @@ async function main(): Promise<void> {
   }
 
   printBanner(demo.ok ? demo.cases : undefined, demoToken, simulator.url, stripeUrl);
+  serverLogsShown = true;
+}
+
+function readLog(): string {
+  try {
+    return readFileSync(logFile, "utf8");
+  } catch {
+    return "";
+  }
 }
 
 /** `INFERENCE_BACKENDS`: every Llama 2 model served by the simulator. */
@@ -271,6 +341,8 @@ function readPreviousDemo(): { demoToken?: DemoToken } {
 }
 
 let stopping = false;
+/** Whether wrangler's output is shown on the terminal too (after the banner). */
+let serverLogsShown = false;
 /** Stops the simulator (and the Stripe stand-in) once they run. */
 let closeHelpers: () => Promise<void> = async () => {};
 /** How to give up once the server runs: stop it too. Before that, just exit. */
@@ -286,5 +358,6 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
 
 main().catch((error: unknown) => {
   console.error(`\n✖ npm start failed: ${error instanceof Error ? error.message : String(error)}`);
+  console.error(`  wrangler's output: ${relative(ROOT, logFile)}`);
   onFailure();
 });

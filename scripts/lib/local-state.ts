@@ -4,6 +4,7 @@
  * never reads; everything here takes that directory from one place.
  */
 import { type SpawnOptions, spawn } from "node:child_process";
+import { appendFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { getPlatformProxy } from "wrangler";
 
@@ -37,22 +38,44 @@ export function spawnWrangler(args: string[], options: SpawnOptions = {}) {
   });
 }
 
-/** Runs wrangler to completion, echoing its output; rejects on a non-zero exit. */
-export function runWrangler(args: string[]): Promise<void> {
+/**
+ * Runs wrangler to completion, echoing its output, or appending it to `logFile` when one is given
+ * (then a failure's message ends with the output's last lines); rejects on a non-zero exit.
+ */
+export function runWrangler(args: string[], logFile?: string): Promise<void> {
   // stdin is not a terminal, so wrangler takes its non-interactive defaults instead of prompting
   // (for `d1 migrations apply`, "yes, apply").
-  const child = spawnWrangler(args, { stdio: ["ignore", "inherit", "inherit"] });
+  const child = spawnWrangler(args, { stdio: ["ignore", logFile ? "pipe" : "inherit", logFile ? "pipe" : "inherit"] });
+  let output = "";
+  const keep = (chunk: Buffer) => {
+    output += chunk.toString();
+    if (logFile) appendFileSync(logFile, chunk);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
   return new Promise((done, fail) => {
     child.on("error", fail);
-    child.on("exit", (code, signal) =>
-      code === 0 ? done() : fail(new Error(`wrangler ${args.join(" ")} exited with ${signal ?? code}`)),
-    );
+    child.on("close", (code, signal) => {
+      if (code === 0) return done();
+      const tail = logFile ? `\n${lastLines(output, 30)}` : "";
+      fail(new Error(`wrangler ${args.join(" ")} exited with ${signal ?? code}${tail}`));
+    });
   });
 }
 
+/** The last `count` lines of `text`. */
+export function lastLines(text: string, count: number): string {
+  return text.trimEnd().split("\n").slice(-count).join("\n");
+}
+
 /** Applies the D1 migrations to the local database in the persistence directory. */
-export function applyLocalMigrations(): Promise<void> {
-  return runWrangler(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir()]);
+export function applyLocalMigrations(logFile?: string): Promise<void> {
+  return runWrangler(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir()], logFile);
+}
+
+/** Where `npm start` writes what wrangler prints: inside the local state, replaced on every start. */
+export function startLogFile(): string {
+  return join(persistDir(), "npm-start.log");
 }
 
 /**
