@@ -6,7 +6,9 @@ import { ACCESS_SECURITY_SCHEME } from "./auth/admin-door";
 import { authRoutes } from "./auth/routes";
 import { billingRoutes } from "./billing/routes";
 import type { Config } from "./config";
-import type { OpenApiDocument } from "./docs/openapi";
+import { registerHubOperations } from "./docs/hub-openapi";
+import { HTTP_METHODS, type OpenApiDocument, type OperationObject } from "./docs/openapi";
+import { registerPublicOperations } from "./docs/public-openapi";
 import { docsRoutes, type OpenApiSource } from "./docs/routes";
 import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
@@ -16,8 +18,8 @@ import { newRouter } from "./http/router";
 import type { Endpoint, ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
-import { organizationRoutes } from "./organizations/routes";
 import { organizationOverviewRoutes } from "./organizations/overview";
+import { organizationRoutes } from "./organizations/routes";
 import { portalRoutes } from "./portal/routes";
 import type { ServiceOptions } from "./services";
 import { tokenRoutes } from "./tokens/routes";
@@ -88,6 +90,8 @@ function openApiDocuments(app: ReturnType<typeof newRouter>): OpenApiSource {
     description:
       "The Cloudflare Access application token of a reviewer; the operation's `x-required-role` names the least role it needs.",
   });
+  registerPublicOperations(app.openAPIRegistry);
+  registerHubOperations(app.openAPIRegistry);
   const built = new WeakMap<Config, { document: OpenApiDocument; json: string }>();
   return (config) => {
     let entry = built.get(config);
@@ -101,11 +105,40 @@ function openApiDocuments(app: ReturnType<typeof newRouter>): OpenApiSource {
         },
         servers: [{ url: config.publicBaseUrl }],
       }) as unknown as OpenApiDocument;
+      nameOperations(document);
       entry = { document, json: JSON.stringify(document) };
       built.set(config, entry);
     }
     return entry;
   };
+}
+
+/**
+ * Gives every operation without an `operationId` one made of its method and path
+ * (`GET /admin/api/applications/{id}` → `getAdminApplicationsById`), so generated clients get
+ * stable names without each route file having to state one. `/v1` and `/api` are left out: they
+ * name no resource.
+ */
+function nameOperations(document: OpenApiDocument): void {
+  const pascal = (word: string) => word.charAt(0).toUpperCase() + word.slice(1);
+  for (const [path, item] of Object.entries(document.paths ?? {})) {
+    for (const method of HTTP_METHODS) {
+      const operation = item[method] as OperationObject | undefined;
+      if (!operation || operation.operationId) continue;
+      const words = path
+        .split("/")
+        .filter((segment) => segment !== "" && segment !== "v1" && segment !== "api")
+        .flatMap((segment) => {
+          const param = /^\{(.+)\}$/.exec(segment)?.[1];
+          const parts = (param ?? segment)
+            .split(/[^A-Za-z0-9]+/)
+            .filter(Boolean)
+            .map(pascal);
+          return param ? ["By", ...parts] : parts;
+        });
+      operation.operationId = method + words.join("");
+    }
+  }
 }
 
 const COMPLETION_ENDPOINTS = new Map<string, Endpoint>([
