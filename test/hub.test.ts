@@ -3,6 +3,7 @@ import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { grants } from "../worker/db/schema";
 import { sha256Hex } from "../worker/platform/hash";
+import { applyAndConfirm } from "./helpers/apply";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { approvedToken, bytes, seedRevision } from "./helpers/weights";
 
@@ -271,5 +272,33 @@ describe("security: hostile repo ids, revisions and paths on the Hub routes", ()
     const disposition = file.headers.get("content-disposition") as string;
     expect(disposition).toMatch(/^[\x20-\x7e]+$/);
     expect(disposition).toContain(`filename*=UTF-8''${encodeURIComponent('模型 "ä".json')}`);
+  });
+});
+
+describe("the status page's Hub instructions", () => {
+  it("shows hf download with HF_ENDPOINT and HF_TOKEN, which work on huggingface_hub 0.x and 1.x", async () => {
+    const gw = testGateway();
+    const application = {
+      family: "llama-2",
+      organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
+      contact: { name: "Ada Lovelace", email: "ada@acme.example" },
+      intendedUse: "Customer support assistant for our robot vacuum owners.",
+      declaredMau: 120_000,
+      models: ["llama-2-7b"],
+      licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+    };
+    const confirmed = await applyAndConfirm(gw, application);
+    expect(confirmed.status).toBe("approved");
+    const status = new URL(confirmed.statusUrl);
+    const page = await gw.request(status.pathname + status.search, { headers: { accept: "text/html" } });
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    const base = gw.services().config.publicBaseUrl;
+    expect(html).toContain(`HF_ENDPOINT=${base} HF_TOKEN=hf_mg_YOUR_TOKEN`);
+    expect(html).toContain(`hf download ${REPO} --local-dir ./Llama-2-7b-hf`);
+    // 1.x removed `huggingface-cli`: it is named only as 0.x's alternative, never as the command.
+    expect(html).not.toContain(`huggingface-cli download ${REPO}`);
   });
 });

@@ -129,7 +129,7 @@ describe("reviewer console and applicant pages in Chromium", () => {
 
     await applicant.goto(statusUrl);
     await expect(applicant.locator(".status").textContent()).resolves.toBe("Approved");
-    await applicant.getByText(`HF_ENDPOINT=${gateway.baseUrl} huggingface-cli download`).waitFor();
+    await applicant.getByText(`HF_ENDPOINT=${gateway.baseUrl} HF_TOKEN=hf_mg_YOUR_TOKEN`).waitFor();
     await applicant.screenshot({ path: join(ARTIFACTS, "status-approved-375.png"), fullPage: true });
     await expectAccessible(applicant, "status page, approved");
     await expectNoSidewaysScroll(applicant, "status page, approved");

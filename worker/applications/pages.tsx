@@ -314,8 +314,12 @@ function DownloadInstructions(props: { baseUrl: string; family: LicenseFamily | 
         <code>{`curl -fsS -H "Authorization: Bearer mg_YOUR_TOKEN" \\\n  -o download.sh ${base}/v1/models/${model}/download.sh\nsh download.sh ${model}`}</code>
       </pre>
       <h3>Hugging Face CLI</h3>
+      <p>
+        <code>hf</code> comes with <code>huggingface_hub</code> 0.x and 1.x; with 0.x,{" "}
+        <code>huggingface-cli download</code> works too. Hub clients take the token prefixed with <code>hf_</code>.
+      </p>
       <pre class="doc">
-        <code>{`HF_ENDPOINT=${base} huggingface-cli download ${hubRepo} --token hf_mg_YOUR_TOKEN`}</code>
+        <code>{`HF_ENDPOINT=${base} HF_TOKEN=hf_mg_YOUR_TOKEN \\\n  hf download ${hubRepo} --local-dir ./${hubRepo.split("/")[1] ?? "weights"}`}</code>
       </pre>
       <h3>JavaScript (@huggingface/hub)</h3>
       <pre class="doc">
