@@ -38,9 +38,9 @@ import { type APPLICATION_STATUSES, applications, GRANT_STATUSES, grants, organi
 import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
 import { refuseCrossSite } from "../worker/http/middleware";
+import { daysBetween } from "../worker/pages/chart";
 import { FAMILIES } from "../worker/policy/families";
 import { effectiveLimits } from "../worker/quota/limits";
-import { daysBetween } from "./chart";
 import type { SignOut } from "./layout";
 import { AuditPage } from "./pages/audit";
 import { BackendsPage } from "./pages/backends";

@@ -1,8 +1,8 @@
 import type { ChainVerification } from "../../worker/audit/log";
 import type { listAuditEvents } from "../../worker/audit/routes";
 import type { AdminIdentity } from "../../worker/auth/access";
+import { formatTime } from "../../worker/pages/format";
 import { FilterForm, TextFilter } from "../filters";
-import { formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { type Column, DataTable, NextPageLink } from "../table";
 

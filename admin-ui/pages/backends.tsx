@@ -1,7 +1,7 @@
 import type { BackendList, BackendView } from "../../worker/admin/backends";
 import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import { BACKEND_URL_PROBLEMS, BACKENDS_CACHE_MS, type BackendUrlProblem } from "../../worker/inference/backends";
-import { formatCount, formatTime } from "../format";
+import { formatCount, formatTime } from "../../worker/pages/format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";
 

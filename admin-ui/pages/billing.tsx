@@ -1,7 +1,7 @@
 import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import type { failedLedgerRows, outboxStates, retryingRows } from "../../worker/billing/outbox";
 import type { BillingStatus } from "../../worker/db/schema";
-import { formatAge, formatCount, formatTime } from "../format";
+import { formatAge, formatCount, formatTime } from "../../worker/pages/format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";
 

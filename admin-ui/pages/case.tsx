@@ -2,7 +2,7 @@ import type { readCaseFile } from "../../worker/admin/cases";
 import type { commentView } from "../../worker/admin/comments";
 import { countryName } from "../../worker/applications/countries";
 import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
-import { formatCount, formatTime, STATUS_WORDS } from "../format";
+import { formatCount, formatTime, STATUS_WORDS } from "../../worker/pages/format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";
 import { auditEventColumns } from "./audit";
@@ -122,7 +122,9 @@ function RelatedCases(props: { file: CaseFile }) {
                 <a href={`/admin/applications/${r.id}`}>{r.id}</a>{" "}
                 <span class={`badge ${r.status}`}>{STATUS_WORDS[r.status]}</span>
                 <br />
-                <span class="muted">{r.reasons.map((reason) => RESEMBLANCE_WORDS.get(reason) ?? reason).join(", ")}</span>
+                <span class="muted">
+                  {r.reasons.map((reason) => RESEMBLANCE_WORDS.get(reason) ?? reason).join(", ")}
+                </span>
               </th>
             ))}
           </tr>

@@ -2,9 +2,9 @@ import type { grantTokens, grantTokenUsage, recentGrantDownloads } from "../../w
 import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import type { billingStanding } from "../../worker/billing/routes";
 import { type BillingAccount, type BillingStatus, GRANT_STATUSES, type Grant } from "../../worker/db/schema";
+import { formatBytes, formatCount, formatTime } from "../../worker/pages/format";
 import type { EffectiveLimits } from "../../worker/quota/limits";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
-import { formatBytes, formatCount, formatTime } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable, NextPageLink, OrganizationCell } from "../table";
 import { BillingBadge, PaymentStanding } from "./billing";

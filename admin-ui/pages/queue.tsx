@@ -1,8 +1,8 @@
 import type { listReviewQueue } from "../../worker/admin/cases";
 import { countryName } from "../../worker/applications/countries";
 import type { AdminIdentity } from "../../worker/auth/access";
+import { formatAge, formatCount, STATUS_WORDS } from "../../worker/pages/format";
 import { FilterForm, SelectFilter, TextFilter } from "../filters";
-import { formatAge, formatCount, STATUS_WORDS } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable, NextPageLink, OrganizationCell } from "../table";
 

@@ -1,9 +1,9 @@
 import type { Child } from "hono/jsx";
 import type { DownloadDay, TokenDay } from "../../worker/admin/usage";
 import type { AdminIdentity } from "../../worker/auth/access";
-import { type ChartPoint, DailyBarChart } from "../chart";
+import { type ChartPoint, DailyBarChart } from "../../worker/pages/chart";
+import { formatBytes, formatCount } from "../../worker/pages/format";
 import { FilterForm, SelectFilter } from "../filters";
-import { formatBytes, formatCount } from "../format";
 import { ConsolePage, type SignOut } from "../layout";
 import { type Column, DataTable } from "../table";
 

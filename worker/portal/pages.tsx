@@ -4,10 +4,10 @@
  * same JSON API through `/assets/portal.js`.
  */
 import type { Child } from "hono/jsx";
-import { DailyBarChart, daysBetween } from "../../admin-ui/chart";
-import { formatBytes, formatCount, formatTime } from "../../admin-ui/format";
 import type { MemberRole } from "../db/schema";
 import type { organizationOverview } from "../organizations/overview";
+import { DailyBarChart, daysBetween } from "../pages/chart";
+import { formatBytes, formatCount, formatTime } from "../pages/format";
 import { Page } from "../pages/layout";
 import type { DownloadDay } from "../usage/downloads";
 import { tokensPerDay, USAGE_GROUPS, type UsageDay, type UsageGroup, type UsageGroupTotal } from "../usage/totals";
