@@ -6,8 +6,9 @@
  * when a test asks, one token per byte), so a test can compute exactly what the gateway must
  * meter and bill.
  *
- * Tests make one backend misbehave through `POST /_sim/mode` (refuse, 500, stall, cut, down) and
- * read back what the gateway sent through `GET /_sim/requests`.
+ * Tests make one backend misbehave through `POST /_sim/mode` (refuse, 500, stall, cut, down, or
+ * a 4xx in vLLM's or TGI's error shape), make it answer with tool calls, and read back what the
+ * gateway sent through `GET /_sim/requests`.
  *
  * Scopes keep parallel test files apart: every path may be prefixed with `/scope/<name>`, and a
  * scope has its own mode and request log. A test that routes its gateway to
@@ -33,18 +34,43 @@ export const LLAMA_2_MODEL_IDS = [
 ] as const;
 
 /** How a simulator answers completion requests; see {@link SimulatorModeRequest}. */
-export type SimulatorMode = "ok" | "refuse" | "500" | "stall" | "cut" | "down";
+export type SimulatorMode = "ok" | "refuse" | "500" | "stall" | "cut" | "down" | "client_error";
 
-const MODES: readonly SimulatorMode[] = ["ok", "refuse", "500", "stall", "cut", "down"];
+const MODES: readonly SimulatorMode[] = ["ok", "refuse", "500", "stall", "cut", "down", "client_error"];
+
+/**
+ * The error bodies real servers send with a 4xx: `vllm` (`{object: "error", message, type, param,
+ * code: 400}`), `vllm-legacy` (`{message, type, code: 400}`), `vllm-nested` (vLLM's newer
+ * `{error: {message, type, param, code: 400}}`), `tgi` (`{error: "…", error_type: "validation"}`).
+ */
+export type ErrorShape = "vllm" | "vllm-legacy" | "vllm-nested" | "tgi";
+
+const ERROR_SHAPES: readonly ErrorShape[] = ["vllm", "vllm-legacy", "vllm-nested", "tgi"];
+
+/** How a simulator answers a request: text, or a call of the request's first tool. */
+export type AnswerKind = "text" | "tool_calls";
 
 /** Body of `POST /_sim/mode`. */
 export interface SimulatorModeRequest {
   /**
    * `refuse`: destroy the socket without a response. `500`: an HTTP 500 with an OpenAI error
    * body. `stall`: accept and never answer. `cut`: stream `cutAfter` tokens, then destroy the
-   * socket without `[DONE]`. `down`: `/health` and completions answer 503.
+   * socket without `[DONE]`. `down`: `/health` and completions answer 503. `client_error`: a 4xx
+   * (`errorStatus`, default 400) with the body of `errorShape` (default `vllm`), as a server
+   * refuses a request it finds invalid (a context too long, a bad parameter).
    */
   mode: SimulatorMode;
+  /** The server whose error body `client_error` sends. */
+  errorShape?: ErrorShape;
+  /** The status `client_error` answers, 400–499 (default 400). */
+  errorStatus?: number;
+  /** The message `client_error` sends (default: the server's message for a context too long). */
+  errorMessage?: string;
+  /**
+   * What completions answer from now on: `text` (the default) or `tool_calls`, a call of the
+   * request's first tool whose arguments stream in `max_tokens` pieces, as vLLM streams them.
+   */
+  answer?: AnswerKind;
   /** The mode applies to this many completion requests, then `ok` returns; absent: until changed. */
   count?: number;
   /** Tokens streamed before a `cut` (default 3). */
@@ -113,6 +139,7 @@ interface CompletionRequest {
   max_completion_tokens?: unknown;
   stream?: unknown;
   stream_options?: { include_usage?: unknown; continuous_usage_stats?: unknown } | null;
+  tools?: unknown;
 }
 
 interface Usage {
@@ -129,6 +156,8 @@ interface ScopeState {
   cutAfter: number;
   tokenLatencyMs: number;
   promptTokens: PromptCount;
+  answer: AnswerKind;
+  error: { shape: ErrorShape; status: number; message: string | undefined };
   recorded: RecordedRequest[];
 }
 
@@ -202,6 +231,36 @@ function openAiError(message: string, type: string, param: string | null = null,
   return { error: { message, type, param, code } };
 }
 
+/** What a server of `error.shape` answers when it refuses a request. */
+function clientErrorBody(error: ScopeState["error"]): unknown {
+  if (error.shape === "tgi") {
+    const message =
+      error.message ??
+      "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 1000 `max_new_tokens`";
+    return { error: message, error_type: "validation" };
+  }
+  const message =
+    error.message ??
+    "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.";
+  const type = error.status === 404 ? "NotFoundError" : "BadRequestError";
+  if (error.shape === "vllm-legacy") return { message, type, code: error.status };
+  if (error.shape === "vllm-nested") return { error: { message, type, param: null, code: error.status } };
+  return { object: "error", message, type, param: null, code: error.status };
+}
+
+/** The name of the first function among a request's `tools`, which a `tool_calls` answer calls. */
+function firstToolName(tools: unknown): string {
+  const name = Array.isArray(tools)
+    ? (tools[0] as { function?: { name?: unknown } } | null)?.function?.name
+    : undefined;
+  return typeof name === "string" ? name : "tool";
+}
+
+/** The i-th piece of a tool call's arguments; together, `{"input": "tok0 tok1 …"}`. */
+function argumentsPiece(i: number, tokens: number): string {
+  return `${i === 0 ? '{"input": "' : ""}${token(i)}${i === tokens - 1 ? '"}' : ""}`;
+}
+
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
@@ -265,6 +324,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         cutAfter: 3,
         tokenLatencyMs: options.tokenLatencyMs ?? 0,
         promptTokens: "words",
+        answer: "text",
+        error: { shape: "vllm", status: 400, message: undefined },
         recorded: [],
       };
       scopes.set(scope, state);
@@ -305,8 +366,24 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     if (promptTokens !== undefined && promptTokens !== "words" && promptTokens !== "bytes") {
       throw new BadRequest(400, "promptTokens must be words or bytes", "invalid_request_error", "promptTokens");
     }
+    const { errorShape, errorStatus, errorMessage, answer } = request;
+    if (errorShape !== undefined && !ERROR_SHAPES.includes(errorShape)) {
+      throw new BadRequest(400, `errorShape must be one of ${ERROR_SHAPES.join(", ")}`, "invalid_request_error");
+    }
+    if (errorStatus !== undefined && !(Number.isInteger(errorStatus) && errorStatus >= 400 && errorStatus <= 499)) {
+      throw new BadRequest(400, "errorStatus must be an integer from 400 to 499", "invalid_request_error");
+    }
+    if (errorMessage !== undefined && typeof errorMessage !== "string") {
+      throw new BadRequest(400, "errorMessage must be a string", "invalid_request_error");
+    }
+    if (answer !== undefined && answer !== "text" && answer !== "tool_calls") {
+      throw new BadRequest(400, "answer must be text or tool_calls", "invalid_request_error", "answer");
+    }
     state.mode = request.mode;
     if (promptTokens !== undefined) state.promptTokens = promptTokens;
+    if (answer !== undefined) state.answer = answer;
+    if (request.mode === "client_error")
+      state.error = { shape: errorShape ?? "vllm", status: errorStatus ?? 400, message: errorMessage };
     state.remaining = request.mode === "ok" ? undefined : count;
     state.cutAfter = cut;
     if (latency !== undefined) state.tokenLatencyMs = latency;
@@ -319,6 +396,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       cutAfter: state.cutAfter,
       tokenLatencyMs: state.tokenLatencyMs,
       promptTokens: state.promptTokens,
+      answer: state.answer,
     };
   }
 
@@ -360,6 +438,9 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         return;
       case "down":
         sendJson(res, 503, openAiError(`${name} is down`, "server_error"));
+        return;
+      case "client_error":
+        sendJson(res, state.error.status, clientErrorBody(state.error));
         return;
     }
 
@@ -435,6 +516,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
           request.stream_options?.include_usage === true && request.stream_options?.continuous_usage_stats === true,
         cutAfter: answeredIn === "cut" ? state.cutAfter : undefined,
         tokenLatencyMs: state.tokenLatencyMs,
+        tool: kind === "chat" && state.answer === "tool_calls" ? firstToolName(request.tools) : undefined,
       });
       return;
     }
@@ -443,10 +525,25 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     if (state.tokenLatencyMs > 0) await sleep(maxTokens * state.tokenLatencyMs);
     const content = completionText(maxTokens);
     const usage = usageOf(promptTokens, maxTokens);
+    const toolCall = {
+      id: `call_${id}`,
+      type: "function",
+      function: {
+        name: firstToolName(request.tools),
+        arguments: Array.from({ length: maxTokens }, (_, i) => argumentsPiece(i, maxTokens)).join("") || "{}",
+      },
+    };
     const choice =
-      kind === "chat"
-        ? { index: 0, message: { role: "assistant", content }, logprobs: null, finish_reason: "length" }
-        : { index: 0, text: content, logprobs: null, finish_reason: "length" };
+      kind !== "chat"
+        ? { index: 0, text: content, logprobs: null, finish_reason: "length" }
+        : state.answer === "tool_calls"
+          ? {
+              index: 0,
+              message: { role: "assistant", content: null, tool_calls: [toolCall] },
+              logprobs: null,
+              finish_reason: "tool_calls",
+            }
+          : { index: 0, message: { role: "assistant", content }, logprobs: null, finish_reason: "length" };
     const object = kind === "chat" ? "chat.completion" : "text_completion";
     const payload = JSON.stringify({ id, object, created, model: request.model, choices: [choice], usage });
     if (answeredIn === "cut") {
@@ -473,6 +570,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       continuousUsage: boolean;
       cutAfter: number | undefined;
       tokenLatencyMs: number;
+      /** The tool a `tool_calls` answer calls; undefined: a text answer. */
+      tool: string | undefined;
     },
   ): Promise<void> {
     let clientGone = false;
@@ -516,6 +615,10 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     if (s.kind === "chat") {
       send(chunk({ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }, 0));
     }
+    if (s.tool !== undefined) {
+      const call = { index: 0, id: `call_${s.id}`, type: "function", function: { name: s.tool, arguments: "" } };
+      send(chunk({ index: 0, delta: { tool_calls: [call] }, logprobs: null, finish_reason: null }, 0));
+    }
     for (let i = 0; i < s.maxTokens; i++) {
       await pause();
       if (clientGone) return;
@@ -523,9 +626,13 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         await cut();
         return;
       }
+      const delta =
+        s.tool !== undefined
+          ? { tool_calls: [{ index: 0, function: { arguments: argumentsPiece(i, s.maxTokens) } }] }
+          : { content: token(i) };
       const choice =
         s.kind === "chat"
-          ? { index: 0, delta: { content: token(i) }, logprobs: null, finish_reason: null }
+          ? { index: 0, delta, logprobs: null, finish_reason: null }
           : { index: 0, text: token(i), logprobs: null, finish_reason: null };
       send(chunk(choice, i + 1));
     }
@@ -536,7 +643,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     }
     const last =
       s.kind === "chat"
-        ? { index: 0, delta: {}, logprobs: null, finish_reason: "length" }
+        ? { index: 0, delta: {}, logprobs: null, finish_reason: s.tool !== undefined ? "tool_calls" : "length" }
         : { index: 0, text: "", logprobs: null, finish_reason: "length" };
     res.write(chunk(last, s.maxTokens));
     if (s.includeUsage) {

@@ -2,6 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageLedger } from "../worker/db/schema";
+import { backendRefusal } from "../worker/inference/backend-errors";
 import {
   BACKENDS_CACHE_MS,
   BackendHealth,
@@ -166,6 +167,58 @@ describe("meterEventStream", () => {
     await reader.cancel("client went away");
     expect(cancelled).toBe(true);
     expect(report).toMatchObject({ end: "client_closed", contentChunks: 1 });
+  });
+});
+
+describe("backendRefusal", () => {
+  const error = (status: number, text: string) => backendRefusal(status, text).body.error;
+
+  it("reads each server's error body into OpenAI's shape", () => {
+    expect(
+      error(400, JSON.stringify({ error: { message: "m", type: "BadRequestError", param: "n", code: "bad_n" } })),
+    ).toEqual({
+      message: "m",
+      type: "invalid_request_error",
+      param: "n",
+      code: "bad_n",
+    });
+    expect(
+      error(400, JSON.stringify({ object: "error", message: "m", type: "BadRequestError", param: null, code: 400 })),
+    ).toEqual({
+      message: "m",
+      type: "invalid_request_error",
+      param: null,
+      code: null,
+    });
+    expect(error(400, JSON.stringify({ error: "m", error_type: "validation" })).message).toBe("m");
+    expect(
+      error(422, JSON.stringify({ detail: [{ loc: ["body", "n"], msg: "n must be positive" }, { msg: "x" }] })).message,
+    ).toBe("n must be positive; x");
+  });
+
+  it("says what happened when the body is no error it knows, and never reads inherited properties", () => {
+    for (const text of [
+      "<html>Bad Request</html>",
+      "",
+      "[]",
+      "null",
+      '{"__proto__": {"message": "inherited"}}',
+      '{"error": 42}',
+    ]) {
+      expect(error(400, text), text).toEqual({
+        message: "The inference server refused the request (HTTP 400).",
+        type: "invalid_request_error",
+        param: null,
+        code: null,
+      });
+    }
+    expect(error(400, JSON.stringify({ message: "x".repeat(5000) })).message.length).toBeLessThanOrEqual(2001);
+  });
+
+  it("answers a refusal of the gateway's credentials as the gateway's failure", () => {
+    for (const status of [401, 403])
+      expect(backendRefusal(status, "{}")).toMatchObject({ status: 502, body: { error: { code: "bad_gateway" } } });
+    expect(backendRefusal(404, "{}").status).toBe(404);
   });
 });
 

@@ -607,6 +607,169 @@ describe("bad requests", () => {
   });
 });
 
+describe("backend refusals in OpenAI's shape", () => {
+  const VLLM_MESSAGE =
+    "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.";
+  const TGI_MESSAGE =
+    "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 1000 `max_new_tokens`";
+
+  it.each([
+    ["vllm", VLLM_MESSAGE],
+    ["vllm-legacy", VLLM_MESSAGE],
+    ["vllm-nested", VLLM_MESSAGE],
+    ["tgi", TGI_MESSAGE],
+  ])("a %s 400 reaches the real client as a BadRequestError with the server's message", async (shape, message) => {
+    const backend = scopedBackend(0);
+    await backend.mode("client_error", { errorShape: shape });
+    const { gw, client } = await setup([backend]);
+    for (const stream of [false, true]) {
+      const error = await client.chat.completions
+        .create({ model: MODEL, messages: [{ role: "user", content: PROMPT }], max_tokens: 5, stream })
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(error, `stream: ${stream}`).toBeInstanceOf(OpenAI.BadRequestError);
+      const refused = error as InstanceType<typeof OpenAI.BadRequestError>;
+      expect(refused.status).toBe(400);
+      expect(refused.error).toEqual({ message, type: "invalid_request_error", param: null, code: null });
+    }
+    const rows = await ledger(gw);
+    expect(rows.map((r) => [r.outcome, r.status, r.totalTokens])).toEqual([
+      ["backend_error", 400, 0],
+      ["backend_error", 400, 0],
+    ]);
+  });
+
+  it("keeps the server's 4xx status, and its message when it chose one", async () => {
+    const backend = scopedBackend(1);
+    await backend.mode("client_error", {
+      errorShape: "tgi",
+      errorStatus: 422,
+      errorMessage: "`temperature` must be strictly positive",
+    });
+    const { client } = await setup([backend]);
+    const error = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: "hi" }], temperature: 0 })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(error).toBeInstanceOf(OpenAI.UnprocessableEntityError);
+    expect((error as InstanceType<typeof OpenAI.APIError>).message).toContain(
+      "`temperature` must be strictly positive",
+    );
+  });
+
+  it("turns a server's refusal of the gateway's own credentials into a 502, never a 401 the client would blame on its key", async () => {
+    const backend = scopedBackend(2);
+    await backend.mode("client_error", { errorShape: "vllm", errorStatus: 401, errorMessage: "Unauthorized" });
+    const { client } = await setup([backend]);
+    const error = await client.chat.completions
+      .create({ model: MODEL, messages: [{ role: "user", content: "hi" }] })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(error).toBeInstanceOf(OpenAI.InternalServerError);
+    expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(502);
+    expect((error as InstanceType<typeof OpenAI.APIError>).code).toBe("bad_gateway");
+  });
+});
+
+describe("what the gateway passes on unchanged", () => {
+  const TOOLS = [
+    {
+      type: "function" as const,
+      function: {
+        name: "get_weather",
+        description: "The weather in a city",
+        parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+      },
+    },
+  ];
+  const extras = {
+    tools: TOOLS,
+    tool_choice: { type: "function", function: { name: "get_weather" } },
+    response_format: {
+      type: "json_schema",
+      json_schema: { name: "weather", schema: { type: "object", properties: { t: { type: "number" } } } },
+    },
+    logprobs: true,
+    top_logprobs: 3,
+    seed: 1234,
+    // Fields OpenAI does not know, which vLLM and TGI read.
+    repetition_penalty: 1.1,
+    guided_json: { type: "object" },
+    chat_template_kwargs: { enable_thinking: false },
+    x_vendor: { nested: [1, { deep: null }], "with space": "ok" },
+  };
+
+  it("sends tools, tool_choice, response_format, logprobs, seed and unknown fields to the backend as the client wrote them", async () => {
+    const backend = scopedBackend(0);
+    const { client } = await setup([backend]);
+    const sent = {
+      model: MODEL,
+      messages: [{ role: "user" as const, content: PROMPT }],
+      max_tokens: 6,
+      ...extras,
+    };
+    await client.chat.completions.create(sent as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const [received] = await backend.requests();
+    expect(received?.body).toEqual(sent);
+  });
+
+  it("streams tool-call chunks to the client and meters them: the usage the server reported when it ends, each chunk when it breaks", async () => {
+    const backend = scopedBackend(1);
+    await backend.mode("ok", { answer: "tool_calls" });
+    const { gw, client } = await setup([backend]);
+    const request = {
+      model: MODEL,
+      messages: [{ role: "user" as const, content: PROMPT }],
+      max_tokens: 6,
+      stream: true as const,
+      ...extras,
+    };
+    const stream = await client.chat.completions.create(request as OpenAI.ChatCompletionCreateParamsStreaming);
+    let name = "";
+    let args = "";
+    let finish: string | null | undefined;
+    for await (const chunk of stream) {
+      const choice = chunk.choices[0];
+      for (const call of choice?.delta.tool_calls ?? []) {
+        name += call.function?.name ?? "";
+        args += call.function?.arguments ?? "";
+      }
+      finish = choice?.finish_reason ?? finish;
+    }
+    expect(name).toBe("get_weather");
+    expect(JSON.parse(args)).toEqual({ input: "tok0 tok1 tok2 tok3 tok4 tok5 " });
+    expect(finish).toBe("tool_calls");
+    const [received] = await backend.requests();
+    expect(received?.body).toEqual({ ...request, stream_options: { include_usage: true } });
+    expect((await ledger(gw))[0]).toMatchObject({
+      promptTokens: 6,
+      completionTokens: 6,
+      totalTokens: 12,
+      usageReported: true,
+      outcome: "ok",
+    });
+
+    await backend.mode("cut", { cutAfter: 4 });
+    const cut = await client.chat.completions.create({
+      ...request,
+      max_tokens: 10,
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    await expect(
+      (async () => {
+        for await (const _ of cut);
+      })(),
+    ).rejects.toThrow();
+    const rows = await ledger(gw);
+    expect(rows[1]).toMatchObject({ outcome: "partial", usageReported: false, completionTokens: 4 });
+  });
+});
+
 describe("OpenAI's namespace: paths the gateway does not serve", () => {
   it("answer as OpenAI answers an unknown URL, which the real client reads as a 404 with code unknown_url", async () => {
     const { client } = await setup([scopedBackend(0)]);

@@ -5,11 +5,13 @@ import { AppError } from "../errors";
 import { modelCoverage, notCoveredProblem } from "../grants/coverage";
 import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
+import { recordCompletion } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
 import { type QuotaRefusal, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller } from "./access";
+import { backendRefusal } from "./backend-errors";
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth, orderBackends } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
@@ -416,6 +418,7 @@ async function complete(
       latencyMs: now.getTime() - startedAt.getTime(),
       createdAt: now.toISOString(),
     });
+    recordCompletion(env, { ...ledgerBase, ...record }, now.getTime() - startedAt.getTime());
     return isolateLeases.settle(organizationId, reservation, { id: usageId, actual: record.totalTokens, entry }, quota);
   };
 
@@ -477,11 +480,14 @@ async function complete(
   };
 
   if (!response.ok) {
-    // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it on.
-    const text = await readAnswer();
+    // A 4xx from the backend is the client's problem (context too long, bad parameter): pass it
+    // on, in OpenAI's error shape whatever the server's own (vLLM's and TGI's differ).
+    const refusal = backendRefusal(response.status, await readAnswer());
     settleUnused(backend.url, "backend_error", response.status);
-    headers["content-type"] = response.headers.get("content-type") ?? "application/json";
-    return new Response(text, { status: response.status, headers });
+    if (refusal.status !== response.status)
+      services.log.warn("inference backend refused the gateway", { backend: backend.url, status: response.status });
+    headers["content-type"] = "application/json; charset=utf-8";
+    return new Response(JSON.stringify(refusal.body), { status: refusal.status, headers });
   }
 
   if (!stream || !response.body) {
