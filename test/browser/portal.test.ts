@@ -7,12 +7,9 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mintDevAccessToken } from "../../scripts/lib/dev-access-token";
 import type { GatewayProcess } from "../../scripts/lib/gateway-process";
-import { ROOT } from "../../scripts/lib/local-state";
-import { ARTIFACTS, BrowserHarness, expectAccessible, expectNoSidewaysScroll } from "./harness";
+import { ARTIFACTS, BrowserHarness, expectAccessible, expectNoSidewaysScroll, useLink } from "./harness";
 
 let harness: BrowserHarness;
 let gateway: GatewayProcess;
@@ -26,37 +23,7 @@ afterAll(async () => {
   await harness?.stop();
 });
 
-/** The newest link to `path` mailed to `to`, as an operator finds it in the outbox. */
-async function mailedLink(to: string, path: string): Promise<string> {
-  const { token } = await mintDevAccessToken(ROOT, { email: "ops@example.com", role: "admin", ttlSeconds: 600 });
-  const pattern = new RegExp(`${gateway.baseUrl.replace(/[.]/g, "\\.")}${path}\\?token=[A-Za-z0-9_-]+`);
-  let link = "";
-  await expect
-    .poll(
-      async () => {
-        const res = await fetch(`${gateway.baseUrl}/admin/api/mail?to=${encodeURIComponent(to)}`, {
-          headers: { "cf-access-jwt-assertion": token },
-        });
-        if (!res.ok) throw new Error(`mail list: ${res.status} ${await res.text()}`);
-        const { messages } = (await res.json()) as { messages: { text: string }[] };
-        link = messages.map((m) => pattern.exec(m.text)?.[0]).find((found) => found !== undefined) ?? "";
-        return link;
-      },
-      { timeout: 15_000, interval: 200 },
-    )
-    .not.toBe("");
-  return link;
-}
-
-/** Opens a mailed single-use link and presses its button; resolves once the browser landed. */
-async function useLink(page: Page, link: string, button: string, landing: RegExp): Promise<void> {
-  await page.goto(link);
-  await page.getByRole("button", { name: button }).click();
-  await page.waitForURL(landing, { timeout: 15_000 }).catch(async (error: unknown) => {
-    // Say what the page said instead, which is what went wrong.
-    throw new Error(`${String(error)}\n${page.url()}: ${(await page.content()).slice(0, 2000)}`);
-  });
-}
+const mailedLink = (to: string, path: string): Promise<string> => harness.mailedLink(to, path);
 
 describe("the applicant's portal in Chromium", () => {
   const run = Date.now().toString(36);

@@ -3,7 +3,7 @@
  * named. Only now is the contact a known person, the organization resolved from proof, and the
  * license policy asked; the contact is signed in to the applicant's portal as well.
  */
-import { and, desc, eq, gt, inArray, isNull } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { consumeEmailLink } from "../auth/email-links";
@@ -31,7 +31,7 @@ import type { LicenseFamily } from "../policy/types";
 import type { Services } from "../services";
 import { type RelatedCase, relatedCases, resolveOrganization } from "./identity";
 import type { ApplicationInput } from "./schemas";
-import { type AcceptanceEvidence, familyOf, newStatusSecret, statusUrls } from "./submit";
+import { type AcceptanceEvidence, familyOf, newStatusSecret, pendingDraft, statusUrls } from "./submit";
 
 /** A status link works this long; a newer one for the same case ends the ones before it. */
 export const STATUS_LINK_TTL_DAYS = 30;
@@ -220,18 +220,7 @@ export async function confirmApplication(
 
 /** The draft a verification link names, while it waits; the link's own 401 otherwise. */
 async function liveDraft(services: Pick<Services, "db" | "clock">, id: string | null): Promise<ApplicationDraft> {
-  const [draft] = id
-    ? await services.db
-        .select()
-        .from(applicationDrafts)
-        .where(
-          and(
-            eq(applicationDrafts.id, id),
-            isNull(applicationDrafts.confirmedAt),
-            gt(applicationDrafts.expiresAt, services.clock.now().toISOString()),
-          ),
-        )
-    : [];
+  const draft = id ? await pendingDraft(services, id) : undefined;
   if (!draft) throw new AppError("unauthorized", "This link is not valid any more. Apply again.");
   return draft;
 }

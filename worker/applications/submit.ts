@@ -1,7 +1,7 @@
 import { and, eq, gt, isNull } from "drizzle-orm";
 import { issueEmailLink } from "../auth/email-links";
 import { normalizeEmail } from "../auth/users";
-import { applicationDrafts } from "../db/schema";
+import { type ApplicationDraft, applicationDrafts } from "../db/schema";
 import { AppError } from "../errors";
 import { currentLicenseVersion } from "../licenses/store";
 import { gatewayLink } from "../mail/links";
@@ -138,15 +138,13 @@ export async function submitApplication(
   };
 }
 
-/** An unconfirmed application still waiting for its contact, if `id` is one. */
-export async function pendingDraft(services: Pick<Services, "db" | "clock">, id: string) {
+/** An unconfirmed application still waiting for its contact (not confirmed, not expired), if `id` is one. */
+export async function pendingDraft(
+  services: Pick<Services, "db" | "clock">,
+  id: string,
+): Promise<ApplicationDraft | undefined> {
   const [draft] = await services.db
-    .select({
-      id: applicationDrafts.id,
-      family: applicationDrafts.family,
-      createdAt: applicationDrafts.createdAt,
-      expiresAt: applicationDrafts.expiresAt,
-    })
+    .select()
     .from(applicationDrafts)
     .where(
       and(
