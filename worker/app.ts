@@ -18,6 +18,7 @@ import { newRouter } from "./http/router";
 import type { Endpoint, ProxyOptions } from "./inference/proxy";
 import { inferenceRoutes, serveCompletion } from "./inference/routes";
 import { licenseRoutes } from "./licenses/routes";
+import { health } from "./observability/readiness";
 import { organizationOverviewRoutes } from "./organizations/overview";
 import { organizationRoutes } from "./organizations/routes";
 import { portalRoutes } from "./portal/routes";
@@ -40,7 +41,7 @@ export interface AppOptions extends ServiceOptions {
 export function newApp(options: AppOptions = {}) {
   const app = withCommonHandling(newRouter(), options);
 
-  app.get("/health", (c) => c.json({ ok: true }));
+  app.get("/health", health);
   app.route("/", licenseRoutes);
   app.route("/", applicationRoutes);
   app.route("/", authRoutes);

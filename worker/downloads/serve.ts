@@ -5,6 +5,7 @@ import { accessTokens, downloadEvents, downloadLinks, grants, memberships, model
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
+import { recordDownload } from "../observability/analytics";
 import { liveMembershipOfTokenMember, memberMayUseToken } from "../tokens/service";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
@@ -70,6 +71,7 @@ export async function serveDownload(
 ): Promise<Response> {
   const services = c.get("services");
   const { db, clock, config } = services;
+  const startedAt = clock.now().getTime();
   const signature = c.req.query("sig");
   if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
   const claims = await verifyLink(config, signature, clock.now());
@@ -86,6 +88,7 @@ export async function serveDownload(
       tokenModels: accessTokens.models,
       memberRole: memberships.role,
       grantStatus: grants.status,
+      organizationId: grants.organizationId,
       grantModels: grants.models,
       file: modelFiles,
     })
@@ -175,6 +178,17 @@ export async function serveDownload(
   const finished = object.body.pipeTo(writable).then(
     () => true,
     () => false,
+  );
+  void finished.then((complete) =>
+    recordDownload(c.env, {
+      organizationId: row.organizationId ?? "",
+      model,
+      path,
+      status,
+      complete,
+      latencyMs: clock.now().getTime() - startedAt,
+      bytes: complete ? length : 0,
+    }),
   );
   c.executionCtx.waitUntil(
     finished.then((complete) =>

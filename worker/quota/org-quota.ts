@@ -583,6 +583,11 @@ export class OrgQuota extends DurableObject<Env> {
     if (keys.length < pending.size || pending.size === LEDGER_FLUSH_KEYS) this.armFlush(0);
   }
 
+  /** Answers at once: the readiness check's proof that quota objects can be reached. */
+  async ping(): Promise<true> {
+    return true;
+  }
+
   /** Current standing without changing anything. */
   async peek(limits: QuotaLimits, now: number): Promise<QuotaSnapshot & { month: string; monthTokens: number }> {
     this.roll(now);
