@@ -48,7 +48,6 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", organizationRoutes);
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
-  // Before the inference routes: `/v1/usage` is the organization's, by model, member or token.
   app.route("/", usageRoutes);
   app.route("/", inferenceRoutes(options.inference));
   app.route("/", billingRoutes);

@@ -23,8 +23,7 @@ export function isOpenAiPath(pathname: string): boolean {
     pathname === "/v1/models" ||
     /^\/v1\/models\/[^/]+$/.test(pathname) ||
     pathname === "/v1/chat/completions" ||
-    pathname === "/v1/completions" ||
-    pathname === "/v1/usage"
+    pathname === "/v1/completions"
   );
 }
 

@@ -1,9 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { and, eq, gte, lt, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import { getPath } from "hono/utils/url";
 import { bearerToken } from "../auth/bearer";
-import { usageLedger } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { modelCoverage, notCoveredProblem } from "../grants/coverage";
@@ -52,47 +50,6 @@ const completionRoute = (path: "/v1/chat/completions" | "/v1/completions", summa
       ...errorResponses,
     },
   });
-
-const UsageQuery = z.object({
-  from: z.iso.date().optional().openapi({ description: "First day (UTC), inclusive. Default: 30 days ago." }),
-  to: z.iso.date().optional().openapi({ description: "Last day (UTC), inclusive. Default: today." }),
-  granularity: z.literal("day").default("day"),
-});
-
-const usageRoute = createRoute({
-  method: "get",
-  path: "/v1/usage",
-  tags: ["Inference"],
-  summary: "Token usage of the token's organization, per day and model",
-  security: [{ accessToken: [] }],
-  request: { query: UsageQuery },
-  responses: {
-    200: {
-      description: "Usage per day and model",
-      content: {
-        "application/json": {
-          schema: z.object({
-            object: z.literal("list"),
-            from: z.string(),
-            to: z.string(),
-            data: z.array(
-              z.object({
-                date: z.string(),
-                model: z.string(),
-                requests: z.number().int(),
-                prompt_tokens: z.number().int(),
-                completion_tokens: z.number().int(),
-                total_tokens: z.number().int(),
-                partial_requests: z.number().int(),
-              }),
-            ),
-          }),
-        },
-      },
-    },
-    ...errorResponses,
-  },
-});
 
 /** A completion reached through the router (the app serves most without it: `serveCompletion`). */
 function honoCall(c: Context<HonoEnv>): CompletionCall {
@@ -164,38 +121,6 @@ export function inferenceRoutes(options: ProxyOptions = {}) {
     )
     .openapi(completionRoute("/v1/completions", "Text completion (OpenAI-compatible)"), (c) =>
       proxyCompletion(honoCall(c), "completions", options),
-    )
-    .openapi(usageRoute, async (c) => {
-      const services = c.get("services");
-      const caller = await authenticateInference(services, bearerToken(c.req.header("authorization")));
-      const today = services.clock.now().toISOString().slice(0, 10);
-      const query = c.req.valid("query");
-      const to = query.to ?? today;
-      const from = query.from ?? new Date(Date.parse(`${to}T00:00:00Z`) - 29 * 86_400_000).toISOString().slice(0, 10);
-      if (from > to) throw new AppError("validation_failed", "`from` must not be after `to`.");
-      const end = new Date(Date.parse(`${to}T00:00:00Z`) + 86_400_000).toISOString();
-      const day = sql<string>`substr(${usageLedger.startedAt}, 1, 10)`;
-      const rows = await services.db
-        .select({
-          date: day,
-          model: usageLedger.model,
-          requests: sql<number>`count(*)`,
-          prompt_tokens: sql<number>`coalesce(sum(${usageLedger.promptTokens}), 0)`,
-          completion_tokens: sql<number>`coalesce(sum(${usageLedger.completionTokens}), 0)`,
-          total_tokens: sql<number>`coalesce(sum(${usageLedger.totalTokens}), 0)`,
-          partial_requests: sql<number>`coalesce(sum(${usageLedger.partial}), 0)`,
-        })
-        .from(usageLedger)
-        .where(
-          and(
-            eq(usageLedger.organizationId, caller.principal.organizationId),
-            gte(usageLedger.startedAt, `${from}T00:00:00.000Z`),
-            lt(usageLedger.startedAt, end),
-          ),
-        )
-        .groupBy(day, usageLedger.model)
-        .orderBy(day, usageLedger.model);
-      return c.json({ object: "list" as const, from, to, data: rows }, 200);
-    });
+    );
   return router;
 }

@@ -1,7 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { organizationReader } from "../auth/organization-reader";
-import { AppError, problemResponse } from "../errors";
-import { handleError } from "../http/errors";
+import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import { usageCsv } from "./csv";
 import {
@@ -145,14 +144,6 @@ export async function organizationUsage(
 
 /** `GET /v1/usage`. */
 export const usageRoutes = newRouter();
-
-// Problems, also for a query the validator refused: this route is the organization's, not one of
-// the OpenAI-compatible ones whose errors take OpenAI's shape.
-usageRoutes.onError((error, c) =>
-  error instanceof AppError
-    ? problemResponse(error, new URL(c.req.url).pathname, c.get("requestId"))
-    : handleError(error, c),
-);
 
 usageRoutes.openapi(usageRoute, async (c) => {
   const services = c.get("services");
