@@ -9,6 +9,7 @@
  *   UploadPart, CompleteMultipartUpload, AbortMultipartUpload. Every request's AWS Signature V4 is checked
  *   (computed here independently of the client's signer) and so is its `x-amz-content-sha256`
  *   against the bytes received, as S3 does; parts other than the last must be at least 5 MiB.
+ *   Tests can make a part fail: refused for good, or once with a 500 or a dropped connection.
  */
 import { createHash, createHmac } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -45,6 +46,11 @@ export interface CloudflareStandIn {
   s3Requests: string[];
   /** S3 `UploadPart` calls to refuse, by part number. */
   refuseParts: Set<number>;
+  /**
+   * S3 `UploadPart` calls to fail once, by part number: `500` answers InternalError, `drop` closes
+   * the connection without an answer. Each is taken out of the map when it fires.
+   */
+  failPartOnce: Map<number, "500" | "drop">;
   close(): Promise<void>;
 }
 
@@ -159,6 +165,7 @@ export async function startCloudflareStandIn(options: StandInOptions): Promise<C
   const uploads = new Map<string, PendingUpload>();
   const s3Requests: string[] = [];
   const refuseParts = new Set<number>();
+  const failPartOnce = new Map<number, "500" | "drop">();
 
   const api = createServer(async (req, res) => {
     const body = await readBody(req);
@@ -222,6 +229,10 @@ export async function startCloudflareStandIn(options: StandInOptions): Promise<C
       const partNumber = Number(url.searchParams.get("partNumber"));
       if (!Number.isInteger(partNumber) || partNumber < 1) return s3Error(res, 400, "InvalidArgument", "partNumber");
       if (refuseParts.has(partNumber)) return s3Error(res, 400, "BadDigest", "refused on request");
+      const failure = failPartOnce.get(partNumber);
+      failPartOnce.delete(partNumber);
+      if (failure === "500") return s3Error(res, 500, "InternalError", "failed once on request");
+      if (failure === "drop") return req.socket.destroy();
       const etag = md5(body);
       upload.parts.set(partNumber, { bytes: body, etag });
       res.writeHead(200, { etag: `"${etag}"` });
@@ -286,6 +297,7 @@ export async function startCloudflareStandIn(options: StandInOptions): Promise<C
     uploads,
     s3Requests,
     refuseParts,
+    failPartOnce,
     async close() {
       await Promise.all([api, s3].map((server) => new Promise((done) => server.close(done))));
       db.close();

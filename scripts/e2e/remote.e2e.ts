@@ -8,7 +8,7 @@
  */
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -79,6 +79,10 @@ const upload = (dir: string, env: Record<string, string> = {}) =>
       String(6 * MiB),
       "--part-size",
       String(5 * MiB),
+      "--journal-dir",
+      join(work, "journal"),
+      "--retry-delay-ms",
+      "20",
     ],
     env,
   );
@@ -172,24 +176,74 @@ describe("weights:upload --remote", () => {
     expect(revisionCount()).toBe(1);
   });
 
-  it("aborts the multipart upload, removes what it stored and publishes nothing when R2 refuses a part", async () => {
+  it("keeps what R2 stored when it refuses a part, and the same command resumes without sending it again", async () => {
     const dir = join(work, "v2");
-    writeFolder(dir, randomBytes(11 * MiB));
+    const files = writeFolder(dir, randomBytes(11 * MiB));
+    const before = writes().length;
     standIn.refuseParts.add(2);
     try {
       const run = await upload(dir);
       expect(run.code).toBe(1);
       expect(run.stderr).toContain("BadDigest");
+      expect(run.stdout).toContain("run the same command again to resume");
     } finally {
       standIn.refuseParts.clear();
     }
-    expect(standIn.uploads.size).toBe(0);
-    expect(writes().some((r) => /^DELETE .*uploadId=/.test(r))).toBe(true);
-    // The files this attempt had stored are gone again: only the published revision's remain.
-    const published = standIn.db.prepare("SELECT r2_key FROM model_files").all() as { r2_key: string }[];
-    expect([...standIn.objects.keys()].sort()).toEqual(published.map((f) => f.r2_key).sort());
+    // Nothing published, nothing aborted or deleted: the parts and files R2 acknowledged stay.
     expect(mainRevision()).toBe(first.revision);
     expect(revisionCount()).toBe(1);
+    const failed = writes().slice(before);
+    expect(failed.filter((r) => r.startsWith("DELETE "))).toEqual([]);
+    expect(failed.filter((r) => /partNumber=[13]&/.test(r))).toHaveLength(2);
+    expect(readdirSync(join(work, "journal", "remote-modelgate-weights"))).toHaveLength(1);
+
+    const resumedAt = writes().length;
+    const run = await upload(dir);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toContain("resuming an interrupted upload");
+    expect(run.stdout).toContain("2/3 parts already stored");
+    const resumed = writes().slice(resumedAt);
+    // Only what was missing: part 2, the completion, and the file after the shard.
+    expect(resumed.filter((r) => /[?&]uploads/.test(r))).toEqual([]);
+    expect(resumed.filter((r) => /partNumber=/.test(r))).toEqual([expect.stringMatching(/partNumber=2&/)]);
+    expect(resumed.filter((r) => r.includes("config.json"))).toEqual([]);
+    expect(resumed.filter((r) => r.startsWith("POST ") && r.includes("uploadId="))).toHaveLength(1);
+    expect(resumed.filter((r) => r.startsWith("PUT ") && r.endsWith("original/params.json"))).toHaveLength(1);
+    const revision = /revision ([0-9a-f]{40}) \(published\)/.exec(run.stdout)?.[1];
+    expect(mainRevision()).toBe(revision);
+    for (const [path, local] of files) {
+      const row = standIn.db
+        .prepare("SELECT r2_key, sha256 FROM model_files WHERE revision_id = ? AND path = ?")
+        .get(revision ?? "", path) as { r2_key: string; sha256: string };
+      expect(Buffer.compare(standIn.objects.get(row.r2_key)?.bytes ?? Buffer.alloc(0), local), path).toBe(0);
+      expect(row.sha256).toBe(sha256(local));
+    }
+    expect(standIn.uploads.size).toBe(0);
+    // Published: nothing left to resume.
+    expect(readdirSync(join(work, "journal", "remote-modelgate-weights"))).toEqual([]);
+  });
+
+  it("retries a part answered 500 and a part whose connection dropped, and finishes", async () => {
+    const dir = join(work, "v3");
+    const files = writeFolder(dir, randomBytes(11 * MiB));
+    const before = writes().length;
+    standIn.failPartOnce.set(2, "500");
+    standIn.failPartOnce.set(3, "drop");
+    const run = await upload(dir);
+    expect(run.code, run.stderr).toBe(0);
+    expect(standIn.failPartOnce.size).toBe(0);
+    expect(run.stdout).toMatch(/part 2: .*InternalError.*retrying in \d+ ms \(attempt 2\/6\)/);
+    expect(run.stdout).toMatch(/part 3: .*fetch failed.*retrying in \d+ ms \(attempt 2\/6\)/);
+    const sent = writes().slice(before);
+    const partPuts = (n: number) => sent.filter((r) => new RegExp(`partNumber=${n}&`).test(r)).length;
+    expect([partPuts(1), partPuts(2), partPuts(3)]).toEqual([1, 2, 2]);
+    const revision = /revision ([0-9a-f]{40}) \(published\)/.exec(run.stdout)?.[1];
+    expect(mainRevision()).toBe(revision);
+    const shard = standIn.db
+      .prepare("SELECT r2_key FROM model_files WHERE revision_id = ? AND path = ?")
+      .get(revision ?? "", "model-00001-of-00001.safetensors") as { r2_key: string };
+    const local = files.get("model-00001-of-00001.safetensors") ?? Buffer.alloc(0);
+    expect(Buffer.compare(standIn.objects.get(shard.r2_key)?.bytes ?? Buffer.alloc(0), local)).toBe(0);
   });
 
   it("refuses wrong credentials before sending any file", async () => {

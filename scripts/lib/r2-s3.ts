@@ -16,7 +16,10 @@ export interface S3BucketOptions {
   /** An R2 API token's S3 credentials (Object Read & Write on the bucket). */
   accessKeyId: string;
   secretAccessKey: string;
-  /** Attempts after a 5xx or 429 answer, with growing pauses (default 3). */
+  /**
+   * Attempts after a 5xx or 429 answer inside one call (default 0: `uploadWeights` retries every
+   * request itself, network errors included, and logs each retry).
+   */
   retries?: number;
 }
 
@@ -58,7 +61,7 @@ export function s3Bucket(options: S3BucketOptions): WeightsBucket & { check(): P
     secretAccessKey: options.secretAccessKey,
     service: "s3",
     region: "auto",
-    retries: options.retries ?? 3,
+    retries: options.retries ?? 0,
   });
   const base = `${options.endpoint.replace(/\/+$/, "")}/${encodeURIComponent(options.bucket)}`;
   const objectUrl = (key: string, query = "") =>
@@ -87,6 +90,36 @@ export function s3Bucket(options: S3BucketOptions): WeightsBucket & { check(): P
     );
   }
 
+  /** The multipart upload `uploadId` of `key`, new or started by an earlier run. */
+  function multipartUpload(key: string, uploadId: string): WeightsMultipartUpload {
+    const upload = `uploadId=${encodeURIComponent(uploadId)}`;
+    return {
+      uploadId,
+      async uploadPart(partNumber, bytes) {
+        // `call` sends the part's own sha256, which R2 checks against the bytes it receives.
+        const response = await call("PUT", objectUrl(key, `partNumber=${partNumber}&${upload}`), { body: bytes });
+        return { partNumber, etag: bareEtag(response.headers.get("etag")) };
+      },
+      async complete(parts) {
+        const xml = `<CompleteMultipartUpload>${parts
+          .map((p) => `<Part><PartNumber>${p.partNumber}</PartNumber><ETag>"${p.etag}"</ETag></Part>`)
+          .join("")}</CompleteMultipartUpload>`;
+        const response = await call("POST", objectUrl(key, upload), {
+          body: xml,
+          headers: { "content-type": "application/xml" },
+        });
+        const text = await response.text();
+        // S3 may answer a completion 200 and report its failure in the body.
+        const failed = xmlText(text, "Code");
+        if (failed) throw new S3Error(response.status, failed, `R2 did not complete ${key}: ${failed}`);
+        return { etag: bareEtag(xmlText(text, "ETag")) };
+      },
+      async abort() {
+        await call("DELETE", objectUrl(key, upload));
+      },
+    };
+  }
+
   return {
     async check() {
       await call("HEAD", base);
@@ -105,32 +138,10 @@ export function s3Bucket(options: S3BucketOptions): WeightsBucket & { check(): P
       const started = await call("POST", objectUrl(key, "uploads"), { headers: { "content-type": contentType } });
       const uploadId = xmlText(await started.text(), "UploadId");
       if (!uploadId) throw new S3Error(502, "MissingUploadId", `R2 started no multipart upload of ${key}`);
-      const upload = `uploadId=${encodeURIComponent(uploadId)}`;
-      return {
-        async uploadPart(partNumber, bytes) {
-          // `call` sends the part's own sha256, which R2 checks against the bytes it receives.
-          const response = await call("PUT", objectUrl(key, `partNumber=${partNumber}&${upload}`), { body: bytes });
-          return { partNumber, etag: bareEtag(response.headers.get("etag")) };
-        },
-        async complete(parts) {
-          const xml = `<CompleteMultipartUpload>${parts
-            .map((p) => `<Part><PartNumber>${p.partNumber}</PartNumber><ETag>"${p.etag}"</ETag></Part>`)
-            .join("")}</CompleteMultipartUpload>`;
-          const response = await call("POST", objectUrl(key, upload), {
-            body: xml,
-            headers: { "content-type": "application/xml" },
-          });
-          const text = await response.text();
-          // S3 may answer a completion 200 and report its failure in the body.
-          const failed = xmlText(text, "Code");
-          if (failed) throw new S3Error(response.status, failed, `R2 did not complete ${key}: ${failed}`);
-          return { etag: bareEtag(xmlText(text, "ETag")) };
-        },
-        async abort() {
-          await call("DELETE", objectUrl(key, upload));
-        },
-      };
+      return multipartUpload(key, uploadId);
     },
+
+    resumeMultipartUpload: (key, uploadId) => multipartUpload(key, uploadId),
 
     async delete(key) {
       await call("DELETE", objectUrl(key));

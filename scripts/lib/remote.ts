@@ -30,11 +30,17 @@ export function requireEnv(names: string[]): void {
   if (missing.length > 0) throw new RemoteSetupError(`--remote needs ${missing.join(", ")} in the environment`);
 }
 
+/**
+ * The deployed environment of wrangler.toml whose resources `--remote` reaches: `[env.production]`,
+ * or the one `CLOUDFLARE_ENV` names (`staging`), as wrangler itself reads that variable. The top
+ * level is local development and names no production resource.
+ */
 function wranglerConfig(): {
   d1_databases: { binding: string; database_id?: string }[];
   r2_buckets: { binding: string; bucket_name?: string }[];
 } {
-  return unstable_readConfig({ config: join(ROOT, "wrangler.toml") }, { hideWarnings: true });
+  const environment = env("CLOUDFLARE_ENV") || "production";
+  return unstable_readConfig({ config: join(ROOT, "wrangler.toml"), env: environment }, { hideWarnings: true });
 }
 
 /**
@@ -47,7 +53,7 @@ export async function remoteDatabase(probeTable: string, databaseId?: string): P
   const id = databaseId ?? wranglerConfig().d1_databases.find((d) => d.binding === "DB")?.database_id;
   if (!id || PLACEHOLDER_ID.test(id)) {
     throw new RemoteSetupError(
-      "wrangler.toml has no production database id: put the one `wrangler d1 create` printed there, or pass --database-id",
+      "wrangler.toml has no production database id: put the one `wrangler d1 create` printed in [env.production] (or CLOUDFLARE_ENV's), or pass --database-id",
     );
   }
   const db = d1OverHttp({

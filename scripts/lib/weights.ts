@@ -6,9 +6,13 @@
  * Each file's sha256 is computed from the bytes as they are read and sent to R2, never taken from
  * a checksum file the uploader brings, so the manifest vouches for what R2 actually holds; R2
  * checks the hash of each request's bytes (of a whole file, and over the S3 API of each part).
- * Files are streamed: a small file goes in one `put`, a large one as a multipart upload, and no
- * more than one part is ever held in memory. (Neither the `getPlatformProxy()` R2 binding nor a
- * signed S3 request can take a stream of unknown length, so a part is the unit of buffering.)
+ * Files are streamed: a small file goes in one `put`, a large one as a multipart upload with a few
+ * parts in flight at once (so at most that many parts, plus the one being read, are in memory:
+ * neither the `getPlatformProxy()` R2 binding nor a signed S3 request can take a stream of unknown
+ * length, so a part is the unit of buffering). Every request is retried with exponential backoff
+ * on network errors and 5xx/429 answers. With a journal file (`weights:upload` keeps one under
+ * `.wrangler/weights-upload/`), an interrupted upload keeps what R2 stored and the next run sends
+ * only the rest: files and parts already acknowledged are read (to hash them) but not sent again.
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
@@ -26,6 +30,9 @@ import {
 import { systemClock } from "../../worker/platform/clock";
 import { randomIds } from "../../worker/platform/ids";
 import { findModel } from "../../worker/policy/families";
+import type { ProgressMeter } from "./progress";
+import { S3Error } from "./r2-s3";
+import { UploadJournal } from "./upload-journal";
 
 /** Files above this size go to R2 as multipart uploads. */
 export const DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024;
@@ -33,6 +40,10 @@ export const DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024;
 export const DEFAULT_PART_SIZE = 64 * 1024 * 1024;
 /** R2 refuses parts smaller than 5 MiB, except the last. */
 export const MIN_PART_SIZE = 5 * 1024 * 1024;
+/** Parts in flight at once for one file. */
+export const DEFAULT_CONCURRENCY = 4;
+/** Attempts of one request before the upload stops (and can be resumed). */
+const MAX_ATTEMPTS = 6;
 /** R2 allows at most 10,000 parts per object. */
 const MAX_PARTS = 10_000;
 /** Who publishes, as the audit log names them. */
@@ -47,18 +58,31 @@ export interface WeightsBucket {
   put(key: string, bytes: Uint8Array, options: { contentType: string; sha256: string }): Promise<{ etag: string }>;
   /** Starts a multipart upload of `key`. */
   createMultipartUpload(key: string, options: { contentType: string }): Promise<WeightsMultipartUpload>;
+  /** Continues a multipart upload an earlier run started. */
+  resumeMultipartUpload(key: string, uploadId: string): WeightsMultipartUpload;
   /** Removes the object under `key`, if there is one. */
   delete(key: string): Promise<void>;
 }
 
 /** A multipart upload under way. */
 export interface WeightsMultipartUpload {
+  /** What `resumeMultipartUpload` takes to continue it. */
+  uploadId: string;
   /** Sends part `partNumber` (from 1). */
   uploadPart(partNumber: number, bytes: Uint8Array): Promise<R2UploadedPart>;
   /** Joins the parts into the object; resolves to its etag. */
   complete(parts: R2UploadedPart[]): Promise<{ etag: string }>;
   /** Drops the parts sent so far. */
   abort(): Promise<void>;
+}
+
+function multipart(upload: R2MultipartUpload): WeightsMultipartUpload {
+  return {
+    uploadId: upload.uploadId,
+    uploadPart: (partNumber, bytes) => upload.uploadPart(partNumber, bytes),
+    complete: async (parts) => ({ etag: (await upload.complete(parts)).etag }),
+    abort: () => upload.abort(),
+  };
 }
 
 /** The R2 binding (`getPlatformProxy()`, Miniflare) as a `WeightsBucket`. */
@@ -70,13 +94,9 @@ export function bindingBucket(r2: R2Bucket): WeightsBucket {
       return { etag: object.etag };
     },
     async createMultipartUpload(key, { contentType }) {
-      const upload = await r2.createMultipartUpload(key, { httpMetadata: { contentType } });
-      return {
-        uploadPart: (partNumber, bytes) => upload.uploadPart(partNumber, bytes),
-        complete: async (parts) => ({ etag: (await upload.complete(parts)).etag }),
-        abort: () => upload.abort(),
-      };
+      return multipart(await r2.createMultipartUpload(key, { httpMetadata: { contentType } }));
     },
+    resumeMultipartUpload: (key, uploadId) => multipart(r2.resumeMultipartUpload(key, uploadId)),
     delete: (key) => r2.delete(key),
   };
 }
@@ -98,6 +118,17 @@ export interface WeightsUploadOptions {
   partSize?: number;
   /** Progress lines; default silent. */
   log?: (line: string) => void;
+  /** Bytes done, rate and time left; default none. */
+  progress?: (total: number) => ProgressMeter;
+  /** Parts of one file in flight at once (default 4). */
+  concurrency?: number;
+  /** The first pause before a retry, doubled each time (default 1 s; jittered). */
+  retryDelayMs?: number;
+  /**
+   * Where to keep the journal that lets an interrupted upload resume (a file per model and
+   * revision is made in this folder). Without it, a failed upload removes what it stored.
+   */
+  journalDir?: string;
 }
 
 /** What an upload did. */
@@ -157,8 +188,47 @@ function changedWhileReading(file: LocalFile, read: number): WeightsUploadError 
   );
 }
 
+/** How one upload run sends: retries, parallel parts, the journal and progress. */
+interface Transfer {
+  bucket: WeightsBucket;
+  journal: UploadJournal;
+  meter: ProgressMeter | undefined;
+  log: (line: string) => void;
+  concurrency: number;
+  retryDelayMs: number;
+}
+
+const NETWORK_CODES = new Set(["ECONNRESET", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "EAI_AGAIN", "ENOTFOUND"]);
+
+/**
+ * Whether a failed request may succeed when sent again: the network failed (fetch's `TypeError`,
+ * a reset socket) or R2 answered 5xx or 429. A refusal (a bad digest, wrong credentials) is final.
+ */
+export function isRetryable(error: unknown): boolean {
+  if (error instanceof S3Error) return error.status >= 500 || error.status === 429;
+  if (error instanceof WeightsUploadError) return false;
+  if (error instanceof TypeError) return true;
+  const code = (error as { code?: unknown; cause?: { code?: unknown } } | null)?.code;
+  const causeCode = (error as { cause?: { code?: unknown } } | null)?.cause?.code;
+  return NETWORK_CODES.has(String(code)) || NETWORK_CODES.has(String(causeCode));
+}
+
+/** `send`, again after 1, 2, 4 … × `retryDelayMs` (with jitter) while it fails retryably. */
+async function withRetries<T>(transfer: Transfer, what: string, send: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await send();
+    } catch (error) {
+      if (attempt >= MAX_ATTEMPTS || !isRetryable(error)) throw error;
+      const pause = Math.round(transfer.retryDelayMs * 2 ** (attempt - 1) * (0.5 + Math.random() / 2));
+      transfer.log(`  ${what}: ${String(error)}; retrying in ${pause} ms (attempt ${attempt + 1}/${MAX_ATTEMPTS})`);
+      await new Promise((done) => setTimeout(done, pause));
+    }
+  }
+}
+
 /** One `put`, with R2 checking the sha256 we computed against the bytes it received. */
-async function putWhole(bucket: WeightsBucket, key: string, file: LocalFile, contentType: string) {
+async function putWhole(transfer: Transfer, key: string, file: LocalFile, contentType: string) {
   const hash = createHash("sha256");
   const data = Buffer.allocUnsafe(file.size);
   let read = 0;
@@ -171,36 +241,67 @@ async function putWhole(bucket: WeightsBucket, key: string, file: LocalFile, con
   }
   if (read !== file.size) throw changedWhileReading(file, read);
   const sha256 = hash.digest("hex");
-  const { etag } = await bucket.put(key, data, { contentType, sha256 });
+  const { etag } = await withRetries(transfer, file.path, () =>
+    transfer.bucket.put(key, data, { contentType, sha256 }),
+  );
+  transfer.meter?.sentBytes(file.size);
   return { sha256, etag };
 }
 
-/** A multipart upload; aborted if anything fails, so no half-object lingers. */
-async function putInParts(
-  bucket: WeightsBucket,
-  key: string,
-  file: LocalFile,
-  contentType: string,
-  partSize: number,
-  log: (line: string) => void,
-) {
-  const parts = Math.ceil(file.size / partSize);
+/**
+ * A multipart upload with up to `transfer.concurrency` parts in flight, continuing the one the
+ * journal recorded for this file (its acknowledged parts are read and hashed, not sent again).
+ */
+async function putInParts(transfer: Transfer, key: string, file: LocalFile, contentType: string, partSize: number) {
+  const { bucket, journal } = transfer;
+  const earlier = journal.entry(file.path)?.multipart;
+  // A resumed file keeps the part size its parts were cut with.
+  const size = earlier?.partSize ?? partSize;
+  const parts = Math.ceil(file.size / size);
   if (parts > MAX_PARTS) {
     throw new WeightsUploadError(`${file.path} would need ${parts} parts; R2 allows ${MAX_PARTS}: raise --part-size`);
   }
-  const upload = await bucket.createMultipartUpload(key, { contentType });
+  const upload = earlier
+    ? bucket.resumeMultipartUpload(key, earlier.uploadId)
+    : await withRetries(transfer, file.path, () => bucket.createMultipartUpload(key, { contentType }));
+  if (!earlier) journal.multipartStarted(file.path, upload.uploadId, size);
+  const stored = new Map((earlier?.parts ?? []).map((p) => [p.partNumber, p.etag]));
+  if (stored.size > 0) transfer.log(`  ${file.path}: ${stored.size}/${parts} parts already stored`);
   try {
     const hash = createHash("sha256");
-    const uploaded: R2UploadedPart[] = [];
-    // One buffer, refilled for each part: the upload of a part is awaited before it is reused.
-    const buffer = Buffer.allocUnsafe(partSize);
+    const inFlight = new Set<Promise<void>>();
+    let failure: { error: unknown } | undefined;
+    let buffer = Buffer.allocUnsafe(size);
     let filled = 0;
     let read = 0;
+    let partNumber = 0;
     const sendPart = async () => {
+      partNumber++;
       const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, filled);
-      uploaded.push(await upload.uploadPart(uploaded.length + 1, bytes));
-      log(`  ${file.path}: part ${uploaded.length}/${parts}`);
       filled = 0;
+      if (stored.has(partNumber)) {
+        transfer.meter?.skippedBytes(bytes.byteLength);
+        return;
+      }
+      // A part in flight keeps its buffer; the next part is read into a fresh one.
+      buffer = Buffer.allocUnsafe(size);
+      while (inFlight.size >= transfer.concurrency) await Promise.race(inFlight);
+      if (failure) throw failure.error;
+      const number = partNumber;
+      const sending: Promise<void> = withRetries(transfer, `${file.path} part ${number}`, () =>
+        upload.uploadPart(number, bytes),
+      )
+        .then((part) => {
+          stored.set(number, part.etag);
+          journal.partStored(file.path, { partNumber: number, etag: part.etag });
+          transfer.meter?.sentBytes(bytes.byteLength);
+          if (!transfer.meter?.tty) transfer.log(`  ${file.path}: part ${number}/${parts}`);
+        })
+        .catch((error: unknown) => {
+          failure ??= { error };
+        })
+        .finally(() => inFlight.delete(sending));
+      inFlight.add(sending);
     };
     for await (const chunk of createReadStream(file.absolute, { highWaterMark: 1024 * 1024 })) {
       const bytes = chunk as Buffer;
@@ -209,19 +310,25 @@ async function putInParts(
       hash.update(bytes);
       let offset = 0;
       while (offset < bytes.byteLength) {
-        const n = Math.min(partSize - filled, bytes.byteLength - offset);
+        const n = Math.min(size - filled, bytes.byteLength - offset);
         bytes.copy(buffer, filled, offset, offset + n);
         filled += n;
         offset += n;
-        if (filled === partSize) await sendPart();
+        if (filled === size) await sendPart();
       }
     }
     if (read !== file.size) throw changedWhileReading(file, read);
     if (filled > 0) await sendPart();
-    const { etag } = await upload.complete(uploaded);
+    await Promise.all(inFlight);
+    // Narrowed by the callbacks above, which TypeScript cannot see.
+    const failed = failure as { error: unknown } | undefined;
+    if (failed) throw failed.error;
+    const list = [...stored].map(([n, etag]) => ({ partNumber: n, etag })).sort((a, b) => a.partNumber - b.partNumber);
+    const { etag } = await withRetries(transfer, `${file.path} completion`, () => upload.complete(list));
     return { sha256: hash.digest("hex"), etag };
   } catch (error) {
-    await upload.abort().catch(() => undefined);
+    // With a journal the parts stay for the next run; without one nothing could resume them.
+    if (!journal.persistent) await upload.abort().catch(() => undefined);
     throw error;
   }
 }
@@ -278,25 +385,56 @@ export async function uploadWeights(
     return { ...report, outcome: "republished" };
   }
 
-  const uploadId = randomIds(systemClock).id("upl");
+  const journal = UploadJournal.open(
+    options.journalDir ? join(options.journalDir, `${model}-${plannedId}.json`) : undefined,
+    model,
+    plannedId,
+    randomIds(systemClock).id("upl"),
+  );
+  const meter = options.progress?.(totalBytes);
+  const transfer: Transfer = {
+    bucket: target.bucket,
+    journal,
+    meter,
+    log: meter ? (line) => meter.line(line) : log,
+    concurrency: options.concurrency ?? DEFAULT_CONCURRENCY,
+    retryDelayMs: options.retryDelayMs ?? 1_000,
+  };
+  if (journal.resumed) transfer.log(`  resuming an interrupted upload (${journal.uploadKey})`);
   const uploaded: UploadedFile[] = [];
   try {
     for (const file of local) {
-      const r2Key = `models/${model}/uploads/${uploadId}/${file.path}`;
+      const r2Key = `models/${model}/uploads/${journal.uploadKey}/${file.path}`;
       const contentType = contentTypeOf(file.path);
-      log(`  ${file.path} (${file.size} bytes)${file.size > threshold ? " in parts" : ""}`);
+      const done = journal.entry(file.path)?.stored;
+      if (done) {
+        // The revision id covers every file's sha256, so a stored file is this very file.
+        meter?.skippedBytes(file.size);
+        uploaded.push({ path: file.path, size: file.size, ...done, r2Key, contentType });
+        continue;
+      }
+      transfer.log(`  ${file.path} (${file.size} bytes)${file.size > threshold ? " in parts" : ""}`);
       const { sha256, etag } =
         file.size > threshold
-          ? await putInParts(target.bucket, r2Key, file, contentType, partSize, log)
-          : await putWhole(target.bucket, r2Key, file, contentType);
+          ? await putInParts(transfer, r2Key, file, contentType, partSize)
+          : await putWhole(transfer, r2Key, file, contentType);
+      journal.stored(file.path, { sha256, etag });
       uploaded.push({ path: file.path, size: file.size, sha256, r2Key, etag, contentType });
     }
   } catch (error) {
+    meter?.finish();
+    if (journal.persistent) {
+      // What R2 acknowledged stays; the next run with the same folder sends only the rest.
+      transfer.log("  stopped; run the same command again to resume where it stopped");
+      throw error;
+    }
     // Nothing is published, so the files this attempt stored would never be served: remove them
     // (best effort). A failure while publishing leaves them, as the revision may have landed.
     await Promise.all(uploaded.map((f) => target.bucket.delete(f.r2Key).catch(() => undefined)));
     throw error;
   }
+  meter?.finish();
   const revision = await publish(db, model, uploaded);
+  journal.remove();
   return { model, revision, files: uploaded.length, totalBytes, outcome: "uploaded" };
 }
