@@ -23,7 +23,7 @@ export function formatBytes(n: number): string {
     value /= 1024;
     unit++;
   }
-  return `${unit === 0 ? value : value.toFixed(1)} ${UNITS[unit]}`;
+  return `${unit === 0 ? Math.round(value) : value.toFixed(1)} ${UNITS[unit]}`;
 }
 
 /** `3725` seconds → `1h 2m`; `95` → `1m 35s`. */
@@ -96,7 +96,8 @@ export class ProgressMeter {
     const seconds = (this.now() - this.started) / 1000;
     const rate = seconds > 0 ? this.sent / seconds : 0;
     const percent = this.total > 0 ? Math.floor((this.done / this.total) * 100) : 100;
-    const left = rate > 0 ? `${formatDuration((this.total - this.done) / rate)} left` : "estimating";
+    // The first seconds' rate says little (connections warming up, a first small file).
+    const left = rate > 0 && seconds >= 3 ? `${formatDuration((this.total - this.done) / rate)} left` : "estimating";
     return `${formatBytes(this.done)} / ${formatBytes(this.total)} (${percent}%), ${formatBytes(rate)}/s, ${left}`;
   }
 
