@@ -235,19 +235,40 @@ describe("inference servers added in the console", () => {
     await expect(ask()).rejects.toMatchObject({ status: 502 });
     const since = TOKEN_NOW.toISOString();
     expect(await healthOf()).toEqual({ state: "down", reason: "status 500", since, seenAt: since });
-    // Left alone while down: no request reaches it.
-    await expect(ask()).rejects.toMatchObject({ status: 503 });
-    expect(await gpu.requests()).toHaveLength(1);
+    // Down, but the only server of its model: still tried, and its own failure is what the client sees.
+    await expect(ask()).rejects.toMatchObject({ status: 502 });
+    expect(await gpu.requests()).toHaveLength(2);
 
     await gpu.mode("ok");
     clock.advance(1_000);
     expect(await (await admin("POST", `/${added.id}/probe`)).json()).toMatchObject({ healthy: true });
     const checked = clock.now().toISOString();
     expect(await healthOf()).toEqual({ state: "up", reason: null, since: checked, seenAt: checked });
-    // Once this isolate reads the servers again it sends to it, before its own probe would have.
     clock.advance(BACKENDS_CACHE_MS);
     expect((await ask()).choices[0]?.message.content).toBe("tok0 tok1 tok2 tok3 ");
-    expect(await gpu.requests()).toHaveLength(2);
+    expect(await gpu.requests()).toHaveLength(3);
+  });
+
+  it("that are their model's only server are still tried while another isolate reports them down", async () => {
+    const { admin, ask, gw, clock } = await setup();
+    const gpu = scopedBackend(0);
+    await add(admin, gpu);
+    const at = clock.now().getTime();
+    // Far from its probe: under a fixed down window nothing would reach it for a minute.
+    await gw.db.insert(inferenceBackendHealth).values({
+      url: gpu.url,
+      state: "down",
+      reason: "status 500",
+      since: new Date(at).toISOString(),
+      downUntil: at + 60_000,
+      seenAt: at,
+    });
+    clock.advance(1_000);
+    expect((await ask()).choices[0]?.message.content).toBe("tok0 tok1 tok2 tok3 ");
+    expect(await gpu.requests()).toHaveLength(1);
+    // Its success is news for the others: the server is up again.
+    const [shared] = await gw.db.select().from(inferenceBackendHealth).where(eq(inferenceBackendHealth.url, gpu.url));
+    expect(shared).toMatchObject({ state: "up", reason: null });
   });
 
   it("take their shared health with them when they leave, unless another server still has the URL", async () => {

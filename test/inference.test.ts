@@ -286,6 +286,46 @@ describe("backend pool", () => {
     expect(await flaky.requests()).toHaveLength(2);
   });
 
+  it("keeps the only server of a pool serving through its 500s: its error while it fails, never a blanket 503", async () => {
+    const only = scopedBackend(0);
+    await only.mode("500", { count: 2 });
+    // The clock stands still: under a fixed down window the server would never be tried again.
+    const { gw, client } = await setup([only]);
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++)
+      statuses.push(
+        await ask(client).then(
+          () => 200,
+          (error: { status: number }) => error.status,
+        ),
+      );
+    expect(statuses).toEqual([502, 502, ...Array<number>(18).fill(200)]);
+    expect(await only.requests()).toHaveLength(20);
+    const rows = await ledger(gw);
+    expect(rows.filter((r) => r.outcome === "ok")).toHaveLength(18);
+    expect(rows.filter((r) => r.status === 503)).toEqual([]);
+  });
+
+  it("sends a request to the server down longest when a whole pool is down, and its first success restores it", async () => {
+    const broken = scopedBackend(0);
+    const flaky = scopedBackend(1);
+    await broken.mode("500");
+    await flaky.mode("500", { count: 1 });
+    const { client, clock } = await setup([broken, flaky]);
+    const status = () =>
+      ask(client).then(
+        () => 200,
+        (error: { status: number }) => error.status,
+      );
+    expect(await status()).toBe(502); // Both fail: the pool is down.
+    clock.advance(1_000);
+    expect(await status()).toBe(502); // One trial, of the first: it fails again, so it is now the latest down.
+    expect(await status()).toBe(200); // The other, down longer, is tried and has recovered…
+    expect(await status()).toBe(200); // …and takes the traffic while the broken one sits out its window.
+    expect(await broken.requests()).toHaveLength(2);
+    expect(await flaky.requests()).toHaveLength(3);
+  });
+
   it("tells other isolates of a down backend, and of its recovery, so they need not find out themselves", async () => {
     const flaky = scopedBackend(0);
     const steady = scopedBackend(1);

@@ -94,7 +94,10 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
   return { pools, refused };
 }
 
-/** How long a failed backend is left alone before it is probed again. */
+/**
+ * How long a failed backend is left alone before it is probed again, while its pool has others
+ * to serve (the last of a pool is tried anyway: `BackendHealth.order`).
+ */
 const DOWN_FOR_MS = 10_000;
 
 /** How long an isolate serves the stored servers, and their shared health, before reading them again. */
@@ -234,6 +237,33 @@ export class BackendHealth {
     return false;
   }
 
+  /**
+   * The servers of `pool` to try for one request, in order: the usable ones (`orderBackends`).
+   * When none is, the server whose down time ends first still gets the request, as a half-open
+   * trial: a pool is never emptied for a fixed window, so its last server keeps serving what it
+   * can, clients see its own error (a 502) rather than a blanket 503, and its first success
+   * brings it back at once. Among several down servers the trial moves on to the next with each
+   * failure, as each failure pushes that server's time back.
+   */
+  order(
+    pool: readonly Backend[],
+    now: number,
+    waitUntil: (p: Promise<unknown>) => void,
+    random: () => number,
+  ): Backend[] {
+    const usable = orderBackends(pool, (b) => this.isUsable(b, now, waitUntil), random);
+    if (usable.length > 0) return usable;
+    let lastResort: Backend | undefined;
+    for (const backend of pool) {
+      if (!lastResort || this.downUntilOf(backend) < this.downUntilOf(lastResort)) lastResort = backend;
+    }
+    return lastResort ? [lastResort] : [];
+  }
+
+  private downUntilOf(backend: Backend): number {
+    return this.downUntil.get(backend.url) ?? Number.NEGATIVE_INFINITY;
+  }
+
   /** Wait for probes started so far (tests). */
   async settled(): Promise<void> {
     await Promise.all(this.probing.values());
@@ -242,7 +272,8 @@ export class BackendHealth {
 
 /**
  * Orders a pool for one request: usable backends by weighted random choice without replacement
- * (so retries go to the others), down ones never.
+ * (so retries go to the others), down ones never. (`BackendHealth.order` adds the last resort
+ * when every server of the pool is down.)
  */
 export function orderBackends(
   pool: readonly Backend[],

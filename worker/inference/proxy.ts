@@ -13,7 +13,7 @@ import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller } from "./access";
 import { backendRefusal } from "./backend-errors";
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
-import { type Backend, BackendHealth, orderBackends } from "./backends";
+import { type Backend, BackendHealth } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { tokenBound } from "./token-bound";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
@@ -195,7 +195,7 @@ async function sendToBackends(
   waitUntil: (p: Promise<unknown>) => void,
 ): Promise<Attempt> {
   const now = services.clock.now().getTime();
-  const order = orderBackends(pool, (b) => options.health.isUsable(b, now, waitUntil), options.random);
+  const order = options.health.order(pool, now, waitUntil, options.random);
   let failure: Exclude<Attempt, { ok: true }>["failure"] = "none_usable";
   for (const backend of order) {
     const deadline = deadlineFor(backend.timeoutMs, stream);
