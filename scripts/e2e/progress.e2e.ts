@@ -10,7 +10,10 @@ function meter(tty: boolean, total = 10 * 1024 * 1024) {
   let now = 0;
   const out: string[] = [];
   const m = new ProgressMeter(total, { tty, write: (text) => out.push(text), now: () => now });
-  return { m, out, advance: (ms: number) => void (now += ms) };
+  const advance = (ms: number) => {
+    now += ms;
+  };
+  return { m, out, advance };
 }
 
 describe("weights:upload progress", () => {
