@@ -67,6 +67,16 @@ describe("GET /health", () => {
     expect(report.checks.d1.ok).toBe(true);
   });
 
+  it("security: ?ready is held to the public abuse brake (each check is a billed operation)", async () => {
+    const refusing = { limit: async () => ({ success: false }) } as unknown as RateLimit;
+    const gw = testGateway({ bindings: { PUBLIC_LIMITER: refusing } });
+    const res = await gw.request("/health?ready", { headers: { "cf-connecting-ip": "203.0.113.9" } });
+    expect(res.status).toBe(429);
+    expect(res.headers.get("content-type")).toContain("application/problem+json");
+    expect(((await res.json()) as { code: string }).code).toBe("rate_limited");
+    expect((await gw.request("/health")).status).toBe(200);
+  });
+
   it("?ready: a missing queue binding fails the queue check", async () => {
     const report = await checkReadiness({ ...env, USAGE_QUEUE: undefined as unknown as Queue }, { now: () => 0 });
     expect(report.checks.queue).toMatchObject({ ok: false, detail: "no USAGE_QUEUE binding" });

@@ -5,6 +5,7 @@
  */
 import type { Context } from "hono";
 import type { HonoEnv } from "../env";
+import { abuseBrake } from "../http/middleware";
 import { quotaStub } from "../quota/org-quota";
 
 /** One dependency's answer. */
@@ -97,10 +98,13 @@ export async function checkReadiness(env: Env, options: ReadinessOptions): Promi
 
 /**
  * `GET /health`: liveness (`{ok: true}`, touching nothing); `GET /health?ready`: readiness, 200
- * when every dependency answered and 503 with the failed check's detail otherwise.
+ * when every dependency answered and 503 with the failed check's detail otherwise. Readiness is
+ * held to the public abuse brake: each check is a billed D1 read, R2 operation and Durable Object
+ * request, which anonymous callers must not be able to run up.
  */
 export async function health(c: Context<HonoEnv>): Promise<Response> {
   if (c.req.query("ready") === undefined) return c.json({ ok: true });
+  await abuseBrake()(c, async () => {});
   const { clock } = c.get("services");
   const report = await checkReadiness(c.env, { now: () => clock.now().getTime() });
   return c.json(report, report.ok ? 200 : 503, { "cache-control": "no-store" });
