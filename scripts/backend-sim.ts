@@ -34,9 +34,9 @@ export const LLAMA_2_MODEL_IDS = [
 ] as const;
 
 /** How a simulator answers completion requests; see {@link SimulatorModeRequest}. */
-export type SimulatorMode = "ok" | "refuse" | "500" | "stall" | "cut" | "down" | "client_error";
+export type SimulatorMode = "ok" | "refuse" | "500" | "stall" | "cut" | "hang" | "down" | "client_error";
 
-const MODES: readonly SimulatorMode[] = ["ok", "refuse", "500", "stall", "cut", "down", "client_error"];
+const MODES: readonly SimulatorMode[] = ["ok", "refuse", "500", "stall", "cut", "hang", "down", "client_error"];
 
 /**
  * The error bodies real servers send with a 4xx: `vllm` (`{object: "error", message, type, param,
@@ -55,7 +55,8 @@ export interface SimulatorModeRequest {
   /**
    * `refuse`: destroy the socket without a response. `500`: an HTTP 500 with an OpenAI error
    * body. `stall`: accept and never answer. `cut`: stream `cutAfter` tokens, then destroy the
-   * socket without `[DONE]`. `down`: `/health` and completions answer 503. `client_error`: a 4xx
+   * socket without `[DONE]`. `hang`: stream `cutAfter` tokens, then send nothing more and keep the
+   * connection open until the client leaves (a plain answer: never answer). `down`: `/health` and completions answer 503. `client_error`: a 4xx
    * (`errorStatus`, default 400) with the body of `errorShape` (default `vllm`), as a server
    * refuses a request it finds invalid (a context too long, a bad parameter).
    */
@@ -79,13 +80,21 @@ export interface SimulatorModeRequest {
   tokenLatencyMs?: number;
   /**
    * How prompts are counted from now on: `words` (the default) or `bytes`, one token per UTF-8
-   * byte of the prompt's text, as a byte-fallback tokenizer does at worst (digits, for Llama 2).
+   * byte of the prompt's text, as a byte-fallback tokenizer does at worst (digits, for Llama 2),
+   * or `llama`, as vLLM counts for Llama 2: the chat rendered with Llama 2's template, then
+   * tokenized with its SentencePiece tokenizer. In `llama` mode every generated chunk is one
+   * Llama 2 token (" the", " of", …), so the text's tokens are exactly the tokens reported.
    */
   promptTokens?: PromptCount;
+  /**
+   * Whether usage is reported from now on (default true): false makes a server that never
+   * reports it, neither in plain answers nor in streams, whatever the request asks.
+   */
+  reportUsage?: boolean;
 }
 
 /** How a simulator counts a prompt's tokens. */
-export type PromptCount = "words" | "bytes";
+export type PromptCount = "words" | "bytes" | "llama";
 
 /** One completion request as the simulator received it (`GET /_sim/requests`). */
 export interface RecordedRequest {
@@ -156,6 +165,7 @@ interface ScopeState {
   cutAfter: number;
   tokenLatencyMs: number;
   promptTokens: PromptCount;
+  reportUsage: boolean;
   answer: AnswerKind;
   error: { shape: ErrorShape; status: number; message: string | undefined };
   recorded: RecordedRequest[];
@@ -175,12 +185,74 @@ function countWords(text: string): number {
   return words;
 }
 
+interface Tokenizer {
+  encode(text: string, addBos?: boolean, addPrecedingSpace?: boolean): number[];
+}
+
+let llama: Tokenizer | undefined;
+
+/** Llama 2's tokenizer, loaded when a scope first counts with it. */
+async function loadLlama(): Promise<Tokenizer> {
+  llama ??= (await import("llama-tokenizer-js")).default;
+  return llama;
+}
+
+/**
+ * Tokens of a text as Llama 2's tokenizer counts it in vLLM: `<s>` and `</s>` are one token
+ * each wherever they appear, and each text between them gets SentencePiece's leading "▁".
+ */
+function llamaTokens(text: string): number {
+  if (!llama) throw new Error("the Llama 2 tokenizer is not loaded");
+  let tokens = 0;
+  for (const part of text.split(/(<\/?s>)/)) {
+    if (part === "<s>" || part === "</s>") tokens++;
+    else if (part !== "") tokens += llama.encode(part, false, true).length;
+  }
+  return tokens;
+}
+
+function messageContent(message: ChatMessage): string {
+  const content = message?.content;
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return "";
+  return content
+    .map((part) => (part as { text?: unknown } | null)?.text)
+    .filter((text): text is string => typeof text === "string")
+    .join("\n");
+}
+
+/**
+ * The prompt vLLM renders for Llama 2's chat models, by the template in their
+ * `tokenizer_config.json`: a leading system message is folded into the first turn between
+ * `<<SYS>>` and `<</SYS>>`; user turns are `<s>[INST] … [/INST]`, assistant turns ` … </s>`.
+ */
+function llamaChatPrompt(messages: ChatMessage[]): string {
+  const first = messages[0] as { role?: unknown } | undefined;
+  const system = first?.role === "system" ? messageContent(messages[0] as ChatMessage) : undefined;
+  const turns = system === undefined ? messages : messages.slice(1);
+  return turns
+    .map((message, i) => {
+      const role = (message as { role?: unknown }).role;
+      const content =
+        i === 0 && system !== undefined
+          ? `<<SYS>>\n${system}\n<</SYS>>\n\n${messageContent(message)}`
+          : messageContent(message);
+      if (role === "user") return `<s>[INST] ${content.trim()} [/INST]`;
+      if (role === "assistant") return ` ${content.trim()} </s>`;
+      return "";
+    })
+    .join("");
+}
+
 function countTokens(text: string, count: PromptCount): number {
+  // A completions prompt gets the <s> vLLM's tokenizer adds.
+  if (count === "llama") return 1 + llamaTokens(text);
   return count === "bytes" ? Buffer.byteLength(text) : countWords(text);
 }
 
 /** Tokens in every text a chat message carries: plain `content` strings and `text` parts. */
 function chatPromptTokens(messages: ChatMessage[], count: PromptCount): number {
+  if (count === "llama") return llamaTokens(llamaChatPrompt(messages));
   let tokens = 0;
   for (const message of messages) {
     const content = message?.content;
@@ -195,14 +267,17 @@ function chatPromptTokens(messages: ChatMessage[], count: PromptCount): number {
   return tokens;
 }
 
+/** Words that are one Llama 2 token each with their leading space ("▁the"). */
+const LLAMA_WORDS = [" the", " of", " and", " to", " in", " is", " that", " for", " it", " with", " as", " on"];
+
 /** The i-th generated token; the whole completion is their concatenation. */
-function token(i: number): string {
-  return `tok${i} `;
+function token(i: number, count: PromptCount = "words"): string {
+  return count === "llama" ? (LLAMA_WORDS[i % LLAMA_WORDS.length] as string) : `tok${i} `;
 }
 
-function completionText(tokens: number): string {
+function completionText(tokens: number, count: PromptCount = "words"): string {
   let text = "";
-  for (let i = 0; i < tokens; i++) text += token(i);
+  for (let i = 0; i < tokens; i++) text += token(i, count);
   return text;
 }
 
@@ -324,6 +399,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         cutAfter: 3,
         tokenLatencyMs: options.tokenLatencyMs ?? 0,
         promptTokens: "words",
+        reportUsage: true,
         answer: "text",
         error: { shape: "vllm", status: 400, message: undefined },
         recorded: [],
@@ -363,8 +439,16 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       throw new BadRequest(400, "tokenLatencyMs must be a non-negative number", "invalid_request_error");
     }
     const promptTokens = request.promptTokens;
-    if (promptTokens !== undefined && promptTokens !== "words" && promptTokens !== "bytes") {
-      throw new BadRequest(400, "promptTokens must be words or bytes", "invalid_request_error", "promptTokens");
+    if (
+      promptTokens !== undefined &&
+      promptTokens !== "words" &&
+      promptTokens !== "bytes" &&
+      promptTokens !== "llama"
+    ) {
+      throw new BadRequest(400, "promptTokens must be words, bytes or llama", "invalid_request_error", "promptTokens");
+    }
+    if (request.reportUsage !== undefined && typeof request.reportUsage !== "boolean") {
+      throw new BadRequest(400, "reportUsage must be a boolean", "invalid_request_error", "reportUsage");
     }
     const { errorShape, errorStatus, errorMessage, answer } = request;
     if (errorShape !== undefined && !ERROR_SHAPES.includes(errorShape)) {
@@ -381,6 +465,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     }
     state.mode = request.mode;
     if (promptTokens !== undefined) state.promptTokens = promptTokens;
+    if (request.reportUsage !== undefined) state.reportUsage = request.reportUsage;
     if (answer !== undefined) state.answer = answer;
     if (request.mode === "client_error")
       state.error = { shape: errorShape ?? "vllm", status: errorStatus ?? 400, message: errorMessage };
@@ -396,6 +481,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       cutAfter: state.cutAfter,
       tokenLatencyMs: state.tokenLatencyMs,
       promptTokens: state.promptTokens,
+      reportUsage: state.reportUsage,
       answer: state.answer,
     };
   }
@@ -430,6 +516,10 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       case "refuse":
         req.socket.destroy();
         return;
+      case "hang":
+        // A plain answer that hangs never starts; a stream hangs after its first tokens (below).
+        if ((body as CompletionRequest | null)?.stream !== true) return;
+        break;
       case "stall":
         // Never answer; the socket goes when the client gives up or the simulator closes.
         return;
@@ -476,6 +566,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         "max_tokens",
       );
     }
+    if (state.promptTokens === "llama") await loadLlama();
     let promptTokens: number;
     if (kind === "chat") {
       if (!Array.isArray(request.messages)) {
@@ -511,10 +602,14 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
         model: request.model,
         promptTokens,
         maxTokens,
-        includeUsage: request.stream_options?.include_usage === true,
+        includeUsage: state.reportUsage && request.stream_options?.include_usage === true,
         continuousUsage:
-          request.stream_options?.include_usage === true && request.stream_options?.continuous_usage_stats === true,
-        cutAfter: answeredIn === "cut" ? state.cutAfter : undefined,
+          state.reportUsage &&
+          request.stream_options?.include_usage === true &&
+          request.stream_options?.continuous_usage_stats === true,
+        cutAfter: answeredIn === "cut" || answeredIn === "hang" ? state.cutAfter : undefined,
+        hang: answeredIn === "hang",
+        count: state.promptTokens,
         tokenLatencyMs: state.tokenLatencyMs,
         tool: kind === "chat" && state.answer === "tool_calls" ? firstToolName(request.tools) : undefined,
       });
@@ -523,8 +618,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
 
     // A plain answer comes once every token is generated, as a GPU server's does.
     if (state.tokenLatencyMs > 0) await sleep(maxTokens * state.tokenLatencyMs);
-    const content = completionText(maxTokens);
-    const usage = usageOf(promptTokens, maxTokens);
+    const content = completionText(maxTokens, state.promptTokens);
+    const usage = state.reportUsage ? usageOf(promptTokens, maxTokens) : undefined;
     const toolCall = {
       id: `call_${id}`,
       type: "function",
@@ -572,6 +667,10 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       tokenLatencyMs: number;
       /** The tool a `tool_calls` answer calls; undefined: a text answer. */
       tool: string | undefined;
+      /** After `cutAfter` tokens, keep the connection open and silent instead of cutting it. */
+      hang: boolean;
+      /** How tokens are counted, which decides the generated text. */
+      count: PromptCount;
     },
   ): Promise<void> {
     let clientGone = false;
@@ -609,7 +708,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     };
     const cut = async () => {
       await flushed;
-      req.socket.destroy();
+      // Hanging: the socket stays until the client leaves or the simulator closes.
+      if (!s.hang) req.socket.destroy();
     };
 
     if (s.kind === "chat") {
@@ -629,11 +729,11 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
       const delta =
         s.tool !== undefined
           ? { tool_calls: [{ index: 0, function: { arguments: argumentsPiece(i, s.maxTokens) } }] }
-          : { content: token(i) };
+          : { content: token(i, s.count) };
       const choice =
         s.kind === "chat"
           ? { index: 0, delta, logprobs: null, finish_reason: null }
-          : { index: 0, text: token(i), logprobs: null, finish_reason: null };
+          : { index: 0, text: token(i, s.count), logprobs: null, finish_reason: null };
       send(chunk(choice, i + 1));
     }
     if (s.cutAfter !== undefined) {

@@ -15,6 +15,7 @@ import { isOpenAiNamespace } from "../worker/http/openai-errors";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
+import { tokenCounterFor } from "../worker/inference/tokenizer";
 import { fixedClock, systemClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
@@ -172,7 +173,8 @@ describe("the real openai client through the gateway", () => {
 describe("streams that break", () => {
   it("are an error to the client, not a clean end, and metered as partial", async () => {
     const backend = scopedBackend(0);
-    await backend.mode("cut", { cutAfter: 3 });
+    // Counted as Llama 2's tokenizer counts: each chunk's text is then one token, as on vLLM.
+    await backend.mode("cut", { cutAfter: 3, promptTokens: "llama" });
     const { gw, client } = await setup([backend]);
     const stream = await client.chat.completions.create({
       model: MODEL,
@@ -189,7 +191,7 @@ describe("streams that break", () => {
         }
       })(),
     ).rejects.toThrow();
-    expect(deltas).toEqual(["tok0 ", "tok1 ", "tok2 "]);
+    expect(deltas).toEqual([" the", " of", " and"]);
     const [row] = await ledger(gw);
     expect(row).toMatchObject({ outcome: "partial", partial: true, completionTokens: 3, usageReported: false });
   });
@@ -798,7 +800,7 @@ describe("what the gateway passes on unchanged", () => {
     await backend.mode("cut", { cutAfter: 4 });
     const cut = await client.chat.completions.create({
       ...request,
-      max_tokens: 10,
+      max_tokens: 30,
     } as OpenAI.ChatCompletionCreateParamsStreaming);
     await expect(
       (async () => {
@@ -806,7 +808,10 @@ describe("what the gateway passes on unchanged", () => {
       })(),
     ).rejects.toThrow();
     const rows = await ledger(gw);
-    expect(rows[1]).toMatchObject({ outcome: "partial", usageReported: false, completionTokens: 4 });
+    // The server reported nothing: the arguments it sent are counted with the model's tokenizer.
+    const counted = await tokenCounterFor("llama-2")?.generated(['{"input": "tok0 tok1 tok2 tok3 ']);
+    expect(counted).toBeGreaterThan(4);
+    expect(rows[1]).toMatchObject({ outcome: "partial", usageReported: false, completionTokens: counted });
   });
 });
 

@@ -10,6 +10,13 @@ export interface Backend {
   apiKey: string | undefined;
   /** The model name the server expects (vLLM's `--served-model-name`). */
   servedModel: string;
+  /**
+   * The server is vLLM and is asked for usage on every streamed chunk
+   * (`stream_options.continuous_usage_stats`), so a stream cut before its usage chunk is still
+   * billed what the server counted. Off unless the operator says so: another server may refuse
+   * a field it does not know.
+   */
+  continuousUsage?: boolean;
 }
 
 const BackendInput = z.object({
@@ -18,6 +25,7 @@ const BackendInput = z.object({
   timeoutMs: z.number().int().positive().max(600_000).default(120_000),
   apiKey: z.string().optional(),
   servedModel: z.string().optional(),
+  continuousUsage: z.boolean().default(false),
 });
 
 export const BackendsInput = z.record(z.string(), z.array(BackendInput));
@@ -87,6 +95,7 @@ export function parseBackendPools(json: string | undefined, allowedHosts: readon
         timeoutMs: b.timeoutMs,
         apiKey: b.apiKey,
         servedModel: b.servedModel ?? model,
+        ...(b.continuousUsage ? { continuousUsage: true } : {}),
       });
     }
     pools.set(model, usable);

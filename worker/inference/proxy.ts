@@ -15,7 +15,8 @@ import { backendRefusal } from "./backend-errors";
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
-import { tokenBound } from "./token-bound";
+import { type TokenBound, tokenBound } from "./token-bound";
+import { type CountedRequest, type TokenCounter, tokenCounterFor } from "./tokenizer";
 import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
 
 /** The largest request body accepted, in bytes. */
@@ -388,10 +389,18 @@ async function complete(
 
   const stream = request.stream === true;
   const clientWantsUsage = request.stream_options?.include_usage === true;
+  const clientWantsContinuousUsage =
+    clientWantsUsage &&
+    Object.hasOwn(request.stream_options ?? {}, "continuous_usage_stats") &&
+    request.stream_options?.continuous_usage_stats === true;
+  /** Whether the gateway asks `backend` for usage on every chunk: a vLLM server its operator marked. */
+  const addsContinuousUsage = (backend: Backend) =>
+    stream && backend.continuousUsage === true && !clientWantsContinuousUsage;
   // The backend is held to the completion limit that was reserved, under either name it honours.
   const forward: Record<string, unknown> = { ...request, max_tokens: bound.completionLimit };
   if (Object.hasOwn(request, "max_completion_tokens")) forward.max_completion_tokens = bound.completionLimit;
   if (stream) forward.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
+  const counter = tokenCounterFor(found.family.id);
 
   const ledgerBase = {
     id: usageId,
@@ -422,13 +431,18 @@ async function complete(
     return isolateLeases.settle(organizationId, reservation, { id: usageId, actual: record.totalTokens, entry }, quota);
   };
 
-  // Backends differ only in the model name they serve; most pools serve one name.
+  // Backends differ only in the model name they serve and in whether they are asked for usage on
+  // every chunk; most pools send one body.
   const bodies = new Map<string, string>();
   const bodyFor = (backend: Backend) => {
-    let body = bodies.get(backend.servedModel);
+    const continuous = addsContinuousUsage(backend);
+    const key = `${continuous ? "+" : "-"}${backend.servedModel}`;
+    let body = bodies.get(key);
     if (body === undefined) {
-      body = JSON.stringify({ ...forward, model: backend.servedModel });
-      bodies.set(backend.servedModel, body);
+      const sent: Record<string, unknown> = { ...forward, model: backend.servedModel };
+      if (continuous) sent.stream_options = { ...(forward.stream_options as object), continuous_usage_stats: true };
+      body = JSON.stringify(sent);
+      bodies.set(key, body);
     }
     return body;
   };
@@ -499,19 +513,21 @@ async function complete(
       json = undefined;
     }
     const reported = readUsage(json);
-    const usage: Usage = reported ?? {
-      promptTokens: bound.prompt,
-      completionTokens: bound.completion,
-      totalTokens: bound.total,
-    };
-    void settle({
-      backend: backend.url,
-      ...usage,
-      usageReported: reported !== undefined,
-      outcome: "ok",
-      partial: false,
-      status: 200,
-    });
+    const answered = (usage: Usage) =>
+      settle({
+        backend: backend.url,
+        ...usage,
+        usageReported: reported !== undefined,
+        outcome: "ok",
+        partial: false,
+        status: 200,
+      });
+    if (reported) void answered(reported);
+    // Counted after the answer is sent, with the model's tokenizer: the bound would overbill.
+    else
+      waitUntil(
+        countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered),
+      );
     headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }
@@ -523,15 +539,30 @@ async function complete(
   });
   const body = meterEventStream(response.body, {
     clientWantsUsage,
+    continuousUsageAdded: addsContinuousUsage(backend),
     now: () => services.clock.now().getTime(),
     onEnd: reportStream,
   });
   waitUntil(
-    ended.then((report) => {
+    ended.then(async (report) => {
       if (report.end === "client_closed") attempt.deadline.abort();
       const usage = report.usage;
-      const completionTokens = usage?.completionTokens ?? report.contentChunks;
-      const promptTokens = usage?.promptTokens ?? bound.prompt;
+      let promptTokens: number;
+      let completionTokens: number;
+      if (usage) {
+        // Also a cut stream's: a server asked for usage on every chunk reported it to the last one seen.
+        promptTokens = usage.promptTokens;
+        completionTokens = usage.completionTokens;
+      } else {
+        const seen = report.generated();
+        const counted = await countedUsage(services, counter, request, bound, {
+          texts: seen.text === undefined ? undefined : [seen.text],
+          chunks: report.contentChunks,
+          chunksBeyond: seen.chunksBeyond,
+        });
+        promptTokens = counted.promptTokens;
+        completionTokens = counted.completionTokens;
+      }
       return settle({
         backend: backend.url,
         promptTokens,
@@ -547,4 +578,70 @@ async function complete(
   headers["content-type"] = "text/event-stream; charset=utf-8";
   headers["cache-control"] = "no-cache";
   return new Response(body, { status: 200, headers });
+}
+
+/** What was generated, as far as the gateway saw it, for counting usage no server reported. */
+interface SeenGeneration {
+  /** The generated texts (one per choice, or a stream's deltas); undefined when unreadable. */
+  texts: readonly string[] | undefined;
+  /** Chunks that carried generated text: each is at least one token. */
+  chunks: number;
+  /** Of those, the chunks whose text was not kept (past the meter's limit). */
+  chunksBeyond?: number;
+}
+
+/**
+ * The usage of an answer whose server reported none, counted with the model's own tokenizer
+ * after the answer went out: the prompt as the server renders it, the completion as the tokens of
+ * the text generated (and, past the text kept, one token per chunk). Every count is held under
+ * the bound that was reserved, and a completion is never less than its chunks, each of which is
+ * a token at least. Without a tokenizer for the model (or should counting fail), the bound stands
+ * for the prompt and the chunks for the completion; a plain answer's completion then stands at
+ * its bound, as the gateway cannot know it better.
+ */
+async function countedUsage(
+  services: Services,
+  counter: TokenCounter | undefined,
+  request: CountedRequest,
+  bound: TokenBound,
+  seen: SeenGeneration,
+): Promise<Usage> {
+  let promptTokens = bound.prompt;
+  let generated: number | undefined;
+  try {
+    if (counter) {
+      promptTokens = Math.min(bound.prompt, (await counter.prompt(request)) ?? bound.prompt);
+      if (seen.texts) generated = (await counter.generated(seen.texts)) + (seen.chunksBeyond ?? 0);
+    }
+  } catch (error) {
+    services.log.warn("tokens not counted; the reservation's bound is billed", { error: String(error) });
+  }
+  const fallback = seen.chunks > 0 || seen.chunksBeyond !== undefined ? seen.chunks : bound.completion;
+  const completionTokens = Math.min(bound.completion, Math.max(generated ?? fallback, seen.chunks));
+  return { promptTokens, completionTokens, totalTokens: promptTokens + completionTokens };
+}
+
+/** The texts a plain answer generated: each choice's content, text, reasoning and tool-call arguments. */
+function answerTexts(json: unknown): string[] | undefined {
+  const choices = isObject(json) && Object.hasOwn(json, "choices") ? json.choices : undefined;
+  if (!Array.isArray(choices)) return undefined;
+  const texts: string[] = [];
+  const add = (holder: unknown, key: string) => {
+    if (!isObject(holder) || !Object.hasOwn(holder, key)) return;
+    const value = holder[key];
+    if (typeof value === "string" && value !== "") texts.push(value);
+  };
+  for (const choice of choices) {
+    if (!isObject(choice)) continue;
+    add(choice, "text");
+    const message = Object.hasOwn(choice, "message") ? choice.message : undefined;
+    add(message, "content");
+    add(message, "reasoning_content");
+    const calls = isObject(message) && Object.hasOwn(message, "tool_calls") ? message.tool_calls : undefined;
+    if (Array.isArray(calls)) {
+      for (const call of calls)
+        add(isObject(call) && Object.hasOwn(call, "function") ? call.function : undefined, "arguments");
+    }
+  }
+  return texts;
 }

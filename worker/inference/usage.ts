@@ -30,7 +30,25 @@ export interface StreamReport {
   contentChunks: number;
   /** When the first byte went to the client, relative to `performance.now()`-style clocks. */
   firstByteAt: number | undefined;
+  /**
+   * The generated text the meter kept while no usage had come, for counting it with the model's
+   * tokenizer (read after the stream, off the hot path): see {@link GeneratedText}.
+   */
+  generated(): GeneratedText;
 }
+
+/**
+ * The text of a stream's content, tool-call and reasoning deltas, every choice's in the order
+ * they came. At most {@link MAX_KEPT_TEXT} characters are kept; the text chunks past that are
+ * only counted, in `chunksBeyond`. `text` is undefined when the kept text could not be read.
+ */
+export interface GeneratedText {
+  text: string | undefined;
+  chunksBeyond: number;
+}
+
+/** The most generated text a stream keeps for counting: about 16,000 tokens of English, 64 KiB. */
+export const MAX_KEPT_TEXT = 65_536;
 
 const encoder = new TextEncoder();
 const LF = 10;
@@ -39,6 +57,9 @@ const CR = 13;
 /** Whether an event's data carries generated text (or tool-call arguments, or reasoning): a cheap test before any parsing. */
 const CARRIES_TEXT = /"(?:content|text|arguments|reasoning_content|reasoning)"\s*:\s*"[^"]/;
 
+/** The (JSON-escaped) strings of an event's generated text, read without parsing the event. */
+const TEXT_VALUES = /"(?:content|text|arguments|reasoning_content|reasoning)"\s*:\s*"((?:[^"\\]|\\.)+)"/g;
+
 const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data.trim() === "[DONE]");
 
 /**
@@ -46,12 +67,27 @@ const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data
  * splitting events), watching for usage; events are framed by the WHATWG rules
  * ({@link EventStreamFramer}). When the client did not ask for usage, the usage-only chunk the
  * gateway requested is removed and `usage` fields are dropped from other chunks, so the client
- * sees what it asked for. A stream that ends without `[DONE]` or breaks is an error to the
- * client, never a clean end, and the report says so; a client that goes away cancels the backend.
+ * sees what it asked for; when it asked for usage and the gateway asked the server for usage on
+ * every chunk besides, the other chunks' usage reads `null`, as OpenAI sends it. A stream
+ * that ends without `[DONE]` or breaks is an error to the client, never a clean end, and the
+ * report says so; a client that goes away cancels the backend.
+ *
+ * Until usage comes, the text of each generated chunk is kept (escaped as it came, a regular
+ * expression's match, no parsing), so a stream cut before its usage can be counted afterwards.
  */
 export function meterEventStream(
   upstream: ReadableStream<Uint8Array>,
-  options: { clientWantsUsage: boolean; now: () => number; onEnd: (report: StreamReport) => void },
+  options: {
+    clientWantsUsage: boolean;
+    /**
+     * The gateway, not the client, asked the server for usage on every chunk (vLLM's
+     * `stream_options.continuous_usage_stats`): only the usage-only chunk may reach a client
+     * that asked for usage.
+     */
+    continuousUsageAdded?: boolean;
+    now: () => number;
+    onEnd: (report: StreamReport) => void;
+  },
 ): ReadableStream<Uint8Array> {
   const reader = upstream.getReader();
   const decoder = new TextDecoder();
@@ -62,11 +98,33 @@ export function meterEventStream(
   let ended = false;
   /** The last chunk's bytes ended in ASCII, so the decoder holds none of them back. */
   let decoderEmpty = true;
+  const kept: string[] = [];
+  let keptLength = 0;
+  let chunksBeyond = 0;
+  const keepText = (data: string) => {
+    if (keptLength >= MAX_KEPT_TEXT) {
+      chunksBeyond++;
+      return;
+    }
+    for (const match of data.matchAll(TEXT_VALUES)) {
+      const value = match[1] ?? "";
+      kept.push(value);
+      keptLength += value.length;
+    }
+  };
+  const generated = (): GeneratedText => {
+    try {
+      return { text: JSON.parse(`"${kept.join("")}"`) as string, chunksBeyond };
+    } catch {
+      return { text: undefined, chunksBeyond };
+    }
+  };
   const finish = (end: StreamEnd) => {
     if (ended) return;
     ended = true;
-    options.onEnd({ end, usage, contentChunks, firstByteAt });
+    options.onEnd({ end, usage, contentChunks, firstByteAt, generated });
   };
+  const usageAsSent = options.clientWantsUsage && options.continuousUsageAdded !== true;
 
   /** What to forward in place of an event: undefined for the event as it came. */
   const framer = new EventStreamFramer((data) => {
@@ -74,7 +132,10 @@ export function meterEventStream(
       sawDone = true;
       return undefined;
     }
-    if (CARRIES_TEXT.test(data)) contentChunks++;
+    if (CARRIES_TEXT.test(data)) {
+      contentChunks++;
+      if (usage === undefined) keepText(data);
+    }
     if (!data.includes('"usage"')) return undefined;
     let chunk: Record<string, unknown>;
     try {
@@ -82,10 +143,18 @@ export function meterEventStream(
     } catch {
       return undefined;
     }
-    usage = readUsage(chunk) ?? usage;
-    if (options.clientWantsUsage || chunk.usage === undefined || chunk.usage === null) return undefined;
-    if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return "";
-    delete chunk.usage;
+    const reported = readUsage(chunk);
+    if (reported !== undefined && usage === undefined) kept.length = 0; // the count is known: the text is not needed
+    usage = reported ?? usage;
+    if (usageAsSent || chunk.usage === undefined || chunk.usage === null) return undefined;
+    const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0;
+    if (options.clientWantsUsage) {
+      if (usageOnly) return undefined;
+      chunk.usage = null;
+    } else {
+      if (usageOnly) return "";
+      delete chunk.usage;
+    }
     return `data: ${JSON.stringify(chunk)}\n\n`;
   });
 
