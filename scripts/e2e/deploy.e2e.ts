@@ -4,9 +4,11 @@
  * carry one — the loopback URL a plain deploy used to put in applicants' mail, the dev sign-in
  * page, an inline Access JWKS, a secret set as a var, a binding left out — is refused.
  */
+import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { CompactSign, compactVerify, importJWK, type JWK } from "jose";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkEnvironment, readEnvironment, secretNames } from "../lib/deploy-config";
 import { ROOT } from "../lib/local-state";
@@ -84,5 +86,52 @@ describe("deploy: wrangler.toml's deployed environments", () => {
       kind: "missing",
       message: "binding PUBLIC_LIMITER is missing (environments inherit none)",
     });
+  });
+});
+
+describe("deploy: npm run keys:generate", () => {
+  it("prints fresh Ed25519 signing keys with kids, their secret put commands, and the Access settings", async () => {
+    const run = spawnSync(
+      process.execPath,
+      ["--import", "tsx", join("scripts", "keys-generate.ts"), "--env", "staging"],
+      {
+        cwd: ROOT,
+        encoding: "utf8",
+      },
+    );
+    expect(run.status, run.stderr).toBe(0);
+    const lines = run.stdout.split("\n");
+    const valueAfter = (name: string) => {
+      const at = lines.indexOf(`npx wrangler secret put ${name} --env staging`);
+      expect(at, name).toBeGreaterThanOrEqual(0);
+      return lines[at + 1] ?? "";
+    };
+    for (const [name, purpose] of [
+      ["DOWNLOAD_SIGNING_KEYS", "dl"],
+      ["AUDIT_SIGNING_KEYS", "audit"],
+    ] as const) {
+      const { keys } = JSON.parse(valueAfter(name)) as { keys: JWK[] };
+      expect(keys).toHaveLength(1);
+      const [key] = keys as [JWK];
+      expect(key).toMatchObject({ kty: "OKP", crv: "Ed25519", alg: "EdDSA" });
+      expect(key.kid).toMatch(new RegExp(`^modelgate-${purpose}-\\d{8}-[0-9a-f]{6}$`));
+      // The private key signs what its public half verifies.
+      const jws = await new CompactSign(new TextEncoder().encode("x"))
+        .setProtectedHeader({ alg: "EdDSA", kid: key.kid })
+        .sign(await importJWK(key, "EdDSA"));
+      const { d: _private, ...publicJwk } = key;
+      await expect(compactVerify(jws, await importJWK(publicJwk, "EdDSA"))).resolves.toBeTruthy();
+    }
+    expect(valueAfter("INFERENCE_KEYS_SECRET")).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(run.stdout).toContain("Application domain:  staging.modelgate.example.com/admin");
+    expect(run.stdout).toContain("ACCESS_AUD");
+    expect(run.stdout).toContain("npm run deploy:check -- --strict --env staging");
+    // Two runs never print the same key.
+    const again = spawnSync(process.execPath, ["--import", "tsx", join("scripts", "keys-generate.ts")], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
+    expect(again.stdout).toContain("--env production");
+    expect(again.stdout).not.toContain(valueAfter("DOWNLOAD_SIGNING_KEYS"));
   });
 });
