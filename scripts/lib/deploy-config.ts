@@ -15,6 +15,8 @@ export interface DeployedEnvironment {
   bindings: string[];
   sendEmail: { name: string; allowed_sender_addresses?: string[] }[];
   d1DatabaseIds: string[];
+  /** Route patterns (custom domains included). */
+  routes: string[];
   uploadSourceMaps: boolean | undefined;
 }
 
@@ -44,6 +46,7 @@ interface ResolvedConfig {
   queues: { producers?: { binding: string }[] };
   send_email: { name: string; allowed_sender_addresses?: string[] }[];
   ratelimits: { name: string }[];
+  routes?: (string | { pattern: string })[];
   upload_source_maps: boolean | undefined;
 }
 
@@ -64,6 +67,7 @@ export function readEnvironment(root: string, env: string | undefined): Deployed
     bindings,
     sendEmail: config.send_email.map((b) => ({ name: b.name, allowed_sender_addresses: b.allowed_sender_addresses })),
     d1DatabaseIds: config.d1_databases.map((b) => b.database_id ?? ""),
+    routes: (config.routes ?? []).map((r) => (typeof r === "string" ? r : r.pattern)),
     uploadSourceMaps: config.upload_source_maps,
   };
 }
@@ -104,6 +108,10 @@ export function checkEnvironment(
   for (const binding of development.bindings) {
     if (!deployed.bindings.includes(binding))
       add("missing", `binding ${binding} is missing (environments inherit none)`);
+  }
+  for (const route of deployed.routes) {
+    if (LOOPBACK.test(route)) add("development", `route ${route} is a development host`);
+    else if (PLACEHOLDER.test(route)) add("placeholder", `route ${route} is still the placeholder domain`);
   }
   for (const id of deployed.d1DatabaseIds) {
     if (PLACEHOLDER.test(id)) add("placeholder", `database_id ${id}: put the id \`wrangler d1 create\` printed`);
