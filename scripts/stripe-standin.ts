@@ -4,7 +4,9 @@
  * It implements customers, subscriptions and Billing Meter events with Stripe's rules that matter
  * for correct billing: `Idempotency-Key` replays the first answer, a meter event `identifier` is
  * accepted once, timestamps older than 35 days are refused. It records every request, keeps
- * accepted meter-event totals, and can be told to fail (5xx or hang) for a while.
+ * accepted meter-event totals, and can be told to misbehave for a number of requests: answer a 5xx
+ * (`{status: 503}`), hang without answering (`{status: "hang"}`), or do the work but answer late
+ * (`{status: "slow", delayMs}`, as a Stripe that took a request after its caller gave up).
  *
  * State is kept per API key, so tests running at the same time each get their own Stripe.
  *
@@ -33,7 +35,7 @@ interface Account {
   meterEvents: Map<string, StandinMeterEvent>;
   idempotent: Map<string, { status: number; body: string }>;
   requests: { method: string; path: string; idempotencyKey: string | undefined }[];
-  failure: { status: number | "hang"; remaining: number } | undefined;
+  failure: { status: number | "hang" | "slow"; remaining: number; delayMs: number } | undefined;
   /** Seconds since the epoch that this account treats as now (for the 35-day rule). */
   now: number | undefined;
 }
@@ -208,8 +210,15 @@ export async function startStripeStandin(options: { port?: number; host?: string
 
     // Control endpoints for tests, keyed by the same API key.
     if (url.pathname === "/_standin/fail" && method === "POST") {
-      const { status, count } = JSON.parse(body || "{}") as { status?: number | "hang"; count?: number };
-      a.failure = status === undefined ? undefined : { status, remaining: count ?? Number.POSITIVE_INFINITY };
+      const { status, count, delayMs } = JSON.parse(body || "{}") as {
+        status?: number | "hang" | "slow";
+        count?: number;
+        delayMs?: number;
+      };
+      a.failure =
+        status === undefined
+          ? undefined
+          : { status, remaining: count ?? Number.POSITIVE_INFINITY, delayMs: delayMs ?? 10_000 };
       res.writeHead(200, { "content-type": "application/json" }).end("{}");
       return;
     }
@@ -244,28 +253,52 @@ export async function startStripeStandin(options: { port?: number; host?: string
     }
     const idempotencyKey = req.headers["idempotency-key"] as string | undefined;
     a.requests.push({ method, path: url.pathname, idempotencyKey });
+    let delayMs = 0;
     if (a.failure && a.failure.remaining > 0) {
       a.failure.remaining -= 1;
       if (a.failure.status === "hang") {
         hanging.add(res);
         return;
       }
-      stripeError(res, a.failure.status, "Stripe is having a bad day.", { type: "api_error" });
+      if (a.failure.status === "slow") delayMs = a.failure.delayMs;
+      else {
+        stripeError(res, a.failure.status, "Stripe is having a bad day.", { type: "api_error" });
+        return;
+      }
+    }
+    if (delayMs > 0) {
+      // The work is done now; only the answer is late.
+      hanging.add(res);
+      const answer = answerOf(a, method, url.pathname, idempotencyKey, body);
+      setTimeout(() => {
+        hanging.delete(res);
+        if (!res.destroyed) send(res, answer);
+      }, delayMs).unref();
       return;
     }
-    const replayKey = idempotencyKey ? `${method} ${url.pathname} ${idempotencyKey}` : undefined;
+    send(res, answerOf(a, method, url.pathname, idempotencyKey, body));
+  });
+
+  /** Stripe's answer to an API request, replayed for a repeated `Idempotency-Key`. */
+  function answerOf(a: Account, method: string, path: string, idempotencyKey: string | undefined, body: string) {
+    const replayKey = idempotencyKey ? `${method} ${path} ${idempotencyKey}` : undefined;
     const replay = replayKey ? a.idempotent.get(replayKey) : undefined;
-    if (replay) {
-      res.writeHead(replay.status, { "content-type": "application/json", "idempotent-replayed": "true" });
-      res.end(replay.body);
-      return;
-    }
-    const answer = handleApi(a, method, url.pathname, parseStripeForm(body));
+    if (replay) return { ...replay, replayed: true };
+    const answer = handleApi(a, method, path, parseStripeForm(body));
     const text = JSON.stringify(answer.body);
     if (replayKey && answer.status < 500) a.idempotent.set(replayKey, { status: answer.status, body: text });
-    res.writeHead(answer.status, { "content-type": "application/json", "request-id": id("req") });
-    res.end(text);
-  });
+    return { status: answer.status, body: text, replayed: false };
+  }
+
+  function send(res: ServerResponse, answer: { status: number; body: string; replayed: boolean }) {
+    res.writeHead(
+      answer.status,
+      answer.replayed
+        ? { "content-type": "application/json", "idempotent-replayed": "true" }
+        : { "content-type": "application/json", "request-id": id("req") },
+    );
+    res.end(answer.body);
+  }
 
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;

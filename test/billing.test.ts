@@ -4,8 +4,16 @@ import { eq } from "drizzle-orm";
 import Stripe from "stripe";
 import { beforeEach, describe, expect, it } from "vitest";
 import { verifyAuditChain } from "../worker/audit/log";
-import type { UsageMessage } from "../worker/billing/queue";
+import {
+  BREAKER_COOL_OFF_MS,
+  BREAKER_FAILURES,
+  CircuitBreaker,
+  StripeUnavailableError,
+} from "../worker/billing/breaker";
+import { METER_CONCURRENCY } from "../worker/billing/meter";
+import { consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
 import { reconcileBilling } from "../worker/billing/reconcile";
+import { STRIPE_TIMEOUT_MS } from "../worker/billing/stripe";
 import { applications, auditEvents, billingAccounts, organizationLimits, usageLedger } from "../worker/db/schema";
 import worker from "../worker/index";
 import { clearCallerCache } from "../worker/inference/access";
@@ -112,6 +120,26 @@ async function deliver(b: Billed, ids: string[], attempts = 1) {
   return result;
 }
 
+/**
+ * Delivers ledger ids to the usage consumer on the gateway's own (fixed, advanceable) clock, so
+ * a test can step past the Stripe breaker's cool-off; returns the ids the consumer retries.
+ */
+async function consume(b: Billed, ids: string[], attempts = 1) {
+  const batch = createMessageBatch<UsageMessage>(
+    "modelgate-usage",
+    ids.map((ledgerId, i) => ({ id: `msg-${i}-${ledgerId}`, timestamp: new Date(), attempts, body: { ledgerId } })),
+  );
+  const ctx = createExecutionContext();
+  await consumeUsageBatch(batch, b.gw.services());
+  const result = await getQueueResult(batch, ctx);
+  return { ...result, retried: result.retryMessages.map((m) => m.msgId.split("-").slice(2).join("-")) };
+}
+
+/** Stripe's meter-event calls the stand-in has seen for this gateway's account. */
+async function meterCalls(b: Billed) {
+  return (await b.standin("/_standin/state")).requests.filter((r) => r.path === "/v1/billing/meter_events").length;
+}
+
 const sum = (rows: { promptTokens: number; completionTokens: number }[], key: "promptTokens" | "completionTokens") =>
   rows.reduce((n, r) => n + r[key], 0);
 
@@ -152,10 +180,11 @@ describe("usage billing", () => {
     await b.standin("/_standin/fail", { status: 503, count: 25 });
     let pending = ids;
     let rounds = 0;
-    while (pending.length > 0 && rounds < 20) {
+    while (pending.length > 0 && rounds < 40) {
       rounds++;
-      const result = await deliver(b, pending, rounds);
-      pending = result.retryMessages.map((m) => m.msgId.split("-").slice(2).join("-"));
+      pending = (await consume(b, pending, rounds)).retried;
+      // The queue's backoff, which also outlasts the breaker's cool-off.
+      b.clock.advance(BREAKER_COOL_OFF_MS + 1_000);
     }
     expect(rounds).toBeGreaterThan(2);
     expect(pending).toEqual([]);
@@ -295,6 +324,157 @@ describe("usage billing", () => {
       ["modelgate_completion_tokens", 3],
       ["modelgate_prompt_tokens", 2],
     ]);
+  });
+});
+
+describe("faults: a failing Stripe slows billing by a short timeout, never a timeout per row", () => {
+  /** A gateway whose Stripe account already exists, and `n` fresh ledger rows to bill. */
+  async function billedWithRows(n: number) {
+    const b = await billedGateway();
+    const opening = await ledgerRows(b, 1);
+    expect((await consume(b, [opening[0]?.id as string])).retried).toEqual([]);
+    const rows = await ledgerRows(b, n);
+    return { b, rows: [...opening, ...rows], ids: rows.map((r) => r.id) };
+  }
+
+  /** Stripe's totals equal the ledger's, each meter event once, every row sent. */
+  async function expectBilledExactly(b: Billed, rows: { promptTokens: number; completionTokens: number }[]) {
+    const state = await b.standin("/_standin/state");
+    const customer = state.customers[0]?.id as string;
+    expect(state.customers).toHaveLength(1);
+    expect(state.totals[customer]?.modelgate_prompt_tokens ?? 0).toBe(sum(rows, "promptTokens"));
+    expect(state.totals[customer]?.modelgate_completion_tokens ?? 0).toBe(sum(rows, "completionTokens"));
+    expect(new Set(state.meterEvents.map((e) => e.identifier)).size).toBe(state.meterEvents.length);
+    const stored = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
+    expect(stored.map((r) => r.billingState).filter((s) => s !== "sent" && s !== "skipped")).toEqual([]);
+  }
+
+  it("a hanging Stripe: a batch of 50 takes a short timeout or two, the breaker stops calling, probes once after its cool-off, and the totals end equal", {
+    timeout: 60_000,
+  }, async () => {
+    const { b, rows, ids } = await billedWithRows(50);
+    await b.standin("/_standin/fail", { status: "hang" });
+    const before = await meterCalls(b);
+    let startedAt = Date.now();
+    let result = await consume(b, ids);
+    // Old behaviour: one row at a time, 15 s each — 50 rows would have taken over ten minutes.
+    expect(Date.now() - startedAt).toBeLessThan(3 * STRIPE_TIMEOUT_MS);
+    expect(result.retried).toHaveLength(50);
+    const firstWave = (await meterCalls(b)) - before;
+    expect(firstWave).toBeGreaterThanOrEqual(BREAKER_FAILURES);
+    expect(firstWave).toBeLessThanOrEqual(METER_CONCURRENCY + BREAKER_FAILURES - 1);
+
+    // Open: a redelivery calls nobody and is done at once; nothing is marked or counted.
+    startedAt = Date.now();
+    result = await consume(b, ids, 2);
+    expect(Date.now() - startedAt).toBeLessThan(STRIPE_TIMEOUT_MS / 2);
+    expect(result.retried).toHaveLength(50);
+    expect((await meterCalls(b)) - before).toBe(firstWave);
+
+    // Half-open after the cool-off: one probe, which hangs too, and the breaker opens again.
+    b.clock.advance(BREAKER_COOL_OFF_MS + 1);
+    result = await consume(b, ids, 3);
+    expect(result.retried).toHaveLength(50);
+    expect((await meterCalls(b)) - before).toBe(firstWave + 1);
+    result = await consume(b, ids, 4);
+    expect((await meterCalls(b)) - before).toBe(firstWave + 1);
+
+    // Stripe recovers: the next probe succeeds and the whole batch goes in the same delivery.
+    await b.standin("/_standin/fail", {});
+    b.clock.advance(BREAKER_COOL_OFF_MS + 1);
+    result = await consume(b, ids, 5);
+    expect(result.retried).toEqual([]);
+    expect(result.explicitAcks).toHaveLength(50);
+    await expectBilledExactly(b, rows);
+  });
+
+  it("Stripe answering 503 for a while: the breaker stops the batch after a few calls, and after recovery the totals equal the ledger's", {
+    timeout: 60_000,
+  }, async () => {
+    const { b, rows, ids } = await billedWithRows(50);
+    await b.standin("/_standin/fail", { status: 503, count: 15 });
+    const before = await meterCalls(b);
+    let pending = (await consume(b, ids)).retried;
+    expect(pending).toHaveLength(50);
+    expect((await meterCalls(b)) - before).toBeLessThanOrEqual(METER_CONCURRENCY + BREAKER_FAILURES - 1);
+    let rounds = 1;
+    while (pending.length > 0 && rounds < 30) {
+      rounds++;
+      b.clock.advance(BREAKER_COOL_OFF_MS + 1);
+      const callsBefore = await meterCalls(b);
+      pending = (await consume(b, pending, rounds)).retried;
+      // Half-open: while Stripe still fails, each cool-off costs it one call.
+      if (pending.length > 0) expect((await meterCalls(b)) - callsBefore).toBe(1);
+    }
+    expect(pending).toEqual([]);
+    await expectBilledExactly(b, rows);
+    const attempts = (
+      await b.gw.db
+        .select({ attempts: usageLedger.billingAttempts })
+        .from(usageLedger)
+        .where(eq(usageLedger.organizationId, b.organizationId))
+    ).map((r) => r.attempts);
+    // Only the rows whose calls failed count an attempt; those the breaker held back were never tried.
+    expect(attempts.reduce((n, a) => n + a, 0)).toBe(15);
+  });
+
+  it("an event Stripe recorded after the gateway gave up waiting is not billed again on the retry", {
+    timeout: 30_000,
+  }, async () => {
+    const { b, rows, ids } = await billedWithRows(1);
+    await b.standin("/_standin/fail", { status: "slow", count: 1, delayMs: STRIPE_TIMEOUT_MS + 2_000 });
+    expect((await consume(b, ids)).retried).toEqual(ids);
+    expect((await b.standin("/_standin/state")).meterEvents).toHaveLength(2);
+    expect((await consume(b, ids, 2)).retried).toEqual([]);
+    await expectBilledExactly(b, rows);
+  });
+
+  it("the breaker lets one probe through when half-open; the calls that came meanwhile follow its word", async () => {
+    let now = 0;
+    const clock = () => now;
+    const breaker = new CircuitBreaker(2, 1_000);
+    const down = () => Promise.reject(new Error("down"));
+    const failed = () => true;
+    for (let i = 0; i < 2; i++) await expect(breaker.call(clock, down, failed)).rejects.toThrow("down");
+    let calls = 0;
+    const up = async () => ++calls;
+    await expect(breaker.call(clock, up, failed)).rejects.toBeInstanceOf(StripeUnavailableError);
+    expect(calls).toBe(0);
+
+    now = 1_000;
+    let release: (ok: boolean) => void = () => {};
+    const probe = breaker.call(
+      clock,
+      () =>
+        new Promise<string>((resolve, reject) => {
+          release = (ok) => (ok ? resolve("probe") : reject(new Error("still down")));
+        }),
+      failed,
+    );
+    const waiting = breaker.call(clock, up, failed);
+    await Promise.resolve();
+    expect(calls).toBe(0);
+    release(false);
+    await expect(probe).rejects.toThrow("still down");
+    await expect(waiting).rejects.toBeInstanceOf(StripeUnavailableError);
+    expect(breaker.reopensAt).toBe(2_000);
+
+    now = 2_000;
+    const secondProbe = breaker.call(
+      clock,
+      () =>
+        new Promise<string>((resolve) => {
+          release = () => resolve("probe");
+        }),
+      failed,
+    );
+    const following = [breaker.call(clock, up, failed), breaker.call(clock, up, failed)];
+    await Promise.resolve();
+    expect(calls).toBe(0);
+    release(true);
+    expect(await secondProbe).toBe("probe");
+    expect((await Promise.all(following)).sort()).toEqual([1, 2]);
+    expect(breaker.reopensAt).toBeUndefined();
   });
 });
 

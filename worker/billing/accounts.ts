@@ -11,12 +11,14 @@ import type { Services } from "../services";
  * to its family's plan, each created with an idempotency key derived from the organization, so two
  * workers racing here end up with the same customer and subscription. The plan's limits become the
  * organization's quota limits. The account and the limits are written with their audit events in
- * one atomic write.
+ * one atomic write. Each Stripe call goes through `guarded` (the caller's circuit breaker), the
+ * database reads do not: an account that exists is found whatever state Stripe is in.
  */
 export async function ensureBillingAccount(
   services: Pick<Services, "db" | "clock" | "ids" | "config"> & Partial<Pick<Services, "auditAnchor">>,
   stripe: Stripe,
   organizationId: string,
+  guarded: <T>(call: () => Promise<T>) => Promise<T> = (call) => call(),
 ): Promise<BillingAccount | undefined> {
   const [existing] = await services.db
     .select()
@@ -32,19 +34,23 @@ export async function ensureBillingAccount(
     .limit(1);
   const family = grant?.family ?? "llama-2";
   const plan = services.config.billing.plans[family] ?? { plan: "standard", prices: [] };
-  const customer = await stripe.customers.create(
-    { name: org.name, metadata: { organization_id: org.id, family } },
-    { idempotencyKey: `modelgate-customer-${org.id}` },
+  const customer = await guarded(() =>
+    stripe.customers.create(
+      { name: org.name, metadata: { organization_id: org.id, family } },
+      { idempotencyKey: `modelgate-customer-${org.id}` },
+    ),
   );
   const subscription =
     plan.prices.length > 0
-      ? await stripe.subscriptions.create(
-          {
-            customer: customer.id,
-            items: plan.prices.map((price) => ({ price })),
-            metadata: { organization_id: org.id, plan: plan.plan },
-          },
-          { idempotencyKey: `modelgate-subscription-${org.id}-${family}` },
+      ? await guarded(() =>
+          stripe.subscriptions.create(
+            {
+              customer: customer.id,
+              items: plan.prices.map((price) => ({ price })),
+              metadata: { organization_id: org.id, plan: plan.plan },
+            },
+            { idempotencyKey: `modelgate-subscription-${org.id}-${family}` },
+          ),
         )
       : undefined;
   return writeAudited(services, async () => {

@@ -3,7 +3,7 @@ import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
 import { usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { billLedgerRows } from "./meter";
-import { stripeClient } from "./stripe";
+import { stripeBreaker, stripeClient } from "./stripe";
 
 /** A usage-queue message: one ledger row to bill. */
 export interface UsageMessage {
@@ -43,8 +43,9 @@ export function retryDelaySeconds(attempts: number): number {
 
 /**
  * Consumes the usage queue: bills the batch's rows and acknowledges each message whose row
- * reached a final state; the rest are retried with backoff, and after the queue's last retry go
- * to the dead-letter queue.
+ * reached a final state; the rest are retried with backoff (while Stripe's breaker is open, not
+ * before it lets calls through again), and after the queue's last retry go to the dead-letter
+ * queue.
  */
 export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
   const stripe = stripeClient(services.config.billing);
@@ -54,10 +55,15 @@ export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, servi
     return;
   }
   const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
-  const outcomes = await billLedgerRows(services, stripe, ids);
+  const breaker = stripeBreaker(services.config.billing);
+  const outcomes = await billLedgerRows(services, stripe, ids, breaker);
+  // Rows held back by an open breaker come back no sooner than it lets calls through again.
+  const reopensAt = breaker.reopensAt;
+  const coolOffSeconds =
+    reopensAt === undefined ? 0 : Math.ceil(Math.max(0, reopensAt - services.clock.now().getTime()) / 1000);
   for (const message of batch.messages) {
     if (outcomes.get(message.body.ledgerId) === "retry")
-      message.retry({ delaySeconds: retryDelaySeconds(message.attempts) });
+      message.retry({ delaySeconds: Math.max(coolOffSeconds, retryDelaySeconds(message.attempts)) });
     else message.ack();
   }
 }

@@ -2,9 +2,10 @@ import { and, asc, eq, isNull, lt } from "drizzle-orm";
 import { billingAccounts, grants, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { ensureBillingAccount } from "./accounts";
+import { StripeUnavailableError } from "./breaker";
 import { MAX_EVENT_AGE_MS } from "./meter";
 import { queueLedgerRows, type UsageMessage } from "./queue";
-import { stripeClient } from "./stripe";
+import { isStripeUnavailable, stripeBreaker, stripeClient } from "./stripe";
 
 /** Rows unsent this long after they were written are sent again. */
 export const STUCK_AFTER_MS = 5 * 60_000;
@@ -67,10 +68,17 @@ export async function reconcileBilling(
     .leftJoin(billingAccounts, eq(billingAccounts.organizationId, grants.organizationId))
     .where(and(eq(grants.status, "active"), isNull(billingAccounts.organizationId)))
     .limit(20);
+  const breaker = stripeBreaker(services.config.billing);
+  const clock = () => services.clock.now().getTime();
   for (const { organizationId } of unprovisioned) {
     try {
-      if (await ensureBillingAccount(services, stripe, organizationId)) report.accountsCreated++;
+      const opened = await ensureBillingAccount(services, stripe, organizationId, (call) =>
+        breaker.call(clock, call, isStripeUnavailable),
+      );
+      if (opened) report.accountsCreated++;
     } catch (error) {
+      // Stripe is failing: the rest wait for the next run rather than each wait out a timeout.
+      if (error instanceof StripeUnavailableError) break;
       services.log.warn("billing account not created", { organizationId, error: String(error) });
     }
   }
