@@ -221,6 +221,46 @@ describe("backend simulators", () => {
     await next.body?.cancel();
   });
 
+  it("counts as Llama 2 does in llama mode, hangs after the configured tokens, and can report no usage", async () => {
+    // A scope of its own: these settings outlive a mode change.
+    const url = `${backendUrls[1]}/scope/${crypto.randomUUID()}`;
+    await setMode(url, { mode: "ok", promptTokens: "llama" });
+    const messages = [
+      { role: "system", content: "Be brief." },
+      { role: "user", content: "Hello there" },
+    ];
+    const plain = (await (
+      await fetch(`${url}/v1/chat/completions`, chatRequest({ messages, max_tokens: 3 }))
+    ).json()) as { choices: { message: { content: string } }[]; usage: { prompt_tokens: number } };
+    // `<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHello there [/INST]`: <s>, then 25 SentencePiece tokens.
+    expect(plain.choices[0]?.message.content).toBe(" the of and");
+    expect(plain.usage).toMatchObject({ prompt_tokens: 26, completion_tokens: 3 });
+
+    await setMode(url, { mode: "hang", cutAfter: 2, reportUsage: false });
+    const res = await fetch(
+      `${url}/v1/chat/completions`,
+      chatRequest({ messages, max_tokens: 9, stream: true, stream_options: { include_usage: true } }),
+    );
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let text = "";
+    const decoder = new TextDecoder();
+    while ((text.match(/"content":" /g) ?? []).length < 2) {
+      const { value } = await reader.read();
+      text += decoder.decode(value, { stream: true });
+    }
+    // Nothing more comes: the server hangs.
+    const next = await Promise.race([reader.read(), new Promise((done) => setTimeout(() => done("silent"), 300))]);
+    expect(next).toBe("silent");
+    expect(text).not.toContain('"usage"');
+    await reader.cancel();
+
+    await setMode(url, { mode: "ok" });
+    const none = (await (
+      await fetch(`${url}/v1/chat/completions`, chatRequest({ messages, max_tokens: 2 }))
+    ).json()) as Record<string, unknown>;
+    expect(Object.hasOwn(none, "usage")).toBe(false);
+  });
+
   it("fails the next requests with 500 or 503 only on the simulator told to", async () => {
     const [first, second] = backendUrls as [string, string];
     await setMode(first, { mode: "500", count: 1 });
