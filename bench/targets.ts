@@ -192,7 +192,7 @@ export function meteringFloorTarget(simUrl: string): Promise<Target> {
 /** The Portkey AI gateway's Node server, routing to the simulator as an OpenAI-compatible custom host. */
 export async function portkeyTarget(simUrl: string): Promise<Target> {
   const port = await freePort();
-  const entry = join(ROOT, "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
+  const entry = join(ROOT, "bench", "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
   const child = spawn(process.execPath, [entry, `--port=${port}`, "--headless"], {
     cwd: ROOT,
     // Portkey logs every failure with a stack; the bench reports failures by count instead.

@@ -77,6 +77,6 @@ for (const env of environments) {
 }
 
 if (failed) {
-  console.error("deploy:check failed: fix wrangler.toml's deployed environments (see README, Deploying).");
+  console.error("deploy:check failed: fix wrangler.toml's deployed environments (see docs/deploy.md).");
   process.exit(1);
 }
