@@ -1,10 +1,13 @@
 import { env } from "cloudflare:workers";
 import { count, eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
+import { purgeUnconfirmedDrafts } from "../worker/applications/submit";
 import {
   acceptances,
+  applicationDrafts,
   applications,
   auditEvents,
+  emailLinks,
   grants,
   mailOutbox,
   organizations,
@@ -246,6 +249,21 @@ describe("POST /v1/applications", () => {
     const late = await confirmRequest(gw, confirmationToken(gw, "ada@acme.example"));
     expect(late.status).toBe(401);
     expect((await rowCounts(gw)).applications).toBe(0);
+  });
+
+  it("deletes unconfirmed applications and their links a week after the link expired, keeping confirmed ones", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    await gw.request("/v1/applications", json(applicationBody()));
+    await applyAndConfirm(gw, applicationBody({ contact: { name: "B", email: "b@other.example" } }));
+    clock.advance(24 * 3_600_000 + 6 * 86_400_000);
+    expect(await purgeUnconfirmedDrafts(gw.services())).toBe(0);
+    clock.advance(2 * 86_400_000);
+    expect(await purgeUnconfirmedDrafts(gw.services())).toBe(1);
+    const drafts = await gw.db.select().from(applicationDrafts);
+    expect(drafts.map((d) => d.contactEmail)).toEqual(["b@other.example"]);
+    const links = await gw.db.select().from(emailLinks);
+    expect(links.map((l) => l.email)).toEqual(["b@other.example"]);
   });
 
   it("lets a rejected organization apply again only after the cool-down", async () => {

@@ -1,4 +1,5 @@
 import { newApp } from "./app";
+import { purgeUnconfirmedDrafts } from "./applications/submit";
 import { anchorAuditHead } from "./audit/log";
 import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
 import { reconcileBilling } from "./billing/reconcile";
@@ -32,6 +33,14 @@ export default {
       deliverDueMail(services).then((report) => {
         if (report.sent + report.retried + report.failed > 0) services.log.info("mail outbox run", { ...report });
       }),
+    );
+    ctx.waitUntil(
+      purgeUnconfirmedDrafts(services).then(
+        (purged) => {
+          if (purged > 0) services.log.info("unconfirmed applications purged", { purged });
+        },
+        (error: unknown) => services.log.error("purging unconfirmed applications failed", { error: String(error) }),
+      ),
     );
     if (!billingEnabled(services.config)) {
       services.log.info("billing is off: no STRIPE_SECRET_KEY; usage is metered but not sent to Stripe");

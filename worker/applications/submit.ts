@@ -1,7 +1,7 @@
-import { and, eq, gt, isNull } from "drizzle-orm";
+import { and, eq, gt, inArray, isNull, lt } from "drizzle-orm";
 import { issueEmailLink } from "../auth/email-links";
 import { normalizeEmail } from "../auth/users";
-import { type ApplicationDraft, applicationDrafts } from "../db/schema";
+import { type ApplicationDraft, applicationDrafts, emailLinks } from "../db/schema";
 import { AppError } from "../errors";
 import { currentLicenseVersion } from "../licenses/store";
 import { gatewayLink } from "../mail/links";
@@ -154,4 +154,28 @@ export async function pendingDraft(
       ),
     );
   return draft;
+}
+
+/** How long an unconfirmed application is kept after its link expired, then deleted. */
+export const DRAFT_RETENTION_MS = 7 * 86_400_000;
+
+/**
+ * Deletes applications nobody confirmed, a week after their link expired, with their links: they
+ * are claims by strangers (anyone can post the form), decided nothing, and hold text nobody proved
+ * they may give. Confirmed drafts stay as the record of what was submitted. Returns how many went.
+ */
+export async function purgeUnconfirmedDrafts(services: Pick<Services, "db" | "clock">, limit = 500): Promise<number> {
+  const before = new Date(services.clock.now().getTime() - DRAFT_RETENTION_MS).toISOString();
+  const stale = await services.db
+    .select({ id: applicationDrafts.id })
+    .from(applicationDrafts)
+    .where(and(isNull(applicationDrafts.confirmedAt), lt(applicationDrafts.expiresAt, before)))
+    .limit(limit);
+  if (stale.length === 0) return 0;
+  const ids = stale.map((d) => d.id);
+  await services.db.batch([
+    services.db.delete(emailLinks).where(inArray(emailLinks.applicationId, ids)),
+    services.db.delete(applicationDrafts).where(inArray(applicationDrafts.id, ids)),
+  ]);
+  return ids.length;
 }
