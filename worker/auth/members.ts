@@ -4,6 +4,7 @@
  * the route's, and, for a write, a request from this site (a session cookie travels with any
  * site's form post).
  */
+import { z } from "@hono/zod-openapi";
 import { and, eq, isNull } from "drizzle-orm";
 import type { Context, MiddlewareHandler } from "hono";
 import { type MemberRole, type Membership, memberships, organizations, type Session, type User } from "../db/schema";
@@ -12,6 +13,15 @@ import { AppError } from "../errors";
 import { assertSameSite } from "../http/middleware";
 import type { Services } from "../services";
 import { currentSession } from "./sessions";
+
+/** The query parameter that names which of a member's organizations a request is about. */
+export const OrganizationQuery = z.object({
+  organization: z
+    .string()
+    .max(64)
+    .optional()
+    .openapi({ description: "The organization, for members of several (or header `x-modelgate-organization`)." }),
+});
 
 /** Rank of each member role: a role includes every role below it. */
 const RANK: Record<MemberRole, number> = { viewer: 0, developer: 1, admin: 2, owner: 3 };

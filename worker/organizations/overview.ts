@@ -6,7 +6,7 @@
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { desc, eq } from "drizzle-orm";
-import { roleAtLeast } from "../auth/members";
+import { OrganizationQuery, roleAtLeast } from "../auth/members";
 import { type OrganizationReader, organizationReader } from "../auth/organization-reader";
 import { billingStanding } from "../billing/routes";
 import {
@@ -246,7 +246,7 @@ const overviewRoute = createRoute({
     "or a personal access token of the organization, which reads its own organization only.",
   security: [{ accessToken: [] }, { session: [] }],
   request: {
-    query: z.object({ organization: z.string().max(64).optional() }),
+    query: OrganizationQuery,
   },
   responses: {
     200: { description: "The organization", content: { "application/json": { schema: OverviewSchema } } },

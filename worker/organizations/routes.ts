@@ -5,7 +5,7 @@
  * mailed link opens.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { currentMember, requireMember } from "../auth/members";
+import { currentMember, OrganizationQuery, requireMember } from "../auth/members";
 import { SESSION_SECURITY_SCHEME } from "../auth/routes";
 import { currentSession, sessionRequest, setSessionCookie } from "../auth/sessions";
 import { MEMBER_ROLES } from "../db/schema";
@@ -46,13 +46,6 @@ const NewInvitation = z
   .openapi("NewInvitation");
 const AcceptForm = z.strictObject({ token: z.string().min(1).max(200) }).openapi("InvitationAcceptForm");
 
-const OrganizationQuery = z.object({
-  organization: z
-    .string()
-    .max(64)
-    .optional()
-    .openapi({ description: "The organization, for members of several (or header `x-modelgate-organization`)." }),
-});
 const IdParam = z.object({ id: z.string().min(1).max(64) });
 const security = [{ [SESSION_SECURITY_SCHEME]: [] }];
 

@@ -1,6 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { applicationBySecret, capability } from "../applications/status";
-import { currentMember, requireMember } from "../auth/members";
+import { currentMember, OrganizationQuery, requireMember } from "../auth/members";
 import { TOKEN_SCOPES } from "../db/schema";
 import { AppError } from "../errors";
 import { abuseBrake } from "../http/middleware";
@@ -76,13 +76,6 @@ const NewToken = z
   })
   .openapi("NewAccessToken");
 
-const OrganizationQuery = z.object({
-  organization: z
-    .string()
-    .max(64)
-    .optional()
-    .openapi({ description: "The organization, for members of several (or header `x-modelgate-organization`)." }),
-});
 const memberNote =
   "Authorized by a signed-in member's session (the `__Host-mg_session` cookie; sign in with `POST /v1/auth/email-link`). Writes must come from this site.";
 
