@@ -17,7 +17,7 @@ import { type Backend, BackendHealth } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { type TokenBound, tokenBound } from "./token-bound";
 import { type CountedRequest, type TokenCounter, tokenCounterFor } from "./tokenizer";
-import { meterEventStream, readUsage, type StreamReport, type Usage } from "./usage";
+import { meterEventStream, readUsage, type StreamEnd, type StreamProgress, type Usage } from "./usage";
 
 /** The largest request body accepted, in bytes. */
 export const MAX_REQUEST_BYTES = 1024 * 1024;
@@ -99,11 +99,16 @@ export function clearQuotaLeases(): void {
   isolateLeases.clear();
 }
 
+/** How often a running stream's usage so far is checkpointed in its quota object. */
+export const CHECKPOINT_EVERY_MS = 10_000;
+
 /** What the proxy depends on beyond the request's services; tests pass their own. */
 export interface ProxyOptions {
   health?: BackendHealth;
   fetcher?: typeof fetch;
   random?: () => number;
+  /** How often a running stream's usage is checkpointed (default `CHECKPOINT_EVERY_MS`). */
+  checkpointEveryMs?: number;
 }
 
 /** OpenAI's rate-limit headers, from the organization's standing. */
@@ -292,8 +297,8 @@ interface Timing {
 
 /**
  * The gateway's own time on a request, in ms, backends excluded: from its arrival until it went
- * to a backend (or until now, if it never did). After the backend answers, the gateway waits on
- * nothing before it answers in turn (settlement and the ledger come after the response).
+ * to a backend (or until now, if it never did). After the backend answers, the gateway waits only
+ * for the answer's usage row to be stored, before the answer's end (not its headers) goes out.
  */
 function overheadOf(timing: Timing, services: Services): string {
   return String((timing.sentAt ?? services.clock.now().getTime()) - timing.startedAt.getTime());
@@ -310,6 +315,7 @@ async function complete(
     health: proxyHealth(proxyOptions),
     fetcher: proxyOptions.fetcher ?? ((input, init) => fetch(input, init)),
     random: proxyOptions.random ?? Math.random,
+    checkpointEveryMs: proxyOptions.checkpointEveryMs ?? CHECKPOINT_EVERY_MS,
   };
   const { startedAt } = timing;
   const caller: InferenceCaller = await authenticateInference(
@@ -412,23 +418,29 @@ async function complete(
     stream,
     startedAt: startedAt.toISOString(),
   };
+  type SettledUsage = Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">;
+  const settled = (record: SettledUsage) => {
+    const now = services.clock.now();
+    const latencyMs = now.getTime() - startedAt.getTime();
+    const entry = ledgerEntry({ ...ledgerBase, ...record, latencyMs, createdAt: now.toISOString() });
+    return { id: usageId, actual: record.totalTokens, entry, latencyMs };
+  };
   /**
    * Settles the reservation to what was used. The ledger row goes with the settlement to the
    * quota object, in this isolate's next batch; the object stores it with the new counters and
-   * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly). The
-   * request that opens a batch keeps itself alive (`waitUntil`) until the batch is sent, so the
-   * caller need not wait for it.
+   * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly). Resolves
+   * true once the row is stored, so that the answer's end can wait for it (false: not within
+   * `STORE_WAIT_MS`, logged, and the answer goes out all the same: the row is still on its way).
    */
-  const settle = (record: Omit<UsageRecord, keyof typeof ledgerBase | "latencyMs">): Promise<void> => {
-    const now = services.clock.now();
-    const entry = ledgerEntry({
-      ...ledgerBase,
-      ...record,
-      latencyMs: now.getTime() - startedAt.getTime(),
-      createdAt: now.toISOString(),
+  const settle = (record: SettledUsage): Promise<boolean> => {
+    const request = settled(record);
+    recordCompletion(env, { ...ledgerBase, ...record }, request.latencyMs);
+    const stored = isolateLeases.settle(organizationId, reservation, request, quota).then((ok) => {
+      if (!ok) services.log.error("usage row not stored before the answer ended", { usageId, organizationId });
+      return ok;
     });
-    recordCompletion(env, { ...ledgerBase, ...record }, now.getTime() - startedAt.getTime());
-    return isolateLeases.settle(organizationId, reservation, { id: usageId, actual: record.totalTokens, entry }, quota);
+    waitUntil(stored);
+    return stored;
   };
 
   // Backends differ only in the model name they serve and in whether they are asked for usage on
@@ -522,59 +534,72 @@ async function complete(
         partial: false,
         status: 200,
       });
-    if (reported) void answered(reported);
-    // Counted after the answer is sent, with the model's tokenizer: the bound would overbill.
-    else
-      waitUntil(
-        countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered),
-      );
+    // Unreported usage is counted with the model's tokenizer: the bound would overbill. The answer
+    // goes out once its row is stored, so that a crash cannot lose the usage of an answered request.
+    await (reported
+      ? answered(reported)
+      : countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered));
     headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }
 
   attempt.deadline.clear();
-  let reportStream: (report: StreamReport) => void = () => {};
-  const ended = new Promise<StreamReport>((resolve) => {
-    reportStream = resolve;
-  });
+  /** What the stream used, had it ended (or, for a checkpoint, were it to end now) as `end`. */
+  const streamed = async (report: StreamProgress, end: StreamEnd): Promise<SettledUsage> => {
+    const usage = report.usage;
+    let promptTokens: number;
+    let completionTokens: number;
+    if (usage) {
+      // Also a cut stream's: a server asked for usage on every chunk reported it to the last one seen.
+      promptTokens = usage.promptTokens;
+      completionTokens = usage.completionTokens;
+    } else {
+      const seen = report.generated();
+      const counted = await countedUsage(services, counter, request, bound, {
+        texts: seen.text === undefined ? undefined : [seen.text],
+        chunks: report.contentChunks,
+        chunksBeyond: seen.chunksBeyond,
+      });
+      promptTokens = counted.promptTokens;
+      completionTokens = counted.completionTokens;
+    }
+    return {
+      backend: backend.url,
+      promptTokens,
+      completionTokens,
+      totalTokens: usage && end === "done" ? usage.totalTokens : promptTokens + completionTokens,
+      usageReported: usage !== undefined,
+      outcome: end === "done" ? "ok" : end === "client_closed" ? "client_closed" : "partial",
+      partial: end !== "done",
+      status: end === "done" ? 200 : 499,
+    };
+  };
+  let running = true;
   const body = meterEventStream(response.body, {
     clientWantsUsage,
     continuousUsageAdded: addsContinuousUsage(backend),
     now: () => services.clock.now().getTime(),
-    onEnd: reportStream,
-  });
-  waitUntil(
-    ended.then(async (report) => {
+    // The stream's end (`[DONE]`) waits for this: a stream that ended well is complete for its
+    // client only once its row is stored.
+    onEnd: (report) => {
+      running = false;
       if (report.end === "client_closed") attempt.deadline.abort();
-      const usage = report.usage;
-      let promptTokens: number;
-      let completionTokens: number;
-      if (usage) {
-        // Also a cut stream's: a server asked for usage on every chunk reported it to the last one seen.
-        promptTokens = usage.promptTokens;
-        completionTokens = usage.completionTokens;
-      } else {
-        const seen = report.generated();
-        const counted = await countedUsage(services, counter, request, bound, {
-          texts: seen.text === undefined ? undefined : [seen.text],
-          chunks: report.contentChunks,
-          chunksBeyond: seen.chunksBeyond,
-        });
-        promptTokens = counted.promptTokens;
-        completionTokens = counted.completionTokens;
-      }
-      return settle({
-        backend: backend.url,
-        promptTokens,
-        completionTokens,
-        totalTokens: usage && report.end === "done" ? usage.totalTokens : promptTokens + completionTokens,
-        usageReported: usage !== undefined,
-        outcome: report.end === "done" ? "ok" : report.end === "client_closed" ? "client_closed" : "partial",
-        partial: report.end !== "done",
-        status: report.end === "done" ? 200 : 499,
-      });
-    }),
-  );
+      const stored = streamed(report, report.end).then(settle);
+      waitUntil(stored);
+      return stored;
+    },
+    // A crash loses at most one interval of a long stream: the quota object bills the last
+    // checkpoint (as a cut stream) if the stream's settlement never comes.
+    checkpoint: {
+      everyMs: options.checkpointEveryMs,
+      report: (progress) =>
+        waitUntil(
+          streamed(progress, "backend_cut").then((record) => {
+            if (running) isolateLeases.checkpoint(organizationId, reservation, settled(record), quota);
+          }),
+        ),
+    },
+  });
   headers["content-type"] = "text/event-stream; charset=utf-8";
   headers["cache-control"] = "no-cache";
   return new Response(body, { status: 200, headers });

@@ -21,9 +21,8 @@ export function readUsage(value: unknown): Usage | undefined {
 /** How a stream ended, as the meter saw it. */
 export type StreamEnd = "done" | "backend_cut" | "client_closed";
 
-/** What the meter learned from a stream. */
-export interface StreamReport {
-  end: StreamEnd;
+/** What the meter learned from a stream so far. */
+export interface StreamProgress {
   /** The last usage the backend reported (never a sum: vLLM may repeat it on every chunk). */
   usage: Usage | undefined;
   /** Chunks that carried generated text: about one token each on vLLM and TGI. */
@@ -35,6 +34,11 @@ export interface StreamReport {
    * tokenizer (read after the stream, off the hot path): see {@link GeneratedText}.
    */
   generated(): GeneratedText;
+}
+
+/** What the meter learned from a stream, and how it ended. */
+export interface StreamReport extends StreamProgress {
+  end: StreamEnd;
 }
 
 /**
@@ -72,6 +76,11 @@ const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data
  * that ends without `[DONE]` or breaks is an error to the client, never a clean end, and the
  * report says so; a client that goes away cancels the backend.
  *
+ * The stream's last events (the usage-only chunk and `[DONE]`, and anything after them) are held
+ * back until the promise `onEnd` returns for a stream that ended well has settled: the client sees
+ * the answer complete only once its usage is recorded. `checkpoint.report` is told what the meter
+ * has seen every `checkpoint.everyMs` while the stream runs.
+ *
  * Until usage comes, the text of each generated chunk is kept (escaped as it came, a regular
  * expression's match, no parsing), so a stream cut before its usage can be counted afterwards.
  */
@@ -86,7 +95,9 @@ export function meterEventStream(
      */
     continuousUsageAdded?: boolean;
     now: () => number;
-    onEnd: (report: StreamReport) => void;
+    /** A promise it returns, for a stream that ended well, holds the stream's last events back until it settles. */
+    onEnd: (report: StreamReport) => unknown;
+    checkpoint?: { everyMs: number; report: (progress: StreamProgress) => void };
   },
 ): ReadableStream<Uint8Array> {
   const reader = upstream.getReader();
@@ -121,10 +132,36 @@ export function meterEventStream(
       return { text: undefined, chunksBeyond };
     }
   };
-  const finish = (end: StreamEnd) => {
-    if (ended) return;
+  const progress = (): StreamProgress => ({ usage, contentChunks, firstByteAt, generated });
+  const checkpoint = options.checkpoint;
+  const timer = checkpoint ? setInterval(() => checkpoint.report(progress()), checkpoint.everyMs) : undefined;
+  const finish = (end: StreamEnd): unknown => {
+    if (ended) return undefined;
     ended = true;
-    options.onEnd({ end, usage, contentChunks, firstByteAt, generated });
+    clearInterval(timer);
+    return options.onEnd({ end, ...progress() });
+  };
+  /**
+   * The stream's end is held back until its usage is recorded: from the usage-only chunk the client
+   * sees, or `[DONE]`, on. `holdAt` is the first such event's data, until the text it came in is
+   * split there; `held` is the text held back after that.
+   */
+  let holdAt: string | undefined;
+  let held: string | undefined;
+  /** The error a cut stream ends in, once what was held back has gone out. */
+  let cut: Error | undefined;
+  /** What of the framer's output goes to the client now; the rest is held back. */
+  const release = (out: string): string => {
+    if (held !== undefined) {
+      held += out;
+      return "";
+    }
+    if (holdAt === undefined) return out;
+    // The held event starts at the line that carries (the first line of) its data.
+    const at = out.indexOf(holdAt.split("\n", 1)[0] ?? holdAt);
+    const lineStart = at < 0 ? 0 : Math.max(out.lastIndexOf("\n", at), out.lastIndexOf("\r", at)) + 1;
+    held = out.slice(lineStart);
+    return out.slice(0, lineStart);
   };
   const usageAsSent = options.clientWantsUsage && options.continuousUsageAdded !== true;
 
@@ -132,6 +169,7 @@ export function meterEventStream(
   const framer = new EventStreamFramer((data) => {
     if (isDone(data)) {
       sawDone = true;
+      holdAt ??= data;
       return undefined;
     }
     if (CARRIES_TEXT.test(data)) {
@@ -148,10 +186,16 @@ export function meterEventStream(
     const reported = readUsage(chunk);
     if (reported !== undefined && usage === undefined) kept.length = 0; // the count is known: the text is not needed
     usage = reported ?? usage;
-    if (usageAsSent || chunk.usage === undefined || chunk.usage === null) return undefined;
     const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0;
+    if (usageAsSent || chunk.usage === undefined || chunk.usage === null) {
+      if (usageOnly) holdAt ??= data;
+      return undefined;
+    }
     if (options.clientWantsUsage) {
-      if (usageOnly) return undefined;
+      if (usageOnly) {
+        holdAt ??= data;
+        return undefined;
+      }
       chunk.usage = null;
     } else {
       if (usageOnly) return "";
@@ -163,30 +207,44 @@ export function meterEventStream(
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
+        if (cut) {
+          controller.error(cut);
+          return;
+        }
+        /** Ends the stream in an error, after what was held back (an error discards what is queued with it). */
+        const fail = (error: Error) => {
+          finish("backend_cut");
+          if (!held) return controller.error(error);
+          controller.enqueue(encoder.encode(held));
+          held = "";
+          cut = error;
+        };
         for (;;) {
           let result: ReadableStreamReadResult<Uint8Array>;
           try {
             result = await reader.read();
           } catch (error) {
-            finish("backend_cut");
-            controller.error(new Error(`upstream stream failed: ${String(error)}`));
+            fail(new Error(`upstream stream failed: ${String(error)}`));
             return;
           }
           if (result.done) {
-            const rest = framer.push(decoder.decode()) + framer.end();
+            const rest = release(framer.push(decoder.decode()) + framer.end());
             if (rest !== "") controller.enqueue(encoder.encode(rest));
             if (sawDone) {
-              finish("done");
-              controller.close();
-            } else {
-              finish("backend_cut");
-              controller.error(new Error("the inference server ended the stream early"));
-            }
+              await finish("done");
+              try {
+                if (held) controller.enqueue(encoder.encode(held));
+                controller.close();
+              } catch {
+                // The client left while the usage was being recorded.
+              }
+            } else fail(new Error("the inference server ended the stream early"));
             return;
           }
           const bytes = result.value;
           const text = decoder.decode(bytes, { stream: true });
-          const out = framer.push(text);
+          const pushed = framer.push(text);
+          const out = holdAt === undefined ? pushed : release(pushed);
           const last = bytes[bytes.length - 1];
           const whole = decoderEmpty && (last === LF || last === CR);
           decoderEmpty = last !== undefined ? last < 0x80 : decoderEmpty;

@@ -1,6 +1,7 @@
 import { ledgerBatch } from "../inference/ledger";
 import type {
   AnnouncedLimits,
+  Checkpoint,
   CommitResult,
   LeaseAsk,
   LeaseResult,
@@ -34,6 +35,11 @@ export const MAX_LEASE_REQUESTS = 256;
 export const COMMIT_DELAY_MS = 10;
 /** An organization idle this long in an isolate gives back what its leases still hold. */
 export const IDLE_RETURN_MS = 25;
+/**
+ * The longest an answer waits for its ledger row to be stored (by the quota object, or straight in
+ * the ledger when the object cannot take it) before it goes out all the same.
+ */
+export const STORE_WAIT_MS = 2_000;
 /** Organizations an isolate keeps state for; past this, the idle ones are forgotten. */
 const MAX_ORGANIZATIONS = 10_000;
 
@@ -65,6 +71,11 @@ interface Batch {
   returns: LeaseReturn[];
   /** Ledger entries (`ledgerEntry` text). */
   rows: string[];
+  /** Usage of streams still running, so far. */
+  checkpoints: Checkpoint[];
+  /** Resolves once the batch's rows are stored (true), or after `STORE_WAIT_MS` if they are not yet (false). */
+  stored: Promise<boolean>;
+  markStored: () => void;
 }
 
 interface OrgLeases {
@@ -154,7 +165,7 @@ export class QuotaLeases {
       if (c.token) ask.token = c.token;
       granted = await c.stub.lease(id, ask, org.limits, now, returns, org.limitsAt);
     } catch (error) {
-      if (returns.length) this.batchOf(org, c).batch.returns.push(...returns);
+      if (returns.length) this.batchOf(org, c).returns.push(...returns);
       throw error;
     }
     // Limits an admin set since this isolate read its own: the leases taken under the old go back.
@@ -181,14 +192,16 @@ export class QuotaLeases {
   }
 
   /**
-   * Settles an admitted request to its actual usage and hands its ledger row to the next batch.
-   * Resolves when the batch is sent if this request opened it (and is registered with the
-   * request's `waitUntil` either way); otherwise at once, as the request that opened it sends it.
+   * Settles an admitted request to its actual usage and hands its ledger row to the next batch,
+   * which the request that opened it sends (from its own `waitUntil`). Resolves true once the
+   * batch is stored — by the quota object, or straight in the ledger when the object cannot take
+   * it — so that an answer's last byte can wait for its row; false if that took longer than
+   * `STORE_WAIT_MS` (the row is still on its way).
    */
-  settle(organizationId: string, admission: Admission, request: SettledRequest, c: LeaseContext): Promise<void> {
+  settle(organizationId: string, admission: Admission, request: SettledRequest, c: LeaseContext): Promise<boolean> {
     const org = this.org(organizationId, c);
     org.inflight = Math.max(0, org.inflight - 1);
-    const { batch, sent } = this.batchOf(org, c);
+    const batch = this.batchOf(org, c);
     const settlement: Settlement = {
       id: request.id,
       lease: admission.lease,
@@ -198,7 +211,23 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    return sent;
+    return batch.stored;
+  }
+
+  /**
+   * Hands the usage of a request still running (a long stream) to the next batch: the quota object
+   * keeps the latest one per request, replaced by its settlement, and bills it as the request's
+   * row should the settlement never come (its isolate died).
+   */
+  checkpoint(organizationId: string, admission: Admission, request: SettledRequest, c: LeaseContext): void {
+    const settlement: Settlement = {
+      id: request.id,
+      lease: admission.lease,
+      reserved: admission.reserved,
+      actual: request.actual,
+    };
+    if (c.token) settlement.token = c.token.id;
+    this.batchOf(this.org(organizationId, c), c).checkpoints.push({ settlement, row: request.entry });
   }
 
   /** Forgets organizations that hold nothing here: no lease, no request in flight, nothing to send. */
@@ -308,7 +337,7 @@ export class QuotaLeases {
 
   private giveBack(org: OrgLeases, lease: Lease, c: LeaseContext): void {
     if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
-      this.batchOf(org, c).batch.returns.push({
+      this.batchOf(org, c).returns.push({
         lease: lease.id,
         requests: lease.requestsLeft,
         tokens: lease.tokensLeft,
@@ -319,19 +348,19 @@ export class QuotaLeases {
   }
 
   /** The organization's open batch; the request that opens one sends it, from its own `waitUntil`. */
-  private batchOf(org: OrgLeases, c: LeaseContext): { batch: Batch; sent: Promise<void> } {
-    if (org.batch) return { batch: org.batch, sent: Promise.resolve() };
-    const batch: Batch = { settlements: [], returns: [], rows: [] };
+  private batchOf(org: OrgLeases, c: LeaseContext): Batch {
+    if (org.batch) return org.batch;
+    const batch = newBatch();
     org.batch = batch;
-    const sent = this.send(org, batch, c);
-    c.waitUntil(sent);
-    return { batch, sent };
+    c.waitUntil(this.send(org, batch, c));
+    return batch;
   }
 
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     await sleep(COMMIT_DELAY_MS);
     if (org.batch === batch) org.batch = undefined;
     await this.commit(org, batch, c);
+    batch.markStored();
     if (org.lingering || org.open.length === 0) return;
     // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
     org.lingering = true;
@@ -339,7 +368,7 @@ export class QuotaLeases {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns: Batch = { settlements: [], returns: [], rows: [] };
+      const returns = newBatch();
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
@@ -347,6 +376,7 @@ export class QuotaLeases {
       }
       org.open = [];
       if (returns.returns.length) await this.commit(org, returns, c);
+      returns.markStored();
     } finally {
       org.lingering = false;
     }
@@ -357,12 +387,30 @@ export class QuotaLeases {
     if (batch.settlements.length) report.settlements = batch.settlements;
     if (batch.returns.length) report.returns = batch.returns;
     if (batch.rows.length) report.rows = ledgerBatch(batch.rows);
+    if (batch.checkpoints.length) report.checkpoints = batch.checkpoints;
     try {
       const answer = await c.stub.commit(report, org.limits, c.now(), org.limitsAt);
       if (answer?.announced) this.adopt(org, answer.announced, true, c);
     } catch (error) {
-      // Returned capacity is released by the object when the lease expires there.
+      // Returned capacity is released by the object when the lease expires there; a checkpoint is
+      // only a stand-in for a settlement still to come, which goes straight to the ledger if it must.
       if (report.rows) await c.fallback(report.rows, error);
     }
   }
+}
+
+/**
+ * An empty batch. Its `stored` promise is made with it, so that every request in it waits on the
+ * one promise and one timer: the wait is capped per batch, not per request.
+ */
+function newBatch(): Batch {
+  let markStored: () => void = () => {};
+  const stored = new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), STORE_WAIT_MS);
+    markStored = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+  });
+  return { settlements: [], returns: [], rows: [], checkpoints: [], stored, markStored };
 }

@@ -114,12 +114,29 @@ export interface LeaseReturn {
   tokens: number;
 }
 
+/**
+ * The usage of a request still running (a long stream) so far: its settlement and ledger row
+ * (`ledgerEntry` text) as they would be if it ended now. The object keeps the latest one per
+ * request until the request's own settlement replaces it.
+ */
+export interface Checkpoint {
+  settlement: Settlement;
+  row: string;
+}
+
 /** What an isolate sends after requests finished: settlements, returned capacity and ledger rows. */
 export interface QuotaCommit {
   settlements?: Settlement[];
   returns?: LeaseReturn[];
   /** The requests' ledger rows, as one `ledgerBatch`. */
   rows?: string;
+  /** Usage of streams still running, so far. */
+  checkpoints?: Checkpoint[];
+}
+
+/** A checkpoint as the object keeps it, with when (by the object's clock) it last came. */
+interface StoredCheckpoint extends Checkpoint {
+  at: number;
 }
 
 /** The counters, stored under one small key; reservations each have their own key. */
@@ -143,6 +160,15 @@ const TOKEN_PREFIX = "t:";
  * text hold row objects, one or an array of them per key.
  */
 const USAGE_PREFIX = "u:";
+/** The latest checkpoint of each request still running, by request id. */
+const CHECKPOINT_PREFIX = "c:";
+
+/**
+ * A running stream sends a checkpoint every few seconds (`CHECKPOINT_EVERY_MS` in the proxy), also
+ * while it waits on its server; one not renewed for this long lost its isolate, and its last
+ * checkpoint is settled and billed as the request's row.
+ */
+export const CHECKPOINT_ABANDONED_MS = 60_000;
 
 /** How long settled usage rows gather before they go to D1 in one batch. */
 export const LEDGER_FLUSH_MS = 250;
@@ -248,6 +274,10 @@ export class OrgQuota extends DurableObject<Env> {
   private settledBefore = new Set<string>();
   /** The limits an admin set last, which outrank limits isolates read (and cached) before then. */
   private announced: AnnouncedLimits | undefined;
+  /** The latest checkpoint of each request still running, by request id. */
+  private checkpoints = new Map<string, StoredCheckpoint>();
+  /** Whether an alarm is set to settle abandoned checkpoints (a flush's alarm does that too). */
+  private checkpointsArmed = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -266,9 +296,13 @@ export class OrgQuota extends DurableObject<Env> {
       for (const [key, r] of open) this.reservations.set(key.slice(RESERVATION_PREFIX.length), r);
       const counted = await ctx.storage.list<QuotaCounters>({ prefix: TOKEN_PREFIX });
       for (const [key, t] of counted) this.tokens.set(key.slice(TOKEN_PREFIX.length), t);
-      // Usage rows left from before a restart go to D1 even if no request comes to flush them.
+      const running = await ctx.storage.list<StoredCheckpoint>({ prefix: CHECKPOINT_PREFIX });
+      for (const [key, c] of running) this.checkpoints.set(key.slice(CHECKPOINT_PREFIX.length), c);
+      // Usage rows left from before a restart go to D1 even if no request comes to flush them, and
+      // checkpoints are settled if their requests never come back.
       const unwritten = await ctx.storage.list({ prefix: USAGE_PREFIX, limit: 1 });
-      if (unwritten.size > 0 && (await ctx.storage.getAlarm()) === null) await ctx.storage.setAlarm(Date.now());
+      if ((unwritten.size > 0 || running.size > 0) && (await ctx.storage.getAlarm()) === null)
+        await ctx.storage.setAlarm(Date.now());
     });
   }
 
@@ -491,32 +525,83 @@ export class OrgQuota extends DurableObject<Env> {
     const { limits, announced } = this.limitsFor(callerLimits, limitsAt ?? now);
     this.roll(now);
     const changed = new Set<string>();
-    for (const s of report.settlements ?? []) {
-      if (this.settled.has(s.id) || this.settledBefore.has(s.id)) continue;
-      this.settled.add(s.id);
-      if (this.settled.size >= SETTLED_REMEMBERED / 2) {
-        this.settledBefore = this.settled;
-        this.settled = new Set();
-      }
-      const r = this.reservations.get(s.lease);
-      if (r) {
-        const delta = s.actual - s.reserved;
-        if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
-        if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
-        if (r.token) this.countForToken(r.token, r, delta);
-        r.tokens -= s.reserved;
-        r.requests = (r.requests ?? 1) - 1;
-        changed.add(s.lease);
-      } else {
-        // Settled after its lease expired: the usage still happened now.
-        this.state.minuteTokens += s.actual;
-        this.state.monthTokens += s.actual;
-        if (s.token) this.countForToken(s.token, this.state, s.actual);
-      }
-    }
+    if (report.checkpoints) this.keepCheckpoints(report.checkpoints);
+    for (const s of report.settlements ?? []) this.settle(s, changed);
     this.takeBack(report.returns ?? [], changed);
     this.persist(changed, report.rows);
     return { snapshot: this.snapshot(limits, now), announced };
+  }
+
+  /** Replaces one request's worst case by the tokens it used, once; its checkpoint, if any, goes. */
+  private settle(s: Settlement, changed: Set<string>): void {
+    if (this.settled.has(s.id) || this.settledBefore.has(s.id)) return;
+    this.settled.add(s.id);
+    if (this.settled.size >= SETTLED_REMEMBERED / 2) {
+      this.settledBefore = this.settled;
+      this.settled = new Set();
+    }
+    if (this.checkpoints.delete(s.id)) void this.ctx.storage.delete(CHECKPOINT_PREFIX + s.id);
+    const r = this.reservations.get(s.lease);
+    if (r) {
+      const delta = s.actual - s.reserved;
+      if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
+      if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
+      if (r.token) this.countForToken(r.token, r, delta);
+      r.tokens -= s.reserved;
+      r.requests = (r.requests ?? 1) - 1;
+      changed.add(s.lease);
+    } else {
+      // Settled after its lease expired: the usage still happened now.
+      this.state.minuteTokens += s.actual;
+      this.state.monthTokens += s.actual;
+      if (s.token) this.countForToken(s.token, this.state, s.actual);
+    }
+  }
+
+  /**
+   * Keeps the latest checkpoint of each running request (not of one already settled: a checkpoint
+   * never outlives its settlement), and makes sure an alarm will settle those never renewed.
+   */
+  private keepCheckpoints(checkpoints: readonly Checkpoint[]): void {
+    const at = Date.now();
+    const entries: Record<string, StoredCheckpoint> = {};
+    for (const { settlement, row } of checkpoints) {
+      const id = settlement.id;
+      if (this.settled.has(id) || this.settledBefore.has(id)) continue;
+      const kept = { settlement, row, at };
+      this.checkpoints.set(id, kept);
+      entries[CHECKPOINT_PREFIX + id] = kept;
+    }
+    // Not awaited, as in `persist`.
+    void this.ctx.storage.put(entries);
+    if (!this.flushArmed && !this.checkpointsArmed && this.checkpoints.size > 0) {
+      this.checkpointsArmed = true;
+      void this.ctx.storage.setAlarm(at + CHECKPOINT_ABANDONED_MS);
+    }
+  }
+
+  /**
+   * Settles the checkpoints not renewed for `CHECKPOINT_ABANDONED_MS` as their requests' rows: the
+   * isolate that ran them is gone, and the usage they saw is billed. Returns when the next one
+   * would be, if any are left.
+   */
+  private settleAbandoned(now: number): number | undefined {
+    const changed = new Set<string>();
+    const rows: string[] = [];
+    let next: number | undefined;
+    for (const [id, c] of this.checkpoints) {
+      const due = c.at + CHECKPOINT_ABANDONED_MS;
+      if (due > now) {
+        next = Math.min(next ?? due, due);
+        continue;
+      }
+      this.settle(c.settlement, changed);
+      this.checkpoints.delete(id);
+      rows.push(c.row);
+    }
+    // By the object's clock, not a caller's: the counters' windows roll with the next call.
+    if (rows.length) this.persist(changed, ledgerBatch(rows));
+    return next;
   }
 
   /**
@@ -551,6 +636,16 @@ export class OrgQuota extends DurableObject<Env> {
    */
   override async alarm(): Promise<void> {
     this.flushArmed = false;
+    this.checkpointsArmed = false;
+    const nextAbandoned = this.checkpoints.size ? this.settleAbandoned(Date.now()) : undefined;
+    await this.flush();
+    if (nextAbandoned !== undefined && !this.flushArmed) {
+      this.checkpointsArmed = true;
+      await this.ctx.storage.setAlarm(nextAbandoned);
+    }
+  }
+
+  private async flush(): Promise<void> {
     const pending = await this.ctx.storage.list<string | LedgerRow | LedgerRow[]>({
       prefix: USAGE_PREFIX,
       limit: LEDGER_FLUSH_KEYS,
