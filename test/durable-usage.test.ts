@@ -1,0 +1,175 @@
+/**
+ * An answered request's usage survives a crash: the end of an answer (a plain body, a stream's
+ * `[DONE]`) goes out only once its ledger row is stored in the organization's quota object, and a
+ * long stream's usage so far is checkpointed there while it runs.
+ */
+import {
+  createExecutionContext,
+  listDurableObjectIds,
+  runInDurableObject,
+  waitOnExecutionContext,
+} from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { beforeEach, describe, expect, it } from "vitest";
+import { clearCallerCache } from "../worker/inference/access";
+import { BackendHealth } from "../worker/inference/backends";
+import { type LedgerRow, ledgerRows } from "../worker/inference/ledger";
+import { clearQuotaLeases } from "../worker/inference/proxy";
+import { fixedClock } from "../worker/platform/clock";
+import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
+import { seedLicense, testGateway } from "./helpers/gateway";
+
+const MODEL = "llama-2-7b-chat";
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  clearQuotaLeases();
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+/** The ledger rows and checkpoints of `grantId` stored in quota objects (not D1). */
+async function stored(grantId: string): Promise<{ rows: LedgerRow[]; checkpoints: LedgerRow[] }> {
+  const rows: LedgerRow[] = [];
+  const checkpoints: LedgerRow[] = [];
+  for (const id of await listDurableObjectIds(env.QUOTA)) {
+    await runInDurableObject(env.QUOTA.get(id), async (_instance, state) => {
+      for (const batch of (await state.storage.list<string>({ prefix: "u:" })).values())
+        if (typeof batch === "string") rows.push(...ledgerRows(batch));
+      for (const c of (await state.storage.list<{ row: string }>({ prefix: "c:" })).values())
+        checkpoints.push(...ledgerRows(`[${c.row}]`));
+    });
+  }
+  const mine = (r: LedgerRow) => r.grantId === grantId;
+  return { rows: rows.filter(mine), checkpoints: checkpoints.filter(mine) };
+}
+
+async function setup(backend: Backend, checkpointEveryMs?: number) {
+  const gw = testGateway({
+    clock: fixedClock("2026-06-15T12:00:05Z"),
+    inference: { health: new BackendHealth(), random: () => 0, checkpointEveryMs },
+    bindings: {
+      INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: backend.url, timeoutMs: 10_000 }] }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+    },
+  });
+  return { gw, ...(await openAiCaller(gw, licenseSha256)) };
+}
+
+function call(gw: ReturnType<typeof testGateway>, token: string, body: object) {
+  const ctx = createExecutionContext();
+  const response = gw.app.request(
+    "http://gw/v1/chat/completions",
+    {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], ...body }),
+    },
+    gw.env,
+    ctx,
+  );
+  return { ctx, response: Promise.resolve(response) };
+}
+
+describe("security: an answered request's usage is stored before the answer ends", () => {
+  it("stores a plain answer's ledger row in the quota object before the client has the body", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token, grantId } = await setup(backend);
+    const { ctx, response } = call(gw, token, { max_tokens: 4 });
+    const res = await response;
+    expect(res.status).toBe(200);
+    await res.json();
+    // Read before the request's deferred work is awaited: the row is already there.
+    const { rows } = await stored(grantId);
+    expect(rows).toEqual([expect.objectContaining({ outcome: "ok", completionTokens: 4, stream: false })]);
+    await waitOnExecutionContext(ctx);
+  });
+
+  it("streams the first chunk before any row exists, and holds [DONE] until the row is stored", async () => {
+    const backend = scopedBackend(0);
+    await backend.mode("ok", { tokenLatencyMs: 30 });
+    const { gw, token, grantId } = await setup(backend);
+    const { ctx, response } = call(gw, token, { max_tokens: 6, stream: true });
+    const res = await response;
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    const first = await reader.read();
+    expect(first.done).toBe(false);
+    expect(decoder.decode(first.value)).not.toContain("[DONE]");
+    // The first token is never delayed by billing: nothing is stored yet.
+    expect((await stored(grantId)).rows).toEqual([]);
+    let text = "";
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {
+      text += decoder.decode(next.value, { stream: true });
+      if (text.includes("[DONE]")) break;
+    }
+    expect(text).toContain("data: [DONE]");
+    const { rows } = await stored(grantId);
+    expect(rows).toEqual([expect.objectContaining({ outcome: "ok", completionTokens: 6, stream: true })]);
+    await reader.cancel().catch(() => undefined);
+    await waitOnExecutionContext(ctx);
+  });
+
+  it("checkpoints a long stream's usage while it runs, and replaces the checkpoint with the settlement", async () => {
+    const backend = scopedBackend(0);
+    await backend.mode("ok", { tokenLatencyMs: 40 });
+    const { gw, token, grantId } = await setup(backend, 150);
+    const { ctx, response } = call(gw, token, { max_tokens: 20, stream: true });
+    const res = await response;
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    let checkpoint: LedgerRow | undefined;
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {
+      text += decoder.decode(next.value, { stream: true });
+      checkpoint ??= (await stored(grantId)).checkpoints[0];
+      if (text.includes("[DONE]")) break;
+    }
+    // Billed as a cut stream, to what had been seen, should the isolate die now.
+    expect(checkpoint).toMatchObject({ outcome: "partial", partial: true });
+    expect(checkpoint?.completionTokens).toBeGreaterThan(0);
+    await reader.cancel().catch(() => undefined);
+    await waitOnExecutionContext(ctx);
+    const after = await stored(grantId);
+    expect(after.checkpoints).toEqual([]);
+    // One row, the final counts: the checkpoint was replaced, not added to.
+    expect(after.rows).toEqual([expect.objectContaining({ outcome: "ok", completionTokens: 20 })]);
+  });
+
+  it("answers within the cap when the quota object never takes the row", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token } = await setup(backend);
+    // Admit on a lease first, then make every commit to the object hang.
+    const warm = call(gw, token, { max_tokens: 1 });
+    await (await warm.response).text();
+    await waitOnExecutionContext(warm.ctx);
+    const quota = env.QUOTA;
+    const hanging = {
+      idFromName: (name: string) => quota.idFromName(name),
+      get: (id: DurableObjectId) => {
+        const stub = quota.get(id);
+        return {
+          lease: (...args: Parameters<typeof stub.lease>) => stub.lease(...args),
+          commit: () => new Promise<never>(() => {}),
+        };
+      },
+    } as unknown as Env["QUOTA"];
+    const started = Date.now();
+    const ctx = createExecutionContext();
+    const res = await gw.app.request(
+      "http://gw/v1/chat/completions",
+      {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 2 }),
+      },
+      { ...gw.env, QUOTA: hanging },
+      ctx,
+    );
+    expect(res.status).toBe(200);
+    await res.json();
+    const waited = Date.now() - started;
+    expect(waited).toBeGreaterThanOrEqual(1_500);
+    expect(waited).toBeLessThan(5_000);
+  });
+});
