@@ -27,13 +27,14 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { exportJWK, generateKeyPair } from "jose";
-import { Miniflare, type MiniflareOptions, type WorkerOptions } from "miniflare";
+import type { Miniflare, V4MiniflareOptions as MiniflareOptions, V4WorkerOptions as WorkerOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
 import { bindingBucket, uploadWeights } from "../scripts/lib/weights";
 import {
   approvedAccessToken,
   buildGateway,
   gatewayWorkerOptions,
+  newMiniflare,
   prepareDatabase,
   runtimeOutput,
 } from "./lib/gateway-miniflare";
@@ -178,7 +179,7 @@ async function main(): Promise<void> {
     const startWorkerd = async (worker: (origin: string) => WorkerOptions, setup = false) => {
       const port = await freePort();
       const origin = `http://127.0.0.1:${port}`;
-      mf = new Miniflare({
+      mf = newMiniflare({
         host: "127.0.0.1",
         port: 0,
         r2Persist: join(tmp, "state", "r2"),

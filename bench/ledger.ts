@@ -20,10 +20,16 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Miniflare, type MiniflareOptions } from "miniflare";
+import type { V4MiniflareOptions as MiniflareOptions } from "miniflare";
 import { ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
 import { newId } from "../worker/platform/ids";
-import { buildGateway, gatewayWorkerOptions, prepareDatabase, runtimeOutput } from "./lib/gateway-miniflare";
+import {
+  buildGateway,
+  gatewayWorkerOptions,
+  newMiniflare,
+  prepareDatabase,
+  runtimeOutput,
+} from "./lib/gateway-miniflare";
 
 const DAY_MS = 86_400_000;
 /** Limits no run reaches: every lease is granted whole, and every request still settles. */
@@ -179,7 +185,7 @@ async function main() {
   process.on("exit", () => rmSync(tmp, { recursive: true, force: true }));
   const started = performance.now();
   const script = await buildGateway(join(tmp, "build"));
-  const mf = new Miniflare({
+  const mf = newMiniflare({
     host: "127.0.0.1",
     port: 0,
     d1Persist: join(tmp, "state", "d1"),

@@ -4,13 +4,14 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
-import { Miniflare, type MiniflareOptions } from "miniflare";
+import type { Miniflare, V4MiniflareOptions as MiniflareOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
 import {
   approvedAccessToken,
   buildGateway,
   gatewayWorkerOptions,
+  newMiniflare,
   prepareDatabase,
   runtimeOutput,
 } from "./lib/gateway-miniflare";
@@ -154,7 +155,7 @@ export function directTarget(simUrl: string, simPid?: number): Target {
 
 /** A Worker of `bench/` that forwards to the simulator, in Miniflare. */
 async function forwardingWorkerTarget(name: string, script: string, simUrl: string): Promise<Target> {
-  const mf = new Miniflare({
+  const mf = newMiniflare({
     ...workerSocketOptions(),
     modules: true,
     scriptPath: join(ROOT, "bench", script),
@@ -233,7 +234,7 @@ const BENCH_LIMITS = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_00
  */
 export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
   const script = await buildGateway(join(ROOT, "bench", ".build"));
-  const mf = new Miniflare({
+  const mf = newMiniflare({
     ...gatewayWorkerOptions(script, {
       INFERENCE_BACKENDS: JSON.stringify({
         [MODEL]: [{ url: simUrl, weight: 1 }],

@@ -8,7 +8,12 @@ import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
-import type { WorkerOptions } from "miniflare";
+import {
+  convertV4MiniflareOptions,
+  Miniflare,
+  type V4MiniflareOptions,
+  type V4WorkerOptions as WorkerOptions,
+} from "miniflare";
 import { unstable_getMiniflareWorkerOptions, unstable_splitSqlQuery } from "wrangler";
 import { ROOT, spawnWrangler } from "../../scripts/lib/local-state";
 import { loadLicenseTexts, placeholderLlama2Texts } from "../../scripts/seed/license";
@@ -87,6 +92,15 @@ export function gatewayWorkerOptions(scriptPath: string, bindings: Record<string
     modulesRoot: dirname(scriptPath),
     scriptPath,
   } as WorkerOptions;
+}
+
+/**
+ * A Miniflare instance from options in the shape the benchmarks write them (one flat object per
+ * worker, as `unstable_getMiniflareWorkerOptions` returns them), converted to Miniflare's own:
+ * the benchmarks then run the same workerd as the tests and `npm start`.
+ */
+export function newMiniflare(options: V4MiniflareOptions): Miniflare {
+  return new Miniflare(convertV4MiniflareOptions(options));
 }
 
 /**
