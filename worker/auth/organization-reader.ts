@@ -7,7 +7,8 @@ import type { Context } from "hono";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { tokenProblem } from "../tokens/middleware";
-import { bearerToken, checkAccessToken, type TokenPrincipal } from "../tokens/service";
+import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
+import { bearerToken } from "./bearer";
 import { type MemberPrincipal, memberOf } from "./members";
 
 /** The reader of a request and the organization it reads. */

@@ -22,9 +22,6 @@ import { findFamily } from "../policy/families";
 import { effectiveLimits } from "../quota/limits";
 import type { Services } from "../services";
 
-/** @deprecated Bearer parsing lives in `auth/bearer`; import it from there. */
-export { bearerToken } from "../auth/bearer";
-
 /** A new token lives this long unless its member asks otherwise. */
 export const DEFAULT_TOKEN_DAYS = 90;
 /** No token lives longer than this. */
@@ -258,22 +255,38 @@ export async function revokeMemberToken(services: Services, member: MemberPrinci
     if (token.userId !== member.user.id && !roleAtLeast(member.membership.role, "admin")) {
       throw new AppError("forbidden", "Only the organization's admins and owners revoke other members' tokens.");
     }
-    if (token.revokedAt) return { statements: [], events: [], result: describeToken(token) };
-    const at = services.clock.now().toISOString();
-    return {
-      statements: [services.db.update(accessTokens).set({ revokedAt: at }).where(eq(accessTokens.id, token.id))],
-      events: [
-        {
-          actor: `member:${member.user.email}`,
-          action: "token.revoked",
-          subjectType: "token",
-          subjectId: token.id,
-          data: { grantId: token.grantId, organizationId: member.organizationId, userId: token.userId },
-        },
-      ],
-      result: describeToken({ ...token, revokedAt: at }),
-    };
+    return revocation(services, token, `member:${member.user.email}`, {
+      organizationId: member.organizationId,
+      userId: token.userId,
+    });
   });
+}
+
+/**
+ * The audited write that revokes `token` now, or nothing when it is revoked already (revoking
+ * twice is harmless); the answer is the token as listed.
+ */
+function revocation(
+  services: Pick<Services, "db" | "clock">,
+  token: AccessToken,
+  actor: string,
+  data: Record<string, unknown> = {},
+) {
+  if (token.revokedAt) return { statements: [], events: [], result: describeToken(token) };
+  const at = services.clock.now().toISOString();
+  return {
+    statements: [services.db.update(accessTokens).set({ revokedAt: at }).where(eq(accessTokens.id, token.id))],
+    events: [
+      {
+        actor,
+        action: "token.revoked",
+        subjectType: "token",
+        subjectId: token.id,
+        data: { grantId: token.grantId, ...data },
+      },
+    ],
+    result: describeToken({ ...token, revokedAt: at }),
+  };
 }
 
 async function grantOfApplication(services: Pick<Services, "db">, applicationId: string) {
@@ -307,21 +320,7 @@ export async function revokeAccessToken(services: Services, application: Applica
           .where(and(eq(accessTokens.id, tokenId), eq(accessTokens.grantId, grant.id), isNull(accessTokens.userId)))
       : [];
     if (!token) throw new AppError("not_found", "No such token.");
-    if (token.revokedAt) return { statements: [], events: [], result: describeToken(token) };
-    const at = services.clock.now().toISOString();
-    return {
-      statements: [services.db.update(accessTokens).set({ revokedAt: at }).where(eq(accessTokens.id, token.id))],
-      events: [
-        {
-          actor: `applicant:${application.contactEmail}`,
-          action: "token.revoked",
-          subjectType: "token",
-          subjectId: token.id,
-          data: { grantId: token.grantId },
-        },
-      ],
-      result: describeToken({ ...token, revokedAt: at }),
-    };
+    return revocation(services, token, `applicant:${application.contactEmail}`);
   });
 }
 
