@@ -82,6 +82,37 @@ describe("POST /v1/organization/model-requests", () => {
     expect(await gw.db.select().from(grants)).toHaveLength(1);
   });
 
+  it("files one request however many copies arrive at once", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, () => requestModels(gw, first.cookie, { models: ["llama-2-70b"] })),
+    );
+    const statuses = answers.map((r) => r.status).sort();
+    expect(statuses.filter((s) => s === 201)).toHaveLength(1);
+    expect(statuses.every((s) => s === 201 || (s >= 400 && s < 500))).toBe(true);
+    expect((await grantOf(gw, first.applicationId))?.models).toEqual(["llama-2-7b", "llama-2-70b"]);
+    expect(await gw.db.select().from(grants)).toHaveLength(1);
+  });
+
+  it("opens one case for review however many copies arrive at once", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
+    const approver = {
+      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+    };
+    await gw.request(
+      `/admin/api/applications/${first.applicationId}/decision`,
+      json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
+    );
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, () => requestModels(gw, first.cookie, { models: ["llama-2-13b"] })),
+    );
+    const statuses = answers.map((r) => r.status);
+    expect(statuses.filter((s) => s === 201)).toHaveLength(1);
+    expect(statuses.every((s) => s === 201 || s === 409)).toBe(true);
+  });
+
   it("keeps a suspended grant suspended while widening it", async () => {
     const gw = testGateway();
     const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
