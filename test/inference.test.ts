@@ -9,7 +9,6 @@ import {
   inferenceBackendHealth,
   inferenceBackends,
   organizationLimits,
-  usageLedger,
 } from "../worker/db/schema";
 import { isOpenAiNamespace } from "../worker/http/openai-errors";
 import { clearCallerCache } from "../worker/inference/access";
@@ -20,7 +19,7 @@ import { fixedClock, systemClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
-import { flushUsage } from "./helpers/ledger";
+import { flushUsage, usageRows } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
 
 const MODEL = "llama-2-7b-chat";
@@ -59,9 +58,8 @@ async function setup(
   return { gw, clock, health, ...(await openAiCaller(gw, licenseSha256)) };
 }
 
-async function ledger(gw: ReturnType<typeof testGateway>) {
-  await flushUsage();
-  return gw.db.select().from(usageLedger).orderBy(usageLedger.startedAt);
+async function ledger(_gw: ReturnType<typeof testGateway>) {
+  return usageRows();
 }
 
 /** Puts the organization of `applicationId` on limits of its own, in force from the gateway's next token check. */

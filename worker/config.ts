@@ -49,6 +49,12 @@ export interface Config {
     /** Audited events between the checkpoints writers leave (the cron also anchors each minute). */
     checkpointEvery: number;
   };
+  usage: {
+    /** Hours a quota object keeps raw usage rows after archiving them to `USAGE_ARCHIVE`. */
+    rawRetentionHours: number;
+    /** Milliseconds between writes of an open hour's totals to D1. */
+    syncMs: number;
+  };
 }
 
 /** Whether this gateway bills through Stripe: without a secret key, usage is only metered. */
@@ -179,6 +185,10 @@ export function readConfig(env: Env): Config {
         ? ((JSON.parse(env.AUDIT_SIGNING_KEYS) as { keys: Record<string, unknown>[] }).keys ?? [])
         : [],
       checkpointEvery: positiveInt(env.AUDIT_CHECKPOINT_EVERY, 100, "AUDIT_CHECKPOINT_EVERY"),
+    },
+    usage: {
+      rawRetentionHours: positiveInt(env.USAGE_RAW_RETENTION_HOURS, 168, "USAGE_RAW_RETENTION_HOURS"),
+      syncMs: positiveInt(env.USAGE_SYNC_SECONDS, 300, "USAGE_SYNC_SECONDS") * 1000,
     },
   };
   cache.set(env, config);

@@ -6,6 +6,7 @@ import { reconcileBilling } from "./billing/reconcile";
 import { billingEnabled } from "./config";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
+import { carryLedgerRows } from "./usage/carry";
 
 export { OrgQuota } from "./quota/org-quota";
 
@@ -16,8 +17,9 @@ export default {
 
   /**
    * Every minute: checkpoint the audit chain's head outside D1, deliver mail that is due (retries
-   * included) and reconcile billing — re-queue usage rows Stripe has not accepted yet, flag rows
-   * too old to bill, provision billing accounts.
+   * included), carry usage recorded one row at a time into the hourly aggregates, and reconcile
+   * billing — re-queue usage Stripe has not accepted yet, flag usage too old to bill, provision
+   * billing accounts.
    */
   async scheduled(_controller, env, ctx) {
     const services = createServices(env, {}, { trigger: "cron" });
@@ -42,6 +44,14 @@ export default {
         (error: unknown) => services.log.error("purging unconfirmed applications failed", { error: String(error) }),
       ),
     );
+    ctx.waitUntil(
+      carryLedgerRows(env.DB, services.clock.now()).then(
+        (carried) => {
+          if (carried.usage + carried.downloads > 0) services.log.info("usage rows carried into hours", carried);
+        },
+        (error: unknown) => services.log.error("carrying usage rows into hours failed", { error: String(error) }),
+      ),
+    );
     if (!billingEnabled(services.config)) {
       services.log.info("billing is off: no STRIPE_SECRET_KEY; usage is metered but not sent to Stripe");
       return;
@@ -54,7 +64,7 @@ export default {
     );
   },
 
-  /** The usage queue (ledger rows → Stripe meter events) and its dead-letter queue. */
+  /** The usage queue (billing intervals and ledger rows → Stripe meter events) and its dead-letter queue. */
   async queue(batch, env, _ctx) {
     const services = createServices(env, {}, { trigger: "queue", queue: batch.queue });
     if (isDeadLetterQueue(batch.queue)) await consumeDeadLetters(batch, services);

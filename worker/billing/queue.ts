@@ -1,13 +1,19 @@
-import { inArray } from "drizzle-orm";
+import { and, eq, inArray } from "drizzle-orm";
 import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
-import { usageLedger } from "../db/schema";
+import { billingIntervals, usageLedger } from "../db/schema";
 import type { Services } from "../services";
-import { billLedgerRows } from "./meter";
+import { type BillingOutcome, billIntervals, billLedgerRows } from "./meter";
 import { stripeBreaker, stripeClient } from "./stripe";
 
-/** A usage-queue message: one ledger row to bill. */
-export interface UsageMessage {
-  ledgerId: string;
+/**
+ * A usage-queue message: one billing interval (an organization's closed part of an hour) or one
+ * ledger row (a request recorded on its own) to bill.
+ */
+export type UsageMessage = { intervalId: string; ledgerId?: undefined } | { ledgerId: string; intervalId?: undefined };
+
+/** The id a message bills, whichever kind it is. */
+function billedId(message: UsageMessage): string {
+  return message.intervalId ?? message.ledgerId;
 }
 
 export const USAGE_QUEUE_NAME = "modelgate-usage";
@@ -54,26 +60,56 @@ export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, servi
     batch.ackAll();
     return;
   }
-  const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
+  const intervals = [...new Set(batch.messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
+  const rows = [...new Set(batch.messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
   const breaker = stripeBreaker(services.config.billing);
-  const outcomes = await billLedgerRows(services, stripe, ids, breaker);
+  const outcomes = new Map<string, BillingOutcome>();
+  if (intervals.length)
+    for (const [id, o] of await billIntervals(services, stripe, intervals, breaker)) outcomes.set(id, o);
+  if (rows.length) for (const [id, o] of await billLedgerRows(services, stripe, rows, breaker)) outcomes.set(id, o);
   // Rows held back by an open breaker come back no sooner than it lets calls through again.
   const reopensAt = breaker.reopensAt;
   const coolOffSeconds =
     reopensAt === undefined ? 0 : Math.ceil(Math.max(0, reopensAt - services.clock.now().getTime()) / 1000);
   for (const message of batch.messages) {
-    if (outcomes.get(message.body.ledgerId) === "retry")
+    if (outcomes.get(billedId(message.body)) === "retry")
       message.retry({ delaySeconds: Math.max(coolOffSeconds, retryDelaySeconds(message.attempts)) });
     else message.ack();
   }
 }
 
-/** Consumes the dead-letter queue: the rows are marked `dead` for operators, never dropped. */
+/** Consumes the dead-letter queue: intervals and rows are marked `dead` for operators, never dropped. */
 export async function consumeDeadLetters(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
-  const ids = [...new Set(batch.messages.map((m) => m.body.ledgerId))];
-  for (const chunk of chunked(ids, D1_IDS_PER_STATEMENT)) {
-    await services.db.update(usageLedger).set({ billingState: "dead" }).where(inArray(usageLedger.id, chunk));
+  const intervals = [...new Set(batch.messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
+  const rows = [...new Set(batch.messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
+  for (const chunk of chunked(intervals, D1_IDS_PER_STATEMENT)) {
+    await services.db
+      .update(billingIntervals)
+      .set({ state: "dead" })
+      .where(and(inArray(billingIntervals.id, chunk), eq(billingIntervals.state, "pending")));
   }
-  services.log.error("usage rows dead-lettered", { count: ids.length });
+  for (const chunk of chunked(rows, D1_IDS_PER_STATEMENT)) {
+    await services.db
+      .update(usageLedger)
+      .set({ billingState: "dead" })
+      .where(and(inArray(usageLedger.id, chunk), eq(usageLedger.billingState, "pending")));
+  }
+  services.log.error("usage dead-lettered", { intervals: intervals.length, rows: rows.length });
   batch.ackAll();
+}
+
+/** Puts billing intervals on the usage queue, as `queueLedgerRows` does rows. */
+export async function queueIntervals(
+  queue: Queue<UsageMessage>,
+  intervalIds: readonly string[],
+  onFailure?: (intervalIds: string[], error: unknown) => void,
+): Promise<void> {
+  for (const ids of chunked(intervalIds, MESSAGES_PER_SEND)) {
+    try {
+      await queue.sendBatch(ids.map((intervalId) => ({ body: { intervalId } })));
+    } catch (error) {
+      if (!onFailure) throw error;
+      onFailure(ids, error);
+    }
+  }
 }

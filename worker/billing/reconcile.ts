@@ -1,13 +1,13 @@
 import { and, asc, eq, isNull, lt } from "drizzle-orm";
-import { billingAccounts, grants, usageLedger } from "../db/schema";
+import { billingAccounts, billingIntervals, grants, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { ensureBillingAccount } from "./accounts";
 import { StripeUnavailableError } from "./breaker";
 import { MAX_EVENT_AGE_MS } from "./meter";
-import { queueLedgerRows, type UsageMessage } from "./queue";
+import { queueIntervals, queueLedgerRows, type UsageMessage } from "./queue";
 import { isStripeUnavailable, stripeBreaker, stripeClient } from "./stripe";
 
-/** Rows unsent this long after they were written are sent again. */
+/** Intervals and rows unsent this long after they were written are sent again. */
 export const STUCK_AFTER_MS = 5 * 60_000;
 
 /** What one reconciler run did. */
@@ -18,9 +18,10 @@ export interface ReconcileReport {
 }
 
 /**
- * The outbox sweep, run by cron: re-queues ledger rows still pending a few minutes after they
- * were written (a lost queue send, an outage longer than the queue's retries), flags rows that
- * became too old for Stripe, and gives organizations with a grant but no billing account one.
+ * The outbox sweep, run by cron: re-queues billing intervals and ledger rows still pending a few
+ * minutes after they were written (a lost queue send, an outage longer than the queue's retries),
+ * flags those that became too old for Stripe, and gives organizations with a grant but no billing
+ * account one.
  */
 export async function reconcileBilling(
   services: Services,
@@ -32,6 +33,28 @@ export async function reconcileBilling(
   if (!stripe) return report;
   const now = services.clock.now().getTime();
 
+  const oldHour = new Date(now - MAX_EVENT_AGE_MS).toISOString().slice(0, 13);
+  const expiredIntervals = await services.db
+    .update(billingIntervals)
+    .set({ state: "expired", error: "older than Stripe accepts (35 days)" })
+    .where(and(eq(billingIntervals.state, "pending"), lt(billingIntervals.hour, oldHour)))
+    .returning({ id: billingIntervals.id });
+  const stuckIntervals = await services.db
+    .select({ id: billingIntervals.id })
+    .from(billingIntervals)
+    .where(
+      and(
+        eq(billingIntervals.state, "pending"),
+        lt(billingIntervals.createdAt, new Date(now - STUCK_AFTER_MS).toISOString()),
+      ),
+    )
+    .orderBy(asc(billingIntervals.createdAt))
+    .limit(limit);
+  await queueIntervals(
+    queue,
+    stuckIntervals.map((i) => i.id),
+  );
+
   const expired = await services.db
     .update(usageLedger)
     .set({ billingState: "expired", billingError: "older than Stripe accepts (35 days)" })
@@ -42,8 +65,9 @@ export async function reconcileBilling(
       ),
     )
     .returning({ id: usageLedger.id });
-  report.expired = expired.length;
-  if (expired.length > 0) services.log.error("usage rows too old to bill", { count: expired.length });
+  report.expired = expired.length + expiredIntervals.length;
+  if (report.expired > 0)
+    services.log.error("usage too old to bill", { rows: expired.length, intervals: expiredIntervals.length });
 
   const stuck = await services.db
     .select({ id: usageLedger.id })
@@ -60,7 +84,7 @@ export async function reconcileBilling(
     queue,
     stuck.map((row) => row.id),
   );
-  report.requeued = stuck.length;
+  report.requeued = stuck.length + stuckIntervals.length;
 
   const unprovisioned = await services.db
     .selectDistinct({ organizationId: grants.organizationId })

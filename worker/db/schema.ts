@@ -3,7 +3,7 @@
  * UTC strings, which sort and compare correctly as text; JSON columns hold arrays and small records.
  */
 import { sql } from "drizzle-orm";
-import { index, integer, real, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { index, integer, primaryKey, real, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 /** Content-addressed legal documents (license texts, acceptable use policies). */
 export const documents = sqliteTable("documents", {
@@ -546,6 +546,8 @@ export const downloadEvents = sqliteTable(
     /** Whether the client read the whole answer (false when it hung up). */
     complete: integer("complete", { mode: "boolean" }).notNull(),
     at: text("at").notNull(),
+    /** When the event was carried into `download_hours` (source `ledger`); null until then. */
+    aggregatedAt: text("aggregated_at"),
   },
   (t) => [index("download_events_grant_at").on(t.grantId, t.at)],
 );
@@ -667,6 +669,11 @@ export const usageLedger = sqliteTable(
       .default("pending"),
     billingAttempts: integer("billing_attempts").notNull().default(0),
     billingError: text("billing_error"),
+    /**
+     * When the row was carried into `usage_hours` (source `ledger`); null until then. Rows are
+     * only written here by gateways from before the hourly aggregates; they are carried once.
+     */
+    aggregatedAt: text("aggregated_at"),
   },
   (t) => [
     index("usage_ledger_org_started").on(t.organizationId, t.startedAt),
@@ -675,6 +682,111 @@ export const usageLedger = sqliteTable(
 );
 
 export type UsageRow = typeof usageLedger.$inferSelect;
+
+/**
+ * Metered inference per hour, organization, model, grant and token: what the console, `/v1/usage`,
+ * `/v1/billing` and the CSV exports read. The hour is the one the request was recorded in (its
+ * settlement, normally within a second of its last byte); the raw rows behind an hour are in the
+ * quota object for `USAGE_RAW_RETENTION_HOURS` and in the usage archive in R2 for good. An hour's
+ * figures are the sum of its parts (`worker/usage/hours.ts`): a quota object writes each part's
+ * totals as absolute values, so a repeated write changes nothing.
+ */
+export const usageHours = sqliteTable(
+  "usage_hours",
+  {
+    organizationId: text("organization_id").notNull(),
+    /** `YYYY-MM-DDTHH`, UTC. */
+    hour: text("hour").notNull(),
+    model: text("model").notNull(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    /** The part of the hour (`hours.ts`); `ledger` for rows carried from `usage_ledger`. */
+    part: text("part").notNull(),
+    requests: integer("requests").notNull(),
+    promptTokens: integer("prompt_tokens").notNull(),
+    completionTokens: integer("completion_tokens").notNull(),
+    totalTokens: integer("total_tokens").notNull(),
+    /** Requests answered with a status of 400 or above. */
+    errorRequests: integer("error_requests").notNull(),
+    /** Requests whose usage is partly counted by the gateway: cut off, or failed mid-answer. */
+    partialRequests: integer("partial_requests").notNull(),
+    latencyMsSum: integer("latency_ms_sum").notNull(),
+    /** When the latest request counted here was recorded. */
+    lastAt: text("last_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.organizationId, t.hour, t.model, t.grantId, t.tokenId, t.part] }),
+    index("usage_hours_hour").on(t.hour),
+    index("usage_hours_grant").on(t.grantId),
+  ],
+);
+
+export type UsageHour = typeof usageHours.$inferSelect;
+
+/**
+ * One organization's usage of one closed part of an hour on its way to Stripe: one meter event per
+ * price dimension (prompt, completion tokens) with the identifier `<id>:<dimension>`, so that a
+ * resend is recorded once. Written by the quota object with the part's final totals, in the same
+ * D1 batch; its values equal the sum of the part's `usage_hours` rows.
+ */
+export const billingIntervals = sqliteTable(
+  "billing_intervals",
+  {
+    /** `<organization id>:<hour>:<part>`. */
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id").notNull(),
+    hour: text("hour").notNull(),
+    requests: integer("requests").notNull(),
+    promptTokens: integer("prompt_tokens").notNull(),
+    completionTokens: integer("completion_tokens").notNull(),
+    /** As a ledger row's `billing_state`. */
+    state: text("state", { enum: ["pending", "sent", "skipped", "dead", "expired"] })
+      .notNull()
+      .default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    error: text("error"),
+    createdAt: text("created_at").notNull(),
+    billedAt: text("billed_at"),
+  },
+  (t) => [
+    index("billing_intervals_state").on(t.state, t.createdAt),
+    index("billing_intervals_org_hour").on(t.organizationId, t.hour),
+  ],
+);
+
+export type BillingInterval = typeof billingIntervals.$inferSelect;
+
+/**
+ * Weight downloads per hour, organization, grant, token and model: answers, whole ones, bytes
+ * served and refusals. The raw events are in the organization's quota object for a while and in
+ * the usage archive in R2.
+ */
+export const downloadHours = sqliteTable(
+  "download_hours",
+  {
+    organizationId: text("organization_id").notNull(),
+    hour: text("hour").notNull(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    model: text("model").notNull(),
+    /** The part of the hour (`hours.ts`); `ledger` for events carried from `download_events`. */
+    part: text("part").notNull(),
+    requests: integer("requests").notNull(),
+    completeRequests: integer("complete_requests").notNull(),
+    errorRequests: integer("error_requests").notNull(),
+    bytesServed: integer("bytes_served").notNull(),
+    lastAt: text("last_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.organizationId, t.hour, t.grantId, t.tokenId, t.model, t.part] }),
+    index("download_hours_hour").on(t.hour),
+    index("download_hours_grant").on(t.grantId, t.hour),
+  ],
+);
+
+export type DownloadHour = typeof downloadHours.$inferSelect;
 
 export const BILLING_STATUSES = ["active", "past_due", "unpaid", "canceled", "incomplete"] as const;
 export type BillingStatus = (typeof BILLING_STATUSES)[number];

@@ -1,15 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
-import { billingEnabled } from "../config";
 import type { TokenLimits } from "../db/schema";
-import {
-  firstLedgerId,
-  joinLedgerBatches,
-  type LedgerRow,
-  ledgerBatch,
-  ledgerEntry,
-  writeUsageRows,
-} from "../inference/ledger";
-import { createServices } from "../services";
+import { firstLedgerId, ledgerBatch } from "../inference/ledger";
+import type { DownloadRow } from "../usage/hours";
+import { DOWNLOAD_PREFIX, type LiveParts, USAGE_PREFIX, UsageBook } from "./usage-book";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
 export interface QuotaLimits {
@@ -154,12 +147,6 @@ const ANNOUNCED_KEY = "limits";
 const RESERVATION_PREFIX = "r:";
 /** A token's own counters (tokens with limits only), one key each. */
 const TOKEN_PREFIX = "t:";
-/**
- * Usage-ledger rows settled here and not yet written to D1: the rows of one commit under one key
- * (named after its first row) as `ledgerBatch` text; objects written before rows travelled as
- * text hold row objects, one or an array of them per key.
- */
-const USAGE_PREFIX = "u:";
 /** The latest checkpoint of each request still running, by request id. */
 const CHECKPOINT_PREFIX = "c:";
 
@@ -170,14 +157,8 @@ const CHECKPOINT_PREFIX = "c:";
  */
 export const CHECKPOINT_ABANDONED_MS = 60_000;
 
-/** How long settled usage rows gather before they go to D1 in one batch. */
+/** How long committed usage rows gather before they are folded into their hour in one batch. */
 export const LEDGER_FLUSH_MS = 250;
-/** Stored commits a flush reads; what it leaves goes in the next flush, which follows at once. */
-const LEDGER_FLUSH_KEYS = 200;
-/** A flush takes no more commits once their rows reach this much text. */
-const LEDGER_FLUSH_CHARS = 256 * 1024;
-/** When D1 refuses a flush, the rows stay here and the flush is tried again after this long. */
-const LEDGER_RETRY_MS = 5_000;
 
 /** How many settled ids the object remembers to recognise a repeated settlement. */
 const SETTLED_REMEMBERED = 10_000;
@@ -263,8 +244,12 @@ export class OrgQuota extends DurableObject<Env> {
   private tokensChanged = new Set<string>();
   /** When open reservations were last checked for expiry. */
   private sweptAt = 0;
-  /** Whether an alarm is set to flush settled usage rows to D1. */
-  private flushArmed = false;
+  /** When the alarm is set for (wall clock); undefined: not set. */
+  private alarmAt: number | undefined;
+  /** The newest time a caller passed: the object's clock never runs behind it (`clock`). */
+  private latest = 0;
+  /** Settled usage: folded into hours, written to D1, billed and archived (`usage-book.ts`). */
+  private readonly book: UsageBook;
   /**
    * Ids settled lately, so that a repeated settlement is not counted twice: the newest ids and,
    * when those reach half of `SETTLED_REMEMBERED`, the generation before them. (Dropping the
@@ -276,11 +261,10 @@ export class OrgQuota extends DurableObject<Env> {
   private announced: AnnouncedLimits | undefined;
   /** The latest checkpoint of each request still running, by request id. */
   private checkpoints = new Map<string, StoredCheckpoint>();
-  /** Whether an alarm is set to settle abandoned checkpoints (a flush's alarm does that too). */
-  private checkpointsArmed = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    this.book = new UsageBook(ctx, env);
     ctx.blockConcurrencyWhile(async () => {
       const stored = await ctx.storage.get<QuotaCounters & { reservations?: Record<string, Reservation> }>(
         COUNTERS_KEY,
@@ -298,15 +282,35 @@ export class OrgQuota extends DurableObject<Env> {
       for (const [key, t] of counted) this.tokens.set(key.slice(TOKEN_PREFIX.length), t);
       const running = await ctx.storage.list<StoredCheckpoint>({ prefix: CHECKPOINT_PREFIX });
       for (const [key, c] of running) this.checkpoints.set(key.slice(CHECKPOINT_PREFIX.length), c);
-      // Usage rows left from before a restart go to D1 even if no request comes to flush them, and
-      // checkpoints are settled if their requests never come back.
-      const unwritten = await ctx.storage.list({ prefix: USAGE_PREFIX, limit: 1 });
-      if ((unwritten.size > 0 || running.size > 0) && (await ctx.storage.getAlarm()) === null)
-        await ctx.storage.setAlarm(Date.now());
+      await this.book.load();
+      // Usage left from before a restart is finished even if no request comes, and checkpoints
+      // are settled if their requests never come back.
+      this.alarmAt = (await ctx.storage.getAlarm()) ?? undefined;
+      if (running.size > 0 || (await this.book.hasWork())) this.wake(Date.now());
     });
   }
 
+  /**
+   * The object's clock: the wall clock, or the newest time a caller passed when that is ahead (the
+   * callers' clocks decide the windows they are counted in, and an hour closes by the same clock).
+   */
+  private clock(): number {
+    return Math.max(Date.now(), this.latest);
+  }
+
+  private saw(now: number): void {
+    if (now > this.latest) this.latest = now;
+  }
+
+  /** Sets the alarm for `at` (wall clock) unless it is set for sooner. */
+  private wake(at: number): void {
+    if (this.alarmAt !== undefined && this.alarmAt <= at) return;
+    this.alarmAt = at;
+    void this.ctx.storage.setAlarm(at);
+  }
+
   private roll(now: number): void {
+    this.saw(now);
     // Clocks of different isolates disagree a little: a late call never takes a window back.
     const minute = Math.floor(now / 60_000);
     if (minute > this.state.minute) {
@@ -436,7 +440,7 @@ export class OrgQuota extends DurableObject<Env> {
     this.tokensChanged.clear();
     void this.ctx.storage.put(entries);
     if (gone.length) void this.ctx.storage.delete(gone);
-    if (hasRows) this.armFlush(LEDGER_FLUSH_MS);
+    if (hasRows) this.wake(Date.now() + LEDGER_FLUSH_MS);
   }
 
   /**
@@ -574,10 +578,7 @@ export class OrgQuota extends DurableObject<Env> {
     }
     // Not awaited, as in `persist`.
     void this.ctx.storage.put(entries);
-    if (!this.flushArmed && !this.checkpointsArmed && this.checkpoints.size > 0) {
-      this.checkpointsArmed = true;
-      void this.ctx.storage.setAlarm(at + CHECKPOINT_ABANDONED_MS);
-    }
+    if (this.checkpoints.size > 0) this.wake(at + CHECKPOINT_ABANDONED_MS);
   }
 
   /**
@@ -623,59 +624,60 @@ export class OrgQuota extends DurableObject<Env> {
     return { limits: callerLimits };
   }
 
-  private armFlush(delayMs: number): void {
-    if (this.flushArmed) return;
-    this.flushArmed = true;
-    void this.ctx.storage.setAlarm(Date.now() + delayMs);
+  /**
+   * Records downloads: stored at once (the reply waits until they are durable), then folded into
+   * their hours with the inference rows.
+   */
+  async recordDownloads(rows: DownloadRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    void this.ctx.storage.put(DOWNLOAD_PREFIX + (rows[0] as DownloadRow).id, JSON.stringify(rows));
+    this.wake(Date.now() + LEDGER_FLUSH_MS);
   }
 
   /**
-   * Writes settled usage rows to the D1 ledger in one batch (a row already there is kept as it
-   * is) and, when billing is on, queues them for Stripe. Rows leave this object's storage only
-   * after D1 took them; if D1 fails they stay and the flush is tried again.
+   * Settles abandoned checkpoints, then moves settled usage on (`usage-book.ts`): committed rows
+   * folded into their hours, totals written to D1, closed hours billed and archived, old rows
+   * pruned. Whatever fails stays and is tried again.
    */
   override async alarm(): Promise<void> {
-    this.flushArmed = false;
-    this.checkpointsArmed = false;
+    this.alarmAt = undefined;
     const nextAbandoned = this.checkpoints.size ? this.settleAbandoned(Date.now()) : undefined;
-    await this.flush();
-    if (nextAbandoned !== undefined && !this.flushArmed) {
-      this.checkpointsArmed = true;
-      await this.ctx.storage.setAlarm(nextAbandoned);
-    }
+    const now = this.clock();
+    const more = await this.book.fold(now);
+    const synced = await this.book.sync(now);
+    const archived = synced && (await this.book.archive());
+    await this.book.prune(now);
+    let next = this.book.nextWake(now, !synced || !archived);
+    if (more) next = now;
+    const wallNext = next === undefined ? undefined : Date.now() + Math.max(0, next - this.clock());
+    const at = Math.min(wallNext ?? Number.POSITIVE_INFINITY, nextAbandoned ?? Number.POSITIVE_INFINITY);
+    if (at !== Number.POSITIVE_INFINITY) this.wake(at);
   }
 
-  private async flush(): Promise<void> {
-    const pending = await this.ctx.storage.list<string | LedgerRow | LedgerRow[]>({
-      prefix: USAGE_PREFIX,
-      limit: LEDGER_FLUSH_KEYS,
-    });
-    if (pending.size === 0) return;
-    const services = createServices(this.env, {}, { quota: this.ctx.id.toString() });
-    const keys: string[] = [];
-    const batches: string[] = [];
-    let chars = 0;
-    for (const [key, value] of pending) {
-      if (chars >= LEDGER_FLUSH_CHARS) break;
-      const batch =
-        typeof value === "string" ? value : ledgerBatch((Array.isArray(value) ? value : [value]).map(ledgerEntry));
-      keys.push(key);
-      batches.push(batch);
-      chars += batch.length;
-    }
-    const rows = joinLedgerBatches(batches);
-    try {
-      await writeUsageRows(services, rows, billingEnabled(services.config) ? this.env.USAGE_QUEUE : undefined);
-    } catch (error) {
-      services.log.warn("usage rows not written to D1; kept and retried", {
-        batches: batches.length,
-        error: String(error),
-      });
-      this.armFlush(LEDGER_RETRY_MS);
-      return;
-    }
-    await this.ctx.storage.delete(keys);
-    if (keys.length < pending.size || pending.size === LEDGER_FLUSH_KEYS) this.armFlush(0);
+  /**
+   * Folds everything committed and writes every changed total to D1 now, closing the hours that
+   * are over by `now` (or the object's clock); then archives. For operators and tests that need
+   * D1's figures current rather than within `USAGE_SYNC_SECONDS`. Returns whether D1 and R2 took it all.
+   */
+  async syncUsage(now?: number): Promise<boolean> {
+    if (now !== undefined) this.saw(now);
+    const at = this.clock();
+    while (await this.book.fold(at)) {}
+    const synced = await this.book.sync(at, true);
+    const archived = synced && (await this.book.archive());
+    const next = this.book.nextWake(at, !archived);
+    if (next !== undefined) this.wake(Date.now() + Math.max(0, next - this.clock()));
+    return synced && archived;
+  }
+
+  /** The organization's open hours whose totals D1 does not have yet, for its own usage views. */
+  async liveUsage(): Promise<LiveParts> {
+    return this.book.live();
+  }
+
+  /** The raw rows the object still holds of `hour` (`YYYY-MM-DDTHH`; all hours without), as archive lines. */
+  async rawUsage(hour?: string, kind: "inference" | "downloads" = "inference"): Promise<string[]> {
+    return this.book.rawLines(hour, kind);
   }
 
   /** Answers at once: the readiness check's proof that quota objects can be reached. */

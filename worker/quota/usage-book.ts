@@ -1,0 +1,383 @@
+/**
+ * The usage rows an organization's quota object holds: settled requests (and downloads) from the
+ * moment they are committed, folded into hourly parts (`worker/usage/hours.ts`), whose totals go to
+ * D1 and whose closed parts go to Stripe (through `billing_intervals` and the usage queue) and to
+ * the usage archive in R2. The raw rows stay in the object for `USAGE_RAW_RETENTION_HOURS` after
+ * they are archived.
+ *
+ * Every step is safe to repeat and to be cut off at any point: folding moves a committed batch into
+ * its part in one storage write (the batch, the part's totals and the raw key together), D1 takes
+ * absolute totals, an interval is inserted once by its id, an archive object is written under its
+ * part's own key, and a part is forgotten only once it is archived.
+ */
+import { billingEnabled } from "../config";
+import { type LedgerRow, ledgerBatch, ledgerEntry, ledgerRows } from "../inference/ledger";
+import { createServices, type Services } from "../services";
+import {
+  addDownload,
+  addInference,
+  archiveKey,
+  billableTotals,
+  closesAt,
+  type DownloadCounts,
+  type DownloadRow,
+  gzipLines,
+  hourOf,
+  hourStart,
+  type InferenceCounts,
+  intervalId,
+  partStatements,
+  type UsagePart,
+} from "../usage/hours";
+
+/** Committed inference rows not yet folded, one `ledgerBatch` text per commit (or legacy row objects). */
+export const USAGE_PREFIX = "u:";
+/** Committed downloads not yet folded: JSON arrays of `DownloadRow`. */
+export const DOWNLOAD_PREFIX = "dl:";
+/** Parts not yet archived, `p:<hour>:<part>`. */
+const PART_PREFIX = "p:";
+/** Raw rows of a part, `raw:<hour>:<part>:<i|d>:<commit key>`. */
+const RAW_PREFIX = "raw:";
+
+/** Committed batches one fold takes; what it leaves goes in the next, which follows at once. */
+const FOLD_KEYS = 200;
+/** A fold takes no more batches once their text reaches this much. */
+const FOLD_CHARS = 256 * 1024;
+/** When D1 or R2 refuses, the work is tried again after this long. */
+export const RETRY_MS = 5_000;
+/** Raw keys one prune deletes. */
+const PRUNE_KEYS = 1_000;
+const HOUR_MS = 3_600_000;
+/** `raw:<hour>:<part>:`: hours are 13 characters, part ids 9. */
+const RAW_PART_PREFIX_LENGTH = RAW_PREFIX.length + 13 + 1 + 9 + 1;
+
+/** What the organization's own usage views add to D1's figures: parts D1 has older totals of. */
+export interface LiveParts {
+  parts: {
+    hour: string;
+    part: string;
+    inference: [string, InferenceCounts][];
+    downloads: [string, DownloadCounts][];
+  }[];
+}
+
+export class UsageBook {
+  /** Parts not yet archived (open, or closed and waiting for R2), by `p:` key. */
+  private parts = new Map<string, UsagePart>();
+  /** The open part of each hour that has one. */
+  private open = new Map<string, UsagePart>();
+  private organizationId: string | undefined;
+  /** The newest part id handed out (epoch ms): ids only grow, so no hour has two parts of one id. */
+  private lastPartAt = 0;
+  /** When (object clock) the oldest archived raw rows pass the retention; undefined: none held. */
+  private pruneAt: number | undefined;
+  private services: Services | undefined;
+
+  constructor(
+    private readonly ctx: DurableObjectState,
+    private readonly env: Env,
+  ) {}
+
+  /** Reads the parts back after a restart (inside the object's `blockConcurrencyWhile`). */
+  async load(): Promise<void> {
+    const stored = await this.ctx.storage.list<UsagePart>({ prefix: PART_PREFIX });
+    for (const [key, part] of stored) {
+      this.parts.set(key, part);
+      if (!part.closed) this.open.set(part.hour, part);
+      this.organizationId ??= part.organizationId;
+      this.lastPartAt = Math.max(this.lastPartAt, Number.parseInt(part.part, 36));
+    }
+    await this.notePrune(this.svc().config.usage.rawRetentionHours * HOUR_MS);
+  }
+
+  /** Whether anything is committed and not folded, or held and not finished. */
+  async hasWork(): Promise<boolean> {
+    if (this.parts.size > 0 || this.pruneAt !== undefined) return true;
+    const [u, d] = await Promise.all([
+      this.ctx.storage.list({ prefix: USAGE_PREFIX, limit: 1 }),
+      this.ctx.storage.list({ prefix: DOWNLOAD_PREFIX, limit: 1 }),
+    ]);
+    return u.size > 0 || d.size > 0;
+  }
+
+  private svc(): Services {
+    this.services ??= createServices(this.env, {}, { quota: this.ctx.id.toString() });
+    return this.services;
+  }
+
+  private partFor(organizationId: string, hour: string, now: number, touched: Set<UsagePart>): UsagePart {
+    let part = this.open.get(hour);
+    if (!part) {
+      this.lastPartAt = Math.max(now, this.lastPartAt + 1);
+      part = {
+        organizationId,
+        hour,
+        part: this.lastPartAt.toString(36).padStart(9, "0"),
+        inference: new Map(),
+        downloads: new Map(),
+        rows: 0,
+        dirty: false,
+        syncedAt: now,
+        closed: false,
+      };
+      this.open.set(hour, part);
+      this.parts.set(partKey(part), part);
+    }
+    touched.add(part);
+    return part;
+  }
+
+  /**
+   * Folds committed batches into their hours' open parts: each batch, the parts it changed and
+   * its raw rows under the part in one storage write. A row counts in the hour it was recorded
+   * (its `createdAt`), in that hour's open part, or a new part when the hour's part is closed.
+   * Returns whether batches are left for another fold.
+   */
+  async fold(now: number): Promise<boolean> {
+    const [usage, downloads] = await Promise.all([
+      this.ctx.storage.list<string | LedgerRow | LedgerRow[]>({ prefix: USAGE_PREFIX, limit: FOLD_KEYS }),
+      this.ctx.storage.list<string>({ prefix: DOWNLOAD_PREFIX, limit: FOLD_KEYS }),
+    ]);
+    if (usage.size === 0 && downloads.size === 0) return false;
+    const touched = new Set<UsagePart>();
+    const puts: Record<string, unknown> = {};
+    const folded: string[] = [];
+    let chars = 0;
+    for (const [key, value] of usage) {
+      if (chars >= FOLD_CHARS) break;
+      const text =
+        typeof value === "string" ? value : ledgerBatch((Array.isArray(value) ? value : [value]).map(ledgerEntry));
+      chars += text.length;
+      const byHour = new Map<string, LedgerRow[]>();
+      for (const row of ledgerRows(text)) {
+        const hour = hourOf(row.createdAt);
+        const rows = byHour.get(hour) ?? [];
+        rows.push(row);
+        byHour.set(hour, rows);
+      }
+      for (const [hour, rows] of byHour) {
+        const part = this.partFor(rows[0]?.organizationId as string, hour, now, touched);
+        for (const row of rows) addInference(part, row);
+        puts[`${RAW_PREFIX}${hour}:${part.part}:i:${key}`] =
+          byHour.size === 1 ? text : ledgerBatch(rows.map(ledgerEntry));
+      }
+      folded.push(key);
+    }
+    for (const [key, text] of downloads) {
+      if (chars >= FOLD_CHARS) break;
+      chars += text.length;
+      const byHour = new Map<string, DownloadRow[]>();
+      for (const row of JSON.parse(text) as DownloadRow[]) {
+        const hour = hourOf(row.at);
+        const rows = byHour.get(hour) ?? [];
+        rows.push(row);
+        byHour.set(hour, rows);
+      }
+      for (const [hour, rows] of byHour) {
+        const part = this.partFor(rows[0]?.organizationId as string, hour, now, touched);
+        for (const row of rows) addDownload(part, row);
+        puts[`${RAW_PREFIX}${hour}:${part.part}:d:${key}`] = byHour.size === 1 ? text : JSON.stringify(rows);
+      }
+      folded.push(key);
+    }
+    for (const part of touched) {
+      puts[partKey(part)] = part;
+      this.organizationId ??= part.organizationId;
+    }
+    // Not awaited in between: the object coalesces the two into one atomic write.
+    void this.ctx.storage.put(puts);
+    void this.ctx.storage.delete(folded);
+    return folded.length < usage.size + downloads.size || usage.size === FOLD_KEYS || downloads.size === FOLD_KEYS;
+  }
+
+  /**
+   * Writes to D1 the totals of parts that changed (at most every `USAGE_SYNC_SECONDS` for an open
+   * part, at once with `force`) and closes the parts whose hour is over: their final totals and
+   * billing intervals in one batch, the intervals then queued for Stripe. Returns false when D1
+   * refused (everything stays as it was, to be tried again).
+   */
+  async sync(now: number, force = false): Promise<boolean> {
+    const services = this.svc();
+    const syncMs = services.config.usage.syncMs;
+    const due: { part: UsagePart; closing: boolean }[] = [];
+    for (const part of this.open.values()) {
+      const closing = now >= closesAt(part.hour);
+      if (closing || (part.dirty && (force || now - part.syncedAt >= syncMs))) due.push({ part, closing });
+    }
+    if (due.length === 0) return true;
+    const d1 = this.env.DB;
+    try {
+      await d1.batch(due.flatMap(({ part, closing }) => partStatements(d1, part, closing, now)));
+    } catch (error) {
+      services.log.warn("usage totals not written to D1; kept and retried", {
+        parts: due.length,
+        error: String(error),
+      });
+      return false;
+    }
+    const puts: Record<string, UsagePart> = {};
+    const closed: string[] = [];
+    for (const { part, closing } of due) {
+      part.dirty = false;
+      part.syncedAt = now;
+      if (closing) {
+        part.closed = true;
+        this.open.delete(part.hour);
+        const totals = billableTotals(part);
+        if (totals.promptTokens + totals.completionTokens > 0) closed.push(intervalId(part));
+      }
+      puts[partKey(part)] = part;
+    }
+    await this.ctx.storage.put(puts);
+    if (closed.length && billingEnabled(services.config)) {
+      try {
+        await this.env.USAGE_QUEUE.sendBatch(closed.map((id) => ({ body: { intervalId: id } })));
+      } catch (error) {
+        services.log.warn("billing intervals not queued; the reconciler will send them", {
+          intervals: closed,
+          error: String(error),
+        });
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Archives closed parts to R2, one object per part and kind, and forgets each part once its
+   * objects are written. A repeated write (after a crash before the part was forgotten) puts the
+   * same rows under the same key. Returns false when R2 refused.
+   */
+  async archive(): Promise<boolean> {
+    for (const [key, part] of this.parts) {
+      if (!part.closed) continue;
+      const raw = await this.ctx.storage.list<string>({ prefix: `${RAW_PREFIX}${part.hour}:${part.part}:` });
+      const inference: string[] = [];
+      const downloads: string[] = [];
+      for (const [rawKey, text] of raw) {
+        if (rawKey.includes(":i:")) for (const row of ledgerRows(text)) inference.push(JSON.stringify(row));
+        else for (const row of JSON.parse(text) as DownloadRow[]) downloads.push(JSON.stringify(row));
+      }
+      try {
+        const totals = billableTotals(part);
+        if (inference.length) {
+          await this.env.USAGE_ARCHIVE.put(archiveKey(part, "inference"), await gzipLines(inference), {
+            httpMetadata: { contentType: "application/x-ndjson", contentEncoding: "gzip" },
+            customMetadata: {
+              rows: String(inference.length),
+              promptTokens: String(totals.promptTokens),
+              completionTokens: String(totals.completionTokens),
+            },
+          });
+        }
+        if (downloads.length) {
+          let bytes = 0;
+          for (const c of part.downloads.values()) bytes += c.bytesServed;
+          await this.env.USAGE_ARCHIVE.put(archiveKey(part, "downloads"), await gzipLines(downloads), {
+            httpMetadata: { contentType: "application/x-ndjson", contentEncoding: "gzip" },
+            customMetadata: { rows: String(downloads.length), bytesServed: String(bytes) },
+          });
+        }
+      } catch (error) {
+        this.svc().log.warn("usage part not archived; kept and retried", { key, error: String(error) });
+        return false;
+      }
+      this.parts.delete(key);
+      await this.ctx.storage.delete(key);
+      const due = hourStart(part.hour) + HOUR_MS + this.svc().config.usage.rawRetentionHours * HOUR_MS;
+      this.pruneAt = Math.min(this.pruneAt ?? due, due);
+    }
+    return true;
+  }
+
+  /**
+   * Deletes raw rows of archived parts older than the retention, a bounded number at a time, and
+   * notes when the oldest row left is due.
+   */
+  async prune(now: number): Promise<void> {
+    if (this.pruneAt === undefined || now < this.pruneAt) return;
+    const retentionMs = this.svc().config.usage.rawRetentionHours * HOUR_MS;
+    const cutoff = hourOf(now - retentionMs);
+    const old = await this.ctx.storage.list({ prefix: RAW_PREFIX, end: `${RAW_PREFIX}${cutoff}`, limit: PRUNE_KEYS });
+    const held = new Set([...this.parts.values()].map((p) => rawPartPrefix(p)));
+    const gone = [...old.keys()].filter((key) => !held.has(key.slice(0, RAW_PART_PREFIX_LENGTH)));
+    if (gone.length) await this.ctx.storage.delete(gone);
+    if (old.size === PRUNE_KEYS) {
+      this.pruneAt = now;
+      return;
+    }
+    await this.notePrune(retentionMs);
+  }
+
+  /** Sets when the oldest raw row not held by an unarchived part is due for pruning; none: undefined. */
+  private async notePrune(retentionMs: number): Promise<void> {
+    const held = new Set([...this.parts.values()].map((p) => rawPartPrefix(p)));
+    let cursor: string | undefined;
+    this.pruneAt = undefined;
+    for (;;) {
+      const first = await this.ctx.storage.list({
+        prefix: RAW_PREFIX,
+        limit: 100,
+        ...(cursor ? { startAfter: cursor } : {}),
+      });
+      for (const key of first.keys()) {
+        if (held.has(key.slice(0, RAW_PART_PREFIX_LENGTH))) continue;
+        this.pruneAt = hourStart(key.slice(RAW_PREFIX.length, RAW_PREFIX.length + 13)) + HOUR_MS + retentionMs;
+        return;
+      }
+      if (first.size < 100) return;
+      cursor = [...first.keys()].at(-1);
+    }
+  }
+
+  /**
+   * When (object clock) the book next has something to do: an open part to write or close, a
+   * closed one to archive (`RETRY_MS` after a failure), or old rows to prune. Undefined: nothing.
+   */
+  nextWake(now: number, failed: boolean): number | undefined {
+    const syncMs = this.svc().config.usage.syncMs;
+    let next: number | undefined;
+    const at = (t: number) => {
+      next = Math.min(next ?? t, t);
+    };
+    for (const part of this.parts.values()) {
+      if (part.closed) at(now);
+      else {
+        at(closesAt(part.hour));
+        if (part.dirty) at(part.syncedAt + syncMs);
+      }
+    }
+    if (failed && next !== undefined) next = Math.max(next, now + RETRY_MS);
+    if (this.pruneAt !== undefined) at(this.pruneAt);
+    return next;
+  }
+
+  /** Open parts D1 has older totals of, for the organization's own usage views. */
+  live(): LiveParts {
+    return {
+      parts: [...this.open.values()]
+        .filter((p) => p.dirty)
+        .map((p) => ({ hour: p.hour, part: p.part, inference: [...p.inference], downloads: [...p.downloads] })),
+    };
+  }
+
+  /** The raw rows the object still holds of `hour` (of every hour without), as the archive's NDJSON lines. */
+  async rawLines(hour: string | undefined, kind: "inference" | "downloads"): Promise<string[]> {
+    const raw = await this.ctx.storage.list<string>({ prefix: hour ? `${RAW_PREFIX}${hour}:` : RAW_PREFIX });
+    const lines: string[] = [];
+    for (const [key, text] of raw) {
+      if (kind === "inference" && key.includes(":i:"))
+        for (const row of ledgerRows(text)) lines.push(JSON.stringify(row));
+      if (kind === "downloads" && key.includes(":d:"))
+        for (const row of JSON.parse(text) as DownloadRow[]) lines.push(JSON.stringify(row));
+    }
+    return lines;
+  }
+}
+
+function rawPartPrefix(part: Pick<UsagePart, "hour" | "part">): string {
+  return `${RAW_PREFIX}${part.hour}:${part.part}:`;
+}
+
+function partKey(part: Pick<UsagePart, "hour" | "part">): string {
+  return `${PART_PREFIX}${part.hour}:${part.part}`;
+}
