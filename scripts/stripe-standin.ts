@@ -1,7 +1,8 @@
 /**
  * A local stand-in for the parts of Stripe's API the gateway calls, for tests and local runs
  * where Stripe cannot be reached. The real `stripe` SDK talks to it (`host`, `port`, `protocol`).
- * It implements customers, subscriptions and Billing Meter events with Stripe's rules that matter
+ * It implements customers, subscriptions, Billing Meters (listed, created on an event name's first
+ * event), meter events and their summaries (per hour or day) with Stripe's rules that matter
  * for correct billing: `Idempotency-Key` replays the first answer, a meter event `identifier` is
  * accepted once, timestamps older than 35 days are refused. It records every request, keeps
  * accepted meter-event totals, and can be told to misbehave for a number of requests: answer a 5xx
@@ -33,6 +34,8 @@ interface Account {
   customers: Map<string, Params>;
   subscriptions: Map<string, Params>;
   meterEvents: Map<string, StandinMeterEvent>;
+  /** Meters by event name. */
+  meters: Map<string, { id: string; event_name: string }>;
   idempotent: Map<string, { status: number; body: string }>;
   requests: { method: string; path: string; idempotencyKey: string | undefined }[];
   failure: { status: number | "hang" | "slow"; remaining: number; delayMs: number } | undefined;
@@ -80,6 +83,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
         customers: new Map(),
         subscriptions: new Map(),
         meterEvents: new Map(),
+        meters: new Map(),
         idempotent: new Map(),
         requests: [],
         failure: undefined,
@@ -182,6 +186,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
         };
       }
       a.meterEvents.set(identifier, { identifier, eventName: String(params.event_name), customer, value, timestamp });
+      meterOf(a, String(params.event_name));
       return {
         status: 200,
         body: {
@@ -195,10 +200,81 @@ export async function startStripeStandin(options: { port?: number; host?: string
         },
       };
     }
+    if (method === "GET" && path === "/v1/billing/meters") {
+      const data = [...a.meters.values()].map((m) => ({ object: "billing.meter", status: "active", ...m }));
+      return { status: 200, body: { object: "list", data, has_more: false, url: path } };
+    }
+    const summaries = /^\/v1\/billing\/meters\/([^/]+)\/event_summaries$/.exec(path);
+    if (method === "GET" && summaries)
+      return eventSummaries(a, decodeURIComponent(summaries[1] as string), params, path);
     return {
       status: 404,
       body: { error: { type: "invalid_request_error", message: `Unrecognized request URL (${method}: ${path}).` } },
     };
+  }
+
+  /** The meter of an event name, created with its first event as an operator would have beforehand. */
+  function meterOf(a: Account, eventName: string) {
+    let meter = a.meters.get(eventName);
+    if (!meter) {
+      meter = { id: `mtr_${Buffer.from(eventName).toString("hex").slice(0, 24)}`, event_name: eventName };
+      a.meters.set(eventName, meter);
+    }
+    return meter;
+  }
+
+  /**
+   * A meter's event summaries for a customer: one per hour or day (`value_grouping_window`) that
+   * has events, or one for the whole range, newest first, paged with `limit` and `starting_after`.
+   */
+  function eventSummaries(a: Account, meterId: string, params: Params, path: string) {
+    const meter = [...a.meters.values()].find((m) => m.id === meterId);
+    if (!meter)
+      return {
+        status: 404,
+        body: { error: { type: "invalid_request_error", message: `No such meter: '${meterId}'` } },
+      };
+    const start = Number(params.start_time);
+    const end = Number(params.end_time);
+    const window = params.value_grouping_window as string | undefined;
+    const step = window === "hour" ? 3_600 : window === "day" ? 86_400 : undefined;
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start % 60 !== 0 || end % 60 !== 0 || end <= start)
+      return {
+        status: 400,
+        body: {
+          error: {
+            type: "invalid_request_error",
+            message: "start_time and end_time must be aligned with minute boundaries, end after start.",
+          },
+        },
+      };
+    if (step && (start % step !== 0 || end % step !== 0))
+      return {
+        status: 400,
+        body: { error: { type: "invalid_request_error", message: `Times must align with ${window} boundaries.` } },
+      };
+    const buckets = new Map<number, number>();
+    for (const e of a.meterEvents.values()) {
+      if (e.eventName !== meter.event_name || e.customer !== String(params.customer ?? "")) continue;
+      if (e.timestamp < start || e.timestamp >= end) continue;
+      const bucket = step ? e.timestamp - ((e.timestamp - start) % step) : start;
+      buckets.set(bucket, (buckets.get(bucket) ?? 0) + e.value);
+    }
+    const all = [...buckets.entries()]
+      .sort(([x], [y]) => y - x)
+      .map(([bucket, value]) => ({
+        id: `mtrusg_${meter.id}_${bucket}`,
+        object: "billing.meter_event_summary",
+        aggregated_value: value,
+        start_time: bucket,
+        end_time: step ? bucket + step : end,
+        livemode: false,
+        meter: meter.id,
+      }));
+    const after = params.starting_after ? all.findIndex((s) => s.id === params.starting_after) + 1 : 0;
+    const limit = Math.min(100, Math.max(1, Number(params.limit ?? 10)));
+    const data = all.slice(after, after + limit);
+    return { status: 200, body: { object: "list", data, has_more: after + limit < all.length, url: path } };
   }
 
   const server = createServer(async (req, res) => {
@@ -269,14 +345,14 @@ export async function startStripeStandin(options: { port?: number; host?: string
     if (delayMs > 0) {
       // The work is done now; only the answer is late.
       hanging.add(res);
-      const answer = answerOf(a, method, url.pathname, idempotencyKey, body);
+      const answer = answerOf(a, method, url.pathname + url.search, idempotencyKey, body);
       setTimeout(() => {
         hanging.delete(res);
         if (!res.destroyed) send(res, answer);
       }, delayMs).unref();
       return;
     }
-    send(res, answerOf(a, method, url.pathname, idempotencyKey, body));
+    send(res, answerOf(a, method, url.pathname + url.search, idempotencyKey, body));
   });
 
   /** Stripe's answer to an API request, replayed for a repeated `Idempotency-Key`. */
@@ -284,7 +360,12 @@ export async function startStripeStandin(options: { port?: number; host?: string
     const replayKey = idempotencyKey ? `${method} ${path} ${idempotencyKey}` : undefined;
     const replay = replayKey ? a.idempotent.get(replayKey) : undefined;
     if (replay) return { ...replay, replayed: true };
-    const answer = handleApi(a, method, path, parseStripeForm(body));
+    const answer = handleApi(
+      a,
+      method,
+      path.split("?")[0] as string,
+      parseStripeForm(method === "GET" ? (path.split("?")[1] ?? "") : body),
+    );
     const text = JSON.stringify(answer.body);
     if (replayKey && answer.status < 500) a.idempotent.set(replayKey, { status: answer.status, body: text });
     return { status: answer.status, body: text, replayed: false };

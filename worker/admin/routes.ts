@@ -9,6 +9,7 @@ import { z } from "@hono/zod-openapi";
 import { auditRoutes } from "../audit/routes";
 import { currentAdmin } from "../auth/access";
 import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "../auth/admin-door";
+import { reconciliationRoutes } from "../billing/reconcile-routes";
 import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
 import { newRouter } from "../http/router";
@@ -54,4 +55,5 @@ export const adminRoutes = adminApi
   .route("/", auditRoutes)
   .route("/", quotaAdminRoutes)
   .route("/", billingAdminRoutes)
+  .route("/", reconciliationRoutes)
   .route("/", mailAdminRoutes);
