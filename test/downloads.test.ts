@@ -2,13 +2,17 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import { importJWK, type JWK, SignJWT } from "jose";
-import { beforeEach, describe, expect, it } from "vitest";
-import { accessTokens, downloadEvents, downloadLinks, grants } from "../worker/db/schema";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+import { createDatabase } from "../worker/db/client";
+import { accessTokens, downloadEvents, downloadHours, downloadLinks, grants } from "../worker/db/schema";
 import { PROBE_ALLOWANCE_BYTES } from "../worker/downloads/links";
 import { LINK_AUDIENCE } from "../worker/downloads/signing";
 import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
+import { carryLedgerRows } from "../worker/usage/carry";
+import type { DownloadRow } from "../worker/usage/hours";
 import { seedLicense, testGateway } from "./helpers/gateway";
+import { downloadRows } from "./helpers/ledger";
 import { approvedToken, bytes, seedRevision } from "./helpers/weights";
 
 const SHARD = bytes(300_000, 7);
@@ -52,6 +56,13 @@ function linkOf(m: Manifest, path: string): string {
 function claimsOf(link: string): Record<string, unknown> {
   const sig = new URL(`http://gw${link}`).searchParams.get("sig") as string;
   return JSON.parse(atob((sig.split(".")[1] as string).replaceAll("-", "+").replaceAll("_", "/")));
+}
+
+/** The organization a grant belongs to. */
+async function organizationOf(grantId: string): Promise<string> {
+  const [grant] = await createDatabase(env.DB).select().from(grants).where(eq(grants.id, grantId));
+  if (!grant) throw new Error(`no grant ${grantId}`);
+  return grant.organizationId;
 }
 
 async function setup(gw = testGateway()) {
@@ -165,25 +176,29 @@ describe("download", () => {
   });
 
   it("records what was served, off the hot path", async () => {
-    const { gw, manifest: m, tokenId } = await setup();
+    const { gw, manifest: m, grantId, tokenId } = await setup();
     await (await gw.request(linkOf(m, "consolidated.00.pth"), { headers: { range: "bytes=100-199" } })).arrayBuffer();
     await (await gw.request(linkOf(m, "params.json"))).arrayBuffer();
-    const events = await gw.db.select().from(downloadEvents).orderBy(downloadEvents.at);
-    expect(events).toHaveLength(2);
-    expect(events).toEqual(
+    const rows = await downloadRows();
+    expect(rows).toHaveLength(2);
+    expect(rows).toEqual(
       expect.arrayContaining([
         expect.objectContaining({
+          organizationId: await organizationOf(grantId),
+          grantId,
+          tokenId,
           path: "consolidated.00.pth",
           status: 206,
           rangeStart: 100,
           rangeEnd: 199,
           bytesServed: 100,
           complete: true,
-          tokenId,
         }),
         expect.objectContaining({ path: "params.json", status: 200, bytesServed: PARAMS.length, complete: true }),
       ]),
     );
+    // The quota object took them: nothing was written row by row to D1.
+    expect(await gw.db.select().from(downloadEvents)).toEqual([]);
   });
 });
 
@@ -454,5 +469,170 @@ describe("security: hostile paths on the download route", () => {
       }
     }
     expect((await gw.request(link)).status).toBe(200);
+  });
+});
+
+describe("download usage", () => {
+  /** `download_hours` of a grant summed over its hours and parts, as a usage view reads it. */
+  async function hourTotals(grantId: string) {
+    const parts = await env.DB.prepare(
+      `select count(*) as parts, coalesce(sum(requests), 0) as requests,
+         coalesce(sum(complete_requests), 0) as complete, coalesce(sum(bytes_served), 0) as bytes
+       from download_hours where grant_id = ?`,
+    )
+      .bind(grantId)
+      .first<{ parts: number; requests: number; complete: number; bytes: number }>();
+    return parts ?? { parts: 0, requests: 0, complete: 0, bytes: 0 };
+  }
+
+  /** The same counts taken from raw rows. */
+  function rowTotals(rows: DownloadRow[]) {
+    return {
+      requests: rows.length,
+      complete: rows.filter((r) => r.complete).length,
+      bytes: rows.reduce((sum, r) => sum + r.bytesServed, 0),
+    };
+  }
+
+  /** A quota namespace whose objects cannot be reached. */
+  const unreachableQuota = {
+    idFromName: (name: string) => env.QUOTA.idFromName(name),
+    get: () => ({ recordDownloads: () => Promise.reject(new Error("Durable Object is overloaded")) }),
+  } as unknown as Env["QUOTA"];
+
+  /**
+   * D1 whose writes to `download_events` fail `failures` times (every time by default); every
+   * other statement goes to the real database.
+   */
+  function failingEventWrites(failures = Number.POSITIVE_INFINITY) {
+    let left = failures;
+    const attempts = { count: 0 };
+    const db = new Proxy(env.DB, {
+      get(target, property) {
+        if (property === "prepare") {
+          return (query: string) => {
+            if (/insert into "download_events"/i.test(query)) {
+              attempts.count++;
+              if (left > 0) {
+                left--;
+                throw new Error("D1_ERROR: database is locked");
+              }
+            }
+            return target.prepare(query);
+          };
+        }
+        const value = Reflect.get(target, property);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    return { db, attempts };
+  }
+
+  it("a download reaches download_hours with the requests, completions and bytes of its raw rows", async () => {
+    const { gw, manifest: m, grantId } = await setup();
+    await gw.request(linkOf(m, "consolidated.00.pth"));
+    await gw.request(linkOf(m, "consolidated.00.pth"), { headers: { range: "bytes=0-999" } });
+    await gw.request(linkOf(m, "params.json"));
+    const rows = await downloadRows();
+    expect(rowTotals(rows)).toEqual({ requests: 3, complete: 3, bytes: SHARD.byteLength + 1000 + PARAMS.length });
+    const hours = await hourTotals(grantId);
+    expect(hours).toMatchObject(rowTotals(rows));
+    const [hour] = await gw.db.select().from(downloadHours).where(eq(downloadHours.grantId, grantId));
+    expect(hour).toMatchObject({ organizationId: await organizationOf(grantId), hour: rows[0]?.at.slice(0, 13) });
+    expect(hour?.part).not.toBe("ledger");
+  });
+
+  it("a client that hangs up is recorded with 0 bytes and not complete", async () => {
+    const { gw, manifest: m, grantId } = await setup();
+    const ctx = createExecutionContext();
+    const res = await gw.app.request(`http://gw${linkOf(m, "consolidated.00.pth")}`, {}, gw.env, ctx);
+    expect(res.status).toBe(200);
+    await res.body?.cancel();
+    await waitOnExecutionContext(ctx);
+    const rows = await downloadRows();
+    expect(rows).toEqual([expect.objectContaining({ status: 200, bytesServed: 0, complete: false })]);
+    expect(await hourTotals(grantId)).toMatchObject({ requests: 1, complete: 0, bytes: 0 });
+  });
+
+  it("50 concurrent range requests record 50 rows, and the hour's bytes are their sum", async () => {
+    const { gw, manifest: m, grantId } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        gw.request(link, { headers: { range: `bytes=${i * 1000}-${i * 1000 + 10 + i}` } }),
+      ),
+    );
+    expect(responses.map((r) => r.status)).toEqual(Array(50).fill(206));
+    const rows = await downloadRows();
+    expect(rows).toHaveLength(50);
+    expect(new Set(rows.map((r) => r.rangeStart))).toEqual(new Set(Array.from({ length: 50 }, (_, i) => i * 1000)));
+    const bytes = Array.from({ length: 50 }, (_, i) => 11 + i).reduce((a, b) => a + b, 0);
+    expect(rowTotals(rows)).toEqual({ requests: 50, complete: 50, bytes });
+    expect(await hourTotals(grantId)).toMatchObject({ requests: 50, complete: 50, bytes });
+  });
+
+  it("with the quota object unreachable the row goes to download_events, and the cron carries it once", async () => {
+    const { manifest: m, grantId, tokenId } = await setup();
+    const gw = testGateway({ bindings: { QUOTA: unreachableQuota } });
+    const res = await gw.request(linkOf(m, "params.json"));
+    expect(res.status).toBe(200);
+    expect(await downloadRows()).toEqual([]);
+    const events = await gw.db.select().from(downloadEvents);
+    expect(events).toEqual([
+      expect.objectContaining({ grantId, tokenId, path: "params.json", bytesServed: PARAMS.length, complete: true }),
+    ]);
+    expect(await carryLedgerRows(env.DB, new Date())).toMatchObject({ downloads: 1 });
+    expect(await carryLedgerRows(env.DB, new Date())).toMatchObject({ downloads: 0 });
+    const hours = await gw.db.select().from(downloadHours).where(eq(downloadHours.grantId, grantId));
+    expect(hours).toEqual([
+      expect.objectContaining({
+        organizationId: await organizationOf(grantId),
+        hour: events[0]?.at.slice(0, 13),
+        part: "ledger",
+        requests: 1,
+        completeRequests: 1,
+        bytesServed: PARAMS.length,
+      }),
+    ]);
+  });
+
+  it("a direct write that fails is tried again and stored once", async () => {
+    const { manifest: m, grantId } = await setup();
+    const { db, attempts } = failingEventWrites(2);
+    const gw = testGateway({ bindings: { QUOTA: unreachableQuota, DB: db } });
+    expect((await gw.request(linkOf(m, "params.json"))).status).toBe(200);
+    expect(attempts.count).toBe(3);
+    expect(await gw.db.select().from(downloadEvents).where(eq(downloadEvents.grantId, grantId))).toHaveLength(1);
+  });
+
+  it("a row neither the quota object nor D1 takes is logged whole at error level", async () => {
+    const { manifest: m, grantId } = await setup();
+    const { db, attempts } = failingEventWrites();
+    const gw = testGateway({ bindings: { QUOTA: unreachableQuota, DB: db } });
+    const errors = vi.spyOn(console, "error").mockImplementation(() => {});
+    try {
+      expect((await gw.request(linkOf(m, "params.json"), { headers: { range: "bytes=2-5" } })).status).toBe(206);
+      const logged = errors.mock.calls.map(([line]) => JSON.parse(String(line)) as Record<string, unknown>);
+      expect(logged).toEqual([
+        expect.objectContaining({
+          level: "error",
+          message: "download not recorded",
+          row: expect.objectContaining({
+            organizationId: await organizationOf(grantId),
+            grantId,
+            path: "params.json",
+            status: 206,
+            rangeStart: 2,
+            rangeEnd: 5,
+            bytesServed: 4,
+            complete: true,
+          }),
+        }),
+      ]);
+    } finally {
+      errors.mockRestore();
+    }
+    expect(attempts.count).toBeGreaterThan(1);
+    expect(await gw.db.select().from(downloadEvents)).toEqual([]);
   });
 });

@@ -1,7 +1,7 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import type { Database } from "../db/client";
-import { accessTokens, downloadEvents, downloadLinks, grants, memberships, modelFiles } from "../db/schema";
+import { accessTokens, downloadLinks, grants, memberships, modelFiles } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
@@ -9,6 +9,7 @@ import { recordDownload } from "../observability/analytics";
 import { liveMembershipOfTokenMember, memberMayUseToken } from "../tokens/service";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
+import { recordDownloadRow } from "./record";
 import { verifyLink } from "./signing";
 
 /**
@@ -181,7 +182,7 @@ export async function serveDownload(
   );
   void finished.then((complete) =>
     recordDownload(c.env, {
-      organizationId: row.organizationId ?? "",
+      organizationId: row.organizationId,
       model,
       path,
       status,
@@ -192,25 +193,22 @@ export async function serveDownload(
   );
   c.executionCtx.waitUntil(
     finished.then((complete) =>
-      db
-        .insert(downloadEvents)
-        .values({
-          id: services.ids.id("dle"),
-          jti: claims.jti,
-          grantId: claims.gnt,
-          tokenId: claims.tok,
-          model,
-          revisionId: revision,
-          path,
-          status,
-          rangeStart: plan.kind === "partial" ? offset : null,
-          rangeEnd: plan.kind === "partial" ? offset + length - 1 : null,
-          bytesServed: complete ? length : 0,
-          complete,
-          at: clock.now().toISOString(),
-        })
-        .then(() => undefined)
-        .catch((error: unknown) => services.log.warn("download event not recorded", { error: String(error) })),
+      recordDownloadRow(services, c.env, {
+        id: services.ids.id("dle"),
+        organizationId: row.organizationId,
+        jti: claims.jti,
+        grantId: claims.gnt,
+        tokenId: claims.tok,
+        model,
+        revisionId: revision,
+        path,
+        status,
+        rangeStart: plan.kind === "partial" ? offset : null,
+        rangeEnd: plan.kind === "partial" ? offset + length - 1 : null,
+        bytesServed: complete ? length : 0,
+        complete,
+        at: clock.now().toISOString(),
+      }),
     ),
   );
   return new Response(readable, { status, headers });
