@@ -5,17 +5,31 @@
  * interval per part, archived to R2 once and pruned from the object after the retention. Driven
  * through the real object, D1 and R2.
  */
-import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { type LedgerRow, ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
-import { type QuotaLimits, quotaStub } from "../worker/quota/org-quota";
+import type { LedgerRow } from "../worker/inference/ledger";
+import { quotaStub } from "../worker/quota/org-quota";
 import type { LiveParts } from "../worker/quota/usage-book";
-import { createServices, type Services } from "../worker/services";
-import { CLOSE_GRACE_MS, type DownloadRow, gunzipLines, hourStart } from "../worker/usage/hours";
-import { ledgerRow } from "./helpers/ledger";
+import { CLOSE_GRACE_MS, type DownloadRow, hourStart } from "../worker/usage/hours";
+import {
+  archiveObjects,
+  bindBook,
+  byId,
+  commitRows,
+  everyRow,
+  hourSums,
+  intervals,
+  into,
+  moveClock,
+  newOrganization,
+  refusing,
+  row,
+  runAlarm,
+  sumsOf,
+  usageHourRows,
+} from "./helpers/usage-parts";
 
-const LIMITS: QuotaLimits = { requestsPerMinute: 1_000_000, tokensPerMinute: 1e12, monthlyTokenBudget: 1e15 };
 const HOUR_MS = 3_600_000;
 /** An hour long over by the real clock: it closes at the first sync after its rows come. */
 const PAST = "2026-06-15T12";
@@ -24,206 +38,6 @@ const FUTURE = "2031-03-10T08";
 /** The deployment's defaults (wrangler.toml), which the quota objects run with in tests. */
 const SYNC_MS = 300_000;
 const RETENTION_MS = 168 * HOUR_MS;
-
-function newOrganization(): string {
-  return `org_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-}
-
-let seq = 0;
-/** A settled request of `org` recorded at `at`, with its own id. */
-function row(org: string, at: string, prompt: number, completion: number, fields: Partial<LedgerRow> = {}): LedgerRow {
-  seq += 1;
-  return ledgerRow(`use_${String(seq).padStart(6, "0")}_${crypto.randomUUID().slice(0, 8)}`, prompt + completion, {
-    organizationId: org,
-    promptTokens: prompt,
-    completionTokens: completion,
-    startedAt: at,
-    createdAt: at,
-    ...fields,
-  });
-}
-
-/** An ISO time `minutes` (may be fractional) into `hour`. */
-function into(hour: string, minutes: number): string {
-  return new Date(hourStart(hour) + minutes * 60_000).toISOString();
-}
-
-/** Leases capacity for `rows` and commits their settlements and rows, as an isolate does, at `now`. */
-async function commit(org: string, rows: readonly LedgerRow[], now = Date.parse(rows[0]?.createdAt ?? "")) {
-  const stub = quotaStub(env, org);
-  const lease = `lease-${crypto.randomUUID()}`;
-  const tokens = rows.reduce((n, r) => n + r.totalTokens, 0);
-  const granted = await stub.lease(lease, { requests: rows.length, tokens: Math.max(1, tokens), need: 1 }, LIMITS, now);
-  expect(granted.ok).toBe(true);
-  await stub.commit(
-    {
-      settlements: rows.map((r) => ({ id: r.id, lease, reserved: r.totalTokens, actual: r.totalTokens })),
-      rows: ledgerBatch(rows.map(ledgerEntry)),
-    },
-    LIMITS,
-    now,
-  );
-}
-
-/** Runs the object's alarm if one is set (the runtime may have run it already: the result is the same). */
-async function alarm(org: string): Promise<void> {
-  await runDurableObjectAlarm(quotaStub(env, org));
-}
-
-/** Moves the object's clock to `now` without changing anything else. */
-async function moveClock(org: string, now: number): Promise<void> {
-  await quotaStub(env, org).peek(LIMITS, now);
-}
-
-interface Sums {
-  requests: number;
-  promptTokens: number;
-  completionTokens: number;
-  totalTokens: number;
-  errorRequests: number;
-  partialRequests: number;
-  latencyMsSum: number;
-  lastAt: string;
-}
-
-/** The sums of raw rows per hour, model, grant and token, sorted by key. */
-function sumsOf(rows: readonly LedgerRow[]): [string, Sums][] {
-  const sums = new Map<string, Sums>();
-  for (const r of rows) {
-    const key = JSON.stringify([r.createdAt.slice(0, 13), r.model, r.grantId, r.tokenId]);
-    const s = sums.get(key) ?? {
-      requests: 0,
-      promptTokens: 0,
-      completionTokens: 0,
-      totalTokens: 0,
-      errorRequests: 0,
-      partialRequests: 0,
-      latencyMsSum: 0,
-      lastAt: r.createdAt,
-    };
-    s.requests += 1;
-    s.promptTokens += r.promptTokens;
-    s.completionTokens += r.completionTokens;
-    s.totalTokens += r.totalTokens;
-    s.errorRequests += r.status >= 400 ? 1 : 0;
-    s.partialRequests += r.partial ? 1 : 0;
-    s.latencyMsSum += r.latencyMs;
-    if (r.createdAt > s.lastAt) s.lastAt = r.createdAt;
-    sums.set(key, s);
-  }
-  return [...sums].sort(([a], [b]) => a.localeCompare(b));
-}
-
-/** `usage_hours` of an organization summed over parts per hour, model, grant and token, sorted by key. */
-async function hourSums(org: string): Promise<[string, Sums][]> {
-  const { results } = await env.DB.prepare(
-    `select hour, model, grant_id, token_id, sum(requests) requests, sum(prompt_tokens) promptTokens,
-       sum(completion_tokens) completionTokens, sum(total_tokens) totalTokens, sum(error_requests) errorRequests,
-       sum(partial_requests) partialRequests, sum(latency_ms_sum) latencyMsSum, max(last_at) lastAt
-     from usage_hours where organization_id = ? group by hour, model, grant_id, token_id`,
-  )
-    .bind(org)
-    .all<Sums & { hour: string; model: string; grant_id: string; token_id: string }>();
-  return results
-    .map(({ hour, model, grant_id, token_id, ...s }): [string, Sums] => [
-      JSON.stringify([hour, model, grant_id, token_id]),
-      s,
-    ])
-    .sort(([a], [b]) => a.localeCompare(b));
-}
-
-async function usageHourRows(org: string) {
-  const { results } = await env.DB.prepare(
-    "select * from usage_hours where organization_id = ? order by hour, part, model, grant_id, token_id",
-  )
-    .bind(org)
-    .all<{
-      hour: string;
-      part: string;
-      requests: number;
-      prompt_tokens: number;
-      completion_tokens: number;
-      updated_at: string;
-    }>();
-  return results;
-}
-
-async function intervals(org: string) {
-  const { results } = await env.DB.prepare("select * from billing_intervals where organization_id = ? order by id")
-    .bind(org)
-    .all<{
-      id: string;
-      hour: string;
-      requests: number;
-      prompt_tokens: number;
-      completion_tokens: number;
-      state: string;
-      created_at: string;
-    }>();
-  return results;
-}
-
-/** The organization's archive objects: key, when written, metadata and lines. */
-async function archive(org: string) {
-  const listed = await env.USAGE_ARCHIVE.list({ prefix: `usage/v1/${org}/` });
-  const objects = [];
-  for (const o of listed.objects) {
-    const body = await env.USAGE_ARCHIVE.get(o.key);
-    if (!body) continue;
-    objects.push({
-      key: o.key,
-      uploaded: body.uploaded.toISOString(),
-      customMetadata: body.customMetadata,
-      httpMetadata: body.httpMetadata,
-      lines: await gunzipLines(body.body),
-    });
-  }
-  return objects.sort((a, b) => a.key.localeCompare(b.key));
-}
-
-/** Every inference row of the organization once: archived, or still held by its object. */
-async function everyRow(org: string): Promise<LedgerRow[]> {
-  const lines = [...(await archive(org)).filter((o) => o.key.includes("/inference-")).flatMap((o) => o.lines)];
-  lines.push(...(await quotaStub(env, org).rawUsage()));
-  return lines.map((line) => JSON.parse(line) as LedgerRow);
-}
-
-function byId<T extends { id: string }>(rows: readonly T[]): T[] {
-  return [...rows].sort((a, b) => a.id.localeCompare(b.id));
-}
-
-/** The book inside an organization's object, for swapping the bindings it writes through. */
-interface BookInside {
-  book: { env: Env; services: Services | undefined };
-}
-
-/**
- * Makes the organization's object write through `bindings` instead of the real ones (`{}`: the
- * real ones again). Returns what it logs from then on.
- */
-async function bindBook(org: string, bindings: Partial<Env>): Promise<string[]> {
-  const logged: string[] = [];
-  const log = (message: string) => {
-    logged.push(message);
-  };
-  await runInDurableObject(quotaStub(env, org), (instance) => {
-    const { book } = instance as unknown as BookInside;
-    book.env = { ...env, ...bindings };
-    book.services = { ...createServices(book.env), log: { info: log, warn: log, error: log } };
-  });
-  return logged;
-}
-
-/** A binding whose `method` always fails, as an unreachable D1 or R2 does; everything else is the real one. */
-function refusing<T extends object>(binding: T, method: string): T {
-  return new Proxy(binding, {
-    get(target, name) {
-      if (name === method) return () => Promise.reject(new Error(`${method}: unavailable`));
-      const value = Reflect.get(target, name);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-}
 
 describe("usage hours: totals in D1", () => {
   it("folds rows into their hour, and usage_hours holds the raw rows' sums per hour, model, grant and token", async () => {
@@ -244,10 +58,10 @@ describe("usage hours: totals in D1", () => {
       );
     }
     // Three commits; the last holds rows of both hours.
-    await commit(org, rows.slice(0, 8));
-    await commit(org, rows.slice(8, 16));
-    await commit(org, rows.slice(16));
-    await alarm(org);
+    await commitRows(org, rows.slice(0, 8));
+    await commitRows(org, rows.slice(8, 16));
+    await commitRows(org, rows.slice(16));
+    await runAlarm(org);
     expect(await quotaStub(env, org).syncUsage()).toBe(true);
 
     expect(await hourSums(org)).toEqual(sumsOf(rows));
@@ -259,13 +73,13 @@ describe("usage hours: totals in D1", () => {
   it("changes nothing on repeated syncUsage and alarms: the same rows with the same values, written once", async () => {
     const org = newOrganization();
     const rows = Array.from({ length: 6 }, (_, i) => row(org, into(PAST, 5 + i), 4, i));
-    await commit(org, rows);
-    await alarm(org);
+    await commitRows(org, rows);
+    await runAlarm(org);
     await quotaStub(env, org).syncUsage();
     const snapshot = async () => ({
       hours: await usageHourRows(org),
       intervals: await intervals(org),
-      archive: await archive(org),
+      archive: await archiveObjects(org),
     });
     const first = await snapshot();
     expect(first.hours.length).toBeGreaterThan(0);
@@ -273,7 +87,7 @@ describe("usage hours: totals in D1", () => {
     expect(first.archive).toHaveLength(1);
     for (let i = 0; i < 3; i++) {
       expect(await quotaStub(env, org).syncUsage()).toBe(true);
-      await alarm(org);
+      await runAlarm(org);
     }
     // `updated_at` and the archive object's upload time included: nothing was written again.
     expect(await snapshot()).toEqual(first);
@@ -283,9 +97,9 @@ describe("usage hours: totals in D1", () => {
     const org = newOrganization();
     const first = Array.from({ length: 3 }, (_, i) => row(org, into(PAST, 10 + i), 5, 7));
     const late = Array.from({ length: 2 }, (_, i) => row(org, into(PAST, 58 + i), 11, 13));
-    await commit(org, first);
+    await commitRows(org, first);
     await quotaStub(env, org).syncUsage();
-    await commit(org, late);
+    await commitRows(org, late);
     await quotaStub(env, org).syncUsage();
 
     const hours = await usageHourRows(org);
@@ -300,7 +114,7 @@ describe("usage hours: totals in D1", () => {
     expect(partTokens(early)).toBe(3 * 12);
     expect(partTokens(later)).toBe(2 * 24);
     expect((await intervals(org)).map((i) => i.id)).toEqual([`${org}:${PAST}:${early}`, `${org}:${PAST}:${later}`]);
-    const objects = await archive(org);
+    const objects = await archiveObjects(org);
     expect(objects.map((o) => o.key)).toEqual([
       `usage/v1/${org}/2026/06/15/12/inference-${early}.ndjson.gz`,
       `usage/v1/${org}/2026/06/15/12/inference-${later}.ndjson.gz`,
@@ -311,11 +125,11 @@ describe("usage hours: totals in D1", () => {
   it("closes each part into one billing interval equal to its usage_hours sums; a part without tokens bills nothing", async () => {
     const org = newOrganization();
     const billed = [row(org, into(PAST, 1), 9, 30), row(org, into(PAST, 2), 4, 0, { tokenId: "tok_b" })];
-    await commit(org, billed);
+    await commitRows(org, billed);
     await quotaStub(env, org).syncUsage();
     // A later part of the same hour holding only a request that failed before any token.
     const failed = row(org, into(PAST, 40), 0, 0, { status: 502, outcome: "backend_error" });
-    await commit(org, [failed]);
+    await commitRows(org, [failed]);
     await quotaStub(env, org).syncUsage();
 
     const hours = await usageHourRows(org);
@@ -341,7 +155,7 @@ describe("usage hours: the archive", () => {
   it("archives each closed part once as gzip NDJSON under usage/v1/<org>/YYYY/MM/DD/HH/<kind>-<part>.ndjson.gz, with matching totals", async () => {
     const org = newOrganization();
     const rows = Array.from({ length: 7 }, (_, i) => row(org, into(PAST, 3 + i), 10 + i, 2 * i));
-    await commit(org, rows);
+    await commitRows(org, rows);
     const downloads: DownloadRow[] = Array.from({ length: 3 }, (_, i) => ({
       id: `dl_${crypto.randomUUID()}`,
       organizationId: org,
@@ -360,9 +174,9 @@ describe("usage hours: the archive", () => {
     }));
     await quotaStub(env, org).recordDownloads(downloads);
     await quotaStub(env, org).syncUsage();
-    await alarm(org);
+    await runAlarm(org);
 
-    const objects = await archive(org);
+    const objects = await archiveObjects(org);
     const part = (await usageHourRows(org))[0]?.part;
     expect(objects.map((o) => o.key)).toEqual([
       `usage/v1/${org}/2026/06/15/12/downloads-${part}.ndjson.gz`,
@@ -392,19 +206,19 @@ describe("usage hours: the archive", () => {
   it("keeps raw rows for the retention after archiving them, then prunes them", async () => {
     const org = newOrganization();
     const rows = Array.from({ length: 3 }, (_, i) => row(org, into(FUTURE, 10 + i), 6, 6));
-    await commit(org, rows);
+    await commitRows(org, rows);
     const closed = hourStart(FUTURE) + HOUR_MS + CLOSE_GRACE_MS;
     expect(await quotaStub(env, org).syncUsage(closed)).toBe(true);
-    expect((await archive(org)).map((o) => o.lines.length)).toEqual([3]);
+    expect((await archiveObjects(org)).map((o) => o.lines.length)).toEqual([3]);
     const held = async () => (await quotaStub(env, org).rawUsage(FUTURE)).length;
     expect(await held()).toBe(3);
 
     const due = hourStart(FUTURE) + HOUR_MS + RETENTION_MS;
     await moveClock(org, due - 1_000);
-    await alarm(org);
+    await runAlarm(org);
     expect(await held()).toBe(3);
     await moveClock(org, due);
-    await alarm(org);
+    await runAlarm(org);
     expect(await held()).toBe(0);
     expect(byId(await everyRow(org))).toEqual(byId(rows));
   });
@@ -423,51 +237,51 @@ describe("usage hours: an open hour", () => {
       return parts.flatMap((p) => p.inference.map(([, c]) => c.requests));
     };
 
-    await commit(org, [row(org, at(0), 1, 1)], t0);
-    await alarm(org);
+    await commitRows(org, [row(org, at(0), 1, 1)], t0);
+    await runAlarm(org);
     expect(await written()).toEqual([]);
     expect(await live()).toEqual([1]);
 
-    await commit(org, [row(org, at(SYNC_MS - 1_000), 1, 1)], t0 + SYNC_MS - 1_000);
-    await alarm(org);
+    await commitRows(org, [row(org, at(SYNC_MS - 1_000), 1, 1)], t0 + SYNC_MS - 1_000);
+    await runAlarm(org);
     expect(await written()).toEqual([]);
     expect(await live()).toEqual([2]);
 
-    await commit(org, [row(org, at(SYNC_MS), 1, 1)], t0 + SYNC_MS);
-    await alarm(org);
+    await commitRows(org, [row(org, at(SYNC_MS), 1, 1)], t0 + SYNC_MS);
+    await runAlarm(org);
     expect(await written()).toEqual([{ requests: 3, updatedAt: at(SYNC_MS) }]);
     expect(await live()).toEqual([]);
 
     // Nothing new: no write, however often the alarm runs.
     await moveClock(org, t0 + SYNC_MS + 200_000);
-    await alarm(org);
+    await runAlarm(org);
     expect(await written()).toEqual([{ requests: 3, updatedAt: at(SYNC_MS) }]);
 
     // New rows within USAGE_SYNC_SECONDS of the last write wait for the next one.
-    await commit(org, [row(org, at(SYNC_MS + 201_000), 1, 1)], t0 + SYNC_MS + 201_000);
-    await alarm(org);
-    await commit(org, [row(org, at(SYNC_MS + 202_000), 1, 1)], t0 + SYNC_MS + 202_000);
-    await alarm(org);
+    await commitRows(org, [row(org, at(SYNC_MS + 201_000), 1, 1)], t0 + SYNC_MS + 201_000);
+    await runAlarm(org);
+    await commitRows(org, [row(org, at(SYNC_MS + 202_000), 1, 1)], t0 + SYNC_MS + 202_000);
+    await runAlarm(org);
     expect(await written()).toEqual([{ requests: 3, updatedAt: at(SYNC_MS) }]);
     expect(await live()).toEqual([5]);
     expect(await quotaStub(env, org).syncUsage()).toBe(true);
     expect(await written()).toEqual([{ requests: 5, updatedAt: at(SYNC_MS + 202_000) }]);
     expect(await live()).toEqual([]);
     // A row after a long quiet spell is written by the next alarm.
-    await commit(org, [row(org, at(3 * SYNC_MS), 1, 1)], t0 + 3 * SYNC_MS);
-    await alarm(org);
+    await commitRows(org, [row(org, at(3 * SYNC_MS), 1, 1)], t0 + 3 * SYNC_MS);
+    await runAlarm(org);
     expect(await written()).toEqual([{ requests: 6, updatedAt: at(3 * SYNC_MS) }]);
     expect(await intervals(org)).toEqual([]);
 
     // The hour ends: its part closes with its interval at the first wake after the grace.
     const closes = hourStart(FUTURE) + HOUR_MS + CLOSE_GRACE_MS;
     await moveClock(org, closes - 1);
-    await alarm(org);
+    await runAlarm(org);
     expect(await intervals(org)).toEqual([]);
     await moveClock(org, closes);
-    await alarm(org);
+    await runAlarm(org);
     expect(await intervals(org)).toEqual([expect.objectContaining({ requests: 6, prompt_tokens: 6 })]);
-    expect((await archive(org)).map((o) => o.lines.length)).toEqual([6]);
+    expect((await archiveObjects(org)).map((o) => o.lines.length)).toEqual([6]);
   });
 });
 
@@ -476,13 +290,13 @@ describe("usage hours: D1 or R2 unavailable", () => {
     const org = newOrganization();
     const rows = Array.from({ length: 4 }, (_, i) => row(org, into(PAST, 30 + i), 8, 3));
     const logged = await bindBook(org, { USAGE_ARCHIVE: refusing(env.USAGE_ARCHIVE, "put") });
-    await commit(org, rows);
-    await alarm(org);
+    await commitRows(org, rows);
+    await runAlarm(org);
     expect(await quotaStub(env, org).syncUsage()).toBe(false);
     // D1 took the totals and the interval; R2 has nothing; the object still holds every row.
     expect(await hourSums(org)).toEqual(sumsOf(rows));
     expect(await intervals(org)).toHaveLength(1);
-    expect(await archive(org)).toEqual([]);
+    expect(await archiveObjects(org)).toEqual([]);
     expect(await quotaStub(env, org).rawUsage(PAST)).toHaveLength(4);
     // The alarm is set to try again; each try fails and keeps it all.
     expect(await runDurableObjectAlarm(quotaStub(env, org))).toBe(true);
@@ -491,7 +305,7 @@ describe("usage hours: D1 or R2 unavailable", () => {
 
     await bindBook(org, {});
     expect(await runDurableObjectAlarm(quotaStub(env, org))).toBe(true);
-    const objects = await archive(org);
+    const objects = await archiveObjects(org);
     expect(objects).toHaveLength(1);
     expect(byId((objects[0]?.lines ?? []).map((l) => JSON.parse(l) as LedgerRow))).toEqual(byId(rows));
     // Archived, and long past the retention: pruned now.
@@ -504,13 +318,13 @@ describe("usage hours: D1 or R2 unavailable", () => {
     const org = newOrganization();
     const rows = Array.from({ length: 5 }, (_, i) => row(org, into(PAST, 40 + i), 2, 9));
     const logged = await bindBook(org, { DB: refusing(env.DB, "batch") });
-    await commit(org, rows);
-    await alarm(org);
+    await commitRows(org, rows);
+    await runAlarm(org);
     expect(await quotaStub(env, org).syncUsage()).toBe(false);
     expect(await usageHourRows(org)).toEqual([]);
     expect(await intervals(org)).toEqual([]);
     // Not archived either: a part is archived only once D1 has its final totals.
-    expect(await archive(org)).toEqual([]);
+    expect(await archiveObjects(org)).toEqual([]);
     expect(await runDurableObjectAlarm(quotaStub(env, org))).toBe(true);
     expect(await usageHourRows(org)).toEqual([]);
     expect(await quotaStub(env, org).rawUsage(PAST)).toHaveLength(5);
