@@ -54,6 +54,8 @@ export interface Config {
     rawRetentionHours: number;
     /** Milliseconds between writes of an open hour's totals to D1. */
     syncMs: number;
+    /** Minutes of usage one billing interval (one meter event per dimension) carries; divides 60. */
+    intervalMinutes: number;
   };
 }
 
@@ -95,6 +97,13 @@ const Limits = z.object({
  * asks for a fresh manifest; `download.sh` resumes where it stopped.
  */
 export const MAX_LINK_TTL_SECONDS = 86_400;
+
+/** `USAGE_INTERVAL_MINUTES`: a divisor of 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60); 60 when unset. */
+function intervalMinutes(value: string | undefined): number {
+  const minutes = positiveInt(value, 60, "USAGE_INTERVAL_MINUTES");
+  if (60 % minutes !== 0) throw new Error(`USAGE_INTERVAL_MINUTES must divide 60, not ${minutes}`);
+  return minutes;
+}
 
 function positiveInt(value: string | undefined, fallback: number, name: string): number {
   if (value === undefined || value.trim() === "") return fallback;
@@ -189,6 +198,7 @@ export function readConfig(env: Env): Config {
     usage: {
       rawRetentionHours: positiveInt(env.USAGE_RAW_RETENTION_HOURS, 168, "USAGE_RAW_RETENTION_HOURS"),
       syncMs: positiveInt(env.USAGE_SYNC_SECONDS, 300, "USAGE_SYNC_SECONDS") * 1000,
+      intervalMinutes: intervalMinutes(env.USAGE_INTERVAL_MINUTES),
     },
   };
   cache.set(env, config);

@@ -50,7 +50,9 @@ export async function usageRows(): Promise<LedgerRow[]> {
       byId.set(row.id, row);
     }
   }
-  return [...byId.values()].sort((a, b) => a.startedAt.localeCompare(b.startedAt) || a.id.localeCompare(b.id));
+  // A stable sort: rows that started at once stay in the order they were recorded (archive parts in
+  // order, then what the objects hold).
+  return [...byId.values()].sort((a, b) => a.startedAt.localeCompare(b.startedAt));
 }
 
 /** Every recorded download after `flushUsage`, each once, oldest first. */

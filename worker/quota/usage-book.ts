@@ -18,14 +18,15 @@ import {
   addInference,
   archiveKey,
   billableTotals,
-  closesAt,
   type DownloadCounts,
   type DownloadRow,
+  graceMs,
   gzipLines,
   hourOf,
   hourStart,
   type InferenceCounts,
   intervalId,
+  intervalStart,
   partStatements,
   type UsagePart,
 } from "../usage/hours";
@@ -64,8 +65,8 @@ export interface LiveParts {
 export class UsageBook {
   /** Parts not yet archived (open, or closed and waiting for R2), by `p:` key. */
   private parts = new Map<string, UsagePart>();
-  /** The open part of each hour that has one. */
-  private open = new Map<string, UsagePart>();
+  /** The open part of each billing interval that has one, by the interval's start. */
+  private open = new Map<number, UsagePart>();
   private organizationId: string | undefined;
   /** The newest part id handed out (epoch ms): ids only grow, so no hour has two parts of one id. */
   private lastPartAt = 0;
@@ -83,7 +84,7 @@ export class UsageBook {
     const stored = await this.ctx.storage.list<UsagePart>({ prefix: PART_PREFIX });
     for (const [key, part] of stored) {
       this.parts.set(key, part);
-      if (!part.closed) this.open.set(part.hour, part);
+      if (!part.closed) this.open.set(part.interval, part);
       this.organizationId ??= part.organizationId;
       this.lastPartAt = Math.max(this.lastPartAt, Number.parseInt(part.part, 36));
     }
@@ -105,13 +106,21 @@ export class UsageBook {
     return this.services;
   }
 
-  private partFor(organizationId: string, hour: string, now: number, touched: Set<UsagePart>): UsagePart {
-    let part = this.open.get(hour);
+  private intervalMs(): number {
+    return this.svc().config.usage.intervalMinutes * 60_000;
+  }
+
+  /** The open part of the interval starting at `interval`, opened if there is none. */
+  private partFor(organizationId: string, interval: number, now: number, touched: Set<UsagePart>): UsagePart {
+    let part = this.open.get(interval);
     if (!part) {
+      const length = this.intervalMs();
       this.lastPartAt = Math.max(now, this.lastPartAt + 1);
       part = {
         organizationId,
-        hour,
+        hour: hourOf(interval),
+        interval,
+        closesAt: interval + length + graceMs(length),
         part: this.lastPartAt.toString(36).padStart(9, "0"),
         inference: new Map(),
         downloads: new Map(),
@@ -120,7 +129,7 @@ export class UsageBook {
         syncedAt: now,
         closed: false,
       };
-      this.open.set(hour, part);
+      this.open.set(interval, part);
       this.parts.set(partKey(part), part);
     }
     touched.add(part);
@@ -128,9 +137,10 @@ export class UsageBook {
   }
 
   /**
-   * Folds committed batches into their hours' open parts: each batch, the parts it changed and
-   * its raw rows under the part in one storage write. A row counts in the hour it was recorded
-   * (its `createdAt`), in that hour's open part, or a new part when the hour's part is closed.
+   * Folds committed batches into their intervals' open parts: each batch, the parts it changed and
+   * its raw rows under the part in one storage write. A row counts in the interval (and hour) it
+   * was recorded in (its `createdAt`), in that interval's open part, or a new part when the
+   * interval's part is closed.
    * Returns whether batches are left for another fold.
    */
   async fold(now: number): Promise<boolean> {
@@ -148,35 +158,35 @@ export class UsageBook {
       const text =
         typeof value === "string" ? value : ledgerBatch((Array.isArray(value) ? value : [value]).map(ledgerEntry));
       chars += text.length;
-      const byHour = new Map<string, LedgerRow[]>();
+      const byInterval = new Map<number, LedgerRow[]>();
       for (const row of ledgerRows(text)) {
-        const hour = hourOf(row.createdAt);
-        const rows = byHour.get(hour) ?? [];
+        const interval = intervalStart(Date.parse(row.createdAt), this.intervalMs());
+        const rows = byInterval.get(interval) ?? [];
         rows.push(row);
-        byHour.set(hour, rows);
+        byInterval.set(interval, rows);
       }
-      for (const [hour, rows] of byHour) {
-        const part = this.partFor(rows[0]?.organizationId as string, hour, now, touched);
+      for (const [interval, rows] of byInterval) {
+        const part = this.partFor(rows[0]?.organizationId as string, interval, now, touched);
         for (const row of rows) addInference(part, row);
-        puts[`${RAW_PREFIX}${hour}:${part.part}:i:${key}`] =
-          byHour.size === 1 ? text : ledgerBatch(rows.map(ledgerEntry));
+        puts[`${RAW_PREFIX}${part.hour}:${part.part}:i:${key}`] =
+          byInterval.size === 1 ? text : ledgerBatch(rows.map(ledgerEntry));
       }
       folded.push(key);
     }
     for (const [key, text] of downloads) {
       if (chars >= FOLD_CHARS) break;
       chars += text.length;
-      const byHour = new Map<string, DownloadRow[]>();
+      const byInterval = new Map<number, DownloadRow[]>();
       for (const row of JSON.parse(text) as DownloadRow[]) {
-        const hour = hourOf(row.at);
-        const rows = byHour.get(hour) ?? [];
+        const interval = intervalStart(Date.parse(row.at), this.intervalMs());
+        const rows = byInterval.get(interval) ?? [];
         rows.push(row);
-        byHour.set(hour, rows);
+        byInterval.set(interval, rows);
       }
-      for (const [hour, rows] of byHour) {
-        const part = this.partFor(rows[0]?.organizationId as string, hour, now, touched);
+      for (const [interval, rows] of byInterval) {
+        const part = this.partFor(rows[0]?.organizationId as string, interval, now, touched);
         for (const row of rows) addDownload(part, row);
-        puts[`${RAW_PREFIX}${hour}:${part.part}:d:${key}`] = byHour.size === 1 ? text : JSON.stringify(rows);
+        puts[`${RAW_PREFIX}${part.hour}:${part.part}:d:${key}`] = byInterval.size === 1 ? text : JSON.stringify(rows);
       }
       folded.push(key);
     }
@@ -201,7 +211,7 @@ export class UsageBook {
     const syncMs = services.config.usage.syncMs;
     const due: { part: UsagePart; closing: boolean }[] = [];
     for (const part of this.open.values()) {
-      const closing = now >= closesAt(part.hour);
+      const closing = now >= part.closesAt;
       if (closing || (part.dirty && (force || now - part.syncedAt >= syncMs))) due.push({ part, closing });
     }
     if (due.length === 0) return true;
@@ -222,7 +232,7 @@ export class UsageBook {
       part.syncedAt = now;
       if (closing) {
         part.closed = true;
-        this.open.delete(part.hour);
+        this.open.delete(part.interval);
         const totals = billableTotals(part);
         if (totals.promptTokens + totals.completionTokens > 0) closed.push(intervalId(part));
       }
@@ -342,7 +352,7 @@ export class UsageBook {
     for (const part of this.parts.values()) {
       if (part.closed) at(now);
       else {
-        at(closesAt(part.hour));
+        at(part.closesAt);
         if (part.dirty) at(part.syncedAt + syncMs);
       }
     }

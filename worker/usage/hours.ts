@@ -1,10 +1,10 @@
 /**
  * Hourly usage: what an organization's quota object folds its raw rows into, writes to D1 and
- * archives to R2. An hour's rows are gathered in *parts*: normally one per hour, opened by the
- * hour's first row and closed when the hour is over (plus `CLOSE_GRACE_MS`); a row recorded in an
- * hour already closed (a stream settled from its last checkpoint, a clock behind the object's)
- * opens a further part of that hour, closed the same way. A part's totals only grow while it is
- * open and never change once closed, so:
+ * archives to R2. Rows are gathered in *parts*, one per billing interval (`USAGE_INTERVAL_MINUTES`,
+ * an hour by default, so normally one part per hour): opened by the interval's first row and closed
+ * when the interval is over (plus a grace, `graceMs`); a row recorded in an interval already closed
+ * (a stream settled from its last checkpoint, a clock behind the object's) opens a further part,
+ * closed the same way. A part's totals only grow while it is open and never change once closed, so:
  * - D1 holds each part's totals per model, grant and token as absolute values (`usage_hours`,
  *   `download_hours`): a write repeated after a crash or a retry changes nothing;
  * - Stripe gets one meter event per closed part and price dimension, whose identifier names the
@@ -15,10 +15,20 @@ import { getTableColumns, getTableName } from "drizzle-orm";
 import { billingIntervals, downloadHours, usageHours } from "../db/schema";
 import type { LedgerRow } from "../inference/ledger";
 
-/** A part stays open this long after its hour ends, for requests recorded at the hour's last moment. */
+/** The longest a part stays open after its interval ends, for requests recorded at its last moment. */
 export const CLOSE_GRACE_MS = 120_000;
 
 const HOUR_MS = 3_600_000;
+
+/** How long a part of an interval of `intervalMs` stays open after it: a sixth of it, at most `CLOSE_GRACE_MS`. */
+export function graceMs(intervalMs: number): number {
+  return Math.min(CLOSE_GRACE_MS, Math.floor(intervalMs / 6));
+}
+
+/** The start of the billing interval of `intervalMs` that holds `at` (epoch ms). */
+export function intervalStart(at: number, intervalMs: number): number {
+  return Math.floor(at / intervalMs) * intervalMs;
+}
 
 /** The hour (`YYYY-MM-DDTHH`, UTC) of an ISO time or of epoch milliseconds. */
 export function hourOf(at: string | number): string {
@@ -30,7 +40,7 @@ export function hourStart(hour: string): number {
   return Date.parse(`${hour}:00:00.000Z`);
 }
 
-/** When a part of `hour` may close: the hour's end plus the grace. */
+/** When every part of `hour` may have closed: the hour's end plus the longest grace. */
 export function closesAt(hour: string): number {
   return hourStart(hour) + HOUR_MS + CLOSE_GRACE_MS;
 }
@@ -82,6 +92,10 @@ export interface DownloadCounts {
 export interface UsagePart {
   organizationId: string;
   hour: string;
+  /** The start (epoch ms) of the billing interval the part gathers rows of; within `hour`. */
+  interval: number;
+  /** When (object clock) the part closes: its interval's end plus the grace. */
+  closesAt: number;
   /** The part's id: when (by the object's clock, base 36) its first row was folded. */
   part: string;
   inference: Map<string, InferenceCounts>;
