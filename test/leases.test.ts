@@ -1,11 +1,9 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { createDatabase } from "../worker/db/client";
-import { usageLedger } from "../worker/db/schema";
 import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
 import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
 import type { QuotaLimits } from "../worker/quota/org-quota";
-import { flushUsage, ledgerRow } from "./helpers/ledger";
+import { ledgerRow, usageRows } from "./helpers/ledger";
 
 const NOW = Date.parse("2026-06-15T12:00:10Z");
 const roomy: QuotaLimits = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1e12 };
@@ -78,8 +76,7 @@ describe("quota leases", () => {
     await settled();
     // Once the isolate is idle, what its leases held goes back: the object counts actual usage only.
     expect(await quota.peek(roomy, NOW)).toMatchObject({ monthTokens: 200 * 20, remainingRequests: 10_000 - 200 });
-    await flushUsage();
-    const rows = await createDatabase(env.DB).select().from(usageLedger);
+    const rows = await usageRows();
     expect(rows.filter((r) => r.organizationId === org)).toHaveLength(200);
   });
 

@@ -8,7 +8,6 @@
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import llamaTokenizer from "llama-tokenizer-js";
 import { beforeEach, describe, expect, it } from "vitest";
-import { usageLedger } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { tokenBound } from "../worker/inference/token-bound";
@@ -16,7 +15,7 @@ import { MAX_COUNTED_CHARS, renderLlama2Chat, tokenCounterFor } from "../worker/
 import { fixedClock } from "../worker/platform/clock";
 import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
-import { flushUsage } from "./helpers/ledger";
+import { usageRows } from "./helpers/ledger";
 
 const MODEL = "llama-2-7b-chat";
 
@@ -52,10 +51,8 @@ async function setup(backend: Backend, continuousUsage: boolean) {
   return { gw, ...(await openAiCaller(gw, licenseSha256)) };
 }
 
-async function ledger(gw: ReturnType<typeof testGateway>) {
-  await flushUsage();
-  return gw.db.select().from(usageLedger).orderBy(usageLedger.startedAt);
-}
+/** The metered rows of the requests the test sent, oldest first. */
+const ledger = (_gw: ReturnType<typeof testGateway>) => usageRows();
 
 /** What the simulator itself counts for `body`'s prompt: asked directly, in `llama` mode, with usage. */
 async function realPromptTokens(backend: Backend, path: string, body: Record<string, unknown>): Promise<number> {
