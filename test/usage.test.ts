@@ -2,10 +2,15 @@
  * `GET /v1/usage`: an organization's inference per day by model, member or token, as JSON and as
  * CSV, read by a member's session or by one of its tokens, and nobody else's.
  */
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { accessTokens, grants, usageLedger } from "../worker/db/schema";
+import { accessTokens, grants, usageHours, usageLedger } from "../worker/db/schema";
+import { type LedgerRow, ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
 import { sha256Hex } from "../worker/platform/hash";
+import { quotaStub } from "../worker/quota/org-quota";
+import { carryLedgerRows } from "../worker/usage/carry";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { ledgerRow } from "./helpers/ledger";
 import { signedInMember } from "./helpers/members";
@@ -62,19 +67,41 @@ async function organizationWithUsage(gw: Gateway, name = "Acme Robotics") {
 
 type Org = Awaited<ReturnType<typeof organizationWithUsage>>;
 
+/**
+ * D1's hourly totals of one call each: `[part, total tokens, token, recorded at, model?]`, each row
+ * its own part of its hour (as the quota object writes them, absolute per part).
+ */
 async function usage(gw: Gateway, org: Org, rows: [string, number, string, string, string?][]) {
-  for (const [id, total, tokenId, startedAt, model] of rows) {
-    await gw.db.insert(usageLedger).values(
-      ledgerRow(id, total, {
-        organizationId: org.organizationId,
-        grantId: org.grant.id,
-        tokenId,
-        startedAt,
-        createdAt: startedAt,
-        ...(model ? { model } : {}),
-      }),
-    );
+  for (const [part, total, tokenId, at, model] of rows) {
+    await gw.db.insert(usageHours).values(hourRow(org, part, at, { tokenId, totalTokens: total, model }));
   }
+}
+
+/** A `usage_hours` row of one call (two prompt tokens, the rest completion) unless `counts` says more. */
+function hourRow(
+  org: Org,
+  part: string,
+  at: string,
+  fields: { tokenId: string; totalTokens: number; model?: string | undefined; requests?: number },
+) {
+  const requests = fields.requests ?? 1;
+  return {
+    organizationId: org.organizationId,
+    hour: at.slice(0, 13),
+    model: fields.model ?? "llama-2-7b-chat",
+    grantId: org.grant.id,
+    tokenId: fields.tokenId,
+    part,
+    requests,
+    promptTokens: 2 * requests,
+    completionTokens: fields.totalTokens - 2 * requests,
+    totalTokens: fields.totalTokens,
+    errorRequests: 0,
+    partialRequests: 0,
+    latencyMsSum: 3 * requests,
+    lastAt: at,
+    updatedAt: at,
+  };
 }
 
 interface UsageAnswer {
@@ -185,6 +212,19 @@ describe("GET /v1/usage", () => {
       await get("/v1/usage?groupBy=model&from=2026-06-18&to=2026-06-18", org.owner.headers)
     ).json()) as UsageAnswer;
     expect(one.days.map((d) => d.totalTokens)).toEqual([20, 10]);
+  });
+
+  it("sums every part of an hour", async () => {
+    await usage(gw, org, [
+      ["p1", 7, org.ownerToken.id, "2026-06-17T15:10:00.000Z"],
+      ["p2", 9, org.ownerToken.id, "2026-06-17T15:50:00.000Z"],
+    ]);
+    const body = (await (
+      await get("/v1/usage?groupBy=token&from=2026-06-17&to=2026-06-17", org.owner.headers)
+    ).json()) as UsageAnswer;
+    expect(body.days.map((d) => [d.key, d.requests, d.promptTokens, d.totalTokens])).toEqual([
+      [org.ownerToken.id, 2, 4, 16],
+    ]);
   });
 
   it("a token reads its own organization's usage", async () => {
@@ -304,5 +344,153 @@ describe("security: GET /v1/usage refuses what it must", () => {
     const problem = (await res.json()) as { code: string; errors: { field: string }[] };
     expect(problem.code).toBe("validation_failed");
     expect(problem.errors.map((e) => e.field)).toContain(field);
+  });
+});
+
+describe("GET /v1/usage is exact to the request", () => {
+  const LIMITS = { requestsPerMinute: 1_000, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
+
+  /**
+   * A gateway on today's clock, so that the hour its calls are recorded in stays open in the quota
+   * object (it closes an hour and writes it to D1 once the hour is over), and an organization of it.
+   */
+  async function liveOrganization(name = "Live Labs") {
+    const live = testGateway(new Date(Date.now()), { USAGE_SYNC_SECONDS: "3600" });
+    return { live, org: await organizationWithUsage(live, name) };
+  }
+
+  /**
+   * A call settled as the proxy settles it: its ledger row committed to the organization's quota
+   * object, which folds it into its hour by its next alarm (`LEDGER_FLUSH_MS` later).
+   */
+  async function settle(live: Gateway, org: Org, id: string, totalTokens: number, fields: Partial<LedgerRow> = {}) {
+    const at = live.clock.now();
+    const row = ledgerRow(id, totalTokens, {
+      organizationId: org.organizationId,
+      grantId: org.grant.id,
+      tokenId: org.ownerToken.id,
+      startedAt: at.toISOString(),
+      createdAt: at.toISOString(),
+      ...fields,
+    });
+    const stub = quotaStub(env, org.organizationId);
+    await stub.commit({ rows: ledgerBatch([ledgerEntry(row)]) }, LIMITS, at.getTime());
+    await runDurableObjectAlarm(stub);
+  }
+
+  const today = () => new Date(Date.now()).toISOString().slice(0, 10);
+  const stored = (org: Org) => gw.db.select().from(usageHours).where(eq(usageHours.organizationId, org.organizationId));
+  const read = async (live: Gateway, query: string, headers: Record<string, string>) =>
+    (await (await live.request(`/v1/usage?${query}&from=${today()}&to=${today()}`, { headers })).json()) as UsageAnswer;
+
+  it("counts a call once its quota object holds it in its hour, before D1 has the hour, and sums the hour's parts", async () => {
+    const { live, org } = await liveOrganization();
+    await settle(live, org, "live_1", 12);
+    await settle(live, org, "live_2", 8, { tokenId: org.developerToken.id, partial: true });
+    expect(await stored(org)).toEqual([]);
+
+    const byMember = await read(live, "groupBy=member", org.owner.headers);
+    expect(byMember.days).toEqual([
+      {
+        day: today(),
+        key: org.owner.user.id,
+        label: org.owner.user.email,
+        requests: 1,
+        promptTokens: 2,
+        completionTokens: 10,
+        totalTokens: 12,
+        partialRequests: 0,
+      },
+      {
+        day: today(),
+        key: org.developer.user.id,
+        label: org.developer.user.email,
+        requests: 1,
+        promptTokens: 2,
+        completionTokens: 6,
+        totalTokens: 8,
+        partialRequests: 1,
+      },
+    ]);
+    const byToken = await read(live, "groupBy=token", { authorization: `Bearer ${org.developerToken.secret}` });
+    expect(byToken.groups.map((g) => [g.label, g.requests, g.totalTokens])).toEqual([
+      ["owner laptop", 1, 12],
+      ["bob ci", 1, 8],
+    ]);
+
+    // A call the quota object could not take went to the ledger, and the cron carried it into the
+    // same hour as a part of its own in D1: the hour is that part and the open one together.
+    const at = live.clock.now().toISOString();
+    await gw.db.insert(usageLedger).values(
+      ledgerRow("ledger_1", 5, {
+        organizationId: org.organizationId,
+        grantId: org.grant.id,
+        tokenId: org.ownerToken.id,
+        startedAt: at,
+        createdAt: at,
+      }),
+    );
+    await carryLedgerRows(env.DB, live.clock.now());
+    expect((await stored(org)).map((r) => [r.hour, r.part, r.requests])).toEqual([[at.slice(0, 13), "ledger", 1]]);
+    const byModel = await read(live, "groupBy=model", org.owner.headers);
+    expect(byModel.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([["llama-2-7b-chat", 3, 25]]);
+    const csv = await (
+      await live.request(`/v1/usage?groupBy=model&format=csv&from=${today()}&to=${today()}`, {
+        headers: org.owner.headers,
+      })
+    ).text();
+    expect(csv.split("\r\n")[1]).toBe(`${today()},llama-2-7b-chat,llama-2-7b-chat,3,6,19,25`);
+  });
+
+  it("security: never shows another organization's open hours", async () => {
+    const { live, org } = await liveOrganization();
+    const other = await organizationWithUsage(live, "Initech");
+    await settle(live, org, "ours", 12);
+    await settle(live, other, "theirs", 99, {
+      organizationId: other.organizationId,
+      grantId: other.grant.id,
+      tokenId: other.ownerToken.id,
+      model: "llama-2-13b-chat",
+    });
+    const ours = await read(live, "groupBy=model", org.owner.headers);
+    expect(ours.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([["llama-2-7b-chat", 1, 12]]);
+    const theirs = await read(live, "groupBy=token", { authorization: `Bearer ${other.developerToken.secret}` });
+    expect(theirs.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([[other.ownerToken.id, 1, 99]]);
+    const named = await live.request(`/v1/usage?organization=${org.organizationId}`, { headers: other.owner.headers });
+    expect(named.status).toBe(403);
+  });
+
+  it("counts a part D1 has older totals of once, as the quota object has it", async () => {
+    const { live, org } = await liveOrganization();
+    await settle(live, org, "first", 10);
+    const stub = quotaStub(env, org.organizationId);
+    expect(await stub.syncUsage()).toBe(true);
+    const [synced] = await stored(org);
+    expect(synced).toMatchObject({ requests: 1, totalTokens: 10 });
+    await settle(live, org, "second", 20);
+    // The open part is in D1 with one call and in the object with two.
+    const { parts } = await stub.liveUsage();
+    expect(parts.map((p) => [p.hour, p.part])).toEqual([[synced?.hour, synced?.part]]);
+    expect((await stored(org)).map((r) => r.requests)).toEqual([1]);
+
+    const body = await read(live, "groupBy=model", org.owner.headers);
+    expect(body.days.map((d) => [d.key, d.requests, d.promptTokens, d.totalTokens])).toEqual([
+      ["llama-2-7b-chat", 2, 4, 30],
+    ]);
+  });
+
+  it("answers D1's totals when the quota object cannot be reached", async () => {
+    const unreachable = {
+      idFromName: (name: string) => env.QUOTA.idFromName(name),
+      get: () => ({ liveUsage: () => Promise.reject(new Error("quota object unreachable")) }),
+    } as unknown as Env["QUOTA"];
+    const cut = testGateway(NOW, { QUOTA: unreachable });
+    const res = await cut.request("/v1/usage?groupBy=model", { headers: org.owner.headers });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as UsageAnswer;
+    expect(body.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([
+      ["llama-2-7b-chat", 3, 80],
+      ["llama-2-13b-chat", 1, 20],
+    ]);
   });
 });

@@ -10,6 +10,7 @@ import type { HonoEnv } from "../env";
 import { organizationOverview, quotaPeekFor } from "../organizations/overview";
 import { listMemberTokens } from "../tokens/service";
 import { downloadsPerDay } from "../usage/downloads";
+import { liveUsageFor } from "../usage/live";
 import { organizationUsage } from "../usage/routes";
 import { USAGE_GROUPS, type UsageGroup, usagePeriod } from "../usage/totals";
 import { AccountPage, NoOrganizationPage, SignInPage } from "./pages";
@@ -39,12 +40,14 @@ portalRoutes.get("/account", async (c) => {
   const asked = c.req.query("usage");
   const groupBy: UsageGroup = USAGE_GROUPS.find((g) => g === asked) ?? "model";
   const period = usagePeriod(services.clock.now());
+  // Asked once for both views: the hours still open in the organization's quota object.
+  const live = liveUsageFor(c.env, reader.organizationId);
   const [overview, usage, tokens, downloads] = await Promise.all([
     organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId)),
-    organizationUsage(services.db, reader.organizationId, groupBy, period),
+    organizationUsage(services, reader.organizationId, groupBy, period, live),
     // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them.
     listMemberTokens(services, member, roleAtLeast(member.membership.role, "admin")),
-    downloadsPerDay(services.db, reader.organizationId, period),
+    downloadsPerDay(services, reader.organizationId, period, live),
   ]);
   return c.html(
     <AccountPage

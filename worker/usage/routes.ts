@@ -2,7 +2,9 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { organizationReader } from "../auth/organization-reader";
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
+import type { Services } from "../services";
 import { usageCsv } from "./csv";
+import { type LiveUsage, liveUsageFor } from "./live";
 import {
   MAX_USAGE_DAYS,
   periodDays,
@@ -93,6 +95,7 @@ const usageRoute = createRoute({
   summary: "The organization's inference usage per day, by model, member or token",
   description:
     "With a member's session or a personal access token of the organization. At most 366 days; " +
+    "a call counts in the UTC day it was recorded in (when it ended), a fraction of a second after it ends; " +
     'tokens from before members existed are counted under the member "(organization token)". ' +
     "Without `groupBy` (and without CSV) the answer keeps its earlier shape, per day and model.",
   security: READERS,
@@ -131,14 +134,19 @@ function wantsCsv(format: "json" | "csv" | undefined, accept: string | undefined
   return (accept ?? "").toLowerCase().includes("text/csv");
 }
 
-/** The organization's usage, grouped as asked: what the JSON and the CSV both answer. */
+/**
+ * The organization's usage, grouped as asked: what the JSON and the CSV both answer. Hours still
+ * open are read from the organization's quota object (`live`), which holds a call in its hour
+ * within `LEDGER_FLUSH_MS` of its end.
+ */
 export async function organizationUsage(
-  db: Parameters<typeof usagePerDay>[0],
+  services: Pick<Services, "db" | "log">,
   organizationId: string,
   groupBy: UsageGroup,
   period: UsagePeriod,
+  live: LiveUsage,
 ) {
-  const days = await usagePerDay(db, organizationId, groupBy, period);
+  const days = await usagePerDay(services, organizationId, groupBy, period, live);
   return { organizationId, groupBy, from: period.from, to: period.to, days, groups: usageByGroup(days) };
 }
 
@@ -153,7 +161,8 @@ usageRoutes.openapi(usageRoute, async (c) => {
   const reader = await organizationReader(c);
   const csv = wantsCsv(query.format, c.req.header("accept"));
   const groupBy = query.groupBy ?? "model";
-  const usage = await organizationUsage(services.db, reader.organizationId, groupBy, period);
+  const live = liveUsageFor(c.env, reader.organizationId);
+  const usage = await organizationUsage(services, reader.organizationId, groupBy, period, live);
   if (csv) {
     return c.body(usageCsv(groupBy, usage.days), 200, {
       "content-type": "text/csv; charset=utf-8; header=present",
