@@ -2,17 +2,14 @@
  * The applicant's portal at `/account` and `GET /v1/organization`: what a signed-in member of an
  * organization sees of it, what a token reads, and that nobody reaches another organization's.
  */
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import {
-  accessTokens,
-  downloadEvents,
-  grants,
-  invitations,
-  organizationDomains,
-  usageLedger,
-} from "../worker/db/schema";
+import { accessTokens, downloadHours, grants, invitations, organizationDomains, usageHours } from "../worker/db/schema";
+import { ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
 import { sha256Hex } from "../worker/platform/hash";
+import { quotaStub } from "../worker/quota/org-quota";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { ledgerRow } from "./helpers/ledger";
 import { signedInMember } from "./helpers/members";
@@ -61,30 +58,39 @@ async function organization(gw: Gateway, name: string, domain: string) {
     createdAt: NOW,
     expiresAt: "2026-06-27T12:00:00.000Z",
   });
-  await gw.db.insert(usageLedger).values(
-    ledgerRow(gw.services.ids.id("use"), 42, {
-      organizationId,
-      grantId: grant.id,
-      tokenId,
-      startedAt: "2026-06-19T08:00:00.000Z",
-      createdAt: "2026-06-19T08:00:00.000Z",
-    }),
-  );
+  // D1's hourly totals as the quota object writes them: one call of 42 tokens, and two downloads
+  // of one hour in two parts (one read to the end).
+  await gw.db.insert(usageHours).values({
+    organizationId,
+    hour: "2026-06-19T08",
+    model: "llama-2-7b-chat",
+    grantId: grant.id,
+    tokenId,
+    part: "0lqhv1bk0",
+    requests: 1,
+    promptTokens: 2,
+    completionTokens: 40,
+    totalTokens: 42,
+    errorRequests: 0,
+    partialRequests: 0,
+    latencyMsSum: 3,
+    lastAt: "2026-06-19T08:00:00.000Z",
+    updatedAt: "2026-06-19T08:00:00.000Z",
+  });
   for (const [i, complete] of [true, false].entries()) {
-    await gw.db.insert(downloadEvents).values({
-      id: gw.services.ids.id("dle"),
-      jti: gw.services.ids.id("jti"),
+    await gw.db.insert(downloadHours).values({
+      organizationId,
+      hour: "2026-06-18T10",
       grantId: grant.id,
       tokenId,
       model: "llama-2-7b",
-      revisionId: "rev_1",
-      path: `consolidated.0${i}.pth`,
-      status: 200,
-      rangeStart: null,
-      rangeEnd: null,
+      part: `0lqhv1bk${i}`,
+      requests: 1,
+      completeRequests: complete ? 1 : 0,
+      errorRequests: 0,
       bytesServed: complete ? 3 * 1024 * 1024 : 0,
-      complete,
-      at: "2026-06-18T10:00:00.000Z",
+      lastAt: "2026-06-18T10:00:00.000Z",
+      updatedAt: "2026-06-18T10:00:00.000Z",
     });
   }
   return { name, organizationId, application, grant, owner, developer, token: { id: tokenId, secret } };
@@ -275,10 +281,7 @@ describe("the portal at /account", () => {
 
   it("shows the organization's downloads per day and model, and no other organization's", async () => {
     const initech = await organization(gw, "Initech", "initech.example");
-    await gw.db
-      .update(downloadEvents)
-      .set({ model: "llama-2-70b" })
-      .where(eq(downloadEvents.grantId, initech.grant.id));
+    await gw.db.update(downloadHours).set({ model: "llama-2-70b" }).where(eq(downloadHours.grantId, initech.grant.id));
     const html = await (await get("/account", { cookie: acme.owner.cookie })).text();
     const table = html.slice(
       html.indexOf('<table id="downloads">'),
@@ -286,6 +289,55 @@ describe("the portal at /account", () => {
     );
     expect(table).toContain("<td>2026-06-18</td><td>llama-2-7b</td><td>2</td><td>1</td><td>3.0 MiB</td>");
     expect(table).not.toContain("llama-2-70b");
+  });
+
+  it("shows a call and a download once the quota object holds them, before D1 has their hour", async () => {
+    // Today's clock: the hour stays open in the quota object, which writes it to D1 only later.
+    const live = testGateway(new Date(Date.now()));
+    const org = await organization(live, "Live Labs", "live.example");
+    const at = live.clock.now();
+    const stub = quotaStub(env, org.organizationId);
+    const call = ledgerRow("use_live", 30, {
+      organizationId: org.organizationId,
+      grantId: org.grant.id,
+      tokenId: org.token.id,
+      model: "llama-2-13b-chat",
+      startedAt: at.toISOString(),
+      createdAt: at.toISOString(),
+    });
+    const limits = { requestsPerMinute: 100, tokensPerMinute: 100_000, monthlyTokenBudget: 1_000_000 };
+    await stub.commit({ rows: ledgerBatch([ledgerEntry(call)]) }, limits, at.getTime());
+    await stub.recordDownloads([
+      {
+        id: "dle_live",
+        organizationId: org.organizationId,
+        jti: "jti_live",
+        grantId: org.grant.id,
+        tokenId: org.token.id,
+        model: "llama-2-13b",
+        revisionId: "rev_1",
+        path: "consolidated.00.pth",
+        status: 200,
+        rangeStart: null,
+        rangeEnd: null,
+        bytesServed: 5 * 1024 * 1024,
+        complete: true,
+        at: at.toISOString(),
+      },
+    ]);
+    // The object folds what it was given into its hour within LEDGER_FLUSH_MS.
+    await runDurableObjectAlarm(stub);
+    const hour = at.toISOString().slice(0, 13);
+    expect(await live.db.select().from(usageHours).where(eq(usageHours.hour, hour))).toEqual([]);
+    expect(await live.db.select().from(downloadHours).where(eq(downloadHours.hour, hour))).toEqual([]);
+
+    const html = await (await live.request("/account", { headers: { cookie: org.owner.cookie } })).text();
+    expect(html).toMatch(/<tr data-usage-key="llama-2-13b-chat"><th scope="row">llama-2-13b-chat<\/th><td>1<\/td>/);
+    const table = html.slice(
+      html.indexOf('<table id="downloads">'),
+      html.indexOf("</table>", html.indexOf('<table id="downloads">')),
+    );
+    expect(table).toContain(`<td>${hour.slice(0, 10)}</td><td>llama-2-13b</td><td>1</td><td>1</td><td>5.0 MiB</td>`);
   });
 
   it("lets a member of several organizations switch between them", async () => {

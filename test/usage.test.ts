@@ -378,10 +378,13 @@ describe("GET /v1/usage is exact to the request", () => {
     await runDurableObjectAlarm(stub);
   }
 
-  const today = () => new Date(Date.now()).toISOString().slice(0, 10);
+  /** The day the gateway's (fixed) clock is in: the day its calls are recorded in. */
+  const today = (live: Gateway) => live.clock.now().toISOString().slice(0, 10);
   const stored = (org: Org) => gw.db.select().from(usageHours).where(eq(usageHours.organizationId, org.organizationId));
   const read = async (live: Gateway, query: string, headers: Record<string, string>) =>
-    (await (await live.request(`/v1/usage?${query}&from=${today()}&to=${today()}`, { headers })).json()) as UsageAnswer;
+    (await (
+      await live.request(`/v1/usage?${query}&from=${today(live)}&to=${today(live)}`, { headers })
+    ).json()) as UsageAnswer;
 
   it("counts a call once its quota object holds it in its hour, before D1 has the hour, and sums the hour's parts", async () => {
     const { live, org } = await liveOrganization();
@@ -392,7 +395,7 @@ describe("GET /v1/usage is exact to the request", () => {
     const byMember = await read(live, "groupBy=member", org.owner.headers);
     expect(byMember.days).toEqual([
       {
-        day: today(),
+        day: today(live),
         key: org.owner.user.id,
         label: org.owner.user.email,
         requests: 1,
@@ -402,7 +405,7 @@ describe("GET /v1/usage is exact to the request", () => {
         partialRequests: 0,
       },
       {
-        day: today(),
+        day: today(live),
         key: org.developer.user.id,
         label: org.developer.user.email,
         requests: 1,
@@ -435,11 +438,11 @@ describe("GET /v1/usage is exact to the request", () => {
     const byModel = await read(live, "groupBy=model", org.owner.headers);
     expect(byModel.groups.map((g) => [g.key, g.requests, g.totalTokens])).toEqual([["llama-2-7b-chat", 3, 25]]);
     const csv = await (
-      await live.request(`/v1/usage?groupBy=model&format=csv&from=${today()}&to=${today()}`, {
+      await live.request(`/v1/usage?groupBy=model&format=csv&from=${today(live)}&to=${today(live)}`, {
         headers: org.owner.headers,
       })
     ).text();
-    expect(csv.split("\r\n")[1]).toBe(`${today()},llama-2-7b-chat,llama-2-7b-chat,3,6,19,25`);
+    expect(csv.split("\r\n")[1]).toBe(`${today(live)},llama-2-7b-chat,llama-2-7b-chat,3,6,19,25`);
   });
 
   it("security: never shows another organization's open hours", async () => {
