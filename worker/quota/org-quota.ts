@@ -250,6 +250,8 @@ export class OrgQuota extends DurableObject<Env> {
   private latest = 0;
   /** Settled usage: folded into hours, written to D1, billed and archived (`usage-book.ts`). */
   private readonly book: UsageBook;
+  /** The usage book's latest work: alarms and syncs take turns (`inTurn`). */
+  private usageTurn: Promise<unknown> = Promise.resolve();
   /**
    * Ids settled lately, so that a repeated settlement is not counted twice: the newest ids and,
    * when those reach half of `SETTLED_REMEMBERED`, the generation before them. (Dropping the
@@ -642,16 +644,30 @@ export class OrgQuota extends DurableObject<Env> {
   override async alarm(): Promise<void> {
     this.alarmAt = undefined;
     const nextAbandoned = this.checkpoints.size ? this.settleAbandoned(Date.now()) : undefined;
-    const now = this.clock();
-    const more = await this.book.fold(now);
-    const synced = await this.book.sync(now);
-    const archived = synced && (await this.book.archive());
-    await this.book.prune(now);
-    let next = this.book.nextWake(now, !synced || !archived);
-    if (more) next = now;
-    const wallNext = next === undefined ? undefined : Date.now() + Math.max(0, next - this.clock());
-    const at = Math.min(wallNext ?? Number.POSITIVE_INFINITY, nextAbandoned ?? Number.POSITIVE_INFINITY);
-    if (at !== Number.POSITIVE_INFINITY) this.wake(at);
+    await this.inTurn(async () => {
+      const now = this.clock();
+      const more = await this.book.fold(now);
+      const synced = await this.book.sync(now);
+      const archived = synced && (await this.book.archive());
+      await this.book.prune(now);
+      let next = this.book.nextWake(now, !synced || !archived);
+      if (more) next = now;
+      const wallNext = next === undefined ? undefined : Date.now() + Math.max(0, next - this.clock());
+      const at = Math.min(wallNext ?? Number.POSITIVE_INFINITY, nextAbandoned ?? Number.POSITIVE_INFINITY);
+      if (at !== Number.POSITIVE_INFINITY) this.wake(at);
+    });
+  }
+
+  /**
+   * Runs `work` on the usage book once the work before it is done. The book's steps await D1 and
+   * R2, and an object takes other calls meanwhile: an alarm and a `syncUsage` that interleaved
+   * would fold rows into a part whose close is already on its way to D1, and that part's billing
+   * interval would be written without them.
+   */
+  private inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const turn = this.usageTurn.then(work);
+    this.usageTurn = turn.catch(() => undefined);
+    return turn;
   }
 
   /**
@@ -661,13 +677,15 @@ export class OrgQuota extends DurableObject<Env> {
    */
   async syncUsage(now?: number): Promise<boolean> {
     if (now !== undefined) this.saw(now);
-    const at = this.clock();
-    while (await this.book.fold(at)) {}
-    const synced = await this.book.sync(at, true);
-    const archived = synced && (await this.book.archive());
-    const next = this.book.nextWake(at, !archived);
-    if (next !== undefined) this.wake(Date.now() + Math.max(0, next - this.clock()));
-    return synced && archived;
+    return this.inTurn(async () => {
+      const at = this.clock();
+      while (await this.book.fold(at)) {}
+      const synced = await this.book.sync(at, true);
+      const archived = synced && (await this.book.archive());
+      const next = this.book.nextWake(at, !archived);
+      if (next !== undefined) this.wake(Date.now() + Math.max(0, next - this.clock()));
+      return synced && archived;
+    });
   }
 
   /** The organization's open hours whose totals D1 does not have yet, for its own usage views. */

@@ -1,0 +1,456 @@
+/**
+ * Usage survives faults: a quota object that dies between any two steps of its usage book, an
+ * alarm and an operator's sync at the same moment, D1 and R2 refusing for a while, Stripe failing
+ * for a while and the usage queue delivering messages twice. After each run the raw rows (archived
+ * and still held), `usage_hours`, `billing_intervals` and the meter events Stripe accepted agree
+ * to the token, and no row is lost or counted twice.
+ */
+import {
+  createExecutionContext,
+  createMessageBatch,
+  evictDurableObject,
+  getQueueResult,
+  runInDurableObject,
+} from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it, vi } from "vitest";
+import { BREAKER_COOL_OFF_MS } from "../worker/billing/breaker";
+import { consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
+import { reconcileBilling, STUCK_AFTER_MS } from "../worker/billing/reconcile";
+import { type LedgerRow, ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
+import { fixedClock } from "../worker/platform/clock";
+import type { OrgQuota } from "../worker/quota/org-quota";
+import { quotaStub } from "../worker/quota/org-quota";
+import { createServices, type Services } from "../worker/services";
+import { hourOf, hourStart } from "../worker/usage/hours";
+import {
+  archiveObjects,
+  type BookInside,
+  bindBook,
+  byId,
+  hourSums,
+  intervals,
+  into,
+  LIMITS,
+  newOrganization,
+  refusing,
+  row,
+  runAlarm,
+  sumsOf,
+  usageHourRows,
+} from "./helpers/usage-parts";
+
+const PAST = "2026-06-15T12";
+
+/** The usage book's steps, called one at a time to stop the object between any two of them. */
+interface BookSteps {
+  ctx: DurableObjectState;
+  env: Env;
+  fold(now: number): Promise<boolean>;
+  sync(now: number, force?: boolean): Promise<boolean>;
+  archive(): Promise<boolean>;
+}
+
+function bookOf(instance: OrgQuota): BookSteps {
+  return (instance as unknown as BookInside & { book: BookSteps }).book;
+}
+
+/** The object's state with a storage whose `method` fails, as when the object dies in that write. */
+function storageRefusing(ctx: DurableObjectState, method: "put" | "delete"): DurableObjectState {
+  const storage = refusing(ctx.storage, method);
+  return new Proxy(ctx, {
+    get(target, name) {
+      if (name === "storage") return storage;
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/**
+ * Leases and commits `rows` inside the object itself, then takes its alarm away so that only the
+ * test moves its usage on (the object is dropped before anything else would need the alarm).
+ */
+async function commitHeld(instance: OrgQuota, state: DurableObjectState, rows: readonly LedgerRow[], now: number) {
+  const lease = `lease-${crypto.randomUUID()}`;
+  const tokens = rows.reduce((n, r) => n + r.totalTokens, 0);
+  await instance.lease(lease, { requests: rows.length, tokens: Math.max(1, tokens), need: 1 }, LIMITS, now);
+  await instance.commit(
+    {
+      settlements: rows.map((r) => ({ id: r.id, lease, reserved: r.totalTokens, actual: r.totalTokens })),
+      rows: ledgerBatch(rows.map(ledgerEntry)),
+    },
+    LIMITS,
+    now,
+  );
+  await state.storage.deleteAlarm();
+}
+
+/** Drops the object's instance: what it kept only in memory is gone, its storage stays. */
+async function restart(org: string): Promise<void> {
+  await evictDurableObject(quotaStub(env, org));
+}
+
+/** Moves everything on now: the alarm, then an operator's sync, as `flushUsage` does. */
+async function settle(org: string): Promise<void> {
+  await runAlarm(org);
+  expect(await quotaStub(env, org).syncUsage()).toBe(true);
+}
+
+async function archivedRows(org: string): Promise<LedgerRow[]> {
+  return (await archiveObjects(org))
+    .filter((o) => o.key.includes("/inference-"))
+    .flatMap((o) => o.lines.map((line) => JSON.parse(line) as LedgerRow));
+}
+
+/**
+ * Every figure of the organization agrees with the rows it committed: each row is in the archive
+ * or held by the object, once; `usage_hours` sums them per hour, model, grant and token; each
+ * billing interval equals its part's totals; and, with `billed`, Stripe accepted each interval's
+ * events once with the same tokens.
+ */
+async function expectAgreement(org: string, committed: readonly LedgerRow[], billed?: Standin) {
+  const archived = await archivedRows(org);
+  expect(new Set(archived.map((r) => r.id)).size, "no row archived twice").toBe(archived.length);
+  const rows = new Map(archived.map((r) => [r.id, r]));
+  for (const line of await quotaStub(env, org).rawUsage()) {
+    const r = JSON.parse(line) as LedgerRow;
+    rows.set(r.id, r);
+  }
+  expect(byId([...rows.values()])).toEqual(byId(committed));
+  expect(await hourSums(org)).toEqual(sumsOf(committed));
+
+  const hours = await usageHourRows(org);
+  const all = await intervals(org);
+  const partsWithTokens = new Set(
+    hours.filter((h) => h.prompt_tokens + h.completion_tokens > 0).map((h) => `${org}:${h.hour}:${h.part}`),
+  );
+  expect(new Set(all.map((i) => i.id))).toEqual(partsWithTokens);
+  for (const interval of all) {
+    const ofPart = hours.filter((h) => `${org}:${h.hour}:${h.part}` === interval.id);
+    expect(interval, interval.id).toMatchObject({
+      requests: ofPart.reduce((n, h) => n + h.requests, 0),
+      prompt_tokens: ofPart.reduce((n, h) => n + h.prompt_tokens, 0),
+      completion_tokens: ofPart.reduce((n, h) => n + h.completion_tokens, 0),
+    });
+  }
+  if (!billed) return;
+  expect(all.map((i) => i.state)).toEqual(all.map(() => "sent"));
+  const state = await billed.state();
+  const expected = all.flatMap((i) => [
+    ...(i.prompt_tokens > 0 ? [{ identifier: `${i.id}:prompt`, value: i.prompt_tokens }] : []),
+    ...(i.completion_tokens > 0 ? [{ identifier: `${i.id}:completion`, value: i.completion_tokens }] : []),
+  ]);
+  const accepted = state.meterEvents.map((e) => ({ identifier: e.identifier, value: e.value }));
+  const byIdentifier = (a: { identifier: string }, b: { identifier: string }) =>
+    a.identifier.localeCompare(b.identifier);
+  expect(accepted.sort(byIdentifier)).toEqual(expected.sort(byIdentifier));
+  const customer = state.customers[0]?.id as string;
+  expect(state.customers).toHaveLength(1);
+  expect(state.totals[customer]).toEqual({
+    modelgate_prompt_tokens: committed.reduce((n, r) => n + r.promptTokens, 0),
+    modelgate_completion_tokens: committed.reduce((n, r) => n + r.completionTokens, 0),
+  });
+}
+
+describe("usage faults: a quota object restarted mid-batch", () => {
+  it("restarted between fold and sync, with batches still unfolded: finishes by itself, every row once", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    // More commits than one fold takes, so the object dies with some folded and some not.
+    const commits = Array.from({ length: 205 }, (_, i) => [row(org, into(PAST, i / 5), 3, i % 7)]);
+    const more = await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      const now = Date.now();
+      for (const rows of commits) await commitHeld(instance, state, rows, Date.parse(rows[0]?.createdAt ?? ""));
+      return bookOf(instance).fold(now);
+    });
+    expect(more).toBe(true);
+    expect(await usageHourRows(org)).toEqual([]);
+    await restart(org);
+
+    // The restarted object wakes for what it holds, without anyone calling it but this read.
+    await stub.ping();
+    const committed = commits.flat();
+    await vi.waitFor(async () => expect(await archivedRows(org)).toHaveLength(committed.length), {
+      timeout: 10_000,
+      interval: 50,
+    });
+    await settle(org);
+    await expectAgreement(org, committed);
+  });
+
+  it("restarted after D1 took a closing part but before the object noted it: closed again the same, its interval as billed", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const rows = Array.from({ length: 6 }, (_, i) => row(org, into(PAST, 5 + i), 4, 3 * i));
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      await commitHeld(instance, state, rows, hourStart(PAST));
+      const book = bookOf(instance);
+      const now = Date.now();
+      await book.fold(now);
+      const ctx = book.ctx;
+      book.ctx = storageRefusing(ctx, "put");
+      await expect(book.sync(now)).rejects.toThrow(/put/);
+      book.ctx = ctx;
+    });
+    const [interval] = await intervals(org);
+    expect(interval).toMatchObject({ requests: 6, state: "pending" });
+    // The queue's consumer billed it meanwhile.
+    await env.DB.prepare("update billing_intervals set state = 'sent', billed_at = created_at where id = ?")
+      .bind(interval?.id)
+      .run();
+    const billed = await intervals(org);
+    const totals = (await usageHourRows(org)).map(({ updated_at: _, ...h }) => h);
+    await restart(org);
+
+    await settle(org);
+    expect(await intervals(org)).toEqual(billed);
+    expect((await usageHourRows(org)).map(({ updated_at: _, ...h }) => h)).toEqual(totals);
+    expect(await archiveObjects(org)).toHaveLength(1);
+    await expectAgreement(org, rows);
+  });
+
+  it("restarted between sync and archive: archives the closed part after the restart, once", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const rows = Array.from({ length: 4 }, (_, i) => row(org, into(PAST, 20 + i), 9, i));
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      await commitHeld(instance, state, rows, hourStart(PAST));
+      const book = bookOf(instance);
+      const now = Date.now();
+      await book.fold(now);
+      expect(await book.sync(now)).toBe(true);
+    });
+    expect(await intervals(org)).toHaveLength(1);
+    expect(await archiveObjects(org)).toEqual([]);
+    await restart(org);
+
+    await stub.ping();
+    await vi.waitFor(async () => expect(await archivedRows(org)).toHaveLength(4), { timeout: 10_000, interval: 50 });
+    await settle(org);
+    expect(await intervals(org)).toHaveLength(1);
+    await expectAgreement(org, rows);
+  });
+
+  it("restarted after R2 took a part but before the object forgot it: archived again under the same key, each row once", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const rows = Array.from({ length: 5 }, (_, i) => row(org, into(PAST, 30 + i), 2, 2 + i));
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      await commitHeld(instance, state, rows, hourStart(PAST));
+      const book = bookOf(instance);
+      const now = Date.now();
+      await book.fold(now);
+      await book.sync(now);
+      const ctx = book.ctx;
+      book.ctx = storageRefusing(ctx, "delete");
+      await expect(book.archive()).rejects.toThrow(/delete/);
+      book.ctx = ctx;
+    });
+    const [first] = await archiveObjects(org);
+    expect(first?.lines).toHaveLength(5);
+    await restart(org);
+
+    await settle(org);
+    const objects = await archiveObjects(org);
+    expect(objects.map((o) => o.key)).toEqual([first?.key]);
+    expect(objects[0]?.lines).toHaveLength(5);
+    await expectAgreement(org, rows);
+  });
+});
+
+describe("usage faults: work that overlaps", () => {
+  it("an alarm and syncUsage at once while D1 is slow: rows folded meanwhile are in the totals and billed, once", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const first = Array.from({ length: 3 }, (_, i) => row(org, into(PAST, 1 + i), 5, 5));
+    const late = Array.from({ length: 2 }, (_, i) => row(org, into(PAST, 50 + i), 7, 11));
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      const book = bookOf(instance);
+      await commitHeld(instance, state, first, hourStart(PAST));
+      let release = () => {};
+      const slow = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let reached = () => {};
+      const atD1 = new Promise<void>((resolve) => {
+        reached = resolve;
+      });
+      const real = book.env;
+      book.env = {
+        ...real,
+        DB: new Proxy(real.DB, {
+          get(target, name) {
+            if (name === "batch")
+              return async (statements: D1PreparedStatement[]) => {
+                reached();
+                await slow;
+                return target.batch(statements);
+              };
+            const value = Reflect.get(target, name);
+            return typeof value === "function" ? value.bind(target) : value;
+          },
+        }),
+      };
+      const alarm = instance.alarm();
+      await atD1;
+      // While the alarm's close waits on D1: more rows of the same hour, and an operator's sync.
+      await commitHeld(instance, state, late, hourStart(PAST));
+      const sync = instance.syncUsage();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      release();
+      await Promise.all([alarm, sync]);
+      book.env = real;
+    });
+    await settle(org);
+    await expectAgreement(org, [...first, ...late]);
+  });
+});
+
+/** The Stripe stand-in's account of one test. */
+interface Standin {
+  state(): Promise<{
+    customers: { id: string }[];
+    meterEvents: { identifier: string; value: number }[];
+    totals: Record<string, Record<string, number>>;
+  }>;
+  fail(status?: number, count?: number): Promise<void>;
+}
+
+function standin(apiKey: string): Standin {
+  const call = async (path: string, body?: unknown) => {
+    const res = await fetch(`${env.TEST_STRIPE_URL}${path}`, {
+      method: body === undefined ? "GET" : "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return res.json();
+  };
+  return {
+    state: () => call("/_standin/state") as ReturnType<Standin["state"]>,
+    fail: async (status, count) => {
+      await call("/_standin/fail", status === undefined ? {} : { status, count });
+    },
+  };
+}
+
+/** A queue that keeps what is sent to it, for handing to the consumer as the usage queue would. */
+function recordingQueue(sent: UsageMessage[]): Queue<UsageMessage> {
+  return {
+    send: async (body: UsageMessage) => {
+      sent.push(body);
+    },
+    sendBatch: async (messages: Iterable<MessageSendRequest<UsageMessage>>) => {
+      for (const m of messages) sent.push(m.body);
+    },
+  } as unknown as Queue<UsageMessage>;
+}
+
+/** Delivers interval ids to the usage consumer; returns the ids it asked to have again. */
+async function deliver(services: Services, ids: readonly string[], attempts: number): Promise<string[]> {
+  const batch = createMessageBatch<UsageMessage>(
+    "modelgate-usage",
+    ids.map((intervalId, i) => ({ id: `msg-${i}`, timestamp: new Date(), attempts, body: { intervalId } })),
+  );
+  await consumeUsageBatch(batch, services);
+  const result = await getQueueResult(batch, createExecutionContext());
+  return result.retryMessages.map((m) => ids[Number(m.msgId.slice(4))] as string);
+}
+
+describe("usage faults: billing through restarts, retries and a failing Stripe", () => {
+  it("agrees to the token between raw rows, usage_hours, billing_intervals and Stripe's accepted meter events", {
+    timeout: 60_000,
+  }, async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const apiKey = `sk_test_${crypto.randomUUID().replaceAll("-", "")}`;
+    const billing: Partial<Env> = { STRIPE_SECRET_KEY: apiKey, STRIPE_API_BASE: env.TEST_STRIPE_URL };
+    const stripe = standin(apiKey);
+    const now = Date.now();
+    await env.DB.prepare(
+      "insert into organizations (id, name, normalized_name, website, country, created_at) values (?1, ?1, ?1, null, 'DE', ?2)",
+    )
+      .bind(org, new Date(now).toISOString())
+      .run();
+    // Two hours that are over by the real clock, recent enough for Stripe.
+    const h1 = hourOf(now - 3 * 3_600_000);
+    const h2 = hourOf(now - 2 * 3_600_000);
+    const sent: UsageMessage[] = [];
+    const queue = recordingQueue(sent);
+    const committed: LedgerRow[] = [];
+    const commit = async (rows: LedgerRow[]) => {
+      committed.push(...rows);
+      const lease = `lease-${crypto.randomUUID()}`;
+      await stub.lease(lease, { requests: rows.length, tokens: 1_000_000, need: 1 }, LIMITS, now);
+      await stub.commit(
+        {
+          settlements: rows.map((r) => ({ id: r.id, lease, reserved: 1, actual: r.totalTokens })),
+          rows: ledgerBatch(rows.map(ledgerEntry)),
+        },
+        LIMITS,
+        now,
+      );
+    };
+
+    // Both hours close and are queued by the object.
+    await bindBook(org, { ...billing, USAGE_QUEUE: queue });
+    await commit([
+      ...Array.from({ length: 5 }, (_, i) => row(org, into(h1, 3 + i), 10 + i, 20 * i)),
+      ...Array.from({ length: 3 }, (_, i) => row(org, into(h2, 7 + i), 6, 1 + i)),
+    ]);
+    await settle(org);
+    expect(sent).toHaveLength(2);
+
+    // Late rows of the first hour while D1 refuses: kept, then a second part once D1 is back.
+    const logged = await bindBook(org, { ...billing, USAGE_QUEUE: queue, DB: refusing(env.DB, "batch") });
+    await commit(Array.from({ length: 2 }, (_, i) => row(org, into(h1, 50 + i), 3, 30)));
+    expect(await stub.syncUsage()).toBe(false);
+    expect(logged).toContain("usage totals not written to D1; kept and retried");
+    await bindBook(org, { ...billing, USAGE_QUEUE: queue });
+    await settle(org);
+    expect(sent).toHaveLength(3);
+
+    // Late rows of the second hour; the object dies after D1 closed their part and before it noted
+    // that or queued the interval. It comes back without billing bindings: the reconciler sends it.
+    const late = Array.from({ length: 2 }, (_, i) => row(org, into(h2, 40 + i), 8, 8));
+    committed.push(...late);
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      await commitHeld(instance, state, late, now);
+      const book = bookOf(instance);
+      await book.fold(Date.now());
+      const ctx = book.ctx;
+      book.ctx = storageRefusing(ctx, "put");
+      await expect(book.sync(Date.now())).rejects.toThrow(/put/);
+      book.ctx = ctx;
+    });
+    await restart(org);
+    await settle(org);
+    expect(sent).toHaveLength(3);
+    expect(await intervals(org)).toHaveLength(4);
+
+    // Billing, a few minutes on: Stripe fails for a while, and every message comes twice.
+    const clock = fixedClock(new Date(now + STUCK_AFTER_MS + 60_000));
+    const quiet = () => {};
+    const services: Services = {
+      ...createServices({ ...env, ...billing }, { clock }),
+      log: { info: quiet, warn: quiet, error: quiet },
+    };
+    await reconcileBilling(services, queue);
+    expect(sent.length).toBeGreaterThanOrEqual(7);
+    await stripe.fail(503, 12);
+    let pending = sent.map((m) => m.intervalId as string);
+    let rounds = 0;
+    while (pending.length > 0 && rounds < 30) {
+      rounds++;
+      const [a, b] = await Promise.all([deliver(services, pending, rounds), deliver(services, pending, rounds)]);
+      pending = [...new Set([...a, ...b])];
+      clock.advance(BREAKER_COOL_OFF_MS + 1_000);
+    }
+    expect(rounds).toBeGreaterThan(1);
+    expect(pending).toEqual([]);
+    // Delivered once more after everything was sent: nothing changes.
+    expect(await deliver(services, [...new Set(sent.map((m) => m.intervalId as string))], 1)).toEqual([]);
+
+    await expectAgreement(org, committed, stripe);
+  });
+});
