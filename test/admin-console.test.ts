@@ -5,7 +5,7 @@ import { beforeEach, describe, expect, it } from "vitest";
 import { billLedgerRows } from "../worker/billing/meter";
 import type { UsageMessage } from "../worker/billing/queue";
 import { stripeClient } from "../worker/billing/stripe";
-import { billingAccounts, downloadEvents, type Grant, usageLedger } from "../worker/db/schema";
+import { billingAccounts, downloadHours, type Grant, usageHours, usageLedger } from "../worker/db/schema";
 import worker from "../worker/index";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken } from "./helpers/access";
@@ -213,7 +213,48 @@ describe("reviewer console pages", () => {
     expect(audit.html).toContain("Chain verified.");
   });
 
-  it("charts downloads per day from download events, and says so when there are none", async () => {
+  /** D1's totals of downloads of one part of an hour, as a quota object writes them. */
+  function downloadPart(grant: Grant, hour: string, part: string, counts: Partial<typeof downloadHours.$inferInsert>) {
+    return {
+      organizationId: grant.organizationId,
+      hour,
+      grantId: grant.id,
+      tokenId: "tok_x",
+      model: "llama-2-7b",
+      part,
+      requests: 1,
+      completeRequests: 1,
+      errorRequests: 0,
+      bytesServed: 1024 * 1024,
+      lastAt: `${hour}:00:00.000Z`,
+      updatedAt: `${hour}:00:00.000Z`,
+      ...counts,
+    };
+  }
+
+  /** D1's totals of inference of one part of an hour. */
+  function usagePart(grant: Grant, hour: string, part: string, counts: Partial<typeof usageHours.$inferInsert>) {
+    return {
+      organizationId: grant.organizationId,
+      hour,
+      model: "llama-2-7b-chat",
+      grantId: grant.id,
+      tokenId: "tok_x",
+      part,
+      requests: 1,
+      promptTokens: 2,
+      completionTokens: 8,
+      totalTokens: 10,
+      errorRequests: 0,
+      partialRequests: 0,
+      latencyMsSum: 5,
+      lastAt: `${hour}:00:00.000Z`,
+      updatedAt: `${hour}:00:00.000Z`,
+      ...counts,
+    };
+  }
+
+  it("charts downloads and tokens per day from the hourly totals, and says so when there are none", async () => {
     const token = await adminToken({ role: "reviewer" });
     const empty = await page("/admin/usage", token);
     expect(empty.status).toBe(200);
@@ -221,27 +262,75 @@ describe("reviewer console pages", () => {
     expect(empty.html).toContain("nothing in this period");
 
     const { grant } = await seedGrant(gateway.services, license, { organizationName: "Downloader AG" });
-    const at = gateway.clock.now().toISOString();
-    await gateway.services.db.insert(downloadEvents).values(
-      [1, 2].map((n) => ({
-        id: `dl_${n}`,
-        jti: `jti_${n}`,
-        grantId: grant.id,
-        tokenId: "tok_x",
-        model: "llama-2-7b",
-        revisionId: "rev_1",
-        path: `model-0000${n}-of-00002.safetensors`,
-        status: 200,
-        bytesServed: 1024 * 1024,
-        complete: true,
-        at,
-      })),
-    );
+    const hour = gateway.clock.now().toISOString().slice(0, 13);
+    // Two parts of one hour: the day counts both.
+    await gateway.services.db
+      .insert(downloadHours)
+      .values([downloadPart(grant, hour, "0000000a1", {}), downloadPart(grant, hour, "0000000b2", {})]);
+    await gateway.services.db
+      .insert(usageHours)
+      .values([
+        usagePart(grant, hour, "0000000a1", { totalTokens: 1200 }),
+        usagePart(grant, hour, "0000000b2", { totalTokens: 34 }),
+      ]);
     const usage = await page("/admin/usage", token);
     expect(usage.html).toContain("<svg");
-    expect(usage.html).toContain(`<title>${at.slice(0, 10)}: 2</title>`);
+    expect(usage.html).toContain(`<title>${hour.slice(0, 10)}: 2</title>`);
+    expect(usage.html).toContain(`<title>${hour.slice(0, 10)}: 1,234</title>`);
     expect(usage.html).toContain("Downloader AG");
     expect(usage.html).toContain("2.0 MiB");
+  });
+
+  it("shows a grant's downloads per hour, token and model and its inference per token, from the hourly totals", async () => {
+    const { grant } = await seedGrant(gateway.services, license, { organizationName: "Hourly GmbH" });
+    await gateway.services.db.insert(downloadHours).values([
+      downloadPart(grant, "2026-03-02T09", "0000000a1", {
+        requests: 2,
+        completeRequests: 1,
+        bytesServed: 1024 * 1024,
+        lastAt: "2026-03-02T09:10:00.000Z",
+      }),
+      downloadPart(grant, "2026-03-02T09", "0000000b2", {
+        requests: 1,
+        completeRequests: 0,
+        errorRequests: 1,
+        bytesServed: 0,
+        lastAt: "2026-03-02T09:40:00.000Z",
+      }),
+      downloadPart(grant, "2026-03-02T10", "0000000c3", {
+        model: "llama-2-13b",
+        bytesServed: 2 * 1024 * 1024,
+        lastAt: "2026-03-02T10:05:00.000Z",
+      }),
+    ]);
+    await gateway.services.db.insert(usageHours).values([
+      usagePart(grant, "2026-03-02T09", "0000000a1", {
+        requests: 1,
+        totalTokens: 10,
+        lastAt: "2026-03-02T09:20:00.000Z",
+      }),
+      usagePart(grant, "2026-03-02T09", "0000000b2", {
+        requests: 2,
+        totalTokens: 20,
+        lastAt: "2026-03-02T09:50:00.000Z",
+      }),
+    ]);
+    const reviewer = await adminToken({ role: "reviewer" });
+    const { html } = await page(`/admin/grants/${grant.id}`, reviewer);
+    const section = (id: string) =>
+      html.slice(html.indexOf(`id="${id}"`), html.indexOf("</section>", html.indexOf(`id="${id}"`)));
+    const cells = (row: string) => [...row.matchAll(/<td[^>]*>(.*?)<\/td>/g)].map((m) => m[1]);
+    const rows = (id: string) => section(id).split("<tr>").slice(2).map(cells);
+    // Newest hour first; the parts of an hour summed.
+    expect(rows("downloads-heading")).toEqual([
+      ["2026-03-02 10:00", "llama-2-13b", "tok_x", "1", "1", "0", "2.0 MiB", "2026-03-02 10:05 UTC"],
+      ["2026-03-02 09:00", "llama-2-7b", "tok_x", "3", "1", "1", "1.0 MiB", "2026-03-02 09:40 UTC"],
+    ]);
+    expect(rows("usage-heading")).toEqual([["tok_x", "llama-2-7b-chat", "3", "30", "2026-03-02 09:50 UTC"]]);
+    const list = await page("/admin/grants", reviewer);
+    const listed = list.html.split("<tr>").find((row) => row.includes("Hourly GmbH")) ?? "";
+    expect(listed).toMatch(/data-label="Downloads" class="num">4</);
+    expect(listed).toContain("3.0 MiB");
   });
 });
 

@@ -310,15 +310,17 @@ export function GrantPage(props: {
         <h2 id="downloads-heading">Downloads</h2>
         <DataTable
           rows={props.downloads}
-          caption={`The ${props.downloads.length} most recent requests`}
+          caption="Per hour (UTC), token and model, the latest hours first"
           empty={<p class="empty">Nothing downloaded yet.</p>}
           columns={[
-            { label: "When", cell: (d) => formatTime(d.at) },
+            { label: "Hour", cell: (d) => `${d.hour.replace("T", " ")}:00` },
             { label: "Model", cell: (d) => d.model },
-            { label: "File", cell: (d) => <code>{d.path}</code> },
             { label: "Token", cell: (d) => d.tokenName ?? d.tokenId },
+            { label: "Requests", numeric: true, cell: (d) => formatCount(d.requests) },
+            { label: "Complete", numeric: true, cell: (d) => formatCount(d.completeRequests) },
+            { label: "Errors", numeric: true, cell: (d) => formatCount(d.errorRequests) },
             { label: "Bytes", numeric: true, cell: (d) => formatBytes(d.bytesServed) },
-            { label: "Result", cell: (d) => `${d.status} ${d.complete ? "complete" : "cut short"}` },
+            { label: "Last", cell: (d) => formatTime(d.lastAt) },
           ]}
         />
       </section>

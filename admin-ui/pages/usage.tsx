@@ -157,7 +157,7 @@ export function UsagePage(props: {
       <UsageSection
         id="tokens"
         heading="Inference tokens per day"
-        note="From the usage ledger: prompt plus completion tokens of every metered call, by the day it started."
+        note="From the hourly usage totals: prompt plus completion tokens of every metered call, by the hour it was recorded. Hours still open reach these totals within the sync interval."
         days={props.days}
         rows={props.tokenRows}
         charts={[

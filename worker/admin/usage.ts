@@ -1,11 +1,13 @@
 /**
- * What licensees did with their access, as reviewers see it: downloads per day (from
- * `download_events`) and inference tokens per day (from `usage_ledger`), per organization, model,
- * grant and token.
+ * What licensees did with their access, as reviewers see it: downloads and inference per UTC day,
+ * organization, model, grant and token, from the hourly totals in D1 (`download_hours`,
+ * `usage_hours`, every part of an hour summed). A request counts in the hour it was recorded (when
+ * it ended). The totals of hours still open reach D1 at most `USAGE_SYNC_SECONDS` after their
+ * requests, so these figures may lag that much; the organizations' own views add the open hours.
  */
 import { and, desc, eq, gte, inArray, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../db/client";
-import { accessTokens, downloadEvents, grants, organizations, usageLedger } from "../db/schema";
+import { accessTokens, downloadHours, grants, organizations, usageHours } from "../db/schema";
 
 /** One day of downloads for one organization and model. */
 export interface DownloadDay {
@@ -30,32 +32,36 @@ export interface UsageFilter {
 
 /** Downloads per UTC day, organization and model, oldest day first. */
 export async function downloadsPerDay(db: Database, filter: UsageFilter): Promise<DownloadDay[]> {
-  const day = sql<string>`substr(${downloadEvents.at}, 1, 10)`;
-  const conditions: SQL[] = [gte(downloadEvents.at, filter.since)];
-  if (filter.organizationId) conditions.push(eq(grants.organizationId, filter.organizationId));
-  if (filter.model) conditions.push(eq(downloadEvents.model, filter.model));
+  const day = sql<string>`substr(${downloadHours.hour}, 1, 10)`;
+  const conditions: SQL[] = [gte(downloadHours.hour, sinceHour(filter.since))];
+  if (filter.organizationId) conditions.push(eq(downloadHours.organizationId, filter.organizationId));
+  if (filter.model) conditions.push(eq(downloadHours.model, filter.model));
   const rows = await db
     .select({
       day,
-      organizationId: grants.organizationId,
+      organizationId: downloadHours.organizationId,
       organization: organizations.name,
-      model: downloadEvents.model,
-      requests: sql<number>`count(*)`,
-      completed: sql<number>`sum(case when ${downloadEvents.complete} then 1 else 0 end)`,
-      bytes: sql<number>`coalesce(sum(${downloadEvents.bytesServed}), 0)`,
+      model: downloadHours.model,
+      requests: sql<number>`coalesce(sum(${downloadHours.requests}), 0)`,
+      completed: sql<number>`coalesce(sum(${downloadHours.completeRequests}), 0)`,
+      bytes: sql<number>`coalesce(sum(${downloadHours.bytesServed}), 0)`,
     })
-    .from(downloadEvents)
-    .innerJoin(grants, eq(grants.id, downloadEvents.grantId))
-    .innerJoin(organizations, eq(organizations.id, grants.organizationId))
+    .from(downloadHours)
+    .innerJoin(organizations, eq(organizations.id, downloadHours.organizationId))
     .where(and(...conditions))
-    .groupBy(day, grants.organizationId, organizations.name, downloadEvents.model)
-    .orderBy(day, organizations.name, downloadEvents.model);
+    .groupBy(day, downloadHours.organizationId, organizations.name, downloadHours.model)
+    .orderBy(day, organizations.name, downloadHours.model);
   return rows.map((row) => ({
     ...row,
     requests: Number(row.requests),
     completed: Number(row.completed),
     bytes: Number(row.bytes),
   }));
+}
+
+/** The first hour (`YYYY-MM-DDTHH`) of a day (`YYYY-MM-DD`), or of the day an ISO time falls in. */
+function sinceHour(since: string): string {
+  return `${since.slice(0, 10)}T00`;
 }
 
 /** Totals of downloads per grant, for listing many grants at once (at most 50 ids). */
@@ -67,40 +73,57 @@ export async function downloadTotalsByGrant(
   if (grantIds.length === 0) return totals;
   const rows = await db
     .select({
-      grantId: downloadEvents.grantId,
-      requests: sql<number>`count(*)`,
-      bytes: sql<number>`coalesce(sum(${downloadEvents.bytesServed}), 0)`,
-      lastAt: sql<string | null>`max(${downloadEvents.at})`,
+      grantId: downloadHours.grantId,
+      requests: sql<number>`coalesce(sum(${downloadHours.requests}), 0)`,
+      bytes: sql<number>`coalesce(sum(${downloadHours.bytesServed}), 0)`,
+      lastAt: sql<string | null>`max(${downloadHours.lastAt})`,
     })
-    .from(downloadEvents)
-    .where(inArray(downloadEvents.grantId, grantIds))
-    .groupBy(downloadEvents.grantId);
+    .from(downloadHours)
+    .where(inArray(downloadHours.grantId, grantIds))
+    .groupBy(downloadHours.grantId);
   for (const row of rows) {
     totals.set(row.grantId, { requests: Number(row.requests), bytes: Number(row.bytes), lastAt: row.lastAt });
   }
   return totals;
 }
 
-/** The most recent downloads of a grant, newest first, with the token's name. */
+/**
+ * A grant's downloads per hour, token and model, newest hour first, at most `limit` rows: answers,
+ * those read to the end, errors (status 400 or above), bytes served and the latest answer, with
+ * the token's name. The totals keep no single request; its file, status and range are in the
+ * organization's raw rows (its quota object for `USAGE_RAW_RETENTION_HOURS`, then the usage archive).
+ */
 export async function recentGrantDownloads(db: Database, grantId: string, limit = 50) {
-  return db
+  const rows = await db
     .select({
-      id: downloadEvents.id,
-      at: downloadEvents.at,
-      model: downloadEvents.model,
-      revisionId: downloadEvents.revisionId,
-      path: downloadEvents.path,
-      status: downloadEvents.status,
-      bytesServed: downloadEvents.bytesServed,
-      complete: downloadEvents.complete,
-      tokenId: downloadEvents.tokenId,
+      hour: downloadHours.hour,
+      tokenId: downloadHours.tokenId,
       tokenName: accessTokens.name,
+      model: downloadHours.model,
+      requests: sql<number>`sum(${downloadHours.requests})`,
+      completeRequests: sql<number>`sum(${downloadHours.completeRequests})`,
+      errorRequests: sql<number>`sum(${downloadHours.errorRequests})`,
+      bytesServed: sql<number>`sum(${downloadHours.bytesServed})`,
+      lastAt: sql<string>`max(${downloadHours.lastAt})`,
     })
-    .from(downloadEvents)
-    .leftJoin(accessTokens, eq(accessTokens.id, downloadEvents.tokenId))
-    .where(eq(downloadEvents.grantId, grantId))
-    .orderBy(desc(downloadEvents.at), desc(downloadEvents.id))
+    .from(downloadHours)
+    .leftJoin(accessTokens, eq(accessTokens.id, downloadHours.tokenId))
+    .where(eq(downloadHours.grantId, grantId))
+    .groupBy(downloadHours.hour, downloadHours.tokenId, accessTokens.name, downloadHours.model)
+    .orderBy(
+      desc(downloadHours.hour),
+      desc(sql`max(${downloadHours.lastAt})`),
+      downloadHours.tokenId,
+      downloadHours.model,
+    )
     .limit(limit);
+  return rows.map((row) => ({
+    ...row,
+    requests: Number(row.requests),
+    completeRequests: Number(row.completeRequests),
+    errorRequests: Number(row.errorRequests),
+    bytesServed: Number(row.bytesServed),
+  }));
 }
 
 /** The personal access tokens of a grant, newest first (never their secrets). */
@@ -141,28 +164,28 @@ export interface TokenDay {
   totalTokens: number;
 }
 
-/** Inference tokens per UTC day (by the call's start), organization and model, from the usage ledger. */
+/** Inference tokens per UTC day (by the hour the call was recorded), organization and model. */
 export async function tokensPerDay(db: Database, filter: UsageFilter): Promise<TokenDay[]> {
-  const day = sql<string>`substr(${usageLedger.startedAt}, 1, 10)`;
-  const conditions: SQL[] = [gte(usageLedger.startedAt, filter.since)];
-  if (filter.organizationId) conditions.push(eq(usageLedger.organizationId, filter.organizationId));
-  if (filter.model) conditions.push(eq(usageLedger.model, filter.model));
+  const day = sql<string>`substr(${usageHours.hour}, 1, 10)`;
+  const conditions: SQL[] = [gte(usageHours.hour, sinceHour(filter.since))];
+  if (filter.organizationId) conditions.push(eq(usageHours.organizationId, filter.organizationId));
+  if (filter.model) conditions.push(eq(usageHours.model, filter.model));
   const rows = await db
     .select({
       day,
-      organizationId: usageLedger.organizationId,
+      organizationId: usageHours.organizationId,
       organization: organizations.name,
-      model: usageLedger.model,
-      requests: sql<number>`count(*)`,
-      promptTokens: sql<number>`coalesce(sum(${usageLedger.promptTokens}), 0)`,
-      completionTokens: sql<number>`coalesce(sum(${usageLedger.completionTokens}), 0)`,
-      totalTokens: sql<number>`coalesce(sum(${usageLedger.totalTokens}), 0)`,
+      model: usageHours.model,
+      requests: sql<number>`coalesce(sum(${usageHours.requests}), 0)`,
+      promptTokens: sql<number>`coalesce(sum(${usageHours.promptTokens}), 0)`,
+      completionTokens: sql<number>`coalesce(sum(${usageHours.completionTokens}), 0)`,
+      totalTokens: sql<number>`coalesce(sum(${usageHours.totalTokens}), 0)`,
     })
-    .from(usageLedger)
-    .innerJoin(organizations, eq(organizations.id, usageLedger.organizationId))
+    .from(usageHours)
+    .innerJoin(organizations, eq(organizations.id, usageHours.organizationId))
     .where(and(...conditions))
-    .groupBy(day, usageLedger.organizationId, organizations.name, usageLedger.model)
-    .orderBy(day, organizations.name, usageLedger.model);
+    .groupBy(day, usageHours.organizationId, organizations.name, usageHours.model)
+    .orderBy(day, organizations.name, usageHours.model);
   return rows.map((row) => ({
     ...row,
     requests: Number(row.requests),
@@ -172,21 +195,21 @@ export async function tokensPerDay(db: Database, filter: UsageFilter): Promise<T
   }));
 }
 
-/** Inference use of a grant per token and model: calls and tokens, all time. */
+/** Inference use of a grant per token and model, all time: calls, tokens and when the latest was recorded. */
 export async function grantTokenUsage(db: Database, grantId: string) {
   const rows = await db
     .select({
-      tokenId: usageLedger.tokenId,
+      tokenId: usageHours.tokenId,
       tokenName: accessTokens.name,
-      model: usageLedger.model,
-      requests: sql<number>`count(*)`,
-      totalTokens: sql<number>`coalesce(sum(${usageLedger.totalTokens}), 0)`,
-      lastAt: sql<string>`max(${usageLedger.startedAt})`,
+      model: usageHours.model,
+      requests: sql<number>`coalesce(sum(${usageHours.requests}), 0)`,
+      totalTokens: sql<number>`coalesce(sum(${usageHours.totalTokens}), 0)`,
+      lastAt: sql<string>`max(${usageHours.lastAt})`,
     })
-    .from(usageLedger)
-    .leftJoin(accessTokens, eq(accessTokens.id, usageLedger.tokenId))
-    .where(eq(usageLedger.grantId, grantId))
-    .groupBy(usageLedger.tokenId, accessTokens.name, usageLedger.model)
-    .orderBy(accessTokens.name, usageLedger.model);
+    .from(usageHours)
+    .leftJoin(accessTokens, eq(accessTokens.id, usageHours.tokenId))
+    .where(eq(usageHours.grantId, grantId))
+    .groupBy(usageHours.tokenId, accessTokens.name, usageHours.model)
+    .orderBy(accessTokens.name, usageHours.model);
   return rows.map((row) => ({ ...row, requests: Number(row.requests), totalTokens: Number(row.totalTokens) }));
 }
