@@ -916,7 +916,8 @@ describe("models and usage", () => {
       max_tokens: 4,
     });
     await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "a b" }], max_tokens: 1 });
-    // Usage reaches the ledger in the quota object's next batch, within LEDGER_FLUSH_MS.
+    // The quota object folds the calls into their hour (2026-06-15T12, long over by its clock), and
+    // its alarm closes the hour into D1's hourly totals, which the answer reads.
     await flushUsage();
     const res = await gw.request("/v1/usage?from=2026-06-01&to=2026-06-30", {
       headers: { authorization: `Bearer ${(client as unknown as { apiKey: string }).apiKey}` },
