@@ -31,7 +31,7 @@ import {
   verifyAccessToken,
 } from "../worker/auth/access";
 import { accountsInArrears, billingAccountsOf, paymentStanding } from "../worker/billing/accounts";
-import { failedLedgerRows, outboxStates, retryingRows } from "../worker/billing/outbox";
+import { billingFailures, outboxStates, retryingBillables } from "../worker/billing/outbox";
 import { billingStanding } from "../worker/billing/routes";
 import { billingEnabled } from "../worker/config";
 import { type APPLICATION_STATUSES, applications, GRANT_STATUSES, grants, organizations } from "../worker/db/schema";
@@ -251,7 +251,7 @@ consoleApp.get("/grants/:id", async (c) => {
     effectiveLimits(services, organizationId),
   ]);
   const account = accounts.get(organizationId);
-  const billing = await billingStanding(services, organizationId, account ?? null);
+  const billing = await billingStanding(services, organizationId, null, account ?? null);
   return c.html(
     <GrantPage
       admin={reviewer(c)}
@@ -304,8 +304,8 @@ consoleApp.get("/billing", async (c) => {
   const { db, clock, config } = c.get("services");
   const [states, retrying, failures, arrears] = await Promise.all([
     outboxStates(db),
-    retryingRows(db),
-    failedLedgerRows(db, 50),
+    retryingBillables(db),
+    billingFailures(db, 50),
     accountsInArrears(db),
   ]);
   const now = clock.now();

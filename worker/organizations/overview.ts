@@ -116,7 +116,7 @@ export async function organizationOverview(
       .orderBy(desc(grants.createdAt)),
     listMembers(services, id),
     seesInvitations(reader) ? listInvitations(services, id) : Promise.resolve(null),
-    billingStanding(services, id),
+    billingStanding(services, id, null),
   ]);
   const quota = await quotaStanding(services, id, peek, Number(billing.usage.totalTokens));
   const caller =
