@@ -259,6 +259,50 @@ describe("usage faults: a quota object restarted mid-batch", () => {
   });
 });
 
+describe("usage faults: a stream whose isolate comes back after it was given up", () => {
+  it.each([
+    ["before", false],
+    ["after", true],
+  ])(
+    "is one row when its late settlement comes %s the abandoned checkpoints were folded, and rows abandoned with it stay",
+    async (_, folded) => {
+      const org = newOrganization();
+      const stub = quotaStub(env, org);
+      const now = hourStart(PAST);
+      const cut = row(org, into(PAST, 5), 2, 3, { stream: true, partial: true, outcome: "partial" });
+      const other = row(org, into(PAST, 5), 2, 4, { stream: true, partial: true, outcome: "partial" });
+      await stub.lease("lease-streams", { requests: 2, tokens: 100, need: 1 }, LIMITS, now);
+      await stub.commit(
+        {
+          checkpoints: [cut, other].map((r) => ({
+            settlement: { id: r.id, lease: "lease-streams", reserved: 50, actual: r.totalTokens },
+            row: ledgerEntry(r),
+          })),
+        },
+        LIMITS,
+        now,
+      );
+      // Neither checkpoint is renewed for a minute: both are settled and billed as cut streams.
+      await runInDurableObject(stub, (instance: OrgQuota) =>
+        (instance as unknown as { settleAbandoned(now: number): unknown }).settleAbandoned(Date.now() + 61_000),
+      );
+      if (folded) await runAlarm(org);
+      // Then the first stream's isolate reports its end after all.
+      const late = { ...cut, completionTokens: 9, totalTokens: 11, partial: false, outcome: "ok" as const };
+      await stub.commit(
+        {
+          settlements: [{ id: cut.id, lease: "lease-streams", reserved: 50, actual: late.totalTokens }],
+          rows: ledgerBatch([ledgerEntry(late)]),
+        },
+        LIMITS,
+        now,
+      );
+      await settle(org);
+      await expectAgreement(org, [cut, other]);
+    },
+  );
+});
+
 describe("usage faults: work that overlaps", () => {
   it("an alarm and syncUsage at once while D1 is slow: rows folded meanwhile are in the totals and billed, once", async () => {
     const org = newOrganization();

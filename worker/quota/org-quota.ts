@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { TokenLimits } from "../db/schema";
 import { firstLedgerId, ledgerBatch } from "../inference/ledger";
 import type { DownloadRow } from "../usage/hours";
-import { DOWNLOAD_PREFIX, type LiveParts, USAGE_PREFIX, UsageBook } from "./usage-book";
+import { DOWNLOAD_PREFIX, type LiveParts, rowsWithout, USAGE_PREFIX, UsageBook } from "./usage-book";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
 export interface QuotaLimits {
@@ -433,7 +433,9 @@ export class OrgQuota extends DurableObject<Env> {
       else gone.push(RESERVATION_PREFIX + id);
     }
     const hasRows = rows !== undefined && rows !== "[]";
-    if (hasRows) entries[USAGE_PREFIX + (firstLedgerId(rows) ?? crypto.randomUUID())] = rows;
+    // A key of its own per write: two batches starting with the same row (a stream's abandoned
+    // checkpoint, then its late settlement) must not overwrite each other before they are folded.
+    if (hasRows) entries[`${USAGE_PREFIX}${firstLedgerId(rows) ?? ""}:${crypto.randomUUID()}`] = rows;
     for (const id of this.tokensChanged) {
       const t = this.tokens.get(id);
       if (t) entries[TOKEN_PREFIX + id] = t;
@@ -532,15 +534,21 @@ export class OrgQuota extends DurableObject<Env> {
     this.roll(now);
     const changed = new Set<string>();
     if (report.checkpoints) this.keepCheckpoints(report.checkpoints);
-    for (const s of report.settlements ?? []) this.settle(s, changed);
+    const repeated = new Set<string>();
+    for (const s of report.settlements ?? []) if (!this.settle(s, changed)) repeated.add(s.id);
     this.takeBack(report.returns ?? [], changed);
-    this.persist(changed, report.rows);
+    // A repeated settlement's row is not taken again either (a stream billed from its abandoned
+    // checkpoint whose isolate came back after all): each request is one row.
+    this.persist(changed, report.rows && repeated.size ? rowsWithout(report.rows, repeated) : report.rows);
     return { snapshot: this.snapshot(limits, now), announced };
   }
 
-  /** Replaces one request's worst case by the tokens it used, once; its checkpoint, if any, goes. */
-  private settle(s: Settlement, changed: Set<string>): void {
-    if (this.settled.has(s.id) || this.settledBefore.has(s.id)) return;
+  /**
+   * Replaces one request's worst case by the tokens it used, once; its checkpoint, if any, goes.
+   * Returns false for a settlement already counted.
+   */
+  private settle(s: Settlement, changed: Set<string>): boolean {
+    if (this.settled.has(s.id) || this.settledBefore.has(s.id)) return false;
     this.settled.add(s.id);
     if (this.settled.size >= SETTLED_REMEMBERED / 2) {
       this.settledBefore = this.settled;
@@ -562,6 +570,7 @@ export class OrgQuota extends DurableObject<Env> {
       this.state.monthTokens += s.actual;
       if (s.token) this.countForToken(s.token, this.state, s.actual);
     }
+    return true;
   }
 
   /**

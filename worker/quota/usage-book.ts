@@ -384,6 +384,11 @@ export class UsageBook {
   }
 }
 
+/** A ledger batch without the rows of `ids` (each entry's first value is its row's id). */
+export function rowsWithout(batch: string, ids: ReadonlySet<string>): string {
+  return JSON.stringify((JSON.parse(batch) as unknown[][]).filter((values) => !ids.has(values[0] as string)));
+}
+
 function rawPartPrefix(part: Pick<UsagePart, "hour" | "part">): string {
   return `${RAW_PREFIX}${part.hour}:${part.part}:`;
 }
