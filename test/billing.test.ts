@@ -1,4 +1,10 @@
-import { createExecutionContext, createMessageBatch, getQueueResult, waitOnExecutionContext } from "cloudflare:test";
+import {
+  createExecutionContext,
+  createMessageBatch,
+  getQueueResult,
+  runDurableObjectAlarm,
+  waitOnExecutionContext,
+} from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import Stripe from "stripe";
@@ -12,15 +18,26 @@ import {
 } from "../worker/billing/breaker";
 import { METER_CONCURRENCY } from "../worker/billing/meter";
 import { consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
-import { reconcileBilling } from "../worker/billing/reconcile";
+import { reconcileBilling, STUCK_AFTER_MS } from "../worker/billing/reconcile";
+import { billingStanding } from "../worker/billing/routes";
 import { STRIPE_TIMEOUT_MS } from "../worker/billing/stripe";
-import { applications, auditEvents, billingAccounts, organizationLimits, usageLedger } from "../worker/db/schema";
+import {
+  applications,
+  auditEvents,
+  billingAccounts,
+  billingIntervals,
+  organizationLimits,
+  usageHours,
+  usageLedger,
+} from "../worker/db/schema";
 import worker from "../worker/index";
 import { clearCallerCache } from "../worker/inference/access";
 import { fixedClock } from "../worker/platform/clock";
+import { carryLedgerRows } from "../worker/usage/carry";
+import { CLOSE_GRACE_MS, hourOf, hourStart } from "../worker/usage/hours";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { seedLicense, testGateway } from "./helpers/gateway";
-import { flushUsage } from "./helpers/ledger";
+import { flushUsage, usageRows } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
 
 // Real time: the queue and cron entrypoints run on the system clock, as in production.
@@ -64,7 +81,7 @@ async function billedGateway(options: { clock?: ReturnType<typeof fixedClock>; b
     return res.json() as Promise<{
       customers: { id: string; metadata: Record<string, string> }[];
       subscriptions: { items: { data: { price: { id: string } }[] } }[];
-      meterEvents: { identifier: string; eventName: string; value: number; customer: string }[];
+      meterEvents: { identifier: string; eventName: string; value: number; customer: string; timestamp: number }[];
       totals: Record<string, Record<string, number>>;
       requests: { path: string; idempotencyKey?: string }[];
     }>;
@@ -107,12 +124,22 @@ async function ledgerRows(b: Billed, n: number, startedAt = b.clock.now()) {
   return rows;
 }
 
-/** Delivers ledger ids to the worker's queue handler as the usage queue would. */
-async function deliver(b: Billed, ids: string[], attempts = 1) {
-  const batch = createMessageBatch<UsageMessage>(
-    "modelgate-usage",
-    ids.map((ledgerId, i) => ({ id: `msg-${i}-${ledgerId}`, timestamp: new Date(), attempts, body: { ledgerId } })),
+/** A usage-queue message: a ledger row's id, or the message itself (a billing interval's). */
+type Delivered = string | UsageMessage;
+
+function usageBatch(queue: string, messages: Delivered[], attempts: number) {
+  return createMessageBatch<UsageMessage>(
+    queue,
+    messages.map((m, i) => {
+      const body = typeof m === "string" ? { ledgerId: m } : m;
+      return { id: `msg-${i}-${body.intervalId ?? body.ledgerId}`, timestamp: new Date(), attempts, body };
+    }),
   );
+}
+
+/** Delivers messages to the worker's queue handler as the usage queue would. */
+async function deliver(b: Billed, messages: Delivered[], attempts = 1) {
+  const batch = usageBatch("modelgate-usage", messages, attempts);
   const ctx = createExecutionContext();
   await worker.queue(batch, b.gw.env, ctx);
   const result = await getQueueResult(batch, ctx);
@@ -121,14 +148,11 @@ async function deliver(b: Billed, ids: string[], attempts = 1) {
 }
 
 /**
- * Delivers ledger ids to the usage consumer on the gateway's own (fixed, advanceable) clock, so
- * a test can step past the Stripe breaker's cool-off; returns the ids the consumer retries.
+ * Delivers messages to the usage consumer on the gateway's own (fixed, advanceable) clock, so a
+ * test can step past the Stripe breaker's cool-off; returns the ids the consumer retries.
  */
-async function consume(b: Billed, ids: string[], attempts = 1) {
-  const batch = createMessageBatch<UsageMessage>(
-    "modelgate-usage",
-    ids.map((ledgerId, i) => ({ id: `msg-${i}-${ledgerId}`, timestamp: new Date(), attempts, body: { ledgerId } })),
-  );
+async function consume(b: Billed, messages: Delivered[], attempts = 1) {
+  const batch = usageBatch("modelgate-usage", messages, attempts);
   const ctx = createExecutionContext();
   await consumeUsageBatch(batch, b.gw.services());
   const result = await getQueueResult(batch, ctx);
@@ -303,27 +327,307 @@ describe("usage billing", () => {
     expect(((await (await resend(admin)).json()) as { resent: number }).resent).toBe(0);
   });
 
-  it("meters real proxied requests onto the usage queue", async () => {
-    const b = await billedGateway();
-    const res = await b.gw.request("/v1/chat/completions", {
-      method: "POST",
-      headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
-      body: JSON.stringify({
-        model: "llama-2-7b-chat",
-        messages: [{ role: "user", content: "one two" }],
-        max_tokens: 3,
-      }),
-    });
-    expect(res.status).toBe(200);
+  it("meters real proxied requests onto the usage queue: the hour's interval, two meter events named after it", async () => {
+    const b = await billedGateway({ clock: hourOver() });
+    await chat(b, "one two", 3);
     await flushUsage();
-    const [row] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId));
-    expect(row).toMatchObject({ promptTokens: 2, completionTokens: 3, billingState: "pending" });
-    await deliver(b, [row?.id as string]);
+    const [interval, ...more] = await intervalsOf(b);
+    expect(more).toEqual([]);
+    expect(interval).toMatchObject({
+      id: expect.stringMatching(new RegExp(`^${b.organizationId}:${hourOf(b.clock.now().getTime())}:[0-9a-z]{9}$`)),
+      requests: 1,
+      promptTokens: 2,
+      completionTokens: 3,
+      state: "pending",
+    });
+    const id = interval?.id as string;
+    await deliver(b, [{ intervalId: id }]);
     const state = await b.standin("/_standin/state");
-    expect(state.meterEvents.map((e) => [e.eventName, e.value]).sort()).toEqual([
-      ["modelgate_completion_tokens", 3],
-      ["modelgate_prompt_tokens", 2],
+    expect(state.meterEvents.map((e) => [e.identifier, e.eventName, e.value]).sort()).toEqual([
+      [`${id}:completion`, "modelgate_completion_tokens", 3],
+      [`${id}:prompt`, "modelgate_prompt_tokens", 2],
     ]);
+  });
+});
+
+const HOUR_MS = 3_600_000;
+
+/** A clock ten minutes into an hour that is over (`hoursBack` ago): the quota object closes its parts at the next flush. */
+function hourOver(hoursBack = 2) {
+  return fixedClock(new Date(hourStart(hourOf(Date.now() - hoursBack * HOUR_MS)) + 10 * 60_000));
+}
+
+/** One chat completion through the gateway, answered. */
+async function chat(b: Billed, content: string, maxTokens: number) {
+  const res = await b.gw.request("/v1/chat/completions", {
+    method: "POST",
+    headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content }], max_tokens: maxTokens }),
+  });
+  expect(res.status).toBe(200);
+  await res.json();
+}
+
+/** The organization's billing intervals, oldest hour first. */
+function intervalsOf(b: Billed) {
+  return b.gw.db
+    .select()
+    .from(billingIntervals)
+    .where(eq(billingIntervals.organizationId, b.organizationId))
+    .orderBy(billingIntervals.id);
+}
+
+const messagesOf = (intervals: { id: string }[]): UsageMessage[] => intervals.map((i) => ({ intervalId: i.id }));
+
+type Sums = { requests: number; promptTokens: number; completionTokens: number };
+const sums = (rows: Sums[]): Sums => ({
+  requests: rows.reduce((n, r) => n + r.requests, 0),
+  promptTokens: sum(rows, "promptTokens"),
+  completionTokens: sum(rows, "completionTokens"),
+});
+
+describe("hourly billing intervals", () => {
+  it("bills each closed part of an hour as one interval: its sums are the hour's, its two events stamped with the hour's start, sent once however often delivered", async () => {
+    const clock = hourOver(3);
+    const b = await billedGateway({ clock });
+    await chat(b, "one two three", 4);
+    await chat(b, "four", 6);
+    clock.advance(HOUR_MS);
+    await chat(b, "five six", 5);
+    await flushUsage();
+
+    const intervals = await intervalsOf(b);
+    expect(intervals.map((i) => [i.hour, i.requests, i.state])).toEqual([
+      [hourOf(clock.now().getTime() - HOUR_MS), 2, "pending"],
+      [hourOf(clock.now().getTime()), 1, "pending"],
+    ]);
+    const hours = await b.gw.db.select().from(usageHours).where(eq(usageHours.organizationId, b.organizationId));
+    const raw = (await usageRows()).filter((r) => r.organizationId === b.organizationId);
+    expect(raw).toHaveLength(3);
+    for (const interval of intervals) {
+      const parts = hours.filter((h) => `${h.organizationId}:${h.hour}:${h.part}` === interval.id);
+      expect(parts.length).toBeGreaterThan(0);
+      expect(sums([interval])).toEqual(sums(parts));
+      const requests = raw
+        .filter((r) => r.createdAt.slice(0, 13) === interval.hour)
+        .map((r) => ({ ...r, requests: 1 }));
+      expect(sums([interval])).toEqual(sums(requests));
+    }
+
+    // The same messages delivered twice at once, on the system clock as the queue runs: Stripe
+    // records each event once.
+    await b.standin("/_standin/clock", { now: Math.floor(Date.now() / 1000) });
+    const messages = messagesOf(intervals);
+    const results = await Promise.all([deliver(b, messages), deliver(b, messages)]);
+    for (const result of results) expect(result.retryMessages).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    expect(state.meterEvents).toHaveLength(4);
+    for (const interval of intervals) {
+      const events = state.meterEvents.filter((e) => e.identifier.startsWith(`${interval.id}:`));
+      expect(events.map((e) => [e.identifier, e.value, e.timestamp]).sort()).toEqual([
+        [`${interval.id}:completion`, interval.completionTokens, hourStart(interval.hour) / 1000],
+        [`${interval.id}:prompt`, interval.promptTokens, hourStart(interval.hour) / 1000],
+      ]);
+    }
+    const customer = state.customers[0]?.id as string;
+    expect(state.totals[customer]).toEqual({
+      modelgate_prompt_tokens: sums(intervals).promptTokens,
+      modelgate_completion_tokens: sums(intervals).completionTokens,
+    });
+    const sent = await intervalsOf(b);
+    expect(sent.map((i) => i.state)).toEqual(["sent", "sent"]);
+    expect(sent.every((i) => i.billedAt !== null)).toBe(true);
+
+    // Delivered again, and a second run of the consumer: nothing more is sent.
+    const calls = await meterCalls(b);
+    expect((await deliver(b, messages)).explicitAcks).toHaveLength(2);
+    expect((await consume(b, messages)).retried).toEqual([]);
+    expect(await meterCalls(b)).toBe(calls);
+    expect((await b.standin("/_standin/state")).totals).toEqual(state.totals);
+  });
+
+  it("keeps intervals pending while Stripe fails, and the reconciler queues them again once they are stuck", async () => {
+    const clock = hourOver();
+    const b = await billedGateway({ clock });
+    await chat(b, "one two", 3);
+    await chat(b, "three", 4);
+    await flushUsage();
+    const [interval] = await intervalsOf(b);
+    const id = interval?.id as string;
+
+    await b.standin("/_standin/fail", { status: 503, count: 1_000 });
+    expect((await consume(b, [{ intervalId: id }])).retried).toEqual([id]);
+    const [failed] = await intervalsOf(b);
+    expect(failed).toMatchObject({ state: "pending", attempts: 1, billedAt: null });
+    expect(failed?.error).toBeTruthy();
+    expect((await b.standin("/_standin/state")).meterEvents).toEqual([]);
+
+    const queued: UsageMessage[] = [];
+    const queue = {
+      sendBatch: async (messages: { body: UsageMessage }[]) => void queued.push(...messages.map((m) => m.body)),
+    } as unknown as Queue<UsageMessage>;
+    // Not stuck yet: the queue's own retries have it.
+    clock.set(new Date(Date.parse(interval?.createdAt as string) + STUCK_AFTER_MS - 1_000));
+    expect(await reconcileBilling(b.gw.services(), queue)).toMatchObject({ requeued: 0, expired: 0 });
+    expect(queued).toEqual([]);
+    clock.advance(2_000);
+    expect(await reconcileBilling(b.gw.services(), queue)).toMatchObject({ requeued: 1, expired: 0 });
+    expect(queued).toEqual([{ intervalId: id }]);
+
+    await b.standin("/_standin/fail", {});
+    clock.advance(BREAKER_COOL_OFF_MS + 1);
+    expect((await consume(b, queued, 2)).retried).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    expect(state.meterEvents.map((e) => [e.identifier, e.value]).sort()).toEqual([
+      [`${id}:completion`, interval?.completionTokens],
+      [`${id}:prompt`, interval?.promptTokens],
+    ]);
+    expect((await intervalsOf(b))[0]).toMatchObject({ state: "sent", attempts: 1 });
+  });
+
+  it("marks dead-lettered intervals dead and shows them in the outbox; an admin sends them again, once, audited", async () => {
+    const b = await billedGateway({ clock: hourOver() });
+    await chat(b, "one two", 3);
+    await flushUsage();
+    const [interval] = await intervalsOf(b);
+    const id = interval?.id as string;
+    const dlq = usageBatch("modelgate-usage-dlq", [{ intervalId: id }], 10);
+    const ctx = createExecutionContext();
+    await worker.queue(dlq, b.gw.env, ctx);
+    await waitOnExecutionContext(ctx);
+    expect((await intervalsOf(b))[0]?.state).toBe("dead");
+
+    const issuedAt = b.clock.now();
+    const reviewer = await adminToken({ role: "reviewer", email: "rey@example.com", issuedAt });
+    const outbox = await b.gw.request("/admin/api/billing/outbox", { headers: accessHeaders(reviewer) });
+    expect(outbox.status).toBe(200);
+    const backlog = (await outbox.json()) as {
+      states: { kind: string; state: string; rows: number; requests: number }[];
+      failures: { kind: string; id: string; state: string; requests: number }[];
+    };
+    expect(backlog.states).toContainEqual(
+      expect.objectContaining({ kind: "interval", state: "dead", rows: 1, requests: 1 }),
+    );
+    expect(backlog.failures).toEqual([expect.objectContaining({ kind: "interval", id, state: "dead", requests: 1 })]);
+
+    const resend = async (token: string) =>
+      b.gw.request("/admin/api/billing/outbox/resend", { method: "POST", headers: accessHeaders(token), body: "{}" });
+    expect((await resend(reviewer)).status).toBe(403);
+    const admin = await adminToken({ role: "admin", email: "ada@example.com", issuedAt });
+    const res = await resend(admin);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ resent: 1, ids: [id], intervals: [id], rows: [] });
+    expect((await intervalsOf(b))[0]).toMatchObject({ state: "pending", attempts: 0, error: null });
+    const [event] = await b.gw.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "billing.dead_letters_resent"));
+    expect(event).toMatchObject({
+      actor: "reviewer:ada@example.com",
+      subjectType: "billing_intervals",
+      subjectId: id,
+      data: { intervals: 1, ids: [id] },
+    });
+    expect(await verifyAuditChain(b.gw.db)).toMatchObject({ ok: true });
+
+    await deliver(b, [{ intervalId: id }]);
+    await deliver(b, [{ intervalId: id }]);
+    const state = await b.standin("/_standin/state");
+    expect(state.meterEvents.map((e) => e.identifier).sort()).toEqual([`${id}:completion`, `${id}:prompt`]);
+    expect(((await (await resend(admin)).json()) as { resent: number }).resent).toBe(0);
+  });
+
+  it("flags an interval older than Stripe accepts as expired and never sends it, whether the consumer or the reconciler finds it", async () => {
+    const clock = hourOver(36 * 24);
+    const b = await billedGateway({ clock });
+    await chat(b, "one two", 3);
+    clock.advance(HOUR_MS);
+    await chat(b, "three four", 3);
+    await flushUsage();
+    const [first, second] = await intervalsOf(b);
+    expect([first?.state, second?.state]).toEqual(["pending", "pending"]);
+
+    // The queue's consumer, on the system clock: 36 days after the hour.
+    const result = await deliver(b, [{ intervalId: first?.id as string }]);
+    expect(result.explicitAcks).toHaveLength(1);
+    // The reconciler, on a clock as late.
+    clock.set(new Date());
+    const queued: UsageMessage[] = [];
+    const queue = {
+      sendBatch: async (messages: { body: UsageMessage }[]) => void queued.push(...messages.map((m) => m.body)),
+    } as unknown as Queue<UsageMessage>;
+    expect(await reconcileBilling(b.gw.services(), queue)).toMatchObject({ expired: 1, requeued: 0 });
+    expect(queued).toEqual([]);
+
+    const flagged = await intervalsOf(b);
+    expect(flagged.map((i) => [i.state, i.billedAt])).toEqual([
+      ["expired", null],
+      ["expired", null],
+    ]);
+    expect(flagged.every((i) => i.error?.includes("35 days"))).toBe(true);
+    expect((await b.standin("/_standin/state")).meterEvents).toEqual([]);
+    expect(await deliver(b, messagesOf(flagged))).toMatchObject({ retryMessages: [] });
+    expect(await meterCalls(b)).toBe(0);
+  });
+});
+
+describe("billing standing", () => {
+  it("counts this month's calls from the hours in D1 and the parts still open, each once, and what Stripe has yet to accept", async () => {
+    const b = await billedGateway({ clock: fixedClock(new Date()) });
+    const quota = env.QUOTA.get(env.QUOTA.idFromName(b.organizationId));
+    const usage = async () => {
+      const res = await b.gw.request("/v1/billing", { headers: { authorization: `Bearer ${b.token}` } });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { usage: Sums & { totalTokens: number; unbilledRequests: number } }).usage;
+    };
+    await chat(b, "one two", 3);
+    await chat(b, "three", 4);
+    // Folded into the hour's open part, which D1 does not have yet.
+    await runDurableObjectAlarm(quota);
+    expect(await b.gw.db.select().from(usageHours).where(eq(usageHours.organizationId, b.organizationId))).toEqual([]);
+    const raw = () => usageRows().then((rows) => rows.filter((r) => r.organizationId === b.organizationId));
+    const two = await usage();
+    expect(two).toEqual({
+      requests: 2,
+      promptTokens: sum(await raw(), "promptTokens"),
+      completionTokens: 7,
+      totalTokens: sum(await raw(), "promptTokens") + 7,
+      unbilledRequests: 2,
+    });
+    // `raw()` wrote the open part to D1: the figures are the same, not doubled.
+    expect(await usage()).toEqual(two);
+
+    // The object has a newer total of the part than D1: its figure replaces D1's.
+    await chat(b, "four five six", 5);
+    await runDurableObjectAlarm(quota);
+    const three = await usage();
+    expect(three).toMatchObject({ requests: 3, completionTokens: 12, unbilledRequests: 3 });
+    // Without the object, D1's figures.
+    const unreachable = () => Promise.reject(new Error("quota object unreachable"));
+    const d1 = await billingStanding(b.gw.services(), b.organizationId, unreachable);
+    expect(d1.usage).toEqual(two);
+
+    // The hour closes into an interval; once Stripe accepted it, nothing is unbilled.
+    const hour = hourOf(b.clock.now().getTime());
+    await quota.syncUsage(hourStart(hour) + HOUR_MS + CLOSE_GRACE_MS + 1);
+    expect(await usage()).toEqual(three);
+    const [interval] = await intervalsOf(b);
+    await deliver(b, [{ intervalId: interval?.id as string }]);
+    expect(await usage()).toEqual({ ...three, unbilledRequests: 0 });
+
+    // A request recorded on its own (its quota object out of reach) counts too, carried or not, and is billed by itself.
+    const [row] = await ledgerRows(b, 1);
+    const withRow = {
+      requests: 4,
+      promptTokens: three.promptTokens + (row?.promptTokens ?? 0),
+      completionTokens: three.completionTokens + (row?.completionTokens ?? 0),
+      totalTokens: three.totalTokens + (row?.totalTokens ?? 0),
+    };
+    expect(await usage()).toEqual({ ...withRow, unbilledRequests: 1 });
+    await deliver(b, [row?.id as string]);
+    expect(await usage()).toEqual({ ...withRow, unbilledRequests: 0 });
+    expect(await carryLedgerRows(env.DB, new Date())).toMatchObject({ usage: 1 });
+    expect(await usage()).toEqual({ ...withRow, unbilledRequests: 0 });
   });
 });
 

@@ -2,7 +2,7 @@ import { createExecutionContext, createMessageBatch, waitOnExecutionContext } fr
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import type { UsageMessage } from "../worker/billing/queue";
-import { applications, usageLedger } from "../worker/db/schema";
+import { applications, billingIntervals, usageLedger } from "../worker/db/schema";
 import worker from "../worker/index";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { approvedToken } from "./helpers/weights";
@@ -40,13 +40,27 @@ describe("deploy: environments' queues", () => {
       startedAt: at,
       createdAt: at,
     });
+    const organizationId = application?.organizationId as string;
+    const intervalId = `${organizationId}:${at.slice(0, 13)}:0mxbhj1k1`;
+    await gw.db.insert(billingIntervals).values({
+      id: intervalId,
+      organizationId,
+      hour: at.slice(0, 13),
+      requests: 1,
+      promptTokens: 3,
+      completionTokens: 4,
+      createdAt: at,
+    });
     const batch = createMessageBatch<UsageMessage>(queue, [
       { id: "m1", timestamp: new Date(), attempts: 10, body: { ledgerId: id } },
+      { id: "m2", timestamp: new Date(), attempts: 10, body: { intervalId } },
     ]);
     const ctx = createExecutionContext();
     await worker.queue(batch, gw.env, ctx);
     await waitOnExecutionContext(ctx);
     const [row] = await gw.db.select().from(usageLedger).where(eq(usageLedger.id, id));
     expect(row?.billingState).toBe("dead");
+    const [interval] = await gw.db.select().from(billingIntervals).where(eq(billingIntervals.id, intervalId));
+    expect(interval?.state).toBe("dead");
   });
 });

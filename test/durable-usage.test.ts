@@ -16,6 +16,7 @@ import { BackendHealth } from "../worker/inference/backends";
 import { type LedgerRow, ledgerRows } from "../worker/inference/ledger";
 import { clearQuotaLeases } from "../worker/inference/proxy";
 import { fixedClock } from "../worker/platform/clock";
+import type { OrgQuota } from "../worker/quota/org-quota";
 import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 
@@ -28,14 +29,18 @@ beforeEach(async () => {
   licenseSha256 = (await seedLicense()).licenseSha256;
 });
 
-/** The ledger rows and checkpoints of `grantId` stored in quota objects (not D1). */
+/**
+ * The ledger rows and checkpoints of `grantId` stored in quota objects: rows just committed and
+ * rows already folded into their hour, whichever the object's alarm has got to.
+ */
 async function stored(grantId: string): Promise<{ rows: LedgerRow[]; checkpoints: LedgerRow[] }> {
   const rows: LedgerRow[] = [];
   const checkpoints: LedgerRow[] = [];
   for (const id of await listDurableObjectIds(env.QUOTA)) {
-    await runInDurableObject(env.QUOTA.get(id), async (_instance, state) => {
+    await runInDurableObject(env.QUOTA.get(id), async (instance: OrgQuota, state) => {
       for (const batch of (await state.storage.list<string>({ prefix: "u:" })).values())
         if (typeof batch === "string") rows.push(...ledgerRows(batch));
+      for (const line of await instance.rawUsage()) rows.push(JSON.parse(line) as LedgerRow);
       for (const c of (await state.storage.list<{ row: string }>({ prefix: "c:" })).values())
         checkpoints.push(...ledgerRows(`[${c.row}]`));
     });
