@@ -136,7 +136,7 @@ export function BillingPage(props: {
             </p>
             <DataTable
               rows={states.map((state) => byState("interval", state))}
-              caption="Hourly billing intervals by billing state (one per organization and closed part of an hour)"
+              caption="Billing intervals by billing state (one per organization and closed interval of USAGE_INTERVAL_MINUTES)"
               columns={[
                 { label: "State", cell: (s) => s.state },
                 { label: "Meaning", cell: (s) => meaning("interval", s.state) },
