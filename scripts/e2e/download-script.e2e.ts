@@ -6,12 +6,14 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { DownloadRow } from "../../worker/usage/hours";
+import { mintDevAccessToken } from "../lib/dev-access-token";
 import { type GatewayProcess, startGateway } from "../lib/gateway-process";
+import { ROOT } from "../lib/local-state";
 import type { DemoToken } from "../seed/demo-token";
 import { type ChildOutput, outputOf } from "./child-output";
 
@@ -30,6 +32,10 @@ let token: string;
 let work: string;
 let dest: string;
 let files: ManifestFile[];
+/** The demo token's organization, whose usage the operator reads. */
+let organizationId: string;
+/** When the first run of the script began. */
+let firstRunAt: number;
 
 beforeAll(async () => {
   gateway = await startGateway();
@@ -48,6 +54,10 @@ beforeAll(async () => {
     headers: { authorization: `Bearer ${token}` },
   });
   files = ((await manifest.json()) as { files: ManifestFile[] }).files;
+  const whoami = await fetch(`${gateway.baseUrl}/api/whoami-v2`, { headers: { authorization: `Bearer ${token}` } });
+  const org = ((await whoami.json()) as { orgs: { id: string }[] }).orgs[0];
+  if (!org) throw new Error("whoami-v2 named no organization for the demo token");
+  organizationId = org.id;
 });
 
 afterAll(async () => {
@@ -79,35 +89,50 @@ function expectAllVerified(): void {
   for (const file of files) expect(sha256Of(join(dest, file.path)), file.path).toBe(file.sha256);
 }
 
-/**
- * The gateway's `download_events` rows for a path, read from its D1 database file (SQLite, WAL)
- * while it runs: the event is written after the response finishes streaming, so poll briefly.
- */
-async function downloadEvents(path: string, atLeast: number) {
-  const dir = join(gateway.dir, "state", "v3", "d1", "miniflare-D1DatabaseObject");
-  const file = readdirSync(dir).find((f) => f.endsWith(".sqlite") && f !== "metadata.sqlite");
-  if (!file) throw new Error(`no D1 database under ${dir}`);
-  type Row = { status: number; range_start: number | null; bytes_served: number; complete: number };
-  let rows: Row[] = [];
-  for (let attempt = 0; attempt < 50 && rows.length < atLeast; attempt++) {
-    if (attempt > 0) await new Promise((r) => setTimeout(r, 100));
-    const db = new DatabaseSync(join(dir, file), { readOnly: true });
-    try {
-      rows = db
-        .prepare(
-          "SELECT status, range_start, bytes_served, complete FROM download_events WHERE path = ? ORDER BY at, id",
-        )
-        .all(path) as Row[];
-    } finally {
-      db.close();
-    }
+/** Every hour (`YYYY-MM-DDTHH`, UTC) from `since` to now. */
+function hoursSince(since: number): string[] {
+  const hours: string[] = [];
+  for (let at = since - (since % 3_600_000); at <= Date.now(); at += 3_600_000) {
+    hours.push(new Date(at).toISOString().slice(0, 13));
   }
-  return rows;
+  return hours;
+}
+
+/**
+ * The recorded downloads of a path since `since`, as an operator reads them: the admin API's
+ * archive of the organization's hours (NDJSON, whether archived or still held by its quota
+ * object). A download is recorded after its response finished streaming, and the object lists
+ * it once it has folded it into its hour (within a second), so poll briefly.
+ */
+async function downloadRows(path: string, since: number, atLeast: number): Promise<DownloadRow[]> {
+  const { token: adminToken } = await mintDevAccessToken(ROOT, {
+    email: "ops@example.com",
+    role: "admin",
+    ttlSeconds: 600,
+  });
+  let rows: DownloadRow[] = [];
+  for (let attempt = 0; attempt < 100 && rows.length < atLeast; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, 100));
+    rows = [];
+    for (const hour of hoursSince(since)) {
+      const query = new URLSearchParams({ organization: organizationId, hour, kind: "downloads" });
+      const res = await fetch(`${gateway.baseUrl}/admin/api/usage/archive?${query}`, {
+        headers: { "cf-access-jwt-assertion": adminToken },
+      });
+      if (!res.ok) throw new Error(`usage archive: ${res.status} ${await res.text()}`);
+      for (const line of (await res.text()).split("\n")) {
+        if (line.trim()) rows.push(JSON.parse(line) as DownloadRow);
+      }
+    }
+    rows = rows.filter((row) => row.path === path && row.at >= new Date(since).toISOString());
+  }
+  return rows.sort((a, b) => a.at.localeCompare(b.at) || a.id.localeCompare(b.id));
 }
 
 describe("download.sh", () => {
   it("downloads every file of the revision and verifies each sha256", async () => {
     expect(files.length).toBeGreaterThan(5);
+    firstRunAt = Date.now();
     const run = await runScript(await fetchScript());
     expect(run.stderr).toBe("");
     expect(run.code).toBe(0);
@@ -119,6 +144,7 @@ describe("download.sh", () => {
     const shard = files.find((f) => f.path === SHARD) as ManifestFile;
     const half = Math.floor(shard.size / 2);
     truncateSync(join(dest, SHARD), half);
+    const resumedAt = Date.now();
 
     const run = await runScript(await fetchScript());
     expect(run.code).toBe(0);
@@ -126,14 +152,19 @@ describe("download.sh", () => {
     expect(run.stdout.match(/^downloading /gm)).toHaveLength(1);
     expectAllVerified();
 
-    const events = await downloadEvents(SHARD, 2);
-    expect(events[0]).toMatchObject({ status: 200, range_start: null, bytes_served: shard.size });
-    expect(events.at(-1)).toMatchObject({
-      status: 206,
-      range_start: half,
-      bytes_served: shard.size - half,
-      complete: 1,
-    });
+    expect(await downloadRows(SHARD, firstRunAt, 2)).toEqual([
+      expect.objectContaining({ status: 200, rangeStart: null, bytesServed: shard.size, complete: true }),
+      expect.objectContaining({
+        organizationId,
+        status: 206,
+        rangeStart: half,
+        rangeEnd: shard.size - 1,
+        bytesServed: shard.size - half,
+        complete: true,
+      }),
+    ]);
+    // The resume is the only download of the shard since: nothing was fetched twice.
+    expect(await downloadRows(SHARD, resumedAt, 1)).toHaveLength(1);
   });
 
   it("downloads a corrupted file again and verifies it", async () => {
