@@ -106,7 +106,7 @@ interface Overview {
   members: { email: string; role: string }[];
   invitations: { email: string; role: string; expiresAt: string }[] | null;
   quota: { source: string; monthlyTokenBudget: number; monthTokensRemaining: number; plan: string };
-  billing: { enabled: boolean; usage: { totalTokens: number } };
+  billing: { enabled: boolean; usage: { requests: number; totalTokens: number } };
 }
 
 let gw: Gateway;
@@ -338,6 +338,11 @@ describe("the portal at /account", () => {
       html.indexOf("</table>", html.indexOf('<table id="downloads">')),
     );
     expect(table).toContain(`<td>${hour.slice(0, 10)}</td><td>llama-2-13b</td><td>1</td><td>1</td><td>5.0 MiB</td>`);
+    // The month's usage in the overview counts it too.
+    const overview = (await (
+      await live.request("/v1/organization", { headers: { cookie: org.owner.cookie } })
+    ).json()) as Overview;
+    expect(overview.billing.usage).toMatchObject({ requests: 1, totalTokens: 30 });
   });
 
   it("lets a member of several organizations switch between them", async () => {

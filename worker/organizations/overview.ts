@@ -23,6 +23,7 @@ import { newRouter, problemResponses } from "../http/router";
 import { effectiveLimits } from "../quota/limits";
 import { type QuotaLimits, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
 import type { Services } from "../services";
+import { type LiveUsage, liveUsageFor } from "../usage/live";
 import { listInvitations } from "./invitations";
 import { listMembers } from "./members";
 
@@ -34,12 +35,15 @@ function seesInvitations(reader: OrganizationReader): boolean {
   return reader.kind === "member" && roleAtLeast(reader.member.membership.role, "admin");
 }
 
-/** The organization's quota standing: exact from its quota object, else this month's ledger. */
+/**
+ * The organization's quota standing: exact from its quota object, else this month's metered
+ * tokens (`monthTokensMetered`: the hourly totals, as the billing standing counts them).
+ */
 async function quotaStanding(
   services: Pick<Services, "db" | "config" | "clock" | "log">,
   organizationId: string,
   peek: QuotaPeek,
-  monthTokensFromLedger: number,
+  monthTokensMetered: number,
 ) {
   const limits = await effectiveLimits(services, organizationId);
   const now = services.clock.now();
@@ -62,7 +66,8 @@ async function quotaStanding(
       monthTokensRemaining: s.monthlyRemaining,
     };
   } catch (error) {
-    // The quota object holds the minute's counters; without it only the month is known, from the ledger.
+    // The quota object holds the minute's counters; without it only the month is known, from the
+    // metered usage (`source` keeps its name "ledger" for the clients that read it).
     services.log.warn("quota object not read for the organization overview", { organizationId, error: String(error) });
     return {
       ...base,
@@ -70,17 +75,21 @@ async function quotaStanding(
       remainingRequestsThisMinute: null,
       remainingTokensThisMinute: null,
       resetSeconds: null,
-      monthTokensUsed: monthTokensFromLedger,
-      monthTokensRemaining: Math.max(0, limits.monthlyTokenBudget - monthTokensFromLedger),
+      monthTokensUsed: monthTokensMetered,
+      monthTokensRemaining: Math.max(0, limits.monthlyTokenBudget - monthTokensMetered),
     };
   }
 }
 
-/** Everything `GET /v1/organization` answers, for `reader`. */
+/**
+ * Everything `GET /v1/organization` answers, for `reader`. This month's usage counts the hours
+ * still open in the organization's quota object (`live`), as its usage views do.
+ */
 export async function organizationOverview(
   services: Pick<Services, "db" | "config" | "clock" | "log">,
   reader: OrganizationReader,
   peek: QuotaPeek,
+  live: LiveUsage,
 ) {
   const id = reader.organizationId;
   const [organization] = await services.db.select().from(organizations).where(eq(organizations.id, id));
@@ -116,7 +125,7 @@ export async function organizationOverview(
       .orderBy(desc(grants.createdAt)),
     listMembers(services, id),
     seesInvitations(reader) ? listInvitations(services, id) : Promise.resolve(null),
-    billingStanding(services, id, null),
+    billingStanding(services, id, live),
   ]);
   const quota = await quotaStanding(services, id, peek, Number(billing.usage.totalTokens));
   const caller =
@@ -222,7 +231,11 @@ const OverviewSchema = z
     quota: z.object({
       plan: z.string(),
       month: z.string(),
-      source: z.enum(["quota", "ledger"]),
+      source: z.enum(["quota", "ledger"]).openapi({
+        description:
+          "`quota`: read from the organization's quota object. `ledger`: the object could not be reached; " +
+          "the month's tokens are its metered usage and the minute's figures are null.",
+      }),
       requestsPerMinute: z.number().int(),
       tokensPerMinute: z.number().int(),
       monthlyTokenBudget: z.number().int(),
@@ -259,6 +272,12 @@ export const organizationOverviewRoutes = newRouter();
 
 organizationOverviewRoutes.openapi(overviewRoute, async (c) => {
   const reader = await organizationReader(c);
-  const overview = await organizationOverview(c.get("services"), reader, quotaPeekFor(c.env, reader.organizationId));
+  const id = reader.organizationId;
+  const overview = await organizationOverview(
+    c.get("services"),
+    reader,
+    quotaPeekFor(c.env, id),
+    liveUsageFor(c.env, id),
+  );
   return c.json(overview, 200, { "cache-control": "no-store" });
 });

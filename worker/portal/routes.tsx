@@ -40,10 +40,10 @@ portalRoutes.get("/account", async (c) => {
   const asked = c.req.query("usage");
   const groupBy: UsageGroup = USAGE_GROUPS.find((g) => g === asked) ?? "model";
   const period = usagePeriod(services.clock.now());
-  // Asked once for both views: the hours still open in the organization's quota object.
+  // Asked once for every view: the hours still open in the organization's quota object.
   const live = liveUsageFor(c.env, reader.organizationId);
   const [overview, usage, tokens, downloads] = await Promise.all([
-    organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId)),
+    organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId), live),
     organizationUsage(services, reader.organizationId, groupBy, period, live),
     // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them.
     listMemberTokens(services, member, roleAtLeast(member.membership.role, "admin")),
