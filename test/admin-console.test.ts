@@ -480,8 +480,10 @@ describe("billing in the reviewer console", () => {
     expect(failure).toContain(lastError.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll('"', "&quot;"));
     expect(failure).toContain("2026-03-02 09:00 UTC");
     expect(html).not.toContain(waiting.id);
-    expect(rowOf(html, 'data-label="State">dead<')).toMatch(/data-label="Rows" class="num">1</);
-    expect(rowOf(html, 'data-label="State">pending<')).toMatch(/data-label="Rows" class="num">1</);
+    // Ledger rows are billed one by one, in a table of their own beside the hourly intervals.
+    const ledgerRows = html.slice(html.indexOf("Usage-ledger rows by billing state"));
+    expect(rowOf(ledgerRows, 'data-label="State">dead<')).toMatch(/data-label="Rows" class="num">1</);
+    expect(rowOf(ledgerRows, 'data-label="State">pending<')).toMatch(/data-label="Rows" class="num">1</);
     expect(html).toContain("1 row waiting to be sent, the oldest written 40 min ago");
     expect(html).toContain("1 row was never billed");
     // A reviewer is told who may resend; an admin gets the form that calls the resend API.
@@ -497,12 +499,13 @@ describe("billing in the reviewer console", () => {
     const outbox = await gateway.request("/admin/api/billing/outbox", {
       headers: accessHeaders(await adminToken({ role: "reviewer" })),
     });
-    expect(await outbox.json()).toEqual({
+    expect(await outbox.json()).toMatchObject({
       enabled: true,
       states: [
-        { state: "dead", rows: 1, oldest: doomed.createdAt },
-        { state: "pending", rows: 1, oldest: waiting.createdAt },
+        { kind: "row", state: "dead", rows: 1, requests: 1, oldest: doomed.createdAt },
+        { kind: "row", state: "pending", rows: 1, requests: 1, oldest: waiting.createdAt },
       ],
+      failures: [expect.objectContaining({ kind: "row", id: doomed.id, state: "dead", attempts: 3 })],
     });
   });
 
