@@ -12,6 +12,8 @@ import type { LedgerRow } from "../worker/inference/ledger";
 import { quotaStub } from "../worker/quota/org-quota";
 import type { LiveParts } from "../worker/quota/usage-book";
 import { CLOSE_GRACE_MS, type DownloadRow, hourStart } from "../worker/usage/hours";
+import { adminToken } from "./helpers/access";
+import { testGateway } from "./helpers/fixtures";
 import {
   archiveObjects,
   bindBook,
@@ -337,5 +339,132 @@ describe("usage hours: D1 or R2 unavailable", () => {
       expect.objectContaining({ requests: 5, prompt_tokens: 10, completion_tokens: 45 }),
     ]);
     expect(byId(await everyRow(org))).toEqual(byId(rows));
+  });
+});
+
+describe("usage hours: the admin export of an organization's hour", () => {
+  const admin = () => adminToken({ email: "root@example.com", role: "admin" });
+
+  async function seedOrganization(org: string) {
+    await env.DB.prepare(
+      "insert into organizations (id, name, normalized_name, website, country, created_at) values (?1, ?1, ?1, null, 'DE', ?2)",
+    )
+      .bind(org, new Date().toISOString())
+      .run();
+  }
+
+  async function exportHour(query: string, token?: string) {
+    const gateway = testGateway();
+    return gateway.request(`/admin/api/usage/archive?${query}`, {
+      headers: { "cf-access-jwt-assertion": token ?? (await admin()) },
+    });
+  }
+
+  async function expectProblem(res: Response, status: number, code: string, what: string) {
+    expect(res.status, what).toBe(status);
+    expect(res.headers.get("content-type"), what).toContain("application/problem+json");
+    expect(((await res.json()) as { code: string }).code, what).toBe(code);
+  }
+
+  it("answers every row of the hour once as NDJSON: archived parts and rows the object still holds", async () => {
+    const org = newOrganization();
+    await seedOrganization(org);
+    const next = "2031-03-10T09";
+    const archived = Array.from({ length: 4 }, (_, i) => row(org, into(FUTURE, 5 + i), 3, i));
+    await commitRows(org, archived);
+    const closes = hourStart(FUTURE) + HOUR_MS + CLOSE_GRACE_MS;
+    expect(await quotaStub(env, org).syncUsage(closes)).toBe(true);
+    // The next hour is open: its rows are held and not archived.
+    const open = Array.from({ length: 3 }, (_, i) => row(org, into(next, 1 + i / 10), 5, 5));
+    await commitRows(org, open, closes);
+    await runAlarm(org);
+    // Archived and, within the retention, still held: in the answer once.
+    expect((await archiveObjects(org)).flatMap((o) => o.lines)).toHaveLength(4);
+    expect(await quotaStub(env, org).rawUsage(FUTURE)).toHaveLength(4);
+    expect(await quotaStub(env, org).rawUsage(next)).toHaveLength(3);
+    const stranger = newOrganization();
+    await seedOrganization(stranger);
+    await commitRows(stranger, [row(stranger, into(FUTURE, 7), 1, 1)], closes);
+
+    const rowsOf = async (hour: string) => {
+      const res = await exportHour(`organization=${org}&hour=${hour}&kind=inference`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("content-type")).toBe("application/x-ndjson");
+      const text = await res.text();
+      expect(text.endsWith("\n")).toBe(true);
+      const rows = text
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as LedgerRow);
+      expect(new Set(rows.map((r) => r.id)).size).toBe(rows.length);
+      return byId(rows);
+    };
+    expect(await rowsOf(FUTURE)).toEqual(byId(archived));
+    expect(await rowsOf(next)).toEqual(byId(open));
+  });
+
+  it("answers the hour's downloads with kind=downloads, and nothing for an hour without rows", async () => {
+    const org = newOrganization();
+    await seedOrganization(org);
+    const downloads: DownloadRow[] = [0, 1].map((i) => ({
+      id: `dl_${crypto.randomUUID()}`,
+      organizationId: org,
+      jti: `jti_${i}`,
+      grantId: "grt_q",
+      tokenId: "tok_q",
+      model: "llama-2-7b",
+      revisionId: "rev_1",
+      path: "model.safetensors",
+      status: 200,
+      rangeStart: null,
+      rangeEnd: null,
+      bytesServed: 10 + i,
+      complete: true,
+      at: into(PAST, 10 + i),
+    }));
+    await quotaStub(env, org).recordDownloads(downloads);
+    await commitRows(org, [row(org, into(PAST, 12), 1, 1)]);
+    await quotaStub(env, org).syncUsage();
+
+    const res = await exportHour(`organization=${org}&hour=${PAST}&kind=downloads`);
+    expect(res.status).toBe(200);
+    const lines = (await res.text()).split("\n").filter(Boolean);
+    expect(byId(lines.map((line) => JSON.parse(line) as DownloadRow))).toEqual(byId(downloads));
+    const empty = await exportHour(`organization=${org}&hour=2026-06-15T11&kind=inference`);
+    expect(empty.status).toBe(200);
+    expect(await empty.text()).toBe("");
+  });
+
+  it("refuses a malformed hour, kind or organization as validation_failed, and an unknown organization as not_found", async () => {
+    const org = newOrganization();
+    await seedOrganization(org);
+    for (const query of [
+      `organization=${org}&hour=2026-06-15&kind=inference`,
+      `organization=${org}&hour=2026-06-15T24&kind=inference`,
+      `organization=${org}&hour=2026-02-30T10&kind=inference`,
+      `organization=${org}&hour=2026-06-15T1&kind=inference`,
+      `organization=${org}&hour=2026-06-15T12&kind=all`,
+      `organization=${org}&hour=2026-06-15T12`,
+      `organization=..%2Fother&hour=2026-06-15T12&kind=inference`,
+      `organization=${"o".repeat(65)}&hour=2026-06-15T12&kind=inference`,
+      "hour=2026-06-15T12&kind=inference",
+    ]) {
+      await expectProblem(await exportHour(query), 400, "validation_failed", query);
+    }
+    await expectProblem(
+      await exportHour("organization=org_nobody&hour=2026-06-15T12&kind=inference"),
+      404,
+      "not_found",
+      "unknown organization",
+    );
+  });
+
+  it("is for admins only", async () => {
+    const org = newOrganization();
+    await seedOrganization(org);
+    const query = `organization=${org}&hour=${PAST}&kind=inference`;
+    for (const role of ["reviewer", "approver"] as const) {
+      await expectProblem(await exportHour(query, await adminToken({ role })), 403, "forbidden", role);
+    }
   });
 });

@@ -15,6 +15,7 @@ import { ADMIN_ROLES } from "../config";
 import { newRouter } from "../http/router";
 import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
+import { usageArchiveRoutes } from "../usage/archive-routes";
 import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
 import { commentRoutes } from "./comments";
@@ -56,4 +57,5 @@ export const adminRoutes = adminApi
   .route("/", quotaAdminRoutes)
   .route("/", billingAdminRoutes)
   .route("/", reconciliationRoutes)
-  .route("/", mailAdminRoutes);
+  .route("/", mailAdminRoutes)
+  .route("/", usageArchiveRoutes);
