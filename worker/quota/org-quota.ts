@@ -699,7 +699,12 @@ export class OrgQuota extends DurableObject<Env> {
 
   /** The organization's open hours whose totals D1 does not have yet, for its own usage views. */
   async liveUsage(): Promise<LiveParts> {
-    return this.book.live();
+    // Rows committed since the last alarm are folded first: a call counts as soon as it settled.
+    return this.inTurn(async () => {
+      const at = this.clock();
+      while (await this.book.fold(at)) {}
+      return this.book.live();
+    });
   }
 
   /** The raw rows the object still holds of `hour` (`YYYY-MM-DDTHH`; all hours without), as archive lines. */
