@@ -10,6 +10,7 @@
  * absolute totals, an interval is inserted once by its id, an archive object is written under its
  * part's own key, and a part is forgotten only once it is archived.
  */
+import { queueIntervals } from "../billing/queue";
 import { billingEnabled } from "../config";
 import { type LedgerRow, ledgerBatch, ledgerEntry, ledgerRows } from "../inference/ledger";
 import { createServices, type Services } from "../services";
@@ -240,14 +241,12 @@ export class UsageBook {
     }
     await this.ctx.storage.put(puts);
     if (closed.length && billingEnabled(services.config)) {
-      try {
-        await this.env.USAGE_QUEUE.sendBatch(closed.map((id) => ({ body: { intervalId: id } })));
-      } catch (error) {
+      await queueIntervals(this.env.USAGE_QUEUE, closed, (intervals, error) =>
         services.log.warn("billing intervals not queued; the reconciler will send them", {
-          intervals: closed,
+          intervals,
           error: String(error),
-        });
-      }
+        }),
+      );
     }
     return true;
   }
