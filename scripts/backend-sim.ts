@@ -8,7 +8,8 @@
  *
  * Tests make one backend misbehave through `POST /_sim/mode` (refuse, 500, stall, cut, down, or
  * a 4xx in vLLM's or TGI's error shape), make it answer with tool calls, and read back what the
- * gateway sent through `GET /_sim/requests`.
+ * gateway sent through `GET /_sim/requests`. It also receives webhooks: `POST /hooks/<anything>`
+ * is recorded with its exact body and answered `204`, or as the mode says (`500`, `refuse`, …).
  *
  * Scopes keep parallel test files apart: every path may be prefixed with `/scope/<name>`, and a
  * scope has its own mode and request log. A test that routes its gateway to
@@ -99,7 +100,7 @@ export type PromptCount = "words" | "bytes" | "llama";
 /** One completion request as the simulator received it (`GET /_sim/requests`). */
 export interface RecordedRequest {
   path: string;
-  /** The parsed JSON body, or the raw text when it was not JSON. */
+  /** The parsed JSON body, or the raw text when it was not JSON; always the raw text for `/hooks/…`. */
   body: unknown;
   /** Request headers, lower-cased, as received. */
   headers: Record<string, string>;
@@ -777,6 +778,18 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     }
     if ((path === "/v1/chat/completions" || path === "/v1/completions") && method === "POST") {
       await handleCompletion(req, res, state, path, path === "/v1/chat/completions" ? "chat" : "text");
+      return;
+    }
+    if (path.startsWith("/hooks/") && method === "POST") {
+      // A webhook receiver: the exact body is kept, since signatures are over its bytes.
+      const text = await readBody(req);
+      const answeredIn = takeMode(state);
+      record(state, { path, body: text, headers: headersOf(req), mode: answeredIn });
+      if (answeredIn === "refuse") req.socket.destroy();
+      else if (answeredIn === "500") sendJson(res, 500, { error: `${name}: injected failure` });
+      else if (answeredIn === "down") sendJson(res, 503, { error: `${name} is down` });
+      else if (answeredIn === "client_error") sendJson(res, state.error.status, clientErrorBody(state.error));
+      else if (answeredIn !== "stall" && answeredIn !== "hang") res.writeHead(204).end();
       return;
     }
     if (path === "/_sim/mode" && method === "POST") {

@@ -12,6 +12,7 @@ import { registerPublicOperations } from "./docs/public-openapi";
 import { docsRoutes, type OpenApiSource } from "./docs/routes";
 import { hubRoutes } from "./downloads/hub";
 import { downloadRoutes } from "./downloads/routes";
+import { webhookRoutes } from "./events/routes";
 import { handleError, handleNotFound } from "./http/errors";
 import { pageSecurityHeaders, requestContext } from "./http/middleware";
 import { newRouter } from "./http/router";
@@ -46,6 +47,7 @@ export function newApp(options: AppOptions = {}) {
   app.route("/", applicationRoutes);
   app.route("/", authRoutes);
   app.route("/", organizationRoutes);
+  app.route("/", webhookRoutes);
   app.route("/", tokenRoutes);
   app.route("/", downloadRoutes);
   app.route("/", usageRoutes);

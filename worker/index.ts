@@ -4,6 +4,8 @@ import { anchorAuditHead } from "./audit/log";
 import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
 import { reconcileBilling } from "./billing/reconcile";
 import { billingEnabled } from "./config";
+import { tendEvents } from "./events/cron";
+import { consumeEventBatch, isEventsQueue } from "./events/queue";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
 import { carryLedgerRows } from "./usage/carry";
@@ -19,7 +21,8 @@ export default {
    * Every minute: checkpoint the audit chain's head outside D1, deliver mail that is due (retries
    * included), carry usage recorded one row at a time into the hourly aggregates, and reconcile
    * billing — re-queue usage Stripe has not accepted yet, flag usage too old to bill, provision
-   * billing accounts.
+   * billing accounts. Also dispatch webhook events to organizations' endpoints and tell reviewers of
+   * new and ageing cases.
    */
   async scheduled(_controller, env, ctx) {
     const services = createServices(env, {}, { trigger: "cron" });
@@ -52,6 +55,12 @@ export default {
         (error: unknown) => services.log.error("carrying usage rows into hours failed", { error: String(error) }),
       ),
     );
+    ctx.waitUntil(
+      tendEvents(services, env).then((report) => {
+        if (report.deliveries + report.requeued + report.reviewersTold > 0)
+          services.log.info("events tended", { ...report });
+      }),
+    );
     if (!billingEnabled(services.config)) {
       services.log.info("billing is off: no STRIPE_SECRET_KEY; usage is metered but not sent to Stripe");
       return;
@@ -64,9 +73,13 @@ export default {
     );
   },
 
-  /** The usage queue (billing intervals and ledger rows → Stripe meter events) and its dead-letter queue. */
+  /**
+   * The usage queue (billing intervals and ledger rows → Stripe meter events) and its dead-letter
+   * queue; the events queue (webhook deliveries, reviewers' chat) and its own, known by name.
+   */
   async queue(batch, env, _ctx) {
     const services = createServices(env, {}, { trigger: "queue", queue: batch.queue });
+    if (isEventsQueue(batch.queue)) return consumeEventBatch(batch, env, services);
     if (isDeadLetterQueue(batch.queue)) await consumeDeadLetters(batch, services);
     else await consumeUsageBatch(batch, services);
   },

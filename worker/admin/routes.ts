@@ -12,6 +12,7 @@ import { ADMIN_API_PREFIX, adminDoor, adminRoute } from "../auth/admin-door";
 import { reconciliationRoutes } from "../billing/reconcile-routes";
 import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
+import { webhookAdminRoutes } from "../events/admin-routes";
 import { newRouter } from "../http/router";
 import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
@@ -57,5 +58,6 @@ export const adminRoutes = adminApi
   .route("/", quotaAdminRoutes)
   .route("/", billingAdminRoutes)
   .route("/", reconciliationRoutes)
+  .route("/", webhookAdminRoutes)
   .route("/", mailAdminRoutes)
   .route("/", usageArchiveRoutes);

@@ -819,3 +819,139 @@ export const stripeEvents = sqliteTable("stripe_events", {
 });
 
 export type BillingAccount = typeof billingAccounts.$inferSelect;
+
+/** What organizations' webhook endpoints may subscribe to (`worker/events/types.ts` holds each one's data). */
+export const WEBHOOK_EVENT_TYPES = [
+  "application.status_changed",
+  "application.info_requested",
+  "grant.suspended",
+  "grant.reinstated",
+  "grant.revoked",
+  "license.reacceptance_required",
+  "model.revision_published",
+  "quota.threshold_reached",
+  "billing.payment_failed",
+] as const;
+export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
+
+/**
+ * Events on their way to organizations' webhook endpoints: written in the same batch as the change
+ * they report (an outbox), then fanned out into one delivery per subscribed endpoint.
+ */
+export const webhookEvents = sqliteTable(
+  "webhook_events",
+  {
+    /** The `webhook-id` every delivery of it carries: receivers deduplicate on it. */
+    id: text("id").primaryKey(),
+    /** The organization it concerns; null for a new model revision (every organization whose grant covers the model). */
+    organizationId: text("organization_id"),
+    type: text("type", { enum: WEBHOOK_EVENT_TYPES }).notNull(),
+    data: text("data", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    occurredAt: text("occurred_at").notNull(),
+    /** When its deliveries were made; null until then. */
+    dispatchedAt: text("dispatched_at"),
+  },
+  (t) => [index("webhook_events_undispatched").on(t.occurredAt).where(sql`dispatched_at is null`)],
+);
+
+/** A URL an organization receives events at, and the event types it wants. */
+export const webhookEndpoints = sqliteTable(
+  "webhook_endpoints",
+  {
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    url: text("url").notNull(),
+    description: text("description"),
+    eventTypes: text("event_types", { mode: "json" }).$type<WebhookEventType[]>().notNull(),
+    enabled: integer("enabled", { mode: "boolean" }).notNull(),
+    /** The member who added it. */
+    createdBy: text("created_by").notNull(),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+    /** Removed endpoints are kept (their deliveries refer to them) but receive nothing more. */
+    deletedAt: text("deleted_at"),
+  },
+  (t) => [index("webhook_endpoints_organization").on(t.organizationId)],
+);
+
+/**
+ * An endpoint's signing secrets (`whsec_…`): every one signs each delivery, so that a receiver
+ * can move to a new secret while the old one still verifies, until the organization removes it.
+ */
+export const webhookSecrets = sqliteTable(
+  "webhook_secrets",
+  {
+    id: text("id").primaryKey(),
+    endpointId: text("endpoint_id")
+      .notNull()
+      .references(() => webhookEndpoints.id),
+    secret: text("secret").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("webhook_secrets_endpoint").on(t.endpointId)],
+);
+
+/**
+ * `pending`: an attempt is due at `next_attempt_at`; `delivered`: the endpoint answered 2xx;
+ * `dead`: every attempt failed (the dead letters, kept until sent again); `canceled`: the endpoint
+ * was disabled or removed first.
+ */
+export const WEBHOOK_DELIVERY_STATUSES = ["pending", "delivered", "dead", "canceled"] as const;
+export type WebhookDeliveryStatus = (typeof WEBHOOK_DELIVERY_STATUSES)[number];
+
+/** One event on its way to one endpoint, with how its attempts went. */
+export const webhookDeliveries = sqliteTable(
+  "webhook_deliveries",
+  {
+    id: text("id").primaryKey(),
+    eventId: text("event_id")
+      .notNull()
+      .references(() => webhookEvents.id),
+    endpointId: text("endpoint_id")
+      .notNull()
+      .references(() => webhookEndpoints.id),
+    organizationId: text("organization_id").notNull(),
+    eventType: text("event_type", { enum: WEBHOOK_EVENT_TYPES }).notNull(),
+    status: text("status", { enum: WEBHOOK_DELIVERY_STATUSES }).notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    /** The HTTP status of the last answer; null when there was none (refused connection, timeout). */
+    lastStatusCode: integer("last_status_code"),
+    lastError: text("last_error"),
+    lastAttemptAt: text("last_attempt_at"),
+    nextAttemptAt: text("next_attempt_at").notNull(),
+    deliveredAt: text("delivered_at"),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [
+    uniqueIndex("webhook_deliveries_event_endpoint").on(t.eventId, t.endpointId),
+    index("webhook_deliveries_endpoint").on(t.endpointId, t.createdAt),
+    index("webhook_deliveries_status").on(t.status, t.nextAttemptAt),
+  ],
+);
+
+export type WebhookEvent = typeof webhookEvents.$inferSelect;
+export type WebhookEndpoint = typeof webhookEndpoints.$inferSelect;
+export type WebhookDelivery = typeof webhookDeliveries.$inferSelect;
+
+/**
+ * What reviewers were told about a case: `new` when it reached review, `ageing:<hours>` when it
+ * waited past a threshold of `REVIEW_AGEING_HOURS`. Once each: the key is the case and the kind.
+ * The chat message (`REVIEWER_WEBHOOK_URL`) goes through the events queue; `chat_state` says how.
+ */
+export const reviewerNotices = sqliteTable(
+  "reviewer_notices",
+  {
+    applicationId: text("application_id")
+      .notNull()
+      .references(() => applications.id),
+    kind: text("kind").notNull(),
+    createdAt: text("created_at").notNull(),
+    /** `none`: no chat webhook was set; `pending`, `sent`, or `failed` after the last attempt. */
+    chatState: text("chat_state", { enum: ["none", "pending", "sent", "failed"] }).notNull(),
+    chatAttempts: integer("chat_attempts").notNull().default(0),
+    chatError: text("chat_error"),
+  },
+  (t) => [primaryKey({ columns: [t.applicationId, t.kind] })],
+);
