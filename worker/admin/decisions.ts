@@ -12,6 +12,7 @@ import { adminRoute } from "../auth/admin-door";
 import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { caseEvents } from "../events/record";
 import { grantForApproval } from "../grants/approve";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { deliverDueMail, enqueueMailWithinLimits } from "../mail/outbox";
@@ -189,6 +190,7 @@ export async function decideApplication(
         statements.push(...granted.statements);
         events.push(...granted.events);
       }
+      statements.push(...caseEvents(services, application, application.status, transition.status, request));
       const notice = statusChanged ? noticeStatus(transition.status) : undefined;
       if (notice) {
         const mail = decisionMail(

@@ -10,6 +10,7 @@ import type { AdminRole } from "../config";
 import type { Database } from "../db/client";
 import { applications, GRANT_STATUSES, grants, organizations } from "../db/schema";
 import { AppError } from "../errors";
+import { grantEvent } from "../events/record";
 import { type GrantAction, nextGrantStatus } from "../grants/state";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { enqueueMailWithinLimits } from "../mail/outbox";
@@ -94,6 +95,7 @@ export async function changeGrantStatus(
       statements: [
         db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
         ...(await enqueueMailWithinLimits(services, mail)),
+        grantEvent(services, grant, next, reason),
       ],
       events: [
         {

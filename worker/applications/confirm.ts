@@ -22,6 +22,7 @@ import {
   statusLinks,
 } from "../db/schema";
 import { AppError } from "../errors";
+import { caseEvents } from "../events/record";
 import { grantForApproval } from "../grants/approve";
 import { enqueueMailWithinLimits } from "../mail/outbox";
 import { applicationReceivedMail, caseNotice } from "../mail/templates";
@@ -204,6 +205,7 @@ export async function confirmApplication(
       decided.status,
     );
     statements.push(...(await enqueueMailWithinLimits(services, notice)));
+    statements.push(...caseEvents(services, row, null, row.status));
     return {
       statements,
       events,

@@ -10,6 +10,7 @@ import { type AuditEntry, writeAudited } from "../audit/log";
 import type { MemberPrincipal } from "../auth/members";
 import { acceptances, applications, grants, OPEN_STATUSES, type PolicyReasonRow } from "../db/schema";
 import { AppError } from "../errors";
+import { caseEvents } from "../events/record";
 import { grantForApproval } from "../grants/approve";
 import { currentLicenseVersion } from "../licenses/store";
 import { evaluateApplication } from "../policy/evaluate";
@@ -141,6 +142,7 @@ export async function requestMoreModels(
       statements.push(...granted.statements);
       events.push(...granted.events);
     }
+    statements.push(...caseEvents(services, row, null, status));
     return { statements, events, result: { applicationId: id, status, models: wanted, reasons } };
   });
 }

@@ -3,6 +3,7 @@ import { writeAudited } from "../audit/log";
 import { bearerToken } from "../auth/bearer";
 import { type Application, applications, grants, statusLinks } from "../db/schema";
 import { AppError } from "../errors";
+import { caseEvents } from "../events/record";
 import { sha256Hex } from "../platform/hash";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
@@ -127,6 +128,7 @@ export async function answerInformationRequest(services: Services, app: Applicat
             updatedAt: at,
           })
           .where(and(eq(applications.id, app.id), eq(applications.status, "info_requested"))),
+        ...caseEvents(services, current, "info_requested", "pending_review"),
       ],
       events: [
         {

@@ -3,6 +3,7 @@ import type Stripe from "stripe";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { type BillingAccount, type BillingStatus, billingAccounts, stripeEvents } from "../db/schema";
 import { AppError } from "../errors";
+import { paymentFailedEvents } from "../events/record";
 import type { Services } from "../services";
 import { stripeClient, webhookCrypto } from "./stripe";
 
@@ -179,6 +180,7 @@ export async function handleBillingEvent(services: Services, event: Stripe.Event
             .update(billingAccounts)
             .set(next)
             .where(eq(billingAccounts.organizationId, account.organizationId)),
+          ...paymentFailedEvents(services, next, event),
         ],
         events: [audit],
         result: "applied",

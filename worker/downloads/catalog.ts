@@ -3,6 +3,7 @@ import type { BatchItem } from "drizzle-orm/batch";
 import type { AuditEntry } from "../audit/log";
 import type { Database } from "../db/client";
 import { modelFiles, modelRefs, modelRevisions } from "../db/schema";
+import { modelRevisionEvent } from "../events/record";
 import { sha256Hex } from "../platform/hash";
 
 /** The ref every model's newest revision is published under. */
@@ -91,6 +92,7 @@ export async function publishRevision(
       .insert(modelRefs)
       .values({ model, ref: MAIN_REF, revisionId: id, updatedAt: at })
       .onConflictDoUpdate({ target: [modelRefs.model, modelRefs.ref], set: { revisionId: id, updatedAt: at } }),
+    modelRevisionEvent(db, model, id, files, at),
   ];
   return {
     id,

@@ -1,5 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import type { TokenLimits } from "../db/schema";
+import { noteMonthlyStanding } from "../events/quota-thresholds";
 import { firstLedgerId, ledgerBatch } from "../inference/ledger";
 import type { DownloadRow } from "../usage/hours";
 import { DOWNLOAD_PREFIX, type LiveParts, rowsWithout, USAGE_PREFIX, UsageBook } from "./usage-book";
@@ -540,6 +541,7 @@ export class OrgQuota extends DurableObject<Env> {
     // A repeated settlement's row is not taken again either (a stream billed from its abandoned
     // checkpoint whose isolate came back after all): each request is one row.
     this.persist(changed, report.rows && repeated.size ? rowsWithout(report.rows, repeated) : report.rows);
+    noteMonthlyStanding(this.ctx, this.env, this.state.month, this.state.monthTokens, limits.monthlyTokenBudget, now);
     return { snapshot: this.snapshot(limits, now), announced };
   }
 
