@@ -16,6 +16,7 @@ import { webhookAdminRoutes } from "../events/admin-routes";
 import { newRouter } from "../http/router";
 import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
+import { screeningAdminRoutes } from "../screening/routes";
 import { usageArchiveRoutes } from "../usage/archive-routes";
 import { inferenceBackendRoutes } from "./backends";
 import { caseRoutes } from "./cases";
@@ -60,4 +61,5 @@ export const adminRoutes = adminApi
   .route("/", reconciliationRoutes)
   .route("/", webhookAdminRoutes)
   .route("/", mailAdminRoutes)
-  .route("/", usageArchiveRoutes);
+  .route("/", usageArchiveRoutes)
+  .route("/", screeningAdminRoutes);

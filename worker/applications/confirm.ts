@@ -29,6 +29,8 @@ import { applicationReceivedMail, caseNotice } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { evaluateApplication } from "../policy/evaluate";
 import type { LicenseFamily } from "../policy/types";
+import { screeningMatchEvent } from "../screening/case";
+import { screenNames } from "../screening/list";
 import type { Services } from "../services";
 import { type RelatedCase, relatedCases, resolveOrganization } from "./identity";
 import type { ApplicationInput } from "./schemas";
@@ -194,6 +196,11 @@ export async function confirmApplication(
         requestCountry: evidence.country,
       },
     });
+    if (decided.screening.length > 0) {
+      // The listed parties go to the case's audit trail, which reviewers see in the case file and
+      // the applicant never does.
+      events.push(screeningMatchEvent(applicationId, decided.screening));
+    }
     if (decided.status === "approved") {
       const granted = await grantForApproval(services, row, at, "system:policy");
       statements.push(...granted.statements);
@@ -271,6 +278,7 @@ async function decide(
     )
     .limit(1);
   const related: RelatedCase[] = await relatedCases(services, organizationId, input, contactEmail);
+  const screening = await screenNames(services, [input.organization.name, input.contact.name]);
   const decision = evaluateApplication(
     {
       country: input.organization.country,
@@ -278,6 +286,7 @@ async function decide(
       intendedUse: input.intendedUse,
       priorRevocation: revoked.length > 0,
       ...(related.length > 0 ? { relatedCases: { overThreshold: related.some((r) => r.overThreshold) } } : {}),
+      deniedPartyMatch: screening.length > 0,
     },
     family,
   );
@@ -288,5 +297,12 @@ async function decide(
     outcome: r.outcome,
     detail: r.detail,
   }));
-  return { status, reasons, requiredApprovals: decision.requiredApprovals, outcome: decision.outcome, related };
+  return {
+    status,
+    reasons,
+    requiredApprovals: decision.requiredApprovals,
+    outcome: decision.outcome,
+    related,
+    screening,
+  };
 }

@@ -955,3 +955,58 @@ export const reviewerNotices = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.applicationId, t.kind] })],
 );
+
+/**
+ * The denied-party screening list in force (the shape of the US Consolidated Screening List): one
+ * row per listed party. Loading a list replaces the whole list in one batch.
+ */
+export const screeningEntries = sqliteTable("screening_entries", {
+  id: text("id").primaryKey(),
+  /** The list it comes from, e.g. `Specially Designated Nationals (SDN) - Treasury Department`. */
+  source: text("source").notNull(),
+  name: text("name").notNull(),
+  altNames: text("alt_names", { mode: "json" }).$type<string[]>().notNull(),
+  /** ISO 3166-1 alpha-2 when the list names one, else the last part of its first address. */
+  country: text("country"),
+  addresses: text("addresses"),
+  loadedAt: text("loaded_at").notNull(),
+});
+
+/** Each listed name and alias as screening compares them (`screeningKey`), pointing at its entry. */
+export const screeningNames = sqliteTable(
+  "screening_names",
+  {
+    nameKey: text("name_key").notNull(),
+    entryId: text("entry_id")
+      .notNull()
+      .references(() => screeningEntries.id),
+  },
+  (t) => [primaryKey({ columns: [t.nameKey, t.entryId] })],
+);
+
+/**
+ * The countries an organization's requests came from, one row per organization, day and country,
+ * written only when a country is new for the organization that day: reviewers see where an
+ * organization uses the models from beside the country it declared.
+ */
+export const organizationCountries = sqliteTable(
+  "organization_countries",
+  {
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    /** YYYY-MM-DD (UTC). */
+    day: text("day").notNull(),
+    /** ISO 3166-1 alpha-2, as Cloudflare observed it (`request.cf.country`). */
+    country: text("country").notNull(),
+    declaredCountry: text("declared_country").notNull(),
+    /** Where it was first seen that day: `downloads`, `hub` or `inference`. */
+    surface: text("surface").notNull(),
+    /** Whether the request was refused because the country is restricted. */
+    refused: integer("refused", { mode: "boolean" }).notNull(),
+    firstSeenAt: text("first_seen_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.organizationId, t.day, t.country] }), index("organization_countries_day").on(t.day)],
+);
+
+export type ScreeningEntry = typeof screeningEntries.$inferSelect;

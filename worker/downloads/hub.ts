@@ -9,11 +9,12 @@ import type { Context } from "hono";
 import { bearerToken } from "../auth/bearer";
 import type { ModelFile } from "../db/schema";
 import type { HonoEnv } from "../env";
-import { AppError, problemResponse } from "../errors";
+import { AppError, type ProblemCode, problemResponse } from "../errors";
 import { modelCoverage } from "../grants/coverage";
 import { newRouter } from "../http/router";
 import { findModelByHubRepo } from "../policy/families";
 import type { FamilyModel, LicenseFamily } from "../policy/types";
+import { exportRefusal } from "../screening/use-country";
 import { tokenProblem } from "../tokens/middleware";
 import { checkAccessToken, type TokenPrincipal, type TokenRefusal } from "../tokens/service";
 import { findRevisionFile, listRevisionFiles, type Revision, resolveRevision } from "./catalog";
@@ -49,6 +50,8 @@ interface HubErrorOptions {
    */
   hubMessage?: string;
   extensions?: Record<string, unknown>;
+  /** The problem code, when it is not the status's own (`export_restricted`). */
+  problemCode?: ProblemCode;
 }
 
 /**
@@ -66,7 +69,7 @@ function hubError(
   const headers: Record<string, string> = { "x-error-message": headerSafe(hubMessage) };
   if (code) headers["x-error-code"] = code;
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="modelgate"';
-  const error = new AppError(PROBLEM_OF_STATUS[status], message, {
+  const error = new AppError(options.problemCode ?? PROBLEM_OF_STATUS[status], message, {
     headers,
     extensions: { ...options.extensions, error: hubMessage },
   });
@@ -147,6 +150,19 @@ async function hubTarget(
   if (!check.ok) return refusedToken(c, repo, check.refusal);
   const coverage = modelCoverage(check.principal, found.model.id);
   if (!coverage.covered) return hubError(c, 403, "GatedRepo", coverage.detail);
+  const refusal = exportRefusal(services, {
+    family: found.family,
+    organizationId: check.principal.organizationId,
+    surface: "hub",
+    request: c.req.raw,
+    waitUntil: (work) => c.executionCtx.waitUntil(work),
+  });
+  if (refusal) {
+    return hubError(c, 403, "GatedRepo", refusal.message, {
+      problemCode: refusal.code,
+      extensions: refusal.extensions,
+    });
+  }
   const rev = await resolveRevision(services.db, found.model.id, revision === "HEAD" ? "main" : revision);
   if (!rev) return hubError(c, 404, "RevisionNotFound", `Revision ${revision} of ${repo} not found.`);
   return { principal: check.principal, ...found, revision: rev };

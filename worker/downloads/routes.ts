@@ -7,6 +7,7 @@ import { assertCovered } from "../grants/coverage";
 import { newRouter, problemResponses } from "../http/router";
 import { currentLicenseVersion, documentText } from "../licenses/store";
 import { findModel } from "../policy/families";
+import { exportRefusal } from "../screening/use-country";
 import { requireAccessToken } from "../tokens/middleware";
 import type { TokenPrincipal } from "../tokens/service";
 import { listRevisionFiles, resolveRevision } from "./catalog";
@@ -25,6 +26,14 @@ export async function downloadableRevision(
   const found = findModel(modelId);
   if (!found) throw new AppError("not_found", `No model named ${modelId}.`);
   assertCovered(principal, found.model.id);
+  const refusal = exportRefusal(c.get("services"), {
+    family: found.family,
+    organizationId: principal.organizationId,
+    surface: "downloads",
+    request: c.req.raw,
+    waitUntil: (work) => c.executionCtx.waitUntil(work),
+  });
+  if (refusal) throw refusal;
   const rev = await resolveRevision(c.get("services").db, modelId, revision);
   if (!rev) throw new AppError("not_found", `No revision ${revision ?? "main"} of ${modelId}.`);
   return { ...found, revision: rev };

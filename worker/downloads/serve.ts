@@ -6,6 +6,8 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
 import { recordDownload } from "../observability/analytics";
+import { findModel } from "../policy/families";
+import { exportRefusal } from "../screening/use-country";
 import { liveMembershipOfTokenMember, memberMayUseToken } from "../tokens/service";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
@@ -117,6 +119,17 @@ export async function serveDownload(
     throw new AppError("forbidden", "The member whose token made this link no longer belongs to the organization.");
   }
   assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.link.model);
+  const family = findModel(row.link.model)?.family;
+  const refusal = family
+    ? exportRefusal(services, {
+        family,
+        organizationId: row.organizationId,
+        surface: "downloads",
+        request: c.req.raw,
+        waitUntil: (work) => c.executionCtx.waitUntil(work),
+      })
+    : undefined;
+  if (refusal) throw refusal;
 
   const file = row.file;
   const headers = new Headers({

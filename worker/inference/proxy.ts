@@ -9,6 +9,7 @@ import { recordCompletion } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
 import { type QuotaRefusal, type QuotaSnapshot, quotaStub } from "../quota/org-quota";
+import { exportRefusal } from "../screening/use-country";
 import type { Services } from "../services";
 import { authenticateInference, type InferenceCaller } from "./access";
 import { backendRefusal } from "./backend-errors";
@@ -345,6 +346,14 @@ async function complete(
     });
   const coverage = modelCoverage(caller.principal, request.model);
   if (!coverage.covered) throw notCoveredProblem(coverage, "openai");
+  const refusal = exportRefusal(services, {
+    family: found.family,
+    organizationId: caller.principal.organizationId,
+    surface: "inference",
+    request: incoming,
+    waitUntil: (work) => ctx.waitUntil(work),
+  });
+  if (refusal) throw refusal;
   // The pools are in memory but for one read of the stored servers every few seconds.
   const pools = cachedBackendPools(services) ?? (await backendPools(services, options.health));
   const pool = pools.get(request.model) ?? [];

@@ -18,6 +18,12 @@ export interface ApplicationFacts {
    * by itself: it sends the case to a reviewer, who sees both side by side.
    */
   relatedCases?: { overThreshold: boolean };
+  /**
+   * Whether the organization's or the contact's name matched a party on the denied-party
+   * screening list. A name match is not proof of identity: it sends the case to a reviewer, who
+   * sees the listed party.
+   */
+  deniedPartyMatch?: boolean;
 }
 
 export type PolicyOutcome = "approve" | "review" | "reject";
@@ -29,7 +35,8 @@ export type PolicyReasonCode =
   | "embargoed_country"
   | "aup_category_named"
   | "prior_revocation"
-  | "related_organization";
+  | "related_organization"
+  | "denied_party_match";
 
 /** A machine-readable reason for a policy outcome. */
 export interface PolicyReason {
@@ -63,6 +70,15 @@ export function exceedsThreshold(declaredMau: number, family: LicenseFamily): bo
     case "greater_than":
       return declaredMau > family.mau.threshold;
   }
+}
+
+/**
+ * Whether the family's models may not be used from `country` at all: the countries it cannot be
+ * granted to (comprehensive embargoes) are refused at use time too, by the country a request comes
+ * from, whatever the organization declared when it applied.
+ */
+export function isUseRestrictedCountry(country: string, family: LicenseFamily): boolean {
+  return family.embargoedCountries.includes(country.toUpperCase());
 }
 
 function namesPhrase(text: string, phrase: string): boolean {
@@ -131,6 +147,14 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
       outcome: "review",
       // The same words whatever the other case's state: the applicant learns nothing about it.
       detail: "This application resembles another organization's case; a reviewer looks at both.",
+    });
+  }
+  if (facts.deniedPartyMatch) {
+    reasons.push({
+      code: "denied_party_match",
+      outcome: "review",
+      // The applicant is not told which list or party: screening is for reviewers to judge.
+      detail: "Applications are screened against trade restriction lists; a reviewer looks at this one.",
     });
   }
   const use = facts.intendedUse.toLowerCase();

@@ -1,0 +1,175 @@
+import { count } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { auditEvents, screeningEntries } from "../worker/db/schema";
+import type { LicenseVersion } from "../worker/licenses/store";
+import { csvRecords, parseScreeningList } from "../worker/screening/csv";
+import { screenNames } from "../worker/screening/list";
+import { normalizeEntityName, screeningKey } from "../worker/screening/names";
+import SAMPLE from "./fixtures/screening-sample.csv?raw";
+import { accessHeaders, adminToken } from "./helpers/access";
+import { applyAndConfirm } from "./helpers/apply";
+import { seedLicense, testGateway } from "./helpers/fixtures";
+
+type Gateway = ReturnType<typeof testGateway>;
+
+describe("screening names", () => {
+  it.each([
+    ["Acme Robotics GmbH", "acme robotics"],
+    ["ACME  robotics, Inc.", "acme robotics"],
+    ["Acme Co., Ltd.", "acme"],
+    ["Société Générale d'Électronique S.A.", "societe generale delectronique"],
+    ["OOO Rostec Torgovlya", "rostec torgovlya"],
+    ["Smith & Sons LLC", "smith and sons"],
+    ["Ｆｕｌｌｗｉｄｔｈ　Ｃｏｒｐ", "fullwidth"],
+    ["Ltd", "ltd"],
+  ])("normalizes %s to %s", (name, normalized) => {
+    expect(normalizeEntityName(name)).toBe(normalized);
+  });
+
+  it("keys names by their words in any order, so a list's surname-first form meets the applicant's", () => {
+    expect(screeningKey("IVANOV, Ivan")).toBe(screeningKey("Ivan Ivanov"));
+    expect(screeningKey("Acme Rockets")).not.toBe(screeningKey("Acme Robotics"));
+    expect(screeningKey("!!!")).toBe("");
+  });
+
+  it("reads the Consolidated Screening List's CSV: quoted commas, aliases, countries from addresses", () => {
+    expect(csvRecords('a,"b, ""c""",d\r\n"multi\nline",x,\n')).toEqual([
+      ["a", 'b, "c"', "d"],
+      ["multi\nline", "x", ""],
+    ]);
+    const parties = parseScreeningList(SAMPLE);
+    expect(parties).toHaveLength(4);
+    expect(parties[0]).toEqual({
+      source: "Specially Designated Nationals (SDN) - Treasury Department",
+      name: "ROSTEC TRADING, LTD.",
+      altNames: ["Rostek Trade House", "OOO Rostec Torgovlya"],
+      country: "RU",
+      addresses: "12 Example Street, Moscow, , RU",
+    });
+    expect(parties[1]?.country).toBe("IR");
+    expect(() => parseScreeningList("id,title\n1,x\n")).toThrowError(/no name or source column/);
+  });
+});
+
+describe("the denied-party list at application time", () => {
+  let gateway: Gateway;
+  let license: LicenseVersion;
+
+  beforeEach(async () => {
+    gateway = testGateway();
+    license = await seedLicense(gateway.services);
+  });
+
+  async function loadSample(role: "admin" | "reviewer" = "admin", body = SAMPLE) {
+    const token = await adminToken({ role, email: `${role}@example.com` });
+    return gateway.request("/admin/api/screening/list", {
+      method: "PUT",
+      headers: accessHeaders(token, { "content-type": "text/csv" }),
+      body,
+    });
+  }
+
+  function application(organization: string, contact = "Ada Lovelace", email = "ada@applicant.example") {
+    return {
+      family: "llama-2",
+      organization: { name: organization, website: "https://applicant.example", country: "DE" },
+      contact: { name: contact, email },
+      intendedUse: "Customer support assistant for our products.",
+      declaredMau: 120_000,
+      models: ["llama-2-7b-chat"],
+      licenseSha256: license.licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+    };
+  }
+
+  async function caseFile(id: string) {
+    const token = await adminToken({ role: "reviewer" });
+    const res = await gateway.request(`/admin/api/applications/${id}`, { headers: accessHeaders(token) });
+    expect(res.status).toBe(200);
+    return (await res.json()) as {
+      application: { policyReasons: { code: string }[] };
+      auditEvents: { action: string; data: Record<string, unknown> }[];
+    };
+  }
+
+  it("loads a list as an admin, replacing the one in force, audited; reviewers may only read it", async () => {
+    expect((await loadSample("reviewer")).status).toBe(403);
+    const res = await loadSample();
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({
+      entries: 4,
+      sources: expect.arrayContaining(["Entity List (EL) - Bureau of Industry and Security"]),
+    });
+    expect((await loadSample()).status).toBe(200);
+    const [stored] = await gateway.db.select({ n: count() }).from(screeningEntries);
+    expect(stored?.n).toBe(4);
+    const loads = (await gateway.db.select().from(auditEvents)).filter((e) => e.action === "screening.list_loaded");
+    expect(loads).toHaveLength(2);
+    const standing = await gateway.request("/admin/api/screening/list", {
+      headers: accessHeaders(await adminToken({ role: "reviewer" })),
+    });
+    expect(await standing.json()).toMatchObject({ entries: 4 });
+  });
+
+  it("refuses a list without names, in another media type, or empty", async () => {
+    const bad = await loadSample("admin", "id,title\n1,x\n");
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toMatchObject({ code: "validation_failed" });
+    expect((await loadSample("admin", "name,source\n")).status).toBe(400);
+    const token = await adminToken({ role: "admin" });
+    const json = await gateway.request("/admin/api/screening/list", {
+      method: "PUT",
+      headers: accessHeaders(token),
+      body: JSON.stringify({ name: "x" }),
+    });
+    expect(json.status).toBe(415);
+  });
+
+  it("sends an organization matching a listed alias to review, and shows reviewers the listed party", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const decided = await applyAndConfirm(gateway, application("Rostek Trade House Ltd"));
+    expect(decided.status).toBe("pending_review");
+    const file = await caseFile(decided.applicationId);
+    expect(file.application.policyReasons.map((r) => r.code)).toEqual(["denied_party_match"]);
+    const match = file.auditEvents.find((e) => e.action === "application.screening_match");
+    expect(match?.data.matches).toEqual([
+      expect.objectContaining({
+        screened: "Rostek Trade House Ltd",
+        name: "ROSTEC TRADING, LTD.",
+        matchedName: "Rostek Trade House",
+        source: "Specially Designated Nationals (SDN) - Treasury Department",
+        country: "RU",
+      }),
+    ]);
+    // The applicant learns that the case is reviewed, not against which party.
+    const status = await gateway.request(`/v1/applications/${decided.applicationId}`, {
+      headers: { authorization: `Bearer ${decided.capability}` },
+    });
+    const text = await status.text();
+    expect(text).toContain("denied_party_match");
+    expect(text).not.toContain("ROSTEC");
+    expect(text).not.toContain("SDN");
+  });
+
+  it("screens the contact's name too, in the list's surname-first form", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const decided = await applyAndConfirm(gateway, application("Harmless Widgets GmbH", "Ivan Ivanov"));
+    expect(decided.status).toBe("pending_review");
+    const file = await caseFile(decided.applicationId);
+    expect(file.application.policyReasons.map((r) => r.code)).toContain("denied_party_match");
+  });
+
+  it("approves a different company that shares a word with a listed one", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const decided = await applyAndConfirm(gateway, application("Acme Robotics GmbH"));
+    expect(decided.status).toBe("approved");
+    expect(await screenNames(gateway.services, ["Acme Robotics GmbH", "Rostec"])).toEqual([]);
+    expect(await screenNames(gateway.services, ["acme rockets, inc."])).toMatchObject([{ name: "Acme Rockets LLC" }]);
+  });
+
+  it("approves as before while no list is loaded", async () => {
+    const decided = await applyAndConfirm(gateway, application("Rostec Trading Ltd"));
+    expect(decided.status).toBe("approved");
+  });
+});
