@@ -275,8 +275,17 @@ describe("reviewer console and applicant pages in Chromium", () => {
       )
       .toBeGreaterThan(0);
 
-    await admin.goto(`${gateway.baseUrl}/admin/usage`);
-    await expect(admin.locator("svg[role=img]").count()).resolves.toBe(3);
+    // The console reads D1's hourly totals, which the quota objects write every USAGE_SYNC_SECONDS
+    // (5 s under npm start).
+    await expect
+      .poll(
+        async () => {
+          await admin.goto(`${gateway.baseUrl}/admin/usage`);
+          return admin.locator("svg[role=img]").count();
+        },
+        { timeout: 60_000, interval: 1_000 },
+      )
+      .toBe(3);
     // Each chart says what it plots under it, not only to screen readers.
     const captions = await admin.locator("figcaption strong").allTextContents();
     expect(captions.map((c) => c.split(",")[0])).toEqual([
