@@ -630,7 +630,7 @@ export const inferenceBackendHealth = sqliteTable("inference_backend_health", {
   seenAt: integer("seen_at").notNull(),
 });
 
-export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed"] as const;
+export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed", "blocked"] as const;
 
 /**
  * One inference request's metered usage. Its id is the idempotency identifier of the billing
@@ -1010,3 +1010,95 @@ export const organizationCountries = sqliteTable(
 );
 
 export type ScreeningEntry = typeof screeningEntries.$inferSelect;
+
+/**
+ * How an organization's prompts (and, when it asks, plain answers) are screened by the guard model:
+ * one row per organization that an admin set; organizations without one take `GUARD_DEFAULT_MODE`.
+ */
+export const organizationGuard = sqliteTable("organization_guard", {
+  organizationId: text("organization_id")
+    .primaryKey()
+    .references(() => organizations.id),
+  mode: text("mode", { enum: ["off", "log", "block"] }).notNull(),
+  /** Whether flags keep the flagged text (the organization allowed it); otherwise only categories. */
+  storeSamples: integer("store_samples", { mode: "boolean" }).notNull(),
+  /** Whether plain (not streamed) answers are screened too, after the backend answered. */
+  screenResponses: integer("screen_responses", { mode: "boolean" }).notNull(),
+  updatedAt: text("updated_at").notNull(),
+  updatedBy: text("updated_by").notNull(),
+});
+
+/** One request the guard model found unsafe: reviewers' queue of acceptable-use flags. */
+export const guardFlags = sqliteTable(
+  "guard_flags",
+  {
+    id: text("id").primaryKey(),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id"),
+    /** The usage row of the request. */
+    usageId: text("usage_id").notNull(),
+    model: text("model").notNull(),
+    /** What was screened: the `prompt`, or the backend's `response`. */
+    stage: text("stage", { enum: ["prompt", "response"] }).notNull(),
+    /** `logged`: the request went on; `blocked`: it was refused with `content_policy_violation`. */
+    action: text("action", { enum: ["logged", "blocked"] }).notNull(),
+    /** The guard's category codes (Llama Guard's S1–S14). */
+    categories: text("categories", { mode: "json" }).$type<string[]>().notNull(),
+    /** The screened text (at most `GUARD_SAMPLE_CHARS`), only where the organization allows it; pruned after the retention. */
+    sample: text("sample"),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [
+    index("guard_flags_organization").on(t.organizationId, t.createdAt),
+    index("guard_flags_created").on(t.createdAt),
+  ],
+);
+
+/**
+ * A license version an organization must accept again for a grant to go on, and by when
+ * (`acceptBy`): written when an operator loads a version that requires it, one pending row per
+ * grant. Accepting it fills in the evidence (hashes, time, address, country, member) and moves
+ * the grant to the version; a newer requirement supersedes a pending one.
+ */
+export const licenseReacceptances = sqliteTable(
+  "license_reacceptances",
+  {
+    id: text("id").primaryKey(),
+    grantId: text("grant_id")
+      .notNull()
+      .references(() => grants.id),
+    organizationId: text("organization_id")
+      .notNull()
+      .references(() => organizations.id),
+    family: text("family").notNull(),
+    /** The version the grant was under when the requirement was made. */
+    fromLicenseVersionId: text("from_license_version_id")
+      .notNull()
+      .references(() => licenseVersions.id),
+    licenseVersionId: text("license_version_id")
+      .notNull()
+      .references(() => licenseVersions.id),
+    /** From this instant on, downloads and inference stop until the version is accepted. */
+    acceptBy: text("accept_by").notNull(),
+    requiredAt: text("required_at").notNull(),
+    supersededAt: text("superseded_at"),
+    acceptedAt: text("accepted_at"),
+    acceptedByUserId: text("accepted_by_user_id").references(() => users.id),
+    licenseSha256: text("license_sha256"),
+    aupSha256: text("aup_sha256"),
+    ip: text("ip"),
+    country: text("country"),
+    userAgent: text("user_agent"),
+  },
+  (t) => [
+    uniqueIndex("license_reacceptances_one_pending")
+      .on(t.grantId)
+      .where(sql`accepted_at is null and superseded_at is null`),
+    index("license_reacceptances_organization").on(t.organizationId),
+  ],
+);
+
+export type LicenseReacceptance = typeof licenseReacceptances.$inferSelect;
