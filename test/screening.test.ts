@@ -142,6 +142,14 @@ describe("the denied-party list at application time", () => {
         country: "RU",
       }),
     ]);
+    // The console's case page shows reviewers the listed party.
+    const page = await gateway.request(`/admin/applications/${decided.applicationId}`, {
+      headers: accessHeaders(await adminToken({ role: "reviewer" })),
+    });
+    const html = await page.text();
+    expect(html).toContain("Denied-party screening");
+    expect(html).toContain("ROSTEC TRADING, LTD.");
+    expect(html).toContain("Specially Designated Nationals (SDN) - Treasury Department");
     // The applicant learns that the case is reviewed, not against which party.
     const status = await gateway.request(`/v1/applications/${decided.applicationId}`, {
       headers: { authorization: `Bearer ${decided.capability}` },

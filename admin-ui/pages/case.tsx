@@ -3,9 +3,29 @@ import type { commentView } from "../../worker/admin/comments";
 import { countryName } from "../../worker/applications/countries";
 import { type AdminIdentity, holdsRole } from "../../worker/auth/access";
 import { formatCount, formatTime, STATUS_WORDS } from "../../worker/pages/format";
+import { SCREENING_MATCH_ACTION } from "../../worker/screening/case";
 import { ConsolePage, type SignOut } from "../layout";
 import { DataTable } from "../table";
 import { auditEventColumns } from "./audit";
+
+/** A screening match as the case's audit trail records it (`worker/screening/case.ts`). */
+interface RecordedMatch {
+  screened: string;
+  name: string;
+  matchedName: string;
+  source: string;
+  country: string | null;
+}
+
+/** The matches of one `application.screening_match` event; anything unexpected is left out. */
+function screeningMatchesOf(data: unknown): RecordedMatch[] {
+  const matches = (data as { matches?: unknown } | null)?.matches;
+  if (!Array.isArray(matches)) return [];
+  return matches.filter(
+    (m): m is RecordedMatch =>
+      typeof m === "object" && m !== null && typeof m.name === "string" && typeof m.source === "string",
+  );
+}
 
 type CaseFile = Awaited<ReturnType<typeof readCaseFile>>;
 type Comment = ReturnType<typeof commentView>;
@@ -147,6 +167,9 @@ function RelatedCases(props: { file: CaseFile }) {
 
 export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: CaseFile; comments: Comment[] }) {
   const { file, admin } = props;
+  const screeningMatches = file.auditEvents
+    .filter((e) => e.action === SCREENING_MATCH_ACTION)
+    .flatMap((e) => screeningMatchesOf(e.data));
   const app = file.application;
   return (
     <ConsolePage title={`${app.organizationName} · case`} section="queue" admin={admin} signOut={props.signOut}>
@@ -319,6 +342,27 @@ export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: 
           <output data-form-status />
         </form>
       </section>
+
+      {screeningMatches.length > 0 ? (
+        <section aria-labelledby="screening-heading">
+          <h2 id="screening-heading">Denied-party screening</h2>
+          <p class="panel bad" role="status">
+            The applicant's names match {screeningMatches.length === 1 ? "a party" : "parties"} on the screening list:
+            the case waits for a reviewer. The applicant is not told which list or party.
+          </p>
+          <DataTable
+            rows={screeningMatches}
+            caption="Listed parties the organization's or contact's name matched"
+            columns={[
+              { label: "Applicant's name", cell: (m) => m.screened },
+              { label: "Listed party", cell: (m) => m.name },
+              { label: "Matched name or alias", cell: (m) => m.matchedName },
+              { label: "List", cell: (m) => m.source },
+              { label: "Country", cell: (m) => (m.country ? countryName(m.country) : "—") },
+            ]}
+          />
+        </section>
+      ) : null}
 
       <section aria-labelledby="history-heading">
         <h2 id="history-heading">Decisions</h2>
