@@ -49,7 +49,21 @@ export type ErrorShape = "vllm" | "vllm-legacy" | "vllm-nested" | "tgi";
 const ERROR_SHAPES: readonly ErrorShape[] = ["vllm", "vllm-legacy", "vllm-nested", "tgi"];
 
 /** How a simulator answers a request: text, or a call of the request's first tool. */
-export type AnswerKind = "text" | "tool_calls";
+export type AnswerKind = "text" | "tool_calls" | "guard";
+
+/**
+ * A prompt holding this word is unsafe to a simulator answering as a guard model (`answer: "guard"`):
+ * it answers `unsafe\nS1` then, as Llama Guard does, and `safe` otherwise.
+ */
+export const GUARD_UNSAFE_MARKER = "xyzzy-unsafe";
+
+/** A guard model's verdict on a request's messages or prompt. */
+function guardVerdict(request: CompletionRequest): string {
+  const texts: unknown[] = Array.isArray(request.messages)
+    ? (request.messages as ChatMessage[]).map((m) => m?.content)
+    : [request.prompt];
+  return JSON.stringify(texts).includes(GUARD_UNSAFE_MARKER) ? "unsafe\nS1" : "safe";
+}
 
 /** Body of `POST /_sim/mode`. */
 export interface SimulatorModeRequest {
@@ -70,7 +84,9 @@ export interface SimulatorModeRequest {
   errorMessage?: string;
   /**
    * What completions answer from now on: `text` (the default) or `tool_calls`, a call of the
-   * request's first tool whose arguments stream in `max_tokens` pieces, as vLLM streams them.
+   * request's first tool whose arguments stream in `max_tokens` pieces, as vLLM streams them; or
+   * `guard`, a guard model's verdict (`safe`, or `unsafe\nS1` when a message holds
+   * {@link GUARD_UNSAFE_MARKER}) in plain answers.
    */
   answer?: AnswerKind;
   /** The mode applies to this many completion requests, then `ok` returns; absent: until changed. */
@@ -461,8 +477,8 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
     if (errorMessage !== undefined && typeof errorMessage !== "string") {
       throw new BadRequest(400, "errorMessage must be a string", "invalid_request_error");
     }
-    if (answer !== undefined && answer !== "text" && answer !== "tool_calls") {
-      throw new BadRequest(400, "answer must be text or tool_calls", "invalid_request_error", "answer");
+    if (answer !== undefined && answer !== "text" && answer !== "tool_calls" && answer !== "guard") {
+      throw new BadRequest(400, "answer must be text, tool_calls or guard", "invalid_request_error", "answer");
     }
     state.mode = request.mode;
     if (promptTokens !== undefined) state.promptTokens = promptTokens;
@@ -619,7 +635,7 @@ export async function startBackendSimulator(options: BackendSimulatorOptions = {
 
     // A plain answer comes once every token is generated, as a GPU server's does.
     if (state.tokenLatencyMs > 0) await sleep(maxTokens * state.tokenLatencyMs);
-    const content = completionText(maxTokens, state.promptTokens);
+    const content = state.answer === "guard" ? guardVerdict(request) : completionText(maxTokens, state.promptTokens);
     const usage = state.reportUsage ? usageOf(promptTokens, maxTokens) : undefined;
     const toolCall = {
       id: `call_${id}`,

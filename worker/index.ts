@@ -6,6 +6,8 @@ import { reconcileBilling } from "./billing/reconcile";
 import { billingEnabled } from "./config";
 import { tendEvents } from "./events/cron";
 import { consumeEventBatch, isEventsQueue } from "./events/queue";
+import { pruneGuardSamples } from "./guard/flags";
+import { guardSettings } from "./guard/settings";
 import { deliverDueMail } from "./mail/outbox";
 import { createServices } from "./services";
 import { carryLedgerRows } from "./usage/carry";
@@ -53,6 +55,14 @@ export default {
           if (carried.usage + carried.downloads > 0) services.log.info("usage rows carried into hours", carried);
         },
         (error: unknown) => services.log.error("carrying usage rows into hours failed", { error: String(error) }),
+      ),
+    );
+    ctx.waitUntil(
+      pruneGuardSamples(services, guardSettings(env, services.config.inference.allowedHosts).sampleRetentionDays).then(
+        (pruned) => {
+          if (pruned > 0) services.log.info("guard flag samples pruned", { pruned });
+        },
+        (error: unknown) => services.log.error("pruning guard flag samples failed", { error: String(error) }),
       ),
     );
     ctx.waitUntil(

@@ -13,6 +13,7 @@ import { reconciliationRoutes } from "../billing/reconcile-routes";
 import { billingAdminRoutes } from "../billing/routes";
 import { ADMIN_ROLES } from "../config";
 import { webhookAdminRoutes } from "../events/admin-routes";
+import { guardAdminRoutes } from "../guard/routes";
 import { newRouter } from "../http/router";
 import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
@@ -62,4 +63,5 @@ export const adminRoutes = adminApi
   .route("/", webhookAdminRoutes)
   .route("/", mailAdminRoutes)
   .route("/", usageArchiveRoutes)
-  .route("/", screeningAdminRoutes);
+  .route("/", screeningAdminRoutes)
+  .route("/", guardAdminRoutes);

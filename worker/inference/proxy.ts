@@ -3,6 +3,7 @@ import { bearerToken } from "../auth/bearer";
 import { billingEnabled } from "../config";
 import { AppError } from "../errors";
 import { modelCoverage, notCoveredProblem } from "../grants/coverage";
+import { type GuardCall, screenAnswer, screenPrompt } from "../guard/screen";
 import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
 import { recordCompletion } from "../observability/analytics";
@@ -468,7 +469,7 @@ async function complete(
     return body;
   };
   /** Settles a request that produced nothing billable. */
-  const settleUnused = (backendUrl: string | null, outcome: "backend_error" | "partial", status: number) =>
+  const settleUnused = (backendUrl: string | null, outcome: "backend_error" | "partial" | "blocked", status: number) =>
     void settle({
       backend: backendUrl,
       promptTokens: 0,
@@ -480,6 +481,20 @@ async function complete(
       status,
     });
   const path = endpoint === "chat" ? "chat/completions" : "completions";
+  const guard: GuardCall = {
+    services,
+    env,
+    principal: caller.principal,
+    usageId,
+    model: request.model,
+    fetcher: options.fetcher,
+    waitUntil,
+  };
+  const screening = await screenPrompt(guard, request);
+  if (screening.refusal) {
+    settleUnused(null, "blocked", screening.refusal.status);
+    throw screening.refusal;
+  }
   timing.sentAt = services.clock.now().getTime();
   const attempt = await sendToBackends(services, pool, path, bodyFor, stream, options, waitUntil);
   if (!attempt.ok) {
@@ -548,6 +563,9 @@ async function complete(
     await (reported
       ? answered(reported)
       : countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered));
+    // The answer's tokens were generated and stay billed; its text is withheld.
+    const answerRefusal = await screenAnswer(guard, screening, answerTexts(json));
+    if (answerRefusal) throw answerRefusal;
     headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }

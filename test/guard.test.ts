@@ -1,0 +1,326 @@
+import { eq } from "drizzle-orm";
+import OpenAI from "openai";
+import { beforeEach, describe, expect, it } from "vitest";
+import { GUARD_UNSAFE_MARKER } from "../scripts/backend-sim";
+import { auditEvents, grants, guardFlags } from "../worker/db/schema";
+import { readGuardAnswer } from "../worker/guard/classify";
+import { pruneGuardSamples } from "../worker/guard/flags";
+import { parseGuardBackend } from "../worker/guard/settings";
+import { clearCallerCache } from "../worker/inference/access";
+import { BackendHealth } from "../worker/inference/backends";
+import { fixedClock } from "../worker/platform/clock";
+import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
+import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
+import { seedLicense, testGateway } from "./helpers/gateway";
+import { usageRows } from "./helpers/ledger";
+
+const MODEL = "llama-2-7b-chat";
+const UNSAFE = `tell me about ${GUARD_UNSAFE_MARKER} please`;
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  licenseSha256 = (await seedLicense()).licenseSha256;
+});
+
+/** A simulator scope answering as Llama Guard. */
+async function guardServer(): Promise<Backend> {
+  const guard = scopedBackend(1);
+  await guard.mode("ok", { answer: "guard" });
+  return guard;
+}
+
+/**
+ * A gateway with one inference backend and, unless `guardUrl` is null, a guard model; an
+ * organization with a token and the real `openai` client.
+ */
+async function setup(options: { guardUrl?: string | null; bindings?: Partial<Env> } = {}) {
+  const backend = scopedBackend(0);
+  const guard = await guardServer();
+  const guardUrl = options.guardUrl === undefined ? guard.url : options.guardUrl;
+  const gw = testGateway({
+    clock: fixedClock(TOKEN_NOW),
+    inference: { health: new BackendHealth(), random: () => 0 },
+    bindings: {
+      INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: backend.url, timeoutMs: 10_000 }] }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      GUARD_BACKEND: guardUrl === null ? "" : JSON.stringify({ url: guardUrl, servedModel: MODEL, timeoutMs: 2_000 }),
+      ...options.bindings,
+    },
+  });
+  const caller = await openAiCaller(gw, licenseSha256);
+  const [grant] = await gw.db.select().from(grants).where(eq(grants.id, caller.grantId));
+  const organizationId = grant?.organizationId as string;
+  const ask = (content: string) =>
+    caller.client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content }], max_tokens: 3 });
+  return { gw, backend, guard, organizationId, ask, ...caller };
+}
+
+type Gateway = ReturnType<typeof testGateway>;
+
+async function setGuard(
+  gw: Gateway,
+  organizationId: string,
+  policy: { mode: string; storeSamples?: boolean; screenResponses?: boolean },
+  role: "admin" | "approver" = "admin",
+) {
+  return gw.request(`/admin/api/organizations/${organizationId}/guard`, {
+    method: "PUT",
+    headers: accessHeaders(await adminToken({ role, email: "ops@example.com" })),
+    body: JSON.stringify(policy),
+  });
+}
+
+async function flagsOf(gw: Gateway, organizationId?: string) {
+  const query = organizationId ? `?organization=${organizationId}` : "";
+  const res = await gw.request(`/admin/api/guard/flags${query}`, { headers: accessHeaders(await adminToken()) });
+  expect(res.status).toBe(200);
+  return (await res.json()) as {
+    threshold: number;
+    organizations: {
+      organizationId: string;
+      flags: number;
+      blocked: number;
+      categories: { code: string; count: number }[];
+      suspensionProposed: boolean;
+      activeGrants: string[];
+    }[];
+    flags: { organizationId: string; action: string; stage: string; categories: string[]; sample: string | null }[];
+  };
+}
+
+describe("guard mode block", () => {
+  it("refuses a flagged prompt with content_policy_violation, never calls the backend and meters it as blocked", async () => {
+    const { gw, backend, guard, organizationId, ask } = await setup();
+    expect((await setGuard(gw, organizationId, { mode: "block" })).status).toBe(200);
+
+    const refused = await ask(UNSAFE).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((refused as InstanceType<typeof OpenAI.BadRequestError>).status).toBe(400);
+    expect((refused as InstanceType<typeof OpenAI.BadRequestError>).code).toBe("content_policy_violation");
+    expect(await backend.requests()).toHaveLength(0);
+    const judged = await guard.requests();
+    expect(judged).toHaveLength(1);
+    expect(judged[0]?.body).toMatchObject({ model: MODEL, messages: [{ role: "user", content: UNSAFE }] });
+
+    const rows = await usageRows();
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ status: 400, outcome: "blocked", totalTokens: 0, backend: null });
+
+    const queue = await flagsOf(gw, organizationId);
+    expect(queue.flags).toHaveLength(1);
+    expect(queue.flags[0]).toMatchObject({ action: "blocked", stage: "prompt", categories: ["S1"], sample: null });
+    expect(queue.organizations[0]).toMatchObject({ organizationId, flags: 1, blocked: 1 });
+  });
+
+  it("serves a prompt the guard finds safe", async () => {
+    const { gw, backend, guard, organizationId, ask } = await setup();
+    await setGuard(gw, organizationId, { mode: "block" });
+    const answer = await ask("say hello");
+    expect(answer.choices[0]?.message.content).toBe("tok0 tok1 tok2 ");
+    expect(await guard.requests()).toHaveLength(1);
+    expect(await backend.requests()).toHaveLength(1);
+    expect((await flagsOf(gw, organizationId)).flags).toHaveLength(0);
+  });
+
+  it("fails closed with 503 when the guard is down, without calling the backend", async () => {
+    const { gw, backend, guard, organizationId, ask } = await setup();
+    await guard.mode("down");
+    await setGuard(gw, organizationId, { mode: "block" });
+    const refused = await ask("say hello").catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(OpenAI.InternalServerError);
+    expect((refused as InstanceType<typeof OpenAI.InternalServerError>).status).toBe(503);
+    expect(await backend.requests()).toHaveLength(0);
+    const rows = await usageRows();
+    expect(rows[0]).toMatchObject({ status: 503, outcome: "blocked", totalTokens: 0 });
+  });
+
+  it("fails closed when GUARD_BACKEND names a private address not allowed", async () => {
+    const { gw, backend, organizationId, ask } = await setup({
+      guardUrl: "http://169.254.169.254",
+    });
+    await setGuard(gw, organizationId, { mode: "block" });
+    const refused = await ask("say hello").catch((error: unknown) => error);
+    expect((refused as InstanceType<typeof OpenAI.APIError>).status).toBe(503);
+    expect(await backend.requests()).toHaveLength(0);
+  });
+});
+
+describe("guard mode log", () => {
+  it("serves a flagged prompt and records a flag with its categories, without a sample unless allowed", async () => {
+    const { gw, backend, organizationId, ask } = await setup();
+    await setGuard(gw, organizationId, { mode: "log" });
+    const answer = await ask(UNSAFE);
+    expect(answer.choices[0]?.message.content).toBe("tok0 tok1 tok2 ");
+    expect(await backend.requests()).toHaveLength(1);
+    const queue = await flagsOf(gw, organizationId);
+    expect(queue.flags).toEqual([
+      expect.objectContaining({ organizationId, action: "logged", stage: "prompt", categories: ["S1"], sample: null }),
+    ]);
+    expect(queue.organizations[0]?.categories).toEqual([{ code: "S1", count: 1 }]);
+    const rows = await usageRows();
+    expect(rows[0]).toMatchObject({ status: 200, outcome: "ok" });
+  });
+
+  it("keeps the flagged text where the organization allows it, and shows one organization's flags only", async () => {
+    const first = await setup();
+    await setGuard(first.gw, first.organizationId, { mode: "log", storeSamples: true });
+    await first.ask(UNSAFE);
+    const other = await openAiCaller(first.gw, licenseSha256);
+    const [otherGrant] = await first.gw.db.select().from(grants).where(eq(grants.id, other.grantId));
+    const otherOrganization = otherGrant?.organizationId as string;
+    await setGuard(first.gw, otherOrganization, { mode: "log" });
+    await other.client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: UNSAFE }],
+      max_tokens: 1,
+    });
+
+    const mine = await flagsOf(first.gw, first.organizationId);
+    expect(mine.flags).toHaveLength(1);
+    expect(mine.flags[0]?.organizationId).toBe(first.organizationId);
+    expect(mine.flags[0]?.sample).toContain(GUARD_UNSAFE_MARKER);
+    expect(mine.organizations.map((o) => o.organizationId)).toEqual([first.organizationId]);
+    const theirs = await flagsOf(first.gw, otherOrganization);
+    expect(theirs.flags.map((f) => [f.organizationId, f.sample])).toEqual([[otherOrganization, null]]);
+    const all = await flagsOf(first.gw);
+    expect(all.organizations.map((o) => o.organizationId).sort()).toEqual(
+      [first.organizationId, otherOrganization].sort(),
+    );
+    expect(all.flags).toHaveLength(0);
+  });
+
+  it("serves when the guard is down, recording nothing", async () => {
+    const { gw, guard, organizationId, ask } = await setup();
+    await guard.mode("500");
+    await setGuard(gw, organizationId, { mode: "log" });
+    const answer = await ask(UNSAFE);
+    expect(answer.choices[0]?.message.content).toBe("tok0 tok1 tok2 ");
+    expect((await flagsOf(gw, organizationId)).flags).toHaveLength(0);
+  });
+
+  it("screens plain answers too where the organization asks, with the answer as the assistant's turn", async () => {
+    const { gw, guard, organizationId, ask } = await setup();
+    await setGuard(gw, organizationId, { mode: "block", screenResponses: true });
+    await ask("say hello");
+    const judged = await guard.requests();
+    expect(judged).toHaveLength(2);
+    expect(judged[1]?.body).toMatchObject({
+      messages: [
+        { role: "user", content: "say hello" },
+        { role: "assistant", content: "tok0 tok1 tok2 " },
+      ],
+    });
+  });
+});
+
+describe("guard mode off", () => {
+  it("asks the guard nothing, by default and when set", async () => {
+    const { gw, guard, organizationId, ask } = await setup();
+    await ask(UNSAFE);
+    await setGuard(gw, organizationId, { mode: "off" });
+    await ask(UNSAFE);
+    expect(await guard.requests()).toHaveLength(0);
+    expect((await flagsOf(gw, organizationId)).flags).toHaveLength(0);
+  });
+
+  it("asks nothing without GUARD_BACKEND, whatever the organization's mode", async () => {
+    const { gw, guard, organizationId, ask } = await setup({ guardUrl: null });
+    await setGuard(gw, organizationId, { mode: "block" });
+    await ask(UNSAFE);
+    expect(await guard.requests()).toHaveLength(0);
+  });
+
+  it("takes GUARD_DEFAULT_MODE for organizations no admin set", async () => {
+    const { gw, guard, backend, ask } = await setup({ bindings: { GUARD_DEFAULT_MODE: "block" } });
+    await expect(ask(UNSAFE)).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    expect(await guard.requests()).toHaveLength(1);
+    expect(await backend.requests()).toHaveLength(0);
+    expect(gw).toBeDefined();
+  });
+});
+
+describe("the guard's admin API", () => {
+  it("sets a policy as admins only, audited, and refuses bad modes and unknown organizations", async () => {
+    const { gw, organizationId } = await setup();
+    expect((await setGuard(gw, organizationId, { mode: "log" }, "approver")).status).toBe(403);
+    const bad = await setGuard(gw, organizationId, { mode: "loud" });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { code: string }).code).toBe("validation_failed");
+    expect((await setGuard(gw, "org_nope", { mode: "log" })).status).toBe(404);
+    const set = await setGuard(gw, organizationId, { mode: "log", storeSamples: true });
+    expect(await set.json()).toMatchObject({ mode: "log", storeSamples: true, custom: true, guardConfigured: true });
+    const read = await gw.request(`/admin/api/organizations/${organizationId}/guard`, {
+      headers: accessHeaders(await adminToken()),
+    });
+    expect(await read.json()).toMatchObject({ mode: "log", storeSamples: true, screenResponses: false });
+    const events = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "organization.guard_set"));
+    expect(events.map((e) => [e.subjectId, e.actor])).toEqual([[organizationId, "reviewer:ops@example.com"]]);
+  });
+
+  it("proposes suspending an organization at the threshold, which a reviewer confirms with the grant's suspend route", async () => {
+    const { gw, organizationId, grantId, ask } = await setup({ bindings: { GUARD_SUSPEND_THRESHOLD: "2" } });
+    await setGuard(gw, organizationId, { mode: "log" });
+    await ask(UNSAFE);
+    expect((await flagsOf(gw, organizationId)).organizations[0]?.suspensionProposed).toBe(false);
+    await ask(UNSAFE);
+    const proposed = (await flagsOf(gw, organizationId)).organizations[0];
+    expect(proposed).toMatchObject({ suspensionProposed: true, activeGrants: [grantId] });
+    const suspend = await gw.request(`/admin/api/grants/${grantId}/suspend`, {
+      method: "POST",
+      headers: accessHeaders(await adminToken({ role: "approver" })),
+      body: JSON.stringify({ reason: "Repeated acceptable-use flags (S1)." }),
+    });
+    expect(suspend.status).toBe(200);
+    expect((await flagsOf(gw, organizationId)).organizations[0]?.activeGrants).toEqual([]);
+  });
+
+  it("prunes samples past the retention and keeps the flags", async () => {
+    const { gw, organizationId, grantId } = await setup();
+    const row = {
+      organizationId,
+      grantId,
+      tokenId: null,
+      usageId: "use_1",
+      model: MODEL,
+      stage: "prompt" as const,
+      action: "logged" as const,
+      categories: ["S1"],
+    };
+    await gw.db.insert(guardFlags).values([
+      { ...row, id: "gfl_old", sample: "old text", createdAt: "2026-05-01T00:00:00.000Z" },
+      { ...row, id: "gfl_new", sample: "new text", createdAt: "2026-06-10T00:00:00.000Z" },
+    ]);
+    const services = { db: gw.db, clock: fixedClock("2026-06-15T12:00:00Z") };
+    expect(await pruneGuardSamples(services, 30)).toBe(1);
+    const kept = await gw.db.select({ id: guardFlags.id, sample: guardFlags.sample }).from(guardFlags);
+    expect(kept.sort((a, b) => a.id.localeCompare(b.id))).toEqual([
+      { id: "gfl_new", sample: "new text" },
+      { id: "gfl_old", sample: null },
+    ]);
+  });
+});
+
+describe("reading the guard", () => {
+  it("reads Llama Guard's verdicts and nothing else", () => {
+    expect(readGuardAnswer("safe")).toEqual({ kind: "safe" });
+    expect(readGuardAnswer("\n\nunsafe\nS1,S10")).toEqual({ kind: "unsafe", categories: ["S1", "S10"] });
+    expect(readGuardAnswer("unsafe\ns2, S2 ,bogus")).toEqual({ kind: "unsafe", categories: ["S2"] });
+    expect(readGuardAnswer("I cannot help")).toMatchObject({ kind: "unavailable" });
+  });
+
+  it("checks GUARD_BACKEND as inference servers are checked", () => {
+    expect(parseGuardBackend(JSON.stringify({ url: "http://0x7f000001:8000" }), [])).toEqual({
+      problem: "private_address",
+    });
+    expect(parseGuardBackend(JSON.stringify({ url: "http://[::ffff:169.254.169.254]" }), [])).toEqual({
+      problem: "private_address",
+    });
+    expect(parseGuardBackend("{not json", [])).toEqual({ problem: "malformed" });
+    expect(parseGuardBackend(JSON.stringify({ url: "http://127.0.0.1:8000/v1/" }), ["127.0.0.1"])).toMatchObject({
+      url: "http://127.0.0.1:8000",
+      timeoutMs: 10_000,
+    });
+    expect(parseGuardBackend("", [])).toBeUndefined();
+  });
+});
