@@ -1,8 +1,8 @@
 /**
  * `npm run seed [-- --demo http://127.0.0.1:8787]`
  *
- * Applies the D1 migrations to the local database and loads the placeholder Llama 2 license and
- * AUP into it (what `npm start` does before it starts the server). With `--demo URL`, also
+ * Applies the D1 migrations to the local database and loads every family's placeholder license
+ * and AUP into it (what `npm start` does before it starts the server). With `--demo URL`, also
  * submits and confirms the demo applications at a gateway already running at URL (reading the
  * confirmation links from its outbox with a dev admin token). Safe to repeat.
  */

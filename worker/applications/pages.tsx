@@ -1,6 +1,7 @@
 import type { FieldError } from "../errors";
 import { Page } from "../pages/layout";
 import { findFamily } from "../policy/families";
+import { regionName } from "../policy/regions";
 import type { LicenseFamily } from "../policy/types";
 import { COUNTRY_CODES, countryName } from "./countries";
 import type { ApplicantView } from "./status";
@@ -201,7 +202,12 @@ export function ApplicationForm(props: {
                   value={m.id}
                   checked={chosenModels.size === 0 || chosenModels.has(m.id)}
                 />
-                <span>{m.displayName}</span>
+                <span>
+                  {m.displayName}
+                  {m.excludedRegions && m.excludedRegions.length > 0
+                    ? ` (not licensed to organizations whose principal place of business is in ${m.excludedRegions.map(regionName).join(" or ")})`
+                    : null}
+                </span>
               </label>
             ))}
             <FieldErrorText errors={errors} field="models" id="f-models-error" />
@@ -225,6 +231,7 @@ export function ApplicationForm(props: {
           <section class="doc" tabindex={0} aria-labelledby="aup-heading">
             {props.aupText}
           </section>
+          <LicenseDuties family={family} />
           <label class="check">
             <input
               type="checkbox"
@@ -245,6 +252,24 @@ export function ApplicationForm(props: {
         <button type="submit">Submit application</button>
       </form>
     </Page>
+  );
+}
+
+/** What the license asks of licensees beyond accepting it: shown on the form and the status page. */
+function LicenseDuties(props: { family: LicenseFamily | undefined }) {
+  const duties = props.family?.duties ?? [];
+  if (duties.length === 0) return null;
+  return (
+    <section aria-labelledby="duties-heading" id="duties">
+      <h2 id="duties-heading">What the license asks of you</h2>
+      <ul>
+        {duties.map((d) => (
+          <li>
+            {d.text} <span class="hint">(section {d.section})</span>
+          </li>
+        ))}
+      </ul>
+    </section>
   );
 }
 
@@ -435,6 +460,7 @@ export function StatusPage(props: {
           </p>
         </section>
       ) : null}
+      {view.status === "approved" ? <LicenseDuties family={family} /> : null}
       {active ? <DownloadInstructions baseUrl={props.baseUrl ?? ""} family={family} /> : null}
       <h2>Details</h2>
       <dl class="facts">

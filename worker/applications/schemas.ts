@@ -1,4 +1,6 @@
 import { z } from "@hono/zod-openapi";
+import { modelRegionRefusals, modelsLicensedTo } from "../policy/evaluate";
+import { findFamily } from "../policy/families";
 import { COUNTRY_CODES } from "./countries";
 
 const trimmed = (max: number) => z.string().trim().min(1, "Required.").max(max, `At most ${max} characters.`);
@@ -39,15 +41,35 @@ export const ApplicationInput = z
       .max(100_000_000_000, "Implausibly large.")
       .openapi({
         description:
-          "Monthly active users of all products and services of the organization and its affiliates in the calendar month before the model's release date (June 2023 for Llama 2).",
+          "Monthly active users of all products and services of the organization and its affiliates in the calendar month before the family's release date (June 2023 for Llama 2, June 2024 for Llama 3.1: `GET /v1/licenses/{family}` names it as `mauMeasuredMonth`).",
         example: 120_000,
       }),
-    models: z.array(z.string().min(1).max(64)).max(20).optional(),
+    models: z.array(z.string().min(1).max(64)).max(20).optional().openapi({
+      description:
+        "The models applied for (default: all of the family's). A model the license does not grant in the organization's country (Llama 3.2's vision models in the European Union) is refused with `validation_failed` on `models`.",
+    }),
     licenseSha256: z
       .string()
       .regex(/^[0-9a-f]{64}$/, "Must be the lower-case hex sha256 of the license text you accepted."),
     acceptLicense: z.literal(true, { error: "You must accept the license." }),
     acceptAup: z.literal(true, { error: "You must accept the Acceptable Use Policy." }),
+  })
+  .superRefine((input, ctx) => {
+    // Some models are not licensed to organizations of some regions: such a request is refused
+    // here, naming each model and why, before anything is stored or mailed.
+    const family = findFamily(input.family);
+    const country = input.organization?.country;
+    if (!family || typeof country !== "string" || !COUNTRY_CODES.has(country)) return;
+    const refusals = modelRegionRefusals(family, country, input.models ?? family.models.map((m) => m.id));
+    if (refusals.length === 0) return;
+    const licensed = modelsLicensedTo(family, country).map((m) => m.id);
+    ctx.addIssue({
+      code: "custom",
+      path: ["models"],
+      message: input.models
+        ? refusals.map((r) => r.detail).join(" ")
+        : `Not every ${family.displayName} model is licensed in ${country}: choose from ${licensed.join(", ")}.`,
+    });
   })
   .openapi("ApplicationInput");
 

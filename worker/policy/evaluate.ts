@@ -1,4 +1,5 @@
-import type { LicenseFamily } from "./types";
+import { regionContains, regionName } from "./regions";
+import type { FamilyModel, LicenseFamily } from "./types";
 
 /** What the applicant declared that the license policy looks at. */
 export interface ApplicationFacts {
@@ -10,6 +11,11 @@ export interface ApplicationFacts {
    */
   declaredMau: number | undefined;
   intendedUse: string;
+  /**
+   * The model ids asked for. Each is checked against the regions its licence excludes; undefined
+   * checks none (a caller that grants the whole family passes every model's id).
+   */
+  models?: readonly string[];
   /** Whether an earlier grant of this family to the organization was revoked. */
   priorRevocation?: boolean;
   /**
@@ -36,7 +42,8 @@ export type PolicyReasonCode =
   | "aup_category_named"
   | "prior_revocation"
   | "related_organization"
-  | "denied_party_match";
+  | "denied_party_match"
+  | "model_region_excluded";
 
 /** A machine-readable reason for a policy outcome. */
 export interface PolicyReason {
@@ -45,6 +52,8 @@ export interface PolicyReason {
   detail: string;
   /** For `aup_category_named`: the category id. */
   category?: string;
+  /** For `model_region_excluded`: the model refused. */
+  model?: string;
 }
 
 export interface PolicyDecision {
@@ -56,7 +65,7 @@ export interface PolicyDecision {
 
 /**
  * The calendar month before a release date (YYYY-MM): the month whose active users the licence
- * counts. For Llama 2 (released 2023-07-18) this is 2023-06.
+ * counts: 2023-06 for a release on 2023-07-18.
  */
 export function measurementMonth(releaseDate: string): string {
   const [year, month] = releaseDate.split("-").map(Number) as [number, number];
@@ -79,6 +88,41 @@ export function exceedsThreshold(declaredMau: number, family: LicenseFamily): bo
  */
 export function isUseRestrictedCountry(country: string, family: LicenseFamily): boolean {
   return family.embargoedCountries.includes(country.toUpperCase());
+}
+
+/** The first of `model`'s excluded regions that holds `country`, or undefined when it is licensed there. */
+function excludingRegion(model: FamilyModel, country: string): string | undefined {
+  return (model.excludedRegions ?? []).find((region) => regionContains(region, country));
+}
+
+/**
+ * Why each of `modelIds` is not licensed to an organization whose principal place of business is
+ * in `country`: one `model_region_excluded` reason per refused model, none for the rest (unknown
+ * ids included: naming them is the schema's job).
+ */
+export function modelRegionRefusals(
+  family: LicenseFamily,
+  country: string,
+  modelIds: readonly string[],
+): PolicyReason[] {
+  const reasons: PolicyReason[] = [];
+  for (const id of new Set(modelIds)) {
+    const model = family.models.find((m) => m.id === id);
+    const region = model ? excludingRegion(model, country) : undefined;
+    if (!model || !region) continue;
+    reasons.push({
+      code: "model_region_excluded",
+      outcome: "reject",
+      model: model.id,
+      detail: `${model.displayName} is not licensed to organizations whose principal place of business is in ${regionName(region)} (${country.toUpperCase()}); apply for the family's other models.`,
+    });
+  }
+  return reasons;
+}
+
+/** The family's models an organization in `country` may be granted, in the family's order. */
+export function modelsLicensedTo(family: LicenseFamily, country: string): FamilyModel[] {
+  return family.models.filter((m) => excludingRegion(m, country) === undefined);
 }
 
 function namesPhrase(text: string, phrase: string): boolean {
@@ -114,6 +158,8 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
       detail: `Applications from ${country} are reviewed for trade and export compliance.`,
     });
   }
+
+  if (facts.models) reasons.push(...modelRegionRefusals(family, country, facts.models));
 
   let overThreshold = false;
   if (facts.declaredMau === undefined || !Number.isSafeInteger(facts.declaredMau) || facts.declaredMau < 0) {

@@ -25,6 +25,26 @@ export interface FamilyModel {
   variant: "base" | "chat";
   /** The Hugging Face Hub repository id the Hub-compatible API serves this model as. */
   hubRepo: string;
+  /**
+   * Regions (keys of `REGIONS` in `regions.ts`, or single ISO 3166-1 alpha-2 codes) whose
+   * organizations this model is not licensed to, by their country of principal place of business:
+   * an application from there that asks for it is refused for this model (Llama 3.2's vision
+   * models and the EU). Absent: licensed everywhere the family is.
+   */
+  excludedRegions?: readonly string[];
+}
+
+/**
+ * A duty the licence puts on whoever uses or redistributes the models, shown to applicants on the
+ * form and the status page and written into the NOTICE shipped with every download.
+ */
+export interface LicenseDuty {
+  /** Stable identifier, e.g. `attribution`. */
+  id: string;
+  /** The licence section it comes from, e.g. `1.b.i`. */
+  section: string;
+  /** What the licensee must do, in one sentence. */
+  text: string;
 }
 
 export interface LicenseFamily {
@@ -59,8 +79,13 @@ export interface LicenseFamily {
   /** Countries that cannot be granted at all (comprehensive embargoes); rejected outright. */
   embargoedCountries: readonly string[];
   aupCategories: readonly AupCategory[];
-  /** The notice every redistribution must carry (§1.b.iii). */
+  /**
+   * The NOTICE text shipped with every download: the notice the licence requires redistributions
+   * to carry, followed by the family's duties (see `noticeWithDuties()`).
+   */
   noticeText: string;
+  /** What licensees must do beyond accepting the texts (attribution, naming); empty when nothing. */
+  duties: readonly LicenseDuty[];
   /** Days a rejected applicant waits before applying again. */
   reapplyCooldownDays: number;
   models: readonly FamilyModel[];

@@ -1,8 +1,14 @@
 import type { FamilyModel, LicenseFamily } from "../types";
 import { llama2 } from "./llama-2";
+import { llama3 } from "./llama-3";
+import { llama31 } from "./llama-3-1";
+import { llama32 } from "./llama-3-2";
+import { llama33 } from "./llama-3-3";
 
-/** Every license family the gateway knows, by id. */
-export const FAMILIES: ReadonlyMap<string, LicenseFamily> = new Map([[llama2.id, llama2]]);
+/** Every license family the gateway knows, by id. Adding one is adding its data file here. */
+export const FAMILIES: ReadonlyMap<string, LicenseFamily> = new Map(
+  [llama2, llama3, llama31, llama32, llama33].map((family) => [family.id, family]),
+);
 
 /** The family with this id, or undefined. */
 export function findFamily(id: string): LicenseFamily | undefined {

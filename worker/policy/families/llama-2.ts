@@ -86,6 +86,7 @@ export const llama2: LicenseFamily = {
   ],
   noticeText:
     "Llama 2 is licensed under the LLAMA 2 Community License, Copyright (c) Meta Platforms, Inc. All Rights Reserved.",
+  duties: [],
   reapplyCooldownDays: 30,
   models: [
     {
