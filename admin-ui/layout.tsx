@@ -8,6 +8,7 @@ export const SECTIONS = [
   { id: "usage", href: "/admin/usage", label: "Usage" },
   { id: "billing", href: "/admin/billing", label: "Billing" },
   { id: "servers", href: "/admin/inference-servers", label: "Servers" },
+  { id: "guard", href: "/admin/guard", label: "Flags" },
   { id: "audit", href: "/admin/audit", label: "Audit" },
 ] as const;
 

@@ -37,6 +37,7 @@ import { billingEnabled } from "../worker/config";
 import { type APPLICATION_STATUSES, applications, GRANT_STATUSES, grants, organizations } from "../worker/db/schema";
 import type { HonoEnv } from "../worker/env";
 import { AppError } from "../worker/errors";
+import { guardQueue } from "../worker/guard/queue";
 import { refuseCrossSite } from "../worker/http/middleware";
 import { daysBetween } from "../worker/pages/chart";
 import { FAMILIES } from "../worker/policy/families";
@@ -47,6 +48,7 @@ import { BackendsPage } from "./pages/backends";
 import { BillingPage } from "./pages/billing";
 import { CasePage } from "./pages/case";
 import { GrantPage, GrantsPage } from "./pages/grants";
+import { GuardPage } from "./pages/guard";
 import { QUEUE_FILTERS, type QueueFilter, QueuePage } from "./pages/queue";
 import { DevSignInPage, NotSignedInPage } from "./pages/sign-in";
 import { UsagePage } from "./pages/usage";
@@ -331,6 +333,21 @@ consoleApp.get("/inference-servers", async (c) => {
   const list = await listInferenceBackends(c.get("services"));
   const models = [...FAMILIES.values()].flatMap((family) => family.models.map((m) => m.id));
   return c.html(<BackendsPage admin={reviewer(c)} signOut={signOutOf(c)} list={list} models={models} />);
+});
+
+consoleApp.get("/guard", async (c) => {
+  const organizationId = (c.req.query("organization") ?? "").trim().slice(0, 64) || undefined;
+  const queue = await guardQueue(c.get("services"), c.env, { days: 30, organizationId, withPolicy: true });
+  return c.html(
+    <GuardPage
+      admin={reviewer(c)}
+      signOut={signOutOf(c)}
+      configured={queue.configured}
+      threshold={queue.threshold}
+      summaries={queue.organizations}
+      selected={queue.selected}
+    />,
+  );
 });
 
 consoleApp.get("/audit", async (c) => {

@@ -275,6 +275,27 @@ describe("the guard's admin API", () => {
     expect((await flagsOf(gw, organizationId)).organizations[0]?.activeGrants).toEqual([]);
   });
 
+  it("shows the console page: flagged organizations, the proposal with its suspend action, one organization's flags", async () => {
+    const { gw, organizationId, grantId, ask } = await setup({ bindings: { GUARD_SUSPEND_THRESHOLD: "1" } });
+    await setGuard(gw, organizationId, { mode: "log", storeSamples: true });
+    await ask(UNSAFE);
+    const page = async (path: string, role: "reviewer" | "approver") => {
+      const res = await gw.request(path, { headers: { "cf-access-jwt-assertion": await adminToken({ role }) } });
+      expect(res.status, path).toBe(200);
+      return res.text();
+    };
+    const queue = await page("/admin/guard", "approver");
+    expect(queue).toContain(`/admin/guard?organization=${organizationId}`);
+    expect(queue).toContain("S1 ×1");
+    expect(queue).toContain(`data-api="/admin/api/grants/${grantId}/suspend"`);
+    const asReviewer = await page("/admin/guard", "reviewer");
+    expect(asReviewer).not.toContain(`data-api="/admin/api/grants/${grantId}/suspend"`);
+    expect(asReviewer).toContain("needs the approver role");
+    const one = await page(`/admin/guard?organization=${organizationId}`, "reviewer");
+    expect(one).toContain(GUARD_UNSAFE_MARKER);
+    expect(one).toContain("Changing it needs the admin role.");
+  });
+
   it("prunes samples past the retention and keeps the flags", async () => {
     const { gw, organizationId, grantId } = await setup();
     const row = {

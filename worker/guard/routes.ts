@@ -7,9 +7,8 @@ import { documentedJsonBody, registerBodySchema } from "../admin/body";
 import { currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import { newRouter, problemResponses, readBody } from "../http/router";
-import { addDays } from "../platform/clock";
-import { guardFlagSummaries, organizationGuardFlags } from "./flags";
 import { readGuardPolicy, requireOrganization, setGuardPolicy } from "./policy";
+import { guardQueue } from "./queue";
 import { GUARD_MODES, guardSettings } from "./settings";
 
 const PolicyInput = z.strictObject({
@@ -142,15 +141,8 @@ export const guardAdminRoutes = registerBodySchema(newRouter(), "OrganizationGua
     return c.json({ organizationId: id, ...policy, guardConfigured: settings.backend !== undefined }, 200);
   })
   .openapi(flagsRoute, async (c) => {
-    const services = c.get("services");
     const { organization, days } = c.req.valid("query");
-    const settings = guardSettings(c.env, services.config.inference.allowedHosts);
-    const since = addDays(services.clock.now(), -days).toISOString();
-    const organizations = await guardFlagSummaries(services, {
-      since,
-      threshold: settings.suspendThreshold,
-      ...(organization ? { organizationId: organization } : {}),
-    });
-    const flags = organization ? await organizationGuardFlags(services, organization, since) : [];
-    return c.json({ since, threshold: settings.suspendThreshold, organizations, flags }, 200);
+    const queue = await guardQueue(c.get("services"), c.env, { days, organizationId: organization });
+    const { since, threshold, organizations } = queue;
+    return c.json({ since, threshold, organizations, flags: queue.selected?.flags ?? [] }, 200);
   });
