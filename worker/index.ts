@@ -23,8 +23,8 @@ export default {
    * Every minute: checkpoint the audit chain's head outside D1, deliver mail that is due (retries
    * included), carry usage recorded one row at a time into the hourly aggregates, and reconcile
    * billing — re-queue usage Stripe has not accepted yet, flag usage too old to bill, provision
-   * billing accounts. Also dispatch webhook events to organizations' endpoints and tell reviewers of
-   * new and ageing cases.
+   * billing accounts. Also dispatch webhook events to organizations' endpoints, tell reviewers of
+   * new and ageing cases, and clear guard flags' samples past their retention.
    */
   async scheduled(_controller, env, ctx) {
     const services = createServices(env, {}, { trigger: "cron" });
