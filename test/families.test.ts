@@ -2,6 +2,11 @@ import { modelInfo } from "@huggingface/hub";
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { applications, grants, licenseVersions, organizations } from "../worker/db/schema";
+import { clearCallerCache } from "../worker/inference/access";
+import { BackendHealth } from "../worker/inference/backends";
+import { tokenBound } from "../worker/inference/token-bound";
+import { tokenCounterFor } from "../worker/inference/tokenizer";
+import { fixedClock } from "../worker/platform/clock";
 import { evaluateApplication, measurementMonth } from "../worker/policy/evaluate";
 import evaluateSource from "../worker/policy/evaluate.ts?raw";
 import { FAMILIES, findFamily, findModelByHubRepo } from "../worker/policy/families";
@@ -9,7 +14,9 @@ import { noticeWithDuties } from "../worker/policy/notice";
 import regionsSource from "../worker/policy/regions.ts?raw";
 import type { LicenseFamily } from "../worker/policy/types";
 import { applyAndConfirm } from "./helpers/apply";
+import { scopedBackend } from "./helpers/backends";
 import { insertLicenseVersion, json, testGateway } from "./helpers/gateway";
+import { usageRows } from "./helpers/ledger";
 import { signedInMember } from "./helpers/members";
 import { approvedToken, seedRevision } from "./helpers/weights";
 
@@ -464,5 +471,79 @@ describe("the Hub API per family", () => {
     const vision = await gw.request("/api/models/meta-llama/Llama-3.2-11B-Vision-Instruct", { headers });
     expect(vision.status).toBe(403);
     expect(vision.headers.get("x-error-code")).toBe("GatedRepo");
+  });
+});
+
+describe("inference for a family without a token counter", () => {
+  const MODEL = "llama-3-8b-instruct";
+  const MESSAGES = [
+    { role: "system", content: "You are a careful assistant for a shipping company. Answer briefly." },
+    { role: "user", content: "Can I send lithium batteries to Norway by air? Ünïcödé: Tromsø, 東京." },
+    { role: "assistant", content: "Spare lithium-ion batteries up to 100 Wh may travel, packed one by one." },
+    { role: "user", content: "And the ones inside a laptop?" },
+  ];
+  // Llama 3's chat template renders every message with three special tokens, after one
+  // <|begin_of_text|>: the real prompt is at least this many tokens, whatever its text.
+  const REAL_PROMPT_AT_LEAST = 1 + 3 * MESSAGES.length;
+
+  async function setup(backendIndex: number) {
+    clearCallerCache();
+    const backend = scopedBackend(backendIndex);
+    const gw = testGateway({
+      clock: fixedClock("2026-06-15T12:00:05Z"),
+      inference: { health: new BackendHealth(), random: () => 0 },
+      bindings: {
+        // The simulator serves Llama 2's ids; the server's own model name is configuration.
+        INFERENCE_BACKENDS: JSON.stringify({
+          [MODEL]: [{ url: backend.url, timeoutMs: 10_000, servedModel: "llama-2-7b-chat" }],
+        }),
+        INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+      },
+    });
+    await loadLicense(gw, "llama-3");
+    const token = await grantedToken(gw, "llama-3", [MODEL]);
+    return { gw, backend, token };
+  }
+
+  const post = (gw: ReturnType<typeof testGateway>, token: string, body: object) =>
+    gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+
+  it("Llama 3.x has none: Llama 2's tokenizer would not count what its servers count", () => {
+    expect(tokenCounterFor("llama-2")).toBeDefined();
+    for (const id of ["llama-3", "llama-3.1", "llama-3.2", "llama-3.3"]) expect(tokenCounterFor(id)).toBeUndefined();
+  });
+
+  it("bills a cut stream a floor it surely reached: never above the real count, far under the reservation", async () => {
+    const { gw, backend, token } = await setup(0);
+    await backend.mode("cut", { cutAfter: 5, reportUsage: false });
+    const body = { model: MODEL, messages: MESSAGES, max_tokens: 40, stream: true };
+    const res = await post(gw, token, body);
+    expect(res.status).toBe(200);
+    await res.text().catch(() => "");
+    const [row] = await usageRows();
+    expect(row).toMatchObject({ model: MODEL, partial: true, usageReported: false });
+    expect(row?.promptTokens).toBeGreaterThanOrEqual(1);
+    expect(row?.promptTokens).toBeLessThanOrEqual(REAL_PROMPT_AT_LEAST);
+    expect(tokenBound(body, 16).prompt).toBeGreaterThan(REAL_PROMPT_AT_LEAST * 10);
+    // Five chunks of one token each were sent before the cut.
+    expect(row?.completionTokens).toBeGreaterThanOrEqual(4);
+    expect(row?.completionTokens).toBeLessThanOrEqual(5);
+  });
+
+  it("bills a plain answer that reported no usage a token per generated text, not its max_tokens", async () => {
+    const { gw, backend, token } = await setup(1);
+    await backend.mode("ok", { reportUsage: false });
+    const res = await post(gw, token, { model: MODEL, messages: MESSAGES, max_tokens: 40 });
+    expect(res.status).toBe(200);
+    const answer = (await res.json()) as { choices: { message: { content: string } }[]; usage?: unknown };
+    expect(answer.choices[0]?.message.content.length).toBeGreaterThan(0);
+    const [row] = await usageRows();
+    expect(row).toMatchObject({ model: MODEL, usageReported: false });
+    expect(row?.promptTokens).toBeLessThanOrEqual(REAL_PROMPT_AT_LEAST);
+    expect(row?.completionTokens).toBe(1);
   });
 });

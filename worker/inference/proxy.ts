@@ -647,9 +647,10 @@ interface SeenGeneration {
  * after the answer went out: the prompt as the server renders it, the completion as the tokens of
  * the text generated (and, past the text kept, one token per chunk). Every count is held under
  * the bound that was reserved, and a completion is never less than its chunks, each of which is
- * a token at least. Without a tokenizer for the model (or should counting fail), the bound stands
- * for the prompt and the chunks for the completion; a plain answer's completion then stands at
- * its bound, as the gateway cannot know it better.
+ * a token at least. Should counting fail, the bound stands for the prompt and the chunks for the
+ * completion (a plain answer's at its bound). A family without a tokenizer here (Llama 3.x, whose
+ * tokenizer is not Llama 2's) is billed a floor it surely reached instead, never above the real
+ * count: a token per message or prompt, a token per chunk or per generated text.
  */
 async function countedUsage(
   services: Services,
@@ -658,7 +659,7 @@ async function countedUsage(
   bound: TokenBound,
   seen: SeenGeneration,
 ): Promise<Usage> {
-  let promptTokens = bound.prompt;
+  let promptTokens = counter ? bound.prompt : Math.min(bound.prompt, request.messages?.length ?? 1);
   let generated: number | undefined;
   try {
     if (counter) {
@@ -668,7 +669,8 @@ async function countedUsage(
   } catch (error) {
     services.log.warn("tokens not counted; the reservation's bound is billed", { error: String(error) });
   }
-  const fallback = seen.chunks > 0 || seen.chunksBeyond !== undefined ? seen.chunks : bound.completion;
+  const plain = counter ? bound.completion : (seen.texts?.length ?? 0);
+  const fallback = seen.chunks > 0 || seen.chunksBeyond !== undefined ? seen.chunks : plain;
   const completionTokens = Math.min(bound.completion, Math.max(generated ?? fallback, seen.chunks));
   return { promptTokens, completionTokens, totalTokens: promptTokens + completionTokens };
 }
