@@ -20,8 +20,8 @@ import { loadLicenseTexts, placeholderLlama2Texts } from "../../scripts/seed/lic
 
 /**
  * Options of wrangler.toml that a Miniflare worker takes as they are. Queue consumers are left
- * out on purpose: the usage consumer would try to reach Stripe, and billing is on no path a
- * benchmark measures (the proxy only enqueues).
+ * out unless asked for (`consumeQueues`): the usage consumer would try to reach Stripe, and
+ * billing is on no path the proxy's benchmarks measure (the proxy only enqueues).
  */
 const WRANGLER_BINDING_OPTIONS = [
   "compatibilityDate",
@@ -73,15 +73,21 @@ let fromWrangler: Record<string, unknown> | undefined;
 
 /**
  * Miniflare worker options for the gateway bundle at `scriptPath`: wrangler.toml's bindings, with
- * `bindings` added to (or replacing) its vars.
+ * `bindings` added to (or replacing) its vars. `consumeQueues` adds wrangler.toml's queue
+ * consumers, for a benchmark that bills (against a Stripe stand-in).
  */
-export function gatewayWorkerOptions(scriptPath: string, bindings: Record<string, unknown> = {}): WorkerOptions {
+export function gatewayWorkerOptions(
+  scriptPath: string,
+  bindings: Record<string, unknown> = {},
+  { consumeQueues = false }: { consumeQueues?: boolean } = {},
+): WorkerOptions {
   fromWrangler ??= unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml")).workerOptions as Record<
     string,
     unknown
   >;
   const options: Record<string, unknown> = {};
   for (const key of WRANGLER_BINDING_OPTIONS) if (fromWrangler[key] !== undefined) options[key] = fromWrangler[key];
+  if (consumeQueues) options.queueConsumers = fromWrangler.queueConsumers;
   const vars = (fromWrangler.bindings ?? {}) as Record<string, unknown>;
   options.email = sendEmailOptions(options.email, String(vars.MAIL_FROM));
   // Module names are paths relative to modulesRoot; the bundle may live outside the repository.
