@@ -47,7 +47,7 @@ async function grantedToken(
   familyId: string,
   models: string[],
   country = "US",
-): Promise<string> {
+): Promise<{ token: string; member: Awaited<ReturnType<typeof signedInMember>> }> {
   const { db, ids, clock } = gw.services();
   const at = clock.now().toISOString();
   const [license] = await db.select().from(licenseVersions).where(eq(licenseVersions.family, familyId));
@@ -101,7 +101,7 @@ async function grantedToken(
     json({ name: "ci", scopes: ["download", "inference"], family: familyId }, member.headers),
   );
   if (minted.status !== 201) throw new Error(`token mint failed: ${minted.status} ${await minted.text()}`);
-  return ((await minted.json()) as { token: string }).token;
+  return { token: ((await minted.json()) as { token: string }).token, member };
 }
 
 /** The gateway's fetch for the Hub client, following same-origin redirects. */
@@ -315,6 +315,29 @@ describe("Llama 3.2's vision models and the European Union", () => {
     expect(confirmed.status).toBe("approved");
   });
 
+  it("an EU organization holding the text models is refused the vision models when it asks for more; a US one gets them", async () => {
+    const gw = testGateway();
+    await loadLicense(gw, "llama-3.2");
+    const ask = (member: Awaited<ReturnType<typeof signedInMember>>, models: string[]) =>
+      gw.request("/v1/organization/model-requests", json({ family: "llama-3.2", models }, member.headers));
+
+    const eu = await grantedToken(gw, "llama-3.2", ["llama-3.2-3b-instruct"], "FR");
+    const refused = await ask(eu.member, ["llama-3.2-1b-instruct", "llama-3.2-90b-vision-instruct"]);
+    expect(refused.status).toBe(201);
+    const outcome = (await refused.json()) as { status: string; reasons: { code: string; detail: string }[] };
+    expect(outcome.status).toBe("rejected");
+    expect(outcome.reasons.map((r) => r.code)).toEqual(["model_region_excluded"]);
+    expect(outcome.reasons[0]?.detail).toContain("Llama 3.2 90B Vision Instruct is not licensed");
+    const [euGrant] = await gw.db.select().from(grants).where(eq(grants.organizationId, eu.member.organizationId));
+    expect(euGrant?.models).toEqual(["llama-3.2-3b-instruct"]);
+
+    const us = await grantedToken(gw, "llama-3.2", ["llama-3.2-3b-instruct"], "US");
+    const granted = await ask(us.member, ["llama-3.2-90b-vision-instruct"]);
+    expect(((await granted.json()) as { status: string }).status).toBe("approved");
+    const [usGrant] = await gw.db.select().from(grants).where(eq(grants.organizationId, us.member.organizationId));
+    expect(usGrant?.models).toEqual(["llama-3.2-3b-instruct", "llama-3.2-90b-vision-instruct"]);
+  });
+
   it("the form marks the vision models as not licensed in the European Union", async () => {
     const gw = testGateway();
     await loadLicense(gw, "llama-3.2");
@@ -374,7 +397,7 @@ describe("the NOTICE and duties of each family", () => {
     const gw = testGateway();
     await loadLicense(gw, "llama-3.1");
     await seedRevision("llama-3.1-8b-instruct", { "config.json": '{"architectures":["LlamaForCausalLM"]}' });
-    const token = await grantedToken(gw, "llama-3.1", ["llama-3.1-8b-instruct"]);
+    const { token } = await grantedToken(gw, "llama-3.1", ["llama-3.1-8b-instruct"]);
     const auth = { authorization: `Bearer ${token}` };
 
     const manifest = await gw.request("/v1/models/llama-3.1-8b-instruct/manifest", { headers: auth });
@@ -435,7 +458,7 @@ describe("the Hub API per family", () => {
     const { revision } = await seedRevision("llama-3-8b-instruct", { "config.json": '{"model_type":"llama"}' });
     const repo = "meta-llama/Meta-Llama-3-8B-Instruct";
 
-    const llama3Token = await grantedToken(gw, "llama-3", ["llama-3-8b-instruct"]);
+    const { token: llama3Token } = await grantedToken(gw, "llama-3", ["llama-3-8b-instruct"]);
     const info = await modelInfo({
       name: repo,
       hubUrl: "http://gw",
@@ -465,7 +488,7 @@ describe("the Hub API per family", () => {
     await loadLicense(gw, "llama-3.2");
     await seedRevision("llama-3.2-11b-vision-instruct", { "config.json": "{}" });
     await seedRevision("llama-3.2-3b-instruct", { "config.json": "{}" });
-    const token = await grantedToken(gw, "llama-3.2", ["llama-3.2-3b-instruct"], "DE");
+    const { token } = await grantedToken(gw, "llama-3.2", ["llama-3.2-3b-instruct"], "DE");
     const headers = { authorization: `Bearer hf_${token}` };
     expect((await gw.request("/api/models/meta-llama/Llama-3.2-3B-Instruct", { headers })).status).toBe(200);
     const vision = await gw.request("/api/models/meta-llama/Llama-3.2-11B-Vision-Instruct", { headers });
@@ -501,7 +524,7 @@ describe("inference for a family without a token counter", () => {
       },
     });
     await loadLicense(gw, "llama-3");
-    const token = await grantedToken(gw, "llama-3", [MODEL]);
+    const { token } = await grantedToken(gw, "llama-3", [MODEL]);
     return { gw, backend, token };
   }
 

@@ -78,7 +78,7 @@ export async function requestMoreModels(
 
     const base = current.application;
     const decision = evaluateApplication(
-      { country: base.country, declaredMau: base.declaredMau, intendedUse: base.intendedUse },
+      { country: base.country, declaredMau: base.declaredMau, intendedUse: base.intendedUse, models: wanted },
       family,
     );
     const status =
