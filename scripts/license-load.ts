@@ -1,9 +1,11 @@
 /**
- * `npm run license:load -- --family llama-2 --license FILE --aup FILE [--remote [--database-id ID]]`
+ * `npm run license:load -- --family llama-2 --license FILE --aup FILE [--reaccept-by DATE] [--remote [--database-id ID]]`
  *
  * Loads a family's official license and Acceptable Use Policy texts as its next license version,
  * through the gateway's own `loadLicenseVersion()`. Loading texts that are already current
- * changes nothing.
+ * changes nothing. With `--reaccept-by 2027-01-31` (through the end of that day UTC, or an
+ * ISO-8601 time), every existing grant of the family must accept the new version by then, and
+ * each organization is told; without it, existing grants go on under the version they accepted.
  *
  * - default: the local database (`.wrangler/state`, or `PERSIST_TO`), on the bindings
  *   `getPlatformProxy()` gives, as `npm start` does;
@@ -13,13 +15,14 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { reacceptDeadline } from "../worker/licenses/reacceptance";
 import { findFamily } from "../worker/policy/families";
 import { applyLocalMigrations, persistDir, withLocalBindings } from "./lib/local-state";
 import { RemoteSetupError, remoteDatabase } from "./lib/remote";
 import { type LicenseLoadReport, loadLicenseTexts, sha256OfText } from "./seed/license";
 
 const USAGE =
-  "usage: npm run license:load -- --family llama-2 --license LICENSE --aup USE_POLICY.md [--remote [--database-id ID]]";
+  "usage: npm run license:load -- --family llama-2 --license LICENSE --aup USE_POLICY.md [--reaccept-by YYYY-MM-DD] [--remote [--database-id ID]]";
 
 function fail(message: string): never {
   console.error(`${message}\n${USAGE}`);
@@ -34,6 +37,7 @@ async function main(): Promise<void> {
       aup: { type: "string" },
       remote: { type: "boolean", default: false },
       "database-id": { type: "string" },
+      "reaccept-by": { type: "string" },
     },
     strict: true,
   });
@@ -46,7 +50,12 @@ async function main(): Promise<void> {
   const license = readFileSync(resolve(cwd, values.license), "utf8");
   const aup = readFileSync(resolve(cwd, values.aup), "utf8");
   if (!license.trim() || !aup.trim()) fail("The license and AUP files must not be empty.");
-  const input = { family: values.family, license, aup };
+  const reacceptBy =
+    values["reaccept-by"] === undefined ? undefined : reacceptDeadline(values["reaccept-by"], new Date());
+  if (values["reaccept-by"] !== undefined && !reacceptBy) {
+    fail("--reaccept-by must be a date (YYYY-MM-DD) or ISO-8601 time in the future.");
+  }
+  const input = { family: values.family, license, aup, reacceptBy };
 
   let report: LicenseLoadReport;
   if (values.remote) {
@@ -68,6 +77,7 @@ async function main(): Promise<void> {
       `license sha256 ${expected.license}`,
       `aup sha256     ${expected.aup}`,
       `new version    ${report.created ? "yes" : "no (these texts were already current)"}`,
+      ...(report.created && reacceptBy ? [`re-accept by   ${reacceptBy} (${report.grantsToReaccept} grants)`] : []),
     ].join("\n"),
   );
   if (!current) throw new Error("the family's current version does not carry these texts");

@@ -15,6 +15,7 @@ import { ADMIN_ROLES } from "../config";
 import { webhookAdminRoutes } from "../events/admin-routes";
 import { guardAdminRoutes } from "../guard/routes";
 import { newRouter } from "../http/router";
+import { licenseAdminRoutes } from "../licenses/admin-routes";
 import { mailAdminRoutes } from "../mail/admin-routes";
 import { quotaAdminRoutes } from "../quota/routes";
 import { screeningAdminRoutes } from "../screening/routes";
@@ -55,6 +56,7 @@ export const adminRoutes = adminApi
   .route("/", commentRoutes)
   .route("/", decisionRoutes)
   .route("/", grantRoutes)
+  .route("/", licenseAdminRoutes)
   .route("/", inferenceBackendRoutes)
   .route("/", auditRoutes)
   .route("/", quotaAdminRoutes)

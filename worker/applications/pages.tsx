@@ -1,4 +1,6 @@
 import type { FieldError } from "../errors";
+import { LicenseChange } from "../licenses/pages";
+import type { LicenseChangeView } from "../licenses/routes";
 import { Page } from "../pages/layout";
 import { findFamily } from "../policy/families";
 import { regionName } from "../policy/regions";
@@ -394,6 +396,8 @@ export function StatusPage(props: {
   notice?: string;
   /** The gateway's public origin, for the instructions. */
   baseUrl?: string;
+  /** New license versions the grant must accept: shown with what changed; members accept at /account/license. */
+  licenseChanges?: LicenseChangeView[];
 }) {
   const { view } = props;
   const family = findFamily(view.family);
@@ -414,6 +418,17 @@ export function StatusPage(props: {
       <Progress view={view} />
       <h2 id="next-heading">What happens next</h2>
       <p>{view.next}</p>
+      {props.licenseChanges && props.licenseChanges.length > 0 ? (
+        <section class="panel" aria-labelledby="license-change-heading">
+          <h2 id="license-change-heading">The license changed</h2>
+          {props.licenseChanges.map((change) => (
+            <LicenseChange change={change} canAccept={false} />
+          ))}
+          <p>
+            <a href="/account/license">Accept the new version</a> (owners and admins of the organization, signed in).
+          </p>
+        </section>
+      ) : null}
       {view.message ? (
         <section class="panel" aria-labelledby="message-heading">
           <h2 id="message-heading">

@@ -6,7 +6,7 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { abuseBrake, assertSameSite, clientIp } from "../http/middleware";
 import { newRouter, problemResponses, readBody, readRawBody, validateBody } from "../http/router";
-import { requireLicense } from "../licenses/routes";
+import { describeLicenseChanges, requireLicense } from "../licenses/routes";
 import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
 import { findFamily } from "../policy/families";
@@ -357,5 +357,11 @@ applicationRoutes.get("/applications/:id", async (c) => {
   const token = capability(c) ?? "";
   const app = await applicationBySecret(services, c.req.param("id"), token);
   const view = await applicantView(services, app);
-  return c.html(<StatusPage view={view} token={token} baseUrl={services.config.publicBaseUrl} />);
+  const grantId = view.grant?.id;
+  const licenseChanges = grantId
+    ? (await describeLicenseChanges(services, app.organizationId)).filter((ch) => ch.grantId === grantId)
+    : [];
+  return c.html(
+    <StatusPage view={view} token={token} baseUrl={services.config.publicBaseUrl} licenseChanges={licenseChanges} />,
+  );
 });

@@ -114,12 +114,13 @@ function refusedToken(c: Context<HonoEnv>, repo: string, refusal: TokenRefusal):
       `Access to ${repo} is restricted. Send a modelgate token with the download scope, prefixed hf_ (HF_TOKEN=hf_mg_... or --token hf_mg_...).`,
     );
   }
-  const problem = tokenProblem(refusal, "download");
+  const problem = tokenProblem(refusal, "download", c.get("services").config.publicBaseUrl);
   return hubError(
     c,
     problem.status === 401 ? 401 : 403,
     "GatedRepo",
     `Access to ${repo} is restricted. ${problem.message}`,
+    refusal === "reacceptance_required" ? { problemCode: problem.code, extensions: problem.extensions } : {},
   );
 }
 

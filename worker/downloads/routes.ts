@@ -5,7 +5,8 @@ import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
 import { newRouter, problemResponses } from "../http/router";
-import { currentLicenseVersion, documentText } from "../licenses/store";
+import { REACCEPT_WARNING_HEADER } from "../licenses/reacceptance";
+import { currentLicenseVersion, documentText, licenseVersionById } from "../licenses/store";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
 import { requireAccessToken } from "../tokens/middleware";
@@ -88,7 +89,15 @@ const ManifestSchema = z
       }),
     ),
     notice: z.string(),
-    license: z.object({ version: z.number().int(), sha256: z.string(), url: z.string() }),
+    license: z
+      .object({
+        version: z.number().int(),
+        sha256: z.string(),
+        url: z.string(),
+        aupSha256: z.string(),
+        aupUrl: z.string(),
+      })
+      .openapi({ description: "The license version the organization accepted, which these files are used under." }),
   })
   .openapi("Manifest");
 
@@ -120,6 +129,18 @@ const scriptRoute = createRoute({
   },
 });
 
+/**
+ * The license version a download carries: the one the organization accepted for its grant (a
+ * newer version it has yet to accept is not its license), else the family's current one.
+ */
+async function acceptedLicense(c: Context<HonoEnv>, family: string) {
+  const { db } = c.get("services");
+  const principal = c.get("principal") as TokenPrincipal;
+  if (principal.reacceptBy) c.header(REACCEPT_WARNING_HEADER, principal.reacceptBy);
+  const accepted = principal.licenseVersionId ? await licenseVersionById(db, principal.licenseVersionId) : undefined;
+  return accepted ?? (await currentLicenseVersion(db, family));
+}
+
 async function bundledTexts(
   c: Context<HonoEnv>,
   family: string,
@@ -127,7 +148,7 @@ async function bundledTexts(
   paths: Set<string>,
 ): Promise<BundledText[]> {
   const { db } = c.get("services");
-  const license = await currentLicenseVersion(db, family);
+  const license = await acceptedLicense(c, family);
   const texts: BundledText[] = [{ path: "NOTICE", text: `${notice}\n` }];
   if (license) {
     texts.push({ path: "LICENSE", text: (await documentText(db, license.licenseSha256)) ?? "" });
@@ -151,7 +172,7 @@ downloadRoutes
       c.req.valid("param").model,
       c.req.valid("query"),
     );
-    const license = await currentLicenseVersion(services.db, family.id);
+    const license = await acceptedLicense(c, family.id);
     c.header("cache-control", "no-store");
     return c.json(
       {
@@ -166,7 +187,9 @@ downloadRoutes
         license: {
           version: license?.version ?? 0,
           sha256: license?.licenseSha256 ?? "",
-          url: `${services.config.publicBaseUrl}/v1/licenses/${family.id}/text`,
+          url: `${services.config.publicBaseUrl}/v1/licenses/${family.id}/versions/${license?.version ?? 0}/text`,
+          aupUrl: `${services.config.publicBaseUrl}/v1/licenses/${family.id}/versions/${license?.version ?? 0}/aup`,
+          aupSha256: license?.aupSha256 ?? "",
         },
       },
       200,

@@ -1,14 +1,15 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
 import type { Database } from "../db/client";
-import { accessTokens, downloadLinks, grants, memberships, modelFiles } from "../db/schema";
+import { accessTokens, downloadLinks, grants, licenseReacceptances, memberships, modelFiles } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
+import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptance";
 import { recordDownload } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
-import { liveMembershipOfTokenMember, memberMayUseToken } from "../tokens/service";
+import { liveMembershipOfTokenMember, memberMayUseToken, pendingReacceptanceOfGrant } from "../tokens/service";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
 import { recordDownloadRow } from "./record";
@@ -93,12 +94,14 @@ export async function serveDownload(
       grantStatus: grants.status,
       organizationId: grants.organizationId,
       grantModels: grants.models,
+      reacceptBy: licenseReacceptances.acceptBy,
       file: modelFiles,
     })
     .from(downloadLinks)
     .innerJoin(accessTokens, eq(accessTokens.id, downloadLinks.tokenId))
     .innerJoin(grants, eq(grants.id, downloadLinks.grantId))
     .leftJoin(memberships, liveMembershipOfTokenMember)
+    .leftJoin(licenseReacceptances, pendingReacceptanceOfGrant)
     .innerJoin(
       modelFiles,
       and(eq(modelFiles.revisionId, downloadLinks.revisionId), eq(modelFiles.path, downloadLinks.path)),
@@ -119,6 +122,7 @@ export async function serveDownload(
     throw new AppError("forbidden", "The member whose token made this link no longer belongs to the organization.");
   }
   assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.link.model);
+  if (reacceptanceOverdue(row.reacceptBy, startedAt)) throw reacceptanceProblem(config.publicBaseUrl);
   const family = findModel(row.link.model)?.family;
   const refusal = family
     ? exportRefusal(services, {

@@ -4,6 +4,7 @@ import { suspendedSince } from "../billing/accounts";
 import { billingEnabled } from "../config";
 import { billingAccounts, type TokenLimits } from "../db/schema";
 import { AppError } from "../errors";
+import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptance";
 import { effectiveLimits } from "../quota/limits";
 import type { QuotaLimits, TokenQuota } from "../quota/org-quota";
 import type { Services } from "../services";
@@ -50,11 +51,12 @@ export async function authenticateInference(services: Services, bearer: string |
   const key = accessTokenSecret(bearer);
   const now = services.clock.now().getTime();
   const hit = cache.get(key);
-  if (hit && hit.expiresAt > now) return admitPaid(hit, now);
+  const base = services.config.publicBaseUrl;
+  if (hit && hit.expiresAt > now) return admitPaid(hit, now, base);
   const check = await checkAccessToken(services, bearer, "inference");
   if (!check.ok) {
     cache.delete(key);
-    throw tokenProblem(check.refusal, "inference");
+    throw tokenProblem(check.refusal, "inference", base);
   }
   const { requestsPerMinute, tokensPerMinute, monthlyTokenBudget } = await effectiveLimits(
     services,
@@ -79,11 +81,15 @@ export async function authenticateInference(services: Services, bearer: string |
     expiresAt: now + TOKEN_CACHE_MS,
   };
   cache.set(key, caller);
-  return admitPaid(caller, now);
+  return admitPaid(caller, now, base);
 }
 
-/** Refuses an organization whose payment failed longer ago than the grace period. */
-function admitPaid(caller: CachedCaller, now: number): InferenceCaller {
+/**
+ * Refuses an organization whose payment failed longer ago than the grace period, or whose
+ * re-acceptance deadline passed while the check was cached.
+ */
+function admitPaid(caller: CachedCaller, now: number, baseUrl: string): InferenceCaller {
+  if (reacceptanceOverdue(caller.principal.reacceptBy, now)) throw reacceptanceProblem(baseUrl);
   if (caller.suspendedFrom !== undefined && caller.suspendedFrom <= now) {
     throw new AppError(
       "payment_required",

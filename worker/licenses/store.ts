@@ -6,6 +6,7 @@ import { documents, licenseVersions } from "../db/schema";
 import type { Clock } from "../platform/clock";
 import { sha256Hex } from "../platform/hash";
 import type { IdGenerator } from "../platform/ids";
+import { planReacceptanceRequirements } from "./reacceptance";
 
 /** A family's license version with its two documents' hashes. */
 export interface LicenseVersion {
@@ -18,23 +19,35 @@ export interface LicenseVersion {
   licenseSource: "placeholder" | "official";
 }
 
+const versionColumns = {
+  id: licenseVersions.id,
+  family: licenseVersions.family,
+  version: licenseVersions.version,
+  licenseSha256: licenseVersions.licenseSha256,
+  aupSha256: licenseVersions.aupSha256,
+  createdAt: licenseVersions.createdAt,
+  licenseSource: documents.source,
+};
+
 /** The newest license version of a family, or undefined when none was ever loaded. */
 export async function currentLicenseVersion(db: Database, family: string): Promise<LicenseVersion | undefined> {
   const [row] = await db
-    .select({
-      id: licenseVersions.id,
-      family: licenseVersions.family,
-      version: licenseVersions.version,
-      licenseSha256: licenseVersions.licenseSha256,
-      aupSha256: licenseVersions.aupSha256,
-      createdAt: licenseVersions.createdAt,
-      licenseSource: documents.source,
-    })
+    .select(versionColumns)
     .from(licenseVersions)
     .innerJoin(documents, eq(documents.sha256, licenseVersions.licenseSha256))
     .where(eq(licenseVersions.family, family))
     .orderBy(desc(licenseVersions.version))
     .limit(1);
+  return row;
+}
+
+/** A license version by id: the one a grant was accepted under, say. */
+export async function licenseVersionById(db: Database, id: string): Promise<LicenseVersion | undefined> {
+  const [row] = await db
+    .select(versionColumns)
+    .from(licenseVersions)
+    .innerJoin(documents, eq(documents.sha256, licenseVersions.licenseSha256))
+    .where(eq(licenseVersions.id, id));
   return row;
 }
 
@@ -52,6 +65,18 @@ export interface LicenseTexts {
   source: "placeholder" | "official";
   /** Who loads them, as the audit log names actors: `operator` for the `license:load` script. */
   actor: string;
+  /**
+   * When set, existing grants of the family must accept the new version before this instant
+   * (ISO-8601) or their downloads and inference stop; absent, they go on under the version they accepted.
+   */
+  reacceptBy?: string | undefined;
+}
+
+/** What loading texts did: the current version, whether it is new, how many grants must accept it again. */
+export interface LoadedLicenseVersion {
+  version: LicenseVersion;
+  created: boolean;
+  grantsToReaccept: number;
 }
 
 /**
@@ -61,11 +86,11 @@ export interface LicenseTexts {
 export async function planLicenseVersion(
   deps: { db: Database; clock: Clock; ids: IdGenerator },
   input: LicenseTexts,
-): Promise<AuditedWrite<{ version: LicenseVersion; created: boolean }>> {
+): Promise<AuditedWrite<LoadedLicenseVersion>> {
   const [licenseSha256, aupSha256] = await Promise.all([sha256Hex(input.license), sha256Hex(input.aup)]);
   const current = await currentLicenseVersion(deps.db, input.family);
   if (current && current.licenseSha256 === licenseSha256 && current.aupSha256 === aupSha256) {
-    return { statements: [], events: [], result: { version: current, created: false } };
+    return { statements: [], events: [], result: { version: current, created: false, grantsToReaccept: 0 } };
   }
   const now = deps.clock.now().toISOString();
   const row = {
@@ -81,11 +106,15 @@ export async function planLicenseVersion(
       .insert(documents)
       .values({ sha256, kind, mediaType, body, source: input.source, createdAt: now })
       .onConflictDoNothing();
+  const requirements = input.reacceptBy
+    ? await planReacceptanceRequirements(deps, { id: row.id, family: row.family }, input.reacceptBy)
+    : { statements: [], grants: 0 };
   return {
     statements: [
       document(licenseSha256, "license", "text/plain", input.license),
       document(aupSha256, "aup", "text/markdown", input.aup),
       deps.db.insert(licenseVersions).values(row),
+      ...requirements.statements,
     ],
     events: [
       {
@@ -100,10 +129,15 @@ export async function planLicenseVersion(
           aupSha256,
           source: input.source,
           previousVersion: current?.version ?? null,
+          ...(input.reacceptBy ? { reacceptBy: input.reacceptBy, grantsToReaccept: requirements.grants } : {}),
         },
       },
     ],
-    result: { version: { ...row, licenseSource: input.source }, created: true },
+    result: {
+      version: { ...row, licenseSource: input.source },
+      created: true,
+      grantsToReaccept: requirements.grants,
+    },
   };
 }
 
@@ -115,6 +149,6 @@ export async function planLicenseVersion(
 export async function loadLicenseVersion(
   deps: { db: Database; clock: Clock; ids: IdGenerator; auditAnchor?: AuditAnchor | undefined },
   input: LicenseTexts,
-): Promise<{ version: LicenseVersion; created: boolean }> {
+): Promise<LoadedLicenseVersion> {
   return writeAudited(deps, () => planLicenseVersion(deps, input));
 }

@@ -626,6 +626,8 @@ export function AccountPage(props: {
   sessions: SessionRow[];
   tokens: TokenRow[];
   downloads: DownloadDay[];
+  /** Pending license changes: new versions the organization must accept, with their deadlines. */
+  licenseChanges?: { id: string; family: string; acceptBy: string; overdue: boolean; version: number }[];
 }) {
   const { overview } = props;
   const org = overview.organization;
@@ -638,6 +640,18 @@ export function AccountPage(props: {
           Signed in as <strong>{props.email}</strong>, {props.role}.
           {org.verifiedDomains.length > 0 ? ` Verified domains: ${org.verifiedDomains.join(", ")}.` : ""}
         </p>
+        {props.licenseChanges && props.licenseChanges.length > 0 ? (
+          <section class="notice" id="license-changes" aria-label="License changes">
+            {props.licenseChanges.map((change) => (
+              <p>
+                {change.overdue ? "Access stopped: " : "Action needed: "}
+                version {change.version} of the {change.family} license must be accepted
+                {change.overdue ? "." : ` by ${change.acceptBy}.`}{" "}
+                <a href={`/account/license?${new URLSearchParams({ organization: org.id })}`}>See what changed</a>
+              </p>
+            ))}
+          </section>
+        ) : null}
         {props.organizations.length > 1 ? (
           <nav aria-label="Your organizations">
             <ul class="portal-nav">

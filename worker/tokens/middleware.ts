@@ -3,6 +3,7 @@ import { bearerToken } from "../auth/bearer";
 import type { TokenScope } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { reacceptanceProblem } from "../licenses/reacceptance";
 import { checkAccessToken, type TokenRefusal } from "./service";
 
 const MESSAGES: Record<TokenRefusal, [401 | 403, string]> = {
@@ -16,10 +17,14 @@ const MESSAGES: Record<TokenRefusal, [401 | 403, string]> = {
   ],
   grant_inactive: [403, "Your organization's access to this model family is suspended or revoked."],
   scope: [403, "The access token lacks the scope this call needs."],
+  reacceptance_required: [403, "A new version of the license must be accepted before access resumes."],
 };
 
-/** The problem for a refused token. */
-export function tokenProblem(refusal: TokenRefusal, scope: TokenScope): AppError {
+/**
+ * The problem for a refused token; `baseUrl` makes the link in a re-acceptance refusal absolute.
+ */
+export function tokenProblem(refusal: TokenRefusal, scope: TokenScope, baseUrl = ""): AppError {
+  if (refusal === "reacceptance_required") return reacceptanceProblem(baseUrl);
   const [status, detail] = MESSAGES[refusal];
   return new AppError(status === 401 ? "unauthorized" : "forbidden", detail, {
     extensions: refusal === "scope" ? { requiredScope: scope } : {},
@@ -31,7 +36,7 @@ export function tokenProblem(refusal: TokenRefusal, scope: TokenScope): AppError
 export function requireAccessToken(scope: TokenScope): MiddlewareHandler<HonoEnv> {
   return async (c, next) => {
     const check = await checkAccessToken(c.get("services"), bearerToken(c.req.header("authorization")), scope);
-    if (!check.ok) throw tokenProblem(check.refusal, scope);
+    if (!check.ok) throw tokenProblem(check.refusal, scope, c.get("services").config.publicBaseUrl);
     c.set("principal", check.principal);
     await next();
   };

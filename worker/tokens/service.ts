@@ -8,6 +8,7 @@ import {
   accessTokens,
   type Grant,
   grants,
+  licenseReacceptances,
   type MemberRole,
   memberships,
   type TokenLimits,
@@ -16,6 +17,7 @@ import {
 } from "../db/schema";
 import { AppError, type FieldError } from "../errors";
 import { type CoverageScope, coveredModels } from "../grants/coverage";
+import { reacceptanceOverdue } from "../licenses/reacceptance";
 import { addDays } from "../platform/clock";
 import { sha256Hex } from "../platform/hash";
 import { findFamily } from "../policy/families";
@@ -40,6 +42,10 @@ export interface TokenPrincipal extends CoverageScope {
   models: string[];
   /** Its own limits inside the organization's; null: the organization's alone. */
   limits: TokenLimits | null;
+  /** The license version the grant was accepted under. */
+  licenseVersionId?: string;
+  /** When a newer license version must have been accepted by; null: nothing pending. */
+  reacceptBy?: string | null;
 }
 
 /** A token as listed: never its secret. */
@@ -87,6 +93,16 @@ export const liveMembershipOfTokenMember = and(
 export function memberMayUseToken(userId: string | null, liveRole: MemberRole | null): boolean {
   return userId === null || (liveRole !== null && roleAtLeast(liveRole, "developer"));
 }
+
+/**
+ * The join condition that finds a grant's pending re-acceptance (at most one, by a unique index),
+ * so its deadline rides on the token's own query.
+ */
+export const pendingReacceptanceOfGrant = and(
+  eq(licenseReacceptances.grantId, grants.id),
+  isNull(licenseReacceptances.acceptedAt),
+  isNull(licenseReacceptances.supersededAt),
+);
 
 const LIMIT_NAMES = ["requestsPerMinute", "tokensPerMinute", "monthlyTokenBudget"] as const;
 
@@ -332,7 +348,8 @@ export type TokenRefusal =
   | "revoked"
   | "member_removed"
   | "grant_inactive"
-  | "scope";
+  | "scope"
+  | "reacceptance_required";
 
 /** The outcome of checking a bearer token. */
 export type TokenCheck = { ok: true; principal: TokenPrincipal } | { ok: false; refusal: TokenRefusal };
@@ -353,10 +370,16 @@ export async function checkAccessToken(
   const secret = accessTokenSecret(bearer);
   if (!secret.startsWith(TOKEN_PREFIX) || secret.length > 100) return { ok: false, refusal: "invalid" };
   const [row] = await services.db
-    .select({ token: accessTokens, grant: grants, memberRole: memberships.role })
+    .select({
+      token: accessTokens,
+      grant: grants,
+      memberRole: memberships.role,
+      reacceptBy: licenseReacceptances.acceptBy,
+    })
     .from(accessTokens)
     .innerJoin(grants, eq(grants.id, accessTokens.grantId))
     .leftJoin(memberships, liveMembershipOfTokenMember)
+    .leftJoin(licenseReacceptances, pendingReacceptanceOfGrant)
     .where(eq(accessTokens.secretHash, await sha256Hex(secret)));
   if (!row) return { ok: false, refusal: "invalid" };
   const { token, grant } = row;
@@ -369,6 +392,9 @@ export async function checkAccessToken(
   }
   if (grant.status !== "active") return { ok: false, refusal: "grant_inactive" };
   if (!token.scopes.includes(scope)) return { ok: false, refusal: "scope" };
+  if (reacceptanceOverdue(row.reacceptBy, services.clock.now().getTime())) {
+    return { ok: false, refusal: "reacceptance_required" };
+  }
   const coverage = { grantModels: grant.models, tokenModels: token.models };
   return {
     ok: true,
@@ -382,6 +408,8 @@ export async function checkAccessToken(
       ...coverage,
       models: coveredModels(coverage),
       limits: token.limits,
+      licenseVersionId: grant.licenseVersionId,
+      reacceptBy: row.reacceptBy,
     },
   };
 }

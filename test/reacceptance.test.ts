@@ -1,0 +1,308 @@
+import { and, eq } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { grants, licenseReacceptances, webhookEvents } from "../worker/db/schema";
+import { clearCallerCache } from "../worker/inference/access";
+import { lineDiff } from "../worker/licenses/diff";
+import { reacceptDeadline } from "../worker/licenses/reacceptance";
+import { fixedClock } from "../worker/platform/clock";
+import { accessHeaders, adminToken } from "./helpers/access";
+import { scopedBackend } from "./helpers/backends";
+import { json, seedLicense, testGateway } from "./helpers/gateway";
+import { signedInMember } from "./helpers/members";
+import { approvedToken, bytes, seedRevision } from "./helpers/weights";
+
+const MODEL = "llama-2-7b-chat";
+const NOW = "2026-03-02T09:00:00.000Z";
+const DEADLINE = "2026-03-09T09:00:00.000Z";
+const V1_LICENSE = "LLAMA 2 COMMUNITY LICENSE\n1. Grant of rights.\n2. Additional commercial terms.\n3. Disclaimer.\n";
+const V2_LICENSE =
+  "LLAMA 2 COMMUNITY LICENSE\n1. Grant of rights.\n2. Additional commercial terms, revised.\n2a. Attribution.\n3. Disclaimer.\n";
+const V1_AUP = "ACCEPTABLE USE POLICY\nNo unlawful use.\n";
+const V2_AUP = "ACCEPTABLE USE POLICY\nNo unlawful use.\nNo impersonation.\n";
+
+let licenseSha256: string;
+beforeEach(async () => {
+  clearCallerCache();
+  licenseSha256 = (await seedLicense(V1_LICENSE, V1_AUP)).licenseSha256;
+  await seedRevision(MODEL, { "consolidated.00.pth": bytes(4096, 5), "params.json": "{}" });
+});
+
+async function setup() {
+  const clock = fixedClock(NOW);
+  const gw = testGateway({
+    clock,
+    bindings: {
+      INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: scopedBackend(0).url, timeoutMs: 10_000 }] }),
+      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+    },
+  });
+  const organization = async () => {
+    const unique = crypto.randomUUID();
+    return approvedToken(gw, licenseSha256, { organization: `Org ${unique}`, email: `${unique}@example.com` });
+  };
+  const loadVersion = async (body: Record<string, unknown>) => {
+    const token = await adminToken({ role: "admin", issuedAt: clock.now() });
+    return gw.request("/admin/api/licenses/llama-2/versions", {
+      method: "POST",
+      headers: accessHeaders(token),
+      body: JSON.stringify(body),
+    });
+  };
+  return { gw, clock, organization, loadVersion };
+}
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+
+function chat(token: string) {
+  return {
+    method: "POST",
+    headers: { ...bearer(token), "content-type": "application/json" },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 3 }),
+  };
+}
+
+type Gateway = ReturnType<typeof testGateway>;
+
+const manifest = (gw: Gateway, token: string) => gw.request(`/v1/models/${MODEL}/manifest`, { headers: bearer(token) });
+const hubResolve = (gw: Gateway, token: string) =>
+  gw.request("/meta-llama/Llama-2-7b-chat-hf/resolve/main/params.json", { headers: bearer(`hf_${token}`) });
+
+function linkPath(body: { files: { path: string; url: string }[] }, path: string): string {
+  const url = new URL(body.files.find((f) => f.path === path)?.url ?? "");
+  return url.pathname + url.search;
+}
+
+async function changesOf(gw: Gateway, headers: Record<string, string>) {
+  const res = await gw.request("/v1/organization/license-changes", { headers });
+  expect(res.status).toBe(200);
+  return (
+    (await res.json()) as {
+      changes: {
+        id: string;
+        acceptBy: string;
+        overdue: boolean;
+        accepted: { version: number };
+        current: { version: number; licenseSha256: string; aupSha256: string };
+        diff: { license: { kind: string; text: string }[]; aup: { kind: string; text: string }[] };
+      }[];
+    }
+  ).changes;
+}
+
+describe("license versions over time", () => {
+  it("diffs lines by longest common subsequence", () => {
+    expect(lineDiff("a\nb\nc\n", "a\nx\nc\nd\n")).toEqual([
+      { kind: "same", text: "a" },
+      { kind: "removed", text: "b" },
+      { kind: "added", text: "x" },
+      { kind: "same", text: "c" },
+      { kind: "added", text: "d" },
+    ]);
+    expect(lineDiff("same", "same")).toEqual([{ kind: "same", text: "same" }]);
+    expect(reacceptDeadline("2027-01-31", new Date(NOW))).toBe("2027-02-01T00:00:00.000Z");
+    expect(reacceptDeadline("2020-01-31", new Date(NOW))).toBeUndefined();
+    expect(reacceptDeadline("soon", new Date(NOW))).toBeUndefined();
+  });
+
+  it("a version loaded without re-acceptance changes nothing for grants: downloads carry the accepted texts", async () => {
+    const { gw, organization, loadVersion } = await setup();
+    const org = await organization();
+    const loaded = await loadVersion({ license: V2_LICENSE, aup: V2_AUP });
+    expect(loaded.status).toBe(200);
+    expect(await loaded.json()).toMatchObject({ version: 2, created: true, grantsToReaccept: 0, reacceptBy: null });
+
+    const script = await gw.request(`/v1/models/${MODEL}/download.sh`, { headers: bearer(org.token) });
+    expect(script.status).toBe(200);
+    const text = await script.text();
+    expect(text).toContain("2. Additional commercial terms.\n");
+    expect(text).not.toContain("revised");
+    expect(text).toContain("No unlawful use.");
+    expect(text).not.toContain("No impersonation.");
+    expect(text).toContain("Llama 2 is licensed under the LLAMA 2 Community License");
+
+    const m = await manifest(gw, org.token);
+    const body = (await m.json()) as { license: { version: number; sha256: string; url: string } };
+    expect(body.license).toMatchObject({ version: 1, sha256: licenseSha256 });
+    const served = await gw.request(new URL(body.license.url).pathname);
+    expect(await served.text()).toBe(V1_LICENSE);
+    // The current text is version 2.
+    expect(await (await gw.request("/v1/licenses/llama-2/text")).text()).toBe(V2_LICENSE);
+    expect(await changesOf(gw, org.member.headers)).toEqual([]);
+  });
+
+  it("refuses a deadline in the past or a malformed one", async () => {
+    const { loadVersion } = await setup();
+    const res = await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: "2026-01-01" });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ code: "validation_failed", errors: [{ field: "reacceptBy" }] });
+  });
+
+  it("requires re-acceptance by the deadline: warned before, refused after everywhere, served again once accepted", async () => {
+    const { gw, clock, organization, loadVersion } = await setup();
+    const org = await organization();
+    const other = await organization();
+
+    const loaded = await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE });
+    expect(await loaded.json()).toMatchObject({ version: 2, created: true, grantsToReaccept: 2, reacceptBy: DEADLINE });
+    const events = await gw.db
+      .select()
+      .from(webhookEvents)
+      .where(eq(webhookEvents.type, "license.reacceptance_required"));
+    expect(events.map((e) => e.organizationId).sort()).toEqual(
+      [org.member.organizationId, other.member.organizationId].sort(),
+    );
+    expect(events.find((e) => e.organizationId === org.member.organizationId)?.data).toMatchObject({
+      grantId: org.grantId,
+      family: "llama-2",
+      acceptBy: DEADLINE,
+    });
+
+    // Before the deadline: served, with a warning.
+    const before = await manifest(gw, org.token);
+    expect(before.status).toBe(200);
+    expect(before.headers.get("x-license-reaccept-by")).toBe(DEADLINE);
+    expect((await hubResolve(gw, org.token)).status).toBe(302);
+    expect((await gw.request("/v1/chat/completions", chat(org.token))).status).toBe(200);
+
+    // A link made a minute before the deadline stops with it.
+    clock.advance(Date.parse(DEADLINE) - clock.now().getTime() - 60_000);
+    const lastManifest = (await (await manifest(gw, org.token)).json()) as { files: { path: string; url: string }[] };
+    const link = linkPath(lastManifest, "params.json");
+    expect((await gw.request(link)).status).toBe(200);
+    clock.advance(120_000);
+    clearCallerCache();
+
+    const refusedLink = await gw.request(link);
+    expect(refusedLink.status).toBe(403);
+    expect(await refusedLink.json()).toMatchObject({
+      code: "license_reacceptance_required",
+      reacceptUrl: `${gw.services().config.publicBaseUrl}/account/license`,
+    });
+    const refusedManifest = await manifest(gw, org.token);
+    expect(refusedManifest.status).toBe(403);
+    expect(refusedManifest.headers.get("content-type")).toContain("application/problem+json");
+    expect(await refusedManifest.json()).toMatchObject({ code: "license_reacceptance_required" });
+    expect((await gw.request(`/v1/models/${MODEL}/download.sh`, { headers: bearer(org.token) })).status).toBe(403);
+    const refusedHub = await hubResolve(gw, org.token);
+    expect(refusedHub.status).toBe(403);
+    expect(refusedHub.headers.get("x-error-code")).toBe("GatedRepo");
+    expect(await refusedHub.json()).toMatchObject({ code: "license_reacceptance_required" });
+    const refusedChat = await gw.request("/v1/chat/completions", chat(org.token));
+    expect(refusedChat.status).toBe(403);
+    const chatError = ((await refusedChat.json()) as { error: { code: string; message: string } }).error;
+    expect(chatError.code).toBe("license_reacceptance_required");
+    expect(chatError.message).toContain(`${gw.services().config.publicBaseUrl}/account/license`);
+
+    // What changed, as members see it.
+    const [change] = await changesOf(gw, org.member.headers);
+    if (!change) throw new Error("no pending change");
+    expect(change).toMatchObject({
+      overdue: true,
+      acceptBy: DEADLINE,
+      accepted: { version: 1 },
+      current: { version: 2 },
+    });
+    expect(change.diff.license.filter((l) => l.kind !== "same")).toEqual([
+      { kind: "removed", text: "2. Additional commercial terms." },
+      { kind: "added", text: "2. Additional commercial terms, revised." },
+      { kind: "added", text: "2a. Attribution." },
+    ]);
+    expect(change.diff.aup.filter((l) => l.kind !== "same")).toEqual([{ kind: "added", text: "No impersonation." }]);
+    const page = await gw.request(`/account/license?organization=${org.member.organizationId}`, {
+      headers: { cookie: org.member.cookie },
+    });
+    const html = await page.text();
+    expect(page.status).toBe(200);
+    expect(html).toContain("<del>- 2. Additional commercial terms.</del>");
+    expect(html).toContain("<ins>+ 2a. Attribution.</ins>");
+    expect(html).toContain(`value="${change.id}"`);
+    const account = await (await gw.request("/account", { headers: { cookie: org.member.cookie } })).text();
+    expect(account).toContain("/account/license");
+
+    const accept = { licenseSha256: change.current.licenseSha256, aupSha256: change.current.aupSha256 };
+    const acceptPath = `/v1/organization/license-changes/${change.id}/accept`;
+
+    // A developer may not accept for the organization.
+    const developer = await signedInMember(gw, { organizationId: org.member.organizationId, role: "developer" });
+    const byDeveloper = await gw.request(acceptPath, json(accept, developer.headers));
+    expect(byDeveloper.status).toBe(403);
+    // Another organization's owner knows nothing of it.
+    const byOther = await gw.request(acceptPath, json(accept, other.member.headers));
+    expect(byOther.status).toBe(404);
+    // The texts of another version are stale.
+    const stale = await gw.request(acceptPath, json({ ...accept, licenseSha256: licenseSha256 }, org.member.headers));
+    expect(stale.status).toBe(409);
+    expect(await stale.json()).toMatchObject({ code: "stale_license" });
+    expect((await manifest(gw, org.token)).status).toBe(403);
+
+    const accepted = await gw.request(acceptPath, {
+      ...json(accept, { ...org.member.headers, "cf-connecting-ip": "203.0.113.7", "user-agent": "test-browser" }),
+      cf: { country: "DE" },
+    } as RequestInit);
+    expect(accepted.status).toBe(200);
+    const [evidence] = await gw.db.select().from(licenseReacceptances).where(eq(licenseReacceptances.id, change.id));
+    expect(evidence).toMatchObject({
+      acceptedAt: clock.now().toISOString(),
+      acceptedByUserId: org.member.user.id,
+      licenseSha256: change.current.licenseSha256,
+      aupSha256: change.current.aupSha256,
+      country: "DE",
+      ip: "203.0.113.7",
+      userAgent: "test-browser",
+    });
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.id, org.grantId));
+    expect(grant?.licenseVersionId).toBe(evidence?.licenseVersionId);
+    expect((await gw.request(acceptPath, json(accept, org.member.headers))).status).toBe(409);
+
+    clearCallerCache();
+    const after = await manifest(gw, org.token);
+    expect(after.status).toBe(200);
+    expect(after.headers.get("x-license-reaccept-by")).toBeNull();
+    expect(((await after.json()) as { license: { version: number } }).license.version).toBe(2);
+    const script = await (await gw.request(`/v1/models/${MODEL}/download.sh`, { headers: bearer(org.token) })).text();
+    expect(script).toContain("2a. Attribution.");
+    expect(script).toContain("No impersonation.");
+    expect((await hubResolve(gw, org.token)).status).toBe(302);
+    expect((await gw.request("/v1/chat/completions", chat(org.token))).status).toBe(200);
+    expect(await changesOf(gw, org.member.headers)).toEqual([]);
+
+    // The other organization is still refused: its requirement stands.
+    expect((await manifest(gw, other.token)).status).toBe(403);
+    const pending = await gw.db
+      .select()
+      .from(licenseReacceptances)
+      .where(and(eq(licenseReacceptances.grantId, other.grantId)));
+    expect(pending[0]?.acceptedAt).toBeNull();
+  });
+
+  it("accepts through the portal form for owners and admins", async () => {
+    const { gw, clock, organization, loadVersion } = await setup();
+    const org = await organization();
+    await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE });
+    clock.advance(8 * 86_400_000);
+    const [change] = await changesOf(gw, org.member.headers);
+    if (!change) throw new Error("no pending change");
+    const form = new URLSearchParams({
+      id: change.id,
+      licenseSha256: change.current.licenseSha256,
+      aupSha256: change.current.aupSha256,
+      agree: "yes",
+    });
+    const action = `/account/license/accept?organization=${org.member.organizationId}`;
+    const viewer = await signedInMember(gw, { organizationId: org.member.organizationId, role: "viewer" });
+    const refused = await gw.request(action, {
+      method: "POST",
+      headers: { cookie: viewer.cookie, "content-type": "application/x-www-form-urlencoded" },
+      body: form.toString(),
+    });
+    expect(refused.status).toBe(403);
+    const posted = await gw.request(action, {
+      method: "POST",
+      headers: { cookie: org.member.cookie, "content-type": "application/x-www-form-urlencoded" },
+      body: form.toString(),
+    });
+    expect(posted.status).toBe(303);
+    clearCallerCache();
+    expect((await manifest(gw, org.token)).status).toBe(200);
+  });
+});
