@@ -1,3 +1,5 @@
+import { createExecutionContext, createScheduledController, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import OpenAI from "openai";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -6,6 +8,7 @@ import { auditEvents, grants, guardFlags } from "../worker/db/schema";
 import { readGuardAnswer } from "../worker/guard/classify";
 import { pruneGuardSamples } from "../worker/guard/flags";
 import { parseGuardBackend } from "../worker/guard/settings";
+import worker from "../worker/index";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
@@ -296,7 +299,7 @@ describe("the guard's admin API", () => {
     expect(one).toContain("Changing it needs the admin role.");
   });
 
-  it("prunes samples past the retention and keeps the flags", async () => {
+  it("clears samples past the retention from the every-minute cron, and keeps the flags", async () => {
     const { gw, organizationId, grantId } = await setup();
     const row = {
       organizationId,
@@ -308,17 +311,21 @@ describe("the guard's admin API", () => {
       action: "logged" as const,
       categories: ["S1"],
     };
+    // The cron runs on the real clock: one flag well past 30 days, one from yesterday.
+    const now = Date.now();
     await gw.db.insert(guardFlags).values([
-      { ...row, id: "gfl_old", sample: "old text", createdAt: "2026-05-01T00:00:00.000Z" },
-      { ...row, id: "gfl_new", sample: "new text", createdAt: "2026-06-10T00:00:00.000Z" },
+      { ...row, id: "gfl_old", sample: "old text", createdAt: new Date(now - 31 * 86_400_000).toISOString() },
+      { ...row, id: "gfl_new", sample: "new text", createdAt: new Date(now - 86_400_000).toISOString() },
     ]);
-    const services = { db: gw.db, clock: fixedClock("2026-06-15T12:00:00Z") };
-    expect(await pruneGuardSamples(services, 30)).toBe(1);
+    const ctx = createExecutionContext();
+    await worker.scheduled(createScheduledController({ cron: "* * * * *" }), env, ctx);
+    await waitOnExecutionContext(ctx);
     const kept = await gw.db.select({ id: guardFlags.id, sample: guardFlags.sample }).from(guardFlags);
     expect(kept.sort((a, b) => a.id.localeCompare(b.id))).toEqual([
       { id: "gfl_new", sample: "new text" },
       { id: "gfl_old", sample: null },
     ]);
+    expect(await pruneGuardSamples({ db: gw.db, clock: fixedClock(new Date(now)) }, 0)).toBe(1);
   });
 });
 
