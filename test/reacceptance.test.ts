@@ -1,10 +1,11 @@
 import { and, eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { grants, licenseReacceptances, webhookEvents } from "../worker/db/schema";
+import { grants, licenseReacceptances, statusLinks, webhookEvents } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { lineDiff } from "../worker/licenses/diff";
 import { reacceptDeadline } from "../worker/licenses/reacceptance";
 import { fixedClock } from "../worker/platform/clock";
+import { sha256Hex } from "../worker/platform/hash";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { scopedBackend } from "./helpers/backends";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
@@ -304,5 +305,28 @@ describe("license versions over time", () => {
     expect(posted.status).toBe(303);
     clearCallerCache();
     expect((await manifest(gw, org.token)).status).toBe(200);
+  });
+
+  it("shows what changed on the application's status page, pointing members to where they accept", async () => {
+    const { gw, clock, organization, loadVersion } = await setup();
+    const org = await organization();
+    const secret = "mgs_status-secret-for-the-test";
+    await gw.db.insert(statusLinks).values({
+      secretHash: await sha256Hex(secret),
+      applicationId: org.applicationId,
+      createdAt: clock.now().toISOString(),
+      expiresAt: new Date(clock.now().getTime() + 86_400_000).toISOString(),
+    });
+    const before = await (await gw.request(`/applications/${org.applicationId}?token=${secret}`)).text();
+    expect(before).not.toContain("The license changed");
+    await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE });
+    const page = await gw.request(`/applications/${org.applicationId}?token=${secret}`);
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toContain("The license changed");
+    expect(html).toContain("<ins>+ No impersonation.</ins>");
+    expect(html).toContain('href="/account/license"');
+    // The status link is no member: it shows the change but cannot accept it.
+    expect(html).not.toContain('name="licenseSha256"');
   });
 });
