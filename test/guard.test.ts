@@ -101,6 +101,10 @@ describe("guard mode block", () => {
     expect(refused).toBeInstanceOf(OpenAI.BadRequestError);
     expect((refused as InstanceType<typeof OpenAI.BadRequestError>).status).toBe(400);
     expect((refused as InstanceType<typeof OpenAI.BadRequestError>).code).toBe("content_policy_violation");
+    // It reached the quota check, so it carries the standing like every such answer.
+    const refusedHeaders = (refused as InstanceType<typeof OpenAI.BadRequestError>).headers;
+    expect(refusedHeaders.get("x-ratelimit-remaining-requests")).not.toBeNull();
+    expect(refusedHeaders.get("x-modelgate-overhead-ms")).not.toBeNull();
     expect(await backend.requests()).toHaveLength(0);
     const judged = await guard.requests();
     expect(judged).toHaveLength(1);
@@ -214,6 +218,16 @@ describe("guard mode log", () => {
         { role: "assistant", content: "tok0 tok1 tok2 " },
       ],
     });
+  });
+
+  it("judges an answer in its conversation and flags it as the response stage, with the answer alone as its sample", async () => {
+    const { gw, organizationId, ask } = await setup();
+    await setGuard(gw, organizationId, { mode: "log", screenResponses: true, storeSamples: true });
+    await ask(UNSAFE);
+    const flags = (await flagsOf(gw, organizationId)).flags;
+    expect(flags.map((f) => f.stage).sort()).toEqual(["prompt", "response"]);
+    // The response's sample is the answer alone: the prompt's text is in the prompt's flag.
+    expect(flags.find((f) => f.stage === "response")?.sample).toBe("assistant: tok0 tok1 tok2 ");
   });
 });
 

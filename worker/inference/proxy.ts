@@ -492,6 +492,7 @@ async function complete(
   };
   const screening = await screenPrompt(guard, request);
   if (screening.refusal) {
+    Object.assign(screening.refusal.headers, rateLimitHeaders(reservation.snapshot));
     settleUnused(null, "blocked", screening.refusal.status);
     throw screening.refusal;
   }
@@ -565,7 +566,10 @@ async function complete(
       : countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered));
     // The answer's tokens were generated and stay billed; its text is withheld.
     const answerRefusal = await screenAnswer(guard, screening, answerTexts(json));
-    if (answerRefusal) throw answerRefusal;
+    if (answerRefusal) {
+      Object.assign(answerRefusal.headers, headers);
+      throw answerRefusal;
+    }
     headers["content-type"] = "application/json";
     return new Response(text, { status: 200, headers });
   }
