@@ -1,6 +1,6 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, like } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { grants, licenseReacceptances, statusLinks, webhookEvents } from "../worker/db/schema";
+import { grants, licenseReacceptances, mailOutbox, statusLinks, webhookEvents } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { lineDiff } from "../worker/licenses/diff";
 import { reacceptDeadline } from "../worker/licenses/reacceptance";
@@ -157,6 +157,9 @@ describe("license versions over time", () => {
       family: "llama-2",
       acceptBy: DEADLINE,
     });
+    const mails = await gw.db.select().from(mailOutbox).where(like(mailOutbox.subject, "%accept version 2%"));
+    expect(mails.map((m) => m.to).sort()).toEqual([org.member.user.email, other.member.user.email].sort());
+    expect(mails[0]?.text).toContain(`${gw.services().config.publicBaseUrl}/account/license`);
 
     // Before the deadline: served, with a warning.
     const before = await manifest(gw, org.token);

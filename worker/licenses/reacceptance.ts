@@ -10,11 +10,20 @@ import { alias } from "drizzle-orm/sqlite-core";
 import { writeAudited } from "../audit/log";
 import type { MemberPrincipal } from "../auth/members";
 import type { Database } from "../db/client";
-import { documents, grants, type LicenseReacceptance, licenseReacceptances, licenseVersions } from "../db/schema";
+import {
+  applications,
+  documents,
+  grants,
+  type LicenseReacceptance,
+  licenseReacceptances,
+  licenseVersions,
+} from "../db/schema";
 import { AppError } from "../errors";
 import { reacceptanceRequiredEvent } from "../events/record";
+import { enqueueMail } from "../mail/outbox";
 import type { Clock } from "../platform/clock";
 import type { IdGenerator } from "../platform/ids";
+import { findFamily } from "../policy/families";
 import type { Services } from "../services";
 import { type DiffLine, lineDiff } from "./diff";
 
@@ -55,13 +64,35 @@ export function reacceptanceProblem(baseUrl: string, headers: Record<string, str
 export const REACCEPT_WARNING_HEADER = "x-license-reaccept-by";
 
 /**
+ * The notice to a grant's contact that a new version must be accepted by `acceptBy`. Only the
+ * gateway's own words and link: nothing an applicant typed.
+ */
+function reacceptanceMail(to: string, baseUrl: string, family: string, version: number, acceptBy: string) {
+  const name = findFamily(family)?.displayName ?? family;
+  return {
+    to,
+    subject: `${name} license: accept version ${version} by ${acceptBy.slice(0, 10)}`,
+    text: [
+      `Version ${version} of the ${name} license and Acceptable Use Policy now applies to your organization's access.`,
+      `An owner or admin of your organization must accept it by ${acceptBy}; from then on, downloads and inference stop until it is accepted.`,
+      "",
+      `See what changed and accept it: ${baseUrl}${REACCEPT_PATH}`,
+      "",
+      "— modelgate licensing",
+      "",
+    ].join("\n"),
+  };
+}
+
+/**
  * Plans the requirement that every live grant of `version.family` under another version accept
  * `version` by `acceptBy`: one pending row per grant (superseding a pending one for an older
- * version) and a `license.reacceptance_required` event for its organization, in the same batch.
+ * version), a `license.reacceptance_required` event for its organization and, when the gateway's
+ * address is known (`config`), a notice to the grant's contact, all in the same batch.
  */
 export async function planReacceptanceRequirements(
-  deps: { db: Database; clock: Clock; ids: IdGenerator },
-  version: { id: string; family: string },
+  deps: { db: Database; clock: Clock; ids: IdGenerator; config?: { publicBaseUrl: string } | undefined },
+  version: { id: string; family: string; version: number },
   acceptBy: string,
 ): Promise<{ statements: BatchItem<"sqlite">[]; grants: number }> {
   const affected = await deps.db
@@ -70,8 +101,10 @@ export async function planReacceptanceRequirements(
       organizationId: grants.organizationId,
       family: grants.family,
       licenseVersionId: grants.licenseVersionId,
+      contactEmail: applications.contactEmail,
     })
     .from(grants)
+    .innerJoin(applications, eq(applications.id, grants.applicationId))
     .where(
       and(
         eq(grants.family, version.family),
@@ -107,6 +140,16 @@ export async function planReacceptanceRequirements(
       }),
       reacceptanceRequiredEvent(deps, grant, version.id, acceptBy),
     );
+    if (deps.config) {
+      const mail = reacceptanceMail(
+        grant.contactEmail,
+        deps.config.publicBaseUrl,
+        grant.family,
+        version.version,
+        acceptBy,
+      );
+      statements.push(enqueueMail(deps, mail));
+    }
   }
   return { statements, grants: affected.length };
 }

@@ -30,8 +30,22 @@ export const LicenseSchema = z
     licenseSha256: z.string(),
     aupSha256: z.string(),
     placeholderText: z.boolean(),
-    noticeText: z.string(),
-    models: z.array(z.object({ id: z.string(), displayName: z.string() })),
+    noticeText: z
+      .string()
+      .openapi({ description: "The NOTICE shipped with every download: the notice, then the duties." }),
+    duties: z
+      .array(z.object({ id: z.string(), section: z.string(), text: z.string() }))
+      .openapi({ description: "What licensees must do beyond accepting the texts (attribution, naming)." }),
+    models: z.array(
+      z.object({
+        id: z.string(),
+        displayName: z.string(),
+        hubRepo: z.string(),
+        excludedRegions: z.array(z.string()).openapi({
+          description: "Regions (`EU`) or countries whose organizations this model is not licensed to.",
+        }),
+      }),
+    ),
     links: z.object({ license: z.string(), aup: z.string(), apply: z.string() }),
   })
   .openapi("License");
@@ -249,7 +263,13 @@ export const licenseRoutes = newRouter()
         aupSha256: version.aupSha256,
         placeholderText: version.licenseSource === "placeholder",
         noticeText: family.noticeText,
-        models: family.models.map((m) => ({ id: m.id, displayName: m.displayName })),
+        duties: family.duties.map((d) => ({ id: d.id, section: d.section, text: d.text })),
+        models: family.models.map((m) => ({
+          id: m.id,
+          displayName: m.displayName,
+          hubRepo: m.hubRepo,
+          excludedRegions: [...(m.excludedRegions ?? [])],
+        })),
         links: {
           license: `${base}/v1/licenses/${family.id}/text`,
           aup: `${base}/v1/licenses/${family.id}/aup`,

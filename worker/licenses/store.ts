@@ -84,7 +84,7 @@ export interface LoadedLicenseVersion {
  * that records it, unless the newest version already has exactly these texts (then nothing).
  */
 export async function planLicenseVersion(
-  deps: { db: Database; clock: Clock; ids: IdGenerator },
+  deps: { db: Database; clock: Clock; ids: IdGenerator; config?: { publicBaseUrl: string } | undefined },
   input: LicenseTexts,
 ): Promise<AuditedWrite<LoadedLicenseVersion>> {
   const [licenseSha256, aupSha256] = await Promise.all([sha256Hex(input.license), sha256Hex(input.aup)]);
@@ -107,7 +107,11 @@ export async function planLicenseVersion(
       .values({ sha256, kind, mediaType, body, source: input.source, createdAt: now })
       .onConflictDoNothing();
   const requirements = input.reacceptBy
-    ? await planReacceptanceRequirements(deps, { id: row.id, family: row.family }, input.reacceptBy)
+    ? await planReacceptanceRequirements(
+        deps,
+        { id: row.id, family: row.family, version: row.version },
+        input.reacceptBy,
+      )
     : { statements: [], grants: 0 };
   return {
     statements: [
@@ -147,7 +151,14 @@ export async function planLicenseVersion(
  * together. Returns the current version.
  */
 export async function loadLicenseVersion(
-  deps: { db: Database; clock: Clock; ids: IdGenerator; auditAnchor?: AuditAnchor | undefined },
+  deps: {
+    db: Database;
+    clock: Clock;
+    ids: IdGenerator;
+    auditAnchor?: AuditAnchor | undefined;
+    /** The gateway's address, for the notices a re-acceptance requirement mails; none without it. */
+    config?: { publicBaseUrl: string } | undefined;
+  },
   input: LicenseTexts,
 ): Promise<LoadedLicenseVersion> {
   return writeAudited(deps, () => planLicenseVersion(deps, input));
