@@ -385,6 +385,30 @@ describe("the NOTICE and duties of each family", () => {
     for (const duty of f.duties) expect(f.noticeText).toContain(duty.text);
   });
 
+  it("GET /v1/licenses/{family} publishes the duties, the NOTICE and each model's excluded regions", async () => {
+    const gw = testGateway();
+    await loadLicense(gw, "llama-3.2");
+    const res = await gw.request("/v1/licenses/llama-3.2");
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as {
+      releaseDate: string;
+      mauMeasuredMonth: string;
+      noticeText: string;
+      duties: { id: string }[];
+      models: { id: string; hubRepo: string; excludedRegions: string[] }[];
+    };
+    expect(body).toMatchObject({ releaseDate: "2024-09-25", mauMeasuredMonth: "2024-08" });
+    expect(body.noticeText).toBe(family("llama-3.2").noticeText);
+    expect(body.duties.map((d) => d.id)).toEqual(["attribution", "model_naming", "notice"]);
+    expect(body.models.find((m) => m.id === "llama-3.2-11b-vision-instruct")).toEqual({
+      id: "llama-3.2-11b-vision-instruct",
+      displayName: "Llama 3.2 11B Vision Instruct",
+      hubRepo: "meta-llama/Llama-3.2-11B-Vision-Instruct",
+      excludedRegions: ["EU"],
+    });
+    expect(body.models.find((m) => m.id === "llama-3.2-3b-instruct")?.excludedRegions).toEqual([]);
+  });
+
   it("Llama 2's NOTICE stays its one sentence, with no duties added", () => {
     const f = family("llama-2");
     expect(f.duties).toEqual([]);
