@@ -182,8 +182,8 @@ async function main(): Promise<void> {
       mf = newMiniflare({
         host: "127.0.0.1",
         port: 0,
-        r2Persist: join(tmp, "state", "r2"),
-        d1Persist: join(tmp, "state", "d1"),
+        // One state directory for every workerd of the run: the weights written by the setup are read later.
+        resourcePersistencePath: join(tmp, "state"),
         handleRuntimeStdio: runtimeOutput(setup ? SETUP_NOISE : /^$/),
         workers: [{ ...worker(origin), unsafeDirectSockets: [{ host: "127.0.0.1", port }] }],
       } as MiniflareOptions);

@@ -251,6 +251,8 @@ export class OrgQuota extends DurableObject<Env> {
   private latest = 0;
   /** Settled usage: folded into hours, written to D1, billed and archived (`usage-book.ts`). */
   private readonly book: UsageBook;
+  /** Since when alarms have left committed batches unfolded, deferring the rest of their work. */
+  private foldingSince: number | undefined;
   /** The usage book's latest work: alarms and syncs take turns (`inTurn`). */
   private usageTurn: Promise<unknown> = Promise.resolve();
   /**
@@ -658,6 +660,17 @@ export class OrgQuota extends DurableObject<Env> {
     await this.inTurn(async () => {
       const now = this.clock();
       const more = await this.book.fold(now);
+      // Batches left to fold come first: an interval closed before they are folded would see them
+      // open a second part of it (nothing lost, but an interval and two Stripe calls more). For a
+      // second at most, so that a flood of commits cannot hold back D1's totals and the closes.
+      if (more) {
+        this.foldingSince ??= Date.now();
+        if (Date.now() - this.foldingSince < 1_000) {
+          this.wake(Date.now());
+          return;
+        }
+      }
+      this.foldingSince = undefined;
       const synced = await this.book.sync(now);
       const archived = synced && (await this.book.archive());
       await this.book.prune(now);

@@ -218,7 +218,9 @@ export class UsageBook {
     if (due.length === 0) return true;
     const d1 = this.env.DB;
     try {
-      await d1.batch(due.flatMap(({ part, closing }) => partStatements(d1, part, closing, now)));
+      // Intervals are stamped by the wall clock: the reconciler judges a pending one's age by it.
+      const writtenAt = Date.now();
+      await d1.batch(due.flatMap(({ part, closing }) => partStatements(d1, part, closing, now, writtenAt)));
     } catch (error) {
       services.log.warn("usage totals not written to D1; kept and retried", {
         parts: due.length,

@@ -356,7 +356,14 @@ export function downloadHourRows(part: UsagePart, updatedAt: string): string {
  * (only when it billed tokens), in one batch so that the interval never exists without the
  * totals it sums.
  */
-export function partStatements(d1: D1Database, part: UsagePart, closing: boolean, now: number): D1PreparedStatement[] {
+export function partStatements(
+  d1: D1Database,
+  part: UsagePart,
+  closing: boolean,
+  now: number,
+  /** When the interval is written, by the wall clock (the object's clock may run ahead of it). */
+  writtenAt = now,
+): D1PreparedStatement[] {
   const updatedAt = new Date(now).toISOString();
   const statements: D1PreparedStatement[] = [];
   if (part.inference.size) statements.push(d1.prepare(UPSERT_USAGE_HOURS).bind(usageHourRows(part, updatedAt)));
@@ -375,7 +382,7 @@ export function partStatements(d1: D1Database, part: UsagePart, closing: boolean
             totals.promptTokens,
             totals.completionTokens,
             "pending",
-            updatedAt,
+            new Date(writtenAt).toISOString(),
           ),
       );
     }
