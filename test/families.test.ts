@@ -1,3 +1,4 @@
+/// <reference types="vite/client" />
 import { modelInfo } from "@huggingface/hub";
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
@@ -164,6 +165,30 @@ describe("the Llama 3 family line as data", () => {
     const repos = [...FAMILIES.values()].flatMap((f) => f.models.map((m) => m.hubRepo.toLowerCase()));
     expect(new Set(ids).size).toBe(ids.length);
     expect(new Set(repos).size).toBe(repos.length);
+  });
+});
+
+describe("each family's placeholder texts", () => {
+  const placeholders = import.meta.glob<string>("../scripts/seed/*.placeholder.*", {
+    query: "?raw",
+    import: "default",
+    eager: true,
+  });
+
+  it.each([...FAMILIES.keys()])("%s has its own license and AUP placeholder, naming its notice", (id) => {
+    const license = placeholders[`../scripts/seed/${id}-license.placeholder.txt`];
+    const aup = placeholders[`../scripts/seed/${id}-aup.placeholder.md`];
+    expect(license).toContain("PLACEHOLDER");
+    expect(aup).toContain("PLACEHOLDER");
+    expect(license).toContain(`--family ${id} `);
+    const notice = family(id).noticeText.split("\n")[0] ?? "";
+    expect(license?.replace(/\s+/g, " ")).toContain(notice);
+  });
+
+  it("Llama 3.2's AUP placeholder carries the European Union clause for the multimodal models", () => {
+    const aup = placeholders["../scripts/seed/llama-3.2-aup.placeholder.md"]?.replace(/\s+/g, " ");
+    expect(aup).toContain("principal place of business in, the European Union");
+    expect(placeholders["../scripts/seed/llama-3.1-aup.placeholder.md"]).not.toContain("European Union");
   });
 });
 
