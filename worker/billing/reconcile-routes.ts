@@ -4,22 +4,12 @@ import { eq } from "drizzle-orm";
 import { adminRoute } from "../auth/admin-door";
 import { organizations } from "../db/schema";
 import { AppError } from "../errors";
+import { Day } from "../http/days";
 import { newRouter, problemResponses } from "../http/router";
 import { isStripeUnavailable, stripeClient } from "./stripe";
 import { MAX_RECONCILE_DAYS, ReconciliationSchema, reconcileWithStripe } from "./stripe-totals";
 
 const DAY_MS = 86_400_000;
-
-/** A calendar day that exists (`2026-02-30` does not). */
-function isDay(value: string): boolean {
-  const at = Date.parse(`${value}T00:00:00.000Z`);
-  return !Number.isNaN(at) && new Date(at).toISOString().slice(0, 10) === value;
-}
-
-const Day = z
-  .string()
-  .regex(/^\d{4}-\d{2}-\d{2}$/, "Write the day as YYYY-MM-DD.")
-  .refine(isDay, "No such day.");
 
 const reconciliationRoute = adminRoute("reviewer", {
   method: "get",

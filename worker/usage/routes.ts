@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { organizationReader } from "../auth/organization-reader";
 import { AppError } from "../errors";
+import { Day } from "../http/days";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
 import { usageCsv } from "./csv";
@@ -15,17 +16,6 @@ import {
   usagePerDay,
   usagePeriod,
 } from "./totals";
-
-/** A calendar day that exists (`2026-02-30` does not). */
-function isDay(value: string): boolean {
-  const at = Date.parse(`${value}T00:00:00.000Z`);
-  return !Number.isNaN(at) && new Date(at).toISOString().slice(0, 10) === value;
-}
-
-const Day = z
-  .string()
-  .regex(/^\d{4}-\d{2}-\d{2}$/, "Write the day as YYYY-MM-DD.")
-  .refine(isDay, "No such day.");
 
 const UsageQuery = z.object({
   groupBy: z.enum(USAGE_GROUPS).optional().openapi({
