@@ -142,5 +142,37 @@ describe("the applicant's portal in Chromium", () => {
     const memberLine = lines.find((line) => line.split(",")[1] === developerEmail);
     expect(memberLine?.split(",")[3]).toBe("1");
     expect(memberLine?.split(",")[6]).toBe(String(usage.total_tokens));
+
+    // The licensor publishes a new license version that existing grants must accept by a deadline.
+    const loaded = await harness.adminFetch("/admin/api/licenses/llama-2/versions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        license: `LLAMA 2 COMMUNITY LICENSE AGREEMENT\nRevised ${run}: a clause the licensor added.\n`,
+        aup: `Llama 2 Acceptable Use Policy\nRevised ${run}.\n`,
+        reacceptBy: "2099-01-31",
+      }),
+    });
+    expect(loaded.status).toBe(200);
+    const { version } = (await loaded.json()) as { version: number; grantsToReaccept: number };
+
+    // The owner is told on the portal, sees what changed, and accepts it for the organization.
+    await owner.goto(`${gateway.baseUrl}/account`);
+    await owner.locator("#license-changes").getByRole("link", { name: "See what changed" }).click();
+    await owner.getByRole("heading", { name: `llama-2: version ${version} replaces version ${version - 1}` }).waitFor();
+    await expect(owner.locator("pre.diff").first().textContent()).resolves.toContain(
+      `+ Revised ${run}: a clause the licensor added.`,
+    );
+    await expectAccessible(owner, "license change, owner");
+    await owner.screenshot({ path: join(ARTIFACTS, "license-change.png"), fullPage: true });
+    await owner.getByLabel(`I accept version ${version} of the license`, { exact: false }).check();
+    await owner.getByRole("button", { name: `Accept version ${version}` }).click();
+    await owner.getByText("Your organization has accepted every current license version.").waitFor();
+    await owner.goto(`${gateway.baseUrl}/account`);
+    await expect(owner.locator("#license-changes").count()).resolves.toBe(0);
+
+    // A developer of the organization sees the change but may not accept it.
+    await developer.goto(`${gateway.baseUrl}/account/license`);
+    await expect(developer.getByRole("button", { name: /Accept version/ }).count()).resolves.toBe(0);
   });
 });
