@@ -44,8 +44,8 @@ describe("deploy: wrangler.toml's deployed environments", () => {
         .replace('PUBLIC_BASE_URL = "https://modelgate.example.com"', 'PUBLIC_BASE_URL = "http://127.0.0.1:8787"')
         .replace('MAIL_FROM = "licensing@modelgate.example.com"', 'MAIL_FROM = "licensing@modelgate.local"')
         .replace(
-          'AUDIT_CHECKPOINT_EVERY = "100"\n\n[[env.production.d1_databases]]',
-          'AUDIT_CHECKPOINT_EVERY = "100"\nDEV_LOGIN = "1"\nACCESS_JWKS = \'{"keys":[]}\'\n' +
+          "\n\n[[env.production.d1_databases]]",
+          '\nDEV_LOGIN = "1"\nACCESS_JWKS = \'{"keys":[]}\'\n' +
             'INFERENCE_BACKENDS_X = \'{"m":[{"url":"http://localhost:8000"}]}\'\n\n[[env.production.d1_databases]]',
         ),
     );
