@@ -262,12 +262,8 @@ export class UsageBook {
     for (const [key, part] of this.parts) {
       if (!part.closed) continue;
       const raw = await this.ctx.storage.list<string>({ prefix: `${RAW_PREFIX}${part.hour}:${part.part}:` });
-      const inference: string[] = [];
-      const downloads: string[] = [];
-      for (const [rawKey, text] of raw) {
-        if (rawKey.includes(":i:")) for (const row of ledgerRows(text)) inference.push(JSON.stringify(row));
-        else for (const row of JSON.parse(text) as DownloadRow[]) downloads.push(JSON.stringify(row));
-      }
+      const inference = archiveLines(raw, "inference");
+      const downloads = archiveLines(raw, "downloads");
       try {
         const totals = billableTotals(part);
         if (inference.length) {
@@ -374,20 +370,25 @@ export class UsageBook {
   /** The raw rows the object still holds of `hour` (of every hour without), as the archive's NDJSON lines. */
   async rawLines(hour: string | undefined, kind: "inference" | "downloads"): Promise<string[]> {
     const raw = await this.ctx.storage.list<string>({ prefix: hour ? `${RAW_PREFIX}${hour}:` : RAW_PREFIX });
-    const lines: string[] = [];
-    for (const [key, text] of raw) {
-      if (kind === "inference" && key.includes(":i:"))
-        for (const row of ledgerRows(text)) lines.push(JSON.stringify(row));
-      if (kind === "downloads" && key.includes(":d:"))
-        for (const row of JSON.parse(text) as DownloadRow[]) lines.push(JSON.stringify(row));
-    }
-    return lines;
+    return archiveLines(raw, kind);
   }
 }
 
 /** A ledger batch without the rows of `ids` (each entry's first value is its row's id). */
 export function rowsWithout(batch: string, ids: ReadonlySet<string>): string {
   return JSON.stringify((JSON.parse(batch) as unknown[][]).filter((values) => !ids.has(values[0] as string)));
+}
+
+/** The rows of `kind` among raw keys (`raw:<hour>:<part>:<i|d>:…`), one JSON object a line, as the archive holds them. */
+function archiveLines(raw: Map<string, string>, kind: "inference" | "downloads"): string[] {
+  const marker = kind === "inference" ? ":i:" : ":d:";
+  const lines: string[] = [];
+  for (const [key, text] of raw) {
+    if (!key.includes(marker)) continue;
+    const rows: unknown[] = kind === "inference" ? ledgerRows(text) : (JSON.parse(text) as DownloadRow[]);
+    for (const row of rows) lines.push(JSON.stringify(row));
+  }
+  return lines;
 }
 
 function rawPartPrefix(part: Pick<UsagePart, "hour" | "part">): string {
