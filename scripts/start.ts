@@ -6,7 +6,9 @@
  * 2. D1 migrations applied to the local database;
  * 3. the placeholder Llama 2 license and AUP loaded into that database;
  * 4. synthetic weights for every Llama 2 model uploaded to local R2 and published;
- * 5. the inference-backend simulator, which every Llama 2 model is routed to;
+ * 5. the inference-backend simulator, which every Llama 2 model is routed to, and which also
+ *    answers as the guard model (`GUARD_BACKEND`, Llama Guard's verdicts; every organization's
+ *    screening is `off` until an admin turns it on in the console's Flags page);
  * 6. `wrangler dev` on 127.0.0.1:$PORT (default 8787), persisting to the same state;
  * 7. demo applications submitted through the public API, and a demo access token;
  * 8. a banner with the URLs, then the server's logs until Ctrl-C.
@@ -23,7 +25,7 @@ import { createServer } from "node:net";
 import { dirname, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { llama2 } from "../worker/policy/families/llama-2";
-import { type BackendSimulator, startBackendSimulator } from "./backend-sim";
+import { type BackendSimulator, GUARD_UNSAFE_MARKER, startBackendSimulator } from "./backend-sim";
 import { ensureDevAccessKey, ensureDevSecret } from "./dev-access-key";
 import { ensureDevAuditKey, ensureDevDownloadKey } from "./dev-download-key";
 import { mintDevAccessToken } from "./lib/dev-access-token";
@@ -152,6 +154,8 @@ function printBanner(
     stripeUrl
       ? `  Billing: on, through the Stripe stand-in at ${stripeUrl}; standing: curl -H "Authorization: Bearer $TOKEN" ${baseUrl}/v1/billing`
       : "  Billing: off (no Stripe key); `npm start -- --billing` runs it against a local Stripe stand-in",
+    `  Content policy: the simulator is the guard model; turn an organization's screening on at ${baseUrl}/admin/guard`,
+    `    (a prompt holding "${GUARD_UNSAFE_MARKER}" is unsafe to it, category S1)`,
   );
   lines.push(
     "",
@@ -200,9 +204,13 @@ async function main(): Promise<void> {
   else process.env.WRANGLER_LOG = wranglerLog;
 
   step("Inference-backend simulator");
-  const simulator = await startBackendSimulator({ port: simPort, models: llama2.models.map((m) => m.id) });
+  const simulator = await startBackendSimulator({
+    port: simPort,
+    models: [...llama2.models.map((m) => m.id), GUARD_MODEL],
+  });
   closeHelpers = () => simulator.close();
-  console.log(`Listening on ${simulator.url}; every Llama 2 model is routed to it`);
+  const guardUrl = await startGuardScope(simulator);
+  console.log(`Listening on ${simulator.url}; every Llama 2 model is routed to it, and ${guardUrl} is the guard model`);
 
   const billingVars: string[] = [];
   let stripeUrl: string | undefined;
@@ -242,6 +250,8 @@ async function main(): Promise<void> {
       `INFERENCE_BACKENDS:${inferenceBackends(simulator)}`,
       "--var",
       "INFERENCE_ALLOWED_HOSTS:127.0.0.1",
+      "--var",
+      `GUARD_BACKEND:${JSON.stringify({ url: guardUrl, servedModel: GUARD_MODEL, timeoutMs: 5_000 })}`,
       // Locally usage closes into a billing interval every minute and reaches the console's D1
       // figures within seconds, rather than hourly and every five minutes as deployed.
       "--var",
@@ -334,6 +344,24 @@ function readLog(): string {
 /** `INFERENCE_BACKENDS`: every Llama 2 model served by the simulator. */
 function inferenceBackends(simulator: BackendSimulator): string {
   return JSON.stringify(Object.fromEntries(llama2.models.map((m) => [m.id, [{ url: simulator.url }]])));
+}
+
+/** The model the guard scope serves: Llama Guard 3, as `GUARD_BACKEND` names it by default. */
+const GUARD_MODEL = "meta-llama/Llama-Guard-3-8B";
+
+/**
+ * Turns the simulator's `guard` scope into a guard model (`safe`, or `unsafe` and `S1` for a
+ * conversation holding the simulator's unsafe marker); returns its base URL.
+ */
+async function startGuardScope(simulator: BackendSimulator): Promise<string> {
+  const url = `${simulator.url}/scope/guard`;
+  const res = await fetch(`${url}/_sim/mode`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ mode: "ok", answer: "guard" }),
+  });
+  if (!res.ok) throw new Error(`the simulator refused its guard mode: ${res.status} ${await res.text()}`);
+  return url;
 }
 
 /** What an earlier run recorded in demo.json, if anything. */

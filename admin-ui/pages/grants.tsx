@@ -348,6 +348,11 @@ export function GrantPage(props: {
       <section aria-labelledby="limits-heading">
         <h2 id="limits-heading">Inference limits</h2>
         <InferenceLimits limits={props.limits} editable={isAdmin} />
+        <p>
+          <a href={`/admin/guard?organization=${encodeURIComponent(grant.organizationId)}`}>
+            Content policy screening and flags
+          </a>
+        </p>
       </section>
     </ConsolePage>
   );

@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GUARD_UNSAFE_MARKER } from "../../scripts/backend-sim";
 import type { AdminRoleName } from "../../scripts/lib/dev-access-token";
 import type { GatewayProcess } from "../../scripts/lib/gateway-process";
 import { ARTIFACTS, BrowserHarness, EVIL_HOST, expectAccessible, expectNoSidewaysScroll, useLink } from "./harness";
@@ -405,5 +406,122 @@ describe("reviewer console and applicant pages in Chromium", () => {
       /inference_backend\.removed.*inference_backend\.changed.*inference_backend\.added/s,
     );
     await expect(admin.locator("main").textContent()).resolves.not.toContain("sk-from-the-console");
+  });
+
+  // Last in the file: it ends with the demo organization's grant suspended.
+  it("content policy: an admin turns screening on, reviewers see the flags queue, an approver confirms a suspension", async () => {
+    const { demoToken } = JSON.parse(readFileSync(join(gateway.dir, "demo.json"), "utf8")) as {
+      demoToken: { token: string };
+    };
+    const ask = (content: string) =>
+      fetch(`${gateway.baseUrl}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${demoToken.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content }], max_tokens: 4 }),
+      });
+    const unsafe = `How do I do ${GUARD_UNSAFE_MARKER} to someone?`;
+
+    // npm start's guard model is configured and every organization is off: an unsafe prompt is served unflagged.
+    const unscreened = await ask(unsafe);
+    expect(unscreened.status).toBe(200);
+    await unscreened.json();
+
+    const admin = await signIn("linus@example.com", "admin");
+    await admin.goto(`${gateway.baseUrl}/admin/grants`);
+    await admin.getByRole("link", { name: "Acme Robotics" }).click();
+    await admin.getByRole("link", { name: "Content policy screening and flags" }).click();
+    await admin.getByRole("heading", { name: "Content policy flags", level: 1 }).waitFor();
+    await expect(admin.locator("main").textContent()).resolves.not.toContain("No guard model is configured");
+    const organizationId = new URL(admin.url()).searchParams.get("organization") ?? "";
+    expect(organizationId).not.toBe("");
+    await expect(admin.getByText("Now: the deployment's default.").count()).resolves.toBe(1);
+    await admin.getByLabel("Mode").selectOption("log");
+    await admin.getByLabel("The organization allows keeping flagged text").check();
+    await Promise.all([admin.waitForEvent("load"), admin.getByRole("button", { name: "Save" }).click()]);
+    await admin.getByText("Now: set by an admin.").waitFor();
+    await expect(admin.getByLabel("Mode").inputValue()).resolves.toBe("log");
+
+    // In `log` mode an unsafe prompt is answered and flagged; the setting is in force within 5 s.
+    const flagCount = async () => {
+      const res = await harness.adminFetch(`/admin/api/guard/flags?organization=${encodeURIComponent(organizationId)}`);
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { flags: unknown[] }).flags.length;
+    };
+    await expect
+      .poll(
+        async () => {
+          const res = await ask(unsafe);
+          expect(res.status).toBe(200);
+          await res.json();
+          return flagCount();
+        },
+        { timeout: 20_000, interval: 500 },
+      )
+      .toBeGreaterThan(0);
+    const safe = await ask("What is the capital of France?");
+    expect(safe.status).toBe(200);
+    await safe.json();
+
+    // `block`: the same prompt is refused with OpenAI's content_policy_violation, and counted as blocked.
+    await admin.getByLabel("Mode").selectOption("block");
+    await Promise.all([admin.waitForEvent("load"), admin.getByRole("button", { name: "Save" }).click()]);
+    let refusal: { error?: { code?: string } } = {};
+    await expect
+      .poll(
+        async () => {
+          const res = await ask(unsafe);
+          refusal = (await res.json()) as typeof refusal;
+          return res.status;
+        },
+        { timeout: 20_000, interval: 500 },
+      )
+      .toBe(400);
+    expect(refusal.error?.code).toBe("content_policy_violation");
+    // Up to the threshold npm start runs with (GUARD_SUSPEND_THRESHOLD, 10 flags in 24 hours).
+    while ((await flagCount()) < 10) {
+      const res = await ask(unsafe);
+      expect(res.status).toBe(400);
+      await res.json();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    // A reviewer sees the organization in the queue with its counts, categories and the proposal,
+    // but confirming it needs the approver role.
+    const reviewer = await signIn("mia@example.com", "reviewer");
+    await reviewer.getByRole("navigation", { name: "Console" }).getByRole("link", { name: "Flags" }).click();
+    const row = reviewer.locator("table tbody tr", { hasText: "Acme Robotics" });
+    await row.waitFor();
+    const cells = await row.locator("td").allTextContents();
+    expect(Number(cells[1]?.replace(/,/g, ""))).toBeGreaterThanOrEqual(10);
+    expect(Number(cells[3]?.replace(/,/g, ""))).toBeGreaterThanOrEqual(1);
+    expect(cells[4]).toMatch(/^S1 ×\d+$/);
+    expect(cells[6]).toBe("suspend");
+    await reviewer.getByText(/Acme Robotics: confirming a suspension needs the approver role/).waitFor();
+    await expect(reviewer.getByRole("button", { name: "Suspend grant" }).count()).resolves.toBe(0);
+    await expectAccessible(reviewer, "flags queue");
+    await reviewer.getByRole("link", { name: "Acme Robotics" }).click();
+    const flags = reviewer.locator("section", { hasText: `Organization ${organizationId}` }).locator("table tbody tr");
+    await expect.poll(() => flags.count()).toBeGreaterThanOrEqual(10);
+    const texts = await flags.allTextContents();
+    expect(texts.some((t) => /prompt.*blocked.*S1.*llama-2-7b-chat.*user: How do I do/s.test(t))).toBe(true);
+    expect(texts.some((t) => /prompt.*logged.*S1/s.test(t))).toBe(true);
+    // The safe prompt left no flag.
+    expect(texts.some((t) => t.includes("capital of France"))).toBe(false);
+    // Only admins change the mode.
+    await reviewer.getByText(/Mode block \(set by an admin\).*Changing it needs the admin role/).waitFor();
+    await expect(reviewer.getByRole("button", { name: "Save" }).count()).resolves.toBe(0);
+    await expectAccessible(reviewer, "an organization's flags");
+    await reviewer.screenshot({ path: join(ARTIFACTS, "guard-flags.png"), fullPage: true });
+
+    // An approver confirms the proposal: the grant is suspended and the token stops working.
+    const approver = await signIn("noor@example.com", "approver");
+    await approver.goto(`${gateway.baseUrl}/admin/guard`);
+    await approver.getByRole("heading", { name: "Proposed suspensions" }).waitFor();
+    approver.once("dialog", (dialog) => void dialog.accept());
+    await Promise.all([approver.waitForEvent("load"), approver.getByRole("button", { name: "Suspend grant" }).click()]);
+    await approver.getByText("Acme Robotics: no active grant left.").waitFor();
+    await expect.poll(async () => (await ask("Hello")).status, { timeout: 15_000, interval: 500 }).toBe(403);
+    await approver.goto(`${gateway.baseUrl}/admin/audit`);
+    await expect(approver.locator("main").textContent()).resolves.toMatch(/grant\.suspended.*organization\.guard_set/s);
   });
 });
