@@ -1102,3 +1102,37 @@ export const licenseReacceptances = sqliteTable(
 );
 
 export type LicenseReacceptance = typeof licenseReacceptances.$inferSelect;
+
+/**
+ * The signed link of one manifest (or Hub resolve): one token opens every file of one revision.
+ * Links issued before these existed (one per file) stay in `download_links` until they expire.
+ */
+export const downloadManifests = sqliteTable(
+  "download_manifests",
+  {
+    jti: text("jti").primaryKey(),
+    grantId: text("grant_id").notNull(),
+    tokenId: text("token_id").notNull(),
+    model: text("model").notNull(),
+    revisionId: text("revision_id").notNull(),
+    /** With a file's size, sets that file's byte budget under this link (`linkByteBudget`). */
+    maxDownloads: integer("max_downloads").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("download_manifests_grant").on(t.grantId)],
+);
+
+/** What a manifest's link has served of one file: made with the first byte served, capped by the file's budget. */
+export const downloadBudgets = sqliteTable(
+  "download_budgets",
+  {
+    jti: text("jti").notNull(),
+    path: text("path").notNull(),
+    /** Requests that started a whole download: for the record; the cap is `bytesServed`. */
+    downloads: integer("downloads").notNull().default(0),
+    /** Bytes reserved by every answer with a body (the range's length, taken before it is sent). */
+    bytesServed: integer("bytes_served").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.jti, t.path] })],
+);
