@@ -231,6 +231,54 @@ describe("guard mode log", () => {
   });
 });
 
+describe("screening streamed answers", () => {
+  /** Streams an answer with the real client; returns its text as the client put it together. */
+  async function streamed(client: OpenAI, content: string): Promise<string> {
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content }],
+      max_tokens: 4,
+      stream: true,
+    });
+    let text = "";
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+    return text;
+  }
+
+  it("sends the whole streamed answer to the guard once the stream ended, as the assistant's turn", async () => {
+    const { gw, guard, organizationId, client } = await setup();
+    await setGuard(gw, organizationId, { mode: "block", screenResponses: true });
+    expect(await streamed(client, "say hello")).toBe("tok0 tok1 tok2 tok3 ");
+    await expect.poll(async () => (await guard.requests()).length).toBe(2);
+    const judged = await guard.requests();
+    expect(judged[1]?.body).toMatchObject({
+      messages: [
+        { role: "user", content: "say hello" },
+        { role: "assistant", content: "tok0 tok1 tok2 tok3 " },
+      ],
+    });
+    expect((await flagsOf(gw, organizationId)).flags).toHaveLength(0);
+  });
+
+  it("flags an unsafe streamed answer as logged, whatever the mode: its text already went out", async () => {
+    const { gw, organizationId, client } = await setup();
+    await setGuard(gw, organizationId, { mode: "log", screenResponses: true, storeSamples: true });
+    expect(await streamed(client, UNSAFE)).toBe("tok0 tok1 tok2 tok3 ");
+    await expect.poll(async () => (await flagsOf(gw, organizationId)).flags.length).toBe(2);
+    const flags = (await flagsOf(gw, organizationId)).flags;
+    expect(flags.map((f) => `${f.stage} ${f.action}`).sort()).toEqual(["prompt logged", "response logged"]);
+    expect(flags.find((f) => f.stage === "response")?.sample).toBe("assistant: tok0 tok1 tok2 tok3 ");
+  });
+
+  it("asks nothing about streamed answers where the organization screens prompts only", async () => {
+    const { gw, guard, organizationId, client } = await setup();
+    await setGuard(gw, organizationId, { mode: "block" });
+    expect(await streamed(client, "say hello")).toBe("tok0 tok1 tok2 tok3 ");
+    // Settled: the stream's usage is stored before its end reaches the client.
+    expect(await guard.requests()).toHaveLength(1);
+  });
+});
+
 describe("guard mode off", () => {
   it("asks the guard nothing, by default and when set", async () => {
     const { gw, guard, organizationId, ask } = await setup();

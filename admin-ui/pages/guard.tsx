@@ -81,7 +81,8 @@ function PolicyForm(props: { view: GuardOrganizationView; editable: boolean }) {
       </div>
       <div class="form-row">
         <label>
-          <input type="checkbox" name="screenResponses" checked={policy.screenResponses} /> Screen plain answers too
+          <input type="checkbox" name="screenResponses" checked={policy.screenResponses} /> Screen answers too (streamed
+          ones after they end, flagged only)
         </label>
       </div>
       <button type="submit">Save</button> <output data-form-status />

@@ -49,7 +49,7 @@ const putPolicyRoute = adminRoute("admin", {
   description:
     "Needs the admin role. `mode`: `off` (the guard is not asked), `log` (flagged requests are served and " +
     "recorded) or `block` (flagged requests answer 400 `content_policy_violation`). `storeSamples`: whether flags " +
-    "keep the flagged text (the organization allowed it). `screenResponses`: whether plain answers are screened " +
+    "keep the flagged text (the organization allowed it). `screenResponses`: whether answers are screened " +
     "too. Audited as `organization.guard_set`; in force within 5 seconds.",
   request: {
     params: Params,

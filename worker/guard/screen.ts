@@ -1,6 +1,7 @@
 /**
  * Acceptable-use screening on the inference path: the prompt before it goes to a backend, and
- * (where the organization asks) a plain answer before it goes to the client. What happens with
+ * (where the organization asks) a plain answer before it goes to the client, a streamed answer
+ * once it ended. What happens with
  * the guard's verdict follows the organization's mode: `off` asks nothing, `log` records a flag
  * and serves, `block` records a flag and refuses with `content_policy_violation`. A guard that
  * fails lets `log` serve (logged as `guard_unavailable`) and makes `block` refuse with 503.
@@ -74,6 +75,25 @@ export async function screenAnswer(
   const turns: GuardTurn[] = [...screening.turns, { role: "assistant", content: texts.join("\n") }];
   const verdict = await judge(settings, turns, call.fetcher);
   return act(call, policy, verdict, "response", turns.slice(-1));
+}
+
+/**
+ * Screens a streamed answer's text after the stream ended, where the organization asked for its
+ * answers to be screened. Its text already reached the client, so an unsafe answer is flagged as
+ * logged whatever the mode: `block` refuses streams by their prompt only.
+ */
+export async function screenStreamedAnswer(
+  call: GuardCall,
+  screening: PromptScreening,
+  text: string | undefined,
+): Promise<void> {
+  const { policy } = screening;
+  if (!policy?.screenResponses || !text) return;
+  const settings = guardSettings(call.env, call.services.config.inference.allowedHosts);
+  const turns: GuardTurn[] = [...screening.turns, { role: "assistant", content: text }];
+  const verdict = await judge(settings, turns, call.fetcher);
+  // A refusal here has nothing left to refuse; `act` records the flag.
+  act(call, { ...policy, mode: "log" }, verdict, "response", turns.slice(-1));
 }
 
 async function judge(settings: GuardSettings, turns: GuardTurn[], fetcher: typeof fetch): Promise<GuardVerdict> {

@@ -3,7 +3,7 @@ import { bearerToken } from "../auth/bearer";
 import { billingEnabled } from "../config";
 import { AppError } from "../errors";
 import { modelCoverage, notCoveredProblem } from "../grants/coverage";
-import { type GuardCall, screenAnswer, screenPrompt } from "../guard/screen";
+import { type GuardCall, screenAnswer, screenPrompt, screenStreamedAnswer } from "../guard/screen";
 import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
 import { recordCompletion } from "../observability/analytics";
@@ -606,6 +606,8 @@ async function complete(
     };
   };
   let running = true;
+  /** Whether the answer's text goes to the guard model once the stream ended. */
+  const screensAnswer = screening.policy?.screenResponses === true;
   const body = meterEventStream(response.body, {
     clientWantsUsage,
     continuousUsageAdded: addsContinuousUsage(backend),
@@ -617,8 +619,10 @@ async function complete(
       if (report.end === "client_closed") attempt.deadline.abort();
       const stored = streamed(report, report.end).then(settle);
       waitUntil(stored);
+      if (screensAnswer) waitUntil(screenStreamedAnswer(guard, screening, report.generated().text));
       return stored;
     },
+    keepAllText: screensAnswer,
     // A crash loses at most one interval of a long stream: the quota object bills the last
     // checkpoint (as a cut stream) if the stream's settlement never comes.
     checkpoint: {

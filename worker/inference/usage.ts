@@ -97,6 +97,11 @@ export function meterEventStream(
     now: () => number;
     /** A promise it returns, for a stream that ended well, holds the stream's last events back until it settles. */
     onEnd: (report: StreamReport) => unknown;
+    /**
+     * Keep the generated text (up to {@link MAX_KEPT_TEXT}) even once usage came, for a guard model
+     * to screen after the stream; otherwise it is kept only until the server reports usage.
+     */
+    keepAllText?: boolean;
     checkpoint?: { everyMs: number; report: (progress: StreamProgress) => void };
   },
 ): ReadableStream<Uint8Array> {
@@ -109,6 +114,7 @@ export function meterEventStream(
   let ended = false;
   /** The last chunk's bytes ended in ASCII, so the decoder holds none of them back. */
   let decoderEmpty = true;
+  const keepAllText = options.keepAllText === true;
   const kept: string[] = [];
   let keptLength = 0;
   let chunksBeyond = 0;
@@ -174,7 +180,7 @@ export function meterEventStream(
     }
     if (CARRIES_TEXT.test(data)) {
       contentChunks++;
-      if (usage === undefined) keepText(data);
+      if (usage === undefined || keepAllText) keepText(data);
     }
     if (!data.includes('"usage"')) return undefined;
     let chunk: Record<string, unknown>;
@@ -184,7 +190,8 @@ export function meterEventStream(
       return undefined;
     }
     const reported = readUsage(chunk);
-    if (reported !== undefined && usage === undefined) kept.length = 0; // the count is known: the text is not needed
+    // The count is known: the text is not needed (unless it is to be screened).
+    if (reported !== undefined && usage === undefined && !keepAllText) kept.length = 0;
     usage = reported ?? usage;
     const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0;
     if (usageAsSent || chunk.usage === undefined || chunk.usage === null) {
