@@ -166,7 +166,9 @@ describe("license versions over time", () => {
     expect(before.status).toBe(200);
     expect(before.headers.get("x-license-reaccept-by")).toBe(DEADLINE);
     expect((await hubResolve(gw, org.token)).status).toBe(302);
-    expect((await gw.request("/v1/chat/completions", chat(org.token))).status).toBe(200);
+    const warnedChat = await gw.request("/v1/chat/completions", chat(org.token));
+    expect(warnedChat.status).toBe(200);
+    expect(warnedChat.headers.get("x-license-reaccept-by")).toBe(DEADLINE);
 
     // A link made a minute before the deadline stops with it.
     clock.advance(Date.parse(DEADLINE) - clock.now().getTime() - 60_000);
@@ -267,7 +269,9 @@ describe("license versions over time", () => {
     expect(script).toContain("2a. Attribution.");
     expect(script).toContain("No impersonation.");
     expect((await hubResolve(gw, org.token)).status).toBe(302);
-    expect((await gw.request("/v1/chat/completions", chat(org.token))).status).toBe(200);
+    const acceptedChat = await gw.request("/v1/chat/completions", chat(org.token));
+    expect(acceptedChat.status).toBe(200);
+    expect(acceptedChat.headers.get("x-license-reaccept-by")).toBeNull();
     expect(await changesOf(gw, org.member.headers)).toEqual([]);
 
     // The other organization is still refused: its requirement stands.

@@ -6,6 +6,7 @@ import { modelCoverage, notCoveredProblem } from "../grants/coverage";
 import { type GuardCall, screenAnswer, screenPrompt, screenStreamedAnswer } from "../guard/screen";
 import { readBodyText } from "../http/body";
 import { fieldErrors } from "../http/router";
+import { REACCEPT_WARNING_HEADER } from "../licenses/reacceptance";
 import { recordCompletion } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { type LeaseContext, QuotaLeases } from "../quota/leases";
@@ -517,6 +518,8 @@ async function complete(
     [OVERHEAD_HEADER]: overheadOf(timing, services),
     "x-request-id": call.requestId,
   };
+  // A new license version must be accepted by this date: inference stops then.
+  if (caller.principal.reacceptBy) headers[REACCEPT_WARNING_HEADER] = caller.principal.reacceptBy;
 
   /** The whole answer; one that breaks off is a 502 for the client and nothing billable. */
   const readAnswer = async (): Promise<string> => {
