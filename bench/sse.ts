@@ -91,13 +91,14 @@ function upstream(chunks: Uint8Array[]): ReadableStream<Uint8Array> {
 }
 
 const decoder = new TextDecoder();
+/** The reads the floor found usage in (it must find some, or it measured nothing). */
+const floorReads = { usage: 0 };
 
 /** The peers: what each does to a response body. */
 const PEERS = {
   "pass-through": (body: ReadableStream<Uint8Array>) => body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>()),
   floor: (body: ReadableStream<Uint8Array>) => {
     const reader = body.getReader();
-    let seen = 0;
     return new ReadableStream<Uint8Array>(
       {
         async pull(controller) {
@@ -106,7 +107,7 @@ const PEERS = {
             controller.close();
             return;
           }
-          if (decoder.decode(value, { stream: true }).includes('"usage"')) seen++;
+          if (decoder.decode(value, { stream: true }).includes('"usage"')) floorReads.usage++;
           controller.enqueue(value);
         },
         cancel: (reason) => reader.cancel(reason),
@@ -176,6 +177,8 @@ for (const kind of ["vllm", "null", "unreported"] as const) {
     }
   }
 }
+
+if (floorReads.usage === 0) throw new Error("the floor never saw usage");
 
 const header = [
   "stream",
