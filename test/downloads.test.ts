@@ -1,10 +1,17 @@
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import { importJWK, type JWK, SignJWT } from "jose";
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import { createDatabase } from "../worker/db/client";
-import { accessTokens, downloadEvents, downloadHours, downloadLinks, grants } from "../worker/db/schema";
+import {
+  accessTokens,
+  downloadBudgets,
+  downloadEvents,
+  downloadHours,
+  downloadManifests,
+  grants,
+} from "../worker/db/schema";
 import { PROBE_ALLOWANCE_BYTES } from "../worker/downloads/links";
 import { LINK_AUDIENCE } from "../worker/downloads/signing";
 import { fixedClock } from "../worker/platform/clock";
@@ -63,6 +70,23 @@ async function organizationOf(grantId: string): Promise<string> {
   const [grant] = await createDatabase(env.DB).select().from(grants).where(eq(grants.id, grantId));
   if (!grant) throw new Error(`no grant ${grantId}`);
   return grant.organizationId;
+}
+
+/** Sets how many downloads of each file the link of `link`'s manifest allows. */
+async function allowDownloads(link: string, maxDownloads: number): Promise<void> {
+  await createDatabase(env.DB)
+    .update(downloadManifests)
+    .set({ maxDownloads })
+    .where(eq(downloadManifests.jti, claimsOf(link).jti as string));
+}
+
+/** What `link`'s manifest has served of `path`, once its first byte was served. */
+async function budgetOf(link: string, path: string) {
+  const [row] = await createDatabase(env.DB)
+    .select()
+    .from(downloadBudgets)
+    .where(and(eq(downloadBudgets.jti, claimsOf(link).jti as string), eq(downloadBudgets.path, path)));
+  return row;
 }
 
 async function setup(gw = testGateway()) {
@@ -136,10 +160,7 @@ describe("download", () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "consolidated.00.pth");
     // Every answer here starts at byte 0, so each counts as a download: lift this link's cap.
-    await gw.db
-      .update(downloadLinks)
-      .set({ maxDownloads: 100 })
-      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
+    await allowDownloads(link, 100);
     const etag = (await gw.request(link, { method: "HEAD" })).headers.get("etag") as string;
     const cases: Record<string, string>[] = [
       { range: "bytes=0-9,20-29" },
@@ -267,12 +288,22 @@ describe("download links refuse", () => {
     expect((await gw.request(link)).status).toBe(200);
   });
 
-  it("a link used for another file or another model", async () => {
+  it("a link used for another model, or for a path that is no file of its revision", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "params.json");
     const sig = new URL(`http://gw${link}`).searchParams.get("sig") as string;
-    expect((await gw.request(`/v1/download/llama-2-7b/${revision}/consolidated.00.pth?sig=${sig}`)).status).toBe(403);
-    expect((await gw.request(`/v1/download/llama-2-13b/${revision}/params.json?sig=${sig}`)).status).toBe(403);
+    for (const path of [
+      `/v1/download/llama-2-13b/${revision}/params.json?sig=${sig}`,
+      `/v1/download/llama-2-7b/${revision}/params.jso?sig=${sig}`,
+      `/v1/download/llama-2-7b/${revision}/sub/dir?sig=${sig}`,
+    ]) {
+      const res = await gw.request(path);
+      expect(res.status, path).toBe(403);
+      expect(await res.json(), path).toMatchObject({
+        code: "forbidden",
+        detail: expect.stringContaining("another file"),
+      });
+    }
   });
 
   it("an expired link, with a clear message", async () => {
@@ -300,8 +331,7 @@ describe("download links refuse", () => {
   it("downloads past the link's cap, counting resumed ranges by the bytes they serve", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "consolidated.00.pth");
-    const jti = claimsOf(link).jti as string;
-    await gw.db.update(downloadLinks).set({ maxDownloads: 2 }).where(eq(downloadLinks.jti, jti));
+    await allowDownloads(link, 2);
     expect((await gw.request(link)).status).toBe(200);
     // A probe, then the second download in two resumed halves: exactly the budget's second copy.
     for (const range of ["bytes=0-0", "bytes=0-999", "bytes=1000-"]) {
@@ -318,27 +348,19 @@ describe("download links refuse", () => {
     });
     expect((await gw.request(link, { headers: { range: "bytes=5000-" } })).status).toBe(403);
     expect((await gw.request(link, { headers: { range: "bytes=-100" } })).status).toBe(403);
-    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
-    expect(row?.bytesServed).toBe(2 * SHARD.byteLength + 2);
+    expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(2 * SHARD.byteLength + 2);
   });
 
   it("concurrent downloads beyond the cap", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "params.json");
-    await gw.db
-      .update(downloadLinks)
-      .set({ maxDownloads: 3 })
-      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
+    await allowDownloads(link, 3);
     const responses = await Promise.all(Array.from({ length: 12 }, () => gw.request(link)));
     const statuses = responses.map((r) => r.status);
     await Promise.all(responses.map((r) => r.arrayBuffer()));
     expect(statuses.filter((s) => s === 200)).toHaveLength(3);
     expect(statuses.filter((s) => s === 403)).toHaveLength(9);
-    const [row] = await gw.db
-      .select()
-      .from(downloadLinks)
-      .where(eq(downloadLinks.jti, claimsOf(link).jti as string));
-    expect(row?.downloads).toBe(3);
+    expect((await budgetOf(link, "params.json"))?.downloads).toBe(3);
   });
 });
 
@@ -389,8 +411,7 @@ describe("security: a link's cap counts the bytes it serves", () => {
   it("a thousand concurrent ranged requests together stay within the budget", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "params.json");
-    const jti = claimsOf(link).jti as string;
-    await gw.db.update(downloadLinks).set({ maxDownloads: 3 }).where(eq(downloadLinks.jti, jti));
+    await allowDownloads(link, 3);
     const budget = 3 * PARAMS.length + PROBE_ALLOWANCE_BYTES;
     const responses = await Promise.all(
       Array.from({ length: 1000 }, () => gw.request(link, { headers: { range: "bytes=0-9" } })),
@@ -400,23 +421,20 @@ describe("security: a link's cap counts the bytes it serves", () => {
     expect(served).toHaveLength(Math.floor(budget / 10));
     const bytesReceived = (await Promise.all(served.map(received))).reduce((a, b) => a + b, 0);
     expect(bytesReceived).toBeLessThanOrEqual(budget);
-    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
-    expect(row?.bytesServed).toBe(bytesReceived);
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(bytesReceived);
   }, 60_000);
 
   it("a client that hangs up keeps what its range reserved: the resume draws again", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "consolidated.00.pth");
-    const jti = claimsOf(link).jti as string;
-    await gw.db.update(downloadLinks).set({ maxDownloads: 1 }).where(eq(downloadLinks.jti, jti));
+    await allowDownloads(link, 1);
     const ctx = createExecutionContext();
     const res = await gw.app.request(`http://gw${link}`, {}, gw.env, ctx);
     expect(res.status).toBe(200);
     await res.body?.cancel();
     await waitOnExecutionContext(ctx);
     expect((await gw.request(link, { headers: { range: "bytes=1000-" } })).status).toBe(403);
-    const [row] = await gw.db.select().from(downloadLinks).where(eq(downloadLinks.jti, jti));
-    expect(row?.bytesServed).toBe(SHARD.byteLength);
+    expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(SHARD.byteLength);
   });
 
   it("the manifest states each link's expiry and byte budget", async () => {

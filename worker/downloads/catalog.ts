@@ -1,8 +1,8 @@
-import { and, asc, eq } from "drizzle-orm";
+import { and, asc, eq, inArray } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { AuditEntry } from "../audit/log";
 import type { Database } from "../db/client";
-import { modelFiles, modelRefs, modelRevisions } from "../db/schema";
+import { type ModelFile, modelFiles, modelRefs, modelRevisions } from "../db/schema";
 import { modelRevisionEvent } from "../events/record";
 import { sha256Hex } from "../platform/hash";
 
@@ -35,6 +35,33 @@ export async function resolveRevision(db: Database, model: string, revision = MA
 /** A revision's files, by path. */
 export function listRevisionFiles(db: Database, revisionId: string) {
   return db.select().from(modelFiles).where(eq(modelFiles.revisionId, revisionId)).orderBy(asc(modelFiles.path));
+}
+
+/**
+ * A revision (by ref or id, as `resolveRevision`) and its files, by path, in one round trip to
+ * the database: the manifest's path reads both.
+ */
+export async function resolveRevisionWithFiles(
+  db: Database,
+  model: string,
+  revision = MAIN_REF,
+): Promise<{ revision: Revision; files: ModelFile[] } | undefined> {
+  const byId = /^[0-9a-f]{40}$/.test(revision);
+  const revisionIds = byId
+    ? db
+        .select({ id: modelRevisions.id })
+        .from(modelRevisions)
+        .where(and(eq(modelRevisions.id, revision), eq(modelRevisions.model, model)))
+    : db
+        .select({ id: modelRefs.revisionId })
+        .from(modelRefs)
+        .where(and(eq(modelRefs.model, model), eq(modelRefs.ref, revision)));
+  const [revisions, files] = await db.batch([
+    db.select().from(modelRevisions).where(inArray(modelRevisions.id, revisionIds)),
+    db.select().from(modelFiles).where(inArray(modelFiles.revisionId, revisionIds)).orderBy(asc(modelFiles.path)),
+  ]);
+  const [found] = revisions;
+  return found ? { revision: found, files } : undefined;
 }
 
 /** One file of a revision. */

@@ -1,5 +1,5 @@
 import { MAX_LINK_TTL_SECONDS } from "../config";
-import { downloadLinks, type ModelFile } from "../db/schema";
+import { downloadManifests, type ModelFile } from "../db/schema";
 import type { Services } from "../services";
 import type { TokenPrincipal } from "../tokens/service";
 import { signLink } from "./signing";
@@ -24,7 +24,7 @@ export interface LinkedFile {
   size: number;
   sha256: string;
   url: string;
-  /** The link's byte budget (`linkByteBudget`). */
+  /** This file's byte budget under the link (`linkByteBudget`). */
   maxBytes: number;
 }
 
@@ -39,8 +39,10 @@ export function downloadUrl(base: string, model: string, revision: string, path:
 }
 
 /**
- * Issues one signed link per file, bound to the grant, the token, the model, the revision, the
- * path and the object's etag, and records each link so it can be capped and traced. A link lives
+ * Issues the signed link of a manifest: one token, bound to the grant, the token, the model and
+ * the revision, opens every file of that revision (the file's path is in the URL), and one
+ * `download_manifests` row records it so it can be capped and traced. Each file has its own byte
+ * budget under the link (`linkByteBudget`), kept from its first byte served. A link lives
  * `ttlSeconds` (the configured default when absent), never more than `MAX_LINK_TTL_SECONDS`.
  */
 export async function issueDownloadLinks(
@@ -56,47 +58,21 @@ export async function issueDownloadLinks(
   const downloadsAllowed = config.downloads.maxDownloadsPerLink;
   const now = clock.now();
   const expires = new Date(now.getTime() + ttl * 1000);
-  const issued = await Promise.all(
-    files.map(async (file) => {
-      const jti = ids.id("dl");
-      const token = await signLink(
-        config,
-        {
-          jti,
-          gnt: principal.grantId,
-          tok: principal.tokenId,
-          mdl: model,
-          rev: revisionId,
-          pth: file.path,
-          etg: file.etag,
-        },
-        now,
-        expires,
-      );
-      return { file, jti, token };
+  const jti = ids.id("dl");
+  const link = { jti, grantId: principal.grantId, tokenId: principal.tokenId, model, revisionId };
+  const [token] = await Promise.all([
+    signLink(config, { jti, gnt: link.grantId, tok: link.tokenId, mdl: model, rev: revisionId }, now, expires),
+    db.insert(downloadManifests).values({
+      ...link,
+      maxDownloads: downloadsAllowed,
+      expiresAt: expires.toISOString(),
+      createdAt: now.toISOString(),
     }),
-  );
-  if (issued.length > 0) {
-    const rows = issued.map(({ file, jti }) =>
-      db.insert(downloadLinks).values({
-        jti,
-        grantId: principal.grantId,
-        tokenId: principal.tokenId,
-        model,
-        revisionId,
-        path: file.path,
-        maxDownloads: downloadsAllowed,
-        downloads: 0,
-        expiresAt: expires.toISOString(),
-        createdAt: now.toISOString(),
-      }),
-    );
-    await db.batch(rows as [(typeof rows)[number], ...(typeof rows)[number][]]);
-  }
+  ]);
   return {
     expiresAt: expires.toISOString(),
     downloadsAllowed,
-    files: issued.map(({ file, token }) => ({
+    files: files.map((file) => ({
       path: file.path,
       size: file.size,
       sha256: file.sha256,

@@ -11,19 +11,14 @@ import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
 import { requireAccessToken } from "../tokens/middleware";
 import type { TokenPrincipal } from "../tokens/service";
-import { listRevisionFiles, resolveRevision } from "./catalog";
+import { resolveRevisionWithFiles } from "./catalog";
 import { issueDownloadLinks } from "./links";
 import { type BundledText, downloadScript } from "./script";
 import { serveDownload } from "./serve";
 import { publicDownloadJwks } from "./signing";
 
-/** The model and revision a token may download, or the problem why not (a model outside its coverage: 403). */
-export async function downloadableRevision(
-  c: Context<HonoEnv>,
-  principal: TokenPrincipal,
-  modelId: string,
-  revision: string | undefined,
-) {
+/** The model a token may download, or the problem why not (unknown: 404; outside its coverage or export rules: 403). */
+function downloadableModel(c: Context<HonoEnv>, principal: TokenPrincipal, modelId: string) {
   const found = findModel(modelId);
   if (!found) throw new AppError("not_found", `No model named ${modelId}.`);
   assertCovered(principal, found.model.id);
@@ -35,14 +30,12 @@ export async function downloadableRevision(
     waitUntil: (work) => c.executionCtx.waitUntil(work),
   });
   if (refusal) throw refusal;
-  const rev = await resolveRevision(c.get("services").db, modelId, revision);
-  if (!rev) throw new AppError("not_found", `No revision ${revision ?? "main"} of ${modelId}.`);
-  return { ...found, revision: rev };
+  return found;
 }
 
 /**
- * Everything a manifest or a download script is made of: the model, its family, the revision,
- * its files, and a freshly signed link for each.
+ * Everything a manifest or a download script is made of: the revision, its files, and the
+ * freshly signed link that opens each, for a model `downloadableModel` allowed.
  */
 async function linkedRevision(
   c: Context<HonoEnv>,
@@ -51,10 +44,11 @@ async function linkedRevision(
 ) {
   const principal = c.get("principal") as TokenPrincipal;
   const services = c.get("services");
-  const { model, family, revision } = await downloadableRevision(c, principal, modelId, query.revision);
-  const files = await listRevisionFiles(services.db, revision.id);
-  const links = await issueDownloadLinks(services, principal, model.id, revision.id, files, query.ttl);
-  return { model, family, revision, files, links };
+  const found = await resolveRevisionWithFiles(services.db, modelId, query.revision);
+  if (!found) throw new AppError("not_found", `No revision ${query.revision ?? "main"} of ${modelId}.`);
+  const { revision, files } = found;
+  const links = await issueDownloadLinks(services, principal, modelId, revision.id, files, query.ttl);
+  return { revision, files, links };
 }
 
 const ManifestQuery = z.object({
@@ -85,7 +79,10 @@ const ManifestSchema = z
         size: z.number().int(),
         sha256: z.string(),
         url: z.string(),
-        maxBytes: z.number().int().openapi({ description: "Bytes the link may serve in all, probes included." }),
+        maxBytes: z
+          .number()
+          .int()
+          .openapi({ description: "Bytes the link may serve of this file in all, probes included." }),
       }),
     ),
     notice: z.string(),
@@ -167,12 +164,12 @@ downloadRoutes.get("/.well-known/jwks.json", async (c) => {
 downloadRoutes
   .openapi(manifestRoute, async (c) => {
     const services = c.get("services");
-    const { model, family, revision, links } = await linkedRevision(
-      c,
-      c.req.valid("param").model,
-      c.req.valid("query"),
-    );
-    const license = await acceptedLicense(c, family.id);
+    const { model, family } = downloadableModel(c, c.get("principal") as TokenPrincipal, c.req.valid("param").model);
+    // Independent reads: the license's lookup overlaps the revision's and the link's.
+    const [{ revision, links }, license] = await Promise.all([
+      linkedRevision(c, model.id, c.req.valid("query")),
+      acceptedLicense(c, family.id),
+    ]);
     c.header("cache-control", "no-store");
     return c.json(
       {
@@ -196,11 +193,8 @@ downloadRoutes
     );
   })
   .openapi(scriptRoute, async (c) => {
-    const { model, family, revision, files, links } = await linkedRevision(
-      c,
-      c.req.valid("param").model,
-      c.req.valid("query"),
-    );
+    const { model, family } = downloadableModel(c, c.get("principal") as TokenPrincipal, c.req.valid("param").model);
+    const { revision, files, links } = await linkedRevision(c, model.id, c.req.valid("query"));
     const texts = await bundledTexts(c, family.id, family.noticeText, new Set(files.map((f) => f.path)));
     const script = downloadScript({
       model: model.id,

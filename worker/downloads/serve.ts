@@ -1,7 +1,4 @@
-import { and, eq, sql } from "drizzle-orm";
 import type { Context } from "hono";
-import type { Database } from "../db/client";
-import { accessTokens, downloadLinks, grants, licenseReacceptances, memberships, modelFiles } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
@@ -9,7 +6,8 @@ import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptan
 import { recordDownload } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
-import { liveMembershipOfTokenMember, memberMayUseToken, pendingReacceptanceOfGrant } from "../tokens/service";
+import { memberMayUseToken } from "../tokens/service";
+import { findServableLink, reserveBytes } from "./budgets";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
 import { recordDownloadRow } from "./record";
@@ -38,34 +36,11 @@ function hexToBase64(hex: string): string {
 }
 
 /**
- * Takes `length` bytes from the link's budget in one conditional statement, atomic in D1, so no
- * number of concurrent requests can together take more than the budget. The whole range is taken
- * before a byte is sent: a client that hangs up part way does not get its bytes back (the budget
- * cannot tell what reached it), and its resumed range draws again. Whether the request began a
- * whole download is kept for the record only.
- */
-async function reserveBytes(
-  db: Database,
-  jti: string,
-  length: number,
-  budget: number,
-  wholeDownload: boolean,
-): Promise<boolean> {
-  const reserved = await db
-    .update(downloadLinks)
-    .set({
-      bytesServed: sql`${downloadLinks.bytesServed} + ${length}`,
-      downloads: sql`${downloadLinks.downloads} + ${wholeDownload ? 1 : 0}`,
-    })
-    .where(and(eq(downloadLinks.jti, jti), sql`${downloadLinks.bytesServed} + ${length} <= ${budget}`))
-    .returning({ bytesServed: downloadLinks.bytesServed });
-  return reserved.length > 0;
-}
-
-/**
- * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link, that its
- * grant, token and member are still live and that they still cover the model, then streams the object from R2 with full single-range
- * semantics. Never buffers: the R2 body is piped through a byte counter to the client.
+ * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link (a manifest's
+ * opens any file of its revision, an older one-file link only its file), that its grant, token and
+ * member are still live and that they still cover the model, takes the answer's bytes from the
+ * file's budget under the link, then streams the object from R2 with full single-range semantics.
+ * Never buffers: the R2 body is piped through a byte counter to the client.
  */
 export async function serveDownload(
   c: Context<HonoEnv>,
@@ -79,35 +54,12 @@ export async function serveDownload(
   const signature = c.req.query("sig");
   if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
   const claims = await verifyLink(config, signature, clock.now());
-  if (claims.mdl !== model || claims.rev !== revision || claims.pth !== path) {
+  if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
     throw new AppError("forbidden", "This download link is for another file.");
   }
 
-  const [row] = await db
-    .select({
-      link: downloadLinks,
-      tokenRevokedAt: accessTokens.revokedAt,
-      tokenExpiresAt: accessTokens.expiresAt,
-      tokenUserId: accessTokens.userId,
-      tokenModels: accessTokens.models,
-      memberRole: memberships.role,
-      grantStatus: grants.status,
-      organizationId: grants.organizationId,
-      grantModels: grants.models,
-      reacceptBy: licenseReacceptances.acceptBy,
-      file: modelFiles,
-    })
-    .from(downloadLinks)
-    .innerJoin(accessTokens, eq(accessTokens.id, downloadLinks.tokenId))
-    .innerJoin(grants, eq(grants.id, downloadLinks.grantId))
-    .leftJoin(memberships, liveMembershipOfTokenMember)
-    .leftJoin(licenseReacceptances, pendingReacceptanceOfGrant)
-    .innerJoin(
-      modelFiles,
-      and(eq(modelFiles.revisionId, downloadLinks.revisionId), eq(modelFiles.path, downloadLinks.path)),
-    )
-    .where(eq(downloadLinks.jti, claims.jti));
-  if (!row || row.link.grantId !== claims.gnt || row.link.tokenId !== claims.tok) {
+  const row = await findServableLink(db, claims, path);
+  if (!row || row.grantId !== claims.gnt || row.tokenId !== claims.tok) {
     throw new AppError("forbidden", "This download link is not valid. Request a fresh one from the manifest.");
   }
   const now = clock.now().toISOString();
@@ -121,9 +73,9 @@ export async function serveDownload(
   if (!memberMayUseToken(row.tokenUserId, row.memberRole)) {
     throw new AppError("forbidden", "The member whose token made this link no longer belongs to the organization.");
   }
-  assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.link.model);
+  assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.model);
   if (reacceptanceOverdue(row.reacceptBy, startedAt)) throw reacceptanceProblem(config.publicBaseUrl);
-  const family = findModel(row.link.model)?.family;
+  const family = findModel(row.model)?.family;
   const refusal = family
     ? exportRefusal(services, {
         family,
@@ -135,10 +87,14 @@ export async function serveDownload(
     : undefined;
   if (refusal) throw refusal;
 
+  // A path that is no file of the link's revision: the link does not open it.
   const file = row.file;
+  if (!file) throw new AppError("forbidden", "This download link is for another file.");
+  // The object the link serves: a one-file link names it, a manifest's is the revision's file.
+  const etag = claims.kind === "file" ? claims.etg : file.etag;
   const headers = new Headers({
     "accept-ranges": "bytes",
-    etag: `"${claims.etg}"`,
+    etag: `"${etag}"`,
     "content-type": file.contentType,
     "content-disposition": contentDisposition(file.path),
     "cache-control": "private, no-store",
@@ -149,13 +105,12 @@ export async function serveDownload(
   if (c.req.method === "HEAD") {
     const head = await c.env.WEIGHTS.head(file.r2Key);
     if (!head) throw new AppError("not_found", "The file is no longer stored.");
-    if (head.etag !== claims.etg)
-      throw new AppError("precondition_failed", "The file changed since this link was made.");
+    if (head.etag !== etag) throw new AppError("precondition_failed", "The file changed since this link was made.");
     headers.set("content-length", String(file.size));
     return new Response(null, { status: 200, headers });
   }
 
-  const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, claims.etg);
+  const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, etag);
   if (plan.kind === "unsatisfiable") {
     throw new AppError("range_not_satisfiable", `The file is ${file.size} bytes long.`, {
       headers: { "content-range": `bytes */${file.size}` },
@@ -164,7 +119,7 @@ export async function serveDownload(
   const offset = plan.kind === "partial" ? plan.offset : 0;
   const length = plan.kind === "partial" ? plan.length : file.size;
   const object = await c.env.WEIGHTS.get(file.r2Key, {
-    onlyIf: { etagMatches: claims.etg },
+    onlyIf: { etagMatches: etag },
     ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
   });
   if (!object) throw new AppError("not_found", "The file is no longer stored.");
@@ -174,8 +129,9 @@ export async function serveDownload(
   }
 
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
-  const budget = linkByteBudget(row.link.maxDownloads, file.size);
-  if (!(await reserveBytes(db, claims.jti, length, budget, offset === 0 && length === file.size))) {
+  const budget = linkByteBudget(row.maxDownloads, file.size);
+  const wholeDownload = offset === 0 && length === file.size;
+  if (!(await reserveBytes(db, claims, path, { length, budget, wholeDownload }))) {
     await object.body.cancel();
     throw new AppError(
       "forbidden",

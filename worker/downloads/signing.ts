@@ -7,8 +7,9 @@ import { ownProperty } from "../platform/untrusted";
 export const LINK_AUDIENCE = "modelgate:download";
 const ALGORITHM = "EdDSA";
 
-/** What a download link grants: one file of one revision, for one grant and token. */
+/** What a download link grants: every file of one revision, for one grant and token. */
 export interface LinkClaims {
+  /** The manifest's id (`download_manifests`). */
   jti: string;
   /** Grant id. */
   gnt: string;
@@ -18,12 +19,22 @@ export interface LinkClaims {
   mdl: string;
   /** Revision id. */
   rev: string;
+  exp: number;
+}
+
+/**
+ * A link issued before manifests were signed once (`download_links`): one file, bound to its
+ * path and the object's R2 etag. Still served until it expires; no longer issued.
+ */
+export interface FileLinkClaims extends LinkClaims {
   /** File path within the revision. */
   pth: string;
   /** R2 etag of the object the link was made for. */
   etg: string;
-  exp: number;
 }
+
+/** A verified link: a manifest's, good for every file of its revision, or an older one-file link. */
+export type VerifiedLink = ({ kind: "manifest" } & LinkClaims) | ({ kind: "file" } & FileLinkClaims);
 
 interface KeyRing {
   signing: { kid: string; key: CryptoKey };
@@ -85,10 +96,11 @@ export async function signLink(
 
 /**
  * Verifies a link token: EdDSA only (no `none`, no HMAC with a public key), a known `kid`, our
- * issuer and audience, unexpired (30 s tolerance), and every claim present and well-typed.
+ * issuer and audience, unexpired (30 s tolerance), and every claim present and well-typed. A
+ * token with a path claim is an older one-file link, whose etag claim must be there too.
  * Any failure is the same 403, so the answer says nothing about which check failed.
  */
-export async function verifyLink(config: Config, token: string, now: Date): Promise<LinkClaims> {
+export async function verifyLink(config: Config, token: string, now: Date): Promise<VerifiedLink> {
   const { verifying } = await keyRing(config);
   const refuse = () =>
     new AppError("forbidden", "This download link is not valid. Request a fresh one from the manifest.");
@@ -116,9 +128,18 @@ export async function verifyLink(config: Config, token: string, now: Date): Prom
     }
     throw refuse();
   }
-  for (const claim of ["jti", "gnt", "tok", "mdl", "rev", "pth", "etg"] as const) {
+  const oneFile = ownProperty(payload, "pth") !== undefined;
+  const required = oneFile ? FILE_LINK_CLAIMS : MANIFEST_LINK_CLAIMS;
+  for (const claim of required) {
     const value = ownProperty(payload, claim);
     if (typeof value !== "string" || value.length === 0) throw refuse();
   }
-  return payload as unknown as LinkClaims;
+  const claims = Object.fromEntries(required.map((claim) => [claim, ownProperty(payload, claim) as string]));
+  const exp = payload.exp as number;
+  return oneFile
+    ? { kind: "file", ...(claims as Omit<FileLinkClaims, "exp">), exp }
+    : { kind: "manifest", ...(claims as Omit<LinkClaims, "exp">), exp };
 }
+
+const MANIFEST_LINK_CLAIMS = ["jti", "gnt", "tok", "mdl", "rev"] as const;
+const FILE_LINK_CLAIMS = [...MANIFEST_LINK_CLAIMS, "pth", "etg"] as const;
