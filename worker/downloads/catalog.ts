@@ -37,17 +37,9 @@ export function listRevisionFiles(db: Database, revisionId: string) {
   return db.select().from(modelFiles).where(eq(modelFiles.revisionId, revisionId)).orderBy(asc(modelFiles.path));
 }
 
-/**
- * A revision (by ref or id, as `resolveRevision`) and its files, by path, in one round trip to
- * the database: the manifest's path reads both.
- */
-export async function resolveRevisionWithFiles(
-  db: Database,
-  model: string,
-  revision = MAIN_REF,
-): Promise<{ revision: Revision; files: ModelFile[] } | undefined> {
-  const byId = /^[0-9a-f]{40}$/.test(revision);
-  const revisionIds = byId
+/** The query that selects the id of a model's revision by ref (`main`) or by id: one row or none. */
+export function revisionIdQuery(db: Database, model: string, revision = MAIN_REF) {
+  return /^[0-9a-f]{40}$/.test(revision)
     ? db
         .select({ id: modelRevisions.id })
         .from(modelRevisions)
@@ -56,9 +48,27 @@ export async function resolveRevisionWithFiles(
         .select({ id: modelRefs.revisionId })
         .from(modelRefs)
         .where(and(eq(modelRefs.model, model), eq(modelRefs.ref, revision)));
+}
+
+/** A revision's id query, as `revisionIdQuery` makes it. */
+export type RevisionIdQuery = ReturnType<typeof revisionIdQuery>;
+
+/**
+ * A revision (by ref or id, as `resolveRevision`) and its files, by path, in one round trip to
+ * the database, together with a statement `alongside` that writes for that revision (whatever
+ * it writes when there is none is nothing): the manifest reads and records its link at once.
+ */
+export async function resolveRevisionWithFiles(
+  db: Database,
+  model: string,
+  revision: string | undefined,
+  alongside: (revisionIds: RevisionIdQuery) => BatchItem<"sqlite">,
+): Promise<{ revision: Revision; files: ModelFile[] } | undefined> {
+  const revisionIds = revisionIdQuery(db, model, revision);
   const [revisions, files] = await db.batch([
     db.select().from(modelRevisions).where(inArray(modelRevisions.id, revisionIds)),
     db.select().from(modelFiles).where(inArray(modelFiles.revisionId, revisionIds)).orderBy(asc(modelFiles.path)),
+    alongside(revisionIds),
   ]);
   const [found] = revisions;
   return found ? { revision: found, files } : undefined;

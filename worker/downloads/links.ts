@@ -1,7 +1,10 @@
+import { inArray, sql } from "drizzle-orm";
 import { MAX_LINK_TTL_SECONDS } from "../config";
-import { downloadManifests, type ModelFile } from "../db/schema";
+import type { Database } from "../db/client";
+import { downloadManifests, type ModelFile, modelRevisions } from "../db/schema";
 import type { Services } from "../services";
 import type { TokenPrincipal } from "../tokens/service";
+import type { RevisionIdQuery } from "./catalog";
 import { signLink } from "./signing";
 
 /**
@@ -38,12 +41,92 @@ export function downloadUrl(base: string, model: string, revision: string, path:
   return `${base}/v1/download/${encodeURIComponent(model)}/${revision}/${encodePath(path)}?sig=${token}`;
 }
 
+/** What a manifest's link will be before its revision is read: its id, lifetime and budget. */
+export interface DownloadLinkPlan {
+  jti: string;
+  grantId: string;
+  tokenId: string;
+  model: string;
+  issuedAt: Date;
+  expiresAt: Date;
+  downloadsAllowed: number;
+}
+
 /**
- * Issues the signed link of a manifest: one token, bound to the grant, the token, the model and
- * the revision, opens every file of that revision (the file's path is in the URL), and one
- * `download_manifests` row records it so it can be capped and traced. Each file has its own byte
- * budget under the link (`linkByteBudget`), kept from its first byte served. A link lives
- * `ttlSeconds` (the configured default when absent), never more than `MAX_LINK_TTL_SECONDS`.
+ * A new link for `principal` to a revision of `model`: one token, bound to the grant, the token,
+ * the model and the revision, will open every file of that revision (the file's path is in the
+ * URL). It lives `ttlSeconds` (the configured default when absent), never more than
+ * `MAX_LINK_TTL_SECONDS`; each file has its own byte budget under it (`linkByteBudget`), kept
+ * from the file's first byte served.
+ */
+export function planDownloadLink(
+  services: Services,
+  principal: TokenPrincipal,
+  model: string,
+  ttlSeconds?: number,
+): DownloadLinkPlan {
+  const { config, clock, ids } = services;
+  const ttl = Math.min(ttlSeconds ?? config.downloads.linkTtlSeconds, MAX_LINK_TTL_SECONDS);
+  const issuedAt = clock.now();
+  return {
+    jti: ids.id("dl"),
+    grantId: principal.grantId,
+    tokenId: principal.tokenId,
+    model,
+    issuedAt,
+    expiresAt: new Date(issuedAt.getTime() + ttl * 1000),
+    downloadsAllowed: config.downloads.maxDownloadsPerLink,
+  };
+}
+
+/**
+ * The `download_manifests` row that records a planned link, so it can be capped and traced, for
+ * the revision whose id `revisionIds` selects: no row when it selects none.
+ */
+export function recordDownloadLink(db: Database, plan: DownloadLinkPlan, revisionIds: RevisionIdQuery) {
+  // Columns in the table's order, as an INSERT … SELECT takes them.
+  const row = db
+    .select({
+      jti: sql<string>`${plan.jti}`.as("jti"),
+      grantId: sql<string>`${plan.grantId}`.as("grant_id"),
+      tokenId: sql<string>`${plan.tokenId}`.as("token_id"),
+      model: sql<string>`${plan.model}`.as("model"),
+      revisionId: modelRevisions.id,
+      maxDownloads: sql<number>`${plan.downloadsAllowed}`.as("max_downloads"),
+      expiresAt: sql<string>`${plan.expiresAt.toISOString()}`.as("expires_at"),
+      createdAt: sql<string>`${plan.issuedAt.toISOString()}`.as("created_at"),
+    })
+    .from(modelRevisions)
+    .where(inArray(modelRevisions.id, revisionIds));
+  return db.insert(downloadManifests).select(row);
+}
+
+/** Signs a planned link for the revision it was recorded for, and gives each file its URL. */
+export async function signDownloadLinks(
+  services: Services,
+  plan: DownloadLinkPlan,
+  revisionId: string,
+  files: ModelFile[],
+): Promise<{ expiresAt: string; downloadsAllowed: number; files: LinkedFile[] }> {
+  const { config } = services;
+  const claims = { jti: plan.jti, gnt: plan.grantId, tok: plan.tokenId, mdl: plan.model, rev: revisionId };
+  const token = await signLink(config, claims, plan.issuedAt, plan.expiresAt);
+  return {
+    expiresAt: plan.expiresAt.toISOString(),
+    downloadsAllowed: plan.downloadsAllowed,
+    files: files.map((file) => ({
+      path: file.path,
+      size: file.size,
+      sha256: file.sha256,
+      url: downloadUrl(config.publicBaseUrl, plan.model, revisionId, file.path, token),
+      maxBytes: linkByteBudget(plan.downloadsAllowed, file.size),
+    })),
+  };
+}
+
+/**
+ * Issues and records a link to files of a revision already read (a Hub `resolve`): the link
+ * opens every file of the revision, as a manifest's does.
  */
 export async function issueDownloadLinks(
   services: Services,
@@ -53,31 +136,19 @@ export async function issueDownloadLinks(
   files: ModelFile[],
   ttlSeconds?: number,
 ): Promise<{ expiresAt: string; downloadsAllowed: number; files: LinkedFile[] }> {
-  const { config, clock, ids, db } = services;
-  const ttl = Math.min(ttlSeconds ?? config.downloads.linkTtlSeconds, MAX_LINK_TTL_SECONDS);
-  const downloadsAllowed = config.downloads.maxDownloadsPerLink;
-  const now = clock.now();
-  const expires = new Date(now.getTime() + ttl * 1000);
-  const jti = ids.id("dl");
-  const link = { jti, grantId: principal.grantId, tokenId: principal.tokenId, model, revisionId };
-  const [token] = await Promise.all([
-    signLink(config, { jti, gnt: link.grantId, tok: link.tokenId, mdl: model, rev: revisionId }, now, expires),
-    db.insert(downloadManifests).values({
-      ...link,
-      maxDownloads: downloadsAllowed,
-      expiresAt: expires.toISOString(),
-      createdAt: now.toISOString(),
+  const plan = planDownloadLink(services, principal, model, ttlSeconds);
+  const [links] = await Promise.all([
+    signDownloadLinks(services, plan, revisionId, files),
+    services.db.insert(downloadManifests).values({
+      jti: plan.jti,
+      grantId: plan.grantId,
+      tokenId: plan.tokenId,
+      model,
+      revisionId,
+      maxDownloads: plan.downloadsAllowed,
+      expiresAt: plan.expiresAt.toISOString(),
+      createdAt: plan.issuedAt.toISOString(),
     }),
   ]);
-  return {
-    expiresAt: expires.toISOString(),
-    downloadsAllowed,
-    files: files.map((file) => ({
-      path: file.path,
-      size: file.size,
-      sha256: file.sha256,
-      url: downloadUrl(config.publicBaseUrl, model, revisionId, file.path, token),
-      maxBytes: linkByteBudget(downloadsAllowed, file.size),
-    })),
-  };
+  return links;
 }

@@ -12,7 +12,7 @@ import { exportRefusal } from "../screening/use-country";
 import { requireAccessToken } from "../tokens/middleware";
 import type { TokenPrincipal } from "../tokens/service";
 import { resolveRevisionWithFiles } from "./catalog";
-import { issueDownloadLinks } from "./links";
+import { planDownloadLink, recordDownloadLink, signDownloadLinks } from "./links";
 import { type BundledText, downloadScript } from "./script";
 import { serveDownload } from "./serve";
 import { publicDownloadJwks } from "./signing";
@@ -44,11 +44,13 @@ async function linkedRevision(
 ) {
   const principal = c.get("principal") as TokenPrincipal;
   const services = c.get("services");
-  const found = await resolveRevisionWithFiles(services.db, modelId, query.revision);
+  const plan = planDownloadLink(services, principal, modelId, query.ttl);
+  const found = await resolveRevisionWithFiles(services.db, modelId, query.revision, (revisionIds) =>
+    recordDownloadLink(services.db, plan, revisionIds),
+  );
   if (!found) throw new AppError("not_found", `No revision ${query.revision ?? "main"} of ${modelId}.`);
   const { revision, files } = found;
-  const links = await issueDownloadLinks(services, principal, modelId, revision.id, files, query.ttl);
-  return { revision, files, links };
+  return { revision, files, links: await signDownloadLinks(services, plan, revision.id, files) };
 }
 
 const ManifestQuery = z.object({
