@@ -303,6 +303,22 @@ describe("the SSE meter follows the event-stream rules", () => {
     expect(forwarded).toBe(`${text}data: [DONE]\r\r`);
   });
 
+  it("forwards `usage: null` chunks byte for byte, and still reads usage a chunk carries after a null one", async () => {
+    const nullUsage = (text: string) =>
+      JSON.stringify({ choices: [{ index: 0, delta: { content: text } }], usage: null }, null, 1).replaceAll("\n", " ");
+    // A null `usage` and then, as JSON reads it, the one that counts.
+    const tricky = `{"choices":[{"index":0,"delta":{"content":"b"}}],"usage":null,"usage":${JSON.stringify(usageOf(4, 5))}}`;
+    const text = `data: ${nullUsage("a")}\n\ndata: ${nullUsage('say "usage"')}\n\ndata: ${tricky}\n\ndata: [DONE]\n\n`;
+    const asked = await read([text]);
+    expect(asked.forwarded).toBe(text);
+    expect(asked.report).toMatchObject({ usage: { totalTokens: 9 }, contentChunks: 3 });
+    const { forwarded, report } = await read([text], false);
+    expect(report.usage?.totalTokens).toBe(9);
+    // The client did not ask: the real usage goes, the null ones pass as they came.
+    expect(forwarded.startsWith(`data: ${nullUsage("a")}\n\ndata: ${nullUsage('say "usage"')}\n\n`)).toBe(true);
+    expect(forwarded).not.toContain("prompt_tokens");
+  });
+
   it("removes a usage chunk the client did not ask for with the LF that ended it in the next chunk", async () => {
     const { forwarded, report } = await read(
       [`data: ${content}\r\rdata: ${usage(1, 2)}\r\r`, "\ndata: [DONE]\r\n\r\n"],

@@ -64,6 +64,23 @@ const CARRIES_TEXT = /"(?:content|text|arguments|reasoning_content|reasoning)"\s
 /** The (JSON-escaped) strings of an event's generated text, read without parsing the event. */
 const TEXT_VALUES = /"(?:content|text|arguments|reasoning_content|reasoning)"\s*:\s*"((?:[^"\\]|\\.)+)"/g;
 
+/** `"usage": null` ending its member: the key OpenAI's streams carry on every chunk but the last. */
+const USAGE_NULL = /"usage"\s*:\s*null\s*[,}]/;
+
+/** A `"choices"` list with something in it. */
+const LISTED_CHOICES = /"choices"\s*:\s*\[\s*[^\]\s]/;
+
+/**
+ * Whether an event that mentions `"usage"` can have none to read or change: its one `"usage"` is
+ * `null` and its one `"choices"` lists something. Parsing it would find usage absent or null and
+ * the chunk no usage-only chunk, and forward it as it came; OpenAI-style servers send one per token.
+ */
+const onlyNullUsage = (data: string) =>
+  USAGE_NULL.test(data) &&
+  data.indexOf('"usage"') === data.lastIndexOf('"usage"') &&
+  data.indexOf('"choices"') === data.lastIndexOf('"choices"') &&
+  LISTED_CHOICES.test(data);
+
 const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data.trim() === "[DONE]");
 
 /**
@@ -118,18 +135,25 @@ export function meterEventStream(
   const kept: string[] = [];
   let keptLength = 0;
   let chunksBeyond = 0;
-  const keepText = (data: string) => {
+  /** Keeps the text of a chunk that carries some; says whether it does. */
+  const keepText = (data: string): boolean => {
     if (keptLength >= MAX_KEPT_TEXT) {
+      if (!CARRIES_TEXT.test(data)) return false;
       chunksBeyond++;
-      return;
+      return true;
     }
     // An `exec` loop, not `matchAll`: this runs on every generated chunk, and the iterator costs twice as much.
+    // A match is text carried; one pass of the regular expression both finds and keeps it.
     TEXT_VALUES.lastIndex = 0;
+    let found = false;
     for (let match = TEXT_VALUES.exec(data); match !== null; match = TEXT_VALUES.exec(data)) {
       const value = match[1] ?? "";
       kept.push(value);
       keptLength += value.length;
+      found = true;
     }
+    // Text whose string never ends (no match to keep) still counts, as it always has.
+    return found || CARRIES_TEXT.test(data);
   };
   const generated = (): GeneratedText => {
     try {
@@ -178,11 +202,10 @@ export function meterEventStream(
       holdAt ??= data;
       return undefined;
     }
-    if (CARRIES_TEXT.test(data)) {
-      contentChunks++;
-      if (usage === undefined || keepAllText) keepText(data);
-    }
-    if (!data.includes('"usage"')) return undefined;
+    if (usage === undefined || keepAllText) {
+      if (keepText(data)) contentChunks++;
+    } else if (CARRIES_TEXT.test(data)) contentChunks++;
+    if (!data.includes('"usage"') || onlyNullUsage(data)) return undefined;
     let chunk: Record<string, unknown>;
     try {
       chunk = JSON.parse(data) as Record<string, unknown>;
