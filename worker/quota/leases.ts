@@ -22,6 +22,11 @@ import type {
  * admitted requests never exceed a limit: leasing trades a little capacity held idle in one
  * isolate for far fewer calls to the one object every request of the organization goes through.
  *
+ * Settlements go to the object by group commit: with none on its way, a settlement goes at once
+ * (an answer waits for its row to be stored, so a fixed gathering delay would be added to every
+ * answer); while one is on its way, the next gather and go together when it returns. Under load a
+ * commit carries every request that finished during the one before it, with no timer.
+ *
  * A token with limits of its own has leases of its own: each is taken from the organization's
  * counters and the token's at once, so what the token's leases hold counts against both, and the
  * same argument bounds the token's requests by its limits and the organization's together.
@@ -31,8 +36,6 @@ import type {
 export const LEASE_TTL_MS = 1_000;
 /** The most requests one lease asks for; the object also caps it at a share of the limit. */
 export const MAX_LEASE_REQUESTS = 256;
-/** How long settlements gather in an isolate before they go to the quota object together. */
-export const COMMIT_DELAY_MS = 10;
 /** An organization idle this long in an isolate gives back what its leases still hold. */
 export const IDLE_RETURN_MS = 25;
 /**
@@ -92,6 +95,8 @@ interface OrgLeases {
   inflight: number;
   admissions: number;
   batch: Batch | undefined;
+  /** A commit is on its way: the open batch goes when it returns. */
+  committing: boolean;
   lingering: boolean;
 }
 
@@ -261,6 +266,7 @@ export class QuotaLeases {
         inflight: 0,
         admissions: 0,
         batch: undefined,
+        committing: false,
         lingering: false,
       };
       this.orgs.set(key, org);
@@ -347,20 +353,33 @@ export class QuotaLeases {
     lease.tokensLeft = 0;
   }
 
-  /** The organization's open batch; the request that opens one sends it, from its own `waitUntil`. */
+  /**
+   * The organization's open batch. The request that opens one while no commit is on its way sends
+   * it, and every batch opened meanwhile, from its own `waitUntil`.
+   */
   private batchOf(org: OrgLeases, c: LeaseContext): Batch {
     if (org.batch) return org.batch;
     const batch = newBatch();
     org.batch = batch;
-    c.waitUntil(this.send(org, batch, c));
+    if (!org.committing) {
+      org.committing = true;
+      c.waitUntil(this.send(org, c));
+    }
     return batch;
   }
 
-  private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
-    await sleep(COMMIT_DELAY_MS);
-    if (org.batch === batch) org.batch = undefined;
-    await this.commit(org, batch, c);
-    batch.markStored();
+  private async send(org: OrgLeases, c: LeaseContext): Promise<void> {
+    try {
+      // The caller fills the batch it was just handed before it yields: this waits for that.
+      await null;
+      for (let batch = org.batch; batch !== undefined; batch = org.batch) {
+        org.batch = undefined;
+        await this.commit(org, batch, c);
+        batch.markStored();
+      }
+    } finally {
+      org.committing = false;
+    }
     if (org.lingering || org.open.length === 0) return;
     // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
     org.lingering = true;
