@@ -21,7 +21,7 @@ import { cpuMillis } from "./lib/workerd-memory";
 import { percentile, runSequential, type SequentialResult } from "./sequential-client";
 import {
   directTarget,
-  gatewayTarget,
+  gatewayTargets,
   MAX_TOKENS,
   meteringFloorTarget,
   noopWorkerTarget,
@@ -33,11 +33,16 @@ import {
 } from "./targets";
 
 /** The peers besides the simulator itself, which is always measured. */
-const PEERS = ["noop", "floor", "modelgate", "portkey"] as const;
+const PEERS = ["noop", "floor", "modelgate", "split", "portkey"] as const;
 type Peer = (typeof PEERS)[number];
 
-/** The issue's targets. */
-const GOALS = { vsNoopThroughput: 0.7, vsPortkeyThroughput: 2, addedP50Ms: 0.5 };
+/** What the gateway is held to, each a ratio to peers measured in the same run. */
+const GOALS = {
+  plain: { cpuVsFloor: 1.2, cpuVsPortkey: 0.5, vsFloorThroughput: 0.9, vsPortkeyThroughput: 2 },
+  streamed: { vsFloorThroughput: 0.9, vsPortkeyThroughput: 1.5 },
+  addedP50Ms: 0.3,
+  tokenLimitsMicros: 20,
+};
 
 interface LoadRow {
   target: string;
@@ -52,6 +57,8 @@ interface LoadRow {
   requests: number;
   /** CPU time of the target's own process per completed request, in µs (undefined without a pid). */
   cpuMicros: number | undefined;
+  /** With the processes of `otherPids` (the quota object's, split apart) added. */
+  cpuMicrosWhole: number | undefined;
 }
 
 function usage(message?: string): never {
@@ -124,6 +131,7 @@ async function load(
 ): Promise<LoadRow> {
   const req = target.chat({ stream });
   const cpuBefore = target.pid === undefined ? undefined : cpuMillis(target.pid);
+  const othersBefore = (target.otherPids ?? []).reduce((sum, pid) => sum + cpuMillis(pid), 0);
   const result = await autocannon({
     url: req.url,
     method: "POST",
@@ -137,15 +145,19 @@ async function load(
   // Work the target deferred past its answers (metering, settlement) belongs to the requests too.
   if (cpuBefore !== undefined) await new Promise((resolve) => setTimeout(resolve, 1_000));
   const cpuAfter = target.pid === undefined ? undefined : cpuMillis(target.pid);
+  const othersAfter = (target.otherPids ?? []).reduce((sum, pid) => sum + cpuMillis(pid), 0);
   const completed = result["2xx"];
+  const perRequest = (ms: number) => (ms * 1000) / completed;
   return {
     target: target.name,
     round,
     stream,
     connections,
     cpuMicros:
+      cpuBefore !== undefined && cpuAfter !== undefined && completed > 0 ? perRequest(cpuAfter - cpuBefore) : undefined,
+    cpuMicrosWhole:
       cpuBefore !== undefined && cpuAfter !== undefined && completed > 0
-        ? ((cpuAfter - cpuBefore) * 1000) / completed
+        ? perRequest(cpuAfter - cpuBefore + othersAfter - othersBefore)
         : undefined,
     rps: result.requests.average,
     p50: result.latency.p50,
@@ -189,8 +201,8 @@ async function main(): Promise<void> {
   // Every loop below is bounded by --duration; this only catches a hung start or teardown.
   const budgetSeconds =
     120 +
-    opts.connections.length * 2 * 5 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
-    5 * 2 * (opts.duration + 5);
+    opts.connections.length * 2 * 7 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
+    7 * 2 * (opts.duration + 5);
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
     process.exit(1);
@@ -214,9 +226,37 @@ async function main(): Promise<void> {
         : Promise.resolve(unavailableTarget(name, "not selected (--targets)"));
     targets.push(await peer("noop", "no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
     targets.push(await peer("floor", "metering floor Worker (Miniflare)", () => meteringFloorTarget(sim.url)));
-    targets.push(await peer("modelgate", "modelgate (Miniflare)", () => gatewayTarget(sim.url)));
+    const both = opts.targets.has("modelgate")
+      ? await gatewayTargets(sim.url).catch((error: Error) => {
+          const reason = error.message.split("\n")[0] ?? "unknown error";
+          return {
+            gateway: unavailableTarget("modelgate (Miniflare)", reason),
+            tokenLimited: unavailableTarget("modelgate, token with own limits (Miniflare)", reason),
+          };
+        })
+      : {
+          gateway: unavailableTarget("modelgate (Miniflare)", "not selected (--targets)"),
+          tokenLimited: unavailableTarget("modelgate, token with own limits (Miniflare)", "not selected (--targets)"),
+        };
+    console.log(`modelgate: ${both.gateway.unavailable ? `not available: ${both.gateway.unavailable}` : "ready"}`);
+    targets.push(both.gateway, both.tokenLimited);
+    targets.push(
+      await peer(
+        "split",
+        "modelgate, quota object apart (Miniflare)",
+        async () => (await gatewayTargets(sim.url, { split: true })).gateway,
+      ),
+    );
     targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
-    const [direct, noop, floor, gateway, portkey] = targets as [Target, Target, Target, Target, Target];
+    const [direct, noop, floor, gateway, tokenLimited, split, portkey] = targets as [
+      Target,
+      Target,
+      Target,
+      Target,
+      Target,
+      Target,
+      Target,
+    ];
     const running = targets.filter((t) => !t.unavailable);
 
     const rounds: LoadRow[] = [];
@@ -248,6 +288,7 @@ async function main(): Promise<void> {
         running.map((t) => {
           const cell = cellRounds(t.name, stream, connections);
           const cpu = cell.flatMap((r) => (r.cpuMicros === undefined ? [] : [r.cpuMicros]));
+          const whole = cell.flatMap((r) => (r.cpuMicrosWhole === undefined ? [] : [r.cpuMicrosWhole]));
           return {
             target: t.name,
             round: -1,
@@ -257,6 +298,7 @@ async function main(): Promise<void> {
             p50: median(cell.map((r) => r.p50)),
             p99: median(cell.map((r) => r.p99)),
             cpuMicros: cpu.length ? median(cpu) : undefined,
+            cpuMicrosWhole: whole.length ? median(whole) : undefined,
             failures: cell.reduce((n, r) => n + r.failures, 0),
             requests: cell.reduce((n, r) => n + r.requests, 0),
           };
@@ -264,7 +306,13 @@ async function main(): Promise<void> {
       ),
     );
     /** The median over rounds of a ÷ b, each pair measured in the same round. */
-    const ratioOf = (a: Target, b: Target, stream: boolean, c: number, field: "rps" | "cpuMicros" = "rps") => {
+    const ratioOf = (
+      a: Target,
+      b: Target,
+      stream: boolean,
+      c: number,
+      field: "rps" | "cpuMicros" | "cpuMicrosWhole" = "rps",
+    ) => {
       const ratios = cellRounds(a.name, stream, c).flatMap((ra) => {
         const x = ra[field];
         const y = cellRounds(b.name, stream, c).find((rb) => rb.round === ra.round)?.[field];
@@ -299,7 +347,18 @@ async function main(): Promise<void> {
     );
     console.log(
       table(
-        ["answer", "conns", "target", "req/s", "req/s by round", "p50 ms", "p99 ms", "CPU µs/req", "failed"],
+        [
+          "answer",
+          "conns",
+          "target",
+          "req/s",
+          "req/s by round",
+          "p50 ms",
+          "p99 ms",
+          "CPU µs/req",
+          "with quota process",
+          "failed",
+        ],
         rows.map((r) => [
           r.stream ? "streamed" : "plain",
           String(r.connections),
@@ -311,29 +370,34 @@ async function main(): Promise<void> {
           fmt(r.p50),
           fmt(r.p99),
           r.cpuMicros === undefined ? "–" : fmt(r.cpuMicros),
+          r.cpuMicrosWhole === undefined || r.cpuMicrosWhole === r.cpuMicros ? "" : fmt(r.cpuMicrosWhole),
           `${r.failures}/${r.requests}`,
         ]),
       ),
     );
     console.log(
-      "\nCPU µs/req: CPU time of the target's own process (workerd, Portkey's Node, the simulator for direct) per answered request, deferred work included; steadier than req/s on a shared machine.",
+      "\nCPU µs/req: CPU time of the target's own process (workerd, Portkey's Node, the simulator for direct) per answered request, deferred work included; steadier than req/s on a shared machine. " +
+        "With the quota object apart, the first figure is the Worker's process alone (as on Cloudflare, where the object and D1 run elsewhere) and the second adds the object's process.",
     );
     for (const t of targets.filter((t) => t.unavailable)) console.log(`\n${t.name}: not available — ${t.unavailable}`);
 
-    console.log("\n## Throughput ratios (median over rounds of the ratio within each round)\n");
+    console.log("\n## Ratios (median over rounds of the ratio within each round)\n");
     const ratioRows: string[][] = [];
-    for (const stream of [false, true]) {
+    for (const stream of opts.streams) {
       for (const c of opts.connections) {
         ratioRows.push([
           stream ? "streamed" : "plain",
           String(c),
           times(ratioOf(gateway, noop, stream, c)),
+          times(ratioOf(gateway, floor, stream, c)),
           times(ratioOf(gateway, portkey, stream, c)),
           times(ratioOf(floor, noop, stream, c)),
           times(ratioOf(floor, portkey, stream, c)),
-          times(ratioOf(gateway, floor, stream, c)),
           times(ratioOf(noop, direct, stream, c)),
-          times(ratioOf(noop, gateway, stream, c, "cpuMicros")),
+          times(ratioOf(gateway, floor, stream, c, "cpuMicros")),
+          times(ratioOf(split, floor, stream, c, "cpuMicros")),
+          times(ratioOf(split, floor, stream, c, "cpuMicrosWhole")),
+          times(ratioOf(gateway, portkey, stream, c, "cpuMicros")),
         ]);
       }
     }
@@ -342,16 +406,22 @@ async function main(): Promise<void> {
         [
           "answer",
           "conns",
-          "gateway ÷ no-op",
-          "gateway ÷ Portkey",
+          "req/s: gateway ÷ no-op",
+          "÷ floor",
+          "÷ Portkey",
           "floor ÷ no-op",
           "floor ÷ Portkey",
-          "gateway ÷ floor",
           "no-op ÷ direct",
-          "CPU: no-op ÷ gateway",
+          "CPU: gateway ÷ floor",
+          "Worker apart ÷ floor",
+          "Worker + object ÷ floor",
+          "gateway ÷ Portkey",
         ],
         ratioRows,
       ),
+    );
+    console.log(
+      "\nCPU ratios below 1 are better. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
     );
 
     if (opts.sequential) {
@@ -398,29 +468,96 @@ async function main(): Promise<void> {
       }
     }
 
-    console.log("\n## Against the issue's targets\n");
+    console.log("\n## Against the targets\n");
     if (gateway.unavailable) {
       console.log(`modelgate not available — ${gateway.unavailable}`);
     } else {
       const top = Math.max(...opts.connections);
-      const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a" : ok ? "met" : "NOT met");
-      for (const stream of [false, true]) {
-        const n = ratioOf(gateway, noop, stream, top);
-        const p = ratioOf(gateway, portkey, stream, top);
-        const kind = stream ? "streamed" : "plain";
-        console.log(
-          `${kind}, ${top} connections: ≥ ${GOALS.vsNoopThroughput} × no-op: ${verdict(n === undefined ? undefined : n >= GOALS.vsNoopThroughput)} (${times(n)}); ≥ ${GOALS.vsPortkeyThroughput} × Portkey: ${verdict(p === undefined ? undefined : p >= GOALS.vsPortkeyThroughput)} (${times(p)}); the metering floor: ${times(ratioOf(floor, noop, stream, top))} and ${times(ratioOf(floor, portkey, stream, top))}`,
+      const check = (label: string, value: number | undefined, goal: number, atMost: boolean, unit = "×") => {
+        const shown =
+          value === undefined ? "n/a" : unit === "×" ? times(value) : `${fmt(value, unit === "ms" ? 3 : 0)} ${unit}`;
+        const verdict = value === undefined ? "n/a" : (atMost ? value <= goal : value >= goal) ? "met" : "NOT met";
+        console.log(`${label} ${atMost ? "≤" : "≥"} ${goal}${unit === "×" ? "×" : ` ${unit}`}: ${verdict} (${shown})`);
+      };
+      if (opts.streams.includes(false)) {
+        const cpu = ratioOf(gateway, floor, false, top, "cpuMicros");
+        const cpuApart = ratioOf(split, floor, false, top, "cpuMicros");
+        check(
+          `plain, ${top} connections: CPU per request ÷ the floor's (one process)`,
+          cpu,
+          GOALS.plain.cpuVsFloor,
+          true,
+        );
+        check(
+          `plain, ${top} connections: CPU per request ÷ the floor's (Worker, object apart)`,
+          cpuApart,
+          GOALS.plain.cpuVsFloor,
+          true,
+        );
+        check(
+          `plain, ${top} connections: CPU per request ÷ Portkey's`,
+          ratioOf(gateway, portkey, false, top, "cpuMicros"),
+          GOALS.plain.cpuVsPortkey,
+          true,
+        );
+        check(
+          `plain, ${top} connections: req/s ÷ the floor's`,
+          ratioOf(gateway, floor, false, top),
+          GOALS.plain.vsFloorThroughput,
+          false,
+        );
+        check(
+          `plain, ${top} connections: req/s ÷ Portkey's`,
+          ratioOf(gateway, portkey, false, top),
+          GOALS.plain.vsPortkeyThroughput,
+          false,
         );
       }
-      const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
-      const added = percentile(sequential.get(gateway.name)?.plain.latencies ?? [], 50) - noopP50;
-      console.log(
-        `1 connection: ≤ ${GOALS.addedP50Ms} ms added to the no-op Worker's p50: ${verdict(Number.isFinite(added) ? added <= GOALS.addedP50Ms : undefined)} (${fmt(added, 3)} ms)`,
+      if (opts.streams.includes(true)) {
+        check(
+          `streamed, ${top} connections: req/s ÷ the floor's`,
+          ratioOf(gateway, floor, true, top),
+          GOALS.streamed.vsFloorThroughput,
+          false,
+        );
+        check(
+          `streamed, ${top} connections: req/s ÷ Portkey's`,
+          ratioOf(gateway, portkey, true, top),
+          GOALS.streamed.vsPortkeyThroughput,
+          false,
+        );
+      }
+      // The same gateway process, the same rounds: what a token's own limits add to a request's CPU.
+      const added = opts.streams.flatMap((stream) =>
+        cellRounds(tokenLimited.name, stream, top).flatMap((r) => {
+          const base = cellRounds(gateway.name, stream, top).find((g) => g.round === r.round)?.cpuMicros;
+          return r.cpuMicros !== undefined && base !== undefined ? [r.cpuMicros - base] : [];
+        }),
       );
-      const gs = sequential.get(gateway.name)?.stream;
-      console.log(
-        `streamed chunks forwarded unmerged and in order: ${verdict(gs ? gs.requests > 0 && gs.streamsIntact === gs.requests : undefined)} (${gs?.streamsIntact}/${gs?.requests}); streamed live, not buffered: ${verdict(gs ? gs.requests > 0 && gs.streamsIncremental === gs.requests : undefined)}`,
+      check(
+        "a token's own limits: CPU added per request",
+        added.length ? median(added) : undefined,
+        GOALS.tokenLimitsMicros,
+        true,
+        "µs",
       );
+      if (opts.sequential) {
+        const noopP50 = percentile(sequential.get(noop.name)?.plain.latencies ?? [], 50);
+        const addedMs = percentile(sequential.get(gateway.name)?.plain.latencies ?? [], 50) - noopP50;
+        check(
+          "1 connection: p50 added to the no-op Worker's",
+          Number.isFinite(addedMs) ? addedMs : undefined,
+          GOALS.addedP50Ms,
+          true,
+          "ms",
+        );
+        const gs = sequential.get(gateway.name)?.stream;
+        const intact = gs ? gs.requests > 0 && gs.streamsIntact === gs.requests : undefined;
+        const live = gs ? gs.requests > 0 && gs.streamsIncremental === gs.requests : undefined;
+        console.log(
+          `streamed chunks forwarded unmerged and in order: ${intact === undefined ? "n/a" : intact ? "met" : "NOT met"} (${gs?.streamsIntact}/${gs?.requests}); streamed live, not buffered: ${live === undefined ? "n/a" : live ? "met" : "NOT met"} (${gs?.streamsIncremental}/${gs?.requests})`,
+        );
+      }
     }
   } finally {
     await stopAll();

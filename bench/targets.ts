@@ -3,12 +3,14 @@
  * simulator: the simulator itself, a no-op Worker, this gateway's full path and Portkey.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Miniflare, V4MiniflareOptions as MiniflareOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
 import {
-  approvedAccessToken,
+  approvedAccessTokens,
   buildGateway,
   gatewayWorkerOptions,
   newMiniflare,
@@ -40,6 +42,11 @@ export interface Target {
   unavailable?: string;
   /** The process doing the target's work, whose CPU time per request the load runs report. */
   pid?: number;
+  /**
+   * Processes doing the rest of its work, as on Cloudflare where they are other machines (the
+   * quota object and its D1 database): reported beside `pid`'s CPU as the whole figure.
+   */
+  otherPids?: number[];
   /** A chat completion request; `paced` targets the simulator scope with slow tokens. */
   chat(options: { stream: boolean; paced?: boolean }): TargetRequest;
   close(): Promise<void>;
@@ -226,49 +233,125 @@ export async function portkeyTarget(simUrl: string): Promise<Target> {
 
 /** Limits no benchmark reaches: the quota object still reserves and settles every request. */
 const BENCH_LIMITS = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_000_000, monthlyTokenBudget: 1e15 };
+/** A token's own limits, under the organization's and never reached either: a second level counted on every request. */
+const TOKEN_LIMITS = { requestsPerMinute: 50_000_000, tokensPerMinute: 500_000_000, monthlyTokenBudget: 1e14 };
+
+/** The gateway's full path, for a token of the organization's limits only and for a token with limits of its own. */
+export interface GatewayTargets {
+  gateway: Target;
+  /** The same gateway (same process), called with a token that has limits of its own. */
+  tokenLimited: Target;
+}
 
 /**
  * This gateway's full inference path — token check, license check, quota reservation and
  * settlement in the Durable Object, metering into D1 — from the bundle `wrangler deploy` would
- * upload, in Miniflare with wrangler.toml's bindings and in-memory state.
+ * upload, in Miniflare with wrangler.toml's bindings and in-memory state. `split` runs the quota
+ * object in a workerd process of its own (with its own D1 database, which it writes usage to),
+ * reached through Miniflare's dev registry as the Worker reaches it on Cloudflare: across
+ * processes, so that the Worker's own CPU per request is seen apart from the object's.
  */
-export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
+export async function gatewayTargets(
+  simUrl: string,
+  options: { split?: boolean; extra?: Partial<MiniflareOptions> } = {},
+): Promise<GatewayTargets> {
   const script = await buildGateway(join(ROOT, "bench", ".build"));
-  const mf = newMiniflare({
-    ...gatewayWorkerOptions(script, {
-      INFERENCE_BACKENDS: JSON.stringify({
-        [MODEL]: [{ url: simUrl, weight: 1 }],
-        [PACED_MODEL]: [{ url: `${simUrl}${PACED_SCOPE}`, weight: 1 }],
-      }),
-      INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
-      INFERENCE_DEFAULT_LIMITS: JSON.stringify(BENCH_LIMITS),
+  const vars = {
+    INFERENCE_BACKENDS: JSON.stringify({
+      [MODEL]: [{ url: simUrl, weight: 1 }],
+      [PACED_MODEL]: [{ url: `${simUrl}${PACED_SCOPE}`, weight: 1 }],
     }),
-    ...workerSocketOptions(),
-    ...extra,
-  } as MiniflareOptions);
+    INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
+    INFERENCE_DEFAULT_LIMITS: JSON.stringify(BENCH_LIMITS),
+  };
+  const disposers: (() => Promise<void>)[] = [];
+  const dispose = async () => {
+    for (const close of disposers.reverse()) await close().catch(() => undefined);
+  };
   try {
+    const workerOptions = gatewayWorkerOptions(script, vars) as Record<string, unknown>;
+    let quotaPid: number | undefined;
+    let registry: Partial<MiniflareOptions> = {};
+    if (options.split) {
+      const registryPath = mkdtempSync(join(tmpdir(), "modelgate-registry-"));
+      disposers.push(async () => rmSync(registryPath, { recursive: true, force: true }));
+      registry = { unsafeDevRegistryPath: registryPath } as Partial<MiniflareOptions>;
+      const quota = newMiniflare({
+        ...gatewayWorkerOptions(script, vars),
+        name: QUOTA_SCRIPT,
+        ...registry,
+        ...workerSocketOptions(),
+      } as MiniflareOptions);
+      disposers.push(() => quota.dispose());
+      const quotaOrigin = await directOrigin(quota);
+      await prepareDatabase((await quota.getD1Database("DB")) as unknown as D1Database);
+      quotaPid = workerdListeningOn(Number(new URL(quotaOrigin).port));
+      workerOptions.durableObjects = { QUOTA: { className: "OrgQuota", scriptName: QUOTA_SCRIPT } };
+    }
+    const mf = newMiniflare({
+      ...workerOptions,
+      name: "modelgate",
+      ...registry,
+      ...workerSocketOptions(),
+      ...options.extra,
+    } as MiniflareOptions);
+    disposers.push(() => mf.dispose());
     const base = await directOrigin(mf);
     const db = (await mf.getD1Database("DB")) as unknown as D1Database;
     const licenseSha256 = await prepareDatabase(db);
-    const token = await approvedAccessToken(base, db, licenseSha256, ["inference"], [MODEL, PACED_MODEL]);
-    const headers = { ...JSON_HEADERS, authorization: `Bearer ${token}` };
-    const probe = await fetch(`${base}/v1/chat/completions`, { method: "POST", headers, body: chatBody(MODEL, false) });
-    if (probe.status !== 200) throw new Error(`a first completion answered ${probe.status}: ${await probe.text()}`);
-    await probe.body?.cancel();
-    return {
-      name: "modelgate (Miniflare)",
-      pid: workerdListeningOn(Number(new URL(base).port)),
+    const [token, limitedToken] = await approvedAccessTokens(
+      base,
+      db,
+      licenseSha256,
+      [MODEL, PACED_MODEL],
+      [
+        { name: "bench", scopes: ["inference"] },
+        { name: "bench, own limits", scopes: ["inference"], limits: TOKEN_LIMITS },
+      ],
+    );
+    const pid = workerdListeningOn(Number(new URL(base).port));
+    const label = options.split ? "modelgate, quota object apart (Miniflare)" : "modelgate (Miniflare)";
+    const target = (name: string, bearer: string | undefined, close: () => Promise<void>): Target => ({
+      name,
+      pid,
+      ...(quotaPid === undefined ? {} : { otherPids: [quotaPid] }),
       chat: ({ stream, paced }) => ({
         url: `${base}/v1/chat/completions`,
-        headers,
+        headers: { ...JSON_HEADERS, authorization: `Bearer ${bearer}` },
         body: chatBody(paced ? PACED_MODEL : MODEL, stream),
       }),
-      close: () => mf.dispose(),
+      close,
+    });
+    for (const bearer of [token, limitedToken]) {
+      const probe = await fetch(`${base}/v1/chat/completions`, {
+        method: "POST",
+        headers: { ...JSON_HEADERS, authorization: `Bearer ${bearer}` },
+        body: chatBody(MODEL, false),
+      });
+      if (probe.status !== 200) throw new Error(`a first completion answered ${probe.status}: ${await probe.text()}`);
+      await probe.body?.cancel();
+    }
+    return {
+      gateway: target(label, token, dispose),
+      // Closed with the gateway it shares.
+      tokenLimited: target(
+        label.replace("modelgate", "modelgate, token with own limits"),
+        limitedToken,
+        async () => {},
+      ),
     };
   } catch (error) {
-    await mf.dispose();
+    await dispose();
     throw error;
   }
+}
+
+/** The script name the quota object's own process registers under (`split`). */
+const QUOTA_SCRIPT = "modelgate-quota";
+
+/** This gateway's full path in one workerd process, as `npm start` and the tests run it. */
+export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
+  return (await gatewayTargets(simUrl, { extra })).gateway;
 }
 
 /** A target that could not start, carried through to the table with its reason. */

@@ -137,6 +137,25 @@ export async function approvedAccessToken(
   scopes: ("download" | "inference")[],
   models: string[],
 ): Promise<string> {
+  const [token] = await approvedAccessTokens(base, db, licenseSha256, models, [{ name: "bench", scopes }]);
+  return token as string;
+}
+
+/** A personal access token to mint: its name, scopes and, optionally, limits of its own. */
+export interface TokenRequest {
+  name: string;
+  scopes: ("download" | "inference")[];
+  limits?: { requestsPerMinute?: number; tokensPerMinute?: number; monthlyTokenBudget?: number };
+}
+
+/** Like {@link approvedAccessToken}, minting one token per request, all of the same member and organization. */
+export async function approvedAccessTokens(
+  base: string,
+  db: D1Database,
+  licenseSha256: string,
+  models: string[],
+  requests: TokenRequest[],
+): Promise<string[]> {
   const json = { "content-type": "application/json", accept: "application/json" };
   const email = "bea@bench.example";
   const applied = await fetch(`${base}/v1/applications`, {
@@ -172,16 +191,20 @@ export async function approvedAccessToken(
     throw new Error(`confirming the application answered ${confirmed.status} ${JSON.stringify(application)}`);
   }
   const session = (confirmed.headers.get("set-cookie") ?? "").split(";")[0] ?? "";
-  const minted = await fetch(`${base}/v1/tokens`, {
-    method: "POST",
-    headers: { ...json, cookie: session },
-    body: JSON.stringify({ name: "bench", scopes }),
-  });
-  const token = (await minted.json()) as { token?: string };
-  if (minted.status !== 201 || !token.token) {
-    throw new Error(`POST /v1/tokens answered ${minted.status} ${JSON.stringify(token)}`);
+  const tokens: string[] = [];
+  for (const request of requests) {
+    const minted = await fetch(`${base}/v1/tokens`, {
+      method: "POST",
+      headers: { ...json, cookie: session },
+      body: JSON.stringify(request),
+    });
+    const token = (await minted.json()) as { token?: string };
+    if (minted.status !== 201 || !token.token) {
+      throw new Error(`POST /v1/tokens answered ${minted.status} ${JSON.stringify(token)}`);
+    }
+    tokens.push(token.token);
   }
-  return token.token;
+  return tokens;
 }
 
 /**
