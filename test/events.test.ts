@@ -169,6 +169,29 @@ async function hooksReceived(backend: Backend): Promise<ReceivedHook[]> {
 
 const nowSeconds = (h: Harness) => Math.floor(h.clock.now().getTime() / 1000);
 
+describe("dispatching events", () => {
+  it("makes every delivery of a burst of events in one cron run, not fifty a minute", async () => {
+    const h = gatewayWith();
+    const owner = await signedInMember(h, { role: "owner" });
+    const backend = scopedBackend(0);
+    await createdEndpoint(h, owner, `${backend.url}/hooks/burst`, ["billing.payment_failed"]);
+    const burst = Array.from({ length: 130 }, (_, i) =>
+      organizationEvent(h.services, owner.organizationId, "billing.payment_failed", {
+        invoiceId: `in_${i}`,
+        billingStatus: "past_due",
+        suspendsAt: null,
+      }),
+    );
+    await h.services.db.batch(burst as unknown as [(typeof burst)[number], ...(typeof burst)[number][]]);
+    const report = await tendEvents(h.services, h.env);
+    expect(report).toMatchObject({ events: 130, deliveries: 130 });
+    const ids = h.queued.flatMap((m) => ("delivery" in m ? [m.delivery] : []));
+    expect(new Set(ids).size).toBe(130);
+    // Nothing is left for the next minute, and nothing is made twice.
+    expect(await tendEvents(h.services, h.env)).toMatchObject({ events: 0, deliveries: 0 });
+  });
+});
+
 describe("webhook endpoints receive signed events", () => {
   let h: Harness;
   let license: LicenseVersion;

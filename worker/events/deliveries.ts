@@ -41,7 +41,7 @@ const ATTEMPT_LEASE_MS = 2 * 60_000;
 const EARLY_MS = 5_000;
 
 /** Events dispatched in one run. */
-const EVENTS_PER_RUN = 50;
+export const EVENTS_PER_RUN = 50;
 
 /** Delivery rows in one insert: 13 columns each, under D1's 100 bound parameters. */
 const DELIVERIES_PER_INSERT = 7;
