@@ -56,6 +56,40 @@ function row(id: string, organizationId: string, totalTokens: number): SettledRe
 }
 
 describe("quota leases", () => {
+  it("commit a lone request's settlement at once, with no gathering delay before its answer", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls } = isolate(org, roomy);
+    for (let i = 0; i < 3; i++) {
+      const a = await leases.admit(org, 10, context);
+      if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+      const before = calls.commit;
+      const stored = leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
+      // Nothing else runs, so nothing is waited for: the commit is on its way within a few
+      // microtasks, before any timer (GATHER_MS) could have fired.
+      for (let tick = 0; tick < 3; tick++) await null;
+      expect(calls.commit).toBe(before + 1);
+      expect(await stored).toBe(true);
+    }
+  });
+
+  it("gather the settlements of requests running together into one commit", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, settled } = isolate(org, roomy);
+    const admitted = await Promise.all(Array.from({ length: 20 }, () => leases.admit(org, 10, context)));
+    const commitsBefore = calls.commit;
+    const stored = admitted.map(async (a, i) => {
+      if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+      // Each finishes a moment after the one before, as answers of one busy isolate do.
+      await new Promise((resolve) => setTimeout(resolve, i % 3));
+      return leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
+    });
+    expect(await Promise.all(stored)).toEqual(Array(20).fill(true));
+    await settled();
+    // Without gathering, the first settlement would go alone and the rest after it: two commits at least.
+    expect(calls.commit - commitsBefore).toBe(1);
+    expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(20);
+  });
+
   it("admit most requests without a call to the quota object, and settle them in batches", async () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled, quota } = isolate(org, roomy);
