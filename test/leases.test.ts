@@ -72,6 +72,26 @@ describe("quota leases", () => {
     }
   });
 
+  it("tell a request whose row another request sends that it is stored, on its own timers", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, settled } = isolate(org, roomy);
+    // Two requests of one isolate: each has a context of its own, as each proxied request does.
+    const other: LeaseContext = { ...context };
+    const [a, b] = await Promise.all([leases.admit(org, 10, context), leases.admit(org, 10, other)]);
+    if (!a?.ok || !b?.ok) throw new Error("refused");
+    const first = leases.settle(org, a, row(`${org}-a`, org, 10), context);
+    const second = leases.settle(org, b, row(`${org}-b`, org, 10), other);
+    expect(await Promise.all([first, second])).toEqual([true, true]);
+    await settled();
+    expect(calls.commit).toBe(1);
+    expect(
+      (await usageRows())
+        .filter((r) => r.organizationId === org)
+        .map((r) => r.id)
+        .sort(),
+    ).toEqual([`${org}-a`, `${org}-b`]);
+  });
+
   it("gather the settlements of requests running together into one commit", async () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled } = isolate(org, roomy);

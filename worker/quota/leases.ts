@@ -84,6 +84,8 @@ interface Batch {
   checkpoints: Checkpoint[];
   /** Resolves once the batch's rows are stored (true), or after `STORE_WAIT_MS` if they are not yet (false). */
   stored: Promise<boolean>;
+  /** True once stored: what a request other than the sender looks at (see `storedSeenHere`). */
+  isStored: boolean;
   markStored: () => void;
 }
 
@@ -103,8 +105,8 @@ interface OrgLeases {
   batch: Batch | undefined;
   /** A commit is on its way: the open batch goes when it returns. */
   committing: boolean;
-  /** Ends the wait of a batch gathering the settlements of requests still running. */
-  gathered: (() => void) | undefined;
+  /** The request whose `waitUntil` sends the batches while `committing`. */
+  sender: LeaseContext | undefined;
   lingering: boolean;
 }
 
@@ -157,7 +159,9 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /**
  * The leases of one isolate. Nothing here awaits a promise another request created: a request
  * that needs a lease asks for one itself, and the request that opens a batch sends it from its
- * own `waitUntil`, so no request's work depends on another request staying alive.
+ * own `waitUntil`, so no request's work depends on another request staying alive. A request whose
+ * row another request sends waits for it on timers of its own (`storedSeenHere`): awaiting the
+ * sender's promise would resume it in the sender's context, where its answer's I/O is not its own.
  */
 export class QuotaLeases {
   private orgs = new Map<string, OrgLeases>();
@@ -224,8 +228,7 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    if (org.gathered && (org.inflight === 0 || batch.settlements.length >= GATHER_MAX)) org.gathered();
-    return batch.stored;
+    return org.sender === c ? batch.stored : storedSeenHere(batch);
   }
 
   /**
@@ -276,7 +279,7 @@ export class QuotaLeases {
         admissions: 0,
         batch: undefined,
         committing: false,
-        gathered: undefined,
+        sender: undefined,
         lingering: false,
       };
       this.orgs.set(key, org);
@@ -373,24 +376,20 @@ export class QuotaLeases {
     org.batch = batch;
     if (!org.committing) {
       org.committing = true;
+      org.sender = c;
       c.waitUntil(this.send(org, c));
     }
     return batch;
   }
 
-  /** Waits up to `GATHER_MS` for the requests running here to settle, or for a full batch. */
-  private gather(org: OrgLeases): Promise<void> {
-    return new Promise((done) => {
-      const timer = setTimeout(() => {
-        org.gathered = undefined;
-        done();
-      }, GATHER_MS);
-      org.gathered = () => {
-        clearTimeout(timer);
-        org.gathered = undefined;
-        done();
-      };
-    });
+  /**
+   * Waits up to `GATHER_MS` for the requests running here to settle, or for a full batch. It looks
+   * every millisecond, on timers of the request that sends the batch: a settling request never
+   * wakes it, as a request may not resume another's work.
+   */
+  private async gather(org: OrgLeases, batch: Batch): Promise<void> {
+    for (let waited = 0; waited < GATHER_MS && org.inflight > 0 && batch.settlements.length < GATHER_MAX; waited++)
+      await sleep(1);
   }
 
   private async send(org: OrgLeases, c: LeaseContext): Promise<void> {
@@ -400,13 +399,14 @@ export class QuotaLeases {
       for (let batch = org.batch; batch !== undefined; batch = org.batch) {
         // Other requests of the organization are running here: their settlements will come soon,
         // and one commit for all of them costs far less than one each.
-        if (org.inflight > 0) await this.gather(org);
+        if (org.inflight > 0) await this.gather(org, batch);
         org.batch = undefined;
         await this.commit(org, batch, c);
         batch.markStored();
       }
     } finally {
       org.committing = false;
+      org.sender = undefined;
     }
     if (org.lingering || org.open.length === 0) return;
     // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
@@ -446,18 +446,39 @@ export class QuotaLeases {
   }
 }
 
+/** How often a request looks whether the batch another request sends is stored. */
+const STORED_POLL_MS = 1;
+
+/**
+ * Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`, looked at on
+ * this request's own timers, so that what it does next runs in its own context.
+ */
+async function storedSeenHere(batch: Batch): Promise<boolean> {
+  for (let waited = 0; !batch.isStored && waited < STORE_WAIT_MS; waited += STORED_POLL_MS) await sleep(STORED_POLL_MS);
+  return batch.isStored;
+}
+
 /**
  * An empty batch. Its `stored` promise is made with it, so that every request in it waits on the
  * one promise and one timer: the wait is capped per batch, not per request.
  */
 function newBatch(): Batch {
-  let markStored: () => void = () => {};
-  const stored = new Promise<boolean>((resolve) => {
+  const batch: Batch = {
+    settlements: [],
+    returns: [],
+    rows: [],
+    checkpoints: [],
+    stored: Promise.resolve(false),
+    isStored: false,
+    markStored: () => {},
+  };
+  batch.stored = new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), STORE_WAIT_MS);
-    markStored = () => {
+    batch.markStored = () => {
+      batch.isStored = true;
       clearTimeout(timer);
       resolve(true);
     };
   });
-  return { settlements: [], returns: [], rows: [], checkpoints: [], stored, markStored };
+  return batch;
 }
