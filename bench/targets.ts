@@ -290,7 +290,7 @@ export async function gatewayTargets(
     }
     const mf = newMiniflare({
       ...workerOptions,
-      name: "modelgate",
+      name: options.split ? "modelgate-split" : "modelgate",
       ...registry,
       ...workerSocketOptions(),
       ...options.extra,
