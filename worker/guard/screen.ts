@@ -88,12 +88,9 @@ export async function screenStreamedAnswer(
   text: string | undefined,
 ): Promise<void> {
   const { policy } = screening;
-  if (!policy?.screenResponses || !text) return;
-  const settings = guardSettings(call.env, call.services.config.inference.allowedHosts);
-  const turns: GuardTurn[] = [...screening.turns, { role: "assistant", content: text }];
-  const verdict = await judge(settings, turns, call.fetcher);
-  // A refusal here has nothing left to refuse; `act` records the flag.
-  act(call, { ...policy, mode: "log" }, verdict, "response", turns.slice(-1));
+  if (!policy || !text) return;
+  // Judged as a plain answer is, in `log` mode: there is nothing left to refuse, only to flag.
+  await screenAnswer(call, { ...screening, policy: { ...policy, mode: "log" } }, [text]);
 }
 
 async function judge(settings: GuardSettings, turns: GuardTurn[], fetcher: typeof fetch): Promise<GuardVerdict> {
