@@ -1,12 +1,13 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
  * with the most self time (and, for the gateway's own code, the time spent in and under them), and
- * writes the whole profile to `bench/.build/gateway.cpuprofile`, which Chrome's DevTools open.
+ * writes the whole profile to `bench/.build/<target>.cpuprofile`, which Chrome's DevTools open.
  * `--split` runs the quota object in a process of its own, so that the profile is the Worker's
- * alone, as on Cloudflare.
+ * alone, as on Cloudflare. `--target floor` (or `noop`) profiles the metering floor (or the no-op
+ * Worker) under the same load instead, to set the gateway's figures beside theirs.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -14,7 +15,7 @@ import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
-import { gatewayTargets, startSimulator } from "./targets";
+import { gatewayTargets, meteringFloorTarget, noopWorkerTarget, startSimulator, type Target } from "./targets";
 
 interface ProfileNode {
   id: number;
@@ -37,12 +38,24 @@ const { values } = parseArgs({
     duration: { type: "string", default: "10" },
     top: { type: "string", default: "30" },
     split: { type: "boolean", default: false },
+    target: { type: "string", default: "gateway" },
   },
 });
 const stream = values.answers === "streamed";
 const connections = Number(values.connections);
 const duration = Number(values.duration);
 const top = Number(values.top);
+const profiled = values.target;
+if (!["gateway", "floor", "noop"].includes(profiled)) throw new Error("--target is gateway, floor or noop");
+
+/** The Worker to profile, in Miniflare with its inspector on `inspectorPort`. */
+async function profiledTarget(simUrl: string, inspectorPort: number): Promise<Target> {
+  const extra = { inspectorPort };
+  if (profiled === "floor") return meteringFloorTarget(simUrl, extra);
+  if (profiled === "noop") return noopWorkerTarget(simUrl, extra);
+  const { gateway } = await gatewayTargets(simUrl, { split: values.split, extra });
+  return gateway;
+}
 
 /** A minimal Chrome DevTools Protocol session over the inspector's WebSocket. */
 async function devtools(url: string) {
@@ -111,14 +124,14 @@ function summarize(profile: CpuProfile) {
 async function main(): Promise<void> {
   const sim = await startSimulator();
   const inspectorPort = await freePort();
-  const { gateway } = await gatewayTargets(sim.url, { split: values.split, extra: { inspectorPort } });
+  const gateway = await profiledTarget(sim.url, inspectorPort);
   try {
     const targets = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json()) as {
       title: string;
       webSocketDebuggerUrl: string;
     }[];
     console.log(`inspector targets: ${targets.map((t) => t.title).join(", ")}`);
-    const target = targets.find((t) => t.title.includes("modelgate") || t.title.includes("core:user")) ?? targets[0];
+    const target = targets.find((t) => t.title.includes("core:user")) ?? targets[0];
     if (!target) throw new Error("the inspector lists no worker");
     const session = await devtools(target.webSocketDebuggerUrl);
     await session.send("Profiler.enable");
@@ -146,7 +159,7 @@ async function main(): Promise<void> {
     session.close();
     const requests = result.requests.total;
     mkdirSync(join(ROOT, "bench", ".build"), { recursive: true });
-    const file = join(ROOT, "bench", ".build", "gateway.cpuprofile");
+    const file = join(ROOT, "bench", ".build", `${profiled}.cpuprofile`);
     writeFileSync(file, JSON.stringify(profile));
     const { self, total, all } = summarize(profile);
     const perRequest = (ms: number) => `${((ms * 1000) / requests).toFixed(1).padStart(7)} µs`;

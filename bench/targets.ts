@@ -161,8 +161,14 @@ export function directTarget(simUrl: string, simPid?: number): Target {
 }
 
 /** A Worker of `bench/` that forwards to the simulator, in Miniflare. */
-async function forwardingWorkerTarget(name: string, script: string, simUrl: string): Promise<Target> {
+async function forwardingWorkerTarget(
+  name: string,
+  script: string,
+  simUrl: string,
+  extra: Partial<MiniflareOptions> = {},
+): Promise<Target> {
   const mf = newMiniflare({
+    ...extra,
     ...workerSocketOptions(),
     modules: true,
     scriptPath: join(ROOT, "bench", script),
@@ -183,8 +189,8 @@ async function forwardingWorkerTarget(name: string, script: string, simUrl: stri
 }
 
 /** A Worker that only forwards, in Miniflare: the floor for any Worker gateway. */
-export function noopWorkerTarget(simUrl: string): Promise<Target> {
-  return forwardingWorkerTarget("no-op Worker (Miniflare)", "noop-worker.js", simUrl);
+export function noopWorkerTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
+  return forwardingWorkerTarget("no-op Worker (Miniflare)", "noop-worker.js", simUrl, extra);
 }
 
 /**
@@ -193,8 +199,8 @@ export function noopWorkerTarget(simUrl: string): Promise<Target> {
  * the rate-limit headers; nothing else: the floor for any Worker gateway that meters and keeps this
  * proxy's wire contract.
  */
-export function meteringFloorTarget(simUrl: string): Promise<Target> {
-  return forwardingWorkerTarget("metering floor Worker (Miniflare)", "metering-worker.js", simUrl);
+export function meteringFloorTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
+  return forwardingWorkerTarget("metering floor Worker (Miniflare)", "metering-worker.js", simUrl, extra);
 }
 
 /** The Portkey AI gateway's Node server, routing to the simulator as an OpenAI-compatible custom host. */
