@@ -13,10 +13,12 @@
  * client then times single requests to the microsecond, the time to the first streamed token, and
  * checks that every token arrived as its own SSE event, in order. Ratios are against peers
  * measured in the same run, on the same machine, so they mean something even where absolute
- * numbers do not.
+ * numbers do not. `--baseline REF` adds the gateway of another commit as one more peer, so that a
+ * change is measured against what it replaced in the same rounds.
  */
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
+import { baselineTree } from "./lib/baseline";
 import { cpuMillis } from "./lib/workerd-memory";
 import { percentile, runSequential, type SequentialResult } from "./sequential-client";
 import {
@@ -65,7 +67,8 @@ function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
-      "                              [--targets noop,floor,modelgate,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n",
+      "                              [--targets noop,floor,modelgate,split,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
+      "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n",
   );
   process.exit(2);
 }
@@ -85,6 +88,7 @@ function options() {
     samples: string;
     targets: string;
     answers: string;
+    baseline?: string;
     "no-sequential"?: boolean;
     help?: boolean;
   };
@@ -98,6 +102,7 @@ function options() {
         samples: { type: "string", default: "500" },
         targets: { type: "string", default: PEERS.join(",") },
         answers: { type: "string", default: "plain,streamed" },
+        baseline: { type: "string" },
         "no-sequential": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -119,6 +124,7 @@ function options() {
       .split(",")
       .map((a) => (a === "plain" ? false : a === "streamed" ? true : usage(`--answers takes plain and/or streamed`))),
     sequential: !values["no-sequential"],
+    baseline: values.baseline,
   };
 }
 
@@ -248,6 +254,17 @@ async function main(): Promise<void> {
       ),
     );
     targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
+    // Another commit's gateway, loaded in the same rounds: what a change did, within one run.
+    const baselineRef = opts.baseline;
+    if (baselineRef !== undefined) {
+      targets.push(
+        await start(`modelgate @${baselineRef} (Miniflare)`, async () => {
+          const tree = baselineTree(baselineRef);
+          console.log(`baseline ${tree.commit} in ${tree.root}`);
+          return (await gatewayTargets(sim.url, { baseline: tree })).gateway;
+        }),
+      );
+    }
     const [direct, noop, floor, gateway, tokenLimited, split, portkey] = targets as [
       Target,
       Target,
@@ -257,6 +274,7 @@ async function main(): Promise<void> {
       Target,
       Target,
     ];
+    const baseline = targets[7];
     const running = targets.filter((t) => !t.unavailable);
 
     const rounds: LoadRow[] = [];
@@ -423,6 +441,22 @@ async function main(): Promise<void> {
     console.log(
       "\nCPU ratios below 1 are better. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
     );
+    if (baseline && !baseline.unavailable) {
+      console.log(`\n## This tree's gateway ÷ ${baseline.name.split(" (")[0]} (same rounds)\n`);
+      console.log(
+        table(
+          ["answer", "conns", "req/s", "CPU µs/req"],
+          opts.streams.flatMap((stream) =>
+            opts.connections.map((c) => [
+              stream ? "streamed" : "plain",
+              String(c),
+              times(ratioOf(gateway, baseline, stream, c)),
+              times(ratioOf(gateway, baseline, stream, c, "cpuMicros")),
+            ]),
+          ),
+        ),
+      );
+    }
 
     if (opts.sequential) {
       console.log(

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { Miniflare, V4MiniflareOptions as MiniflareOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
+import type { BaselineTree } from "./lib/baseline";
 import {
   approvedAccessTokens,
   buildGateway,
@@ -255,13 +256,15 @@ export interface GatewayTargets {
  * upload, in Miniflare with wrangler.toml's bindings and in-memory state. `split` runs the quota
  * object in a workerd process of its own (with its own D1 database, which it writes usage to),
  * reached through Miniflare's dev registry as the Worker reaches it on Cloudflare: across
- * processes, so that the Worker's own CPU per request is seen apart from the object's.
+ * processes, so that the Worker's own CPU per request is seen apart from the object's. `baseline`
+ * runs the gateway of another commit's tree instead (its bundle, bindings and migrations).
  */
 export async function gatewayTargets(
   simUrl: string,
-  options: { split?: boolean; extra?: Partial<MiniflareOptions> } = {},
+  options: { split?: boolean; extra?: Partial<MiniflareOptions>; baseline?: BaselineTree } = {},
 ): Promise<GatewayTargets> {
-  const script = await buildGateway(join(ROOT, "bench", ".build"));
+  const root = options.baseline?.root ?? ROOT;
+  const script = await buildGateway(join(root, "bench", ".build"), root);
   const vars = {
     INFERENCE_BACKENDS: JSON.stringify({
       [MODEL]: [{ url: simUrl, weight: 1 }],
@@ -275,7 +278,7 @@ export async function gatewayTargets(
     for (const close of disposers.reverse()) await close().catch(() => undefined);
   };
   try {
-    const workerOptions = gatewayWorkerOptions(script, vars) as Record<string, unknown>;
+    const workerOptions = gatewayWorkerOptions(script, vars, { root }) as Record<string, unknown>;
     let quotaPid: number | undefined;
     let registry: Partial<MiniflareOptions> = {};
     if (options.split) {
@@ -283,20 +286,20 @@ export async function gatewayTargets(
       disposers.push(async () => rmSync(registryPath, { recursive: true, force: true }));
       registry = { unsafeDevRegistryPath: registryPath } as Partial<MiniflareOptions>;
       const quota = newMiniflare({
-        ...gatewayWorkerOptions(script, vars),
+        ...gatewayWorkerOptions(script, vars, { root }),
         name: QUOTA_SCRIPT,
         ...registry,
         ...workerSocketOptions(),
       } as MiniflareOptions);
       disposers.push(() => quota.dispose());
       const quotaOrigin = await directOrigin(quota);
-      await prepareDatabase((await quota.getD1Database("DB")) as unknown as D1Database);
+      await prepareDatabase((await quota.getD1Database("DB")) as unknown as D1Database, root);
       quotaPid = workerdListeningOn(Number(new URL(quotaOrigin).port));
       workerOptions.durableObjects = { QUOTA: { className: "OrgQuota", scriptName: QUOTA_SCRIPT } };
     }
     const mf = newMiniflare({
       ...workerOptions,
-      name: options.split ? "modelgate-split" : "modelgate",
+      name: options.baseline ? "modelgate-baseline" : options.split ? "modelgate-split" : "modelgate",
       ...registry,
       ...workerSocketOptions(),
       ...options.extra,
@@ -304,7 +307,7 @@ export async function gatewayTargets(
     disposers.push(() => mf.dispose());
     const base = await directOrigin(mf);
     const db = (await mf.getD1Database("DB")) as unknown as D1Database;
-    const licenseSha256 = await prepareDatabase(db);
+    const licenseSha256 = await prepareDatabase(db, root);
     const [token, limitedToken] = await approvedAccessTokens(
       base,
       db,
@@ -316,7 +319,11 @@ export async function gatewayTargets(
       ],
     );
     const pid = workerdListeningOn(Number(new URL(base).port));
-    const label = options.split ? "modelgate, quota object apart (Miniflare)" : "modelgate (Miniflare)";
+    const label = options.baseline
+      ? `modelgate @${options.baseline.commit.slice(0, 7)} (Miniflare)`
+      : options.split
+        ? "modelgate, quota object apart (Miniflare)"
+        : "modelgate (Miniflare)";
     const target = (name: string, bearer: string | undefined, close: () => Promise<void>): Target => ({
       name,
       pid,

@@ -36,9 +36,15 @@ const WRANGLER_BINDING_OPTIONS = [
   "kvNamespaces",
 ] as const;
 
-/** Bundles the gateway into `outdir` as `wrangler deploy` would; wrangler's output shows only on failure. */
-export function buildGateway(outdir: string): Promise<string> {
-  const child = spawnWrangler(["deploy", "--dry-run", "--outdir", outdir], { stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * Bundles the gateway of the tree at `root` (this one by default) into `outdir` as `wrangler
+ * deploy` would; wrangler's output shows only on failure.
+ */
+export function buildGateway(outdir: string, root = ROOT): Promise<string> {
+  const child = spawnWrangler(["deploy", "--dry-run", "--outdir", outdir], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   const collect = (chunk: Buffer) => {
     output += chunk.toString();
@@ -68,8 +74,8 @@ function sendEmailOptions(email: unknown, mailFrom: string): unknown {
   };
 }
 
-/** wrangler.toml (and .dev.vars) as Miniflare options, read once: wrangler logs every read. */
-let fromWrangler: Record<string, unknown> | undefined;
+/** wrangler.toml (and .dev.vars) as Miniflare options, per tree, read once: wrangler logs every read. */
+const fromWrangler = new Map<string, Record<string, unknown>>();
 
 /**
  * Miniflare worker options for the gateway bundle at `scriptPath`: wrangler.toml's bindings, with
@@ -79,16 +85,17 @@ let fromWrangler: Record<string, unknown> | undefined;
 export function gatewayWorkerOptions(
   scriptPath: string,
   bindings: Record<string, unknown> = {},
-  { consumeQueues = false }: { consumeQueues?: boolean } = {},
+  { consumeQueues = false, root = ROOT }: { consumeQueues?: boolean; root?: string } = {},
 ): WorkerOptions {
-  fromWrangler ??= unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml")).workerOptions as Record<
-    string,
-    unknown
-  >;
+  let read = fromWrangler.get(root);
+  if (!read) {
+    read = unstable_getMiniflareWorkerOptions(join(root, "wrangler.toml")).workerOptions as Record<string, unknown>;
+    fromWrangler.set(root, read);
+  }
   const options: Record<string, unknown> = {};
-  for (const key of WRANGLER_BINDING_OPTIONS) if (fromWrangler[key] !== undefined) options[key] = fromWrangler[key];
-  if (consumeQueues) options.queueConsumers = fromWrangler.queueConsumers;
-  const vars = (fromWrangler.bindings ?? {}) as Record<string, unknown>;
+  for (const key of WRANGLER_BINDING_OPTIONS) if (read[key] !== undefined) options[key] = read[key];
+  if (consumeQueues) options.queueConsumers = read.queueConsumers;
+  const vars = (read.bindings ?? {}) as Record<string, unknown>;
   options.email = sendEmailOptions(options.email, String(vars.MAIL_FROM));
   // Module names are paths relative to modulesRoot; the bundle may live outside the repository.
   return {
@@ -110,11 +117,12 @@ export function newMiniflare(options: V4MiniflareOptions): Miniflare {
 }
 
 /**
- * Makes an empty D1 database the gateway's: every migration in `migrations/`, in order, then the
- * placeholder Llama 2 license. Returns the license's sha256, which applicants accept.
+ * Makes an empty D1 database the gateway's: every migration in `migrations/` (of the tree at
+ * `root`), in order, then the placeholder Llama 2 license. Returns the license's sha256, which
+ * applicants accept.
  */
-export async function prepareDatabase(db: D1Database): Promise<string> {
-  const dir = join(ROOT, "migrations");
+export async function prepareDatabase(db: D1Database, root = ROOT): Promise<string> {
+  const dir = join(root, "migrations");
   for (const file of readdirSync(dir)
     .filter((f) => f.endsWith(".sql"))
     .sort()) {
