@@ -68,7 +68,8 @@ function usage(message?: string): never {
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
       "                              [--targets noop,floor,modelgate,split,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
-      "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n",
+      "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n" +
+      "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n",
   );
   process.exit(2);
 }
@@ -89,6 +90,7 @@ function options() {
     targets: string;
     answers: string;
     baseline?: string;
+    "baseline-split"?: boolean;
     "no-sequential"?: boolean;
     help?: boolean;
   };
@@ -103,6 +105,7 @@ function options() {
         targets: { type: "string", default: PEERS.join(",") },
         answers: { type: "string", default: "plain,streamed" },
         baseline: { type: "string" },
+        "baseline-split": { type: "boolean" },
         "no-sequential": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -125,6 +128,7 @@ function options() {
       .map((a) => (a === "plain" ? false : a === "streamed" ? true : usage(`--answers takes plain and/or streamed`))),
     sequential: !values["no-sequential"],
     baseline: values.baseline,
+    baselineSplit: values["baseline-split"] === true,
   };
 }
 
@@ -261,7 +265,7 @@ async function main(): Promise<void> {
         await start(`modelgate @${baselineRef} (Miniflare)`, async () => {
           const tree = baselineTree(baselineRef);
           console.log(`baseline ${tree.commit} in ${tree.root}`);
-          return (await gatewayTargets(sim.url, { baseline: tree })).gateway;
+          return (await gatewayTargets(sim.url, { baseline: tree, split: opts.baselineSplit })).gateway;
         }),
       );
     }
@@ -275,6 +279,8 @@ async function main(): Promise<void> {
       Target,
     ];
     const baseline = targets[7];
+    /** This tree's gateway run as the baseline is. */
+    const baselinePeer = opts.baselineSplit ? split : gateway;
     const running = targets.filter((t) => !t.unavailable);
 
     const rounds: LoadRow[] = [];
@@ -442,7 +448,7 @@ async function main(): Promise<void> {
       "\nCPU ratios below 1 are better. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
     );
     if (baseline && !baseline.unavailable) {
-      console.log(`\n## This tree's gateway ÷ ${baseline.name.split(" (")[0]} (same rounds)\n`);
+      console.log(`\n## ${baselinePeer.name.split(" (")[0]} ÷ ${baseline.name.split(" (")[0]} (same rounds)\n`);
       console.log(
         table(
           ["answer", "conns", "req/s", "CPU µs/req"],
@@ -450,8 +456,8 @@ async function main(): Promise<void> {
             opts.connections.map((c) => [
               stream ? "streamed" : "plain",
               String(c),
-              times(ratioOf(gateway, baseline, stream, c)),
-              times(ratioOf(gateway, baseline, stream, c, "cpuMicros")),
+              times(ratioOf(baselinePeer, baseline, stream, c)),
+              times(ratioOf(baselinePeer, baseline, stream, c, "cpuMicros")),
             ]),
           ),
         ),

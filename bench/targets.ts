@@ -320,7 +320,7 @@ export async function gatewayTargets(
     );
     const pid = workerdListeningOn(Number(new URL(base).port));
     const label = options.baseline
-      ? `modelgate @${options.baseline.commit.slice(0, 7)} (Miniflare)`
+      ? `modelgate @${options.baseline.commit.slice(0, 7)}${options.split ? ", quota object apart" : ""} (Miniflare)`
       : options.split
         ? "modelgate, quota object apart (Miniflare)"
         : "modelgate (Miniflare)";

@@ -4,13 +4,17 @@
  */
 import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/local-state";
 
 export interface BaselineTree {
   /** The commit's full hash. */
   commit: string;
-  /** Its tree, extracted once under `bench/.build/`, sharing this tree's `node_modules`. */
+  /**
+   * Its tree, extracted once under the system's temporary directory (outside this one, where the
+   * linter and the tests would take it for theirs), sharing this tree's `node_modules`.
+   */
   root: string;
 }
 
@@ -25,7 +29,7 @@ export function baselineTree(ref: string): BaselineTree {
     }).trim();
   } catch {}
   if (!/^[0-9a-f]{40}$/.test(commit)) throw new Error(`"${ref}" names no commit of this repository`);
-  const root = join(ROOT, "bench", ".build", `baseline-${commit.slice(0, 12)}`);
+  const root = join(tmpdir(), "modelgate-baselines", commit.slice(0, 12));
   if (!existsSync(join(root, "wrangler.toml"))) {
     const partial = `${root}.partial`;
     rmSync(partial, { recursive: true, force: true });
