@@ -433,8 +433,8 @@ async function complete(
   const settled = (record: SettledUsage) => {
     const now = services.clock.now();
     const latencyMs = now.getTime() - startedAt.getTime();
-    const entry = ledgerEntry({ ...ledgerBase, ...record, latencyMs, createdAt: now.toISOString() });
-    return { id: usageId, actual: record.totalTokens, entry, latencyMs };
+    const row = { ...ledgerBase, ...record, latencyMs, createdAt: now.toISOString() };
+    return { id: usageId, actual: record.totalTokens, entry: ledgerEntry(row), row };
   };
   /**
    * Settles the reservation to what was used. The ledger row goes with the settlement to the
@@ -445,7 +445,7 @@ async function complete(
    */
   const settle = (record: SettledUsage): Promise<boolean> => {
     const request = settled(record);
-    recordCompletion(env, { ...ledgerBase, ...record }, request.latencyMs);
+    recordCompletion(env, request.row, request.row.latencyMs);
     const stored = isolateLeases.settle(organizationId, reservation, request, quota).then((ok) => {
       if (!ok) services.log.error("usage row not stored before the answer ended", { usageId, organizationId });
       return ok;

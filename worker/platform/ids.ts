@@ -11,6 +11,16 @@ export interface IdGenerator {
 }
 
 function encodeTime(ms: number): string {
+  // Ids made under load share their millisecond: the last one's encoding serves them all.
+  if (ms === lastTime) return lastEncoded;
+  lastTime = ms;
+  lastEncoded = encodedTime(ms);
+  return lastEncoded;
+}
+let lastTime = Number.NaN;
+let lastEncoded = "";
+
+function encodedTime(ms: number): string {
   let out = "";
   let rest = ms;
   for (let i = 0; i < 10; i++) {
