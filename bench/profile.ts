@@ -1,5 +1,5 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
@@ -7,9 +7,12 @@
  * writes the whole profile to `bench/.build/<target>.cpuprofile`, which Chrome's DevTools open.
  * `--split` runs the quota object in a process of its own, so that the profile is the Worker's
  * alone, as on Cloudflare. `--target floor` (or `noop`) profiles the metering floor (or the no-op
- * Worker) under the same load instead, to set the gateway's figures beside theirs.
+ * Worker) under the same load instead; `--compare` profiles the floor and then the gateway in one
+ * run. The isolate's busy time per request is reported whole and, for the gateway, without what
+ * ran in or under its quota object's code (which has an isolate of its own on Cloudflare): a cost
+ * moved from the Worker to the object shows as such.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
@@ -39,6 +42,7 @@ const { values } = parseArgs({
     top: { type: "string", default: "30" },
     split: { type: "boolean", default: false },
     target: { type: "string", default: "gateway" },
+    compare: { type: "boolean", default: false },
   },
 });
 const stream = values.answers === "streamed";
@@ -49,10 +53,10 @@ const profiled = values.target;
 if (!["gateway", "floor", "noop"].includes(profiled)) throw new Error("--target is gateway, floor or noop");
 
 /** The Worker to profile, in Miniflare with its inspector on `inspectorPort`. */
-async function profiledTarget(simUrl: string, inspectorPort: number): Promise<Target> {
+async function profiledTarget(simUrl: string, kind: string, inspectorPort: number): Promise<Target> {
   const extra = { inspectorPort };
-  if (profiled === "floor") return meteringFloorTarget(simUrl, extra);
-  if (profiled === "noop") return noopWorkerTarget(simUrl, extra);
+  if (kind === "floor") return meteringFloorTarget(simUrl, extra);
+  if (kind === "noop") return noopWorkerTarget(simUrl, extra);
   const { gateway } = await gatewayTargets(simUrl, { split: values.split, extra });
   return gateway;
 }
@@ -121,63 +125,151 @@ function summarize(profile: CpuProfile) {
   return { self, total, all };
 }
 
-async function main(): Promise<void> {
-  const sim = await startSimulator();
+interface Profiled {
+  kind: string;
+  requests: number;
+  failures: number;
+  profile: CpuProfile;
+  /** Lines of the gateway's bundle where its quota object's code is (empty for other targets). */
+  objectLines: [number, number][];
+}
+
+/** Loads `kind` with autocannon under the profiler (after a warm-up) and returns its profile. */
+async function profileUnderLoad(simUrl: string, kind: string): Promise<Profiled> {
   const inspectorPort = await freePort();
-  const gateway = await profiledTarget(sim.url, inspectorPort);
+  const worker = await profiledTarget(simUrl, kind, inspectorPort);
   try {
     const targets = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json()) as {
       title: string;
       webSocketDebuggerUrl: string;
     }[];
-    console.log(`inspector targets: ${targets.map((t) => t.title).join(", ")}`);
     const target = targets.find((t) => t.title.includes("core:user")) ?? targets[0];
     if (!target) throw new Error("the inspector lists no worker");
     const session = await devtools(target.webSocketDebuggerUrl);
     await session.send("Profiler.enable");
     await session.send("Profiler.setSamplingInterval", { interval: 100 });
-    const request = gateway.chat({ stream });
+    const request = worker.chat({ stream });
+    const load = (seconds: number) =>
+      autocannon({
+        url: request.url,
+        method: "POST",
+        headers: request.headers,
+        body: request.body,
+        duration: seconds,
+        connections,
+      });
     // Warm up first: the first requests compile and fill caches.
-    await autocannon({
-      url: request.url,
-      method: "POST",
-      headers: request.headers,
-      body: request.body,
-      duration: 2,
-      connections,
-    });
+    await load(2);
     await session.send("Profiler.start");
-    const result = await autocannon({
-      url: request.url,
-      method: "POST",
-      headers: request.headers,
-      body: request.body,
-      duration,
-      connections,
-    });
+    const result = await load(duration);
     const { profile } = await session.send<{ profile: CpuProfile }>("Profiler.stop");
     session.close();
-    const requests = result.requests.total;
     mkdirSync(join(ROOT, "bench", ".build"), { recursive: true });
-    const file = join(ROOT, "bench", ".build", `${profiled}.cpuprofile`);
+    const file = join(ROOT, "bench", ".build", `${kind}.cpuprofile`);
     writeFileSync(file, JSON.stringify(profile));
-    const { self, total, all } = summarize(profile);
-    const perRequest = (ms: number) => `${((ms * 1000) / requests).toFixed(1).padStart(7)} µs`;
-    console.log(
-      `${stream ? "streamed" : "plain"}, ${connections} connections, ${duration} s: ${requests} requests (${result.non2xx} not 2xx); sampled ${all.toFixed(0)} ms in the isolate, ${perRequest(all)}/request`,
-    );
-    console.log(`\nself time per request (top ${top}):`);
-    for (const [name, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top))
-      console.log(`${perRequest(ms)}  ${name}`);
-    console.log(`\ntime in and under the gateway's own functions (top ${top}):`);
-    for (const [name, ms] of [...total]
-      .filter(([name]) => !name.startsWith("(") && !name.includes("(native)"))
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, top))
-      console.log(`${perRequest(ms)}  ${name}`);
-    console.log(`\nprofile: ${file}`);
+    console.log(`${kind}: profile in ${file}`);
+    const objectLines = kind === "gateway" ? classLines(join(ROOT, "bench", ".build", "index.js"), OBJECT_CLASSES) : [];
+    return { kind, requests: result.requests.total, failures: result.non2xx + result.errors, profile, objectLines };
   } finally {
-    await gateway.close();
+    await worker.close();
+  }
+}
+
+/** The quota object's classes: on Cloudflare they run in the object's isolate, not the Worker's. */
+const OBJECT_CLASSES = ["OrgQuota", "UsageBook"];
+
+/** The bundle's lines (0-based, as profiles count them) from `var Name = class` to its closing `};`. */
+function classLines(bundle: string, names: string[]): [number, number][] {
+  const lines = readFileSync(bundle, "utf8").split("\n");
+  return names.flatMap((name) => {
+    const from = lines.findIndex((line) => line.startsWith(`var ${name} = class`));
+    if (from < 0) return [];
+    const to = lines.findIndex((line, i) => i > from && line === "};");
+    return [[from, to < 0 ? lines.length : to] as [number, number]];
+  });
+}
+
+/**
+ * The isolate's busy time (idle excluded) and, of it, what ran in or under the quota object's
+ * code: the RPC methods the Worker calls, the book they keep, their storage and D1 calls.
+ */
+function busyTime(run: Profiled): { busy: number; object: number } {
+  const { profile, objectLines } = run;
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const inObject = new Map<number, boolean>();
+  const objects = (id: number | undefined): boolean => {
+    if (id === undefined) return false;
+    const known = inObject.get(id);
+    if (known !== undefined) return known;
+    const frame = (byId.get(id) as ProfileNode).callFrame;
+    const here =
+      frame.url.endsWith("index.js") &&
+      objectLines.some(([from, to]) => frame.lineNumber >= from && frame.lineNumber <= to);
+    const answer = here || objects(parent.get(id));
+    inObject.set(id, answer);
+    return answer;
+  };
+  let busy = 0;
+  let object = 0;
+  const samples = profile.samples ?? [];
+  const deltas = profile.timeDeltas ?? [];
+  for (let i = 0; i < samples.length; i++) {
+    const id = samples[i] as number;
+    if ((byId.get(id) as ProfileNode).callFrame.functionName === "(idle)") continue;
+    const ms = (deltas[i + 1] ?? deltas[i] ?? 0) / 1000;
+    busy += ms;
+    if (objects(id)) object += ms;
+  }
+  return { busy, object };
+}
+
+function report(run: Profiled): void {
+  const { self, total, all } = summarize(run.profile);
+  const perRequest = (ms: number) => `${((ms * 1000) / run.requests).toFixed(1).padStart(7)} µs`;
+  console.log(
+    `\n## ${run.kind}: ${stream ? "streamed" : "plain"}, ${connections} connections, ${duration} s: ${run.requests} requests (${run.failures} failed); sampled ${all.toFixed(0)} ms in the isolate, ${perRequest(all)}/request`,
+  );
+  console.log(`\nself time per request (top ${top}):`);
+  for (const [name, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top))
+    console.log(`${perRequest(ms)}  ${name}`);
+  console.log(`\ntime in and under the Worker's own functions (top ${top}):`);
+  for (const [name, ms] of [...total]
+    .filter(([name]) => !name.startsWith("(") && !name.includes("(native)"))
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top))
+    console.log(`${perRequest(ms)}  ${name}`);
+}
+
+async function main(): Promise<void> {
+  const sim = await startSimulator();
+  try {
+    const runs: Profiled[] = [];
+    for (const kind of values.compare ? ["floor", "gateway"] : [profiled])
+      runs.push(await profileUnderLoad(sim.url, kind));
+    for (const run of runs) report(run);
+    console.log("\n## The isolate's busy time per request (idle excluded)\n");
+    const perRequest = (ms: number, run: Profiled) => (ms * 1000) / run.requests;
+    for (const run of runs) {
+      const { busy, object } = busyTime(run);
+      const line = `${run.kind}: ${perRequest(busy, run).toFixed(0)} µs`;
+      console.log(
+        run.objectLines.length
+          ? `${line}, of which the quota object ${perRequest(object, run).toFixed(0)} µs (its own isolate on Cloudflare): the Worker's own ${perRequest(busy - object, run).toFixed(0)} µs`
+          : line,
+      );
+    }
+    const [floor, gateway] = runs;
+    if (values.compare && floor && gateway) {
+      const f = busyTime(floor);
+      const g = busyTime(gateway);
+      const ratio = (x: number) => `${(perRequest(x, gateway) / perRequest(f.busy, floor)).toFixed(2)}×`;
+      console.log(
+        `\ngateway ÷ floor, busy time per request: ${ratio(g.busy)} with the quota object, ${ratio(g.busy - g.object)} the Worker's own (sampled, one run each, in turn)`,
+      );
+    }
+  } finally {
     await sim.close();
   }
 }
