@@ -328,3 +328,52 @@ describe("the SSE meter follows the event-stream rules", () => {
     expect(forwarded).toBe(`data: ${content}\r\rdata: [DONE]\r\n\r\n`);
   });
 });
+
+describe("the SSE meter's checkpoints", () => {
+  const chunk = (text: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: text } }] })}\n\n`;
+  const encoder = new TextEncoder();
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  /** A stream of `gaps.length` content chunks, each sent after its gap (ms), then usage and `[DONE]`. */
+  function spacedStream(gaps: number[]): ReadableStream<Uint8Array> {
+    let i = 0;
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (i < gaps.length) {
+          await sleep(gaps[i] as number);
+          controller.enqueue(encoder.encode(chunk(`t${i++} `)));
+          return;
+        }
+        controller.enqueue(encoder.encode(`data: ${JSON.stringify({ choices: [], usage: usageOf(3, i) })}\n\n`));
+        controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+        controller.close();
+      },
+    });
+  }
+
+  async function checkpointsOf(gaps: number[], everyMs: number) {
+    const seen: number[] = [];
+    const body = meterEventStream(spacedStream(gaps), {
+      clientWantsUsage: false,
+      now: () => 0,
+      onEnd: () => undefined,
+      checkpoint: { everyMs, report: (progress) => seen.push(progress.contentChunks) },
+    });
+    await new Response(body).text();
+    return seen;
+  }
+
+  it("reports what it has seen with the first chunk due, and again an interval after that report", async () => {
+    // Chunks at about 0, 60, 120, 180, 240 and 300 ms; one report every 100 ms or more.
+    const seen = await checkpointsOf([0, 60, 60, 60, 60, 60], 100);
+    expect(seen.length).toBeGreaterThanOrEqual(1);
+    expect(seen.length).toBeLessThanOrEqual(3);
+    // Each report counts the chunk it came with, and the counts only grow.
+    expect(seen[0]).toBeGreaterThanOrEqual(2);
+    expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+  });
+
+  it("reports nothing for a stream shorter than an interval", async () => {
+    expect(await checkpointsOf([0, 5, 5], 10_000)).toEqual([]);
+  });
+});

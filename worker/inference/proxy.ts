@@ -442,6 +442,7 @@ async function complete(
    * writes it to D1 in its own next batch (or, unreachable, the row goes to D1 directly). Resolves
    * true once the row is stored, so that the answer's end can wait for it (false: not within
    * `STORE_WAIT_MS`, logged, and the answer goes out all the same: the row is still on its way).
+   * A caller that does not wait for it hands it to `waitUntil`.
    */
   const settle = (record: SettledUsage): Promise<boolean> => {
     const request = settled(record);
@@ -450,7 +451,6 @@ async function complete(
       if (!ok) services.log.error("usage row not stored before the answer ended", { usageId, organizationId });
       return ok;
     });
-    waitUntil(stored);
     return stored;
   };
 
@@ -471,16 +471,18 @@ async function complete(
   };
   /** Settles a request that produced nothing billable. */
   const settleUnused = (backendUrl: string | null, outcome: "backend_error" | "partial" | "blocked", status: number) =>
-    void settle({
-      backend: backendUrl,
-      promptTokens: 0,
-      completionTokens: 0,
-      totalTokens: 0,
-      usageReported: false,
-      outcome,
-      partial: outcome === "partial",
-      status,
-    });
+    waitUntil(
+      settle({
+        backend: backendUrl,
+        promptTokens: 0,
+        completionTokens: 0,
+        totalTokens: 0,
+        usageReported: false,
+        outcome,
+        partial: outcome === "partial",
+        status,
+      }),
+    );
   const path = endpoint === "chat" ? "chat/completions" : "completions";
   const guard: GuardCall = {
     services,

@@ -96,7 +96,9 @@ const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data
  * The stream's last events (the usage-only chunk and `[DONE]`, and anything after them) are held
  * back until the promise `onEnd` returns for a stream that ended well has settled: the client sees
  * the answer complete only once its usage is recorded. `checkpoint.report` is told what the meter
- * has seen every `checkpoint.everyMs` while the stream runs.
+ * has seen while the stream runs, with the first chunk that comes `checkpoint.everyMs` or more after
+ * the last report (or the stream's start): no timer per stream, and a stream that stalls has
+ * nothing new to report.
  *
  * Until usage comes, the text of each generated chunk is kept (escaped as it came, a regular
  * expression's match, no parsing), so a stream cut before its usage can be counted afterwards.
@@ -164,11 +166,11 @@ export function meterEventStream(
   };
   const progress = (): StreamProgress => ({ usage, contentChunks, firstByteAt, generated });
   const checkpoint = options.checkpoint;
-  const timer = checkpoint ? setInterval(() => checkpoint.report(progress()), checkpoint.everyMs) : undefined;
+  /** When the next checkpoint is due, in the runtime's time (as a timer's); never without checkpoints. */
+  let checkpointAt = checkpoint ? Date.now() + checkpoint.everyMs : Number.POSITIVE_INFINITY;
   const finish = (end: StreamEnd): unknown => {
     if (ended) return undefined;
     ended = true;
-    clearInterval(timer);
     return options.onEnd({ end, ...progress() });
   };
   /**
@@ -278,6 +280,13 @@ export function meterEventStream(
           const last = bytes[bytes.length - 1];
           const whole = decoderEmpty && (last === LF || last === CR);
           decoderEmpty = last !== undefined ? last < 0x80 : decoderEmpty;
+          if (checkpoint && !ended) {
+            const now = Date.now();
+            if (now >= checkpointAt) {
+              checkpointAt = now + checkpoint.everyMs;
+              checkpoint.report(progress());
+            }
+          }
           if (out === "") continue;
           firstByteAt ??= options.now();
           // The common case: whole events that pass unchanged go out as the backend's own bytes.
