@@ -1,5 +1,5 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
@@ -10,7 +10,8 @@
  * Worker) under the same load instead; `--compare` profiles the floor and then the gateway in one
  * run. The isolate's busy time per request is reported whole and, for the gateway, without what
  * ran in or under its quota object's code (which has an isolate of its own on Cloudflare): a cost
- * moved from the Worker to the object shows as such.
+ * moved from the Worker to the object shows as such. `--own-limits` calls the gateway with a token
+ * that has limits of its own.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -43,6 +44,7 @@ const { values } = parseArgs({
     split: { type: "boolean", default: false },
     target: { type: "string", default: "gateway" },
     compare: { type: "boolean", default: false },
+    "own-limits": { type: "boolean", default: false },
   },
 });
 const stream = values.answers === "streamed";
@@ -57,8 +59,8 @@ async function profiledTarget(simUrl: string, kind: string, inspectorPort: numbe
   const extra = { inspectorPort };
   if (kind === "floor") return meteringFloorTarget(simUrl, extra);
   if (kind === "noop") return noopWorkerTarget(simUrl, extra);
-  const { gateway } = await gatewayTargets(simUrl, { split: values.split, extra });
-  return gateway;
+  const { gateway, tokenLimited } = await gatewayTargets(simUrl, { split: values.split, extra });
+  return values["own-limits"] ? tokenLimited : gateway;
 }
 
 /** A minimal Chrome DevTools Protocol session over the inspector's WebSocket. */
