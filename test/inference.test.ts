@@ -604,6 +604,25 @@ describe("limits", () => {
     clock.advance(5_001);
     await expect(ask()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
   });
+
+  it("renews a token's check after the answer of the first request that finds it 4 s old: in steady use the check never expires, and a revocation it finds stops the token at once", async () => {
+    const { gw, client, clock, tokenId } = await setup([scopedBackend(0)]);
+    const ask = () =>
+      client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
+    await ask();
+    clock.advance(4_100);
+    // Answered from the cached check, which this request renews after its answer (the test gateway
+    // awaits its waitUntil work): valid until 9.1 s now, not 5 s.
+    await ask();
+    await gw.db.update(accessTokens).set({ revokedAt: clock.now().toISOString() }).where(eq(accessTokens.id, tokenId));
+    clock.advance(1_000);
+    // 5.1 s after the first check: without the renewal this request would check, and be refused.
+    await ask();
+    clock.advance(3_000);
+    // 8.1 s: the renewed check is 4 s old: this request renews it again, and finds the revocation.
+    await ask();
+    await expect(ask()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+  });
 });
 
 describe("bad requests", () => {

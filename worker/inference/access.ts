@@ -13,6 +13,12 @@ import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
 
 /** How long this isolate trusts a token check: a revocation takes effect within this window. */
 export const TOKEN_CACHE_MS = 5_000;
+/**
+ * A check this old is renewed in the background by the next request that uses it, while every
+ * request goes on using it: under steady traffic a token's check never expires, so no request waits
+ * for the database, and concurrent requests do not all check it again at once when it would have.
+ */
+export const TOKEN_REFRESH_MS = 4_000;
 
 /** An inference caller: the token's principal, the organization's limits and billing standing. */
 export interface InferenceCaller {
@@ -28,6 +34,9 @@ export interface InferenceCaller {
 
 interface CachedCaller extends InferenceCaller {
   expiresAt: number;
+  refreshAt: number;
+  /** A request is renewing this check. */
+  refreshing: boolean;
 }
 
 const cache = new Map<string, CachedCaller>();
@@ -42,9 +51,15 @@ export function clearCallerCache(): void {
  * Authenticates an inference call: the token must be live with the `inference` scope and its
  * grant active. The answer, with the organization's limits, is cached in the isolate for
  * `TOKEN_CACHE_MS`, which keeps the database off the hot path while a revoked token or grant, or a
- * changed limit, still takes effect within seconds.
+ * changed limit, still takes effect within seconds. Given `waitUntil`, a request that finds the check
+ * `TOKEN_REFRESH_MS` old renews it after its answer (a refused renewal drops it: the next request is
+ * refused at once).
  */
-export async function authenticateInference(services: Services, bearer: string | undefined): Promise<InferenceCaller> {
+export async function authenticateInference(
+  services: Services,
+  bearer: string | undefined,
+  waitUntil?: (work: Promise<unknown>) => void,
+): Promise<InferenceCaller> {
   if (!bearer) throw tokenProblem("missing", "inference");
   // Keyed by the token itself, which this isolate holds for the request anyway: hashing it on
   // every call would cost more than the rest of a cached check.
@@ -52,11 +67,27 @@ export async function authenticateInference(services: Services, bearer: string |
   const now = services.clock.now().getTime();
   const hit = cache.get(key);
   const base = services.config.publicBaseUrl;
-  if (hit && hit.expiresAt > now) return admitPaid(hit, now, base);
+  if (hit && hit.expiresAt > now) {
+    if (waitUntil && now >= hit.refreshAt && !hit.refreshing) {
+      hit.refreshing = true;
+      waitUntil(
+        checkCaller(services, bearer, key, now).catch((error: unknown) => {
+          hit.refreshing = false;
+          if (!(error instanceof AppError)) services.log.warn("token check not renewed", { error: String(error) });
+        }),
+      );
+    }
+    return admitPaid(hit, now, base);
+  }
+  return admitPaid(await checkCaller(services, bearer, key, now), now, base);
+}
+
+/** Checks the token in the database and caches the answer; a refused token is forgotten and refused. */
+async function checkCaller(services: Services, bearer: string, key: string, now: number): Promise<CachedCaller> {
   const check = await checkAccessToken(services, bearer, "inference");
   if (!check.ok) {
     cache.delete(key);
-    throw tokenProblem(check.refusal, "inference", base);
+    throw tokenProblem(check.refusal, "inference", services.config.publicBaseUrl);
   }
   const { requestsPerMinute, tokensPerMinute, monthlyTokenBudget } = await effectiveLimits(
     services,
@@ -79,9 +110,11 @@ export async function authenticateInference(services: Services, bearer: string |
     limitsAt: now,
     suspendedFrom,
     expiresAt: now + TOKEN_CACHE_MS,
+    refreshAt: now + TOKEN_REFRESH_MS,
+    refreshing: false,
   };
   cache.set(key, caller);
-  return admitPaid(caller, now, base);
+  return caller;
 }
 
 /**

@@ -324,6 +324,7 @@ async function complete(
   const caller: InferenceCaller = await authenticateInference(
     services,
     bearerToken(incoming.headers.get("authorization")),
+    (work) => ctx.waitUntil(work),
   );
   const raw = await readJson(incoming);
   const parsed = plainlyValid(raw, endpoint)
