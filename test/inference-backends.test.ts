@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { auditEvents, inferenceBackendHealth, inferenceBackends } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
-import { openApiKey, sealApiKey } from "../worker/inference/backend-store";
+import { BACKENDS_REFRESH_MS, openApiKey, sealApiKey } from "../worker/inference/backend-store";
 import { BACKENDS_CACHE_MS, BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
@@ -180,6 +180,20 @@ describe("inference servers added in the console", () => {
     await gw.db.insert(inferenceBackends).values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
     await expect(ask()).rejects.toMatchObject({ status: 503 });
     clock.advance(BACKENDS_CACHE_MS);
+    await ask();
+    expect((await gpu.requests()).length).toBe(1);
+  });
+
+  it("made elsewhere are read by the first completion that finds this isolate's read 4 s old, after its answer, so no completion waits for the table", async () => {
+    const { gw, clock, ask } = await setup();
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    const gpu = scopedBackend(0);
+    const at = clock.now().toISOString();
+    await gw.db.insert(inferenceBackends).values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
+    clock.advance(BACKENDS_REFRESH_MS);
+    // Answered from the pools read 4 s ago (no server yet), which this completion reads again after its answer.
+    await expect(ask()).rejects.toMatchObject({ status: 503 });
+    // Still within the first read's 5 s: the new read serves.
     await ask();
     expect((await gpu.requests()).length).toBe(1);
   });

@@ -5,6 +5,7 @@ import { billingEnabled } from "../config";
 import { billingAccounts, type TokenLimits } from "../db/schema";
 import { AppError } from "../errors";
 import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptance";
+import { type Renewable, renewIfDue } from "../platform/renew-ahead";
 import { effectiveLimits } from "../quota/limits";
 import type { QuotaLimits, TokenQuota } from "../quota/org-quota";
 import type { Services } from "../services";
@@ -13,11 +14,7 @@ import { checkAccessToken, type TokenPrincipal } from "../tokens/service";
 
 /** How long this isolate trusts a token check: a revocation takes effect within this window. */
 export const TOKEN_CACHE_MS = 5_000;
-/**
- * A check this old is renewed in the background by the next request that uses it, while every
- * request goes on using it: under steady traffic a token's check never expires, so no request waits
- * for the database, and concurrent requests do not all check it again at once when it would have.
- */
+/** A check this old is renewed after the answer of the next request that uses it (`renewIfDue`). */
 export const TOKEN_REFRESH_MS = 4_000;
 
 /** An inference caller: the token's principal, the organization's limits and billing standing. */
@@ -32,11 +29,8 @@ export interface InferenceCaller {
   suspendedFrom: number | undefined;
 }
 
-interface CachedCaller extends InferenceCaller {
+interface CachedCaller extends InferenceCaller, Renewable {
   expiresAt: number;
-  refreshAt: number;
-  /** A request is renewing this check. */
-  refreshing: boolean;
 }
 
 const cache = new Map<string, CachedCaller>();
@@ -68,15 +62,17 @@ export async function authenticateInference(
   const hit = cache.get(key);
   const base = services.config.publicBaseUrl;
   if (hit && hit.expiresAt > now) {
-    if (waitUntil && now >= hit.refreshAt && !hit.refreshing) {
-      hit.refreshing = true;
-      waitUntil(
-        checkCaller(services, bearer, key, now).catch((error: unknown) => {
-          hit.refreshing = false;
+    if (waitUntil)
+      renewIfDue(
+        hit,
+        now,
+        waitUntil,
+        () => checkCaller(services, bearer, key, now),
+        // A refusal has dropped the check already: the next request is refused.
+        (error) => {
           if (!(error instanceof AppError)) services.log.warn("token check not renewed", { error: String(error) });
-        }),
+        },
       );
-    }
     return admitPaid(hit, now, base);
   }
   return admitPaid(await checkCaller(services, bearer, key, now), now, base);

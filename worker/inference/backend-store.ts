@@ -3,12 +3,14 @@
  * `INFERENCE_BACKENDS` first, then the enabled servers of the `inference_backends` table. An
  * isolate reads the table at most once per `BACKENDS_CACHE_MS`, so a change made in the console
  * is in force everywhere within that window (at once in the isolate that made it) while the
- * completion path reads nothing but memory.
+ * completion path reads nothing but memory: a completion that finds the pools
+ * `BACKENDS_REFRESH_MS` old reads them again after its answer (`renewIfDue`).
  */
 import { and, eq, ne, notExists, sql } from "drizzle-orm";
 import type { Config } from "../config";
 import { inferenceBackendHealth, inferenceBackends } from "../db/schema";
 import { base64url, fromBase64url } from "../platform/ids";
+import { type Renewable, renewIfDue } from "../platform/renew-ahead";
 import type { Services } from "../services";
 import {
   BACKENDS_CACHE_MS,
@@ -21,9 +23,16 @@ import {
 
 type StoredBackendRow = typeof inferenceBackends.$inferSelect;
 
-interface CachedPools {
+interface CachedPools extends Renewable {
   pools: ReadonlyMap<string, readonly Backend[]>;
   expiresAt: number;
+}
+
+/** How old the pools are when the next completion reads them again, after its answer. */
+export const BACKENDS_REFRESH_MS = BACKENDS_CACHE_MS - 1_000;
+
+function cachedFrom(pools: ReadonlyMap<string, readonly Backend[]>, now: number): CachedPools {
+  return { pools, expiresAt: now + BACKENDS_CACHE_MS, refreshAt: now + BACKENDS_REFRESH_MS, refreshing: false };
 }
 
 /** Per deployment configuration (one per set of bindings): the merged pools and when they expire. */
@@ -34,10 +43,26 @@ export function forgetStoredBackends(config: Config): void {
   cache.delete(config);
 }
 
-/** The merged pools if this isolate read them lately: the completion path's usual answer. */
-export function cachedBackendPools(services: Pick<Services, "config" | "clock">) {
+/**
+ * The merged pools if this isolate read them lately — the completion path's usual answer, read
+ * again after the answer (`waitUntil`) once they are `BACKENDS_REFRESH_MS` old — or undefined.
+ */
+export function cachedBackendPools(
+  services: Pick<Services, "db" | "config" | "clock" | "log">,
+  health: BackendHealth,
+  waitUntil: (work: Promise<unknown>) => void,
+): ReadonlyMap<string, readonly Backend[]> | undefined {
   const hit = cache.get(services.config);
-  return hit && hit.expiresAt > services.clock.now().getTime() ? hit.pools : undefined;
+  const now = services.clock.now().getTime();
+  if (!hit || hit.expiresAt <= now) return undefined;
+  renewIfDue(
+    hit,
+    now,
+    waitUntil,
+    () => readPools(services, health),
+    (error) => services.log.warn("inference servers not read again", { error: String(error) }),
+  );
+  return hit.pools;
 }
 
 /**
@@ -51,8 +76,16 @@ export async function backendPools(
   services: Pick<Services, "db" | "config" | "clock" | "log">,
   health?: BackendHealth,
 ): Promise<ReadonlyMap<string, readonly Backend[]>> {
-  const cached = cachedBackendPools(services);
-  if (cached) return cached;
+  const hit = cache.get(services.config);
+  if (hit && hit.expiresAt > services.clock.now().getTime()) return hit.pools;
+  return readPools(services, health);
+}
+
+/** Reads the stored servers and caches the merged pools (the last known ones if the table cannot be read). */
+async function readPools(
+  services: Pick<Services, "db" | "config" | "clock" | "log">,
+  health?: BackendHealth,
+): Promise<ReadonlyMap<string, readonly Backend[]>> {
   const { config } = services;
   const now = services.clock.now().getTime();
   let rows: StoredBackendRow[];
@@ -61,7 +94,7 @@ export async function backendPools(
   } catch (error) {
     services.log.error("stored inference servers unreadable; serving the last known pools", { error: String(error) });
     const pools = cache.get(config)?.pools ?? config.inference.backends.pools;
-    cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
+    cache.set(config, cachedFrom(pools, now));
     return pools;
   }
   const pools = new Map<string, Backend[]>();
@@ -82,7 +115,7 @@ export async function backendPools(
     pool.push(stored.backend);
     pools.set(row.model, pool);
   }
-  cache.set(config, { pools, expiresAt: now + BACKENDS_CACHE_MS });
+  cache.set(config, cachedFrom(pools, now));
   return pools;
 }
 

@@ -358,7 +358,9 @@ async function complete(
   });
   if (refusal) throw refusal;
   // The pools are in memory but for one read of the stored servers every few seconds.
-  const pools = cachedBackendPools(services) ?? (await backendPools(services, options.health));
+  const pools =
+    cachedBackendPools(services, options.health, (work) => ctx.waitUntil(work)) ??
+    (await backendPools(services, options.health));
   const pool = pools.get(request.model) ?? [];
   if (pool.length === 0)
     throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
