@@ -7,42 +7,29 @@ import { AppError } from "../errors";
  * refused before anything is read.
  */
 export async function readBodyText(request: Request, limit: number): Promise<string> {
-  // A declared length within the limit is all the runtime reads off the connection (HTTP's own
-  // framing): the runtime decodes it in one go, the common case and the cheaper one.
-  if (request.body && request.headers.has("content-length") && declaredWithin(request, limit)) {
+  const declared = Number(request.headers.get("content-length") ?? Number.NaN);
+  if (declared > limit) throw tooLarge(limit);
+  if (!request.body) return "";
+  if (Number.isFinite(declared)) {
+    // A declared length within the limit is all the runtime reads off the connection (HTTP's own
+    // framing): the runtime decodes it in one go, the common case and the cheaper one.
     const text = await request.text();
     // Belt and braces: more characters than the limit are more bytes than it too.
     if (text.length > limit) throw tooLarge(limit);
     return text;
   }
-  return decoder.decode(await readBodyBytes(request, limit));
+  return decoder.decode(await readCounted(request.body, limit));
 }
 
 /** Decodes whole bodies only (never `stream: true`), so one serves every request. */
 const decoder = new TextDecoder();
 
-/** Whether the request declares a length within `limit`; one over it is refused as `payload_too_large`. */
-function declaredWithin(request: Request, limit: number): boolean {
-  const declared = Number(request.headers.get("content-length"));
-  if (Number.isFinite(declared) && declared > limit) throw tooLarge(limit);
-  return Number.isFinite(declared);
-}
-
 const tooLarge = (limit: number) =>
   new AppError("payload_too_large", `The request body is larger than ${limit} bytes.`);
 
-/** `readBodyText`'s bytes, undecoded. */
-export async function readBodyBytes(request: Request, limit: number): Promise<Uint8Array> {
-  declaredWithin(request, limit);
-  if (!request.body) return new Uint8Array();
-  if (request.headers.has("content-length")) {
-    // The runtime reads no more than a declared length off the connection: read it in one go (the
-    // common case, and the cheaper one), and still refuse a body that came out longer.
-    const bytes = new Uint8Array(await request.arrayBuffer());
-    if (bytes.byteLength > limit) throw tooLarge(limit);
-    return bytes;
-  }
-  const reader = request.body.getReader();
+/** A body without a declared length, read chunk by chunk and refused once past `limit`. */
+async function readCounted(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array> {
+  const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
