@@ -52,9 +52,9 @@ export function cachedBackendPools(
   health: BackendHealth,
   waitUntil: (work: Promise<unknown>) => void,
 ): ReadonlyMap<string, readonly Backend[]> | undefined {
-  const hit = cache.get(services.config);
   const now = services.clock.now().getTime();
-  if (!hit || hit.expiresAt <= now) return undefined;
+  const hit = freshPools(services.config, now);
+  if (!hit) return undefined;
   renewIfDue(
     hit,
     now,
@@ -76,9 +76,13 @@ export async function backendPools(
   services: Pick<Services, "db" | "config" | "clock" | "log">,
   health?: BackendHealth,
 ): Promise<ReadonlyMap<string, readonly Backend[]>> {
-  const hit = cache.get(services.config);
-  if (hit && hit.expiresAt > services.clock.now().getTime()) return hit.pools;
-  return readPools(services, health);
+  return freshPools(services.config, services.clock.now().getTime())?.pools ?? readPools(services, health);
+}
+
+/** The pools this isolate read for `config`, unless they expired by `now`. */
+function freshPools(config: Config, now: number): CachedPools | undefined {
+  const hit = cache.get(config);
+  return hit && hit.expiresAt > now ? hit : undefined;
 }
 
 /** Reads the stored servers and caches the merged pools (the last known ones if the table cannot be read). */
