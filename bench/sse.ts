@@ -1,5 +1,5 @@
 /**
- * `npm run bench:sse [-- --rounds 5 --events 60000]`
+ * `npm run bench:sse [-- --rounds 5 --events 60000 --baseline REF]`
  *
  * What the stream meter (`meterEventStream`) costs per streamed event, in Node, next to two peers
  * run the same way on the same bytes in the same run: a pass-through `TransformStream` (what any
@@ -16,17 +16,23 @@
  *
  * Each cell runs every peer over `--events` events per round, the peers taking turns going first;
  * the figure is CPU time (`process.cpuUsage`, user + system) per event, the median of the rounds,
- * and the ratios are medians of the ratios within a round.
+ * and the ratios are medians of the ratios within a round. `--baseline REF` adds the meter of
+ * another commit (its tree extracted as `bench:proxy --baseline` extracts it) as one more peer, and
+ * this tree's meter over it.
  */
 
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { meterEventStream } from "../worker/inference/usage";
+import { baselineTree } from "./lib/baseline";
 
 const { values: args } = parseArgs({
   options: {
     rounds: { type: "string", default: "5" },
     events: { type: "string", default: "60000" },
     sizes: { type: "string", default: "16,256,2048" },
+    baseline: { type: "string" },
   },
 });
 const ROUNDS = Number(args.rounds);
@@ -90,6 +96,16 @@ function upstream(chunks: Uint8Array[]): ReadableStream<Uint8Array> {
   );
 }
 
+/** The meter of `--baseline`'s commit. */
+const baseline = args.baseline ? baselineTree(args.baseline) : undefined;
+const meterBefore: typeof meterEventStream | undefined = baseline
+  ? (
+      (await import(
+        pathToFileURL(join(baseline.root, "worker/inference/usage.ts")).href
+      )) as typeof import("../worker/inference/usage")
+    ).meterEventStream
+  : undefined;
+
 const decoder = new TextDecoder();
 /** The reads the floor found usage in (it must find some, or it measured nothing). */
 const floorReads = { usage: 0 };
@@ -117,6 +133,8 @@ const PEERS = {
   },
   meter: (body: ReadableStream<Uint8Array>) =>
     meterEventStream(body, { clientWantsUsage: true, now: () => 0, onEnd: () => Promise.resolve() }),
+  before: (body: ReadableStream<Uint8Array>) =>
+    (meterBefore ?? meterEventStream)(body, { clientWantsUsage: true, now: () => 0, onEnd: () => Promise.resolve() }),
 } satisfies Record<string, (body: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>>;
 type Peer = keyof typeof PEERS;
 
@@ -145,7 +163,7 @@ const median = (values: number[]) => {
   return sorted.length % 2 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
 };
 
-const peers = Object.keys(PEERS) as Peer[];
+const peers = (Object.keys(PEERS) as Peer[]).filter((peer) => peer !== "before" || meterBefore !== undefined);
 const rows: string[][] = [];
 for (const kind of ["vllm", "null", "unreported"] as const) {
   for (const size of SIZES) {
@@ -155,8 +173,8 @@ for (const kind of ["vllm", "null", "unreported"] as const) {
       const streams = Math.max(1, Math.round(EVENTS / events.length));
       // A warm-up, so every peer runs optimized code.
       for (const peer of peers) await measure(peer, chunks, events.length, Math.max(1, streams >> 2));
-      const perEvent: Record<Peer, number[]> = { "pass-through": [], floor: [], meter: [] };
-      const ratios = { floor: [] as number[], pass: [] as number[] };
+      const perEvent: Record<Peer, number[]> = { "pass-through": [], floor: [], meter: [], before: [] };
+      const ratios = { floor: [] as number[], pass: [] as number[], before: [] as number[] };
       for (let round = 0; round < ROUNDS; round++) {
         const order = peers.map((_, i) => peers[(i + round) % peers.length] as Peer);
         const got = {} as Record<Peer, number>;
@@ -164,6 +182,7 @@ for (const kind of ["vllm", "null", "unreported"] as const) {
         for (const peer of peers) perEvent[peer].push(got[peer]);
         ratios.floor.push(got.meter / got.floor);
         ratios.pass.push(got.meter / got["pass-through"]);
+        if (meterBefore) ratios.before.push(got.meter / got.before);
       }
       rows.push([
         kind,
@@ -172,6 +191,7 @@ for (const kind of ["vllm", "null", "unreported"] as const) {
         ...peers.map((peer) => median(perEvent[peer]).toFixed(2)),
         `${median(ratios.floor).toFixed(2)}×`,
         `${median(ratios.pass).toFixed(2)}×`,
+        ...(meterBefore ? [`${median(ratios.before).toFixed(2)}×`] : []),
       ]);
       console.error(rows.at(-1)?.join("  "));
     }
@@ -187,8 +207,10 @@ const header = [
   "pass-through µs",
   "floor µs",
   "meter µs",
+  ...(baseline ? [`${baseline.commit.slice(0, 7)} µs`] : []),
   "meter ÷ floor",
   "meter ÷ pass",
+  ...(baseline ? [`meter ÷ ${baseline.commit.slice(0, 7)}`] : []),
 ];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? "").length)));
 const line = (cells: string[]) => `| ${cells.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(" | ")} |`;

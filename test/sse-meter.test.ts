@@ -60,9 +60,13 @@ function dataLines(r: Random, payload: unknown): string[] {
   });
 }
 
-/** A generated event stream, as text; it may end without `[DONE]` or without the last empty line. */
-function generateStream(r: Random): string {
-  const eol = () => r.pick(["\n", "\n", "\r", "\r\n"]);
+/**
+ * A generated event stream, as text; it may end without `[DONE]` or without the last empty line.
+ * `lf`: every line ends in LF, as vLLM, TGI and OpenAI end them (and the meter passes most of such
+ * a stream through unread).
+ */
+function generateStream(r: Random, lf = false): string {
+  const eol = () => (lf ? "\n" : r.pick(["\n", "\n", "\r", "\r\n"]));
   let text = r.next() < 0.2 ? "\uFEFF" : "";
   // The empty line that ends an event: after a CR, an LF would only complete its line end.
   const blank = () => (text.endsWith("\r") ? r.pick(["\r", "\r\n"]) : eol());
@@ -91,6 +95,8 @@ interface Reading {
   usage: Usage | undefined;
   done: boolean;
   textChunks: number;
+  /** The generated text (content and tool-call arguments), in the order it came. */
+  text: string;
 }
 
 /** What the reference parser reads in a stream; the end is read as the end of an event, as the meter does. */
@@ -102,6 +108,7 @@ function reference(text: string): Reading {
   let usage: Usage | undefined;
   let done = false;
   let textChunks = 0;
+  let generated = "";
   for (const d of data) {
     if (d.trim() === "[DONE]") {
       done = true;
@@ -118,9 +125,10 @@ function reference(text: string): Reading {
     const toolCalls = delta?.tool_calls as { function: { arguments: string } }[] | undefined;
     if ((typeof delta?.content === "string" && delta.content !== "") || toolCalls?.[0]?.function.arguments) {
       textChunks++;
+      generated += (delta?.content as string | undefined) ?? toolCalls?.[0]?.function.arguments ?? "";
     }
   }
-  return { data, usage, done, textChunks };
+  return { data, usage, done, textChunks, text: generated };
 }
 
 /** Runs `chunks` through the meter; returns its report and what it forwarded. */
@@ -174,7 +182,11 @@ async function expectSameReading(text: string, chunks: Uint8Array[], clientWants
   const { report, forwarded } = await meter(chunks, clientWantsUsage);
   expect(report.usage, label).toEqual(expected.usage);
   expect(report.end, label).toBe(expected.done ? "done" : "backend_cut");
-  expect(report.contentChunks, `${label} ${JSON.stringify(text)}`).toBe(expected.textChunks);
+  // What was generated is needed, and must be right, only when no usage came.
+  if (expected.usage === undefined) {
+    expect(report.contentChunks, `${label} ${JSON.stringify(text)}`).toBe(expected.textChunks);
+    expect(report.generated().text, `${label} ${JSON.stringify(text)}`).toBe(expected.text);
+  }
   // The client reads the same events (less the usage it did not ask for), however they were framed.
   const seen = reference(forwarded).data;
   if (clientWantsUsage) expect(seen, label).toEqual(expected.data);
@@ -194,9 +206,9 @@ const encode = (text: string) => new TextEncoder().encode(text);
 
 describe("the SSE meter against eventsource-parser", () => {
   it("reads what the reference reads in generated streams cut at every byte boundary", async () => {
-    for (let seed = 1; seed <= 8; seed++) {
+    for (let seed = 1; seed <= 12; seed++) {
       const r = seeded(seed);
-      const text = generateStream(r);
+      const text = generateStream(r, seed > 8);
       const bytes = encode(text);
       for (let at = 0; at <= bytes.length; at++) {
         await expectSameReading(
@@ -212,7 +224,7 @@ describe("the SSE meter against eventsource-parser", () => {
   it("reads what the reference reads in generated streams cut in many random places", async () => {
     for (let seed = 100; seed < 160; seed++) {
       const r = seeded(seed);
-      const text = generateStream(r);
+      const text = generateStream(r, seed % 2 === 1);
       const bytes = encode(text);
       for (let round = 0; round < 10; round++) {
         const cuts = [...new Set(Array.from({ length: 1 + r.int(12) }, () => r.int(bytes.length + 1)))].sort(
@@ -225,14 +237,16 @@ describe("the SSE meter against eventsource-parser", () => {
   });
 
   it("reads a stream sent one byte at a time", async () => {
-    const text = generateStream(seeded(7));
-    const bytes = encode(text);
-    await expectSameReading(
-      text,
-      Array.from(bytes, (b) => Uint8Array.of(b)),
-      false,
-      "byte by byte",
-    );
+    for (const lf of [false, true]) {
+      const text = generateStream(seeded(7), lf);
+      const bytes = encode(text);
+      await expectSameReading(
+        text,
+        Array.from(bytes, (b) => Uint8Array.of(b)),
+        false,
+        `byte by byte${lf ? ", LF" : ""}`,
+      );
+    }
   });
 });
 
@@ -246,7 +260,7 @@ describe("the SSE meter follows the event-stream rules", () => {
     for (const eol of ["\n", "\r", "\r\n"]) {
       const text = `data: ${content}${eol}${eol}data: ${usage(3, 4)}${eol}${eol}data: [DONE]${eol}${eol}`;
       const { report } = await read([text]);
-      expect(report, JSON.stringify(eol)).toMatchObject({ end: "done", usage: { totalTokens: 7 }, contentChunks: 1 });
+      expect(report, JSON.stringify(eol)).toMatchObject({ end: "done", usage: { totalTokens: 7 } });
     }
     // `\r` then `\n` in the next chunk is one line end, not an empty line between two fields.
     const { report } = await read([
@@ -311,7 +325,7 @@ describe("the SSE meter follows the event-stream rules", () => {
     const text = `data: ${nullUsage("a")}\n\ndata: ${nullUsage('say "usage"')}\n\ndata: ${tricky}\n\ndata: [DONE]\n\n`;
     const asked = await read([text]);
     expect(asked.forwarded).toBe(text);
-    expect(asked.report).toMatchObject({ usage: { totalTokens: 9 }, contentChunks: 3 });
+    expect(asked.report).toMatchObject({ usage: { totalTokens: 9 } });
     const { forwarded, report } = await read([text], false);
     expect(report.usage?.totalTokens).toBe(9);
     // The client did not ask: the real usage goes, the null ones pass as they came.
@@ -326,6 +340,48 @@ describe("the SSE meter follows the event-stream rules", () => {
     );
     expect(report.usage?.totalTokens).toBe(3);
     expect(forwarded).toBe(`data: ${content}\r\rdata: [DONE]\r\n\r\n`);
+  });
+});
+
+describe("the SSE meter's pass-through", () => {
+  const content = (text: string, extra = "") =>
+    `data: {"choices":[{"index":0,"delta":{"content":${JSON.stringify(text)}}}]${extra}}\n\n`;
+  const read = (chunks: string[]) => meter(chunks.map(encode), false);
+
+  it("reads the events it passed unread before a chunk that looked like usage but brought none", async () => {
+    const { report, forwarded } = await read([
+      // Read, for the `[DONE]` in its text; then two chunks that pass unread.
+      content("x [DONE] "),
+      content("a"),
+      content("b"),
+      // A `usage` without its counts: not usage, so what came before must be read after all.
+      content("c", ',"usage":{"prompt_tokens":1}'),
+    ]);
+    expect(report).toMatchObject({ end: "backend_cut", usage: undefined, contentChunks: 4 });
+    expect(report.generated().text).toBe("x [DONE] abc");
+    // The client did not ask for usage: the field goes, as any `usage` that is not null does.
+    expect(forwarded).toBe(content("x [DONE] ") + content("a") + content("b") + content("c"));
+  });
+
+  it("reads a long stream without usage in order, through chunks it must read and past what it keeps unread", async () => {
+    const words = Array.from({ length: 3000 }, (_, i) => `w${i} `);
+    // A word that reads like the end, mid-stream: that chunk goes through the framer.
+    words[1500] = "[DONE] ";
+    const chunks = words.map((word) => content(word));
+    const { report, forwarded } = await read(chunks);
+    expect(forwarded).toBe(chunks.join(""));
+    expect(report).toMatchObject({ end: "backend_cut", usage: undefined, contentChunks: 3000 });
+    expect(report.generated()).toEqual({ text: words.join(""), chunksBeyond: 0 });
+  });
+
+  it("drops what it passed unread once the usage comes, and still forwards every event as it came", async () => {
+    const usage = `data: {"choices":[],"usage":${JSON.stringify(usageOf(2, 3))}}\n\n`;
+    const { report, forwarded } = await meter(
+      [content("a"), content("b"), usage, "data: [DONE]\n\n"].map(encode),
+      true,
+    );
+    expect(report).toMatchObject({ end: "done", usage: { totalTokens: 5 } });
+    expect(forwarded).toBe(`${content("a")}${content("b")}${usage}data: [DONE]\n\n`);
   });
 });
 

@@ -98,6 +98,11 @@ export class EventStreamFramer {
     return out + buffer.slice(copied, eventStart);
   }
 
+  /** Whether it holds nothing of an event: the last text it was given ended with a whole event. */
+  idle(): boolean {
+    return this.pending === "" && this.data === undefined && !this.crAtEnd;
+  }
+
   /**
    * The end of the stream. The rules discard an event that was not ended by a blank line; a
    * server that forgot the last one still meant it, so it is read as ended, and forwarded ended

@@ -25,7 +25,11 @@ export type StreamEnd = "done" | "backend_cut" | "client_closed";
 export interface StreamProgress {
   /** The last usage the backend reported (never a sum: vLLM may repeat it on every chunk). */
   usage: Usage | undefined;
-  /** Chunks that carried generated text: about one token each on vLLM and TGI. */
+  /**
+   * Chunks that carried generated text, about one token each on vLLM and TGI: counted until the
+   * server reports usage, which makes the count needless (all of them, when the text is kept for
+   * screening).
+   */
   contentChunks: number;
   /** When the first byte went to the client, relative to `performance.now()`-style clocks. */
   firstByteAt: number | undefined;
@@ -84,6 +88,23 @@ const onlyNullUsage = (data: string) =>
 const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data.trim() === "[DONE]");
 
 /**
+ * What in a stream's text may be an event the meter must read before it goes out: `[DONE]`, a
+ * `usage` that is not `null`, an empty `choices` list (a usage-only chunk), or a CR, a line end
+ * the pass-through below does not split on. Text without any of these is whole events that pass
+ * unchanged, or the start of one.
+ */
+const MAY_MATTER = /\[DONE\]|"usage"\s*:\s*[^\sn]|"choices"\s*:\s*\[\s*\]|\r/;
+
+/** A `usage` that is not `null`: what the end of a stream brings, after which no text need be counted. */
+const USAGE_VALUE = /"usage"\s*:\s*[^\sn]/;
+
+/**
+ * The most text of an event not yet complete that the pass-through carries to the next chunk; a
+ * longer event is read by the framer, which never reads a character twice.
+ */
+const MAX_PARTIAL = 4096;
+
+/**
  * Forwards an SSE stream from an OpenAI-compatible backend event by event (never merging or
  * splitting events), watching for usage; events are framed by the WHATWG rules
  * ({@link EventStreamFramer}). When the client did not ask for usage, the usage-only chunk the
@@ -102,6 +123,14 @@ const isDone = (data: string) => data === "[DONE]" || (data.length <= 32 && data
  *
  * Until usage comes, the text of each generated chunk is kept (escaped as it came, a regular
  * expression's match, no parsing), so a stream cut before its usage can be counted afterwards.
+ *
+ * Most of a stream is read no further than a regular expression's test: a chunk whose text shows
+ * none of what the meter acts on ({@link MAY_MATTER}) goes out as it came, up to its last whole
+ * event, and its events are kept unread ({@link MAX_KEPT_TEXT} characters at most; past that they
+ * are read). They are read — for their text and chunks — only if the stream ends, is cut or
+ * checkpoints before its usage comes: a stream that reports usage never reads the events before
+ * it. The first chunk that may matter goes to the framer, which reads it event by event; once the
+ * framer holds nothing back, chunks pass through unread again.
  */
 export function meterEventStream(
   upstream: ReadableStream<Uint8Array>,
@@ -137,6 +166,14 @@ export function meterEventStream(
   const kept: string[] = [];
   let keptLength = 0;
   let chunksBeyond = 0;
+  /** Whether chunks may pass through unread: not when the text is kept for screening, nor when every chunk is rewritten. */
+  const canPass = !keepAllText && options.continuousUsageAdded !== true;
+  let passing = canPass;
+  /** Whole events that passed through unread, while no usage had come. */
+  let unread: string[] = [];
+  let unreadLength = 0;
+  /** The text after the last whole event passed through: the start of an event, not yet gone out. */
+  let partial = "";
   /** Keeps the text of a chunk that carries some; says whether it does. */
   const keepText = (data: string): boolean => {
     if (keptLength >= MAX_KEPT_TEXT) {
@@ -164,7 +201,37 @@ export function meterEventStream(
       return { text: undefined, chunksBeyond };
     }
   };
-  const progress = (): StreamProgress => ({ usage, contentChunks, firstByteAt, generated });
+  /** Counts an event's generated text and keeps it while it may be needed. */
+  const count = (data: string) => {
+    if (usage !== undefined && !keepAllText) return;
+    if (keepText(data)) contentChunks++;
+  };
+  const catchUp = new EventStreamFramer((data) => {
+    count(data);
+    return undefined;
+  });
+  /**
+   * Reads the events that passed through unread (each text whole events, read one by one: a
+   * string joined from them costs more to read than they do), keeping their text at `at` in what
+   * is kept: at its end, or before the text of a chunk that was read while they waited.
+   */
+  const readUnread = (at = kept.length) => {
+    if (unread.length === 0) return;
+    const texts = unread;
+    unread = [];
+    unreadLength = 0;
+    const later = kept.splice(at);
+    let laterLength = 0;
+    for (const value of later) laterLength += value.length;
+    keptLength -= laterLength;
+    for (const text of texts) catchUp.push(text);
+    for (const value of later) kept.push(value);
+    keptLength += laterLength;
+  };
+  const progress = (): StreamProgress => {
+    if (usage === undefined) readUnread();
+    return { usage, contentChunks, firstByteAt, generated };
+  };
   const checkpoint = options.checkpoint;
   /** When the next checkpoint is due, in the runtime's time (as a timer's); never without checkpoints. */
   let checkpointAt = checkpoint ? Date.now() + checkpoint.everyMs : Number.POSITIVE_INFINITY;
@@ -204,9 +271,7 @@ export function meterEventStream(
       holdAt ??= data;
       return undefined;
     }
-    if (usage === undefined || keepAllText) {
-      if (keepText(data)) contentChunks++;
-    } else if (CARRIES_TEXT.test(data)) contentChunks++;
+    count(data);
     if (!data.includes('"usage"') || onlyNullUsage(data)) return undefined;
     let chunk: Record<string, unknown>;
     try {
@@ -216,7 +281,12 @@ export function meterEventStream(
     }
     const reported = readUsage(chunk);
     // The count is known: the text is not needed (unless it is to be screened).
-    if (reported !== undefined && usage === undefined && !keepAllText) kept.length = 0;
+    if (reported !== undefined && usage === undefined && !keepAllText) {
+      kept.length = 0;
+      keptLength = 0;
+      unread = [];
+      unreadLength = 0;
+    }
     usage = reported ?? usage;
     const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0;
     if (usageAsSent || chunk.usage === undefined || chunk.usage === null) {
@@ -260,7 +330,10 @@ export function meterEventStream(
             return;
           }
           if (result.done) {
-            const rest = release(framer.push(decoder.decode()) + framer.end());
+            if (usage === undefined) readUnread();
+            const tail = partial + decoder.decode();
+            partial = "";
+            const rest = release(framer.push(tail) + framer.end());
             if (rest !== "") controller.enqueue(encoder.encode(rest));
             if (sawDone) {
               await finish("done");
@@ -275,11 +348,45 @@ export function meterEventStream(
           }
           const bytes = result.value;
           const text = decoder.decode(bytes, { stream: true });
-          const pushed = framer.push(text);
-          const out = holdAt === undefined ? pushed : release(pushed);
           const last = bytes[bytes.length - 1];
           const whole = decoderEmpty && (last === LF || last === CR);
           decoderEmpty = last !== undefined ? last < 0x80 : decoderEmpty;
+          const buffer = partial === "" ? text : partial + text;
+          /** Whole events that go out unread; the framer reads what follows them, if anything must be. */
+          let passed = "";
+          let rest: string | undefined = buffer;
+          if (passing && partial.length < MAX_PARTIAL) {
+            const match = MAY_MATTER.exec(buffer);
+            // Up to the event with something to act on, or else up to the last whole event.
+            const end = (match === null ? buffer.lastIndexOf("\n\n") : buffer.lastIndexOf("\n\n", match.index)) + 2;
+            if (end >= 2) passed = end === buffer.length ? buffer : buffer.slice(0, end);
+            if (match !== null) rest = end < 2 ? buffer : buffer.slice(end);
+            else {
+              rest = undefined;
+              partial = end < 2 ? buffer : end === buffer.length ? "" : buffer.slice(end);
+            }
+            if (passed !== "" && usage === undefined) {
+              unread.push(passed);
+              unreadLength += passed.length;
+              if (unreadLength >= MAX_KEPT_TEXT) readUnread();
+            }
+          }
+          let out = passed;
+          if (rest !== undefined) {
+            // The events that passed unread came before these: they are read first, unless these
+            // bring the usage that makes them needless (and then, should they not, after, their
+            // text put before these events').
+            const mark = kept.length;
+            if (usage === undefined && !USAGE_VALUE.test(rest)) readUnread();
+            partial = "";
+            passing = false;
+            const pushed = framer.push(rest);
+            if (usage === undefined) readUnread(mark);
+            const framed = holdAt === undefined ? pushed : release(pushed);
+            // All of it unchanged is the very text given: `buffer`, or this chunk's own.
+            out = passed === "" ? framed : framed === rest ? buffer : passed + framed;
+            passing = canPass && holdAt === undefined && framer.idle();
+          }
           if (checkpoint && !ended) {
             const now = Date.now();
             if (now >= checkpointAt) {
