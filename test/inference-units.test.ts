@@ -21,6 +21,7 @@ import {
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
 import { jsonLogger } from "../worker/platform/logger";
+import { renewIfDue } from "../worker/platform/renew-ahead";
 
 function sse(...events: string[]): ReadableStream<Uint8Array> {
   const bytes = new TextEncoder().encode(events.map((e) => `data: ${e}\n\n`).join(""));
@@ -166,6 +167,72 @@ describe("meterEventStream", () => {
     await reader.cancel("client went away");
     expect(cancelled).toBe(true);
     expect(report).toMatchObject({ end: "client_closed", contentChunks: 1 });
+  });
+});
+
+describe("renewIfDue", () => {
+  /** An entry due at 4,000, renewed by `renew`, whose work is held until `release` runs. */
+  function renewable() {
+    const entry = { refreshAt: 4_000, refreshing: false };
+    const deferred: Promise<unknown>[] = [];
+    let renewals = 0;
+    let release!: (outcome: "ok" | "fail") => void;
+    const gate = new Promise<"ok" | "fail">((done) => (release = done));
+    const renew = async () => {
+      renewals++;
+      if ((await gate) === "fail") throw new Error("database unavailable");
+    };
+    return { entry, deferred, renew, release, renewals: () => renewals };
+  }
+
+  it("renews once for a thousand concurrent requests that find the entry due, and none of them waits for it", async () => {
+    const { entry, deferred, renew, release, renewals } = renewable();
+    const failures: unknown[] = [];
+    // Before it is due, nobody renews.
+    renewIfDue(
+      entry,
+      3_999,
+      (work) => deferred.push(work),
+      renew,
+      (error) => failures.push(error),
+    );
+    expect(renewals()).toBe(0);
+    for (let i = 0; i < 1_000; i++)
+      renewIfDue(
+        entry,
+        4_000 + i,
+        (work) => deferred.push(work),
+        renew,
+        (error) => failures.push(error),
+      );
+    // Each call returned at once; the one renewal runs after its request's answer.
+    expect(renewals()).toBe(1);
+    expect(deferred).toHaveLength(1);
+    release("ok");
+    await Promise.all(deferred);
+    expect(failures).toEqual([]);
+  });
+
+  it("lets the next request renew after a renewal failed, and reports the failure", async () => {
+    const { entry, deferred, renew, release, renewals } = renewable();
+    const failures: unknown[] = [];
+    const call = () =>
+      renewIfDue(
+        entry,
+        5_000,
+        (work) => deferred.push(work),
+        renew,
+        (e) => failures.push(e),
+      );
+    call();
+    call();
+    expect(renewals()).toBe(1);
+    release("fail");
+    await Promise.all(deferred);
+    expect(failures).toHaveLength(1);
+    expect(entry.refreshing).toBe(false);
+    call();
+    expect(renewals()).toBe(2);
   });
 });
 
