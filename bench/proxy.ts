@@ -8,7 +8,9 @@
  * gateway's full path (token, license, quota reservation and settlement, metering) and the
  * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
  * each concurrency for a fixed time, split into rounds that take the peers in turn (a different one
- * first each round) so that a slow spell of the shared machine falls on all of them: each figure
+ * first each round; the gateway's two tokens, which share a process, back to back and taking turns
+ * going first; each cell once every target's process is idle) so that a slow spell of the shared
+ * machine falls on all of them: each figure
  * is the median over the rounds, each ratio the median of the ratios within a round. A sequential
  * client then times single requests to the microsecond, the time to the first streamed token, and
  * checks that every token arrived as its own SSE event, in order. Ratios are against peers
@@ -130,6 +132,46 @@ function options() {
     baseline: values.baseline,
     baselineSplit: values["baseline-split"] === true,
   };
+}
+
+/**
+ * Waits until the targets' processes are idle — at most one clock tick of CPU among them over
+ * 200 ms, for 10 s at most — so that work a target deferred past its cell (usage it flushes, a
+ * collection) does not run in the next cell, on this shared machine, and count against that one.
+ */
+async function quiet(targets: Target[]): Promise<void> {
+  const pids = [
+    ...new Set(targets.flatMap((t) => [t.pid, ...(t.otherPids ?? [])]).filter((p): p is number => p !== undefined)),
+  ];
+  const spent = () =>
+    pids.reduce((sum, pid) => {
+      try {
+        return sum + cpuMillis(pid);
+      } catch {
+        return sum;
+      }
+    }, 0);
+  const until = Date.now() + 10_000;
+  let before = spent();
+  while (Date.now() < until) {
+    await new Promise((done) => setTimeout(done, 200));
+    const now = spent();
+    if (now - before <= 10) return;
+    before = now;
+  }
+}
+
+/**
+ * The cells of one round: the peers in turn, a different one first each round, and the gateway's
+ * two tokens (one process) back to back, which of them first alternating by round — the second
+ * runs in a process the first has just warmed.
+ */
+function roundOrder(running: Target[], round: number, first: Target, second: Target): Target[] {
+  const paired = running.includes(first) && running.includes(second);
+  const units = paired ? running.filter((t) => t !== second) : running;
+  const rotated = units.map((_, i) => units[(i + round) % units.length] as Target);
+  if (!paired) return rotated;
+  return rotated.flatMap((t) => (t !== first ? [t] : round % 2 === 0 ? [first, second] : [second, first]));
 }
 
 async function load(
@@ -294,9 +336,10 @@ async function main(): Promise<void> {
           process.stdout.write("done\n");
         }
         for (let round = 0; round < opts.rounds; round++) {
-          const order = running.map((_, i) => running[(i + round) % running.length] as Target);
+          const order = roundOrder(running, round, gateway, tokenLimited);
           const line: string[] = [];
           for (const target of order) {
+            await quiet(running);
             const row = await load(target, stream, connections, slice, round);
             rounds.push(row);
             line.push(`${target.name.split(" (")[0]} ${fmt(row.rps)}/s`);
@@ -347,6 +390,7 @@ async function main(): Promise<void> {
 
     const sequential = new Map<string, { plain: SequentialResult; stream: SequentialResult }>();
     for (const target of opts.sequential ? running : []) {
+      await quiet(running);
       process.stdout.write(`${target.name}: sequential timing… `);
       const durationMs = opts.duration * 1000;
       const plain = await runSequential(() => target.chat({ stream: false }), {
