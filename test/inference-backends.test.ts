@@ -171,13 +171,23 @@ describe("inference servers added in the console", () => {
     });
   });
 
-  it("made elsewhere are in force in this isolate once its read of them expires", async () => {
-    const { gw, clock, ask } = await setup();
-    await expect(ask()).rejects.toMatchObject({ status: 503 });
+  /**
+   * A gateway whose isolate read its (empty) pools, and then a server another isolate's admin call
+   * stored: this isolate's read came before it.
+   */
+  async function serverAddedElsewhere() {
+    const gateway = await setup();
+    await expect(gateway.ask()).rejects.toMatchObject({ status: 503 });
     const gpu = scopedBackend(0);
-    // Another isolate's admin call: this isolate's pools were read before it.
-    const at = clock.now().toISOString();
-    await gw.db.insert(inferenceBackends).values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
+    const at = gateway.clock.now().toISOString();
+    await gateway.gw.db
+      .insert(inferenceBackends)
+      .values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
+    return { ...gateway, gpu };
+  }
+
+  it("made elsewhere are in force in this isolate once its read of them expires", async () => {
+    const { clock, ask, gpu } = await serverAddedElsewhere();
     await expect(ask()).rejects.toMatchObject({ status: 503 });
     clock.advance(BACKENDS_CACHE_MS);
     await ask();
@@ -185,11 +195,7 @@ describe("inference servers added in the console", () => {
   });
 
   it("made elsewhere are read by the first completion that finds this isolate's read 4 s old, after its answer, so no completion waits for the table", async () => {
-    const { gw, clock, ask } = await setup();
-    await expect(ask()).rejects.toMatchObject({ status: 503 });
-    const gpu = scopedBackend(0);
-    const at = clock.now().toISOString();
-    await gw.db.insert(inferenceBackends).values(storedServer({ id: "bkd_elsewhere", model: MODEL, url: gpu.url, at }));
+    const { clock, ask, gpu } = await serverAddedElsewhere();
     clock.advance(BACKENDS_REFRESH_MS);
     // Answered from the pools read 4 s ago (no server yet), which this completion reads again after its answer.
     await expect(ask()).rejects.toMatchObject({ status: 503 });

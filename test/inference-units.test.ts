@@ -171,10 +171,14 @@ describe("meterEventStream", () => {
 });
 
 describe("renewIfDue", () => {
-  /** An entry due at 4,000, renewed by `renew`, whose work is held until `release` runs. */
+  /**
+   * An entry due at 4,000, renewed by a renewal whose work is held until `release` runs; `request`
+   * is one request that uses the entry at `now`.
+   */
   function renewable() {
     const entry = { refreshAt: 4_000, refreshing: false };
     const deferred: Promise<unknown>[] = [];
+    const failures: unknown[] = [];
     let renewals = 0;
     let release!: (outcome: "ok" | "fail") => void;
     const gate = new Promise<"ok" | "fail">((done) => (release = done));
@@ -182,29 +186,23 @@ describe("renewIfDue", () => {
       renewals++;
       if ((await gate) === "fail") throw new Error("database unavailable");
     };
-    return { entry, deferred, renew, release, renewals: () => renewals };
-  }
-
-  it("renews once for a thousand concurrent requests that find the entry due, and none of them waits for it", async () => {
-    const { entry, deferred, renew, release, renewals } = renewable();
-    const failures: unknown[] = [];
-    // Before it is due, nobody renews.
-    renewIfDue(
-      entry,
-      3_999,
-      (work) => deferred.push(work),
-      renew,
-      (error) => failures.push(error),
-    );
-    expect(renewals()).toBe(0);
-    for (let i = 0; i < 1_000; i++)
+    const request = (now: number) =>
       renewIfDue(
         entry,
-        4_000 + i,
+        now,
         (work) => deferred.push(work),
         renew,
         (error) => failures.push(error),
       );
+    return { entry, deferred, failures, request, release, renewals: () => renewals };
+  }
+
+  it("renews once for a thousand concurrent requests that find the entry due, and none of them waits for it", async () => {
+    const { deferred, failures, request, release, renewals } = renewable();
+    // Before it is due, nobody renews.
+    request(3_999);
+    expect(renewals()).toBe(0);
+    for (let i = 0; i < 1_000; i++) request(4_000 + i);
     // Each call returned at once; the one renewal runs after its request's answer.
     expect(renewals()).toBe(1);
     expect(deferred).toHaveLength(1);
@@ -214,24 +212,15 @@ describe("renewIfDue", () => {
   });
 
   it("lets the next request renew after a renewal failed, and reports the failure", async () => {
-    const { entry, deferred, renew, release, renewals } = renewable();
-    const failures: unknown[] = [];
-    const call = () =>
-      renewIfDue(
-        entry,
-        5_000,
-        (work) => deferred.push(work),
-        renew,
-        (e) => failures.push(e),
-      );
-    call();
-    call();
+    const { entry, deferred, failures, request, release, renewals } = renewable();
+    request(5_000);
+    request(5_000);
     expect(renewals()).toBe(1);
     release("fail");
     await Promise.all(deferred);
     expect(failures).toHaveLength(1);
     expect(entry.refreshing).toBe(false);
-    call();
+    request(5_000);
     expect(renewals()).toBe(2);
   });
 });
