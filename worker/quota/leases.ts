@@ -82,11 +82,10 @@ interface Batch {
   rows: string[];
   /** Usage of streams still running, so far. */
   checkpoints: Checkpoint[];
-  /** Resolves once the batch's rows are stored (true), or after `STORE_WAIT_MS` if they are not yet (false). */
-  stored: Promise<boolean>;
-  /** True once stored: what a request other than the sender looks at (see `storedSeenHere`). */
+  /** True once the batch's rows are stored: what a request other than the sender looks at (see `storedSeenHere`). */
   isStored: boolean;
-  markStored: () => void;
+  /** Wakes the request that sends the batch, whose own row is in it (see `storedHere`). */
+  wakeSender: (() => void)[];
 }
 
 interface OrgLeases {
@@ -159,9 +158,12 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /**
  * The leases of one isolate. Nothing here awaits a promise another request created: a request
  * that needs a lease asks for one itself, and the request that opens a batch sends it from its
- * own `waitUntil`, so no request's work depends on another request staying alive. A request whose
- * row another request sends waits for it on timers of its own (`storedSeenHere`): awaiting the
- * sender's promise would resume it in the sender's context, where its answer's I/O is not its own.
+ * own `waitUntil`, so no request's work depends on another request staying alive. A request waits
+ * for its row to be stored on a promise and timers of its own: the sender on a promise its own
+ * send loop resolves (`storedHere`), any other on timers it looks at the batch on (`storedSeenHere`).
+ * A promise another request created cannot be relied on: it never settles once that request has
+ * ended (`scripts/e2e/lease-contexts.e2e.ts`), and one settled from another request's context
+ * resumed its waiter in the wrong context under load (docs/benchmarks.md).
  */
 export class QuotaLeases {
   private orgs = new Map<string, OrgLeases>();
@@ -228,7 +230,7 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    return org.sender === c ? batch.stored : storedSeenHere(batch);
+    return org.sender === c ? storedHere(batch) : storedSeenHere(batch);
   }
 
   /**
@@ -402,7 +404,7 @@ export class QuotaLeases {
         if (org.inflight > 0) await this.gather(org, batch);
         org.batch = undefined;
         await this.commit(org, batch, c);
-        batch.markStored();
+        markStored(batch);
       }
     } finally {
       org.committing = false;
@@ -423,7 +425,7 @@ export class QuotaLeases {
       }
       org.open = [];
       if (returns.returns.length) await this.commit(org, returns, c);
-      returns.markStored();
+      markStored(returns);
     } finally {
       org.lingering = false;
     }
@@ -459,26 +461,28 @@ async function storedSeenHere(batch: Batch): Promise<boolean> {
 }
 
 /**
- * An empty batch. Its `stored` promise is made with it, so that every request in it waits on the
- * one promise and one timer: the wait is capped per batch, not per request.
+ * Whether `batch`, which this request sends, was stored within `STORE_WAIT_MS`: on a promise and a
+ * timer of this request, which its own send loop resolves. The batch may have been opened by
+ * another request, which may have ended since.
  */
-function newBatch(): Batch {
-  const batch: Batch = {
-    settlements: [],
-    returns: [],
-    rows: [],
-    checkpoints: [],
-    stored: Promise.resolve(false),
-    isStored: false,
-    markStored: () => {},
-  };
-  batch.stored = new Promise<boolean>((resolve) => {
+function storedHere(batch: Batch): Promise<boolean> {
+  if (batch.isStored) return Promise.resolve(true);
+  return new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), STORE_WAIT_MS);
-    batch.markStored = () => {
-      batch.isStored = true;
+    batch.wakeSender.push(() => {
       clearTimeout(timer);
       resolve(true);
-    };
+    });
   });
-  return batch;
+}
+
+/** Marks `batch` stored, in the context of the request that sent it. */
+function markStored(batch: Batch): void {
+  batch.isStored = true;
+  for (const wake of batch.wakeSender.splice(0)) wake();
+}
+
+/** An empty batch. */
+function newBatch(): Batch {
+  return { settlements: [], returns: [], rows: [], checkpoints: [], isStored: false, wakeSender: [] };
 }
