@@ -1,7 +1,13 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
-import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
+import {
+  IDLE_RETURN_MS,
+  type LeaseContext,
+  QuotaLeases,
+  type SettledRequest,
+  STORE_WAIT_MS,
+} from "../worker/quota/leases";
 import type { QuotaLimits } from "../worker/quota/org-quota";
 import { ledgerRow, usageRows } from "./helpers/ledger";
 
@@ -281,5 +287,71 @@ describe("quota leases", () => {
     await leases.settle(org, a, row(`${org}-lost`, org, 7), context);
     await settled();
     expect(fellBack).toEqual([`${org}-lost`]);
+  });
+  it("have each request send at most the batch it opened, so that none works on while others keep settling", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled } = isolate(org, roomy);
+    const real = context.stub.commit;
+    // Commits slower than settlements come: a batch is always open when a commit returns.
+    context.stub = {
+      ...context.stub,
+      commit: async (...args) => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        return real(...args);
+      },
+    };
+    /** A request with a `waitUntil` of its own: the runtime ends its work 30 s after its answer. */
+    const request = () => {
+      const work: Promise<unknown>[] = [];
+      const c: LeaseContext = { ...context, waitUntil: (w) => work.push(w) };
+      return { c, work };
+    };
+    const serveOne = async (r: ReturnType<typeof request>, i: number) => {
+      const a = await leases.admit(org, 10, r.c);
+      if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+      return leases.settle(org, a, row(`${org}-${i}`, org, 10), r.c);
+    };
+    const first = request();
+    // Its settlement opens a batch, which it sends; the others settle while that commit is on its way.
+    const firstStored = serveOne(first, 0);
+    while (first.work.length === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    let firstDone = false;
+    void Promise.all(first.work).then(() => {
+      firstDone = true;
+    });
+    const stored: Promise<boolean>[] = [];
+    for (let i = 1; i <= 100; i++) {
+      stored.push(serveOne(request(), i));
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    // The first request's work ended with its batch, not with the load.
+    expect(firstDone).toBe(true);
+    expect(await firstStored).toBe(true);
+    expect(await Promise.all(stored)).toEqual(Array(100).fill(true));
+    await settled();
+    expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(101);
+  });
+  it("send the next batch when the commit before it never returns, as when its request was ended", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context } = isolate(org, roomy);
+    const real = context.stub.commit;
+    let commits = 0;
+    context.stub = {
+      ...context.stub,
+      commit: (...args) => {
+        commits += 1;
+        return commits === 1 ? new Promise(() => {}) : real(...args);
+      },
+    };
+    const [a, b] = await Promise.all([leases.admit(org, 10, context), leases.admit(org, 10, context)]);
+    if (!a?.ok || !b?.ok) throw new Error("refused");
+    const first = leases.settle(org, a, row(`${org}-stuck`, org, 10), context);
+    while (commits === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    const started = Date.now();
+    const second = leases.settle(org, b, row(`${org}-next`, org, 10), { ...context });
+    expect(await second).toBe(true);
+    expect(Date.now() - started).toBeLessThan(STORE_WAIT_MS + 1_000);
+    expect(await first).toBe(false);
+    expect((await usageRows()).filter((r) => r.organizationId === org).map((r) => r.id)).toEqual([`${org}-next`]);
   });
 });

@@ -25,7 +25,9 @@ import type {
  * Settlements go to the object by group commit. An answer waits for its row to be stored, so a
  * settlement goes at once when no other request of the organization is running in the isolate;
  * when others are, it waits up to `GATHER_MS` for theirs, to go in one commit. While a commit is on
- * its way, the next batch gathers and goes when it returns.
+ * its way, the next batch gathers and goes when it returns. The request that opens a batch sends
+ * it, and only it, so that no request's `waitUntil` runs on with the load: the runtime ends it
+ * 30 s after the request's answer, and a batch it still had to send would be left unsent.
  *
  * A token with limits of its own has leases of its own: each is taken from the organization's
  * counters and the token's at once, so what the token's leases hold counts against both, and the
@@ -49,6 +51,11 @@ export const IDLE_RETURN_MS = 25;
  * the ledger when the object cannot take it) before it goes out all the same.
  */
 export const STORE_WAIT_MS = 2_000;
+/**
+ * The longest a batch waits for the commit before it to return: a commit whose request was ended
+ * never does, and the batch's own rows are to be stored within `STORE_WAIT_MS`.
+ */
+const PREVIOUS_COMMIT_WAIT_MS = STORE_WAIT_MS / 4;
 /** Organizations an isolate keeps state for; past this, the idle ones are forgotten. */
 const MAX_ORGANIZATIONS = 10_000;
 
@@ -82,6 +89,8 @@ interface Batch {
   rows: string[];
   /** Usage of streams still running, so far. */
   checkpoints: Checkpoint[];
+  /** The request that opened the batch, which sends it from its `waitUntil`. */
+  sender: LeaseContext;
   /** True once the batch's rows are stored: what a request other than the sender looks at (see `storedSeenHere`). */
   isStored: boolean;
   /** Wakes the request that sends the batch, whose own row is in it (see `storedHere`). */
@@ -102,10 +111,8 @@ interface OrgLeases {
   inflight: number;
   admissions: number;
   batch: Batch | undefined;
-  /** A commit is on its way: the open batch goes when it returns. */
-  committing: boolean;
-  /** The request whose `waitUntil` sends the batches while `committing`. */
-  sender: LeaseContext | undefined;
+  /** The commit on its way, if any: the open batch goes when it returns. */
+  committing: object | undefined;
   lingering: boolean;
 }
 
@@ -160,7 +167,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * that needs a lease asks for one itself, and the request that opens a batch sends it from its
  * own `waitUntil`, so no request's work depends on another request staying alive. A request waits
  * for its row to be stored on a promise and timers of its own: the sender on a promise its own
- * send loop resolves (`storedHere`), any other on timers it looks at the batch on (`storedSeenHere`).
+ * `send` resolves (`storedHere`), any other on timers it looks at the batch on (`storedSeenHere`).
  * A promise another request created cannot be relied on: it never settles once that request has
  * ended (`scripts/e2e/lease-contexts.e2e.ts`), and one settled from another request's context
  * resumed its waiter in the wrong context under load (docs/benchmarks.md).
@@ -230,7 +237,7 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    return org.sender === c ? storedHere(batch) : storedSeenHere(batch);
+    return batch.sender === c ? storedHere(batch) : storedSeenHere(batch);
   }
 
   /**
@@ -280,8 +287,7 @@ export class QuotaLeases {
         inflight: 0,
         admissions: 0,
         batch: undefined,
-        committing: false,
-        sender: undefined,
+        committing: undefined,
         lingering: false,
       };
       this.orgs.set(key, org);
@@ -368,19 +374,12 @@ export class QuotaLeases {
     lease.tokensLeft = 0;
   }
 
-  /**
-   * The organization's open batch. The request that opens one while no commit is on its way sends
-   * it, and every batch opened meanwhile, from its own `waitUntil`.
-   */
+  /** The organization's open batch. The request that opens one sends it, from its own `waitUntil`. */
   private batchOf(org: OrgLeases, c: LeaseContext): Batch {
     if (org.batch) return org.batch;
-    const batch = newBatch();
+    const batch = newBatch(c);
     org.batch = batch;
-    if (!org.committing) {
-      org.committing = true;
-      org.sender = c;
-      c.waitUntil(this.send(org, c));
-    }
+    c.waitUntil(this.send(org, batch, c));
     return batch;
   }
 
@@ -394,30 +393,39 @@ export class QuotaLeases {
       await sleep(1);
   }
 
-  private async send(org: OrgLeases, c: LeaseContext): Promise<void> {
+  /**
+   * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at every
+   * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the organization run here, after up to
+   * `GATHER_MS` for their settlements.
+   */
+  private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
+    // The caller fills the batch it was just handed before it yields: this waits for that.
+    await null;
+    for (let waited = 0; org.committing && waited < PREVIOUS_COMMIT_WAIT_MS; waited++) await sleep(1);
+    // Other requests of the organization are running here: their settlements will come soon,
+    // and one commit for all of them costs far less than one each.
+    if (org.inflight > 0) await this.gather(org, batch);
+    if (org.batch === batch) org.batch = undefined;
+    const mine = {};
+    org.committing = mine;
     try {
-      // The caller fills the batch it was just handed before it yields: this waits for that.
-      await null;
-      for (let batch = org.batch; batch !== undefined; batch = org.batch) {
-        // Other requests of the organization are running here: their settlements will come soon,
-        // and one commit for all of them costs far less than one each.
-        if (org.inflight > 0) await this.gather(org, batch);
-        org.batch = undefined;
-        await this.commit(org, batch, c);
-        markStored(batch);
-      }
+      await this.commit(org, batch, c);
+      markStored(batch);
     } finally {
-      org.committing = false;
-      org.sender = undefined;
+      if (org.committing === mine) org.committing = undefined;
     }
+    await this.giveBackWhenIdle(org, c);
+  }
+
+  /** Capacity left in leases of an organization that went quiet goes back soon, not at expiry. */
+  private async giveBackWhenIdle(org: OrgLeases, c: LeaseContext): Promise<void> {
     if (org.lingering || org.open.length === 0) return;
-    // Capacity left in leases of an organization that went quiet goes back soon, not at expiry.
     org.lingering = true;
     try {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns = newBatch();
+      const returns = newBatch(c);
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
@@ -461,9 +469,8 @@ async function storedSeenHere(batch: Batch): Promise<boolean> {
 }
 
 /**
- * Whether `batch`, which this request sends, was stored within `STORE_WAIT_MS`: on a promise and a
- * timer of this request, which its own send loop resolves. The batch may have been opened by
- * another request, which may have ended since.
+ * Whether `batch`, which this request opened and sends, was stored within `STORE_WAIT_MS`: on a
+ * promise and a timer of this request, which its own `send` resolves.
  */
 function storedHere(batch: Batch): Promise<boolean> {
   if (batch.isStored) return Promise.resolve(true);
@@ -483,6 +490,6 @@ function markStored(batch: Batch): void {
 }
 
 /** An empty batch. */
-function newBatch(): Batch {
-  return { settlements: [], returns: [], rows: [], checkpoints: [], isStored: false, wakeSender: [] };
+function newBatch(sender: LeaseContext): Batch {
+  return { settlements: [], returns: [], rows: [], checkpoints: [], sender, isStored: false, wakeSender: [] };
 }
