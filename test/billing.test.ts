@@ -780,6 +780,25 @@ describe("faults: a failing Stripe slows billing by a short timeout, never a tim
     expect((await Promise.all(following)).sort()).toEqual([1, 2]);
     expect(breaker.reopensAt).toBeUndefined();
   });
+
+  it("a probe whose request ended without a word holds the calls back for one cool-off at most; then another call probes", async () => {
+    let now = 0;
+    const clock = () => now;
+    const breaker = new CircuitBreaker(1, 1_000);
+    const failed = () => true;
+    await expect(breaker.call(clock, () => Promise.reject(new Error("down")), failed)).rejects.toThrow("down");
+    now = 1_000;
+    // The probe's request (another delivery) ends while its call is under way: it never settles.
+    void breaker.call(clock, () => new Promise<never>(() => {}), failed);
+    let calls = 0;
+    const waiting = breaker.call(clock, async () => ++calls, failed);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Held back while the probe may still answer.
+    expect(calls).toBe(0);
+    now = 2_000;
+    expect(await waiting).toBe(1);
+    expect(breaker.reopensAt).toBeUndefined();
+  });
 });
 
 describe("Stripe webhooks", () => {

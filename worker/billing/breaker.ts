@@ -3,7 +3,10 @@
  * refused the connection, answered 5xx or 429), calls stop for a cool-off: what would have been
  * sent is retried later by the usage queue, at no cost to Stripe or to the batch's time. Then one
  * call goes through as a probe (half-open): its success closes the breaker and lets the calls that
- * waited for it go; its failure opens it for another cool-off. Nothing is lost or sent twice by
+ * waited for it go; its failure opens it for another cool-off. The calls that wait look at the
+ * breaker on timers of their own rather than await the probe: the probe may be another request's
+ * (another delivery of the queue), whose promise fails a waiter once that request has ended, and a
+ * probe whose request ended without a word holds the others back for one cool-off at most. Nothing is lost or sent twice by
  * this: a skipped row stays pending, and a row sent again carries the same meter-event identifier.
  *
  * Each isolate keeps its own breaker: one that has seen Stripe fail stops at once, without a
@@ -15,6 +18,9 @@ export const BREAKER_FAILURES = 5;
 
 /** How long an open breaker keeps calls from Stripe before a probe may go. */
 export const BREAKER_COOL_OFF_MS = 30_000;
+
+/** How often a call waiting for the probe looks whether it has its word. */
+const PROBE_POLL_MS = 10;
 
 /** A call the breaker did not make: Stripe is taken as down until `retryAt` (epoch ms). */
 export class StripeUnavailableError extends Error {
@@ -28,8 +34,8 @@ export class StripeUnavailableError extends Error {
 export class CircuitBreaker {
   private failures = 0;
   private openUntil: number | undefined;
-  /** The half-open probe under way, resolving to whether it found Stripe up. */
-  private probe: Promise<boolean> | undefined;
+  /** The half-open probe under way, and when it started (its clock's time). */
+  private probe: { since: number } | undefined;
 
   constructor(
     private readonly threshold = BREAKER_FAILURES,
@@ -47,31 +53,29 @@ export class CircuitBreaker {
    * Throws `StripeUnavailableError` for a call it did not make.
    */
   async call<T>(now: () => number, call: () => Promise<T>, failed: (error: unknown) => boolean): Promise<T> {
-    let probing: ((up: boolean) => void) | undefined;
-    if (this.openUntil !== undefined) {
+    let probing: { since: number } | undefined;
+    while (this.openUntil !== undefined) {
       if (now() < this.openUntil) throw new StripeUnavailableError(this.openUntil);
-      if (this.probe) {
-        // Half-open with the probe under way: wait for its word rather than pile onto Stripe.
-        if (!(await this.probe)) throw new StripeUnavailableError(this.openUntil ?? now());
-      } else {
-        this.probe = new Promise((resolve) => {
-          probing = resolve;
-        });
+      // Half-open with the probe under way: wait for its word rather than pile onto Stripe.
+      if (this.probe && now() - this.probe.since < this.coolOffMs) {
+        await new Promise((resolve) => setTimeout(resolve, PROBE_POLL_MS));
+        continue;
       }
+      probing = { since: now() };
+      this.probe = probing;
+      break;
     }
     try {
       const result = await call();
       this.succeeded();
-      probing?.(true);
       return result;
     } catch (error) {
       const down = failed(error);
       if (down) this.failedAt(now());
       else this.succeeded();
-      probing?.(!down);
       throw error;
     } finally {
-      if (probing) this.probe = undefined;
+      if (probing && this.probe === probing) this.probe = undefined;
     }
   }
 
