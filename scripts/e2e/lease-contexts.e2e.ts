@@ -33,7 +33,7 @@ afterAll(async () => {
 });
 
 describe("quota leases in request contexts of their own", () => {
-  it("tell the request that sends the batches that its row is stored, when another request opened that batch and has ended", async () => {
+  it("tell a request that its row is stored when another request opened the batch it is in and has answered", async () => {
     const sender = fetch(new URL("/sender", origin));
     const other = await fetch(new URL("/other", origin));
     expect(await other.text()).toBe("settled");

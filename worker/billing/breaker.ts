@@ -3,11 +3,13 @@
  * refused the connection, answered 5xx or 429), calls stop for a cool-off: what would have been
  * sent is retried later by the usage queue, at no cost to Stripe or to the batch's time. Then one
  * call goes through as a probe (half-open): its success closes the breaker and lets the calls that
- * waited for it go; its failure opens it for another cool-off. The calls that wait look at the
- * breaker on timers of their own rather than await the probe: the probe may be another request's
- * (another delivery of the queue), whose promise fails a waiter once that request has ended, and a
- * probe whose request ended without a word holds the others back for one cool-off at most. Nothing is lost or sent twice by
+ * waited for it go; its failure opens it for another cool-off. Nothing is lost or sent twice by
  * this: a skipped row stays pending, and a row sent again carries the same meter-event identifier.
+ *
+ * The calls that wait look at the breaker on timers of their own rather than await the probe: the
+ * probe may be another request's (another delivery of the queue), whose promise fails a waiter
+ * once that request has ended, and a probe whose request ended without a word holds the others
+ * back for one cool-off at most.
  *
  * Each isolate keeps its own breaker: one that has seen Stripe fail stops at once, without a
  * shared store on the path of every call.

@@ -91,7 +91,7 @@ interface Batch {
   checkpoints: Checkpoint[];
   /** The request that opened the batch, which sends it from its `waitUntil`. */
   sender: LeaseContext;
-  /** True once the batch's rows are stored: what a request other than the sender looks at (see `storedSeenHere`). */
+  /** True once the batch's rows are stored: what the other requests look at (`storedSeenHere`). */
   isStored: boolean;
   /** Wakes the request that sends the batch, whose own row is in it (see `storedHere`). */
   wakeSender: (() => void)[];
@@ -395,8 +395,8 @@ export class QuotaLeases {
 
   /**
    * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at every
-   * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the organization run here, after up to
-   * `GATHER_MS` for their settlements.
+   * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
+   * organization run here, after up to `GATHER_MS` for their settlements.
    */
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     // The caller fills the batch it was just handed before it yields: this waits for that.
