@@ -163,6 +163,15 @@ const keyOf = (l: QuotaLimits) => `${l.requestsPerMinute}/${l.tokensPerMinute}/$
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * Waits while `busy()`, for at most `maxMs`, looking every millisecond on timers of the request
+ * that waits: what it waits for is another request's doing, and a request may not resume another's
+ * work (see `QuotaLeases`).
+ */
+async function whileBusy(busy: () => boolean, maxMs: number): Promise<void> {
+  for (let waited = 0; waited < maxMs && busy(); waited++) await sleep(1);
+}
+
+/**
  * The leases of one isolate. Nothing here awaits a promise another request created: a request
  * that needs a lease asks for one itself, and the request that opens a batch sends it from its
  * own `waitUntil`, so no request's work depends on another request staying alive. A request waits
@@ -384,16 +393,6 @@ export class QuotaLeases {
   }
 
   /**
-   * Waits up to `GATHER_MS` for the requests running here to settle, or for a full batch. It looks
-   * every millisecond, on timers of the request that sends the batch: a settling request never
-   * wakes it, as a request may not resume another's work.
-   */
-  private async gather(org: OrgLeases, batch: Batch): Promise<void> {
-    for (let waited = 0; waited < GATHER_MS && org.inflight > 0 && batch.settlements.length < GATHER_MAX; waited++)
-      await sleep(1);
-  }
-
-  /**
    * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at every
    * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
    * organization run here, after up to `GATHER_MS` for their settlements.
@@ -401,10 +400,11 @@ export class QuotaLeases {
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     // The caller fills the batch it was just handed before it yields: this waits for that.
     await null;
-    for (let waited = 0; org.committing && waited < PREVIOUS_COMMIT_WAIT_MS; waited++) await sleep(1);
+    // (Looked at before awaiting: a lone request's commit goes without a tick's delay.)
+    if (org.committing) await whileBusy(() => org.committing !== undefined, PREVIOUS_COMMIT_WAIT_MS);
     // Other requests of the organization are running here: their settlements will come soon,
-    // and one commit for all of them costs far less than one each.
-    if (org.inflight > 0) await this.gather(org, batch);
+    // and one commit for all of them costs far less than one each (or a full batch goes at once).
+    if (org.inflight > 0) await whileBusy(() => org.inflight > 0 && batch.settlements.length < GATHER_MAX, GATHER_MS);
     if (org.batch === batch) org.batch = undefined;
     const mine = {};
     org.committing = mine;
@@ -456,15 +456,9 @@ export class QuotaLeases {
   }
 }
 
-/** How often a request looks whether the batch another request sends is stored. */
-const STORED_POLL_MS = 1;
-
-/**
- * Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`, looked at on
- * this request's own timers, so that what it does next runs in its own context.
- */
+/** Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`. */
 async function storedSeenHere(batch: Batch): Promise<boolean> {
-  for (let waited = 0; !batch.isStored && waited < STORE_WAIT_MS; waited += STORED_POLL_MS) await sleep(STORED_POLL_MS);
+  await whileBusy(() => !batch.isStored, STORE_WAIT_MS);
   return batch.isStored;
 }
 
