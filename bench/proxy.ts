@@ -5,8 +5,9 @@
  * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), a
  * Worker that only reads what metering needs and keeps the proxy's wire contract (backend timeout,
  * no redirects, rate-limit headers: the floor for any Worker gateway that meters), this
- * gateway's full path (token, license, quota reservation and settlement, metering) and the
- * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
+ * gateway's full path (token, license, quota reservation and settlement, metering) — also with
+ * its quota object apart, and with that object's storage in memory rather than synced to disk —
+ * and the Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
  * each concurrency for a fixed time, split into rounds that take the peers in turn (a different one
  * first each round; the gateway's two tokens, which share a process, back to back and taking turns
  * going first; each cell once every target's process is idle) so that a slow spell of the shared
@@ -37,7 +38,7 @@ import {
 } from "./targets";
 
 /** The peers besides the simulator itself, which is always measured. */
-const PEERS = ["noop", "floor", "modelgate", "split", "portkey"] as const;
+const PEERS = ["noop", "floor", "modelgate", "split", "memory", "portkey"] as const;
 type Peer = (typeof PEERS)[number];
 
 /** What the gateway is held to, each a ratio to peers measured in the same run. */
@@ -69,7 +70,7 @@ function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
-      "                              [--targets noop,floor,modelgate,split,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
+      "                              [--targets noop,floor,modelgate,split,memory,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
       "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n" +
       "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n",
   );
@@ -253,8 +254,8 @@ async function main(): Promise<void> {
   // Every loop below is bounded by --duration; this only catches a hung start or teardown.
   const budgetSeconds =
     120 +
-    opts.connections.length * 2 * 7 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
-    7 * 2 * (opts.duration + 5);
+    opts.connections.length * 2 * 9 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
+    9 * 2 * (opts.duration + 5);
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
     process.exit(1);
@@ -299,6 +300,13 @@ async function main(): Promise<void> {
         async () => (await gatewayTargets(sim.url, { split: true })).gateway,
       ),
     );
+    targets.push(
+      await peer(
+        "memory",
+        "modelgate, quota storage in memory (Miniflare)",
+        async () => (await gatewayTargets(sim.url, { memory: true })).gateway,
+      ),
+    );
     targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
     // Another commit's gateway, loaded in the same rounds: what a change did, within one run.
     const baselineRef = opts.baseline;
@@ -311,7 +319,8 @@ async function main(): Promise<void> {
         }),
       );
     }
-    const [direct, noop, floor, gateway, tokenLimited, split, portkey] = targets as [
+    const [direct, noop, floor, gateway, tokenLimited, split, memory, portkey] = targets as [
+      Target,
       Target,
       Target,
       Target,
@@ -320,7 +329,7 @@ async function main(): Promise<void> {
       Target,
       Target,
     ];
-    const baseline = targets[7];
+    const baseline = targets[8];
     /** This tree's gateway run as the baseline is. */
     const baselinePeer = opts.baselineSplit ? split : gateway;
     const running = targets.filter((t) => !t.unavailable);
@@ -641,6 +650,12 @@ async function main(): Promise<void> {
           true,
           "ms",
         );
+        // Every plain answer waits for its usage row to be durable in the quota object.
+        const inMemoryMs = percentile(sequential.get(memory.name)?.plain.latencies ?? [], 50) - noopP50;
+        if (Number.isFinite(addedMs) && Number.isFinite(inMemoryMs))
+          console.log(
+            `  of which the quota object's durable write to this machine's disk: ${fmt(addedMs - inMemoryMs, 3)} ms (the same gateway with that storage in memory, not durable: +${fmt(inMemoryMs, 3)} ms)`,
+          );
         const gs = sequential.get(gateway.name)?.stream;
         const intact = gs ? gs.requests > 0 && gs.streamsIntact === gs.requests : undefined;
         const live = gs ? gs.requests > 0 && gs.streamsIncremental === gs.requests : undefined;

@@ -253,15 +253,19 @@ export interface GatewayTargets {
 /**
  * This gateway's full inference path — token check, license check, quota reservation and
  * settlement in the Durable Object, metering into D1 — from the bundle `wrangler deploy` would
- * upload, in Miniflare with wrangler.toml's bindings and in-memory state. `split` runs the quota
- * object in a workerd process of its own (with its own D1 database, which it writes usage to),
- * reached through Miniflare's dev registry as the Worker reaches it on Cloudflare: across
- * processes, so that the Worker's own CPU per request is seen apart from the object's. `baseline`
- * runs the gateway of another commit's tree instead (its bundle, bindings and migrations).
+ * upload, in Miniflare with wrangler.toml's bindings and state in a temporary directory: the
+ * quota object's storage is SQLite on this machine's disk, and each of its writes is synced there
+ * before the object answers, as a durable write is before it answers on Cloudflare. `memory`
+ * keeps that storage in memory instead, not durable, so that the disk's share of the wait for a
+ * usage row is seen apart. `split` runs the quota object in a workerd process of its own (with its
+ * own D1 database, which it writes usage to), reached through Miniflare's dev registry as the
+ * Worker reaches it on Cloudflare: across processes, so that the Worker's own CPU per request is
+ * seen apart from the object's. `baseline` runs the gateway of another commit's tree instead (its
+ * bundle, bindings and migrations).
  */
 export async function gatewayTargets(
   simUrl: string,
-  options: { split?: boolean; extra?: Partial<MiniflareOptions>; baseline?: BaselineTree } = {},
+  options: { split?: boolean; memory?: boolean; extra?: Partial<MiniflareOptions>; baseline?: BaselineTree } = {},
 ): Promise<GatewayTargets> {
   const root = options.baseline?.root ?? ROOT;
   const script = await buildGateway(join(root, "bench", ".build"), root);
@@ -302,6 +306,7 @@ export async function gatewayTargets(
       name: options.baseline ? "modelgate-baseline" : options.split ? "modelgate-split" : "modelgate",
       ...registry,
       ...workerSocketOptions(),
+      ...(options.memory ? { unsafeEphemeralDurableObjects: true } : {}),
       ...options.extra,
     } as MiniflareOptions);
     disposers.push(() => mf.dispose());
@@ -323,7 +328,9 @@ export async function gatewayTargets(
       ? `modelgate @${options.baseline.commit.slice(0, 7)}${options.split ? ", quota object apart" : ""} (Miniflare)`
       : options.split
         ? "modelgate, quota object apart (Miniflare)"
-        : "modelgate (Miniflare)";
+        : options.memory
+          ? "modelgate, quota storage in memory (Miniflare)"
+          : "modelgate (Miniflare)";
     const target = (name: string, bearer: string | undefined, close: () => Promise<void>): Target => ({
       name,
       pid,
