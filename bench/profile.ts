@@ -1,5 +1,5 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits --perf]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
@@ -11,7 +11,10 @@
  * run. The isolate's busy time per request is reported whole and, for the gateway, without what
  * ran in or under its quota object's code (which has an isolate of its own on Cloudflare): a cost
  * moved from the Worker to the object shows as such. `--own-limits` calls the gateway with a token
- * that has limits of its own.
+ * that has limits of its own. `--perf` samples the whole workerd process with Linux `perf` instead
+ * (where it is installed and allowed) and reports its CPU per request by the runtime event it
+ * served (`lib/runtime-events.ts`): most of a Worker's CPU is the runtime's work around the
+ * JavaScript, which the V8 profile does not show.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -19,6 +22,8 @@ import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
+import { perfUnavailable, perRequestMicros, type RuntimeEvents, sampleRuntimeEvents } from "./lib/runtime-events";
+import { cpuMillis } from "./lib/workerd-memory";
 import { gatewayTargets, meteringFloorTarget, noopWorkerTarget, startSimulator, type Target } from "./targets";
 
 interface ProfileNode {
@@ -45,6 +50,7 @@ const { values } = parseArgs({
     target: { type: "string", default: "gateway" },
     compare: { type: "boolean", default: false },
     "own-limits": { type: "boolean", default: false },
+    perf: { type: "boolean", default: false },
   },
 });
 const stream = values.answers === "streamed";
@@ -244,9 +250,73 @@ function report(run: Profiled): void {
     console.log(`${perRequest(ms)}  ${name}`);
 }
 
+interface Sampled {
+  kind: string;
+  requests: number;
+  failures: number;
+  events: RuntimeEvents;
+}
+
+/** Loads `kind` with autocannon (after a warm-up) while `perf` samples its workerd process. */
+async function eventsUnderLoad(simUrl: string, kind: string): Promise<Sampled> {
+  const worker = await profiledTarget(simUrl, kind, await freePort());
+  try {
+    const pid = worker.pid;
+    if (pid === undefined) throw new Error(`no process id for ${kind}`);
+    const request = worker.chat({ stream });
+    const load = (seconds: number) =>
+      autocannon({
+        url: request.url,
+        method: "POST",
+        headers: request.headers,
+        body: request.body,
+        duration: seconds,
+        connections,
+      });
+    await load(2);
+    const { result, events } = await sampleRuntimeEvents(pid, cpuMillis, () => load(duration));
+    return { kind, requests: result["2xx"], failures: result.non2xx + result.errors, events };
+  } finally {
+    await worker.close();
+  }
+}
+
+/** CPU per request by runtime event, a column per run (and the difference, for two). */
+function reportEvents(runs: Sampled[]): void {
+  const columns = runs.map((run) => perRequestMicros(run.events, run.requests));
+  const names = [...(columns[0]?.keys() ?? [])];
+  const cell = (n: number) => n.toFixed(0).padStart(7);
+  console.log(
+    `\n## The workerd process's CPU per request by runtime event (perf; ${stream ? "streamed" : "plain"}, ${connections} connections, ${duration} s)\n`,
+  );
+  for (const run of runs)
+    console.log(
+      `${run.kind}: ${run.requests} requests (${run.failures} failed), ${((run.events.cpuMs * 1000) / run.requests).toFixed(0)} µs of CPU each`,
+    );
+  const header = runs.map((r) => r.kind.padStart(7)).join(" ") + (runs.length === 2 ? "    diff" : "");
+  console.log(`\n${header}  µs per request`);
+  const rows = [...names, "total"];
+  for (const name of rows) {
+    const values = columns.map((c) =>
+      name === "total" ? [...c.values()].reduce((a, b) => a + b, 0) : (c.get(name) ?? 0),
+    );
+    const diff = values.length === 2 ? ` ${cell((values[1] as number) - (values[0] as number))}` : "";
+    console.log(`${values.map(cell).join(" ")}${diff}  ${name}`);
+  }
+}
+
 async function main(): Promise<void> {
   const sim = await startSimulator();
   try {
+    if (values.perf) {
+      const unavailable = perfUnavailable();
+      if (unavailable) throw new Error(`--perf: ${unavailable}`);
+      const sampled: Sampled[] = [];
+      for (const kind of values.compare ? ["floor", "gateway"] : [profiled])
+        sampled.push(await eventsUnderLoad(sim.url, kind));
+      reportEvents(sampled);
+      return;
+    }
     const runs: Profiled[] = [];
     for (const kind of values.compare ? ["floor", "gateway"] : [profiled])
       runs.push(await profileUnderLoad(sim.url, kind));
