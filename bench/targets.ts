@@ -254,8 +254,8 @@ export interface GatewayTargets {
  * This gateway's full inference path — token check, license check, quota reservation and
  * settlement in the Durable Object, metering into D1 — from the bundle `wrangler deploy` would
  * upload, in Miniflare with wrangler.toml's bindings and state in a temporary directory: the
- * quota object's storage is SQLite on this machine's disk, and each of its writes is synced there
- * before the object answers, as a durable write is before it answers on Cloudflare. `memory`
+ * quota object's storage is SQLite files on this machine's disk, written before the object
+ * answers, as a durable write is before it answers on Cloudflare. `memory`
  * keeps that storage in memory instead, not durable, so that the disk's share of the wait for a
  * usage row is seen apart. `split` runs the quota object in a workerd process of its own (with its
  * own D1 database, which it writes usage to), reached through Miniflare's dev registry as the
