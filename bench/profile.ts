@@ -133,6 +133,20 @@ function summarize(profile: CpuProfile) {
   return { self, total, all };
 }
 
+/** autocannon against `worker` with this run's answers and connections, for `seconds`. */
+function loader(worker: Target) {
+  const request = worker.chat({ stream });
+  return (seconds: number) =>
+    autocannon({
+      url: request.url,
+      method: "POST",
+      headers: request.headers,
+      body: request.body,
+      duration: seconds,
+      connections,
+    });
+}
+
 interface Profiled {
   kind: string;
   requests: number;
@@ -156,16 +170,7 @@ async function profileUnderLoad(simUrl: string, kind: string): Promise<Profiled>
     const session = await devtools(target.webSocketDebuggerUrl);
     await session.send("Profiler.enable");
     await session.send("Profiler.setSamplingInterval", { interval: 100 });
-    const request = worker.chat({ stream });
-    const load = (seconds: number) =>
-      autocannon({
-        url: request.url,
-        method: "POST",
-        headers: request.headers,
-        body: request.body,
-        duration: seconds,
-        connections,
-      });
+    const load = loader(worker);
     // Warm up first: the first requests compile and fill caches.
     await load(2);
     await session.send("Profiler.start");
@@ -263,16 +268,7 @@ async function eventsUnderLoad(simUrl: string, kind: string): Promise<Sampled> {
   try {
     const pid = worker.pid;
     if (pid === undefined) throw new Error(`no process id for ${kind}`);
-    const request = worker.chat({ stream });
-    const load = (seconds: number) =>
-      autocannon({
-        url: request.url,
-        method: "POST",
-        headers: request.headers,
-        body: request.body,
-        duration: seconds,
-        connections,
-      });
+    const load = loader(worker);
     await load(2);
     const { result, events } = await sampleRuntimeEvents(pid, cpuMillis, () => load(duration));
     return { kind, requests: result["2xx"], failures: result.non2xx + result.errors, events };
