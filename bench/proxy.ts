@@ -6,8 +6,8 @@
  * Worker that only reads what metering needs and keeps the proxy's wire contract (backend timeout,
  * no redirects, rate-limit headers: the floor for any Worker gateway that meters), this
  * gateway's full path (token, license, quota reservation and settlement, metering) — also with
- * its quota object apart, and with that object's storage in memory rather than on disk —
- * and the Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
+ * its quota object apart, and with that object's storage in memory rather than on disk — and the
+ * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
  * each concurrency for a fixed time, split into rounds that take the peers in turn (a different one
  * first each round; the gateway's two tokens, which share a process, back to back and taking turns
  * going first; each cell once every target's process is idle) so that a slow spell of the shared

@@ -255,9 +255,9 @@ export interface GatewayTargets {
  * settlement in the Durable Object, metering into D1 — from the bundle `wrangler deploy` would
  * upload, in Miniflare with wrangler.toml's bindings and state in a temporary directory: the
  * quota object's storage is SQLite files on this machine's disk, written before the object
- * answers, as a durable write is before it answers on Cloudflare. `memory`
- * keeps that storage in memory instead, not durable, so that the disk's share of the wait for a
- * usage row is seen apart. `split` runs the quota object in a workerd process of its own (with its
+ * answers, as a durable write is before it answers on Cloudflare. `memory` keeps that storage in
+ * memory instead, not durable, so that the disk's share of the wait for a usage row is seen
+ * apart. `split` runs the quota object in a workerd process of its own (with its
  * own D1 database, which it writes usage to), reached through Miniflare's dev registry as the
  * Worker reaches it on Cloudflare: across processes, so that the Worker's own CPU per request is
  * seen apart from the object's. `baseline` runs the gateway of another commit's tree instead (its
