@@ -293,11 +293,11 @@ function reportEvents(runs: Sampled[]): void {
   console.log(`\n${header}  µs per request`);
   const rows = [...names, "total"];
   for (const name of rows) {
-    const values = columns.map((c) =>
+    const micros = columns.map((c) =>
       name === "total" ? [...c.values()].reduce((a, b) => a + b, 0) : (c.get(name) ?? 0),
     );
-    const diff = values.length === 2 ? ` ${cell((values[1] as number) - (values[0] as number))}` : "";
-    console.log(`${values.map(cell).join(" ")}${diff}  ${name}`);
+    const diff = micros.length === 2 ? ` ${cell((micros[1] as number) - (micros[0] as number))}` : "";
+    console.log(`${micros.map(cell).join(" ")}${diff}  ${name}`);
   }
 }
 
