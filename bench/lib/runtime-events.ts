@@ -14,7 +14,7 @@ import { join } from "node:path";
 /** Classes in the order they are tried: the first whose pattern a frame of the stack matches. */
 const CLASSES: [string, RegExp][] = [
   ["garbage collection", /Heap::CollectGarbage|Scavenger|MinorGCJob|MarkCompact|ConcurrentMarking|cppgc::internal::/],
-  ["quota object: storage (SQLite)", /sqlite3_|SqliteDatabase|ActorSqlite/],
+  ["SQLite: the quota object's storage, D1", /sqlite3_|SqliteDatabase|ActorSqlite/],
   ["quota object: RPC calls handled", /runSingle<workerd::IoContext::run<workerd::api::JsRpcTarget/],
   [
     "RPC answers (the caller resumes)",
