@@ -23,7 +23,6 @@ import autocannon from "autocannon";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
 import { perfUnavailable, perRequestMicros, type RuntimeEvents, sampleRuntimeEvents } from "./lib/runtime-events";
-import { cpuMillis } from "./lib/workerd-memory";
 import { gatewayTargets, meteringFloorTarget, noopWorkerTarget, startSimulator, type Target } from "./targets";
 
 interface ProfileNode {
@@ -270,7 +269,7 @@ async function eventsUnderLoad(simUrl: string, kind: string): Promise<Sampled> {
     if (pid === undefined) throw new Error(`no process id for ${kind}`);
     const load = loader(worker);
     await load(2);
-    const { result, events } = await sampleRuntimeEvents(pid, cpuMillis, () => load(duration));
+    const { result, events } = await sampleRuntimeEvents(pid, () => load(duration));
     return { kind, requests: result["2xx"], failures: result.non2xx + result.errors, events };
   } finally {
     await worker.close();

@@ -10,6 +10,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cpuMillis } from "./workerd-memory";
 
 /** Classes in the order they are tried: the first whose pattern a frame of the stack matches. */
 const CLASSES: [string, RegExp][] = [
@@ -48,12 +49,11 @@ export function perfUnavailable(): string | undefined {
 }
 
 /**
- * Samples process `pid` with call stacks while `during` runs, and classes the samples. `cpuMillis`
- * reads the process's CPU time, so that the shares can be turned into time.
+ * Samples process `pid` with call stacks while `during` runs, and classes the samples; the
+ * process's CPU time over the same span turns their shares into time.
  */
 export async function sampleRuntimeEvents<T>(
   pid: number,
-  cpuMillis: (pid: number) => number,
   during: () => Promise<T>,
 ): Promise<{ result: T; events: RuntimeEvents }> {
   const dir = mkdtempSync(join(tmpdir(), "modelgate-perf-"));
