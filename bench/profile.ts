@@ -22,7 +22,13 @@ import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
-import { perfUnavailable, perRequestMicros, type RuntimeEvents, sampleRuntimeEvents } from "./lib/runtime-events";
+import {
+  OBJECT_EVENTS,
+  perfUnavailable,
+  perRequestMicros,
+  type RuntimeEvents,
+  sampleRuntimeEvents,
+} from "./lib/runtime-events";
 import { gatewayTargets, meteringFloorTarget, noopWorkerTarget, startSimulator, type Target } from "./targets";
 
 interface ProfileNode {
@@ -279,6 +285,7 @@ async function eventsUnderLoad(simUrl: string, kind: string): Promise<Sampled> {
 /** CPU per request by runtime event, a column per run (and the difference, for two). */
 function reportEvents(runs: Sampled[]): void {
   const columns = runs.map((run) => perRequestMicros(run.events, run.requests));
+  const total = (c: Map<string, number>) => [...c.values()].reduce((a, b) => a + b, 0);
   const names = [...(columns[0]?.keys() ?? [])];
   const cell = (n: number) => n.toFixed(0).padStart(7);
   console.log(
@@ -292,12 +299,18 @@ function reportEvents(runs: Sampled[]): void {
   console.log(`\n${header}  µs per request`);
   const rows = [...names, "total"];
   for (const name of rows) {
-    const micros = columns.map((c) =>
-      name === "total" ? [...c.values()].reduce((a, b) => a + b, 0) : (c.get(name) ?? 0),
-    );
+    const micros = columns.map((c) => (name === "total" ? total(c) : (c.get(name) ?? 0)));
     const diff = micros.length === 2 ? ` ${cell((micros[1] as number) - (micros[0] as number))}` : "";
     console.log(`${micros.map(cell).join(" ")}${diff}  ${name}`);
   }
+  const [floor, gateway] = columns;
+  if (runs.length !== 2 || !floor || !gateway) return;
+  const worker = total(gateway) - [...OBJECT_EVENTS].reduce((sum, name) => sum + (gateway.get(name) ?? 0), 0);
+  console.log(
+    `\n${runs[1]?.kind} ÷ ${runs[0]?.kind}: ${(total(gateway) / total(floor)).toFixed(2)}× the process's CPU; ` +
+      `without the quota object's own events (${[...OBJECT_EVENTS].join("; ")}), which run in its isolate ` +
+      `and in D1 on Cloudflare: ${worker.toFixed(0)} µs, ${(worker / total(floor)).toFixed(2)}×`,
+  );
 }
 
 async function main(): Promise<void> {

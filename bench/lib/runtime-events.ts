@@ -33,6 +33,16 @@ const CLASSES: [string, RegExp][] = [
   ["outside the isolate: network, HTTP, event loop", /./],
 ];
 
+/**
+ * The classes that are the quota object's own work (and D1's, which Miniflare keeps in SQLite in
+ * the same process): on Cloudflare they run in the object's isolate and in D1, not the Worker's.
+ */
+export const OBJECT_EVENTS: ReadonlySet<string> = new Set([
+  "SQLite: the quota object's storage, D1",
+  "quota object: RPC calls handled",
+  "alarms",
+]);
+
 export interface RuntimeEvents {
   /** CPU time of the process while it was sampled, in ms. */
   cpuMs: number;
