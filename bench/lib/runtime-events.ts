@@ -12,11 +12,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cpuMillis } from "./workerd-memory";
 
+/** The names of the classes that are the quota object's own work (`OBJECT_EVENTS`). */
+const SQLITE = "SQLite: the quota object's storage, D1";
+const OBJECT_CALLS = "quota object: RPC calls handled";
+const ALARMS = "alarms";
+
 /** Classes in the order they are tried: the first whose pattern a frame of the stack matches. */
 const CLASSES: [string, RegExp][] = [
   ["garbage collection", /Heap::CollectGarbage|Scavenger|MinorGCJob|MarkCompact|ConcurrentMarking|cppgc::internal::/],
-  ["SQLite: the quota object's storage, D1", /sqlite3_|SqliteDatabase|ActorSqlite/],
-  ["quota object: RPC calls handled", /runSingle<workerd::IoContext::run<workerd::api::JsRpcTarget/],
+  [SQLITE, /sqlite3_|SqliteDatabase|ActorSqlite/],
+  [OBJECT_CALLS, /runSingle<workerd::IoContext::run<workerd::api::JsRpcTarget/],
   [
     "RPC answers (the caller resumes)",
     /runSingle<workerd::IoContext::resumeAfterIo<capnp::Response<workerd::rpc::JsRpc/,
@@ -28,20 +33,16 @@ const CLASSES: [string, RegExp][] = [
   ],
   ["backend answered (fetch resumes)", /runSingle<workerd::IoContext::resumeAfterIo<kj::HttpClient::Response/],
   ["a body was read (resumes)", /runSingle<workerd::IoContext::resumeAfterIo<kj::(String|Array)/],
-  ["alarms", /runSingle<workerd::IoContext::run<.*[Aa]larm/],
+  [ALARMS, /runSingle<workerd::IoContext::run<.*[Aa]larm/],
   ["other events in an isolate", /runSingle</],
   ["outside the isolate: network, HTTP, event loop", /./],
 ];
 
 /**
- * The classes that are the quota object's own work (and D1's, which Miniflare keeps in SQLite in
- * the same process): on Cloudflare they run in the object's isolate and in D1, not the Worker's.
+ * The quota object's own events (its SQLite, which in Miniflare also holds D1; the calls it
+ * handles; its alarms): on Cloudflare they run in the object's isolate and in D1, not the Worker's.
  */
-export const OBJECT_EVENTS: ReadonlySet<string> = new Set([
-  "SQLite: the quota object's storage, D1",
-  "quota object: RPC calls handled",
-  "alarms",
-]);
+export const OBJECT_EVENTS: ReadonlySet<string> = new Set([SQLITE, OBJECT_CALLS, ALARMS]);
 
 export interface RuntimeEvents {
   /** CPU time of the process while it was sampled, in ms. */
