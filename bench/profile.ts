@@ -316,18 +316,17 @@ function reportEvents(runs: Sampled[]): void {
 async function main(): Promise<void> {
   const sim = await startSimulator();
   try {
+    const kinds = values.compare ? ["floor", "gateway"] : [profiled];
     if (values.perf) {
       const unavailable = perfUnavailable();
       if (unavailable) throw new Error(`--perf: ${unavailable}`);
       const sampled: Sampled[] = [];
-      for (const kind of values.compare ? ["floor", "gateway"] : [profiled])
-        sampled.push(await eventsUnderLoad(sim.url, kind));
+      for (const kind of kinds) sampled.push(await eventsUnderLoad(sim.url, kind));
       reportEvents(sampled);
       return;
     }
     const runs: Profiled[] = [];
-    for (const kind of values.compare ? ["floor", "gateway"] : [profiled])
-      runs.push(await profileUnderLoad(sim.url, kind));
+    for (const kind of kinds) runs.push(await profileUnderLoad(sim.url, kind));
     for (const run of runs) report(run);
     console.log("\n## The isolate's busy time per request (idle excluded)\n");
     const perRequest = (ms: number, run: Profiled) => (ms * 1000) / run.requests;

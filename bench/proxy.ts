@@ -252,10 +252,12 @@ function table(header: string[], rows: string[][]): string {
 async function main(): Promise<void> {
   const opts = options();
   // Every loop below is bounded by --duration; this only catches a hung start or teardown.
+  // The targets at most: every peer, the simulator, the token with its own limits and a baseline.
+  const targetCount = PEERS.length + 3;
   const budgetSeconds =
     120 +
-    opts.connections.length * 2 * 9 * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
-    9 * 2 * (opts.duration + 5);
+    opts.connections.length * 2 * targetCount * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
+    targetCount * 2 * (opts.duration + 5);
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
     process.exit(1);
