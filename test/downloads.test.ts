@@ -11,6 +11,7 @@ import {
   downloadHours,
   downloadManifests,
   grants,
+  modelFiles,
 } from "../worker/db/schema";
 import { PROBE_ALLOWANCE_BYTES } from "../worker/downloads/links";
 import { LINK_AUDIENCE } from "../worker/downloads/signing";
@@ -458,6 +459,141 @@ describe("security: a link's cap counts the bytes it serves", () => {
     const m = await manifest(configured, token);
     expect(new Date(m.expiresAt).getTime() - Date.now()).toBeLessThanOrEqual(86_400_000);
   });
+});
+
+describe("a file served before: the link's check, its bytes and the read go out together", () => {
+  /** What the gateway asked of D1 and R2, in the order it began and finished. */
+  type Step = `${"d1" | "r2"} ${"begins" | "ends"}`;
+
+  /** D1 and R2 bindings that note when each call begins and ends, in `steps`. */
+  function watchedBindings(steps: Step[]): Partial<Env> {
+    const watch =
+      <T>(kind: "d1" | "r2", call: () => Promise<T>) =>
+      async (): Promise<T> => {
+        steps.push(`${kind} begins`);
+        try {
+          return await call();
+        } finally {
+          steps.push(`${kind} ends`);
+        }
+      };
+    const statement = (real: D1PreparedStatement): D1PreparedStatement =>
+      new Proxy(real, {
+        get(target, key) {
+          if (key === "bind") return (...values: unknown[]) => statement(target.bind(...values));
+          if (key === "all" || key === "raw" || key === "run" || key === "first") {
+            return (...args: unknown[]) =>
+              watch("d1", () => (target[key] as (...a: unknown[]) => Promise<unknown>).apply(target, args))();
+          }
+          const value = Reflect.get(target, key);
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+    const db = new Proxy(env.DB, {
+      get(target, key) {
+        if (key === "prepare") return (query: string) => statement(target.prepare(query));
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const weights = new Proxy(env.WEIGHTS, {
+      get(target, key) {
+        if (key === "get") return (...args: Parameters<R2Bucket["get"]>) => watch("r2", () => target.get(...args))();
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    return { DB: db, WEIGHTS: weights };
+  }
+
+  it("the first answer looks the link up first; the next waits once, on three calls begun at once", async () => {
+    const steps: Step[] = [];
+    // Bindings of their own: a database this isolate has read no file of.
+    const { gw, manifest: m } = await setup(testGateway({ bindings: watchedBindings(steps) }));
+    const link = linkOf(m, "consolidated.00.pth");
+    steps.length = 0;
+    const first = await gw.request(link, { headers: { range: "bytes=0-0" } });
+    expect(first.status).toBe(206);
+    expect(steps.slice(0, 2)).toEqual(["d1 begins", "d1 ends"]);
+    steps.length = 0;
+    const next = await gw.request(link, { headers: { range: "bytes=1-99" } });
+    expect(next.status).toBe(206);
+    expect(new Uint8Array(await next.arrayBuffer())).toEqual(SHARD.slice(1, 100));
+    // The lookup, the reservation and the read all begin before any of them ends.
+    expect(steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect(steps.filter((step) => step.endsWith("begins"))).toHaveLength(3);
+    expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(100);
+  });
+
+  it("a revoked link takes no bytes; an answer refused after its bytes were taken gives them back", async () => {
+    const { gw, manifest: m, tokenId } = await setup();
+    const link = linkOf(m, "consolidated.00.pth");
+    expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(206);
+    const spent = (await budgetOf(link, "consolidated.00.pth"))?.bytesServed;
+    expect(spent).toBe(10);
+    const refusedWith = async (status: number, init: RequestInit = { headers: { range: "bytes=10-" } }) => {
+      const res = await gw.request(link, init);
+      expect(res.status).toBe(status);
+      expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+      expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(spent);
+    };
+    // Revoked: the reservation's own condition refuses.
+    await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
+    await refusedWith(403);
+    await gw.db.update(accessTokens).set({ revokedAt: null }).where(eq(accessTokens.id, tokenId));
+    // The token narrowed to another model: judged from the lookup, after the bytes were taken.
+    await gw.db
+      .update(accessTokens)
+      .set({ models: ["llama-2-13b"] })
+      .where(eq(accessTokens.id, tokenId));
+    await refusedWith(403);
+    await refusedWith(403, {});
+    await gw.db.update(accessTokens).set({ models: null }).where(eq(accessTokens.id, tokenId));
+    // The object replaced under the link: R2 refuses the read.
+    await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", bytes(300_000, 99));
+    await refusedWith(412);
+    await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", SHARD);
+    // An unsatisfiable range tells a revoked link nothing, not even the size.
+    await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
+    const beyond = await gw.request(link, { headers: { range: "bytes=999999999-" } });
+    expect(beyond.status).toBe(403);
+    expect(beyond.headers.get("content-range")).toBeNull();
+  });
+
+  it("a file whose row changed under the isolate is served from D1's row, and its bytes taken once", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    expect((await gw.request(link, { headers: { range: "bytes=0-0" } })).status).toBe(206);
+    // A database rebuilt under a running isolate: the file now lives elsewhere, the old object is gone.
+    const moved = "models/llama-2-7b/test/moved/params.json";
+    await env.WEIGHTS.put(moved, PARAMS);
+    await gw.db
+      .update(modelFiles)
+      .set({ r2Key: moved })
+      .where(and(eq(modelFiles.revisionId, revision), eq(modelFiles.path, "params.json")));
+    await env.WEIGHTS.delete("models/llama-2-7b/test/params.json");
+    const res = await gw.request(link, { headers: { range: "bytes=1-4" } });
+    expect(res.status).toBe(206);
+    expect(await res.text()).toBe(PARAMS.slice(1, 5));
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(5);
+  });
+
+  it("a thousand concurrent ranges of a link refused after the bytes were taken leave its budget as it was", async () => {
+    const { gw, manifest: m, tokenId } = await setup();
+    const link = linkOf(m, "params.json");
+    expect((await gw.request(link, { headers: { range: "bytes=0-0" } })).status).toBe(206);
+    await gw.db
+      .update(accessTokens)
+      .set({ models: ["llama-2-13b"] })
+      .where(eq(accessTokens.id, tokenId));
+    const responses = await Promise.all(
+      Array.from({ length: 1000 }, () => gw.request(link, { headers: { range: "bytes=1-9" } })),
+    );
+    expect(responses.every((r) => r.status === 403)).toBe(true);
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(1);
+    await gw.db.update(accessTokens).set({ models: null }).where(eq(accessTokens.id, tokenId));
+    expect((await gw.request(link)).status).toBe(200);
+  }, 60_000);
 });
 
 describe("security: hostile paths on the download route", () => {

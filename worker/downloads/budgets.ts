@@ -17,6 +17,7 @@ import {
   modelFiles,
 } from "../db/schema";
 import { liveMembershipOfTokenMember, pendingReacceptanceOfGrant } from "../tokens/service";
+import { linkByteBudgetSql } from "./links";
 import type { VerifiedLink } from "./signing";
 
 /** What must be live for any link, read in the one query that finds the link. */
@@ -34,13 +35,13 @@ const liveState = {
 };
 
 /**
- * The link's row and live state, in one query; undefined for a link no row recorded. `path` is
- * the file asked for: a manifest's link opens any file of its revision, a one-file link only the
- * path it was made for (which the caller compared with its claims).
+ * The query for the link's row and live state: undefined for a link no row recorded. `path` is the
+ * file asked for: a manifest's link opens any file of its revision, a one-file link only the path
+ * it was made for (which the caller compared with its claims).
  */
-export async function findServableLink(db: Database, link: VerifiedLink, path: string) {
+function servableLinkQuery(db: Database, link: VerifiedLink, path: string) {
   if (link.kind === "file") {
-    const [row] = await db
+    return db
       .select({
         grantId: downloadLinks.grantId,
         tokenId: downloadLinks.tokenId,
@@ -58,9 +59,8 @@ export async function findServableLink(db: Database, link: VerifiedLink, path: s
         and(eq(modelFiles.revisionId, downloadLinks.revisionId), eq(modelFiles.path, downloadLinks.path)),
       )
       .where(eq(downloadLinks.jti, link.jti));
-    return row;
   }
-  const [row] = await db
+  return db
     .select({
       grantId: downloadManifests.grantId,
       tokenId: downloadManifests.tokenId,
@@ -75,47 +75,137 @@ export async function findServableLink(db: Database, link: VerifiedLink, path: s
     .leftJoin(licenseReacceptances, pendingReacceptanceOfGrant)
     .leftJoin(modelFiles, and(eq(modelFiles.revisionId, downloadManifests.revisionId), eq(modelFiles.path, path)))
     .where(eq(downloadManifests.jti, link.jti));
+}
+
+export type ServableLink = Awaited<ReturnType<typeof servableLinkQuery>>[number];
+
+/** The link's row and live state, in one query; undefined for a link no row recorded. */
+export async function findServableLink(
+  db: Database,
+  link: VerifiedLink,
+  path: string,
+): Promise<ServableLink | undefined> {
+  const [row] = await servableLinkQuery(db, link, path);
   return row;
+}
+
+/** What one answer takes from its file's budget under a link. */
+export interface ByteReservation {
+  /** The bytes the answer sends: the range's length, or the file's size. */
+  length: number;
+  /** The file's size, which with the link's `max_downloads` sets the budget (`linkByteBudget`). */
+  size: number;
+  /** Whether the answer begins a whole download: for the record only. */
+  wholeDownload: boolean;
 }
 
 /**
  * Takes `length` bytes from the file's budget under the link in one conditional statement, atomic
- * in D1, so no number of concurrent requests can together take more than the budget. A manifest's
- * budget for a file is made by the first answer that serves it (an upsert whose update only
- * happens while the sum stays within the budget); a one-file link's row holds its own. Whether
- * the request began a whole download is kept for the record only.
+ * in D1, so no number of concurrent requests can together take more than the budget. The budget is
+ * read from the link's row in the same statement, so the statement needs nothing the link's lookup
+ * returns and can go in one batch with it. A manifest's budget for a file is made by the first
+ * answer that serves it (an insert from the manifest's row, whose update only happens while the sum
+ * stays within the budget); a one-file link's row holds its own. Whether the request began a whole
+ * download is kept for the record only. Returns the served total: empty when the bytes were refused.
  */
-export async function reserveBytes(
-  db: Database,
-  link: VerifiedLink,
-  path: string,
-  reservation: { length: number; budget: number; wholeDownload: boolean },
-): Promise<boolean> {
-  const { length, budget, wholeDownload } = reservation;
-  if (length > budget) return false;
+function reserveStatement(db: Database, link: VerifiedLink, path: string, reservation: ByteReservation) {
+  const { length, size, wholeDownload } = reservation;
   const started = wholeDownload ? 1 : 0;
+  // A link whose token or grant was revoked takes nothing (so hammering one writes nothing); what
+  // else refuses an answer is judged from the lookup, and the bytes given back.
+  const live = sql`exists (select 1 from ${accessTokens} where ${accessTokens.id} = ${link.tok} and ${accessTokens.revokedAt} is null)
+    and exists (select 1 from ${grants} where ${grants.id} = ${link.gnt} and ${grants.status} = 'active')`;
   if (link.kind === "file") {
-    const reserved = await db
+    return db
       .update(downloadLinks)
       .set({
         bytesServed: sql`${downloadLinks.bytesServed} + ${length}`,
         downloads: sql`${downloadLinks.downloads} + ${started}`,
       })
-      .where(and(eq(downloadLinks.jti, link.jti), sql`${downloadLinks.bytesServed} + ${length} <= ${budget}`))
+      .where(
+        and(
+          eq(downloadLinks.jti, link.jti),
+          sql`${downloadLinks.bytesServed} + ${length} <= ${linkByteBudgetSql(downloadLinks.maxDownloads, size)}`,
+          live,
+        ),
+      )
       .returning({ bytesServed: downloadLinks.bytesServed });
-    return reserved.length > 0;
   }
-  const reserved = await db
+  const budgetOfManifest = sql`(select ${linkByteBudgetSql(downloadManifests.maxDownloads, size)} from ${downloadManifests} where ${downloadManifests.jti} = ${link.jti})`;
+  return db
     .insert(downloadBudgets)
-    .values({ jti: link.jti, path, bytesServed: length, downloads: started })
+    .select((qb) =>
+      qb
+        .select({
+          jti: downloadManifests.jti,
+          path: sql<string>`${path}`.as("path"),
+          downloads: sql<number>`${started}`.as("downloads"),
+          bytesServed: sql<number>`${length}`.as("bytes_served"),
+        })
+        .from(downloadManifests)
+        .where(
+          and(
+            eq(downloadManifests.jti, link.jti),
+            sql`${length} <= ${linkByteBudgetSql(downloadManifests.maxDownloads, size)}`,
+            live,
+          ),
+        ),
+    )
     .onConflictDoUpdate({
       target: [downloadBudgets.jti, downloadBudgets.path],
       set: {
         bytesServed: sql`${downloadBudgets.bytesServed} + ${length}`,
         downloads: sql`${downloadBudgets.downloads} + ${started}`,
       },
-      setWhere: sql`${downloadBudgets.bytesServed} + ${length} <= ${budget}`,
+      setWhere: sql`${downloadBudgets.bytesServed} + ${length} <= ${budgetOfManifest} and ${live}`,
     })
     .returning({ bytesServed: downloadBudgets.bytesServed });
-  return reserved.length > 0;
+}
+
+/**
+ * The link's row and live state and, at the same time, the answer's bytes taken from the file's
+ * budget: two statements on their way to D1 together, so that the answer waits for one round trip.
+ * (Not one `batch`: D1 answers a batch's rows keyed by column name, and the lookup's joined tables
+ * share names.) The bytes are taken before the row is judged: a caller that then refuses the answer
+ * gives them back (`returnBytes`).
+ */
+export async function findAndReserve(
+  db: Database,
+  link: VerifiedLink,
+  path: string,
+  reservation: ByteReservation,
+): Promise<{ row: ServableLink | undefined; reserved: boolean }> {
+  const [rows, reserved] = await Promise.all([
+    servableLinkQuery(db, link, path),
+    reserveStatement(db, link, path, reservation),
+  ]);
+  return { row: rows[0], reserved: reserved.length > 0 };
+}
+
+/** Gives back what `findAndReserve` took for an answer that was then not sent. */
+export async function returnBytes(
+  db: Database,
+  link: VerifiedLink,
+  path: string,
+  reservation: ByteReservation,
+): Promise<void> {
+  const { length, wholeDownload } = reservation;
+  const started = wholeDownload ? 1 : 0;
+  if (link.kind === "file") {
+    await db
+      .update(downloadLinks)
+      .set({
+        bytesServed: sql`max(0, ${downloadLinks.bytesServed} - ${length})`,
+        downloads: sql`max(0, ${downloadLinks.downloads} - ${started})`,
+      })
+      .where(eq(downloadLinks.jti, link.jti));
+    return;
+  }
+  await db
+    .update(downloadBudgets)
+    .set({
+      bytesServed: sql`max(0, ${downloadBudgets.bytesServed} - ${length})`,
+      downloads: sql`max(0, ${downloadBudgets.downloads} - ${started})`,
+    })
+    .where(and(eq(downloadBudgets.jti, link.jti), eq(downloadBudgets.path, path)));
 }

@@ -37,6 +37,36 @@ export function listRevisionFiles(db: Database, revisionId: string) {
   return db.select().from(modelFiles).where(eq(modelFiles.revisionId, revisionId)).orderBy(asc(modelFiles.path));
 }
 
+/**
+ * Files of revisions this isolate has served, by database and `revision/path`. A file's row never
+ * changes: the revision's id is the hash of its files' paths, sizes and sha256 (`revisionId`), and
+ * publishing inserts a file once and never updates it. Knowing the file before the link's lookup
+ * returns lets a download plan its range and read from R2 while D1 checks the link.
+ */
+const knownFiles = new WeakMap<Database, Map<string, ModelFile>>();
+const MAX_KNOWN_FILES = 10_000;
+
+/** The row of `path` in `revision` if this isolate has read it before. */
+export function knownFile(db: Database, revision: string, path: string): ModelFile | undefined {
+  return knownFiles.get(db)?.get(`${revision}/${path}`);
+}
+
+/** Keeps a file's row for `knownFile`; a row that differs from the one kept replaces it. */
+export function rememberFile(db: Database, file: ModelFile): void {
+  let files = knownFiles.get(db);
+  if (!files) {
+    files = new Map();
+    knownFiles.set(db, files);
+  }
+  if (files.size >= MAX_KNOWN_FILES) files.clear();
+  files.set(`${file.revisionId}/${file.path}`, file);
+}
+
+/** Forgets a kept file row that no longer matches D1's (a database rebuilt under a running isolate). */
+export function forgetFile(db: Database, file: ModelFile): void {
+  knownFiles.get(db)?.delete(`${file.revisionId}/${file.path}`);
+}
+
 /** The query that selects the id of a model's revision by ref (`main`) or by id: one row or none. */
 export function revisionIdQuery(db: Database, model: string, revision = MAIN_REF) {
   return /^[0-9a-f]{40}$/.test(revision)

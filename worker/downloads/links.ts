@@ -1,4 +1,4 @@
-import { inArray, sql } from "drizzle-orm";
+import { inArray, type SQL, type SQLWrapper, sql } from "drizzle-orm";
 import { MAX_LINK_TTL_SECONDS } from "../config";
 import type { Database } from "../db/client";
 import { downloadManifests, type ModelFile, modelRevisions } from "../db/schema";
@@ -19,6 +19,11 @@ export const PROBE_ALLOWANCE_BYTES = 16;
  */
 export function linkByteBudget(maxDownloads: number, size: number): number {
   return maxDownloads * size + PROBE_ALLOWANCE_BYTES;
+}
+
+/** `linkByteBudget` in SQL, over a link row's `max_downloads` column, for a statement that reserves. */
+export function linkByteBudgetSql(maxDownloads: SQLWrapper, size: number): SQL {
+  return sql`${maxDownloads} * ${size} + ${PROBE_ALLOWANCE_BYTES}`;
 }
 
 /** A file with the signed link that downloads it. */

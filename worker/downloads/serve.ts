@@ -1,4 +1,5 @@
 import type { Context } from "hono";
+import type { ModelFile } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
@@ -7,11 +8,12 @@ import { recordDownload } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
-import { findServableLink, reserveBytes } from "./budgets";
+import { findAndReserve, findServableLink, returnBytes, type ServableLink } from "./budgets";
+import { forgetFile, knownFile, rememberFile } from "./catalog";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
 import { recordDownloadRow } from "./record";
-import { verifyLink } from "./signing";
+import { type VerifiedLink, verifyLink } from "./signing";
 
 /**
  * `Content-Disposition` for a file's last path segment (RFC 6266): an ASCII `filename` fallback
@@ -36,29 +38,19 @@ function hexToBase64(hex: string): string {
 }
 
 /**
- * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link (a manifest's
- * opens any file of its revision, an older one-file link only its file), that its grant, token and
- * member are still live and that they still cover the model, takes the answer's bytes from the
- * file's budget under the link, then streams the object from R2 with full single-range semantics.
- * Never buffers: the R2 body is piped through a byte counter to the client.
+ * The file `row` lets the link open, once everything the link depends on is still live: its row
+ * matches its claims, the grant is active, the token valid, its member still a member, the model
+ * covered by both, the license not overdue for re-acceptance and the export rules met where the
+ * request comes from. Throws the refusal otherwise.
  */
-export async function serveDownload(
+function servableFile(
   c: Context<HonoEnv>,
-  model: string,
-  revision: string,
-  path: string,
-): Promise<Response> {
+  claims: VerifiedLink,
+  row: ServableLink | undefined,
+  startedAt: number,
+): { row: ServableLink; file: ModelFile } {
   const services = c.get("services");
-  const { db, clock, config } = services;
-  const startedAt = clock.now().getTime();
-  const signature = c.req.query("sig");
-  if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
-  const claims = await verifyLink(config, signature, clock.now());
-  if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
-    throw new AppError("forbidden", "This download link is for another file.");
-  }
-
-  const row = await findServableLink(db, claims, path);
+  const { clock, config } = services;
   if (!row || row.grantId !== claims.gnt || row.tokenId !== claims.tok) {
     throw new AppError("forbidden", "This download link is not valid. Request a fresh one from the manifest.");
   }
@@ -86,10 +78,52 @@ export async function serveDownload(
       })
     : undefined;
   if (refusal) throw refusal;
-
   // A path that is no file of the link's revision: the link does not open it.
-  const file = row.file;
-  if (!file) throw new AppError("forbidden", "This download link is for another file.");
+  if (!row.file) throw new AppError("forbidden", "This download link is for another file.");
+  return { row, file: row.file };
+}
+
+/** Whether two rows of one file name the same stored object. */
+function sameObject(a: ModelFile, b: ModelFile): boolean {
+  return a.r2Key === b.r2Key && a.etag === b.etag && a.size === b.size && a.sha256 === b.sha256;
+}
+
+/**
+ * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link (a manifest's
+ * opens any file of its revision, an older one-file link only its file), that its grant, token and
+ * member are still live and that they still cover the model, takes the answer's bytes from the
+ * file's budget under the link, then streams the object from R2 with full single-range semantics.
+ * Never buffers: the R2 body is piped through a byte counter to the client.
+ *
+ * A file this isolate has served before (`knownFile`) costs one wait: the link's lookup, the byte
+ * reservation and the R2 read all begin at once, and an answer that is then refused cancels the
+ * read and gives the bytes back. The first request for a file looks the link up first, for the
+ * file's size and where it is stored.
+ */
+export async function serveDownload(
+  c: Context<HonoEnv>,
+  model: string,
+  revision: string,
+  path: string,
+  fresh = false,
+): Promise<Response> {
+  const services = c.get("services");
+  const { db, clock, config } = services;
+  const startedAt = clock.now().getTime();
+  const signature = c.req.query("sig");
+  if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
+  const claims = await verifyLink(config, signature, clock.now());
+  if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
+    throw new AppError("forbidden", "This download link is for another file.");
+  }
+
+  let file = c.req.method === "HEAD" || fresh ? undefined : knownFile(db, revision, path);
+  let looked = false;
+  if (!file) {
+    file = servableFile(c, claims, await findServableLink(db, claims, path), startedAt).file;
+    rememberFile(db, file);
+    looked = true;
+  }
   // The object the link serves: a one-file link names it, a manifest's is the revision's file.
   const etag = claims.kind === "file" ? claims.etg : file.etag;
   const headers = new Headers({
@@ -112,27 +146,73 @@ export async function serveDownload(
 
   const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, etag);
   if (plan.kind === "unsatisfiable") {
+    // A link that is no longer live learns nothing, not even the size.
+    if (!looked) servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
     throw new AppError("range_not_satisfiable", `The file is ${file.size} bytes long.`, {
       headers: { "content-range": `bytes */${file.size}` },
     });
   }
   const offset = plan.kind === "partial" ? plan.offset : 0;
   const length = plan.kind === "partial" ? plan.length : file.size;
-  const object = await c.env.WEIGHTS.get(file.r2Key, {
-    onlyIf: { etagMatches: etag },
-    ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
-  });
-  if (!object) throw new AppError("not_found", "The file is no longer stored.");
-  if (!("body" in object) || !object.body) {
-    // The object's etag differs: it was replaced since the link was made. Never mix bytes.
-    throw new AppError("precondition_failed", "The file changed since this link was made.");
-  }
 
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
-  const budget = linkByteBudget(row.maxDownloads, file.size);
-  const wholeDownload = offset === 0 && length === file.size;
-  if (!(await reserveBytes(db, claims, path, { length, budget, wholeDownload }))) {
-    await object.body.cancel();
+  const reservation = { length, size: file.size, wholeDownload: offset === 0 && length === file.size };
+  const [found, read] = await Promise.allSettled([
+    findAndReserve(db, claims, path, reservation),
+    c.env.WEIGHTS.get(file.r2Key, {
+      onlyIf: { etagMatches: etag },
+      ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
+    }),
+  ]);
+  const object: R2Object | R2ObjectBody | null = read.status === "fulfilled" ? read.value : null;
+  const body = object && "body" in object ? (object as R2ObjectBody).body : undefined;
+  const reserved = found.status === "fulfilled" && found.value.reserved;
+  /** Cancels the read and gives the reserved bytes back: the answer is not sent. */
+  const abandon = async () => {
+    await body?.cancel();
+    if (reserved) {
+      c.executionCtx.waitUntil(
+        returnBytes(db, claims, path, reservation).catch((error) =>
+          services.log.warn("reserved download bytes not given back", { jti: claims.jti, path, error: String(error) }),
+        ),
+      );
+    }
+  };
+  if (found.status === "rejected") {
+    await abandon();
+    throw found.reason;
+  }
+  let live: { row: ServableLink; file: ModelFile };
+  try {
+    live = servableFile(c, claims, found.value.row, startedAt);
+  } catch (refusal) {
+    await abandon();
+    throw refusal;
+  }
+  const { row } = live;
+  if (!sameObject(live.file, file)) {
+    // The kept row is not D1's (a database rebuilt under this isolate): begin again from D1's.
+    forgetFile(db, file);
+    await abandon();
+    if (fresh) throw new AppError("service_unavailable", "The file's record changed while it was read. Try again.");
+    return serveDownload(c, model, revision, path, true);
+  }
+  if (read.status === "rejected") {
+    await abandon();
+    throw read.reason;
+  }
+  if (!object) {
+    await abandon();
+    throw new AppError("not_found", "The file is no longer stored.");
+  }
+  if (!body) {
+    // The object's etag differs: it was replaced since the link was made. Never mix bytes.
+    await abandon();
+    throw new AppError("precondition_failed", "The file changed since this link was made.");
+  }
+  if (!reserved) {
+    await body.cancel();
+    const budget = linkByteBudget(row.maxDownloads, file.size);
     throw new AppError(
       "forbidden",
       `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
@@ -149,7 +229,7 @@ export async function serveDownload(
   // the last byte was handed on (complete) or the client went away (not complete; the range says
   // what was asked, and a resumed range records what followed).
   const { readable, writable } = new FixedLengthStream(length);
-  const finished = object.body.pipeTo(writable).then(
+  const finished = body.pipeTo(writable).then(
     () => true,
     () => false,
   );
