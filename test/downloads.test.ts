@@ -506,7 +506,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     return { DB: db, WEIGHTS: weights };
   }
 
-  it("the first answer looks the link up first; the next waits once, on three calls begun at once", async () => {
+  it("the first answer waits twice, the lookup first; the next waits once, on three calls begun at once", async () => {
     const steps: Step[] = [];
     // Bindings of their own: a database this isolate has read no file of.
     const { gw, manifest: m } = await setup(testGateway({ bindings: watchedBindings(steps) }));
@@ -514,7 +514,10 @@ describe("a file served before: the link's check, its bytes and the read go out 
     steps.length = 0;
     const first = await gw.request(link, { headers: { range: "bytes=0-0" } });
     expect(first.status).toBe(206);
+    // The lookup, then the reservation and the read together.
     expect(steps.slice(0, 2)).toEqual(["d1 begins", "d1 ends"]);
+    expect(steps.slice(2, 4).sort()).toEqual(["d1 begins", "r2 begins"]);
+    expect(steps.filter((step) => step.endsWith("begins"))).toHaveLength(3);
     steps.length = 0;
     const next = await gw.request(link, { headers: { range: "bytes=1-99" } });
     expect(next.status).toBe(206);

@@ -162,6 +162,16 @@ function reserveStatement(db: Database, link: VerifiedLink, path: string, reserv
     .returning({ bytesServed: downloadBudgets.bytesServed });
 }
 
+/** Takes the answer's bytes from the file's budget (`reserveStatement`); false when they were refused. */
+export async function reserveBytes(
+  db: Database,
+  link: VerifiedLink,
+  path: string,
+  reservation: ByteReservation,
+): Promise<boolean> {
+  return (await reserveStatement(db, link, path, reservation)).length > 0;
+}
+
 /**
  * The link's row and live state and, at the same time, the answer's bytes taken from the file's
  * budget: two statements on their way to D1 together, so that the answer waits for one round trip.
@@ -177,9 +187,9 @@ export async function findAndReserve(
 ): Promise<{ row: ServableLink | undefined; reserved: boolean }> {
   const [rows, reserved] = await Promise.all([
     servableLinkQuery(db, link, path),
-    reserveStatement(db, link, path, reservation),
+    reserveBytes(db, link, path, reservation),
   ]);
-  return { row: rows[0], reserved: reserved.length > 0 };
+  return { row: rows[0], reserved };
 }
 
 /** Gives back what `findAndReserve` took for an answer that was then not sent. */

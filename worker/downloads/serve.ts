@@ -8,7 +8,7 @@ import { recordDownload } from "../observability/analytics";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
-import { findAndReserve, findServableLink, returnBytes, type ServableLink } from "./budgets";
+import { findAndReserve, findServableLink, reserveBytes, returnBytes, type ServableLink } from "./budgets";
 import { forgetFile, knownFile, rememberFile } from "./catalog";
 import { linkByteBudget } from "./links";
 import { planRange } from "./range";
@@ -98,7 +98,7 @@ function sameObject(a: ModelFile, b: ModelFile): boolean {
  * A file this isolate has served before (`knownFile`) costs one wait: the link's lookup, the byte
  * reservation and the R2 read all begin at once, and an answer that is then refused cancels the
  * read and gives the bytes back. The first request for a file looks the link up first, for the
- * file's size and where it is stored.
+ * file's size and where it is stored; then the reservation and the read begin together.
  */
 export async function serveDownload(
   c: Context<HonoEnv>,
@@ -118,11 +118,12 @@ export async function serveDownload(
   }
 
   let file = c.req.method === "HEAD" || fresh ? undefined : knownFile(db, revision, path);
-  let looked = false;
+  /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
+  let judged: { row: ServableLink; file: ModelFile } | undefined;
   if (!file) {
-    file = servableFile(c, claims, await findServableLink(db, claims, path), startedAt).file;
+    judged = servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
+    file = judged.file;
     rememberFile(db, file);
-    looked = true;
   }
   // The object the link serves: a one-file link names it, a manifest's is the revision's file.
   const etag = claims.kind === "file" ? claims.etg : file.etag;
@@ -147,7 +148,7 @@ export async function serveDownload(
   const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, etag);
   if (plan.kind === "unsatisfiable") {
     // A link that is no longer live learns nothing, not even the size.
-    if (!looked) servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
+    if (!judged) servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
     throw new AppError("range_not_satisfiable", `The file is ${file.size} bytes long.`, {
       headers: { "content-range": `bytes */${file.size}` },
     });
@@ -158,7 +159,9 @@ export async function serveDownload(
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
   const reservation = { length, size: file.size, wholeDownload: offset === 0 && length === file.size };
   const [found, read] = await Promise.allSettled([
-    findAndReserve(db, claims, path, reservation),
+    judged
+      ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
+      : findAndReserve(db, claims, path, reservation),
     c.env.WEIGHTS.get(file.r2Key, {
       onlyIf: { etagMatches: etag },
       ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
@@ -182,9 +185,9 @@ export async function serveDownload(
     await abandon();
     throw found.reason;
   }
-  let live: { row: ServableLink; file: ModelFile };
+  let live = judged;
   try {
-    live = servableFile(c, claims, found.value.row, startedAt);
+    live ??= servableFile(c, claims, found.value.row, startedAt);
   } catch (refusal) {
     await abandon();
     throw refusal;
