@@ -103,7 +103,7 @@ export interface ByteReservation {
  * Takes `length` bytes from the file's budget under the link in one conditional statement, atomic
  * in D1, so no number of concurrent requests can together take more than the budget. The budget is
  * read from the link's row in the same statement, so the statement needs nothing the link's lookup
- * returns and can go in one batch with it. A manifest's budget for a file is made by the first
+ * returns and can go to D1 at the same time. A manifest's budget for a file is made by the first
  * answer that serves it (an insert from the manifest's row, whose update only happens while the sum
  * stays within the budget); a one-file link's row holds its own. Whether the request began a whole
  * download is kept for the record only. Returns the served total: empty when the bytes were refused.

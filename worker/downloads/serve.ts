@@ -194,10 +194,10 @@ export async function serveDownload(
   }
   const { row } = live;
   if (!sameObject(live.file, file)) {
-    // The kept row is not D1's (a database rebuilt under this isolate): begin again from D1's.
+    // The kept row is not D1's (a database rebuilt under this isolate): begin again from D1's. Only a
+    // kept row can differ, and the second time reads none, so this happens at most once.
     forgetFile(db, file);
     await abandon();
-    if (fresh) throw new AppError("service_unavailable", "The file's record changed while it was read. Try again.");
     return serveDownload(c, model, revision, path, true);
   }
   if (read.status === "rejected") {
