@@ -221,7 +221,7 @@ describe("a manifest's link refuses", () => {
   });
 
   it("every file at once when the token or the grant is revoked", async () => {
-    const { gw, manifest: m, tokenId, grantId } = await setup();
+    const { gw, manifest: m, tokenId } = await setup();
     const paths = ["params.json", "consolidated.00.pth"];
     for (const path of paths) expect((await gw.request(linkOf(m, path))).status, path).toBe(200);
     await db().update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
@@ -230,10 +230,13 @@ describe("a manifest's link refuses", () => {
       expect(res.status, path).toBe(403);
       expect(await res.json(), path).toMatchObject({ detail: expect.stringContaining("no longer valid") });
     }
-    await db().update(accessTokens).set({ revokedAt: null }).where(eq(accessTokens.id, tokenId));
-    await db().update(grants).set({ status: "revoked" }).where(eq(grants.id, grantId));
+    // Another organization's link, whose grant is revoked.
+    const theirs = await approvedToken(gw, licenseSha256, { organization: "Other Labs", email: "bo@other.example" });
+    const their = await manifestFor(gw, theirs.token);
+    for (const path of paths) expect((await gw.request(linkOf(their, path))).status, path).toBe(200);
+    await db().update(grants).set({ status: "revoked" }).where(eq(grants.id, theirs.grantId));
     for (const path of paths) {
-      const res = await gw.request(linkOf(m, path));
+      const res = await gw.request(linkOf(their, path));
       expect(res.status, path).toBe(403);
       expect(await res.json(), path).toMatchObject({ detail: expect.stringContaining("suspended or revoked") });
     }

@@ -317,16 +317,24 @@ describe("download links refuse", () => {
     expect(await res.json()).toMatchObject({ detail: expect.stringContaining("expired") });
   });
 
-  it("a link whose grant or token was revoked, at once", async () => {
-    const { gw, manifest: m, applicationId, tokenId } = await setup();
+  it("a link whose grant or token was revoked, at once and for good", async () => {
+    const { gw, manifest: m, tokenId } = await setup();
     const link = linkOf(m, "params.json");
     expect((await gw.request(link)).status).toBe(200);
     await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
     expect((await gw.request(link)).status).toBe(403);
+    // Revocation is final: the isolate refuses the link again without asking D1, whatever its row says.
     await gw.db.update(accessTokens).set({ revokedAt: null }).where(eq(accessTokens.id, tokenId));
-    expect((await gw.request(link)).status).toBe(200);
-    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, applicationId));
     expect((await gw.request(link)).status).toBe(403);
+    // A suspended grant is not: its links come back with it. A revoked grant's do not.
+    const other = await approvedToken(gw, licenseSha256, { organization: "Other Labs", email: "bo@other.example" });
+    const otherLink = linkOf(await manifest(gw, other.token), "params.json");
+    await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.applicationId, other.applicationId));
+    expect((await gw.request(otherLink)).status).toBe(403);
+    await gw.db.update(grants).set({ status: "active" }).where(eq(grants.applicationId, other.applicationId));
+    expect((await gw.request(otherLink)).status).toBe(200);
+    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, other.applicationId));
+    expect((await gw.request(otherLink)).status).toBe(403);
   });
 
   it("downloads past the link's cap, counting resumed ranges by the bytes they serve", async () => {
@@ -528,39 +536,46 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(100);
   });
 
-  it("a revoked link takes no bytes; an answer refused after its bytes were taken gives them back", async () => {
-    const { gw, manifest: m, tokenId } = await setup();
+  it("an answer refused after its bytes were taken gives them back; a revoked link takes none, then costs no call", async () => {
+    const steps: Step[] = [];
+    const { gw, manifest: m, tokenId } = await setup(testGateway({ bindings: watchedBindings(steps) }));
     const link = linkOf(m, "consolidated.00.pth");
     expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(206);
     const spent = (await budgetOf(link, "consolidated.00.pth"))?.bytesServed;
     expect(spent).toBe(10);
-    const refusedWith = async (status: number, init: RequestInit = { headers: { range: "bytes=10-" } }) => {
-      const res = await gw.request(link, init);
+    /** Asks once; the answer is `status`, the budget as it was, after `calls` D1 and R2 calls. */
+    const refusedWith = async (status: number, calls: { d1: number; r2: number }, init?: RequestInit) => {
+      steps.length = 0;
+      const res = await gw.request(link, init ?? { headers: { range: "bytes=10-" } });
       expect(res.status).toBe(status);
       expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+      expect(res.headers.get("content-range")).toBeNull();
       expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(spent);
+      expect({
+        d1: steps.filter((step) => step === "d1 begins").length,
+        r2: steps.filter((step) => step === "r2 begins").length,
+      }).toEqual(calls);
     };
-    // Revoked: the reservation's own condition refuses.
-    await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
-    await refusedWith(403);
-    await gw.db.update(accessTokens).set({ revokedAt: null }).where(eq(accessTokens.id, tokenId));
-    // The token narrowed to another model: judged from the lookup, after the bytes were taken.
+    // The token narrowed to another model: judged from the lookup after the bytes were taken, which
+    // a third call gives back.
     await gw.db
       .update(accessTokens)
       .set({ models: ["llama-2-13b"] })
       .where(eq(accessTokens.id, tokenId));
-    await refusedWith(403);
-    await refusedWith(403, {});
+    await refusedWith(403, { d1: 3, r2: 1 });
+    await refusedWith(403, { d1: 3, r2: 1 }, {});
     await gw.db.update(accessTokens).set({ models: null }).where(eq(accessTokens.id, tokenId));
-    // The object replaced under the link: R2 refuses the read.
+    // The object replaced under the link: R2 refuses the read, and the bytes go back.
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", bytes(300_000, 99));
-    await refusedWith(412);
+    await refusedWith(412, { d1: 3, r2: 1 });
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", SHARD);
-    // An unsatisfiable range tells a revoked link nothing, not even the size.
+    // Revoked: the reservation's own condition takes nothing, so there is nothing to give back.
     await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
-    const beyond = await gw.request(link, { headers: { range: "bytes=999999999-" } });
-    expect(beyond.status).toBe(403);
-    expect(beyond.headers.get("content-range")).toBeNull();
+    await refusedWith(403, { d1: 2, r2: 1 });
+    // From then on the isolate refuses the link by itself, an unsatisfiable range included: a
+    // dead link learns nothing, not even the size.
+    await refusedWith(403, { d1: 0, r2: 0 });
+    await refusedWith(403, { d1: 0, r2: 0 }, { headers: { range: "bytes=999999999-" } });
   });
 
   it("a file whose row changed under the isolate is served from D1's row, and its bytes taken once", async () => {

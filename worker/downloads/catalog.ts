@@ -5,6 +5,7 @@ import type { Database } from "../db/client";
 import { type ModelFile, modelFiles, modelRefs, modelRevisions } from "../db/schema";
 import { modelRevisionEvent } from "../events/record";
 import { sha256Hex } from "../platform/hash";
+import { IsolateMemory } from "../platform/isolate-memory";
 
 /** The ref every model's newest revision is published under. */
 export const MAIN_REF = "main";
@@ -43,28 +44,22 @@ export function listRevisionFiles(db: Database, revisionId: string) {
  * publishing inserts a file once and never updates it. Knowing the file before the link's lookup
  * returns lets a download plan its range and read from R2 while D1 checks the link.
  */
-const knownFiles = new WeakMap<Database, Map<string, ModelFile>>();
-const MAX_KNOWN_FILES = 10_000;
+const knownFiles = new IsolateMemory<ModelFile>(10_000);
+const fileKey = (revision: string, path: string) => `${revision}/${path}`;
 
 /** The row of `path` in `revision` if this isolate has read it before. */
 export function knownFile(db: Database, revision: string, path: string): ModelFile | undefined {
-  return knownFiles.get(db)?.get(`${revision}/${path}`);
+  return knownFiles.get(db, fileKey(revision, path));
 }
 
 /** Keeps a file's row for `knownFile`; a row that differs from the one kept replaces it. */
 export function rememberFile(db: Database, file: ModelFile): void {
-  let files = knownFiles.get(db);
-  if (!files) {
-    files = new Map();
-    knownFiles.set(db, files);
-  }
-  if (files.size >= MAX_KNOWN_FILES) files.clear();
-  files.set(`${file.revisionId}/${file.path}`, file);
+  knownFiles.set(db, fileKey(file.revisionId, file.path), file);
 }
 
 /** Forgets a kept file row that no longer matches D1's (a database rebuilt under a running isolate). */
 export function forgetFile(db: Database, file: ModelFile): void {
-  knownFiles.get(db)?.delete(`${file.revisionId}/${file.path}`);
+  knownFiles.delete(db, fileKey(file.revisionId, file.path));
 }
 
 /** The query that selects the id of a model's revision by ref (`main`) or by id: one row or none. */

@@ -5,6 +5,7 @@ import { AppError } from "../errors";
 import { assertCovered } from "../grants/coverage";
 import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptance";
 import { recordDownload } from "../observability/analytics";
+import { IsolateMemory } from "../platform/isolate-memory";
 import { findModel } from "../policy/families";
 import { exportRefusal } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
@@ -38,6 +39,29 @@ function hexToBase64(hex: string): string {
 }
 
 /**
+ * Links refused for good in this isolate, by database and signed claims, with the refusal's
+ * detail. A revoked grant, or a revoked or expired token, never comes back (revocation is final),
+ * so such a link is refused again before any call to D1 or R2: hammering a dead link costs one
+ * lookup per isolate.
+ */
+const deadLinks = new IsolateMemory<string>(10_000);
+
+/** A link's key among the dead: its id with the grant and token it was signed for. */
+const deadKey = (claims: VerifiedLink) => `${claims.jti} ${claims.gnt} ${claims.tok}`;
+
+/** The refusal of a link this isolate found dead, if it did. */
+function deadLinkRefusal(db: object, claims: VerifiedLink): AppError | undefined {
+  const detail = deadLinks.get(db, deadKey(claims));
+  return detail === undefined ? undefined : new AppError("forbidden", detail);
+}
+
+/** Refuses a link for good: remembered for `deadLinkRefusal`, then thrown. */
+function refuseForGood(db: object, claims: VerifiedLink, detail: string): never {
+  deadLinks.set(db, deadKey(claims), detail);
+  throw new AppError("forbidden", detail);
+}
+
+/**
  * The file `row` lets the link open, once everything the link depends on is still live: its row
  * matches its claims, the grant is active, the token valid, its member still a member, the model
  * covered by both, the license not overdue for re-acceptance and the export rules met where the
@@ -56,10 +80,13 @@ function servableFile(
   }
   const now = clock.now().toISOString();
   if (row.grantStatus !== "active") {
-    throw new AppError("forbidden", "Your organization's access to this model family is suspended or revoked.");
+    const detail = "Your organization's access to this model family is suspended or revoked.";
+    // A suspended grant may be reinstated; a revoked one never is.
+    if (row.grantStatus === "revoked") refuseForGood(services.db, claims, detail);
+    throw new AppError("forbidden", detail);
   }
   if (row.tokenRevokedAt || (row.tokenExpiresAt && row.tokenExpiresAt <= now)) {
-    throw new AppError("forbidden", "The access token this link was made with is no longer valid.");
+    refuseForGood(services.db, claims, "The access token this link was made with is no longer valid.");
   }
   // The same rules as the token check: a member's links die with their membership.
   if (!memberMayUseToken(row.tokenUserId, row.memberRole)) {
@@ -116,6 +143,8 @@ export async function serveDownload(
   if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
     throw new AppError("forbidden", "This download link is for another file.");
   }
+  const dead = deadLinkRefusal(db, claims);
+  if (dead) throw dead;
 
   let file = c.req.method === "HEAD" || fresh ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
