@@ -146,11 +146,13 @@ export async function serveDownload(
   const dead = deadLinkRefusal(db, claims);
   if (dead) throw dead;
 
+  /** The link judged from a lookup of its own, before anything else is asked. */
+  const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
   let file = c.req.method === "HEAD" || fresh ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
   let judged: { row: ServableLink; file: ModelFile } | undefined;
   if (!file) {
-    judged = servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
+    judged = await lookUp();
     file = judged.file;
     rememberFile(db, file);
   }
@@ -177,7 +179,7 @@ export async function serveDownload(
   const plan = planRange(c.req.header("range") ?? null, c.req.header("if-range") ?? null, file.size, etag);
   if (plan.kind === "unsatisfiable") {
     // A link that is no longer live learns nothing, not even the size.
-    if (!judged) servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
+    if (!judged) await lookUp();
     throw new AppError("range_not_satisfiable", `The file is ${file.size} bytes long.`, {
       headers: { "content-range": `bytes */${file.size}` },
     });

@@ -2,6 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { TokenLimits } from "../db/schema";
 import { noteMonthlyStanding } from "../events/quota-thresholds";
 import { firstLedgerId, ledgerBatch } from "../inference/ledger";
+import { IsolateMemory } from "../platform/isolate-memory";
 import type { DownloadRow } from "../usage/hours";
 import { DOWNLOAD_PREFIX, type LiveParts, rowsWithout, USAGE_PREFIX, UsageBook } from "./usage-book";
 
@@ -171,21 +172,14 @@ export const LEASE_SHARE = 8;
 const RESERVATION_TTL_MS = 15 * 60_000;
 
 /** Durable Object ids of organizations' quota objects, kept per namespace: deriving one hashes the name. */
-const quotaIds = new WeakMap<object, Map<string, DurableObjectId>>();
-const MAX_QUOTA_IDS = 10_000;
+const quotaIds = new IsolateMemory<DurableObjectId>(10_000);
 
 /** The organization's `OrgQuota` object. */
 export function quotaStub(env: Env, organizationId: string) {
-  let ids = quotaIds.get(env.QUOTA);
-  if (!ids) {
-    ids = new Map();
-    quotaIds.set(env.QUOTA, ids);
-  }
-  let id = ids.get(organizationId);
+  let id = quotaIds.get(env.QUOTA, organizationId);
   if (!id) {
-    if (ids.size >= MAX_QUOTA_IDS) ids.clear();
     id = env.QUOTA.idFromName(organizationId);
-    ids.set(organizationId, id);
+    quotaIds.set(env.QUOTA, organizationId, id);
   }
   return env.QUOTA.get(id);
 }
