@@ -485,6 +485,11 @@ describe("a file served before: the link's check, its bytes and the read go out 
           steps.push(`${kind} ends`);
         }
       };
+    /** What a binding's own member is, its methods bound to it (native objects check their receiver). */
+    const forward = (target: object, key: string | symbol) => {
+      const value = Reflect.get(target, key);
+      return typeof value === "function" ? value.bind(target) : value;
+    };
     const statement = (real: D1PreparedStatement): D1PreparedStatement =>
       new Proxy(real, {
         get(target, key) {
@@ -493,22 +498,19 @@ describe("a file served before: the link's check, its bytes and the read go out 
             return (...args: unknown[]) =>
               watch("d1", () => (target[key] as (...a: unknown[]) => Promise<unknown>).apply(target, args))();
           }
-          const value = Reflect.get(target, key);
-          return typeof value === "function" ? value.bind(target) : value;
+          return forward(target, key);
         },
       });
     const db = new Proxy(env.DB, {
       get(target, key) {
         if (key === "prepare") return (query: string) => statement(target.prepare(query));
-        const value = Reflect.get(target, key);
-        return typeof value === "function" ? value.bind(target) : value;
+        return forward(target, key);
       },
     });
     const weights = new Proxy(env.WEIGHTS, {
       get(target, key) {
         if (key === "get") return (...args: Parameters<R2Bucket["get"]>) => watch("r2", () => target.get(...args))();
-        const value = Reflect.get(target, key);
-        return typeof value === "function" ? value.bind(target) : value;
+        return forward(target, key);
       },
     });
     return { DB: db, WEIGHTS: weights };
