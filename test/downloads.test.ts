@@ -516,6 +516,15 @@ describe("a file served before: the link's check, its bytes and the read go out 
     return { DB: db, WEIGHTS: weights };
   }
 
+  /** How many D1 and R2 calls `steps` began. */
+  const callsIn = (steps: Step[]) => ({
+    d1: steps.filter((step) => step === "d1 begins").length,
+    r2: steps.filter((step) => step === "r2 begins").length,
+  });
+
+  /** The steps of an answer that went one step at a time: the lookup, the reservation, the read. */
+  const oneAtATime: Step[] = ["d1 begins", "d1 ends", "d1 begins", "d1 ends", "r2 begins", "r2 ends"];
+
   it("the first answer waits twice, the lookup first; the next waits once, on three calls begun at once", async () => {
     const steps: Step[] = [];
     // Bindings of their own: a database this isolate has read no file of.
@@ -543,7 +552,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     const { gw, manifest: m, tokenId } = await setup(testGateway({ bindings: watchedBindings(steps) }));
     const link = linkOf(m, "consolidated.00.pth");
     expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(206);
-    const spent = (await budgetOf(link, "consolidated.00.pth"))?.bytesServed;
+    let spent = (await budgetOf(link, "consolidated.00.pth"))?.bytesServed;
     expect(spent).toBe(10);
     /** Asks once; the answer is `status`, the budget as it was, after `calls` D1 and R2 calls. */
     const refusedWith = async (status: number, calls: { d1: number; r2: number }, init?: RequestInit) => {
@@ -553,10 +562,16 @@ describe("a file served before: the link's check, its bytes and the read go out 
       expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
       expect(res.headers.get("content-range")).toBeNull();
       expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(spent);
-      expect({
-        d1: steps.filter((step) => step === "d1 begins").length,
-        r2: steps.filter((step) => step === "r2 begins").length,
-      }).toEqual(calls);
+      expect(callsIn(steps)).toEqual(calls);
+    };
+    /** Asks for `range` and gets it, one step at a time (the file was doubted); the doubt is lifted. */
+    const servedOneStepAtATime = async (range: string, size: number) => {
+      steps.length = 0;
+      const res = await gw.request(link, { headers: { range } });
+      expect(res.status).toBe(206);
+      expect((await res.arrayBuffer()).byteLength).toBe(size);
+      expect(steps).toEqual(oneAtATime);
+      spent = (spent ?? 0) + size;
     };
     // The token narrowed to another model: judged from the lookup after the bytes were taken, which
     // a third call gives back.
@@ -565,12 +580,16 @@ describe("a file served before: the link's check, its bytes and the read go out 
       .set({ models: ["llama-2-13b"] })
       .where(eq(accessTokens.id, tokenId));
     await refusedWith(403, { d1: 3, r2: 1 });
-    await refusedWith(403, { d1: 3, r2: 1 }, {});
+    // The file is doubted now: a range or a whole download looks the link up first, and stops there.
+    await refusedWith(403, { d1: 1, r2: 0 }, {});
+    await refusedWith(403, { d1: 1, r2: 0 });
     await gw.db.update(accessTokens).set({ models: null }).where(eq(accessTokens.id, tokenId));
+    await servedOneStepAtATime("bytes=10-19", 10);
     // The object replaced under the link: R2 refuses the read, and the bytes go back.
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", bytes(300_000, 99));
     await refusedWith(412, { d1: 3, r2: 1 });
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", SHARD);
+    await servedOneStepAtATime("bytes=20-29", 10);
     // Revoked: the reservation's own condition takes nothing, so there is nothing to give back.
     await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
     await refusedWith(403, { d1: 2, r2: 1 });
@@ -578,6 +597,39 @@ describe("a file served before: the link's check, its bytes and the read go out 
     // dead link learns nothing, not even the size.
     await refusedWith(403, { d1: 0, r2: 0 });
     await refusedWith(403, { d1: 0, r2: 0 }, { headers: { range: "bytes=999999999-" } });
+  });
+
+  it("a link refused for a reason that may pass costs no R2 read after the first, until it is served again", async () => {
+    const steps: Step[] = [];
+    const { gw, manifest: m, grantId } = await setup(testGateway({ bindings: watchedBindings(steps) }));
+    const link = linkOf(m, "params.json");
+    await allowDownloads(link, 1);
+    /** Asks for `range`; the answer's status, and the D1 and R2 calls it made. */
+    const ask = async (range?: string) => {
+      steps.length = 0;
+      const res = await gw.request(link, range ? { headers: { range } } : {});
+      await res.arrayBuffer();
+      return { status: res.status, calls: callsIn(steps), steps: [...steps] };
+    };
+    expect((await ask()).status).toBe(200);
+    // What is left of the budget is the probe allowance: the whole file again does not fit. The
+    // first refusal read R2 while the bytes were being refused; the next ones do not read at all.
+    expect((await ask("bytes=0-")).calls).toEqual({ d1: 2, r2: 1 });
+    expect((await ask("bytes=0-")).calls).toEqual({ d1: 2, r2: 0 });
+    expect((await ask()).calls).toEqual({ d1: 2, r2: 0 });
+    // A probe fits: served one step at a time, which lifts the doubt.
+    expect(await ask("bytes=0-0")).toMatchObject({ status: 206, steps: oneAtATime });
+    expect((await ask("bytes=1-1")).steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    // A suspended grant: the reservation takes nothing, and after the first refusal the lookup alone
+    // answers.
+    await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.id, grantId));
+    expect(await ask("bytes=2-2")).toMatchObject({ status: 403, calls: { d1: 2, r2: 1 } });
+    for (let i = 0; i < 3; i++) expect(await ask("bytes=2-2")).toMatchObject({ status: 403, calls: { d1: 1, r2: 0 } });
+    // Reinstated: the link comes back at once, one step at a time, then as before.
+    await gw.db.update(grants).set({ status: "active" }).where(eq(grants.id, grantId));
+    expect(await ask("bytes=2-2")).toMatchObject({ status: 206, steps: oneAtATime });
+    expect((await ask("bytes=3-3")).steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length + 4);
   });
 
   it("a file whose row changed under the isolate is served from D1's row, and its bytes taken once", async () => {

@@ -62,6 +62,15 @@ function refuseForGood(db: object, claims: VerifiedLink, detail: string): never 
 }
 
 /**
+ * A link's files whose last answer in this isolate was refused for a reason that may pass (a
+ * suspended grant, a narrowed model, a spent budget, a replaced object…), by database, link and
+ * path. Their next request goes one step at a time: the lookup, then the reservation, then the
+ * read, each only once the one before passed. So a link that keeps being refused costs one R2 read
+ * and one give-back per isolate, not one per request; an answer served lifts the doubt.
+ */
+const doubtedFiles = new IsolateMemory<true>(10_000);
+
+/**
  * The file `row` lets the link open, once everything the link depends on is still live: its row
  * matches its claims, the grant is active, the token valid, its member still a member, the model
  * covered by both, the license not overdue for re-acceptance and the export rules met where the
@@ -125,7 +134,8 @@ function sameObject(a: ModelFile, b: ModelFile): boolean {
  * A file this isolate has served before (`knownFile`) costs one wait: the link's lookup, the byte
  * reservation and the R2 read all begin at once, and an answer that is then refused cancels the
  * read and gives the bytes back. The first request for a file looks the link up first, for the
- * file's size and where it is stored; then the reservation and the read begin together.
+ * file's size and where it is stored; then the reservation and the read begin together. A file
+ * whose last answer here was refused (`doubtedFiles`) goes one step at a time until one is served.
  */
 export async function serveDownload(
   c: Context<HonoEnv>,
@@ -145,10 +155,12 @@ export async function serveDownload(
   }
   const dead = deadLinkRefusal(db, claims);
   if (dead) throw dead;
+  const doubtKey = `${deadKey(claims)} ${path}`;
+  const doubted = doubtedFiles.get(db, doubtKey) !== undefined;
 
   /** The link judged from a lookup of its own, before anything else is asked. */
   const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
-  let file = c.req.method === "HEAD" || fresh ? undefined : knownFile(db, revision, path);
+  let file = c.req.method === "HEAD" || fresh || doubted ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
   let judged: { row: ServableLink; file: ModelFile } | undefined;
   if (!file) {
@@ -189,20 +201,30 @@ export async function serveDownload(
 
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
   const reservation = { length, size: file.size, wholeDownload: offset === 0 && length === file.size };
-  const [found, read] = await Promise.allSettled([
-    judged
-      ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
-      : findAndReserve(db, claims, path, reservation),
-    c.env.WEIGHTS.get(file.r2Key, {
+  const reserving = judged
+    ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
+    : findAndReserve(db, claims, path, reservation);
+  const r2Key = file.r2Key;
+  const reading = () =>
+    c.env.WEIGHTS.get(r2Key, {
       onlyIf: { etagMatches: etag },
       ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
-    }),
-  ]);
-  const object: R2Object | R2ObjectBody | null = read.status === "fulfilled" ? read.value : null;
+    });
+  // A doubted file is read only once its bytes were taken; any other while they are taken.
+  let found: PromiseSettledResult<Awaited<typeof reserving>>;
+  let read: PromiseSettledResult<R2Object | R2ObjectBody | null> | undefined;
+  if (doubted) {
+    [found] = await Promise.allSettled([reserving]);
+    if (found.status === "fulfilled" && found.value.reserved) [read] = await Promise.allSettled([reading()]);
+  } else {
+    [found, read] = await Promise.allSettled([reserving, reading()]);
+  }
+  const object: R2Object | R2ObjectBody | null = read?.status === "fulfilled" ? read.value : null;
   const body = object && "body" in object ? (object as R2ObjectBody).body : undefined;
   const reserved = found.status === "fulfilled" && found.value.reserved;
-  /** Cancels the read and gives the reserved bytes back: the answer is not sent. */
+  /** Cancels the read and gives the reserved bytes back: the answer is not sent, and the file is doubted. */
   const abandon = async () => {
+    doubtedFiles.set(db, doubtKey, true);
     await body?.cancel();
     if (reserved) {
       c.executionCtx.waitUntil(
@@ -231,7 +253,16 @@ export async function serveDownload(
     await abandon();
     return serveDownload(c, model, revision, path, true);
   }
-  if (read.status === "rejected") {
+  if (!reserved) {
+    await abandon();
+    const budget = linkByteBudget(row.maxDownloads, file.size);
+    throw new AppError(
+      "forbidden",
+      `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
+      { extensions: { maxBytes: budget } },
+    );
+  }
+  if (read?.status === "rejected") {
     await abandon();
     throw read.reason;
   }
@@ -244,15 +275,7 @@ export async function serveDownload(
     await abandon();
     throw new AppError("precondition_failed", "The file changed since this link was made.");
   }
-  if (!reserved) {
-    await body.cancel();
-    const budget = linkByteBudget(row.maxDownloads, file.size);
-    throw new AppError(
-      "forbidden",
-      `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
-      { extensions: { maxBytes: budget } },
-    );
-  }
+  if (doubted) doubtedFiles.delete(db, doubtKey);
 
   const status = plan.kind === "partial" ? 206 : 200;
   headers.set("content-length", String(length));
