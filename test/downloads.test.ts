@@ -632,6 +632,34 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length + 4);
   });
 
+  it("a range from a restricted country is refused by the lookup alone, and leaves the link as it was", async () => {
+    const steps: Step[] = [];
+    const { gw, manifest: m } = await setup(testGateway({ bindings: watchedBindings(steps) }));
+    const link = linkOf(m, "params.json");
+    await allowDownloads(link, 1);
+    expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(206);
+    // What is left of the budget: the probe allowance and the file but its first 10 bytes.
+    const fromIran = { headers: { range: "bytes=10-" }, cf: { country: "IR" } } as RequestInit;
+    // The first also notes the country for reviewers (D1 writes of its own, after the answer).
+    steps.length = 0;
+    expect((await gw.request(link, fromIran)).status).toBe(403);
+    expect(callsIn(steps).r2).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      steps.length = 0;
+      const refused = await gw.request(link, fromIran);
+      expect(refused.status).toBe(403);
+      expect(await refused.json()).toMatchObject({ code: "export_restricted", country: "IR" });
+      expect(callsIn(steps)).toEqual({ d1: 1, r2: 0 });
+    }
+    // The same range from elsewhere finds its bytes untouched and goes out as the link's others do.
+    steps.length = 0;
+    const served = await gw.request(link, { headers: { range: "bytes=10-" }, cf: { country: "DE" } } as RequestInit);
+    expect(served.status).toBe(206);
+    expect(await served.text()).toBe(PARAMS.slice(10));
+    expect(steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length);
+  });
+
   it("a file whose row changed under the isolate is served from D1's row, and its bytes taken once", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "params.json");

@@ -7,7 +7,7 @@ import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptan
 import { recordDownload } from "../observability/analytics";
 import { IsolateMemory } from "../platform/isolate-memory";
 import { findModel } from "../policy/families";
-import { exportRefusal } from "../screening/use-country";
+import { exportRefusal, fromRestrictedCountry } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
 import { findAndReserve, findServableLink, reserveBytes, returnBytes, type ServableLink } from "./budgets";
 import { forgetFile, knownFile, rememberFile } from "./catalog";
@@ -157,10 +157,14 @@ export async function serveDownload(
   if (dead) throw dead;
   const doubtKey = `${deadKey(claims)} ${path}`;
   const doubted = doubtedFiles.get(db, doubtKey) !== undefined;
+  // A request from where the model may not be used is refused by the lookup (which notes the
+  // country) before any bytes are taken, so it never holds bytes a range from elsewhere needs.
+  const family = findModel(model)?.family;
+  const restrictedHere = family !== undefined && fromRestrictedCountry(c.req.raw, family);
 
   /** The link judged from a lookup of its own, before anything else is asked. */
   const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
-  let file = c.req.method === "HEAD" || fresh || doubted ? undefined : knownFile(db, revision, path);
+  let file = c.req.method === "HEAD" || fresh || doubted || restrictedHere ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
   let judged: { row: ServableLink; file: ModelFile } | undefined;
   if (!file) {

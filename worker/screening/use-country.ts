@@ -32,6 +32,12 @@ export function observedCountry(request: Request): string | undefined {
   return upper === UNKNOWN_COUNTRY ? undefined : upper;
 }
 
+/** Whether the country observed for `request` is one `family`'s policy restricts (none observed: no). */
+export function fromRestrictedCountry(request: Request, family: LicenseFamily): boolean {
+  const country = observedCountry(request);
+  return country !== undefined && isUseRestrictedCountry(country, family);
+}
+
 /** Sightings this isolate already noted: organization, day and country. */
 const noted = new Set<string>();
 const MAX_NOTED = 20_000;
