@@ -12,7 +12,7 @@ import { memberMayUseToken } from "../tokens/service";
 import { findAndReserve, findServableLink, reserveBytes, returnBytes, type ServableLink } from "./budgets";
 import { forgetFile, knownFile, rememberFile } from "./catalog";
 import { linkByteBudget } from "./links";
-import { planRange } from "./range";
+import { planRange, type RangePlan } from "./range";
 import { recordDownloadRow } from "./record";
 import { type VerifiedLink, verifyLink } from "./signing";
 
@@ -124,18 +124,127 @@ function sameObject(a: ModelFile, b: ModelFile): boolean {
   return a.r2Key === b.r2Key && a.etag === b.etag && a.size === b.size && a.sha256 === b.sha256;
 }
 
+/** The request's signed link, verified, for this file, and not found dead in this isolate. */
+async function checkedLink(c: Context<HonoEnv>, model: string, revision: string, path: string): Promise<VerifiedLink> {
+  const { db, clock, config } = c.get("services");
+  const signature = c.req.query("sig");
+  if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
+  const claims = await verifyLink(config, signature, clock.now());
+  if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
+    throw new AppError("forbidden", "This download link is for another file.");
+  }
+  const dead = deadLinkRefusal(db, claims);
+  if (dead) throw dead;
+  return claims;
+}
+
+/** The headers of every answer for `file`, served as the object whose etag is `etag`. */
+function fileHeaders(file: ModelFile, etag: string): Headers {
+  return new Headers({
+    "accept-ranges": "bytes",
+    etag: `"${etag}"`,
+    "content-type": file.contentType,
+    "content-disposition": contentDisposition(file.path),
+    "cache-control": "private, no-store",
+    "repr-digest": `sha-256=:${hexToBase64(file.sha256)}:`,
+    "x-checksum-sha256": file.sha256,
+  });
+}
+
+type Read = R2Object | R2ObjectBody | null;
+
+/**
+ * The answer's bytes taken from the file's budget and its range read from R2: both at once, or,
+ * `oneAtATime`, the read only once the bytes were taken (and none when they were refused).
+ */
+async function takeAndRead<T extends { reserved: boolean }>(
+  taking: Promise<T>,
+  reading: () => Promise<Read>,
+  oneAtATime: boolean,
+): Promise<[PromiseSettledResult<T>, PromiseSettledResult<Read> | undefined]> {
+  if (!oneAtATime) return Promise.allSettled([taking, reading()]);
+  const [taken] = await Promise.allSettled([taking]);
+  if (taken.status === "rejected" || !taken.value.reserved) return [taken, undefined];
+  const [read] = await Promise.allSettled([reading()]);
+  return [taken, read];
+}
+
+/** What a served answer is recorded with. */
+interface ServedAnswer {
+  claims: VerifiedLink;
+  row: ServableLink;
+  revision: string;
+  path: string;
+  plan: RangePlan;
+  /** The bytes sent: the range's, or the file's size. */
+  length: number;
+  startedAt: number;
+}
+
+/**
+ * The answer that pipes `body` to the client, recorded (in analytics and in the ledger) once its
+ * last byte was handed on or the client went away. Native streams end to end (R2 body →
+ * `FixedLengthStream`): workerd pumps the bytes without running JavaScript per chunk, and the
+ * response keeps its `Content-Length`. A client that leaves early is recorded as not complete: the
+ * range says what was asked, and a resumed range records what followed.
+ */
+function streamedAnswer(c: Context<HonoEnv>, body: ReadableStream, headers: Headers, answer: ServedAnswer): Response {
+  const services = c.get("services");
+  const { clock } = services;
+  const { claims, row, revision, path, plan, length, startedAt } = answer;
+  const status = plan.kind === "partial" ? 206 : 200;
+  const { readable, writable } = new FixedLengthStream(length);
+  const finished = body.pipeTo(writable).then(
+    () => true,
+    () => false,
+  );
+  void finished.then((complete) =>
+    recordDownload(c.env, {
+      organizationId: row.organizationId,
+      model: claims.mdl,
+      path,
+      status,
+      complete,
+      latencyMs: clock.now().getTime() - startedAt,
+      bytes: complete ? length : 0,
+    }),
+  );
+  c.executionCtx.waitUntil(
+    finished.then((complete) =>
+      recordDownloadRow(services, c.env, {
+        id: services.ids.id("dle"),
+        organizationId: row.organizationId,
+        jti: claims.jti,
+        grantId: claims.gnt,
+        tokenId: claims.tok,
+        model: claims.mdl,
+        revisionId: revision,
+        path,
+        status,
+        rangeStart: plan.kind === "partial" ? plan.offset : null,
+        rangeEnd: plan.kind === "partial" ? plan.offset + length - 1 : null,
+        bytesServed: complete ? length : 0,
+        complete,
+        at: clock.now().toISOString(),
+      }),
+    ),
+  );
+  return new Response(readable, { status, headers });
+}
+
 /**
  * `GET`/`HEAD /v1/download/{model}/{revision}/{path}?sig=…`: checks the signed link (a manifest's
  * opens any file of its revision, an older one-file link only its file), that its grant, token and
  * member are still live and that they still cover the model, takes the answer's bytes from the
  * file's budget under the link, then streams the object from R2 with full single-range semantics.
- * Never buffers: the R2 body is piped through a byte counter to the client.
+ * Never buffers: the R2 body is piped to the client (`streamedAnswer`).
  *
  * A file this isolate has served before (`knownFile`) costs one wait: the link's lookup, the byte
  * reservation and the R2 read all begin at once, and an answer that is then refused cancels the
  * read and gives the bytes back. The first request for a file looks the link up first, for the
  * file's size and where it is stored; then the reservation and the read begin together. A file
- * whose last answer here was refused (`doubtedFiles`) goes one step at a time until one is served.
+ * whose last answer here was refused (`doubtedFiles`) goes one step at a time until one is served,
+ * and a request from a restricted country is judged by the lookup before anything is taken.
  */
 export async function serveDownload(
   c: Context<HonoEnv>,
@@ -145,16 +254,9 @@ export async function serveDownload(
   fresh = false,
 ): Promise<Response> {
   const services = c.get("services");
-  const { db, clock, config } = services;
+  const { db, clock } = services;
   const startedAt = clock.now().getTime();
-  const signature = c.req.query("sig");
-  if (!signature) throw new AppError("unauthorized", "This download URL needs its `sig` parameter.");
-  const claims = await verifyLink(config, signature, clock.now());
-  if (claims.mdl !== model || claims.rev !== revision || (claims.kind === "file" && claims.pth !== path)) {
-    throw new AppError("forbidden", "This download link is for another file.");
-  }
-  const dead = deadLinkRefusal(db, claims);
-  if (dead) throw dead;
+  const claims = await checkedLink(c, model, revision, path);
   const doubtKey = `${deadKey(claims)} ${path}`;
   const doubted = doubtedFiles.get(db, doubtKey) !== undefined;
   // A request from where the model may not be used is refused by the lookup (which notes the
@@ -174,16 +276,7 @@ export async function serveDownload(
   }
   // The object the link serves: a one-file link names it, a manifest's is the revision's file.
   const etag = claims.kind === "file" ? claims.etg : file.etag;
-  const headers = new Headers({
-    "accept-ranges": "bytes",
-    etag: `"${etag}"`,
-    "content-type": file.contentType,
-    "content-disposition": contentDisposition(file.path),
-    "cache-control": "private, no-store",
-    "repr-digest": `sha-256=:${hexToBase64(file.sha256)}:`,
-    "x-checksum-sha256": file.sha256,
-  });
-
+  const headers = fileHeaders(file, etag);
   if (c.req.method === "HEAD") {
     const head = await c.env.WEIGHTS.head(file.r2Key);
     if (!head) throw new AppError("not_found", "The file is no longer stored.");
@@ -205,25 +298,19 @@ export async function serveDownload(
 
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
   const reservation = { length, size: file.size, wholeDownload: offset === 0 && length === file.size };
-  const reserving = judged
-    ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
-    : findAndReserve(db, claims, path, reservation);
   const r2Key = file.r2Key;
-  const reading = () =>
-    c.env.WEIGHTS.get(r2Key, {
-      onlyIf: { etagMatches: etag },
-      ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
-    });
-  // A doubted file is read only once its bytes were taken; any other while they are taken.
-  let found: PromiseSettledResult<Awaited<typeof reserving>>;
-  let read: PromiseSettledResult<R2Object | R2ObjectBody | null> | undefined;
-  if (doubted) {
-    [found] = await Promise.allSettled([reserving]);
-    if (found.status === "fulfilled" && found.value.reserved) [read] = await Promise.allSettled([reading()]);
-  } else {
-    [found, read] = await Promise.allSettled([reserving, reading()]);
-  }
-  const object: R2Object | R2ObjectBody | null = read?.status === "fulfilled" ? read.value : null;
+  const [found, read] = await takeAndRead(
+    judged
+      ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
+      : findAndReserve(db, claims, path, reservation),
+    () =>
+      c.env.WEIGHTS.get(r2Key, {
+        onlyIf: { etagMatches: etag },
+        ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
+      }),
+    doubted,
+  );
+  const object = read?.status === "fulfilled" ? read.value : null;
   const body = object && "body" in object ? (object as R2ObjectBody).body : undefined;
   const reserved = found.status === "fulfilled" && found.value.reserved;
   /** Cancels the read and gives the reserved bytes back: the answer is not sent, and the file is doubted. */
@@ -238,16 +325,17 @@ export async function serveDownload(
       );
     }
   };
-  if (found.status === "rejected") {
+  /** Abandons the answer for `refusal`, which it throws. */
+  const refuse = async (refusal: unknown): Promise<never> => {
     await abandon();
-    throw found.reason;
-  }
+    throw refusal;
+  };
+  if (found.status === "rejected") return refuse(found.reason);
   let live = judged;
   try {
     live ??= servableFile(c, claims, found.value.row, startedAt);
   } catch (refusal) {
-    await abandon();
-    throw refusal;
+    return refuse(refusal);
   }
   const { row } = live;
   if (!sameObject(live.file, file)) {
@@ -258,72 +346,22 @@ export async function serveDownload(
     return serveDownload(c, model, revision, path, true);
   }
   if (!reserved) {
-    await abandon();
     const budget = linkByteBudget(row.maxDownloads, file.size);
-    throw new AppError(
-      "forbidden",
-      `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
-      { extensions: { maxBytes: budget } },
+    return refuse(
+      new AppError(
+        "forbidden",
+        `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
+        { extensions: { maxBytes: budget } },
+      ),
     );
   }
-  if (read?.status === "rejected") {
-    await abandon();
-    throw read.reason;
-  }
-  if (!object) {
-    await abandon();
-    throw new AppError("not_found", "The file is no longer stored.");
-  }
-  if (!body) {
-    // The object's etag differs: it was replaced since the link was made. Never mix bytes.
-    await abandon();
-    throw new AppError("precondition_failed", "The file changed since this link was made.");
-  }
+  if (read?.status === "rejected") return refuse(read.reason);
+  if (!object) return refuse(new AppError("not_found", "The file is no longer stored."));
+  // No body: the object's etag differs, it was replaced since the link was made. Never mix bytes.
+  if (!body) return refuse(new AppError("precondition_failed", "The file changed since this link was made."));
   if (doubted) doubtedFiles.delete(db, doubtKey);
 
-  const status = plan.kind === "partial" ? 206 : 200;
   headers.set("content-length", String(length));
   if (plan.kind === "partial") headers.set("content-range", `bytes ${offset}-${offset + length - 1}/${file.size}`);
-
-  // Native streams end to end (R2 body → FixedLengthStream): workerd pumps the bytes without
-  // running JavaScript per chunk, and the response keeps its Content-Length. The pipe settles when
-  // the last byte was handed on (complete) or the client went away (not complete; the range says
-  // what was asked, and a resumed range records what followed).
-  const { readable, writable } = new FixedLengthStream(length);
-  const finished = body.pipeTo(writable).then(
-    () => true,
-    () => false,
-  );
-  void finished.then((complete) =>
-    recordDownload(c.env, {
-      organizationId: row.organizationId,
-      model,
-      path,
-      status,
-      complete,
-      latencyMs: clock.now().getTime() - startedAt,
-      bytes: complete ? length : 0,
-    }),
-  );
-  c.executionCtx.waitUntil(
-    finished.then((complete) =>
-      recordDownloadRow(services, c.env, {
-        id: services.ids.id("dle"),
-        organizationId: row.organizationId,
-        jti: claims.jti,
-        grantId: claims.gnt,
-        tokenId: claims.tok,
-        model,
-        revisionId: revision,
-        path,
-        status,
-        rangeStart: plan.kind === "partial" ? offset : null,
-        rangeEnd: plan.kind === "partial" ? offset + length - 1 : null,
-        bytesServed: complete ? length : 0,
-        complete,
-        at: clock.now().toISOString(),
-      }),
-    ),
-  );
-  return new Response(readable, { status, headers });
+  return streamedAnswer(c, body, headers, { claims, row, revision, path, plan, length, startedAt });
 }
