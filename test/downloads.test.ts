@@ -525,6 +525,10 @@ describe("a file served before: the link's check, its bytes and the read go out 
   /** The steps of an answer that went one step at a time: the lookup, the reservation, the read. */
   const oneAtATime: Step[] = ["d1 begins", "d1 ends", "d1 begins", "d1 ends", "r2 begins", "r2 ends"];
 
+  /** Whether the lookup, the reservation and the read all began before any of them ended. */
+  const begunTogether = (steps: Step[]) =>
+    [...steps.slice(0, 3)].sort().join() === ["d1 begins", "d1 begins", "r2 begins"].join();
+
   it("the first answer waits twice, the lookup first; the next waits once, on three calls begun at once", async () => {
     const steps: Step[] = [];
     // Bindings of their own: a database this isolate has read no file of.
@@ -542,7 +546,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect(next.status).toBe(206);
     expect(new Uint8Array(await next.arrayBuffer())).toEqual(SHARD.slice(1, 100));
     // The lookup, the reservation and the read all begin before any of them ends.
-    expect(steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect(begunTogether(steps)).toBe(true);
     expect(steps.filter((step) => step.endsWith("begins"))).toHaveLength(3);
     expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(100);
   });
@@ -619,7 +623,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect((await ask()).calls).toEqual({ d1: 2, r2: 0 });
     // A probe fits: served one step at a time, which lifts the doubt.
     expect(await ask("bytes=0-0")).toMatchObject({ status: 206, steps: oneAtATime });
-    expect((await ask("bytes=1-1")).steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect(begunTogether((await ask("bytes=1-1")).steps)).toBe(true);
     // A suspended grant: the reservation takes nothing, and after the first refusal the lookup alone
     // answers.
     await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.id, grantId));
@@ -628,7 +632,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     // Reinstated: the link comes back at once, one step at a time, then as before.
     await gw.db.update(grants).set({ status: "active" }).where(eq(grants.id, grantId));
     expect(await ask("bytes=2-2")).toMatchObject({ status: 206, steps: oneAtATime });
-    expect((await ask("bytes=3-3")).steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect(begunTogether((await ask("bytes=3-3")).steps)).toBe(true);
     expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length + 4);
   });
 
@@ -656,7 +660,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     const served = await gw.request(link, { headers: { range: "bytes=10-" }, cf: { country: "DE" } } as RequestInit);
     expect(served.status).toBe(206);
     expect(await served.text()).toBe(PARAMS.slice(10));
-    expect(steps.slice(0, 3).sort()).toEqual(["d1 begins", "d1 begins", "r2 begins"]);
+    expect(begunTogether(steps)).toBe(true);
     expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length);
   });
 
