@@ -18,6 +18,7 @@ import worker from "../worker/index";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { sha256Hex } from "../worker/platform/hash";
 import { accessHeaders, adminToken } from "./helpers/access";
+import { boundMember } from "./helpers/bindings";
 import { seedApplication, seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 
 type Gateway = ReturnType<typeof testGateway>;
@@ -403,8 +404,7 @@ function withoutHead(bucket: R2Bucket): R2Bucket {
   return new Proxy(bucket, {
     get(target, property) {
       if (property === "head") return async () => null;
-      const value = Reflect.get(target, property, target);
-      return typeof value === "function" ? value.bind(target) : value;
+      return boundMember(target, property);
     },
   });
 }

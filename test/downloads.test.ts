@@ -19,6 +19,7 @@ import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
 import { carryLedgerRows } from "../worker/usage/carry";
 import type { DownloadRow } from "../worker/usage/hours";
+import { boundMember } from "./helpers/bindings";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { downloadRows } from "./helpers/ledger";
 import { approvedToken, bytes, seedRevision } from "./helpers/weights";
@@ -485,11 +486,6 @@ describe("a file served before: the link's check, its bytes and the read go out 
           steps.push(`${kind} ends`);
         }
       };
-    /** What a binding's own member is, its methods bound to it (native objects check their receiver). */
-    const forward = (target: object, key: string | symbol) => {
-      const value = Reflect.get(target, key);
-      return typeof value === "function" ? value.bind(target) : value;
-    };
     const statement = (real: D1PreparedStatement): D1PreparedStatement =>
       new Proxy(real, {
         get(target, key) {
@@ -498,19 +494,19 @@ describe("a file served before: the link's check, its bytes and the read go out 
             return (...args: unknown[]) =>
               watch("d1", () => (target[key] as (...a: unknown[]) => Promise<unknown>).apply(target, args))();
           }
-          return forward(target, key);
+          return boundMember(target, key);
         },
       });
     const db = new Proxy(env.DB, {
       get(target, key) {
         if (key === "prepare") return (query: string) => statement(target.prepare(query));
-        return forward(target, key);
+        return boundMember(target, key);
       },
     });
     const weights = new Proxy(env.WEIGHTS, {
       get(target, key) {
         if (key === "get") return (...args: Parameters<R2Bucket["get"]>) => watch("r2", () => target.get(...args))();
-        return forward(target, key);
+        return boundMember(target, key);
       },
     });
     return { DB: db, WEIGHTS: weights };
@@ -779,8 +775,7 @@ describe("download usage", () => {
             return target.prepare(query);
           };
         }
-        const value = Reflect.get(target, property);
-        return typeof value === "function" ? value.bind(target) : value;
+        return boundMember(target, property);
       },
     });
     return { db, attempts };

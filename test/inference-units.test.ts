@@ -22,6 +22,7 @@ import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
 import { jsonLogger } from "../worker/platform/logger";
 import { renewIfDue } from "../worker/platform/renew-ahead";
+import { boundMember } from "./helpers/bindings";
 
 function sse(...events: string[]): ReadableStream<Uint8Array> {
   const bytes = new TextEncoder().encode(events.map((e) => `data: ${e}\n\n`).join(""));
@@ -615,8 +616,7 @@ describe("recordUsage", () => {
           return (statements: D1PreparedStatement[]) =>
             left-- > 0 ? Promise.reject(new Error("D1_ERROR: Database is overloaded")) : target.batch(statements);
         }
-        const value = Reflect.get(target, key);
-        return typeof value === "function" ? value.bind(target) : value;
+        return boundMember(target, key);
       },
     });
   }

@@ -18,6 +18,7 @@ import { tokenCounterFor } from "../worker/inference/tokenizer";
 import { fixedClock, systemClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { type Backend, openAiCaller, scopedBackend, storedServer } from "./helpers/backends";
+import { boundMember } from "./helpers/bindings";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { flushUsage, usageRows } from "./helpers/ledger";
 import { approvedToken } from "./helpers/weights";
@@ -370,8 +371,7 @@ describe("backend pool", () => {
             return target.prepare(query);
           };
         }
-        const value = Reflect.get(target, property);
-        return typeof value === "function" ? value.bind(target) : value;
+        return boundMember(target, property);
       },
     });
     // The steady server is one an admin added: reading it must not depend on reading health.

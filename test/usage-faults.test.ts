@@ -23,6 +23,7 @@ import type { OrgQuota } from "../worker/quota/org-quota";
 import { quotaStub } from "../worker/quota/org-quota";
 import { createServices, type Services } from "../worker/services";
 import { hourOf, hourStart } from "../worker/usage/hours";
+import { boundMember } from "./helpers/bindings";
 import {
   archiveObjects,
   type BookInside,
@@ -61,8 +62,7 @@ function storageRefusing(ctx: DurableObjectState, method: "put" | "delete"): Dur
   return new Proxy(ctx, {
     get(target, name) {
       if (name === "storage") return storage;
-      const value = Reflect.get(target, name);
-      return typeof value === "function" ? value.bind(target) : value;
+      return boundMember(target, name);
     },
   });
 }
@@ -331,8 +331,7 @@ describe("usage faults: work that overlaps", () => {
                 await slow;
                 return target.batch(statements);
               };
-            const value = Reflect.get(target, name);
-            return typeof value === "function" ? value.bind(target) : value;
+            return boundMember(target, name);
           },
         }),
       };

@@ -9,6 +9,7 @@ import { type LedgerRow, ledgerBatch, ledgerEntry } from "../../worker/inference
 import { type QuotaLimits, quotaStub } from "../../worker/quota/org-quota";
 import { createServices, type Services } from "../../worker/services";
 import { gunzipLines, hourStart } from "../../worker/usage/hours";
+import { boundMember } from "./bindings";
 import { ledgerRow } from "./ledger";
 
 /** Limits no test reaches. */
@@ -215,8 +216,7 @@ export function refusing<T extends object>(binding: T, method: string): T {
   return new Proxy(binding, {
     get(target, name) {
       if (name === method) return () => Promise.reject(new Error(`${method}: unavailable`));
-      const value = Reflect.get(target, name);
-      return typeof value === "function" ? value.bind(target) : value;
+      return boundMember(target, name);
     },
   });
 }
