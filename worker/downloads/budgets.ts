@@ -99,6 +99,25 @@ export interface ByteReservation {
   wholeDownload: boolean;
 }
 
+/** The counters of a budget row: a one-file link's own (`download_links`) or a manifest's file's. */
+type BudgetCounters = typeof downloadLinks | typeof downloadBudgets;
+
+/** The counters after `reservation` is taken: its bytes, and one more download if it begins one. */
+function taken(table: BudgetCounters, reservation: ByteReservation) {
+  return {
+    bytesServed: sql`${table.bytesServed} + ${reservation.length}`,
+    downloads: sql`${table.downloads} + ${reservation.wholeDownload ? 1 : 0}`,
+  };
+}
+
+/** The counters after `reservation` is given back, never below zero. */
+function givenBack(table: BudgetCounters, reservation: ByteReservation) {
+  return {
+    bytesServed: sql`max(0, ${table.bytesServed} - ${reservation.length})`,
+    downloads: sql`max(0, ${table.downloads} - ${reservation.wholeDownload ? 1 : 0})`,
+  };
+}
+
 /**
  * Takes `length` bytes from the file's budget under the link in one conditional statement, atomic
  * in D1, so no number of concurrent requests can together take more than the budget. The budget is
@@ -118,10 +137,7 @@ function reserveStatement(db: Database, link: VerifiedLink, path: string, reserv
   if (link.kind === "file") {
     return db
       .update(downloadLinks)
-      .set({
-        bytesServed: sql`${downloadLinks.bytesServed} + ${length}`,
-        downloads: sql`${downloadLinks.downloads} + ${started}`,
-      })
+      .set(taken(downloadLinks, reservation))
       .where(
         and(
           eq(downloadLinks.jti, link.jti),
@@ -153,10 +169,7 @@ function reserveStatement(db: Database, link: VerifiedLink, path: string, reserv
     )
     .onConflictDoUpdate({
       target: [downloadBudgets.jti, downloadBudgets.path],
-      set: {
-        bytesServed: sql`${downloadBudgets.bytesServed} + ${length}`,
-        downloads: sql`${downloadBudgets.downloads} + ${started}`,
-      },
+      set: taken(downloadBudgets, reservation),
       setWhere: sql`${downloadBudgets.bytesServed} + ${length} <= ${budgetOfManifest} and ${live}`,
     })
     .returning({ bytesServed: downloadBudgets.bytesServed });
@@ -199,23 +212,12 @@ export async function returnBytes(
   path: string,
   reservation: ByteReservation,
 ): Promise<void> {
-  const { length, wholeDownload } = reservation;
-  const started = wholeDownload ? 1 : 0;
   if (link.kind === "file") {
-    await db
-      .update(downloadLinks)
-      .set({
-        bytesServed: sql`max(0, ${downloadLinks.bytesServed} - ${length})`,
-        downloads: sql`max(0, ${downloadLinks.downloads} - ${started})`,
-      })
-      .where(eq(downloadLinks.jti, link.jti));
+    await db.update(downloadLinks).set(givenBack(downloadLinks, reservation)).where(eq(downloadLinks.jti, link.jti));
     return;
   }
   await db
     .update(downloadBudgets)
-    .set({
-      bytesServed: sql`max(0, ${downloadBudgets.bytesServed} - ${length})`,
-      downloads: sql`max(0, ${downloadBudgets.downloads} - ${started})`,
-    })
+    .set(givenBack(downloadBudgets, reservation))
     .where(and(eq(downloadBudgets.jti, link.jti), eq(downloadBudgets.path, path)));
 }
