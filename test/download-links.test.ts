@@ -332,8 +332,13 @@ describe("a one-file link issued before manifests had one link", () => {
     const capped = await gw.request(link.url);
     expect(capped.status).toBe(403);
     expect(await capped.json()).toMatchObject({ maxBytes: 2 * SHARD.byteLength + PROBE_ALLOWANCE_BYTES });
+    // Judged from the row's own count now: the same refusal, and a probe within the allowance still fits.
+    const again = await gw.request(link.url, { headers: { range: "bytes=0-" } });
+    expect(again.status).toBe(403);
+    expect(await again.json()).toMatchObject({ maxBytes: 2 * SHARD.byteLength + PROBE_ALLOWANCE_BYTES });
+    expect((await gw.request(link.url, { headers: { range: "bytes=0-0" } })).status).toBe(206);
     const [row] = await db().select().from(downloadLinks).where(eq(downloadLinks.jti, link.jti));
-    expect(row).toMatchObject({ bytesServed: 2 * SHARD.byteLength, downloads: 1 });
+    expect(row).toMatchObject({ bytesServed: 2 * SHARD.byteLength + 1, downloads: 1 });
     expect(await db().select().from(downloadBudgets)).toEqual([]);
   });
 

@@ -518,8 +518,14 @@ describe("a file served before: the link's check, its bytes and the read go out 
     r2: steps.filter((step) => step === "r2 begins").length,
   });
 
-  /** The steps of an answer that went one step at a time: the lookup, the reservation, the read. */
-  const oneAtATime: Step[] = ["d1 begins", "d1 ends", "d1 begins", "d1 ends", "r2 begins", "r2 ends"];
+  /** Whether the link was looked up first, and the reservation and the read then began together. */
+  const lookupFirst = (steps: Step[]) =>
+    steps.length === 6 &&
+    steps.slice(0, 2).join() === "d1 begins,d1 ends" &&
+    [...steps.slice(2, 4)].sort().join() === "d1 begins,r2 begins";
+
+  /** The steps of an answer whose file R2 last refused: the lookup, the read, then the reservation. */
+  const readBeforeReserve: Step[] = ["d1 begins", "d1 ends", "r2 begins", "r2 ends", "d1 begins", "d1 ends"];
 
   /** Whether the lookup, the reservation and the read all began before any of them ended. */
   const begunTogether = (steps: Step[]) =>
@@ -534,9 +540,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     const first = await gw.request(link, { headers: { range: "bytes=0-0" } });
     expect(first.status).toBe(206);
     // The lookup, then the reservation and the read together.
-    expect(steps.slice(0, 2)).toEqual(["d1 begins", "d1 ends"]);
-    expect(steps.slice(2, 4).sort()).toEqual(["d1 begins", "r2 begins"]);
-    expect(steps.filter((step) => step.endsWith("begins"))).toHaveLength(3);
+    expect(lookupFirst(steps)).toBe(true);
     steps.length = 0;
     const next = await gw.request(link, { headers: { range: "bytes=1-99" } });
     expect(next.status).toBe(206);
@@ -554,7 +558,7 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(206);
     let spent = (await budgetOf(link, "consolidated.00.pth"))?.bytesServed;
     expect(spent).toBe(10);
-    /** Asks once; the answer is `status`, the budget as it was, after `calls` D1 and R2 calls. */
+    /** Asks once; the answer is `status`, the budget as it was, after `calls` D1 and R2 calls (its steps). */
     const refusedWith = async (status: number, calls: { d1: number; r2: number }, init?: RequestInit) => {
       steps.length = 0;
       const res = await gw.request(link, init ?? { headers: { range: "bytes=10-" } });
@@ -563,14 +567,15 @@ describe("a file served before: the link's check, its bytes and the read go out 
       expect(res.headers.get("content-range")).toBeNull();
       expect((await budgetOf(link, "consolidated.00.pth"))?.bytesServed).toBe(spent);
       expect(callsIn(steps)).toEqual(calls);
+      return [...steps];
     };
-    /** Asks for `range` and gets it, one step at a time (the file was doubted); the doubt is lifted. */
-    const servedOneStepAtATime = async (range: string, size: number) => {
+    /** Asks for `range` and gets it, after the steps `served` says (the file was doubted); the doubt is lifted. */
+    const servedAfterDoubt = async (range: string, size: number, served: (steps: Step[]) => boolean) => {
       steps.length = 0;
       const res = await gw.request(link, { headers: { range } });
       expect(res.status).toBe(206);
       expect((await res.arrayBuffer()).byteLength).toBe(size);
-      expect(steps).toEqual(oneAtATime);
+      expect(served([...steps]), steps.join()).toBe(true);
       spent = (spent ?? 0) + size;
     };
     // The token narrowed to another model: judged from the lookup after the bytes were taken, which
@@ -584,12 +589,15 @@ describe("a file served before: the link's check, its bytes and the read go out 
     await refusedWith(403, { d1: 1, r2: 0 }, {});
     await refusedWith(403, { d1: 1, r2: 0 });
     await gw.db.update(accessTokens).set({ models: null }).where(eq(accessTokens.id, tokenId));
-    await servedOneStepAtATime("bytes=10-19", 10);
-    // The object replaced under the link: R2 refuses the read, and the bytes go back.
+    await servedAfterDoubt("bytes=10-19", 10, lookupFirst);
+    // The object replaced under the link: R2 refuses the read, and the bytes go back. After that the
+    // link is looked up, then read, and nothing is taken while R2 refuses.
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", bytes(300_000, 99));
     await refusedWith(412, { d1: 3, r2: 1 });
+    expect(await refusedWith(412, { d1: 1, r2: 1 })).toEqual(readBeforeReserve.slice(0, 4));
+    expect(await refusedWith(412, { d1: 1, r2: 1 }, {})).toEqual(readBeforeReserve.slice(0, 4));
     await env.WEIGHTS.put("models/llama-2-7b/test/consolidated.00.pth", SHARD);
-    await servedOneStepAtATime("bytes=20-29", 10);
+    await servedAfterDoubt("bytes=20-29", 10, (seen) => seen.join() === readBeforeReserve.join());
     // Revoked: the reservation's own condition takes nothing, so there is nothing to give back.
     await gw.db.update(accessTokens).set({ revokedAt: new Date().toISOString() }).where(eq(accessTokens.id, tokenId));
     await refusedWith(403, { d1: 2, r2: 1 });
@@ -613,23 +621,29 @@ describe("a file served before: the link's check, its bytes and the read go out 
     };
     expect((await ask()).status).toBe(200);
     // What is left of the budget is the probe allowance: the whole file again does not fit. The
-    // first refusal read R2 while the bytes were being refused; the next ones do not read at all.
+    // first refusal read R2 while the bytes were being refused; the next ones are refused by the
+    // lookup, which sees the bytes served, and ask nothing of the budget or R2.
     expect((await ask("bytes=0-")).calls).toEqual({ d1: 2, r2: 1 });
-    expect((await ask("bytes=0-")).calls).toEqual({ d1: 2, r2: 0 });
-    expect((await ask()).calls).toEqual({ d1: 2, r2: 0 });
-    // A probe fits: served one step at a time, which lifts the doubt.
-    expect(await ask("bytes=0-0")).toMatchObject({ status: 206, steps: oneAtATime });
+    expect(await ask("bytes=0-")).toMatchObject({ status: 403, calls: { d1: 1, r2: 0 } });
+    expect(await ask()).toMatchObject({ status: 403, calls: { d1: 1, r2: 0 } });
+    // A probe fits: served after the lookup, which lifts the doubt.
+    expect(lookupFirst((await ask("bytes=0-0")).steps)).toBe(true);
     expect(begunTogether((await ask("bytes=1-1")).steps)).toBe(true);
     // A suspended grant: the reservation takes nothing, and after the first refusal the lookup alone
     // answers.
     await gw.db.update(grants).set({ status: "suspended" }).where(eq(grants.id, grantId));
     expect(await ask("bytes=2-2")).toMatchObject({ status: 403, calls: { d1: 2, r2: 1 } });
     for (let i = 0; i < 3; i++) expect(await ask("bytes=2-2")).toMatchObject({ status: 403, calls: { d1: 1, r2: 0 } });
-    // Reinstated: the link comes back at once, one step at a time, then as before.
+    // Reinstated: the link comes back at once, after its lookup, then as before.
     await gw.db.update(grants).set({ status: "active" }).where(eq(grants.id, grantId));
-    expect(await ask("bytes=2-2")).toMatchObject({ status: 206, steps: oneAtATime });
+    expect(lookupFirst((await ask("bytes=2-2")).steps)).toBe(true);
     expect(begunTogether((await ask("bytes=3-3")).steps)).toBe(true);
-    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length + 4);
+    // What is left, 12 bytes, exactly: one byte more is refused, and the lookup lets the 12 through.
+    const left = PARAMS.length + PROBE_ALLOWANCE_BYTES - (PARAMS.length + 4);
+    expect((await ask(`bytes=0-${left}`)).status).toBe(403);
+    expect(await ask(`bytes=0-${left}`)).toMatchObject({ status: 403, calls: { d1: 1, r2: 0 } });
+    expect(lookupFirst((await ask(`bytes=0-${left - 1}`)).steps)).toBe(true);
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length + PROBE_ALLOWANCE_BYTES);
   });
 
   it("a range from a restricted country is refused by the lookup alone, and leaves the link as it was", async () => {

@@ -37,7 +37,8 @@ const liveState = {
 /**
  * The query for the link's row and live state: undefined for a link no row recorded. `path` is the
  * file asked for: a manifest's link opens any file of its revision, a one-file link only the path
- * it was made for (which the caller compared with its claims).
+ * it was made for (which the caller compared with its claims). The bytes the file's budget has
+ * served come with it, for a refusal judged before any are taken (`reserveStatement` alone takes).
  */
 function servableLinkQuery(db: Database, link: VerifiedLink, path: string) {
   if (link.kind === "file") {
@@ -47,6 +48,7 @@ function servableLinkQuery(db: Database, link: VerifiedLink, path: string) {
         tokenId: downloadLinks.tokenId,
         model: downloadLinks.model,
         maxDownloads: downloadLinks.maxDownloads,
+        bytesServed: downloadLinks.bytesServed,
         ...liveState,
       })
       .from(downloadLinks)
@@ -66,6 +68,8 @@ function servableLinkQuery(db: Database, link: VerifiedLink, path: string) {
       tokenId: downloadManifests.tokenId,
       model: downloadManifests.model,
       maxDownloads: downloadManifests.maxDownloads,
+      // None before the file's first byte was served under the link.
+      bytesServed: downloadBudgets.bytesServed,
       ...liveState,
     })
     .from(downloadManifests)
@@ -74,6 +78,7 @@ function servableLinkQuery(db: Database, link: VerifiedLink, path: string) {
     .leftJoin(memberships, liveMembershipOfTokenMember)
     .leftJoin(licenseReacceptances, pendingReacceptanceOfGrant)
     .leftJoin(modelFiles, and(eq(modelFiles.revisionId, downloadManifests.revisionId), eq(modelFiles.path, path)))
+    .leftJoin(downloadBudgets, and(eq(downloadBudgets.jti, downloadManifests.jti), eq(downloadBudgets.path, path)))
     .where(eq(downloadManifests.jti, link.jti));
 }
 

@@ -62,13 +62,20 @@ function refuseForGood(db: object, claims: VerifiedLink, detail: string): never 
 }
 
 /**
- * A link's files whose last answer in this isolate was refused for a reason that may pass (a
- * suspended grant, a narrowed model, a spent budget, a replaced object…), by database, link and
- * path. Their next request goes one step at a time: the lookup, then the reservation, then the
- * read, each only once the one before passed. So a link that keeps being refused costs one R2 read
- * and one give-back per isolate, not one per request; an answer served lifts the doubt.
+ * Why a file's last answer under a link was refused in this isolate: by what its lookup or budget
+ * said (`link`: a suspended grant, a narrowed model, a spent budget…) or by R2 (`object`: replaced
+ * or gone). Neither need be final, so it is a doubt, not a refusal kept.
  */
-const doubtedFiles = new IsolateMemory<true>(10_000);
+type Doubt = "link" | "object";
+
+/**
+ * A link's files whose last answer in this isolate was refused, by database, link and path, with
+ * why. Their next request looks the link up, and judges it and its budget, before anything else is
+ * asked. Then a file doubted for the link reserves and reads together; one doubted for its object
+ * reads first and reserves only once R2 served. So a link that keeps being refused reads R2 once
+ * per isolate, and gives bytes back once, not on every request; an answer served lifts the doubt.
+ */
+const doubtedFiles = new IsolateMemory<Doubt>(10_000);
 
 /**
  * The file `row` lets the link open, once everything the link depends on is still live: its row
@@ -153,20 +160,40 @@ function fileHeaders(file: ModelFile, etag: string): Headers {
 
 type Read = R2Object | R2ObjectBody | null;
 
+/** Why R2's answer to the read serves nothing, if it does not. */
+function readRefusal(read: PromiseSettledResult<Read>): unknown {
+  if (read.status === "rejected") return read.reason;
+  if (!read.value) return new AppError("not_found", "The file is no longer stored.");
+  // No body: the object's etag differs, it was replaced since the link was made. Never mix bytes.
+  if (!("body" in read.value)) return new AppError("precondition_failed", "The file changed since this link was made.");
+  return undefined;
+}
+
 /**
  * The answer's bytes taken from the file's budget and its range read from R2: both at once, or,
- * `oneAtATime`, the read only once the bytes were taken (and none when they were refused).
+ * `readFirst`, the bytes taken only once R2 served (none taken, and `undefined` for them, when
+ * it did not).
  */
-async function takeAndRead<T extends { reserved: boolean }>(
-  taking: Promise<T>,
+async function takeAndRead<T>(
+  taking: () => Promise<T>,
   reading: () => Promise<Read>,
-  oneAtATime: boolean,
-): Promise<[PromiseSettledResult<T>, PromiseSettledResult<Read> | undefined]> {
-  if (!oneAtATime) return Promise.allSettled([taking, reading()]);
-  const [taken] = await Promise.allSettled([taking]);
-  if (taken.status === "rejected" || !taken.value.reserved) return [taken, undefined];
+  readFirst: boolean,
+): Promise<[PromiseSettledResult<T> | undefined, PromiseSettledResult<Read>]> {
+  if (!readFirst) return Promise.allSettled([taking(), reading()]);
   const [read] = await Promise.allSettled([reading()]);
+  if (readRefusal(read) !== undefined) return [undefined, read];
+  const [taken] = await Promise.allSettled([taking()]);
   return [taken, read];
+}
+
+/** The refusal of an answer its link's budget for a file of `size` bytes has no room for. */
+function budgetSpent(row: ServableLink, size: number): AppError {
+  const budget = linkByteBudget(row.maxDownloads, size);
+  return new AppError(
+    "forbidden",
+    `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
+    { extensions: { maxBytes: budget } },
+  );
 }
 
 /** What a served answer is recorded with. */
@@ -242,9 +269,10 @@ function streamedAnswer(c: Context<HonoEnv>, body: ReadableStream, headers: Head
  * A file this isolate has served before (`knownFile`) costs one wait: the link's lookup, the byte
  * reservation and the R2 read all begin at once, and an answer that is then refused cancels the
  * read and gives the bytes back. The first request for a file looks the link up first, for the
- * file's size and where it is stored; then the reservation and the read begin together. A file
- * whose last answer here was refused (`doubtedFiles`) goes one step at a time until one is served,
- * and a request from a restricted country is judged by the lookup before anything is taken.
+ * file's size and where it is stored, and judges it and its budget; then the reservation and the
+ * read begin together. So does a file whose last answer here was refused (`doubtedFiles`), but for
+ * one R2 refused, which reads before it reserves. A request from a restricted country is judged by
+ * the lookup before anything is taken.
  */
 export async function serveDownload(
   c: Context<HonoEnv>,
@@ -258,7 +286,7 @@ export async function serveDownload(
   const startedAt = clock.now().getTime();
   const claims = await checkedLink(c, model, revision, path);
   const doubtKey = `${deadKey(claims)} ${path}`;
-  const doubted = doubtedFiles.get(db, doubtKey) !== undefined;
+  const doubt = doubtedFiles.get(db, doubtKey);
   // A request from where the model may not be used is refused by the lookup (which notes the
   // country) before any bytes are taken, so it never holds bytes a range from elsewhere needs.
   const family = findModel(model)?.family;
@@ -266,7 +294,7 @@ export async function serveDownload(
 
   /** The link judged from a lookup of its own, before anything else is asked. */
   const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
-  let file = c.req.method === "HEAD" || fresh || doubted || restrictedHere ? undefined : knownFile(db, revision, path);
+  let file = c.req.method === "HEAD" || fresh || doubt || restrictedHere ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
   let judged: { row: ServableLink; file: ModelFile } | undefined;
   if (!file) {
@@ -295,27 +323,33 @@ export async function serveDownload(
   }
   const offset = plan.kind === "partial" ? plan.offset : 0;
   const length = plan.kind === "partial" ? plan.length : file.size;
+  if (judged && (judged.row.bytesServed ?? 0) + length > linkByteBudget(judged.row.maxDownloads, file.size)) {
+    // Spent as the lookup saw it: nothing is asked of the budget or R2, now or on the next request.
+    doubtedFiles.set(db, doubtKey, "link");
+    throw budgetSpent(judged.row, file.size);
+  }
 
   // The cap is in bytes, so a probe, a resumed range and a whole download all draw on one budget.
   const reservation = { length, size: file.size, wholeDownload: offset === 0 && length === file.size };
   const r2Key = file.r2Key;
   const [found, read] = await takeAndRead(
-    judged
-      ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
-      : findAndReserve(db, claims, path, reservation),
+    () =>
+      judged
+        ? reserveBytes(db, claims, path, reservation).then((reserved) => ({ row: judged.row, reserved }))
+        : findAndReserve(db, claims, path, reservation),
     () =>
       c.env.WEIGHTS.get(r2Key, {
         onlyIf: { etagMatches: etag },
         ...(plan.kind === "partial" ? { range: { offset, length } } : {}),
       }),
-    doubted,
+    doubt === "object",
   );
-  const object = read?.status === "fulfilled" ? read.value : null;
+  const object = read.status === "fulfilled" ? read.value : null;
   const body = object && "body" in object ? (object as R2ObjectBody).body : undefined;
-  const reserved = found.status === "fulfilled" && found.value.reserved;
+  const reserved = found?.status === "fulfilled" && found.value.reserved;
   /** Cancels the read and gives the reserved bytes back: the answer is not sent, and the file is doubted. */
-  const abandon = async () => {
-    doubtedFiles.set(db, doubtKey, true);
+  const abandon = async (why: Doubt) => {
+    doubtedFiles.set(db, doubtKey, why);
     await body?.cancel();
     if (reserved) {
       c.executionCtx.waitUntil(
@@ -326,10 +360,12 @@ export async function serveDownload(
     }
   };
   /** Abandons the answer for `refusal`, which it throws. */
-  const refuse = async (refusal: unknown): Promise<never> => {
-    await abandon();
+  const refuse = async (refusal: unknown, why: Doubt = "link"): Promise<never> => {
+    await abandon(why);
     throw refusal;
   };
+  // Read first, and R2 served nothing: the link was judged, and nothing taken.
+  if (!found) return refuse(readRefusal(read), "object");
   if (found.status === "rejected") return refuse(found.reason);
   let live = judged;
   try {
@@ -342,24 +378,13 @@ export async function serveDownload(
     // The kept row is not D1's (a database rebuilt under this isolate): begin again from D1's. Only a
     // kept row can differ, and the second time reads none, so this happens at most once.
     forgetFile(db, file);
-    await abandon();
+    await abandon("link");
     return serveDownload(c, model, revision, path, true);
   }
-  if (!reserved) {
-    const budget = linkByteBudget(row.maxDownloads, file.size);
-    return refuse(
-      new AppError(
-        "forbidden",
-        `This link has been used for as many downloads as it allows: ${budget} bytes, ranges included. Request a fresh one.`,
-        { extensions: { maxBytes: budget } },
-      ),
-    );
-  }
-  if (read?.status === "rejected") return refuse(read.reason);
-  if (!object) return refuse(new AppError("not_found", "The file is no longer stored."));
-  // No body: the object's etag differs, it was replaced since the link was made. Never mix bytes.
-  if (!body) return refuse(new AppError("precondition_failed", "The file changed since this link was made."));
-  if (doubted) doubtedFiles.delete(db, doubtKey);
+  if (!reserved) return refuse(budgetSpent(row, file.size));
+  // No body: R2 refused the read, which says why.
+  if (!body) return refuse(readRefusal(read), "object");
+  if (doubt) doubtedFiles.delete(db, doubtKey);
 
   headers.set("content-length", String(length));
   if (plan.kind === "partial") headers.set("content-range", `bytes ${offset}-${offset + length - 1}/${file.size}`);
