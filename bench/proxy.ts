@@ -71,6 +71,7 @@ function usage(message?: string): never {
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
       "                              [--targets noop,floor,modelgate,split,memory,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
+      "                              [--live-streams N: the sequential client times N paced streams per target, however long that takes (else up to 200 within --duration)]\n" +
       "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n" +
       "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n",
   );
@@ -90,6 +91,7 @@ function options() {
     warmup: string;
     connections: string;
     samples: string;
+    "live-streams"?: string;
     targets: string;
     answers: string;
     baseline?: string;
@@ -105,6 +107,7 @@ function options() {
         warmup: { type: "string", default: "2" },
         connections: { type: "string", default: "1,32" },
         samples: { type: "string", default: "500" },
+        "live-streams": { type: "string" },
         targets: { type: "string", default: PEERS.join(",") },
         answers: { type: "string", default: "plain,streamed" },
         baseline: { type: "string" },
@@ -123,6 +126,8 @@ function options() {
     warmup: Number(values.warmup) >= 0 ? Number(values.warmup) : usage("--warmup must be 0 or more"),
     connections: values.connections.split(",").map((c) => Math.round(positive("--connections", c))),
     samples: Math.round(positive("--samples", values.samples)),
+    liveStreams:
+      values["live-streams"] === undefined ? undefined : Math.round(positive("--live-streams", values["live-streams"])),
     targets: new Set(
       values.targets.split(",").map((t) => (PEERS.includes(t as Peer) ? (t as Peer) : usage(`unknown target "${t}"`))),
     ),
@@ -251,13 +256,15 @@ function table(header: string[], rows: string[][]): string {
 
 async function main(): Promise<void> {
   const opts = options();
-  // Every loop below is bounded by --duration; this only catches a hung start or teardown.
-  // The targets at most: every peer, the simulator, the token with its own limits and a baseline.
+  // Every loop below is bounded by --duration or --live-streams; this only catches a hung start or
+  // teardown. The targets at most: every peer, the simulator, the token with its own limits and a
+  // baseline. A paced stream takes about 40 ms; 100 ms each leaves room for a slow machine.
   const targetCount = PEERS.length + 3;
   const budgetSeconds =
     120 +
     opts.connections.length * 2 * targetCount * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
-    targetCount * 2 * (opts.duration + 5);
+    targetCount * 2 * (opts.duration + 5) +
+    targetCount * (opts.liveStreams ?? 0) * 0.1;
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:proxy: gave up after ${budgetSeconds} s\n`);
     process.exit(1);
@@ -411,8 +418,8 @@ async function main(): Promise<void> {
         maxTokens: MAX_TOKENS,
       });
       const stream = await runSequential(() => target.chat({ stream: true, paced: true }), {
-        durationMs,
-        maxRequests: Math.min(opts.samples, 200),
+        durationMs: opts.liveStreams === undefined ? durationMs : Number.POSITIVE_INFINITY,
+        maxRequests: opts.liveStreams ?? Math.min(opts.samples, 200),
         stream: true,
         maxTokens: MAX_TOKENS,
         pacedGenerationMs: (MAX_TOKENS - 1) * PACED_TOKEN_MS,
