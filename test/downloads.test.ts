@@ -674,6 +674,27 @@ describe("a file served before: the link's check, its bytes and the read go out 
     expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(PARAMS.length);
   });
 
+  it("a thousand concurrent ranges of a file R2 last refused read first, and together take no more than the budget", async () => {
+    const { gw, manifest: m } = await setup();
+    const link = linkOf(m, "params.json");
+    await allowDownloads(link, 1);
+    expect((await gw.request(link, { headers: { range: "bytes=0-0" } })).status).toBe(206);
+    // Replaced, then put back: the file is doubted for its object, so each range below looks the
+    // link up, reads, and only then reserves.
+    await env.WEIGHTS.put("models/llama-2-7b/test/params.json", "{}");
+    expect((await gw.request(link, { headers: { range: "bytes=0-9" } })).status).toBe(412);
+    await env.WEIGHTS.put("models/llama-2-7b/test/params.json", PARAMS);
+    const responses = await Promise.all(
+      Array.from({ length: 1000 }, () => gw.request(link, { headers: { range: "bytes=0-9" } })),
+    );
+    const served = responses.filter((r) => r.status === 206);
+    // 41 bytes were left (the file and the probe allowance, but the first byte): four ranges of 10.
+    expect(served).toHaveLength(4);
+    expect(responses.filter((r) => r.status === 403)).toHaveLength(996);
+    for (const res of served) expect(await res.text()).toBe(PARAMS.slice(0, 10));
+    expect((await budgetOf(link, "params.json"))?.bytesServed).toBe(41);
+  }, 60_000);
+
   it("a file whose row changed under the isolate is served from D1's row, and its bytes taken once", async () => {
     const { gw, manifest: m } = await setup();
     const link = linkOf(m, "params.json");
