@@ -344,8 +344,7 @@ export async function serveDownload(
       }),
     doubt === "object",
   );
-  const object = read.status === "fulfilled" ? read.value : null;
-  const body = object && "body" in object ? (object as R2ObjectBody).body : undefined;
+  const body = read.status === "fulfilled" && read.value && "body" in read.value ? read.value.body : undefined;
   const reserved = found?.status === "fulfilled" && found.value.reserved;
   /** Cancels the read and gives the reserved bytes back: the answer is not sent, and the file is doubted. */
   const abandon = async (why: Doubt) => {
