@@ -160,12 +160,16 @@ function fileHeaders(file: ModelFile, etag: string): Headers {
 
 type Read = R2Object | R2ObjectBody | null;
 
+/** The refusals of a file R2 no longer has, and of one replaced since the link was made. */
+const fileGone = () => new AppError("not_found", "The file is no longer stored.");
+const fileChanged = () => new AppError("precondition_failed", "The file changed since this link was made.");
+
 /** Why R2's answer to the read serves nothing, if it does not. */
 function readRefusal(read: PromiseSettledResult<Read>): unknown {
   if (read.status === "rejected") return read.reason;
-  if (!read.value) return new AppError("not_found", "The file is no longer stored.");
+  if (!read.value) return fileGone();
   // No body: the object's etag differs, it was replaced since the link was made. Never mix bytes.
-  if (!("body" in read.value)) return new AppError("precondition_failed", "The file changed since this link was made.");
+  if (!("body" in read.value)) return fileChanged();
   return undefined;
 }
 
@@ -307,8 +311,8 @@ export async function serveDownload(
   const headers = fileHeaders(file, etag);
   if (c.req.method === "HEAD") {
     const head = await c.env.WEIGHTS.head(file.r2Key);
-    if (!head) throw new AppError("not_found", "The file is no longer stored.");
-    if (head.etag !== etag) throw new AppError("precondition_failed", "The file changed since this link was made.");
+    if (!head) throw fileGone();
+    if (head.etag !== etag) throw fileChanged();
     headers.set("content-length", String(file.size));
     return new Response(null, { status: 200, headers });
   }
