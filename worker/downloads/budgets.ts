@@ -17,7 +17,7 @@ import {
   modelFiles,
 } from "../db/schema";
 import { liveMembershipOfTokenMember, pendingReacceptanceOfGrant } from "../tokens/service";
-import { linkByteBudgetSql } from "./links";
+import { linkByteBudget, linkByteBudgetSql } from "./links";
 import type { VerifiedLink } from "./signing";
 
 /** What must be live for any link, read in the one query that finds the link. */
@@ -102,6 +102,15 @@ export interface ByteReservation {
   size: number;
   /** Whether the answer begins a whole download: for the record only. */
   wholeDownload: boolean;
+}
+
+/**
+ * Whether the file's budget under the link, as its lookup `row` saw it, has room for `length` more
+ * bytes of a file of `size`: the rule `reserveStatement` applies when it takes them. Only that
+ * statement takes; this lets a request be refused before anything is asked of the budget.
+ */
+export function budgetHasRoom(row: ServableLink, size: number, length: number): boolean {
+  return (row.bytesServed ?? 0) + length <= linkByteBudget(row.maxDownloads, size);
 }
 
 /** The counters of a budget row: a one-file link's own (`download_links`) or a manifest's file's. */

@@ -9,7 +9,14 @@ import { IsolateMemory } from "../platform/isolate-memory";
 import { findModel } from "../policy/families";
 import { exportRefusal, fromRestrictedCountry } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
-import { findAndReserve, findServableLink, reserveBytes, returnBytes, type ServableLink } from "./budgets";
+import {
+  budgetHasRoom,
+  findAndReserve,
+  findServableLink,
+  reserveBytes,
+  returnBytes,
+  type ServableLink,
+} from "./budgets";
 import { forgetFile, knownFile, rememberFile } from "./catalog";
 import { linkByteBudget } from "./links";
 import { planRange, type RangePlan } from "./range";
@@ -327,7 +334,7 @@ export async function serveDownload(
   }
   const offset = plan.kind === "partial" ? plan.offset : 0;
   const length = plan.kind === "partial" ? plan.length : file.size;
-  if (judged && (judged.row.bytesServed ?? 0) + length > linkByteBudget(judged.row.maxDownloads, file.size)) {
+  if (judged && !budgetHasRoom(judged.row, file.size, length)) {
     // Spent as the lookup saw it: nothing is asked of the budget or R2, now or on the next request.
     doubtedFiles.set(db, doubtKey, "link");
     throw budgetSpent(judged.row, file.size);
