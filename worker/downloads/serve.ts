@@ -7,6 +7,7 @@ import { reacceptanceOverdue, reacceptanceProblem } from "../licenses/reacceptan
 import { recordDownload } from "../observability/analytics";
 import { IsolateMemory } from "../platform/isolate-memory";
 import { findModel } from "../policy/families";
+import type { LicenseFamily } from "../policy/types";
 import { exportRefusal, fromRestrictedCountry } from "../screening/use-country";
 import { memberMayUseToken } from "../tokens/service";
 import {
@@ -88,12 +89,13 @@ const doubtedFiles = new IsolateMemory<Doubt>(10_000);
  * The file `row` lets the link open, once everything the link depends on is still live: its row
  * matches its claims, the grant is active, the token valid, its member still a member, the model
  * covered by both, the license not overdue for re-acceptance and the export rules met where the
- * request comes from. Throws the refusal otherwise.
+ * request comes from (`family`: the license family of the link's model). Throws the refusal otherwise.
  */
 function servableFile(
   c: Context<HonoEnv>,
   claims: VerifiedLink,
   row: ServableLink | undefined,
+  family: LicenseFamily | undefined,
   startedAt: number,
 ): { row: ServableLink; file: ModelFile } {
   const services = c.get("services");
@@ -117,7 +119,6 @@ function servableFile(
   }
   assertCovered({ grantModels: row.grantModels, tokenModels: row.tokenModels }, row.model);
   if (reacceptanceOverdue(row.reacceptBy, startedAt)) throw reacceptanceProblem(config.publicBaseUrl);
-  const family = findModel(row.model)?.family;
   const refusal = family
     ? exportRefusal(services, {
         family,
@@ -304,7 +305,7 @@ export async function serveDownload(
   const restrictedHere = family !== undefined && fromRestrictedCountry(c.req.raw, family);
 
   /** The link judged from a lookup of its own, before anything else is asked. */
-  const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), startedAt);
+  const lookUp = async () => servableFile(c, claims, await findServableLink(db, claims, path), family, startedAt);
   let file = c.req.method === "HEAD" || fresh || doubt || restrictedHere ? undefined : knownFile(db, revision, path);
   /** The link, judged from a lookup made before the bytes are taken (a file not served here before). */
   let judged: { row: ServableLink; file: ModelFile } | undefined;
@@ -379,7 +380,7 @@ export async function serveDownload(
   if (found.status === "rejected") return refuse(found.reason);
   let live = judged;
   try {
-    live ??= servableFile(c, claims, found.value.row, startedAt);
+    live ??= servableFile(c, claims, found.value.row, family, startedAt);
   } catch (refusal) {
     return refuse(refusal);
   }
