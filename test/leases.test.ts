@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
-import { IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
+import { GATHER_MS, IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
 import type { QuotaLimits } from "../worker/quota/org-quota";
 import { ledgerRow, usageRows } from "./helpers/ledger";
 
@@ -108,6 +108,42 @@ describe("quota leases", () => {
     // Without gathering, the first settlement would go alone and the rest after it: two commits at least.
     expect(calls.commit - commitsBefore).toBe(1);
     expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(20);
+  });
+
+  it("send a batch once no settlement joins it, not held back by a request that runs on", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, settled } = isolate(org, roomy);
+    // A long stream of the same organization is running in the isolate while a short answer ends.
+    const [short, long] = await Promise.all([leases.admit(org, 10, context), leases.admit(org, 10, context)]);
+    if (!short?.ok || !long?.ok) throw new Error("refused");
+    const before = calls.commit;
+    const stored = leases.settle(org, short, row(`${org}-short`, org, 10), context);
+    // One look finds nothing new, so the batch goes: before the gathering time is up.
+    await new Promise((resolve) => setTimeout(resolve, GATHER_MS - 2));
+    expect(calls.commit).toBe(before + 1);
+    expect(await stored).toBe(true);
+    // The stream ends later and goes in a commit of its own.
+    expect(await leases.settle(org, long, row(`${org}-long`, org, 10), context)).toBe(true);
+    await settled();
+    expect(calls.commit).toBe(before + 2);
+    expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(2);
+  });
+
+  it("keep gathering while settlements keep joining, one a millisecond, into one commit", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, settled } = isolate(org, roomy);
+    const admitted = await Promise.all(Array.from({ length: 4 }, () => leases.admit(org, 10, context)));
+    const before = calls.commit;
+    const stored: Promise<boolean>[] = [];
+    for (const [i, a] of admitted.entries()) {
+      if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+      stored.push(leases.settle(org, a, row(`${org}-${i}`, org, 10), context));
+      // The next answer ends a millisecond later, before the batch's next look.
+      if (i < admitted.length - 1) await new Promise((resolve) => setTimeout(resolve, 0.5));
+    }
+    expect(await Promise.all(stored)).toEqual([true, true, true, true]);
+    await settled();
+    expect(calls.commit - before).toBe(1);
   });
 
   it("admit most requests without a call to the quota object, and settle them in batches", async () => {
