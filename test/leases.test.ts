@@ -129,7 +129,7 @@ describe("quota leases", () => {
     expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(2);
   });
 
-  it("keep gathering while settlements keep joining, one a millisecond, into one commit", async () => {
+  it("keep gathering while settlements keep joining, one before each look, into one commit", async () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled } = isolate(org, roomy);
     const admitted = await Promise.all(Array.from({ length: 4 }, () => leases.admit(org, 10, context)));
@@ -138,7 +138,7 @@ describe("quota leases", () => {
     for (const [i, a] of admitted.entries()) {
       if (!a.ok) throw new Error(`refused: ${a.refusal}`);
       stored.push(leases.settle(org, a, row(`${org}-${i}`, org, 10), context));
-      // The next answer ends a millisecond later, before the batch's next look.
+      // The next answer ends half a millisecond later: before the batch's next look, a millisecond on.
       if (i < admitted.length - 1) await new Promise((resolve) => setTimeout(resolve, 0.5));
     }
     expect(await Promise.all(stored)).toEqual([true, true, true, true]);
