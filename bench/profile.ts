@@ -1,5 +1,5 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits --perf]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits --perf --rounds 3]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
@@ -14,7 +14,8 @@
  * that has limits of its own. `--perf` samples the whole workerd process with Linux `perf` instead
  * (where it is installed and allowed) and reports its CPU per request by the runtime event it
  * served (`lib/runtime-events.ts`): most of a Worker's CPU is the runtime's work around the
- * JavaScript, which the V8 profile does not show.
+ * JavaScript, which the V8 profile does not show. With `--perf --compare` the floor and the gateway
+ * take turns, `--rounds` of them, a different one first each round.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -29,6 +30,7 @@ import {
   type RuntimeEvents,
   sampleRuntimeEvents,
 } from "./lib/runtime-events";
+import { untilIdle } from "./lib/workerd-memory";
 import { gatewayTargets, meteringFloorTarget, noopWorkerTarget, startSimulator, type Target } from "./targets";
 
 interface ProfileNode {
@@ -56,12 +58,15 @@ const { values } = parseArgs({
     compare: { type: "boolean", default: false },
     "own-limits": { type: "boolean", default: false },
     perf: { type: "boolean", default: false },
+    rounds: { type: "string", default: "3" },
   },
 });
 const stream = values.answers === "streamed";
 const connections = Number(values.connections);
 const duration = Number(values.duration);
 const top = Number(values.top);
+const rounds = Number(values.rounds);
+if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a whole number of at least 1");
 const profiled = values.target;
 if (!["gateway", "floor", "noop"].includes(profiled)) throw new Error("--target is gateway, floor or noop");
 
@@ -267,18 +272,49 @@ interface Sampled {
   events: RuntimeEvents;
 }
 
-/** Loads `kind` with autocannon (after a warm-up) while `perf` samples its workerd process. */
-async function eventsUnderLoad(simUrl: string, kind: string): Promise<Sampled> {
-  const worker = await profiledTarget(simUrl, kind, await freePort());
+/**
+ * Loads each of `kinds` with autocannon while `perf` samples its workerd process: after a warm-up
+ * of each, in `rounds` turns of an equal share of the duration, a different one first each round,
+ * each turn once every process is idle and until its own is again (work it deferred counts), so
+ * that a slow spell of the shared machine falls on all of them. Each kind's turns are summed.
+ */
+async function eventsUnderLoad(simUrl: string, kinds: string[], rounds: number): Promise<Sampled[]> {
+  const workers: Target[] = [];
   try {
-    const pid = worker.pid;
-    if (pid === undefined) throw new Error(`no process id for ${kind}`);
-    const load = loader(worker);
-    await load(2);
-    const { result, events } = await sampleRuntimeEvents(pid, () => load(duration));
-    return { kind, requests: result["2xx"], failures: result.non2xx + result.errors, events };
+    for (const kind of kinds) workers.push(await profiledTarget(simUrl, kind, await freePort()));
+    const pids = workers.map((worker, i) => {
+      if (worker.pid === undefined) throw new Error(`no process id for ${kinds[i]}`);
+      return worker.pid;
+    });
+    const loads = workers.map(loader);
+    for (const load of loads) await load(2);
+    const sums: Sampled[] = kinds.map((kind) => ({
+      kind,
+      requests: 0,
+      failures: 0,
+      events: { cpuMs: 0, samples: new Map() },
+    }));
+    const share = duration / rounds;
+    for (let round = 0; round < rounds; round++) {
+      for (let turn = 0; turn < kinds.length; turn++) {
+        const i = (round + turn) % kinds.length;
+        const [pid, load, sum] = [pids[i], loads[i], sums[i]] as [number, ReturnType<typeof loader>, Sampled];
+        await untilIdle(pids);
+        const { result, events } = await sampleRuntimeEvents(pid, async () => {
+          const loaded = await load(share);
+          await untilIdle([pid]);
+          return loaded;
+        });
+        sum.requests += result["2xx"];
+        sum.failures += result.non2xx + result.errors;
+        sum.events.cpuMs += events.cpuMs;
+        for (const [name, count] of events.samples)
+          sum.events.samples.set(name, (sum.events.samples.get(name) ?? 0) + count);
+      }
+    }
+    return sums;
   } finally {
-    await worker.close();
+    for (const worker of workers) await worker.close();
   }
 }
 
@@ -320,9 +356,7 @@ async function main(): Promise<void> {
     if (values.perf) {
       const unavailable = perfUnavailable();
       if (unavailable) throw new Error(`--perf: ${unavailable}`);
-      const sampled: Sampled[] = [];
-      for (const kind of kinds) sampled.push(await eventsUnderLoad(sim.url, kind));
-      reportEvents(sampled);
+      reportEvents(await eventsUnderLoad(sim.url, kinds, rounds));
       return;
     }
     const runs: Profiled[] = [];

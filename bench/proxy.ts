@@ -22,7 +22,7 @@
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { baselineTree } from "./lib/baseline";
-import { cpuMillis } from "./lib/workerd-memory";
+import { cpuMillis, untilIdle } from "./lib/workerd-memory";
 import { percentile, runSequential, type SequentialResult } from "./sequential-client";
 import {
   directTarget,
@@ -141,30 +141,12 @@ function options() {
 }
 
 /**
- * Waits until the targets' processes are idle — at most one clock tick of CPU among them over
- * 200 ms, for 10 s at most — so that work a target deferred past its cell (usage it flushes, a
- * collection) does not run in the next cell, on this shared machine, and count against that one.
+ * Waits until the targets' processes are idle (`untilIdle`), so that work a target deferred past
+ * its cell (usage it flushes, a collection) does not run in the next cell, on this shared machine,
+ * and count against that one.
  */
 async function quiet(targets: Target[]): Promise<void> {
-  const pids = [
-    ...new Set(targets.flatMap((t) => [t.pid, ...(t.otherPids ?? [])]).filter((p): p is number => p !== undefined)),
-  ];
-  const spent = () =>
-    pids.reduce((sum, pid) => {
-      try {
-        return sum + cpuMillis(pid);
-      } catch {
-        return sum;
-      }
-    }, 0);
-  const until = Date.now() + 10_000;
-  let before = spent();
-  while (Date.now() < until) {
-    await new Promise((done) => setTimeout(done, 200));
-    const now = spent();
-    if (now - before <= 10) return;
-    before = now;
-  }
+  await untilIdle(targets.flatMap((t) => [t.pid, ...(t.otherPids ?? [])]).filter((p): p is number => p !== undefined));
 }
 
 /**

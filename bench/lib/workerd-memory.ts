@@ -87,3 +87,27 @@ export function cpuMillis(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
 }
+
+/**
+ * Waits until the processes `pids` are idle: at most one clock tick of CPU among them over 200 ms,
+ * for 10 s at most. A process that has exited counts as idle.
+ */
+export async function untilIdle(pids: readonly number[]): Promise<void> {
+  const unique = [...new Set(pids)];
+  const spent = () =>
+    unique.reduce((sum, pid) => {
+      try {
+        return sum + cpuMillis(pid);
+      } catch {
+        return sum;
+      }
+    }, 0);
+  const until = Date.now() + 10_000;
+  let before = spent();
+  while (Date.now() < until) {
+    await new Promise((done) => setTimeout(done, 200));
+    const now = spent();
+    if (now - before <= 10) return;
+    before = now;
+  }
+}
