@@ -1,7 +1,14 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { ledgerEntry, ledgerRows } from "../worker/inference/ledger";
-import { GATHER_MS, IDLE_RETURN_MS, type LeaseContext, QuotaLeases, type SettledRequest } from "../worker/quota/leases";
+import {
+  GATHER_MS,
+  IDLE_RETURN_MS,
+  LEASE_CALL_WAIT_MS,
+  type LeaseContext,
+  QuotaLeases,
+  type SettledRequest,
+} from "../worker/quota/leases";
 import type { QuotaLimits } from "../worker/quota/org-quota";
 import { ledgerRow, usageRows } from "./helpers/ledger";
 
@@ -15,7 +22,8 @@ const roomy: QuotaLimits = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_
 function isolate(organization: string, limits: QuotaLimits, overrides: Partial<LeaseContext> = {}) {
   const leases = new QuotaLeases();
   const pending: Promise<unknown>[] = [];
-  const calls = { lease: 0, commit: 0 };
+  /** Calls to the object: `settling` counts the commits that carry settlements (not only capacity given back). */
+  const calls = { lease: 0, commit: 0, settling: 0 };
   const real = env.QUOTA.get(env.QUOTA.idFromName(organization));
   let ids = 0;
   const context: LeaseContext = {
@@ -26,6 +34,7 @@ function isolate(organization: string, limits: QuotaLimits, overrides: Partial<L
       },
       commit: (...args: Parameters<typeof real.commit>) => {
         calls.commit += 1;
+        if (args[0].settlements?.length) calls.settling += 1;
         return real.commit(...args);
       },
     },
@@ -83,7 +92,7 @@ describe("quota leases", () => {
     const second = leases.settle(org, b, row(`${org}-b`, org, 10), other);
     expect(await Promise.all([first, second])).toEqual([true, true]);
     await settled();
-    expect(calls.commit).toBe(1);
+    expect(calls.settling).toBe(1);
     expect(
       (await usageRows())
         .filter((r) => r.organizationId === org)
@@ -96,7 +105,7 @@ describe("quota leases", () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled } = isolate(org, roomy);
     const admitted = await Promise.all(Array.from({ length: 20 }, () => leases.admit(org, 10, context)));
-    const commitsBefore = calls.commit;
+    const commitsBefore = calls.settling;
     const stored = admitted.map(async (a, i) => {
       if (!a.ok) throw new Error(`refused: ${a.refusal}`);
       // Each finishes a moment after the one before, as answers of one busy isolate do.
@@ -106,7 +115,7 @@ describe("quota leases", () => {
     expect(await Promise.all(stored)).toEqual(Array(20).fill(true));
     await settled();
     // Without gathering, the first settlement would go alone and the rest after it: two commits at least.
-    expect(calls.commit - commitsBefore).toBe(1);
+    expect(calls.settling - commitsBefore).toBe(1);
     expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(20);
   });
 
@@ -116,16 +125,16 @@ describe("quota leases", () => {
     // A long stream of the same organization is running in the isolate while a short answer ends.
     const [short, long] = await Promise.all([leases.admit(org, 10, context), leases.admit(org, 10, context)]);
     if (!short?.ok || !long?.ok) throw new Error("refused");
-    const before = calls.commit;
+    const before = calls.settling;
     const stored = leases.settle(org, short, row(`${org}-short`, org, 10), context);
     // One look finds nothing new, so the batch goes: before the gathering time is up.
     await new Promise((resolve) => setTimeout(resolve, GATHER_MS - 2));
-    expect(calls.commit).toBe(before + 1);
+    expect(calls.settling).toBe(before + 1);
     expect(await stored).toBe(true);
     // The stream ends later and goes in a commit of its own.
     expect(await leases.settle(org, long, row(`${org}-long`, org, 10), context)).toBe(true);
     await settled();
-    expect(calls.commit).toBe(before + 2);
+    expect(calls.settling).toBe(before + 2);
     expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(2);
   });
 
@@ -133,7 +142,7 @@ describe("quota leases", () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled } = isolate(org, roomy);
     const admitted = await Promise.all(Array.from({ length: 4 }, () => leases.admit(org, 10, context)));
-    const before = calls.commit;
+    const before = calls.settling;
     const stored: Promise<boolean>[] = [];
     for (const [i, a] of admitted.entries()) {
       if (!a.ok) throw new Error(`refused: ${a.refusal}`);
@@ -143,7 +152,7 @@ describe("quota leases", () => {
     }
     expect(await Promise.all(stored)).toEqual([true, true, true, true]);
     await settled();
-    expect(calls.commit - before).toBe(1);
+    expect(calls.settling - before).toBe(1);
   });
 
   it("admit most requests without a call to the quota object, and settle them in batches", async () => {
@@ -168,6 +177,92 @@ describe("quota leases", () => {
     expect(await quota.peek(roomy, NOW)).toMatchObject({ monthTokens: 200 * 20, remainingRequests: 10_000 - 200 });
     const rows = await usageRows();
     expect(rows.filter((r) => r.organizationId === org)).toHaveLength(200);
+  });
+
+  it("ask for one lease at a time: requests with no room wait for it, and leases hold what they admit", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, calls, quota } = isolate(org, roomy);
+    // 32 requests at once on an isolate with no lease: each asking on its own would be 32 calls,
+    // whose leases would then idle in the isolate until they expired.
+    const admitted = await Promise.all(Array.from({ length: 32 }, () => leases.admit(org, 10, context)));
+    expect(admitted.every((a) => a.ok)).toBe(true);
+    // The first asks for one; the others wait for it, and one of them asks for them all.
+    expect(calls.lease).toBe(2);
+    expect((await quota.peek(roomy, NOW)).remainingRequests).toBe(roomy.requestsPerMinute - 32);
+  });
+
+  it("ask for a busy organization's next lease while its leases still have room", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled, serve } = isolate(org, roomy);
+    await serve(60);
+    // From now on a lease call returns only when the test lets it.
+    const real = context.stub.lease;
+    const held: (() => void)[] = [];
+    context.stub = {
+      ...context.stub,
+      lease: (...args) => new Promise((resolve) => held.push(() => resolve(real(...args)))),
+    };
+    const waited = () => new Promise<"waited">((resolve) => setTimeout(() => resolve("waited"), 50));
+    let served = 0;
+    while (held.length === 0 && served < 500) {
+      expect(await Promise.race([serve(1).then(() => "served"), waited()])).toBe("served");
+      served += 1;
+    }
+    // The call went out before the leases ran out: the next requests are admitted without it.
+    expect(held.length).toBe(1);
+    const next = await Promise.race([leases.admit(org, 10, context), waited()]);
+    expect(next).toMatchObject({ ok: true });
+    for (const release of held.splice(0)) release();
+    await settled();
+  });
+
+  it("give back a lease asked for ahead when the limits changed while it was on its way", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled, serve } = isolate(org, roomy, { limitsAt: NOW - 1_000 });
+    await serve(60);
+    // The next lease call is held until the test lets it go; the calls after it go through.
+    const real = context.stub.lease;
+    const asked: QuotaLimits[] = [];
+    let release = () => {};
+    context.stub = {
+      ...context.stub,
+      lease: (...args) => {
+        asked.push(args[2]);
+        if (asked.length > 1) return real(...args);
+        return new Promise((resolve) => {
+          release = () => resolve(real(...args));
+        });
+      },
+    };
+    while (asked.length === 0) await serve(1);
+    // A request reads newer limits while the call asked under the old ones is on its way.
+    const tighter: QuotaLimits = { ...roomy, requestsPerMinute: roomy.requestsPerMinute - 1 };
+    const admitted = leases.admit(org, 10, { ...context, limits: tighter, limitsAt: NOW });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    release();
+    expect(await admitted).toMatchObject({ ok: true });
+    // It was admitted on a lease asked for under the newer limits, not on the one asked ahead.
+    expect(asked).toEqual([roomy, tighter]);
+    await settled();
+  });
+
+  it("ask for a lease itself when the call it waited for never returns, as when its request was ended", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context } = isolate(org, roomy);
+    const real = context.stub.lease;
+    let leaseCalls = 0;
+    context.stub = {
+      ...context.stub,
+      lease: (...args) => {
+        leaseCalls += 1;
+        return leaseCalls === 1 ? new Promise(() => {}) : real(...args);
+      },
+    };
+    void leases.admit(org, 10, context);
+    const started = Date.now();
+    expect(await leases.admit(org, 10, { ...context })).toMatchObject({ ok: true });
+    expect(leaseCalls).toBe(2);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(LEASE_CALL_WAIT_MS - 10);
   });
 
   it("never admit more than the limit across isolates, and admit exactly the limit when asked for more", async () => {

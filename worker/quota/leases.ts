@@ -21,6 +21,10 @@ import type {
  * counts what a lease holds as used until it comes back, so however many isolates hold leases,
  * admitted requests never exceed a limit: leasing trades a little capacity held idle in one
  * isolate for far fewer calls to the one object every request of the organization goes through.
+ * One lease call per organization is on its way from an isolate at a time, and a busy
+ * organization's next lease is asked for before the open ones run out: requests that found no room
+ * all asking at once would each be granted a lease, most of which would idle until they expired
+ * (and halve the next ask), so that a busy isolate would call more and hold more than it admits.
  *
  * Settlements go to the object by group commit. An answer waits for its row to be stored, so a
  * settlement goes at once when no other request of the organization is running in the isolate;
@@ -59,6 +63,18 @@ export const STORE_WAIT_MS = 2_000;
  * never does, and the batch's own rows are to be stored within `STORE_WAIT_MS`.
  */
 const PREVIOUS_COMMIT_WAIT_MS = STORE_WAIT_MS / 4;
+/**
+ * The longest a request with no room in the leases here waits for the lease another request of
+ * the organization is asking for, before it asks itself: a call whose request was ended never
+ * returns.
+ */
+export const LEASE_CALL_WAIT_MS = 250;
+/**
+ * A busy organization's next lease is asked for before the open ones run out: once their requests
+ * left come to a quarter of a lease, if leases have grown to `REFILL_AHEAD_ASK` requests (which
+ * only requests coming faster than leases expire make them do).
+ */
+export const REFILL_AHEAD_ASK = 8;
 /** Organizations an isolate keeps state for; past this, the idle ones are forgotten. */
 const MAX_ORGANIZATIONS = 10_000;
 
@@ -111,12 +127,17 @@ interface OrgLeases {
   open: Lease[];
   /** Requests the next lease asks for: doubles when leases run out, halves when they idle. */
   ask: number;
+  /** The lease call on its way, if any: requests with no room wait for it rather than ask too. */
+  leasing: object | undefined;
+  /** Requests waiting for that call, which the next lease asks room for. */
+  waiting: number;
   inflight: number;
   admissions: number;
   batch: Batch | undefined;
   /** The commit on its way, if any: the open batch goes when it returns. */
   committing: object | undefined;
-  lingering: boolean;
+  /** The request whose `waitUntil` waits to give back what the leases hold once the organization is quiet. */
+  lingering: object | undefined;
 }
 
 /** A request admitted on a lease: what it holds until it settles. */
@@ -176,8 +197,10 @@ async function whileBusy(busy: () => boolean, maxMs: number): Promise<void> {
 
 /**
  * The leases of one isolate. Nothing here awaits a promise another request created: a request
- * that needs a lease asks for one itself, and the request that opens a batch sends it from its
- * own `waitUntil`, so no request's work depends on another request staying alive. A request waits
+ * that needs a lease while another asks for one looks for room on timers of its own (and asks
+ * itself if none came within `LEASE_CALL_WAIT_MS`), a lease asked for ahead is asked from the
+ * `waitUntil` of the request that saw the need, and the request that opens a batch sends it from
+ * its own `waitUntil`, so no request's work depends on another request staying alive. A request waits
  * for its row to be stored on a promise and timers of its own: the sender on a promise its own
  * `send` resolves (`storedHere`), any other on timers it looks at the batch on (`storedSeenHere`).
  * A promise another request created cannot be relied on: it never settles once that request has
@@ -187,46 +210,119 @@ async function whileBusy(busy: () => boolean, maxMs: number): Promise<void> {
 export class QuotaLeases {
   private orgs = new Map<string, OrgLeases>();
 
-  /** Admits one request of at most `need` tokens, from a lease held here or a new one. */
+  /**
+   * Admits one request of at most `need` tokens, from a lease held here or a new one. One lease
+   * call per organization is on its way at a time: a request with no room waits for it (looking
+   * every millisecond) and asks itself only if it brought no room. A busy organization's next
+   * lease is asked for ahead, while the open ones still have room, so that its requests do not
+   * wait for one.
+   */
   async admit(organizationId: string, need: number, c: LeaseContext): Promise<AdmitResult> {
     const org = this.org(organizationId, c);
-    const local = this.take(org, need, c);
-    if (local) return local;
-    // Capacity this isolate gives back (leases that expired, ran short or were taken under other
-    // limits) goes with the call, so that it counts before the new lease is granted.
+    let admitted = this.take(org, need, c);
+    if (admitted) {
+      this.refillAhead(org, need, c);
+      return admitted;
+    }
+    if (org.leasing) {
+      org.waiting += 1;
+      try {
+        await whileBusy(() => {
+          if (!org.leasing) return false;
+          admitted = this.take(org, need, c);
+          return admitted === undefined;
+        }, LEASE_CALL_WAIT_MS);
+      } finally {
+        org.waiting -= 1;
+      }
+      admitted ??= this.take(org, need, c);
+      if (admitted) return admitted;
+    }
+    const granted = await this.lease(org, need, c);
+    if (!granted.ok) {
+      // Another request's lease may have come in while this one waited.
+      return this.take(org, need, c) ?? granted;
+    }
+    // The request that asked is admitted from its lease even if the call took so long that the
+    // lease has expired since: the capacity is held for it either way.
+    const lease = granted.lease;
+    admitted = this.admitFrom(org, lease, need, c);
+    if (lease.requestsLeft > 0 && c.now() < lease.expiresAt) org.open.push(lease);
+    else this.giveBack(org, lease, c);
+    return admitted;
+  }
+
+  /**
+   * Asks the quota object for a lease with room for `need` tokens a request, for as many requests
+   * as leases have grown to and the requests waiting for it. Capacity this isolate gives back
+   * (leases that expired, ran short or were taken under other limits) goes with the call, so that
+   * it counts before the new lease is granted.
+   */
+  private async lease(
+    org: OrgLeases,
+    need: number,
+    c: LeaseContext,
+  ): Promise<{ ok: true; lease: Lease } | Extract<LeaseResult, { ok: false }>> {
     const returns = org.batch?.returns.splice(0) ?? [];
     const id = c.newId();
     const now = c.now();
+    const mine = {};
+    org.leasing = mine;
     let granted: LeaseResult;
     try {
-      const ask: LeaseAsk = { requests: org.ask, tokens: org.ask * need, need };
+      const requests = Math.min(MAX_LEASE_REQUESTS, Math.max(org.ask, org.waiting + 1));
+      const ask: LeaseAsk = { requests, tokens: requests * need, need };
       if (c.token) ask.token = c.token;
       granted = await c.stub.lease(id, ask, org.limits, now, returns, org.limitsAt);
     } catch (error) {
       if (returns.length) this.batchOf(org, c).returns.push(...returns);
       throw error;
+    } finally {
+      if (org.leasing === mine) org.leasing = undefined;
     }
     // Limits an admin set since this isolate read its own: the leases taken under the old go back.
     if (granted.announced) this.adopt(org, granted.announced, true, c);
-    if (!granted.ok) {
-      // Another request's lease may have come in while this one waited.
-      return this.take(org, need, c) ?? granted;
-    }
-    const lease: Lease = {
-      id,
-      minute: minuteOf(now),
-      expiresAt: Math.min(now + LEASE_TTL_MS, (minuteOf(now) + 1) * 60_000),
-      granted: granted.requests,
-      requestsLeft: granted.requests,
-      tokensLeft: granted.tokens,
-      snapshot: granted.snapshot,
+    if (!granted.ok) return granted;
+    return {
+      ok: true,
+      lease: {
+        id,
+        minute: minuteOf(now),
+        expiresAt: Math.min(now + LEASE_TTL_MS, (minuteOf(now) + 1) * 60_000),
+        granted: granted.requests,
+        requestsLeft: granted.requests,
+        tokensLeft: granted.tokens,
+        snapshot: granted.snapshot,
+      },
     };
-    // The request that asked is admitted from its lease even if the call took so long that the
-    // lease has expired since: the capacity is held for it either way.
-    const admitted = this.admitFrom(org, lease, need, c);
-    if (lease.requestsLeft > 0 && c.now() < lease.expiresAt) org.open.push(lease);
-    else this.giveBack(org, lease, c);
-    return admitted;
+  }
+
+  /**
+   * Asks for the organization's next lease from `c`'s `waitUntil` once the open leases are down to
+   * a quarter of one, when leases have grown (`REFILL_AHEAD_ASK`) and no call is on its way. What
+   * it brings is there for the requests after; should it fail or be refused, the request that
+   * next finds no room asks itself and is told why.
+   */
+  private refillAhead(org: OrgLeases, need: number, c: LeaseContext): void {
+    if (org.leasing || org.ask < REFILL_AHEAD_ASK) return;
+    let left = 0;
+    for (const lease of org.open) left += lease.requestsLeft;
+    if (left * 4 > org.ask) return;
+    const limitsKey = org.limitsKey;
+    c.waitUntil(
+      this.lease(org, need, c).then(
+        (granted) => {
+          if (!granted.ok) return;
+          // Taken under limits that changed while it was asked for: it goes back, as the others did.
+          const lease = granted.lease;
+          if (org.limitsKey !== limitsKey || c.now() >= lease.expiresAt) return this.giveBack(org, lease, c);
+          org.open.push(lease);
+          // The organization may have gone quiet meanwhile: then this lease goes back soon too.
+          return this.giveBackWhenIdle(org, c);
+        },
+        () => undefined,
+      ),
+    );
   }
 
   /**
@@ -271,7 +367,9 @@ export class QuotaLeases {
   /** Forgets organizations that hold nothing here: no lease, no request in flight, nothing to send. */
   private forgetIdle(): void {
     for (const [id, org] of this.orgs) {
-      if (org.open.length === 0 && org.inflight === 0 && !org.batch && !org.lingering) this.orgs.delete(id);
+      if (org.open.length === 0 && org.inflight === 0 && !org.batch && !org.lingering && !org.leasing) {
+        this.orgs.delete(id);
+      }
     }
   }
 
@@ -296,11 +394,13 @@ export class QuotaLeases {
         announced: false,
         open: [],
         ask: 1,
+        leasing: undefined,
+        waiting: 0,
         inflight: 0,
         admissions: 0,
         batch: undefined,
         committing: undefined,
-        lingering: false,
+        lingering: undefined,
       };
       this.orgs.set(key, org);
     } else if (limitsAt > org.limitsAt || (limitsAt === org.limitsAt && !org.announced)) {
@@ -432,12 +532,14 @@ export class QuotaLeases {
 
   /** Capacity left in leases of an organization that went quiet goes back soon, not at expiry. */
   private async giveBackWhenIdle(org: OrgLeases, c: LeaseContext): Promise<void> {
-    if (org.lingering || org.open.length === 0) return;
-    org.lingering = true;
+    if (org.open.length === 0) return;
+    // The latest call waits: one that began earlier may have seen requests its later ones did not.
+    const mine = {};
+    org.lingering = mine;
     try {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
-      if (org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
+      if (org.lingering !== mine || org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
       const returns = newBatch(c);
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
@@ -448,7 +550,7 @@ export class QuotaLeases {
       if (returns.returns.length) await this.commit(org, returns, c);
       markStored(returns);
     } finally {
-      org.lingering = false;
+      if (org.lingering === mine) org.lingering = undefined;
     }
   }
 
