@@ -191,6 +191,29 @@ describe("quota leases", () => {
     expect((await quota.peek(roomy, NOW)).remainingRequests).toBe(roomy.requestsPerMinute - 32);
   });
 
+  it("refuse the requests that waited for a refused lease call with it, without a call each", async () => {
+    const org = crypto.randomUUID();
+    const limits: QuotaLimits = { requestsPerMinute: 1, tokensPerMinute: 1_000_000, monthlyTokenBudget: 1e9 };
+    const { leases, context, calls } = isolate(org, limits);
+    expect((await leases.admit(org, 10, context)).ok).toBe(true);
+    const before = calls.lease;
+    // A flood over the limit: one call is refused, and the requests that waited for it with it,
+    // those that need fewer tokens than the one that asked too.
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => leases.admit(org, i % 2 ? 5 : 10, { ...context })),
+    );
+    expect(results.every((r) => !r.ok && r.refusal === "requests_per_minute" && r.retryAfterSeconds > 0)).toBe(true);
+    expect(calls.lease - before).toBe(1);
+    // A larger request is not refused by a call for a smaller one: it asks, and is told why itself.
+    const [small, large] = await Promise.all([
+      leases.admit(org, 10, context),
+      leases.admit(org, 2_000_000, { ...context }),
+    ]);
+    expect(small).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+    expect(large).toMatchObject({ ok: false, refusal: "request_too_large" });
+    expect(calls.lease - before).toBe(3);
+  });
+
   it("ask for a busy organization's next lease while its leases still have room", async () => {
     const org = crypto.randomUUID();
     const { leases, context, settled, serve } = isolate(org, roomy);

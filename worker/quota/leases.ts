@@ -128,7 +128,7 @@ interface OrgLeases {
   /** Requests the next lease asks for: doubles when leases run out, halves when they idle. */
   ask: number;
   /** The lease call on its way, if any: requests with no room wait for it rather than ask too. */
-  leasing: object | undefined;
+  leasing: LeaseCall | undefined;
   /** Requests waiting for that call, which the next lease asks room for. */
   waiting: number;
   inflight: number;
@@ -138,6 +138,11 @@ interface OrgLeases {
   committing: object | undefined;
   /** The request whose `waitUntil` waits to give back what the leases hold once the organization is quiet. */
   lingering: object | undefined;
+}
+
+/** A lease call on its way, and once it has returned, the refusal it was given, if any. */
+interface LeaseCall {
+  refused?: { need: number; result: Extract<LeaseResult, { ok: false }> };
 }
 
 /** A request admitted on a lease: what it holds until it settles. */
@@ -224,11 +229,13 @@ export class QuotaLeases {
       this.refillAhead(org, need, c);
       return admitted;
     }
-    if (org.leasing) {
+    let call = org.leasing;
+    if (call) {
       org.waiting += 1;
       try {
         await whileBusy(() => {
           if (!org.leasing) return false;
+          call = org.leasing;
           admitted = this.take(org, need, c);
           return admitted === undefined;
         }, LEASE_CALL_WAIT_MS);
@@ -237,6 +244,11 @@ export class QuotaLeases {
       }
       admitted ??= this.take(org, need, c);
       if (admitted) return admitted;
+      // The object refused the call last waited for: this request is refused with it, without a
+      // call of its own, when the object would refuse it the same (a flood of requests over a limit
+      // costs the object one call per round trip per isolate, not one per request).
+      const refused = call.refused;
+      if (refused && refusedAlike(refused.result.refusal, refused.need, need)) return refused.result;
     }
     const granted = await this.lease(org, need, c);
     if (!granted.ok) {
@@ -266,7 +278,7 @@ export class QuotaLeases {
     const returns = org.batch?.returns.splice(0) ?? [];
     const id = c.newId();
     const now = c.now();
-    const mine = {};
+    const mine: LeaseCall = {};
     org.leasing = mine;
     let granted: LeaseResult;
     try {
@@ -282,7 +294,10 @@ export class QuotaLeases {
     }
     // Limits an admin set since this isolate read its own: the leases taken under the old go back.
     if (granted.announced) this.adopt(org, granted.announced, true, c);
-    if (!granted.ok) return granted;
+    if (!granted.ok) {
+      mine.refused = { need, result: granted };
+      return granted;
+    }
     return {
       ok: true,
       lease: {
@@ -569,6 +584,15 @@ export class QuotaLeases {
       if (report.rows) await c.fallback(report.rows, error);
     }
   }
+}
+
+/**
+ * Whether a request of `need` tokens is refused as one of `refusedNeed` was, at the same standing:
+ * one of the same size is; a smaller one is when no request at all was left this minute (the
+ * checks before that one, its size and the month's budget, it passes as the larger one did).
+ */
+function refusedAlike(refusal: QuotaRefusal, refusedNeed: number, need: number): boolean {
+  return need === refusedNeed || (refusal === "requests_per_minute" && need < refusedNeed);
 }
 
 /** Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`. */
