@@ -59,6 +59,23 @@ function isolate(organization: string, limits: QuotaLimits, overrides: Partial<L
   return { leases, context, calls, settled, serve, quota: real };
 }
 
+/**
+ * Makes the first call of `method` through `context` never return, as a call whose request the
+ * runtime ended; the calls after it go through. Counts the calls made.
+ */
+function firstCallNeverReturns(context: LeaseContext, method: "lease" | "commit"): { made: number } {
+  const calls = { made: 0 };
+  const real = context.stub[method] as (...args: unknown[]) => Promise<never>;
+  context.stub = {
+    ...context.stub,
+    [method]: (...args: unknown[]) => {
+      calls.made += 1;
+      return calls.made === 1 ? new Promise(() => {}) : real(...args);
+    },
+  };
+  return calls;
+}
+
 /** A finished request of `totalTokens` tokens and its ledger row. */
 function row(id: string, organizationId: string, totalTokens: number): SettledRequest {
   return { id, actual: totalTokens, entry: ledgerEntry(ledgerRow(id, totalTokens, { organizationId })) };
@@ -272,19 +289,11 @@ describe("quota leases", () => {
   it("ask for a lease itself when the call it waited for never returns, as when its request was ended", async () => {
     const org = crypto.randomUUID();
     const { leases, context } = isolate(org, roomy);
-    const real = context.stub.lease;
-    let leaseCalls = 0;
-    context.stub = {
-      ...context.stub,
-      lease: (...args) => {
-        leaseCalls += 1;
-        return leaseCalls === 1 ? new Promise(() => {}) : real(...args);
-      },
-    };
+    const leaseCalls = firstCallNeverReturns(context, "lease");
     void leases.admit(org, 10, context);
     const started = Date.now();
     expect(await leases.admit(org, 10, { ...context })).toMatchObject({ ok: true });
-    expect(leaseCalls).toBe(2);
+    expect(leaseCalls.made).toBe(2);
     expect(Date.now() - started).toBeGreaterThanOrEqual(LEASE_CALL_WAIT_MS - 10);
   });
 
@@ -484,19 +493,11 @@ describe("quota leases", () => {
   it("send the next batch when the commit before it never returns, as when its request was ended", async () => {
     const org = crypto.randomUUID();
     const { leases, context } = isolate(org, roomy);
-    const real = context.stub.commit;
-    let commits = 0;
-    context.stub = {
-      ...context.stub,
-      commit: (...args) => {
-        commits += 1;
-        return commits === 1 ? new Promise(() => {}) : real(...args);
-      },
-    };
+    const commits = firstCallNeverReturns(context, "commit");
     const [a, b] = await Promise.all([leases.admit(org, 10, context), leases.admit(org, 10, context)]);
     if (!a?.ok || !b?.ok) throw new Error("refused");
     const first = leases.settle(org, a, row(`${org}-stuck`, org, 10), context);
-    while (commits === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    while (commits.made === 0) await new Promise((resolve) => setTimeout(resolve, 1));
     // Stored within the answer's cap (`STORE_WAIT_MS`), although the commit before it never returned.
     const second = leases.settle(org, b, row(`${org}-next`, org, 10), { ...context });
     expect(await second).toBe(true);
