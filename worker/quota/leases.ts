@@ -64,6 +64,12 @@ export const STORE_WAIT_MS = 2_000;
  */
 const PREVIOUS_COMMIT_WAIT_MS = STORE_WAIT_MS / 4;
 /**
+ * How often a request whose row another request sends looks at its batch while the batch has not
+ * gone yet (once it has, every millisecond): it cannot be stored before its commit returns, and
+ * every look is an event of the runtime's.
+ */
+const UNSENT_LOOK_MS = 2;
+/**
  * The longest a request with no room in the leases here waits for the lease another request of
  * the organization is asking for, before it asks itself: a call whose request was ended never
  * returns.
@@ -112,6 +118,8 @@ interface Batch {
   sender: LeaseContext;
   /** True once the batch's rows are stored: what the other requests look at (`storedSeenHere`). */
   isStored: boolean;
+  /** True once its commit is on its way. */
+  isSent: boolean;
   /** Wakes the request that sends the batch, whose own row is in it (see `storedHere`). */
   wakeSender: (() => void)[];
 }
@@ -536,6 +544,7 @@ export class QuotaLeases {
     if (org.batch === batch) org.batch = undefined;
     const mine = {};
     org.committing = mine;
+    batch.isSent = true;
     try {
       await this.commit(org, batch, c);
       markStored(batch);
@@ -595,9 +604,16 @@ function refusedAlike(refusal: QuotaRefusal, refusedNeed: number, need: number):
   return need === refusedNeed || (refusal === "requests_per_minute" && need < refusedNeed);
 }
 
-/** Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`. */
+/**
+ * Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`: looked at on
+ * this request's timers, every `UNSENT_LOOK_MS` until the batch goes and every millisecond after.
+ */
 async function storedSeenHere(batch: Batch): Promise<boolean> {
-  await whileBusy(() => !batch.isStored, STORE_WAIT_MS);
+  for (let waited = 0; waited < STORE_WAIT_MS && !batch.isStored; ) {
+    const step = batch.isSent ? 1 : UNSENT_LOOK_MS;
+    await sleep(step);
+    waited += step;
+  }
   return batch.isStored;
 }
 
@@ -629,5 +645,14 @@ function sizeOf(batch: Batch): number {
 
 /** An empty batch. */
 function newBatch(sender: LeaseContext): Batch {
-  return { settlements: [], returns: [], rows: [], checkpoints: [], sender, isStored: false, wakeSender: [] };
+  return {
+    settlements: [],
+    returns: [],
+    rows: [],
+    checkpoints: [],
+    sender,
+    isStored: false,
+    isSent: false,
+    wakeSender: [],
+  };
 }
