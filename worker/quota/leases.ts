@@ -105,6 +105,8 @@ interface Lease {
   requestsLeft: number;
   tokensLeft: number;
   snapshot: QuotaSnapshot;
+  /** The limits it was judged under (`keyOf`): a lease taken under limits since replaced goes back. */
+  limitsKey: string;
 }
 
 interface Batch {
@@ -265,10 +267,8 @@ export class QuotaLeases {
     }
     // The request that asked is admitted from its lease even if the call took so long that the
     // lease has expired since: the capacity is held for it either way.
-    const lease = granted.lease;
-    admitted = this.admitFrom(org, lease, need, c);
-    if (lease.requestsLeft > 0 && c.now() < lease.expiresAt) org.open.push(lease);
-    else this.giveBack(org, lease, c);
+    admitted = this.admitFrom(org, granted.lease, need, c);
+    this.keep(org, granted.lease, c);
     return admitted;
   }
 
@@ -286,6 +286,7 @@ export class QuotaLeases {
     const returns = org.batch?.returns.splice(0) ?? [];
     const id = c.newId();
     const now = c.now();
+    const limitsKey = org.limitsKey;
     const mine: LeaseCall = {};
     org.leasing = mine;
     let granted: LeaseResult;
@@ -316,6 +317,8 @@ export class QuotaLeases {
         requestsLeft: granted.requests,
         tokensLeft: granted.tokens,
         snapshot: granted.snapshot,
+        // The object judged it by limits newer than the ones it was asked under, when it says so.
+        limitsKey: granted.announced ? keyOf(granted.announced.limits) : limitsKey,
       },
     };
   }
@@ -331,18 +334,10 @@ export class QuotaLeases {
     let left = 0;
     for (const lease of org.open) left += lease.requestsLeft;
     if (left * 4 > org.ask) return;
-    const limitsKey = org.limitsKey;
     c.waitUntil(
       this.lease(org, need, c).then(
-        (granted) => {
-          if (!granted.ok) return;
-          // Taken under limits that changed while it was asked for: it goes back, as the others did.
-          const lease = granted.lease;
-          if (org.limitsKey !== limitsKey || c.now() >= lease.expiresAt) return this.giveBack(org, lease, c);
-          org.open.push(lease);
-          // The organization may have gone quiet meanwhile: then this lease goes back soon too.
-          return this.giveBackWhenIdle(org, c);
-        },
+        // The organization may have gone quiet meanwhile: then this lease goes back soon too.
+        (granted) => (granted.ok && this.keep(org, granted.lease, c) ? this.giveBackWhenIdle(org, c) : undefined),
         () => undefined,
       ),
     );
@@ -495,6 +490,20 @@ export class QuotaLeases {
       this.giveBack(org, lease, c);
     }
     return { ok: true, lease: lease.id, reserved: need, snapshot };
+  }
+
+  /**
+   * Keeps a lease that came back from a call open for the requests after, or gives it back: when it
+   * has no room left, has expired while it was asked for (the call took that long), or was taken
+   * under limits that changed meanwhile, as the leases open then went back. Says whether it kept it.
+   */
+  private keep(org: OrgLeases, lease: Lease, c: LeaseContext): boolean {
+    if (lease.requestsLeft > 0 && c.now() < lease.expiresAt && lease.limitsKey === org.limitsKey) {
+      org.open.push(lease);
+      return true;
+    }
+    this.giveBack(org, lease, c);
+    return false;
   }
 
   private giveBack(org: OrgLeases, lease: Lease, c: LeaseContext): void {
