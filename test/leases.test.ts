@@ -172,49 +172,6 @@ describe("quota leases", () => {
     expect(calls.settling - before).toBe(1);
   });
 
-  it("send a batch that gathered while the commit before it was on its way as soon as that commit returns", async () => {
-    const org = crypto.randomUUID();
-    const { leases, context, settled } = isolate(org, roomy);
-    const admitted = await Promise.all(Array.from({ length: 6 }, () => leases.admit(org, 10, context)));
-    // The first commit is held until released; every commit's settlements are counted.
-    let release = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const sizes: number[] = [];
-    const real = context.stub.commit;
-    context.stub = {
-      ...context.stub,
-      commit: async (...args) => {
-        const settlements = args[0].settlements?.length ?? 0;
-        if (settlements) sizes.push(settlements);
-        if (settlements && sizes.length === 1) await held;
-        return real(...args);
-      },
-    };
-    const settle = (i: number) => {
-      const a = admitted[i];
-      if (!a?.ok) throw new Error("refused");
-      return leases.settle(org, a, row(`${org}-${i}`, org, 10), context);
-    };
-    const stored = [settle(0)];
-    while (sizes.length === 0) await new Promise((resolve) => setTimeout(resolve, 1));
-    stored.push(settle(1));
-    release();
-    await stored[0];
-    // Requests keep ending every half millisecond after: they go in the batch after, as the one that
-    // waited goes once the look after the commit's return sees it back.
-    for (let i = 2; i < admitted.length; i++) {
-      stored.push(settle(i));
-      await new Promise((resolve) => setTimeout(resolve, 0.5));
-    }
-    expect(await Promise.all(stored)).toEqual(Array(admitted.length).fill(true));
-    await settled();
-    expect(sizes[0]).toBe(1);
-    expect(sizes.length).toBeGreaterThanOrEqual(3);
-    expect(sizes.reduce((a, b) => a + b, 0)).toBe(admitted.length);
-  });
-
   it("admit most requests without a call to the quota object, and settle them in batches", async () => {
     const org = crypto.randomUUID();
     const { leases, context, calls, settled, quota } = isolate(org, roomy);

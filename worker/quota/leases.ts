@@ -30,11 +30,10 @@ import type {
  * settlement goes at once when no other request of the organization is running in the isolate;
  * when others are, it waits for theirs while they keep coming (a millisecond with none ends the
  * wait; `GATHER_MS` at most), to go in one commit: a request that runs on (a long stream) holds no
- * batch back. While a commit is on its way, the next batch gathers and goes as soon as it returns,
- * without gathering more: under load most batches go so, and gathering longer would only hold
- * their answers back. The request that opens a batch sends it, and only it, so that no request's
- * `waitUntil` runs on with the load: the runtime ends it 30 s after the request's answer, and a
- * batch it still had to send would be left unsent.
+ * batch back. While a commit is on its way, the next batch gathers and goes when it returns. The
+ * request that opens a batch sends it, and only it, so that no request's `waitUntil` runs on with
+ * the load: the runtime ends it 30 s after the request's answer, and a batch it still had to send
+ * would be left unsent.
  *
  * A token with limits of its own has leases of its own: each is taken from the organization's
  * counters and the token's at once, so what the token's leases hold counts against both, and the
@@ -46,9 +45,9 @@ export const LEASE_TTL_MS = 1_000;
 /** The most requests one lease asks for; the object also caps it at a share of the limit. */
 export const MAX_LEASE_REQUESTS = 256;
 /**
- * The longest a batch that no commit was ahead of waits for the settlements of the organization's
- * requests still running in the isolate (none running: it goes at once; none joining it for a
- * millisecond: it goes then), and the batch that goes without waiting longer.
+ * The longest a batch waits for the settlements of the organization's requests still running in
+ * the isolate (none running: it goes at once; none joining it for a millisecond: it goes then), and
+ * the batch that goes without waiting longer.
  */
 export const GATHER_MS = 5;
 export const GATHER_MAX = 256;
@@ -529,24 +528,20 @@ export class QuotaLeases {
   }
 
   /**
-   * Sends `batch`, which `c` opened: once the commit on its way, if any, has returned (looked at
-   * every millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`), and then at once, as it gathered
-   * while that commit was away; with no commit on its way, while other requests of the organization
-   * run here, for as long as their settlements keep joining it (up to `GATHER_MS`).
+   * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at every
+   * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
+   * organization run here, for as long as their settlements keep joining it (up to `GATHER_MS`).
    */
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     // The caller fills the batch it was just handed before it yields: this waits for that.
     await null;
     // (Looked at before awaiting: a lone request's commit goes without a tick's delay.)
-    if (org.committing) {
-      // Settlements joined it for as long as the commit before it took: it goes as soon as that
-      // commit is back. Gathering longer would hold every answer in it back for the late ones.
-      await whileBusy(() => org.committing !== undefined, PREVIOUS_COMMIT_WAIT_MS);
-    } else if (org.inflight > 0) {
-      // Other requests of the organization are running here: their settlements may come soon, and
-      // one commit for all of them costs far less than one each. The batch waits while they come:
-      // it goes once a look finds nothing new in it (the others run on, as streams and slow answers
-      // do), once none runs, when full, or after `GATHER_MS`.
+    if (org.committing) await whileBusy(() => org.committing !== undefined, PREVIOUS_COMMIT_WAIT_MS);
+    // Other requests of the organization are running here: their settlements may come soon, and
+    // one commit for all of them costs far less than one each. The batch waits while they come: it
+    // goes once a look finds nothing new in it (the others run on, as streams and slow answers do),
+    // once none runs, when full, or after `GATHER_MS`.
+    if (org.inflight > 0) {
       let seen = -1;
       await whileBusy(() => {
         const size = sizeOf(batch);
