@@ -372,20 +372,29 @@ async function main(): Promise<void> {
         }),
       ),
     );
-    /** The median over rounds of a ÷ b, each pair measured in the same round. */
-    const ratioOf = (
+    /** a ÷ b in each round, each pair measured in the same round. */
+    const ratiosOf = (
       a: Target,
       b: Target,
       stream: boolean,
       c: number,
       field: "rps" | "cpuMicros" | "cpuMicrosWhole" = "rps",
-    ) => {
-      const ratios = cellRounds(a.name, stream, c).flatMap((ra) => {
+    ) =>
+      cellRounds(a.name, stream, c).flatMap((ra) => {
         const x = ra[field];
         const y = cellRounds(b.name, stream, c).find((rb) => rb.round === ra.round)?.[field];
         return x !== undefined && y !== undefined && y > 0 ? [x / y] : [];
       });
+    /** The median over rounds of a ÷ b, each pair measured in the same round. */
+    const ratioOf = (...args: Parameters<typeof ratiosOf>) => {
+      const ratios = ratiosOf(...args);
       return ratios.length ? median(ratios) : undefined;
+    };
+    /** The median over rounds of a ÷ b and, after it, the lowest and highest round's. */
+    const ratioSpread = (...args: Parameters<typeof ratiosOf>) => {
+      const ratios = ratiosOf(...args);
+      if (!ratios.length) return "n/a";
+      return `${times(median(ratios))} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`;
     };
 
     const sequential = new Map<string, { plain: SequentialResult; stream: SequentialResult }>();
@@ -492,7 +501,9 @@ async function main(): Promise<void> {
       "\nCPU ratios below 1 are better. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
     );
     if (baseline && !baseline.unavailable) {
-      console.log(`\n## ${baselinePeer.name.split(" (")[0]} ÷ ${baseline.name.split(" (")[0]} (same rounds)\n`);
+      console.log(
+        `\n## ${baselinePeer.name.split(" (")[0]} ÷ ${baseline.name.split(" (")[0]} (same rounds: the median, and the lowest and highest round)\n`,
+      );
       console.log(
         table(
           ["answer", "conns", "req/s", "CPU µs/req"],
@@ -500,11 +511,14 @@ async function main(): Promise<void> {
             opts.connections.map((c) => [
               stream ? "streamed" : "plain",
               String(c),
-              times(ratioOf(baselinePeer, baseline, stream, c)),
-              times(ratioOf(baselinePeer, baseline, stream, c, "cpuMicros")),
+              ratioSpread(baselinePeer, baseline, stream, c),
+              ratioSpread(baselinePeer, baseline, stream, c, "cpuMicros"),
             ]),
           ),
         ),
+      );
+      console.log(
+        "\nA change stands out from this run's noise when its lowest and highest rounds fall on the same side of 1; `--baseline HEAD` on an unchanged tree shows this machine's spread.",
       );
     }
 
