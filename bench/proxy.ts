@@ -150,16 +150,21 @@ async function quiet(targets: Target[]): Promise<void> {
 }
 
 /**
- * The cells of one round: the peers in turn, a different one first each round, and the gateway's
+ * The cells of one round: the peers in turn, a different one first each round, and a gateway's
  * two tokens (one process) back to back, which of them first alternating by round — the second
- * runs in a process the first has just warmed.
+ * runs in a process the first has just warmed. Every gateway with two tokens (this tree's and a
+ * baseline's) is taken so, or a comparison between them would favour the one warmed more often.
  */
-function roundOrder(running: Target[], round: number, first: Target, second: Target): Target[] {
-  const paired = running.includes(first) && running.includes(second);
-  const units = paired ? running.filter((t) => t !== second) : running;
+function roundOrder(running: Target[], round: number, pairs: [Target, Target][]): Target[] {
+  const live = pairs.filter(([first, second]) => running.includes(first) && running.includes(second));
+  const seconds = new Set(live.map(([, second]) => second));
+  const units = running.filter((t) => !seconds.has(t));
   const rotated = units.map((_, i) => units[(i + round) % units.length] as Target);
-  if (!paired) return rotated;
-  return rotated.flatMap((t) => (t !== first ? [t] : round % 2 === 0 ? [first, second] : [second, first]));
+  return rotated.flatMap((t) => {
+    const pair = live.find(([first]) => first === t);
+    if (!pair) return [t];
+    return round % 2 === 0 ? pair : [pair[1], pair[0]];
+  });
 }
 
 async function load(
@@ -240,8 +245,9 @@ async function main(): Promise<void> {
   const opts = options();
   // Every loop below is bounded by --duration or --live-streams; this only catches a hung start or
   // teardown. The targets at most: every peer, the simulator, the token with its own limits and a
-  // baseline. A paced stream takes about 40 ms; 100 ms each leaves room for a slow machine.
-  const targetCount = PEERS.length + 3;
+  // baseline with its own two tokens. A paced stream takes about 40 ms; 100 ms each leaves room for
+  // a slow machine.
+  const targetCount = PEERS.length + 4;
   const budgetSeconds =
     120 +
     opts.connections.length * 2 * targetCount * (opts.duration + opts.warmup + 2 * (opts.rounds + 1)) +
@@ -301,14 +307,19 @@ async function main(): Promise<void> {
     targets.push(await peer("portkey", "Portkey gateway (Node)", () => portkeyTarget(sim.url)));
     // Another commit's gateway, loaded in the same rounds: what a change did, within one run.
     const baselineRef = opts.baseline;
+    /** The baseline's token with limits of its own, taken as this tree's is (`roundOrder`). */
+    let baselineTokenLimited: Target | undefined;
     if (baselineRef !== undefined) {
       targets.push(
         await start(`modelgate @${baselineRef} (Miniflare)`, async () => {
           const tree = baselineTree(baselineRef);
           console.log(`baseline ${tree.commit} in ${tree.root}`);
-          return (await gatewayTargets(sim.url, { baseline: tree, split: opts.baselineSplit })).gateway;
+          const both = await gatewayTargets(sim.url, { baseline: tree, split: opts.baselineSplit });
+          if (!opts.baselineSplit) baselineTokenLimited = both.tokenLimited;
+          return both.gateway;
         }),
       );
+      if (baselineTokenLimited) targets.push(baselineTokenLimited);
     }
     const [direct, noop, floor, gateway, tokenLimited, split, memory, portkey] = targets as [
       Target,
@@ -336,7 +347,9 @@ async function main(): Promise<void> {
           process.stdout.write("done\n");
         }
         for (let round = 0; round < opts.rounds; round++) {
-          const order = roundOrder(running, round, gateway, tokenLimited);
+          const pairs: [Target, Target][] = [[gateway, tokenLimited]];
+          if (baseline && baselineTokenLimited) pairs.push([baseline, baselineTokenLimited]);
+          const order = roundOrder(running, round, pairs);
           const line: string[] = [];
           for (const target of order) {
             await quiet(running);
