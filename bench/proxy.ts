@@ -16,8 +16,10 @@
  * client then times single requests to the microsecond, the time to the first streamed token, and
  * checks that every token arrived as its own SSE event, in order. Ratios are against peers
  * measured in the same run, on the same machine, so they mean something even where absolute
- * numbers do not. `--baseline REF` adds the gateway of another commit as one more peer, so that a
- * change is measured against what it replaced in the same rounds.
+ * numbers do not. `--baseline REF` adds the gateway of another commit as one more peer (its two
+ * tokens taken as this tree's are), so that a change is measured against what it replaced in the
+ * same rounds; it prints the lowest and highest round's ratio beside the median, and `--baseline
+ * HEAD` on an unchanged tree shows how far apart identical code lands on the machine.
  */
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
