@@ -202,12 +202,16 @@ const keyOf = (l: QuotaLimits) => `${l.requestsPerMinute}/${l.tokensPerMinute}/$
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Waits while `busy()`, for at most `maxMs`, looking every millisecond on timers of the request
- * that waits: what it waits for is another request's doing, and a request may not resume another's
- * work (see `QuotaLeases`).
+ * Waits while `busy()`, for at most `maxMs`, looking every `stepMs()` (a millisecond unless told)
+ * on timers of the request that waits: what it waits for is another request's doing, and a request
+ * may not resume another's work (see `QuotaLeases`).
  */
-async function whileBusy(busy: () => boolean, maxMs: number): Promise<void> {
-  for (let waited = 0; waited < maxMs && busy(); waited++) await sleep(1);
+async function whileBusy(busy: () => boolean, maxMs: number, stepMs: () => number = () => 1): Promise<void> {
+  for (let waited = 0; waited < maxMs && busy(); ) {
+    const step = stepMs();
+    await sleep(step);
+    waited += step;
+  }
 }
 
 /**
@@ -618,11 +622,11 @@ function refusedAlike(refusal: QuotaRefusal, refusedNeed: number, need: number):
  * this request's timers, every `UNSENT_LOOK_MS` until the batch goes and every millisecond after.
  */
 async function storedSeenHere(batch: Batch): Promise<boolean> {
-  for (let waited = 0; waited < STORE_WAIT_MS && !batch.isStored; ) {
-    const step = batch.isSent ? 1 : UNSENT_LOOK_MS;
-    await sleep(step);
-    waited += step;
-  }
+  await whileBusy(
+    () => !batch.isStored,
+    STORE_WAIT_MS,
+    () => (batch.isSent ? 1 : UNSENT_LOOK_MS),
+  );
   return batch.isStored;
 }
 
