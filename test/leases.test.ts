@@ -490,6 +490,69 @@ describe("quota leases", () => {
     expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(101);
   });
 
+  it("look at a call another request made about when it is due, not every millisecond, however far the object", async () => {
+    const org = crypto.randomUUID();
+    const { leases, context, settled } = isolate(org, roomy, { now: () => Date.now() });
+    // An object in another location: each call takes 40 ms, the first 150 as the object starts
+    // (on the runtime's scheduler, so that the timers counted below are the requests' own looks).
+    const CALL_MS = 40;
+    const sent = { commits: 0, calls: 0 };
+    const far =
+      <A extends unknown[], R>(call: (...args: A) => Promise<R>, counted?: "commits") =>
+      async (...args: A): Promise<R> => {
+        if (counted) sent[counted] += 1;
+        await scheduler.wait(sent.calls++ === 0 ? 150 : CALL_MS);
+        return call(...args);
+      };
+    context.stub = { lease: far(context.stub.lease), commit: far(context.stub.commit, "commits") };
+    const looks = { count: 0 };
+    const timers = globalThis.setTimeout;
+    globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+      looks.count += 1;
+      return timers(...args);
+    }) as typeof setTimeout;
+    try {
+      // Requests of one isolate, each with a context of its own: a few one after another, from
+      // which the isolate learns how long its calls take, then twenty together.
+      /** Settles an admitted request; resolves with whether its row was stored, and when that was seen. */
+      const settleOne = async (a: Awaited<ReturnType<typeof leases.admit>>, id: string) => {
+        if (!a.ok) throw new Error(`refused: ${a.refusal}`);
+        const stored = await leases.settle(org, a, row(`${org}-${id}`, org, 10), { ...context });
+        return { stored, at: Date.now() };
+      };
+      for (let i = 0; i < 3; i++) {
+        expect((await settleOne(await leases.admit(org, 10, { ...context }), `${i}`)).stored).toBe(true);
+      }
+      const admitted = await Promise.all(Array.from({ length: 20 }, () => leases.admit(org, 10, { ...context })));
+      looks.count = 0;
+      const before = sent.commits;
+      // Ten answers end together, and their batch goes; ten more end while its commit is on its way.
+      const first = admitted.slice(0, 10).map((a, i) => settleOne(a, `first-${i}`));
+      while (sent.commits === before) await scheduler.wait(1);
+      const second = admitted.slice(10).map((a, i) => settleOne(a, `second-${i}`));
+      const batches = [await Promise.all(first), await Promise.all(second)];
+      // 18 requests waited for a commit another request sent, 40 or 80 ms: looking every
+      // millisecond, that is over a thousand looks. When it is due, and once more if it is late,
+      // it is two each at most; the second batch's sender looks for the commit before its own,
+      // and each sender has two timers of its own (its cap on the wait, the give-back when idle).
+      expect(sent.commits - before).toBe(2);
+      expect(looks.count).toBeLessThanOrEqual(18 * 2 + 2 + 2 * 2);
+      // And none saw its row stored much later than the request that sent it, whose own `send`
+      // wakes it: a quarter of a call at most, and the timers' slack.
+      for (const [sender, ...waiters] of batches) {
+        expect(sender?.stored).toBe(true);
+        for (const w of waiters) {
+          expect(w.stored).toBe(true);
+          expect(w.at - (sender?.at ?? 0)).toBeLessThanOrEqual(CALL_MS / 4 + 10);
+        }
+      }
+      await settled();
+    } finally {
+      globalThis.setTimeout = timers;
+    }
+    expect((await usageRows()).filter((r) => r.organizationId === org)).toHaveLength(23);
+  });
+
   it("send the next batch when the commit before it never returns, as when its request was ended", async () => {
     const org = crypto.randomUUID();
     const { leases, context } = isolate(org, roomy);

@@ -64,11 +64,20 @@ export const STORE_WAIT_MS = 2_000;
  */
 const PREVIOUS_COMMIT_WAIT_MS = STORE_WAIT_MS / 4;
 /**
- * How often a request whose row another request sends looks at its batch while the batch has not
- * gone yet (once it has, every millisecond): it cannot be stored before its commit returns, and
+ * How often, at most, a request whose row another request sends looks at its batch before the
+ * batch has gone (after, as `lookAfter` says): it cannot be stored before its commit returns, and
  * every look is an event of the runtime's.
  */
 const UNSENT_LOOK_MS = 2;
+/**
+ * How the usual time of a call to the quota object follows the calls that return (`noteCall`): it
+ * moves this share of the way to a shorter call (to it, for one under half of it), and this share
+ * of the way to a longer one, counted as at most twice it and 2 ms. A slow call (the object
+ * starting, a stall) then barely moves it, and a slow first call is forgotten at the next: waiters
+ * would otherwise look late.
+ */
+const CALL_DOWN = 1 / 2;
+const CALL_UP = 1 / 4;
 /**
  * The longest a request with no room in the leases here waits for the lease another request of
  * the organization is asking for, before it asks itself: a call whose request was ended never
@@ -110,6 +119,8 @@ interface Lease {
 }
 
 interface Batch {
+  /** The organization's leases here, whose calls tell when the batch is likely stored. */
+  org: OrgLeases;
   settlements: Settlement[];
   returns: LeaseReturn[];
   /** Ledger entries (`ledgerEntry` text). */
@@ -120,8 +131,8 @@ interface Batch {
   sender: LeaseContext;
   /** True once the batch's rows are stored: what the other requests look at (`storedSeenHere`). */
   isStored: boolean;
-  /** True once its commit is on its way. */
-  isSent: boolean;
+  /** When its commit went (the request's clock); undefined until it has. */
+  sentAt: number | undefined;
   /** Wakes the request that sends the batch, whose own row is in it (see `storedHere`). */
   wakeSender: (() => void)[];
 }
@@ -145,13 +156,22 @@ interface OrgLeases {
   admissions: number;
   batch: Batch | undefined;
   /** The commit on its way, if any: the open batch goes when it returns. */
-  committing: object | undefined;
+  committing: { since: number } | undefined;
+  /**
+   * How long this isolate's calls to the organization's object take, lately (ms; undefined until
+   * one returned): a request that waits for a call another request made looks at it about then,
+   * not every millisecond. An object in another location answers in tens of milliseconds, and
+   * each look is an event of the runtime's.
+   */
+  callMs: number | undefined;
   /** The request whose `waitUntil` waits to give back what the leases hold once the organization is quiet. */
   lingering: object | undefined;
 }
 
 /** A lease call on its way, and once it has returned, the refusal it was given, if any. */
 interface LeaseCall {
+  /** When it was made (the request's clock). */
+  since: number;
   refused?: { need: number; result: Extract<LeaseResult, { ok: false }> };
 }
 
@@ -208,10 +228,32 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  */
 async function whileBusy(busy: () => boolean, maxMs: number, stepMs: () => number = () => 1): Promise<void> {
   for (let waited = 0; waited < maxMs && busy(); ) {
-    const step = stepMs();
+    const step = Math.min(stepMs(), maxMs - waited);
     await sleep(step);
     waited += step;
   }
+}
+
+/**
+ * How long a request waiting for a call to the object (made `since`, on `org`'s behalf, or `calls`
+ * of them back to back) waits before its next look at `now`: until the call's usual time is up,
+ * then a quarter of that time between looks (at least a millisecond, as before any call returned).
+ * A wait for a call of usual time costs a look or two whatever the object's distance; one slower
+ * than usual is seen a quarter of a call late at most.
+ */
+function lookAfter(org: OrgLeases, since: number, now: number, calls = 1): number {
+  const usual = org.callMs ?? 0;
+  const due = since + calls * usual;
+  return now < due ? Math.ceil(due - now) : Math.max(1, Math.floor(usual / 4));
+}
+
+/** Notes a call to the object made `since` that returned at `now` (`OrgLeases.callMs`). */
+function noteCall(org: OrgLeases, since: number, now: number): void {
+  const took = Math.max(0, now - since);
+  const usual = org.callMs;
+  if (usual === undefined || took < usual / 2) org.callMs = took;
+  else if (took <= usual) org.callMs = usual - (usual - took) * CALL_DOWN;
+  else org.callMs = usual + (Math.min(took, 2 * usual + 2) - usual) * CALL_UP;
 }
 
 /**
@@ -247,12 +289,16 @@ export class QuotaLeases {
     if (call) {
       org.waiting += 1;
       try {
-        await whileBusy(() => {
-          if (!org.leasing) return false;
-          call = org.leasing;
-          admitted = this.take(org, need, c);
-          return admitted === undefined;
-        }, LEASE_CALL_WAIT_MS);
+        await whileBusy(
+          () => {
+            if (!org.leasing) return false;
+            call = org.leasing;
+            admitted = this.take(org, need, c);
+            return admitted === undefined;
+          },
+          LEASE_CALL_WAIT_MS,
+          () => (org.leasing ? lookAfter(org, org.leasing.since, c.now()) : 1),
+        );
       } finally {
         org.waiting -= 1;
       }
@@ -291,7 +337,7 @@ export class QuotaLeases {
     const id = c.newId();
     const now = c.now();
     const limitsKey = org.limitsKey;
-    const mine: LeaseCall = {};
+    const mine: LeaseCall = { since: now };
     org.leasing = mine;
     let granted: LeaseResult;
     try {
@@ -299,6 +345,7 @@ export class QuotaLeases {
       const ask: LeaseAsk = { requests, tokens: requests * need, need };
       if (c.token) ask.token = c.token;
       granted = await c.stub.lease(id, ask, org.limits, now, returns, org.limitsAt);
+      noteCall(org, now, c.now());
     } catch (error) {
       if (returns.length) this.batchOf(org, c).returns.push(...returns);
       throw error;
@@ -367,7 +414,7 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    return batch.sender === c ? storedHere(batch) : storedSeenHere(batch);
+    return batch.sender === c ? storedHere(batch) : storedSeenHere(batch, c);
   }
 
   /**
@@ -422,6 +469,7 @@ export class QuotaLeases {
         admissions: 0,
         batch: undefined,
         committing: undefined,
+        callMs: undefined,
         lingering: undefined,
       };
       this.orgs.set(key, org);
@@ -525,22 +573,28 @@ export class QuotaLeases {
   /** The organization's open batch. The request that opens one sends it, from its own `waitUntil`. */
   private batchOf(org: OrgLeases, c: LeaseContext): Batch {
     if (org.batch) return org.batch;
-    const batch = newBatch(c);
+    const batch = newBatch(org, c);
     org.batch = batch;
     c.waitUntil(this.send(org, batch, c));
     return batch;
   }
 
   /**
-   * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at every
-   * millisecond, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
+   * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at as
+   * `lookAfter` says, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
    * organization run here, for as long as their settlements keep joining it (up to `GATHER_MS`).
    */
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
     // The caller fills the batch it was just handed before it yields: this waits for that.
     await null;
     // (Looked at before awaiting: a lone request's commit goes without a tick's delay.)
-    if (org.committing) await whileBusy(() => org.committing !== undefined, PREVIOUS_COMMIT_WAIT_MS);
+    if (org.committing) {
+      await whileBusy(
+        () => org.committing !== undefined,
+        PREVIOUS_COMMIT_WAIT_MS,
+        () => (org.committing ? lookAfter(org, org.committing.since, c.now()) : 1),
+      );
+    }
     // Other requests of the organization are running here: their settlements may come soon, and
     // one commit for all of them costs far less than one each. The batch waits while they come: it
     // goes once a look finds nothing new in it (the others run on, as streams and slow answers do),
@@ -555,9 +609,10 @@ export class QuotaLeases {
       }, GATHER_MS);
     }
     if (org.batch === batch) org.batch = undefined;
-    const mine = {};
+    const since = c.now();
+    const mine = { since };
     org.committing = mine;
-    batch.isSent = true;
+    batch.sentAt = since;
     try {
       await this.commit(org, batch, c);
       markStored(batch);
@@ -577,7 +632,7 @@ export class QuotaLeases {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.lingering !== mine || org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns = newBatch(c);
+      const returns = newBatch(org, c);
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
@@ -598,7 +653,9 @@ export class QuotaLeases {
     if (batch.rows.length) report.rows = ledgerBatch(batch.rows);
     if (batch.checkpoints.length) report.checkpoints = batch.checkpoints;
     try {
-      const answer = await c.stub.commit(report, org.limits, c.now(), org.limitsAt);
+      const since = c.now();
+      const answer = await c.stub.commit(report, org.limits, since, org.limitsAt);
+      noteCall(org, since, c.now());
       if (answer?.announced) this.adopt(org, answer.announced, true, c);
     } catch (error) {
       // Returned capacity is released by the object when the lease expires there; a checkpoint is
@@ -619,13 +676,23 @@ function refusedAlike(refusal: QuotaRefusal, refusedNeed: number, need: number):
 
 /**
  * Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`: looked at on
- * this request's timers, every `UNSENT_LOOK_MS` until the batch goes and every millisecond after.
+ * the timers of `c`, the request waiting, as `lookAfter` says (a batch still gathering goes within
+ * `GATHER_MS`, or once the commit before it returns), or every `UNSENT_LOOK_MS` until a call to the
+ * object has returned here.
  */
-async function storedSeenHere(batch: Batch): Promise<boolean> {
+async function storedSeenHere(batch: Batch, c: LeaseContext): Promise<boolean> {
+  const org = batch.org;
   await whileBusy(
     () => !batch.isStored,
     STORE_WAIT_MS,
-    () => (batch.isSent ? 1 : UNSENT_LOOK_MS),
+    () => {
+      const now = c.now();
+      if (batch.sentAt !== undefined) return lookAfter(org, batch.sentAt, now);
+      if (org.callMs === undefined) return UNSENT_LOOK_MS;
+      // It goes once the commit before it returns, and is due a call after that one; or it goes now.
+      const next = org.committing ? lookAfter(org, org.committing.since, now, 2) : lookAfter(org, now, now);
+      return Math.max(UNSENT_LOOK_MS, next);
+    },
   );
   return batch.isStored;
 }
@@ -656,16 +723,17 @@ function sizeOf(batch: Batch): number {
   return batch.settlements.length + batch.returns.length + batch.checkpoints.length;
 }
 
-/** An empty batch. */
-function newBatch(sender: LeaseContext): Batch {
+/** An empty batch of `org`'s. */
+function newBatch(org: OrgLeases, sender: LeaseContext): Batch {
   return {
+    org,
     settlements: [],
     returns: [],
     rows: [],
     checkpoints: [],
     sender,
     isStored: false,
-    isSent: false,
+    sentAt: undefined,
     wakeSender: [],
   };
 }
