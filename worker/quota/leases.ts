@@ -274,7 +274,7 @@ export class QuotaLeases {
   /**
    * Admits one request of at most `need` tokens, from a lease held here or a new one. One lease
    * call per organization is on its way at a time: a request with no room waits for it (looking
-   * every millisecond) and asks itself only if it brought no room. A busy organization's next
+   * as `lookAfter` says) and asks itself only if it brought no room. A busy organization's next
    * lease is asked for ahead, while the open ones still have room, so that its requests do not
    * wait for one.
    */
