@@ -1,12 +1,13 @@
 /**
- * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split --target gateway|floor|noop --compare --own-limits --perf --rounds 3]`
+ * `npm run bench:profile [-- --answers plain|streamed --connections 32 --duration 10 --split [--object-ms N] --target gateway|floor|noop --compare --own-limits --perf --rounds 3]`
  *
  * Where the gateway's CPU goes on the inference path: the gateway as `bench:proxy` runs it, loaded
  * by autocannon, with V8's sampling profiler on through workerd's inspector. Prints the functions
  * with the most self time (and, for the gateway's own code, the time spent in and under them), and
  * writes the whole profile to `bench/.build/<target>.cpuprofile`, which Chrome's DevTools open.
  * `--split` runs the quota object in a process of its own, so that the profile is the Worker's
- * alone, as on Cloudflare. `--target floor` (or `noop`) profiles the metering floor (or the no-op
+ * alone, as on Cloudflare; `--object-ms N` has that object answer each call N ms later, as one in
+ * another location would. `--target floor` (or `noop`) profiles the metering floor (or the no-op
  * Worker) under the same load instead; `--compare` profiles the floor and then the gateway in one
  * run. The isolate's busy time per request is reported whole and, for the gateway, without what
  * ran in or under its quota object's code (which has an isolate of its own on Cloudflare): a cost
@@ -54,6 +55,7 @@ const { values } = parseArgs({
     duration: { type: "string", default: "10" },
     top: { type: "string", default: "30" },
     split: { type: "boolean", default: false },
+    "object-ms": { type: "string" },
     target: { type: "string", default: "gateway" },
     compare: { type: "boolean", default: false },
     "own-limits": { type: "boolean", default: false },
@@ -75,7 +77,10 @@ async function profiledTarget(simUrl: string, kind: string, inspectorPort: numbe
   const extra = { inspectorPort };
   if (kind === "floor") return meteringFloorTarget(simUrl, extra);
   if (kind === "noop") return noopWorkerTarget(simUrl, extra);
-  const { gateway, tokenLimited } = await gatewayTargets(simUrl, { split: values.split, extra });
+  const objectMs = values["object-ms"] === undefined ? undefined : Number(values["object-ms"]);
+  if (objectMs !== undefined && (!values.split || !(objectMs > 0)))
+    throw new Error("--object-ms takes ms > 0, with --split");
+  const { gateway, tokenLimited } = await gatewayTargets(simUrl, { split: values.split, objectMs, extra });
   return values["own-limits"] ? tokenLimited : gateway;
 }
 

@@ -20,6 +20,8 @@
  * tokens taken as this tree's are), so that a change is measured against what it replaced in the
  * same rounds; it prints the lowest and highest round's ratio beside the median, and `--baseline
  * HEAD` on an unchanged tree shows how far apart identical code lands on the machine.
+ * `--object-ms N` has the quota object apart answer each call N ms later, as an object in another
+ * location would: what the Worker spends waiting on a far object shows in its own CPU.
  */
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
@@ -75,7 +77,8 @@ function usage(message?: string): never {
       "                              [--targets noop,floor,modelgate,split,memory,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
       "                              [--live-streams N: the sequential client times N paced streams per target, however long that takes (else up to 200 within --duration)]\n" +
       "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n" +
-      "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n",
+      "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n" +
+      "                              [--object-ms N: the quota object apart answers each call N ms later, as one in another location would]\n",
   );
   process.exit(2);
 }
@@ -98,6 +101,7 @@ function options() {
     answers: string;
     baseline?: string;
     "baseline-split"?: boolean;
+    "object-ms"?: string;
     "no-sequential"?: boolean;
     help?: boolean;
   };
@@ -114,6 +118,7 @@ function options() {
         answers: { type: "string", default: "plain,streamed" },
         baseline: { type: "string" },
         "baseline-split": { type: "boolean" },
+        "object-ms": { type: "string" },
         "no-sequential": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -122,6 +127,8 @@ function options() {
     usage((error as Error).message);
   }
   if (values.help) usage();
+  if (values["object-ms"] !== undefined && !values.targets.split(",").includes("split") && !values["baseline-split"])
+    usage("--object-ms puts the quota object apart at a distance: it needs --targets split or --baseline-split");
   return {
     duration: positive("--duration", values.duration),
     rounds: Math.round(positive("--rounds", values.rounds)),
@@ -139,6 +146,7 @@ function options() {
     sequential: !values["no-sequential"],
     baseline: values.baseline,
     baselineSplit: values["baseline-split"] === true,
+    objectMs: values["object-ms"] === undefined ? undefined : Math.round(positive("--object-ms", values["object-ms"])),
   };
 }
 
@@ -296,7 +304,7 @@ async function main(): Promise<void> {
       await peer(
         "split",
         "modelgate, quota object apart (Miniflare)",
-        async () => (await gatewayTargets(sim.url, { split: true })).gateway,
+        async () => (await gatewayTargets(sim.url, { split: true, objectMs: opts.objectMs })).gateway,
       ),
     );
     targets.push(
@@ -316,7 +324,11 @@ async function main(): Promise<void> {
         await start(`modelgate @${baselineRef} (Miniflare)`, async () => {
           const tree = baselineTree(baselineRef);
           console.log(`baseline ${tree.commit} in ${tree.root}`);
-          const both = await gatewayTargets(sim.url, { baseline: tree, split: opts.baselineSplit });
+          const both = await gatewayTargets(sim.url, {
+            baseline: tree,
+            split: opts.baselineSplit,
+            objectMs: opts.objectMs,
+          });
           if (!opts.baselineSplit) baselineTokenLimited = both.tokenLimited;
           return both.gateway;
         }),

@@ -3,9 +3,9 @@
  * simulator: the simulator itself, a no-op Worker, this gateway's full path and Portkey.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Miniflare, V4MiniflareOptions as MiniflareOptions } from "miniflare";
 import { freePort } from "../scripts/lib/gateway-process";
 import { ROOT } from "../scripts/lib/local-state";
@@ -260,12 +260,19 @@ export interface GatewayTargets {
  * apart. `split` runs the quota object in a workerd process of its own (with its
  * own D1 database, which it writes usage to), reached through Miniflare's dev registry as the
  * Worker reaches it on Cloudflare: across processes, so that the Worker's own CPU per request is
- * seen apart from the object's. `baseline` runs the gateway of another commit's tree instead (its
- * bundle, bindings and migrations).
+ * seen apart from the object's. `objectMs` (with `split`) has that object answer each call so
+ * much later, as one in another location would (`farQuotaScript`). `baseline` runs the gateway of
+ * another commit's tree instead (its bundle, bindings and migrations).
  */
 export async function gatewayTargets(
   simUrl: string,
-  options: { split?: boolean; memory?: boolean; extra?: Partial<MiniflareOptions>; baseline?: BaselineTree } = {},
+  options: {
+    split?: boolean;
+    objectMs?: number;
+    memory?: boolean;
+    extra?: Partial<MiniflareOptions>;
+    baseline?: BaselineTree;
+  } = {},
 ): Promise<GatewayTargets> {
   const root = options.baseline?.root ?? ROOT;
   const script = await buildGateway(join(root, "bench", ".build"), root);
@@ -289,8 +296,15 @@ export async function gatewayTargets(
       const registryPath = mkdtempSync(join(tmpdir(), "modelgate-registry-"));
       disposers.push(async () => rmSync(registryPath, { recursive: true, force: true }));
       registry = { unsafeDevRegistryPath: registryPath } as Partial<MiniflareOptions>;
+      const far = options.objectMs ? farQuotaScript(script, options.objectMs) : undefined;
+      const quotaOptions = gatewayWorkerOptions(far ?? script, vars, { root }) as Record<string, unknown>;
+      const className = far ? FAR_QUOTA_CLASS : "OrgQuota";
+      if (far) {
+        const bindings = quotaOptions.durableObjects as Record<string, Record<string, unknown>>;
+        quotaOptions.durableObjects = { ...bindings, QUOTA: { ...bindings.QUOTA, className } };
+      }
       const quota = newMiniflare({
-        ...gatewayWorkerOptions(script, vars, { root }),
+        ...quotaOptions,
         name: QUOTA_SCRIPT,
         ...registry,
         ...workerSocketOptions(),
@@ -299,7 +313,7 @@ export async function gatewayTargets(
       const quotaOrigin = await directOrigin(quota);
       await prepareDatabase((await quota.getD1Database("DB")) as unknown as D1Database, root);
       quotaPid = workerdListeningOn(Number(new URL(quotaOrigin).port));
-      workerOptions.durableObjects = { QUOTA: { className: "OrgQuota", scriptName: QUOTA_SCRIPT } };
+      workerOptions.durableObjects = { QUOTA: { className, scriptName: QUOTA_SCRIPT } };
     }
     const mf = newMiniflare({
       ...workerOptions,
@@ -324,10 +338,11 @@ export async function gatewayTargets(
       ],
     );
     const pid = workerdListeningOn(Number(new URL(base).port));
+    const apart = `quota object apart${options.split && options.objectMs ? `, ${options.objectMs} ms away` : ""}`;
     const label = options.baseline
-      ? `modelgate @${options.baseline.commit.slice(0, 7)}${options.split ? ", quota object apart" : ""} (Miniflare)`
+      ? `modelgate @${options.baseline.commit.slice(0, 7)}${options.split ? `, ${apart}` : ""} (Miniflare)`
       : options.split
-        ? "modelgate, quota object apart (Miniflare)"
+        ? `modelgate, ${apart} (Miniflare)`
         : options.memory
           ? "modelgate, quota storage in memory (Miniflare)"
           : "modelgate (Miniflare)";
@@ -368,6 +383,35 @@ export async function gatewayTargets(
 
 /** The script name the quota object's own process registers under (`split`). */
 const QUOTA_SCRIPT = "modelgate-quota";
+/** The quota object of `farQuotaScript`. */
+const FAR_QUOTA_CLASS = "FarOrgQuota";
+
+/**
+ * Writes, beside the gateway bundle at `script`, a copy of it with one more quota object class:
+ * `OrgQuota` answering each call `ms` later, as an object in another location would (the wait is
+ * on the object's side, so that calls overlap as they do across a network). Returns its path.
+ */
+function farQuotaScript(script: string, ms: number): string {
+  const bundle = readFileSync(script, "utf8");
+  if (!/export\s*\{[^}]*\bOrgQuota\b/.test(bundle)) throw new Error(`${script} exports no OrgQuota`);
+  const path = join(dirname(script), "far-quota.js");
+  writeFileSync(
+    path,
+    `${bundle.replace(/\/\/# sourceMappingURL=.*$/m, "")}
+export class ${FAR_QUOTA_CLASS} extends OrgQuota {
+  async lease(...args) {
+    await scheduler.wait(${ms});
+    return super.lease(...args);
+  }
+  async commit(...args) {
+    await scheduler.wait(${ms});
+    return super.commit(...args);
+  }
+}
+`,
+  );
+  return path;
+}
 
 /** This gateway's full path in one workerd process, as `npm start` and the tests run it. */
 export async function gatewayTarget(simUrl: string, extra: Partial<MiniflareOptions> = {}): Promise<Target> {
