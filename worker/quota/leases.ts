@@ -70,14 +70,12 @@ const PREVIOUS_COMMIT_WAIT_MS = STORE_WAIT_MS / 4;
  */
 const UNSENT_LOOK_MS = 2;
 /**
- * How the usual time of a call to the quota object follows the calls that return (`noteCall`): it
- * moves this share of the way to a shorter call (to it, for one under half of it), and this share
- * of the way to a longer one, counted as at most twice it and 2 ms. A slow call (the object
- * starting, a stall) then barely moves it, and a slow first call is forgotten at the next: waiters
- * would otherwise look late.
+ * How the usual time of a call to the quota object, and its spread, follow the calls that return
+ * (`noteCall`), as TCP's round-trip estimate does: each call moves the usual time this share of the
+ * way to it, and the spread this share of the way to how far it was from the usual time.
  */
-const CALL_DOWN = 1 / 2;
-const CALL_UP = 1 / 4;
+const CALL_GAIN = 1 / 8;
+const SPREAD_GAIN = 1 / 4;
 /**
  * The longest a request with no room in the leases here waits for the lease another request of
  * the organization is asking for, before it asks itself: a call whose request was ended never
@@ -159,11 +157,12 @@ interface OrgLeases {
   committing: { since: number } | undefined;
   /**
    * How long this isolate's calls to the organization's object take, lately (ms; undefined until
-   * one returned): a request that waits for a call another request made looks at it about then,
-   * not every millisecond. An object in another location answers in tens of milliseconds, and
-   * each look is an event of the runtime's.
+   * one returned), and how far apart (`noteCall`): a request that waits for a call another request
+   * made looks at it about then, not every millisecond. An object in another location answers in
+   * tens of milliseconds, and each look is an event of the runtime's.
    */
   callMs: number | undefined;
+  callSpreadMs: number;
   /** The request whose `waitUntil` waits to give back what the leases hold once the organization is quiet. */
   lingering: object | undefined;
 }
@@ -236,24 +235,34 @@ async function whileBusy(busy: () => boolean, maxMs: number, stepMs: () => numbe
 
 /**
  * How long a request waiting for a call to the object (made `since`, on `org`'s behalf, or `calls`
- * of them back to back) waits before its next look at `now`: until the call's usual time is up,
- * then a quarter of that time between looks (at least a millisecond, as before any call returned).
- * A wait for a call of usual time costs a look or two whatever the object's distance; one slower
- * than usual is seen a quarter of a call late at most.
+ * of them back to back) waits before its next look at `now`: until the call's usual time and its
+ * spread are up, then the spread between looks, or an eighth of the time waited if that is longer
+ * (at least a millisecond, as before any call returned). A wait for a call of usual time costs a
+ * look or two, whatever the object's distance; a stalled call, a look for every eighth longer.
  */
 function lookAfter(org: OrgLeases, since: number, now: number, calls = 1): number {
-  const usual = org.callMs ?? 0;
-  const due = since + calls * usual;
-  return now < due ? Math.ceil(due - now) : Math.max(1, Math.floor(usual / 4));
+  const spread = org.callSpreadMs;
+  const due = since + calls * (org.callMs ?? 0) + spread;
+  return now < due ? Math.ceil(due - now) : Math.max(1, Math.ceil(spread), Math.floor((now - since) / 8));
 }
 
-/** Notes a call to the object made `since` that returned at `now` (`OrgLeases.callMs`). */
+/**
+ * Notes a call to the object made `since` that returned at `now` (`OrgLeases.callMs`). A call
+ * counts as at most twice the usual time and 2 ms, so that one stall barely moves the estimate; a
+ * call well under half the usual time (the first calls, as the object started, were slow) replaces
+ * it.
+ */
 function noteCall(org: OrgLeases, since: number, now: number): void {
   const took = Math.max(0, now - since);
   const usual = org.callMs;
-  if (usual === undefined || took < usual / 2) org.callMs = took;
-  else if (took <= usual) org.callMs = usual - (usual - took) * CALL_DOWN;
-  else org.callMs = usual + (Math.min(took, 2 * usual + 2) - usual) * CALL_UP;
+  if (usual === undefined || took + 2 < usual / 2) {
+    org.callMs = took;
+    org.callSpreadMs = took * CALL_GAIN;
+    return;
+  }
+  const counted = Math.min(took, 2 * usual + 2);
+  org.callMs = usual + (counted - usual) * CALL_GAIN;
+  org.callSpreadMs += (Math.abs(counted - usual) - org.callSpreadMs) * SPREAD_GAIN;
 }
 
 /**
@@ -470,6 +479,7 @@ export class QuotaLeases {
         batch: undefined,
         committing: undefined,
         callMs: undefined,
+        callSpreadMs: 0,
         lingering: undefined,
       };
       this.orgs.set(key, org);
