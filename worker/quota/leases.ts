@@ -247,6 +247,17 @@ function lookAfter(org: OrgLeases, since: number, now: number, calls = 1): numbe
 }
 
 /**
+ * Like `lookAfter`, for the one request that sends the next batch once the commit on its way has
+ * returned: it looks first as soon as that commit may be back (the usual time less its spread),
+ * then every millisecond. A batch that goes late holds back every request in it, and every batch
+ * after it; these looks are one request's for the whole batch.
+ */
+function firstLookAfter(org: OrgLeases, since: number, now: number): number {
+  const first = since + (org.callMs ?? 0) - org.callSpreadMs;
+  return now < first ? Math.ceil(first - now) : 1;
+}
+
+/**
  * Notes a call to the object made `since` that returned at `now` (`OrgLeases.callMs`). A call
  * counts as at most twice the usual time and 2 ms, so that one stall barely moves the estimate; a
  * call well under half the usual time (the first calls, as the object started, were slow) replaces
@@ -591,7 +602,7 @@ export class QuotaLeases {
 
   /**
    * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at as
-   * `lookAfter` says, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
+   * `firstLookAfter` says, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
    * organization run here, for as long as their settlements keep joining it (up to `GATHER_MS`).
    */
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
@@ -602,7 +613,7 @@ export class QuotaLeases {
       await whileBusy(
         () => org.committing !== undefined,
         PREVIOUS_COMMIT_WAIT_MS,
-        () => (org.committing ? lookAfter(org, org.committing.since, c.now()) : 1),
+        () => (org.committing ? firstLookAfter(org, org.committing.since, c.now()) : 1),
       );
     }
     // Other requests of the organization are running here: their settlements may come soon, and
