@@ -235,26 +235,14 @@ async function whileBusy(busy: () => boolean, maxMs: number, stepMs: () => numbe
 
 /**
  * How long a request waiting for a call to the object (made `since`, on `org`'s behalf, or `calls`
- * of them back to back) waits before its next look at `now`: until the call's usual time and its
- * spread are up, then the spread between looks, or an eighth of the time waited if that is longer
- * (at least a millisecond, as before any call returned). A wait for a call of usual time costs a
- * look or two, whatever the object's distance; a stalled call, a look for every eighth longer.
+ * of them back to back) waits before its next look at `now`: until the call may be back (its usual
+ * time less its spread), then a millisecond between looks, or a sixteenth of the time waited if that
+ * is longer. A wait costs a few looks whatever the object's distance (one per millisecond of the
+ * calls' spread), and sees the call back within a millisecond or a sixteenth of the wait.
  */
 function lookAfter(org: OrgLeases, since: number, now: number, calls = 1): number {
-  const spread = org.callSpreadMs;
-  const due = since + calls * (org.callMs ?? 0) + spread;
-  return now < due ? Math.ceil(due - now) : Math.max(1, Math.ceil(spread), Math.floor((now - since) / 8));
-}
-
-/**
- * Like `lookAfter`, for the one request that sends the next batch once the commit on its way has
- * returned: it looks first as soon as that commit may be back (the usual time less its spread),
- * then every millisecond. A batch that goes late holds back every request in it, and every batch
- * after it; these looks are one request's for the whole batch.
- */
-function firstLookAfter(org: OrgLeases, since: number, now: number): number {
-  const first = since + (org.callMs ?? 0) - org.callSpreadMs;
-  return now < first ? Math.ceil(first - now) : 1;
+  const first = since + calls * (org.callMs ?? 0) - org.callSpreadMs;
+  return now < first ? Math.ceil(first - now) : Math.max(1, Math.floor((now - since) / 16));
 }
 
 /**
@@ -602,7 +590,7 @@ export class QuotaLeases {
 
   /**
    * Sends `batch`, which `c` opened: once the commit on its way has returned (looked at as
-   * `firstLookAfter` says, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
+   * `lookAfter` says, for at most `PREVIOUS_COMMIT_WAIT_MS`) and, while other requests of the
    * organization run here, for as long as their settlements keep joining it (up to `GATHER_MS`).
    */
   private async send(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<void> {
@@ -613,7 +601,7 @@ export class QuotaLeases {
       await whileBusy(
         () => org.committing !== undefined,
         PREVIOUS_COMMIT_WAIT_MS,
-        () => (org.committing ? firstLookAfter(org, org.committing.since, c.now()) : 1),
+        () => (org.committing ? lookAfter(org, org.committing.since, c.now()) : 1),
       );
     }
     // Other requests of the organization are running here: their settlements may come soon, and
