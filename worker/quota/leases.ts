@@ -238,11 +238,14 @@ async function whileBusy(busy: () => boolean, maxMs: number, stepMs: () => numbe
  * of them back to back) waits before its next look at `now`: until the call may be back (its usual
  * time less its spread), then a millisecond between looks, or a sixteenth of the time waited if that
  * is longer. A wait costs a few looks whatever the object's distance (one per millisecond of the
- * calls' spread), and sees the call back within a millisecond or a sixteenth of the wait.
+ * calls' spread), and sees the call back within a millisecond or a sixteenth of the wait. `everyMs`
+ * keeps to a millisecond: for the one request that sends the next batch, whose lateness would hold
+ * back every request in it and every batch after it.
  */
-function lookAfter(org: OrgLeases, since: number, now: number, calls = 1): number {
+function lookAfter(org: OrgLeases, since: number, now: number, calls = 1, everyMs = false): number {
   const first = since + calls * (org.callMs ?? 0) - org.callSpreadMs;
-  return now < first ? Math.ceil(first - now) : Math.max(1, Math.floor((now - since) / 16));
+  if (now < first) return Math.ceil(first - now);
+  return everyMs ? 1 : Math.max(1, Math.floor((now - since) / 16));
 }
 
 /**
@@ -601,7 +604,7 @@ export class QuotaLeases {
       await whileBusy(
         () => org.committing !== undefined,
         PREVIOUS_COMMIT_WAIT_MS,
-        () => (org.committing ? lookAfter(org, org.committing.since, c.now()) : 1),
+        () => (org.committing ? lookAfter(org, org.committing.since, c.now(), 1, true) : 1),
       );
     }
     // Other requests of the organization are running here: their settlements may come soon, and
