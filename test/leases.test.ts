@@ -532,13 +532,13 @@ describe("quota leases", () => {
       const second = admitted.slice(10).map((a, i) => settleOne(a, `second-${i}`));
       const batches = [await Promise.all(first), await Promise.all(second)];
       // 18 requests waited for a commit another request sent, 40 or 80 ms: looking every
-      // millisecond, they looked over 300 times. When it is due, and again if it is late, it is
-      // two each at most; the second batch's sender looks for the commit before its own,
-      // and each sender has two timers of its own (its cap on the wait, the give-back when idle).
+      // millisecond, they looked over 300 times. Looking from when it may be back, a look or two
+      // each; the second batch's sender looks for the commit before its own, and each sender has
+      // two timers of its own (its cap on the wait, the give-back when idle).
       expect(sent.commits - before).toBe(2);
       expect(looks.count).toBeLessThanOrEqual(18 * 2 + 2 + 2 * 2);
       // And none saw its row stored much later than the request that sent it, whose own `send`
-      // wakes it: by the calls' spread and the timers' slack.
+      // wakes it: a look's step, and the timers' slack.
       for (const [sender, ...waiters] of batches) {
         expect(sender?.stored).toBe(true);
         for (const w of waiters) {
