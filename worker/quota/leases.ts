@@ -117,8 +117,6 @@ interface Lease {
 }
 
 interface Batch {
-  /** The organization's leases here, whose calls tell when the batch is likely stored. */
-  org: OrgLeases;
   settlements: Settlement[];
   returns: LeaseReturn[];
   /** Ledger entries (`ledgerEntry` text). */
@@ -425,7 +423,7 @@ export class QuotaLeases {
     if (c.token) settlement.token = c.token.id;
     batch.settlements.push(settlement);
     batch.rows.push(request.entry);
-    return batch.sender === c ? storedHere(batch) : storedSeenHere(batch, c);
+    return batch.sender === c ? storedHere(batch) : storedSeenHere(org, batch, c);
   }
 
   /**
@@ -585,7 +583,7 @@ export class QuotaLeases {
   /** The organization's open batch. The request that opens one sends it, from its own `waitUntil`. */
   private batchOf(org: OrgLeases, c: LeaseContext): Batch {
     if (org.batch) return org.batch;
-    const batch = newBatch(org, c);
+    const batch = newBatch(c);
     org.batch = batch;
     c.waitUntil(this.send(org, batch, c));
     return batch;
@@ -644,7 +642,7 @@ export class QuotaLeases {
       const seen = org.admissions;
       await sleep(IDLE_RETURN_MS);
       if (org.lingering !== mine || org.inflight > 0 || org.admissions !== seen || org.open.length === 0) return;
-      const returns = newBatch(org, c);
+      const returns = newBatch(c);
       for (const lease of org.open) {
         if (lease.requestsLeft > 0 || lease.tokensLeft > 0) {
           returns.returns.push({ lease: lease.id, requests: lease.requestsLeft, tokens: lease.tokensLeft });
@@ -687,13 +685,12 @@ function refusedAlike(refusal: QuotaRefusal, refusedNeed: number, need: number):
 }
 
 /**
- * Whether `batch`, which another request sends, was stored within `STORE_WAIT_MS`: looked at on
- * the timers of `c`, the request waiting, as `lookAfter` says (a batch still gathering goes within
- * `GATHER_MS`, or once the commit before it returns), or every `UNSENT_LOOK_MS` until a call to the
- * object has returned here.
+ * Whether `batch` of `org`'s, which another request sends, was stored within `STORE_WAIT_MS`:
+ * looked at on the timers of `c`, the request waiting, as `lookAfter` says (a batch still gathering
+ * goes within `GATHER_MS`, or once the commit before it returns), or every `UNSENT_LOOK_MS` until a
+ * call to the object has returned here.
  */
-async function storedSeenHere(batch: Batch, c: LeaseContext): Promise<boolean> {
-  const org = batch.org;
+async function storedSeenHere(org: OrgLeases, batch: Batch, c: LeaseContext): Promise<boolean> {
   await whileBusy(
     () => !batch.isStored,
     STORE_WAIT_MS,
@@ -735,10 +732,9 @@ function sizeOf(batch: Batch): number {
   return batch.settlements.length + batch.returns.length + batch.checkpoints.length;
 }
 
-/** An empty batch of `org`'s. */
-function newBatch(org: OrgLeases, sender: LeaseContext): Batch {
+/** An empty batch. */
+function newBatch(sender: LeaseContext): Batch {
   return {
-    org,
     settlements: [],
     returns: [],
     rows: [],
