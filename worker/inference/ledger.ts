@@ -63,14 +63,19 @@ export function joinLedgerBatches(batches: readonly string[]): string {
   return ledgerBatch(batches.map((b) => b.slice(1, -1)).filter((inner) => inner.length > 0));
 }
 
-/** The rows of a batch with their fields named, for logs and tests. */
+/**
+ * The rows of a batch with their fields named: for the quota object's fold into hours, which reads
+ * every row it is sent, the archive, logs and tests. Each row is filled in a loop, without the pairs
+ * of field and value that building it from entries would allocate.
+ */
 export function ledgerRows(batch: string): LedgerRow[] {
-  return (JSON.parse(batch) as unknown[][]).map(
-    (values) =>
-      Object.fromEntries(
-        INSERTED.map((field, i) => [field, IS_BOOLEAN[i] ? values[i] === 1 : values[i]]),
-      ) as unknown as LedgerRow,
-  );
+  return (JSON.parse(batch) as unknown[][]).map((values) => {
+    const row: Record<string, unknown> = {};
+    for (let i = 0; i < INSERTED.length; i++) {
+      row[INSERTED[i] as string] = IS_BOOLEAN[i] ? values[i] === 1 : values[i];
+    }
+    return row as unknown as LedgerRow;
+  });
 }
 
 /** The id of a batch's first row, read without parsing the batch (ids are plain ASCII). */
