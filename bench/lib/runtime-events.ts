@@ -13,13 +13,16 @@ import { join } from "node:path";
 import { cpuMillis } from "./workerd-memory";
 
 /** The names of the classes that are the quota object's own work (`OBJECT_EVENTS`). */
-const SQLITE = "SQLite: the quota object's storage, D1";
+const SQLITE_COMMITS = "SQLite: committing transactions (the quota object's, D1's)";
+const SQLITE = "SQLite: the quota object's storage, D1 (reads, writes)";
 const OBJECT_CALLS = "quota object: RPC calls handled";
 const ALARMS = "alarms";
 
 /** Classes in the order they are tried: the first whose pattern a frame of the stack matches. */
 const CLASSES: [string, RegExp][] = [
   ["garbage collection", /Heap::CollectGarbage|Scavenger|MinorGCJob|MarkCompact|ConcurrentMarking|cppgc::internal::/],
+  // An object's writes of one event go to SQLite in one implicit transaction, committed after it.
+  [SQLITE_COMMITS, /vdbeCommit|sqlite3PagerCommitPhase|sqlite3WalFrames|ActorSqlite::commitImpl/],
   [SQLITE, /sqlite3_|SqliteDatabase|ActorSqlite/],
   [OBJECT_CALLS, /runSingle<workerd::IoContext::run<workerd::api::JsRpcTarget/],
   [
@@ -35,6 +38,12 @@ const CLASSES: [string, RegExp][] = [
   ["a body was read (resumes)", /runSingle<workerd::IoContext::resumeAfterIo<kj::(String|Array)/],
   [ALARMS, /runSingle<workerd::IoContext::run<.*[Aa]larm/],
   ["other events in an isolate", /runSingle</],
+  // V8 optimizes a function once it is hot, on threads of its own: a Worker with more code has
+  // more functions to optimize, and for longer.
+  [
+    "V8 optimizing hot functions (helper threads)",
+    /OptimizingCompileTaskExecutor|MaglevConcurrentDispatcher|ConcurrentBaselineCompiler/,
+  ],
   ["outside the isolate: network, HTTP, event loop", /./],
 ];
 
@@ -42,7 +51,7 @@ const CLASSES: [string, RegExp][] = [
  * The quota object's own events (its SQLite, which in Miniflare also holds D1; the calls it
  * handles; its alarms): on Cloudflare they run in the object's isolate and in D1, not the Worker's.
  */
-export const OBJECT_EVENTS: ReadonlySet<string> = new Set([SQLITE, OBJECT_CALLS, ALARMS]);
+export const OBJECT_EVENTS: ReadonlySet<string> = new Set([SQLITE_COMMITS, SQLITE, OBJECT_CALLS, ALARMS]);
 
 export interface RuntimeEvents {
   /** CPU time of the process while it was sampled, in ms. */
