@@ -546,6 +546,11 @@ describe("the request check without the schemas", () => {
     { prompt: [1, 2] },
     { prompt: 3 },
     { chat_template: "{% for i in range(99999) %}7{% endfor %}" },
+    { chat_template_kwargs: { bos_token: "7" } },
+    { chat_template_kwargs: { enable_thinking: false } },
+    { chat_template_kwargs: "x" },
+    { messages: [{ role: "user", content: "hi" }] },
+    { prompt: "hi" },
   ];
 
   it("passes only what the schemas pass, and passes the common requests", () => {
@@ -561,6 +566,26 @@ describe("the request check without the schemas", () => {
         }
       }
     }
+  });
+
+  it("security: refuses a field of the other endpoint, which the bound would count instead of, or besides, its own", () => {
+    expect(plainlyValid({ ...completion, messages: [] }, "completions")).toBe(false);
+    expect(completionSchema("completions").safeParse({ ...completion, messages: [] }).error?.issues[0]?.path).toEqual([
+      "messages",
+    ]);
+    expect(plainlyValid({ ...chat, prompt: "hi" }, "chat")).toBe(false);
+    expect(completionSchema("chat").safeParse({ ...chat, prompt: "hi" }).error?.issues[0]?.path).toEqual(["prompt"]);
+  });
+
+  it("security: passes a template's switches on, and refuses its variables that are text", () => {
+    const switches = { ...chat, chat_template_kwargs: { enable_thinking: false } };
+    expect(completionSchema("chat").safeParse(switches).success).toBe(true);
+    const text = { ...chat, chat_template_kwargs: { bos_token: "7".repeat(1_000) } };
+    expect(plainlyValid(text, "chat")).toBe(false);
+    expect(completionSchema("chat").safeParse(text).error?.issues[0]?.path).toEqual([
+      "chat_template_kwargs",
+      "bos_token",
+    ]);
   });
 
   it("security: refuses a chat request's own template, which no bound on its prompt could foresee", () => {

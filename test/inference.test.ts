@@ -1128,6 +1128,47 @@ describe("security: a request reserves all it can cost, and the backend is held 
     expect(await res.json()).toMatchObject({ error: { code: "invalid_request", param: "chat_template" } });
     expect(await backend.requests()).toHaveLength(0);
   });
+
+  it("refuses a template variable that is text, which the template could print into the prompt any number of times", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token } = await setup([backend]);
+    const res = await post(gw, token, "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 1,
+      chat_template_kwargs: { bos_token: "9".repeat(50_000) },
+    });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { code: "invalid_request", param: "chat_template_kwargs.bos_token" } });
+    expect(await backend.requests()).toHaveLength(0);
+  });
+
+  it("refuses the other endpoint's prompt field, which the bound would not count: messages beside a prompt, a prompt beside messages", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token, applicationId } = await setup([backend]);
+    await setLimits(gw, applicationId, {
+      plan: "tiny",
+      requestsPerMinute: 100,
+      tokensPerMinute: 1_000,
+      monthlyTokenBudget: 1_000,
+    });
+    // 40,000 bytes of prompt: far over the limit, whatever `messages: []` would have said.
+    const prompt = Array.from({ length: 20 }, () => "7".repeat(2_000));
+    const completions = await post(gw, token, "/v1/completions", { model: MODEL, prompt, messages: [], max_tokens: 5 });
+    expect(completions.status).toBe(400);
+    expect(await completions.json()).toMatchObject({ error: { code: "invalid_request", param: "messages" } });
+    const chat = await post(gw, token, "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      prompt,
+      max_tokens: 5,
+    });
+    expect(chat.status).toBe(400);
+    expect(await chat.json()).toMatchObject({ error: { code: "invalid_request", param: "prompt" } });
+    expect(await backend.requests()).toHaveLength(0);
+    const alone = await post(gw, token, "/v1/completions", { model: MODEL, prompt, max_tokens: 5 });
+    expect(alone.status).toBe(429);
+  });
 });
 
 describe("security: a body without a Content-Length is counted as it arrives", () => {

@@ -34,21 +34,37 @@ const Common = {
   n: z.number().int().min(1).max(16).nullish(),
 };
 
+/** A refinement that refuses a body carrying `field` at all. */
+function refuseField(field: string, message: string) {
+  return (body: object, ctx: z.RefinementCtx) => {
+    if (Object.hasOwn(body, field)) ctx.addIssue({ code: "custom", path: [field], message });
+  };
+}
+
 const ChatRequest = z
   .object({
     ...Common,
     messages: z.array(z.object({ role: z.string() }).passthrough()).min(1),
     // vLLM renders a request's own template, which could make a prompt of any length from a short
-    // body: the reservation's bound holds for the model's template only.
+    // body: the reservation's bound holds for the model's template only. Its variables likewise: a
+    // text (`bos_token`, say) goes into the prompt as often as the template prints it, so only
+    // switches (`enable_thinking`) are passed on.
     chat_template: z.never({ error: "Prompts are rendered with the model's own template." }).optional(),
+    chat_template_kwargs: z
+      .record(z.string(), z.boolean(), { error: "The template's variables may only be switched on or off." })
+      .optional(),
   })
-  .passthrough();
+  .passthrough()
+  // The bound is the messages'; a prompt beside them is the other endpoint's, and never counted.
+  .superRefine(refuseField("prompt", "A chat request has messages, not a prompt."));
 const CompletionRequest = z
   .object({
     ...Common,
     prompt: z.union([z.string(), z.array(z.string()), z.array(z.number()), z.array(z.array(z.number()))]),
   })
-  .passthrough();
+  .passthrough()
+  // The bound is the prompt's; messages beside it would be counted instead, and never sent.
+  .superRefine(refuseField("messages", "A completions request has a prompt, not messages."));
 
 export type Endpoint = "chat" | "completions";
 type CompletionBody = z.infer<typeof ChatRequest> & z.infer<typeof CompletionRequest>;
@@ -78,12 +94,13 @@ export function plainlyValid(body: unknown, endpoint: Endpoint): body is Complet
   if (n != null && !(isPositiveInt(n) && (n as number) <= 16)) return false;
   if (endpoint === "chat") {
     const { messages } = body;
-    if (Object.hasOwn(body, "chat_template")) return false;
+    if (Object.hasOwn(body, "chat_template") || Object.hasOwn(body, "chat_template_kwargs")) return false;
+    if (Object.hasOwn(body, "prompt")) return false;
     return (
       Array.isArray(messages) && messages.length > 0 && messages.every((m) => isObject(m) && typeof m.role === "string")
     );
   }
-  return typeof body.prompt === "string";
+  return typeof body.prompt === "string" && !Object.hasOwn(body, "messages");
 }
 
 /** Shared, per-isolate backend health. */
