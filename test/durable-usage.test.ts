@@ -10,7 +10,9 @@ import {
   waitOnExecutionContext,
 } from "cloudflare:test";
 import { env } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
+import { applications, organizationLimits } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { type LedgerRow, ledgerRows } from "../worker/inference/ledger";
@@ -49,9 +51,9 @@ async function stored(grantId: string): Promise<{ rows: LedgerRow[]; checkpoints
   return { rows: rows.filter(mine), checkpoints: checkpoints.filter(mine) };
 }
 
-async function setup(backend: Backend, checkpointEveryMs?: number) {
+async function setup(backend: Backend, checkpointEveryMs?: number, clock = fixedClock("2026-06-15T12:00:05Z")) {
   const gw = testGateway({
-    clock: fixedClock("2026-06-15T12:00:05Z"),
+    clock,
     inference: { health: new BackendHealth(), random: () => 0, checkpointEveryMs },
     bindings: {
       INFERENCE_BACKENDS: JSON.stringify({ [MODEL]: [{ url: backend.url, timeoutMs: 10_000 }] }),
@@ -139,6 +141,69 @@ describe("security: an answered request's usage is stored before the answer ends
     expect(after.checkpoints).toEqual([]);
     // One row, the final counts: the checkpoint was replaced, not added to.
     expect(after.rows).toEqual([expect.objectContaining({ outcome: "ok", completionTokens: 20 })]);
+  });
+
+  it("renews a stalled stream's checkpoint while its client does not read, so that it is not settled as abandoned", async () => {
+    const backend = scopedBackend(0);
+    await backend.mode("ok", { tokenLatencyMs: 5 });
+    const { gw, token } = await setup(backend, 60);
+    const { ctx, response } = call(gw, token, { max_tokens: 40, stream: true });
+    const reader = ((await response).body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    // The client reads nothing more: no chunk comes through the meter while it waits.
+    const seenAt = async () => {
+      const at: number[] = [];
+      for (const id of await listDurableObjectIds(env.QUOTA)) {
+        await runInDurableObject(env.QUOTA.get(id), async (_: OrgQuota, state) => {
+          for (const c of (await state.storage.list<{ at: number }>({ prefix: "c:" })).values()) at.push(c.at);
+        });
+      }
+      return at;
+    };
+    let first: number[] = [];
+    for (let i = 0; i < 50 && first.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      first = await seenAt();
+    }
+    expect(first).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 400));
+    const later = await seenAt();
+    expect(later).toHaveLength(1);
+    expect(later[0] as number).toBeGreaterThan(first[0] as number);
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {}
+    await waitOnExecutionContext(ctx);
+  });
+
+  it("security: keeps a running stream's reservation past the time an abandoned one is released, so the budget holds", async () => {
+    const backend = scopedBackend(0);
+    await backend.mode("ok", { tokenLatencyMs: 5 });
+    const clock = fixedClock("2026-06-15T12:00:05Z");
+    const { gw, token, applicationId, grantId } = await setup(backend, 40, clock);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    await gw.db.insert(organizationLimits).values({
+      organizationId: app?.organizationId as string,
+      plan: "tiny",
+      requestsPerMinute: 100,
+      tokensPerMinute: 100_000,
+      monthlyTokenBudget: 1_000,
+      updatedAt: new Date().toISOString(),
+    });
+    clearCallerCache();
+    const running = call(gw, token, { max_tokens: 550, stream: true });
+    const reader = ((await running.response).body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    for (let i = 0; i < 50 && (await stored(grantId)).checkpoints.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // Past the time a reservation nobody settles is released; the stream still runs.
+    clock.advance(16 * 60_000);
+    const second = call(gw, token, { max_tokens: 550 });
+    const refused = await second.response;
+    expect(refused.status).toBe(429);
+    expect(await refused.json()).toMatchObject({ error: { code: "insufficient_quota" } });
+    await waitOnExecutionContext(second.ctx);
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {}
+    await waitOnExecutionContext(running.ctx);
   });
 
   it("answers within the cap when the quota object never takes the row", async () => {

@@ -118,8 +118,9 @@ const MAX_PARTIAL = 4096;
  * back until the promise `onEnd` returns for a stream that ended well has settled: the client sees
  * the answer complete only once its usage is recorded. `checkpoint.report` is told what the meter
  * has seen while the stream runs, with the first chunk that comes `checkpoint.everyMs` or more after
- * the last report (or the stream's start): no timer per stream, and a stream that stalls has
- * nothing new to report.
+ * the last report (or the stream's start), or on a timer when no chunk came: a stream that stalls
+ * (its server slow, its client not reading) still says that it runs, or its quota object would
+ * settle it as abandoned and free what it reserved while it may go on.
  *
  * Until usage comes, the text of each generated chunk is kept (escaped as it came, a regular
  * expression's match, no parsing), so a stream cut before its usage can be counted afterwards.
@@ -235,9 +236,24 @@ export function meterEventStream(
   const checkpoint = options.checkpoint;
   /** When the next checkpoint is due, in the runtime's time (as a timer's); never without checkpoints. */
   let checkpointAt = checkpoint ? Date.now() + checkpoint.everyMs : Number.POSITIVE_INFINITY;
+  /** Reports a checkpoint once one is due; the chunks that come call it, and a timer while none do. */
+  const checkpointIfDue = () => {
+    if (!checkpoint || ended) return;
+    const now = Date.now();
+    if (now < checkpointAt) return;
+    checkpointAt = now + checkpoint.everyMs;
+    checkpoint.report(progress());
+  };
+  let stallTimer: ReturnType<typeof setTimeout> | undefined;
+  const onStall = () => {
+    checkpointIfDue();
+    stallTimer = ended ? undefined : setTimeout(onStall, Math.max(1, checkpointAt - Date.now()));
+  };
+  if (checkpoint) stallTimer = setTimeout(onStall, checkpoint.everyMs);
   const finish = (end: StreamEnd): unknown => {
     if (ended) return undefined;
     ended = true;
+    if (stallTimer !== undefined) clearTimeout(stallTimer);
     return options.onEnd({ end, ...progress() });
   };
   /**
@@ -387,13 +403,7 @@ export function meterEventStream(
             out = passed === "" ? framed : framed === rest ? buffer : passed + framed;
             passing = canPass && holdAt === undefined && framer.idle();
           }
-          if (checkpoint && !ended) {
-            const now = Date.now();
-            if (now >= checkpointAt) {
-              checkpointAt = now + checkpoint.everyMs;
-              checkpoint.report(progress());
-            }
-          }
+          checkpointIfDue();
           if (out === "") continue;
           firstByteAt ??= options.now();
           // The common case: whole events that pass unchanged go out as the backend's own bytes.

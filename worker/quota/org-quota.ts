@@ -154,8 +154,8 @@ const CHECKPOINT_PREFIX = "c:";
 
 /**
  * A running stream sends a checkpoint every few seconds (`CHECKPOINT_EVERY_MS` in the proxy), also
- * while it waits on its server; one not renewed for this long lost its isolate, and its last
- * checkpoint is settled and billed as the request's row.
+ * while it waits on its server or its client; one not renewed for this long lost its isolate, and
+ * its last checkpoint is settled and billed as the request's row.
  */
 export const CHECKPOINT_ABANDONED_MS = 60_000;
 
@@ -168,7 +168,10 @@ const SETTLED_REMEMBERED = 10_000;
 /** No lease holds more than this share of a per-minute limit, so that isolates can share an organization. */
 export const LEASE_SHARE = 8;
 
-/** A reservation nobody settled (the request's isolate died) is released after this long. */
+/**
+ * A reservation nobody settled (the request's isolate died) is released after this long, unless a
+ * request on it still checkpoints (a long stream).
+ */
 const RESERVATION_TTL_MS = 15 * 60_000;
 
 /** Durable Object ids of organizations' quota objects, kept per namespace: deriving one hashes the name. */
@@ -328,8 +331,12 @@ export class OrgQuota extends DurableObject<Env> {
     if (now - this.sweptAt < 60_000) return;
     this.sweptAt = now;
     const expired: string[] = [];
+    // A lease with a request still running (its checkpoints keep coming) is not abandoned, however
+    // old: its room would admit more while that request still uses what it reserved.
+    const running = new Set<string>();
+    for (const c of this.checkpoints.values()) running.add(c.settlement.lease);
     for (const [id, r] of this.reservations) {
-      if (now - r.at > RESERVATION_TTL_MS) {
+      if (now - r.at > RESERVATION_TTL_MS && !running.has(id)) {
         this.release(r);
         this.reservations.delete(id);
         expired.push(RESERVATION_PREFIX + id);
