@@ -1139,7 +1139,9 @@ describe("security: a request reserves all it can cost, and the backend is held 
       chat_template_kwargs: { bos_token: "9".repeat(50_000) },
     });
     expect(res.status).toBe(400);
-    expect(await res.json()).toMatchObject({ error: { code: "invalid_request", param: "chat_template_kwargs.bos_token" } });
+    expect(await res.json()).toMatchObject({
+      error: { code: "invalid_request", param: "chat_template_kwargs.bos_token" },
+    });
     expect(await backend.requests()).toHaveLength(0);
   });
 
