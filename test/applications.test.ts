@@ -241,6 +241,29 @@ describe("POST /v1/applications", () => {
     expect(await unknown.json()).toMatchObject({ code: "unauthorized" });
   });
 
+  it("security: refuses a link posted from another site, which would sign its visitor in as the link's owner", async () => {
+    const gw = testGateway();
+    await gw.request("/v1/applications", json(applicationBody()));
+    const token = confirmationToken(gw, "ada@acme.example");
+    for (const headers of [
+      { origin: "https://evil.example", "sec-fetch-site": "cross-site" },
+      { origin: "https://evil.example" },
+      { "sec-fetch-site": "same-site" },
+    ]) {
+      const res = await gw.request("/v1/applications/confirm", {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", ...headers },
+        body: new URLSearchParams({ token }),
+      });
+      expect(res.status, JSON.stringify(headers)).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "cross_site_request" });
+      expect(res.headers.get("set-cookie")).toBeNull();
+    }
+    expect((await rowCounts(gw)).applications).toBe(0);
+    // The link is not spent: its owner confirms it from a client that is not a browser.
+    expect((await confirmRequest(gw, token)).status).toBe(200);
+  });
+
   it("lets a confirmation link expire after 24 hours", async () => {
     const clock = fixedClock("2026-03-01T00:00:00Z");
     const gw = testGateway({ clock });

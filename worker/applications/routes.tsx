@@ -275,6 +275,9 @@ applicationRoutes
   })
   .openapi(confirmRoute, async (c) => {
     noStore(c);
+    // It signs the caller in: another site's form posting someone's link would sign its visitor in
+    // as that someone (the page's twin below refuses it too).
+    assertSameSite(c);
     const services = c.get("services");
     const { token } = await readBody(c, ConfirmInput, { form: true });
     const confirmed = await confirmApplication(services, token, sessionRequest(c));
