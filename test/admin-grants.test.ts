@@ -79,6 +79,37 @@ describe("grant suspension, reinstatement and revocation", () => {
     expect(await gateway.services.db.select().from(mailOutbox)).toHaveLength(1);
   });
 
+  it("security: refuses a party to the case, who may not decide it, changing its grant", async () => {
+    await gateway.services.db.update(grants).set({ status: "suspended" }).where(eq(grants.id, grant.id));
+    for (const [action, reviewer, role] of [
+      ["reinstate", "ada@acme.example", "approver"],
+      ["reinstate", "carl@acme.example", "approver"],
+      ["revoke", "ada+ops@acme.example", "admin"],
+    ] as const) {
+      const token = await adminToken({ email: reviewer, role });
+      const res = await gateway.request(`/admin/api/grants/${grant.id}/${action}`, {
+        method: "POST",
+        headers: accessHeaders(token),
+        body: JSON.stringify({ reason: "Looks fine to me." }),
+      });
+      expect(res.status, `${action} by ${reviewer}`).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest" });
+    }
+    expect(await storedGrant()).toMatchObject({ status: "suspended" });
+    expect(await gateway.services.db.select().from(mailOutbox)).toEqual([]);
+    const refused = await gateway.services.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "grant.change_refused"));
+    expect(refused.map((e) => [e.actor, e.data.action])).toEqual([
+      ["reviewer:ada@acme.example", "reinstate"],
+      ["reviewer:carl@acme.example", "reinstate"],
+      ["reviewer:ada+ops@acme.example", "revoke"],
+    ]);
+    // An approver from outside reinstates it.
+    expect((await act("reinstate", "approver")).status).toBe(200);
+  });
+
   it("cannot reinstate a grant that is not suspended", async () => {
     const res = await act("reinstate", "approver");
     expect(res.status).toBe(409);

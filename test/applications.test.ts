@@ -245,11 +245,12 @@ describe("POST /v1/applications", () => {
     const gw = testGateway();
     await gw.request("/v1/applications", json(applicationBody()));
     const token = confirmationToken(gw, "ada@acme.example");
-    for (const headers of [
+    const crossSite: Record<string, string>[] = [
       { origin: "https://evil.example", "sec-fetch-site": "cross-site" },
       { origin: "https://evil.example" },
       { "sec-fetch-site": "same-site" },
-    ]) {
+    ];
+    for (const headers of crossSite) {
       const res = await gw.request("/v1/applications/confirm", {
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded", ...headers },

@@ -1,11 +1,22 @@
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { decideApplication } from "../worker/admin/decisions";
+import { applyDecision } from "../worker/applications/review";
 import { verifyAuditChain } from "../worker/audit/log";
-import { type Application, applications, auditEvents, decisions, grants, mailOutbox } from "../worker/db/schema";
+import {
+  type Application,
+  applications,
+  auditEvents,
+  decisions,
+  grants,
+  invitations,
+  mailOutbox,
+  organizationDomains,
+} from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { seedApplication, seedLicense, testGateway } from "./helpers/fixtures";
+import { signedInMember } from "./helpers/members";
 
 type Gateway = ReturnType<typeof testGateway>;
 
@@ -328,6 +339,87 @@ describe("security: a reviewer party to the case cannot decide it", () => {
     expect(await second.json()).toMatchObject({ status: "approved", approvals: 2 });
     expect(await gateway.services.db.select().from(grants)).toHaveLength(1);
     expect(await verifyAuditChain(gateway.services.db)).toMatchObject({ ok: true, checked: 4 });
+  });
+
+  it("refuses a member of the applicant organization, and one invited to it, as the second pair of eyes", async () => {
+    const insider = await signedInMember(gateway, { email: "rita@review.example", role: "owner" });
+    const at = new Date().toISOString();
+    await gateway.services.db.insert(invitations).values({
+      id: "inv_ivy",
+      organizationId: insider.organizationId,
+      email: "ivy@review.example",
+      role: "developer",
+      secretHash: "not-a-real-link",
+      invitedByUserId: insider.user.id,
+      createdAt: at,
+      expiresAt: "2099-01-01T00:00:00.000Z",
+    });
+    const application = await seedApplication(gateway.services, license, {
+      organizationId: insider.organizationId,
+      requiredApprovals: 2,
+    });
+    expect((await decide(gateway, application.id, ANN, { decision: "approve" })).status).toBe(200);
+    for (const reviewer of ["rita@review.example", "Rita+cases@review.example", "ivy@review.example"]) {
+      const res = await decide(gateway, application.id, reviewer, { decision: "approve" });
+      expect(res.status, reviewer).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+      expect(await caseFileFor(application.id, reviewer)).toMatchObject({ conflictOfInterest: true });
+    }
+    expect(await gateway.services.db.select().from(grants)).toEqual([]);
+    expect((await refusals()).map((e) => e.data.conflict)).toEqual([
+      "organization_member",
+      "organization_member",
+      "organization_member",
+    ]);
+    expect((await decide(gateway, application.id, BOB, { decision: "approve" })).status).toBe(200);
+    expect(await gateway.services.db.select().from(grants)).toHaveLength(1);
+  });
+
+  it("refuses a reviewer at a domain the applicant organization verified", async () => {
+    const insider = await signedInMember(gateway, { email: "ops@initech.example", role: "owner" });
+    await gateway.services.db.insert(organizationDomains).values({
+      domain: "initech.example",
+      organizationId: insider.organizationId,
+      verifiedByUserId: insider.user.id,
+      verifiedAt: new Date().toISOString(),
+    });
+    const application = await seedApplication(gateway.services, license, {
+      organizationId: insider.organizationId,
+      contactEmail: "founder@gmail.com",
+      website: null,
+    });
+    const res = await decide(gateway, application.id, "peter@eu.initech.example", { decision: "reject" });
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_domain" });
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review" });
+  });
+
+  it("refuses the applicant's own free-mail address however it is spelt", async () => {
+    const application = await seedApplication(gateway.services, license, {
+      contactEmail: "ann.smith+llama@gmail.com",
+      website: null,
+    });
+    for (const reviewer of ["annsmith@gmail.com", "Ann.Smith@googlemail.com", "a.n.n.smith+x@gmail.com"]) {
+      const res = await decide(gateway, application.id, reviewer, { decision: "approve" });
+      expect(res.status, reviewer).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "applicant_email" });
+    }
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review" });
+    // Another Gmail user is no party to it.
+    expect((await decide(gateway, application.id, "annsmith2@gmail.com", { decision: "approve" })).status).toBe(200);
+  });
+
+  it("counts one approver however their address is spelt", () => {
+    const state = {
+      status: "pending_review",
+      requiredApprovals: 2,
+      approvalsThisRound: ["ann.smith@gmail.com"],
+    } as const;
+    expect(applyDecision(state, "annsmith+second@googlemail.com", "approve")).toMatchObject({
+      ok: false,
+      code: "conflict",
+    });
+    expect(applyDecision(state, "bob@example.com", "approve")).toMatchObject({ ok: true, issueGrant: true });
   });
 
   it("lets a reviewer who only shares a free-mail provider with the applicant decide", async () => {

@@ -3,7 +3,6 @@
  */
 import { z } from "@hono/zod-openapi";
 import { and, asc, eq, gt, inArray, lt, ne, or, type SQL, sql } from "drizzle-orm";
-import { conflictOfInterest } from "../applications/review";
 import { AuditEventSchema, auditEventView } from "../audit/routes";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
@@ -24,6 +23,7 @@ import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
+import { reviewerConflict } from "./decisions";
 
 const PolicyReasonSchema = z.object({
   code: z.string(),
@@ -324,7 +324,7 @@ export async function readCaseFile(
 ): Promise<z.infer<typeof CaseSchema>> {
   const [row] = await db.select().from(applications).where(eq(applications.id, id));
   if (!row) throw new AppError("not_found", `No application ${id}.`);
-  const [evidence, history, [grant], earlier, approvals] = await Promise.all([
+  const [evidence, history, [grant], earlier, approvals, conflict] = await Promise.all([
     db.select().from(acceptances).where(eq(acceptances.applicationId, id)).orderBy(asc(acceptances.acceptedAt)),
     db
       .select()
@@ -347,6 +347,7 @@ export async function readCaseFile(
       )
       .orderBy(asc(applications.createdAt), asc(applications.id)),
     currentApprovals(db, [row]),
+    reviewerConflict(db, viewer.email, row),
   ]);
   const related = await relatedCaseFiles(db, id);
   const subjects = [and(eq(auditEvents.subjectType, "application"), eq(auditEvents.subjectId, id))];
@@ -404,7 +405,7 @@ export async function readCaseFile(
     })),
     relatedCases: related,
     auditEvents: trail.map(auditEventView),
-    conflictOfInterest: conflictOfInterest(viewer.email, row) !== null,
+    conflictOfInterest: conflict !== null,
   };
 }
 

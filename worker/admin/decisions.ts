@@ -2,14 +2,30 @@
  * A reviewer's decision on a case: approve, reject, or ask the applicant for more information.
  */
 import { z } from "@hono/zod-openapi";
-import { and, eq } from "drizzle-orm";
+import { and, eq, isNull } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
-import { applyDecision, type ConflictOfInterest, conflictOfInterest } from "../applications/review";
+import {
+  applyDecision,
+  type ConflictOfInterest,
+  conflictOfInterest,
+  type OrganizationTies,
+} from "../applications/review";
 import { type AuditEntry, isUniqueViolation, writeAudited } from "../audit/log";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
-import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
+import type { Database } from "../db/client";
+import {
+  APPLICATION_STATUSES,
+  type ApplicationStatus,
+  applications,
+  DECISIONS,
+  decisions,
+  invitations,
+  memberships,
+  organizationDomains,
+  users,
+} from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
@@ -56,7 +72,57 @@ const CONFLICT_DETAIL: Record<ConflictOfInterest, string> = {
   applicant_email: "This is your own application; another approver must decide it.",
   contact_domain: "The applicant's contact e-mail is at your organization's domain; another approver must decide it.",
   website_domain: "The applicant's website is at your organization's domain; another approver must decide it.",
+  organization_member:
+    "You are a member of the applicant organization, or invited to it; another approver must decide it.",
+  organization_domain:
+    "Your e-mail is at a domain the applicant organization verified; another approver must decide it.",
 };
+
+/** The refusal of a reviewer party to the case. */
+export function conflictError(conflict: ConflictOfInterest): AppError {
+  return new AppError("conflict_of_interest", CONFLICT_DETAIL[conflict], { extensions: { conflict } });
+}
+
+/** The applicant organization's live members, open invitations and verified domains. */
+async function organizationTies(db: Database, organizationId: string): Promise<OrganizationTies> {
+  const [members, invited, domains] = await Promise.all([
+    db
+      .select({ email: users.email })
+      .from(memberships)
+      .innerJoin(users, eq(users.id, memberships.userId))
+      .where(and(eq(memberships.organizationId, organizationId), isNull(memberships.removedAt))),
+    db
+      .select({ email: invitations.email })
+      .from(invitations)
+      .where(
+        and(
+          eq(invitations.organizationId, organizationId),
+          isNull(invitations.acceptedAt),
+          isNull(invitations.revokedAt),
+        ),
+      ),
+    db
+      .select({ domain: organizationDomains.domain })
+      .from(organizationDomains)
+      .where(eq(organizationDomains.organizationId, organizationId)),
+  ]);
+  return {
+    emails: [...members, ...invited].map((row) => row.email),
+    domains: domains.map((row) => row.domain),
+  };
+}
+
+/**
+ * Why `reviewerEmail` may not decide `application`, or change its grant: `conflictOfInterest`
+ * with what the database knows of the applicant organization.
+ */
+export async function reviewerConflict(
+  db: Database,
+  reviewerEmail: string,
+  application: { organizationId: string; contactEmail: string; website: string | null },
+): Promise<ConflictOfInterest | null> {
+  return conflictOfInterest(reviewerEmail, application, await organizationTies(db, application.organizationId));
+}
 
 /** Statuses whose notice to the applicant `decisionMail` writes. */
 function noticeStatus(status: ApplicationStatus): "approved" | "rejected" | "info_requested" | undefined {
@@ -82,7 +148,7 @@ export async function decideApplication(
     const planned = await writeAudited<DecisionOutcome | { refused: ConflictOfInterest }>(services, async () => {
       const [application] = await db.select().from(applications).where(eq(applications.id, applicationId));
       if (!application) throw new AppError("not_found", `No application ${applicationId}.`);
-      const conflict = conflictOfInterest(reviewer.email, application);
+      const conflict = await reviewerConflict(db, reviewer.email, application);
       if (conflict) {
         // The refusal is evidence too: someone party to the case tried to decide it.
         return {
@@ -213,11 +279,7 @@ export async function decideApplication(
         },
       };
     });
-    if ("refused" in planned) {
-      throw new AppError("conflict_of_interest", CONFLICT_DETAIL[planned.refused], {
-        extensions: { conflict: planned.refused },
-      });
-    }
+    if ("refused" in planned) throw conflictError(planned.refused);
     return planned;
   } catch (error) {
     // The database's four-eyes index caught the same approver twice in one round, racing itself.

@@ -3,6 +3,7 @@
  */
 import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, or, type SQL, sql } from "drizzle-orm";
+import type { ConflictOfInterest } from "../applications/review";
 import { writeAudited } from "../audit/log";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
@@ -19,7 +20,7 @@ import { findFamily } from "../policy/families";
 import type { Services } from "../services";
 import { documentedJsonBody, registerBodySchema } from "./body";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
-import { deliverMailSoon, reviewerActor } from "./decisions";
+import { conflictError, deliverMailSoon, reviewerActor, reviewerConflict } from "./decisions";
 
 const GrantSchema = z
   .object({
@@ -69,53 +70,75 @@ export async function changeGrantStatus(
   reason: string,
 ): Promise<z.infer<typeof GrantChangeSchema>> {
   const { db, clock } = services;
-  return writeAudited(services, async () => {
-    const [row] = await db
-      .select({ grant: grants, application: applications })
-      .from(grants)
-      .innerJoin(applications, eq(applications.id, grants.applicationId))
-      .where(eq(grants.id, grantId));
-    if (!row) throw new AppError("not_found", `No grant ${grantId}.`);
-    const { grant, application } = row;
-    const next = nextGrantStatus(grant.status, action);
-    if (!next) {
-      const detail =
-        grant.status === "revoked"
-          ? "The grant is revoked; revocation is final."
-          : `A grant that is ${grant.status} cannot be ${EVENT_OF[action].slice("grant.".length)}.`;
-      throw new AppError("invalid_state", detail);
-    }
-    const at = clock.now().toISOString();
-    const mail = grantMail(
-      caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
-      next,
-      reason,
-    );
-    return {
-      statements: [
-        db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
-        ...(await enqueueMailWithinLimits(services, mail)),
-        grantEvent(services, grant, next, reason),
-      ],
-      events: [
-        {
-          actor: reviewerActor(reviewer),
-          action: EVENT_OF[action],
-          subjectType: "grant",
-          subjectId: grantId,
-          data: {
-            reason,
-            from: grant.status,
-            to: next,
-            applicationId: grant.applicationId,
-            organizationId: grant.organizationId,
-            family: grant.family,
+  const planned = await writeAudited<z.infer<typeof GrantChangeSchema> | { refused: ConflictOfInterest }>(
+    services,
+    async () => {
+      const [row] = await db
+        .select({ grant: grants, application: applications })
+        .from(grants)
+        .innerJoin(applications, eq(applications.id, grants.applicationId))
+        .where(eq(grants.id, grantId));
+      if (!row) throw new AppError("not_found", `No grant ${grantId}.`);
+      const { grant, application } = row;
+      // Whoever may not decide the case may not suspend, reinstate or revoke what it granted either.
+      const conflict = await reviewerConflict(db, reviewer.email, application);
+      if (conflict) {
+        return {
+          statements: [],
+          events: [
+            {
+              actor: reviewerActor(reviewer),
+              action: "grant.change_refused",
+              subjectType: "grant",
+              subjectId: grantId,
+              data: { code: "conflict_of_interest", conflict, action, reviewer: reviewer.email, status: grant.status },
+            },
+          ],
+          result: { refused: conflict },
+        };
+      }
+      const next = nextGrantStatus(grant.status, action);
+      if (!next) {
+        const detail =
+          grant.status === "revoked"
+            ? "The grant is revoked; revocation is final."
+            : `A grant that is ${grant.status} cannot be ${EVENT_OF[action].slice("grant.".length)}.`;
+        throw new AppError("invalid_state", detail);
+      }
+      const at = clock.now().toISOString();
+      const mail = grantMail(
+        caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
+        next,
+        reason,
+      );
+      return {
+        statements: [
+          db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
+          ...(await enqueueMailWithinLimits(services, mail)),
+          grantEvent(services, grant, next, reason),
+        ],
+        events: [
+          {
+            actor: reviewerActor(reviewer),
+            action: EVENT_OF[action],
+            subjectType: "grant",
+            subjectId: grantId,
+            data: {
+              reason,
+              from: grant.status,
+              to: next,
+              applicationId: grant.applicationId,
+              organizationId: grant.organizationId,
+              family: grant.family,
+            },
           },
-        },
-      ],
-      result: { id: grantId, status: next, previousStatus: grant.status },
-    };
-  });
+        ],
+        result: { id: grantId, status: next, previousStatus: grant.status },
+      };
+    },
+  );
+  if ("refused" in planned) throw conflictError(planned.refused);
+  return planned;
 }
 
 const listGrants = adminRoute("reviewer", {

@@ -29,10 +29,10 @@ export function applyDecision(state: ReviewState, reviewerEmail: string, decisio
   if (!DECIDABLE[decision].includes(state.status)) {
     return { ok: false, code: "invalid_state", detail: `A case that is ${state.status} cannot take "${decision}".` };
   }
-  const reviewer = reviewerEmail.toLowerCase();
+  const reviewer = canonicalEmail(reviewerEmail);
   switch (decision) {
     case "approve": {
-      if (state.approvalsThisRound.some((email) => email.toLowerCase() === reviewer)) {
+      if (state.approvalsThisRound.some((email) => canonicalEmail(email) === reviewer)) {
         return {
           ok: false,
           code: "conflict",
@@ -51,7 +51,41 @@ export function applyDecision(state: ReviewState, reviewerEmail: string, decisio
 }
 
 /** Why a reviewer may not decide a case: they are, or work where, the applicant is. */
-export type ConflictOfInterest = "applicant_email" | "contact_domain" | "website_domain";
+export type ConflictOfInterest =
+  | "applicant_email"
+  | "contact_domain"
+  | "website_domain"
+  | "organization_member"
+  | "organization_domain";
+
+/** Who and what belongs to the applicant organization: its members' and invitees' e-mails, its verified domains. */
+export interface OrganizationTies {
+  emails: readonly string[];
+  domains: readonly string[];
+}
+
+/** Providers that deliver `a.b@` to `ab@`; `googlemail.com` is `gmail.com`. */
+const DOTS_IGNORED = new Set(["gmail.com", "googlemail.com"]);
+
+/**
+ * The mailbox an address reaches, as far as its spelling shows: lower-cased, without a `+tag` (which
+ * most providers deliver to the address without it), and for Gmail without dots. Two spellings of
+ * one person's address are one reviewer, and one applicant.
+ */
+export function canonicalEmail(email: string): string {
+  const address = email.trim().toLowerCase();
+  const at = address.lastIndexOf("@");
+  if (at <= 0) return address;
+  let local = address.slice(0, at);
+  let domain = address.slice(at + 1).replace(/\.$/, "");
+  const plus = local.indexOf("+");
+  if (plus > 0) local = local.slice(0, plus);
+  if (DOTS_IGNORED.has(domain)) {
+    local = local.replaceAll(".", "");
+    domain = "gmail.com";
+  }
+  return `${local}@${domain}`;
+}
 
 /** The domain of an e-mail address, lower-cased; `undefined` when there is none. */
 function emailDomain(email: string): string | undefined {
@@ -84,18 +118,24 @@ function sameOrganizationDomain(a: string | undefined, b: string | undefined): b
 }
 
 /**
- * Whether a reviewer is too close to a case to decide it or approve it: their e-mail is the
- * contact's, or their domain is the contact's e-mail domain or the organization's website domain.
- * A shared free-mail domain (`gmail.com`) is no conflict. Four eyes mean nothing if one pair
- * belongs to the applicant.
+ * Whether a reviewer is too close to a case to decide it, approve it or change its grant: their
+ * e-mail is the contact's (however spelt: `canonicalEmail`), or a member's or invitee's of the
+ * applicant organization; or their domain is the contact's e-mail domain, the organization's
+ * website domain or one it verified. A shared free-mail domain (`gmail.com`) is no conflict. Four
+ * eyes mean nothing if one pair belongs to the applicant.
  */
 export function conflictOfInterest(
   reviewerEmail: string,
   applicant: { contactEmail: string; website: string | null },
+  ties: OrganizationTies = { emails: [], domains: [] },
 ): ConflictOfInterest | null {
-  if (reviewerEmail.trim().toLowerCase() === applicant.contactEmail.trim().toLowerCase()) return "applicant_email";
+  const reviewer = canonicalEmail(reviewerEmail);
+  if (reviewer === canonicalEmail(applicant.contactEmail)) return "applicant_email";
   const reviewerDomain = emailDomain(reviewerEmail);
   if (sameOrganizationDomain(reviewerDomain, emailDomain(applicant.contactEmail))) return "contact_domain";
   if (sameOrganizationDomain(reviewerDomain, websiteDomain(applicant.website))) return "website_domain";
+  if (ties.emails.some((email) => canonicalEmail(email) === reviewer)) return "organization_member";
+  if (ties.domains.some((domain) => sameOrganizationDomain(reviewerDomain, domain.toLowerCase())))
+    return "organization_domain";
   return null;
 }
