@@ -314,6 +314,22 @@ describe("license versions over time", () => {
     expect((await manifest(gw, org.token)).status).toBe(200);
   });
 
+  it("answers a form that does not parse, or is too large, with a problem, not a server error", async () => {
+    const { gw, organization } = await setup();
+    const org = await organization();
+    const action = `/account/license/accept?organization=${org.member.organizationId}`;
+    const post = (contentType: string, body: string) =>
+      gw.request(action, { method: "POST", headers: { cookie: org.member.cookie, "content-type": contentType }, body });
+    const malformed = await post("multipart/form-data; boundary=zzz", "this is not multipart");
+    expect(malformed.status).toBe(400);
+    expect(malformed.headers.get("content-type")).toContain("application/problem+json");
+    expect(await malformed.json()).toMatchObject({ code: "malformed_body" });
+    const large = await post("application/x-www-form-urlencoded", `agree=yes&pad=${"x".repeat(200_000)}`);
+    expect(large.status).toBe(413);
+    const other = await post("text/plain", "agree=yes");
+    expect(other.status).toBe(415);
+  });
+
   it("shows what changed on the application's status page, pointing members to where they accept", async () => {
     const { gw, clock, organization, loadVersion } = await setup();
     const org = await organization();

@@ -8,6 +8,7 @@ import { currentMember, membershipsOf, requireMember, roleAtLeast } from "../aut
 import { currentSession, describeSession, liveSessions } from "../auth/sessions";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
+import { readRawBody } from "../http/router";
 import { LicenseChange } from "../licenses/pages";
 import { pendingReacceptances, REACCEPT_PATH, reacceptLicense } from "../licenses/reacceptance";
 import { describeLicenseChanges, ReacceptanceForm, reacceptanceEvidence } from "../licenses/routes";
@@ -102,7 +103,10 @@ portalRoutes.get(REACCEPT_PATH, async (c) => {
 /** The form on the license page: owners and admins accept a new version for the organization. */
 portalRoutes.post(`${REACCEPT_PATH}/accept`, requireMember("admin"), async (c) => {
   const member = currentMember(c);
-  const form = (await c.req.parseBody()) as Record<string, unknown>;
+  // Read as every form is: within the size limit, and a body that does not parse is the caller's error.
+  const body = (await readRawBody(c, { form: true })).value;
+  const form: Record<string, unknown> =
+    typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {};
   const id = typeof form.id === "string" ? form.id : "";
   const parsed = ReacceptanceForm.safeParse({ licenseSha256: form.licenseSha256, aupSha256: form.aupSha256 });
   if (!parsed.success || !id || form.agree !== "yes") {
