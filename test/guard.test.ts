@@ -331,9 +331,10 @@ describe("the guard's admin API", () => {
     await ask(UNSAFE);
     const proposed = (await flagsOf(gw, organizationId)).organizations[0];
     expect(proposed).toMatchObject({ suspensionProposed: true, activeGrants: [grantId] });
+    // The caller's contact is at example.com: a reviewer from elsewhere, as one from there is party to it.
     const suspend = await gw.request(`/admin/api/grants/${grantId}/suspend`, {
       method: "POST",
-      headers: accessHeaders(await adminToken({ role: "approver" })),
+      headers: accessHeaders(await adminToken({ role: "approver", email: "approver@review.example" })),
       body: JSON.stringify({ reason: "Repeated acceptable-use flags (S1)." }),
     });
     expect(suspend.status).toBe(200);
