@@ -297,6 +297,29 @@ describe("webhook endpoints receive signed events", () => {
     expect(await deliveries(h, owner, disabled.endpoint.id)).toHaveLength(0);
   });
 
+  it("cancels what waits for an endpoint when it is disabled, so that enabling it again (at another URL) sends none of it", async () => {
+    const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/old`, ["billing.payment_failed"]);
+    await organizationEvent(h.services, owner.organizationId, "billing.payment_failed", {
+      invoiceId: "in_off",
+      billingStatus: "past_due",
+      suspendsAt: null,
+    });
+    const before = h.queued.length;
+    await dispatchEvents(h.services, h.queue);
+    const waiting = h.queued.slice(before);
+    const patch = (body: Record<string, unknown>) =>
+      h.request(`/v1/organization/webhooks/${endpoint.id}`, { ...json(body, owner.headers), method: "PATCH" });
+    expect((await patch({ enabled: false })).status).toBe(200);
+    expect(await deliveries(h, owner, endpoint.id)).toEqual([
+      expect.objectContaining({ status: "canceled", lastError: "the endpoint was disabled" }),
+    ]);
+    expect((await patch({ enabled: true, url: `${backend.url}/hooks/new` })).status).toBe(200);
+    // The message queued before the endpoint was disabled comes only now.
+    await consume(h, waiting);
+    expect(await hooksReceived(backend)).toEqual([]);
+    expect(await deliveries(h, owner, endpoint.id)).toEqual([expect.objectContaining({ status: "canceled" })]);
+  });
+
   it("retries a failing endpoint with growing delays, ignores a message that comes early, then delivers", async () => {
     const { endpoint, secret } = await createdEndpoint(h, owner, `${backend.url}/hooks/flaky`, [
       "billing.payment_failed",

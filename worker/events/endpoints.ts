@@ -218,13 +218,24 @@ export async function updateEndpoint(
       changes.description = { from: current.description, to: next.description };
     const secrets = (await secretsOf(deps, [id])).get(id) ?? [];
     if (Object.keys(changes).length === 0) return { statements: [], events: [], result: viewOf(current, secrets) };
-    return {
-      statements: [
+    const statements: BatchItem<"sqlite">[] = [
+      deps.db
+        .update(webhookEndpoints)
+        .set(next)
+        .where(and(eq(webhookEndpoints.id, id), isNull(webhookEndpoints.deletedAt))),
+    ];
+    // A disabled endpoint receives nothing: what waits for it is canceled in the same write, not
+    // sent should it be enabled again (perhaps at another URL) before the queue got to it.
+    if (current.enabled && !next.enabled) {
+      statements.push(
         deps.db
-          .update(webhookEndpoints)
-          .set(next)
-          .where(and(eq(webhookEndpoints.id, id), isNull(webhookEndpoints.deletedAt))),
-      ],
+          .update(webhookDeliveries)
+          .set({ status: "canceled", lastError: "the endpoint was disabled" })
+          .where(and(eq(webhookDeliveries.endpointId, id), eq(webhookDeliveries.status, "pending"))),
+      );
+    }
+    return {
+      statements,
       events: [audited(member, "webhook.endpoint_changed", id, { changes })],
       result: viewOf(next, secrets),
     };
