@@ -240,6 +240,11 @@ describe("a made-up family decided by the generic engine", () => {
       expect(refused.outcome).toBe("reject");
       expect(refused.reasons).toEqual([expect.objectContaining({ code: "model_region_excluded", model: "acme-eye" })]);
     }
+    // The parts of the Union with codes of their own are in it: French outermost regions, Åland.
+    for (const country of ["RE", "GP", "MQ", "GF", "YT", "MF", "AX"]) {
+      const refused = evaluateApplication({ ...clean, country, models: ["acme-eye"] }, acme);
+      expect(refused.outcome, country).toBe("reject");
+    }
     expect(evaluateApplication({ ...clean, country: "FR", models: ["acme-s"] }, acme).outcome).toBe("approve");
     expect(evaluateApplication({ ...clean, country: "NO", models: ["acme-eye"] }, acme).outcome).toBe("approve");
     expect(acme.noticeText).toContain('Show "Powered by Acme". (section 3)');

@@ -84,6 +84,30 @@ describe("security: organizations are never joined by name", () => {
     expect(eveMemberships.map((m) => [m.organizationId, m.role])).toEqual([[strangerOrg, "owner"]]);
   });
 
+  it("links a case whose name differs only by invisible characters, or whose website only by a trailing dot", async () => {
+    const gw = testGateway();
+    const big = await applyAndConfirm(
+      gw,
+      application({ name: "Bolt Robotics GmbH", website: "https://bolt.example" }, "bo@bolt.example", {
+        declaredMau: 1_200_000_000,
+      }),
+    );
+    expect(big.status).toBe("pending_review");
+    const byName = await applyAndConfirm(
+      gw,
+      application({ name: "Bolt Ro\u00ADbotics\u200B GmbH" }, "bo.bolt@gmail.com"),
+    );
+    const bySite = await applyAndConfirm(
+      gw,
+      application({ name: "Bolt Holding Two", website: "https://bolt.example." }, "bo.bolt4@gmail.com"),
+    );
+    for (const again of [byName, bySite]) {
+      expect(again.status).toBe("pending_review");
+      const [app] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
+      expect(app?.policyReasons.map((r) => r.code)).toEqual(["related_organization"]);
+    }
+  });
+
   it("gives a stranger resembling an approved organization a separate organization with none of its grant", async () => {
     const gw = testGateway();
     const acme = await applyAndConfirm(gw, application({ name: "Acme Robotics" }, "ada@acme.example"));

@@ -22,6 +22,9 @@ describe("screening names", () => {
     ["Smith & Sons LLC", "smith and sons"],
     ["Ｆｕｌｌｗｉｄｔｈ　Ｃｏｒｐ", "fullwidth"],
     ["Ltd", "ltd"],
+    // Invisible characters do not split what a reader sees as one word.
+    ["Ac\u00ADme Rock\u200Bets LLC", "acme rockets"],
+    ["Acme\u2060 Rockets\uFEFF", "acme rockets"],
   ])("normalizes %s to %s", (name, normalized) => {
     expect(normalizeEntityName(name)).toBe(normalized);
   });

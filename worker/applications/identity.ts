@@ -40,11 +40,19 @@ export interface ResolvedOrganization {
 /** Role of a verified contact who joins an existing organization through its domain. */
 const DOMAIN_JOIN_ROLE: MemberRole = "developer";
 
-/** A website's host as resemblance compares it: lower-cased, without `www.`; null if unparseable. */
+/**
+ * A website's host as resemblance compares it: lower-cased, without `www.` or a trailing dot (the
+ * same host); null if unparseable.
+ */
 export function websiteHost(website: string | null | undefined): string | null {
   if (!website) return null;
   try {
-    return new URL(website).hostname.toLowerCase().replace(/^www\./, "") || null;
+    return (
+      new URL(website).hostname
+        .toLowerCase()
+        .replace(/\.$/, "")
+        .replace(/^www\./, "") || null
+    );
   } catch {
     return null;
   }

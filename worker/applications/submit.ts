@@ -32,9 +32,17 @@ export interface SubmissionOutcome {
 /** How long an unconfirmed application (and its link) waits for its contact. */
 export const DRAFT_TTL_MS = 24 * 60 * 60_000;
 
-/** Lower-cased, whitespace-collapsed organization name: how resembling cases are found. */
+/**
+ * Lower-cased, whitespace-collapsed organization name without invisible characters (a soft
+ * hyphen, a zero-width space): how resembling cases are found.
+ */
 export function normalizeOrganizationName(name: string): string {
-  return name.normalize("NFKC").toLowerCase().replace(/\s+/g, " ").trim();
+  return name
+    .normalize("NFKC")
+    .replace(/\p{Cf}+/gu, "")
+    .toLowerCase()
+    .replace(/\s+/g, " ")
+    .trim();
 }
 
 /** Makes a status-page capability: the secret for the link, and its hash for the database. */

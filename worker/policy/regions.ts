@@ -3,8 +3,20 @@
  * (or single countries), so that the list of members lives in one place.
  */
 
-/** The 27 member states of the European Union (ISO 3166-1 alpha-2), as of 2020-02-01. */
+/**
+ * The 27 member states of the European Union (ISO 3166-1 alpha-2), as of 2020-02-01, and the parts
+ * of the Union that have codes of their own: the outermost regions of France (Guadeloupe, French
+ * Guiana, Martinique, Mayotte, Réunion, Saint-Martin; the Azores, Madeira and the Canary Islands go
+ * under PT and ES) and the Åland Islands. A place of business there is in the European Union.
+ */
 const EUROPEAN_UNION = [
+  "AX",
+  "GF",
+  "GP",
+  "MF",
+  "MQ",
+  "RE",
+  "YT",
   "AT",
   "BE",
   "BG",

@@ -45,6 +45,8 @@ const LEADING_LEGAL_FORMS: ReadonlySet<string> = new Set(["cjsc", "jsc", "oao", 
 export function normalizeEntityName(name: string): string {
   const plain = name
     .normalize("NFKD")
+    // Invisible characters (a soft hyphen, a zero-width space) would split a word a reader sees whole.
+    .replace(/\p{Cf}+/gu, "")
     .replace(/\p{M}+/gu, "")
     .toLowerCase()
     .replace(/&/g, " and ")
