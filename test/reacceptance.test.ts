@@ -1,12 +1,20 @@
 import { and, eq, like } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { grants, licenseReacceptances, mailOutbox, statusLinks, webhookEvents } from "../worker/db/schema";
+import {
+  applications,
+  grants,
+  licenseReacceptances,
+  mailOutbox,
+  statusLinks,
+  webhookEvents,
+} from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { lineDiff } from "../worker/licenses/diff";
 import { reacceptDeadline } from "../worker/licenses/reacceptance";
 import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
 import { accessHeaders, adminToken } from "./helpers/access";
+import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
 import { scopedBackend } from "./helpers/backends";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 import { signedInMember } from "./helpers/members";
@@ -281,6 +289,80 @@ describe("license versions over time", () => {
       .from(licenseReacceptances)
       .where(and(eq(licenseReacceptances.grantId, other.grantId)));
     expect(pending[0]?.acceptedAt).toBeNull();
+  });
+
+  it("security: a grant issued after a version with a deadline, under the one applied for, must accept it by the same deadline", async () => {
+    const { gw, clock, loadVersion } = await setup();
+    const unique = crypto.randomUUID().slice(0, 8);
+    const body = (overrides: Record<string, unknown> = {}) => ({
+      family: "llama-2",
+      organization: { name: `Late ${unique} GmbH`, website: `https://late-${unique}.example`, country: "DE" },
+      contact: { name: "Ada Late", email: `ada@late-${unique}.example` },
+      intendedUse: "Customer support assistant for our robot vacuum owners.",
+      declaredMau: 120_000,
+      models: [MODEL],
+      licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+      ...overrides,
+    });
+    // One applied under v1 and confirms after v2 came; another sat in review under v1 until after.
+    expect((await gw.request("/v1/applications", json(body()))).status).toBe(201);
+    const inReview = await applyAndConfirm(
+      gw,
+      body({
+        organization: { name: `Review ${unique} GmbH`, website: `https://review-${unique}.example`, country: "DE" },
+        contact: { name: "Bo Review", email: `bo@review-${unique}.example` },
+        intendedUse: "Fraud detection assistant for our bank customers.",
+      }),
+    );
+    expect(inReview.status).toBe("pending_review");
+    expect((await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE })).status).toBe(200);
+    const confirmed = await confirmRequest(gw, confirmationToken(gw, `ada@late-${unique}.example`));
+    expect(confirmed.status).toBe(200);
+    const late = (await confirmed.json()) as { applicationId: string; status: string };
+    expect(late.status).toBe("approved");
+    const approver = await adminToken({ email: "rev@reviewers.example", role: "approver", issuedAt: clock.now() });
+    const decided = await gw.request(`/admin/api/applications/${inReview.applicationId}/decision`, {
+      method: "POST",
+      headers: accessHeaders(approver),
+      body: JSON.stringify({ decision: "approve", reason: "Checked.", visibleToApplicant: false }),
+    });
+    expect(decided.status).toBe(200);
+
+    for (const [applicationId, cookie] of [
+      [late.applicationId, (confirmed.headers.get("set-cookie") ?? "").split(";")[0] ?? ""],
+      [inReview.applicationId, inReview.cookie],
+    ] as const) {
+      const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+      const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, applicationId));
+      expect(
+        await gw.db
+          .select()
+          .from(licenseReacceptances)
+          .where(eq(licenseReacceptances.grantId, grant?.id ?? "")),
+      ).toEqual([
+        expect.objectContaining({
+          acceptBy: DEADLINE,
+          fromLicenseVersionId: grant?.licenseVersionId,
+          acceptedAt: null,
+        }),
+      ]);
+      const minted = await gw.request(
+        "/v1/tokens",
+        json({ name: "ci", scopes: ["download"] }, { cookie, "x-modelgate-organization": app?.organizationId ?? "" }),
+      );
+      expect(minted.status).toBe(201);
+      const token = ((await minted.json()) as { token: string }).token;
+      expect((await manifest(gw, token)).status).toBe(200);
+      clock.set(new Date(Date.parse(DEADLINE) + 86_400_000));
+      clearCallerCache();
+      const refused = await manifest(gw, token);
+      expect(refused.status).toBe(403);
+      expect(await refused.json()).toMatchObject({ code: "license_reacceptance_required" });
+      clock.set(NOW);
+      clearCallerCache();
+    }
   });
 
   it("accepts through the portal form for owners and admins", async () => {

@@ -29,6 +29,12 @@ export const licenseVersions = sqliteTable(
     aupSha256: text("aup_sha256")
       .notNull()
       .references(() => documents.sha256),
+    /**
+     * When grants under an older version must have accepted this one, if the operator set a
+     * deadline: the grants live when it was loaded got their requirement then, a grant issued
+     * later under an older version gets it when issued.
+     */
+    reacceptBy: text("reaccept_by"),
     createdAt: text("created_at").notNull(),
   },
   (t) => [uniqueIndex("license_versions_family_version").on(t.family, t.version)],

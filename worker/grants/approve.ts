@@ -3,11 +3,13 @@
  * family: its first approved case issues it, and a later approved case of the same family (a
  * request for more models) widens it to the union of both — never a second grant beside it.
  */
-import { and, eq, inArray } from "drizzle-orm";
+import { and, desc, eq, inArray } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { AuditEntry } from "../audit/log";
 import type { Database } from "../db/client";
-import { grants } from "../db/schema";
+import { grants, licenseReacceptances, licenseVersions } from "../db/schema";
+import { reacceptanceRequiredEvent } from "../events/record";
+import type { Clock } from "../platform/clock";
 import type { IdGenerator } from "../platform/ids";
 import { issueGrant } from "./issue";
 
@@ -26,7 +28,7 @@ export interface ApprovedCase {
  * models it lacked.
  */
 export async function grantForApproval(
-  deps: { db: Database; ids: IdGenerator },
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
   approved: ApprovedCase,
   at: string,
   actor: string,
@@ -45,7 +47,12 @@ export async function grantForApproval(
     );
   if (!live) {
     const issued = issueGrant(deps, approved, at, actor);
-    return { grantId: issued.grantId, statements: [issued.statement], events: [issued.event] };
+    const grant = { ...approved, id: issued.grantId };
+    return {
+      grantId: issued.grantId,
+      statements: [issued.statement, ...(await reacceptanceOfNewerVersion(deps, grant, at))],
+      events: [issued.event],
+    };
   }
   const added = approved.models.filter((m) => !live.models.includes(m));
   const models = [...live.models, ...added];
@@ -63,4 +70,39 @@ export async function grantForApproval(
       },
     ],
   };
+}
+
+/**
+ * A grant issued under a version older than one loaded since with a deadline (the case was applied
+ * for, or sat in review, before it came) must accept that version by the same deadline as the
+ * grants that were live then: otherwise it would be the one grant the new terms never reach. The
+ * newest such version is the one; its deadline may have passed already, and then the grant is of
+ * no use until an owner or admin accepts it.
+ */
+async function reacceptanceOfNewerVersion(
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
+  grant: { id: string; organizationId: string; family: string; licenseVersionId: string },
+  at: string,
+): Promise<BatchItem<"sqlite">[]> {
+  const versions = await deps.db
+    .select({ id: licenseVersions.id, version: licenseVersions.version, reacceptBy: licenseVersions.reacceptBy })
+    .from(licenseVersions)
+    .where(eq(licenseVersions.family, grant.family))
+    .orderBy(desc(licenseVersions.version));
+  const own = versions.find((v) => v.id === grant.licenseVersionId);
+  const newer = versions.find((v) => v.reacceptBy !== null && own !== undefined && v.version > own.version);
+  if (!newer?.reacceptBy) return [];
+  return [
+    deps.db.insert(licenseReacceptances).values({
+      id: deps.ids.id("rac"),
+      grantId: grant.id,
+      organizationId: grant.organizationId,
+      family: grant.family,
+      fromLicenseVersionId: grant.licenseVersionId,
+      licenseVersionId: newer.id,
+      acceptBy: newer.reacceptBy,
+      requiredAt: at,
+    }),
+    reacceptanceRequiredEvent(deps, grant, newer.id, newer.reacceptBy),
+  ];
 }

@@ -99,6 +99,7 @@ export async function planLicenseVersion(
     version: (current?.version ?? 0) + 1,
     licenseSha256,
     aupSha256,
+    reacceptBy: input.reacceptBy ?? null,
     createdAt: now,
   };
   const document = (sha256: string, kind: "license" | "aup", mediaType: string, body: string) =>
