@@ -1,6 +1,6 @@
-import { count } from "drizzle-orm";
+import { count, eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { auditEvents, screeningEntries } from "../worker/db/schema";
+import { auditEvents, grants, screeningEntries } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { csvRecords, parseScreeningList } from "../worker/screening/csv";
 import { screenNames } from "../worker/screening/list";
@@ -9,6 +9,7 @@ import SAMPLE from "./fixtures/screening-sample.csv?raw";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { applyAndConfirm } from "./helpers/apply";
 import { seedLicense, testGateway } from "./helpers/fixtures";
+import { json } from "./helpers/gateway";
 
 type Gateway = ReturnType<typeof testGateway>;
 
@@ -177,6 +178,24 @@ describe("the denied-party list at application time", () => {
     expect(decided.status).toBe("approved");
     expect(await screenNames(gateway.services, ["Acme Robotics GmbH", "Rostec"])).toEqual([]);
     expect(await screenNames(gateway.services, ["acme rockets, inc."])).toMatchObject([{ name: "Acme Rockets LLC" }]);
+  });
+
+  it("screens a request for more models again: an organization listed since its case goes to review", async () => {
+    const first = await applyAndConfirm(gateway, { ...application("Acme Rockets LLC"), models: ["llama-2-7b"] });
+    expect(first.status).toBe("approved");
+    expect((await loadSample()).status).toBe(200);
+    const res = await gateway.request(
+      "/v1/organization/model-requests",
+      json({ models: ["llama-2-70b"] }, { cookie: first.cookie }),
+    );
+    expect(res.status).toBe(201);
+    const body = (await res.json()) as { applicationId: string; status: string };
+    expect(body.status).toBe("pending_review");
+    const file = await caseFile(body.applicationId);
+    expect(file.application.policyReasons.map((r) => r.code)).toContain("denied_party_match");
+    expect(file.auditEvents.map((e) => e.action)).toContain("application.screening_match");
+    const [grant] = await gateway.db.select().from(grants).where(eq(grants.applicationId, first.applicationId));
+    expect(grant?.models).toEqual(["llama-2-7b"]);
   });
 
   it("approves as before while no list is loaded", async () => {

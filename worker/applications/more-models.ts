@@ -15,6 +15,8 @@ import { grantForApproval } from "../grants/approve";
 import { currentLicenseVersion } from "../licenses/store";
 import { evaluateApplication } from "../policy/evaluate";
 import { findFamily } from "../policy/families";
+import { screeningMatchEvent } from "../screening/case";
+import { screenNames } from "../screening/list";
 import type { Services } from "../services";
 import type { AcceptanceEvidence } from "./submit";
 
@@ -77,8 +79,17 @@ export async function requestMoreModels(
     }
 
     const base = current.application;
+    // Screened again: the organization or the member asking may have been listed since its case.
+    const contactName = member.user.name ?? base.contactName;
+    const screening = await screenNames(services, [base.organizationName, contactName]);
     const decision = evaluateApplication(
-      { country: base.country, declaredMau: base.declaredMau, intendedUse: base.intendedUse, models: wanted },
+      {
+        country: base.country,
+        declaredMau: base.declaredMau,
+        intendedUse: base.intendedUse,
+        models: wanted,
+        deniedPartyMatch: screening.length > 0,
+      },
       family,
     );
     const status =
@@ -91,7 +102,7 @@ export async function requestMoreModels(
     const row = {
       ...base,
       id,
-      contactName: member.user.name ?? base.contactName,
+      contactName,
       contactEmail: member.user.email,
       contactUserId: member.user.id,
       models: wanted,
@@ -137,6 +148,7 @@ export async function requestMoreModels(
         },
       },
     ];
+    if (screening.length > 0) events.push(screeningMatchEvent(id, screening));
     if (status === "approved") {
       const granted = await grantForApproval(services, row, at, "system:policy");
       statements.push(...granted.statements);
