@@ -246,6 +246,35 @@ describe("security: the public form is not a mail relay", () => {
     ]);
   });
 
+  it("security: counts an address with its other spellings, which reach the same mailbox", async () => {
+    const services = gateway.services;
+    const limits = { perAddress: 2, perDomain: 3, windowMs: 3_600_000 };
+    const to = [
+      "victim+1@gmail.com",
+      "Vic.Tim+2@googlemail.com",
+      "v.i.c.t.i.m@gmail.com",
+      "victim2@gmail.com",
+      "ops+1@bank.example",
+      "ops+2@bank.example",
+      "OPS+3@bank.example",
+    ];
+    for (const address of to) {
+      await services.db.batch(
+        (await enqueueMailWithinLimits(services, { to: address, subject: "Hello", text: "Body" }, limits)) as [never],
+      );
+    }
+    expect((await outbox()).map((row) => [row.to, row.status])).toEqual([
+      ["victim+1@gmail.com", "pending"],
+      ["Vic.Tim+2@googlemail.com", "pending"],
+      ["v.i.c.t.i.m@gmail.com", "suppressed"],
+      ["victim2@gmail.com", "pending"],
+      ["ops+1@bank.example", "pending"],
+      ["ops+2@bank.example", "pending"],
+      ["OPS+3@bank.example", "suppressed"],
+    ]);
+    expect((await outbox())[6]?.lastError).toBe("send limit: 2 messages to this address within an hour");
+  });
+
   it.each([
     ["Acme Robotics GmbH", "Acme Robotics GmbH"],
     ["  Ada \t Lovelace\n", "Ada Lovelace"],

@@ -1,4 +1,4 @@
-import { and, asc, count, eq, gte, lte, ne, sql } from "drizzle-orm";
+import { and, asc, count, eq, gte, lte, ne, or, sql } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { isFreeMailDomain } from "../auth/free-mail";
 import type { Database } from "../db/client";
@@ -6,6 +6,7 @@ import { mailOutbox } from "../db/schema";
 import type { Clock } from "../platform/clock";
 import type { IdGenerator } from "../platform/ids";
 import type { Logger } from "../platform/logger";
+import { canonicalEmail } from "./mailbox";
 import type { Mailer, OutgoingMail } from "./mailer";
 
 /** How long a delivery attempt holds a message before another worker may try it. */
@@ -79,23 +80,34 @@ export async function enqueueMailWithinLimits(
   const address = mail.to.trim().toLowerCase();
   const domain = address.slice(address.lastIndexOf("@") + 1);
   const since = new Date(deps.clock.now().getTime() - limits.windowMs).toISOString();
+  const recentMail = and(ne(mailOutbox.status, "suppressed"), gte(mailOutbox.createdAt, since));
   const [recent] = await deps.db
-    .select({
-      toAddress: sql<number>`coalesce(sum(lower(${mailOutbox.to}) = ${address}), 0)`,
-      toDomain: count(),
-    })
+    .select({ toDomain: count() })
+    .from(mailOutbox)
+    .where(and(recentMail, sql`lower(${mailOutbox.to}) like ${`%@${likeLiteral(domain)}`} escape '\\'`));
+  // An address counts with its other spellings (`a.b+1@gmail.com` is `ab@gmail.com`'s mailbox):
+  // the candidates share the mailbox's first character and its domain, and are compared whole here.
+  const mailbox = canonicalEmail(address);
+  const [first = "", mailboxDomain = ""] = [mailbox.charAt(0), mailbox.slice(mailbox.lastIndexOf("@") + 1)];
+  const domains = mailboxDomain === "gmail.com" ? ["gmail.com", "googlemail.com"] : [mailboxDomain];
+  const candidates = await deps.db
+    .select({ to: mailOutbox.to })
     .from(mailOutbox)
     .where(
       and(
-        ne(mailOutbox.status, "suppressed"),
-        gte(mailOutbox.createdAt, since),
-        sql`lower(${mailOutbox.to}) like ${`%@${likeLiteral(domain)}`} escape '\\'`,
+        recentMail,
+        or(
+          ...domains.map(
+            (d) => sql`lower(${mailOutbox.to}) like ${`${likeLiteral(first)}%@${likeLiteral(d)}`} escape '\\'`,
+          ),
+        ),
       ),
     );
+  const toAddress = candidates.filter((c) => canonicalEmail(c.to) === mailbox).length;
   const hours = limits.windowMs / 3_600_000;
   const window = hours === 1 ? "an hour" : `${hours} hours`;
   const reason =
-    (recent?.toAddress ?? 0) >= limits.perAddress
+    toAddress >= limits.perAddress
       ? `send limit: ${limits.perAddress} messages to this address within ${window}`
       : (recent?.toDomain ?? 0) >= limits.perDomain && !isFreeMailDomain(domain)
         ? `send limit: ${limits.perDomain} messages to ${domain} within ${window}`
