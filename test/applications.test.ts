@@ -209,6 +209,24 @@ describe("POST /v1/applications", () => {
     expect((await rowCounts(gw)).applications).toBe(0);
   });
 
+  it("answers an Acceptable Use Policy changed alone with 409, unless the one accepted is named and current", async () => {
+    const gw = testGateway();
+    // The same license text, a new policy: the license's hash alone no longer says which was read.
+    const next = await seedLicense(undefined, "ACCEPTABLE USE POLICY (test text)\nNo impersonation.");
+    expect(next.licenseSha256).toBe(licenseSha256);
+    const unnamed = await gw.request("/v1/applications", json(applicationBody()));
+    expect(unnamed.status).toBe(409);
+    expect(await unnamed.json()).toMatchObject({ code: "stale_license", currentAupSha256: next.aupSha256 });
+    const older = await gw.request("/v1/applications", json(applicationBody({ aupSha256: "0".repeat(64) })));
+    expect(older.status).toBe(409);
+    expect((await rowCounts(gw)).applications).toBe(0);
+    const named = await gw.request("/v1/applications", json(applicationBody({ aupSha256: next.aupSha256 })));
+    expect(named.status).toBe(201);
+    // The form names the policy it shows.
+    const form = await (await gw.request("/apply/llama-2")).text();
+    expect(form).toContain(`name="aupSha256" value="${next.aupSha256}"`);
+  });
+
   it("shows a repeat applicant of the organization its open case, with a fresh link that ends the old one", async () => {
     const gw = testGateway();
     const first = await applyAndConfirm(gw, applicationBody({ declaredMau: 900_000_000 }));

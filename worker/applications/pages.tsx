@@ -70,6 +70,7 @@ function Field(props: {
 export function ApplicationForm(props: {
   family: LicenseFamily;
   licenseSha256: string;
+  aupSha256: string;
   licenseText: string;
   aupText: string;
   placeholder: boolean;
@@ -122,6 +123,7 @@ export function ApplicationForm(props: {
       <form method="post" action="/v1/applications" novalidate>
         <input type="hidden" name="family" value={family.id} />
         <input type="hidden" name="licenseSha256" value={props.licenseSha256} />
+        <input type="hidden" name="aupSha256" value={props.aupSha256} />
         <fieldset>
           <legend>Organization</legend>
           <Field

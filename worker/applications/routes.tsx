@@ -59,6 +59,7 @@ async function renderForm(
     <ApplicationForm
       family={family}
       licenseSha256={version.licenseSha256}
+      aupSha256={version.aupSha256}
       licenseText={licenseText ?? ""}
       aupText={aupText ?? ""}
       placeholder={version.licenseSource === "placeholder"}

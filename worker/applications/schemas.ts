@@ -51,6 +51,14 @@ export const ApplicationInput = z
     licenseSha256: z
       .string()
       .regex(/^[0-9a-f]{64}$/, "Must be the lower-case hex sha256 of the license text you accepted."),
+    aupSha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, "Must be the lower-case hex sha256 of the Acceptable Use Policy you accepted.")
+      .optional()
+      .openapi({
+        description:
+          "The sha256 of the Acceptable Use Policy accepted (`GET /v1/licenses/{family}` names it). Checked when given; needed when a version changed the policy alone, since the license's hash then names two versions.",
+      }),
     acceptLicense: z.literal(true, { error: "You must accept the license." }),
     acceptAup: z.literal(true, { error: "You must accept the Acceptable Use Policy." }),
   })

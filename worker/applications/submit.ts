@@ -1,7 +1,7 @@
-import { and, eq, gt, inArray, isNull, lt } from "drizzle-orm";
+import { and, eq, gt, inArray, isNull, lt, ne } from "drizzle-orm";
 import { issueEmailLink } from "../auth/email-links";
 import { normalizeEmail } from "../auth/users";
-import { type ApplicationDraft, applicationDrafts, emailLinks } from "../db/schema";
+import { type ApplicationDraft, applicationDrafts, emailLinks, licenseVersions } from "../db/schema";
 import { AppError } from "../errors";
 import { currentLicenseVersion } from "../licenses/store";
 import { gatewayLink } from "../mail/links";
@@ -80,11 +80,17 @@ export function familyOf(input: Pick<ApplicationInput, "family" | "models">): Li
 async function acceptedLicense(services: Services, family: LicenseFamily, input: ApplicationInput) {
   const license = await currentLicenseVersion(services.db, family.id);
   if (!license) throw new AppError("service_unavailable", `No license text for ${family.displayName} is loaded yet.`);
-  if (license.licenseSha256 !== input.licenseSha256) {
+  const aupStale =
+    input.aupSha256 !== undefined
+      ? input.aupSha256 !== license.aupSha256
+      : await aupChangedAlone(services, family.id, license);
+  if (license.licenseSha256 !== input.licenseSha256 || aupStale) {
     const base = services.config.publicBaseUrl;
     throw new AppError(
       "stale_license",
-      "The license changed since you read it. Read the current version and accept it.",
+      license.licenseSha256 !== input.licenseSha256
+        ? "The license changed since you read it. Read the current version and accept it."
+        : "The Acceptable Use Policy changed since you read it. Read the current one and accept it, naming it as `aupSha256`.",
       {
         extensions: {
           currentLicenseSha256: license.licenseSha256,
@@ -96,6 +102,29 @@ async function acceptedLicense(services: Services, family: LicenseFamily, input:
     );
   }
   return license;
+}
+
+/**
+ * Whether an older version of the family has the current license text with another Acceptable Use
+ * Policy: then the license's hash alone does not say which policy the applicant read.
+ */
+async function aupChangedAlone(
+  services: Services,
+  family: string,
+  current: { licenseSha256: string; aupSha256: string },
+): Promise<boolean> {
+  const [older] = await services.db
+    .select({ id: licenseVersions.id })
+    .from(licenseVersions)
+    .where(
+      and(
+        eq(licenseVersions.family, family),
+        eq(licenseVersions.licenseSha256, current.licenseSha256),
+        ne(licenseVersions.aupSha256, current.aupSha256),
+      ),
+    )
+    .limit(1);
+  return older !== undefined;
 }
 
 /**
