@@ -69,14 +69,21 @@ export interface MailReader {
 export async function seedDemoApplications(baseUrl: string, mail: MailReader): Promise<DemoSeedResult> {
   const licenseRes = await fetch(`${baseUrl}/v1/licenses/llama-2`);
   if (!licenseRes.ok) throw new Error(`GET /v1/licenses/llama-2 answered ${licenseRes.status}`);
-  const { licenseSha256 } = (await licenseRes.json()) as { licenseSha256: string };
+  const { licenseSha256, aupSha256 } = (await licenseRes.json()) as { licenseSha256: string; aupSha256: string };
 
   const cases: DemoCase[] = [];
   for (const { label, ...applicant } of DEMO_APPLICANTS) {
     const res = await fetch(`${baseUrl}/v1/applications`, {
       method: "POST",
       headers: { "content-type": "application/json", accept: "application/json" },
-      body: JSON.stringify({ family: "llama-2", ...applicant, licenseSha256, acceptLicense: true, acceptAup: true }),
+      body: JSON.stringify({
+        family: "llama-2",
+        ...applicant,
+        licenseSha256,
+        aupSha256,
+        acceptLicense: true,
+        acceptAup: true,
+      }),
     });
     if (res.status === 404 || res.status === 405) {
       return { ok: false, warning: `POST /v1/applications answered ${res.status}: this build has no application API.` };
