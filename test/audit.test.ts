@@ -236,6 +236,40 @@ describe("security: the audit chain is anchored outside D1", () => {
   // Checkpoints every 5 events, so that a test needs a handful of events rather than a hundred.
   const anchoredGateway = () => testGateway(undefined, { AUDIT_CHECKPOINT_EVERY: "5" });
 
+  it("reports an event written below the chain's first, which no link covers but the log lists", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 6);
+    await env.DB.prepare(
+      `INSERT INTO audit_events (seq, id, at, actor, action, subject_type, subject_id, data, prev_hash, hash)
+       VALUES (0, 'evt_forged', '2020-01-01T00:00:00.000Z', 'reviewer:boss@example.com', 'application.decided',
+               'application', 'app_x', '{"decision":"approve"}', 'x', 'y')`,
+    ).run();
+    expect(await verifyOverHttp(gateway)).toMatchObject({
+      ok: false,
+      firstBroken: { seq: 0, id: "evt_forged", problem: "outside_chain" },
+    });
+    const page = await gateway.request("/admin/audit", {
+      headers: { "cf-access-jwt-assertion": await adminToken({ role: "reviewer" }) },
+    });
+    expect(await page.text()).toContain("Chain broken.");
+  });
+
+  it("shows the console's reviewers a log cut short at a checkpoint as such, not as a verified chain", async () => {
+    const gateway = anchoredGateway();
+    await record(gateway, 12);
+    await env.DB.exec("DROP TRIGGER audit_events_no_delete");
+    await env.DB.prepare("DELETE FROM audit_events WHERE seq >= 9").run();
+    expect(await verifyOverHttp(gateway)).toMatchObject({ ok: false, truncated: true });
+    const page = await gateway.request("/admin/audit", {
+      headers: { "cf-access-jwt-assertion": await adminToken({ role: "reviewer" }) },
+    });
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).not.toContain("Chain verified.");
+    expect(html).toContain("Checkpoints disagree.");
+    expect(html).toContain("cut short");
+  });
+
   it("checkpoints the head each time a write passes a multiple of AUDIT_CHECKPOINT_EVERY, signed with the secret key", async () => {
     const gateway = anchoredGateway();
     await record(gateway, 12);

@@ -1,4 +1,4 @@
-import type { ChainVerification } from "../../worker/audit/log";
+import type { AuditVerification } from "../../worker/audit/log";
 import type { listAuditEvents } from "../../worker/audit/routes";
 import type { AdminIdentity } from "../../worker/auth/access";
 import { formatTime } from "../../worker/pages/format";
@@ -47,7 +47,7 @@ export function auditEventColumns(labels: { actor: string; action: string }): Co
 export function AuditPage(props: {
   admin: AdminIdentity;
   signOut: SignOut;
-  verification: ChainVerification;
+  verification: AuditVerification;
   events: Awaited<ReturnType<typeof listAuditEvents>>["items"];
   filters: AuditFilters;
   nextHref: string | null;
@@ -60,13 +60,23 @@ export function AuditPage(props: {
       {v.ok ? (
         <p class="panel ok" id="chain-status" role="status">
           <strong>Chain verified.</strong> All {v.checked} events hash-link correctly up to #{v.headSeq} (head{" "}
-          <code>{v.headHash.slice(0, 16)}…</code>).
+          <code>{v.headHash.slice(0, 16)}…</code>)
+          {v.anchored ? `, and match ${v.checkpoints} signed checkpoints.` : "; no signed checkpoints to compare with."}
+        </p>
+      ) : v.firstBroken ? (
+        <p class="panel bad" id="chain-status" role="alert">
+          <strong>Chain broken.</strong> Event #{v.firstBroken.seq} ({v.firstBroken.id}) fails:{" "}
+          {v.firstBroken.problem.replaceAll("_", " ")}. The log may have been altered; treat events from there on as
+          unproven.
         </p>
       ) : (
         <p class="panel bad" id="chain-status" role="alert">
-          <strong>Chain broken.</strong> Event #{v.firstBroken?.seq} ({v.firstBroken?.id}) fails:{" "}
-          {v.firstBroken?.problem.replaceAll("_", " ")}. The log may have been altered; treat events from there on as
-          unproven.
+          <strong>Checkpoints disagree.</strong> The chain links up to #{v.headSeq}, but the signed checkpoints say the
+          log was{" "}
+          {[v.truncated && "cut short", v.rewritten && "rewritten", v.forged && "given forged checkpoints"]
+            .filter(Boolean)
+            .join(", ")}
+          . The log may have been altered; treat it as unproven.
         </p>
       )}
       <FilterForm label="Filter events" action="/admin/audit">

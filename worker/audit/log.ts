@@ -156,15 +156,38 @@ export interface ChainVerification {
   checked: number;
   headSeq: number;
   headHash: string;
-  /** The first event whose link or hash does not hold, when any. */
-  firstBroken?: { seq: number; id: string; problem: "hash_mismatch" | "prev_hash_mismatch" | "sequence_gap" };
+  /** The first event whose link or hash does not hold, or that stands outside the chain, when any. */
+  firstBroken?: {
+    seq: number;
+    id: string;
+    problem: "hash_mismatch" | "prev_hash_mismatch" | "sequence_gap" | "outside_chain";
+  };
 }
 
-/** Walks the whole chain in pages and reports the first broken link. */
+/**
+ * Walks the whole chain in pages and reports the first broken link. An event numbered below the
+ * chain's first (written straight into the table) is in no link, but listed all the same: it breaks
+ * the log as a bad link does.
+ */
 export async function verifyAuditChain(db: Database, pageSize = 500): Promise<ChainVerification> {
   let expectedPrev = GENESIS_HASH;
   let expectedSeq = 1;
   let checked = 0;
+  const [outside] = await db
+    .select({ seq: auditEvents.seq, id: auditEvents.id })
+    .from(auditEvents)
+    .where(sql`${auditEvents.seq} < 1`)
+    .orderBy(auditEvents.seq)
+    .limit(1);
+  if (outside) {
+    return {
+      ok: false,
+      checked,
+      headSeq: 0,
+      headHash: GENESIS_HASH,
+      firstBroken: { seq: outside.seq, id: outside.id, problem: "outside_chain" },
+    };
+  }
   for (;;) {
     const page = await db
       .select()

@@ -88,7 +88,7 @@ const verifyAudit = adminRoute("reviewer", {
                 .object({
                   seq: z.number().int(),
                   id: z.string(),
-                  problem: z.enum(["hash_mismatch", "prev_hash_mismatch", "sequence_gap"]),
+                  problem: z.enum(["hash_mismatch", "prev_hash_mismatch", "sequence_gap", "outside_chain"]),
                 })
                 .optional(),
               anchored: z.boolean().openapi({ description: "Whether checkpoints are signed and checked here" }),
