@@ -892,6 +892,62 @@ describe("Stripe webhooks", () => {
     expect(audits).toHaveLength(1);
   });
 
+  it("security: keeps the status of the newer event of either kind: an older renewal or payment arriving late restores nothing", async () => {
+    for (const [newer, older] of [
+      ["invoice.payment_failed", ["customer.subscription.updated", "active"]],
+      ["customer.subscription.updated", ["invoice.paid", undefined]],
+    ] as const) {
+      const b = await billedGateway();
+      const account = await withAccount(b);
+      const t = Math.floor(b.clock.now().getTime() / 1000);
+      const sub = { id: account.stripeSubscriptionId, object: "subscription", customer: account.stripeCustomerId };
+      const first =
+        newer === "invoice.payment_failed"
+          ? event(`evt_newer_${newer}`, newer, t - 10, { customer: account.stripeCustomerId })
+          : event(`evt_newer_${newer}`, newer, t - 10, { ...sub, status: "past_due" });
+      expect(await (await post(b, first)).json()).toMatchObject({ result: "applied" });
+      const late =
+        older[0] === "invoice.paid"
+          ? event(`evt_older_${newer}`, older[0], t - 100, { customer: account.stripeCustomerId })
+          : event(`evt_older_${newer}`, older[0], t - 100, { ...sub, status: older[1] });
+      await post(b, late);
+      const [after] = await b.gw.db
+        .select()
+        .from(billingAccounts)
+        .where(eq(billingAccounts.organizationId, b.organizationId));
+      expect(after, `${newer}, then an older ${older[0]}`).toMatchObject({ status: "past_due" });
+      b.clock.advance(8 * 86_400_000);
+      clearCallerCache();
+      const res = await b.gw.request("/v1/chat/completions", {
+        method: "POST",
+        headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
+      });
+      expect(res.status).toBe(402);
+    }
+  });
+
+  it("security: an event about another subscription of the customer that ends says nothing about the account's own", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const other = { id: "sub_old_or_added", object: "subscription", customer: account.stripeCustomerId };
+    await post(b, event("evt_other_deleted", "customer.subscription.deleted", t - 5, { ...other, status: "canceled" }));
+    await post(b, event("evt_other_unpaid", "customer.subscription.updated", t - 4, { ...other, status: "unpaid" }));
+    await post(
+      b,
+      event("evt_other_invoice", "invoice.payment_failed", t - 3, {
+        customer: account.stripeCustomerId,
+        subscription: "sub_old_or_added",
+      }),
+    );
+    const [after] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    expect(after).toMatchObject({ stripeSubscriptionId: account.stripeSubscriptionId, status: "active" });
+  });
+
   it("suspends inference after the grace period of a failed payment and restores it when paid", async () => {
     const b = await billedGateway();
     const account = await withAccount(b);

@@ -63,10 +63,25 @@ function customerOf(object: unknown): string | undefined {
   return undefined;
 }
 
+/** The subscription an invoice bills, in the API versions before and after it moved under `parent`. */
+function invoiceSubscription(invoice: unknown): string | undefined {
+  const object = invoice as {
+    subscription?: unknown;
+    parent?: { subscription_details?: { subscription?: unknown } | null } | null;
+  };
+  const id = object.subscription ?? object.parent?.subscription_details?.subscription;
+  if (typeof id === "string") return id;
+  if (id && typeof id === "object" && typeof (id as { id?: unknown }).id === "string") return (id as { id: string }).id;
+  return undefined;
+}
+
 /**
- * The account after an event, or undefined when the event changes nothing (an unknown type, or
- * an event older than one already applied: Stripe does not promise order, so each kind of state
- * moves only forward in event time).
+ * The account after an event, or undefined when the event changes nothing: an unknown type, an
+ * event about another subscription of the customer than the account's (unless it is a live one
+ * that replaces it), or one older than an event of its kind already applied. Stripe does not promise order, so each kind moves only forward in
+ * event time, and the status, which both kinds set, follows the newer of the two: a renewal's
+ * `subscription.updated` that comes after the newer `payment_failed` does not make the account
+ * active again, nor an old `invoice.paid` after a newer `past_due`. A cancellation is final.
  */
 export function applyBillingEvent(
   account: BillingAccount,
@@ -75,14 +90,24 @@ export function applyBillingEvent(
 ): BillingAccount | undefined {
   const eventTime = new Date(event.created * 1000).toISOString();
   const failedSince = (status: BillingStatus) => (status === "active" ? null : (account.paymentFailedAt ?? eventTime));
+  const ours = (subscription: string | undefined) =>
+    subscription === undefined ||
+    account.stripeSubscriptionId === null ||
+    subscription === account.stripeSubscriptionId;
   switch (event.type) {
     case "customer.subscription.updated":
     case "customer.subscription.deleted": {
       if (event.created < account.subscriptionEventCreated) return undefined;
       const subscription = event.data.object as { id: string; status: string };
-      const status =
-        event.type === "customer.subscription.deleted"
-          ? "canceled"
+      const deleted = event.type === "customer.subscription.deleted";
+      // Another subscription of the customer replaces the account's once it is live; its end, or
+      // the end of an old one, says nothing about the account's own.
+      if (!ours(subscription.id) && (deleted || SUBSCRIPTION_STATUS[subscription.status] !== "active"))
+        return undefined;
+      const status = deleted
+        ? "canceled"
+        : account.status === "canceled" || event.created < account.invoiceEventCreated
+          ? account.status
           : (SUBSCRIPTION_STATUS[subscription.status] ?? account.status);
       return {
         ...account,
@@ -96,8 +121,14 @@ export function applyBillingEvent(
     case "invoice.payment_failed":
     case "invoice.paid": {
       if (event.created < account.invoiceEventCreated) return undefined;
+      if (!ours(invoiceSubscription(event.data.object))) return undefined;
       const paid = event.type === "invoice.paid";
-      const status = account.status === "canceled" ? "canceled" : paid ? "active" : "past_due";
+      const status =
+        account.status === "canceled" || event.created < account.subscriptionEventCreated
+          ? account.status
+          : paid
+            ? "active"
+            : "past_due";
       return {
         ...account,
         status,
