@@ -29,6 +29,7 @@ import {
   type BookInside,
   bindBook,
   byId,
+  commitRows,
   hourSums,
   intervals,
   into,
@@ -208,6 +209,34 @@ describe("usage faults: a quota object restarted mid-batch", () => {
     expect((await usageHourRows(org)).map(({ updated_at: _, ...h }) => h)).toEqual(totals);
     expect(await archiveObjects(org)).toHaveLength(1);
     await expectAgreement(org, rows);
+  });
+
+  it("restarted after D1 took a closing part but before the object noted it, then a late row: the row goes to a part of its own, billed", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const rows = Array.from({ length: 6 }, (_, i) => row(org, into(PAST, 5 + i), 4, 3 * i));
+    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+      await commitHeld(instance, state, rows, hourStart(PAST));
+      const book = bookOf(instance);
+      const now = Date.now();
+      await book.fold(now);
+      const ctx = book.ctx;
+      book.ctx = storageRefusing(ctx, "put");
+      await expect(book.sync(now)).rejects.toThrow(/put/);
+      book.ctx = ctx;
+    });
+    await restart(org);
+    // A stream settled from its checkpoint, or an isolate's late batch, of the same hour.
+    const late = row(org, into(PAST, 58), 1000, 2000);
+    await commitRows(org, [late], Date.now());
+    await settle(org);
+    const billed = await intervals(org);
+    expect(billed).toHaveLength(2);
+    const tokens = (r: { prompt_tokens: number; completion_tokens: number }) => r.prompt_tokens + r.completion_tokens;
+    expect(billed.reduce((n, i) => n + tokens(i), 0)).toBe(
+      [...rows, late].reduce((n, r) => n + r.promptTokens + r.completionTokens, 0),
+    );
+    await expectAgreement(org, [...rows, late]);
   });
 
   it("restarted between sync and archive: archives the closed part after the restart, once", async () => {

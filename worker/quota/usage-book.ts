@@ -68,6 +68,8 @@ export class UsageBook {
   private parts = new Map<string, UsagePart>();
   /** The open part of each billing interval that has one, by the interval's start. */
   private open = new Map<number, UsagePart>();
+  /** Parts read back open after a restart: whether D1 took their close before it is not known. */
+  private restored = new WeakSet<UsagePart>();
   private organizationId: string | undefined;
   /** The newest part id handed out (epoch ms): ids only grow, so no hour has two parts of one id. */
   private lastPartAt = 0;
@@ -85,7 +87,10 @@ export class UsageBook {
     const stored = await this.ctx.storage.list<UsagePart>({ prefix: PART_PREFIX });
     for (const [key, part] of stored) {
       this.parts.set(key, part);
-      if (!part.closed) this.open.set(part.interval, part);
+      if (!part.closed) {
+        this.open.set(part.interval, part);
+        this.restored.add(part);
+      }
       this.organizationId ??= part.organizationId;
       this.lastPartAt = Math.max(this.lastPartAt, Number.parseInt(part.part, 36));
     }
@@ -111,9 +116,15 @@ export class UsageBook {
     return this.svc().config.usage.intervalMinutes * 60_000;
   }
 
-  /** The open part of the interval starting at `interval`, opened if there is none. */
+  /**
+   * The open part of the interval starting at `interval`, opened if there is none, or if the one
+   * there was read back after a restart and is due to close: D1 may hold its close already (the
+   * object stopped before it stored the part as closed), and a billing interval is written once,
+   * so a row folded into it now would be metered and never billed.
+   */
   private partFor(organizationId: string, interval: number, now: number, touched: Set<UsagePart>): UsagePart {
     let part = this.open.get(interval);
+    if (part && this.restored.has(part) && now >= part.closesAt) part = undefined;
     if (!part) {
       const length = this.intervalMs();
       this.lastPartAt = Math.max(now, this.lastPartAt + 1);
@@ -211,7 +222,9 @@ export class UsageBook {
     const services = this.svc();
     const syncMs = services.config.usage.syncMs;
     const due: { part: UsagePart; closing: boolean }[] = [];
-    for (const part of this.open.values()) {
+    // Every part not closed: an interval's part that was due when rows came has one after it.
+    for (const part of this.parts.values()) {
+      if (part.closed) continue;
       const closing = now >= part.closesAt;
       if (closing || (part.dirty && (force || now - part.syncedAt >= syncMs))) due.push({ part, closing });
     }
@@ -235,7 +248,7 @@ export class UsageBook {
       part.syncedAt = now;
       if (closing) {
         part.closed = true;
-        this.open.delete(part.interval);
+        if (this.open.get(part.interval) === part) this.open.delete(part.interval);
         const totals = billableTotals(part);
         if (totals.promptTokens + totals.completionTokens > 0) closed.push(intervalId(part));
       }
@@ -361,8 +374,8 @@ export class UsageBook {
   /** Open parts D1 has older totals of, for the organization's own usage views. */
   live(): LiveParts {
     return {
-      parts: [...this.open.values()]
-        .filter((p) => p.dirty)
+      parts: [...this.parts.values()]
+        .filter((p) => !p.closed && p.dirty)
         .map((p) => ({ hour: p.hour, part: p.part, inference: [...p.inference], downloads: [...p.downloads] })),
     };
   }
