@@ -948,6 +948,21 @@ describe("Stripe webhooks", () => {
     expect(after).toMatchObject({ stripeSubscriptionId: account.stripeSubscriptionId, status: "active" });
   });
 
+  it("makes a canceled account active again by a new subscription, never by an invoice", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const sub = { id: account.stripeSubscriptionId, object: "subscription", customer: account.stripeCustomerId };
+    await post(b, event("evt_cancel", "customer.subscription.deleted", t - 30, { ...sub, status: "canceled" }));
+    await post(b, event("evt_paid_after", "invoice.paid", t - 20, { customer: account.stripeCustomerId }));
+    const status = async () =>
+      (await b.gw.db.select().from(billingAccounts).where(eq(billingAccounts.organizationId, b.organizationId)))[0];
+    expect(await status()).toMatchObject({ status: "canceled" });
+    const renewed = { id: "sub_resubscribed", object: "subscription", customer: account.stripeCustomerId };
+    await post(b, event("evt_resubscribed", "customer.subscription.updated", t - 10, { ...renewed, status: "active" }));
+    expect(await status()).toMatchObject({ status: "active", stripeSubscriptionId: "sub_resubscribed" });
+  });
+
   it("suspends inference after the grace period of a failed payment and restores it when paid", async () => {
     const b = await billedGateway();
     const account = await withAccount(b);

@@ -81,7 +81,8 @@ function invoiceSubscription(invoice: unknown): string | undefined {
  * that replaces it), or one older than an event of its kind already applied. Stripe does not promise order, so each kind moves only forward in
  * event time, and the status, which both kinds set, follows the newer of the two: a renewal's
  * `subscription.updated` that comes after the newer `payment_failed` does not make the account
- * active again, nor an old `invoice.paid` after a newer `past_due`. A cancellation is final.
+ * active again, nor an old `invoice.paid` after a newer `past_due`. After a cancellation only a
+ * subscription (a new one) makes the account active again, never an invoice.
  */
 export function applyBillingEvent(
   account: BillingAccount,
@@ -106,7 +107,7 @@ export function applyBillingEvent(
         return undefined;
       const status = deleted
         ? "canceled"
-        : account.status === "canceled" || event.created < account.invoiceEventCreated
+        : event.created < account.invoiceEventCreated
           ? account.status
           : (SUBSCRIPTION_STATUS[subscription.status] ?? account.status);
       return {
