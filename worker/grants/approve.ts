@@ -3,12 +3,12 @@
  * family: its first approved case issues it, and a later approved case of the same family (a
  * request for more models) widens it to the union of both — never a second grant beside it.
  */
-import { and, desc, eq, inArray } from "drizzle-orm";
+import { and, eq, inArray } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { AuditEntry } from "../audit/log";
 import type { Database } from "../db/client";
-import { grants, licenseReacceptances, licenseVersions } from "../db/schema";
-import { reacceptanceRequiredEvent } from "../events/record";
+import { grants } from "../db/schema";
+import { reacceptanceOfNewerVersion } from "../licenses/reacceptance";
 import type { Clock } from "../platform/clock";
 import type { IdGenerator } from "../platform/ids";
 import { issueGrant } from "./issue";
@@ -70,39 +70,4 @@ export async function grantForApproval(
       },
     ],
   };
-}
-
-/**
- * A grant issued under a version older than one loaded since with a deadline (the case was applied
- * for, or sat in review, before it came) must accept that version by the same deadline as the
- * grants that were live then: otherwise it would be the one grant the new terms never reach. The
- * newest such version is the one; its deadline may have passed already, and then the grant is of
- * no use until an owner or admin accepts it.
- */
-async function reacceptanceOfNewerVersion(
-  deps: { db: Database; ids: IdGenerator; clock: Clock },
-  grant: { id: string; organizationId: string; family: string; licenseVersionId: string },
-  at: string,
-): Promise<BatchItem<"sqlite">[]> {
-  const versions = await deps.db
-    .select({ id: licenseVersions.id, version: licenseVersions.version, reacceptBy: licenseVersions.reacceptBy })
-    .from(licenseVersions)
-    .where(eq(licenseVersions.family, grant.family))
-    .orderBy(desc(licenseVersions.version));
-  const own = versions.find((v) => v.id === grant.licenseVersionId);
-  const newer = versions.find((v) => v.reacceptBy !== null && own !== undefined && v.version > own.version);
-  if (!newer?.reacceptBy) return [];
-  return [
-    deps.db.insert(licenseReacceptances).values({
-      id: deps.ids.id("rac"),
-      grantId: grant.id,
-      organizationId: grant.organizationId,
-      family: grant.family,
-      fromLicenseVersionId: grant.licenseVersionId,
-      licenseVersionId: newer.id,
-      acceptBy: newer.reacceptBy,
-      requiredAt: at,
-    }),
-    reacceptanceRequiredEvent(deps, grant, newer.id, newer.reacceptBy),
-  ];
 }

@@ -4,7 +4,7 @@
  * member's acceptance with its evidence, and the refusal downloads and inference answer once the
  * deadline passed unaccepted.
  */
-import { and, eq, inArray, isNull, ne } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, ne } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { alias } from "drizzle-orm/sqlite-core";
 import { writeAudited } from "../audit/log";
@@ -127,19 +127,7 @@ export async function planReacceptanceRequirements(
       ),
   ];
   for (const grant of affected) {
-    statements.push(
-      deps.db.insert(licenseReacceptances).values({
-        id: deps.ids.id("rac"),
-        grantId: grant.id,
-        organizationId: grant.organizationId,
-        family: grant.family,
-        fromLicenseVersionId: grant.licenseVersionId,
-        licenseVersionId: version.id,
-        acceptBy,
-        requiredAt: now,
-      }),
-      reacceptanceRequiredEvent(deps, grant, version.id, acceptBy),
-    );
+    statements.push(...reacceptanceRequirement(deps, grant, version.id, acceptBy, now));
     if (deps.config) {
       const mail = reacceptanceMail(
         grant.contactEmail,
@@ -328,4 +316,50 @@ export async function reacceptLicense(
       result: accepted,
     };
   });
+}
+
+/** That `grant` must accept version `versionId` by `acceptBy`: the pending row, and the organization's event. */
+function reacceptanceRequirement(
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
+  grant: { id: string; organizationId: string; family: string; licenseVersionId: string },
+  versionId: string,
+  acceptBy: string,
+  requiredAt: string,
+): BatchItem<"sqlite">[] {
+  return [
+    deps.db.insert(licenseReacceptances).values({
+      id: deps.ids.id("rac"),
+      grantId: grant.id,
+      organizationId: grant.organizationId,
+      family: grant.family,
+      fromLicenseVersionId: grant.licenseVersionId,
+      licenseVersionId: versionId,
+      acceptBy,
+      requiredAt,
+    }),
+    reacceptanceRequiredEvent(deps, grant, versionId, acceptBy),
+  ];
+}
+
+/**
+ * A grant issued under a version older than one loaded since with a deadline (the case was applied
+ * for, or sat in review, before it came) must accept that version by the same deadline as the
+ * grants that were live then: otherwise it would be the one grant the new terms never reach. The
+ * newest such version is the one; its deadline may have passed already, and then the grant is of
+ * no use until an owner or admin accepts it.
+ */
+export async function reacceptanceOfNewerVersion(
+  deps: { db: Database; ids: IdGenerator; clock: Clock },
+  grant: { id: string; organizationId: string; family: string; licenseVersionId: string },
+  at: string,
+): Promise<BatchItem<"sqlite">[]> {
+  const versions = await deps.db
+    .select({ id: licenseVersions.id, version: licenseVersions.version, reacceptBy: licenseVersions.reacceptBy })
+    .from(licenseVersions)
+    .where(eq(licenseVersions.family, grant.family))
+    .orderBy(desc(licenseVersions.version));
+  const own = versions.find((v) => v.id === grant.licenseVersionId);
+  const newer = versions.find((v) => v.reacceptBy !== null && own !== undefined && v.version > own.version);
+  if (!newer?.reacceptBy) return [];
+  return reacceptanceRequirement(deps, grant, newer.id, newer.reacceptBy, at);
 }
