@@ -154,6 +154,23 @@ async function expectAgreement(org: string, committed: readonly LedgerRow[], bil
   });
 }
 
+/**
+ * Commits `rows` of `PAST` and closes their part as far as D1: the object stops in the write that
+ * would note the part closed.
+ */
+async function closeReachesD1Only(stub: DurableObjectStub<OrgQuota>, rows: readonly LedgerRow[]) {
+  await runInDurableObject(stub, async (instance: OrgQuota, state) => {
+    await commitHeld(instance, state, rows, hourStart(PAST));
+    const book = bookOf(instance);
+    const now = Date.now();
+    await book.fold(now);
+    const ctx = book.ctx;
+    book.ctx = storageRefusing(ctx, "put");
+    await expect(book.sync(now)).rejects.toThrow(/put/);
+    book.ctx = ctx;
+  });
+}
+
 describe("usage faults: a quota object restarted mid-batch", () => {
   it("restarted between fold and sync, with batches still unfolded: finishes by itself, every row once", async () => {
     const org = newOrganization();
@@ -184,16 +201,7 @@ describe("usage faults: a quota object restarted mid-batch", () => {
     const org = newOrganization();
     const stub = quotaStub(env, org);
     const rows = Array.from({ length: 6 }, (_, i) => row(org, into(PAST, 5 + i), 4, 3 * i));
-    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
-      await commitHeld(instance, state, rows, hourStart(PAST));
-      const book = bookOf(instance);
-      const now = Date.now();
-      await book.fold(now);
-      const ctx = book.ctx;
-      book.ctx = storageRefusing(ctx, "put");
-      await expect(book.sync(now)).rejects.toThrow(/put/);
-      book.ctx = ctx;
-    });
+    await closeReachesD1Only(stub, rows);
     const [interval] = await intervals(org);
     expect(interval).toMatchObject({ requests: 6, state: "pending" });
     // The queue's consumer billed it meanwhile.
@@ -215,16 +223,7 @@ describe("usage faults: a quota object restarted mid-batch", () => {
     const org = newOrganization();
     const stub = quotaStub(env, org);
     const rows = Array.from({ length: 6 }, (_, i) => row(org, into(PAST, 5 + i), 4, 3 * i));
-    await runInDurableObject(stub, async (instance: OrgQuota, state) => {
-      await commitHeld(instance, state, rows, hourStart(PAST));
-      const book = bookOf(instance);
-      const now = Date.now();
-      await book.fold(now);
-      const ctx = book.ctx;
-      book.ctx = storageRefusing(ctx, "put");
-      await expect(book.sync(now)).rejects.toThrow(/put/);
-      book.ctx = ctx;
-    });
+    await closeReachesD1Only(stub, rows);
     await restart(org);
     // A stream settled from its checkpoint, or an isolate's late batch, of the same hour.
     const late = row(org, into(PAST, 58), 1000, 2000);
