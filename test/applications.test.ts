@@ -227,7 +227,7 @@ describe("POST /v1/applications", () => {
     expect(form).toContain(`name="aupSha256" value="${next.aupSha256}"`);
   });
 
-  it("shows a repeat applicant of the organization its open case, with a fresh link that ends the old one", async () => {
+  it("shows a repeat applicant of the organization its open case, with a link of their own beside the first", async () => {
     const gw = testGateway();
     const first = await applyAndConfirm(gw, applicationBody({ declaredMau: 900_000_000 }));
     const again = await applyAndConfirm(gw, applicationBody({ declaredMau: 50_000 }));
@@ -236,7 +236,7 @@ describe("POST /v1/applications", () => {
     const viaOld = await gw.request(`/v1/applications/${first.applicationId}`, {
       headers: { authorization: `Bearer ${first.capability}` },
     });
-    expect(viaOld.status).toBe(404);
+    expect(viaOld.status).toBe(200);
     const viaNew = await gw.request(`/v1/applications/${first.applicationId}`, {
       headers: { authorization: `Bearer ${again.capability}` },
     });
@@ -319,8 +319,33 @@ describe("POST /v1/applications", () => {
     expect(early.status).toBe(409);
     expect(await early.json()).toMatchObject({ code: "reapply_cooldown", reapplyAfter: "2026-03-31T00:00:00.000Z" });
     clock.advance(2 * 86_400_000);
+    // Decided again after it; the country on record is the organization's, whatever is declared now.
     const later = await applyAndConfirm(gw, { ...body, organization: { name: "Northwind", country: "DE" } });
-    expect(later.status).toBe("approved");
+    expect(later.status).toBe("rejected");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, later.applicationId));
+    expect(app?.policyReasons.map((r) => r.code).sort()).toEqual([
+      "country_differs_from_record",
+      "embargoed_country",
+      "prior_rejection",
+    ]);
+  });
+
+  it("security: sends a case the licensor refused back to two approvers, whatever figure is declared for the same month after", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    const refused = await applyAndConfirm(gw, applicationBody({ declaredMau: 900_000_000 }));
+    expect(refused.status).toBe("pending_review");
+    await gw.db
+      .update(applications)
+      .set({ status: "rejected", reapplyAfter: "2026-03-31T00:00:00.000Z", decidedAt: "2026-03-01T00:00:00.000Z" })
+      .where(eq(applications.id, refused.applicationId));
+    clock.advance(31 * 86_400_000);
+    const lower = await applyAndConfirm(gw, applicationBody({ declaredMau: 600_000_000 }));
+    expect(lower.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, lower.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["prior_rejection"]);
+    expect(app?.requiredApprovals).toBe(2);
+    expect(await gw.db.select().from(grants).where(eq(grants.applicationId, lower.applicationId))).toEqual([]);
   });
 
   it("sends an organization whose grant was revoked to review when it applies again", async () => {

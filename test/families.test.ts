@@ -39,6 +39,21 @@ async function loadLicense(gw: ReturnType<typeof testGateway>, familyId: string)
   });
 }
 
+/** Beispiel KI's application for `models` of a family, declaring `country`. */
+function beispiel(family: string, licenseSha256: string, country: string, models?: string[]) {
+  return {
+    family,
+    organization: { name: "Beispiel KI GmbH", website: "https://beispiel.example", country },
+    contact: { name: "Ada Lovelace", email: "ada@beispiel.example" },
+    intendedUse: "Customer support assistant for our shop.",
+    declaredMau: 120_000,
+    licenseSha256,
+    acceptLicense: true,
+    acceptAup: true,
+    ...(models ? { models } : {}),
+  };
+}
+
 /**
  * An organization in `country` with an approved application and active grant of `familyId`
  * covering `models`, a signed-in owner, and a token that owner minted for that family.
@@ -325,6 +340,39 @@ describe("Llama 3.2's vision models and the European Union", () => {
     const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, confirmed.applicationId));
     expect(grant?.family).toBe("llama-3.2");
     expect(grant?.models).toEqual(text);
+  });
+
+  it("security: judges an organization's further case by the country on record, not the one declared now", async () => {
+    const gw = testGateway();
+    const base = await loadLicense(gw, "llama-2");
+    const license = await loadLicense(gw, "llama-3.2");
+    expect((await applyAndConfirm(gw, beispiel("llama-2", base.licenseSha256, "DE"))).status).toBe("approved");
+    // The same organization, now saying it is in the US: the vision model stays out of its reach.
+    const vision = await applyAndConfirm(
+      gw,
+      beispiel("llama-3.2", license.licenseSha256, "US", ["llama-3.2-90b-vision-instruct"]),
+    );
+    expect(vision.status).toBe("rejected");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, vision.applicationId));
+    expect(app?.policyReasons.map((r) => r.code).sort()).toEqual([
+      "country_differs_from_record",
+      "model_region_excluded",
+    ]);
+    expect(await gw.db.select().from(grants).where(eq(grants.applicationId, vision.applicationId))).toEqual([]);
+  });
+
+  it("security: sends a text model asked for from another country than the one on record to a reviewer", async () => {
+    const gw = testGateway();
+    const base = await loadLicense(gw, "llama-2");
+    const license = await loadLicense(gw, "llama-3.2");
+    expect((await applyAndConfirm(gw, beispiel("llama-2", base.licenseSha256, "DE"))).status).toBe("approved");
+    const other = await applyAndConfirm(
+      gw,
+      beispiel("llama-3.2", license.licenseSha256, "US", ["llama-3.2-1b-instruct"]),
+    );
+    expect(other.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, other.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["country_differs_from_record"]);
   });
 
   it("a US applicant gets the vision models", async () => {

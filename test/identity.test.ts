@@ -1,22 +1,15 @@
 /**
- * Organizations are found through proof, never by name: a confirmed contact's verified domain or
- * membership. Anything that only resembles another organization's case is linked and reviewed.
+ * Organizations are found through proof, never by name: a confirmed contact's own organization.
+ * Anything that only resembles another organization's case, an address at its verified domain
+ * included, is linked and reviewed.
  */
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import {
-  applications,
-  caseLinks,
-  grants,
-  memberships,
-  organizationDomains,
-  organizations,
-  users,
-} from "../worker/db/schema";
+import { applications, caseLinks, grants, memberships, organizationDomains, users } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
 import { adminToken, TOKEN_NOW } from "./helpers/access";
-import { applyAndConfirm } from "./helpers/apply";
-import { seedLicense, testGateway } from "./helpers/gateway";
+import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
+import { json, seedLicense, testGateway } from "./helpers/gateway";
 
 let licenseSha256: string;
 
@@ -160,28 +153,102 @@ describe("security: organizations are never joined by name", () => {
     expect(renamed.status).toBe("pending_review");
   });
 
-  it("links a contact whose company domain is another organization's verified domain to that organization, not a new one", async () => {
+  it("security: never makes a colleague at a verified domain a member; links their case to the organization's for a reviewer", async () => {
     const gw = testGateway();
     const first = await applyAndConfirm(gw, application({ name: "Globex" }, "hank@globex.example"));
+    expect(first.status).toBe("approved");
+    const globex = await organizationOf(gw, first.applicationId);
     expect(await gw.db.select().from(organizationDomains)).toEqual([
-      expect.objectContaining({
-        domain: "globex.example",
-        organizationId: await organizationOf(gw, first.applicationId),
-      }),
+      expect.objectContaining({ domain: "globex.example", organizationId: globex }),
     ]);
-    // A colleague's application joins Globex (the case already stands, so it is shown).
-    const colleague = await applyAndConfirm(gw, application({ name: "Globex Corporation" }, "marge@globex.example"));
-    expect(colleague).toMatchObject({ applicationId: first.applicationId, duplicate: true });
-    const orgs = await gw.db.select().from(organizations);
-    expect(orgs).toHaveLength(1);
+    // The first to prove an address at a domain may be anyone there: a colleague's address proves
+    // their mailbox, not a place in Hank's organization, which they join only by an owner's invitation.
+    const colleague = await applyAndConfirm(gw, application({ name: "Globex Labs" }, "marge@globex.example"));
+    expect(colleague).toMatchObject({ status: "pending_review", duplicate: false });
+    expect(colleague.applicationId).not.toBe(first.applicationId);
+    expect(await organizationOf(gw, colleague.applicationId)).not.toBe(globex);
     const roles = await gw.db
-      .select({ email: users.email, role: memberships.role })
+      .select({ email: users.email, role: memberships.role, organizationId: memberships.organizationId })
       .from(memberships)
       .innerJoin(users, eq(users.id, memberships.userId));
-    expect(roles.sort((a, b) => a.email.localeCompare(b.email))).toEqual([
-      { email: "hank@globex.example", role: "owner" },
-      { email: "marge@globex.example", role: "developer" },
-    ]);
+    expect(roles.filter((r) => r.organizationId === globex).map((r) => r.email)).toEqual(["hank@globex.example"]);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, colleague.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["related_organization"]);
+    const links = await gw.db.select().from(caseLinks).where(eq(caseLinks.applicationId, colleague.applicationId));
+    expect(links.map((l) => [l.relatedApplicationId, l.reasons])).toEqual([[first.applicationId, ["email_domain"]]]);
+    // The first owner's status link still works.
+    const status = await gw.request(`/v1/applications/${first.applicationId}`, {
+      headers: { authorization: `Bearer ${first.capability}` },
+    });
+    expect(status.status).toBe(200);
+  });
+
+  it("security: a relay or alias service's domain is nobody's, so its users are strangers to each other", async () => {
+    const gw = testGateway();
+    for (const domain of ["duck.com", "mozmail.com", "privaterelay.appleid.com", "passmail.net", "bk.ru"]) {
+      const eve = await applyAndConfirm(gw, application({ name: `Eve ${domain}` }, `eve@${domain}`));
+      const victim = await applyAndConfirm(gw, application({ name: `Victim ${domain}` }, `victim@${domain}`));
+      expect(victim.status, domain).toBe("approved");
+      expect(await organizationOf(gw, victim.applicationId)).not.toBe(await organizationOf(gw, eve.applicationId));
+    }
+    expect(await gw.db.select().from(organizationDomains)).toEqual([]);
+  });
+
+  it("security: refuses a member who owns none of their organizations, who would otherwise file cases in its name", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application({ name: "Initech" }, "bill@initech.example"));
+    const initech = await organizationOf(gw, first.applicationId);
+    const [viewer] = await gw.db
+      .insert(users)
+      .values({ id: "usr_viewer", email: "milton@initech.example", name: "Milton", createdAt: "2026-01-01T00:00:00Z" })
+      .returning();
+    await gw.db.insert(memberships).values({
+      id: "mem_viewer",
+      organizationId: initech as string,
+      userId: viewer?.id as string,
+      role: "viewer",
+      createdAt: "2026-01-01T00:00:00Z",
+    });
+    const submitted = await gw.request(
+      "/v1/applications",
+      json(application({ name: "Initech" }, "milton@initech.example", { declaredMau: 1_000 })),
+    );
+    expect(submitted.status).toBe(201);
+    const res = await confirmRequest(gw, confirmationToken(gw, "milton@initech.example"));
+    expect(res.status).toBe(403);
+    expect(res.headers.get("content-type")).toContain("application/problem+json");
+    expect(((await res.json()) as { code: string }).code).toBe("forbidden");
+    expect(await gw.db.select().from(applications)).toHaveLength(1);
+    const status = await gw.request(`/v1/applications/${first.applicationId}`, {
+      headers: { authorization: `Bearer ${first.capability}` },
+    });
+    expect(status.status).toBe(200);
+  });
+
+  it("security: a case resembling one the licensor refused needs two approvers, as that one did", async () => {
+    const gw = testGateway();
+    const big = await applyAndConfirm(
+      gw,
+      application(
+        { name: "Acme Robotics GmbH", website: "https://acme-robotics.example" },
+        "cto@acme-robotics.example",
+        {
+          declaredMau: 900_000_000,
+        },
+      ),
+    );
+    expect(big.status).toBe("pending_review");
+    await gw.db.update(applications).set({ status: "rejected" }).where(eq(applications.id, big.applicationId));
+    const again = await applyAndConfirm(
+      gw,
+      application({ name: "Acme Robotics Holding", website: "https://acme-robotics.example" }, "ops@gmail.com", {
+        declaredMau: 600_000_000,
+      }),
+    );
+    expect(again.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["related_organization"]);
+    expect(app?.requiredApprovals).toBe(2);
   });
 
   it("never makes a free-mail domain an organization's, nor joins people through it", async () => {

@@ -3,7 +3,7 @@
  * named. Only now is the contact a known person, the organization resolved from proof, and the
  * license policy asked; the contact is signed in to the applicant's portal as well.
  */
-import { and, desc, eq, inArray, isNull } from "drizzle-orm";
+import { and, desc, eq, inArray } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { consumeEmailLink } from "../auth/email-links";
@@ -18,6 +18,7 @@ import {
   grants,
   licenseVersions,
   OPEN_STATUSES,
+  organizations,
   type PolicyReasonRow,
   statusLinks,
 } from "../db/schema";
@@ -36,7 +37,7 @@ import { type RelatedCase, relatedCases, resolveOrganization } from "./identity"
 import type { ApplicationInput } from "./schemas";
 import { type AcceptanceEvidence, familyOf, newStatusSecret, pendingDraft, statusUrls } from "./submit";
 
-/** A status link works this long; a newer one for the same case ends the ones before it. */
+/** A status link works this long. Each owner who applied for a case holds one of their own. */
 export const STATUS_LINK_TTL_DAYS = 30;
 
 /** What confirming produced: the case (new, or the organization's standing one) and a session. */
@@ -50,20 +51,14 @@ export interface Confirmation {
   session: { secret: string; expiresAt: string };
 }
 
-/** The status link inserts for a case: a new one, and the end of every earlier one. */
-export function rotateStatusLink(services: Pick<Services, "db">, applicationId: string, hash: string, at: Date) {
-  return [
-    services.db
-      .update(statusLinks)
-      .set({ revokedAt: at.toISOString() })
-      .where(and(eq(statusLinks.applicationId, applicationId), isNull(statusLinks.revokedAt))),
-    services.db.insert(statusLinks).values({
-      secretHash: hash,
-      applicationId,
-      createdAt: at.toISOString(),
-      expiresAt: addDays(at, STATUS_LINK_TTL_DAYS).toISOString(),
-    }),
-  ];
+/** A new status link for a case, beside the ones its other owners hold. */
+function addStatusLink(services: Pick<Services, "db">, applicationId: string, hash: string, at: Date) {
+  return services.db.insert(statusLinks).values({
+    secretHash: hash,
+    applicationId,
+    createdAt: at.toISOString(),
+    expiresAt: addDays(at, STATUS_LINK_TTL_DAYS).toISOString(),
+  });
 }
 
 /**
@@ -106,8 +101,8 @@ export async function confirmApplication(
 
     const standing = await standingCase(services, organization.organizationId, family.id);
     if (standing) {
-      // The organization's case for this family goes on; its new member gets its status link.
-      statements.push(...rotateStatusLink(services, standing.id, status.hash, now));
+      // The organization's case for this family goes on; this owner gets a status link of their own.
+      statements.push(addStatusLink(services, standing.id, status.hash, now));
       events.push({
         actor: `member:${user.email}`,
         action: "application.status_link_issued",
@@ -166,7 +161,7 @@ export async function confirmApplication(
         country: evidence.country,
         userAgent: evidence.userAgent,
       }),
-      ...rotateStatusLink(services, applicationId, status.hash, now),
+      addStatusLink(services, applicationId, status.hash, now),
       ...decided.related.map((r) =>
         services.db
           .insert(caseLinks)
@@ -260,11 +255,16 @@ async function decide(
   now: Date,
 ) {
   const history = await services.db
-    .select({ status: applications.status, reapplyAfter: applications.reapplyAfter })
+    .select({
+      status: applications.status,
+      reapplyAfter: applications.reapplyAfter,
+      requiredApprovals: applications.requiredApprovals,
+    })
     .from(applications)
     .where(and(eq(applications.organizationId, organizationId), eq(applications.family, family.id)))
     .orderBy(desc(applications.createdAt));
-  const lastRejection = history.find((a) => a.status === "rejected");
+  const rejections = history.filter((a) => a.status === "rejected");
+  const lastRejection = rejections[0];
   if (lastRejection?.reapplyAfter && lastRejection.reapplyAfter > now.toISOString()) {
     throw new AppError("reapply_cooldown", `You may apply again after ${lastRejection.reapplyAfter}.`, {
       extensions: { reapplyAfter: lastRejection.reapplyAfter },
@@ -279,12 +279,21 @@ async function decide(
     .limit(1);
   const related: RelatedCase[] = await relatedCases(services, organizationId, input, contactEmail);
   const screening = await screenNames(services, [input.organization.name, input.contact.name]);
+  const [record] = await services.db
+    .select({ country: organizations.country })
+    .from(organizations)
+    .where(eq(organizations.id, organizationId));
   const decision = evaluateApplication(
     {
       country: input.organization.country,
+      ...(record ? { recordedCountry: record.country } : {}),
       declaredMau: input.declaredMau,
       intendedUse: input.intendedUse,
+      models: input.models ?? family.models.map((m) => m.id),
       priorRevocation: revoked.length > 0,
+      ...(rejections.length > 0
+        ? { priorRejection: { overThreshold: rejections.some((r) => r.requiredApprovals > 1) } }
+        : {}),
       ...(related.length > 0 ? { relatedCases: { overThreshold: related.some((r) => r.overThreshold) } } : {}),
       deniedPartyMatch: screening.length > 0,
     },

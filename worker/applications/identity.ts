@@ -1,10 +1,9 @@
 /**
  * Which organization a confirmed application belongs to, and which other cases it resembles.
  * An organization is never found by its name: a name, a website and a declared country are claims.
- * A case joins an existing organization only through something proven — its contact's verified
- * address at one of the organization's verified domains, or a membership its contact accepted —
- * and anything that merely resembles another organization's case is linked for reviewers and
- * decided by one.
+ * A case joins an existing organization only through something proven — its contact owns it (a
+ * membership they accepted or founded) — and anything that merely resembles another organization's
+ * case, an address at its verified domain included, is linked for reviewers and decided by one.
  */
 import { and, eq, inArray, like, ne, or } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
@@ -15,19 +14,19 @@ import { emailDomain } from "../auth/users";
 import {
   applications,
   grants,
-  type MemberRole,
   memberships,
   OPEN_STATUSES,
   organizationDomains,
   organizations,
   type User,
 } from "../db/schema";
+import { AppError } from "../errors";
 import type { Services } from "../services";
 import type { ApplicationInput } from "./schemas";
 import { normalizeOrganizationName } from "./submit";
 
 /** How a confirmed application found its organization. */
-export type JoinedBy = "membership" | "verified_domain" | "new_organization";
+export type JoinedBy = "membership" | "new_organization";
 
 /** The organization of a confirmed application, and what must be written to make it so. */
 export interface ResolvedOrganization {
@@ -36,9 +35,6 @@ export interface ResolvedOrganization {
   statements: BatchItem<"sqlite">[];
   events: AuditEntry[];
 }
-
-/** Role of a verified contact who joins an existing organization through its domain. */
-const DOMAIN_JOIN_ROLE: MemberRole = "developer";
 
 /**
  * A website's host as resemblance compares it: lower-cased, without `www.` or a trailing dot (the
@@ -59,9 +55,12 @@ export function websiteHost(website: string | null | undefined): string | null {
 }
 
 /**
- * The organization of `user`'s application: the one they are already a member of, else the one
- * whose verified domains include their address's domain, else a new one they own, with their
- * domain as its first verified domain (free-mail domains never).
+ * The organization of `user`'s application: the one they own (their oldest), else a new one they
+ * own, with their domain as its first verified domain (free-mail domains never, and a domain
+ * another organization verified first stays that one's). An address at another organization's
+ * domain proves a mailbox, not a place in that organization: one joins by an owner's invitation,
+ * and such a case is linked to that organization's for reviewers (`relatedCases`). A member who
+ * owns none of their organizations is refused: the owners apply, or ask for more models, for it.
  */
 export async function resolveOrganization(
   services: Services,
@@ -71,43 +70,20 @@ export async function resolveOrganization(
 ): Promise<ResolvedOrganization> {
   const { db, ids } = services;
   const actor = `member:${user.email}`;
-  const [membership] = await membershipsOf(services, user.id);
-  if (membership) {
-    return { organizationId: membership.membership.organizationId, joinedBy: "membership", statements: [], events: [] };
+  const memberOf = await membershipsOf(services, user.id);
+  const owned = memberOf.find((m) => m.membership.role === "owner");
+  if (owned) {
+    return { organizationId: owned.membership.organizationId, joinedBy: "membership", statements: [], events: [] };
+  }
+  const [member] = memberOf;
+  if (member) {
+    throw new AppError(
+      "forbidden",
+      `You are a ${member.membership.role} of ${member.organizationName}: its owners apply for it, or ask for more models at /account.`,
+    );
   }
   const domain = emailDomain(user.email);
   const free = isFreeMailDomain(domain);
-  const [owner] = free
-    ? []
-    : await db
-        .select({ organizationId: organizationDomains.organizationId })
-        .from(organizationDomains)
-        .where(eq(organizationDomains.domain, domain));
-  if (owner) {
-    const memberId = ids.id("mem");
-    return {
-      organizationId: owner.organizationId,
-      joinedBy: "verified_domain",
-      statements: [
-        db.insert(memberships).values({
-          id: memberId,
-          organizationId: owner.organizationId,
-          userId: user.id,
-          role: DOMAIN_JOIN_ROLE,
-          createdAt: at,
-        }),
-      ],
-      events: [
-        {
-          actor,
-          action: "member.joined",
-          subjectType: "organization",
-          subjectId: owner.organizationId,
-          data: { userId: user.id, role: DOMAIN_JOIN_ROLE, by: "verified_domain", domain },
-        },
-      ],
-    };
-  }
   const organizationId = ids.id("org");
   const statements: BatchItem<"sqlite">[] = [
     db.insert(organizations).values({
@@ -151,14 +127,15 @@ export interface RelatedCase {
   organizationId: string;
   /** What resembles: `name`, `website`, `email_domain`. */
   reasons: string[];
-  /** The related case is open and over the license's threshold: the licensor's to decide. */
+  /** The related case was the licensor's to decide (over the threshold), whatever its state now. */
   overThreshold: boolean;
 }
 
 /**
  * Cases of other organizations that resemble this application — the same normalized name, the
  * same website host, or the contact's (non-free-mail) e-mail domain as their website or verified
- * domain — and are open, rejected, or hold a suspended or revoked grant.
+ * domain — and are open, rejected, or hold a suspended or revoked grant; at the organization whose
+ * verified domain is the contact's, every case.
  */
 export async function relatedCases(
   services: Pick<Services, "db">,
@@ -189,7 +166,10 @@ export async function relatedCases(
       .select({ id: organizationDomains.organizationId, domain: organizationDomains.domain })
       .from(organizationDomains)
       .where(inArray(organizationDomains.domain, domains));
-    for (const org of byDomain) note(org.id, org.domain === host ? "website" : "email_domain");
+    for (const org of byDomain) {
+      if (org.domain === host) note(org.id, "website");
+      if (org.domain === mailDomain) note(org.id, "email_domain");
+    }
     // Websites are stored as typed; a LIKE narrows the candidates, the parsed host decides.
     const bySite = await db
       .select({ id: organizations.id, website: organizations.website })
@@ -220,12 +200,16 @@ export async function relatedCases(
         OPEN_STATUSES.includes(c.status) ||
         c.status === "rejected" ||
         c.grantStatus === "suspended" ||
-        c.grantStatus === "revoked",
+        c.grantStatus === "revoked" ||
+        // An address at a domain another organization verified: likely a colleague of its members,
+        // whose organization's cases count whatever their state.
+        reasonsByOrganization.get(c.organizationId)?.has("email_domain"),
     )
     .map((c) => ({
       applicationId: c.applicationId,
       organizationId: c.organizationId,
       reasons: [...(reasonsByOrganization.get(c.organizationId) ?? [])].sort(),
-      overThreshold: OPEN_STATUSES.includes(c.status) && c.requiredApprovals > 1,
+      // The licensor's case stays the licensor's, open or already refused, suspended or revoked.
+      overThreshold: c.requiredApprovals > 1,
     }));
 }

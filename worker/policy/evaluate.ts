@@ -19,6 +19,18 @@ export interface ApplicationFacts {
   /** Whether an earlier grant of this family to the organization was revoked. */
   priorRevocation?: boolean;
   /**
+   * An earlier case of this family of the organization's that was rejected, and whether it was the
+   * licensor's to decide (over the threshold). A figure declared again for the same past month
+   * after a rejection is a second claim about one fact: a reviewer compares the two.
+   */
+  priorRejection?: { overThreshold: boolean };
+  /**
+   * The country the organization is on record with, when it differs from the one declared now (an
+   * existing organization's further case). Its principal place of business is a fact of record:
+   * the rules of both countries apply, and the difference goes to a reviewer.
+   */
+  recordedCountry?: string;
+  /**
    * Cases of other organizations this one resembles (name, website, e-mail domain) that are open,
    * rejected, suspended or revoked. A resemblance is not proof of identity, so it decides nothing
    * by itself: it sends the case to a reviewer, who sees both side by side.
@@ -41,6 +53,8 @@ export type PolicyReasonCode =
   | "embargoed_country"
   | "aup_category_named"
   | "prior_revocation"
+  | "prior_rejection"
+  | "country_differs_from_record"
   | "related_organization"
   | "denied_party_match"
   | "model_region_excluded";
@@ -144,22 +158,42 @@ function namesPhrase(text: string, phrase: string): boolean {
 export function evaluateApplication(facts: ApplicationFacts, family: LicenseFamily): PolicyDecision {
   const reasons: PolicyReason[] = [];
   const country = facts.country.toUpperCase();
+  const recorded = facts.recordedCountry?.toUpperCase();
+  const countries = recorded && recorded !== country ? [country, recorded] : [country];
 
-  if (family.embargoedCountries.includes(country)) {
+  for (const where of countries) {
+    if (family.embargoedCountries.includes(where)) {
+      reasons.push({
+        code: "embargoed_country",
+        outcome: "reject",
+        detail: `Access cannot be granted to organizations in ${where} under applicable trade law.`,
+      });
+    } else if (family.exportReviewCountries.includes(where)) {
+      reasons.push({
+        code: "export_review_country",
+        outcome: "review",
+        detail: `Applications from ${where} are reviewed for trade and export compliance.`,
+      });
+    }
+  }
+  if (countries.length > 1) {
     reasons.push({
-      code: "embargoed_country",
-      outcome: "reject",
-      detail: `Access cannot be granted to organizations in ${country} under applicable trade law.`,
-    });
-  } else if (family.exportReviewCountries.includes(country)) {
-    reasons.push({
-      code: "export_review_country",
+      code: "country_differs_from_record",
       outcome: "review",
-      detail: `Applications from ${country} are reviewed for trade and export compliance.`,
+      detail: `The organization is on record in ${recorded}, not ${country}; a reviewer looks at its principal place of business.`,
     });
   }
 
-  if (facts.models) reasons.push(...modelRegionRefusals(family, country, facts.models));
+  if (facts.models) {
+    const refused = new Set<string>();
+    for (const where of countries) {
+      for (const reason of modelRegionRefusals(family, where, facts.models)) {
+        if (refused.has(reason.model ?? "")) continue;
+        refused.add(reason.model ?? "");
+        reasons.push(reason);
+      }
+    }
+  }
 
   let overThreshold = false;
   if (facts.declaredMau === undefined || !Number.isSafeInteger(facts.declaredMau) || facts.declaredMau < 0) {
@@ -182,6 +216,17 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
       code: "prior_revocation",
       outcome: "review",
       detail: "An earlier grant of this model family to the organization was revoked.",
+    });
+  }
+
+  if (facts.priorRejection) {
+    // The licensor's refusal is not undone by a smaller figure for the same month: two approvers again.
+    if (facts.priorRejection.overThreshold) overThreshold = true;
+    reasons.push({
+      code: "prior_rejection",
+      outcome: "review",
+      detail:
+        "An earlier application of the organization for this model family was rejected; a reviewer compares them.",
     });
   }
 
