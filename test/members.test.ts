@@ -7,6 +7,7 @@
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { accessTokens, auditEvents, invitations, memberships, organizations } from "../worker/db/schema";
+import { heldWrites } from "./helpers/bindings";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { type SignedInMember, signedInMember } from "./helpers/members";
 
@@ -168,6 +169,34 @@ describe("members", () => {
     expect(statuses[1]).not.toBe(200);
     const owners = await gw.db.select().from(memberships).where(eq(memberships.role, "owner"));
     expect(owners).toHaveLength(1);
+  });
+
+  it("security: refuses what a member asked for before their removal, when it would land after it", async () => {
+    const gw = testGateway();
+    const { owner, developer, viewer } = await team(gw);
+    const second = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      email: "second@acme.example",
+      role: "owner",
+    });
+    // The second owner's three writes have passed the door and planned on their membership...
+    const held = heldWrites(3);
+    const acting = testGateway(gw.clock.now(), { DB: held.db });
+    const writes = [
+      call(acting, second, "PATCH", `/v1/organization/members/${developer.membership.id}`, { role: "owner" }),
+      call(acting, second, "PATCH", `/v1/organization/members/${viewer.membership.id}`, { role: "admin" }),
+      call(acting, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "admin" }),
+    ];
+    await held.poised;
+    // ...when the first owner removes them.
+    const removed = await call(gw, owner, "DELETE", `/v1/organization/members/${second.membership.id}`);
+    expect(removed.status).toBe(200);
+    held.release();
+    for (const res of await Promise.all(writes)) await expectProblem(res, 403, "forbidden");
+    const roles = await gw.db.select().from(memberships).where(eq(memberships.organizationId, owner.organizationId));
+    expect(roles.find((m) => m.id === developer.membership.id)?.role).toBe("developer");
+    expect(roles.find((m) => m.id === viewer.membership.id)?.role).toBe("viewer");
+    expect(await gw.db.select().from(invitations)).toEqual([]);
   });
 
   it("removes a member and revokes their tokens of this organization in the same write, no one else's", async () => {
@@ -519,7 +548,7 @@ describe("invitations", () => {
     expect(await page.text()).toContain("This invitation cannot be used");
   });
 
-  it("is for admins and owners: a developer or viewer cannot invite, an admin cannot invite an owner", async () => {
+  it("is for admins and owners: a developer or viewer cannot invite, only an owner invites an admin or owner", async () => {
     const gw = testGateway();
     const { owner, admin, developer, viewer } = await team(gw);
     for (const weak of [developer, viewer]) {
@@ -530,25 +559,205 @@ describe("invitations", () => {
       );
       await expectProblem(await call(gw, weak, "GET", "/v1/organization/invitations"), 403, "forbidden");
     }
-    await expectProblem(
-      await call(gw, admin, "POST", "/v1/organization/invitations", { email: "x@acme.example", role: "owner" }),
-      403,
-      "forbidden",
-    );
-    expect(
-      (await call(gw, admin, "POST", "/v1/organization/invitations", { email: "x@acme.example", role: "admin" }))
-        .status,
-    ).toBe(201);
-    expect(
-      (await call(gw, owner, "POST", "/v1/organization/invitations", { email: "y@acme.example", role: "owner" }))
-        .status,
-    ).toBe(201);
+    for (const role of ["owner", "admin"]) {
+      await expectProblem(
+        await call(gw, admin, "POST", "/v1/organization/invitations", { email: "x@acme.example", role }),
+        403,
+        "forbidden",
+      );
+    }
+    for (const [email, role] of [
+      ["x@acme.example", "developer"],
+      ["v@acme.example", "viewer"],
+    ]) {
+      expect((await call(gw, admin, "POST", "/v1/organization/invitations", { email, role })).status).toBe(201);
+    }
+    for (const [email, role] of [
+      ["y@acme.example", "owner"],
+      ["z@acme.example", "admin"],
+    ]) {
+      expect((await call(gw, owner, "POST", "/v1/organization/invitations", { email, role })).status).toBe(201);
+    }
     await expectProblem(
       await call(gw, owner, "POST", "/v1/organization/invitations", { email: "DEV@acme.example", role: "viewer" }),
       409,
       "conflict",
     );
-    expect(gw.mailer.sent.map((m) => m.to)).toEqual(["x@acme.example", "y@acme.example"]);
+    expect(gw.mailer.sent.map((m) => m.to)).toEqual([
+      "x@acme.example",
+      "v@acme.example",
+      "y@acme.example",
+      "z@acme.example",
+    ]);
+    const stored = await gw.db.select().from(invitations);
+    expect(stored.map((i) => [i.email, i.role]).sort()).toEqual([
+      ["v@acme.example", "viewer"],
+      ["x@acme.example", "developer"],
+      ["y@acme.example", "owner"],
+      ["z@acme.example", "admin"],
+    ]);
+  });
+
+  it("ends an inviter's invitations their lowered role cannot give, in the same write, and keeps the rest", async () => {
+    const gw = testGateway();
+    const { owner } = await team(gw);
+    const second = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      email: "second@acme.example",
+      role: "owner",
+    });
+    const sent: Record<string, string> = {};
+    for (const [email, role] of [
+      ["x@other.example", "owner"],
+      ["a@other.example", "admin"],
+      ["d@other.example", "developer"],
+    ] as const) {
+      const res = await call(gw, second, "POST", "/v1/organization/invitations", { email, role });
+      sent[email] = ((await res.json()) as { id: string }).id;
+    }
+    const demoted = await call(gw, owner, "PATCH", `/v1/organization/members/${second.membership.id}`, {
+      role: "admin",
+    });
+    expect(demoted.status).toBe(200);
+
+    const listed = (await (await call(gw, owner, "GET", "/v1/organization/invitations")).json()) as {
+      invitations: { email: string }[];
+    };
+    expect(listed.invitations.map((i) => i.email)).toEqual(["d@other.example"]);
+    const revoked = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "invitation.revoked"));
+    expect(revoked.map((e) => [e.actor, e.data])).toEqual([
+      ["user:owner@acme.example", expect.objectContaining({ invitationId: sent["x@other.example"], role: "owner" })],
+      ["user:owner@acme.example", expect.objectContaining({ invitationId: sent["a@other.example"], role: "admin" })],
+    ]);
+
+    // The demoted inviter's owner invitation makes nobody an owner; the one they may still give works.
+    await expectProblem(await accept(gw, invitationToken(gw, "x@other.example")), 401, "unauthorized");
+    await expectProblem(await accept(gw, invitationToken(gw, "a@other.example")), 401, "unauthorized");
+    expect((await accept(gw, invitationToken(gw, "d@other.example"))).status).toBe(303);
+    const roles = (await gw.db.select().from(memberships)).map((m) => m.role).sort();
+    expect(roles).toEqual(["admin", "admin", "developer", "developer", "owner", "viewer"]);
+  });
+
+  it("ends a removed or departed member's invitations in the same write", async () => {
+    const gw = testGateway();
+    const { owner, admin } = await team(gw);
+    const other = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      email: "other-admin@acme.example",
+      role: "admin",
+    });
+    await call(gw, admin, "POST", "/v1/organization/invitations", { email: "y@other.example", role: "developer" });
+    await call(gw, other, "POST", "/v1/organization/invitations", { email: "w@other.example", role: "viewer" });
+    await call(gw, owner, "POST", "/v1/organization/invitations", { email: "o@other.example", role: "viewer" });
+
+    expect((await call(gw, owner, "DELETE", `/v1/organization/members/${admin.membership.id}`)).status).toBe(200);
+    expect((await call(gw, other, "DELETE", `/v1/organization/members/${other.membership.id}`)).status).toBe(200);
+
+    const listed = (await (await call(gw, owner, "GET", "/v1/organization/invitations")).json()) as {
+      invitations: { email: string }[];
+    };
+    expect(listed.invitations.map((i) => i.email)).toEqual(["o@other.example"]);
+    const stored = Object.fromEntries((await gw.db.select().from(invitations)).map((i) => [i.email, i.revokedAt]));
+    expect(stored).toEqual({
+      "y@other.example": gw.clock.now().toISOString(),
+      "w@other.example": gw.clock.now().toISOString(),
+      "o@other.example": null,
+    });
+    const revoked = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "invitation.revoked"));
+    expect(revoked.map((e) => [e.actor, (e.data as { email: string }).email])).toEqual([
+      ["user:owner@acme.example", "y@other.example"],
+      ["user:other-admin@acme.example", "w@other.example"],
+    ]);
+    for (const email of ["y@other.example", "w@other.example"]) {
+      await expectProblem(await accept(gw, invitationToken(gw, email)), 401, "unauthorized");
+    }
+    expect((await accept(gw, invitationToken(gw, "o@other.example"))).status).toBe(303);
+  });
+
+  it("refuses at acceptance an invitation its inviter may no longer give, without using the link", async () => {
+    const gw = testGateway();
+    const { owner, admin } = await team(gw);
+    const second = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      email: "second@acme.example",
+      role: "owner",
+    });
+    await call(gw, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "owner" });
+    await call(gw, admin, "POST", "/v1/organization/invitations", { email: "y@other.example", role: "developer" });
+    // Changed by a write that left the invitations alone, as one made before this rule did.
+    await gw.db.update(memberships).set({ role: "viewer" }).where(eq(memberships.id, second.membership.id));
+    await gw.db
+      .update(memberships)
+      .set({ removedAt: gw.clock.now().toISOString() })
+      .where(eq(memberships.id, admin.membership.id));
+
+    for (const email of ["x@other.example", "y@other.example"]) {
+      await expectProblem(await accept(gw, invitationToken(gw, email)), 409, "invalid_state");
+      const refusal = await accept(gw, invitationToken(gw, email), { accept: "text/html" });
+      expect(refusal.status).toBe(409);
+      expect(await refusal.text()).toContain("This invitation cannot be used");
+      const page = await gw.request(`/invitations/accept?token=${invitationToken(gw, email)}`, {
+        headers: { accept: "text/html", "cf-connecting-ip": freshIp() },
+      });
+      expect(page.status).toBe(409);
+      expect(await page.text()).not.toContain("<form");
+    }
+    const joined = await gw.db.select().from(memberships);
+    expect(joined.map((m) => m.role).sort()).toEqual(["admin", "developer", "owner", "viewer", "viewer"]);
+    expect((await gw.db.select().from(invitations)).map((i) => i.acceptedAt)).toEqual([null, null]);
+    expect(await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "invitation.accepted"))).toEqual([]);
+
+    // Not used up: once its inviter may give it again, the same link works.
+    await gw.db.update(memberships).set({ role: "owner" }).where(eq(memberships.id, second.membership.id));
+    expect((await accept(gw, invitationToken(gw, "x@other.example"))).status).toBe(303);
+    const [joinedOwner] = await gw.db
+      .select({ role: memberships.role })
+      .from(memberships)
+      .innerJoin(invitations, eq(invitations.acceptedByUserId, memberships.userId))
+      .where(eq(invitations.email, "x@other.example"));
+    expect(joinedOwner?.role).toBe("owner");
+  });
+
+  it("lets one of two requests racing with the same link in, and only one", async () => {
+    const gw = testGateway();
+    const { owner } = await team(gw);
+    await call(gw, owner, "POST", "/v1/organization/invitations", { email: "new@acme.example", role: "viewer" });
+    const token = invitationToken(gw, "new@acme.example");
+    const statuses = (await Promise.all([accept(gw, token), accept(gw, token), accept(gw, token)]))
+      .map((r) => r.status)
+      .sort();
+    expect(statuses).toEqual([303, 401, 401]);
+    expect((await gw.db.select().from(memberships)).length).toBe(5);
+    expect(await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "invitation.accepted"))).toHaveLength(1);
+  });
+
+  it("settles an acceptance racing the inviter's demotion one way: joined as invited, or ended and refused", async () => {
+    const gw = testGateway();
+    const { owner } = await team(gw);
+    const second = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      email: "second@acme.example",
+      role: "owner",
+    });
+    await call(gw, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "owner" });
+    const [accepted, demoted] = await Promise.all([
+      accept(gw, invitationToken(gw, "x@other.example")),
+      call(gw, owner, "PATCH", `/v1/organization/members/${second.membership.id}`, { role: "viewer" }),
+    ]);
+    expect(demoted.status).toBe(200);
+    const [invitation] = await gw.db.select().from(invitations);
+    const joined = await gw.db.select().from(memberships).where(eq(memberships.role, "owner"));
+    const revoked = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "invitation.revoked"));
+    if (accepted.status === 303) {
+      expect(invitation).toMatchObject({ revokedAt: null, acceptedAt: expect.any(String) });
+      expect(joined).toHaveLength(2);
+      expect(revoked).toEqual([]);
+    } else {
+      expect(accepted.status).toBe(401);
+      expect(invitation).toMatchObject({ revokedAt: expect.any(String), acceptedAt: null });
+      expect(joined).toHaveLength(1);
+      expect(revoked).toHaveLength(1);
+    }
   });
 
   it("refuses a cross-site accept, leaving the invitation usable", async () => {

@@ -3,6 +3,8 @@ import { beforeEach, describe, expect, it } from "vitest";
 import { accessTokens, auditEvents, grants, memberships } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { sha256Hex } from "../worker/platform/hash";
+import { checkAccessToken } from "../worker/tokens/service";
+import { heldWrites } from "./helpers/bindings";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 import { signedInMember } from "./helpers/members";
 import { approvedToken, seedRevision } from "./helpers/weights";
@@ -309,6 +311,75 @@ describe("security: a token lives only as long as its member", () => {
     const inference = await gw.request("/v1/models", { headers: { authorization: `Bearer ${token}` } });
     expect(inference.status).toBe(401);
     expect(await inference.json()).toMatchObject({ error: { code: "invalid_api_key" } });
+  });
+
+  it("refuses a mint whose write lands after its member's removal, though it was admitted before", async () => {
+    const gw = testGateway();
+    const { member: owner } = await approvedToken(gw, licenseSha256);
+    const email = "held@acme.example";
+    for (let round = 0; round < 3; round++) {
+      const developer = await signedInMember(gw, { organizationId: owner.organizationId, email, role: "developer" });
+      const held = heldWrites(15);
+      const minting = testGateway({ bindings: { DB: held.db } });
+      const mints = Array.from({ length: 15 }, (_, i) =>
+        mint(minting, { ...developer.headers, "cf-connecting-ip": `10.91.${round}.${i + 1}` }),
+      );
+      // Every mint has passed the door and planned its write on a live membership; the removal lands now.
+      await held.poised;
+      const removed = await gw.request(`/v1/organization/members/${developer.membership.id}`, {
+        method: "DELETE",
+        headers: owner.headers,
+      });
+      expect(removed.status).toBe(200);
+      held.release();
+      for (const answer of await Promise.all(mints)) {
+        expect(answer.status).toBe(403);
+        expect(await answer.json()).toMatchObject({ code: "forbidden" });
+      }
+    }
+    const rejoined = await signedInMember(gw, { organizationId: owner.organizationId, email, role: "developer" });
+    expect(await gw.db.select().from(accessTokens).where(eq(accessTokens.userId, rejoined.user.id))).toEqual([]);
+  });
+
+  it("leaves no token working after mints race their member's removal, even once the member rejoins", async () => {
+    const gw = testGateway();
+    const { member: owner } = await approvedToken(gw, licenseSha256);
+    const email = "racer@acme.example";
+    const minted: { id: string; token: string }[] = [];
+    for (let round = 0; round < 4; round++) {
+      const developer = await signedInMember(gw, { organizationId: owner.organizationId, email, role: "developer" });
+      // Each mint from its own address, so the per-network brake lets all of them through.
+      const mints = Array.from({ length: 15 }, (_, i) =>
+        mint(gw, { ...developer.headers, "cf-connecting-ip": `10.92.${round}.${i + 1}` }),
+      );
+      const removal = gw.request(`/v1/organization/members/${developer.membership.id}`, {
+        method: "DELETE",
+        headers: owner.headers,
+      });
+      const [removed, ...answers] = await Promise.all([removal, ...mints]);
+      expect(removed.status).toBe(200);
+      for (const answer of answers) {
+        if (answer.status === 201) {
+          minted.push((await answer.json()) as { id: string; token: string });
+        } else {
+          expect(answer.status).toBe(403);
+          expect(await answer.json()).toMatchObject({ code: "forbidden" });
+        }
+      }
+    }
+
+    const rejoined = await signedInMember(gw, { organizationId: owner.organizationId, email, role: "developer" });
+    const stored = await gw.db.select().from(accessTokens).where(eq(accessTokens.userId, rejoined.user.id));
+    expect(stored.map((t) => t.id).sort()).toEqual(minted.map((t) => t.id).sort());
+    expect(stored.filter((t) => t.revokedAt === null).map((t) => t.id)).toEqual([]);
+    for (const { token } of minted) {
+      expect(await checkAccessToken(gw.services(), token, "download")).toEqual({ ok: false, refusal: "revoked" });
+      expect((await manifest(gw, token)).status).toBe(401);
+    }
+    // Back in the organization, the member mints tokens that work, as any member's do.
+    const fresh = await mint(gw, { ...rejoined.headers, "cf-connecting-ip": "10.92.9.1" });
+    expect(fresh.status).toBe(201);
+    expect((await manifest(gw, ((await fresh.json()) as { token: string }).token)).status).toBe(200);
   });
 
   it("stops when its member becomes a viewer; a token from before members lives on until it expires", async () => {

@@ -87,6 +87,35 @@ export async function memberOf(c: Context<HonoEnv>, role: MemberRole = "viewer")
   return member;
 }
 
+/**
+ * `member` as their membership stands now, refused as `memberOf` refuses when it ended or its role
+ * fell below `role`. A write on a member's behalf reads this inside its audited plan: a removal or
+ * a new role written meanwhile is audited too, so the write is planned again and sees it, and
+ * nothing is done in the name of a member who no longer may.
+ */
+export async function memberNow(
+  services: Pick<Services, "db">,
+  member: MemberPrincipal,
+  role: MemberRole = "viewer",
+): Promise<MemberPrincipal> {
+  const [membership] = await services.db
+    .select()
+    .from(memberships)
+    .where(and(eq(memberships.id, member.membership.id), isNull(memberships.removedAt)));
+  if (!membership) {
+    const remaining = await membershipsOf(services, member.user.id);
+    throw new AppError("forbidden", "You are not a member of that organization.", {
+      extensions: {
+        organizations: remaining.map((m) => ({ id: m.membership.organizationId, name: m.organizationName })),
+      },
+    });
+  }
+  if (!roleAtLeast(membership.role, role)) {
+    throw new AppError("forbidden", `This needs the ${role} role in the organization.`);
+  }
+  return { ...member, membership };
+}
+
 /** Admits signed-in members holding `role` or above; refuses cross-site writes first. */
 export function requireMember(role: MemberRole = "viewer"): MiddlewareHandler<HonoEnv> {
   return async (c, next) => {

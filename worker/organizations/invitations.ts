@@ -2,11 +2,14 @@
  * Invitations: a single-use link (7 days) mailed to an address, whose use makes that address's
  * person a member with the invited role. The link is mailed only to the invited address, so using
  * it proves the address, and nobody else can accept it: a person signed in as another address is
- * refused before the link is used. D1 keeps the secret's sha256 alone.
+ * refused before the link is used. D1 keeps the secret's sha256 alone. An invitation gives no
+ * more than its inviter still may (`roles.ts`): the ones they may no longer give end when they
+ * leave or their role is lowered, and acceptance checks the inviter again.
  */
-import { and, desc, eq, gt, isNull } from "drizzle-orm";
-import { writeAudited } from "../audit/log";
-import type { MemberPrincipal } from "../auth/members";
+import { and, desc, eq, gt, inArray, isNull } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
+import { type AuditEntry, writeAudited } from "../audit/log";
+import { type MemberPrincipal, memberNow } from "../auth/members";
 import { newSession } from "../auth/sessions";
 import { userActor } from "../auth/sign-in";
 import { normalizeEmail, provenUser } from "../auth/users";
@@ -26,6 +29,7 @@ import { enqueueMailWithinLimits } from "../mail/outbox";
 import { mailSafeName } from "../mail/templates";
 import { sha256Hex } from "../platform/hash";
 import type { Services } from "../services";
+import { assertMayManage, mayGive } from "./roles";
 
 /** How long an invitation link lives. */
 export const INVITATION_TTL_MS = 7 * 86_400_000;
@@ -89,8 +93,9 @@ export async function listInvitations(
 }
 
 /**
- * Invites `email` with `role` and mails the link. Only an owner invites an owner; a live member
- * cannot be invited again (409). A new invitation to the same address replaces a pending one.
+ * Invites `email` with `role` and mails the link. Only an owner invites an owner or an admin (403,
+ * as for a role change); a live member cannot be invited again (409). A new invitation to the
+ * same address replaces a pending one.
  */
 export async function inviteMember(
   services: Deps & Pick<Services, "config">,
@@ -98,10 +103,9 @@ export async function inviteMember(
   input: { email: string; role: MemberRole },
 ): Promise<InvitationView> {
   const email = normalizeEmail(input.email);
-  if (input.role === "owner" && actor.membership.role !== "owner") {
-    throw new AppError("forbidden", "Only an owner may invite an owner.");
-  }
+  assertMayManage(actor, input.role);
   return writeAudited(services, async () => {
+    assertMayManage(await memberNow(services, actor, "admin"), input.role);
     const now = services.clock.now();
     const at = now.toISOString();
     const [[organization], [member]] = await Promise.all([
@@ -176,7 +180,8 @@ export async function revokeInvitation(
       .from(invitations)
       .where(and(eq(invitations.id, invitationId), eq(invitations.organizationId, actor.organizationId), pending(at)));
     if (!row) throw new AppError("not_found", "No pending invitation with that id in this organization.");
-    if (row.role === "owner" && actor.membership.role !== "owner") {
+    const me = await memberNow(services, actor, "admin");
+    if (row.role === "owner" && me.membership.role !== "owner") {
       throw new AppError("forbidden", "Only an owner may revoke an invitation to an owner.");
     }
     return {
@@ -200,6 +205,60 @@ export async function revokeInvitation(
   });
 }
 
+/**
+ * The pending invitations `inviter` sent that a member with `role` may not give (all of them when
+ * `role` is null: the inviter is leaving), as statements that revoke them and one
+ * `invitation.revoked` event each, for the audited write that changes the inviter's membership.
+ */
+export async function withdrawnInvitations(
+  services: Pick<Services, "db">,
+  actor: MemberPrincipal,
+  inviter: { userId: string; role: MemberRole | null },
+  at: string,
+): Promise<{ statements: BatchItem<"sqlite">[]; events: AuditEntry[] }> {
+  const sent = await services.db
+    .select({ id: invitations.id, email: invitations.email, role: invitations.role })
+    .from(invitations)
+    .where(
+      and(
+        eq(invitations.organizationId, actor.organizationId),
+        eq(invitations.invitedByUserId, inviter.userId),
+        pending(at),
+      ),
+    );
+  const { role } = inviter;
+  const ended = sent.filter((invitation) => role === null || !mayGive(role, invitation.role));
+  if (ended.length === 0) return { statements: [], events: [] };
+  return {
+    statements: [
+      services.db
+        .update(invitations)
+        .set({ revokedAt: at })
+        .where(
+          and(
+            inArray(
+              invitations.id,
+              ended.map((invitation) => invitation.id),
+            ),
+            pending(at),
+          ),
+        ),
+    ],
+    events: ended.map((invitation) => ({
+      actor: userActor(actor.user),
+      action: "invitation.revoked",
+      subjectType: "organization",
+      subjectId: actor.organizationId,
+      data: {
+        invitationId: invitation.id,
+        email: invitation.email,
+        role: invitation.role,
+        reason: role === null ? "inviter_removed" : "inviter_role_lowered",
+      },
+    })),
+  };
+}
+
 const refused = () => new AppError("unauthorized", "This invitation is not valid any more. Ask for a new one.");
 
 /** A pending invitation by its secret, with its organization's name; 401 for any other. */
@@ -214,6 +273,29 @@ export async function pendingInvitation(services: Pick<Services, "db" | "clock">
   return row;
 }
 
+/**
+ * Refuses (409) an invitation whose inviter is no longer a member of its organization or whose
+ * role there may not give the invited one.
+ */
+export async function assertInviterMayGive(services: Pick<Services, "db">, invitation: Invitation): Promise<void> {
+  const [inviter] = await services.db
+    .select({ role: memberships.role })
+    .from(memberships)
+    .where(
+      and(
+        eq(memberships.organizationId, invitation.organizationId),
+        eq(memberships.userId, invitation.invitedByUserId),
+        isNull(memberships.removedAt),
+      ),
+    );
+  if (!inviter || !mayGive(inviter.role, invitation.role)) {
+    throw new AppError(
+      "invalid_state",
+      "Whoever sent this invitation may no longer give this role. Ask the organization for a new invitation.",
+    );
+  }
+}
+
 /** What accepting made: the member, and a session to set unless the person was signed in. */
 export interface Acceptance {
   user: User;
@@ -223,10 +305,14 @@ export interface Acceptance {
 
 /**
  * Accepts an invitation once. `signedIn` is the person the request is already signed in as: one
- * with another address is refused (403) before the link is used. The link is used by a
- * conditional update, so a replay or a racing second request finds it used (401); then the
- * person is proven, becomes a member (unless they already are) and, when not signed in yet,
- * gets a session.
+ * with another address is refused (403). So is an invitation its inviter may no longer give
+ * (409), and the link stays unused. Otherwise, in one audited write, the link is used, the person
+ * is proven, becomes a member (unless they already are) and, when not signed in yet, gets a
+ * session.
+ * The checks are reads inside that write: a concurrent audited write (a second use of the link,
+ * the inviter's removal or new role) fails its batch on the audit chain and the checks are read
+ * again, so a replay finds the link used (401), and an invitation is either accepted before its
+ * inviter's demotion or refused after it, never accepted with a role its inviter had lost.
  */
 export async function acceptInvitation(
   services: Deps,
@@ -234,21 +320,16 @@ export async function acceptInvitation(
   signedIn: User | null,
   request: { ip: string | null; userAgent: string | null },
 ): Promise<Acceptance> {
-  const { invitation } = await pendingInvitation(services, secret);
-  if (signedIn && signedIn.email !== invitation.email) {
-    throw new AppError(
-      "forbidden",
-      "This invitation is for another address; sign out first, then open the invitation again.",
-    );
-  }
-  const now = services.clock.now().toISOString();
-  const [used] = await services.db
-    .update(invitations)
-    .set({ acceptedAt: now })
-    .where(and(eq(invitations.id, invitation.id), pending(now)))
-    .returning({ id: invitations.id });
-  if (!used) throw refused();
   return writeAudited(services, async () => {
+    const { invitation } = await pendingInvitation(services, secret);
+    if (signedIn && signedIn.email !== invitation.email) {
+      throw new AppError(
+        "forbidden",
+        "This invitation is for another address; sign out first, then open the invitation again.",
+      );
+    }
+    await assertInviterMayGive(services, invitation);
+    const now = services.clock.now().toISOString();
     const proven = await provenUser(services, invitation.email);
     const [already] = await services.db
       .select({ id: memberships.id })
@@ -267,8 +348,8 @@ export async function acceptInvitation(
         ...proven.statements,
         services.db
           .update(invitations)
-          .set({ acceptedByUserId: proven.user.id })
-          .where(eq(invitations.id, invitation.id)),
+          .set({ acceptedAt: now, acceptedByUserId: proven.user.id })
+          .where(and(eq(invitations.id, invitation.id), pending(now))),
         ...(already
           ? []
           : [

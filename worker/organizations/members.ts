@@ -1,17 +1,21 @@
 /**
  * An organization's members: who they are, changing a member's role and removing a member. The
  * rules: admins manage developers and viewers, only an owner makes or removes an owner or an
- * admin, anyone may leave, and an organization always keeps an owner. Each change is read and
- * written inside one audited write, whose retry on a concurrent audited write makes "the last
- * owner" a fact at the moment of writing, not a guess from before it.
+ * admin, anyone may leave, and an organization always keeps an owner. A member's pending
+ * invitations end with their right to give them: when they leave, are removed or get a role that
+ * may not give the invited one. Each change is read and written inside one audited write, whose
+ * retry on a concurrent audited write makes "the last owner" a fact at the moment of writing, not
+ * a guess from before it.
  */
 import { and, count, eq, inArray, isNull } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
-import { type MemberPrincipal, roleAtLeast } from "../auth/members";
+import { type MemberPrincipal, memberNow, roleAtLeast } from "../auth/members";
 import { userActor } from "../auth/sign-in";
 import { accessTokens, grants, type MemberRole, memberships, users } from "../db/schema";
 import { AppError } from "../errors";
 import type { Services } from "../services";
+import { withdrawnInvitations } from "./invitations";
+import { assertMayManage } from "./roles";
 
 type Deps = Pick<Services, "db" | "clock" | "ids" | "auditAnchor">;
 
@@ -74,13 +78,6 @@ async function ownerCount(services: Pick<Services, "db">, organizationId: string
   return row?.owners ?? 0;
 }
 
-/** Owners and admins are made and removed by owners alone. */
-function assertMayManage(actor: MemberPrincipal, ...roles: MemberRole[]): void {
-  if (roles.some((role) => roleAtLeast(role, "admin")) && actor.membership.role !== "owner") {
-    throw new AppError("forbidden", "Only an owner may make or remove an owner or an admin.");
-  }
-}
-
 /** Refuses leaving an organization without an owner. */
 async function assertKeepsAnOwner(services: Pick<Services, "db">, organizationId: string, target: MemberView) {
   if (target.role === "owner" && (await ownerCount(services, organizationId)) <= 1) {
@@ -88,7 +85,10 @@ async function assertKeepsAnOwner(services: Pick<Services, "db">, organizationId
   }
 }
 
-/** Changes a member's role (the actor is an admin or owner: the route checked). */
+/**
+ * Changes a member's role (the actor is an admin or owner: the route checked), ending in the same
+ * write the member's pending invitations the new role may not give.
+ */
 export async function changeMemberRole(
   services: Deps,
   actor: MemberPrincipal,
@@ -96,16 +96,20 @@ export async function changeMemberRole(
   role: MemberRole,
 ): Promise<MemberView> {
   return writeAudited(services, async () => {
+    const me = await memberNow(services, actor, "admin");
     const target = await liveMember(services, actor.organizationId, membershipId);
-    assertMayManage(actor, target.role, role);
+    assertMayManage(me, target.role, role);
     if (target.role === role) return { statements: [], events: [], result: target };
     if (role !== "owner") await assertKeepsAnOwner(services, actor.organizationId, target);
+    const now = services.clock.now().toISOString();
+    const withdrawn = await withdrawnInvitations(services, actor, { userId: target.userId, role }, now);
     return {
       statements: [
         services.db
           .update(memberships)
           .set({ role })
           .where(and(eq(memberships.id, target.id), isNull(memberships.removedAt))),
+        ...withdrawn.statements,
       ],
       events: [
         {
@@ -115,6 +119,7 @@ export async function changeMemberRole(
           subjectId: actor.organizationId,
           data: { membershipId: target.id, userId: target.userId, from: target.role, to: role },
         },
+        ...withdrawn.events,
       ],
       result: { ...target, role },
     };
@@ -123,7 +128,8 @@ export async function changeMemberRole(
 
 /**
  * Removes a member: the membership ends and, in the same write, every live token the member
- * minted under the organization's grants is revoked, so none of them works a moment longer.
+ * minted under the organization's grants is revoked, so none of them works a moment longer, and
+ * every pending invitation the member sent is revoked, so none of them makes a member later.
  * (Their sessions stay: they may belong to other organizations.) A member may remove themself;
  * removing anyone else needs an admin, and an owner for an owner or admin.
  */
@@ -133,13 +139,14 @@ export async function removeMember(
   membershipId: string,
 ): Promise<{ member: MemberView; revokedTokens: number }> {
   return writeAudited(services, async () => {
+    const me = await memberNow(services, actor);
     const target = await liveMember(services, actor.organizationId, membershipId);
-    const self = target.userId === actor.user.id;
-    if (!self) {
-      if (!roleAtLeast(actor.membership.role, "admin")) {
+    const leaving = target.userId === me.user.id;
+    if (!leaving) {
+      if (!roleAtLeast(me.membership.role, "admin")) {
         throw new AppError("forbidden", "Removing another member needs the admin role in the organization.");
       }
-      assertMayManage(actor, target.role);
+      assertMayManage(me, target.role);
     }
     await assertKeepsAnOwner(services, actor.organizationId, target);
     const now = services.clock.now().toISOString();
@@ -153,6 +160,7 @@ export async function removeMember(
       inArray(accessTokens.grantId, organizationGrants),
     );
     const tokens = await services.db.select({ id: accessTokens.id }).from(accessTokens).where(liveTokens);
+    const withdrawn = await withdrawnInvitations(services, actor, { userId: target.userId, role: null }, now);
     return {
       statements: [
         services.db
@@ -160,11 +168,12 @@ export async function removeMember(
           .set({ removedAt: now })
           .where(and(eq(memberships.id, target.id), isNull(memberships.removedAt))),
         services.db.update(accessTokens).set({ revokedAt: now }).where(liveTokens),
+        ...withdrawn.statements,
       ],
       events: [
         {
           actor: userActor(actor.user),
-          action: self ? "member.left" : "member.removed",
+          action: leaving ? "member.left" : "member.removed",
           subjectType: "organization",
           subjectId: actor.organizationId,
           data: {
@@ -174,6 +183,7 @@ export async function removeMember(
             revokedTokenIds: tokens.map((t) => t.id),
           },
         },
+        ...withdrawn.events,
       ],
       result: { member: target, revokedTokens: tokens.length },
     };

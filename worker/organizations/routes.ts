@@ -14,7 +14,14 @@ import { newRouter, problemResponses, readBody } from "../http/router";
 import { deliverDueMail } from "../mail/outbox";
 import { InvitationPage } from "../pages/invitation";
 import { noStore, withRefusalPage } from "../pages/refusal";
-import { acceptInvitation, inviteMember, listInvitations, pendingInvitation, revokeInvitation } from "./invitations";
+import {
+  acceptInvitation,
+  assertInviterMayGive,
+  inviteMember,
+  listInvitations,
+  pendingInvitation,
+  revokeInvitation,
+} from "./invitations";
 import { changeMemberRole, listMembers, removeMember } from "./members";
 
 const MemberSchema = z
@@ -118,7 +125,7 @@ const inviteRoute = createRoute({
   tags: ["Organization"],
   summary: "Invite someone by e-mail",
   description:
-    "Admins and owners; only an owner invites an owner. Mails a single-use link (7 days) to the address; the secret is never shown. Inviting a live member is 409; a new invitation replaces a pending one to the same address.",
+    "Admins and owners; only an owner invites an owner or an admin (403). Mails a single-use link (7 days) to the address; the secret is never shown. Inviting a live member is 409; a new invitation replaces a pending one to the same address.",
   security,
   middleware: [requireMember("admin")] as const,
   request: { query: OrganizationQuery, body: jsonBody("NewInvitation") },
@@ -171,7 +178,7 @@ const invitationPageRoute = createRoute({
   request: { query: z.object({ token: z.string().max(200).optional() }) },
   responses: {
     200: { description: "The page", content: { "text/html": { schema: z.string() } } },
-    ...problemResponses(400, 401, 429),
+    ...problemResponses(400, 401, 409, 429),
   },
 });
 
@@ -181,7 +188,7 @@ const acceptRoute = createRoute({
   tags: ["Organization"],
   summary: "Accept an invitation",
   description:
-    "Form field `token`. Uses the link once, makes its address's person a member, signs them in and redirects to `/account`. Refused (403) while signed in as another address; used, revoked, expired and unknown links are 401.",
+    "Form field `token`. Uses the link once, makes its address's person a member, signs them in and redirects to `/account`. Refused (403) while signed in as another address; used, revoked, expired and unknown links are 401; an invitation whose inviter has left or may no longer give its role is 409 `invalid_state` and stays unused.",
   middleware: [abuseBrake()] as const,
   request: {
     body: {
@@ -193,7 +200,7 @@ const acceptRoute = createRoute({
   },
   responses: {
     303: { description: "Accepted; on to /account" },
-    ...problemResponses(400, 401, 403, 415, 429),
+    ...problemResponses(400, 401, 403, 409, 415, 429),
   },
 });
 
@@ -237,6 +244,7 @@ organizationRoutes
       noStore(c);
       const token = c.req.valid("query").token ?? "";
       const { invitation, organizationName } = await pendingInvitation(c.get("services"), token);
+      await assertInviterMayGive(c.get("services"), invitation);
       return c.html(InvitationPage({ token, organizationName, role: invitation.role, email: invitation.email }), 200);
     }),
   )

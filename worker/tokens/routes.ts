@@ -9,6 +9,7 @@ import {
   listAccessTokens,
   listMemberTokens,
   MAX_TOKEN_DAYS,
+  MINTING_ROLE,
   mintMemberToken,
   revokeAccessToken,
   revokeMemberToken,
@@ -85,7 +86,7 @@ const mintRoute = createRoute({
   tags: ["Access tokens"],
   summary: "Mint a personal access token",
   description: `${memberNote} Needs the developer role or above. The token (\`mg_…\`) is shown once; only its hash is stored. It works while its member belongs to the organization, its grant is active and it has not expired.`,
-  middleware: [abuseBrake(), requireMember("developer")] as const,
+  middleware: [abuseBrake(), requireMember(MINTING_ROLE)] as const,
   request: {
     query: OrganizationQuery,
     body: {

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import { accessTokenSecret, TOKEN_PREFIX } from "../auth/bearer";
-import { type MemberPrincipal, roleAtLeast } from "../auth/members";
+import { type MemberPrincipal, memberNow, roleAtLeast } from "../auth/members";
 import {
   type AccessToken,
   type Application,
@@ -28,6 +28,8 @@ import type { Services } from "../services";
 export const DEFAULT_TOKEN_DAYS = 90;
 /** No token lives longer than this. */
 export const MAX_TOKEN_DAYS = 365;
+/** The least role that mints tokens, and that a member's tokens need to keep working. */
+export const MINTING_ROLE: MemberRole = "developer";
 
 /** The organization, grant and member a token acts for, and what it may use, once authenticated. */
 export interface TokenPrincipal extends CoverageScope {
@@ -91,7 +93,7 @@ export const liveMembershipOfTokenMember = and(
  * member or a viewer may not).
  */
 export function memberMayUseToken(userId: string | null, liveRole: MemberRole | null): boolean {
-  return userId === null || (liveRole !== null && roleAtLeast(liveRole, "developer"));
+  return userId === null || (liveRole !== null && roleAtLeast(liveRole, MINTING_ROLE));
 }
 
 /**
@@ -175,6 +177,8 @@ export async function mintMemberToken(services: Services, member: MemberPrincipa
   const secret = `${TOKEN_PREFIX}${services.ids.secret(32)}`;
   const secretHash = await sha256Hex(secret);
   const row = await writeAudited(services, async () => {
+    // A plain INSERT suffices: a membership change after this read is audited, so this batch loses on `seq`.
+    await memberNow(services, member, MINTING_ROLE);
     const grant = await activeGrantOf(services, member.organizationId, family.id);
     if (!grant) {
       throw new AppError(
