@@ -1,10 +1,10 @@
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { AdminRole } from "../worker/config";
-import { auditEvents, type Grant, grants, mailOutbox } from "../worker/db/schema";
+import { applications, auditEvents, type Grant, grants, mailOutbox, webhookEvents } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken } from "./helpers/access";
-import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
+import { seedApplication, seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 
 type Gateway = ReturnType<typeof testGateway>;
 
@@ -77,6 +77,51 @@ describe("grant suspension, reinstatement and revocation", () => {
     expect(await storedGrant()).toMatchObject({ status: "revoked" });
     expect(await gateway.services.db.select().from(auditEvents)).toHaveLength(1);
     expect(await gateway.services.db.select().from(mailOutbox)).toHaveLength(1);
+  });
+
+  it("security: revocation closes the organization's open cases of the family, each audited; suspension closes none", async () => {
+    const { services } = gateway;
+    const inReview = await seedApplication(services, license, {
+      organizationId: grant.organizationId,
+      contactEmail: "bo@acme.example",
+    });
+    const askedForInfo = await seedApplication(services, license, {
+      organizationId: grant.organizationId,
+      contactEmail: "cy@acme.example",
+      status: "info_requested",
+    });
+    const otherFamily = await seedApplication(services, license, {
+      organizationId: grant.organizationId,
+      family: "llama-3",
+    });
+    const otherOrganization = await seedApplication(services, license);
+    const statusOf = async (id: string) =>
+      (await services.db.select().from(applications).where(eq(applications.id, id)))[0]?.status;
+
+    expect((await act("suspend", "approver")).status).toBe(200);
+    expect(await statusOf(inReview.id)).toBe("pending_review");
+
+    expect((await act("revoke", "admin", "Licensor terminated the agreement.")).status).toBe(200);
+    expect(await statusOf(inReview.id)).toBe("rejected");
+    expect(await statusOf(askedForInfo.id)).toBe("rejected");
+    expect(await statusOf(otherFamily.id)).toBe("pending_review");
+    expect(await statusOf(otherOrganization.id)).toBe("pending_review");
+    const events = await services.db.select().from(auditEvents).orderBy(auditEvents.seq);
+    expect(events.map((e) => [e.action, e.subjectId])).toEqual([
+      ["grant.suspended", grant.id],
+      ["grant.revoked", grant.id],
+      ["application.closed", inReview.id],
+      ["application.closed", askedForInfo.id],
+    ]);
+    expect(events[3]?.data).toMatchObject({ reason: "grant_revoked", grantId: grant.id, from: "info_requested" });
+    const changes = await services.db
+      .select()
+      .from(webhookEvents)
+      .where(eq(webhookEvents.type, "application.status_changed"));
+    expect(changes.map((e) => e.data).sort((a, b) => String(a.from).localeCompare(String(b.from)))).toEqual([
+      expect.objectContaining({ applicationId: askedForInfo.id, from: "info_requested", to: "rejected" }),
+      expect.objectContaining({ applicationId: inReview.id, from: "pending_review", to: "rejected" }),
+    ]);
   });
 
   it("security: refuses a party to the case, who may not decide it, changing its grant", async () => {

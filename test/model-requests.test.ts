@@ -1,11 +1,11 @@
 /**
  * An owner asks for more models: the policy decides on the organization's approved case, and an
  * approval widens the organization's one grant of the family — never a second grant, never past a
- * suspension.
+ * suspension, never back from a revocation.
  */
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { auditEvents, grants } from "../worker/db/schema";
+import { applications, auditEvents, decisions, grants } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
 import { adminToken, TOKEN_NOW } from "./helpers/access";
 import { applyAndConfirm } from "./helpers/apply";
@@ -121,6 +121,116 @@ describe("POST /v1/organization/model-requests", () => {
     // No active grant: nothing to widen, and certainly no fresh grant around the suspension.
     expect(res.status).toBe(409);
     expect(await gw.db.select().from(grants)).toEqual([expect.objectContaining({ status: "suspended" })]);
+  });
+
+  it("security: revoking the grant closes a request still in review; approving it then brings nothing back", async () => {
+    const clock = fixedClock(TOKEN_NOW);
+    const gw = testGateway({ clock });
+    const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
+    const approver = {
+      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+    };
+    const decide = (id: string) =>
+      gw.request(
+        `/admin/api/applications/${id}/decision`,
+        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
+      );
+    expect((await decide(first.applicationId)).status).toBe(200);
+    const asked = (await (await requestModels(gw, first.cookie, { models: ["llama-2-13b"] })).json()) as {
+      applicationId: string;
+      status: string;
+    };
+    expect(asked.status).toBe("pending_review");
+    const grant = await grantOf(gw, first.applicationId);
+    if (!grant) throw new Error("no grant");
+
+    const admin = { "cf-access-jwt-assertion": await adminToken({ email: "root@licensor.example", role: "admin" }) };
+    const revoked = await gw.request(
+      `/admin/api/grants/${grant.id}/revoke`,
+      json({ reason: "Licensor terminated the agreement." }, admin),
+    );
+    expect(revoked.status).toBe(200);
+    const [closed] = await gw.db.select().from(applications).where(eq(applications.id, asked.applicationId));
+    expect(closed).toMatchObject({
+      status: "rejected",
+      decidedAt: TOKEN_NOW.toISOString(),
+      applicantMessage: expect.stringContaining("was revoked"),
+    });
+    const closings = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "application.closed"));
+    expect(closings).toEqual([
+      expect.objectContaining({
+        actor: "reviewer:root@licensor.example",
+        subjectId: asked.applicationId,
+        data: expect.objectContaining({ reason: "grant_revoked", grantId: grant.id, from: "pending_review" }),
+      }),
+    ]);
+
+    const approved = await decide(asked.applicationId);
+    expect(approved.status).toBe(409);
+    expect(approved.headers.get("content-type")).toContain("application/problem+json");
+    expect(await approved.json()).toMatchObject({ code: "invalid_state" });
+    expect(await gw.db.select().from(grants)).toEqual([expect.objectContaining({ id: grant.id, status: "revoked" })]);
+    const minted = await gw.request(
+      "/v1/tokens",
+      json(
+        { name: "ci", scopes: ["download"] },
+        { cookie: first.cookie, "x-modelgate-organization": grant.organizationId },
+      ),
+    );
+    expect(minted.status).toBe(409);
+  });
+
+  it("security: an approval of a case that outlived its grant's revocation is refused, and writes nothing", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
+    const approver = {
+      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+    };
+    const decide = (id: string) =>
+      gw.request(
+        `/admin/api/applications/${id}/decision`,
+        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
+      );
+    expect((await decide(first.applicationId)).status).toBe(200);
+    const asked = (await (await requestModels(gw, first.cookie, { models: ["llama-2-13b"] })).json()) as {
+      applicationId: string;
+    };
+    // Revoked while the request stayed open, as a revocation from before cases closed with it left it.
+    await gw.db.update(grants).set({ status: "revoked" }).where(eq(grants.applicationId, first.applicationId));
+
+    const refused = await decide(asked.applicationId);
+    expect(refused.status).toBe(409);
+    expect(refused.headers.get("content-type")).toContain("application/problem+json");
+    expect(await refused.json()).toMatchObject({ code: "invalid_state" });
+    expect(await gw.db.select().from(grants)).toEqual([expect.objectContaining({ status: "revoked" })]);
+    const [still] = await gw.db.select().from(applications).where(eq(applications.id, asked.applicationId));
+    expect(still?.status).toBe("pending_review");
+    expect(await gw.db.select().from(decisions).where(eq(decisions.applicationId, asked.applicationId))).toEqual([]);
+  });
+
+  it("after a revocation, a new application goes to review with prior_revocation and its approval grants again", async () => {
+    const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    const grant = await grantOf(gw, first.applicationId);
+    if (!grant) throw new Error("no grant");
+    const admin = { "cf-access-jwt-assertion": await adminToken({ email: "root@licensor.example", role: "admin" }) };
+    const revoked = await gw.request(`/admin/api/grants/${grant.id}/revoke`, json({ reason: "Breach." }, admin));
+    expect(revoked.status).toBe(200);
+
+    const again = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    expect(again.status).toBe("pending_review");
+    const [fresh] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
+    expect(fresh?.policyReasons.map((r) => r.code)).toContain("prior_revocation");
+    const approver = {
+      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+    };
+    const approved = await gw.request(
+      `/admin/api/applications/${again.applicationId}/decision`,
+      json({ decision: "approve", reason: "Breach remedied.", visibleToApplicant: false }, approver),
+    );
+    expect(approved.status).toBe(200);
+    expect(await grantOf(gw, again.applicationId)).toMatchObject({ status: "active", models: ["llama-2-7b"] });
+    expect(await grantOf(gw, first.applicationId)).toMatchObject({ status: "revoked" });
   });
 
   it("refuses other roles, other organizations, cross-site posts and bad input with 4xx problems", async () => {

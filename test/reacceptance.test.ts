@@ -28,6 +28,9 @@ const V2_LICENSE =
   "LLAMA 2 COMMUNITY LICENSE\n1. Grant of rights.\n2. Additional commercial terms, revised.\n2a. Attribution.\n3. Disclaimer.\n";
 const V1_AUP = "ACCEPTABLE USE POLICY\nNo unlawful use.\n";
 const V2_AUP = "ACCEPTABLE USE POLICY\nNo unlawful use.\nNo impersonation.\n";
+const V3_LICENSE = `${V2_LICENSE}4. Governing law.\n`;
+const LATER_DEADLINE = "2026-06-30";
+const LATER_DEADLINE_AT = "2026-07-01T00:00:00.000Z";
 
 let licenseSha256: string;
 beforeEach(async () => {
@@ -363,6 +366,110 @@ describe("license versions over time", () => {
       clock.set(NOW);
       clearCallerCache();
     }
+  });
+
+  it("security: a newer version does not lift a refusal for a missed deadline; accepting the newest does", async () => {
+    const { gw, clock, organization, loadVersion } = await setup();
+    const org = await organization();
+    expect((await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE })).status).toBe(200);
+    clock.set(new Date(Date.parse(DEADLINE) + 86_400_000));
+    clearCallerCache();
+    expect((await manifest(gw, org.token)).status).toBe(403);
+
+    const loaded = await loadVersion({ license: V3_LICENSE, aup: V2_AUP, reacceptBy: LATER_DEADLINE });
+    expect(await loaded.json()).toMatchObject({ version: 3, created: true, grantsToReaccept: 1 });
+    clearCallerCache();
+    const refused = await manifest(gw, org.token);
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ code: "license_reacceptance_required" });
+    expect((await gw.request("/v1/chat/completions", chat(org.token))).status).toBe(403);
+    const mails = await gw.db.select().from(mailOutbox).where(like(mailOutbox.subject, "%accept version 3%"));
+    expect(mails.map((m) => m.subject)).toEqual([expect.stringContaining(`by ${DEADLINE.slice(0, 10)}`)]);
+
+    // The one change left to accept is version 3, still due by the first deadline.
+    const changes = await changesOf(gw, org.member.headers);
+    expect(changes).toEqual([
+      expect.objectContaining({
+        acceptBy: DEADLINE,
+        overdue: true,
+        accepted: expect.objectContaining({ version: 1 }),
+        current: expect.objectContaining({ version: 3 }),
+      }),
+    ]);
+    const [change] = changes;
+    if (!change) throw new Error("no pending change");
+    const accepted = await gw.request(
+      `/v1/organization/license-changes/${change.id}/accept`,
+      json({ licenseSha256: change.current.licenseSha256, aupSha256: change.current.aupSha256 }, org.member.headers),
+    );
+    expect(accepted.status).toBe(200);
+    clearCallerCache();
+    const served = await manifest(gw, org.token);
+    expect(served.status).toBe(200);
+    expect(((await served.json()) as { license: { version: number } }).license.version).toBe(3);
+    expect(await changesOf(gw, org.member.headers)).toEqual([]);
+  });
+
+  it("a requirement carried to a newer version keeps the earlier deadline; a grant that accepted gets the new one", async () => {
+    const { gw, clock, organization, loadVersion } = await setup();
+    const behind = await organization();
+    const current = await organization();
+    expect((await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE })).status).toBe(200);
+    const [change] = await changesOf(gw, current.member.headers);
+    if (!change) throw new Error("no pending change");
+    const accept = { licenseSha256: change.current.licenseSha256, aupSha256: change.current.aupSha256 };
+    const acceptPath = `/v1/organization/license-changes/${change.id}/accept`;
+    expect((await gw.request(acceptPath, json(accept, current.member.headers))).status).toBe(200);
+
+    // Version 3 comes before the first deadline, with a later one of its own.
+    expect((await loadVersion({ license: V3_LICENSE, aup: V2_AUP, reacceptBy: LATER_DEADLINE })).status).toBe(200);
+    clearCallerCache();
+    const warned = await manifest(gw, behind.token);
+    expect(warned.status).toBe(200);
+    expect(warned.headers.get("x-license-reaccept-by")).toBe(DEADLINE);
+    expect((await manifest(gw, current.token)).headers.get("x-license-reaccept-by")).toBe(LATER_DEADLINE_AT);
+    expect(await changesOf(gw, behind.member.headers)).toEqual([
+      expect.objectContaining({ acceptBy: DEADLINE, current: expect.objectContaining({ version: 3 }) }),
+    ]);
+
+    clock.set(new Date(Date.parse(DEADLINE) + 60_000));
+    clearCallerCache();
+    expect((await manifest(gw, behind.token)).status).toBe(403);
+    expect((await manifest(gw, current.token)).status).toBe(200);
+  });
+
+  it("a grant issued after two versions with deadlines, under an older one, must accept the newest by the earlier deadline", async () => {
+    const { gw, loadVersion } = await setup();
+    const unique = crypto.randomUUID().slice(0, 8);
+    const application = {
+      family: "llama-2",
+      organization: { name: `Review ${unique} GmbH`, website: `https://review-${unique}.example`, country: "DE" },
+      contact: { name: "Bo Review", email: `bo@review-${unique}.example` },
+      intendedUse: "Fraud detection assistant for our bank customers.",
+      declaredMau: 120_000,
+      models: [MODEL],
+      licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+    };
+    const inReview = await applyAndConfirm(gw, application);
+    expect(inReview.status).toBe("pending_review");
+    expect((await loadVersion({ license: V2_LICENSE, aup: V2_AUP, reacceptBy: DEADLINE })).status).toBe(200);
+    expect((await loadVersion({ license: V3_LICENSE, aup: V2_AUP, reacceptBy: LATER_DEADLINE })).status).toBe(200);
+    const approver = await adminToken({ email: "rev@reviewers.example", role: "approver", issuedAt: new Date(NOW) });
+    const decided = await gw.request(`/admin/api/applications/${inReview.applicationId}/decision`, {
+      method: "POST",
+      headers: accessHeaders(approver),
+      body: JSON.stringify({ decision: "approve", reason: "Checked.", visibleToApplicant: false }),
+    });
+    expect(decided.status).toBe(200);
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, inReview.applicationId));
+    const requirements = await gw.db
+      .select()
+      .from(licenseReacceptances)
+      .where(eq(licenseReacceptances.grantId, grant?.id ?? ""));
+    expect(requirements).toEqual([expect.objectContaining({ acceptBy: DEADLINE, acceptedAt: null })]);
+    expect(requirements[0]?.licenseVersionId).not.toBe(grant?.licenseVersionId);
   });
 
   it("accepts through the portal form for owners and admins", async () => {

@@ -12,6 +12,7 @@ import type { Database } from "../db/client";
 import { applications, GRANT_STATUSES, grants, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { grantEvent } from "../events/record";
+import { closeOpenCasesOfRevokedGrant } from "../grants/revocation";
 import { type GrantAction, nextGrantStatus } from "../grants/state";
 import { newRouter, problemResponses, readBody } from "../http/router";
 import { enqueueMailWithinLimits } from "../mail/outbox";
@@ -59,8 +60,10 @@ const EVENT_OF: Record<GrantAction, string> = {
 
 /**
  * Moves a grant to the status `action` leads to, in one batch with its audit event and the notice
- * to the licensee's contact. Answers `invalid_state` when the action is not possible from the
- * current status — in particular after revocation, which is final.
+ * to the licensee's contact. Revocation also closes the organization's open cases of the family,
+ * each audited, so that no approval still pending can bring the access back. Answers
+ * `invalid_state` when the action is not possible from the current status — in particular after
+ * revocation, which is final.
  */
 export async function changeGrantStatus(
   services: Pick<Services, "db" | "clock" | "ids" | "config">,
@@ -106,6 +109,11 @@ export async function changeGrantStatus(
         throw new AppError("invalid_state", detail);
       }
       const at = clock.now().toISOString();
+      const actor = reviewerActor(reviewer);
+      const closed =
+        next === "revoked"
+          ? await closeOpenCasesOfRevokedGrant(services, grant, at, actor)
+          : { statements: [], events: [] };
       const mail = grantMail(
         caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
         next,
@@ -116,10 +124,11 @@ export async function changeGrantStatus(
           db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
           ...(await enqueueMailWithinLimits(services, mail)),
           grantEvent(services, grant, next, reason),
+          ...closed.statements,
         ],
         events: [
           {
-            actor: reviewerActor(reviewer),
+            actor,
             action: EVENT_OF[action],
             subjectType: "grant",
             subjectId: grantId,
@@ -132,6 +141,7 @@ export async function changeGrantStatus(
               family: grant.family,
             },
           },
+          ...closed.events,
         ],
         result: { id: grantId, status: next, previousStatus: grant.status },
       };

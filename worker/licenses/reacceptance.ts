@@ -84,11 +84,18 @@ function reacceptanceMail(to: string, baseUrl: string, family: string, version: 
   };
 }
 
+/** The earlier of two deadlines (ISO-8601 instants). */
+function earlierDeadline(a: string, b: string): string {
+  return Date.parse(a) <= Date.parse(b) ? a : b;
+}
+
 /**
  * Plans the requirement that every live grant of `version.family` under another version accept
- * `version` by `acceptBy`: one pending row per grant (superseding a pending one for an older
- * version), a `license.reacceptance_required` event for its organization and, when the gateway's
- * address is known (`config`), a notice to the grant's contact, all in the same batch.
+ * `version` by `acceptBy`: one pending row per grant, a `license.reacceptance_required` event for
+ * its organization and, when the gateway's address is known (`config`), a notice to the grant's
+ * contact, all in the same batch. A pending requirement for an older version is superseded and its
+ * deadline carried over when it is the earlier one: a newer version asks for more, never for more
+ * time, so a grant already refused for a missed deadline stays refused until it accepts the newest.
  */
 export async function planReacceptanceRequirements(
   deps: { db: Database; clock: Clock; ids: IdGenerator; config?: { publicBaseUrl: string } | undefined },
@@ -113,6 +120,21 @@ export async function planReacceptanceRequirements(
       ),
     );
   if (affected.length === 0) return { statements: [], grants: 0 };
+  const pending = await deps.db
+    .select({ grantId: licenseReacceptances.grantId, acceptBy: licenseReacceptances.acceptBy })
+    .from(licenseReacceptances)
+    .where(
+      and(
+        eq(licenseReacceptances.family, version.family),
+        isNull(licenseReacceptances.acceptedAt),
+        isNull(licenseReacceptances.supersededAt),
+      ),
+    );
+  const pendingBy = new Map<string, string>();
+  for (const p of pending) {
+    const earlier = pendingBy.get(p.grantId);
+    pendingBy.set(p.grantId, earlier ? earlierDeadline(earlier, p.acceptBy) : p.acceptBy);
+  }
   const now = deps.clock.now().toISOString();
   const statements: BatchItem<"sqlite">[] = [
     deps.db
@@ -127,14 +149,16 @@ export async function planReacceptanceRequirements(
       ),
   ];
   for (const grant of affected) {
-    statements.push(...reacceptanceRequirement(deps, grant, version.id, acceptBy, now));
+    const carried = pendingBy.get(grant.id);
+    const deadline = carried ? earlierDeadline(carried, acceptBy) : acceptBy;
+    statements.push(...reacceptanceRequirement(deps, grant, version.id, deadline, now));
     if (deps.config) {
       const mail = reacceptanceMail(
         grant.contactEmail,
         deps.config.publicBaseUrl,
         grant.family,
         version.version,
-        acceptBy,
+        deadline,
       );
       statements.push(enqueueMail(deps, mail));
     }
@@ -345,8 +369,9 @@ function reacceptanceRequirement(
  * A grant issued under a version older than one loaded since with a deadline (the case was applied
  * for, or sat in review, before it came) must accept that version by the same deadline as the
  * grants that were live then: otherwise it would be the one grant the new terms never reach. The
- * newest such version is the one; its deadline may have passed already, and then the grant is of
- * no use until an owner or admin accepts it.
+ * newest such version is the one to accept, by the earliest deadline of the versions newer than
+ * the grant's, as a grant live through all of them keeps it; that deadline may have passed
+ * already, and then the grant is of no use until an owner or admin accepts it.
  */
 export async function reacceptanceOfNewerVersion(
   deps: { db: Database; ids: IdGenerator; clock: Clock },
@@ -359,7 +384,12 @@ export async function reacceptanceOfNewerVersion(
     .where(eq(licenseVersions.family, grant.family))
     .orderBy(desc(licenseVersions.version));
   const own = versions.find((v) => v.id === grant.licenseVersionId);
-  const newer = versions.find((v) => v.reacceptBy !== null && own !== undefined && v.version > own.version);
-  if (!newer?.reacceptBy) return [];
-  return reacceptanceRequirement(deps, grant, newer.id, newer.reacceptBy, at);
+  if (!own) return [];
+  const deadlines = versions.flatMap((v) =>
+    v.version > own.version && v.reacceptBy !== null ? [{ id: v.id, reacceptBy: v.reacceptBy }] : [],
+  );
+  const [newest, ...older] = deadlines;
+  if (!newest) return [];
+  const acceptBy = older.reduce((by, v) => earlierDeadline(by, v.reacceptBy), newest.reacceptBy);
+  return reacceptanceRequirement(deps, grant, newest.id, acceptBy, at);
 }
