@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { applications, grants, licenseVersions, organizations } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
-import { tokenBound } from "../worker/inference/token-bound";
+import { chatTemplateAllowance, tokenBound } from "../worker/inference/token-bound";
 import { tokenCounterFor } from "../worker/inference/tokenizer";
 import { fixedClock } from "../worker/platform/clock";
 import { evaluateApplication, measurementMonth } from "../worker/policy/evaluate";
@@ -642,7 +642,7 @@ describe("inference for a family without a token counter", () => {
     for (const id of ["llama-3", "llama-3.1", "llama-3.2", "llama-3.3"]) expect(tokenCounterFor(id)).toBeUndefined();
   });
 
-  it("bills a cut stream a floor it surely reached: never above the real count, far under the reservation", async () => {
+  it("bills a cut stream its reserved prompt, which the server prefilled whole, and a token per chunk", async () => {
     const { gw, backend, token } = await setup(0);
     await backend.mode("cut", { cutAfter: 5, reportUsage: false });
     const body = { model: MODEL, messages: MESSAGES, max_tokens: 40, stream: true };
@@ -651,15 +651,14 @@ describe("inference for a family without a token counter", () => {
     await res.text().catch(() => "");
     const [row] = await usageRows();
     expect(row).toMatchObject({ model: MODEL, partial: true, usageReported: false });
-    expect(row?.promptTokens).toBeGreaterThanOrEqual(1);
-    expect(row?.promptTokens).toBeLessThanOrEqual(REAL_PROMPT_AT_LEAST);
-    expect(tokenBound(body, 16).prompt).toBeGreaterThan(REAL_PROMPT_AT_LEAST * 10);
+    expect(row?.promptTokens).toBe(tokenBound(body, 16, chatTemplateAllowance("llama-3")).prompt);
+    expect(row?.promptTokens).toBeGreaterThan(REAL_PROMPT_AT_LEAST);
     // Five chunks of one token each were sent before the cut.
     expect(row?.completionTokens).toBeGreaterThanOrEqual(4);
     expect(row?.completionTokens).toBeLessThanOrEqual(5);
   });
 
-  it("bills a plain answer that reported no usage a token per generated text, not its max_tokens", async () => {
+  it("bills a plain answer that reported no usage its reserved prompt and a token per generated text, not its max_tokens", async () => {
     const { gw, backend, token } = await setup(1);
     await backend.mode("ok", { reportUsage: false });
     const res = await post(gw, token, { model: MODEL, messages: MESSAGES, max_tokens: 40 });
@@ -668,7 +667,7 @@ describe("inference for a family without a token counter", () => {
     expect(answer.choices[0]?.message.content.length).toBeGreaterThan(0);
     const [row] = await usageRows();
     expect(row).toMatchObject({ model: MODEL, usageReported: false });
-    expect(row?.promptTokens).toBeLessThanOrEqual(REAL_PROMPT_AT_LEAST);
+    expect(row?.promptTokens).toBe(tokenBound({ messages: MESSAGES }, 16, chatTemplateAllowance("llama-3")).prompt);
     expect(row?.completionTokens).toBe(1);
   });
 });

@@ -13,6 +13,7 @@ import {
 import { ledgerBatch, ledgerEntry, recordUsage, type UsageRecord } from "../worker/inference/ledger";
 import { completionSchema, plainlyValid } from "../worker/inference/proxy";
 import {
+  chatTemplateAllowance,
   TEMPLATE_TOKENS_PER_MESSAGE,
   TEMPLATE_TOKENS_PER_PROMPT,
   tokenBound,
@@ -514,6 +515,157 @@ describe("security: a request's token bound is never below what Llama 2 can make
   });
 });
 
+/**
+ * Python's `json.dumps` at its longest, as a chat template's `tojson` may print it: `", "` and
+ * `": "` between items (with `indent`, a line end and the indentation instead of the space), and
+ * every string unit outside plain printable ASCII as a `\uXXXX` escape (Jinja's own filter also
+ * escapes `<`, `>`, `&` and `'`).
+ */
+function worstToJson(value: unknown, indent?: number, depth = 0): string {
+  if (typeof value === "string") {
+    let out = '"';
+    for (let i = 0; i < value.length; i++) {
+      const unit = value.charCodeAt(i);
+      const char = value[i] as string;
+      if (char === '"' || char === "\\") out += `\\${char}`;
+      else if (unit >= 0x20 && unit < 0x7f && !"<>&'".includes(char)) out += char;
+      else out += `\\u${unit.toString(16).padStart(4, "0")}`;
+    }
+    return `${out}"`;
+  }
+  if (typeof value !== "object" || value === null) return JSON.stringify(value);
+  const items = Array.isArray(value)
+    ? value.map((item) => worstToJson(item, indent, depth + 1))
+    : Object.entries(value).map(([k, v]) => `${worstToJson(k)}: ${worstToJson(v, indent, depth + 1)}`);
+  const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
+  if (items.length === 0) return open + close;
+  if (indent === undefined) return open + items.join(", ") + close;
+  const pad = (d: number) => `\n${" ".repeat(indent * d)}`;
+  return `${open}${pad(depth + 1)}${items.join(`,${pad(depth + 1)}`)}${pad(depth)}${close}`;
+}
+
+interface TemplateMessage {
+  role: string;
+  content?: string | null;
+  tool_calls?: { function: { name: string; arguments: string } }[];
+}
+
+/**
+ * A conversation as vLLM's `tool_chat_template_llama3.1_json.jinja` renders it (tools in the
+ * first user message, today's date as wide as "26 Jul 2024"), strings at their worst escaping.
+ */
+function llama31JsonTemplate(messages: TemplateMessage[], tools?: unknown[]): string {
+  const header = (role: string) => `<|start_header_id|>${role}<|end_header_id|>\n\n`;
+  let rest = messages;
+  let system = "";
+  if (rest[0]?.role === "system") {
+    system = (rest[0].content ?? "").trim();
+    rest = rest.slice(1);
+  } else if (tools) {
+    system =
+      "You are a helpful assistant with tool calling capabilities. Only reply with a tool call if the function exists in the library provided by the user. If it doesn't exist, just reply directly in natural language. When you receive a tool call response, use the output to format an answer to the original user question.";
+  }
+  let out = `<|begin_of_text|>${header("system")}`;
+  if (tools) out += "Environment: ipython\n";
+  out += `Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n${system}<|eot_id|>`;
+  if (tools) {
+    const first = (rest[0]?.content ?? "").trim();
+    rest = rest.slice(1);
+    out += `${header("user")}Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\n`;
+    out += 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}. ';
+    out += "Do not use variables.\n\n";
+    for (const tool of tools) out += `${worstToJson(tool, 4)}\n\n`;
+    out += `${first}<|eot_id|>`;
+  }
+  for (const message of rest) {
+    const call = message.tool_calls?.[0]?.function;
+    if (call) {
+      // vLLM decodes the arguments' JSON text before the template prints them again.
+      const args = worstToJson(JSON.parse(call.arguments));
+      out += `${header("assistant")}{"name": "${call.name.trim()}", "parameters": ${args}}<|eot_id|>`;
+    } else if (message.role === "tool" || message.role === "ipython") {
+      out += `${header("ipython")}${worstToJson({ output: message.content })}<|eot_id|>`;
+    } else out += `${header(message.role)}${(message.content ?? "").trim()}<|eot_id|>`;
+  }
+  return out + header("assistant");
+}
+
+describe("security: a Llama 3.x request's token bound is never below what its template renders", () => {
+  const DEFAULT = 512;
+  const llama31 = chatTemplateAllowance("llama-3.1");
+  /**
+   * The most tokens the rendered prompt can be: a special token is one, and every other byte at
+   * most one, as Llama 3's byte-level BPE makes no token shorter than a byte.
+   */
+  const rendered = (messages: TemplateMessage[], tools?: unknown[]) =>
+    utf8ByteLength(
+      llama31JsonTemplate(messages, tools).replace(/<\|(begin_of_text|start_header_id|end_header_id|eot_id)\|>/g, "S"),
+    );
+
+  it("counts the tool instructions a template adds for tools, even an empty list", () => {
+    const messages = [{ role: "user", content: "What is the weather in Oslo?" }];
+    const bound = tokenBound({ messages, tools: [] }, DEFAULT, llama31).prompt;
+    expect(bound).toBeGreaterThanOrEqual(rendered(messages, []));
+    // vLLM counted up to 154 tokens for it; the bound was once 37.
+    expect(bound).toBeGreaterThanOrEqual(154);
+    const weather = {
+      type: "function",
+      function: {
+        name: "get_weather",
+        description: "The weather in a city, in °C — or 'now' if it can't tell <soon>",
+        parameters: { type: "object", properties: { city: { type: "string", enum: ["Oslo", "Tromsø"] } } },
+      },
+    };
+    const tools = [weather, weather, weather];
+    expect(tokenBound({ messages, tools }, DEFAULT, llama31).prompt).toBeGreaterThanOrEqual(rendered(messages, tools));
+  });
+
+  it("counts a tool's output at its worst escaping: control and non-ASCII characters as \\u escapes", () => {
+    for (const output of ["\u0001".repeat(20_000), "é".repeat(20_000), "😀".repeat(10_000), "<'&'>".repeat(4_000)]) {
+      const messages = [
+        { role: "user", content: "Run it." },
+        { role: "tool", content: output },
+      ];
+      const bound = tokenBound({ messages }, DEFAULT, llama31).prompt;
+      expect(bound, output.slice(0, 2)).toBeGreaterThanOrEqual(rendered(messages));
+    }
+    // vLLM counted 60,044 tokens for 20,000 U+0001 characters; the bound was once 20,067.
+    const controls = [
+      { role: "user", content: "Run it." },
+      { role: "tool", content: "\u0001".repeat(20_000) },
+    ];
+    expect(tokenBound({ messages: controls }, DEFAULT, llama31).prompt).toBeGreaterThanOrEqual(60_044);
+  });
+
+  it("counts a tool call's arguments as the server decodes them and prints them again, spaces and floats included", () => {
+    const call = (args: string) => [
+      { role: "user", content: "Sum them." },
+      { role: "assistant", content: null, tool_calls: [{ function: { name: "sum", arguments: args } }] },
+    ];
+    const cases = [
+      `{"a":[${Array(20_000).fill(1).join(",")}]}`,
+      `{"a":[${Array(5_000).fill("1e15").join(",")}]}`,
+      `{"k":{"x":"${"é".repeat(5_000)}","y":"${"\\u0001".repeat(2_000)}"}}`,
+    ];
+    for (const args of cases) {
+      const messages = call(args);
+      expect(tokenBound({ messages }, DEFAULT, llama31).prompt, args.slice(0, 12)).toBeGreaterThanOrEqual(
+        rendered(messages),
+      );
+    }
+    // vLLM counted 60,054 tokens for the first; the bound was once 40,105.
+    expect(tokenBound({ messages: call(cases[0] as string) }, DEFAULT, llama31).prompt).toBeGreaterThanOrEqual(60_054);
+  });
+
+  it("counts tool definitions at tojson(indent=4)'s indentation, level by level", () => {
+    let nested: unknown = "x";
+    for (let i = 0; i < 300; i++) nested = { n: [nested] };
+    const tools = [{ type: "function", function: { name: "deep", parameters: nested } }];
+    const messages = [{ role: "user", content: "hi" }];
+    expect(tokenBound({ messages, tools }, DEFAULT, llama31).prompt).toBeGreaterThanOrEqual(rendered(messages, tools));
+  });
+});
+
 describe("the request check without the schemas", () => {
   const chat = { model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }] };
   const completion = { model: "llama-2-7b", prompt: "Once upon" };
@@ -551,6 +703,14 @@ describe("the request check without the schemas", () => {
     { chat_template_kwargs: "x" },
     { messages: [{ role: "user", content: "hi" }] },
     { prompt: "hi" },
+    { best_of: 1 },
+    { best_of: 2 },
+    { best_of: null },
+    { n: 2, best_of: 2 },
+    { n: 2, best_of: 1.5 },
+    { use_beam_search: false },
+    { priority: 0 },
+    { request_id: "r" },
   ];
 
   it("passes only what the schemas pass, and passes the common requests", () => {
@@ -575,6 +735,32 @@ describe("the request check without the schemas", () => {
     ]);
     expect(plainlyValid({ ...chat, prompt: "hi" }, "chat")).toBe(false);
     expect(completionSchema("chat").safeParse({ ...chat, prompt: "hi" }).error?.issues[0]?.path).toEqual(["prompt"]);
+  });
+
+  it("security: refuses vLLM's fields that cost more than the bound or reach past the request, naming each", () => {
+    const refused = {
+      best_of: 3,
+      use_beam_search: false,
+      prompt_embeds: "AAAA",
+      priority: 0,
+      request_id: "r",
+      kv_transfer_params: null,
+      vllm_xargs: {},
+      logits_processors: [],
+    };
+    for (const [endpoint, base] of [
+      ["chat", chat],
+      ["completions", completion],
+    ] as const) {
+      for (const [field, value] of Object.entries(refused)) {
+        const body = { ...base, n: 2, [field]: value };
+        expect(plainlyValid(body, endpoint), field).toBe(false);
+        expect(completionSchema(endpoint).safeParse(body).error?.issues[0]?.path, field).toEqual([field]);
+      }
+      for (const within of [{ best_of: 2, n: 2 }, { best_of: 1 }, { best_of: null }]) {
+        expect(completionSchema(endpoint).safeParse({ ...base, ...within }).success).toBe(true);
+      }
+    }
   });
 
   it("security: passes a template's switches on, and refuses its variables that are text", () => {

@@ -14,6 +14,7 @@ import { isOpenAiNamespace } from "../worker/http/openai-errors";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { clearQuotaLeases } from "../worker/inference/proxy";
+import { chatTemplateAllowance, tokenBound } from "../worker/inference/token-bound";
 import { tokenCounterFor } from "../worker/inference/tokenizer";
 import { fixedClock, systemClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
@@ -41,6 +42,8 @@ async function setup(
     realClock?: boolean;
     health?: BackendHealth;
     bindings?: Partial<Env>;
+    /** The model routed to `backends` (which serve it as `servedModel`), and covered by the grant. */
+    model?: { id: string; servedModel: string };
   } = {},
 ) {
   const clock = options.clock ?? fixedClock("2026-06-15T12:00:05Z");
@@ -50,13 +53,18 @@ async function setup(
     inference: { health, random: () => 0 },
     bindings: {
       INFERENCE_BACKENDS: JSON.stringify({
-        [MODEL]: backends.map((b) => ({ url: b.url, timeoutMs: options.timeoutMs ?? 10_000 })),
+        [options.model?.id ?? MODEL]: backends.map((b) => ({
+          url: b.url,
+          timeoutMs: options.timeoutMs ?? 10_000,
+          servedModel: options.model?.servedModel,
+        })),
       }),
       INFERENCE_ALLOWED_HOSTS: "127.0.0.1",
       ...options.bindings,
     },
   });
-  return { gw, clock, health, ...(await openAiCaller(gw, licenseSha256)) };
+  const grant = options.model ? { grantModels: [MODEL, options.model.id] } : {};
+  return { gw, clock, health, ...(await openAiCaller(gw, licenseSha256, grant)) };
 }
 
 async function ledger(_gw: ReturnType<typeof testGateway>) {
@@ -77,6 +85,41 @@ async function setLimits(
 }
 
 const PROMPT = "say hello to the nice people";
+
+/**
+ * Sends a streamed request through the gateway, reads its events until `seen` says enough
+ * arrived, then hangs up; resolves once the request's settlement is done.
+ */
+async function hangUpOnce(
+  gw: ReturnType<typeof testGateway>,
+  token: string,
+  path: string,
+  body: object,
+  seen: (text: string) => boolean,
+) {
+  const ctx = createExecutionContext();
+  const res = await gw.app.request(
+    `http://gw${path}`,
+    {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    },
+    gw.env,
+    ctx,
+  );
+  expect(res.status, res.status === 200 ? "" : await res.clone().text()).toBe(200);
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  while (!seen(text)) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+  }
+  await reader.cancel("client went away");
+  await waitOnExecutionContext(ctx);
+}
 
 describe("the real openai client through the gateway", () => {
   it("completes a chat and the ledger holds exactly the backend's usage", async () => {
@@ -224,6 +267,56 @@ describe("streams that break", () => {
     expect(row?.partial).toBe(true);
     expect(row?.completionTokens).toBeGreaterThanOrEqual(1);
     expect(row?.completionTokens).toBeLessThan(50);
+  });
+});
+
+describe("usage no server reported", () => {
+  it("bills a Llama 3.x client that hung up before the usage chunk its whole reserved prompt, which the server prefilled, not a token per message", async () => {
+    const backend = scopedBackend(1);
+    await backend.mode("hang", { cutAfter: 3 });
+    // The simulators serve Llama 2's names; the gateway routes the Llama 3.1 model to one of them.
+    const model = { id: "llama-3.1-8b-instruct", servedModel: "llama-2-7b-chat" };
+    const { gw, token } = await setup([backend], { model });
+    const words = Array.from({ length: 3_000 }, (_, i) => `word${i % 97}`).join(" ");
+    const body = { model: model.id, messages: [{ role: "user", content: words }], max_tokens: 20, stream: true };
+    await hangUpOnce(gw, token, "/v1/chat/completions", body, (text) => {
+      return (text.match(/"content":"[^"]/g) ?? []).length >= 3;
+    });
+    const [row] = await ledger(gw);
+    expect(row).toMatchObject({ model: model.id, outcome: "client_closed", usageReported: false });
+    // No tokenizer here counts Llama 3.x: the prompt is billed at the bound it reserved, which
+    // is at least a token per word, and the completion a token per chunk it streamed.
+    expect(row?.promptTokens).toBe(tokenBound(body, 16, chatTemplateAllowance("llama-3.1")).prompt);
+    expect(row?.promptTokens).toBeGreaterThanOrEqual(3_000);
+    expect(row?.completionTokens).toBe(3);
+  });
+
+  it("bills a Llama 2 client that left a list of long prompts no less than its server counted for all of them", async () => {
+    const backend = scopedBackend(2);
+    const { gw, token, applicationId } = await setup([backend]);
+    await setLimits(gw, applicationId, {
+      plan: "large",
+      requestsPerMinute: 100,
+      tokensPerMinute: 1_000_000,
+      monthlyTokenBudget: 10_000_000,
+    });
+    // Digits are a token each: 24 prompts of about 4,000 tokens, 96,000 characters together.
+    const prompt = Array.from({ length: 24 }, () => "1234567890".repeat(400));
+    const body = { model: MODEL, prompt, max_tokens: 5 };
+    await backend.mode("ok", { promptTokens: "llama", reportUsage: true });
+    const direct = await fetch(`${backend.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...body, stream: false }),
+    });
+    const real = ((await direct.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens;
+    expect(real).toBeGreaterThan(90_000);
+    await backend.mode("hang", { cutAfter: 1, promptTokens: "llama" });
+    await hangUpOnce(gw, token, "/v1/completions", { ...body, stream: true }, (text) => /"text":"[^"]/.test(text));
+    const [row] = await ledger(gw);
+    expect(row).toMatchObject({ outcome: "client_closed", usageReported: false });
+    expect(row?.promptTokens).toBeGreaterThanOrEqual(real);
+    expect(row?.promptTokens).toBeLessThanOrEqual(tokenBound(body, 16, chatTemplateAllowance("llama-2")).prompt);
   });
 });
 
@@ -1170,6 +1263,60 @@ describe("security: a request reserves all it can cost, and the backend is held 
     expect(await backend.requests()).toHaveLength(0);
     const alone = await post(gw, token, "/v1/completions", { model: MODEL, prompt, max_tokens: 5 });
     expect(alone.status).toBe(429);
+  });
+});
+
+describe("security: vLLM's own fields that the bound cannot account for", () => {
+  const post = (gw: ReturnType<typeof testGateway>, token: string, path: string, body: unknown) =>
+    gw.request(path, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  const REFUSED: Record<string, unknown> = {
+    best_of: 4,
+    use_beam_search: true,
+    prompt_embeds: "AAAAAAAA",
+    priority: -1_000,
+    request_id: "someone-elses-request",
+    kv_transfer_params: { do_remote_prefill: true },
+    vllm_xargs: { steps: 1_000 },
+    logits_processors: ["package.Processor"],
+  };
+
+  it("are refused on both endpoints with 400 invalid_request naming the field, before anything is sent", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token } = await setup([backend]);
+    const endpoints = [
+      ["/v1/chat/completions", { messages: [{ role: "user", content: "hi" }] }],
+      ["/v1/completions", { prompt: "hi" }],
+    ] as const;
+    for (const [field, value] of Object.entries(REFUSED)) {
+      for (const [path, body] of endpoints) {
+        const res = await post(gw, token, path, { model: MODEL, ...body, max_tokens: 1, [field]: value });
+        expect(res.status, `${field} on ${path}`).toBe(400);
+        expect(await res.json()).toMatchObject({ error: { code: "invalid_request", param: field } });
+      }
+    }
+    expect(await backend.requests()).toHaveLength(0);
+  });
+
+  it("pass best_of on when it is within n, which costs no more than the n sequences reserved", async () => {
+    const backend = scopedBackend(0);
+    const { gw, token } = await setup([backend]);
+    const over = await post(gw, token, "/v1/completions", { model: MODEL, prompt: "hi", max_tokens: 1, best_of: 2 });
+    expect(over.status).toBe(400);
+    const res = await post(gw, token, "/v1/completions", {
+      model: MODEL,
+      prompt: "hi",
+      max_tokens: 1,
+      n: 2,
+      best_of: 2,
+    });
+    expect(res.status).toBe(200);
+    const sent = await backend.requests();
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.body).toMatchObject({ n: 2, best_of: 2 });
   });
 });
 

@@ -3,7 +3,7 @@ import OpenAI from "openai";
 import { expect } from "vitest";
 import type { inferenceBackends } from "../../worker/db/schema";
 import type { testGateway } from "./gateway";
-import { approvedToken } from "./weights";
+import { type ApprovedTokenOptions, approvedToken } from "./weights";
 
 const SIM_URLS = JSON.parse(env.TEST_BACKEND_URLS) as string[];
 
@@ -61,14 +61,20 @@ export function storedServer(
 }
 
 /**
- * A fresh organization with an approved application and an access token, and the real `openai`
- * client on the gateway with that token (no retries, so each test sees every answer).
+ * A fresh organization with an approved application and an access token (its grant and token as
+ * `options` say), and the real `openai` client on the gateway with that token (no retries, so
+ * each test sees every answer).
  */
-export async function openAiCaller(gw: ReturnType<typeof testGateway>, licenseSha256: string) {
+export async function openAiCaller(
+  gw: ReturnType<typeof testGateway>,
+  licenseSha256: string,
+  options: ApprovedTokenOptions = {},
+) {
   const unique = crypto.randomUUID();
   const access = await approvedToken(gw, licenseSha256, {
     organization: `Org ${unique}`,
     email: `${unique}@example.com`,
+    ...options,
   });
   const client = new OpenAI({
     apiKey: access.token,

@@ -18,7 +18,7 @@ import { backendRefusal } from "./backend-errors";
 import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-store";
 import { type Backend, BackendHealth } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
-import { type TokenBound, tokenBound } from "./token-bound";
+import { chatTemplateAllowance, type TokenBound, tokenBound } from "./token-bound";
 import { type CountedRequest, type TokenCounter, tokenCounterFor } from "./tokenizer";
 import { meterEventStream, readUsage, type StreamEnd, type StreamProgress, type Usage } from "./usage";
 
@@ -41,6 +41,52 @@ function refuseField(field: string, message: string) {
   };
 }
 
+/**
+ * vLLM's own fields that would make a request cost more than its reservation, or reach past the
+ * caller's own request on a shared server; each is refused with its reason. Every other field
+ * passes on as written (vendors' sampling options such as `repetition_penalty` or `guided_json`
+ * are what clients send them for), so a field vLLM adds of either kind belongs here.
+ */
+const REFUSED_FIELDS: Readonly<Record<string, string>> = {
+  use_beam_search: "Beam search generates more sequences than the n the request reserves.",
+  prompt_embeds: "A prompt given as embeddings cannot be counted before it is sent.",
+  priority: "The inference servers are shared: requests are not reordered on them.",
+  request_id: "The inference servers are shared: their request ids are the gateway's.",
+  kv_transfer_params: "Moving a request's cache between inference servers is the operator's to set.",
+  vllm_xargs: "vLLM's extra arguments are the operator's to set.",
+  logits_processors: "Logits processors run code of the operator's choosing, set by the operator.",
+};
+
+/**
+ * Whether `best_of` stays within the `n` sequences reserved: vLLM's V0 engine generates `best_of`
+ * of them and returns `n`, so only `best_of` up to `n` (which vLLM requires it to reach: equal)
+ * costs no more than the reservation counts.
+ */
+function bestOfWithinN(body: Record<string, unknown>): boolean {
+  const bestOf = Object.hasOwn(body, "best_of") ? body.best_of : undefined;
+  if (bestOf == null) return true;
+  const n = Object.hasOwn(body, "n") && body.n != null ? body.n : 1;
+  return isPositiveInt(bestOf) && typeof n === "number" && (bestOf as number) <= n;
+}
+
+/** Whether `body` carries a field the reservation cannot account for. */
+function carriesRefusedField(body: Record<string, unknown>): boolean {
+  for (const field in REFUSED_FIELDS) if (Object.hasOwn(body, field)) return true;
+  return !bestOfWithinN(body);
+}
+
+/** A refinement that refuses the fields the reservation cannot account for. */
+function refuseUnmetered(body: Record<string, unknown>, ctx: z.RefinementCtx) {
+  for (const [field, message] of Object.entries(REFUSED_FIELDS))
+    if (Object.hasOwn(body, field)) ctx.addIssue({ code: "custom", path: [field], message });
+  if (!bestOfWithinN(body))
+    ctx.addIssue({
+      code: "custom",
+      path: ["best_of"],
+      message: "best_of may not exceed n: the request reserves n sequences.",
+    });
+}
+
 const ChatRequest = z
   .object({
     ...Common,
@@ -56,7 +102,8 @@ const ChatRequest = z
   })
   .passthrough()
   // The bound is the messages'; a prompt beside them is the other endpoint's, and never counted.
-  .superRefine(refuseField("prompt", "A chat request has messages, not a prompt."));
+  .superRefine(refuseField("prompt", "A chat request has messages, not a prompt."))
+  .superRefine(refuseUnmetered);
 const CompletionRequest = z
   .object({
     ...Common,
@@ -64,7 +111,8 @@ const CompletionRequest = z
   })
   .passthrough()
   // The bound is the prompt's; messages beside it would be counted instead, and never sent.
-  .superRefine(refuseField("messages", "A completions request has a prompt, not messages."));
+  .superRefine(refuseField("messages", "A completions request has a prompt, not messages."))
+  .superRefine(refuseUnmetered);
 
 export type Endpoint = "chat" | "completions";
 type CompletionBody = z.infer<typeof ChatRequest> & z.infer<typeof CompletionRequest>;
@@ -92,6 +140,7 @@ export function plainlyValid(body: unknown, endpoint: Endpoint): body is Complet
   if (max_tokens != null && !isPositiveInt(max_tokens)) return false;
   if (max_completion_tokens != null && !isPositiveInt(max_completion_tokens)) return false;
   if (n != null && !(isPositiveInt(n) && (n as number) <= 16)) return false;
+  if (carriesRefusedField(body)) return false;
   if (endpoint === "chat") {
     const { messages } = body;
     if (Object.hasOwn(body, "chat_template") || Object.hasOwn(body, "chat_template_kwargs")) return false;
@@ -382,7 +431,7 @@ async function complete(
   if (pool.length === 0)
     throw new AppError("service_unavailable", `No inference servers are configured for ${request.model}.`);
 
-  const bound = tokenBound(request, services.config.inference.defaultMaxTokens);
+  const bound = tokenBound(request, services.config.inference.defaultMaxTokens, chatTemplateAllowance(found.family.id));
   const usageId = services.ids.id("use");
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const organizationId = caller.principal.organizationId;
@@ -682,8 +731,9 @@ interface SeenGeneration {
  * the bound that was reserved, and a completion is never less than its chunks, each of which is
  * a token at least. Should counting fail, the bound stands for the prompt and the chunks for the
  * completion (a plain answer's at its bound). A family without a tokenizer here (Llama 3.x, whose
- * tokenizer is not Llama 2's) is billed a floor it surely reached instead, never above the real
- * count: a token per message or prompt, a token per chunk or per generated text.
+ * tokenizer is not Llama 2's) is billed the reserved bound for its prompt, which its server
+ * prefilled whole before the first token, and a floor it surely reached for its completion: a
+ * token per chunk or per generated text.
  */
 async function countedUsage(
   services: Services,
@@ -692,7 +742,7 @@ async function countedUsage(
   bound: TokenBound,
   seen: SeenGeneration,
 ): Promise<Usage> {
-  let promptTokens = counter ? bound.prompt : Math.min(bound.prompt, request.messages?.length ?? 1);
+  let promptTokens = bound.prompt;
   let generated: number | undefined;
   try {
     if (counter) {

@@ -9,6 +9,8 @@
  * use only, so isolates that never need it never pay for it.
  */
 
+import { TEMPLATE_TOKENS_PER_PROMPT, utf8ByteLength } from "./token-bound";
+
 /** What the counter reads of a completion request (the schemas accepted it). */
 export interface CountedRequest {
   messages?: readonly unknown[];
@@ -28,9 +30,10 @@ export interface TokenCounter {
 
 /**
  * The most characters counted of one request's prompts, or of one answer's text. Llama 2's
- * context is 4,096 tokens, and no token spans more than 16 characters, so a prompt its server
- * accepted is shorter than this; a longer one is counted to here, which is less than its real
- * count, never more. It also bounds the CPU time counting takes (about 0.3 s at this size).
+ * context is 4,096 tokens, and no token spans more than 16 characters, so a chat prompt its
+ * server accepted is shorter than this; a longer one is counted to here, which is less than its
+ * real count, never more. The prompts of a completions list share it, and those past it are
+ * billed at their bound. It bounds the CPU time counting takes (about 0.3 s at this size).
  */
 export const MAX_COUNTED_CHARS = 65_536;
 
@@ -151,15 +154,22 @@ const llama2Counter: TokenCounter = {
     const prompt = request.prompt;
     const prompts = Array.isArray(prompt) && !prompt.every((p) => typeof p === "number") ? prompt : [prompt];
     let tokens = 0;
+    // The budget is the request's, not each prompt's: each prompt of a list has a context of its
+    // own, so per-prompt caps would let one body of many prompts cost seconds of CPU. A prompt
+    // that no longer fits is billed at its bound instead, which is never below its real count.
     let budget = MAX_COUNTED_CHARS;
     for (const one of prompts) {
       if (Array.isArray(one))
         tokens += one.length; // token ids: already counted
-      else if (typeof one === "string") {
+      else if (typeof one !== "string") return undefined;
+      else if (one.length <= budget) {
         // A completions prompt gets the <s> the tokenizer adds itself.
-        tokens += 1 + (await renderedLength(encoder, capped(one, budget)));
-        budget = Math.max(0, budget - one.length);
-      } else return undefined;
+        tokens += 1 + (await renderedLength(encoder, one));
+        budget -= one.length;
+      } else {
+        tokens += utf8ByteLength(one) + TEMPLATE_TOKENS_PER_PROMPT;
+        budget = 0;
+      }
     }
     return tokens;
   },
