@@ -208,6 +208,31 @@ describe("security: the public form is not a mail relay", () => {
     expect((await outbox()).at(-1)?.status).toBe("sent");
   });
 
+  it("security: holds the limits when many strangers name one address and one domain at the same moment", async () => {
+    // From as many networks as the per-network brake would take; each application succeeds.
+    await Promise.all(Array.from({ length: 25 }, (_, i) => apply(i + 1, { email: "victim@bank.example" })));
+    const toVictim = (await outbox()).filter((row) => row.to === "victim@bank.example");
+    expect(toVictim).toHaveLength(25);
+    expect(toVictim.filter((row) => row.status !== "suppressed")).toHaveLength(MAIL_SEND_LIMITS.perAddress);
+    expect(gateway.mailer.sent.filter((m) => m.to === "victim@bank.example")).toHaveLength(MAIL_SEND_LIMITS.perAddress);
+
+    const services = gateway.services;
+    const limits = { perAddress: 5, perDomain: 3, windowMs: 3_600_000 };
+    await Promise.all(
+      Array.from({ length: 12 }, async (_, i) =>
+        services.db.batch(
+          (await enqueueMailWithinLimits(
+            services,
+            { to: `staff${i}@corp.example`, subject: "Hello", text: "Body" },
+            limits,
+          )) as [never],
+        ),
+      ),
+    );
+    const toCorp = (await outbox()).filter((row) => row.to.endsWith("@corp.example"));
+    expect(toCorp.filter((row) => row.status !== "suppressed")).toHaveLength(limits.perDomain);
+  });
+
   it("suppresses mail over a domain's limit, however the addresses differ", async () => {
     const services = gateway.services;
     const limits = { perAddress: 5, perDomain: 3, windowMs: 3_600_000 };

@@ -408,6 +408,10 @@ export const mailOutbox = sqliteTable(
   {
     id: text("id").primaryKey(),
     to: text("to").notNull(),
+    /** The recipient's mailbox, however spelt (`canonicalEmail`): what the per-address limit counts. */
+    mailbox: text("mailbox"),
+    /** The recipient's domain, lower-cased: what the per-domain limit counts. */
+    toDomain: text("to_domain"),
     subject: text("subject").notNull(),
     text: text("text").notNull(),
     status: text("status", { enum: MAIL_STATUSES }).notNull(),
@@ -417,7 +421,11 @@ export const mailOutbox = sqliteTable(
     createdAt: text("created_at").notNull(),
     sentAt: text("sent_at"),
   },
-  (t) => [index("mail_outbox_due").on(t.status, t.nextAttemptAt)],
+  (t) => [
+    index("mail_outbox_due").on(t.status, t.nextAttemptAt),
+    index("mail_outbox_mailbox").on(t.mailbox, t.createdAt),
+    index("mail_outbox_domain").on(t.toDomain, t.createdAt),
+  ],
 );
 
 export type Application = typeof applications.$inferSelect;

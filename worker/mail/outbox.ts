@@ -1,4 +1,4 @@
-import { and, asc, count, eq, gte, lte, ne, or, sql } from "drizzle-orm";
+import { and, asc, eq, lte, sql } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { isFreeMailDomain } from "../auth/free-mail";
 import type { Database } from "../db/client";
@@ -49,6 +49,7 @@ export function enqueueMail(
   return deps.db.insert(mailOutbox).values({
     id: deps.ids.id("mail"),
     to: mail.to,
+    ...recipientOf(mail.to),
     subject: mail.subject,
     text: mail.text,
     status: suppressedBecause ? "suppressed" : "pending",
@@ -59,60 +60,55 @@ export function enqueueMail(
   });
 }
 
-/** `%`, `_` and `\\` in a LIKE pattern are literal characters here. */
-function likeLiteral(text: string): string {
-  return text.replace(/[\\%_]/g, (ch) => `\\${ch}`);
+/** The mailbox (however spelt) and the domain a message goes to, as the send limits count them. */
+function recipientOf(to: string): { mailbox: string; toDomain: string } {
+  const address = to.trim().toLowerCase();
+  return { mailbox: canonicalEmail(address), toDomain: address.slice(address.lastIndexOf("@") + 1) };
 }
 
 /**
- * The statements that queue a mail within `MAIL_SEND_LIMITS`: counted from the outbox over the
+ * The statement that queues a mail within `MAIL_SEND_LIMITS`: counted from the outbox over the
  * last window (suppressed mail does not count), a message over either limit is recorded as
- * `suppressed` and never sent. Being over a limit is not the sender's error: what the mail
- * reports still happens. Call it inside a `writeAudited` plan, whose retry on a concurrent write
- * makes the count and the insert one step. Returns a list, not the statement itself, because an
- * awaited query would run on its own.
+ * `suppressed`, with the limit as its reason, and never sent. Being over a limit is not the
+ * sender's error: what the mail reports still happens. The count and the insert are one SQL
+ * statement, which D1 runs alone, so however many requests queue mail for one mailbox at once, no
+ * more than the limit go out. Returned in a list, as the other statements of a batch are.
  */
 export async function enqueueMailWithinLimits(
   deps: { db: Database; ids: IdGenerator; clock: Clock },
   mail: OutgoingMail,
   limits: { perAddress: number; perDomain: number; windowMs: number } = MAIL_SEND_LIMITS,
 ): Promise<BatchItem<"sqlite">[]> {
-  const address = mail.to.trim().toLowerCase();
-  const domain = address.slice(address.lastIndexOf("@") + 1);
-  const since = new Date(deps.clock.now().getTime() - limits.windowMs).toISOString();
-  const recentMail = and(ne(mailOutbox.status, "suppressed"), gte(mailOutbox.createdAt, since));
-  const [recent] = await deps.db
-    .select({ toDomain: count() })
-    .from(mailOutbox)
-    .where(and(recentMail, sql`lower(${mailOutbox.to}) like ${`%@${likeLiteral(domain)}`} escape '\\'`));
-  // An address counts with its other spellings (`a.b+1@gmail.com` is `ab@gmail.com`'s mailbox):
-  // the candidates share the mailbox's first character and its domain, and are compared whole here.
-  const mailbox = canonicalEmail(address);
-  const [first = "", mailboxDomain = ""] = [mailbox.charAt(0), mailbox.slice(mailbox.lastIndexOf("@") + 1)];
-  const domains = mailboxDomain === "gmail.com" ? ["gmail.com", "googlemail.com"] : [mailboxDomain];
-  const candidates = await deps.db
-    .select({ to: mailOutbox.to })
-    .from(mailOutbox)
-    .where(
-      and(
-        recentMail,
-        or(
-          ...domains.map(
-            (d) => sql`lower(${mailOutbox.to}) like ${`${likeLiteral(first)}%@${likeLiteral(d)}`} escape '\\'`,
-          ),
-        ),
-      ),
-    );
-  const toAddress = candidates.filter((c) => canonicalEmail(c.to) === mailbox).length;
+  assertOneLine("recipient", mail.to);
+  assertOneLine("subject", mail.subject);
+  const { mailbox, toDomain } = recipientOf(mail.to);
+  const now = deps.clock.now();
+  const at = now.toISOString();
+  const since = new Date(now.getTime() - limits.windowMs).toISOString();
   const hours = limits.windowMs / 3_600_000;
   const window = hours === 1 ? "an hour" : `${hours} hours`;
-  const reason =
-    toAddress >= limits.perAddress
-      ? `send limit: ${limits.perAddress} messages to this address within ${window}`
-      : (recent?.toDomain ?? 0) >= limits.perDomain && !isFreeMailDomain(domain)
-        ? `send limit: ${limits.perDomain} messages to ${domain} within ${window}`
-        : null;
-  return [enqueueMail(deps, mail, reason)];
+  const toAddress = `send limit: ${limits.perAddress} messages to this address within ${window}`;
+  const toCompany = `send limit: ${limits.perDomain} messages to ${toDomain} within ${window}`;
+  // Free-mail domains are shared by millions of unrelated people: only the per-address limit.
+  const domainLimit = isFreeMailDomain(toDomain) ? Number.MAX_SAFE_INTEGER : limits.perDomain;
+  const recent = (column: typeof mailOutbox.mailbox | typeof mailOutbox.toDomain, value: string) =>
+    sql`(select count(*) from ${mailOutbox} where ${column} = ${value} and ${mailOutbox.status} != 'suppressed' and ${mailOutbox.createdAt} >= ${since})`;
+  const reason = sql`case when ${recent(mailOutbox.mailbox, mailbox)} >= ${limits.perAddress} then ${toAddress} when ${recent(mailOutbox.toDomain, toDomain)} >= ${domainLimit} then ${toCompany} end`;
+  return [
+    deps.db.insert(mailOutbox).values({
+      id: deps.ids.id("mail"),
+      to: mail.to,
+      mailbox,
+      toDomain,
+      subject: mail.subject,
+      text: mail.text,
+      status: sql`case when ${reason} is null then 'pending' else 'suppressed' end`,
+      attempts: 0,
+      nextAttemptAt: at,
+      lastError: reason,
+      createdAt: at,
+    }),
+  ];
 }
 
 /** What one delivery run did. */
