@@ -5,7 +5,16 @@
  */
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { applications, caseLinks, grants, memberships, organizationDomains, users } from "../worker/db/schema";
+import { keyOrganizationNames } from "../worker/applications/identity";
+import {
+  applications,
+  caseLinks,
+  grants,
+  memberships,
+  organizationDomains,
+  organizations,
+  users,
+} from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
 import { adminToken, TOKEN_NOW } from "./helpers/access";
 import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
@@ -249,6 +258,97 @@ describe("security: organizations are never joined by name", () => {
     const [app] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
     expect(app?.policyReasons.map((r) => r.code)).toEqual(["related_organization"]);
     expect(app?.requiredApprovals).toBe(2);
+  });
+
+  /** Acme's case over the threshold, refused: what a stranger's name is compared with below. */
+  async function rejectedAcme(gw: ReturnType<typeof testGateway>, name = "Acme Robotics GmbH") {
+    const big = await applyAndConfirm(
+      gw,
+      application({ name }, "cto@acme-robotics.example", { declaredMau: 900_000_000 }),
+    );
+    await gw.db.update(applications).set({ status: "rejected" }).where(eq(applications.id, big.applicationId));
+    return big;
+  }
+
+  function strangerApplying(name: string, email = "acme.again@gmail.com") {
+    return application({ name }, email, { declaredMau: 600_000_000 });
+  }
+
+  it.each([
+    "Acme Robotics GmbH",
+    "Acme Robotics, GmbH.",
+    "ACME-Robotics G.m.b.H.",
+    "Robotics Acme GmbH",
+    "Acme Robotics Limited",
+    // Look-alike letters from other scripts: a Cyrillic о, a Greek ο.
+    "Acme R\u043Ebotics GmbH",
+    "Acme Rob\u03BFtics GmbH",
+  ])("security: sends '%s', resembling a rejected organization's name, to review", async (name) => {
+    const gw = testGateway();
+    const refused = await rejectedAcme(gw);
+    const again = await applyAndConfirm(gw, strangerApplying(name));
+    expect(again.status).toBe("pending_review");
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
+    expect(app?.policyReasons.map((r) => r.code)).toEqual(["related_organization"]);
+    expect(app?.requiredApprovals).toBe(2);
+    const links = await gw.db.select().from(caseLinks).where(eq(caseLinks.applicationId, again.applicationId));
+    expect(links).toEqual([
+      expect.objectContaining({ relatedApplicationId: refused.applicationId, reasons: ["name"] }),
+    ]);
+  });
+
+  it.each([
+    ["Acme Robotics GmbH", "Acme Rocketry GmbH"],
+    ["Acme Robotics GmbH", "Acme GmbH"],
+    // A name of legal forms alone, or of punctuation alone, tells no organization apart.
+    ["Acme Robotics GmbH", "GmbH"],
+    ["GmbH", "Acme Robotics GmbH"],
+    ["GmbH", "Ltd."],
+    ["GmbH", "G.m.b.H."],
+    ["Acme Robotics GmbH", "..."],
+    ["...", "-"],
+  ])("beside a rejected '%s', approves '%s' at once: no shared name", async (rejected, name) => {
+    const gw = testGateway();
+    await rejectedAcme(gw, rejected);
+    const other = await applyAndConfirm(gw, strangerApplying(name));
+    expect(other.status).toBe("approved");
+    expect(await gw.db.select().from(caseLinks).where(eq(caseLinks.applicationId, other.applicationId))).toEqual([]);
+  });
+
+  it("still compares an organization stored before its name had a key by its name as then normalized", async () => {
+    const gw = testGateway();
+    const refused = await rejectedAcme(gw);
+    const acmeOrg = (await organizationOf(gw, refused.applicationId)) ?? "";
+    await gw.db.update(organizations).set({ nameKey: null }).where(eq(organizations.id, acmeOrg));
+    const again = await applyAndConfirm(gw, strangerApplying("  acme ROBOTICS gmbh "));
+    expect(again.status).toBe("pending_review");
+    const links = await gw.db.select().from(caseLinks).where(eq(caseLinks.applicationId, again.applicationId));
+    expect(links.map((l) => l.relatedApplicationId)).toEqual([refused.applicationId]);
+  });
+
+  it("keys the names of organizations stored before, so that punctuation stops hiding them too", async () => {
+    const gw = testGateway();
+    const refused = await rejectedAcme(gw);
+    const acmeOrg = (await organizationOf(gw, refused.applicationId)) ?? "";
+    await gw.db.update(organizations).set({ nameKey: null }).where(eq(organizations.id, acmeOrg));
+    expect(await keyOrganizationNames(gw.services())).toBeGreaterThanOrEqual(1);
+    const [org] = await gw.db.select().from(organizations).where(eq(organizations.id, acmeOrg));
+    expect(org?.nameKey).toBe("acme robotics");
+    expect(await keyOrganizationNames(gw.services())).toBe(0);
+    const again = await applyAndConfirm(gw, strangerApplying("Acme Robotics, GmbH."));
+    expect(again.status).toBe("pending_review");
+    const links = await gw.db.select().from(caseLinks).where(eq(caseLinks.applicationId, again.applicationId));
+    expect(links.map((l) => l.relatedApplicationId)).toEqual([refused.applicationId]);
+  });
+
+  it("stores each new organization's name under the key resemblance compares", async () => {
+    const gw = testGateway();
+    const named = await applyAndConfirm(gw, application({ name: "Acme R\u043Ebotics, GmbH." }, "x@gmail.com"));
+    const [org] = await gw.db
+      .select({ nameKey: organizations.nameKey, normalizedName: organizations.normalizedName })
+      .from(organizations)
+      .where(eq(organizations.id, (await organizationOf(gw, named.applicationId)) ?? ""));
+    expect(org).toEqual({ nameKey: "acme robotics", normalizedName: "acme r\u043Ebotics, gmbh." });
   });
 
   it("never makes a free-mail domain an organization's, nor joins people through it", async () => {

@@ -1,6 +1,6 @@
 import { count, eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { auditEvents, grants, screeningEntries } from "../worker/db/schema";
+import { auditEvents, grants, screeningEntries, screeningNames } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { csvRecords, parseScreeningList } from "../worker/screening/csv";
 import { screenNames } from "../worker/screening/list";
@@ -34,6 +34,35 @@ describe("screening names", () => {
     expect(screeningKey("IVANOV, Ivan")).toBe(screeningKey("Ivan Ivanov"));
     expect(screeningKey("Acme Rockets")).not.toBe(screeningKey("Acme Robotics"));
     expect(screeningKey("!!!")).toBe("");
+  });
+
+  it.each([
+    // One look-alike letter from another script: a Cyrillic о, а Cyrillic С in the legal form.
+    "Acme R\u043Eckets LLC",
+    "Acme Rockets LL\u0421",
+    // Whole words of Cyrillic capitals, Greek capitals, Cyrillic lower case.
+    "\u0410\u0421\u041C\u0415 ROCKETS LLC",
+    "\u0391CM\u0395 R\u039FCK\u0395T\u0405",
+    "\u0430\u0441m\u0435 r\u043E\u0441\u043A\u0435ts",
+    // Fullwidth and mathematical letters, folded by compatibility decomposition.
+    "\uFF21\uFF43\uFF4D\uFF45 \uFF32\uFF4F\uFF43\uFF4B\uFF45\uFF54\uFF53",
+    "\u{1D400}cme Rockets",
+  ])("keys %s, spelled with look-alike letters, as the Latin name it imitates", (name) => {
+    expect(screeningKey(name)).toBe(screeningKey("Acme Rockets LLC"));
+  });
+
+  it("keeps names apart that differ in a letter a reader sees, in any script", () => {
+    expect(screeningKey("Acme Rocketry LLC")).not.toBe(screeningKey("Acme Rockets LLC"));
+    expect(screeningKey("Acme R\u043Ecketry LLC")).not.toBe(screeningKey("Acme Rockets LLC"));
+    // A Greek Ρ is a P, not an R; Cyrillic Б and Д look like no Latin letter.
+    expect(screeningKey("Acme \u03A1ockets")).not.toBe(screeningKey("Acme Rockets"));
+    expect(screeningKey("\u0411\u0414 Rockets")).not.toBe(screeningKey("Acme Rockets"));
+    expect(screeningKey("\u0418\u0432\u0430\u043D \u0418\u0432\u0430\u043D\u043E\u0432")).toBe(
+      screeningKey("\u0418\u0432\u0430\u043D\u043E\u0432 \u0418\u0432\u0430\u043D"),
+    );
+    expect(screeningKey("\u0418\u0432\u0430\u043D \u0418\u0432\u0430\u043D\u043E\u0432")).not.toBe(
+      screeningKey("Ivan Ivanov"),
+    );
   });
 
   it("reads the Consolidated Screening List's CSV: quoted commas, aliases, countries from addresses", () => {
@@ -178,6 +207,38 @@ describe("the denied-party list at application time", () => {
     expect(decided.status).toBe("approved");
     expect(await screenNames(gateway.services, ["Acme Robotics GmbH", "Rostec"])).toEqual([]);
     expect(await screenNames(gateway.services, ["acme rockets, inc."])).toMatchObject([{ name: "Acme Rockets LLC" }]);
+  });
+
+  it("security: sends a listed party spelled with a look-alike letter from another script to review", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const decided = await applyAndConfirm(gateway, application("Acme R\u043Eckets LLC"));
+    expect(decided.status).toBe("pending_review");
+    const file = await caseFile(decided.applicationId);
+    expect(file.application.policyReasons.map((r) => r.code)).toEqual(["denied_party_match"]);
+    const match = file.auditEvents.find((e) => e.action === "application.screening_match");
+    expect(match?.data.matches).toEqual([
+      expect.objectContaining({ screened: "Acme R\u043Eckets LLC", name: "Acme Rockets LLC" }),
+    ]);
+  });
+
+  it("approves a different company whose name differs from a listed one in a letter a reader sees", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const decided = await applyAndConfirm(gateway, application("Acme Rocketry LLC"));
+    expect(decided.status).toBe("approved");
+  });
+
+  it("matches a listed alias written in Cyrillic, also in a list loaded before look-alike letters were folded", async () => {
+    expect((await loadSample()).status).toBe(200);
+    const cyrillic = "\u0418\u0432\u0430\u043D \u0418\u0432\u0430\u043D\u043E\u0432";
+    expect(await screenNames(gateway.services, [cyrillic])).toMatchObject([{ matchedName: cyrillic }]);
+    // The list in force then kept each name under its key without that folding.
+    await gateway.db
+      .update(screeningNames)
+      .set({ nameKey: "\u0438\u0432\u0430\u043D \u0438\u0432\u0430\u043D\u043E\u0432" })
+      .where(eq(screeningNames.nameKey, screeningKey(cyrillic)));
+    expect(await screenNames(gateway.services, [cyrillic])).toMatchObject([
+      { name: "IVANOV, Ivan Petrovich", matchedName: cyrillic },
+    ]);
   });
 
   it("screens a request for more models again: an organization listed since its case goes to review", async () => {

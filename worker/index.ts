@@ -1,4 +1,5 @@
 import { newApp } from "./app";
+import { keyOrganizationNames } from "./applications/identity";
 import { purgeUnconfirmedDrafts } from "./applications/submit";
 import { anchorAuditHead } from "./audit/log";
 import { consumeDeadLetters, consumeUsageBatch, USAGE_DLQ_NAME, type UsageMessage } from "./billing/queue";
@@ -47,6 +48,14 @@ export default {
           if (purged > 0) services.log.info("unconfirmed applications purged", { purged });
         },
         (error: unknown) => services.log.error("purging unconfirmed applications failed", { error: String(error) }),
+      ),
+    );
+    ctx.waitUntil(
+      keyOrganizationNames(services).then(
+        (keyed) => {
+          if (keyed > 0) services.log.info("organization names keyed for resemblance", { keyed });
+        },
+        (error: unknown) => services.log.error("keying organization names failed", { error: String(error) }),
       ),
     );
     ctx.waitUntil(

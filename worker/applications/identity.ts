@@ -5,7 +5,7 @@
  * membership they accepted or founded) — and anything that merely resembles another organization's
  * case, an address at its verified domain included, is linked for reviewers and decided by one.
  */
-import { and, eq, inArray, like, ne, or } from "drizzle-orm";
+import { and, eq, inArray, isNull, like, ne, or } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { AuditEntry } from "../audit/log";
 import { isFreeMailDomain } from "../auth/free-mail";
@@ -21,6 +21,7 @@ import {
   type User,
 } from "../db/schema";
 import { AppError } from "../errors";
+import { resemblanceKey } from "../screening/names";
 import type { Services } from "../services";
 import type { ApplicationInput } from "./schemas";
 import { normalizeOrganizationName } from "./submit";
@@ -90,6 +91,7 @@ export async function resolveOrganization(
       id: organizationId,
       name: input.organization.name,
       normalizedName: normalizeOrganizationName(input.organization.name),
+      nameKey: resemblanceKey(input.organization.name) ?? "",
       website: input.organization.website ?? null,
       country: input.organization.country,
       createdAt: at,
@@ -121,6 +123,28 @@ export async function resolveOrganization(
   };
 }
 
+/**
+ * Keys the names of up to `limit` organizations created before names were keyed (`nameKey`
+ * null), so that they too are found by `resemblanceKey`; a name with no key gets an empty one,
+ * which matches nothing. Run by the scheduled handler; answers how many it keyed.
+ */
+export async function keyOrganizationNames(services: Pick<Services, "db">, limit = 200): Promise<number> {
+  const { db } = services;
+  const unkeyed = await db
+    .select({ id: organizations.id, name: organizations.name })
+    .from(organizations)
+    .where(isNull(organizations.nameKey))
+    .limit(limit);
+  const [first, ...rest] = unkeyed.map((org) =>
+    db
+      .update(organizations)
+      .set({ nameKey: resemblanceKey(org.name) ?? "" })
+      .where(and(eq(organizations.id, org.id), isNull(organizations.nameKey))),
+  );
+  if (first) await db.batch([first, ...rest]);
+  return unkeyed.length;
+}
+
 /** A case of another organization that this one resembles. */
 export interface RelatedCase {
   applicationId: string;
@@ -132,19 +156,20 @@ export interface RelatedCase {
 }
 
 /**
- * Cases of other organizations that resemble this application — the same normalized name, the
- * same website host, or the contact's (non-free-mail) e-mail domain as their website or verified
- * domain — and are open, rejected, or hold a suspended or revoked grant; at the organization whose
- * verified domain is the contact's, every case.
+ * Cases of other organizations that resemble this application — the same name (`resemblanceKey`),
+ * the same website host, or the contact's (non-free-mail) e-mail domain as their website or
+ * verified domain — and are open, rejected, or hold a suspended or revoked grant; at the
+ * organization whose verified domain is the contact's, every case.
  */
 export async function relatedCases(
   services: Pick<Services, "db">,
   organizationId: string,
-  input: ApplicationInput,
+  input: Pick<ApplicationInput, "organization">,
   contactEmail: string,
 ): Promise<RelatedCase[]> {
   const { db } = services;
   const name = normalizeOrganizationName(input.organization.name);
+  const nameKey = resemblanceKey(input.organization.name);
   const host = websiteHost(input.organization.website);
   const mailDomain = emailDomain(contactEmail);
   const domains = [...new Set([host, isFreeMailDomain(mailDomain) ? null : mailDomain].filter((d) => d !== null))];
@@ -156,10 +181,17 @@ export async function relatedCases(
     reasons.add(reason);
     reasonsByOrganization.set(id, reasons);
   };
+  // The same key, or the same name as normalized before keys were kept: organizations created
+  // since have both, so a name that resembled one before still does (and the scheduled handler
+  // keys the older ones, `keyOrganizationNames`).
+  const sameName =
+    nameKey === null
+      ? eq(organizations.normalizedName, name)
+      : or(eq(organizations.nameKey, nameKey), eq(organizations.normalizedName, name));
   const byName = await db
     .select({ id: organizations.id })
     .from(organizations)
-    .where(and(eq(organizations.normalizedName, name), ne(organizations.id, organizationId)));
+    .where(and(sameName, ne(organizations.id, organizationId)));
   for (const org of byName) note(org.id, "name");
   if (domains.length > 0) {
     const byDomain = await db

@@ -34,7 +34,9 @@ export const DRAFT_TTL_MS = 24 * 60 * 60_000;
 
 /**
  * Lower-cased, whitespace-collapsed organization name without invisible characters (a soft
- * hyphen, a zero-width space): how resembling cases are found.
+ * hyphen, a zero-width space), stored with every organization. Resemblance compares it beside the
+ * `resemblanceKey`, which folds far more, because organizations created before that key was kept
+ * have only this.
  */
 export function normalizeOrganizationName(name: string): string {
   return name

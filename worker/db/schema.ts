@@ -50,11 +50,18 @@ export const organizations = sqliteTable(
      * name is a claim): only how resembling cases are found and linked for reviewers.
      */
     normalizedName: text("normalized_name").notNull(),
+    /**
+     * The name as resemblance compares it (`resemblanceKey`): punctuation, legal forms, word order
+     * and look-alike letters of other scripts make no difference. Empty for a name of legal forms
+     * or punctuation alone (it matches nothing); null for an organization created before the key
+     * was kept, until the scheduled handler keys it (`keyOrganizationNames`).
+     */
+    nameKey: text("name_key"),
     website: text("website"),
     country: text("country").notNull(),
     createdAt: text("created_at").notNull(),
   },
-  (t) => [index("organizations_normalized_name").on(t.normalizedName)],
+  (t) => [index("organizations_normalized_name").on(t.normalizedName), index("organizations_name_key").on(t.nameKey)],
 );
 
 /** People, known by an e-mail address; `emailVerifiedAt` once a link mailed to it was used. */

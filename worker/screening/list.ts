@@ -11,7 +11,7 @@ import { AppError } from "../errors";
 import { sha256Hex } from "../platform/hash";
 import type { Services } from "../services";
 import type { ListedParty } from "./csv";
-import { screeningKey } from "./names";
+import { screeningKey, screeningLookupKeys } from "./names";
 
 /** D1 binds at most 100 parameters a statement: rows per insert for each table. */
 const ENTRY_ROWS_PER_INSERT = 14;
@@ -113,14 +113,13 @@ export async function screeningListStanding(services: Pick<Services, "db">) {
 }
 
 /**
- * The listed parties any of `names` matches (after `screeningKey`), each party once per screened
- * name. Names without letters or digits match nothing.
+ * The listed parties any of `names` matches (under its `screeningLookupKeys`), each party once per
+ * screened name. Names without letters or digits match nothing.
  */
 export async function screenNames(services: Pick<Services, "db">, names: readonly string[]): Promise<ScreeningMatch[]> {
   const byKey = new Map<string, string>();
   for (const name of names) {
-    const key = screeningKey(name);
-    if (key !== "" && !byKey.has(key)) byKey.set(key, name);
+    for (const key of screeningLookupKeys(name)) if (!byKey.has(key)) byKey.set(key, name);
   }
   if (byKey.size === 0) return [];
   const rows = await services.db
@@ -128,12 +127,21 @@ export async function screenNames(services: Pick<Services, "db">, names: readonl
     .from(screeningNames)
     .innerJoin(screeningEntries, sql`${screeningEntries.id} = ${screeningNames.entryId}`)
     .where(inArray(screeningNames.nameKey, [...byKey.keys()]));
-  return rows.map(({ nameKey, entry }) => ({
-    screened: byKey.get(nameKey) ?? nameKey,
-    entryId: entry.id,
-    name: entry.name,
-    matchedName: [entry.name, ...entry.altNames].find((n) => screeningKey(n) === nameKey) ?? entry.name,
-    source: entry.source,
-    country: entry.country,
-  }));
+  // In a list loaded before look-alike letters were folded, a name's two keys can meet two names
+  // of one party: the party is reported once.
+  const once = new Map<string, ScreeningMatch>();
+  for (const { nameKey, entry } of rows) {
+    const screened = byKey.get(nameKey) ?? nameKey;
+    const key = `${screened}\u0000${entry.id}`;
+    if (once.has(key)) continue;
+    once.set(key, {
+      screened,
+      entryId: entry.id,
+      name: entry.name,
+      matchedName: [entry.name, ...entry.altNames].find((n) => screeningLookupKeys(n).includes(nameKey)) ?? entry.name,
+      source: entry.source,
+      country: entry.country,
+    });
+  }
+  return [...once.values()];
 }
