@@ -82,6 +82,41 @@ describe("POST /v1/organization/model-requests", () => {
     expect(await gw.db.select().from(grants)).toHaveLength(1);
   });
 
+  it("security: sends a request to two approvers when two decided the organization's case, whatever its figure", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    // The case was the licensor's (an earlier refusal of the organization over the threshold, say):
+    // two approvers decided it, though its own figure is under the threshold.
+    await gw.db.update(applications).set({ requiredApprovals: 2 }).where(eq(applications.id, first.applicationId));
+    const res = await requestModels(gw, first.cookie, { models: ["llama-2-70b"] });
+    expect(res.status, await res.clone().text()).toBe(201);
+    const asked = (await res.json()) as { applicationId: string; status: string; reasons: { code: string }[] };
+    expect(asked).toMatchObject({ status: "pending_review", reasons: [{ code: "licensor_case" }] });
+    const [row] = await gw.db.select().from(applications).where(eq(applications.id, asked.applicationId));
+    expect(row?.requiredApprovals).toBe(2);
+    expect((await grantOf(gw, first.applicationId))?.models).toEqual(["llama-2-7b"]);
+  });
+
+  it("security: decides a request on the organization's record: its country on record and an earlier rejection", async () => {
+    const gw = testGateway();
+    const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));
+    const [base] = await gw.db.select().from(applications).where(eq(applications.id, first.applicationId));
+    // An earlier case of the family, rejected, and a base case declared from elsewhere than the record.
+    await gw.db.insert(applications).values({
+      ...(base as NonNullable<typeof base>),
+      id: "app_rejected_before",
+      status: "rejected",
+      createdAt: "2025-01-01T00:00:00.000Z",
+      updatedAt: "2025-01-01T00:00:00.000Z",
+    });
+    await gw.db.update(applications).set({ country: "US" }).where(eq(applications.id, first.applicationId));
+    const res = await requestModels(gw, first.cookie, { models: ["llama-2-70b"] });
+    expect(res.status, await res.clone().text()).toBe(201);
+    const asked = (await res.json()) as { status: string; reasons: { code: string }[] };
+    expect(asked.status).toBe("pending_review");
+    expect(asked.reasons.map((r) => r.code).sort()).toEqual(["country_differs_from_record", "prior_rejection"]);
+  });
+
   it("files one request however many copies arrive at once", async () => {
     const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
     const first = await applyAndConfirm(gw, application("DE", ["llama-2-7b"]));

@@ -3,7 +3,7 @@
  * named. Only now is the contact a known person, the organization resolved from proof, and the
  * license policy asked; the contact is signed in to the applicant's portal as well.
  */
-import { and, desc, eq, inArray } from "drizzle-orm";
+import { and, desc, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { consumeEmailLink } from "../auth/email-links";
@@ -18,7 +18,6 @@ import {
   grants,
   licenseVersions,
   OPEN_STATUSES,
-  organizations,
   type PolicyReasonRow,
   statusLinks,
 } from "../db/schema";
@@ -33,7 +32,8 @@ import type { LicenseFamily } from "../policy/types";
 import { screeningMatchEvent } from "../screening/case";
 import { screenNames } from "../screening/list";
 import type { Services } from "../services";
-import { type RelatedCase, relatedCases, resolveOrganization } from "./identity";
+import { organizationRecord } from "./history";
+import { resolveOrganization } from "./identity";
 import type { ApplicationInput } from "./schemas";
 import { type AcceptanceEvidence, familyOf, newStatusSecret, pendingDraft, statusUrls } from "./submit";
 
@@ -254,47 +254,22 @@ async function decide(
   contactEmail: string,
   now: Date,
 ) {
-  const history = await services.db
-    .select({
-      status: applications.status,
-      reapplyAfter: applications.reapplyAfter,
-      requiredApprovals: applications.requiredApprovals,
-    })
-    .from(applications)
-    .where(and(eq(applications.organizationId, organizationId), eq(applications.family, family.id)))
-    .orderBy(desc(applications.createdAt));
-  const rejections = history.filter((a) => a.status === "rejected");
-  const lastRejection = rejections[0];
+  const record = await organizationRecord(services, organizationId, family.id, input, contactEmail);
+  const lastRejection = record.lastRejection;
   if (lastRejection?.reapplyAfter && lastRejection.reapplyAfter > now.toISOString()) {
     throw new AppError("reapply_cooldown", `You may apply again after ${lastRejection.reapplyAfter}.`, {
       extensions: { reapplyAfter: lastRejection.reapplyAfter },
     });
   }
-  const revoked = await services.db
-    .select({ id: grants.id })
-    .from(grants)
-    .where(
-      and(eq(grants.organizationId, organizationId), eq(grants.family, family.id), inArray(grants.status, ["revoked"])),
-    )
-    .limit(1);
-  const related: RelatedCase[] = await relatedCases(services, organizationId, input, contactEmail);
+  const related = record.related;
   const screening = await screenNames(services, [input.organization.name, input.contact.name]);
-  const [record] = await services.db
-    .select({ country: organizations.country })
-    .from(organizations)
-    .where(eq(organizations.id, organizationId));
   const decision = evaluateApplication(
     {
+      ...record.facts,
       country: input.organization.country,
-      ...(record ? { recordedCountry: record.country } : {}),
       declaredMau: input.declaredMau,
       intendedUse: input.intendedUse,
       models: input.models ?? family.models.map((m) => m.id),
-      priorRevocation: revoked.length > 0,
-      ...(rejections.length > 0
-        ? { priorRejection: { overThreshold: rejections.some((r) => r.requiredApprovals > 1) } }
-        : {}),
-      ...(related.length > 0 ? { relatedCases: { overThreshold: related.some((r) => r.overThreshold) } } : {}),
       deniedPartyMatch: screening.length > 0,
     },
     family,

@@ -1,7 +1,8 @@
 /**
  * An organization asks for more of a family's models than its grant covers. It is a case like
- * any other — the policy decides on the facts of the organization's approved case, and sends it
- * to reviewers where it says so — filed by a signed-in owner, whose address is already proven.
+ * any other — the policy decides on the facts of the organization's approved case and its record,
+ * as it decides a new application, and sends it to reviewers where it says so (always when the
+ * licensor decided the approved case) — filed by a signed-in owner, whose address is proven.
  * Approved, it widens the organization's grant (`grantForApproval`).
  */
 import { and, desc, eq } from "drizzle-orm";
@@ -18,6 +19,7 @@ import { findFamily } from "../policy/families";
 import { screeningMatchEvent } from "../screening/case";
 import { screenNames } from "../screening/list";
 import type { Services } from "../services";
+import { organizationRecord } from "./history";
 import type { AcceptanceEvidence } from "./submit";
 
 /** What a request for more models produced. */
@@ -82,13 +84,24 @@ export async function requestMoreModels(
     // Screened again: the organization or the member asking may have been listed since its case.
     const contactName = member.user.name ?? base.contactName;
     const screening = await screenNames(services, [base.organizationName, contactName]);
+    // Decided on the organization's record as a new application is: its country on record, an
+    // earlier rejection or revocation, resembling cases, and a grant the licensor decided.
+    const record = await organizationRecord(
+      services,
+      member.organizationId,
+      family.id,
+      { organization: { name: base.organizationName, country: base.country, website: base.website ?? undefined } },
+      base.contactEmail,
+    );
     const decision = evaluateApplication(
       {
+        ...record.facts,
         country: base.country,
         declaredMau: base.declaredMau,
         intendedUse: base.intendedUse,
         models: wanted,
         deniedPartyMatch: screening.length > 0,
+        licensorCase: base.requiredApprovals > 1,
       },
       family,
     );

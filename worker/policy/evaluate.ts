@@ -31,6 +31,11 @@ export interface ApplicationFacts {
    */
   recordedCountry?: string;
   /**
+   * The organization's grant was decided by the licensor (a case two approvers decided): what
+   * widens it is the licensor's to decide too, by two approvers.
+   */
+  licensorCase?: boolean;
+  /**
    * Cases of other organizations this one resembles (name, website, e-mail domain) that are open,
    * rejected, suspended or revoked. A resemblance is not proof of identity, so it decides nothing
    * by itself: it sends the case to a reviewer, who sees both side by side.
@@ -55,6 +60,7 @@ export type PolicyReasonCode =
   | "prior_revocation"
   | "prior_rejection"
   | "country_differs_from_record"
+  | "licensor_case"
   | "related_organization"
   | "denied_party_match"
   | "model_region_excluded";
@@ -227,6 +233,15 @@ export function evaluateApplication(facts: ApplicationFacts, family: LicenseFami
       outcome: "review",
       detail:
         "An earlier application of the organization for this model family was rejected; a reviewer compares them.",
+    });
+  }
+
+  if (facts.licensorCase) {
+    overThreshold = true;
+    reasons.push({
+      code: "licensor_case",
+      outcome: "review",
+      detail: "The organization's access was decided by the licensor; so is any widening of it.",
     });
   }
 
