@@ -330,6 +330,24 @@ describe("POST /v1/applications", () => {
     ]);
   });
 
+  it("leaves a confirmation link usable when the cool-down refuses it, so it works once the cool-down ends", async () => {
+    const clock = fixedClock("2026-03-01T00:00:00Z");
+    const gw = testGateway({ clock });
+    const body = applicationBody({ organization: { name: "Northwind", country: "IR" } });
+    expect((await applyAndConfirm(gw, body)).status).toBe("rejected");
+    clock.advance(29 * 86_400_000 + 12 * 3_600_000);
+    await gw.request("/v1/applications", json(body));
+    const token = confirmationToken(gw, "ada@acme.example");
+    const early = await confirmRequest(gw, token);
+    expect(early.status).toBe(409);
+    expect(early.headers.get("set-cookie")).toBeNull();
+    clock.advance(13 * 3_600_000);
+    const later = await confirmRequest(gw, token);
+    expect(later.status, await later.clone().text()).toBe(200);
+    expect(((await later.json()) as { status: string }).status).toBe("rejected");
+    expect((await confirmRequest(gw, token)).status).toBe(401);
+  });
+
   it("security: sends a case the licensor refused back to two approvers, whatever figure is declared for the same month after", async () => {
     const clock = fixedClock("2026-03-01T00:00:00Z");
     const gw = testGateway({ clock });

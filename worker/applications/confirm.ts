@@ -6,7 +6,7 @@
 import { and, desc, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
-import { consumeEmailLink } from "../auth/email-links";
+import { emailLinkToUse } from "../auth/email-links";
 import { newSession } from "../auth/sessions";
 import { provenUser } from "../auth/users";
 import {
@@ -62,8 +62,8 @@ function addStatusLink(services: Pick<Services, "db">, applicationId: string, ha
 }
 
 /**
- * Confirms the application a verification link belongs to, once: consumes the link, then in one
- * audited batch proves the contact's user, resolves the organization, lets the policy decide
+ * Confirms the application a verification link belongs to, once: in one audited batch uses the
+ * link, proves the contact's user, resolves the organization, lets the policy decide
  * (resemblance to other organizations' cases sends it to review), and writes the application,
  * the acceptance evidence, case links, the grant when approved, a fresh status link, the notice
  * and a session for the contact.
@@ -73,24 +73,25 @@ export async function confirmApplication(
   secret: string,
   request: { ip: string | null; userAgent: string | null },
 ): Promise<Confirmation> {
-  const link = await consumeEmailLink(services, secret, "verify_application");
-  const draft = await liveDraft(services, link.applicationId);
-  const input = draft.input as unknown as ApplicationInput;
-  const family = familyOf(input);
   const status = await newStatusSecret(services);
-  const [license] = await services.db
-    .select({ aupSha256: licenseVersions.aupSha256, licenseSha256: licenseVersions.licenseSha256 })
-    .from(licenseVersions)
-    .where(eq(licenseVersions.id, draft.licenseVersionId));
-  if (!license) throw new Error(`draft ${draft.id} names a license version that does not exist`);
-
   return writeAudited<Confirmation>(services, async () => {
+    // Read here and used with the rest of the write: a refusal below leaves the link usable.
+    const link = await emailLinkToUse(services, secret, "verify_application");
+    const draft = await liveDraft(services, link.applicationId);
+    const input = draft.input as unknown as ApplicationInput;
+    const family = familyOf(input);
+    const [license] = await services.db
+      .select({ aupSha256: licenseVersions.aupSha256, licenseSha256: licenseVersions.licenseSha256 })
+      .from(licenseVersions)
+      .where(eq(licenseVersions.id, draft.licenseVersionId));
+    if (!license) throw new Error(`draft ${draft.id} names a license version that does not exist`);
     const now = services.clock.now();
     const at = now.toISOString();
     const { user, statements: userStatements } = await provenUser(services, link.email, input.contact.name);
     const organization = await resolveOrganization(services, user, input, at);
     const session = await newSession(services, user, request);
     const statements: BatchItem<"sqlite">[] = [
+      link.use,
       ...userStatements,
       ...organization.statements,
       session.statement,

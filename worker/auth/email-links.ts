@@ -1,10 +1,12 @@
 /**
  * Single-use links mailed to an address, the only proof of an e-mail address the gateway takes:
  * confirming an application's contact and signing in. The secret is in the link alone; D1 keeps
- * its sha256. A link is consumed by one conditional update, so a replay, a second tab or a
- * racing request finds it used.
+ * its sha256. A link is used by a conditional update in the same batch as the write it proves,
+ * so a write refused on the way (a cool-down, a member who may not apply) leaves it usable, and a
+ * replay, a second tab or a racing request finds it used.
  */
 import { and, eq, gt, isNull } from "drizzle-orm";
+import type { BatchItem } from "drizzle-orm/batch";
 import { type EmailLinkPurpose, emailLinks } from "../db/schema";
 import { AppError } from "../errors";
 import { sha256Hex } from "../platform/hash";
@@ -37,36 +39,39 @@ export async function issueEmailLink(
   return { secret, statement };
 }
 
-/** A consumed link: the address it proves and what it was for. */
-export interface ConsumedEmailLink {
+/** A link that may be used: the address it proves, what it was for, and the statement using it. */
+export interface UsableEmailLink {
   email: string;
   applicationId: string | null;
+  /** Marks the link used, if it still is not; goes in the batch of the write the link proves. */
+  use: BatchItem<"sqlite">;
 }
 
 /**
- * Uses a link once. Unknown, used, expired and other-purpose links are all the same 401, so the
- * answer says nothing about which it was.
+ * A link that may still be used, read but not used: its `use` goes in the batch of the audited
+ * write it proves, so the link is used when that write lands and not before. Every write a link
+ * proves is audited: two at once meet on the audit chain, and the later, planned again, finds the
+ * link used. Unknown, used, expired and other-purpose links are all the same 401, so the answer
+ * says nothing about which it was.
  */
-export async function consumeEmailLink(
+export async function emailLinkToUse(
   services: Pick<Services, "db" | "clock">,
   secret: string,
   purpose: EmailLinkPurpose,
-): Promise<ConsumedEmailLink> {
+): Promise<UsableEmailLink> {
   const refused = new AppError("unauthorized", "This link is not valid any more. Ask for a new one.");
   if (!secret.startsWith(SECRET_PREFIX) || secret.length > 100) throw refused;
   const now = services.clock.now().toISOString();
+  const usable = and(
+    eq(emailLinks.secretHash, await sha256Hex(secret)),
+    eq(emailLinks.purpose, purpose),
+    isNull(emailLinks.usedAt),
+    gt(emailLinks.expiresAt, now),
+  );
   const [row] = await services.db
-    .update(emailLinks)
-    .set({ usedAt: now })
-    .where(
-      and(
-        eq(emailLinks.secretHash, await sha256Hex(secret)),
-        eq(emailLinks.purpose, purpose),
-        isNull(emailLinks.usedAt),
-        gt(emailLinks.expiresAt, now),
-      ),
-    )
-    .returning({ email: emailLinks.email, applicationId: emailLinks.applicationId });
+    .select({ email: emailLinks.email, applicationId: emailLinks.applicationId })
+    .from(emailLinks)
+    .where(usable);
   if (!row) throw refused;
-  return row;
+  return { ...row, use: services.db.update(emailLinks).set({ usedAt: now }).where(usable) };
 }

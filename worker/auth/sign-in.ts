@@ -11,7 +11,7 @@ import { gatewayLink } from "../mail/links";
 import type { OutgoingMail } from "../mail/mailer";
 import { enqueueMailWithinLimits } from "../mail/outbox";
 import type { Services } from "../services";
-import { consumeEmailLink, EMAIL_LINK_TTL_MS, issueEmailLink } from "./email-links";
+import { EMAIL_LINK_TTL_MS, emailLinkToUse, issueEmailLink } from "./email-links";
 import { isFreeMailDomain } from "./free-mail";
 import { liveSessions, newSession } from "./sessions";
 import { emailDomain, normalizeEmail, provenUser } from "./users";
@@ -113,7 +113,7 @@ async function domainClaim(
 
 /**
  * Uses a sign-in link once and starts a session for the address it proves. Unknown, used, expired
- * and other links are one 401 (`consumeEmailLink`). Answers the session's secret and expiry for
+ * and other links are one 401 (`emailLinkToUse`). Answers the session's secret and expiry for
  * the cookie.
  */
 export async function completeSignIn(
@@ -121,15 +121,15 @@ export async function completeSignIn(
   secret: string,
   request: { ip: string | null; userAgent: string | null },
 ): Promise<{ user: User; secret: string; expiresAt: string }> {
-  const { email } = await consumeEmailLink(services, secret, "sign_in");
   return writeAudited(services, async () => {
-    const proven = await provenUser(services, email);
+    const link = await emailLinkToUse(services, secret, "sign_in");
+    const proven = await provenUser(services, link.email);
     const firstProof = proven.statements.length > 0;
     const claim = firstProof ? await domainClaim(services, proven.user) : { statements: [], organizationId: null };
     const session = await newSession(services, proven.user, request);
     const actor = userActor(proven.user);
     return {
-      statements: [...proven.statements, ...claim.statements, session.statement],
+      statements: [link.use, ...proven.statements, ...claim.statements, session.statement],
       events: [
         {
           actor,
