@@ -6,7 +6,14 @@
  */
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
-import { accessTokens, auditEvents, invitations, memberships, organizations } from "../worker/db/schema";
+import {
+  accessTokens,
+  auditEvents,
+  invitations,
+  memberships,
+  organizations,
+  webhookEndpoints,
+} from "../worker/db/schema";
 import { heldWrites } from "./helpers/bindings";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { type SignedInMember, signedInMember } from "./helpers/members";
@@ -180,12 +187,16 @@ describe("members", () => {
       role: "owner",
     });
     // The second owner's three writes have passed the door and planned on their membership...
-    const held = heldWrites(3);
+    const held = heldWrites(4);
     const acting = testGateway(gw.clock.now(), { DB: held.db });
     const writes = [
       call(acting, second, "PATCH", `/v1/organization/members/${developer.membership.id}`, { role: "owner" }),
       call(acting, second, "PATCH", `/v1/organization/members/${viewer.membership.id}`, { role: "admin" }),
       call(acting, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "admin" }),
+      call(acting, second, "POST", "/v1/organization/webhooks", {
+        url: "https://hooks.example.com/in",
+        events: ["grant.suspended"],
+      }),
     ];
     await held.poised;
     // ...when the first owner removes them.
@@ -197,6 +208,7 @@ describe("members", () => {
     expect(roles.find((m) => m.id === developer.membership.id)?.role).toBe("developer");
     expect(roles.find((m) => m.id === viewer.membership.id)?.role).toBe("viewer");
     expect(await gw.db.select().from(invitations)).toEqual([]);
+    expect(await gw.db.select().from(webhookEndpoints)).toEqual([]);
   });
 
   it("removes a member and revokes their tokens of this organization in the same write, no one else's", async () => {

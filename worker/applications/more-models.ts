@@ -8,7 +8,7 @@
 import { and, desc, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
-import type { MemberPrincipal } from "../auth/members";
+import { type MemberPrincipal, memberNow } from "../auth/members";
 import { acceptances, applications, grants, OPEN_STATUSES, type PolicyReasonRow } from "../db/schema";
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
@@ -50,6 +50,7 @@ export async function requestMoreModels(
 
   return writeAudited<ModelRequestOutcome>(services, async () => {
     const { db, clock, ids } = services;
+    await memberNow(services, member, "owner");
     const [current] = await db
       .select({ grant: grants, application: applications })
       .from(grants)

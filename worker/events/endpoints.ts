@@ -6,7 +6,7 @@
 import { and, asc, count, desc, eq, inArray, isNull } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
-import type { MemberPrincipal } from "../auth/members";
+import { type MemberPrincipal, memberNow } from "../auth/members";
 import { userActor } from "../auth/sign-in";
 import {
   type WebhookEndpoint,
@@ -155,6 +155,7 @@ export async function createEndpoint(
 ): Promise<{ endpoint: EndpointView; secret: NewSecret }> {
   const url = acceptedUrl(input.url, allowedHosts);
   return writeAudited(deps, async () => {
+    await memberNow(deps, member, "admin");
     const [live] = await deps.db
       .select({ n: count() })
       .from(webhookEndpoints)
@@ -200,6 +201,7 @@ export async function updateEndpoint(
 ): Promise<EndpointView> {
   const url = patch.url === undefined ? undefined : acceptedUrl(patch.url, allowedHosts);
   return writeAudited(deps, async () => {
+    await memberNow(deps, member, "admin");
     const current = await liveEndpoint(deps, member.organizationId, id);
     const next: WebhookEndpoint = {
       ...current,
@@ -248,6 +250,7 @@ export async function updateEndpoint(
  */
 export async function removeEndpoint(deps: Deps, member: MemberPrincipal, id: string): Promise<EndpointView> {
   return writeAudited(deps, async () => {
+    await memberNow(deps, member, "admin");
     const current = await liveEndpoint(deps, member.organizationId, id);
     const at = deps.clock.now().toISOString();
     const statements: BatchItem<"sqlite">[] = [
@@ -274,6 +277,7 @@ export async function removeEndpoint(deps: Deps, member: MemberPrincipal, id: st
  */
 export async function addSecret(deps: Deps, member: MemberPrincipal, endpointId: string): Promise<NewSecret> {
   return writeAudited(deps, async () => {
+    await memberNow(deps, member, "admin");
     await liveEndpoint(deps, member.organizationId, endpointId);
     const secret: NewSecret = {
       id: deps.ids.id("whs"),
@@ -296,6 +300,7 @@ export async function removeSecret(
   secretId: string,
 ): Promise<EndpointView> {
   return writeAudited(deps, async () => {
+    await memberNow(deps, member, "admin");
     const endpoint = await liveEndpoint(deps, member.organizationId, endpointId);
     const secrets = (await secretsOf(deps, [endpointId])).get(endpointId) ?? [];
     if (!secrets.some((s) => s.id === secretId))

@@ -8,7 +8,7 @@ import { and, desc, eq, inArray, isNull, ne } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { alias } from "drizzle-orm/sqlite-core";
 import { writeAudited } from "../audit/log";
-import type { MemberPrincipal } from "../auth/members";
+import { type MemberPrincipal, memberNow } from "../auth/members";
 import type { Database } from "../db/client";
 import {
   applications,
@@ -265,6 +265,7 @@ export async function reacceptLicense(
 ): Promise<LicenseReacceptance> {
   const { db, clock } = services;
   return writeAudited(services, async () => {
+    await memberNow(services, member, "admin");
     const [row] = await db
       .select({ requirement: licenseReacceptances, version: licenseVersions })
       .from(licenseReacceptances)
