@@ -11,14 +11,16 @@ import {
 } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
-import { beforeEach, describe, expect, it } from "vitest";
+import llamaTokenizer from "llama-tokenizer-js";
+import { beforeEach, describe, expect, it, vi } from "vitest";
 import { applications, organizationLimits } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { BackendHealth } from "../worker/inference/backends";
 import { type LedgerRow, ledgerRows } from "../worker/inference/ledger";
 import { clearQuotaLeases } from "../worker/inference/proxy";
+import { MAX_COUNTED_CHARS, tokenCounterFor } from "../worker/inference/tokenizer";
 import { fixedClock } from "../worker/platform/clock";
-import type { OrgQuota } from "../worker/quota/org-quota";
+import type { OrgQuota, QuotaCommit } from "../worker/quota/org-quota";
 import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
 import { seedLicense, testGateway } from "./helpers/gateway";
 
@@ -63,7 +65,7 @@ async function setup(backend: Backend, checkpointEveryMs?: number, clock = fixed
   return { gw, ...(await openAiCaller(gw, licenseSha256)) };
 }
 
-function call(gw: ReturnType<typeof testGateway>, token: string, body: object) {
+function call(gw: ReturnType<typeof testGateway>, token: string, body: object, bindings: Env = gw.env) {
   const ctx = createExecutionContext();
   const response = gw.app.request(
     "http://gw/v1/chat/completions",
@@ -72,10 +74,34 @@ function call(gw: ReturnType<typeof testGateway>, token: string, body: object) {
       headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
       body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "hi" }], ...body }),
     },
-    gw.env,
+    bindings,
     ctx,
   );
   return { ctx, response: Promise.resolve(response) };
+}
+
+/** The quota objects, with every checkpoint the gateway sends them passed to `seen` on its way. */
+function watchedQuota(seen: (row: LedgerRow) => void): Env["QUOTA"] {
+  const quota = env.QUOTA;
+  return {
+    idFromName: (name: string) => quota.idFromName(name),
+    get: (id: DurableObjectId) => {
+      const stub = quota.get(id);
+      return {
+        lease: (...args: Parameters<typeof stub.lease>) => stub.lease(...args),
+        commit: (report: QuotaCommit, ...rest: unknown[]) => {
+          for (const c of report.checkpoints ?? []) for (const row of ledgerRows(`[${c.row}]`)) seen(row);
+          return (stub.commit as (...args: unknown[]) => unknown)(report, ...rest);
+        },
+      };
+    },
+  } as unknown as Env["QUOTA"];
+}
+
+/** Reads a streamed answer to its end. */
+async function readToEnd(response: Promise<Response>) {
+  const reader = ((await response).body as ReadableStream<Uint8Array>).getReader();
+  for (let next = await reader.read(); !next.done; next = await reader.read()) {}
 }
 
 describe("security: an answered request's usage is stored before the answer ends", () => {
@@ -204,6 +230,83 @@ describe("security: an answered request's usage is stored before the answer ends
     await waitOnExecutionContext(second.ctx);
     for (let next = await reader.read(); !next.done; next = await reader.read()) {}
     await waitOnExecutionContext(running.ctx);
+  });
+
+  it("tokenizes a long stream's prompt once, however many checkpoints the stream makes, and bills what the server reported", async () => {
+    const backend = scopedBackend(0);
+    // 40 tokens over about 1.6 s, with a checkpoint every 50 ms; usage comes in the last chunk only.
+    await backend.mode("ok", { tokenLatencyMs: 40 });
+    const { gw, token, grantId } = await setup(backend, 50);
+    const checkpoints: LedgerRow[] = [];
+    const messages = [{ role: "user", content: "lorem ipsum dolor sit amet\n".repeat(2_519).slice(0, 68_000) }];
+    const encode = vi.spyOn(llamaTokenizer, "encode");
+    let encodedChars: number;
+    try {
+      const { ctx, response } = call(
+        gw,
+        token,
+        { messages, max_tokens: 40, stream: true },
+        {
+          ...gw.env,
+          QUOTA: watchedQuota((row) => checkpoints.push(row)),
+        },
+      );
+      await readToEnd(response);
+      await waitOnExecutionContext(ctx);
+      encodedChars = encode.mock.calls.reduce((sum, [text]) => sum + text.length, 0);
+    } finally {
+      encode.mockRestore();
+    }
+    expect(checkpoints.length).toBeGreaterThanOrEqual(10);
+    // One count of the prompt, cut at the counted length; the text generated is never tokenized,
+    // as the server reported its usage.
+    expect(encodedChars).toBeGreaterThan(MAX_COUNTED_CHARS - 100);
+    expect(encodedChars).toBeLessThanOrEqual(MAX_COUNTED_CHARS);
+    // Each checkpoint bills the prompt as the settlement of a cut stream would.
+    const counted = await tokenCounterFor("llama-2")?.prompt({ messages });
+    for (const c of checkpoints) expect(c).toMatchObject({ outcome: "partial", promptTokens: counted });
+    // The bill is the server's own count: a word a token in the simulator.
+    expect((await stored(grantId)).rows).toEqual([
+      expect.objectContaining({ outcome: "ok", promptTokens: 12_593, completionTokens: 40, totalTokens: 12_633 }),
+    ]);
+  }, 30_000);
+
+  it("security: never checkpoints less than a cut stream would be billed then, text the tokenizer splits finer than its chunks included", async () => {
+    const backend = scopedBackend(0);
+    // Three chunks ("tok0 ", "tok1 ", "tok2 "), then nothing: Llama 2's tokenizer makes more than a token of each.
+    await backend.mode("hang", { cutAfter: 3, tokenLatencyMs: 5 });
+    const { gw, token, grantId } = await setup(backend, 40);
+    const checkpoints: LedgerRow[] = [];
+    const { ctx, response } = call(
+      gw,
+      token,
+      { max_tokens: 40, stream: true },
+      {
+        ...gw.env,
+        QUOTA: watchedQuota((row) => checkpoints.push(row)),
+      },
+    );
+    const reader = ((await response).body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while ((text.match(/"content":"[^"]/g) ?? []).length < 3) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the stream ended before its third chunk");
+      text += decoder.decode(value, { stream: true });
+    }
+    // The stream stalls; its checkpoints go on, now with all three chunks seen.
+    const seen = checkpoints.length;
+    for (let i = 0; i < 50 && checkpoints.length < seen + 3; i++) await new Promise((r) => setTimeout(r, 20));
+    const last = checkpoints.at(-1);
+    await reader.cancel("client went away");
+    await waitOnExecutionContext(ctx);
+    const [settled] = (await stored(grantId)).rows;
+    const generated = await tokenCounterFor("llama-2")?.generated(["tok0 tok1 tok2 "]);
+    expect(generated).toBeGreaterThan(3);
+    expect(settled).toMatchObject({ outcome: "client_closed", completionTokens: generated });
+    expect(last?.promptTokens).toBe(settled?.promptTokens);
+    expect(last?.completionTokens).toBeGreaterThanOrEqual(generated as number);
+    expect(last?.completionTokens).toBeLessThanOrEqual(40);
   });
 
   it("answers within the cap when the quota object never takes the row", async () => {

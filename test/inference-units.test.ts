@@ -19,6 +19,7 @@ import {
   tokenBound,
   utf8ByteLength,
 } from "../worker/inference/token-bound";
+import { tokenCounterFor } from "../worker/inference/tokenizer";
 import { meterEventStream, type StreamReport } from "../worker/inference/usage";
 import { systemClock } from "../worker/platform/clock";
 import { jsonLogger } from "../worker/platform/logger";
@@ -448,6 +449,27 @@ describe("security: a request's token bound is never below what Llama 2 can make
       expect(tokenBound(user(text), DEFAULT).prompt).toBeGreaterThanOrEqual(bytes + TEMPLATE_TOKENS_PER_MESSAGE);
       expect(tokenBound({ prompt: text }, DEFAULT).prompt).toBeGreaterThanOrEqual(bytes + TEMPLATE_TOKENS_PER_PROMPT);
     }
+  });
+
+  it("puts a running stream's generated text at no fewer tokens than the tokenizer counts, without tokenizing it", async () => {
+    const counter = tokenCounterFor("llama-2");
+    const texts = [
+      "7".repeat(3000),
+      " a".repeat(1500),
+      "é".repeat(1000),
+      "😀".repeat(500),
+      "\ud800x",
+      " tok0 tok1",
+      "<s>[INST] \u0000\u0007\n\t </s>",
+      "東京 transit, Ålesund\n\n".repeat(4000),
+      "",
+    ];
+    for (const text of texts) {
+      const counted = (await counter?.generated([text])) ?? 0;
+      expect(counter?.generatedAtMost([text]), text.slice(0, 8)).toBeGreaterThanOrEqual(counted);
+    }
+    // Several texts share the counted length, as they do in `generated`.
+    expect(counter?.generatedAtMost(texts)).toBeGreaterThanOrEqual((await counter?.generated(texts)) ?? 0);
   });
 
   it("counts every text a message carries, and each message's template wrapper", () => {

@@ -19,7 +19,7 @@ import { backendPools, cachedBackendPools, shareHealthReports } from "./backend-
 import { type Backend, BackendHealth } from "./backends";
 import { ledgerEntry, recordUsage, type UsageRecord } from "./ledger";
 import { chatTemplateAllowance, type TokenBound, tokenBound } from "./token-bound";
-import { type CountedRequest, type TokenCounter, tokenCounterFor } from "./tokenizer";
+import { type RequestTokenCounter, requestTokenCounter } from "./tokenizer";
 import { meterEventStream, readUsage, type StreamEnd, type StreamProgress, type Usage } from "./usage";
 
 /** The largest request body accepted, in bytes. */
@@ -486,7 +486,7 @@ async function complete(
   const forward: Record<string, unknown> = { ...request, max_tokens: bound.completionLimit };
   if (Object.hasOwn(request, "max_completion_tokens")) forward.max_completion_tokens = bound.completionLimit;
   if (stream) forward.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
-  const counter = tokenCounterFor(found.family.id);
+  const counter = requestTokenCounter(found.family.id, request);
 
   const ledgerBase = {
     id: usageId,
@@ -637,7 +637,7 @@ async function complete(
     // goes out once its row is stored, so that a crash cannot lose the usage of an answered request.
     await (reported
       ? answered(reported)
-      : countedUsage(services, counter, request, bound, { texts: answerTexts(json), chunks: 0 }).then(answered));
+      : countedUsage(services, counter, bound, { texts: answerTexts(json), chunks: 0 }).then(answered));
     // The answer's tokens were generated and stay billed; its text is withheld.
     const answerRefusal = await screenAnswer(guard, screening, answerTexts(json));
     if (answerRefusal) {
@@ -649,8 +649,11 @@ async function complete(
   }
 
   attempt.deadline.clear();
-  /** What the stream used, had it ended (or, for a checkpoint, were it to end now) as `end`. */
-  const streamed = async (report: StreamProgress, end: StreamEnd): Promise<SettledUsage> => {
+  /**
+   * What the stream used, had it ended as `end`; for a checkpoint (`text` "at most"), what it
+   * would be billed were it cut now, or more, never less.
+   */
+  const streamed = async (report: StreamProgress, end: StreamEnd, text?: GeneratedCount): Promise<SettledUsage> => {
     const usage = report.usage;
     let promptTokens: number;
     let completionTokens: number;
@@ -660,11 +663,17 @@ async function complete(
       completionTokens = usage.completionTokens;
     } else {
       const seen = report.generated();
-      const counted = await countedUsage(services, counter, request, bound, {
-        texts: seen.text === undefined ? undefined : [seen.text],
-        chunks: report.contentChunks,
-        chunksBeyond: seen.chunksBeyond,
-      });
+      const counted = await countedUsage(
+        services,
+        counter,
+        bound,
+        {
+          texts: seen.text === undefined ? undefined : [seen.text],
+          chunks: report.contentChunks,
+          chunksBeyond: seen.chunksBeyond,
+        },
+        text,
+      );
       promptTokens = counted.promptTokens;
       completionTokens = counted.completionTokens;
     }
@@ -698,12 +707,14 @@ async function complete(
     },
     keepAllText: screensAnswer,
     // A crash loses at most one interval of a long stream: the quota object bills the last
-    // checkpoint (as a cut stream) if the stream's settlement never comes.
+    // checkpoint (as a cut stream) if the stream's settlement never comes. A checkpoint bills the
+    // prompt as counted once for the request and the text so far at most a token per byte, so
+    // that it costs the same however long the stream has run; only the settlement tokenizes text.
     checkpoint: {
       everyMs: options.checkpointEveryMs,
       report: (progress) =>
         waitUntil(
-          streamed(progress, "backend_cut").then((record) => {
+          streamed(progress, "backend_cut", "at most").then((record) => {
             if (running) isolateLeases.checkpoint(organizationId, reservation, settled(record), quota);
           }),
         ),
@@ -725,9 +736,16 @@ interface SeenGeneration {
 }
 
 /**
+ * How the text generated is counted: `counted` with the tokenizer, or `at most`, a figure never
+ * below that count, without the tokenizer (`TokenCounter.generatedAtMost`).
+ */
+type GeneratedCount = "counted" | "at most";
+
+/**
  * The usage of an answer whose server reported none, counted with the model's own tokenizer
  * after the answer went out: the prompt as the server renders it, the completion as the tokens of
- * the text generated (and, past the text kept, one token per chunk). Every count is held under
+ * the text generated (and, past the text kept, one token per chunk), or with `text` "at most", a
+ * figure never below those tokens, which needs no tokenizing. Every count is held under
  * the bound that was reserved, and a completion is never less than its chunks, each of which is
  * a token at least. Should counting fail, the bound stands for the prompt and the chunks for the
  * completion (a plain answer's at its bound). A family without a tokenizer here (Llama 3.x, whose
@@ -737,17 +755,20 @@ interface SeenGeneration {
  */
 async function countedUsage(
   services: Services,
-  counter: TokenCounter | undefined,
-  request: CountedRequest,
+  counter: RequestTokenCounter | undefined,
   bound: TokenBound,
   seen: SeenGeneration,
+  text: GeneratedCount = "counted",
 ): Promise<Usage> {
   let promptTokens = bound.prompt;
   let generated: number | undefined;
   try {
     if (counter) {
-      promptTokens = Math.min(bound.prompt, (await counter.prompt(request)) ?? bound.prompt);
-      if (seen.texts) generated = (await counter.generated(seen.texts)) + (seen.chunksBeyond ?? 0);
+      promptTokens = Math.min(bound.prompt, (await counter.prompt()) ?? bound.prompt);
+      if (seen.texts) {
+        const tokens = text === "counted" ? await counter.generated(seen.texts) : counter.generatedAtMost(seen.texts);
+        generated = tokens + (seen.chunksBeyond ?? 0);
+      }
     }
   } catch (error) {
     services.log.warn("tokens not counted; the reservation's bound is billed", { error: String(error) });

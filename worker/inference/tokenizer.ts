@@ -4,9 +4,10 @@
  * The reservation's bound (`token-bound.ts`) is deliberately high — two or more times the real
  * count — so billing it would overbill; this counts what the server itself would have counted.
  *
- * It runs after the answer is done, in the `waitUntil` that settles, never before the first
- * byte. The tokenizer (Llama 2's SentencePiece, with its vocabulary embedded) is loaded on first
- * use only, so isolates that never need it never pay for it.
+ * It runs in `waitUntil`, never before the first byte: once the answer is done, in the settlement,
+ * and for a long stream's checkpoints, which count its prompt (once) but not its text. The
+ * tokenizer (Llama 2's SentencePiece, with its vocabulary embedded) is loaded on first use only,
+ * so isolates that never need it never pay for it.
  */
 
 import { TEMPLATE_TOKENS_PER_PROMPT, utf8ByteLength } from "./token-bound";
@@ -26,6 +27,18 @@ export interface TokenCounter {
   prompt(request: CountedRequest): Promise<number | undefined>;
   /** The tokens of generated text (each text a sequence of its own, say one per choice). */
   generated(texts: readonly string[]): Promise<number>;
+  /**
+   * A figure never below what `generated` counts for the same texts, worked out without the
+   * tokenizer: for a running stream's checkpoints, which would otherwise count the text so far
+   * again every few seconds, at a cost that grows with the stream.
+   */
+  generatedAtMost(texts: readonly string[]): number;
+}
+
+/** One request's counter: the prompt's count is kept once made; see {@link requestTokenCounter}. */
+export interface RequestTokenCounter extends Omit<TokenCounter, "prompt"> {
+  /** The request's prompt tokens, as {@link TokenCounter.prompt} counts them. */
+  prompt(): Promise<number | undefined>;
 }
 
 /**
@@ -188,6 +201,20 @@ const llama2Counter: TokenCounter = {
     }
     return tokens;
   },
+
+  generatedAtMost(texts) {
+    let tokens = 0;
+    let budget = MAX_COUNTED_CHARS;
+    for (const text of texts) {
+      if (budget === 0) break;
+      const counted = capped(text, budget);
+      budget -= counted.length;
+      // The tokenizer starts from one token per character, or per byte of a character outside its
+      // vocabulary, with the "▁" it may put first as one more, and merges only ever lessen that.
+      if (counted !== "") tokens += utf8ByteLength(counted) + (counted.startsWith(" ") ? 0 : 1);
+    }
+    return tokens;
+  },
 };
 
 /**
@@ -196,4 +223,23 @@ const llama2Counter: TokenCounter = {
  */
 export function tokenCounterFor(familyId: string): TokenCounter | undefined {
   return familyId === "llama-2" ? llama2Counter : undefined;
+}
+
+/**
+ * The counter of one request's tokens, or undefined when the gateway has none for its family. Its
+ * prompt is tokenized on the first ask only (about 0.3 s at the counted length's limit), so a long
+ * stream's checkpoints and its settlement share one count, however long the stream runs.
+ */
+export function requestTokenCounter(familyId: string, request: CountedRequest): RequestTokenCounter | undefined {
+  const counter = tokenCounterFor(familyId);
+  if (!counter) return undefined;
+  let prompt: Promise<number | undefined> | undefined;
+  return {
+    prompt: () => {
+      prompt ??= counter.prompt(request);
+      return prompt;
+    },
+    generated: (texts) => counter.generated(texts),
+    generatedAtMost: (texts) => counter.generatedAtMost(texts),
+  };
 }
