@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { createDatabase } from "../worker/db/client";
 import { usageHours, usageLedger } from "../worker/db/schema";
 import { type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../worker/inference/ledger";
-import type { QuotaLimits } from "../worker/quota/org-quota";
+import type { QuotaLimits, TokenQuota } from "../worker/quota/org-quota";
 import { hourOf } from "../worker/usage/hours";
 import { ledgerRow, usageRows } from "./helpers/ledger";
 
@@ -105,6 +105,67 @@ describe("OrgQuota", () => {
     expect(await q.reserve("c", 60, one, NOW + 60_000)).toMatchObject({ ok: false, refusal: "monthly_budget" });
     expect((await q.reserve("d", 50, one, NOW + 60_000)).ok).toBe(true);
     expect((await q.reserve("e", 100, one, Date.parse("2026-07-01T00:00:01Z"))).ok).toBe(true);
+  });
+
+  it("counts a request reserved last month and settled this month in this month, as it is billed", async () => {
+    const q = quota();
+    const budget = { requestsPerMinute: 100, tokensPerMinute: 1_000_000, monthlyTokenBudget: 1_000 };
+    const june = Date.parse("2026-06-30T23:59:50Z");
+    const july = Date.parse("2026-07-01T00:00:30Z");
+    const organizationId = `org_${crypto.randomUUID()}`;
+    expect((await q.reserve("long", 1_000, budget, june)).ok).toBe(true);
+    // A stream admitted before midnight ends after it, its row recorded in July.
+    const settled = ledgerRow(`use_${crypto.randomUUID()}`, 1_000, {
+      organizationId,
+      startedAt: new Date(june).toISOString(),
+      createdAt: new Date(july).toISOString(),
+    });
+    const after = await q.settle("long", 1_000, budget, july, settled);
+    expect(after.snapshot.monthlyRemaining).toBe(0);
+    expect(await q.peek(budget, july)).toMatchObject({ month: "2026-07", monthTokens: 1_000, monthlyRemaining: 0 });
+    expect(await q.reserve("next", 1_000, budget, july + 1_000)).toMatchObject({
+      ok: false,
+      refusal: "monthly_budget",
+    });
+    expect(await q.stub.syncUsage()).toBe(true);
+    const billed = await createDatabase(env.DB)
+      .select({ hour: usageHours.hour, totalTokens: sql<number>`sum(${usageHours.totalTokens})` })
+      .from(usageHours)
+      .where(eq(usageHours.organizationId, organizationId))
+      .groupBy(usageHours.hour);
+    expect(billed).toEqual([{ hour: "2026-07-01T00", totalTokens: 1_000 }]);
+  });
+
+  it("counts a checkpoint abandoned after midnight in the month of its row", async () => {
+    const q = quota();
+    const budget = { requestsPerMinute: 100, tokensPerMinute: 1_000_000, monthlyTokenBudget: 1_000 };
+    const june = Date.parse("2026-06-30T23:59:50Z");
+    const july = Date.parse("2026-07-01T00:00:30Z");
+    expect((await q.reserve("stream", 1_000, budget, june)).ok).toBe(true);
+    const checkpoint = (now: number) =>
+      q.stub.commit(
+        {
+          checkpoints: [
+            {
+              settlement: { id: "stream", lease: "stream", reserved: 1_000, actual: 900 },
+              row: ledgerEntry(ledgerRow("stream", 900, { createdAt: new Date(now).toISOString() })),
+            },
+          ],
+        },
+        budget,
+        now,
+      );
+    await checkpoint(june + 5_000);
+    await checkpoint(july);
+    // Its isolate is gone: the last checkpoint, sent in July, is settled as the request's row.
+    await runInDurableObject(q.stub, (instance) =>
+      (instance as unknown as { settleAbandoned(now: number): unknown }).settleAbandoned(Date.now() + 61_000),
+    );
+    expect(await q.peek(budget, july + 1_000)).toMatchObject({ monthTokens: 900, monthlyRemaining: 100 });
+    expect(await q.reserve("next", 200, budget, july + 1_000)).toMatchObject({
+      ok: false,
+      refusal: "monthly_budget",
+    });
   });
 
   it("refuses a request larger than the per-minute limit at once", async () => {
@@ -232,13 +293,7 @@ describe("OrgQuota", () => {
 describe("OrgQuota: a token's own limits", () => {
   const roomy = { requestsPerMinute: 10_000, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
   const tokenA = { id: "tok_a", limits: { tokensPerMinute: 100 } };
-  const leaseFor = (
-    stub: ReturnType<typeof quota>["stub"],
-    id: string,
-    need: number,
-    token?: typeof tokenA,
-    now = NOW,
-  ) =>
+  const leaseFor = (stub: ReturnType<typeof quota>["stub"], id: string, need: number, token?: TokenQuota, now = NOW) =>
     stub.lease(
       id,
       token ? { requests: 1, tokens: need, need, token } : { requests: 1, tokens: need, need },
@@ -274,5 +329,23 @@ describe("OrgQuota: a token's own limits", () => {
       NOW,
     );
     expect((await leaseFor(stub, "next-minute", 100, tokenA, NOW + 60_000)).ok).toBe(true);
+  });
+
+  it("count a token's request reserved last month and settled this month in this month", async () => {
+    const { stub } = quota();
+    const tokenB = { id: "tok_b", limits: { monthlyTokenBudget: 1_000 } };
+    const june = Date.parse("2026-06-30T23:59:50Z");
+    const july = Date.parse("2026-07-01T00:00:30Z");
+    expect((await leaseFor(stub, "long", 1_000, tokenB, june)).ok).toBe(true);
+    await stub.commit(
+      { settlements: [{ id: "s-long", lease: "long", reserved: 1_000, actual: 1_000, token: "tok_b" }] },
+      roomy,
+      july,
+    );
+    expect(await leaseFor(stub, "next", 1_000, tokenB, july + 1_000)).toMatchObject({
+      ok: false,
+      refusal: "monthly_budget",
+      limitedBy: "token",
+    });
   });
 });

@@ -17,11 +17,13 @@ import { describe, expect, it, vi } from "vitest";
 import { BREAKER_COOL_OFF_MS } from "../worker/billing/breaker";
 import { consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
 import { reconcileBilling, STUCK_AFTER_MS } from "../worker/billing/reconcile";
-import { type LedgerRow, ledgerBatch, ledgerEntry } from "../worker/inference/ledger";
+import { type LedgerRow, ledgerBatch, ledgerEntry, recordUsage } from "../worker/inference/ledger";
 import { fixedClock } from "../worker/platform/clock";
+import { type LeaseContext, QuotaLeases } from "../worker/quota/leases";
 import type { OrgQuota } from "../worker/quota/org-quota";
 import { quotaStub } from "../worker/quota/org-quota";
 import { createServices, type Services } from "../worker/services";
+import { carryLedgerRows } from "../worker/usage/carry";
 import { hourOf, hourStart } from "../worker/usage/hours";
 import { boundMember } from "./helpers/bindings";
 import {
@@ -30,6 +32,7 @@ import {
   bindBook,
   byId,
   commitRows,
+  failingAfter,
   hourSums,
   intervals,
   into,
@@ -238,6 +241,26 @@ describe("usage faults: a quota object restarted mid-batch", () => {
     await expectAgreement(org, [...rows, late]);
   });
 
+  it("a close D1 committed but answered with an error, then a late row: the row goes to a part of its own, billed", async () => {
+    const org = newOrganization();
+    const stub = quotaStub(env, org);
+    const first = row(org, into(PAST, 5), 10, 20);
+    await commitRows(org, [first], Date.now());
+    const logged = await bindBook(org, { DB: failingAfter(env.DB, "batch") });
+    expect(await stub.syncUsage()).toBe(false);
+    expect(logged).toContain("usage totals not written to D1; kept and retried");
+    expect(await intervals(org)).toMatchObject([{ requests: 1, prompt_tokens: 10, completion_tokens: 20 }]);
+    await bindBook(org, {});
+    // A late row of the same hour: the interval D1 holds already is never written again.
+    const late = row(org, into(PAST, 50), 100, 200);
+    await commitRows(org, [late], Date.now());
+    expect(await stub.syncUsage()).toBe(true);
+    const billed = await intervals(org);
+    expect(billed).toHaveLength(2);
+    expect(billed.reduce((n, i) => n + i.prompt_tokens + i.completion_tokens, 0)).toBe(330);
+    await expectAgreement(org, [first, late]);
+  });
+
   it("restarted between sync and archive: archives the closed part after the restart, once", async () => {
     const org = newOrganization();
     const stub = quotaStub(env, org);
@@ -375,6 +398,105 @@ describe("usage faults: work that overlaps", () => {
     });
     await settle(org);
     await expectAgreement(org, [...first, ...late]);
+  });
+});
+
+/**
+ * An isolate's leases over the organization's object whose commits reach the object, are applied
+ * there, and then fail as a lost connection would: every one (`always`), or the first only. The
+ * rows it falls back with go to the ledger as the proxy writes them, queued for billing in `queued`.
+ */
+function commitsAnswerLost(org: string, at: number, always: boolean, beforeAnswer?: () => Promise<void>) {
+  const stub = quotaStub(env, org);
+  const pending: Promise<unknown>[] = [];
+  const queued: UsageMessage[] = [];
+  let commits = 0;
+  const quiet = () => {};
+  const services = { ...createServices(env), log: { info: quiet, warn: quiet, error: quiet } };
+  const context: LeaseContext = {
+    stub: {
+      lease: (...args: Parameters<typeof stub.lease>) => stub.lease(...args),
+      commit: async (...args: Parameters<typeof stub.commit>) => {
+        const answer = await stub.commit(...args);
+        commits += 1;
+        if (!always && commits > 1) return answer;
+        await beforeAnswer?.();
+        throw new Error("Network connection lost.");
+      },
+    },
+    limits: LIMITS,
+    now: () => at,
+    newId: () => `lease-${crypto.randomUUID()}`,
+    waitUntil: (work) => pending.push(work),
+    fallback: (rows) => recordUsage(services, rows, recordingQueue(queued), 1),
+  };
+  const leases = new QuotaLeases();
+  return {
+    queued,
+    /** Admits and settles `r` as the proxy does, and waits for its batch to land. */
+    async serve(r: LedgerRow) {
+      const admitted = await leases.admit(org, r.totalTokens, context);
+      if (!admitted.ok) throw new Error(admitted.refusal);
+      await leases.settle(org, admitted, { id: r.id, actual: r.totalTokens, entry: ledgerEntry(r) }, context);
+      while (pending.length) await Promise.all(pending.splice(0));
+    },
+  };
+}
+
+async function ledgerOf(org: string) {
+  const { results } = await env.DB.prepare(
+    "select id, billing_state, aggregated_at from usage_ledger where organization_id = ? order by id",
+  )
+    .bind(org)
+    .all<{ id: string; billing_state: string; aggregated_at: string | null }>();
+  return results;
+}
+
+describe("usage faults: a commit the object took whose answer was lost", () => {
+  /** The ids of the rows the object holds, folded. */
+  const held = async (org: string) => {
+    const stub = quotaStub(env, org);
+    await stub.liveUsage();
+    return (await stub.rawUsage()).map((line) => (JSON.parse(line) as LedgerRow).id);
+  };
+  /** Closes the hour of `at` (rows of the hour still open, so that nothing closes it before the test does). */
+  const closeHourOf = async (org: string, at: number) => {
+    await runAlarm(org);
+    expect(await quotaStub(env, org).syncUsage(at + 2 * 3_600_000)).toBe(true);
+  };
+
+  it("written to the ledger as well when the object cannot be reached again: billed once, from the ledger, and counted once", async () => {
+    const org = newOrganization();
+    const at = Date.now();
+    const r = row(org, new Date(at).toISOString(), 12, 34);
+    const isolate = commitsAnswerLost(org, at, true);
+    await isolate.serve(r);
+    // The object took it, once however often it came; the isolate could not tell, and wrote it to
+    // the ledger, which queued it for billing.
+    expect(await held(org)).toEqual([r.id]);
+    expect(isolate.queued).toEqual([{ ledgerId: r.id }]);
+    await closeHourOf(org, at);
+    await carryLedgerRows(env.DB, new Date());
+    expect(await ledgerOf(org)).toEqual([{ id: r.id, billing_state: "pending", aggregated_at: expect.any(String) }]);
+    expect(await intervals(org)).toEqual([]);
+    expect(await hourSums(org)).toEqual(sumsOf([r]));
+    expect(await quotaStub(env, org).rawUsage()).toEqual([]);
+  });
+
+  it("sent again to an object that restarted in between: billed once, by the object, and counted once", async () => {
+    const org = newOrganization();
+    const at = Date.now();
+    const r = row(org, new Date(at).toISOString(), 56, 78);
+    const isolate = commitsAnswerLost(org, at, false, () => restart(org));
+    await isolate.serve(r);
+    expect(isolate.queued).toEqual([]);
+    // The restarted object forgot the first commit and took the row again.
+    expect(await held(org)).toEqual([r.id, r.id]);
+    await closeHourOf(org, at);
+    await carryLedgerRows(env.DB, new Date());
+    expect(await ledgerOf(org)).toEqual([]);
+    expect(await intervals(org)).toMatchObject([{ requests: 1, prompt_tokens: 56, completion_tokens: 78 }]);
+    await expectAgreement(org, [r]);
   });
 });
 

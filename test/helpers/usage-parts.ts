@@ -220,3 +220,20 @@ export function refusing<T extends object>(binding: T, method: string): T {
     },
   });
 }
+
+/**
+ * A binding whose `method` does its work and then fails, as a call whose connection is lost after
+ * the other side applied it; everything else is the real one.
+ */
+export function failingAfter<T extends object>(binding: T, method: string): T {
+  return new Proxy(binding, {
+    get(target, name) {
+      const member = boundMember(target, name);
+      if (name !== method) return member;
+      return async (...args: unknown[]) => {
+        await (member as (...args: unknown[]) => Promise<unknown>)(...args);
+        throw new Error(`${method}: connection lost`);
+      };
+    },
+  });
+}

@@ -88,6 +88,12 @@ export const LEASE_CALL_WAIT_MS = 250;
  * only requests coming faster than leases expire make them do).
  */
 export const REFILL_AHEAD_ASK = 8;
+/**
+ * The pauses before a failed commit is sent again, one per attempt, before its rows go straight to
+ * the ledger. An error does not say whether the object applied the call (a connection can drop
+ * after it did); the object takes each settlement and its row once however often they come.
+ */
+const COMMIT_AGAIN_MS = [10, 50];
 /** Organizations an isolate keeps state for; past this, the idle ones are forgotten. */
 const MAX_ORGANIZATIONS = 10_000;
 
@@ -662,16 +668,44 @@ export class QuotaLeases {
     if (batch.returns.length) report.returns = batch.returns;
     if (batch.rows.length) report.rows = ledgerBatch(batch.rows);
     if (batch.checkpoints.length) report.checkpoints = batch.checkpoints;
+    const since = c.now();
     try {
-      const since = c.now();
       const answer = await c.stub.commit(report, org.limits, since, org.limitsAt);
       noteCall(org, since, c.now());
       if (answer?.announced) this.adopt(org, answer.announced, true, c);
     } catch (error) {
-      // Returned capacity is released by the object when the lease expires there; a checkpoint is
-      // only a stand-in for a settlement still to come, which goes straight to the ledger if it must.
-      if (report.rows) await c.fallback(report.rows, error);
+      await this.commitAgain(org, report, since, error, c);
     }
+  }
+
+  /**
+   * Sends a commit that failed (`COMMIT_AGAIN_MS`) marked as sent before, at the time it was first
+   * sent; when the object cannot be reached, the rows go straight to the ledger, and the object
+   * leaves them to it should it have taken them after all (`usage-book.ts`). Capacity given back is
+   * not sent again (a return counted twice would free capacity still in use); the object releases
+   * it when the lease expires there. A checkpoint is only a stand-in for a settlement still to come,
+   * which goes straight to the ledger if it must.
+   */
+  private async commitAgain(
+    org: OrgLeases,
+    { returns: _, ...report }: QuotaCommit,
+    since: number,
+    error: unknown,
+    c: LeaseContext,
+  ): Promise<void> {
+    if (!report.settlements && !report.checkpoints && !report.rows) return;
+    let last = error;
+    for (const pause of COMMIT_AGAIN_MS) {
+      await sleep(pause);
+      try {
+        const answer = await c.stub.commit({ ...report, again: true }, org.limits, since, org.limitsAt);
+        if (answer?.announced) this.adopt(org, answer.announced, true, c);
+        return;
+      } catch (failed) {
+        last = failed;
+      }
+    }
+    if (report.rows) await c.fallback(report.rows, last);
   }
 }
 

@@ -4,7 +4,7 @@ import { noteMonthlyStanding } from "../events/quota-thresholds";
 import { firstLedgerId, ledgerBatch } from "../inference/ledger";
 import { IsolateMemory } from "../platform/isolate-memory";
 import type { DownloadRow } from "../usage/hours";
-import { DOWNLOAD_PREFIX, type LiveParts, rowsWithout, USAGE_PREFIX, UsageBook } from "./usage-book";
+import { DOWNLOAD_PREFIX, type LiveParts, rowsWithout, SENT_AGAIN, USAGE_PREFIX, UsageBook } from "./usage-book";
 
 /** An organization's limits, passed with every reservation so that a plan change applies at once. */
 export interface QuotaLimits {
@@ -127,11 +127,23 @@ export interface QuotaCommit {
   rows?: string;
   /** Usage of streams still running, so far. */
   checkpoints?: Checkpoint[];
+  /**
+   * Sent before, and its answer lost: the object may have taken it. Settlements and rows it
+   * recognises are dropped as any repeat is; rows it does not (it may have restarted since) are
+   * marked, and kept once by id when their part closes (`usage-book.ts`).
+   */
+  again?: true;
 }
 
 /** A checkpoint as the object keeps it, with when (by the object's clock) it last came. */
 interface StoredCheckpoint extends Checkpoint {
   at: number;
+  /**
+   * The month (`YYYY-MM`) it was sent in, by its isolate's clock, as its row's time is: its usage
+   * counts in that month should it be settled as abandoned (absent in checkpoints kept before: the
+   * month the object counts in then).
+   */
+  month?: string;
 }
 
 /** The counters, stored under one small key; reservations each have their own key. */
@@ -189,6 +201,29 @@ export function quotaStub(env: Env, organizationId: string) {
 
 function monthOf(now: number): string {
   return new Date(now).toISOString().slice(0, 7);
+}
+
+/**
+ * Replaces in `counters` the `reserved` tokens a reservation held (counted in the minute and month
+ * `held` names; undefined: its lease expired and released them) by the `actual` tokens the request
+ * used, which count in the month its row was recorded in, `month`: the month its usage is billed
+ * in. A reservation taken last month and settled this month counts in this one, so that a stream
+ * kept alive across midnight cannot spend a budget in neither.
+ */
+function settleInto(
+  counters: QuotaCounters,
+  held: Pick<Reservation, "minute" | "month"> | undefined,
+  reserved: number,
+  actual: number,
+  month: string,
+): void {
+  if (!held) counters.minuteTokens += actual;
+  else if (held.minute === counters.minute)
+    counters.minuteTokens = Math.max(0, counters.minuteTokens + actual - reserved);
+  let monthly = 0;
+  if (held && held.month === counters.month) monthly -= reserved;
+  if (month === counters.month) monthly += actual;
+  counters.monthTokens = Math.max(0, counters.monthTokens + monthly);
 }
 
 function secondsToMonthEnd(now: number): number {
@@ -424,11 +459,11 @@ export class OrgQuota extends DurableObject<Env> {
 
   /**
    * Writes the counters, the reservations that changed (deleting those that hold nothing) and
-   * settled usage rows through to storage, in one write. Not awaited on purpose: the output gate
-   * delays the reply until the write is durable, and awaiting would let another request
-   * interleave between check and update.
+   * settled usage rows (`again`: of a commit sent again) through to storage, in one write. Not
+   * awaited on purpose: the output gate delays the reply until the write is durable, and awaiting
+   * would let another request interleave between check and update.
    */
-  private persist(changed: Iterable<string> = [], rows?: string): void {
+  private persist(changed: Iterable<string> = [], rows?: string, again = false): void {
     const entries: Record<string, unknown> = { [COUNTERS_KEY]: this.state };
     const gone: string[] = [];
     for (const id of changed) {
@@ -439,7 +474,9 @@ export class OrgQuota extends DurableObject<Env> {
     const hasRows = rows !== undefined && rows !== "[]";
     // A key of its own per write: two batches starting with the same row (a stream's abandoned
     // checkpoint, then its late settlement) must not overwrite each other before they are folded.
-    if (hasRows) entries[`${USAGE_PREFIX}${firstLedgerId(rows) ?? ""}:${crypto.randomUUID()}`] = rows;
+    if (hasRows) {
+      entries[`${USAGE_PREFIX}${firstLedgerId(rows) ?? ""}:${crypto.randomUUID()}${again ? SENT_AGAIN : ""}`] = rows;
+    }
     for (const id of this.tokensChanged) {
       const t = this.tokens.get(id);
       if (t) entries[TOKEN_PREFIX + id] = t;
@@ -537,22 +574,29 @@ export class OrgQuota extends DurableObject<Env> {
     const { limits, announced } = this.limitsFor(callerLimits, limitsAt ?? now);
     this.roll(now);
     const changed = new Set<string>();
-    if (report.checkpoints) this.keepCheckpoints(report.checkpoints);
+    // The requests' rows were recorded by the caller's clock a moment before it sent them.
+    const month = monthOf(now);
+    if (report.checkpoints) this.keepCheckpoints(report.checkpoints, month);
     const repeated = new Set<string>();
-    for (const s of report.settlements ?? []) if (!this.settle(s, changed)) repeated.add(s.id);
+    for (const s of report.settlements ?? []) if (!this.settle(s, changed, month)) repeated.add(s.id);
     this.takeBack(report.returns ?? [], changed);
     // A repeated settlement's row is not taken again either (a stream billed from its abandoned
     // checkpoint whose isolate came back after all): each request is one row.
-    this.persist(changed, report.rows && repeated.size ? rowsWithout(report.rows, repeated) : report.rows);
+    this.persist(
+      changed,
+      report.rows && repeated.size ? rowsWithout(report.rows, repeated) : report.rows,
+      report.again === true,
+    );
     noteMonthlyStanding(this.ctx, this.env, this.state.month, this.state.monthTokens, limits.monthlyTokenBudget, now);
     return { snapshot: this.snapshot(limits, now), announced };
   }
 
   /**
-   * Replaces one request's worst case by the tokens it used, once; its checkpoint, if any, goes.
-   * Returns false for a settlement already counted.
+   * Replaces one request's worst case by the tokens it used, counted in `month`, the month its row
+   * was recorded in (`settleInto`); once; its checkpoint, if any, goes. Returns false for a
+   * settlement already counted.
    */
-  private settle(s: Settlement, changed: Set<string>): boolean {
+  private settle(s: Settlement, changed: Set<string>, month: string): boolean {
     if (this.settled.has(s.id) || this.settledBefore.has(s.id)) return false;
     this.settled.add(s.id);
     if (this.settled.size >= SETTLED_REMEMBERED / 2) {
@@ -561,19 +605,17 @@ export class OrgQuota extends DurableObject<Env> {
     }
     if (this.checkpoints.delete(s.id)) void this.ctx.storage.delete(CHECKPOINT_PREFIX + s.id);
     const r = this.reservations.get(s.lease);
+    // Settled after its lease expired (`r` undefined): the usage still happened now.
+    settleInto(this.state, r, s.reserved, s.actual, month);
+    const token = r ? r.token : s.token;
+    if (token) {
+      settleInto(this.tokenState(token), r, s.reserved, s.actual, month);
+      this.tokensChanged.add(token);
+    }
     if (r) {
-      const delta = s.actual - s.reserved;
-      if (r.minute === this.state.minute) this.state.minuteTokens = Math.max(0, this.state.minuteTokens + delta);
-      if (r.month === this.state.month) this.state.monthTokens = Math.max(0, this.state.monthTokens + delta);
-      if (r.token) this.countForToken(r.token, r, delta);
       r.tokens -= s.reserved;
       r.requests = (r.requests ?? 1) - 1;
       changed.add(s.lease);
-    } else {
-      // Settled after its lease expired: the usage still happened now.
-      this.state.minuteTokens += s.actual;
-      this.state.monthTokens += s.actual;
-      if (s.token) this.countForToken(s.token, this.state, s.actual);
     }
     return true;
   }
@@ -582,13 +624,13 @@ export class OrgQuota extends DurableObject<Env> {
    * Keeps the latest checkpoint of each running request (not of one already settled: a checkpoint
    * never outlives its settlement), and makes sure an alarm will settle those never renewed.
    */
-  private keepCheckpoints(checkpoints: readonly Checkpoint[]): void {
+  private keepCheckpoints(checkpoints: readonly Checkpoint[], month: string): void {
     const at = Date.now();
     const entries: Record<string, StoredCheckpoint> = {};
     for (const { settlement, row } of checkpoints) {
       const id = settlement.id;
       if (this.settled.has(id) || this.settledBefore.has(id)) continue;
-      const kept = { settlement, row, at };
+      const kept = { settlement, row, at, month };
       this.checkpoints.set(id, kept);
       entries[CHECKPOINT_PREFIX + id] = kept;
     }
@@ -612,7 +654,7 @@ export class OrgQuota extends DurableObject<Env> {
         next = Math.min(next ?? due, due);
         continue;
       }
-      this.settle(c.settlement, changed);
+      this.settle(c.settlement, changed, c.month ?? this.state.month);
       this.checkpoints.delete(id);
       rows.push(c.row);
     }

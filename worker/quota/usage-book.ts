@@ -9,6 +9,19 @@
  * its part in one storage write (the batch, the part's totals and the raw key together), D1 takes
  * absolute totals, an interval is inserted once by its id, an archive object is written under its
  * part's own key, and a part is forgotten only once it is archived.
+ *
+ * Each request's row has one home, and is counted and billed there only. An isolate whose commit
+ * failed cannot tell whether the object took it (a connection can drop after the object applied
+ * the call): it sends it again, and if that fails too it writes the rows to `usage_ledger`, which
+ * bills each row on its own and which the cron carries into the hour's `ledger` part. So before a
+ * part closes (`keepOnce`), the rows it holds that the ledger holds too leave it: the ledger is
+ * their home, as it is the only record that can be written without the object. A commit sent again
+ * that the object took twice (it had restarted in between and forgot the first) marks its parts,
+ * whose rows are then kept once by id. The ledger's rows are there by then: an isolate writes them
+ * within seconds of the commit, and a part closes `graceMs` after its interval ends. Not so for a
+ * row committed later than that (a part opened for an interval already over closes at the next
+ * sync), which the ledger may then hold too; and a row taken twice lands in two parts if the first
+ * closed in between, for the same reason.
  */
 import { queueIntervals } from "../billing/queue";
 import { billingEnabled } from "../config";
@@ -28,12 +41,19 @@ import {
   type InferenceCounts,
   intervalId,
   intervalStart,
+  LEDGER_IDS_RECORDED,
   partStatements,
+  removeInference,
   type UsagePart,
 } from "../usage/hours";
 
 /** Committed inference rows not yet folded, one `ledgerBatch` text per commit (or legacy row objects). */
 export const USAGE_PREFIX = "u:";
+/**
+ * The end of the key of a batch committed again after its first answer was lost: the object may
+ * hold its rows twice (`UsagePart.recheck`).
+ */
+export const SENT_AGAIN = ":again";
 /** Committed downloads not yet folded: JSON arrays of `DownloadRow`. */
 export const DOWNLOAD_PREFIX = "dl:";
 /** Parts not yet archived, `p:<hour>:<part>`. */
@@ -68,8 +88,12 @@ export class UsageBook {
   private parts = new Map<string, UsagePart>();
   /** The open part of each billing interval that has one, by the interval's start. */
   private open = new Map<number, UsagePart>();
-  /** Parts read back open after a restart: whether D1 took their close before it is not known. */
-  private restored = new WeakSet<UsagePart>();
+  /**
+   * Open parts D1 may hold the close of already: read back open after a restart, or whose close
+   * went to D1 in a batch that failed (D1 may have committed it all the same). Their billing
+   * interval may be written, and it is written once: once due, they take no more rows (`partFor`).
+   */
+  private maybeClosed = new WeakSet<UsagePart>();
   private organizationId: string | undefined;
   /** The newest part id handed out (epoch ms): ids only grow, so no hour has two parts of one id. */
   private lastPartAt = 0;
@@ -89,7 +113,7 @@ export class UsageBook {
       this.parts.set(key, part);
       if (!part.closed) {
         this.open.set(part.interval, part);
-        this.restored.add(part);
+        this.maybeClosed.add(part);
       }
       this.organizationId ??= part.organizationId;
       this.lastPartAt = Math.max(this.lastPartAt, Number.parseInt(part.part, 36));
@@ -118,13 +142,13 @@ export class UsageBook {
 
   /**
    * The open part of the interval starting at `interval`, opened if there is none, or if the one
-   * there was read back after a restart and is due to close: D1 may hold its close already (the
-   * object stopped before it stored the part as closed), and a billing interval is written once,
-   * so a row folded into it now would be metered and never billed.
+   * there is due to close and D1 may hold its close already (`maybeClosed`: the object stopped
+   * before it stored the part as closed, or D1 failed the close after committing it): a billing
+   * interval is written once, so a row folded into it now would be metered and never billed.
    */
   private partFor(organizationId: string, interval: number, now: number, touched: Set<UsagePart>): UsagePart {
     let part = this.open.get(interval);
-    if (part && this.restored.has(part) && now >= part.closesAt) part = undefined;
+    if (part && this.maybeClosed.has(part) && now >= part.closesAt) part = undefined;
     if (!part) {
       const length = this.intervalMs();
       this.lastPartAt = Math.max(now, this.lastPartAt + 1);
@@ -170,6 +194,7 @@ export class UsageBook {
       const text =
         typeof value === "string" ? value : ledgerBatch((Array.isArray(value) ? value : [value]).map(ledgerEntry));
       chars += text.length;
+      const again = key.endsWith(SENT_AGAIN);
       const byInterval = new Map<number, LedgerRow[]>();
       for (const row of ledgerRows(text)) {
         const interval = intervalStart(Date.parse(row.createdAt), this.intervalMs());
@@ -179,6 +204,7 @@ export class UsageBook {
       }
       for (const [interval, rows] of byInterval) {
         const part = this.partFor(rows[0]?.organizationId as string, interval, now, touched);
+        if (again) part.recheck = true;
         for (const row of rows) addInference(part, row);
         puts[`${RAW_PREFIX}${part.hour}:${part.part}:i:${key}`] =
           byInterval.size === 1 ? text : ledgerBatch(rows.map(ledgerEntry));
@@ -231,10 +257,14 @@ export class UsageBook {
     if (due.length === 0) return true;
     const d1 = this.env.DB;
     try {
+      for (const { part, closing } of due) if (closing) await this.keepOnce(part);
       // Intervals are stamped by the wall clock: the reconciler judges a pending one's age by it.
       const writtenAt = Date.now();
       await d1.batch(due.flatMap(({ part, closing }) => partStatements(d1, part, closing, now, writtenAt)));
     } catch (error) {
+      // A batch that failed may have committed (a connection lost after D1 applied it): the parts
+      // it closed are closed again the same later, and take no more rows meanwhile.
+      for (const { part, closing } of due) if (closing) this.maybeClosed.add(part);
       services.log.warn("usage totals not written to D1; kept and retried", {
         parts: due.length,
         error: String(error),
@@ -264,6 +294,46 @@ export class UsageBook {
       );
     }
     return true;
+  }
+
+  /**
+   * Leaves in `part`, about to close, only the rows whose home it is: none that `usage_ledger`
+   * holds too, and each row once when a commit sent again may have put it there twice. The rows
+   * that leave go from its totals and its raw rows in one storage write, before D1 takes its
+   * close, so that a close tried again finds them gone.
+   */
+  private async keepOnce(part: UsagePart): Promise<void> {
+    if (part.inference.size === 0) return;
+    const { results } = await this.env.DB.prepare(LEDGER_IDS_RECORDED)
+      .bind(
+        part.organizationId,
+        new Date(part.interval).toISOString(),
+        new Date(part.interval + this.intervalMs()).toISOString(),
+      )
+      .all<{ id: string }>();
+    const inLedger = new Set(results.map((r) => r.id));
+    if (inLedger.size === 0 && !part.recheck) return;
+    const raw = await this.ctx.storage.list<string>({ prefix: `${rawPartPrefix(part)}i:` });
+    const seen = new Set<string>();
+    const puts: Record<string, unknown> = {};
+    for (const [key, text] of raw) {
+      const kept: unknown[][] = [];
+      const left: string[] = [];
+      for (const values of JSON.parse(text) as unknown[][]) {
+        const id = values[0] as string;
+        if (inLedger.has(id) || seen.has(id)) left.push(JSON.stringify(values));
+        else {
+          seen.add(id);
+          kept.push(values);
+        }
+      }
+      if (left.length === 0) continue;
+      for (const row of ledgerRows(ledgerBatch(left))) removeInference(part, row);
+      puts[key] = JSON.stringify(kept);
+    }
+    delete part.recheck;
+    puts[partKey(part)] = part;
+    await this.ctx.storage.put(puts);
   }
 
   /**

@@ -12,7 +12,7 @@
  * - R2 holds each closed part's rows once, under a key named after the part (`archiveKey`).
  */
 import { getTableColumns, getTableName } from "drizzle-orm";
-import { billingIntervals, downloadHours, usageHours } from "../db/schema";
+import { billingIntervals, downloadHours, usageHours, usageLedger } from "../db/schema";
 import type { LedgerRow } from "../inference/ledger";
 
 /** The longest a part stays open after its interval ends, for requests recorded at its last moment. */
@@ -108,6 +108,11 @@ export interface UsagePart {
   syncedAt: number;
   /** Final: D1 has its totals and its billing interval. */
   closed: boolean;
+  /**
+   * Whether rows of a commit sent again (its first answer lost) went into it: a row may be in it
+   * twice, and its rows are checked by id before it closes.
+   */
+  recheck?: boolean;
 }
 
 export function inferenceKey(row: Pick<LedgerRow, "model" | "grantId" | "tokenId">): string {
@@ -144,6 +149,25 @@ export function addInference(part: UsagePart, row: LedgerRow): void {
   c.latencyMsSum += row.latencyMs;
   if (row.createdAt > c.lastAt) c.lastAt = row.createdAt;
   part.rows++;
+  part.dirty = true;
+}
+
+/**
+ * Takes one inference row, added before, out of a part's totals: a row the part is not the home of
+ * (`UsageBook` keeps each request's row in one place). `lastAt` stays: the row is recorded at the
+ * same time where it does count, in the same hour.
+ */
+export function removeInference(part: UsagePart, row: LedgerRow): void {
+  const c = part.inference.get(inferenceKey(row));
+  if (!c) return;
+  c.requests--;
+  c.promptTokens -= row.promptTokens;
+  c.completionTokens -= row.completionTokens;
+  c.totalTokens -= row.totalTokens;
+  if (row.status >= 400) c.errorRequests--;
+  if (row.partial) c.partialRequests--;
+  c.latencyMsSum -= row.latencyMs;
+  part.rows--;
   part.dirty = true;
 }
 
@@ -252,32 +276,35 @@ const KEY_FIELDS = new Set(["organizationId", "hour", "model", "grantId", "token
 
 /**
  * An upsert of many rows through one JSON parameter (`json_each`): a row already there takes the
- * new values, unless they are older (fewer requests: a part's counts only grow).
+ * new values, unless they are older (fewer requests: a part's counts only grow while it is open);
+ * `final` values, a part's totals as it closes, are taken as they are.
  */
 function upsertSql(
   table: string,
   columns: Record<string, { name: string }>,
   fields: readonly string[],
   keys: readonly string[],
+  final = false,
 ): string {
   const name = (f: string) => `"${columns[f]?.name}"`;
   const updates = fields.filter((f) => !KEY_FIELDS.has(f)).map((f) => `${name(f)} = excluded.${name(f)}`);
   return (
     `insert into "${table}" (${fields.map(name).join(", ")}) ` +
     `select ${fields.map((_, i) => `value ->> ${i}`).join(", ")} from json_each(?) where true ` +
-    `on conflict (${keys.map(name).join(", ")}) do update set ${updates.join(", ")} ` +
-    `where excluded.${name("requests")} >= "${table}".${name("requests")}`
+    `on conflict (${keys.map(name).join(", ")}) do update set ${updates.join(", ")}` +
+    (final ? "" : ` where excluded.${name("requests")} >= "${table}".${name("requests")}`)
   );
 }
 
-export const UPSERT_USAGE_HOURS = upsertSql(getTableName(usageHours), USAGE, INFERENCE_FIELDS, [
-  "organizationId",
-  "hour",
-  "model",
-  "grantId",
-  "tokenId",
-  "part",
-]);
+const USAGE_KEYS = ["organizationId", "hour", "model", "grantId", "tokenId", "part"];
+
+export const UPSERT_USAGE_HOURS = upsertSql(getTableName(usageHours), USAGE, INFERENCE_FIELDS, USAGE_KEYS);
+
+/**
+ * A closing part's totals, taken as they are: they are its last, and may be fewer than it had
+ * while open, when rows it held were recorded in the ledger too (`UsageBook`).
+ */
+export const FINAL_USAGE_HOURS = upsertSql(getTableName(usageHours), USAGE, INFERENCE_FIELDS, USAGE_KEYS, true);
 
 export const UPSERT_DOWNLOAD_HOURS = upsertSql(getTableName(downloadHours), DOWNLOADS, DOWNLOAD_FIELDS, [
   "organizationId",
@@ -301,6 +328,21 @@ export const INSERT_INTERVAL = `insert into "${getTableName(billingIntervals)}" 
 ]
   .map((f) => `"${INTERVALS[f as keyof typeof INTERVALS].name}"`)
   .join(", ")}) values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`;
+
+const LEDGER = getTableColumns(usageLedger);
+
+/**
+ * The ids of an organization's (`?1`) rows in `usage_ledger` recorded from `?2` until `?3` (ISO
+ * times): rows an isolate wrote there when it could not tell whether the quota object took them.
+ * Read through the index on billing state and time, every state named so that the window is one
+ * range of it for each; the organization is filtered after (`+` keeps SQLite off its own index,
+ * which would read every row the organization ever had in the ledger).
+ */
+export const LEDGER_IDS_RECORDED = `select "${LEDGER.id.name}" from "${getTableName(usageLedger)}" where "${
+  LEDGER.billingState.name
+}" in (${LEDGER.billingState.enumValues.map((state) => `'${state}'`).join(", ")}) and "${
+  LEDGER.createdAt.name
+}" >= ?2 and "${LEDGER.createdAt.name}" < ?3 and +"${LEDGER.organizationId.name}" = ?1`;
 
 /** A part's `usage_hours` rows as the JSON parameter of `UPSERT_USAGE_HOURS`. */
 export function usageHourRows(part: UsagePart, updatedAt: string): string {
@@ -366,7 +408,9 @@ export function partStatements(
 ): D1PreparedStatement[] {
   const updatedAt = new Date(now).toISOString();
   const statements: D1PreparedStatement[] = [];
-  if (part.inference.size) statements.push(d1.prepare(UPSERT_USAGE_HOURS).bind(usageHourRows(part, updatedAt)));
+  if (part.inference.size) {
+    statements.push(d1.prepare(closing ? FINAL_USAGE_HOURS : UPSERT_USAGE_HOURS).bind(usageHourRows(part, updatedAt)));
+  }
   if (part.downloads.size) statements.push(d1.prepare(UPSERT_DOWNLOAD_HOURS).bind(downloadHourRows(part, updatedAt)));
   if (closing) {
     const totals = billableTotals(part);
