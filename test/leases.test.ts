@@ -538,12 +538,13 @@ describe("quota leases", () => {
       expect(sent.commits - before).toBe(2);
       expect(looks.count).toBeLessThanOrEqual(18 * 2 + 2 + 2 * 2);
       // And none saw its row stored much later than the request that sent it, whose own `send`
-      // wakes it: a look's step, and the timers' slack.
+      // wakes it: a look's step, and the timers' slack on a loaded machine (a waiter that looked
+      // only once a call would be a call late).
       for (const [sender, ...waiters] of batches) {
         expect(sender?.stored).toBe(true);
         for (const w of waiters) {
           expect(w.stored).toBe(true);
-          expect(w.at - (sender?.at ?? 0)).toBeLessThanOrEqual(CALL_MS / 4);
+          expect(w.at - (sender?.at ?? 0)).toBeLessThanOrEqual(CALL_MS / 2);
         }
       }
       await settled();
