@@ -286,6 +286,36 @@ describe("quota leases", () => {
     await settled();
   });
 
+  it("security: does not refuse a request under raised limits with the refusal of a call asked under the old", async () => {
+    const org = crypto.randomUUID();
+    const tight: QuotaLimits = { ...roomy, requestsPerMinute: 1 };
+    const raised: QuotaLimits = { ...roomy, requestsPerMinute: 100 };
+    const { leases, context, settled } = isolate(org, tight, { limitsAt: NOW - 1_000 });
+    expect(await leases.admit(org, 10, context)).toMatchObject({ ok: true });
+    // The next request's call, under the old limit, is on its way when a request under the raised
+    // limit (read later) comes and waits for it.
+    let release = () => {};
+    const real = context.stub.lease;
+    const held: LeaseContext = {
+      ...context,
+      stub: {
+        ...context.stub,
+        lease: (...args: Parameters<typeof real>) =>
+          new Promise((resolve) => {
+            release = () => resolve(real(...args));
+          }),
+      },
+    };
+    const old = leases.admit(org, 10, held);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const newer = leases.admit(org, 10, { ...context, limits: raised, limitsAt: NOW });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    release();
+    expect(await old).toMatchObject({ ok: false, refusal: "requests_per_minute" });
+    expect(await newer).toMatchObject({ ok: true });
+    await settled();
+  });
+
   it("ask for a lease itself when the call it waited for never returns, as when its request was ended", async () => {
     const org = crypto.randomUUID();
     const { leases, context } = isolate(org, roomy);

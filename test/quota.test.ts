@@ -50,6 +50,23 @@ describe("OrgQuota", () => {
     expect(refused[0]).toMatchObject({ refusal: "requests_per_minute", retryAfterSeconds: 50 });
   });
 
+  it("security: takes a lease's unused capacity back once, however often the return comes", async () => {
+    const q = quota();
+    // A lease of 4 requests, 10 tokens each; 2 of them run, 2 go back. The return's call lost its
+    // answer, so it comes again with the next call: the running requests' capacity stays held.
+    const lease = await q.stub.lease("L", { requests: 4, tokens: 40, need: 10 }, limits, NOW);
+    expect(lease).toMatchObject({ ok: true, requests: 4 });
+    const back = { lease: "L", requests: 2, tokens: 20 };
+    await q.stub.commit({ returns: [back] }, limits, NOW);
+    const once = await q.peek(limits, NOW);
+    await q.stub.commit({ returns: [back] }, limits, NOW);
+    await q.stub.lease("M", { requests: 1, tokens: 10, need: 10 }, limits, NOW, [back]);
+    const again = await q.peek(limits, NOW);
+    expect(again.remainingRequests).toBe(once.remainingRequests - 1);
+    expect(again.monthTokens).toBe(once.monthTokens + 10);
+    expect(once.monthTokens).toBe(20);
+  });
+
   it("never lets concurrent reservations exceed the monthly budget", async () => {
     const q = quota();
     const tight = { requestsPerMinute: 10_000, tokensPerMinute: 10_000_000, monthlyTokenBudget: 1_000 };

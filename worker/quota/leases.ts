@@ -175,6 +175,8 @@ interface OrgLeases {
 interface LeaseCall {
   /** When it was made (the request's clock). */
   since: number;
+  /** The limits it was made under: its refusal stands for requests under the same limits only. */
+  limitsKey: string;
   refused?: { need: number; result: Extract<LeaseResult, { ok: false }> };
 }
 
@@ -322,8 +324,11 @@ export class QuotaLeases {
       // The object refused the call last waited for: this request is refused with it, without a
       // call of its own, when the object would refuse it the same (a flood of requests over a limit
       // costs the object one call per round trip per isolate, not one per request).
+      // Not under limits newer than the call's: those may admit it.
       const refused = call.refused;
-      if (refused && refusedAlike(refused.result.refusal, refused.need, need)) return refused.result;
+      if (refused && call.limitsKey === org.limitsKey && refusedAlike(refused.result.refusal, refused.need, need)) {
+        return refused.result;
+      }
     }
     const granted = await this.lease(org, need, c);
     if (!granted.ok) {
@@ -352,7 +357,7 @@ export class QuotaLeases {
     const id = c.newId();
     const now = c.now();
     const limitsKey = org.limitsKey;
-    const mine: LeaseCall = { since: now };
+    const mine: LeaseCall = { since: now, limitsKey };
     org.leasing = mine;
     let granted: LeaseResult;
     try {

@@ -51,6 +51,12 @@ interface Reservation {
   minute: number;
   month: string;
   at: number;
+  /**
+   * Its isolate gave back what it did not use. An isolate gives a lease back once; a return that
+   * comes again (its call's answer was lost, and it went with the next one) would free capacity
+   * the lease's running requests still hold, and is ignored.
+   */
+  returned?: true;
 }
 
 /** What an isolate asks a lease for: up to `requests` requests and `tokens` tokens, at least `need` tokens. */
@@ -548,7 +554,8 @@ export class OrgQuota extends DurableObject<Env> {
   private takeBack(returns: readonly LeaseReturn[], changed: Set<string>): void {
     for (const back of returns) {
       const r = this.reservations.get(back.lease);
-      if (!r) continue;
+      if (!r || r.returned) continue;
+      r.returned = true;
       const tokens = Math.min(back.tokens, Math.max(0, r.tokens));
       const requests = Math.min(back.requests, r.requests ?? 1);
       this.release(r, tokens, requests);
