@@ -1,5 +1,5 @@
 import { env } from "cloudflare:workers";
-import { count, eq } from "drizzle-orm";
+import { and, count, eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { purgeUnconfirmedDrafts } from "../worker/applications/submit";
 import {
@@ -10,12 +10,15 @@ import {
   emailLinks,
   grants,
   mailOutbox,
+  memberships,
   organizations,
   statusLinks,
 } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
+import { sha256Hex } from "../worker/platform/hash";
 import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
+import { signedInMember } from "./helpers/members";
 
 let licenseSha256: string;
 
@@ -227,20 +230,29 @@ describe("POST /v1/applications", () => {
     expect(form).toContain(`name="aupSha256" value="${next.aupSha256}"`);
   });
 
-  it("shows a repeat applicant of the organization its open case, with a link of their own beside the first", async () => {
+  it("shows a repeat applicant of the organization its open case; each owner holds one link of their own", async () => {
     const gw = testGateway();
     const first = await applyAndConfirm(gw, applicationBody({ declaredMau: 900_000_000 }));
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, first.applicationId));
+    await signedInMember(gw, { organizationId: app?.organizationId, email: "grace@acme.example" });
+    const graces = await applyAndConfirm(
+      gw,
+      applicationBody({ contact: { name: "Grace Hopper", email: "grace@acme.example" } }),
+    );
     const again = await applyAndConfirm(gw, applicationBody({ declaredMau: 50_000 }));
+    expect(graces).toMatchObject({ applicationId: first.applicationId, status: "pending_review", duplicate: true });
     expect(again).toMatchObject({ applicationId: first.applicationId, status: "pending_review", duplicate: true });
     expect(await rowCounts(gw)).toMatchObject({ applications: 1, organizations: 1 });
-    const viaOld = await gw.request(`/v1/applications/${first.applicationId}`, {
-      headers: { authorization: `Bearer ${first.capability}` },
-    });
-    expect(viaOld.status).toBe(200);
-    const viaNew = await gw.request(`/v1/applications/${first.applicationId}`, {
-      headers: { authorization: `Bearer ${again.capability}` },
-    });
-    expect(viaNew.status).toBe(200);
+    const status = async (capability: string) =>
+      (
+        await gw.request(`/v1/applications/${first.applicationId}`, {
+          headers: { authorization: `Bearer ${capability}` },
+        })
+      ).status;
+    // Ada's new link replaces her first; Grace's, beside them, is untouched.
+    expect(await status(first.capability)).toBe(404);
+    expect(await status(again.capability)).toBe(200);
+    expect(await status(graces.capability)).toBe(200);
   });
 
   it("confirms each link once, however often it is replayed, and never on a GET", async () => {
@@ -451,6 +463,132 @@ describe("the status capability", () => {
     expect(await res.json()).toMatchObject({ status: "pending_review" });
     const [app] = await gw.db.select().from(applications).where(eq(applications.id, id));
     expect(app).toMatchObject({ reviewRound: 2, applicantResponse: "No affiliates; 800M is the group total." });
+  });
+});
+
+describe("a status link's holder", () => {
+  type Gateway = ReturnType<typeof testGateway>;
+
+  /** Ada's case, in review, and its organization's second owner, Grace, with a link of her own. */
+  async function twoOwners(gw: Gateway) {
+    const ada = await applyAndConfirm(gw, applicationBody({ declaredMau: 800_000_000 }));
+    const id = ada.applicationId;
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, id));
+    if (!app?.contactUserId) throw new Error("the case has no contact user");
+    const [adaMembership] = await gw.db
+      .select()
+      .from(memberships)
+      .where(and(eq(memberships.organizationId, app.organizationId), eq(memberships.userId, app.contactUserId)));
+    if (!adaMembership) throw new Error("Ada owns no organization");
+    const grace = await signedInMember(gw, { organizationId: app.organizationId, email: "grace@acme.example" });
+    const graces = await applyAndConfirm(
+      gw,
+      applicationBody({ contact: { name: "Grace Hopper", email: "grace@acme.example" } }),
+    );
+    expect(graces).toMatchObject({ applicationId: id, duplicate: true });
+    return { id, app, adaLink: ada.capability, adaMembershipId: adaMembership.id, grace, graceLink: graces.capability };
+  }
+
+  const read = (gw: Gateway, id: string, capability: string) =>
+    gw.request(`/v1/applications/${id}`, { headers: { authorization: `Bearer ${capability}` } });
+  const page = (gw: Gateway, id: string, capability: string) =>
+    gw.request(`/applications/${id}?token=${encodeURIComponent(capability)}`);
+  const answer = (gw: Gateway, id: string, capability: string, message: string) =>
+    gw.request(`/v1/applications/${id}/response`, json({ message }, { authorization: `Bearer ${capability}` }));
+
+  /** The link answers exactly as one that never existed does, as JSON and as a page. */
+  async function expectUnknown(gw: Gateway, id: string, capability: string) {
+    const unknown = "mgs_never-issued";
+    // Each answer names its own request.
+    const same = (text: string) => text.replaceAll(/req_\w+/g, "req_").replaceAll(unknown, capability);
+    const [res, expected] = [await read(gw, id, capability), await read(gw, id, unknown)];
+    expect(res.status).toBe(404);
+    expect(same(await res.text())).toBe(same(await expected.text()));
+    const [shown, expectedPage] = [await page(gw, id, capability), await page(gw, id, unknown)];
+    expect(shown.status).toBe(404);
+    expect(same(await shown.text())).toBe(same(await expectedPage.text()));
+  }
+
+  it("security: a removed owner's link stops at once for the case, its page and answers; another owner's answers as its holder", async () => {
+    const gw = testGateway();
+    const { id, adaLink, adaMembershipId, grace, graceLink } = await twoOwners(gw);
+    await gw.db
+      .update(applications)
+      .set({ status: "info_requested", applicantMessage: "Which affiliates?" })
+      .where(eq(applications.id, id));
+    expect((await read(gw, id, adaLink)).status).toBe(200);
+    const removed = await gw.request(`/v1/organization/members/${adaMembershipId}`, {
+      method: "DELETE",
+      headers: grace.headers,
+    });
+    expect(removed.status).toBe(200);
+
+    await expectUnknown(gw, id, adaLink);
+    const refused = await answer(gw, id, adaLink, "Ignore the reviewer; we are fine.");
+    expect(refused.status).toBe(404);
+    expect(await refused.json()).toMatchObject({ code: "not_found" });
+    const [untouched] = await gw.db.select().from(applications).where(eq(applications.id, id));
+    expect(untouched).toMatchObject({ status: "info_requested", reviewRound: 1, applicantResponse: null });
+
+    expect((await read(gw, id, graceLink)).status).toBe(200);
+    const answered = await answer(gw, id, graceLink, "No affiliates; 800M is the group total.");
+    expect(answered.status).toBe(200);
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, id));
+    expect(app).toMatchObject({ status: "pending_review", reviewRound: 2 });
+    const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "application.info_provided"));
+    expect(event?.actor).toBe("applicant:grace@acme.example");
+  });
+
+  it("security: a link stops when its holder is no longer an owner, and another owner's goes on", async () => {
+    const gw = testGateway();
+    const { id, adaLink, adaMembershipId, grace, graceLink } = await twoOwners(gw);
+    const demoted = await gw.request(`/v1/organization/members/${adaMembershipId}`, {
+      method: "PATCH",
+      headers: { ...grace.headers, "content-type": "application/json" },
+      body: JSON.stringify({ role: "admin" }),
+    });
+    expect(demoted.status).toBe(200);
+    await expectUnknown(gw, id, adaLink);
+    expect((await answer(gw, id, adaLink, "hello")).status).toBe(404);
+    expect((await read(gw, id, graceLink)).status).toBe(200);
+    expect((await page(gw, id, graceLink)).status).toBe(200);
+  });
+
+  it("keeps a link from before holders were kept working for the case's contact while an owner, and ends it on removal", async () => {
+    const gw = testGateway();
+    const { applicationId: id } = await applyAndConfirm(gw, applicationBody({ declaredMau: 800_000_000 }));
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, id));
+    if (!app?.contactUserId) throw new Error("the case has no contact user");
+    const old = "mgs_from-before-holders-were-kept";
+    const at = gw.services().clock.now().toISOString();
+    await gw.db.insert(statusLinks).values({ secretHash: await sha256Hex(old), applicationId: id, createdAt: at });
+    expect((await read(gw, id, old)).status).toBe(200);
+    expect((await page(gw, id, old)).status).toBe(200);
+
+    const grace = await signedInMember(gw, { organizationId: app.organizationId, email: "grace@acme.example" });
+    const [ada] = await gw.db
+      .select()
+      .from(memberships)
+      .where(and(eq(memberships.organizationId, app.organizationId), eq(memberships.userId, app.contactUserId)));
+    const removed = await gw.request(`/v1/organization/members/${ada?.id}`, {
+      method: "DELETE",
+      headers: grace.headers,
+    });
+    expect(removed.status).toBe(200);
+    await expectUnknown(gw, id, old);
+  });
+
+  it("lets another owner's new link leave a link from before holders were kept, and the contact's own replace it", async () => {
+    const gw = testGateway();
+    const { id, app } = await twoOwners(gw);
+    const old = "mgs_from-before-holders-were-kept";
+    const at = gw.services().clock.now().toISOString();
+    await gw.db.insert(statusLinks).values({ secretHash: await sha256Hex(old), applicationId: id, createdAt: at });
+    await applyAndConfirm(gw, applicationBody({ contact: { name: "Grace Hopper", email: "grace@acme.example" } }));
+    expect((await read(gw, id, old)).status).toBe(200);
+    const again = await applyAndConfirm(gw, applicationBody({ contact: { name: "Ada", email: app.contactEmail } }));
+    expect((await read(gw, id, old)).status).toBe(404);
+    expect((await read(gw, id, again.capability)).status).toBe(200);
   });
 });
 

@@ -4,6 +4,7 @@ import { accessTokens, auditEvents, grants, memberships } from "../worker/db/sch
 import { clearCallerCache } from "../worker/inference/access";
 import { sha256Hex } from "../worker/platform/hash";
 import { checkAccessToken } from "../worker/tokens/service";
+import { applyAndConfirm } from "./helpers/apply";
 import { heldWrites } from "./helpers/bindings";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 import { signedInMember } from "./helpers/members";
@@ -155,6 +156,72 @@ describe("status links no longer mint tokens", () => {
     expect(problem.detail).toContain("POST /v1/auth/email-link");
     expect(problem.detail).toContain("/account");
     expect(await gw.db.select().from(accessTokens)).toHaveLength(1);
+  });
+});
+
+describe("security: a status link's tokens from before members", () => {
+  it("are out of reach of a removed owner's link, and another owner's lists and revokes them as its holder", async () => {
+    const gw = testGateway();
+    const application = (email: string) => ({
+      family: "llama-2",
+      organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
+      contact: { name: "Someone at Acme", email },
+      intendedUse: "Customer support assistant for our robot vacuum owners.",
+      declaredMau: 120_000,
+      models: ["llama-2-7b"],
+      licenseSha256,
+      acceptLicense: true,
+      acceptAup: true,
+    });
+    const ada = await applyAndConfirm(gw, application("ada@acme.example"));
+    expect(ada.status).toBe("approved");
+    const id = ada.applicationId;
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, id));
+    if (!grant) throw new Error("the case has no grant");
+    const [adaMembership] = await gw.db
+      .select()
+      .from(memberships)
+      .where(eq(memberships.organizationId, grant.organizationId));
+    const grace = await signedInMember(gw, { organizationId: grant.organizationId, email: "grace@acme.example" });
+    const graces = await applyAndConfirm(gw, application("grace@acme.example"));
+    expect(graces).toMatchObject({ applicationId: id, duplicate: true });
+    const legacy = "mg_legacy_token_from_the_status_link_days_000000";
+    await gw.db.insert(accessTokens).values({
+      id: "tok_legacy",
+      grantId: grant.id,
+      name: "old",
+      secretHash: await sha256Hex(legacy),
+      displayPrefix: legacy.slice(0, 9),
+      scopes: ["download"],
+      createdAt: new Date().toISOString(),
+      userId: null,
+    });
+    const listVia = (link: string) =>
+      gw.request(`/v1/applications/${id}/tokens`, { headers: { authorization: `Bearer ${link}` } });
+    const revokeVia = (link: string) =>
+      gw.request(`/v1/applications/${id}/tokens/tok_legacy`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${link}` },
+      });
+    expect((await listVia(ada.capability)).status).toBe(200);
+
+    const removed = await gw.request(`/v1/organization/members/${adaMembership?.id}`, {
+      method: "DELETE",
+      headers: grace.headers,
+    });
+    expect(removed.status).toBe(200);
+    for (const res of [await listVia(ada.capability), await revokeVia(ada.capability)]) {
+      expect(res.status).toBe(404);
+      expect(await res.json()).toMatchObject({ code: "not_found", detail: "No such application." });
+    }
+    expect((await manifest(gw, legacy)).status).toBe(200);
+
+    const listed = (await (await listVia(graces.capability)).json()) as { tokens: ListedToken[] };
+    expect(listed.tokens.map((t) => t.id)).toEqual(["tok_legacy"]);
+    expect((await revokeVia(graces.capability)).status).toBe(200);
+    expect((await manifest(gw, legacy)).status).toBe(401);
+    const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "token.revoked"));
+    expect(event?.actor).toBe("applicant:grace@acme.example");
   });
 });
 

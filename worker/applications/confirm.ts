@@ -3,7 +3,7 @@
  * named. Only now is the contact a known person, the organization resolved from proof, and the
  * license policy asked; the contact is signed in to the applicant's portal as well.
  */
-import { and, desc, eq } from "drizzle-orm";
+import { and, desc, eq, exists, isNull, or } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { emailLinkToUse } from "../auth/email-links";
@@ -20,6 +20,7 @@ import {
   OPEN_STATUSES,
   type PolicyReasonRow,
   statusLinks,
+  type User,
 } from "../db/schema";
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
@@ -51,14 +52,43 @@ export interface Confirmation {
   session: { secret: string; expiresAt: string };
 }
 
-/** A new status link for a case, beside the ones its other owners hold. */
-function addStatusLink(services: Pick<Services, "db">, applicationId: string, hash: string, at: Date) {
-  return services.db.insert(statusLinks).values({
-    secretHash: hash,
-    applicationId,
-    createdAt: at.toISOString(),
-    expiresAt: addDays(at, STATUS_LINK_TTL_DAYS).toISOString(),
-  });
+/**
+ * A new status link for a case, held by the owner who confirmed, beside the ones its other owners
+ * hold. It replaces the links that owner held for the case before (a link from before holders
+ * were kept is the contact's), so each owner has one live link per case.
+ */
+function addStatusLink(
+  services: Pick<Services, "db">,
+  applicationId: string,
+  holder: User,
+  hash: string,
+  at: Date,
+): BatchItem<"sqlite">[] {
+  const heldBefore = or(
+    eq(statusLinks.userId, holder.id),
+    and(
+      isNull(statusLinks.userId),
+      exists(
+        services.db
+          .select({ id: applications.id })
+          .from(applications)
+          .where(and(eq(applications.id, applicationId), eq(applications.contactUserId, holder.id))),
+      ),
+    ),
+  );
+  return [
+    services.db
+      .update(statusLinks)
+      .set({ revokedAt: at.toISOString() })
+      .where(and(eq(statusLinks.applicationId, applicationId), heldBefore, isNull(statusLinks.revokedAt))),
+    services.db.insert(statusLinks).values({
+      secretHash: hash,
+      applicationId,
+      userId: holder.id,
+      createdAt: at.toISOString(),
+      expiresAt: addDays(at, STATUS_LINK_TTL_DAYS).toISOString(),
+    }),
+  ];
 }
 
 /**
@@ -102,8 +132,9 @@ export async function confirmApplication(
 
     const standing = await standingCase(services, organization.organizationId, family.id);
     if (standing) {
-      // The organization's case for this family goes on; this owner gets a status link of their own.
-      statements.push(addStatusLink(services, standing.id, status.hash, now));
+      // The organization's case for this family goes on; this owner gets a status link of their own,
+      // in place of any they held for it before.
+      statements.push(...addStatusLink(services, standing.id, user, status.hash, now));
       events.push({
         actor: `member:${user.email}`,
         action: "application.status_link_issued",
@@ -162,7 +193,7 @@ export async function confirmApplication(
         country: evidence.country,
         userAgent: evidence.userAgent,
       }),
-      addStatusLink(services, applicationId, status.hash, now),
+      ...addStatusLink(services, applicationId, user, status.hash, now),
       ...decided.related.map((r) =>
         services.db
           .insert(caseLinks)

@@ -1,7 +1,7 @@
-import { and, eq, gt, isNull, or } from "drizzle-orm";
+import { and, eq, gt, isNull, or, sql } from "drizzle-orm";
 import { writeAudited } from "../audit/log";
 import { bearerToken } from "../auth/bearer";
-import { type Application, applications, grants, statusLinks } from "../db/schema";
+import { type Application, applications, grants, memberships, statusLinks, users } from "../db/schema";
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
 import { sha256Hex } from "../platform/hash";
@@ -53,22 +53,39 @@ function nextStep(app: Application, grant: ApplicantView["grant"]): string {
   }
 }
 
+/** A case as a status link opens it, with the owner who holds the link. */
+export type CaseByStatusLink = Application & { holder: { userId: string; email: string } };
+
 /**
- * Finds the application a status-page secret opens. A wrong id, a wrong secret, a secret for
- * another application, an expired link and one a newer link replaced all answer the same 404, so
- * the link reveals nothing but its own case.
+ * Finds the application a status-page secret opens, and the owner who holds the link. A link
+ * works only while its holder owns the case's organization, checked in the same query, so
+ * removing or demoting them ends it at once. A wrong id, a wrong secret, a secret for another
+ * application, an expired or revoked link and one whose holder is no longer an owner all answer
+ * the same 404, so the link reveals nothing but its own case.
  */
 export async function applicationBySecret(
   services: Pick<Services, "db" | "clock">,
   id: string,
   secret: string | undefined,
-): Promise<Application> {
+): Promise<CaseByStatusLink> {
   if (!secret || secret.length > 200) throw new AppError("not_found", "No such application.");
   const hash = await sha256Hex(secret);
+  // Links from before holders were kept belong to the case's contact.
+  const holderId = sql<string>`coalesce(${statusLinks.userId}, ${applications.contactUserId})`;
   const [row] = await services.db
-    .select({ application: applications })
+    .select({ application: applications, holderId: users.id, holderEmail: users.email })
     .from(statusLinks)
     .innerJoin(applications, eq(applications.id, statusLinks.applicationId))
+    .innerJoin(
+      memberships,
+      and(
+        eq(memberships.organizationId, applications.organizationId),
+        eq(memberships.userId, holderId),
+        isNull(memberships.removedAt),
+        eq(memberships.role, "owner"),
+      ),
+    )
+    .innerJoin(users, eq(users.id, memberships.userId))
     .where(
       and(
         eq(statusLinks.secretHash, hash),
@@ -78,7 +95,7 @@ export async function applicationBySecret(
       ),
     );
   if (!row) throw new AppError("not_found", "No such application.");
-  return row.application;
+  return { ...row.application, holder: { userId: row.holderId, email: row.holderEmail } };
 }
 
 /** The applicant's view of a case. */
@@ -108,9 +125,14 @@ export async function applicantView(services: Pick<Services, "db">, app: Applica
 
 /**
  * The applicant answers a request for information: the case goes back to review in a new round,
- * so approvals given before the answer no longer count.
+ * so approvals given before the answer no longer count. The answer is recorded as the link
+ * holder's.
  */
-export async function answerInformationRequest(services: Services, app: Application, message: string): Promise<void> {
+export async function answerInformationRequest(
+  services: Services,
+  app: CaseByStatusLink,
+  message: string,
+): Promise<void> {
   await writeAudited(services, async () => {
     const [current] = await services.db.select().from(applications).where(eq(applications.id, app.id));
     if (current?.status !== "info_requested") {
@@ -132,7 +154,7 @@ export async function answerInformationRequest(services: Services, app: Applicat
       ],
       events: [
         {
-          actor: `applicant:${current.contactEmail}`,
+          actor: `applicant:${app.holder.email}`,
           action: "application.info_provided",
           subjectType: "application",
           subjectId: app.id,

@@ -289,8 +289,9 @@ export interface PolicyReasonRow {
 }
 
 /**
- * Status-page capabilities: the sha256 of each secret link sent to an application's contact. A
- * repeat application mails a new link rather than handing the existing one to whoever asked.
+ * Status-page capabilities: the sha256 of each secret link sent to an owner who applied for a
+ * case. A repeat application mails a new link rather than handing the existing one to whoever
+ * asked.
  */
 export const statusLinks = sqliteTable(
   "status_links",
@@ -299,8 +300,16 @@ export const statusLinks = sqliteTable(
     applicationId: text("application_id")
       .notNull()
       .references(() => applications.id),
+    /**
+     * The owner who holds the link; null for links from before holders were kept, which belong
+     * to the case's contact. A link works only while its holder owns the case's organization.
+     */
+    userId: text("user_id").references(() => users.id),
     createdAt: text("created_at").notNull(),
-    /** 30 days after it was made; a re-issued link revokes the ones before it. */
+    /**
+     * 30 days after it was made. Each owner holds their own link; a new one for the same owner
+     * and case revokes the ones that owner held before, and leaves other owners' links alone.
+     */
     expiresAt: text("expires_at"),
     revokedAt: text("revoked_at"),
   },

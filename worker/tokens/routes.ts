@@ -139,7 +139,7 @@ const revokeRoute = createRoute({
 const Params = z.object({ id: z.string().min(1).max(64) });
 const Query = z.object({ token: z.string().optional() });
 const capabilityNote =
-  "Authorized by the application's status capability (`Authorization: Bearer mgs_…` or `?token=`).";
+  "Authorized by the application's status capability (`Authorization: Bearer mgs_…` or `?token=`), which works only while the owner it was issued to is still an owner of the organization.";
 
 const legacyCreateRoute = createRoute({
   method: "post",

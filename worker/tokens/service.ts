@@ -1,4 +1,5 @@
 import { and, desc, eq, isNull } from "drizzle-orm";
+import type { CaseByStatusLink } from "../applications/status";
 import { writeAudited } from "../audit/log";
 import { accessTokenSecret, TOKEN_PREFIX } from "../auth/bearer";
 import { type MemberPrincipal, memberNow, roleAtLeast } from "../auth/members";
@@ -329,8 +330,11 @@ export async function listAccessTokens(services: Pick<Services, "db">, applicati
   return rows.map(describeToken);
 }
 
-/** Revokes one of an application's status-link tokens (`listAccessTokens`). Revoking twice is harmless. */
-export async function revokeAccessToken(services: Services, application: Application, tokenId: string) {
+/**
+ * Revokes one of an application's status-link tokens (`listAccessTokens`), as the link's holder.
+ * Revoking twice is harmless.
+ */
+export async function revokeAccessToken(services: Services, application: CaseByStatusLink, tokenId: string) {
   return writeAudited(services, async () => {
     const grant = await grantOfApplication(services, application.id);
     const [token] = grant
@@ -340,7 +344,7 @@ export async function revokeAccessToken(services: Services, application: Applica
           .where(and(eq(accessTokens.id, tokenId), eq(accessTokens.grantId, grant.id), isNull(accessTokens.userId)))
       : [];
     if (!token) throw new AppError("not_found", "No such token.");
-    return revocation(services, token, `applicant:${application.contactEmail}`);
+    return revocation(services, token, `applicant:${application.holder.email}`);
   });
 }
 

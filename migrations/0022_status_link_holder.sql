@@ -1,0 +1,1 @@
+ALTER TABLE `status_links` ADD `user_id` text REFERENCES users(id);
