@@ -2,7 +2,10 @@ import { createExecutionContext, createMessageBatch, waitOnExecutionContext } fr
 import { env } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
+import { BREAKER_COOL_OFF_MS, BREAKER_FAILURES } from "../worker/billing/breaker";
 import type { UsageMessage } from "../worker/billing/queue";
+import { STRIPE_TOTALS_TTL_MS } from "../worker/billing/stripe-totals";
+import type { AdminRole } from "../worker/config";
 import { applications, billingAccounts, billingIntervals } from "../worker/db/schema";
 import worker from "../worker/index";
 import { clearCallerCache } from "../worker/inference/access";
@@ -85,15 +88,47 @@ async function deliver(b: Billed, intervalIds: string[]) {
   await waitOnExecutionContext(ctx);
 }
 
-async function reconciliation(b: Billed, query = "") {
+/** A billed organization with a Stripe customer and 2 requests (14 prompt tokens) billed two hours ago. */
+async function billedTwoHoursAgo(): Promise<Billed> {
+  const b = await billed();
+  await settle(b, 2, Date.now() - 2 * HOUR_MS);
+  expect(await quotaStub(env, b.organizationId).syncUsage()).toBe(true);
+  const [interval] = await b.gw.db
+    .select()
+    .from(billingIntervals)
+    .where(eq(billingIntervals.organizationId, b.organizationId));
+  await deliver(b, [interval?.id as string]);
+  return b;
+}
+
+async function reconciliation(b: Billed, query = "", role: AdminRole = "admin") {
   const res = await b.gw.request(
     `/admin/api/billing/reconciliation?organization=${encodeURIComponent(b.organizationId)}${query}`,
-    { headers: accessHeaders(await adminToken({ role: "reviewer", issuedAt: b.clock.now() })) },
+    { headers: accessHeaders(await adminToken({ role, issuedAt: b.clock.now() })) },
   );
   return {
     status: res.status,
+    headers: res.headers,
     body: (await res.json()) as Record<string, unknown> & { hours: Record<string, unknown>[] },
   };
+}
+
+/** The Stripe calls the stand-in has had from the gateway's account, in order. */
+async function stripeCalls(b: Billed): Promise<string[]> {
+  const res = await fetch(`${env.TEST_STRIPE_URL}/_standin/state`, {
+    headers: { authorization: `Bearer ${b.apiKey}` },
+  });
+  const state = (await res.json()) as { requests: { method: string; path: string }[] };
+  return state.requests.map((r) => `${r.method} ${r.path}`);
+}
+
+/** Makes the stand-in answer the account's next `count` calls with `status`; none: well again. */
+async function stripeFails(b: Billed, status?: number, count?: number) {
+  await fetch(`${env.TEST_STRIPE_URL}/_standin/fail`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${b.apiKey}`, "content-type": "application/json" },
+    body: JSON.stringify(status === undefined ? {} : { status, count }),
+  });
 }
 
 describe("reconciliation with Stripe", () => {
@@ -170,6 +205,8 @@ describe("reconciliation with Stripe", () => {
       }),
     });
     expect(extra.status).toBe(200);
+    // Stripe's side of an answer is kept for a while; past that, the stray event shows.
+    b.clock.advance(STRIPE_TOTALS_TTL_MS);
     const doubled = await reconciliation(b);
     expect(doubled.body.hours.find((h) => h.hour === interval?.hour)).toMatchObject({
       stripe: { prompt: 39 },
@@ -177,17 +214,73 @@ describe("reconciliation with Stripe", () => {
     });
   });
 
-  it("refuses bad periods and unknown organizations, and needs a reviewer", async () => {
+  it("refuses bad periods and unknown organizations, and needs an admin", async () => {
     const b = await billed();
     expect((await reconciliation(b, "&from=2026-02-30")).status).toBe(400);
     expect((await reconciliation(b, "&from=2026-01-01&to=2026-03-01")).status).toBe(400);
     expect((await reconciliation(b, "&from=2026-03-02&to=2026-03-01")).status).toBe(400);
     const unknown = await b.gw.request("/admin/api/billing/reconciliation?organization=org_nobody", {
-      headers: accessHeaders(await adminToken({ role: "reviewer", issuedAt: b.clock.now() })),
+      headers: accessHeaders(await adminToken({ role: "admin", issuedAt: b.clock.now() })),
     });
     expect(unknown.status).toBe(404);
     expect(unknown.headers.get("content-type")).toContain("application/problem+json");
     const anonymous = await b.gw.request(`/admin/api/billing/reconciliation?organization=${b.organizationId}`);
     expect(anonymous.status).toBe(401);
+    const before = (await stripeCalls(b)).length;
+    expect((await reconciliation(b, "", "reviewer")).status).toBe(403);
+    expect((await reconciliation(b, "", "approver")).status).toBe(403);
+    expect(await stripeCalls(b)).toHaveLength(before);
+  });
+
+  it("asks Stripe once for ten refreshes of the same reconciliation, and again once its totals are a minute old", async () => {
+    const b = await billedTwoHoursAgo();
+    // With Stripe asked afresh each time, each answer would cost a meter lookup and a page of
+    // hourly summaries per meter (more pages for longer periods).
+    const period = `&from=${new Date(Date.now() - 6 * 86_400_000).toISOString().slice(0, 10)}`;
+
+    const start = (await stripeCalls(b)).length;
+    const first = await reconciliation(b, period);
+    expect(first.status).toBe(200);
+    expect(first.body.totals).toMatchObject({ stripe: { prompt: 14 } });
+    const one = (await stripeCalls(b)).slice(start);
+    expect(one.filter((c) => c.endsWith("/event_summaries")).length).toBeGreaterThanOrEqual(2);
+    expect(one).toContain("GET /v1/billing/meters");
+
+    for (let i = 0; i < 9; i++) {
+      const again = await reconciliation(b, period);
+      expect(again.status).toBe(200);
+      expect(again.body.totals).toEqual(first.body.totals);
+    }
+    // Ten requests at once share one answer too.
+    const burst = await Promise.all(Array.from({ length: 10 }, () => reconciliation(b, period)));
+    expect(burst.map((r) => r.status)).toEqual(Array(10).fill(200));
+    expect((await stripeCalls(b)).slice(start)).toEqual(one);
+
+    // A minute on, Stripe is asked again for the summaries; the meters are still known.
+    b.clock.advance(STRIPE_TOTALS_TTL_MS);
+    expect((await reconciliation(b, period)).status).toBe(200);
+    const later = (await stripeCalls(b)).slice(start + one.length);
+    expect(later).toEqual(one.filter((c) => c.endsWith("/event_summaries")));
+  });
+
+  it("goes through billing's circuit breaker: once Stripe keeps failing, answers 503 with Retry-After without calling it", async () => {
+    const b = await billedTwoHoursAgo();
+    await stripeFails(b, 503, 1_000);
+    for (let i = 0; i < BREAKER_FAILURES; i++) {
+      const failed = await reconciliation(b);
+      expect(failed.status).toBe(502);
+      expect(failed.body).toMatchObject({ code: "bad_gateway" });
+    }
+    const calls = (await stripeCalls(b)).length;
+    const paused = await reconciliation(b);
+    expect(paused.status).toBe(503);
+    expect(paused.body).toMatchObject({ code: "service_unavailable" });
+    expect(paused.headers.get("retry-after")).toBe(String(BREAKER_COOL_OFF_MS / 1000));
+    expect(await stripeCalls(b)).toHaveLength(calls);
+
+    // Past the cool-off, with Stripe well again, one call probes it and the answer comes.
+    await stripeFails(b);
+    b.clock.advance(BREAKER_COOL_OFF_MS);
+    expect((await reconciliation(b)).status).toBe(200);
   });
 });

@@ -10,8 +10,10 @@ import { env } from "cloudflare:workers";
 import { and, eq } from "drizzle-orm";
 import type Stripe from "stripe";
 import { beforeEach, describe, expect, it, vi } from "vitest";
+import { verifyAuditChain } from "../worker/audit/log";
 import { handleBillingEvent } from "../worker/billing/webhooks";
 import {
+  auditEvents,
   billingAccounts,
   grants,
   mailOutbox,
@@ -430,6 +432,60 @@ describe("webhook endpoints receive signed events", () => {
     expect(await deliveries(h, owner, endpoint.id)).toEqual([
       expect.objectContaining({ id, status: "delivered", attempts: 1 }),
     ]);
+  });
+
+  it("audits an admin's resend of a delivery with the admin's name, the delivery, its endpoint and organization", async () => {
+    const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/resent`, ["grant.revoked"]);
+    await organizationEvent(h.services, owner.organizationId, "grant.revoked", {
+      grantId: "grt_x",
+      applicationId: "app_x",
+      family: "llama-2",
+      from: "active",
+      to: "revoked",
+      reason: "Terminated.",
+    });
+    const { deliveries: ids } = await dispatchAndConsume(h);
+    const id = ids[0] as string;
+    const [event] = await h.services.db.select().from(webhookEvents);
+    const resendAs = async (role: "reviewer" | "admin") =>
+      h.request(`/admin/api/webhooks/deliveries/${id}/resend`, {
+        method: "POST",
+        headers: accessHeaders(await adminToken({ email: `${role}@example.com`, role, issuedAt: h.clock.now() })),
+      });
+    expect((await resendAs("reviewer")).status).toBe(403);
+
+    const resend = await resendAs("admin");
+    expect(resend.status).toBe(202);
+    expect(await resend.json()).toMatchObject({ id, status: "pending", attempts: 0, deliveredAt: null });
+    expect(h.queued.at(-1)).toEqual({ delivery: id });
+    const audited = await h.services.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "webhook.delivery_resent"));
+    expect(audited.map((e) => [e.actor, e.subjectType, e.subjectId, e.data])).toEqual([
+      [
+        "reviewer:admin@example.com",
+        "webhook_delivery",
+        id,
+        {
+          deliveryId: id,
+          endpointId: endpoint.id,
+          organizationId: owner.organizationId,
+          eventId: event?.id,
+          eventType: "grant.revoked",
+          previousStatus: "delivered",
+        },
+      ],
+    ]);
+    expect(await verifyAuditChain(h.services.db)).toMatchObject({ ok: true });
+
+    // Refused while it is on its way: nothing more is recorded.
+    expect((await resendAs("admin")).status).toBe(409);
+    expect(
+      await h.services.db.select().from(auditEvents).where(eq(auditEvents.action, "webhook.delivery_resent")),
+    ).toHaveLength(1);
+    await consume(h, [{ delivery: id }]);
+    expect(await hooksReceived(backend)).toHaveLength(2);
   });
 
   it("marks a delivery the events queue dead-lettered as dead, through the worker's queue handler", async () => {

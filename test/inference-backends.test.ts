@@ -242,6 +242,40 @@ describe("inference servers added in the console", () => {
     expect((await admin("POST", "/bkd_missing/probe")).status).toBe(404);
   });
 
+  it("audit an admin's probe with who asked and what it found, since the answer steers every isolate's routing", async () => {
+    const { gw, admin } = await setup();
+    const upBackend = scopedBackend(0);
+    const up = await add(admin, upBackend, { enabled: false });
+    const downBackend = scopedBackend(1);
+    await downBackend.mode("down");
+    const down = await add(admin, downBackend);
+    expect((await admin("POST", `/${up.id}/probe`)).status).toBe(200);
+    expect((await admin("POST", `/${down.id}/probe`)).status).toBe(200);
+    // Refused probes (not found, or the approver's) record nothing.
+    expect((await admin("POST", "/bkd_missing/probe")).status).toBe(404);
+    expect((await admin("POST", `/${up.id}/probe`, undefined, "approver")).status).toBe(403);
+
+    const probed = await gw.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "inference_backend.probed"))
+      .orderBy(auditEvents.seq);
+    expect(probed.map((e) => [e.actor, e.subjectType, e.subjectId, e.data])).toEqual([
+      [
+        "reviewer:admin@example.com",
+        "inference_backend",
+        up.id,
+        { model: MODEL, url: upBackend.url, enabled: false, healthy: true, latencyMs: expect.any(Number) },
+      ],
+      [
+        "reviewer:admin@example.com",
+        "inference_backend",
+        down.id,
+        { model: MODEL, url: downBackend.url, enabled: true, healthy: false, latencyMs: expect.any(Number) },
+      ],
+    ]);
+  });
+
   it("show what the gateway last saw of each server, and an admin's check tells every isolate", async () => {
     const { admin, ask, clock } = await setup();
     const gpu = scopedBackend(0);

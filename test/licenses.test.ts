@@ -5,8 +5,11 @@ import { loadLicenseTexts } from "../scripts/seed/license";
 import { verifyAuditChain } from "../worker/audit/log";
 import { auditEvents, licenseVersions } from "../worker/db/schema";
 import { loadLicenseVersion } from "../worker/licenses/store";
+import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
 import { createServices } from "../worker/services";
+import { accessHeaders, adminToken } from "./helpers/access";
+import { testGateway } from "./helpers/gateway";
 
 describe("GET /v1/licenses/{family}", () => {
   beforeEach(async () => {
@@ -125,5 +128,60 @@ describe("security: loading a license version is an audited write", () => {
     expect(results.map((r) => r.created).sort()).toEqual([false, true]);
     expect(await services.db.select().from(licenseVersions)).toHaveLength(1);
     expect(await services.db.select().from(auditEvents)).toHaveLength(1);
+  });
+});
+
+describe("POST /admin/api/licenses/{family}/versions", () => {
+  async function loadThroughApi(body: Record<string, unknown>) {
+    const clock = fixedClock("2026-03-02T09:00:00.000Z");
+    const gw = testGateway({ clock });
+    const token = await adminToken({ role: "admin", email: "ops@example.com", issuedAt: clock.now() });
+    const res = await gw.request("/admin/api/licenses/llama-2/versions", {
+      method: "POST",
+      headers: { ...accessHeaders(token), "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { res, gw };
+  }
+
+  it("refuses a license or AUP that is only whitespace, naming the field, and stores nothing", async () => {
+    const { res, gw } = await loadThroughApi({ license: "   ", aup: " \n\t" });
+    expect(res.status).toBe(400);
+    expect(res.headers.get("content-type")).toContain("application/problem+json");
+    const problem = (await res.json()) as { code: string; errors: { field: string }[] };
+    expect(problem.code).toBe("validation_failed");
+    expect(problem.errors.map((e) => e.field)).toEqual(["license", "aup"]);
+    const onlyAup = await loadThroughApi({ license: "LICENSE v1", aup: "  " });
+    expect(onlyAup.res.status).toBe(400);
+    expect(((await onlyAup.res.json()) as { errors: { field: string }[] }).errors).toEqual([
+      { field: "aup", message: expect.any(String) },
+    ]);
+    expect(await gw.db.select().from(licenseVersions)).toEqual([]);
+    expect(await gw.db.select().from(auditEvents)).toEqual([]);
+    expect((await exports.default.fetch("http://gw/v1/licenses/llama-2")).status).toBe(404);
+  });
+
+  it("refuses blank texts on every path that loads a version, not only the API", async () => {
+    const load = loadLicenseVersion(createServices(env), {
+      family: "llama-2",
+      license: "\n\n",
+      aup: "AUP v1",
+      source: "official",
+      actor: "operator",
+    });
+    await expect(load).rejects.toMatchObject({ code: "validation_failed", errors: [{ field: "license" }] });
+    expect(await createServices(env).db.select().from(licenseVersions)).toEqual([]);
+  });
+
+  it("stores texts with surrounding whitespace exactly as given, so their hashes are of the published text", async () => {
+    const license = "\n  LLAMA 2 COMMUNITY LICENSE\n";
+    const { res } = await loadThroughApi({ license, aup: "AUP\n" });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({
+      created: true,
+      licenseSha256: await sha256Hex(license),
+      aupSha256: await sha256Hex("AUP\n"),
+    });
+    expect(await (await exports.default.fetch("http://gw/v1/licenses/llama-2/text")).text()).toBe(license);
   });
 });

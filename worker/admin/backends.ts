@@ -388,13 +388,17 @@ export async function removeInferenceBackend(
  * Asks a stored server whether it is up, as the gateway's own health checks do (`/health`, then
  * `/v1/models`, with its key), whether or not it is enabled: the way to check a server before
  * turning it on. The answer is shared as the gateway's own probes are: a server found up takes
- * traffic again in every isolate within seconds, one found down is left alone.
+ * traffic again in every isolate within seconds, one found down is left alone. Since it steers
+ * routing, the probe and its outcome are audited (`inference_backend.probed`) before the answer
+ * is shared, so no admin's probe changes routing unrecorded.
  */
 export async function probeInferenceBackend(
-  services: Pick<Services, "db" | "config" | "clock">,
+  services: Pick<Services, "db" | "config" | "clock" | "ids" | "auditAnchor">,
+  admin: Pick<AdminIdentity, "email">,
   id: string,
 ): Promise<{ id: string; healthy: boolean; latencyMs: number; detail: string }> {
-  const stored = await storedBackend(services.config, await storedRow(services, id));
+  const row = await storedRow(services, id);
+  const stored = await storedBackend(services.config, row);
   if (!stored.ok) {
     throw new AppError(
       "invalid_state",
@@ -406,6 +410,19 @@ export async function probeInferenceBackend(
   const started = Date.now();
   const healthy = await new BackendHealth().probe(stored.backend);
   const latencyMs = Date.now() - started;
+  await writeAudited(services, async () => ({
+    statements: [],
+    events: [
+      {
+        actor: reviewerActor(admin),
+        action: "inference_backend.probed",
+        subjectType: "inference_backend",
+        subjectId: id,
+        data: { model: row.model, url: row.url, enabled: row.enabled, healthy, latencyMs },
+      },
+    ],
+    result: undefined,
+  }));
   await shareHealthReports(services, [
     healthReport(stored.backend.url, services.clock.now().getTime(), healthy ? null : "probe"),
   ]);
@@ -473,6 +490,9 @@ const probeRoute = adminRoute("admin", {
   method: "post",
   path: "/admin/api/inference-backends/{id}/probe",
   summary: "Check whether an inference server added in the console is up",
+  description:
+    "Needs the admin role. The outcome is shared with every isolate's routing (a server found up takes traffic " +
+    "again within seconds), so the probe is audited as `inference_backend.probed`, with its outcome.",
   request: { params: Params },
   responses: {
     200: {
@@ -511,5 +531,5 @@ export const inferenceBackendRoutes = registerBodySchema(
     return c.json({ id, removed: true as const }, 200);
   })
   .openapi(probeRoute, async (c) =>
-    c.json(await probeInferenceBackend(c.get("services"), c.req.valid("param").id), 200),
+    c.json(await probeInferenceBackend(c.get("services"), currentAdmin(c), c.req.valid("param").id), 200),
   );

@@ -6,19 +6,26 @@ import { organizations } from "../db/schema";
 import { AppError } from "../errors";
 import { Day } from "../http/days";
 import { newRouter, problemResponses } from "../http/router";
+import { StripeUnavailableError } from "./breaker";
 import { isStripeUnavailable, stripeClient } from "./stripe";
-import { MAX_RECONCILE_DAYS, ReconciliationSchema, reconcileWithStripe } from "./stripe-totals";
+import { MAX_RECONCILE_DAYS, ReconciliationSchema, reconcileWithStripe, STRIPE_TOTALS_TTL_MS } from "./stripe-totals";
 
 const DAY_MS = 86_400_000;
 
-const reconciliationRoute = adminRoute("reviewer", {
+// Needs the admin role: the figures are operators' billing data, and each answer costs calls
+// against the deployment's Stripe rate limit, which billing's meter events share.
+const reconciliationRoute = adminRoute("admin", {
   method: "get",
   path: "/admin/api/billing/reconciliation",
   summary: "An organization's metered, sent and Stripe-held tokens per hour",
   description:
     "Compares, hour by hour, the tokens the gateway metered (hourly aggregates), what it sent Stripe (billing " +
     "intervals and ledger rows accepted), and Stripe's own totals for the organization's customer (Billing Meter " +
-    `event summaries). At most ${MAX_RECONCILE_DAYS} days; default: this month so far.`,
+    `event summaries). At most ${MAX_RECONCILE_DAYS} days; default: this month so far. Needs the admin role: ` +
+    "these are operators' billing figures, and Stripe's side is read live from the account whose rate limit " +
+    `billing's meter events use. So Stripe's totals for one organization and period are kept for ` +
+    `${STRIPE_TOTALS_TTL_MS / 1000} s (an answer may show them that old), and Stripe is asked through billing's ` +
+    "circuit breaker: while it is open (Stripe failing) the answer is 503 with `Retry-After`, without calling Stripe.",
   request: {
     query: z.object({
       organization: z.string().min(1).max(64),
@@ -67,6 +74,12 @@ export const reconciliationRoutes = newRouter().openapi(reconciliationRoute, asy
     const agrees = result.hours.every((h) => h.status === "agrees");
     return c.json({ organizationId: organization, from, to, agrees, ...result }, 200);
   } catch (error) {
+    if (error instanceof StripeUnavailableError) {
+      const seconds = Math.max(1, Math.ceil((error.retryAt - services.clock.now().getTime()) / 1000));
+      throw new AppError("service_unavailable", "Stripe is failing: billing has paused calls to it for a while.", {
+        headers: { "retry-after": String(seconds) },
+      });
+    }
     if (isStripeUnavailable(error)) throw new AppError("bad_gateway", "Stripe did not answer; try again.");
     throw error;
   }

@@ -11,6 +11,8 @@ import type Stripe from "stripe";
 import { billingAccounts, billingIntervals, usageHours, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { closesAt, hourStart } from "../usage/hours";
+import type { CircuitBreaker } from "./breaker";
+import { isStripeUnavailable, stripeBreaker } from "./stripe";
 
 /** Days one reconciliation may span. */
 export const MAX_RECONCILE_DAYS = 31;
@@ -41,12 +43,134 @@ export interface ReconciledHour {
 
 const zero = (): Tokens => ({ prompt: 0, completion: 0 });
 
+/** How long the Stripe side of one organization's reconciliation for one period is answered again from memory. */
+export const STRIPE_TOTALS_TTL_MS = 60_000;
+
+/** Periods whose Stripe totals one isolate keeps at most; the oldest goes first. */
+const STRIPE_TOTALS_KEPT = 100;
+
+/** Stripe's totals per hour (`YYYY-MM-DDTHH`), fetched at `at` (clock time, ms). */
+interface HeldTotals {
+  at: number;
+  totals: Promise<Map<string, Tokens>>;
+}
+
+const heldTotals = new WeakMap<Stripe, Map<string, HeldTotals>>();
+const meterIds = new WeakMap<Stripe, Promise<Map<string, string>>>();
+
+/**
+ * The account's Billing Meters, event name → meter id, looked up once per isolate: meters are made
+ * once when billing is set up. A lookup that fails, or misses one of the deployment's meters, is
+ * not kept, so a meter made afterwards is found by the next reconciliation.
+ */
+function metersByEventName(
+  stripe: Stripe,
+  guarded: <T>(call: () => Promise<T>) => Promise<T>,
+  wanted: readonly string[],
+): Promise<Map<string, string>> {
+  let meters = meterIds.get(stripe);
+  if (!meters) {
+    const lookup = guarded(() => stripe.billing.meters.list({ limit: 100 })).then(
+      (list) => new Map(list.data.map((m) => [m.event_name, m.id])),
+    );
+    meters = lookup;
+    meterIds.set(stripe, lookup);
+    lookup.then(
+      (found) => {
+        if (!wanted.every((name) => found.has(name)) && meterIds.get(stripe) === lookup) meterIds.delete(stripe);
+      },
+      () => {
+        if (meterIds.get(stripe) === lookup) meterIds.delete(stripe);
+      },
+    );
+  }
+  return meters;
+}
+
+/**
+ * Stripe's own totals for a customer per hour (Billing Meter event summaries, prompt and
+ * completion), through the isolate's circuit breaker in front of Stripe: an open breaker throws
+ * `StripeUnavailableError` without calling Stripe. The answer for one organization and period is
+ * kept for `STRIPE_TOTALS_TTL_MS` and shared by requests that ask meanwhile, so that refreshing a
+ * reconciliation (one meter lookup and a page of summaries per meter and 100 hours) cannot spend
+ * the Stripe rate limit that billing's meter events need.
+ */
+function stripeTotals(
+  services: Pick<Services, "config" | "clock">,
+  stripe: Stripe,
+  breaker: CircuitBreaker,
+  query: { organizationId: string; customer: string; from: number; to: number },
+): Promise<Map<string, Tokens>> {
+  const now = services.clock.now().getTime();
+  let kept = heldTotals.get(stripe);
+  if (!kept) {
+    kept = new Map();
+    heldTotals.set(stripe, kept);
+  }
+  const key = JSON.stringify([query.organizationId, query.customer, query.from, query.to]);
+  const held = kept.get(key);
+  if (held && now - held.at < STRIPE_TOTALS_TTL_MS) return held.totals;
+  for (const [k, entry] of kept) if (now - entry.at >= STRIPE_TOTALS_TTL_MS) kept.delete(k);
+  while (kept.size >= STRIPE_TOTALS_KEPT) {
+    const oldest = kept.keys().next().value;
+    if (oldest === undefined) break;
+    kept.delete(oldest);
+  }
+  const clock = () => services.clock.now().getTime();
+  const guarded = <T>(call: () => Promise<T>) => breaker.call(clock, call, isStripeUnavailable);
+  const totals = fetchStripeTotals(stripe, guarded, services.config.billing.meters, query);
+  const entry: HeldTotals = { at: now, totals };
+  kept.set(key, entry);
+  const cache = kept;
+  // A failed fetch is not an answer to keep: the next request asks again (if the breaker lets it).
+  totals.catch(() => {
+    if (cache.get(key) === entry) cache.delete(key);
+  });
+  return totals;
+}
+
+async function fetchStripeTotals(
+  stripe: Stripe,
+  guarded: <T>(call: () => Promise<T>) => Promise<T>,
+  meters: { prompt: string; completion: string },
+  query: { customer: string; from: number; to: number },
+): Promise<Map<string, Tokens>> {
+  const ids = await metersByEventName(stripe, guarded, [meters.prompt, meters.completion]);
+  const perHour = new Map<string, Tokens>();
+  for (const [dimension, eventName] of [
+    ["prompt", meters.prompt],
+    ["completion", meters.completion],
+  ] as const) {
+    const meterId = ids.get(eventName);
+    if (!meterId) continue;
+    const summaries = await guarded(() =>
+      stripe.billing.meters
+        .listEventSummaries(meterId, {
+          customer: query.customer,
+          start_time: Math.floor(query.from / 1000),
+          end_time: Math.floor(query.to / 1000),
+          value_grouping_window: "hour",
+          limit: 100,
+        })
+        .autoPagingToArray({ limit: MAX_RECONCILE_DAYS * 24 + 1 }),
+    );
+    for (const s of summaries) {
+      const hour = new Date(s.start_time * 1000).toISOString().slice(0, 13);
+      const t = perHour.get(hour) ?? zero();
+      t[dimension] += s.aggregated_value;
+      perHour.set(hour, t);
+    }
+  }
+  return perHour;
+}
+
 /** The hours of a period of UTC days (`YYYY-MM-DD`, both included) with what each ledger holds. */
 export async function reconcileWithStripe(
   services: Pick<Services, "db" | "config" | "clock">,
   stripe: Stripe,
   organizationId: string,
   period: { from: string; to: string },
+  breaker: CircuitBreaker = stripeBreaker(services.config.billing),
 ): Promise<{ customer: string | null; hours: ReconciledHour[]; totals: Omit<ReconciledHour, "hour" | "status"> }> {
   const now = services.clock.now().getTime();
   const fromHour = `${period.from}T00`;
@@ -163,28 +287,17 @@ export async function reconcileWithStripe(
   const customer = account?.customer ?? null;
   if (customer) {
     for (const h of hours.values()) h.stripe = zero();
-    const meters = await stripe.billing.meters.list({ limit: 100 });
-    const { prompt, completion } = services.config.billing.meters;
-    for (const [dimension, eventName] of [
-      ["prompt", prompt],
-      ["completion", completion],
-    ] as const) {
-      const meter = meters.data.find((m) => m.event_name === eventName);
-      if (!meter) continue;
-      const summaries = await stripe.billing.meters
-        .listEventSummaries(meter.id, {
-          customer,
-          start_time: Math.floor(hourStart(fromHour) / 1000),
-          end_time: Math.floor(end / 1000),
-          value_grouping_window: "hour",
-          limit: 100,
-        })
-        .autoPagingToArray({ limit: MAX_RECONCILE_DAYS * 24 + 1 });
-      for (const s of summaries) {
-        const h = at(new Date(s.start_time * 1000).toISOString().slice(0, 13));
-        h.stripe ??= zero();
-        h.stripe[dimension] += s.aggregated_value;
-      }
+    const held = await stripeTotals(services, stripe, breaker, {
+      organizationId,
+      customer,
+      from: hourStart(fromHour),
+      to: end,
+    });
+    for (const [hour, t] of held) {
+      const h = at(hour);
+      h.stripe ??= zero();
+      h.stripe.prompt += t.prompt;
+      h.stripe.completion += t.completion;
     }
   }
 

@@ -4,10 +4,12 @@
  */
 import { z } from "@hono/zod-openapi";
 import { PageQuery } from "../admin/cursor";
+import { reviewerActor } from "../admin/decisions";
+import { currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import { WEBHOOK_DELIVERY_STATUSES, WEBHOOK_EVENT_TYPES } from "../db/schema";
 import { newRouter, problemResponses } from "../http/router";
-import { listDeliveries, resendDelivery } from "./deliveries";
+import { listDeliveries, resendDeliveryForOperator } from "./deliveries";
 
 const AdminDeliverySchema = z
   .object({
@@ -58,7 +60,8 @@ const resendRoute = adminRoute("admin", {
   path: "/admin/api/webhooks/deliveries/{id}/resend",
   summary: "Send a webhook delivery again",
   description:
-    "From its first attempt, with the same `webhook-id`; 409 while it is pending or its endpoint is disabled.",
+    "Needs the admin role. From its first attempt, with the same `webhook-id`; 409 while it is pending or its " +
+    "endpoint is disabled. Audited as `webhook.delivery_resent`, with the delivery, endpoint and organization.",
   request: { params: z.object({ id: z.string().min(1).max(64) }) },
   responses: {
     202: { description: "Queued", content: { "application/json": { schema: AdminDeliverySchema } } },
@@ -74,6 +77,11 @@ export const webhookAdminRoutes = newRouter()
     return c.json(page, 200);
   })
   .openapi(resendRoute, async (c) => {
-    const resent = await resendDelivery(c.get("services"), c.env.EVENTS_QUEUE, { deliveryId: c.req.valid("param").id });
+    const resent = await resendDeliveryForOperator(
+      c.get("services"),
+      c.env.EVENTS_QUEUE,
+      c.req.valid("param").id,
+      reviewerActor(currentAdmin(c)),
+    );
     return c.json(resent, 202);
   });

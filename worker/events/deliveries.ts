@@ -8,6 +8,7 @@
  */
 import { and, asc, desc, eq, inArray, isNull, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import { decodeCursor, encodeCursor } from "../admin/cursor";
+import { writeAudited } from "../audit/log";
 import { chunked } from "../db/limits";
 import {
   type WebhookDelivery,
@@ -402,15 +403,13 @@ export async function listDeliveries(
 }
 
 /**
- * Sends a delivery again from its first attempt ("send again"): a dead, canceled or delivered one,
- * to its endpoint, which must be live and enabled (404 for another organization's). The receiver
- * gets the same `webhook-id`, as the same event.
+ * The delivery to send again, checked: it exists (and is the organization's and endpoint's, when
+ * given: 404 otherwise), its endpoint is live and enabled, and it is not pending.
  */
-export async function resendDelivery(
-  deps: Deps,
-  queue: Queue,
+async function deliveryToResend(
+  deps: Pick<Deps, "db">,
   target: { organizationId?: string; endpointId?: string; deliveryId: string },
-): Promise<DeliveryView> {
+): Promise<WebhookDelivery> {
   const conditions: SQL[] = [eq(webhookDeliveries.id, target.deliveryId)];
   if (target.organizationId) conditions.push(eq(webhookDeliveries.organizationId, target.organizationId));
   if (target.endpointId) conditions.push(eq(webhookDeliveries.endpointId, target.endpointId));
@@ -422,13 +421,69 @@ export async function resendDelivery(
   const endpoint = await liveEndpoint(deps, delivery.organizationId, delivery.endpointId);
   if (!endpoint.enabled) throw new AppError("invalid_state", "The endpoint is disabled: enable it first.");
   if (delivery.status === "pending") throw new AppError("invalid_state", "This delivery is still being attempted.");
-  const at = deps.clock.now().toISOString();
-  const [resent] = await deps.db
+  return delivery;
+}
+
+/** The update that makes a delivery pending from its first attempt, unless its status moved since it was read. */
+function resendUpdate(deps: Pick<Deps, "db">, delivery: WebhookDelivery, at: string) {
+  return deps.db
     .update(webhookDeliveries)
     .set({ status: "pending", attempts: 0, nextAttemptAt: at, deliveredAt: null })
-    .where(and(eq(webhookDeliveries.id, delivery.id), eq(webhookDeliveries.status, delivery.status)))
-    .returning();
+    .where(and(eq(webhookDeliveries.id, delivery.id), eq(webhookDeliveries.status, delivery.status)));
+}
+
+/**
+ * Sends a delivery again from its first attempt ("send again"): a dead, canceled or delivered one,
+ * to its endpoint, which must be live and enabled (404 for another organization's). The receiver
+ * gets the same `webhook-id`, as the same event.
+ */
+export async function resendDelivery(
+  deps: Deps,
+  queue: Queue,
+  target: { organizationId?: string; endpointId?: string; deliveryId: string },
+): Promise<DeliveryView> {
+  const delivery = await deliveryToResend(deps, target);
+  const [resent] = await resendUpdate(deps, delivery, deps.clock.now().toISOString()).returning();
   if (!resent) throw new AppError("conflict", "The delivery changed meanwhile; look again.");
+  await queueDeliveries(deps, queue, [resent.id]);
+  return deliveryView(resent);
+}
+
+/**
+ * An operator's "send again" of any organization's delivery, as `resendDelivery` does it, with the
+ * audit event `webhook.delivery_resent` naming the operator (`actor`) in the same write.
+ */
+export async function resendDeliveryForOperator(
+  deps: Deps & Pick<Services, "auditAnchor">,
+  queue: Queue,
+  deliveryId: string,
+  actor: string,
+): Promise<DeliveryView> {
+  const resent = await writeAudited(deps, async () => {
+    const delivery = await deliveryToResend(deps, { deliveryId });
+    const at = deps.clock.now().toISOString();
+    const next: WebhookDelivery = { ...delivery, status: "pending", attempts: 0, nextAttemptAt: at, deliveredAt: null };
+    return {
+      statements: [resendUpdate(deps, delivery, at)],
+      events: [
+        {
+          actor,
+          action: "webhook.delivery_resent",
+          subjectType: "webhook_delivery",
+          subjectId: delivery.id,
+          data: {
+            deliveryId: delivery.id,
+            endpointId: delivery.endpointId,
+            organizationId: delivery.organizationId,
+            eventId: delivery.eventId,
+            eventType: delivery.eventType,
+            previousStatus: delivery.status,
+          },
+        },
+      ],
+      result: next,
+    };
+  });
   await queueDeliveries(deps, queue, [resent.id]);
   return deliveryView(resent);
 }

@@ -6,7 +6,7 @@ import { z } from "@hono/zod-openapi";
 import { currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import { AppError } from "../errors";
-import { newRouter } from "../http/router";
+import { newRouter, problemResponses } from "../http/router";
 import { findFamily } from "../policy/families";
 import { reacceptDeadline } from "./reacceptance";
 import { loadLicenseVersion } from "./store";
@@ -15,7 +15,8 @@ const MAX_TEXT = 512 * 1024;
 
 const NewLicenseVersion = z
   .strictObject({
-    // Not trimmed: the hash is of the text exactly as the licensor published it.
+    // Not trimmed: the hash is of the text exactly as the licensor published it. Text that is only
+    // whitespace is refused (400 naming the field) where every load is planned, `planLicenseVersion`.
     license: z.string().min(1).max(MAX_TEXT),
     aup: z.string().min(1).max(MAX_TEXT),
     reacceptBy: z
@@ -35,7 +36,8 @@ const loadVersionRoute = adminRoute("admin", {
   path: "/admin/api/licenses/{family}/versions",
   summary: "Load a license and AUP text pair as the family's next version",
   description:
-    "Needs the admin role. Texts already current change nothing (`created: false`). With `reacceptBy`, every " +
+    "Needs the admin role. A license or AUP that is empty or only whitespace is refused (400 `validation_failed` " +
+    "naming the field). Texts already current change nothing (`created: false`). With `reacceptBy`, every " +
     "active or suspended grant of the family must accept the new version by then; each organization gets a " +
     "`license.reacceptance_required` event. Audited as `license.version_loaded`.",
   request: {
@@ -61,6 +63,7 @@ const loadVersionRoute = adminRoute("admin", {
         },
       },
     },
+    ...problemResponses(400, 404),
   },
 });
 

@@ -3,6 +3,7 @@ import type { AuditAnchor } from "../audit/anchor";
 import { type AuditedWrite, writeAudited } from "../audit/log";
 import type { Database } from "../db/client";
 import { documents, licenseVersions } from "../db/schema";
+import { AppError, type FieldError } from "../errors";
 import type { Clock } from "../platform/clock";
 import { sha256Hex } from "../platform/hash";
 import type { IdGenerator } from "../platform/ids";
@@ -80,13 +81,28 @@ export interface LoadedLicenseVersion {
 }
 
 /**
+ * Refuses a license or AUP that is empty or only whitespace: every grant of the family would have
+ * to accept nothing. The texts are checked, never trimmed: their hashes are of the exact text.
+ */
+function refuseBlankTexts(input: Pick<LicenseTexts, "license" | "aup">): void {
+  const errors: FieldError[] = [];
+  if (!input.license.trim()) errors.push({ field: "license", message: "The license text is empty." });
+  if (!input.aup.trim()) errors.push({ field: "aup", message: "The acceptable use policy text is empty." });
+  if (errors.length > 0) {
+    throw new AppError("validation_failed", errors.map((e) => e.message).join(" "), { errors });
+  }
+}
+
+/**
  * Plans storing a license and AUP text pair as the family's next version, with the audit event
  * that records it, unless the newest version already has exactly these texts (then nothing).
+ * Blank texts are refused (`validation_failed`, naming the field).
  */
 export async function planLicenseVersion(
   deps: { db: Database; clock: Clock; ids: IdGenerator; config?: { publicBaseUrl: string } | undefined },
   input: LicenseTexts,
 ): Promise<AuditedWrite<LoadedLicenseVersion>> {
+  refuseBlankTexts(input);
   const [licenseSha256, aupSha256] = await Promise.all([sha256Hex(input.license), sha256Hex(input.aup)]);
   const current = await currentLicenseVersion(deps.db, input.family);
   if (current && current.licenseSha256 === licenseSha256 && current.aupSha256 === aupSha256) {
