@@ -46,6 +46,18 @@ async function grantOf(gw: ReturnType<typeof testGateway>, applicationId: string
   return grant;
 }
 
+/** An approver of the licensor's approving a case, as the console does: `decide(id)`. */
+async function approvesAsAnn(gw: ReturnType<typeof testGateway>, reason = "Export review done.") {
+  const approver = {
+    "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
+  };
+  return (id: string) =>
+    gw.request(
+      `/admin/api/applications/${id}/decision`,
+      json({ decision: "approve", reason, visibleToApplicant: false }, approver),
+    );
+}
+
 describe("POST /v1/organization/model-requests", () => {
   it("widens the organization's grant at once where the policy approves", async () => {
     const gw = testGateway();
@@ -64,14 +76,7 @@ describe("POST /v1/organization/model-requests", () => {
     const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
     const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
     expect(first.status).toBe("pending_review");
-    const approver = {
-      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
-    };
-    const decide = (id: string) =>
-      gw.request(
-        `/admin/api/applications/${id}/decision`,
-        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
-      );
+    const decide = await approvesAsAnn(gw);
     expect((await decide(first.applicationId)).status).toBe(200);
     const res = await requestModels(gw, first.cookie, { models: ["llama-2-13b"] });
     const asked = (await res.json()) as { applicationId: string; status: string };
@@ -133,13 +138,7 @@ describe("POST /v1/organization/model-requests", () => {
   it("opens one case for review however many copies arrive at once", async () => {
     const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
     const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
-    const approver = {
-      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
-    };
-    await gw.request(
-      `/admin/api/applications/${first.applicationId}/decision`,
-      json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
-    );
+    await (await approvesAsAnn(gw))(first.applicationId);
     const answers = await Promise.all(
       Array.from({ length: 6 }, () => requestModels(gw, first.cookie, { models: ["llama-2-13b"] })),
     );
@@ -162,14 +161,7 @@ describe("POST /v1/organization/model-requests", () => {
     const clock = fixedClock(TOKEN_NOW);
     const gw = testGateway({ clock });
     const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
-    const approver = {
-      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
-    };
-    const decide = (id: string) =>
-      gw.request(
-        `/admin/api/applications/${id}/decision`,
-        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
-      );
+    const decide = await approvesAsAnn(gw);
     expect((await decide(first.applicationId)).status).toBe(200);
     const asked = (await (await requestModels(gw, first.cookie, { models: ["llama-2-13b"] })).json()) as {
       applicationId: string;
@@ -218,14 +210,7 @@ describe("POST /v1/organization/model-requests", () => {
   it("security: an approval of a case that outlived its grant's revocation is refused, and writes nothing", async () => {
     const gw = testGateway({ clock: fixedClock(TOKEN_NOW) });
     const first = await applyAndConfirm(gw, application("CN", ["llama-2-7b"]));
-    const approver = {
-      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
-    };
-    const decide = (id: string) =>
-      gw.request(
-        `/admin/api/applications/${id}/decision`,
-        json({ decision: "approve", reason: "Export review done.", visibleToApplicant: false }, approver),
-      );
+    const decide = await approvesAsAnn(gw);
     expect((await decide(first.applicationId)).status).toBe(200);
     const asked = (await (await requestModels(gw, first.cookie, { models: ["llama-2-13b"] })).json()) as {
       applicationId: string;
@@ -256,13 +241,7 @@ describe("POST /v1/organization/model-requests", () => {
     expect(again.status).toBe("pending_review");
     const [fresh] = await gw.db.select().from(applications).where(eq(applications.id, again.applicationId));
     expect(fresh?.policyReasons.map((r) => r.code)).toContain("prior_revocation");
-    const approver = {
-      "cf-access-jwt-assertion": await adminToken({ email: "ann@licensor.example", role: "approver" }),
-    };
-    const approved = await gw.request(
-      `/admin/api/applications/${again.applicationId}/decision`,
-      json({ decision: "approve", reason: "Breach remedied.", visibleToApplicant: false }, approver),
-    );
+    const approved = await (await approvesAsAnn(gw, "Breach remedied."))(again.applicationId);
     expect(approved.status).toBe(200);
     expect(await grantOf(gw, again.applicationId)).toMatchObject({ status: "active", models: ["llama-2-7b"] });
     expect(await grantOf(gw, first.applicationId)).toMatchObject({ status: "revoked" });

@@ -157,6 +157,17 @@ function capped(text: string, budget: number): string {
   return text.slice(0, last >= 0xd800 && last <= 0xdbff ? budget - 1 : budget);
 }
 
+/** The non-empty texts, or their beginnings, that fit together in `MAX_COUNTED_CHARS`, in order. */
+function* countedTexts(texts: readonly string[]): Generator<string> {
+  let budget = MAX_COUNTED_CHARS;
+  for (const text of texts) {
+    if (budget === 0) return;
+    const counted = capped(text, budget);
+    budget -= counted.length;
+    if (counted !== "") yield counted;
+  }
+}
+
 const llama2Counter: TokenCounter = {
   async prompt(request) {
     const encoder = await llamaTokenizer();
@@ -190,29 +201,19 @@ const llama2Counter: TokenCounter = {
   async generated(texts) {
     const encoder = await llamaTokenizer();
     let tokens = 0;
-    let budget = MAX_COUNTED_CHARS;
-    for (const text of texts) {
-      if (budget === 0) break;
-      const counted = capped(text, budget);
-      budget -= counted.length;
-      // The first token of an answer is usually "▁word", which the server's detokenizer shows
-      // without its space; text that kept its space (a completion's continuation) gets no other.
-      if (counted !== "") tokens += await encodedLength(encoder, counted, !counted.startsWith(" "));
+    // The first token of an answer is usually "▁word", which the server's detokenizer shows
+    // without its space; text that kept its space (a completion's continuation) gets no other.
+    for (const counted of countedTexts(texts)) {
+      tokens += await encodedLength(encoder, counted, !counted.startsWith(" "));
     }
     return tokens;
   },
 
   generatedAtMost(texts) {
     let tokens = 0;
-    let budget = MAX_COUNTED_CHARS;
-    for (const text of texts) {
-      if (budget === 0) break;
-      const counted = capped(text, budget);
-      budget -= counted.length;
-      // The tokenizer starts from one token per character, or per byte of a character outside its
-      // vocabulary, with the "▁" it may put first as one more, and merges only ever lessen that.
-      if (counted !== "") tokens += utf8ByteLength(counted) + (counted.startsWith(" ") ? 0 : 1);
-    }
+    // The tokenizer starts from one token per character, or per byte of a character outside its
+    // vocabulary, with the "▁" it may put first as one more, and merges only ever lessen that.
+    for (const counted of countedTexts(texts)) tokens += utf8ByteLength(counted) + (counted.startsWith(" ") ? 0 : 1);
     return tokens;
   },
 };
