@@ -194,6 +194,18 @@ describe("dispatching events", () => {
   });
 });
 
+/** A revocation of grant `grt_{suffix}` recorded as an event of the organization, as the grant routes record one. */
+function grantRevoked(h: Harness, organizationId: string, suffix: string) {
+  return organizationEvent(h.services, organizationId, "grant.revoked", {
+    grantId: `grt_${suffix}`,
+    applicationId: `app_${suffix}`,
+    family: "llama-2",
+    from: "active",
+    to: "revoked",
+    reason: "Terminated.",
+  });
+}
+
 describe("webhook endpoints receive signed events", () => {
   let h: Harness;
   let license: LicenseVersion;
@@ -372,14 +384,7 @@ describe("webhook endpoints receive signed events", () => {
   it("gives up after the last attempt, lists the dead letter for the organization and operators, and sends it again", async () => {
     const { endpoint, secret } = await createdEndpoint(h, owner, `${backend.url}/hooks/down`, ["grant.revoked"]);
     await backend.mode("500");
-    await organizationEvent(h.services, owner.organizationId, "grant.revoked", {
-      grantId: "grt_x",
-      applicationId: "app_x",
-      family: "llama-2",
-      from: "active",
-      to: "revoked",
-      reason: "Terminated.",
-    });
+    await grantRevoked(h, owner.organizationId, "x");
     const { deliveries: ids } = await dispatchAndConsume(h);
     const id = ids[0] as string;
     for (let attempt = 2; attempt <= MAX_DELIVERY_ATTEMPTS; attempt++) {
@@ -436,14 +441,7 @@ describe("webhook endpoints receive signed events", () => {
 
   it("audits an admin's resend of a delivery with the admin's name, the delivery, its endpoint and organization", async () => {
     const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/resent`, ["grant.revoked"]);
-    await organizationEvent(h.services, owner.organizationId, "grant.revoked", {
-      grantId: "grt_x",
-      applicationId: "app_x",
-      family: "llama-2",
-      from: "active",
-      to: "revoked",
-      reason: "Terminated.",
-    });
+    await grantRevoked(h, owner.organizationId, "x");
     const { deliveries: ids } = await dispatchAndConsume(h);
     const id = ids[0] as string;
     const [event] = await h.services.db.select().from(webhookEvents);
@@ -490,14 +488,7 @@ describe("webhook endpoints receive signed events", () => {
 
   it("marks a delivery the events queue dead-lettered as dead, through the worker's queue handler", async () => {
     const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/dlq`, ["grant.revoked"]);
-    await organizationEvent(h.services, owner.organizationId, "grant.revoked", {
-      grantId: "grt_y",
-      applicationId: "app_y",
-      family: "llama-2",
-      from: "active",
-      to: "revoked",
-      reason: "Terminated.",
-    });
+    await grantRevoked(h, owner.organizationId, "y");
     await dispatchEvents(h.services, h.queue);
     const id = (h.queued[0] as { delivery: string }).delivery;
     const batch = createMessageBatch<EventMessage>("modelgate-events-dlq", [
@@ -631,14 +622,7 @@ describe("webhook endpoint URLs are held to the inference servers' address rules
     // The operator withdraws the allowance: the stored URL is checked again before the attempt.
     const strict = gatewayWith({ WEBHOOK_ALLOWED_HOSTS: "" });
     strict.clock.set(allowing.clock.now());
-    await organizationEvent(strict.services, owner.organizationId, "grant.revoked", {
-      grantId: "grt_z",
-      applicationId: "app_z",
-      family: "llama-2",
-      from: "active",
-      to: "revoked",
-      reason: "Terminated.",
-    });
+    await grantRevoked(strict, owner.organizationId, "z");
     const { result } = await dispatchAndConsume(strict);
     expect(result.explicitAcks).toEqual(["m0"]);
     expect(await hooksReceived(backend)).toHaveLength(0);

@@ -3,7 +3,7 @@ import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { grants } from "../worker/db/schema";
 import { sha256Hex } from "../worker/platform/hash";
-import { applyAndConfirm } from "./helpers/apply";
+import { acmeApplication, applyAndConfirm } from "./helpers/apply";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { approvedToken, bytes, seedRevision } from "./helpers/weights";
 
@@ -278,18 +278,7 @@ describe("security: hostile repo ids, revisions and paths on the Hub routes", ()
 describe("the status page's Hub instructions", () => {
   it("shows hf download with HF_ENDPOINT and HF_TOKEN, which work on huggingface_hub 0.x and 1.x", async () => {
     const gw = testGateway();
-    const application = {
-      family: "llama-2",
-      organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
-      contact: { name: "Ada Lovelace", email: "ada@acme.example" },
-      intendedUse: "Customer support assistant for our robot vacuum owners.",
-      declaredMau: 120_000,
-      models: ["llama-2-7b"],
-      licenseSha256,
-      acceptLicense: true,
-      acceptAup: true,
-    };
-    const confirmed = await applyAndConfirm(gw, application);
+    const confirmed = await applyAndConfirm(gw, acmeApplication(licenseSha256));
     expect(confirmed.status).toBe("approved");
     const status = new URL(confirmed.statusUrl);
     const page = await gw.request(status.pathname + status.search, { headers: { accept: "text/html" } });

@@ -62,6 +62,11 @@ async function team(gw: Gateway) {
   return { owner, admin, developer, viewer };
 }
 
+/** A second owner of `owner`'s organization. */
+function secondOwner(gw: Gateway, owner: SignedInMember) {
+  return signedInMember(gw, { organizationId: owner.organizationId, email: "second@acme.example", role: "owner" });
+}
+
 /** The token of the newest invitation mailed to `to`. */
 function invitationToken(gw: Gateway, to: string): string {
   const mail = gw.mailer.sent.filter((m) => m.to === to).at(-1);
@@ -181,11 +186,7 @@ describe("members", () => {
   it("security: refuses what a member asked for before their removal, when it would land after it", async () => {
     const gw = testGateway();
     const { owner, developer, viewer } = await team(gw);
-    const second = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      email: "second@acme.example",
-      role: "owner",
-    });
+    const second = await secondOwner(gw, owner);
     // The second owner's three writes have passed the door and planned on their membership...
     const held = heldWrites(4);
     const acting = testGateway(gw.clock.now(), { DB: held.db });
@@ -613,11 +614,7 @@ describe("invitations", () => {
   it("ends an inviter's invitations their lowered role cannot give, in the same write, and keeps the rest", async () => {
     const gw = testGateway();
     const { owner } = await team(gw);
-    const second = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      email: "second@acme.example",
-      role: "owner",
-    });
+    const second = await secondOwner(gw, owner);
     const sent: Record<string, string> = {};
     for (const [email, role] of [
       ["x@other.example", "owner"],
@@ -689,11 +686,7 @@ describe("invitations", () => {
   it("refuses at acceptance an invitation its inviter may no longer give, without using the link", async () => {
     const gw = testGateway();
     const { owner, admin } = await team(gw);
-    const second = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      email: "second@acme.example",
-      role: "owner",
-    });
+    const second = await secondOwner(gw, owner);
     await call(gw, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "owner" });
     await call(gw, admin, "POST", "/v1/organization/invitations", { email: "y@other.example", role: "developer" });
     // Changed by a write that left the invitations alone, as one made before this rule did.
@@ -746,11 +739,7 @@ describe("invitations", () => {
   it("settles an acceptance racing the inviter's demotion one way: joined as invited, or ended and refused", async () => {
     const gw = testGateway();
     const { owner } = await team(gw);
-    const second = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      email: "second@acme.example",
-      role: "owner",
-    });
+    const second = await secondOwner(gw, owner);
     await call(gw, second, "POST", "/v1/organization/invitations", { email: "x@other.example", role: "owner" });
     const [accepted, demoted] = await Promise.all([
       accept(gw, invitationToken(gw, "x@other.example")),

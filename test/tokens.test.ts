@@ -4,7 +4,7 @@ import { accessTokens, auditEvents, grants, memberships } from "../worker/db/sch
 import { clearCallerCache } from "../worker/inference/access";
 import { sha256Hex } from "../worker/platform/hash";
 import { checkAccessToken } from "../worker/tokens/service";
-import { applyAndConfirm } from "./helpers/apply";
+import { acmeApplication, applyAndConfirm } from "./helpers/apply";
 import { heldWrites } from "./helpers/bindings";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 import { signedInMember } from "./helpers/members";
@@ -162,17 +162,7 @@ describe("status links no longer mint tokens", () => {
 describe("security: a status link's tokens from before members", () => {
   it("are out of reach of a removed owner's link, and another owner's lists and revokes them as its holder", async () => {
     const gw = testGateway();
-    const application = (email: string) => ({
-      family: "llama-2",
-      organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
-      contact: { name: "Someone at Acme", email },
-      intendedUse: "Customer support assistant for our robot vacuum owners.",
-      declaredMau: 120_000,
-      models: ["llama-2-7b"],
-      licenseSha256,
-      acceptLicense: true,
-      acceptAup: true,
-    });
+    const application = (email: string) => acmeApplication(licenseSha256, { name: "Someone at Acme", email });
     const ada = await applyAndConfirm(gw, application("ada@acme.example"));
     expect(ada.status).toBe("approved");
     const id = ada.applicationId;

@@ -55,3 +55,24 @@ export async function applyAndConfirm(
   const capability = new URL(result.statusUrl).searchParams.get("token") ?? "";
   return { ...result, capability, cookie };
 }
+
+/**
+ * Acme Robotics' application for Llama 2 7B under the license of `licenseSha256`, from `contact`,
+ * declared under the threshold: approved at once by the policy.
+ */
+export function acmeApplication(
+  licenseSha256: string,
+  contact: { name: string; email: string } = { name: "Ada Lovelace", email: "ada@acme.example" },
+) {
+  return {
+    family: "llama-2",
+    organization: { name: "Acme Robotics GmbH", website: "https://acme.example", country: "DE" },
+    contact,
+    intendedUse: "Customer support assistant for our robot vacuum owners.",
+    declaredMau: 120_000,
+    models: ["llama-2-7b"],
+    licenseSha256,
+    acceptLicense: true,
+    acceptAup: true,
+  };
+}

@@ -1,4 +1,4 @@
-import { and, asc, eq, lte, sql } from "drizzle-orm";
+import { and, asc, eq, lte, SQL, sql } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { isFreeMailDomain } from "../auth/free-mail";
 import type { Database } from "../db/client";
@@ -34,14 +34,15 @@ function assertOneLine(name: string, value: string): void {
 }
 
 /**
- * The insert that queues a mail, or records it as `suppressed` with the reason when one is given.
+ * The insert that queues a mail, or records it as `suppressed` with the reason when one is given
+ * (a text, or an SQL expression worked out as the row is inserted, null when there is none).
  * Put it in the same `db.batch()` as the state change the mail reports, so that the change and its
  * notice are written together or not at all.
  */
 export function enqueueMail(
   deps: { db: Database; ids: IdGenerator; clock: Clock },
   mail: OutgoingMail,
-  suppressedBecause: string | null = null,
+  suppressedBecause: string | SQL | null = null,
 ) {
   assertOneLine("recipient", mail.to);
   assertOneLine("subject", mail.subject);
@@ -52,7 +53,12 @@ export function enqueueMail(
     ...recipientOf(mail.to),
     subject: mail.subject,
     text: mail.text,
-    status: suppressedBecause ? "suppressed" : "pending",
+    status:
+      suppressedBecause instanceof SQL
+        ? sql`case when ${suppressedBecause} is null then 'pending' else 'suppressed' end`
+        : suppressedBecause
+          ? "suppressed"
+          : "pending",
     attempts: 0,
     nextAttemptAt: now,
     lastError: suppressedBecause,
@@ -79,11 +85,8 @@ export async function enqueueMailWithinLimits(
   mail: OutgoingMail,
   limits: { perAddress: number; perDomain: number; windowMs: number } = MAIL_SEND_LIMITS,
 ): Promise<BatchItem<"sqlite">[]> {
-  assertOneLine("recipient", mail.to);
-  assertOneLine("subject", mail.subject);
   const { mailbox, toDomain } = recipientOf(mail.to);
   const now = deps.clock.now();
-  const at = now.toISOString();
   const since = new Date(now.getTime() - limits.windowMs).toISOString();
   const hours = limits.windowMs / 3_600_000;
   const window = hours === 1 ? "an hour" : `${hours} hours`;
@@ -94,21 +97,7 @@ export async function enqueueMailWithinLimits(
   const recent = (column: typeof mailOutbox.mailbox | typeof mailOutbox.toDomain, value: string) =>
     sql`(select count(*) from ${mailOutbox} where ${column} = ${value} and ${mailOutbox.status} != 'suppressed' and ${mailOutbox.createdAt} >= ${since})`;
   const reason = sql`case when ${recent(mailOutbox.mailbox, mailbox)} >= ${limits.perAddress} then ${toAddress} when ${recent(mailOutbox.toDomain, toDomain)} >= ${domainLimit} then ${toCompany} end`;
-  return [
-    deps.db.insert(mailOutbox).values({
-      id: deps.ids.id("mail"),
-      to: mail.to,
-      mailbox,
-      toDomain,
-      subject: mail.subject,
-      text: mail.text,
-      status: sql`case when ${reason} is null then 'pending' else 'suppressed' end`,
-      attempts: 0,
-      nextAttemptAt: at,
-      lastError: reason,
-      createdAt: at,
-    }),
-  ];
+  return [enqueueMail(deps, mail, reason)];
 }
 
 /** What one delivery run did. */
