@@ -6,11 +6,40 @@
  * overhead headers every answer carries; it has no token check, quota or ledger, and its header
  * values count requests in this isolate. Whatever a metering gateway costs beyond this is its own
  * work; what this costs beyond the no-op Worker, any such gateway pays.
+ *
+ * With a `LEDGER` binding it is also the simplest metering that keeps an answered request's usage
+ * across a crash: each answer (a stream's end) waits until its usage row is stored by a Durable
+ * Object (`UsageRows`, one per isolate's organization as a gateway would have, SQLite, the row
+ * written in the call and the call answered once it is durable). What a metering gateway that
+ * keeps that promise does beyond this is its own work.
  */
+import { DurableObject } from "cloudflare:workers";
+
 const decoder = new TextDecoder();
 const TIMEOUT_MS = 60_000;
 const LIMIT = 100_000_000;
 let served = 0;
+/** The organization's usage object, found once per isolate (`LEDGER` only). */
+let ledgerId;
+
+/** Stores one answer's usage row and resolves once it is durable (`LEDGER` only). */
+function stored(env, tokens) {
+  if (!env.LEDGER) return undefined;
+  ledgerId ??= env.LEDGER.idFromName("bench");
+  return env.LEDGER.get(ledgerId).record(served, tokens);
+}
+
+export class UsageRows extends DurableObject {
+  constructor(ctx, env) {
+    super(ctx, env);
+    ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY, request INTEGER, tokens INTEGER)");
+  }
+
+  /** Writes the row; the runtime holds the answer until the write is durable. */
+  record(request, tokens) {
+    this.ctx.storage.sql.exec("INSERT INTO usage (request, tokens) VALUES (?, ?)", request, tokens ?? 0);
+  }
+}
 
 /** The headers OpenAI's clients read on every answer, and the gateway's overhead. */
 function contractHeaders(startedAt, contentType) {
@@ -30,7 +59,7 @@ function contractHeaders(startedAt, contentType) {
 export default {
   /**
    * @param {Request} request
-   * @param {{ UPSTREAM: string }} env
+   * @param {{ UPSTREAM: string, LEDGER?: DurableObjectNamespace }} env
    */
   async fetch(request, env) {
     const startedAt = Date.now();
@@ -52,6 +81,7 @@ export default {
       const usage = JSON.parse(text).usage;
       const headers = contractHeaders(startedAt, "application/json");
       headers["x-usage"] = String(usage?.total_tokens);
+      await stored(env, usage?.total_tokens);
       return new Response(text, { status: upstream.status, headers });
     }
     clearTimeout(timer);
@@ -62,6 +92,7 @@ export default {
         async pull(controller) {
           const { done, value } = await reader.read();
           if (done) {
+            await stored(env, seen);
             controller.close();
             return;
           }
@@ -74,7 +105,6 @@ export default {
       },
       { highWaterMark: 0 },
     );
-    void seen;
     return new Response(stream, { headers: contractHeaders(startedAt, "text/event-stream") });
   },
 };

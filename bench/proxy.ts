@@ -4,7 +4,9 @@
  * What the inference proxy costs, measured in one run on loopback against one backend simulator:
  * the simulator alone, a no-op Worker that only forwards (the floor for any Worker gateway), a
  * Worker that only reads what metering needs and keeps the proxy's wire contract (backend timeout,
- * no redirects, rate-limit headers: the floor for any Worker gateway that meters), this
+ * no redirects, rate-limit headers: the floor for any Worker gateway that meters), that floor
+ * also storing each answer's usage row in a Durable Object before the answer ends (the simplest
+ * metering that keeps an answered request's usage across a crash, as the gateway does), this
  * gateway's full path (token, license, quota reservation and settlement, metering) — also with
  * its quota object apart, and with that object's storage in memory rather than on disk — and the
  * Portkey open-source gateway. autocannon loads each with plain and streamed chat completions at
@@ -37,12 +39,13 @@ import {
   PACED_TOKEN_MS,
   portkeyTarget,
   startSimulator,
+  storedFloorTarget,
   type Target,
   unavailableTarget,
 } from "./targets";
 
 /** The peers besides the simulator itself, which is always measured. */
-const PEERS = ["noop", "floor", "modelgate", "split", "memory", "portkey"] as const;
+const PEERS = ["noop", "floor", "stored", "modelgate", "split", "memory", "portkey"] as const;
 type Peer = (typeof PEERS)[number];
 
 /** What the gateway is held to, each a ratio to peers measured in the same run. */
@@ -74,7 +77,7 @@ function usage(message?: string): never {
   if (message) process.stderr.write(`bench:proxy: ${message}\n`);
   process.stderr.write(
     "usage: npm run bench:proxy -- [--duration SECONDS (10)] [--rounds N (3)] [--warmup SECONDS (2)] [--connections 1,32] [--samples N (500)]\n" +
-      "                              [--targets noop,floor,modelgate,split,memory,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
+      "                              [--targets noop,floor,stored,modelgate,split,memory,portkey (all)] [--answers plain,streamed (both)] [--no-sequential]\n" +
       "                              [--live-streams N: the sequential client times N paced streams per target, however long that takes (else up to 200 within --duration)]\n" +
       "                              [--baseline REF: also the gateway of commit REF, beside this tree's, in the same rounds]\n" +
       "                              [--baseline-split: that gateway with its quota object apart, compared with this tree's (--targets split)]\n" +
@@ -286,6 +289,7 @@ async function main(): Promise<void> {
         : Promise.resolve(unavailableTarget(name, "not selected (--targets)"));
     targets.push(await peer("noop", "no-op Worker (Miniflare)", () => noopWorkerTarget(sim.url)));
     targets.push(await peer("floor", "metering floor Worker (Miniflare)", () => meteringFloorTarget(sim.url)));
+    targets.push(await peer("stored", "metering floor, each row stored (Miniflare)", () => storedFloorTarget(sim.url)));
     const both = opts.targets.has("modelgate")
       ? await gatewayTargets(sim.url).catch((error: Error) => {
           const reason = error.message.split("\n")[0] ?? "unknown error";
@@ -335,7 +339,8 @@ async function main(): Promise<void> {
       );
       if (baselineTokenLimited) targets.push(baselineTokenLimited);
     }
-    const [direct, noop, floor, gateway, tokenLimited, split, memory, portkey] = targets as [
+    const [direct, noop, floor, stored, gateway, tokenLimited, split, memory, portkey] = targets as [
+      Target,
       Target,
       Target,
       Target,
@@ -345,7 +350,7 @@ async function main(): Promise<void> {
       Target,
       Target,
     ];
-    const baseline = targets[8];
+    const baseline = targets[9];
     /** This tree's gateway run as the baseline is. */
     const baselinePeer = opts.baselineSplit ? split : gateway;
     const running = targets.filter((t) => !t.unavailable);
@@ -494,11 +499,13 @@ async function main(): Promise<void> {
           String(c),
           times(ratioOf(gateway, noop, stream, c)),
           times(ratioOf(gateway, floor, stream, c)),
+          times(ratioOf(gateway, stored, stream, c)),
           times(ratioOf(gateway, portkey, stream, c)),
           times(ratioOf(floor, noop, stream, c)),
           times(ratioOf(floor, portkey, stream, c)),
           times(ratioOf(noop, direct, stream, c)),
           times(ratioOf(gateway, floor, stream, c, "cpuMicros")),
+          times(ratioOf(gateway, stored, stream, c, "cpuMicros")),
           times(ratioOf(split, floor, stream, c, "cpuMicros")),
           times(ratioOf(split, floor, stream, c, "cpuMicrosWhole")),
           times(ratioOf(gateway, portkey, stream, c, "cpuMicros")),
@@ -512,11 +519,13 @@ async function main(): Promise<void> {
           "conns",
           "req/s: gateway ÷ no-op",
           "÷ floor",
+          "÷ floor storing rows",
           "÷ Portkey",
           "floor ÷ no-op",
           "floor ÷ Portkey",
           "no-op ÷ direct",
           "CPU: gateway ÷ floor",
+          "÷ floor storing rows",
           "Worker apart ÷ floor",
           "Worker + object ÷ floor",
           "gateway ÷ Portkey",
@@ -525,7 +534,7 @@ async function main(): Promise<void> {
       ),
     );
     console.log(
-      "\nCPU ratios below 1 are better. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
+      "\nCPU ratios below 1 are better. 'Floor storing rows': the floor, each answer waiting until a Durable Object has stored its usage row. 'Worker apart': the gateway's Worker process with its quota object in a process of its own; '+ object' adds that process.",
     );
     if (baseline && !baseline.unavailable) {
       // Each gateway's token with limits of its own is a second measure of the same change, taken in
@@ -663,6 +672,14 @@ async function main(): Promise<void> {
         );
       }
       for (const [label, value, goal, atMost] of ratios) check(label, value, goal, atMost);
+      // Beside the floor that also keeps each answered request's usage, as the gateway does.
+      for (const stream of opts.streams.filter(() => !stored.unavailable)) {
+        const rps = ratioOf(gateway, stored, stream, top);
+        const cpu = ratioOf(gateway, stored, stream, top, "cpuMicros");
+        console.log(
+          `  ${stream ? "streamed" : "plain"}, ${at}, beside the floor storing each row: req/s ${rps === undefined ? "n/a" : times(rps)}, CPU per request ${cpu === undefined ? "n/a" : times(cpu)}`,
+        );
+      }
       // The same gateway process, the same rounds: what a token's own limits add to a request's CPU.
       const added = opts.streams.flatMap((stream) =>
         cellRounds(tokenLimited.name, stream, top).flatMap((r) => {

@@ -204,6 +204,17 @@ export function meteringFloorTarget(simUrl: string, extra: Partial<MiniflareOpti
   return forwardingWorkerTarget("metering floor Worker (Miniflare)", "metering-worker.js", simUrl, extra);
 }
 
+/**
+ * The metering floor that also keeps every answered request's usage across a crash, as simply as a
+ * Worker can: each answer waits until a Durable Object has stored its row (one call per answer,
+ * the object's SQLite on this machine's disk, as the gateway's quota object's is).
+ */
+export function storedFloorTarget(simUrl: string): Promise<Target> {
+  return forwardingWorkerTarget("metering floor, each row stored (Miniflare)", "metering-worker.js", simUrl, {
+    durableObjects: { LEDGER: { className: "UsageRows", useSQLite: true } },
+  } as Partial<MiniflareOptions>);
+}
+
 /** The Portkey AI gateway's Node server, routing to the simulator as an OpenAI-compatible custom host. */
 export async function portkeyTarget(simUrl: string): Promise<Target> {
   const port = await freePort();
