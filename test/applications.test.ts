@@ -9,6 +9,7 @@ import {
   auditEvents,
   emailLinks,
   grants,
+  licenseVersions,
   mailOutbox,
   memberships,
   organizations,
@@ -16,7 +17,8 @@ import {
 } from "../worker/db/schema";
 import { fixedClock } from "../worker/platform/clock";
 import { sha256Hex } from "../worker/platform/hash";
-import { applyAndConfirm, confirmationToken, confirmRequest } from "./helpers/apply";
+import { accessHeaders, adminToken } from "./helpers/access";
+import { applyAndConfirm, confirmationToken, confirmPageForm, confirmRequest, mailedTexts } from "./helpers/apply";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
 import { signedInMember } from "./helpers/members";
 
@@ -105,7 +107,14 @@ describe("POST /v1/applications", () => {
       .select()
       .from(acceptances)
       .where(eq(acceptances.applicationId, confirmed.applicationId));
-    expect(evidence).toMatchObject({ licenseSha256, ip: "203.0.113.9", userAgent: "test-agent/1" });
+    expect(evidence).toMatchObject({
+      licenseSha256,
+      ip: "203.0.113.9",
+      userAgent: "test-agent/1",
+      confirmedIp: "203.0.113.9",
+      confirmedUserAgent: "test-agent/1",
+      confirmedByUserId: app?.contactUserId,
+    });
     expect(evidence?.aupSha256).toMatch(/^[0-9a-f]{64}$/);
     const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, confirmed.applicationId));
     expect(grant).toMatchObject({
@@ -389,6 +398,258 @@ describe("POST /v1/applications", () => {
   });
 });
 
+describe("security: confirming is the contact's acceptance of the license", () => {
+  /** A third party's application naming someone else's address, from an address and browser of its own. */
+  async function submittedByThirdParty(gw: ReturnType<typeof testGateway>) {
+    const submitted = await gw.request(
+      "/v1/applications",
+      json(applicationBody({ contact: { name: "Victim", email: "cfo@victim.example" } }), {
+        "cf-connecting-ip": "203.0.113.66",
+        "user-agent": "third-party",
+      }),
+    );
+    expect(submitted.status).toBe(201);
+    return confirmationToken(gw, "cfo@victim.example");
+  }
+
+  it("shows the contact the organization, the family, the license version and its hashes, and the button accepts them", async () => {
+    const gw = testGateway();
+    const token = await submittedByThirdParty(gw);
+    const [license] = await gw.db.select().from(licenseVersions);
+    // The mail already says what confirming accepts, with the gateway's words and hashes only.
+    const mail = gw.mailer.sent[0]?.text ?? "";
+    expect(mail).toContain(`version ${license?.version} of the`);
+    expect(mail).toContain(`(sha256 ${license?.licenseSha256})`);
+    expect(mail).toContain(`(sha256 ${license?.aupSha256})`);
+    expect(mailedTexts(gw, token)).toEqual({ licenseSha256: license?.licenseSha256, aupSha256: license?.aupSha256 });
+
+    const page = await gw.request(`/applications/confirm?token=${encodeURIComponent(token)}`);
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toContain("Acme Robotics GmbH, a new organization you will own");
+    expect(html).toContain("Llama 2");
+    expect(html).toContain(`version ${license?.version}`);
+    expect(html).toContain(license?.licenseSha256);
+    expect(html).toContain(license?.aupSha256);
+    expect(html).toContain(`/v1/licenses/llama-2/versions/${license?.version}/text`);
+    expect(html).toContain(`/v1/licenses/llama-2/versions/${license?.version}/aup`);
+    expect(html).toContain("LLAMA 2 COMMUNITY LICENSE (test text)");
+    expect(html).toMatch(/By pressing the button you accept version \d+ of the .+ on behalf of Acme Robotics GmbH/);
+    expect(html).toContain(">Accept the license and confirm</button>");
+    expect(Object.fromEntries(await confirmPageForm(gw, token))).toEqual({
+      token,
+      licenseSha256: license?.licenseSha256,
+      aupSha256: license?.aupSha256,
+    });
+    // Reading the page uses nothing up; a used or unknown link's page says it no longer works.
+    expect((await rowCounts(gw)).applications).toBe(0);
+    expect((await confirmRequest(gw, token)).status).toBe(200);
+    const used = await gw.request(`/applications/confirm?token=${encodeURIComponent(token)}`);
+    expect(used.status).toBe(401);
+    expect(await used.text()).not.toContain("<button");
+  });
+
+  it("names the organization the contact owns as the one accepting, beside the name the application gives", async () => {
+    const gw = testGateway();
+    await applyAndConfirm(gw, applicationBody());
+    await gw.request("/v1/applications", json(applicationBody({ organization: { name: "Acme Inc", country: "DE" } })));
+    const token = confirmationToken(gw, "ada@acme.example");
+    const html = await (await gw.request(`/applications/confirm?token=${encodeURIComponent(token)}`)).text();
+    expect(html).toContain("Acme Robotics GmbH, the organization you own (the application names “Acme Inc”)");
+    expect(html).toMatch(/on behalf of Acme Robotics GmbH, and confirm/);
+  });
+
+  it("refuses a confirmation that states no acceptance, and leaves the link usable", async () => {
+    const gw = testGateway();
+    const token = await submittedByThirdParty(gw);
+    const texts = mailedTexts(gw, token);
+    const refusals = [
+      await confirmRequest(gw, token, {}, {}),
+      await confirmRequest(gw, token, {}, { licenseSha256: texts?.licenseSha256 }),
+      await confirmRequest(gw, token, {}, { aupSha256: texts?.aupSha256 }),
+    ];
+    for (const res of refusals) {
+      expect(res.status).toBe(400);
+      expect(await res.json()).toMatchObject({ code: "validation_failed" });
+      expect(res.headers.get("set-cookie")).toBeNull();
+    }
+    // The page's form without the hashes: the page again, saying what to do, and no session.
+    const bare = await gw.request("/applications/confirm", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: new URLSearchParams({ token }),
+      redirect: "manual",
+    });
+    expect(bare.status).toBe(400);
+    expect(bare.headers.get("set-cookie")).toBeNull();
+    expect(await bare.text()).toContain(">Accept the license and confirm</button>");
+    expect(await rowCounts(gw)).toMatchObject({ applications: 0, acceptances: 0, grants: 0, auditEvents: 0 });
+    const confirmed = await confirmRequest(gw, token);
+    expect(confirmed.status, await confirmed.clone().text()).toBe(200);
+  });
+
+  it("refuses the hashes of another license version, or of another policy, and leaves the link usable", async () => {
+    const gw = testGateway();
+    const token = await submittedByThirdParty(gw);
+    const applied = mailedTexts(gw, token) as { licenseSha256: string; aupSha256: string };
+    // A newer version loaded since: the application still names the one it was submitted under.
+    const newer = await seedLicense("LLAMA 2 COMMUNITY LICENSE v2 (test text)", "ACCEPTABLE USE POLICY v2 (test text)");
+    const others = [
+      { licenseSha256: newer.licenseSha256, aupSha256: newer.aupSha256 },
+      { licenseSha256: applied.licenseSha256, aupSha256: newer.aupSha256 },
+      { licenseSha256: newer.licenseSha256, aupSha256: applied.aupSha256 },
+    ];
+    for (const accepted of others) {
+      const res = await confirmRequest(gw, token, {}, accepted);
+      expect(res.status).toBe(409);
+      expect(await res.json()).toMatchObject({
+        code: "stale_license",
+        licenseSha256: applied.licenseSha256,
+        aupSha256: applied.aupSha256,
+      });
+      expect(res.headers.get("set-cookie")).toBeNull();
+    }
+    // A page's form with a hash changed: the page again, naming the application's texts.
+    const form = await confirmPageForm(gw, token);
+    form.set("licenseSha256", newer.licenseSha256);
+    const tampered = await gw.request("/applications/confirm", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: form,
+      redirect: "manual",
+    });
+    expect(tampered.status).toBe(409);
+    expect(tampered.headers.get("set-cookie")).toBeNull();
+    expect(await tampered.text()).toContain(`value="${applied.licenseSha256}"`);
+    expect(await rowCounts(gw)).toMatchObject({ applications: 0, acceptances: 0, grants: 0, auditEvents: 0 });
+
+    const confirmed = await confirmRequest(gw, token, {}, applied);
+    expect(confirmed.status, await confirmed.clone().text()).toBe(200);
+    const [acceptance] = await gw.db.select().from(acceptances);
+    expect(acceptance).toMatchObject(applied);
+  });
+
+  it("records the submission and the confirmation apart: each address, country, agent and time, and the proven user", async () => {
+    const clock = fixedClock("2026-03-01T09:00:00Z");
+    const gw = testGateway({ clock });
+    const submitted = await gw.request("/v1/applications", {
+      ...json(applicationBody({ contact: { name: "Victim", email: "cfo@victim.example" } }), {
+        "cf-connecting-ip": "203.0.113.66",
+        "user-agent": "third-party",
+      }),
+      cf: { country: "NL" },
+    } as RequestInit);
+    expect(submitted.status).toBe(201);
+    const token = confirmationToken(gw, "cfo@victim.example");
+    clock.advance(3 * 3_600_000);
+    const confirmed = await gw.request("/v1/applications/confirm", {
+      ...json(
+        { token, ...mailedTexts(gw, token) },
+        { "cf-connecting-ip": "198.51.100.9", "user-agent": "victim-browser" },
+      ),
+      cf: { country: "DE" },
+    } as RequestInit);
+    expect(confirmed.status, await confirmed.clone().text()).toBe(200);
+    const { applicationId } = (await confirmed.json()) as { applicationId: string };
+    const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    const [acceptance] = await gw.db.select().from(acceptances).where(eq(acceptances.applicationId, applicationId));
+    expect(app?.contactUserId).toMatch(/^usr_/);
+    expect(acceptance).toMatchObject({
+      acceptedAt: "2026-03-01T09:00:00.000Z",
+      ip: "203.0.113.66",
+      country: "NL",
+      userAgent: "third-party",
+      confirmedAt: "2026-03-01T12:00:00.000Z",
+      confirmedIp: "198.51.100.9",
+      confirmedCountry: "DE",
+      confirmedUserAgent: "victim-browser",
+      confirmedByUserId: app?.contactUserId,
+    });
+    const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "application.submitted"));
+    expect(event?.actor).toBe("applicant:cfo@victim.example");
+    expect(event?.data).toMatchObject({
+      contactUserId: app?.contactUserId,
+      submittedAt: "2026-03-01T09:00:00.000Z",
+      submittedIp: "203.0.113.66",
+      submittedCountry: "NL",
+      confirmedAt: "2026-03-01T12:00:00.000Z",
+      confirmedIp: "198.51.100.9",
+      confirmedCountry: "DE",
+    });
+    // No unlabelled address that a reader could take for the acceptor's.
+    expect(event?.data).not.toHaveProperty("ip");
+
+    // The reviewer's case file shows both steps, and who the link proved.
+    const file = await gw.request(`/admin/api/applications/${applicationId}`, {
+      headers: accessHeaders(await adminToken({ role: "reviewer", issuedAt: clock.now() })),
+    });
+    expect(file.status).toBe(200);
+    expect(((await file.json()) as { acceptances: unknown[] }).acceptances).toEqual([
+      expect.objectContaining({
+        ip: "203.0.113.66",
+        userAgent: "third-party",
+        confirmedIp: "198.51.100.9",
+        confirmedUserAgent: "victim-browser",
+        confirmedByUserId: app?.contactUserId,
+        confirmedByEmail: "cfo@victim.example",
+      }),
+    ]);
+  });
+
+  it("security: a third party's application naming someone's address is decided on the acceptance of the person who proved it", async () => {
+    const gw = testGateway();
+    const token = await submittedByThirdParty(gw);
+    // The owner of the address opens the mailed link, reads what it accepts, and presses the button.
+    const confirmed = await gw.request("/applications/confirm", {
+      method: "POST",
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        accept: "text/html",
+        "cf-connecting-ip": "198.51.100.9",
+        "user-agent": "victim-browser",
+      },
+      body: await confirmPageForm(gw, token),
+      redirect: "manual",
+    });
+    expect(confirmed.status).toBe(303);
+    const [app] = await gw.db.select().from(applications);
+    const [acceptance] = await gw.db.select().from(acceptances);
+    const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "application.submitted"));
+    expect(app?.contactEmail).toBe("cfo@victim.example");
+    expect(acceptance).toMatchObject({
+      confirmedIp: "198.51.100.9",
+      confirmedUserAgent: "victim-browser",
+      confirmedByUserId: app?.contactUserId,
+      ip: "203.0.113.66",
+      userAgent: "third-party",
+    });
+    expect(event?.data).toMatchObject({ confirmedIp: "198.51.100.9", submittedIp: "203.0.113.66" });
+  });
+
+  it("security: a thousand concurrent confirmations of one link write one application, one acceptance and one grant", async () => {
+    const gw = testGateway();
+    const token = await submittedByThirdParty(gw);
+    const texts = mailedTexts(gw, token);
+    // Each from an address of its own, so that the abuse brake is not what holds them back.
+    const responses = await Promise.all(
+      Array.from({ length: 1000 }, (_, i) =>
+        confirmRequest(gw, token, { "cf-connecting-ip": `10.77.${Math.floor(i / 250)}.${(i % 250) + 1}` }, texts),
+      ),
+    );
+    const statuses = responses.map((r) => r.status);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(1);
+    expect(statuses.filter((s) => s === 401)).toHaveLength(999);
+    expect(responses.filter((r) => r.headers.get("set-cookie") !== null)).toHaveLength(1);
+    expect(await rowCounts(gw)).toMatchObject({ applications: 1, organizations: 1, acceptances: 1, grants: 1 });
+    const [acceptance] = await gw.db.select().from(acceptances);
+    const winner = statuses.indexOf(200);
+    expect(acceptance?.confirmedIp).toBe(`10.77.${Math.floor(winner / 250)}.${(winner % 250) + 1}`);
+    const events = await gw.db.select({ action: auditEvents.action }).from(auditEvents);
+    expect(events.filter((e) => e.action === "application.submitted")).toHaveLength(1);
+    expect(events.filter((e) => e.action === "grant.issued")).toHaveLength(1);
+  }, 120_000);
+});
+
 describe("the status capability", () => {
   async function submitted(gw: ReturnType<typeof testGateway>, overrides: Record<string, unknown> = {}) {
     const confirmed = await applyAndConfirm(gw, applicationBody(overrides));
@@ -632,10 +893,11 @@ describe("the HTML form", () => {
     expect(res.status).toBe(201);
     expect(await res.text()).toContain("Check your e-mail");
     const token = confirmationToken(gw, "hank@globex.example");
+    // The link's page posts the token with the hashes of the texts it shows, which its button accepts.
     const confirmed = await gw.request("/applications/confirm", {
       method: "POST",
       headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
-      body: new URLSearchParams({ token }),
+      body: await confirmPageForm(gw, token),
       redirect: "manual",
     });
     expect(confirmed.status).toBe(303);

@@ -248,3 +248,51 @@ describe("migration to hourly usage (0014)", () => {
     expect(await rows<Record<string, unknown>>(HOURS)).toEqual(expectedHours([...ledger, ...later]));
   });
 });
+
+describe("migration to confirmations as acceptances (0023)", () => {
+  it("keeps an acceptance recorded at submission as it was, with no confirmation", async () => {
+    await reset();
+    const [before, after] = splitAt("0023");
+    await applyD1Migrations(env.DB, before);
+    const at = "2026-11-01T10:00:00.000Z";
+    await env.DB.batch([
+      env.DB.prepare(
+        "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
+      ).bind(at),
+      env.DB.prepare(
+        "insert into license_versions (id, family, version, license_sha256, aup_sha256, created_at) values ('lv1', 'llama-2', 1, 'l', 'a', ?1)",
+      ).bind(at),
+      env.DB.prepare(
+        "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
+      ).bind(at),
+      env.DB.prepare(
+        `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)
+         values ('app1', 'llama-2', 'org1', 'Acme', 'DE', 'Ada', 'ada@acme.example', 'x', 10, '["llama-2-7b"]', 'approved', '[]', 1, 'lv1', ?1, ?1)`,
+      ).bind(at),
+      env.DB.prepare(
+        "insert into acceptances (id, application_id, license_version_id, license_sha256, aup_sha256, accepted_at, ip, country, user_agent) values ('acc1', 'app1', 'lv1', 'l', 'a', ?1, '203.0.113.66', 'NL', 'third-party')",
+      ).bind(at),
+    ]);
+
+    await applyD1Migrations(env.DB, after);
+
+    // Who confirmed such an acceptance was never recorded: it stays unknown, never guessed.
+    expect(
+      await rows(
+        "select accepted_at, ip, country, user_agent, confirmed_at, confirmed_by_user_id, confirmed_ip, confirmed_country, confirmed_user_agent from acceptances",
+      ),
+    ).toEqual([
+      {
+        accepted_at: at,
+        ip: "203.0.113.66",
+        country: "NL",
+        user_agent: "third-party",
+        confirmed_at: null,
+        confirmed_by_user_id: null,
+        confirmed_ip: null,
+        confirmed_country: null,
+        confirmed_user_agent: null,
+      },
+    ]);
+  });
+});

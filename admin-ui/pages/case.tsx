@@ -278,9 +278,27 @@ export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: 
                 <dd>
                   <code>{a.aupSha256}</code>
                 </dd>
-                <dt>Accepted</dt>
+                <dt>Accepted by</dt>
+                <dd>
+                  {a.confirmedAt
+                    ? `${a.confirmedByEmail ?? "—"} (${a.confirmedByUserId ?? "no user"}), confirming with the mailed link`
+                    : "Whoever submitted: no confirmation recorded (an acceptance from before confirmations were acceptances, or an owner's request for more models)"}
+                </dd>
+                {a.confirmedAt ? (
+                  <>
+                    <dt>Confirmed</dt>
+                    <dd>{formatTime(a.confirmedAt)}</dd>
+                    <dt>Confirmed from IP</dt>
+                    <dd>{a.confirmedIp ?? "—"}</dd>
+                    <dt>Country (edge)</dt>
+                    <dd>{a.confirmedCountry ?? "—"}</dd>
+                    <dt>User agent</dt>
+                    <dd>{a.confirmedUserAgent ?? "—"}</dd>
+                  </>
+                ) : null}
+                <dt>Submitted</dt>
                 <dd>{formatTime(a.acceptedAt)}</dd>
-                <dt>IP</dt>
+                <dt>Submitted from IP</dt>
                 <dd>{a.ip ?? "—"}</dd>
                 <dt>Country (edge)</dt>
                 <dd>{a.country ?? "—"}</dd>

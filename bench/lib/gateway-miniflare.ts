@@ -189,10 +189,12 @@ export async function approvedAccessTokens(
     .first<{ text: string }>();
   const link = /\/applications\/confirm\?token=(\S+)/.exec(mail?.text ?? "")?.[1];
   if (!link) throw new Error(`no confirmation link was mailed to ${email}`);
+  // Confirming accepts the texts applied under, by their hashes: the license's, and its policy's.
+  const { aupSha256 } = (await (await fetch(`${base}/v1/licenses/llama-2`)).json()) as { aupSha256: string };
   const confirmed = await fetch(`${base}/v1/applications/confirm`, {
     method: "POST",
     headers: json,
-    body: JSON.stringify({ token: decodeURIComponent(link) }),
+    body: JSON.stringify({ token: decodeURIComponent(link), licenseSha256, aupSha256 }),
   });
   const application = (await confirmed.json()) as { status?: string };
   if (confirmed.status !== 200 || application.status !== "approved") {

@@ -62,8 +62,8 @@ export interface MailReader {
 
 /**
  * Submits the demo applications to a running gateway at `baseUrl` and confirms each as its
- * contact would: the confirmation link is read from the gateway's own outbox
- * (`GET /admin/api/mail`) and used. A repeat run confirms again and gets the organization's
+ * contact would, accepting the license applied under: the confirmation link is read from the
+ * gateway's own outbox (`GET /admin/api/mail`) and used. A repeat run confirms again and gets the organization's
  * standing case with a fresh status link (the old one ends), and the contact's session cookie.
  */
 export async function seedDemoApplications(baseUrl: string, mail: MailReader): Promise<DemoSeedResult> {
@@ -96,7 +96,8 @@ export async function seedDemoApplications(baseUrl: string, mail: MailReader): P
     const confirmed = await fetch(`${baseUrl}/v1/applications/confirm`, {
       method: "POST",
       headers: { "content-type": "application/json", accept: "application/json" },
-      body: JSON.stringify({ token }),
+      // Confirming is the contact's acceptance: of the texts applied under, which are these.
+      body: JSON.stringify({ token, licenseSha256, aupSha256 }),
     });
     const result = (await confirmed.json().catch(() => ({}))) as Record<string, unknown>;
     if (confirmed.status !== 200) {

@@ -47,7 +47,7 @@ async function apply(page: Page, org: { name: string; country: string; email: st
   await page.getByRole("button", { name: "Submit application" }).click();
   await page.getByRole("heading", { name: "Check your e-mail" }).waitFor();
   const link = await harness.mailedLink(org.email, "/applications/confirm");
-  await useLink(page, link, "Confirm my address", /\/applications\/app_\w+\?token=mgs_/);
+  await useLink(page, link, "Accept the license and confirm", /\/applications\/app_\w+\?token=mgs_/);
   return page.url();
 }
 

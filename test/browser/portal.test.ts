@@ -47,13 +47,14 @@ describe("the applicant's portal in Chromium", () => {
     await owner.getByRole("button", { name: "Submit application" }).click();
     await owner.getByRole("heading", { name: "Check your e-mail" }).waitFor();
 
-    // The confirmation link from the mail: approved, and signed in as the organization's owner.
-    await useLink(
-      owner,
-      await mailedLink(ownerEmail, "/applications/confirm"),
-      "Confirm my address",
-      /\/applications\/app_/,
-    );
+    // The confirmation link from the mail: its page says what confirming accepts, for which
+    // organization; accepting it is approved, and signs the owner in.
+    const confirmLink = await mailedLink(ownerEmail, "/applications/confirm");
+    await owner.goto(confirmLink);
+    await owner.getByText(`${organizationName}, a new organization you will own`).waitFor();
+    await owner.getByRole("link", { name: "text" }).first().waitFor();
+    await expectAccessible(owner, "confirmation page");
+    await useLink(owner, confirmLink, "Accept the license and confirm", /\/applications\/app_/);
     await expect(owner.locator(".status").first().textContent()).resolves.toMatch(/approved/i);
 
     await owner.goto(`${gateway.baseUrl}/account`);

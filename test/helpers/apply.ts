@@ -34,9 +34,52 @@ export interface Confirmed {
   cookie: string;
 }
 
-/** Confirms with a token; the raw response, for tests of refusals. */
-export function confirmRequest(gateway: Gateway, token: string, headers: Record<string, string> = {}) {
-  return gateway.request("/v1/applications/confirm", json({ token }, headers));
+/** The hashes of the texts a confirmation accepts. */
+export interface AcceptedTexts {
+  licenseSha256: string;
+  aupSha256: string;
+}
+
+/**
+ * What the mail carrying `token` says confirming accepts: the application's license and AUP
+ * hashes, as a contact reading the mail (or the link's page) learns them. Undefined when no mail
+ * carries the token.
+ */
+export function mailedTexts(gateway: Gateway, token: string): AcceptedTexts | undefined {
+  const mail = gateway.mailer.sent.find((m) => m.text.includes(`token=${encodeURIComponent(token)}`));
+  if (!mail) return undefined;
+  const licenseSha256 = /^- version \d+ of the .*\(sha256 ([0-9a-f]{64})\)$/m.exec(mail.text)?.[1];
+  const aupSha256 = /^- the Acceptable Use Policy .*\(sha256 ([0-9a-f]{64})\)$/m.exec(mail.text)?.[1];
+  if (!licenseSha256 || !aupSha256) throw new Error("the confirmation mail names no texts to accept");
+  return { licenseSha256, aupSha256 };
+}
+
+/** Hashes of no text: what a confirmation of a link no mail carries states. */
+const NO_TEXTS: AcceptedTexts = { licenseSha256: "0".repeat(64), aupSha256: "0".repeat(64) };
+
+/**
+ * Confirms with a token, accepting the texts its mail names (or `accepted`: `{}` states none);
+ * the raw response, for tests of refusals.
+ */
+export function confirmRequest(
+  gateway: Gateway,
+  token: string,
+  headers: Record<string, string> = {},
+  accepted: Partial<AcceptedTexts> = mailedTexts(gateway, token) ?? NO_TEXTS,
+) {
+  return gateway.request("/v1/applications/confirm", json({ token, ...accepted }, headers));
+}
+
+/** The fields the confirmation link's page posts (its hidden inputs), as a browser would post them. */
+export async function confirmPageForm(gateway: Gateway, token: string): Promise<URLSearchParams> {
+  const page = await gateway.request(`/applications/confirm?token=${encodeURIComponent(token)}`);
+  expect(page.status).toBe(200);
+  const html = await page.text();
+  const form = new URLSearchParams();
+  for (const input of html.matchAll(/<input type="hidden" name="(\w+)" value="([^"]*)"\/?>/g)) {
+    form.append(input[1] as string, input[2] as string);
+  }
+  return form;
 }
 
 /** Submits `body`, expects 201 `awaiting_verification`, and confirms it through the mailed link. */

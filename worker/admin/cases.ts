@@ -18,6 +18,7 @@ import {
   decisions,
   GRANT_STATUSES,
   grants,
+  users,
 } from "../db/schema";
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
@@ -81,16 +82,33 @@ const CaseSchema = z
     }),
     approvals: z.array(ApprovalSchema),
     acceptances: z.array(
-      z.object({
-        id: z.string(),
-        licenseVersionId: z.string(),
-        licenseSha256: z.string(),
-        aupSha256: z.string(),
-        acceptedAt: z.string(),
-        ip: z.string().nullable(),
-        country: z.string().nullable(),
-        userAgent: z.string().nullable(),
-      }),
+      z
+        .object({
+          id: z.string(),
+          licenseVersionId: z.string(),
+          licenseSha256: z.string(),
+          aupSha256: z.string(),
+          acceptedAt: z.string().openapi({ description: "When the application (or request) was submitted." }),
+          ip: z
+            .string()
+            .nullable()
+            .openapi({ description: "The submitting request's address: whoever posted the form." }),
+          country: z.string().nullable(),
+          userAgent: z.string().nullable(),
+          confirmedAt: z.string().nullable().openapi({
+            description:
+              "When the contact confirmed with the mailed link, accepting these texts: the acceptance. Null for acceptances from before confirmations were acceptances, and for requests for more models.",
+          }),
+          confirmedByUserId: z.string().nullable(),
+          confirmedByEmail: z.string().nullable().openapi({ description: "The address the link proved." }),
+          confirmedIp: z.string().nullable(),
+          confirmedCountry: z.string().nullable(),
+          confirmedUserAgent: z.string().nullable(),
+        })
+        .openapi({
+          description:
+            "The license acceptance, in its two steps: the submission (`acceptedAt`, `ip`, `country`, `userAgent`), by anyone, and the confirmation (`confirmed…`), by the proven contact.",
+        }),
     ),
     decisions: z.array(
       z.object({
@@ -325,7 +343,12 @@ export async function readCaseFile(
   const [row] = await db.select().from(applications).where(eq(applications.id, id));
   if (!row) throw new AppError("not_found", `No application ${id}.`);
   const [evidence, history, [grant], earlier, approvals, conflict] = await Promise.all([
-    db.select().from(acceptances).where(eq(acceptances.applicationId, id)).orderBy(asc(acceptances.acceptedAt)),
+    db
+      .select({ acceptance: acceptances, confirmedByEmail: users.email })
+      .from(acceptances)
+      .leftJoin(users, eq(users.id, acceptances.confirmedByUserId))
+      .where(eq(acceptances.applicationId, id))
+      .orderBy(asc(acceptances.acceptedAt)),
     db
       .select()
       .from(decisions)
@@ -384,7 +407,10 @@ export async function readCaseFile(
       decidedAt: row.decidedAt,
     },
     approvals: approvals.get(id) ?? [],
-    acceptances: evidence.map(({ applicationId: _app, ...rest }) => rest),
+    acceptances: evidence.map(({ acceptance: { applicationId: _app, ...rest }, confirmedByEmail }) => ({
+      ...rest,
+      confirmedByEmail,
+    })),
     decisions: history.map(({ applicationId: _app, ...rest }) => rest),
     grant: grant
       ? {

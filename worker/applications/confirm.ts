@@ -2,13 +2,19 @@
  * Confirming an application: its contact uses the single-use link mailed to the address the form
  * named. Only now is the contact a known person, the organization resolved from proof, and the
  * license policy asked; the contact is signed in to the applicant's portal as well.
+ *
+ * The confirmation is the license acceptance. Whoever posted the form may be anyone (it names any
+ * address), so the acceptance a case is decided on is the contact's: the link's page shows them
+ * the organization, the license version and the hashes of its texts, and confirming states those
+ * hashes. The evidence keeps both steps, the submission's and the confirmation's.
  */
 import { and, desc, eq, exists, isNull, or } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import { type AuditEntry, writeAudited } from "../audit/log";
 import { emailLinkToUse } from "../auth/email-links";
+import { membershipsOf } from "../auth/members";
 import { newSession } from "../auth/sessions";
-import { provenUser } from "../auth/users";
+import { provenUser, userByEmail } from "../auth/users";
 import {
   type ApplicationDraft,
   acceptances,
@@ -16,7 +22,6 @@ import {
   applications,
   caseLinks,
   grants,
-  licenseVersions,
   OPEN_STATUSES,
   type PolicyReasonRow,
   statusLinks,
@@ -25,10 +30,12 @@ import {
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
 import { grantForApproval } from "../grants/approve";
+import { documentText, type LicenseVersion, licenseVersionById } from "../licenses/store";
 import { enqueueMailWithinLimits } from "../mail/outbox";
 import { applicationReceivedMail, caseNotice } from "../mail/templates";
 import { addDays } from "../platform/clock";
 import { evaluateApplication } from "../policy/evaluate";
+import { findFamily } from "../policy/families";
 import type { LicenseFamily } from "../policy/types";
 import { screeningMatchEvent } from "../screening/case";
 import { screenNames } from "../screening/list";
@@ -101,7 +108,8 @@ function addStatusLink(
 export async function confirmApplication(
   services: Services,
   secret: string,
-  request: { ip: string | null; userAgent: string | null },
+  accepted: AcceptedTexts,
+  request: AcceptanceEvidence,
 ): Promise<Confirmation> {
   const status = await newStatusSecret(services);
   return writeAudited<Confirmation>(services, async () => {
@@ -110,11 +118,9 @@ export async function confirmApplication(
     const draft = await liveDraft(services, link.applicationId);
     const input = draft.input as unknown as ApplicationInput;
     const family = familyOf(input);
-    const [license] = await services.db
-      .select({ aupSha256: licenseVersions.aupSha256, licenseSha256: licenseVersions.licenseSha256 })
-      .from(licenseVersions)
-      .where(eq(licenseVersions.id, draft.licenseVersionId));
-    if (!license) throw new Error(`draft ${draft.id} names a license version that does not exist`);
+    const license = await draftLicense(services, draft);
+    // Before anything is planned: a refusal writes nothing, so the link stays usable.
+    assertAccepted(services.config.publicBaseUrl, license, accepted);
     const now = services.clock.now();
     const at = now.toISOString();
     const { user, statements: userStatements } = await provenUser(services, link.email, input.contact.name);
@@ -192,6 +198,12 @@ export async function confirmApplication(
         ip: evidence.ip,
         country: evidence.country,
         userAgent: evidence.userAgent,
+        // The acceptance itself: the proven contact's, stating the hashes checked above.
+        confirmedAt: at,
+        confirmedByUserId: user.id,
+        confirmedIp: request.ip,
+        confirmedCountry: request.country,
+        confirmedUserAgent: request.userAgent?.slice(0, 512) ?? null,
       }),
       ...addStatusLink(services, applicationId, user, status.hash, now),
       ...decided.related.map((r) =>
@@ -215,12 +227,17 @@ export async function confirmApplication(
         licenseVersionId: draft.licenseVersionId,
         licenseSha256: license.licenseSha256,
         aupSha256: license.aupSha256,
-        acceptedAt: draft.createdAt,
         policyOutcome: decided.outcome,
         reasons: decided.reasons.map((r) => r.code),
         relatedApplications: decided.related.map((r) => r.applicationId),
-        ip: evidence.ip,
-        requestCountry: evidence.country,
+        // Who posted the form, which may be anyone: a claim, kept apart from the acceptance.
+        submittedAt: draft.createdAt,
+        submittedIp: evidence.ip,
+        submittedCountry: evidence.country,
+        // The acceptance: the contact (`contactUserId`) confirming with the mailed link.
+        confirmedAt: at,
+        confirmedIp: request.ip,
+        confirmedCountry: request.country,
       },
     });
     if (decided.screening.length > 0) {
@@ -252,6 +269,113 @@ export async function confirmApplication(
       },
     };
   });
+}
+
+/** What the contact accepts by confirming: the hashes of the license and AUP texts they were shown. */
+export interface AcceptedTexts {
+  licenseSha256: string;
+  aupSha256: string;
+}
+
+/** The license version an application was submitted under: the one its contact accepts. */
+async function draftLicense(services: Pick<Services, "db">, draft: ApplicationDraft): Promise<LicenseVersion> {
+  const license = await licenseVersionById(services.db, draft.licenseVersionId);
+  if (!license) throw new Error(`draft ${draft.id} names a license version that does not exist`);
+  return license;
+}
+
+/** Where the texts of one license version are read, on the gateway. */
+function versionLinks(base: string, license: Pick<LicenseVersion, "family" | "version">) {
+  const path = `${base}/v1/licenses/${encodeURIComponent(license.family)}/versions/${license.version}`;
+  return { licenseUrl: `${path}/text`, aupUrl: `${path}/aup` };
+}
+
+/**
+ * Refuses a confirmation that does not state the texts of the application's license version:
+ * `stale_license`, naming the version's hashes and where to read them. Hashes of another version
+ * (an older page, a client that read the current license instead) accept something else than
+ * what the case would be decided under.
+ */
+function assertAccepted(base: string, license: LicenseVersion, accepted: AcceptedTexts): void {
+  if (accepted.licenseSha256 === license.licenseSha256 && accepted.aupSha256 === license.aupSha256) return;
+  throw new AppError(
+    "stale_license",
+    `The texts you accepted are not version ${license.version} of the license and Acceptable Use Policy, which this application names. Read them and accept those.`,
+    {
+      extensions: {
+        licenseVersion: license.version,
+        licenseSha256: license.licenseSha256,
+        aupSha256: license.aupSha256,
+        ...versionLinks(base, license),
+      },
+    },
+  );
+}
+
+/** What the confirmation page shows its contact before they accept. */
+export interface ConfirmationTerms {
+  /** The address the link proves. */
+  contactEmail: string;
+  familyName: string;
+  /** The models applied for, by their display names. */
+  models: string[];
+  licenseName: string;
+  licenseVersion: number;
+  licenseSha256: string;
+  aupSha256: string;
+  licenseText: string;
+  aupText: string;
+  /** The operator loaded placeholder texts, not the licensor's. */
+  placeholder: boolean;
+  licenseUrl: string;
+  aupUrl: string;
+  /**
+   * The organization the acceptance binds: the one the contact owns (`existing`), which the case
+   * joins whatever name the form gave, or a new one under the name the application gives.
+   */
+  organization: { name: string; existing: boolean; named: string };
+}
+
+/**
+ * The terms a confirmation link's page shows, read without using the link: the application's
+ * license version with its texts and hashes, and the organization confirming accepts them for
+ * (as `resolveOrganization` will find it). Unknown, used and expired links are the link's 401.
+ */
+export async function confirmationTerms(
+  services: Pick<Services, "db" | "clock" | "config">,
+  secret: string,
+): Promise<ConfirmationTerms> {
+  const link = await emailLinkToUse(services, secret, "verify_application");
+  const draft = await liveDraft(services, link.applicationId);
+  const input = draft.input as unknown as ApplicationInput;
+  const license = await draftLicense(services, draft);
+  const family = findFamily(license.family);
+  const user = await userByEmail(services, link.email);
+  const owned = user ? (await membershipsOf(services, user.id)).find((m) => m.membership.role === "owner") : undefined;
+  const [licenseText, aupText] = await Promise.all([
+    documentText(services.db, license.licenseSha256),
+    documentText(services.db, license.aupSha256),
+  ]);
+  return {
+    contactEmail: link.email,
+    familyName: family?.displayName ?? license.family,
+    models: (input.models ?? family?.models.map((m) => m.id) ?? []).map(
+      (id) => family?.models.find((m) => m.id === id)?.displayName ?? id,
+    ),
+    licenseName: family?.licenseName ?? `${license.family} license`,
+    licenseVersion: license.version,
+    licenseSha256: license.licenseSha256,
+    aupSha256: license.aupSha256,
+    licenseText: licenseText ?? "",
+    aupText: aupText ?? "",
+    placeholder: license.licenseSource === "placeholder",
+    ...versionLinks(services.config.publicBaseUrl, license),
+    organization: {
+      name: owned ? owned.organizationName : input.organization.name,
+      existing: owned !== undefined,
+      named: input.organization.name,
+    },
+  };
 }
 
 /** The draft a verification link names, while it waits; the link's own 401 otherwise. */

@@ -5,6 +5,7 @@ import { Page } from "../pages/layout";
 import { findFamily } from "../policy/families";
 import { regionName } from "../policy/regions";
 import type { LicenseFamily } from "../policy/types";
+import type { ConfirmationTerms } from "./confirm";
 import { COUNTRY_CODES, countryName } from "./countries";
 import type { ApplicantView } from "./status";
 
@@ -516,18 +517,81 @@ export function CheckEmailPage(props: { familyName: string; confirmBy: string })
 }
 
 /**
- * The page a mailed single-use link opens: one button that posts the link's secret. Mail
- * scanners fetch links to look at them; a GET must never use a link up.
+ * The page a mailed confirmation link opens. Confirming is the contact's acceptance of the license
+ * for the organization, so the page says what is accepted — the organization, the family, the
+ * license version, the texts and their hashes — and the button says that pressing it accepts them;
+ * the hashes go with the post as the statement of what was accepted. One button: mail scanners
+ * fetch links to look at them, and a GET must never use a link up.
  */
-export function UseLinkPage(props: { title: string; lead: string; action: string; token: string; button: string }) {
+export function ConfirmPage(props: { terms: ConfirmationTerms; token: string; action: string; problem?: string }) {
+  const { terms } = props;
+  const { name, named } = terms.organization;
+  const organization = terms.organization.existing
+    ? `${name}, the organization you own${named === name ? "" : ` (the application names “${named}”)`}`
+    : `${name}, a new organization you will own`;
   return (
-    <Page title={props.title}>
-      <h1>{props.title}</h1>
-      <p>{props.lead}</p>
+    <Page title="Accept the license and confirm your application">
+      <h1>Accept the license and confirm your application</h1>
+      {props.problem ? (
+        <div class="errors" role="alert" tabindex={-1} id="form-errors">
+          <p>{props.problem}</p>
+        </div>
+      ) : null}
+      <p>
+        Someone applied for access to {terms.familyName} naming <strong>{terms.contactEmail}</strong> as the contact.
+        Confirming proves the address, and is your acceptance of the license below on the organization's behalf: the
+        application is then decided under the license policy, and you are signed in to the organization's account.
+      </p>
+      <dl class="facts">
+        <dt>Organization</dt>
+        <dd>{organization}</dd>
+        <dt>Models</dt>
+        <dd>
+          {terms.familyName}: {terms.models.join(", ")}
+        </dd>
+        <dt>License</dt>
+        <dd>
+          {terms.licenseName}, version {terms.licenseVersion} (<a href={terms.licenseUrl}>text</a>)
+        </dd>
+        <dt>License sha256</dt>
+        <dd>
+          <code>{terms.licenseSha256}</code>
+        </dd>
+        <dt>Acceptable Use Policy</dt>
+        <dd>
+          version {terms.licenseVersion} (<a href={terms.aupUrl}>text</a>)
+        </dd>
+        <dt>AUP sha256</dt>
+        <dd>
+          <code>{terms.aupSha256}</code>
+        </dd>
+      </dl>
+      {terms.placeholder ? (
+        <p class="hint">
+          This deployment shows placeholder text; the operator has not loaded the official license yet.
+        </p>
+      ) : null}
+      <h2 id="license-heading">{terms.licenseName}</h2>
+      <section class="doc" tabindex={0} aria-labelledby="license-heading">
+        {terms.licenseText}
+      </section>
+      <h2 id="aup-heading">Acceptable Use Policy</h2>
+      <section class="doc" tabindex={0} aria-labelledby="aup-heading">
+        {terms.aupText}
+      </section>
       <form method="post" action={props.action}>
         <input type="hidden" name="token" value={props.token} />
-        <button type="submit">{props.button}</button>
+        <input type="hidden" name="licenseSha256" value={terms.licenseSha256} />
+        <input type="hidden" name="aupSha256" value={terms.aupSha256} />
+        <p>
+          By pressing the button you accept version {terms.licenseVersion} of the {terms.licenseName} and the Acceptable
+          Use Policy, with the hashes above, on behalf of {terms.organization.name}, and confirm that you may do so.
+        </p>
+        <button type="submit">Accept the license and confirm</button>
       </form>
+      <p class="hint">
+        If you did not apply, or may not accept for this organization, close this page: nothing happens.
+      </p>
     </Page>
   );
 }

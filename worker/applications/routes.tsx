@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { currentMember, requireMember } from "../auth/members";
-import { sessionRequest, setSessionCookie } from "../auth/sessions";
+import { setSessionCookie } from "../auth/sessions";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { abuseBrake, assertSameSite, clientIp } from "../http/middleware";
@@ -10,9 +10,9 @@ import { describeLicenseChanges, requireLicense } from "../licenses/routes";
 import { documentText } from "../licenses/store";
 import { deliverDueMail } from "../mail/outbox";
 import { findFamily } from "../policy/families";
-import { type Confirmation, confirmApplication } from "./confirm";
+import { type Confirmation, confirmApplication, confirmationTerms } from "./confirm";
 import { requestMoreModels } from "./more-models";
-import { ApplicationForm, CheckEmailPage, type FormValues, LinkFailedPage, StatusPage, UseLinkPage } from "./pages";
+import { ApplicationForm, CheckEmailPage, ConfirmPage, type FormValues, LinkFailedPage, StatusPage } from "./pages";
 import {
   ApplicationInput,
   ApplicationStatusSchema,
@@ -103,9 +103,9 @@ const confirmRoute = createRoute({
   method: "post",
   path: "/v1/applications/confirm",
   tags: ["Applications"],
-  summary: "Confirm an application's contact address with the mailed link's token",
+  summary: "Accept the license and confirm an application's contact address with the mailed link's token",
   description:
-    "Uses the single-use token of the mailed link. The policy decides; the answer carries the status page (with a fresh capability, valid 30 days) and signs the contact in (`Set-Cookie`). When the organization already has an open or approved case for the family, that case is shown (`duplicate: true`).",
+    "Uses the single-use token of the mailed link, and is the contact's acceptance of the license on the organization's behalf: `licenseSha256` and `aupSha256` state the texts accepted, and must be those of the application's license version, which the link's page and mail name (`409 stale_license` otherwise, with the version's hashes and texts' URLs; missing, `400 validation_failed`); a refusal leaves the link usable. The acceptance is recorded with the submission's and the confirmation's address, country, user agent and time, and the proven contact. The policy decides; the answer carries the status page (with a fresh capability, valid 30 days) and signs the contact in (`Set-Cookie`). When the organization already has an open or approved case for the family, that case is shown (`duplicate: true`).",
   middleware: [abuseBrake()] as const,
   request: {
     body: {
@@ -280,8 +280,8 @@ applicationRoutes
     // as that someone (the page's twin below refuses it too).
     assertSameSite(c);
     const services = c.get("services");
-    const { token } = await readBody(c, ConfirmInput, { form: true });
-    const confirmed = await confirmApplication(services, token, sessionRequest(c));
+    const { token, ...accepted } = await readBody(c, ConfirmInput, { form: true });
+    const confirmed = await confirmApplication(services, token, accepted, evidence(c));
     c.executionCtx.waitUntil(deliverDueMail(services));
     setSessionCookie(c, confirmed.session.secret, confirmed.session.expiresAt);
     const { session: _session, ...result } = confirmed;
@@ -315,31 +315,53 @@ applicationRoutes
     return c.json(publicView(await applicantView(services, fresh)), 200);
   });
 
-// The confirmation link's page: a button, since a GET must never use a single-use link up.
-applicationRoutes.get("/applications/confirm", (c) => {
+/**
+ * The confirmation link's page: what confirming accepts, and a button, since a GET must never use a
+ * single-use link up. With `problem`, the page again after a post it refused (the link still works).
+ */
+async function renderConfirmPage(c: Context<HonoEnv>, token: string, problem?: AppError) {
   noStore(c);
+  let terms: Awaited<ReturnType<typeof confirmationTerms>>;
+  try {
+    terms = await confirmationTerms(c.get("services"), token);
+  } catch (error) {
+    if (!(error instanceof AppError) || error.code !== "unauthorized") throw error;
+    return c.html(
+      <LinkFailedPage detail={error.message} retry={{ href: "/account", label: "Sign in to your account" }} />,
+      error.status,
+    );
+  }
   return c.html(
-    <UseLinkPage
-      title="Confirm your application"
-      lead="Confirm that this is your e-mail address. Your application is then decided under the license policy, and you are signed in to your organization's account."
-      action="/applications/confirm"
-      token={c.req.query("token") ?? ""}
-      button="Confirm my address"
-    />,
+    <ConfirmPage terms={terms} token={token} action="/applications/confirm" problem={problem?.message} />,
+    problem ? problem.status : 200,
   );
-});
+}
+
+applicationRoutes.get("/applications/confirm", (c) => renderConfirmPage(c, c.req.query("token") ?? ""));
 
 applicationRoutes.post("/applications/confirm", abuseBrake(), async (c) => {
   noStore(c);
   assertSameSite(c);
   const services = c.get("services");
-  const { token } = await readBody(c, ConfirmInput, { form: true });
+  const body = await readRawBody(c, { form: true });
   let confirmed: Confirmation;
   try {
-    confirmed = await confirmApplication(services, token, sessionRequest(c));
+    const { token, ...accepted } = validateBody(body, ConfirmInput);
+    confirmed = await confirmApplication(services, token, accepted, evidence(c));
   } catch (error) {
-    if (!(error instanceof AppError) || (error.code !== "unauthorized" && error.code !== "reapply_cooldown"))
-      throw error;
+    if (!(error instanceof AppError)) throw error;
+    // A form that did not state the page's texts: the page again, saying so. The link still works.
+    if (body.kind === "form" && (error.code === "stale_license" || error.code === "validation_failed")) {
+      const token = typeof body.value.token === "string" ? body.value.token : "";
+      return (await renderConfirmPage(
+        c,
+        token,
+        error.code === "stale_license"
+          ? error
+          : new AppError("validation_failed", "Accept the license shown below with the button to confirm."),
+      )) as never;
+    }
+    if (error.code !== "unauthorized" && error.code !== "reapply_cooldown") throw error;
     return c.html(
       <LinkFailedPage detail={error.message} retry={{ href: "/account", label: "Sign in to your account" }} />,
       error.status,

@@ -113,9 +113,34 @@ export const SubmissionResult = z
   })
   .openapi("ApplicationSubmission");
 
+/**
+ * The body of `POST /v1/applications/confirm`. Confirming is the contact's acceptance of the
+ * license, so it states which texts are accepted, as submitting does: their hashes, which must be
+ * the application's license version's (the link's page and mail name them).
+ */
 export const ConfirmInput = z
-  .strictObject({ token: z.string().min(1).max(200) })
-  .openapi({ description: "The token of the link mailed to the contact (`mge_…`)." });
+  .strictObject({
+    token: z
+      .string()
+      .min(1)
+      .max(200)
+      .openapi({ description: "The token of the link mailed to the contact (`mge_…`)." }),
+    licenseSha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, "Must be the lower-case hex sha256 of the license text you accept.")
+      .openapi({
+        description:
+          "The sha256 of the license text accepted on the organization's behalf: the application's license version's, which the link's page and mail name (`stale_license` otherwise).",
+      }),
+    aupSha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, "Must be the lower-case hex sha256 of the Acceptable Use Policy you accept.")
+      .openapi({ description: "The sha256 of the Acceptable Use Policy accepted, as for `licenseSha256`." }),
+  })
+  .openapi({
+    description:
+      "The mailed link's token and the hashes of the texts its contact accepts for the organization: confirming is the acceptance.",
+  });
 
 export const ConfirmationResult = z
   .object({

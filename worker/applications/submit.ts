@@ -13,7 +13,10 @@ import type { LicenseFamily } from "../policy/types";
 import type { Services } from "../services";
 import type { ApplicationInput } from "./schemas";
 
-/** Where and how the applicant accepted the license: kept as evidence. */
+/**
+ * Where and how a request was made: kept as evidence of an acceptance, for the submission that
+ * states it and for the confirmation that makes it the contact's.
+ */
 export interface AcceptanceEvidence {
   ip: string | null;
   country: string | null;
@@ -131,9 +134,10 @@ async function aupChangedAlone(
 
 /**
  * Submits an application. Nothing is decided yet: the contact address is only a claim until a
- * link mailed to it is used, so the application is kept as a draft (with the license acceptance
- * it carries) and the confirmation link is mailed — a message with no applicant-written text, so
- * the form cannot make the gateway speak for anyone. `confirmApplication` decides it.
+ * link mailed to it is used, so the application is kept as a draft (with the license version it
+ * states, and where it came from) and the confirmation link is mailed — a message with no
+ * applicant-written text, so the form cannot make the gateway speak for anyone, naming the version
+ * the contact accepts by confirming. `confirmApplication` decides it.
  */
 export async function submitApplication(
   services: Services,
@@ -152,6 +156,12 @@ export async function submitApplication(
     email,
     family.displayName,
     id,
+    {
+      name: family.licenseName,
+      version: license.version,
+      licenseSha256: license.licenseSha256,
+      aupSha256: license.aupSha256,
+    },
     gatewayLink(config.publicBaseUrl, `/applications/confirm?token=${encodeURIComponent(link.secret)}`),
   );
   const [first, ...rest] = [

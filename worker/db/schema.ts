@@ -316,7 +316,15 @@ export const statusLinks = sqliteTable(
   (t) => [index("status_links_application").on(t.applicationId)],
 );
 
-/** Evidence of what the applicant accepted, written in the same batch as the application. */
+/**
+ * Evidence of what the applicant accepted, written in the same batch as the application. It keeps
+ * both steps of an application, because they may be two people: `acceptedAt`, `ip`, `country` and
+ * `userAgent` are the submission's (anyone may post the form, naming any address), the
+ * `confirmed…` columns are the confirmation's, made with the link mailed to the contact, which
+ * states the hashes of the texts accepted on the organization's behalf and so is the acceptance
+ * of the person whose address was proven. Rows from before confirmations were acceptances, and
+ * those of a request for more models (one request by a signed-in owner), have no confirmation.
+ */
 export const acceptances = sqliteTable("acceptances", {
   id: text("id").primaryKey(),
   applicationId: text("application_id")
@@ -327,10 +335,19 @@ export const acceptances = sqliteTable("acceptances", {
     .references(() => licenseVersions.id),
   licenseSha256: text("license_sha256").notNull(),
   aupSha256: text("aup_sha256").notNull(),
+  /** When the submission was made (for a request for more models, the request). */
   acceptedAt: text("accepted_at").notNull(),
   ip: text("ip"),
   country: text("country"),
   userAgent: text("user_agent"),
+  /** When the contact confirmed, accepting the texts of these hashes; null before confirmations were acceptances. */
+  confirmedAt: text("confirmed_at"),
+  /** The user the mailed link proved: the contact who accepted. */
+  confirmedByUserId: text("confirmed_by_user_id").references(() => users.id),
+  confirmedIp: text("confirmed_ip"),
+  /** Cloudflare's country of the confirming request. */
+  confirmedCountry: text("confirmed_country"),
+  confirmedUserAgent: text("confirmed_user_agent"),
 });
 
 export const DECISIONS = ["approve", "reject", "request_info"] as const;
@@ -661,6 +678,10 @@ export const inferenceBackendHealth = sqliteTable("inference_backend_health", {
 });
 
 export const USAGE_OUTCOMES = ["ok", "partial", "backend_error", "client_closed", "blocked"] as const;
+
+/** The meter events a ledger row or a billing interval is billed as: one per kind of token. */
+export const METER_PARTS = ["prompt", "completion"] as const;
+export type MeterPart = (typeof METER_PARTS)[number];
 
 /**
  * One inference request's metered usage. Its id is the idempotency identifier of the billing

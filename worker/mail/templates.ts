@@ -180,20 +180,33 @@ export function caseNotice(
 
 /**
  * Sent on submission to the contact address the form named, which nothing has proven yet: no
- * applicant-written text at all, only the family, the case id and the single-use link that proves
- * the address and lets the policy decide.
+ * applicant-written text at all, only the family, the case id, the license version and its texts'
+ * hashes, and the single-use link that proves the address and lets the policy decide. Confirming
+ * is the contact's acceptance of that version, so the mail says so before the link is opened.
  */
 export function confirmationMail(
   to: string,
   familyName: string,
   applicationId: string,
+  license: { name: string; version: number; licenseSha256: string; aupSha256: string },
   confirmUrl: GatewayLink,
 ): OutgoingMail {
   return {
     to,
     subject: `Confirm your ${familyName} access application ${applicationId}`,
     text: sign(
-      `Hello,\n\nsomeone applied for access to ${familyName} with this address as the contact. Open this link within 24 hours to confirm the address; the application is decided only then:\n${confirmUrl}\n\nIf you did not apply, ignore this message: nothing happens without the link above.`,
+      [
+        "Hello,",
+        "",
+        `someone applied for access to ${familyName} with this address as the contact. The link below opens a page showing the organization the application names and the license; confirming there accepts, on the organization's behalf:`,
+        `- version ${license.version} of the ${license.name} (sha256 ${license.licenseSha256})`,
+        `- the Acceptable Use Policy of that version (sha256 ${license.aupSha256})`,
+        "",
+        "Open it within 24 hours; the application is decided only once you confirm:",
+        confirmUrl,
+        "",
+        "If you did not apply, ignore this message: nothing happens without the link above.",
+      ].join("\n"),
     ),
   };
 }
