@@ -3,11 +3,13 @@
  * where Stripe cannot be reached. The real `stripe` SDK talks to it (`host`, `port`, `protocol`).
  * It implements customers, subscriptions, Billing Meters (listed, created on an event name's first
  * event), meter events and their summaries (per hour or day) with Stripe's rules that matter
- * for correct billing: `Idempotency-Key` replays the first answer, a meter event `identifier` is
- * accepted once, timestamps older than 35 days are refused. It records every request, keeps
- * accepted meter-event totals, and can be told to misbehave for a number of requests: answer a 5xx
- * (`{status: 503}`), hang without answering (`{status: "hang"}`), or do the work but answer late
- * (`{status: "slow", delayMs}`, as a Stripe that took a request after its caller gave up).
+ * for correct billing: `Idempotency-Key` replays the first answer and a meter event `identifier` is
+ * accepted once, both for 24 hours of its clock only (Stripe promises no longer: a repeat after
+ * that is a new event, billed again), timestamps older than 35 days are refused. It records every
+ * request, keeps accepted meter-event totals, and can be told to misbehave for a number of
+ * requests: answer a 5xx (`{status: 503}`), hang without answering (`{status: "hang"}`), or do the
+ * work but answer late (`{status: "slow", delayMs}`, as a Stripe that took a request after its
+ * caller gave up).
  *
  * State is kept per API key, so tests running at the same time each get their own Stripe.
  *
@@ -33,10 +35,13 @@ export interface StandinMeterEvent {
 interface Account {
   customers: Map<string, Params>;
   subscriptions: Map<string, Params>;
-  meterEvents: Map<string, StandinMeterEvent>;
+  /** Every meter event accepted, a repeat accepted after the identifier window included. */
+  meterEvents: StandinMeterEvent[];
+  /** When (its clock, seconds) each identifier was last accepted. */
+  identifiers: Map<string, number>;
   /** Meters by event name. */
   meters: Map<string, { id: string; event_name: string }>;
-  idempotent: Map<string, { status: number; body: string }>;
+  idempotent: Map<string, { status: number; body: string; at: number }>;
   requests: { method: string; path: string; idempotencyKey: string | undefined }[];
   failure: { status: number | "hang" | "slow"; remaining: number; delayMs: number } | undefined;
   /** Seconds since the epoch that this account treats as now (for the 35-day rule). */
@@ -49,6 +54,16 @@ export interface StripeStandin {
   port: number;
   close(): Promise<void>;
 }
+
+/**
+ * How long Stripe remembers an idempotency key and a meter event's identifier: "at least 24 hours",
+ * so a sender may count on no more. The stand-in forgets them then, on its clock, so that a test
+ * sees what a repeat after the window costs.
+ */
+export const IDENTIFIER_WINDOW_SECONDS = 86_400;
+
+/** The account's now, in seconds: the clock a test set, or the system's. */
+const nowOf = (a: Pick<Account, "now">) => a.now ?? Math.floor(Date.now() / 1000);
 
 const id = (prefix: string) => `${prefix}_${randomBytes(12).toString("hex")}`;
 
@@ -82,7 +97,8 @@ export async function startStripeStandin(options: { port?: number; host?: string
       a = {
         customers: new Map(),
         subscriptions: new Map(),
-        meterEvents: new Map(),
+        meterEvents: [],
+        identifiers: new Map(),
         meters: new Map(),
         idempotent: new Map(),
         requests: [],
@@ -136,7 +152,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
       const identifier = String(params.identifier ?? id("mev"));
       const customer = String(payload.stripe_customer_id ?? "");
       const value = Number(payload.value);
-      const now = a.now ?? Math.floor(Date.now() / 1000);
+      const now = nowOf(a);
       const timestamp = params.timestamp === undefined ? now : Number(params.timestamp);
       if (!params.event_name)
         return {
@@ -172,7 +188,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
           },
         };
       }
-      if (a.meterEvents.has(identifier)) {
+      if (now - (a.identifiers.get(identifier) ?? Number.NEGATIVE_INFINITY) < IDENTIFIER_WINDOW_SECONDS) {
         return {
           status: 400,
           body: {
@@ -185,7 +201,8 @@ export async function startStripeStandin(options: { port?: number; host?: string
           },
         };
       }
-      a.meterEvents.set(identifier, { identifier, eventName: String(params.event_name), customer, value, timestamp });
+      a.meterEvents.push({ identifier, eventName: String(params.event_name), customer, value, timestamp });
+      a.identifiers.set(identifier, now);
       meterOf(a, String(params.event_name));
       return {
         status: 200,
@@ -254,7 +271,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
         body: { error: { type: "invalid_request_error", message: `Times must align with ${window} boundaries.` } },
       };
     const buckets = new Map<number, number>();
-    for (const e of a.meterEvents.values()) {
+    for (const e of a.meterEvents) {
       if (e.eventName !== meter.event_name || e.customer !== String(params.customer ?? "")) continue;
       if (e.timestamp < start || e.timestamp >= end) continue;
       const bucket = step ? e.timestamp - ((e.timestamp - start) % step) : start;
@@ -305,7 +322,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
     }
     if (url.pathname === "/_standin/state" && method === "GET") {
       const totals: Record<string, Record<string, number>> = {};
-      for (const e of a.meterEvents.values()) {
+      for (const e of a.meterEvents) {
         totals[e.customer] ??= {};
         const perCustomer = totals[e.customer] as Record<string, number>;
         perCustomer[e.eventName] = (perCustomer[e.eventName] ?? 0) + e.value;
@@ -315,7 +332,7 @@ export async function startStripeStandin(options: { port?: number; host?: string
         JSON.stringify({
           customers: [...a.customers.values()],
           subscriptions: [...a.subscriptions.values()],
-          meterEvents: [...a.meterEvents.values()],
+          meterEvents: a.meterEvents,
           totals,
           requests: a.requests,
         }),
@@ -359,7 +376,8 @@ export async function startStripeStandin(options: { port?: number; host?: string
   function answerOf(a: Account, method: string, path: string, idempotencyKey: string | undefined, body: string) {
     const replayKey = idempotencyKey ? `${method} ${path} ${idempotencyKey}` : undefined;
     const replay = replayKey ? a.idempotent.get(replayKey) : undefined;
-    if (replay) return { ...replay, replayed: true };
+    if (replay && nowOf(a) - replay.at < IDENTIFIER_WINDOW_SECONDS)
+      return { status: replay.status, body: replay.body, replayed: true };
     const answer = handleApi(
       a,
       method,
@@ -367,7 +385,8 @@ export async function startStripeStandin(options: { port?: number; host?: string
       parseStripeForm(method === "GET" ? (path.split("?")[1] ?? "") : body),
     );
     const text = JSON.stringify(answer.body);
-    if (replayKey && answer.status < 500) a.idempotent.set(replayKey, { status: answer.status, body: text });
+    if (replayKey && answer.status < 500)
+      a.idempotent.set(replayKey, { status: answer.status, body: text, at: nowOf(a) });
     return { status: answer.status, body: text, replayed: false };
   }
 

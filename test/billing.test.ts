@@ -10,23 +10,26 @@ import { eq } from "drizzle-orm";
 import Stripe from "stripe";
 import { beforeEach, describe, expect, it } from "vitest";
 import { verifyAuditChain } from "../worker/audit/log";
+import { ensureBillingAccount } from "../worker/billing/accounts";
 import {
   BREAKER_COOL_OFF_MS,
   BREAKER_FAILURES,
   CircuitBreaker,
   StripeUnavailableError,
 } from "../worker/billing/breaker";
-import { METER_CONCURRENCY } from "../worker/billing/meter";
-import { consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
+import { billIntervals, billLedgerRows, METER_CONCURRENCY } from "../worker/billing/meter";
+import { consumeDeadLetters, consumeUsageBatch, type UsageMessage } from "../worker/billing/queue";
 import { reconcileBilling, STUCK_AFTER_MS } from "../worker/billing/reconcile";
 import { billingStanding } from "../worker/billing/routes";
-import { STRIPE_TIMEOUT_MS } from "../worker/billing/stripe";
+import { STRIPE_TIMEOUT_MS, stripeClient } from "../worker/billing/stripe";
+import { MAX_WEBHOOK_BODY_BYTES } from "../worker/billing/webhooks";
 import {
   applications,
   auditEvents,
   billingAccounts,
   billingIntervals,
   organizationLimits,
+  stripeEvents,
   usageHours,
   usageLedger,
 } from "../worker/db/schema";
@@ -807,9 +810,9 @@ describe("Stripe webhooks", () => {
   async function post(
     b: Billed,
     event: Record<string, unknown>,
-    options: { secret?: string; timestamp?: number; signature?: string } = {},
+    options: { secret?: string; timestamp?: number; signature?: string; payload?: string } = {},
   ) {
-    const payload = JSON.stringify(event);
+    const payload = options.payload ?? JSON.stringify(event);
     const signature =
       options.signature ??
       (await stripe.webhooks.generateTestHeaderStringAsync({
@@ -848,6 +851,34 @@ describe("Stripe webhooks", () => {
     data: { object },
   });
 
+  /** A subscription's `items` as Stripe sends them: one per price, by default the plan's (the gateway's kind). */
+  function gatewayItems(prices: readonly string[] = PLAN.prices) {
+    return {
+      object: "list",
+      data: prices.map((price) => ({
+        id: `si_${price}`,
+        object: "subscription_item",
+        price: { id: price, object: "price" },
+      })),
+    };
+  }
+
+  async function accountOf(b: Billed) {
+    const [account] = await b.gw.db
+      .select()
+      .from(billingAccounts)
+      .where(eq(billingAccounts.organizationId, b.organizationId));
+    return account;
+  }
+
+  /** An inference call of the organization: 402 once payment has been failing past the grace period. */
+  const ask = (b: Billed) =>
+    b.gw.request("/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: `Bearer ${b.token}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
+    });
+
   it("refuses bad signatures, unknown secrets and stale timestamps with 400, changing nothing", async () => {
     const b = await billedGateway();
     const account = await withAccount(b);
@@ -875,8 +906,9 @@ describe("Stripe webhooks", () => {
     const b = await billedGateway();
     const account = await withAccount(b);
     const t = Math.floor(b.clock.now().getTime() / 1000);
-    const failed = event("evt_failed", "invoice.payment_failed", t - 100, { customer: account.stripeCustomerId });
-    const paid = event("evt_paid", "invoice.paid", t - 50, { customer: account.stripeCustomerId });
+    const invoice = { customer: account.stripeCustomerId, subscription: account.stripeSubscriptionId };
+    const failed = event("evt_failed", "invoice.payment_failed", t - 100, invoice);
+    const paid = event("evt_paid", "invoice.paid", t - 50, invoice);
     expect(await (await post(b, paid)).json()).toMatchObject({ result: "applied" });
     expect(await (await post(b, failed)).json()).toMatchObject({ result: "ignored" });
     expect(await (await post(b, paid)).json()).toMatchObject({ result: "duplicate" });
@@ -886,7 +918,7 @@ describe("Stripe webhooks", () => {
       .where(eq(billingAccounts.organizationId, b.organizationId));
     expect(after).toMatchObject({ status: "active", paymentFailedAt: null });
 
-    const failedLater = event("evt_failed_2", "invoice.payment_failed", t - 10, { customer: account.stripeCustomerId });
+    const failedLater = event("evt_failed_2", "invoice.payment_failed", t - 10, invoice);
     await Promise.all([post(b, failedLater), post(b, failedLater)]);
     const audits = (await b.gw.db.select().from(auditEvents)).filter((e) => e.action === "billing.status_changed");
     expect(audits).toHaveLength(1);
@@ -901,14 +933,15 @@ describe("Stripe webhooks", () => {
       const account = await withAccount(b);
       const t = Math.floor(b.clock.now().getTime() / 1000);
       const sub = { id: account.stripeSubscriptionId, object: "subscription", customer: account.stripeCustomerId };
+      const invoice = { customer: account.stripeCustomerId, subscription: account.stripeSubscriptionId };
       const first =
         newer === "invoice.payment_failed"
-          ? event(`evt_newer_${newer}`, newer, t - 10, { customer: account.stripeCustomerId })
+          ? event(`evt_newer_${newer}`, newer, t - 10, invoice)
           : event(`evt_newer_${newer}`, newer, t - 10, { ...sub, status: "past_due" });
       expect(await (await post(b, first)).json()).toMatchObject({ result: "applied" });
       const late =
         older[0] === "invoice.paid"
-          ? event(`evt_older_${newer}`, older[0], t - 100, { customer: account.stripeCustomerId })
+          ? event(`evt_older_${newer}`, older[0], t - 100, invoice)
           : event(`evt_older_${newer}`, older[0], t - 100, { ...sub, status: older[1] });
       await post(b, late);
       const [after] = await b.gw.db
@@ -954,11 +987,22 @@ describe("Stripe webhooks", () => {
     const t = Math.floor(b.clock.now().getTime() / 1000);
     const sub = { id: account.stripeSubscriptionId, object: "subscription", customer: account.stripeCustomerId };
     await post(b, event("evt_cancel", "customer.subscription.deleted", t - 30, { ...sub, status: "canceled" }));
-    await post(b, event("evt_paid_after", "invoice.paid", t - 20, { customer: account.stripeCustomerId }));
+    await post(
+      b,
+      event("evt_paid_after", "invoice.paid", t - 20, {
+        customer: account.stripeCustomerId,
+        subscription: account.stripeSubscriptionId,
+      }),
+    );
     const status = async () =>
       (await b.gw.db.select().from(billingAccounts).where(eq(billingAccounts.organizationId, b.organizationId)))[0];
     expect(await status()).toMatchObject({ status: "canceled" });
-    const renewed = { id: "sub_resubscribed", object: "subscription", customer: account.stripeCustomerId };
+    const renewed = {
+      id: "sub_resubscribed",
+      object: "subscription",
+      customer: account.stripeCustomerId,
+      items: gatewayItems(),
+    };
     await post(b, event("evt_resubscribed", "customer.subscription.updated", t - 10, { ...renewed, status: "active" }));
     expect(await status()).toMatchObject({ status: "active", stripeSubscriptionId: "sub_resubscribed" });
   });
@@ -973,7 +1017,8 @@ describe("Stripe webhooks", () => {
         body: JSON.stringify({ model: "llama-2-7b-chat", messages: [{ role: "user", content: "hi" }], max_tokens: 1 }),
       });
     const t = Math.floor(b.clock.now().getTime() / 1000);
-    await post(b, event("evt_f", "invoice.payment_failed", t, { customer: account.stripeCustomerId }));
+    const invoice = { customer: account.stripeCustomerId, subscription: account.stripeSubscriptionId };
+    await post(b, event("evt_f", "invoice.payment_failed", t, invoice));
     clearCallerCache();
     b.clock.advance(6 * 86_400_000);
     expect((await ask()).status).toBe(200);
@@ -992,14 +1037,319 @@ describe("Stripe webhooks", () => {
       ).status,
     ).not.toBe(402);
 
-    await post(
-      b,
-      event("evt_p", "invoice.paid", Math.floor(b.clock.now().getTime() / 1000), {
-        customer: account.stripeCustomerId,
-      }),
-    );
+    await post(b, event("evt_p", "invoice.paid", Math.floor(b.clock.now().getTime() / 1000), invoice));
     clearCallerCache();
     expect((await ask()).status).toBe(200);
+  });
+
+  it("security: an invoice of another subscription, or of none, neither clears nor causes a failure of the account's own", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const customer = account.stripeCustomerId;
+    const own = { id: "in_metered", customer, subscription: account.stripeSubscriptionId };
+    expect(await (await post(b, event("evt_own_failed", "invoice.payment_failed", t - 100, own))).json()).toMatchObject(
+      {
+        result: "applied",
+      },
+    );
+    // Paid later: a one-off invoice (a small manual charge), an add-on's, and an add-on's in the
+    // newer API versions' place (`parent.subscription_details`).
+    for (const [id, invoice] of [
+      ["evt_oneoff_paid", { id: "in_oneoff", customer }],
+      ["evt_addon_paid", { id: "in_addon", customer, subscription: "sub_addon" }],
+      [
+        "evt_addon_paid_parent",
+        { id: "in_addon_2", customer, parent: { subscription_details: { subscription: "sub_addon" } } },
+      ],
+    ] as const) {
+      const res = await post(b, event(id, "invoice.paid", t - 50, invoice));
+      expect(res.status, id).toBe(200);
+      expect(await res.json(), id).toMatchObject({ result: "ignored" });
+      // Recorded as seen all the same: a redelivery is a duplicate.
+      expect(await b.gw.db.select().from(stripeEvents).where(eq(stripeEvents.id, id)), id).toHaveLength(1);
+    }
+    expect(await accountOf(b)).toMatchObject({
+      status: "past_due",
+      paymentFailedAt: new Date((t - 100) * 1000).toISOString(),
+      invoiceEventCreated: t - 100,
+    });
+    b.clock.advance(8 * 86_400_000);
+    clearCallerCache();
+    expect((await ask(b)).status).toBe(402);
+
+    // The account's own invoice paid (in the newer place): active. A one-off failing after it says nothing.
+    const ownPaid = {
+      id: "in_metered",
+      customer,
+      parent: { subscription_details: { subscription: own.subscription } },
+    };
+    await post(b, event("evt_own_paid", "invoice.paid", t - 40, ownPaid));
+    expect(await accountOf(b)).toMatchObject({ status: "active", paymentFailedAt: null });
+    const oneOffFailed = event("evt_oneoff_failed", "invoice.payment_failed", t - 30, { id: "in_oneoff_2", customer });
+    expect(await (await post(b, oneOffFailed)).json()).toMatchObject({ result: "ignored" });
+    expect(await accountOf(b)).toMatchObject({ status: "active", paymentFailedAt: null });
+  });
+
+  it("security: another live subscription of the customer never replaces the account's own while it lives, nor lifts its failure", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const live = (id: string, items?: ReturnType<typeof gatewayItems>) => ({
+      id,
+      object: "subscription",
+      customer: account.stripeCustomerId,
+      status: "active",
+      ...(items ? { items } : {}),
+    });
+    // An add-on that is not the gateway's kind, and a second one that is (an operator's by hand).
+    const others = [live("sub_addon", gatewayItems(["price_support"])), live("sub_second", gatewayItems())];
+    for (const [i, sub] of others.entries()) {
+      const res = await post(b, event(`evt_other_${i}`, "customer.subscription.updated", t - 100 + i, sub));
+      expect(await res.json(), sub.id).toMatchObject({ result: "ignored" });
+    }
+    const failed = { id: "in_metered", customer: account.stripeCustomerId, subscription: account.stripeSubscriptionId };
+    await post(b, event("evt_metered_failed", "invoice.payment_failed", t - 50, failed));
+    const pastDue = { status: "past_due", stripeSubscriptionId: account.stripeSubscriptionId };
+    expect(await accountOf(b)).toMatchObject(pastDue);
+    // Newer events of both, live, or ending: the failure of the account's own stands.
+    for (const [i, sub] of others.entries()) {
+      await post(b, event(`evt_other_later_${i}`, "customer.subscription.updated", t - 40 + i, sub));
+      await post(
+        b,
+        event(`evt_other_end_${i}`, "customer.subscription.deleted", t - 30 + i, { ...sub, status: "canceled" }),
+      );
+    }
+    expect(await accountOf(b)).toMatchObject({ ...pastDue, paymentFailedAt: new Date((t - 50) * 1000).toISOString() });
+    b.clock.advance(8 * 86_400_000);
+    clearCallerCache();
+    expect((await ask(b)).status).toBe(402);
+  });
+
+  it("security: once the account's subscription ended, only a live one carrying the plan's prices takes its place", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000);
+    const customer = account.stripeCustomerId;
+    const own = { id: account.stripeSubscriptionId, object: "subscription", customer };
+    await post(b, event("evt_own_deleted", "customer.subscription.deleted", t - 100, { ...own, status: "canceled" }));
+    expect(await accountOf(b)).toMatchObject({ status: "canceled" });
+    const candidates = [
+      ["no prices", { id: "sub_addon", status: "active" }],
+      [
+        "one of the plan's two prices",
+        { id: "sub_half", status: "active", items: gatewayItems([PLAN.prices[0] as string]) },
+      ],
+      ["other prices", { id: "sub_other", status: "active", items: gatewayItems(["price_a", "price_b"]) }],
+      ["the plan's prices, not live yet", { id: "sub_new", status: "incomplete", items: gatewayItems() }],
+    ] as const;
+    for (const [i, [name, sub]] of candidates.entries()) {
+      const res = await post(
+        b,
+        event(`evt_candidate_${i}`, "customer.subscription.updated", t - 90 + i, { ...sub, customer }),
+      );
+      expect(await res.json(), name).toMatchObject({ result: "ignored" });
+      expect(await accountOf(b), name).toMatchObject({ status: "canceled", stripeSubscriptionId: own.id });
+    }
+    const adopted = { id: "sub_new", object: "subscription", customer, status: "active", items: gatewayItems() };
+    expect(
+      await (await post(b, event("evt_adopted", "customer.subscription.updated", t - 80, adopted))).json(),
+    ).toMatchObject({
+      result: "applied",
+    });
+    expect(await accountOf(b)).toMatchObject({
+      status: "active",
+      stripeSubscriptionId: "sub_new",
+      paymentFailedAt: null,
+    });
+    const [changed] = (
+      await b.gw.db.select().from(auditEvents).where(eq(auditEvents.action, "billing.status_changed"))
+    ).filter((e) => (e.data as { event?: string }).event === "evt_adopted");
+    expect(changed?.data).toMatchObject({
+      from: "canceled",
+      to: "active",
+      subscription: { from: own.id, to: "sub_new" },
+    });
+    // The ended one's invoices say nothing about the new one.
+    const oldInvoice = { id: "in_old", customer, subscription: own.id };
+    expect(
+      await (await post(b, event("evt_old_failed", "invoice.payment_failed", t - 70, oldInvoice))).json(),
+    ).toMatchObject({
+      result: "ignored",
+    });
+    expect(await accountOf(b)).toMatchObject({ status: "active", stripeSubscriptionId: "sub_new" });
+  });
+
+  it("security: a deletion is final: an update of the same second, or a later one, arriving after it revives nothing", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000) - 60;
+    const customer = account.stripeCustomerId;
+    const first = { id: account.stripeSubscriptionId, object: "subscription", customer, items: gatewayItems() };
+    await post(b, event("evt_del", "customer.subscription.deleted", t, { ...first, status: "canceled" }));
+    // Stripe's `created` is whole seconds: an update of the deletion's second arrives after it.
+    for (const [id, created] of [
+      ["evt_upd_same_second", t],
+      ["evt_upd_later", t + 5],
+    ] as const) {
+      const res = await post(b, event(id, "customer.subscription.updated", created, { ...first, status: "active" }));
+      expect(await res.json(), id).toMatchObject({ result: "ignored" });
+      expect(await accountOf(b), id).toMatchObject({ status: "canceled", stripeSubscriptionId: first.id });
+    }
+    // A new subscription takes its place and ends too: the first, ended before, does not come back.
+    const second = { id: "sub_second", object: "subscription", customer, items: gatewayItems() };
+    await post(b, event("evt_second", "customer.subscription.updated", t + 10, { ...second, status: "active" }));
+    expect(await accountOf(b)).toMatchObject({ status: "active", stripeSubscriptionId: "sub_second" });
+    await post(b, event("evt_second_del", "customer.subscription.deleted", t + 20, { ...second, status: "canceled" }));
+    for (const [id, sub] of [
+      ["evt_first_again", first],
+      ["evt_second_again", second],
+    ] as const) {
+      const res = await post(b, event(id, "customer.subscription.updated", t + 30, { ...sub, status: "active" }));
+      expect(await res.json(), id).toMatchObject({ result: "ignored" });
+    }
+    expect(await accountOf(b)).toMatchObject({ status: "canceled", stripeSubscriptionId: "sub_second" });
+  });
+
+  it("security: after a deletion, many copies of it and of an update of its second, delivered at once, leave the account canceled", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const t = Math.floor(b.clock.now().getTime() / 1000) - 30;
+    const sub = { id: account.stripeSubscriptionId, object: "subscription", customer: account.stripeCustomerId };
+    const deleted = event("evt_race_del", "customer.subscription.deleted", t, { ...sub, status: "canceled" });
+    const updated = event("evt_race_upd", "customer.subscription.updated", t, { ...sub, status: "active" });
+    expect(await (await post(b, deleted)).json()).toMatchObject({ result: "applied" });
+    const results = await Promise.all(Array.from({ length: 24 }, (_, i) => post(b, i % 2 === 0 ? updated : deleted)));
+    expect(results.map((r) => r.status).filter((s) => s !== 200)).toEqual([]);
+    const bodies = (await Promise.all(results.map((r) => r.json()))) as { result: string }[];
+    expect(bodies.filter((r) => r.result === "applied")).toEqual([]);
+    expect(await accountOf(b)).toMatchObject({ status: "canceled", subscriptionEventCreated: t });
+    const changes = (await b.gw.db.select().from(auditEvents)).filter(
+      (e) => e.action === "billing.status_changed" || e.action === "billing.account_updated",
+    );
+    expect(changes.map((e) => [e.action, (e.data as { event: string }).event])).toEqual([
+      ["billing.status_changed", "evt_race_del"],
+    ]);
+    expect(await b.gw.db.select().from(stripeEvents).where(eq(stripeEvents.id, "evt_race_upd"))).toHaveLength(1);
+  });
+
+  it("security: a replacement's adoption and its deletion arriving together never leave the account active on an ended subscription", async () => {
+    for (let round = 0; round < 3; round++) {
+      const b = await billedGateway();
+      const account = await withAccount(b);
+      const t = Math.floor(b.clock.now().getTime() / 1000) - 60;
+      const customer = account.stripeCustomerId;
+      const own = { id: account.stripeSubscriptionId, object: "subscription", customer };
+      await post(b, event(`evt_own_end_${round}`, "customer.subscription.deleted", t, { ...own, status: "canceled" }));
+      const next = { id: `sub_next_${round}`, object: "subscription", customer, items: gatewayItems() };
+      const adopted = event(`evt_next_live_${round}`, "customer.subscription.updated", t + 1, {
+        ...next,
+        status: "active",
+      });
+      const ended = event(`evt_next_end_${round}`, "customer.subscription.deleted", t + 1, {
+        ...next,
+        status: "canceled",
+      });
+      const results = await Promise.all(
+        Array.from({ length: 16 }, (_, i) => post(b, i % 2 === round % 2 ? adopted : ended)),
+      );
+      expect(results.map((r) => r.status).filter((s) => s !== 200)).toEqual([]);
+      expect(await accountOf(b), `round ${round}`).toMatchObject({ status: "canceled" });
+    }
+  });
+
+  it("security: refuses a signature timestamped ahead of the gateway's clock by more than the tolerance, as one behind it", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const now = Math.floor(b.clock.now().getTime() / 1000);
+    const failed = event("evt_ahead", "invoice.payment_failed", now, {
+      customer: account.stripeCustomerId,
+      subscription: account.stripeSubscriptionId,
+    });
+    for (const timestamp of [now + 301, now + 3600, now + 30 * 86_400, now - 301]) {
+      const res = await post(b, failed, { timestamp });
+      expect(res.status, `t = now ${timestamp - now}`).toBe(400);
+      expect(res.headers.get("content-type")).toContain("application/problem+json");
+      expect(await res.json()).toMatchObject({ code: "invalid_signature" });
+    }
+    expect(await accountOf(b)).toMatchObject({ status: "active" });
+    expect(await b.gw.db.select().from(stripeEvents).where(eq(stripeEvents.id, "evt_ahead"))).toEqual([]);
+    // At the tolerance either way (a signer's clock a little ahead), received.
+    expect((await post(b, failed, { timestamp: now + 300 })).status).toBe(200);
+    expect((await post(b, failed, { timestamp: now - 300 })).status).toBe(200);
+    expect(await accountOf(b)).toMatchObject({ status: "past_due" });
+  });
+
+  it("security: refuses a body over the limit as 413, declared or not, and a request without a signature before reading it", async () => {
+    const b = await billedGateway();
+    const account = await withAccount(b);
+    const expectProblem = async (res: Response, status: number, code: string, what: string) => {
+      expect(res.status, what).toBe(status);
+      expect(res.headers.get("content-type"), what).toContain("application/problem+json");
+      expect(await res.json(), what).toMatchObject({ code });
+    };
+    // A declared length over the limit, signed or not: refused before anything is read.
+    for (const signature of [undefined, "t=1,v1=00"]) {
+      const res = await b.gw.request("/webhooks/stripe", {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "content-length": String(MAX_WEBHOOK_BODY_BYTES + 1),
+          ...(signature ? { "stripe-signature": signature } : {}),
+        },
+        body: "{}",
+      });
+      await expectProblem(res, 413, "payload_too_large", `declared, signature ${signature}`);
+    }
+    // No length declared (chunked): counted as it is read and cut at the limit, not read to its end.
+    let pulled = 0;
+    const chunk = new TextEncoder().encode(" ".repeat(16 * 1024));
+    const chunked = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        pulled += 1;
+        if (pulled > 1000) controller.close();
+        else controller.enqueue(chunk);
+      },
+    });
+    const now = Math.floor(b.clock.now().getTime() / 1000);
+    const res = await b.gw.request("/webhooks/stripe", {
+      method: "POST",
+      headers: { "content-type": "application/json", "stripe-signature": `t=${now},v1=${"0".repeat(64)}` },
+      body: chunked,
+      duplex: "half",
+    } as RequestInit);
+    await expectProblem(res, 413, "payload_too_large", "chunked");
+    expect(pulled).toBeLessThan(MAX_WEBHOOK_BODY_BYTES / chunk.byteLength + 5);
+    // No signature: refused without a byte of the body read.
+    let read = false;
+    const untouched = new ReadableStream<Uint8Array>(
+      {
+        pull(controller) {
+          read = true;
+          controller.enqueue(new TextEncoder().encode("{}"));
+          controller.close();
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    const unsigned = await b.gw.request("/webhooks/stripe", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: untouched,
+      duplex: "half",
+    } as RequestInit);
+    await expectProblem(unsigned, 400, "invalid_signature", "no signature");
+    expect(read, "the unsigned body was read").toBe(false);
+    // A signed event of exactly the limit is received; a byte more is not.
+    const failed = event("evt_padded", "invoice.payment_failed", now, {
+      customer: account.stripeCustomerId,
+      subscription: account.stripeSubscriptionId,
+    });
+    const json = JSON.stringify(failed);
+    const atLimit = json + " ".repeat(MAX_WEBHOOK_BODY_BYTES - json.length);
+    await expectProblem(await post(b, failed, { payload: `${atLimit} ` }), 413, "payload_too_large", "a byte over");
+    expect(await (await post(b, failed, { payload: atLimit })).json()).toMatchObject({ result: "applied" });
+    expect(await accountOf(b)).toMatchObject({ status: "past_due" });
   });
 
   it("is off without a Stripe key: usage is still metered, nothing is queued or sent", async () => {
@@ -1070,13 +1420,13 @@ describe("security: billing writes are audited", () => {
       .where(eq(billingAccounts.organizationId, b.organizationId));
     const created = Math.floor(b.clock.now().getTime() / 1000) - 5;
     const payload = JSON.stringify({
-      id: "evt_sub_moved",
+      id: "evt_sub_renewed",
       object: "event",
       type: "customer.subscription.updated",
       created,
       api_version: "2025-01-01",
       livemode: false,
-      data: { object: { id: "sub_replacement", status: "active", customer: account?.stripeCustomerId } },
+      data: { object: { id: account?.stripeSubscriptionId, status: "active", customer: account?.stripeCustomerId } },
     });
     const signature = await new Stripe("sk_test_unused").webhooks.generateTestHeaderStringAsync({
       payload,
@@ -1093,13 +1443,239 @@ describe("security: billing writes are audited", () => {
     const [updated] = await b.gw.db.select().from(auditEvents).where(eq(auditEvents.action, "billing.account_updated"));
     expect(updated).toMatchObject({ actor: "stripe", subjectType: "organization", subjectId: b.organizationId });
     expect(updated?.data).toEqual({
-      event: "evt_sub_moved",
+      event: "evt_sub_renewed",
       type: "customer.subscription.updated",
-      changes: {
-        stripeSubscriptionId: { from: account?.stripeSubscriptionId, to: "sub_replacement" },
-        subscriptionEventCreated: { from: 0, to: created },
-      },
+      changes: { subscriptionEventCreated: { from: 0, to: created } },
     });
     expect((await b.gw.db.select().from(auditEvents)).filter((e) => e.action === "billing.status_changed")).toEqual([]);
+  });
+});
+
+/** A usage-queue batch of any bodies, as a queue holding messages of another shape would deliver them. */
+function rawBatch(queue: string, bodies: unknown[], attempts = 1) {
+  return createMessageBatch<UsageMessage>(
+    queue,
+    bodies.map((body, i) => ({ id: `raw-${i}`, timestamp: new Date(), attempts, body: body as UsageMessage })),
+  );
+}
+
+describe("security: malformed usage-queue messages", () => {
+  it("are acknowledged and logged, and the rest of their batch is billed; the dead-letter consumer likewise", async () => {
+    const b = await billedGateway();
+    const rows = await ledgerRows(b, 4);
+    const [one, two, three, four] = rows.map((r) => r.id) as [string, string, string, string];
+    const malformed: unknown[] = [
+      null,
+      {},
+      "x",
+      42,
+      [],
+      [{ ledgerId: four }],
+      { ledgerId: "" },
+      { ledgerId: 5 },
+      { ledgerId: "x".repeat(300) },
+      { intervalId: "x", ledgerId: four },
+      Object.create({ ledgerId: four }),
+    ];
+    const batch = rawBatch("modelgate-usage", [{ ledgerId: one }, ...malformed, { ledgerId: two }]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, b.gw.env, ctx);
+    await waitOnExecutionContext(ctx);
+    const result = await getQueueResult(batch, ctx);
+    expect(result.retryMessages).toEqual([]);
+    expect([...result.explicitAcks].sort()).toEqual(batch.messages.map((m) => m.id).sort());
+    const states = async () =>
+      Object.fromEntries(
+        (await b.gw.db.select().from(usageLedger).where(eq(usageLedger.organizationId, b.organizationId))).map((r) => [
+          r.id,
+          r.billingState,
+        ]),
+      );
+    expect(await states()).toEqual({ [one]: "sent", [two]: "sent", [three]: "pending", [four]: "pending" });
+    const billed = (await b.standin("/_standin/state")).meterEvents.map((e) => e.identifier.split(".")[0]);
+    expect([...new Set(billed)].sort()).toEqual([one, two].sort());
+
+    const dlq = rawBatch("modelgate-usage-dlq", [...malformed, { ledgerId: three }]);
+    const dlqCtx = createExecutionContext();
+    await worker.queue(dlq, b.gw.env, dlqCtx);
+    await waitOnExecutionContext(dlqCtx);
+    const dead = await getQueueResult(dlq, dlqCtx);
+    expect(dead.retryMessages).toEqual([]);
+    expect([...dead.explicitAcks].sort()).toEqual(dlq.messages.map((m) => m.id).sort());
+    expect(await states()).toEqual({ [one]: "sent", [two]: "sent", [three]: "dead", [four]: "pending" });
+  });
+});
+
+describe("meter events accepted part by part", () => {
+  /** A Stripe client that refuses the completion meter's events (as when that meter is missing) and passes the rest on. */
+  function refusingCompletions(b: Billed): Stripe {
+    const services = b.gw.services();
+    const real = stripeClient(services.config.billing) as Stripe;
+    return {
+      billing: {
+        meterEvents: {
+          create: (params: Stripe.Billing.MeterEventCreateParams, options?: Stripe.RequestOptions) =>
+            params.event_name === services.config.billing.meters.completion
+              ? Promise.reject(
+                  new Stripe.errors.StripeInvalidRequestError({
+                    message: "No active meter found for event_name",
+                    type: "invalid_request_error",
+                  }),
+                )
+              : real.billing.meterEvents.create(params, options),
+        },
+      },
+    } as unknown as Stripe;
+  }
+
+  /** Requests to Stripe's meter-event endpoint under an identifier's idempotency key, and the events it accepted. */
+  async function sendsOf(b: Billed, identifier: string) {
+    const state = await b.standin("/_standin/state");
+    return {
+      requests: state.requests.filter(
+        (r) => r.path === "/v1/billing/meter_events" && r.idempotencyKey === `modelgate-meter-${identifier}`,
+      ).length,
+      accepted: state.meterEvents.filter((e) => e.identifier === identifier).length,
+    };
+  }
+
+  /** Two days on, for the gateway and Stripe: past Stripe's ~24 h memory of identifiers and idempotency keys. */
+  async function twoDaysLater(b: Billed) {
+    b.clock.advance(2 * 86_400_000);
+    await b.standin("/_standin/clock", { now: Math.floor(b.clock.now().getTime() / 1000) });
+  }
+
+  /** Resends dead letters as an admin does, through the API. */
+  async function resend(b: Billed, ids: string[]) {
+    const admin = await adminToken({ role: "admin", email: "ada@example.com", issuedAt: b.clock.now() });
+    const res = await b.gw.request("/admin/api/billing/outbox/resend", {
+      method: "POST",
+      headers: accessHeaders(admin),
+      body: JSON.stringify({ ids }),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { ids: string[] }).ids).toEqual(ids);
+  }
+
+  /**
+   * A ledger row with both parts whose prompt Stripe accepted and whose completion it refused
+   * until the queue gave up: dead, with its prompt recorded.
+   */
+  async function deadRowWithPromptAccepted(b: Billed) {
+    const services = b.gw.services();
+    await ensureBillingAccount(services, stripeClient(services.config.billing) as Stripe, b.organizationId);
+    const row = (await ledgerRows(b, 2))[1] as Awaited<ReturnType<typeof ledgerRows>>[number];
+    expect(row.completionTokens).toBeGreaterThan(0);
+    for (let i = 0; i < 3; i++)
+      expect((await billLedgerRows(services, refusingCompletions(b), [row.id])).get(row.id)).toBe("retry");
+    const [stored] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.id, row.id));
+    expect(stored).toMatchObject({ billingState: "pending", billingAttempts: 3 });
+    await consumeDeadLetters(rawBatch("modelgate-usage-dlq", [{ ledgerId: row.id }]), services);
+    return { row, recorded: stored?.billingAcceptedParts, promptSends: await sendsOf(b, `${row.id}.prompt`) };
+  }
+
+  it("a resend days later, past Stripe's memory of identifiers, sends only the parts Stripe has not accepted", async () => {
+    const b = await billedGateway();
+    const { row } = await deadRowWithPromptAccepted(b);
+    await twoDaysLater(b);
+    await resend(b, [row.id]);
+    expect((await consume(b, [row.id])).retried).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    // Billed once: the row's tokens, not its prompt twice (the row beside it was never sent).
+    expect(state.totals[state.customers[0]?.id as string]).toEqual({
+      modelgate_prompt_tokens: row.promptTokens,
+      modelgate_completion_tokens: row.completionTokens,
+    });
+    expect(await sendsOf(b, `${row.id}.prompt`)).toEqual({ requests: 1, accepted: 1 });
+    expect(await sendsOf(b, `${row.id}.completion`)).toMatchObject({ accepted: 1 });
+    const [stored] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.id, row.id));
+    expect(stored?.billingState).toBe("sent");
+    expect([...(stored?.billingAcceptedParts ?? [])].sort()).toEqual(["completion", "prompt"]);
+  });
+
+  it("a resend racing the queue's retries sends each part Stripe accepted once, and records each part once", async () => {
+    const b = await billedGateway();
+    const { row, recorded, promptSends } = await deadRowWithPromptAccepted(b);
+    // Accepted once and recorded as it was accepted; the queue's later attempts did not send it again.
+    expect(recorded).toEqual(["prompt"]);
+    expect(promptSends).toEqual({ requests: 1, accepted: 1 });
+    await twoDaysLater(b);
+    await resend(b, [row.id]);
+    // The resend's message and stale redeliveries of the row, consumed at the same moment.
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => consume(b, [row.id], i + 1)));
+    expect(results.flatMap((r) => r.retried)).toEqual([]);
+    expect(await sendsOf(b, `${row.id}.prompt`)).toEqual({ requests: 1, accepted: 1 });
+    expect(await sendsOf(b, `${row.id}.completion`)).toMatchObject({ accepted: 1 });
+    const [stored] = await b.gw.db.select().from(usageLedger).where(eq(usageLedger.id, row.id));
+    expect(stored).toMatchObject({ billingState: "sent" });
+    expect([...(stored?.billingAcceptedParts ?? [])].sort()).toEqual(["completion", "prompt"]);
+
+    // A fresh row billed by several consumers at once: each part recorded once.
+    const [fresh] = await ledgerRows(b, 2).then((rows) => rows.slice(1));
+    await Promise.all(Array.from({ length: 6 }, () => consume(b, [fresh?.id as string])));
+    const [billed] = await b.gw.db
+      .select()
+      .from(usageLedger)
+      .where(eq(usageLedger.id, fresh?.id as string));
+    expect(billed?.billingState).toBe("sent");
+    expect([...(billed?.billingAcceptedParts ?? [])].sort()).toEqual(["completion", "prompt"]);
+    expect((await sendsOf(b, `${fresh?.id}.prompt`)).accepted).toBe(1);
+  });
+
+  it("an interval likewise: the part Stripe accepted is recorded and not sent again when the interval is resent days later", async () => {
+    const b = await billedGateway({ clock: hourOver() });
+    await chat(b, "one two", 3);
+    await flushUsage();
+    const [interval] = await intervalsOf(b);
+    const id = interval?.id as string;
+    const services = b.gw.services();
+    await ensureBillingAccount(services, stripeClient(services.config.billing) as Stripe, b.organizationId);
+    expect((await billIntervals(services, refusingCompletions(b), [id])).get(id)).toBe("retry");
+    const [refused] = await intervalsOf(b);
+    expect(refused).toMatchObject({ state: "pending", attempts: 1 });
+    await consumeDeadLetters(rawBatch("modelgate-usage-dlq", [{ intervalId: id }]), services);
+    expect((await intervalsOf(b))[0]?.state).toBe("dead");
+
+    await twoDaysLater(b);
+    await resend(b, [id]);
+    expect((await consume(b, [{ intervalId: id }])).retried).toEqual([]);
+    const state = await b.standin("/_standin/state");
+    expect(state.totals[state.customers[0]?.id as string]).toEqual({
+      modelgate_prompt_tokens: interval?.promptTokens,
+      modelgate_completion_tokens: interval?.completionTokens,
+    });
+    expect(await sendsOf(b, `${id}:prompt`)).toEqual({ requests: 1, accepted: 1 });
+    expect(await sendsOf(b, `${id}:completion`)).toMatchObject({ accepted: 1 });
+    expect(refused?.acceptedParts).toEqual(["prompt"]);
+    const [sent] = await intervalsOf(b);
+    expect(sent?.state).toBe("sent");
+    expect([...(sent?.acceptedParts ?? [])].sort()).toEqual(["completion", "prompt"]);
+  });
+
+  it("the Stripe stand-in forgets identifiers and idempotency keys after 24 hours of its clock, as Stripe may", async () => {
+    const b = await billedGateway();
+    const services = b.gw.services();
+    const stripe = stripeClient(services.config.billing) as Stripe;
+    const account = await ensureBillingAccount(services, stripe, b.organizationId);
+    const at = Math.floor(b.clock.now().getTime() / 1000);
+    const params = {
+      event_name: "modelgate_prompt_tokens",
+      identifier: "use_window.prompt",
+      timestamp: at,
+      payload: { stripe_customer_id: account?.stripeCustomerId as string, value: "5" },
+    };
+    const clock = (hours: number) => b.standin("/_standin/clock", { now: at + hours * 3600 });
+    await stripe.billing.meterEvents.create(params, { idempotencyKey: "window" });
+    await clock(23);
+    // Within the window: the key replays the first answer; the identifier refuses a new request.
+    await stripe.billing.meterEvents.create(params, { idempotencyKey: "window" });
+    await expect(stripe.billing.meterEvents.create(params)).rejects.toMatchObject({ code: "resource_already_exists" });
+    expect((await b.standin("/_standin/state")).meterEvents).toHaveLength(1);
+    await clock(25);
+    // After it: the same event is a new one, billed again.
+    await stripe.billing.meterEvents.create(params, { idempotencyKey: "window" });
+    const state = await b.standin("/_standin/state");
+    expect(state.meterEvents).toHaveLength(2);
+    expect(state.totals[account?.stripeCustomerId as string]).toEqual({ modelgate_prompt_tokens: 10 });
   });
 });

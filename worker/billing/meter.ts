@@ -1,7 +1,8 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
+import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 import type Stripe from "stripe";
 import { chunked, D1_IDS_PER_STATEMENT } from "../db/limits";
-import { type BillingInterval, billingIntervals, type UsageRow, usageLedger } from "../db/schema";
+import { type BillingInterval, billingIntervals, type MeterPart, type UsageRow, usageLedger } from "../db/schema";
 import type { Services } from "../services";
 import { hourStart } from "../usage/hours";
 import { ensureBillingAccount } from "./accounts";
@@ -14,14 +15,27 @@ export const MAX_EVENT_AGE_MS = 35 * 86_400_000 - 3_600_000;
 /** What became of one ledger row or billing interval in a billing attempt. */
 export type BillingOutcome = "sent" | "skipped" | "expired" | "retry" | "not_pending";
 
+/** One meter event of a billable: its part (the kind of token it counts), meter, identifier and count. */
+export interface MeterEvent {
+  part: MeterPart;
+  eventName: string;
+  identifier: string;
+  value: number;
+}
+
 /** A ledger row's meter events: one per meter, each with an identifier derived from the row id. */
 export function meterEventsOf(
   row: Pick<UsageRow, "id" | "promptTokens" | "completionTokens">,
   meters: { prompt: string; completion: string },
-) {
+): MeterEvent[] {
   return [
-    { eventName: meters.prompt, identifier: `${row.id}.prompt`, value: row.promptTokens },
-    { eventName: meters.completion, identifier: `${row.id}.completion`, value: row.completionTokens },
+    { part: "prompt" as const, eventName: meters.prompt, identifier: `${row.id}.prompt`, value: row.promptTokens },
+    {
+      part: "completion" as const,
+      eventName: meters.completion,
+      identifier: `${row.id}.completion`,
+      value: row.completionTokens,
+    },
   ].filter((e) => e.value > 0);
 }
 
@@ -34,13 +48,17 @@ interface Billable {
   organizationId: string;
   /** The events' timestamp (epoch ms): the request's start, or the interval's hour. */
   at: number;
-  events: { eventName: string; identifier: string; value: number }[];
+  events: MeterEvent[];
+  /** The parts Stripe accepted already, in an earlier attempt: never sent again. */
+  accepted: readonly MeterPart[];
 }
 
-/** How a kind of billable records what became of it: only a pending one changes. */
+/** How a kind of billable records what became of it: only a pending one changes state. */
 interface BillableStore {
   mark(id: string, state: "sent" | "skipped" | "expired", error: string | null): Promise<unknown>;
   failed(id: string, message: string): Promise<unknown>;
+  /** Records that Stripe accepted one part's event (once, however often it is recorded). */
+  accepted(id: string, part: MeterPart): Promise<unknown>;
 }
 
 type MeterServices = Pick<Services, "db" | "clock" | "ids" | "config" | "log"> & Partial<Pick<Services, "auditAnchor">>;
@@ -52,7 +70,10 @@ type MeterServices = Pick<Services, "db" | "clock" | "ids" | "config" | "log"> &
  * timeout rather than one per item. Each event's `identifier` and idempotency key derive from the
  * item's id, so an item sent twice (a duplicate queue delivery, a retry after a timeout whose
  * request did land) is billed once; an item is marked sent only after Stripe accepted all its
- * events. Items Stripe would refuse as too old are flagged `expired`, never dropped.
+ * events. Stripe keeps identifiers for about 24 hours only, so each event's acceptance is also
+ * recorded on the item as it comes, and a part recorded is never sent again: a retry, or a resend
+ * of a dead letter days later, sends only what Stripe has not accepted. Items Stripe would refuse
+ * as too old are flagged `expired`, never dropped.
  */
 async function billAll(
   services: MeterServices,
@@ -96,13 +117,16 @@ async function billOne(
   };
   const events = item.events.filter((e) => e.value > 0);
   if (events.length === 0) return mark("skipped");
+  const unsent = events.filter((e) => !item.accepted.includes(e.part));
+  // Stripe accepted every part in an earlier attempt, which ended before it marked the item.
+  if (unsent.length === 0) return mark("sent");
   if (services.clock.now().getTime() - item.at > MAX_EVENT_AGE_MS)
     return mark("expired", "older than Stripe accepts (35 days)");
   try {
     const customer = await customerOf(item.organizationId);
     if (!customer) return mark("skipped", "organization not found");
     let expired = false;
-    for (const event of events) {
+    for (const event of unsent) {
       try {
         await guarded(() =>
           stripe.billing.meterEvents.create(
@@ -116,13 +140,14 @@ async function billOne(
           ),
         );
       } catch (error) {
-        if (isAlreadyRecorded(error)) continue;
         if (isTooOld(error)) {
           expired = true;
           break;
         }
-        throw error;
+        // Already recorded: accepted by an earlier attempt whose answer was lost.
+        if (!isAlreadyRecorded(error)) throw error;
       }
+      await store.accepted(item.id, event.part);
     }
     return expired ? mark("expired", "Stripe refused the timestamp as too old") : mark("sent");
   } catch (error) {
@@ -159,6 +184,7 @@ export async function billLedgerRows(
       organizationId: row.organizationId,
       at: Date.parse(row.startedAt),
       events: meterEventsOf(row, meters),
+      accepted: row.billingAcceptedParts,
     }));
   const store: BillableStore = {
     mark: (id, state, error) =>
@@ -175,6 +201,11 @@ export async function billLedgerRows(
         .update(usageLedger)
         .set({ billingAttempts: sql`${usageLedger.billingAttempts} + 1`, billingError: message })
         .where(eq(usageLedger.id, id)),
+    accepted: (id, part) =>
+      services.db
+        .update(usageLedger)
+        .set({ billingAcceptedParts: withPart(usageLedger.billingAcceptedParts, part) })
+        .where(and(eq(usageLedger.id, id), lacksPart(usageLedger.billingAcceptedParts, part))),
   };
   await billAll(services, stripe, items, store, breaker, outcomes);
   return outcomes;
@@ -184,10 +215,20 @@ export async function billLedgerRows(
 export function intervalEventsOf(
   interval: Pick<BillingInterval, "id" | "promptTokens" | "completionTokens">,
   meters: { prompt: string; completion: string },
-) {
+): MeterEvent[] {
   return [
-    { eventName: meters.prompt, identifier: `${interval.id}:prompt`, value: interval.promptTokens },
-    { eventName: meters.completion, identifier: `${interval.id}:completion`, value: interval.completionTokens },
+    {
+      part: "prompt" as const,
+      eventName: meters.prompt,
+      identifier: `${interval.id}:prompt`,
+      value: interval.promptTokens,
+    },
+    {
+      part: "completion" as const,
+      eventName: meters.completion,
+      identifier: `${interval.id}:completion`,
+      value: interval.completionTokens,
+    },
   ].filter((e) => e.value > 0);
 }
 
@@ -215,6 +256,7 @@ export async function billIntervals(
       organizationId: i.organizationId,
       at: hourStart(i.hour),
       events: intervalEventsOf(i, meters),
+      accepted: i.acceptedParts,
     }));
   const store: BillableStore = {
     mark: (id, state, error) =>
@@ -227,10 +269,25 @@ export async function billIntervals(
         .update(billingIntervals)
         .set({ attempts: sql`${billingIntervals.attempts} + 1`, error: message })
         .where(eq(billingIntervals.id, id)),
+    accepted: (id, part) =>
+      services.db
+        .update(billingIntervals)
+        .set({ acceptedParts: withPart(billingIntervals.acceptedParts, part) })
+        .where(and(eq(billingIntervals.id, id), lacksPart(billingIntervals.acceptedParts, part))),
   };
   await billAll(services, stripe, items, store, breaker, outcomes);
   return outcomes;
 }
+
+/**
+ * A JSON list of parts with `part` appended, in SQL: written as one statement, so two consumers
+ * recording parts of one item at the same moment each add theirs rather than overwrite the list.
+ */
+const withPart = (column: SQLiteColumn, part: MeterPart) => sql`json_insert(${column}, '$[#]', ${part})`;
+
+/** Whether a JSON list of parts lacks `part`: an acceptance is recorded once. */
+const lacksPart = (column: SQLiteColumn, part: MeterPart) =>
+  sql`not exists (select 1 from json_each(${column}) where value = ${part})`;
 
 /** Runs `work` over `items`, at most `limit` at a time. */
 async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {

@@ -164,8 +164,10 @@ export interface Resent {
  * attempts and error cleared, with an audit event per kind naming who did it, then a queue
  * message for each. `ids` may name either kind; without it, every dead one, intervals first and
  * oldest first, up to `MAX_RESEND`. Only `dead` ones move (an `expired` one is past what Stripe
- * accepts; a `sent` one is done). If the queue send fails they are pending all the same, and the
- * reconciler queues them within minutes.
+ * accepts; a `sent` one is done). Their record of the parts Stripe accepted stays: a resend days
+ * after the first attempt, past Stripe's ~24 h memory of identifiers, sends only the parts Stripe
+ * has not accepted. If the queue send fails they are pending all the same, and the reconciler
+ * queues them within minutes.
  */
 export async function resendDeadLetters(
   services: Pick<Services, "db" | "clock" | "ids" | "log">,

@@ -11,9 +11,46 @@ import { stripeBreaker, stripeClient } from "./stripe";
  */
 export type UsageMessage = { intervalId: string; ledgerId?: undefined } | { ledgerId: string; intervalId?: undefined };
 
-/** The id a message bills, whichever kind it is. */
-function billedId(message: UsageMessage): string {
-  return message.intervalId ?? message.ledgerId;
+/** The longest id a message may name: ids are a prefix and a UUID, or an organization, hour and part. */
+const MAX_BILLED_ID_LENGTH = 256;
+
+const isBilledId = (id: unknown): id is string =>
+  typeof id === "string" && id.length > 0 && id.length <= MAX_BILLED_ID_LENGTH;
+
+/**
+ * A message's body as a `UsageMessage`, or undefined when it is not one: exactly one of
+ * `intervalId` and `ledgerId`, a non-empty string. Only the gateway sends to the queue, but a body
+ * of another shape (another version's, a message sent by hand from the dashboard) must not throw
+ * in the middle of a batch, which would have every good message of it retried, then dead-lettered.
+ */
+export function usageMessageOf(body: unknown): UsageMessage | undefined {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return undefined;
+  const intervalId = Object.hasOwn(body, "intervalId") ? (body as { intervalId: unknown }).intervalId : undefined;
+  const ledgerId = Object.hasOwn(body, "ledgerId") ? (body as { ledgerId: unknown }).ledgerId : undefined;
+  if (isBilledId(intervalId) && ledgerId === undefined) return { intervalId };
+  if (isBilledId(ledgerId) && intervalId === undefined) return { ledgerId };
+  return undefined;
+}
+
+/**
+ * The batch's messages that are usage messages, each with its id; the others are acknowledged
+ * (retrying cannot mend a body) and logged, so an operator sees them.
+ */
+function wellFormed(batch: MessageBatch<UsageMessage>, services: Pick<Services, "log">) {
+  const messages: { message: Message<UsageMessage>; id: string; body: UsageMessage }[] = [];
+  for (const message of batch.messages) {
+    const body = usageMessageOf(message.body as unknown);
+    if (body) messages.push({ message, id: body.intervalId ?? body.ledgerId, body });
+    else {
+      message.ack();
+      services.log.error("malformed usage message dropped", {
+        queue: batch.queue,
+        messageId: message.id,
+        body: String(JSON.stringify(message.body ?? null)).slice(0, 200),
+      });
+    }
+  }
+  return messages;
 }
 
 export const USAGE_QUEUE_NAME = "modelgate-usage";
@@ -60,8 +97,9 @@ export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, servi
     batch.ackAll();
     return;
   }
-  const intervals = [...new Set(batch.messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
-  const rows = [...new Set(batch.messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
+  const messages = wellFormed(batch, services);
+  const intervals = [...new Set(messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
+  const rows = [...new Set(messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
   const breaker = stripeBreaker(services.config.billing);
   const outcomes = new Map<string, BillingOutcome>();
   if (intervals.length)
@@ -71,17 +109,21 @@ export async function consumeUsageBatch(batch: MessageBatch<UsageMessage>, servi
   const reopensAt = breaker.reopensAt;
   const coolOffSeconds =
     reopensAt === undefined ? 0 : Math.ceil(Math.max(0, reopensAt - services.clock.now().getTime()) / 1000);
-  for (const message of batch.messages) {
-    if (outcomes.get(billedId(message.body)) === "retry")
+  for (const { message, id } of messages) {
+    if (outcomes.get(id) === "retry")
       message.retry({ delaySeconds: Math.max(coolOffSeconds, retryDelaySeconds(message.attempts)) });
     else message.ack();
   }
 }
 
-/** Consumes the dead-letter queue: intervals and rows are marked `dead` for operators, never dropped. */
+/**
+ * Consumes the dead-letter queue: intervals and rows are marked `dead` for operators, never
+ * dropped. A malformed message is acknowledged and logged, as on the usage queue.
+ */
 export async function consumeDeadLetters(batch: MessageBatch<UsageMessage>, services: Services): Promise<void> {
-  const intervals = [...new Set(batch.messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
-  const rows = [...new Set(batch.messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
+  const messages = wellFormed(batch, services);
+  const intervals = [...new Set(messages.flatMap((m) => (m.body.intervalId ? [m.body.intervalId] : [])))];
+  const rows = [...new Set(messages.flatMap((m) => (m.body.ledgerId ? [m.body.ledgerId] : [])))];
   for (const chunk of chunked(intervals, D1_IDS_PER_STATEMENT)) {
     await services.db
       .update(billingIntervals)
@@ -95,7 +137,7 @@ export async function consumeDeadLetters(batch: MessageBatch<UsageMessage>, serv
       .where(and(inArray(usageLedger.id, chunk), eq(usageLedger.billingState, "pending")));
   }
   services.log.error("usage dead-lettered", { intervals: intervals.length, rows: rows.length });
-  batch.ackAll();
+  for (const { message } of messages) message.ack();
 }
 
 /** Puts billing intervals on the usage queue, as `queueLedgerRows` does rows. */

@@ -28,7 +28,7 @@ import {
   resendDeadLetters,
   retryingBillables,
 } from "./outbox";
-import { handleBillingEvent, verifyWebhook } from "./webhooks";
+import { handleBillingEvent, MAX_WEBHOOK_BODY_BYTES, readWebhook } from "./webhooks";
 
 const BillingSchema = z
   .object({
@@ -238,14 +238,13 @@ const webhookRoute = createRoute({
   path: "/webhooks/stripe",
   tags: ["Billing"],
   summary: "Stripe webhook endpoint",
-  description:
-    "Verified with the raw body and the `Stripe-Signature` header against every configured signing secret. Events are applied once, in any order: `customer.subscription.updated`/`deleted`, `invoice.payment_failed`, `invoice.paid`.",
+  description: `Verified with the raw body and the \`Stripe-Signature\` header against every configured signing secret; a signature timestamped more than 5 minutes from now, either way, is refused. A request without the header is refused before its body is read, and a body over ${MAX_WEBHOOK_BODY_BYTES} bytes is \`413\`. Events are applied once, in any order: \`customer.subscription.updated\`/\`deleted\`, \`invoice.payment_failed\`, \`invoice.paid\`. Only the account's own subscription counts: an invoice of another subscription or of none changes nothing, another subscription replaces it only once it has ended and only if it carries the plan's prices, and an ended subscription never comes back.`,
   responses: {
     200: {
       description: "Received",
       content: { "application/json": { schema: z.object({ received: z.boolean(), result: z.string() }) } },
     },
-    ...problemResponses(400, 503),
+    ...problemResponses(400, 413, 503),
   },
 });
 
@@ -324,7 +323,7 @@ const resendRoute = adminRoute("admin", {
   path: "/admin/api/billing/outbox/resend",
   summary: "Send dead-lettered billing intervals and usage rows to Stripe again",
   description:
-    "Needs the admin role. Intervals and rows the usage queue gave up on go back to `pending` and onto the queue; Stripe's identifier on each meter event keeps them from being billed twice. Audited, one event per kind.",
+    "Needs the admin role. Intervals and rows the usage queue gave up on go back to `pending` and onto the queue. Each part (prompt, completion) Stripe accepted in an earlier attempt is recorded and not sent again, however long ago that was (Stripe remembers a meter event's identifier for about 24 hours only). Audited, one event per kind.",
   request: {
     body: { content: { "application/json": { schema: { $ref: "#/components/schemas/ResendDeadLetters" } } } },
   },
@@ -373,7 +372,7 @@ billingRoutes
   })
   .openapi(webhookRoute, async (c) => {
     const services = c.get("services");
-    const event = await verifyWebhook(services, await c.req.text(), c.req.header("stripe-signature"));
+    const event = await readWebhook(services, c.req.raw);
     const result = await handleBillingEvent(services, event);
     services.log.info("stripe webhook", { event: event.id, type: event.type, result });
     return c.json({ received: true, result }, 200);

@@ -721,6 +721,15 @@ export const usageLedger = sqliteTable(
     billingAttempts: integer("billing_attempts").notNull().default(0),
     billingError: text("billing_error"),
     /**
+     * The parts whose meter event Stripe accepted, each recorded as Stripe accepts it: a part
+     * recorded here is never sent again (a retry, a resend days later), since Stripe rejects a
+     * repeated `identifier` for about 24 hours only.
+     */
+    billingAcceptedParts: text("billing_accepted_parts", { mode: "json" })
+      .$type<MeterPart[]>()
+      .notNull()
+      .default(sql`'[]'`),
+    /**
      * When the row was carried into `usage_hours` (source `ledger`); null until then. Rows are
      * only written here by gateways from before the hourly aggregates; they are carried once.
      */
@@ -797,6 +806,8 @@ export const billingIntervals = sqliteTable(
       .default("pending"),
     attempts: integer("attempts").notNull().default(0),
     error: text("error"),
+    /** As a ledger row's `billing_accepted_parts`. */
+    acceptedParts: text("accepted_parts", { mode: "json" }).$type<MeterPart[]>().notNull().default(sql`'[]'`),
     createdAt: text("created_at").notNull(),
     billedAt: text("billed_at"),
   },
@@ -862,12 +873,22 @@ export const billingAccounts = sqliteTable("billing_accounts", {
 });
 
 /** Stripe webhook events already applied, so a redelivery changes nothing. */
-export const stripeEvents = sqliteTable("stripe_events", {
-  id: text("id").primaryKey(),
-  type: text("type").notNull(),
-  created: integer("created").notNull(),
-  receivedAt: text("received_at").notNull(),
-});
+export const stripeEvents = sqliteTable(
+  "stripe_events",
+  {
+    id: text("id").primaryKey(),
+    type: text("type").notNull(),
+    created: integer("created").notNull(),
+    receivedAt: text("received_at").notNull(),
+    /**
+     * The subscription this event ended (deleted, or moved to a status it never leaves), whoever's
+     * it was: an ended subscription is final, so no later event about it, however it is timed,
+     * makes it an account's again.
+     */
+    endedSubscription: text("ended_subscription"),
+  },
+  (t) => [index("stripe_events_ended_subscription").on(t.endedSubscription)],
+);
 
 export type BillingAccount = typeof billingAccounts.$inferSelect;
 

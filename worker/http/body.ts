@@ -7,8 +7,7 @@ import { AppError } from "../errors";
  * refused before anything is read.
  */
 export async function readBodyText(request: Request, limit: number): Promise<string> {
-  const declared = Number(request.headers.get("content-length") ?? Number.NaN);
-  if (declared > limit) throw tooLarge(limit);
+  const declared = refuseDeclaredOverLimit(request, limit);
   if (!request.body) return "";
   if (Number.isFinite(declared)) {
     // A declared length within the limit is all the runtime reads off the connection (HTTP's own
@@ -19,6 +18,17 @@ export async function readBodyText(request: Request, limit: number): Promise<str
     return text;
   }
   return decoder.decode(await readCounted(request.body, limit));
+}
+
+/**
+ * Refuses a request whose declared `Content-Length` is over `limit` as `payload_too_large`, before
+ * anything is read: for a route that checks other headers before it reads, so that a body too
+ * large is refused as such whatever else is wrong. Returns the declared length (NaN: none).
+ */
+export function refuseDeclaredOverLimit(request: Request, limit: number): number {
+  const declared = Number(request.headers.get("content-length") ?? Number.NaN);
+  if (declared > limit) throw tooLarge(limit);
+  return declared;
 }
 
 /** Decodes whole bodies only (never `stream: true`), so one serves every request. */

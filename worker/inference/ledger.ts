@@ -7,7 +7,13 @@ import type { Services } from "../services";
 /** A ledger row as the proxy fills it in; billing fields start at their defaults. */
 export type UsageRecord = Omit<
   UsageRow,
-  "createdAt" | "billedAt" | "billingState" | "billingAttempts" | "billingError" | "aggregatedAt"
+  | "createdAt"
+  | "billedAt"
+  | "billingState"
+  | "billingAttempts"
+  | "billingError"
+  | "billingAcceptedParts"
+  | "aggregatedAt"
 >;
 
 /** The fields a new ledger row sets, in column order; billing fields take the table's defaults. */
