@@ -14,6 +14,7 @@ import {
   organizations,
   webhookEndpoints,
 } from "../worker/db/schema";
+import { AUDITED_TOKEN_IDS } from "../worker/organizations/members";
 import { heldWrites } from "./helpers/bindings";
 import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { type SignedInMember, signedInMember } from "./helpers/members";
@@ -238,9 +239,55 @@ describe("members", () => {
     const tokens = Object.fromEntries((await gw.db.select().from(accessTokens)).map((t) => [t.id, t.revokedAt]));
     expect(tokens).toEqual({ tok_dev: gw.clock.now().toISOString(), tok_dev_elsewhere: null, tok_owner: null });
     const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "member.removed"));
-    expect(event?.data).toMatchObject({ membershipId: dev.membership.id, revokedTokenIds: ["tok_dev"] });
+    expect(event?.data).toMatchObject({
+      membershipId: dev.membership.id,
+      revokedTokenCount: 1,
+      revokedTokenIds: ["tok_dev"],
+      revokedTokenIdsTruncated: false,
+    });
     // The removed member reaches nothing of the organization any more; their other one still works.
     await expectProblem(await call(gw, dev, "GET", "/v1/organization/members"), 403, "forbidden");
+  });
+
+  it("security: a removal's audit event counts every token it revokes but names a bounded number", async () => {
+    const gw = testGateway();
+    const license = await seedLicense(gw.services);
+    const { grant } = await seedGrant(gw.services, license);
+    const owner = await signedInMember(gw, { organizationId: grant.organizationId, email: "owner@acme.example" });
+    const dev = await signedInMember(gw, {
+      organizationId: grant.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    // More than a member could hold live at once: expired tokens stay unrevoked, and a removal revokes them too.
+    const TOKENS = AUDITED_TOKEN_IDS + 30;
+    const ids = Array.from({ length: TOKENS }, (_, i) => `tok_${String(i).padStart(4, "0")}`);
+    for (const id of ids) {
+      gw.clock.advance(1000);
+      await insertToken(gw, grant.id, dev.user.id, id);
+    }
+    gw.clock.advance(1000);
+    const res = await call(gw, owner, "DELETE", `/v1/organization/members/${dev.membership.id}`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ revokedTokens: TOKENS });
+    const live = (await gw.db.select().from(accessTokens)).filter((t) => t.revokedAt === null);
+    expect(live).toEqual([]);
+    const [event] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "member.removed"));
+    expect(event?.data).toMatchObject({
+      revokedTokenCount: TOKENS,
+      revokedTokenIds: ids.slice(0, AUDITED_TOKEN_IDS),
+      revokedTokenIdsTruncated: true,
+    });
+    // A member leaving is recorded the same way.
+    const again = await signedInMember(gw, { organizationId: grant.organizationId, email: "dev@acme.example" });
+    await insertToken(gw, grant.id, again.user.id, "tok_last");
+    expect((await call(gw, again, "DELETE", `/v1/organization/members/${again.membership.id}`)).status).toBe(200);
+    const [left] = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "member.left"));
+    expect(left?.data).toMatchObject({
+      revokedTokenCount: 1,
+      revokedTokenIds: ["tok_last"],
+      revokedTokenIdsTruncated: false,
+    });
   });
 
   it("lets any member leave, but not remove others without the admin role", async () => {

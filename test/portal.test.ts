@@ -382,6 +382,38 @@ describe("the portal at /account", () => {
     expect(html).toContain('value="llama-2-13b-chat"');
   });
 
+  it("security: shows a page of tokens at a time, however many a member made", async () => {
+    const older = Array.from({ length: 60 }, (_, i) => ({
+      id: `tok_old_${String(i).padStart(2, "0")}`,
+      grantId: acme.grant.id,
+      name: `old ${i}`,
+      secretHash: `hash-old-${i}`,
+      displayPrefix: "mg_old",
+      scopes: ["inference" as const],
+      userId: acme.developer.user.id,
+      createdAt: new Date(Date.parse(NOW) - (i + 1) * 60_000).toISOString(),
+      // Most of them revoked: revoked tokens stay listed, a page at a time.
+      revokedAt: i < 10 ? null : NOW,
+    }));
+    for (let i = 0; i < older.length; i += 5) await gw.db.insert(accessTokens).values(older.slice(i, i + 5));
+    const rows = (html: string) => [...html.matchAll(/data-token-row="([^"]+)"/g)].map((m) => m[1]);
+
+    const first = await (await get("/account", { cookie: acme.owner.cookie })).text();
+    expect(rows(first)).toEqual([acme.token.id, ...older.slice(0, 49).map((t) => t.id)]);
+    const next = first.match(/<a href="([^"]*tokens=[^"]+)">Older tokens<\/a>/)?.[1]?.replaceAll("&amp;", "&");
+    expect(next).toBeDefined();
+    const second = await (await get(next ?? "", { cookie: acme.owner.cookie })).text();
+    expect(rows(second)).toEqual(older.slice(49).map((t) => t.id));
+    expect(second).toContain(">Newest tokens</a>");
+    expect(second).not.toContain(">Older tokens</a>");
+    // A developer's page holds their own, a page at a time too.
+    const own = await (await get("/account", { cookie: acme.developer.cookie })).text();
+    expect(rows(own)).toHaveLength(50);
+    expect(own).toContain(">Older tokens</a>");
+    // A cursor that is not one the portal made is refused, not guessed at.
+    expect((await get("/account?tokens=garbage", { cookie: acme.owner.cookie })).status).toBe(400);
+  });
+
   it("security: writes names from users as text, never as markup", async () => {
     await gw.db
       .update(accessTokens)

@@ -1,9 +1,10 @@
 import { eq } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
+import { verifyAuditChain } from "../worker/audit/log";
 import { accessTokens, auditEvents, grants, memberships } from "../worker/db/schema";
 import { clearCallerCache } from "../worker/inference/access";
 import { sha256Hex } from "../worker/platform/hash";
-import { checkAccessToken } from "../worker/tokens/service";
+import { checkAccessToken, MAX_LIVE_TOKENS_PER_MEMBER } from "../worker/tokens/service";
 import { acmeApplication, applyAndConfirm } from "./helpers/apply";
 import { heldWrites } from "./helpers/bindings";
 import { json, seedLicense, testGateway } from "./helpers/gateway";
@@ -495,5 +496,325 @@ describe("access tokens on every surface", () => {
       expect(res.status, String(auth)).toBe(401);
       expect(await res.json()).toMatchObject({ code: "unauthorized" });
     }
+  });
+});
+
+/** A fresh client address per request, so the per-network brake lets a burst of mints through. */
+let lastIp = 0;
+function freshIp(): string {
+  lastIp += 1;
+  return `10.94.${Math.floor(lastIp / 250) % 250}.${(lastIp % 250) + 1}`;
+}
+
+/**
+ * `n` tokens of `userId` under `grantId`, written straight into D1 (a mint apiece would be a request
+ * apiece), a second apart and oldest first, live unless `fields` say otherwise.
+ */
+async function seedTokens(
+  gw: Gateway,
+  grantId: string,
+  userId: string | null,
+  n: number,
+  fields: Partial<typeof accessTokens.$inferInsert> = {},
+): Promise<string[]> {
+  const { ids } = gw.services();
+  const start = Date.now() - n * 1000 - DAY_MS;
+  const rows = Array.from({ length: n }, (_, i) => ({
+    id: ids.id("tok"),
+    grantId,
+    name: `seeded ${i}`,
+    secretHash: ids.secret(32),
+    displayPrefix: "mg_seed",
+    scopes: ["download" as const],
+    userId,
+    createdAt: new Date(start + i * 1000).toISOString(),
+    expiresAt: new Date(Date.now() + 30 * DAY_MS).toISOString(),
+    revokedAt: null,
+    ...fields,
+  }));
+  // A few rows an insert: D1 binds at most 100 parameters in one statement.
+  for (let i = 0; i < rows.length; i += 5) await gw.db.insert(accessTokens).values(rows.slice(i, i + 5));
+  return rows.map((r) => r.id);
+}
+
+/** The member's live tokens (unrevoked, unexpired) as stored. */
+async function liveTokensOf(gw: Gateway, userId: string) {
+  const now = new Date().toISOString();
+  return (await gw.db.select().from(accessTokens).where(eq(accessTokens.userId, userId))).filter(
+    (t) => t.revokedAt === null && (t.expiresAt === null || t.expiresAt > now),
+  );
+}
+
+async function expectTokenLimit(res: Response) {
+  expect(res.status).toBe(409);
+  expect(res.headers.get("content-type")).toContain("application/problem+json");
+  const problem = (await res.json()) as { code: string; detail: string; limit: number };
+  expect(problem).toMatchObject({ code: "token_limit", limit: MAX_LIVE_TOKENS_PER_MEMBER });
+  expect(problem.detail).toContain("revoke one");
+}
+
+describe("security: a member's live tokens are capped", () => {
+  it("refuses the mint past the cap with 409 token_limit, writing nothing; revoked, expired and other organizations' tokens do not count", async () => {
+    const gw = testGateway();
+    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
+    const developer = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    const { member: elsewhere, grantId: otherGrant } = await approvedToken(gw, licenseSha256, {
+      organization: "Globex",
+      email: "hank@globex.example",
+    });
+    // Tokens that are not live, or not this organization's, take no room.
+    await seedTokens(gw, grantId, developer.user.id, 5, { revokedAt: new Date().toISOString() });
+    await seedTokens(gw, grantId, developer.user.id, 5, { expiresAt: new Date(Date.now() - 1000).toISOString() });
+    await seedTokens(gw, otherGrant, developer.user.id, 5);
+    const seeded = await seedTokens(gw, grantId, developer.user.id, MAX_LIVE_TOKENS_PER_MEMBER - 1);
+    const headers = () => ({ ...developer.headers, "cf-connecting-ip": freshIp() });
+
+    expect((await mint(gw, headers())).status).toBe(201);
+    const issued = async () =>
+      (await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "token.issued"))).length;
+    const before = { tokens: (await gw.db.select().from(accessTokens)).length, issued: await issued() };
+    await expectTokenLimit(await mint(gw, headers()));
+    await expectTokenLimit(await mint(gw, headers(), { name: "another", scopes: ["inference"], expiresInDays: 1 }));
+    expect((await gw.db.select().from(accessTokens)).length).toBe(before.tokens);
+    expect(await issued()).toBe(before.issued);
+    expect(await liveTokensOf(gw, developer.user.id)).toHaveLength(MAX_LIVE_TOKENS_PER_MEMBER + 5);
+
+    // The cap is the member's: the owner and the other organization's member mint on.
+    expect((await mint(gw, { ...owner.headers, "cf-connecting-ip": freshIp() })).status).toBe(201);
+    expect((await mint(gw, { ...elsewhere.headers, "cf-connecting-ip": freshIp() })).status).toBe(201);
+    // Revoking one makes room for one.
+    expect((await revoke(gw, developer.headers, seeded[0] as string)).status).toBe(200);
+    expect((await mint(gw, headers())).status).toBe(201);
+    await expectTokenLimit(await mint(gw, headers()));
+    expect(await verifyAuditChain(gw.db)).toMatchObject({ ok: true });
+  });
+
+  it("a thousand concurrent mints of one member land no more than the cap", async () => {
+    const gw = testGateway();
+    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
+    const developer = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    const held = MAX_LIVE_TOKENS_PER_MEMBER - 10;
+    await seedTokens(gw, grantId, developer.user.id, held);
+    const answers = await Promise.all(
+      Array.from({ length: 1000 }, (_, i) =>
+        mint(gw, { ...developer.headers, "cf-connecting-ip": freshIp() }, { name: `burst ${i}`, scopes: ["download"] }),
+      ),
+    );
+    const statuses = answers.map((a) => a.status);
+    expect(statuses.filter((s) => s === 201)).toHaveLength(10);
+    expect(statuses.filter((s) => s !== 201 && s !== 409)).toEqual([]);
+    for (const answer of answers.filter((a) => a.status === 409).slice(0, 20)) await expectTokenLimit(answer);
+    expect(await liveTokensOf(gw, developer.user.id)).toHaveLength(MAX_LIVE_TOKENS_PER_MEMBER);
+    const issued = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "token.issued"));
+    expect(issued.filter((e) => (e.data as { userId?: string }).userId === developer.user.id)).toHaveLength(10);
+    expect(await verifyAuditChain(gw.db)).toMatchObject({ ok: true });
+  }, 120_000);
+
+  it("mints all planned under the cap, their writes held and released together, land no more than it", async () => {
+    const gw = testGateway();
+    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
+    const developer = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    await seedTokens(gw, grantId, developer.user.id, MAX_LIVE_TOKENS_PER_MEMBER - 1);
+    const held = heldWrites(30);
+    const minting = testGateway({ bindings: { DB: held.db } });
+    const mints = Array.from({ length: 30 }, () =>
+      mint(minting, { ...developer.headers, "cf-connecting-ip": freshIp() }),
+    );
+    // Every one has planned its write with room for one more token.
+    await held.poised;
+    held.release();
+    const statuses = (await Promise.all(mints)).map((a) => a.status).sort();
+    expect(statuses).toEqual([201, ...Array.from({ length: 29 }, () => 409)]);
+    expect(await liveTokensOf(gw, developer.user.id)).toHaveLength(MAX_LIVE_TOKENS_PER_MEMBER);
+  });
+
+  it("counts in the insert itself: a token written meanwhile by anything else fills the last place, and the mint fails whole", async () => {
+    const gw = testGateway();
+    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
+    const developer = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    await seedTokens(gw, grantId, developer.user.id, MAX_LIVE_TOKENS_PER_MEMBER - 1);
+    const held = heldWrites(1);
+    const minting = testGateway({ bindings: { DB: held.db } });
+    const minted = mint(minting, { ...developer.headers, "cf-connecting-ip": freshIp() });
+    await held.poised;
+    // A row no audited write made (the audit chain does not move), after the mint read what it decided on.
+    await seedTokens(gw, grantId, developer.user.id, 1);
+    held.release();
+    await expectTokenLimit(await minted);
+    expect(await liveTokensOf(gw, developer.user.id)).toHaveLength(MAX_LIVE_TOKENS_PER_MEMBER);
+    // Neither the token nor its `token.issued` event: the batch failed whole.
+    const issued = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "token.issued"));
+    expect(issued.map((e) => (e.data as { userId?: string }).userId)).toEqual([owner.user.id]);
+  });
+});
+
+interface TokenPage {
+  tokens: (ListedToken & { createdAt: string })[];
+  nextCursor: string | null;
+}
+
+describe("security: token lists are paged", () => {
+  it("pages every member's tokens, revoked ones too, newest first, one organization's only", async () => {
+    const gw = testGateway();
+    const { member: owner, grantId, tokenId } = await approvedToken(gw, licenseSha256);
+    const developer = await signedInMember(gw, {
+      organizationId: owner.organizationId,
+      role: "developer",
+      email: "dev@acme.example",
+    });
+    const revoked = await seedTokens(gw, grantId, developer.user.id, 20, { revokedAt: new Date().toISOString() });
+    const live = await seedTokens(gw, grantId, developer.user.id, 40);
+    const { member: stranger, grantId: otherGrant } = await approvedToken(gw, licenseSha256, {
+      organization: "Globex",
+      email: "hank@globex.example",
+    });
+    const theirs = await seedTokens(gw, otherGrant, stranger.user.id, 30);
+
+    const walk = async (headers: Record<string, string>, query: string) => {
+      const pages: TokenPage[] = [];
+      let cursor: string | null = null;
+      do {
+        const res = await list(gw, headers, `${query}${cursor ? `&cursor=${cursor}` : ""}`);
+        expect(res.status).toBe(200);
+        const page = (await res.json()) as TokenPage;
+        pages.push(page);
+        cursor = page.nextCursor;
+      } while (cursor && pages.length < 10);
+      return pages;
+    };
+    const pages = await walk(owner.headers, "?all=true&limit=25");
+    expect(pages.map((p) => p.tokens.length)).toEqual([25, 25, 11]);
+    const listed = pages.flatMap((p) => p.tokens);
+    const stored = await gw.db.select().from(accessTokens).where(eq(accessTokens.grantId, grantId));
+    const newestFirst = stored.toSorted((x, y) => y.createdAt.localeCompare(x.createdAt) || y.id.localeCompare(x.id));
+    expect(newestFirst.map((t) => t.id).sort()).toEqual([tokenId, ...live, ...revoked].sort());
+    expect(listed.map((t) => t.id)).toEqual(newestFirst.map((t) => t.id));
+    expect(listed.filter((t) => t.revokedAt !== null)).toHaveLength(20);
+
+    // The default page is the shared one's, with the cursor of the next.
+    const first = (await (await list(gw, owner.headers, "?all=true")).json()) as TokenPage;
+    expect(first.tokens).toHaveLength(25);
+    expect(first.nextCursor).toEqual(expect.any(String));
+    // A developer pages their own only.
+    const own = await walk(developer.headers, "?limit=50");
+    expect(own.map((p) => p.tokens.length)).toEqual([50, 10]);
+    expect(own.flatMap((p) => p.tokens).every((t) => t.member?.id === developer.user.id)).toBe(true);
+
+    // A cursor is a position, never a door: Acme's cursor read by Globex's owner lists Globex's alone.
+    const elsewhere = await walk(stranger.headers, `?all=true&cursor=${first.nextCursor}`);
+    const ids = elsewhere.flatMap((p) => p.tokens.map((t) => t.id));
+    expect(ids.every((id) => theirs.includes(id))).toBe(true);
+    const forOther = await list(
+      gw,
+      { ...stranger.headers, "x-modelgate-organization": owner.organizationId },
+      "?all=true",
+    );
+    expect(forOther.status).toBe(403);
+
+    for (const query of ["?limit=51", "?limit=0", "?limit=-1", "?cursor=garbage", `?cursor=${"A".repeat(501)}`]) {
+      const res = await list(gw, owner.headers, query);
+      expect(res.status, query).toBe(400);
+      expect(await res.json()).toMatchObject({ code: "validation_failed" });
+    }
+  });
+});
+
+describe("security: a revoke lands only while its member may make it", () => {
+  for (const change of ["demoted", "removed"] as const) {
+    it(`refuses an admin's revoke of another member's token when the admin was ${change} before it landed`, async () => {
+      const gw = testGateway();
+      const { member: owner } = await approvedToken(gw, licenseSha256);
+      const admin = await signedInMember(gw, {
+        organizationId: owner.organizationId,
+        role: "admin",
+        email: "boss@acme.example",
+      });
+      const developer = await signedInMember(gw, {
+        organizationId: owner.organizationId,
+        role: "developer",
+        email: "dev@acme.example",
+      });
+      const devToken = (await (await mint(gw, { ...developer.headers, "cf-connecting-ip": freshIp() })).json()) as {
+        id: string;
+        token: string;
+      };
+      const held = heldWrites(1);
+      const revoking = revoke(testGateway({ bindings: { DB: held.db } }), admin.headers, devToken.id);
+      // The revoke has passed the door and planned on the admin role...
+      await held.poised;
+      // ...when the owner makes the admin a developer, or removes them.
+      const path = `/v1/organization/members/${admin.membership.id}`;
+      const changed =
+        change === "demoted"
+          ? await gw.request(path, { ...json({ role: "developer" }, owner.headers), method: "PATCH" })
+          : await gw.request(path, { method: "DELETE", headers: owner.headers });
+      expect(changed.status).toBe(200);
+      held.release();
+      const res = await revoking;
+      expect(res.status).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "forbidden" });
+      const [stored] = await gw.db.select().from(accessTokens).where(eq(accessTokens.id, devToken.id));
+      expect(stored?.revokedAt).toBeNull();
+      expect(await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "token.revoked"))).toEqual([]);
+      expect((await manifest(gw, devToken.token)).status).toBe(200);
+    });
+  }
+
+  it("refuses a status link's revoke when its holder stopped owning the organization before it landed", async () => {
+    const gw = testGateway();
+    const application = (email: string) => acmeApplication(licenseSha256, { name: "Someone at Acme", email });
+    const ada = await applyAndConfirm(gw, application("ada@acme.example"));
+    const [grant] = await gw.db.select().from(grants).where(eq(grants.applicationId, ada.applicationId));
+    if (!grant) throw new Error("the case has no grant");
+    const [adaMembership] = await gw.db
+      .select()
+      .from(memberships)
+      .where(eq(memberships.organizationId, grant.organizationId));
+    const grace = await signedInMember(gw, { organizationId: grant.organizationId, email: "grace@acme.example" });
+    const legacy = "mg_legacy_token_from_the_status_link_days_000001";
+    await gw.db.insert(accessTokens).values({
+      id: "tok_legacy",
+      grantId: grant.id,
+      name: "old",
+      secretHash: await sha256Hex(legacy),
+      displayPrefix: legacy.slice(0, 9),
+      scopes: ["download"],
+      createdAt: new Date().toISOString(),
+      userId: null,
+    });
+    const held = heldWrites(1);
+    const revoking = testGateway({ bindings: { DB: held.db } }).request(
+      `/v1/applications/${ada.applicationId}/tokens/tok_legacy`,
+      { method: "DELETE", headers: { authorization: `Bearer ${ada.capability}` } },
+    );
+    await held.poised;
+    const removed = await gw.request(`/v1/organization/members/${adaMembership?.id}`, {
+      method: "DELETE",
+      headers: grace.headers,
+    });
+    expect(removed.status).toBe(200);
+    held.release();
+    const res = await revoking;
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({ code: "not_found", detail: "No such application." });
+    const [stored] = await gw.db.select().from(accessTokens).where(eq(accessTokens.id, "tok_legacy"));
+    expect(stored?.revokedAt).toBeNull();
+    expect((await manifest(gw, legacy)).status).toBe(200);
   });
 });

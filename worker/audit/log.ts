@@ -72,10 +72,22 @@ function backoff(attempt: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** A D1 error's message with its cause's, where drizzle puts the database's own words. */
+function errorText(error: unknown): string {
+  return `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
+}
+
 /** Whether a D1 error is a unique constraint failing (on `table.` when given). */
 export function isUniqueViolation(error: unknown, table?: string): boolean {
-  const text = `${String(error)} ${String((error as { cause?: unknown })?.cause ?? "")}`;
-  return text.includes(table ? `UNIQUE constraint failed: ${table}.` : "UNIQUE constraint failed");
+  return errorText(error).includes(table ? `UNIQUE constraint failed: ${table}.` : "UNIQUE constraint failed");
+}
+
+/**
+ * Whether a D1 error is `column` (`table.column`) refusing a NULL: how a statement that works out
+ * in SQL whether it may write (a NULL where none may be) fails its batch whole.
+ */
+export function isNotNullViolation(error: unknown, column: string): boolean {
+  return errorText(error).includes(`NOT NULL constraint failed: ${column}`);
 }
 
 /** The chain's newest event, or undefined before the first. */

@@ -19,6 +19,14 @@ import { assertMayManage } from "./roles";
 
 type Deps = Pick<Services, "db" | "clock" | "ids" | "auditAnchor">;
 
+/**
+ * Token ids a removal's audit event names. The event counts every token revoked; the ids are
+ * for finding them, and past this many they would make the one row, and every read of the log,
+ * grow with a member's history (expired tokens stay unrevoked, so even the cap on live tokens
+ * does not bound them). The rest are found by the member and the event's time.
+ */
+export const AUDITED_TOKEN_IDS = 100;
+
 /** A member as their organization lists them. */
 export interface MemberView {
   id: string;
@@ -130,7 +138,8 @@ export async function changeMemberRole(
  * Removes a member: the membership ends and, in the same write, every live token the member
  * minted under the organization's grants is revoked, so none of them works a moment longer, and
  * every pending invitation the member sent is revoked, so none of them makes a member later.
- * (Their sessions stay: they may belong to other organizations.) A member may remove themself;
+ * The audit event counts the tokens revoked and names at most `AUDITED_TOKEN_IDS` of them, oldest
+ * first. (Their sessions stay: they may belong to other organizations.) A member may remove themself;
  * removing anyone else needs an admin, and an owner for an owner or admin.
  */
 export async function removeMember(
@@ -159,7 +168,14 @@ export async function removeMember(
       isNull(accessTokens.revokedAt),
       inArray(accessTokens.grantId, organizationGrants),
     );
-    const tokens = await services.db.select({ id: accessTokens.id }).from(accessTokens).where(liveTokens);
+    const [revoking] = await services.db.select({ n: count() }).from(accessTokens).where(liveTokens);
+    const revokedTokens = revoking?.n ?? 0;
+    const named = await services.db
+      .select({ id: accessTokens.id })
+      .from(accessTokens)
+      .where(liveTokens)
+      .orderBy(accessTokens.createdAt, accessTokens.id)
+      .limit(AUDITED_TOKEN_IDS);
     const withdrawn = await withdrawnInvitations(services, actor, { userId: target.userId, role: null }, now);
     return {
       statements: [
@@ -180,12 +196,14 @@ export async function removeMember(
             membershipId: target.id,
             userId: target.userId,
             role: target.role,
-            revokedTokenIds: tokens.map((t) => t.id),
+            revokedTokenCount: revokedTokens,
+            revokedTokenIds: named.map((t) => t.id),
+            revokedTokenIdsTruncated: revokedTokens > named.length,
           },
         },
         ...withdrawn.events,
       ],
-      result: { member: target, revokedTokens: tokens.length },
+      result: { member: target, revokedTokens },
     };
   });
 }

@@ -271,9 +271,20 @@ export interface TokenRow {
   member: { id: string; email: string | null } | null;
 }
 
-function Tokens(props: { overview: Overview; role: MemberRole; tokens: TokenRow[] }) {
+function Tokens(props: {
+  overview: Overview;
+  role: MemberRole;
+  tokens: TokenRow[];
+  /** The cursor of the page after this one, or null on the last. */
+  next: string | null;
+  /** Whether this is a later page than the newest. */
+  paged: boolean;
+}) {
   const grant = props.overview.grants.find((g) => g.status === "active");
   const canMint = grant !== undefined && props.role !== "viewer";
+  const organization = props.overview.organization.id;
+  const page = (cursor?: string) =>
+    `/account?${new URLSearchParams({ organization, ...(cursor ? { tokens: cursor } : {}) })}#tokens-h`;
   return (
     <section aria-labelledby="tokens-h">
       <h2 id="tokens-h">Access tokens</h2>
@@ -331,6 +342,20 @@ function Tokens(props: { overview: Overview; role: MemberRole; tokens: TokenRow[
           </tbody>
         </table>
       </Scroll>
+      {props.next || props.paged ? (
+        <ul class="portal-nav" id="token-pages" aria-label="More tokens">
+          {props.paged ? (
+            <li>
+              <a href={page()}>Newest tokens</a>
+            </li>
+          ) : null}
+          {props.next ? (
+            <li>
+              <a href={page(props.next)}>Older tokens</a>
+            </li>
+          ) : null}
+        </ul>
+      ) : null}
       <p id="token-list-status" role="status" />
       {canMint ? (
         <form
@@ -625,6 +650,10 @@ export function AccountPage(props: {
   usage: UsageView;
   sessions: SessionRow[];
   tokens: TokenRow[];
+  /** The cursor of the next page of tokens, or null when these are the last. */
+  tokensNext?: string | null;
+  /** Whether the tokens shown are a later page than the newest. */
+  tokensPaged?: boolean;
   downloads: DownloadDay[];
   /** Pending license changes: new versions the organization must accept, with their deadlines. */
   licenseChanges?: { id: string; family: string; acceptBy: string; overdue: boolean; version: number }[];
@@ -695,7 +724,13 @@ export function AccountPage(props: {
         <Applications overview={overview} />
         <QuotaAndBilling overview={overview} />
         <Members overview={overview} role={props.role} />
-        <Tokens overview={overview} role={props.role} tokens={props.tokens} />
+        <Tokens
+          overview={overview}
+          role={props.role}
+          tokens={props.tokens}
+          next={props.tokensNext ?? null}
+          paged={props.tokensPaged ?? false}
+        />
         <Usage usage={props.usage} />
         <Downloads downloads={props.downloads} from={props.usage.from} to={props.usage.to} />
         <Sessions sessions={props.sessions} />

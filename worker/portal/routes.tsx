@@ -14,7 +14,7 @@ import { pendingReacceptances, REACCEPT_PATH, reacceptLicense } from "../license
 import { describeLicenseChanges, ReacceptanceForm, reacceptanceEvidence } from "../licenses/routes";
 import { organizationOverview, quotaPeekFor } from "../organizations/overview";
 import { Page } from "../pages/layout";
-import { listMemberTokens } from "../tokens/service";
+import { listMemberTokens, MAX_LIVE_TOKENS_PER_MEMBER } from "../tokens/service";
 import { downloadsPerDay } from "../usage/downloads";
 import { liveUsageFor } from "../usage/live";
 import { organizationUsage } from "../usage/routes";
@@ -46,13 +46,20 @@ portalRoutes.get("/account", async (c) => {
   const asked = c.req.query("usage");
   const groupBy: UsageGroup = USAGE_GROUPS.find((g) => g === asked) ?? "model";
   const period = usagePeriod(services.clock.now());
+  // Tokens a page at a time, as `GET /v1/tokens` lists them: `?tokens=` is the page's cursor.
+  const tokensCursor = c.req.query("tokens") || undefined;
   // Asked once for every view: the hours still open in the organization's quota object.
   const live = liveUsageFor(c.env, reader.organizationId);
   const [overview, usage, tokens, downloads, licenseChanges] = await Promise.all([
     organizationOverview(services, reader, quotaPeekFor(c.env, reader.organizationId), live),
     organizationUsage(services, reader.organizationId, groupBy, period, live),
-    // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them.
-    listMemberTokens(services, member, roleAtLeast(member.membership.role, "admin")),
+    // Admins and owners see every member's tokens, as `GET /v1/tokens?all=true` lists them; a page
+    // holds as many as one member may have live.
+    listMemberTokens(services, member, {
+      all: roleAtLeast(member.membership.role, "admin"),
+      cursor: tokensCursor,
+      limit: MAX_LIVE_TOKENS_PER_MEMBER,
+    }),
     downloadsPerDay(services, reader.organizationId, period, live),
     pendingReacceptances(services.db, reader.organizationId),
   ]);
@@ -65,7 +72,9 @@ portalRoutes.get("/account", async (c) => {
       organizations={all.map((m) => ({ id: m.membership.organizationId, name: m.organizationName }))}
       usage={usage}
       sessions={sessions}
-      tokens={tokens}
+      tokens={tokens.tokens}
+      tokensNext={tokens.nextCursor}
+      tokensPaged={tokensCursor !== undefined}
       downloads={downloads}
       licenseChanges={licenseChanges.map((p) => ({
         id: p.id,

@@ -1,4 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { PageQuery } from "../admin/cursor";
 import { applicationBySecret, capability } from "../applications/status";
 import { currentMember, OrganizationQuery, requireMember } from "../auth/members";
 import { TOKEN_SCOPES } from "../db/schema";
@@ -8,6 +9,7 @@ import { newRouter, problemResponses, readBody } from "../http/router";
 import {
   listAccessTokens,
   listMemberTokens,
+  MAX_LIVE_TOKENS_PER_MEMBER,
   MAX_TOKEN_DAYS,
   MINTING_ROLE,
   mintMemberToken,
@@ -85,7 +87,7 @@ const mintRoute = createRoute({
   path: "/v1/tokens",
   tags: ["Access tokens"],
   summary: "Mint a personal access token",
-  description: `${memberNote} Needs the developer role or above. The token (\`mg_…\`) is shown once; only its hash is stored. It works while its member belongs to the organization, its grant is active and it has not expired.`,
+  description: `${memberNote} Needs the developer role or above. The token (\`mg_…\`) is shown once; only its hash is stored. It works while its member belongs to the organization, its grant is active and it has not expired. A member holds at most ${MAX_LIVE_TOKENS_PER_MEMBER} live (unrevoked, unexpired) tokens in an organization: past that, \`409 token_limit\` until one is revoked.`,
   middleware: [abuseBrake(), requireMember(MINTING_ROLE)] as const,
   request: {
     query: OrganizationQuery,
@@ -108,15 +110,19 @@ const listRoute = createRoute({
   path: "/v1/tokens",
   tags: ["Access tokens"],
   summary: "List access tokens: your own, or with `all=true` (admins and owners) the organization's",
-  description: memberNote,
+  description: `${memberNote} Paged, newest first: revoked and expired tokens are listed too; pass \`nextCursor\` back as \`cursor\` for the next page, until it is null.`,
   middleware: [requireMember("viewer")] as const,
   request: {
-    query: OrganizationQuery.extend({ all: z.enum(["true", "false"]).optional() }),
+    query: OrganizationQuery.extend({ all: z.enum(["true", "false"]).optional(), ...PageQuery }),
   },
   responses: {
     200: {
-      description: "Tokens, newest first",
-      content: { "application/json": { schema: z.object({ tokens: z.array(MemberTokenSchema) }) } },
+      description: "A page of tokens, newest first",
+      content: {
+        "application/json": {
+          schema: z.object({ tokens: z.array(MemberTokenSchema), nextCursor: z.string().nullable() }),
+        },
+      },
     },
     ...problemResponses(400, 401, 403),
   },
@@ -189,8 +195,11 @@ tokenRoutes
     return c.json(await mintMemberToken(c.get("services"), currentMember(c), input), 201);
   })
   .openapi(listRoute, async (c) => {
-    const all = c.req.valid("query").all === "true";
-    return c.json({ tokens: await listMemberTokens(c.get("services"), currentMember(c), all) }, 200);
+    const { all, cursor, limit } = c.req.valid("query");
+    return c.json(
+      await listMemberTokens(c.get("services"), currentMember(c), { all: all === "true", cursor, limit }),
+      200,
+    );
   })
   .openapi(revokeRoute, async (c) => {
     return c.json(await revokeMemberToken(c.get("services"), currentMember(c), c.req.valid("param").id), 200);
@@ -208,8 +217,9 @@ tokenRoutes
     return c.json({ tokens: await listAccessTokens(services, app) }, 200);
   })
   .openapi(legacyDeleteRoute, async (c) => {
-    const services = c.get("services");
     const { id, tokenId } = c.req.valid("param");
-    const app = await applicationBySecret(services, id, capability(c));
-    return c.json(await revokeAccessToken(services, app, tokenId), 200);
+    return c.json(
+      await revokeAccessToken(c.get("services"), { applicationId: id, secret: capability(c) }, tokenId),
+      200,
+    );
   });

@@ -1,6 +1,7 @@
-import { and, desc, eq, isNull } from "drizzle-orm";
-import type { CaseByStatusLink } from "../applications/status";
-import { writeAudited } from "../audit/log";
+import { and, desc, eq, gt, inArray, isNull, lt, or, type SQL, sql } from "drizzle-orm";
+import { decodeCursor, encodeCursor } from "../admin/cursor";
+import { applicationBySecret } from "../applications/status";
+import { isNotNullViolation, writeAudited } from "../audit/log";
 import { accessTokenSecret, TOKEN_PREFIX } from "../auth/bearer";
 import { type MemberPrincipal, memberNow, roleAtLeast } from "../auth/members";
 import {
@@ -31,6 +32,14 @@ export const DEFAULT_TOKEN_DAYS = 90;
 export const MAX_TOKEN_DAYS = 365;
 /** The least role that mints tokens, and that a member's tokens need to keep working. */
 export const MINTING_ROLE: MemberRole = "developer";
+/**
+ * Live tokens (unrevoked and unexpired) one member may hold in one organization at a time: a token
+ * for each machine, service and CI job a developer runs, with room to spare. Without a bound a
+ * mint costs a member nothing, so one member could grow the organization's token list, its
+ * `/account` page and the one write that revokes a removed member's tokens without end. Revoked
+ * and expired tokens do not count: revoking one makes room for the next.
+ */
+export const MAX_LIVE_TOKENS_PER_MEMBER = 50;
 
 /** The organization, grant and member a token acts for, and what it may use, once authenticated. */
 export interface TokenPrincipal extends CoverageScope {
@@ -164,8 +173,40 @@ async function checkedTokenRequest(services: Services, grant: Grant, input: NewM
 }
 
 /**
+ * The id a member's new token is inserted with, worked out by the insert itself: `id` while the
+ * member holds fewer than `MAX_LIVE_TOKENS_PER_MEMBER` live tokens in the organization, else NULL,
+ * which the primary key refuses. The count and the insert are one statement, which D1 runs alone,
+ * so however many mints race (and whatever else wrote the rows counted), none lands past the cap.
+ * NULL rather than a conditional `INSERT … SELECT … WHERE`: a statement that writes no row would
+ * still let its batch's `token.issued` event land, where a refused one fails the batch whole.
+ */
+function idWithinCap(services: Pick<Services, "db">, member: MemberPrincipal, id: string, now: string): SQL {
+  const organizationGrants = services.db
+    .select({ id: grants.id })
+    .from(grants)
+    .where(eq(grants.organizationId, member.organizationId));
+  const live = and(
+    eq(accessTokens.userId, member.user.id),
+    isNull(accessTokens.revokedAt),
+    or(isNull(accessTokens.expiresAt), gt(accessTokens.expiresAt, now)),
+    inArray(accessTokens.grantId, organizationGrants),
+  );
+  return sql`case when (select count(*) from ${accessTokens} where ${live}) < ${MAX_LIVE_TOKENS_PER_MEMBER} then ${id} end`;
+}
+
+/** The refusal of a mint past `MAX_LIVE_TOKENS_PER_MEMBER`. */
+function tokenLimitReached(): AppError {
+  return new AppError(
+    "token_limit",
+    `You already hold ${MAX_LIVE_TOKENS_PER_MEMBER} live tokens in this organization, the most a member may: revoke one you no longer use (DELETE /v1/tokens/{id}, or at /account), then mint again.`,
+    { extensions: { limit: MAX_LIVE_TOKENS_PER_MEMBER } },
+  );
+}
+
+/**
  * Mints a token for a signed-in member, on the organization's active grant for the family; the
- * secret is returned once. Every token expires (`DEFAULT_TOKEN_DAYS`, at most `MAX_TOKEN_DAYS`).
+ * secret is returned once. Every token expires (`DEFAULT_TOKEN_DAYS`, at most `MAX_TOKEN_DAYS`),
+ * and a member holds at most `MAX_LIVE_TOKENS_PER_MEMBER` live ones (`409 token_limit` past it).
  */
 export async function mintMemberToken(services: Services, member: MemberPrincipal, input: NewMemberToken) {
   const familyId = input.family ?? "llama-2";
@@ -178,7 +219,7 @@ export async function mintMemberToken(services: Services, member: MemberPrincipa
   const secret = `${TOKEN_PREFIX}${services.ids.secret(32)}`;
   const secretHash = await sha256Hex(secret);
   const row = await writeAudited(services, async () => {
-    // A plain INSERT suffices: a membership change after this read is audited, so this batch loses on `seq`.
+    // The membership needs no guard in the INSERT: a change after this read is audited, so this batch loses on `seq`.
     await memberNow(services, member, MINTING_ROLE);
     const grant = await activeGrantOf(services, member.organizationId, family.id);
     if (!grant) {
@@ -204,7 +245,11 @@ export async function mintMemberToken(services: Services, member: MemberPrincipa
       limits,
     };
     return {
-      statements: [services.db.insert(accessTokens).values(token)],
+      statements: [
+        services.db
+          .insert(accessTokens)
+          .values({ ...token, id: idWithinCap(services, member, token.id, token.createdAt) }),
+      ],
       events: [
         {
           actor: `member:${member.user.email}`,
@@ -225,6 +270,8 @@ export async function mintMemberToken(services: Services, member: MemberPrincipa
       ],
       result: token,
     };
+  }).catch((error: unknown) => {
+    throw isNotNullViolation(error, "access_tokens.id") ? tokenLimitReached() : error;
   });
   return {
     ...describeToken(row),
@@ -234,50 +281,79 @@ export async function mintMemberToken(services: Services, member: MemberPrincipa
   };
 }
 
+/** Which page of `listMemberTokens`: every member's tokens (`all`), where the last page ended, how many. */
+export interface MemberTokenQuery {
+  all: boolean;
+  cursor?: string | undefined;
+  limit: number;
+}
+
 /**
- * The organization's tokens a member may see, newest first: their own, or with `all` (admins and
- * owners only) every member's and the tokens from before members, each with its member's address.
+ * A page of the organization's tokens a member may see, newest first: their own, or with `all`
+ * (admins and owners only) every member's and the tokens from before members, each with its
+ * member's address. Paged as the other listings are (`nextCursor`): revoked and expired tokens
+ * stay listed, and only live ones are capped, so the list itself has no bound.
  */
-export async function listMemberTokens(services: Pick<Services, "db">, member: MemberPrincipal, all: boolean) {
-  if (all && !roleAtLeast(member.membership.role, "admin")) {
+export async function listMemberTokens(
+  services: Pick<Services, "db">,
+  member: MemberPrincipal,
+  query: MemberTokenQuery,
+) {
+  if (query.all && !roleAtLeast(member.membership.role, "admin")) {
     throw new AppError("forbidden", "Only the organization's admins and owners see every member's tokens.");
+  }
+  const conditions: (SQL | undefined)[] = [eq(grants.organizationId, member.organizationId)];
+  if (!query.all) conditions.push(eq(accessTokens.userId, member.user.id));
+  if (query.cursor) {
+    const before = decodeCursor(query.cursor);
+    conditions.push(
+      or(
+        lt(accessTokens.createdAt, before.createdAt),
+        and(eq(accessTokens.createdAt, before.createdAt), lt(accessTokens.id, before.id)),
+      ),
+    );
   }
   const rows = await services.db
     .select({ token: accessTokens, family: grants.family, email: users.email })
     .from(accessTokens)
     .innerJoin(grants, eq(grants.id, accessTokens.grantId))
     .leftJoin(users, eq(users.id, accessTokens.userId))
-    .where(
-      all
-        ? eq(grants.organizationId, member.organizationId)
-        : and(eq(grants.organizationId, member.organizationId), eq(accessTokens.userId, member.user.id)),
-    )
-    .orderBy(desc(accessTokens.createdAt));
-  return rows.map(({ token, family, email }) => ({
-    ...describeToken(token),
-    family,
-    member: token.userId ? { id: token.userId, email } : null,
-  }));
+    .where(and(...conditions))
+    .orderBy(desc(accessTokens.createdAt), desc(accessTokens.id))
+    .limit(query.limit + 1);
+  const page = rows.slice(0, query.limit);
+  const last = page.at(-1)?.token;
+  return {
+    tokens: page.map(({ token, family, email }) => ({
+      ...describeToken(token),
+      family,
+      member: token.userId ? { id: token.userId, email } : null,
+    })),
+    nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null,
+  };
 }
 
 /**
  * Revokes one of the organization's tokens: a member their own, an admin or owner any. Another
- * organization's token is as unknown as one that does not exist. Revoking twice is harmless.
+ * organization's token is as unknown as one that does not exist. Revoking twice is harmless. The
+ * member's role is decided on as it stands when the write lands (`memberNow`), so a revoke planned
+ * before its member was removed or lowered is refused.
  */
 export async function revokeMemberToken(services: Services, member: MemberPrincipal, tokenId: string) {
   return writeAudited(services, async () => {
+    const me = await memberNow(services, member);
     const [token] = await services.db
       .select({ token: accessTokens })
       .from(accessTokens)
       .innerJoin(grants, eq(grants.id, accessTokens.grantId))
-      .where(and(eq(accessTokens.id, tokenId), eq(grants.organizationId, member.organizationId)))
+      .where(and(eq(accessTokens.id, tokenId), eq(grants.organizationId, me.organizationId)))
       .then((rows) => rows.map((r) => r.token));
     if (!token) throw new AppError("not_found", "No such token.");
-    if (token.userId !== member.user.id && !roleAtLeast(member.membership.role, "admin")) {
+    if (token.userId !== me.user.id && !roleAtLeast(me.membership.role, "admin")) {
       throw new AppError("forbidden", "Only the organization's admins and owners revoke other members' tokens.");
     }
-    return revocation(services, token, `member:${member.user.email}`, {
-      organizationId: member.organizationId,
+    return revocation(services, token, `member:${me.user.email}`, {
+      organizationId: me.organizationId,
       userId: token.userId,
     });
   });
@@ -332,10 +408,16 @@ export async function listAccessTokens(services: Pick<Services, "db">, applicati
 
 /**
  * Revokes one of an application's status-link tokens (`listAccessTokens`), as the link's holder.
- * Revoking twice is harmless.
+ * Revoking twice is harmless. The link is opened inside the write, so a holder removed or no
+ * longer an owner by the time it lands is refused as their link is (404).
  */
-export async function revokeAccessToken(services: Services, application: CaseByStatusLink, tokenId: string) {
+export async function revokeAccessToken(
+  services: Services,
+  link: { applicationId: string; secret: string | undefined },
+  tokenId: string,
+) {
   return writeAudited(services, async () => {
+    const application = await applicationBySecret(services, link.applicationId, link.secret);
     const grant = await grantOfApplication(services, application.id);
     const [token] = grant
       ? await services.db
