@@ -112,13 +112,13 @@ consoleApp.get("/dev-login", (c) => {
   return c.html(<DevSignInPage />);
 });
 consoleApp.post("/dev-login", async (c) => {
-  const { config, clock } = c.get("services");
+  const { config, clock, log } = c.get("services");
   if (!devSignInEnabled(config)) throw new AppError("not_found", "No such page.");
   const form = await c.req.parseBody();
   const token = typeof form.token === "string" ? form.token.trim() : "";
   let identity: AdminIdentity;
   try {
-    identity = await verifyAccessToken(token, { config, clock });
+    identity = await verifyAccessToken(token, { config, clock, log });
   } catch (error) {
     if (!(error instanceof AppError)) throw error;
     return c.html(<DevSignInPage error="That is not a valid Access token for this gateway." />, 401);

@@ -2,7 +2,8 @@
  * `npm run deploy:check [-- --strict] [--env production]`: builds each deployed environment the way
  * `wrangler deploy` would (`--dry-run`, offline), prints its bundle size gzip-compressed against the
  * platform's limits, and fails when an environment carries a development value (a loopback URL,
- * DEV_LOGIN, an inline ACCESS_JWKS, a secret set as a var) or lacks a binding. `--strict` also
+ * DEV_LOGIN, an inline ACCESS_JWKS, a secret set as a var) or lacks a binding or a required var
+ * (`REQUIRED_VARS` of worker/config.ts: the Access issuer and audience among them). `--strict` also
  * fails on the placeholders `wrangler.toml` ships with: run it before a real deploy.
  */
 import { spawnSync } from "node:child_process";

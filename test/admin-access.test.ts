@@ -1,9 +1,11 @@
 import { env } from "cloudflare:workers";
 import { generateKeyPair } from "jose";
-import { beforeEach, describe, expect, it } from "vitest";
-import { rolesFor } from "../worker/auth/access";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+import { rolesFor, verifyAccessToken } from "../worker/auth/access";
+import { readConfig } from "../worker/config";
 import { applications, auditEvents, decisions, mailOutbox } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
+import { fixedClock } from "../worker/platform/clock";
 import { accessClaims, accessHeaders, adminToken, signAccessClaims, TOKEN_NOW, unsignedToken } from "./helpers/access";
 import { seedApplication, seedLicense, testGateway } from "./helpers/fixtures";
 
@@ -124,6 +126,70 @@ describe("Access JWT authentication", () => {
     expect(await (await ask("chief@acme.example")).json()).toMatchObject({ roles: ["reviewer", "approver", "admin"] });
     expect((await ask("intern@notacme.example")).status).toBe(403);
     expect((await ask("intern@sub.acme.example")).status).toBe(403);
+  });
+});
+
+describe("security: an admin door without an issuer or an audience", () => {
+  // Wrangler environments inherit no vars: an [env.production.vars] without ACCESS_AUD gives
+  // env.ACCESS_AUD === undefined, and jose checks no audience it is not given.
+  const gaps: [string, Record<string, string | undefined>, string][] = [
+    ["ACCESS_AUD missing", { ACCESS_AUD: undefined }, "ACCESS_AUD"],
+    ["ACCESS_AUD blank", { ACCESS_AUD: "  " }, "ACCESS_AUD"],
+    ["ACCESS_TEAM_DOMAIN missing", { ACCESS_TEAM_DOMAIN: undefined }, "ACCESS_TEAM_DOMAIN"],
+    ["ACCESS_TEAM_DOMAIN blank", { ACCESS_TEAM_DOMAIN: "" }, "ACCESS_TEAM_DOMAIN"],
+  ];
+
+  it.each(gaps)(
+    "stays shut with %s: every token 401, the reason logged, the public side serving",
+    async (_, gap, name) => {
+      const gateway = testGateway(undefined, gap as unknown as Partial<Env>);
+      const errors = vi.spyOn(console, "error").mockImplementation(() => {});
+      try {
+        for (const token of [
+          await adminToken({ role: "admin", aud: ["another-access-application-of-the-team"] }),
+          await adminToken({ role: "admin", iss: "https://evil.cloudflareaccess.com" }),
+          // Even a token that names this deployment's own issuer and audience.
+          await adminToken({ role: "admin" }),
+        ]) {
+          await expectProblem(await me(gateway, token), 401, "unauthorized");
+        }
+        const logged = errors.mock.calls.map(([line]) => JSON.parse(String(line)) as Record<string, unknown>);
+        expect(logged).toContainEqual(expect.objectContaining({ level: "error", missing: [name] }));
+      } finally {
+        errors.mockRestore();
+      }
+      // The local sign-in page signs no one in either.
+      const devLogin = await gateway.request("/admin/dev-login", {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "sec-fetch-site": "same-origin" },
+        body: new URLSearchParams({ token: await adminToken({ role: "admin" }) }).toString(),
+      });
+      expect(devLogin.status).toBe(401);
+      expect(devLogin.headers.get("set-cookie")).toBeNull();
+      // Applicants, licensees and their tokens do not depend on Access: the Worker still starts and serves.
+      expect((await gateway.request("/health")).status).toBe(200);
+    },
+  );
+
+  it("verifyAccessToken refuses every token, whatever its audience, for a configuration without one", async () => {
+    const config = readConfig({ ...env, ACCESS_AUD: undefined } as unknown as Env);
+    expect(config.access.audience).toBeUndefined();
+    const logged: unknown[] = [];
+    const log = { error: (message: string, fields?: Record<string, unknown>) => logged.push({ message, ...fields }) };
+    for (const aud of [["someone-else"], [env.ACCESS_AUD], []]) {
+      const token = await adminToken({ role: "admin", aud });
+      await expect(verifyAccessToken(token, { config, clock: fixedClock(TOKEN_NOW), log })).rejects.toMatchObject({
+        code: "unauthorized",
+      });
+    }
+    expect(logged).toHaveLength(3);
+    expect(logged[0]).toMatchObject({ missing: ["ACCESS_AUD"] });
+  });
+
+  it("is open with the local defaults of wrangler.toml, which `npm start` runs on", async () => {
+    const { access } = readConfig(env);
+    expect(access).toMatchObject({ teamDomain: env.ACCESS_TEAM_DOMAIN, audience: env.ACCESS_AUD, devLogin: true });
+    expect((await me(testGateway(), await adminToken({ role: "reviewer" }))).status).toBe(200);
   });
 });
 

@@ -34,9 +34,10 @@ import worker from "../worker/index";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken } from "./helpers/access";
 import { type Backend, scopedBackend } from "./helpers/backends";
+import { heldWrites } from "./helpers/bindings";
 import { seedApplication, seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { json } from "./helpers/gateway";
-import { type SignedInMember, signedInMember } from "./helpers/members";
+import { joinByInvitation, type SignedInMember, signedInMember } from "./helpers/members";
 
 // ---------------------------------------------------------------------------------------------
 // Standard Webhooks verification, as the specification describes it (standard-webhooks.md,
@@ -484,6 +485,84 @@ describe("webhook endpoints receive signed events", () => {
     ).toHaveLength(1);
     await consume(h, [{ delivery: id }]);
     expect(await hooksReceived(backend)).toHaveLength(2);
+  });
+
+  it("audits a member's resend of a delivery in the member's name, as an operator's is", async () => {
+    const admin = await signedInMember(h, {
+      organizationId: owner.organizationId,
+      role: "admin",
+      email: "webhooks@acme.example",
+    });
+    const developer = await signedInMember(h, { organizationId: owner.organizationId, role: "developer" });
+    const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/member`, ["grant.revoked"]);
+    await grantRevoked(h, owner.organizationId, "m");
+    const { deliveries: ids } = await dispatchAndConsume(h);
+    const id = ids[0] as string;
+    const [event] = await h.services.db.select().from(webhookEvents);
+    const path = `/v1/organization/webhooks/${endpoint.id}/deliveries/${id}/resend`;
+    const resent = () =>
+      h.services.db.select().from(auditEvents).where(eq(auditEvents.action, "webhook.delivery_resent"));
+
+    // A developer may not, and leaves no trace.
+    expect((await h.request(path, { method: "POST", headers: developer.headers })).status).toBe(403);
+    expect(await resent()).toEqual([]);
+
+    const resend = await h.request(path, { method: "POST", headers: admin.headers });
+    expect(resend.status).toBe(202);
+    expect(await resend.json()).toMatchObject({ id, status: "pending", attempts: 0, deliveredAt: null });
+    expect(h.queued.at(-1)).toEqual({ delivery: id });
+    expect((await resent()).map((e) => [e.actor, e.subjectType, e.subjectId, e.data])).toEqual([
+      [
+        "user:webhooks@acme.example",
+        "webhook_delivery",
+        id,
+        {
+          deliveryId: id,
+          endpointId: endpoint.id,
+          organizationId: owner.organizationId,
+          eventId: event?.id,
+          eventType: "grant.revoked",
+          previousStatus: "delivered",
+        },
+      ],
+    ]);
+    expect(await verifyAuditChain(h.services.db)).toMatchObject({ ok: true });
+    // Refused while it is on its way: nothing more is recorded.
+    expect((await h.request(path, { method: "POST", headers: admin.headers })).status).toBe(409);
+    expect(await resent()).toHaveLength(1);
+  });
+
+  it("refuses a member's resend that lands after the member was lowered below admin", async () => {
+    const admin = await signedInMember(h, { organizationId: owner.organizationId, role: "admin" });
+    const { endpoint } = await createdEndpoint(h, owner, `${backend.url}/hooks/held`, ["grant.revoked"]);
+    await grantRevoked(h, owner.organizationId, "h");
+    const { deliveries: ids } = await dispatchAndConsume(h);
+    const id = ids[0] as string;
+    const queued = h.queued.length;
+    const held = heldWrites(1);
+    const acting = gatewayWith({ DB: held.db, EVENTS_QUEUE: h.queue });
+    const resending = acting.request(`/v1/organization/webhooks/${endpoint.id}/deliveries/${id}/resend`, {
+      method: "POST",
+      headers: admin.headers,
+    });
+    // The resend has passed the door and planned its write on the admin role...
+    await Promise.race([held.poised, resending]);
+    // ...when the owner makes the admin a developer.
+    const demoted = await h.request(`/v1/organization/members/${admin.membership.id}`, {
+      ...json({ role: "developer" }, owner.headers),
+      method: "PATCH",
+    });
+    expect(demoted.status).toBe(200);
+    held.release();
+    const res = await resending;
+    expect(res.status).toBe(403);
+    expect(((await res.json()) as { code: string }).code).toBe("forbidden");
+    const [delivery] = await h.services.db.select().from(webhookDeliveries).where(eq(webhookDeliveries.id, id));
+    expect(delivery).toMatchObject({ status: "delivered", attempts: 1 });
+    expect(h.queued).toHaveLength(queued);
+    expect(
+      await h.services.db.select().from(auditEvents).where(eq(auditEvents.action, "webhook.delivery_resent")),
+    ).toEqual([]);
   });
 
   it("marks a delivery the events queue dead-lettered as dead, through the worker's queue handler", async () => {
@@ -969,5 +1048,62 @@ describe("reviewers are told of new and ageing cases", () => {
     expect(report).toMatchObject({ reviewersTold: 1, events: 0 });
     const notices = await h.services.db.select().from(reviewerNotices);
     expect(notices.map((n) => [n.applicationId, n.kind, n.chatState])).toEqual([[application.id, "new", "none"]]);
+  });
+});
+
+describe("security: an operator party to an organization cannot resend its deliveries", () => {
+  it("refuses, audited, an admin who is a member; an admin who is a member elsewhere resends", async () => {
+    const h = gatewayWith();
+    const owner = await signedInMember(h, { role: "owner" });
+    const backend = scopedBackend(0);
+    await signedInMember(h, { organizationId: owner.organizationId, email: "insider@ops.example", role: "viewer" });
+    await signedInMember(h, { email: "elsewhere@ops.example", role: "owner" });
+    await createdEndpoint(h, owner, `${backend.url}/hooks/party`, ["grant.revoked"]);
+    await grantRevoked(h, owner.organizationId, "p");
+    const { deliveries: ids } = await dispatchAndConsume(h);
+    const id = ids[0] as string;
+    const resendAs = async (email: string) =>
+      h.request(`/admin/api/webhooks/deliveries/${id}/resend`, {
+        method: "POST",
+        headers: accessHeaders(await adminToken({ email, role: "admin", issuedAt: h.clock.now() })),
+      });
+    const refused = await resendAs("insider@ops.example");
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+    const audited = await h.services.db.select().from(auditEvents).orderBy(auditEvents.seq);
+    expect(audited.filter((e) => e.subjectId === id).map((e) => [e.action, e.actor, e.data.conflict])).toEqual([
+      ["webhook.delivery_resend_refused", "reviewer:insider@ops.example", "organization_member"],
+    ]);
+    const resent = await resendAs("elsewhere@ops.example");
+    expect(resent.status).toBe(202);
+    expect(await resent.json()).toMatchObject({ id, status: "pending" });
+  });
+
+  it("refuses an operator who joins the organization while their resend is on its way", async () => {
+    const h = gatewayWith();
+    const owner = await signedInMember(h, { role: "owner" });
+    const backend = scopedBackend(0);
+    await createdEndpoint(h, owner, `${backend.url}/hooks/joiner`, ["grant.revoked"]);
+    await grantRevoked(h, owner.organizationId, "j");
+    const { deliveries: ids } = await dispatchAndConsume(h);
+    const id = ids[0] as string;
+    const [before] = await h.services.db.select().from(webhookDeliveries).where(eq(webhookDeliveries.id, id));
+    // The resend has passed the door and planned while its operator was no party to the organization...
+    const held = heldWrites(1);
+    const acting = gatewayWith({ DB: held.db });
+    const resend = acting.request(`/admin/api/webhooks/deliveries/${id}/resend`, {
+      method: "POST",
+      headers: accessHeaders(await adminToken({ email: "joiner@ops.example", role: "admin", issuedAt: h.clock.now() })),
+    });
+    await held.poised;
+    // ...when the organization's owner has them join it.
+    await joinByInvitation(h, owner, "joiner@ops.example");
+    held.release();
+    const refused = await resend;
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+    const [after] = await h.services.db.select().from(webhookDeliveries).where(eq(webhookDeliveries.id, id));
+    expect(after?.status).toBe(before?.status);
+    expect(acting.queued).toEqual([]);
   });
 });

@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import OpenAI from "openai";
 import { beforeEach, describe, expect, it } from "vitest";
 import { GUARD_UNSAFE_MARKER } from "../scripts/backend-sim";
-import { auditEvents, grants, guardFlags } from "../worker/db/schema";
+import { auditEvents, grants, guardFlags, organizationGuard } from "../worker/db/schema";
 import { readGuardAnswer } from "../worker/guard/classify";
 import { pruneGuardSamples } from "../worker/guard/flags";
 import { parseGuardBackend } from "../worker/guard/settings";
@@ -14,8 +14,10 @@ import { BackendHealth } from "../worker/inference/backends";
 import { fixedClock } from "../worker/platform/clock";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
 import { type Backend, openAiCaller, scopedBackend } from "./helpers/backends";
+import { heldWrites } from "./helpers/bindings";
 import { seedLicense, testGateway } from "./helpers/gateway";
 import { usageRows } from "./helpers/ledger";
+import { joinByInvitation, signedInMember } from "./helpers/members";
 
 const MODEL = "llama-2-7b-chat";
 const UNSAFE = `tell me about ${GUARD_UNSAFE_MARKER} please`;
@@ -61,6 +63,10 @@ async function setup(options: { guardUrl?: string | null; bindings?: Partial<Env
 
 type Gateway = ReturnType<typeof testGateway>;
 
+/**
+ * Sets an organization's guard as an admin from outside it: the callers' contacts are at
+ * example.com, and an admin from there is party to their organizations (`conflict.ts`).
+ */
 async function setGuard(
   gw: Gateway,
   organizationId: string,
@@ -69,7 +75,7 @@ async function setGuard(
 ) {
   return gw.request(`/admin/api/organizations/${organizationId}/guard`, {
     method: "PUT",
-    headers: accessHeaders(await adminToken({ role, email: "ops@example.com" })),
+    headers: accessHeaders(await adminToken({ role, email: "ops@review.example" })),
     body: JSON.stringify(policy),
   });
 }
@@ -320,7 +326,71 @@ describe("the guard's admin API", () => {
     });
     expect(await read.json()).toMatchObject({ mode: "log", storeSamples: true, screenResponses: false });
     const events = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "organization.guard_set"));
-    expect(events.map((e) => [e.subjectId, e.actor])).toEqual([[organizationId, "reviewer:ops@example.com"]]);
+    expect(events.map((e) => [e.subjectId, e.actor])).toEqual([[organizationId, "reviewer:ops@review.example"]]);
+  });
+
+  it("security: refuses, audited, an admin party to the organization switching its screening off", async () => {
+    const { gw, organizationId, ask } = await setup();
+    expect((await setGuard(gw, organizationId, { mode: "block" })).status).toBe(200);
+    await signedInMember(gw, { organizationId, email: "insider@ops.example", role: "viewer" });
+    // The caller's contact is at example.com, so a colleague from there is party to it too.
+    for (const [email, conflict] of [
+      ["insider@ops.example", "organization_member"],
+      ["carl@example.com", "contact_domain"],
+    ] as const) {
+      const res = await gw.request(`/admin/api/organizations/${organizationId}/guard`, {
+        method: "PUT",
+        headers: accessHeaders(await adminToken({ role: "admin", email })),
+        body: JSON.stringify({ mode: "off" }),
+      });
+      expect(res.status, email).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict });
+    }
+    // Still screened, and the insider may still read the policy.
+    await expect(ask(UNSAFE)).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    const read = await gw.request(`/admin/api/organizations/${organizationId}/guard`, {
+      headers: accessHeaders(await adminToken({ role: "admin", email: "insider@ops.example" })),
+    });
+    expect(await read.json()).toMatchObject({ mode: "block", custom: true });
+    const refused = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "organization.change_refused"));
+    expect(refused.map((e) => [e.actor, e.subjectId, e.data.change, e.data.conflict])).toEqual([
+      ["reviewer:insider@ops.example", organizationId, "organization.guard_set", "organization_member"],
+      ["reviewer:carl@example.com", organizationId, "organization.guard_set", "contact_domain"],
+    ]);
+    // An admin who is a member of another organization is no party to this one.
+    await signedInMember(gw, { email: "elsewhere@ops.example", role: "owner" });
+    const off = await gw.request(`/admin/api/organizations/${organizationId}/guard`, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "admin", email: "elsewhere@ops.example" })),
+      body: JSON.stringify({ mode: "off" }),
+    });
+    expect(off.status).toBe(200);
+    expect(await off.json()).toMatchObject({ mode: "off" });
+  });
+
+  it("security: refuses an admin who joins the organization while their change to its screening is on its way", async () => {
+    const { gw, organizationId, member } = await setup();
+    expect((await setGuard(gw, organizationId, { mode: "block" })).status).toBe(200);
+    // The admin's change has passed the door and planned while they were no party to it...
+    const held = heldWrites(1);
+    const acting = testGateway({ clock: fixedClock(TOKEN_NOW), bindings: { DB: held.db } });
+    const off = acting.request(`/admin/api/organizations/${organizationId}/guard`, {
+      method: "PUT",
+      headers: accessHeaders(await adminToken({ role: "admin", email: "joiner@ops.example" })),
+      body: JSON.stringify({ mode: "off" }),
+    });
+    await held.poised;
+    // ...when the organization's owner has them join it.
+    await joinByInvitation(gw, member, "joiner@ops.example");
+    held.release();
+    const res = await off;
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+    const [policy] = await gw.db
+      .select()
+      .from(organizationGuard)
+      .where(eq(organizationGuard.organizationId, organizationId));
+    expect(policy?.mode).toBe("block");
   });
 
   it("proposes suspending an organization at the threshold, which a reviewer confirms with the grant's suspend route", async () => {

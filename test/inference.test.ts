@@ -1061,9 +1061,10 @@ describe("admin-set limits", () => {
       client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
     await ask();
     const [app] = await gw.db.select().from(applications).where(eq(applications.id, applicationId));
+    // The caller's contact is at example.com: an admin from elsewhere, as one from there is party to it.
     const set = await gw.request(`/admin/api/organizations/${app?.organizationId}/limits`, {
       method: "PUT",
-      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@example.com" })),
+      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@review.example" })),
       body: JSON.stringify({ plan: "trial", requestsPerMinute: 2, tokensPerMinute: 1_000, monthlyTokenBudget: 10_000 }),
     });
     expect(set.status).toBe(200);
@@ -1096,7 +1097,7 @@ describe("admin-set limits", () => {
     expect(crossSite.status).toBe(403);
     const set = await gw.request(path, {
       method: "PUT",
-      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@example.com" })),
+      headers: accessHeaders(await adminToken({ role: "admin", email: "ops@review.example" })),
       body: JSON.stringify(limits),
     });
     expect(set.status).toBe(200);

@@ -2,12 +2,17 @@ import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "c
 import { env } from "cloudflare:workers";
 import { eq, sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
+import { verifyAuditChain } from "../worker/audit/log";
 import { createDatabase } from "../worker/db/client";
-import { usageHours, usageLedger } from "../worker/db/schema";
+import { auditEvents, organizationLimits, usageHours, usageLedger } from "../worker/db/schema";
 import { type LedgerRow, ledgerBatch, ledgerEntry, writeUsageRows } from "../worker/inference/ledger";
 import type { QuotaLimits, TokenQuota } from "../worker/quota/org-quota";
 import { hourOf } from "../worker/usage/hours";
+import { accessHeaders, adminToken } from "./helpers/access";
+import { heldWrites } from "./helpers/bindings";
+import { seedGrant, seedLicense, testGateway } from "./helpers/fixtures";
 import { ledgerRow, usageRows } from "./helpers/ledger";
+import { joinByInvitation, signedInMember } from "./helpers/members";
 
 const limits = { requestsPerMinute: 50, tokensPerMinute: 1_000_000, monthlyTokenBudget: 100_000_000 };
 const NOW = Date.parse("2026-06-15T12:00:10Z");
@@ -364,5 +369,81 @@ describe("OrgQuota: a token's own limits", () => {
       refusal: "monthly_budget",
       limitedBy: "token",
     });
+  });
+});
+
+describe("security: admin-set limits and conflict of interest", () => {
+  const raised = {
+    plan: "mine",
+    requestsPerMinute: 1_000_000,
+    tokensPerMinute: 1_000_000_000,
+    monthlyTokenBudget: 1e12,
+  };
+
+  function putLimits(gw: ReturnType<typeof testGateway>, organizationId: string, token: string) {
+    return gw.request(`/admin/api/organizations/${organizationId}/limits`, {
+      method: "PUT",
+      headers: accessHeaders(token),
+      body: JSON.stringify(raised),
+    });
+  }
+
+  it("refuses, audited, an admin party to the organization; an admin who is a member elsewhere sets them", async () => {
+    const gw = testGateway();
+    const license = await seedLicense(gw.services);
+    // The case's contact is ada@acme.example.
+    const { grant } = await seedGrant(gw.services, license);
+    const organizationId = grant.organizationId;
+    await signedInMember(gw, { organizationId, email: "insider@ops.example", role: "viewer" });
+    await signedInMember(gw, { email: "outsider@ops.example", role: "owner" });
+    for (const [email, conflict] of [
+      ["Insider+limits@OPS.example", "organization_member"],
+      ["carl@acme.example", "contact_domain"],
+    ] as const) {
+      const res = await putLimits(gw, organizationId, await adminToken({ email, role: "admin" }));
+      expect(res.status, email).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict });
+    }
+    expect(await gw.db.select().from(organizationLimits)).toEqual([]);
+    const refused = await gw.db.select().from(auditEvents).where(eq(auditEvents.action, "organization.change_refused"));
+    expect(refused.map((e) => [e.actor, e.subjectId, e.data.change, e.data.conflict])).toEqual([
+      ["reviewer:insider+limits@ops.example", organizationId, "organization.limits_set", "organization_member"],
+      ["reviewer:carl@acme.example", organizationId, "organization.limits_set", "contact_domain"],
+    ]);
+    // Reading them stays open to the insider.
+    const read = await gw.request(`/admin/api/organizations/${organizationId}/limits`, {
+      headers: accessHeaders(await adminToken({ email: "insider@ops.example", role: "admin" })),
+    });
+    expect(read.status).toBe(200);
+
+    const set = await putLimits(gw, organizationId, await adminToken({ email: "outsider@ops.example", role: "admin" }));
+    expect(set.status).toBe(200);
+    expect(await gw.db.select().from(organizationLimits)).toEqual([
+      expect.objectContaining({ organizationId, plan: "mine", requestsPerMinute: 1_000_000 }),
+    ]);
+    expect(await verifyAuditChain(gw.db)).toMatchObject({ ok: true, checked: 3 });
+  });
+
+  it("refuses an admin who joins the organization while their change is on its way", async () => {
+    const gw = testGateway();
+    const license = await seedLicense(gw.services);
+    const { grant } = await seedGrant(gw.services, license);
+    const organizationId = grant.organizationId;
+    const owner = await signedInMember(gw, { organizationId, email: "owner@acme.example", role: "owner" });
+    // The admin's change has passed the door and planned while they were no party to it...
+    const held = heldWrites(1);
+    const acting = testGateway(gw.clock.now(), { DB: held.db });
+    const put = putLimits(acting, organizationId, await adminToken({ email: "joiner@ops.example", role: "admin" }));
+    await held.poised;
+    // ...when they join the organization.
+    await joinByInvitation(gw, owner, "joiner@ops.example");
+    held.release();
+    const res = await put;
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+    expect(await gw.db.select().from(organizationLimits)).toEqual([]);
+    const actions = (await gw.db.select().from(auditEvents)).map((e) => e.action);
+    expect(actions).toContain("organization.change_refused");
+    expect(actions).not.toContain("organization.limits_set");
   });
 });

@@ -12,11 +12,13 @@ import {
   invitations,
   mailOutbox,
   organizationDomains,
+  reviewComments,
 } from "../worker/db/schema";
 import type { LicenseVersion } from "../worker/licenses/store";
 import { accessHeaders, adminToken, TOKEN_NOW } from "./helpers/access";
+import { heldWrites } from "./helpers/bindings";
 import { seedApplication, seedLicense, testGateway } from "./helpers/fixtures";
-import { signedInMember } from "./helpers/members";
+import { joinByInvitation, signedInMember } from "./helpers/members";
 
 type Gateway = ReturnType<typeof testGateway>;
 
@@ -422,6 +424,30 @@ describe("security: a reviewer party to the case cannot decide it", () => {
     expect(applyDecision(state, "bob@example.com", "approve")).toMatchObject({ ok: true, issueGrant: true });
   });
 
+  it("refuses a colleague of the contact, or of the website, of another of the organization's cases", async () => {
+    const earlier = await seedApplication(gateway.services, license, {
+      status: "rejected",
+      contactEmail: "ada@acme.example",
+      website: "https://www.globex.example",
+    });
+    const application = await seedApplication(gateway.services, license, {
+      organizationId: earlier.organizationId,
+      contactEmail: "founder@gmail.com",
+      website: null,
+    });
+    for (const [reviewer, conflict] of [
+      ["carl@acme.example", "contact_domain"],
+      ["dan@eu.globex.example", "website_domain"],
+    ] as const) {
+      const res = await decide(gateway, application.id, reviewer, { decision: "approve" });
+      expect(res.status, reviewer).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict });
+      expect(await caseFileFor(application.id, reviewer)).toMatchObject({ conflictOfInterest: true });
+    }
+    expect(await stored(gateway, application.id)).toMatchObject({ status: "pending_review" });
+    expect((await decide(gateway, application.id, ANN, { decision: "approve" })).status).toBe(200);
+  });
+
   it("lets a reviewer who only shares a free-mail provider with the applicant decide", async () => {
     const application = await seedApplication(gateway.services, license, {
       contactEmail: "ada@gmail.com",
@@ -432,5 +458,83 @@ describe("security: a reviewer party to the case cannot decide it", () => {
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ status: "approved" });
     expect(await refusals()).toEqual([]);
+  });
+});
+
+describe("security: a reviewer party to the case cannot comment on it", () => {
+  let gateway: Gateway;
+  let license: LicenseVersion;
+
+  beforeEach(async () => {
+    gateway = testGateway();
+    license = await seedLicense(gateway.services);
+  });
+
+  async function comment(gw: Gateway, applicationId: string, reviewer: string, body = "Checked, all fine.") {
+    return gw.request(`/admin/api/applications/${applicationId}/comments`, {
+      method: "POST",
+      headers: accessHeaders(await adminToken({ email: reviewer, role: "reviewer" })),
+      body: JSON.stringify({ body }),
+    });
+  }
+
+  it("refuses, audited, a member of the applicant organization and a colleague of its contact; reading stays open", async () => {
+    // The case's contact is ada@acme.example.
+    const application = await seedApplication(gateway.services, license);
+    await signedInMember(gateway, {
+      organizationId: application.organizationId,
+      email: "insider@ops.example",
+      role: "viewer",
+    });
+    for (const [reviewer, conflict] of [
+      ["insider@ops.example", "organization_member"],
+      ["carl@acme.example", "contact_domain"],
+    ] as const) {
+      const res = await comment(gateway, application.id, reviewer);
+      expect(res.status, reviewer).toBe(403);
+      expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict });
+      const thread = await gateway.request(`/admin/api/applications/${application.id}/comments`, {
+        headers: accessHeaders(await adminToken({ email: reviewer, role: "reviewer" })),
+      });
+      expect(thread.status).toBe(200);
+    }
+    expect(await gateway.services.db.select().from(reviewComments)).toEqual([]);
+    const refused = await gateway.services.db
+      .select()
+      .from(auditEvents)
+      .where(eq(auditEvents.action, "application.comment_refused"))
+      .orderBy(auditEvents.seq);
+    expect(refused.map((e) => [e.actor, e.subjectId, e.data.conflict])).toEqual([
+      ["reviewer:insider@ops.example", application.id, "organization_member"],
+      ["reviewer:carl@acme.example", application.id, "contact_domain"],
+    ]);
+    // The attempt is recorded by the text's hash, never the text.
+    expect(JSON.stringify(refused)).not.toContain("all fine");
+
+    // A reviewer who is a member of another organization is no party to this case.
+    await signedInMember(gateway, { email: "elsewhere@ops.example", role: "owner" });
+    expect((await comment(gateway, application.id, "elsewhere@ops.example")).status).toBe(201);
+    expect(await verifyAuditChain(gateway.services.db)).toMatchObject({ ok: true, checked: 3 });
+  });
+
+  it("refuses a reviewer who joins the applicant organization while their comment is on its way", async () => {
+    const application = await seedApplication(gateway.services, license);
+    const owner = await signedInMember(gateway, {
+      organizationId: application.organizationId,
+      email: "owner@acme.example",
+      role: "owner",
+    });
+    // The comment has passed the door and planned while its reviewer was no party to the case...
+    const held = heldWrites(1);
+    const acting = testGateway(gateway.clock.now(), { DB: held.db });
+    const pending = comment(acting, application.id, "joiner@ops.example");
+    await held.poised;
+    // ...when they join the organization.
+    await joinByInvitation(gateway, owner, "joiner@ops.example");
+    held.release();
+    const res = await pending;
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ code: "conflict_of_interest", conflict: "organization_member" });
+    expect(await gateway.services.db.select().from(reviewComments)).toEqual([]);
   });
 });

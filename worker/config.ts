@@ -11,8 +11,18 @@ export interface Config {
   publicBaseUrl: string;
   mailFrom: string;
   access: {
-    teamDomain: string;
-    audience: string;
+    /**
+     * The issuer every Access token must name (`ACCESS_TEAM_DOMAIN`, no trailing slash), whose
+     * certs endpoint holds the keys. Undefined when the var is missing or blank: then no token is
+     * accepted (`verifyAccessToken`), since jose checks an issuer only when it is told one.
+     */
+    teamDomain: string | undefined;
+    /**
+     * The Access application's audience tag (`ACCESS_AUD`). Undefined when missing or blank: then
+     * no token is accepted, since without it a token of any other Access application of the
+     * same team (a wiki, a dashboard anyone in the company may open) would pass for ours.
+     */
+    audience: string | undefined;
     /** Inline JWKS (local development); when absent, the team's certs endpoint is used. */
     jwks: { keys: Record<string, unknown>[] } | undefined;
     /** The local sign-in page (`/admin/dev-login`): only with `DEV_LOGIN=1` on a loopback origin. */
@@ -127,9 +137,34 @@ function devLogin(setting: string | undefined, publicBaseUrl: string): boolean {
   return true;
 }
 
+/**
+ * The vars a deployed environment must set itself (Wrangler environments inherit none from the
+ * top level): without the first two the gateway's links and mail go nowhere, and without the
+ * last three its admin door stays shut — no Access token is verified without an issuer and an
+ * audience, and no one holds a role without `ADMIN_ROLES`. Every other var has a default in
+ * `readConfig`. `npm run deploy:check` refuses an environment that lacks one of these.
+ */
+export const REQUIRED_VARS = [
+  "PUBLIC_BASE_URL",
+  "MAIL_FROM",
+  "ACCESS_TEAM_DOMAIN",
+  "ACCESS_AUD",
+  "ADMIN_ROLES",
+] as const;
+
+/** A var's value, or undefined when it is missing or only whitespace. */
+function nonBlank(value: string | undefined): string | undefined {
+  return value?.trim() || undefined;
+}
+
 const cache = new WeakMap<object, Config>();
 
-/** Reads the configuration from bindings. Throws on a malformed deployment setting. */
+/**
+ * Reads the configuration from bindings. Throws on a malformed deployment setting. A missing
+ * `ACCESS_TEAM_DOMAIN` or `ACCESS_AUD` is not thrown on: the gateway's public side (applications,
+ * downloads, inference) does not depend on them, so it keeps serving while the admin door stays
+ * shut and says why in the logs (`verifyAccessToken`); `deploy:check` catches it before a deploy.
+ */
 export function readConfig(env: Env): Config {
   const hit = cache.get(env);
   if (hit) return hit;
@@ -142,8 +177,8 @@ export function readConfig(env: Env): Config {
     publicBaseUrl: env.PUBLIC_BASE_URL.replace(/\/+$/, ""),
     mailFrom: env.MAIL_FROM,
     access: {
-      teamDomain: env.ACCESS_TEAM_DOMAIN.replace(/\/+$/, ""),
-      audience: env.ACCESS_AUD,
+      teamDomain: nonBlank(env.ACCESS_TEAM_DOMAIN)?.replace(/\/+$/, "") || undefined,
+      audience: nonBlank(env.ACCESS_AUD),
       jwks: jwksText ? (JSON.parse(jwksText) as { keys: Record<string, unknown>[] }) : undefined,
       devLogin: devLogin(env.DEV_LOGIN, env.PUBLIC_BASE_URL),
     },

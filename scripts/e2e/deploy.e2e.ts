@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CompactSign, compactVerify, importJWK, type JWK } from "jose";
 import { afterAll, describe, expect, it } from "vitest";
+import { REQUIRED_VARS } from "../../worker/config";
 import { checkEnvironment, readEnvironment, secretNames } from "../lib/deploy-config";
 import { ROOT } from "../lib/local-state";
 
@@ -63,6 +64,43 @@ describe("deploy: wrangler.toml's deployed environments", () => {
         expect.stringMatching(/^the EMAIL binding may not send as MAIL_FROM/),
       ]),
     );
+  });
+
+  it.each(REQUIRED_VARS)(
+    "an environment without %s, or with it blank, is refused (environments inherit no vars)",
+    (name) => {
+      /** `[env.production.vars]` with the line setting `name` dropped, or its value blanked. */
+      const withVar = (value: string | undefined) =>
+        projectWith((toml) => {
+          const lines = toml.split("\n");
+          const section = lines.indexOf("[env.production.vars]");
+          const at = lines.findIndex((line, i) => i > section && line.startsWith(`${name} = `));
+          expect(at, name).toBeGreaterThan(section);
+          lines.splice(at, 1, ...(value === undefined ? [] : [`${name} = ${JSON.stringify(value)}`]));
+          return lines.join("\n");
+        });
+      for (const root of [withVar(undefined), withVar("  ")]) {
+        const missing = findings(root, "production").filter((f) => f.kind === "missing");
+        expect(missing).toEqual([
+          {
+            env: "production",
+            kind: "missing",
+            message: `${name} is missing (environments inherit no vars; the Worker needs it)`,
+          },
+        ]);
+        expect(findings(root, "staging").filter((f) => f.kind === "missing")).toEqual([]);
+      }
+    },
+  );
+
+  it("the top level, which `npm start` runs on, sets every var the Worker needs", () => {
+    const findingsThere = checkEnvironment(
+      "development",
+      readEnvironment(ROOT, undefined),
+      readEnvironment(ROOT, undefined),
+      [],
+    );
+    expect(findingsThere.filter((f) => f.kind === "missing")).toEqual([]);
   });
 
   it("an API key in a deployed INFERENCE_BACKENDS and a binding left out are refused", () => {

@@ -1,12 +1,15 @@
 /**
  * What a deployed environment of `wrangler.toml` must not carry: the development values that make
  * the top level work on a laptop (loopback URLs in applicants' mail, the dev sign-in page, an
- * inline Access JWKS) and the placeholders an operator has to replace before the first deploy.
- * `npm run deploy:check` applies it to `[env.staging]` and `[env.production]`.
+ * inline Access JWKS) and the placeholders an operator has to replace before the first deploy;
+ * and what it must carry: the vars the Worker has no default for (`REQUIRED_VARS`), which an
+ * environment does not inherit from the top level. `npm run deploy:check` applies it to
+ * `[env.staging]` and `[env.production]`.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { unstable_readConfig } from "wrangler";
+import { REQUIRED_VARS } from "../../worker/config";
 
 /** The part of a resolved Wrangler environment these checks read. */
 export interface DeployedEnvironment {
@@ -87,6 +90,15 @@ export function checkEnvironment(
 ): Finding[] {
   const out: Finding[] = [];
   const add = (kind: Finding["kind"], message: string) => out.push({ env, kind, message });
+  // Checked by name, not by what is there: a var left out of an environment is no value the loops
+  // below could judge, and the Worker would start without it — without the Access vars, with its
+  // admin door shut to every reviewer.
+  for (const name of REQUIRED_VARS) {
+    const value = deployed.vars[name];
+    if (value === undefined || (typeof value === "string" && value.trim() === "")) {
+      add("missing", `${name} is missing (environments inherit no vars; the Worker needs it)`);
+    }
+  }
   for (const name of Object.keys(deployed.vars)) {
     if (secrets.includes(name)) add("development", `${name} is a var; it is a secret (wrangler secret put ${name})`);
   }

@@ -102,3 +102,34 @@ export async function signedInMember(gateway: GatewayLike, seed: MemberSeed = {}
     headers: { cookie, "x-modelgate-organization": organizationId },
   };
 }
+
+let joins = 0;
+
+/** What `joinByInvitation` drives: a gateway from `testGateway` with its recording mailer. */
+interface InvitingGateway {
+  request(path: string, init?: RequestInit): Promise<Response>;
+  mailer: { sent: { to: string; text: string }[] };
+}
+
+/**
+ * `email` joins `owner`'s organization the way people do, in two audited writes: the owner
+ * invites them through the API, and they accept the link the invitation mail carries.
+ */
+export async function joinByInvitation(gateway: InvitingGateway, owner: SignedInMember, email: string): Promise<void> {
+  const invited = await gateway.request("/v1/organization/invitations", {
+    method: "POST",
+    headers: { ...owner.headers, "content-type": "application/json" },
+    body: JSON.stringify({ email, role: "viewer" }),
+  });
+  if (invited.status !== 201) throw new Error(`invitation failed: ${invited.status} ${await invited.text()}`);
+  const mail = gateway.mailer.sent.filter((m) => m.to === email).at(-1);
+  const token = mail?.text.match(/\/invitations\/accept\?token=(mgi_[A-Za-z0-9_-]+)/)?.[1];
+  if (!token) throw new Error(`no invitation mailed to ${email}`);
+  const accepted = await gateway.request("/invitations/accept", {
+    method: "POST",
+    // A client address of its own each time, so the public forms' brake of one test reaches no other.
+    headers: { "content-type": "application/x-www-form-urlencoded", "cf-connecting-ip": `203.0.113.${++joins % 250}` },
+    body: new URLSearchParams({ token }),
+  });
+  if (accepted.status !== 303) throw new Error(`acceptance failed: ${accepted.status} ${await accepted.text()}`);
+}

@@ -29,7 +29,7 @@ import {
 import { findModel } from "../policy/families";
 import type { Services } from "../services";
 import { documentedJsonBody, registerBodySchema } from "./body";
-import { reviewerActor } from "./decisions";
+import { reviewerActor } from "./conflict";
 
 /** Form fields left empty arrive as "" (text) or null (numbers): both mean "not given". */
 const unset = (value: unknown) => (value === "" || value === null ? undefined : value);

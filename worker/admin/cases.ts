@@ -23,8 +23,8 @@ import {
 import { AppError } from "../errors";
 import { newRouter, problemResponses } from "../http/router";
 import type { Services } from "../services";
+import { reviewerConflict } from "./conflict";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
-import { reviewerConflict } from "./decisions";
 
 const PolicyReasonSchema = z.object({
   code: z.string(),

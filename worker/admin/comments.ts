@@ -1,11 +1,13 @@
 /**
  * Comments between reviewers on a case: questions, findings, hand-overs. They decide nothing (a
  * comment is never an approval) and the applicant never sees them, but each one is audited, since
- * what reviewers knew when they decided is part of the record.
+ * what reviewers knew when they decided is part of the record. For that very reason a reviewer
+ * party to the case (`conflict.ts`) may read the thread but not add to it: a finding written by
+ * the applicant's colleague, or an insider's "checked, all fine", would steer the approvers who
+ * decide it.
  */
 import { z } from "@hono/zod-openapi";
 import { asc, eq } from "drizzle-orm";
-import { writeAudited } from "../audit/log";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import type { Database } from "../db/client";
@@ -15,7 +17,7 @@ import { newRouter, problemResponses, readBody } from "../http/router";
 import { sha256Hex } from "../platform/hash";
 import type { Services } from "../services";
 import { documentedJsonBody, registerBodySchema } from "./body";
-import { reviewerActor } from "./decisions";
+import { refusalIfParty, reviewerActor, writeAuditedUnlessParty } from "./conflict";
 
 /** What a reviewer writes. */
 export const NewCommentSchema = z.object({ body: z.string().trim().min(1).max(4000) }).openapi("NewReviewComment");
@@ -41,7 +43,8 @@ export async function caseComments(db: Database, applicationId: string): Promise
 /**
  * Adds a reviewer's comment to a case with its audit event (`application.commented`) in one
  * batch. The event carries the text's sha256 rather than the text, so the chain proves what was
- * written without copying reviewers' notes into every export of the log.
+ * written without copying reviewers' notes into every export of the log. A reviewer party to the
+ * case is refused with `conflict_of_interest`, the attempt audited as `application.comment_refused`.
  */
 export async function addReviewComment(
   services: Pick<Services, "db" | "clock" | "ids">,
@@ -51,12 +54,24 @@ export async function addReviewComment(
 ): Promise<ReviewComment> {
   const { db, clock, ids } = services;
   const bodySha256 = await sha256Hex(body);
-  return writeAudited(services, async () => {
+  return writeAuditedUnlessParty<ReviewComment>(services, async () => {
     const [application] = await db
-      .select({ id: applications.id })
+      .select({
+        organizationId: applications.organizationId,
+        contactEmail: applications.contactEmail,
+        website: applications.website,
+      })
       .from(applications)
       .where(eq(applications.id, applicationId));
     if (!application) throw new AppError("not_found", `No application ${applicationId}.`);
+    const refused = await refusalIfParty(db, reviewer, application, {
+      action: "application.comment_refused",
+      subjectType: "application",
+      subjectId: applicationId,
+      data: { bodySha256, length: body.length },
+      remedy: "leave the case to other reviewers",
+    });
+    if (refused) return refused;
     const row: ReviewComment = {
       id: ids.id("cmt"),
       applicationId,
@@ -100,6 +115,9 @@ const postComment = adminRoute("reviewer", {
   method: "post",
   path: "/admin/api/applications/{id}/comments",
   summary: "Comment on a case (visible to reviewers only)",
+  description:
+    "A reviewer party to the case (its contact, at its domain, a member or invitee of its organization) is " +
+    "refused with `conflict_of_interest`, and the refusal is audited as `application.comment_refused`.",
   request: { params: Params, body: documentedJsonBody(NewCommentSchema, "NewReviewComment") },
   responses: {
     201: { description: "The new comment", content: { "application/json": { schema: CommentSchema } } },

@@ -2,30 +2,14 @@
  * A reviewer's decision on a case: approve, reject, or ask the applicant for more information.
  */
 import { z } from "@hono/zod-openapi";
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { BatchItem } from "drizzle-orm/batch";
 import type { Context } from "hono";
-import {
-  applyDecision,
-  type ConflictOfInterest,
-  conflictOfInterest,
-  type OrganizationTies,
-} from "../applications/review";
-import { type AuditEntry, isUniqueViolation, writeAudited } from "../audit/log";
+import { applyDecision } from "../applications/review";
+import { type AuditEntry, isUniqueViolation } from "../audit/log";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
-import type { Database } from "../db/client";
-import {
-  APPLICATION_STATUSES,
-  type ApplicationStatus,
-  applications,
-  DECISIONS,
-  decisions,
-  invitations,
-  memberships,
-  organizationDomains,
-  users,
-} from "../db/schema";
+import { APPLICATION_STATUSES, type ApplicationStatus, applications, DECISIONS, decisions } from "../db/schema";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import { caseEvents } from "../events/record";
@@ -37,6 +21,7 @@ import { addDays } from "../platform/clock";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
 import { documentedJsonBody, registerBodySchema } from "./body";
+import { refusalIfParty, reviewerActor, writeAuditedUnlessParty } from "./conflict";
 
 /** What a reviewer submits. */
 export const DecisionRequestSchema = z
@@ -63,67 +48,6 @@ const DecisionOutcomeSchema = z
 
 export type DecisionOutcome = z.infer<typeof DecisionOutcomeSchema>;
 
-/** The actor name a reviewer has in the audit log. */
-export function reviewerActor(reviewer: Pick<AdminIdentity, "email">): string {
-  return `reviewer:${reviewer.email}`;
-}
-
-const CONFLICT_DETAIL: Record<ConflictOfInterest, string> = {
-  applicant_email: "This is your own application; another approver must decide it.",
-  contact_domain: "The applicant's contact e-mail is at your organization's domain; another approver must decide it.",
-  website_domain: "The applicant's website is at your organization's domain; another approver must decide it.",
-  organization_member:
-    "You are a member of the applicant organization, or invited to it; another approver must decide it.",
-  organization_domain:
-    "Your e-mail is at a domain the applicant organization verified; another approver must decide it.",
-};
-
-/** The refusal of a reviewer party to the case. */
-export function conflictError(conflict: ConflictOfInterest): AppError {
-  return new AppError("conflict_of_interest", CONFLICT_DETAIL[conflict], { extensions: { conflict } });
-}
-
-/** The applicant organization's live members, open invitations and verified domains. */
-async function organizationTies(db: Database, organizationId: string): Promise<OrganizationTies> {
-  const [members, invited, domains] = await Promise.all([
-    db
-      .select({ email: users.email })
-      .from(memberships)
-      .innerJoin(users, eq(users.id, memberships.userId))
-      .where(and(eq(memberships.organizationId, organizationId), isNull(memberships.removedAt))),
-    db
-      .select({ email: invitations.email })
-      .from(invitations)
-      .where(
-        and(
-          eq(invitations.organizationId, organizationId),
-          isNull(invitations.acceptedAt),
-          isNull(invitations.revokedAt),
-        ),
-      ),
-    db
-      .select({ domain: organizationDomains.domain })
-      .from(organizationDomains)
-      .where(eq(organizationDomains.organizationId, organizationId)),
-  ]);
-  return {
-    emails: [...members, ...invited].map((row) => row.email),
-    domains: domains.map((row) => row.domain),
-  };
-}
-
-/**
- * Why `reviewerEmail` may not decide `application`, or change its grant: `conflictOfInterest`
- * with what the database knows of the applicant organization.
- */
-export async function reviewerConflict(
-  db: Database,
-  reviewerEmail: string,
-  application: { organizationId: string; contactEmail: string; website: string | null },
-): Promise<ConflictOfInterest | null> {
-  return conflictOfInterest(reviewerEmail, application, await organizationTies(db, application.organizationId));
-}
-
 /** Statuses whose notice to the applicant `decisionMail` writes. */
 function noticeStatus(status: ApplicationStatus): "approved" | "rejected" | "info_requested" | undefined {
   return status === "approved" || status === "rejected" || status === "info_requested" ? status : undefined;
@@ -145,32 +69,17 @@ export async function decideApplication(
   const { db, clock, ids, config } = services;
   const actor = reviewerActor(reviewer);
   try {
-    const planned = await writeAudited<DecisionOutcome | { refused: ConflictOfInterest }>(services, async () => {
+    return await writeAuditedUnlessParty<DecisionOutcome>(services, async () => {
       const [application] = await db.select().from(applications).where(eq(applications.id, applicationId));
       if (!application) throw new AppError("not_found", `No application ${applicationId}.`);
-      const conflict = await reviewerConflict(db, reviewer.email, application);
-      if (conflict) {
-        // The refusal is evidence too: someone party to the case tried to decide it.
-        return {
-          statements: [],
-          events: [
-            {
-              actor,
-              action: "application.decision_refused",
-              subjectType: "application",
-              subjectId: applicationId,
-              data: {
-                code: "conflict_of_interest",
-                conflict,
-                decision: request.decision,
-                round: application.reviewRound,
-                reviewer: reviewer.email,
-              },
-            },
-          ],
-          result: { refused: conflict },
-        };
-      }
+      // The refusal is evidence too: someone party to the case tried to decide it.
+      const refused = await refusalIfParty(db, reviewer, application, {
+        action: "application.decision_refused",
+        subjectType: "application",
+        subjectId: applicationId,
+        data: { decision: request.decision, round: application.reviewRound },
+      });
+      if (refused) return refused;
       const family = findFamily(application.family);
       if (!family) throw new Error(`application ${applicationId} names unknown family ${application.family}`);
       const approvalsThisRound = await db
@@ -279,8 +188,6 @@ export async function decideApplication(
         },
       };
     });
-    if ("refused" in planned) throw conflictError(planned.refused);
-    return planned;
   } catch (error) {
     // The database's four-eyes index caught the same approver twice in one round, racing itself.
     if (isUniqueViolation(error, "decisions")) {
@@ -305,7 +212,7 @@ const decide = adminRoute("approver", {
   path: "/admin/api/applications/{id}/decision",
   summary: "Approve, reject, or ask for more information",
   description:
-    "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant. An approver whose e-mail is the contact's, or whose domain is the contact's or the website's (free-mail domains aside), is refused with `conflict_of_interest`, and the refusal is audited.",
+    "Cases over the license's threshold need two distinct approvers in one review round; the grant is issued with the last required approval. A reason marked visible is shown to the applicant. An approver party to the applicant organization (the contact of one of its cases however spelt, a member or invitee, at the domain of one of its contacts or websites or one it verified; free-mail domains aside) is refused with `conflict_of_interest`, and the refusal is audited.",
   request: {
     params: z.object({ id: z.string().min(1).max(100) }),
     body: documentedJsonBody(DecisionRequestSchema, "DecisionRequest"),

@@ -3,8 +3,6 @@
  */
 import { z } from "@hono/zod-openapi";
 import { and, desc, eq, lt, or, type SQL, sql } from "drizzle-orm";
-import type { ConflictOfInterest } from "../applications/review";
-import { writeAudited } from "../audit/log";
 import { type AdminIdentity, currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import type { AdminRole } from "../config";
@@ -20,8 +18,9 @@ import { caseNotice, grantMail } from "../mail/templates";
 import { findFamily } from "../policy/families";
 import type { Services } from "../services";
 import { documentedJsonBody, registerBodySchema } from "./body";
+import { refusalIfParty, reviewerActor, writeAuditedUnlessParty } from "./conflict";
 import { decodeCursor, encodeCursor, PageQuery } from "./cursor";
-import { conflictError, deliverMailSoon, reviewerActor, reviewerConflict } from "./decisions";
+import { deliverMailSoon } from "./decisions";
 
 const GrantSchema = z
   .object({
@@ -73,82 +72,69 @@ export async function changeGrantStatus(
   reason: string,
 ): Promise<z.infer<typeof GrantChangeSchema>> {
   const { db, clock } = services;
-  const planned = await writeAudited<z.infer<typeof GrantChangeSchema> | { refused: ConflictOfInterest }>(
-    services,
-    async () => {
-      const [row] = await db
-        .select({ grant: grants, application: applications })
-        .from(grants)
-        .innerJoin(applications, eq(applications.id, grants.applicationId))
-        .where(eq(grants.id, grantId));
-      if (!row) throw new AppError("not_found", `No grant ${grantId}.`);
-      const { grant, application } = row;
-      // Whoever may not decide the case may not suspend, reinstate or revoke what it granted either.
-      const conflict = await reviewerConflict(db, reviewer.email, application);
-      if (conflict) {
-        return {
-          statements: [],
-          events: [
-            {
-              actor: reviewerActor(reviewer),
-              action: "grant.change_refused",
-              subjectType: "grant",
-              subjectId: grantId,
-              data: { code: "conflict_of_interest", conflict, action, reviewer: reviewer.email, status: grant.status },
-            },
-          ],
-          result: { refused: conflict },
-        };
-      }
-      const next = nextGrantStatus(grant.status, action);
-      if (!next) {
-        const detail =
-          grant.status === "revoked"
-            ? "The grant is revoked; revocation is final."
-            : `A grant that is ${grant.status} cannot be ${EVENT_OF[action].slice("grant.".length)}.`;
-        throw new AppError("invalid_state", detail);
-      }
-      const at = clock.now().toISOString();
-      const actor = reviewerActor(reviewer);
-      const closed =
-        next === "revoked"
-          ? await closeOpenCasesOfRevokedGrant(services, grant, at, actor)
-          : { statements: [], events: [] };
-      const mail = grantMail(
-        caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
-        next,
-        reason,
-      );
-      return {
-        statements: [
-          db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
-          ...(await enqueueMailWithinLimits(services, mail)),
-          grantEvent(services, grant, next, reason),
-          ...closed.statements,
-        ],
-        events: [
-          {
-            actor,
-            action: EVENT_OF[action],
-            subjectType: "grant",
-            subjectId: grantId,
-            data: {
-              reason,
-              from: grant.status,
-              to: next,
-              applicationId: grant.applicationId,
-              organizationId: grant.organizationId,
-              family: grant.family,
-            },
+  return writeAuditedUnlessParty<z.infer<typeof GrantChangeSchema>>(services, async () => {
+    const [row] = await db
+      .select({ grant: grants, application: applications })
+      .from(grants)
+      .innerJoin(applications, eq(applications.id, grants.applicationId))
+      .where(eq(grants.id, grantId));
+    if (!row) throw new AppError("not_found", `No grant ${grantId}.`);
+    const { grant, application } = row;
+    // Whoever may not decide the case may not suspend, reinstate or revoke what it granted either.
+    const refused = await refusalIfParty(db, reviewer, application, {
+      action: "grant.change_refused",
+      subjectType: "grant",
+      subjectId: grantId,
+      data: { action, status: grant.status },
+      remedy: "another approver must change this grant",
+    });
+    if (refused) return refused;
+    const next = nextGrantStatus(grant.status, action);
+    if (!next) {
+      const detail =
+        grant.status === "revoked"
+          ? "The grant is revoked; revocation is final."
+          : `A grant that is ${grant.status} cannot be ${EVENT_OF[action].slice("grant.".length)}.`;
+      throw new AppError("invalid_state", detail);
+    }
+    const at = clock.now().toISOString();
+    const actor = reviewerActor(reviewer);
+    const closed =
+      next === "revoked"
+        ? await closeOpenCasesOfRevokedGrant(services, grant, at, actor)
+        : { statements: [], events: [] };
+    const mail = grantMail(
+      caseNotice(services.config.publicBaseUrl, application, findFamily(grant.family)?.displayName ?? grant.family),
+      next,
+      reason,
+    );
+    return {
+      statements: [
+        db.update(grants).set({ status: next, statusReason: reason, updatedAt: at }).where(eq(grants.id, grantId)),
+        ...(await enqueueMailWithinLimits(services, mail)),
+        grantEvent(services, grant, next, reason),
+        ...closed.statements,
+      ],
+      events: [
+        {
+          actor,
+          action: EVENT_OF[action],
+          subjectType: "grant",
+          subjectId: grantId,
+          data: {
+            reason,
+            from: grant.status,
+            to: next,
+            applicationId: grant.applicationId,
+            organizationId: grant.organizationId,
+            family: grant.family,
           },
-          ...closed.events,
-        ],
-        result: { id: grantId, status: next, previousStatus: grant.status },
-      };
-    },
-  );
-  if ("refused" in planned) throw conflictError(planned.refused);
-  return planned;
+        },
+        ...closed.events,
+      ],
+      result: { id: grantId, status: next, previousStatus: grant.status },
+    };
+  });
 }
 
 const listGrants = adminRoute("reviewer", {

@@ -18,6 +18,7 @@ import { ADMIN_ROLES, type AdminRole, type Config } from "../config";
 import type { HonoEnv } from "../env";
 import { AppError } from "../errors";
 import type { Clock } from "../platform/clock";
+import { jsonLogger, type Logger } from "../platform/logger";
 import { ownProperty } from "../platform/untrusted";
 
 /** The header Cloudflare Access puts the signed identity in. */
@@ -124,19 +125,19 @@ const remoteKeySets = new Map<string, JWTVerifyGetKey>();
  * and tests), otherwise the team's certs endpoint, fetched and cached once per isolate so that
  * key rotation is picked up without a request paying for a fetch every time.
  */
-function accessKeys(access: Config["access"]): JWTVerifyGetKey {
-  if (access.jwks) {
-    let keys = localKeySets.get(access.jwks);
+function accessKeys(jwks: Config["access"]["jwks"], teamDomain: string): JWTVerifyGetKey {
+  if (jwks) {
+    let keys = localKeySets.get(jwks);
     if (!keys) {
-      keys = createLocalJWKSet(access.jwks as Parameters<typeof createLocalJWKSet>[0]);
-      localKeySets.set(access.jwks, keys);
+      keys = createLocalJWKSet(jwks as Parameters<typeof createLocalJWKSet>[0]);
+      localKeySets.set(jwks, keys);
     }
     return keys;
   }
-  let keys = remoteKeySets.get(access.teamDomain);
+  let keys = remoteKeySets.get(teamDomain);
   if (!keys) {
-    keys = createRemoteJWKSet(new URL(`${access.teamDomain}/cdn-cgi/access/certs`));
-    remoteKeySets.set(access.teamDomain, keys);
+    keys = createRemoteJWKSet(new URL(`${teamDomain}/cdn-cgi/access/certs`));
+    remoteKeySets.set(teamDomain, keys);
   }
   return keys;
 }
@@ -145,18 +146,31 @@ function accessKeys(access: Config["access"]): JWTVerifyGetKey {
  * Verifies an Access JWT and resolves the reviewer it names. Throws `unauthorized` for any token
  * that is not a valid, current Access token for this application, and `service_unavailable` when
  * the team's keys cannot be fetched (so an outage at Access does not read as "bad token").
+ *
+ * Without an issuer and an audience configured, every token is refused and the reason logged
+ * (`deps.log`, else a plain JSON logger): jose checks `iss` and `aud` only when it is given them,
+ * so verifying without them would admit a token of any other Access application of the team —
+ * same team key, same signature — and hold its user to nothing but `ADMIN_ROLES`.
  */
 export async function verifyAccessToken(
   token: string,
-  deps: { config: Pick<Config, "access" | "adminRoles">; clock: Clock },
+  deps: { config: Pick<Config, "access" | "adminRoles">; clock: Clock; log?: Pick<Logger, "error"> },
 ): Promise<AdminIdentity> {
   const { access } = deps.config;
+  const { teamDomain: issuer, audience } = access;
+  if (!issuer || !audience) {
+    const missing = [...(issuer ? [] : ["ACCESS_TEAM_DOMAIN"]), ...(audience ? [] : ["ACCESS_AUD"])];
+    (deps.log ?? jsonLogger()).error("Access token refused: the admin door has no issuer or audience to check", {
+      missing,
+    });
+    throw new AppError("unauthorized", "Sign-in through Cloudflare Access is not configured on this gateway.");
+  }
   let payload: JWTPayload;
   try {
-    ({ payload } = await jwtVerify(token, accessKeys(access), {
+    ({ payload } = await jwtVerify(token, accessKeys(access.jwks, issuer), {
       algorithms: [...ACCESS_ALGORITHMS],
-      issuer: access.teamDomain,
-      audience: access.audience,
+      issuer,
+      audience,
       requiredClaims: ["exp", "iat", "sub", "email"],
       clockTolerance: CLOCK_TOLERANCE_SECONDS,
       currentDate: deps.clock.now(),
@@ -180,12 +194,12 @@ export async function verifyAccessToken(
 export async function adminIdentity(c: Context<HonoEnv>): Promise<AdminIdentity> {
   const known = c.get("admin");
   if (known) return known;
-  const { config, clock } = c.get("services");
+  const { config, clock, log } = c.get("services");
   const token =
     c.req.header(ACCESS_JWT_HEADER)?.trim() ||
     (devSignInEnabled(config) ? getCookie(c, DEV_ACCESS_COOKIE)?.trim() : undefined);
   if (!token) throw new AppError("unauthorized", "Sign in through Cloudflare Access.");
-  const identity = await verifyAccessToken(token, { config, clock });
+  const identity = await verifyAccessToken(token, { config, clock, log });
   if (identity.roles.length === 0) {
     throw new AppError("forbidden", "Your account holds no reviewer role.");
   }

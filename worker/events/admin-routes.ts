@@ -4,7 +4,6 @@
  */
 import { z } from "@hono/zod-openapi";
 import { PageQuery } from "../admin/cursor";
-import { reviewerActor } from "../admin/decisions";
 import { currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import { WEBHOOK_DELIVERY_STATUSES, WEBHOOK_EVENT_TYPES } from "../db/schema";
@@ -61,7 +60,9 @@ const resendRoute = adminRoute("admin", {
   summary: "Send a webhook delivery again",
   description:
     "Needs the admin role. From its first attempt, with the same `webhook-id`; 409 while it is pending or its " +
-    "endpoint is disabled. Audited as `webhook.delivery_resent`, with the delivery, endpoint and organization.",
+    "endpoint is disabled. Audited as `webhook.delivery_resent`, with the delivery, endpoint and organization. " +
+    "An admin party to the delivery's organization (a member or invitee, its applicant contact, at its domain) " +
+    "is refused with `conflict_of_interest`, audited as `webhook.delivery_resend_refused`.",
   request: { params: z.object({ id: z.string().min(1).max(64) }) },
   responses: {
     202: { description: "Queued", content: { "application/json": { schema: AdminDeliverySchema } } },
@@ -77,11 +78,7 @@ export const webhookAdminRoutes = newRouter()
     return c.json(page, 200);
   })
   .openapi(resendRoute, async (c) => {
-    const resent = await resendDeliveryForOperator(
-      c.get("services"),
-      c.env.EVENTS_QUEUE,
-      c.req.valid("param").id,
-      reviewerActor(currentAdmin(c)),
-    );
+    const { id } = c.req.valid("param");
+    const resent = await resendDeliveryForOperator(c.get("services"), c.env.EVENTS_QUEUE, id, currentAdmin(c));
     return c.json(resent, 202);
   });

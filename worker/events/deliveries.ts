@@ -7,8 +7,12 @@
  * looked at for `STUCK_AFTER_MS` is queued again by the cron.
  */
 import { and, asc, desc, eq, inArray, isNull, lt, lte, or, type SQL, sql } from "drizzle-orm";
+import { refusalIfParty, reviewerActor, writeAuditedUnlessParty } from "../admin/conflict";
 import { decodeCursor, encodeCursor } from "../admin/cursor";
-import { writeAudited } from "../audit/log";
+import { type AuditedWrite, writeAudited } from "../audit/log";
+import type { AdminIdentity } from "../auth/access";
+import { type MemberPrincipal, memberNow } from "../auth/members";
+import { userActor } from "../auth/sign-in";
 import { chunked } from "../db/limits";
 import {
   type WebhookDelivery,
@@ -433,56 +437,90 @@ function resendUpdate(deps: Pick<Deps, "db">, delivery: WebhookDelivery, at: str
 }
 
 /**
- * Sends a delivery again from its first attempt ("send again"): a dead, canceled or delivered one,
- * to its endpoint, which must be live and enabled (404 for another organization's). The receiver
- * gets the same `webhook-id`, as the same event.
+ * The audited write of a "send again": the delivery made pending from its first attempt, and the
+ * event `webhook.delivery_resent` naming `actor`, the delivery, its endpoint and organization.
+ */
+async function resendPlan(
+  deps: Deps,
+  target: { organizationId?: string; endpointId?: string; deliveryId: string },
+  actor: string,
+): Promise<AuditedWrite<WebhookDelivery>> {
+  const delivery = await deliveryToResend(deps, target);
+  const at = deps.clock.now().toISOString();
+  const next: WebhookDelivery = { ...delivery, status: "pending", attempts: 0, nextAttemptAt: at, deliveredAt: null };
+  return {
+    statements: [resendUpdate(deps, delivery, at)],
+    events: [
+      {
+        actor,
+        action: "webhook.delivery_resent",
+        subjectType: "webhook_delivery",
+        subjectId: delivery.id,
+        data: {
+          deliveryId: delivery.id,
+          endpointId: delivery.endpointId,
+          organizationId: delivery.organizationId,
+          eventId: delivery.eventId,
+          eventType: delivery.eventType,
+          previousStatus: delivery.status,
+        },
+      },
+    ],
+    result: next,
+  };
+}
+
+/**
+ * A member's "send again" of one of their organization's deliveries, through one of its endpoints
+ * (404 for another organization's): a dead, canceled or delivered one, to its endpoint, which
+ * must be live and enabled. The receiver gets the same `webhook-id`, as the same event. Audited as
+ * an operator's is, in the member's name; their membership is read inside the write
+ * (`memberNow`), so a resend landing after they were removed or lowered below admin is refused.
  */
 export async function resendDelivery(
-  deps: Deps,
+  deps: Deps & Pick<Services, "auditAnchor">,
   queue: Queue,
-  target: { organizationId?: string; endpointId?: string; deliveryId: string },
+  member: MemberPrincipal,
+  target: { endpointId: string; deliveryId: string },
 ): Promise<DeliveryView> {
-  const delivery = await deliveryToResend(deps, target);
-  const [resent] = await resendUpdate(deps, delivery, deps.clock.now().toISOString()).returning();
-  if (!resent) throw new AppError("conflict", "The delivery changed meanwhile; look again.");
+  const resent = await writeAudited(deps, async () => {
+    const me = await memberNow(deps, member, "admin");
+    return resendPlan(deps, { ...target, organizationId: me.organizationId }, userActor(me.user));
+  });
   await queueDeliveries(deps, queue, [resent.id]);
   return deliveryView(resent);
 }
 
 /**
  * An operator's "send again" of any organization's delivery, as `resendDelivery` does it, with the
- * audit event `webhook.delivery_resent` naming the operator (`actor`) in the same write.
+ * audit event `webhook.delivery_resent` naming the operator in the same write. An operator party
+ * to the delivery's organization (`admin/conflict.ts`) is refused, the attempt audited as
+ * `webhook.delivery_resend_refused`: the resend acts for the organization, whose own members
+ * resend through their own API. The check is inside the write's plan, so an operator who joins the
+ * organization while the resend is under way is refused too.
  */
 export async function resendDeliveryForOperator(
   deps: Deps & Pick<Services, "auditAnchor">,
   queue: Queue,
   deliveryId: string,
-  actor: string,
+  operator: Pick<AdminIdentity, "email">,
 ): Promise<DeliveryView> {
-  const resent = await writeAudited(deps, async () => {
-    const delivery = await deliveryToResend(deps, { deliveryId });
-    const at = deps.clock.now().toISOString();
-    const next: WebhookDelivery = { ...delivery, status: "pending", attempts: 0, nextAttemptAt: at, deliveredAt: null };
-    return {
-      statements: [resendUpdate(deps, delivery, at)],
-      events: [
-        {
-          actor,
-          action: "webhook.delivery_resent",
-          subjectType: "webhook_delivery",
-          subjectId: delivery.id,
-          data: {
-            deliveryId: delivery.id,
-            endpointId: delivery.endpointId,
-            organizationId: delivery.organizationId,
-            eventId: delivery.eventId,
-            eventType: delivery.eventType,
-            previousStatus: delivery.status,
-          },
-        },
-      ],
-      result: next,
-    };
+  const resent = await writeAuditedUnlessParty<WebhookDelivery>(deps, async () => {
+    const plan = await resendPlan(deps, { deliveryId }, reviewerActor(operator));
+    const { organizationId } = plan.result;
+    const refused = await refusalIfParty(
+      deps.db,
+      operator,
+      { organizationId },
+      {
+        action: "webhook.delivery_resend_refused",
+        subjectType: "webhook_delivery",
+        subjectId: deliveryId,
+        data: { deliveryId, organizationId },
+        remedy: "another admin must send it again",
+      },
+    );
+    return refused ?? plan;
   });
   await queueDeliveries(deps, queue, [resent.id]);
   return deliveryView(resent);

@@ -288,6 +288,6 @@ webhookRoutes
   })
   .openapi(resendRoute, async (c) => {
     const { id, deliveryId } = c.req.valid("param");
-    const target = { organizationId: currentMember(c).organizationId, endpointId: id, deliveryId };
-    return c.json(await resendDelivery(c.get("services"), c.env.EVENTS_QUEUE, target), 202);
+    const target = { endpointId: id, deliveryId };
+    return c.json(await resendDelivery(c.get("services"), c.env.EVENTS_QUEUE, currentMember(c), target), 202);
   });

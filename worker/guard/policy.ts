@@ -1,6 +1,7 @@
 /** Each organization's guard policy: its mode, whether flags keep samples, whether answers are screened. */
 import { eq } from "drizzle-orm";
-import { writeAudited } from "../audit/log";
+import { reviewerActor, writeOrganizationChange } from "../admin/conflict";
+import type { AdminIdentity } from "../auth/access";
 import { organizationGuard, organizations } from "../db/schema";
 import { AppError } from "../errors";
 import type { Services } from "../services";
@@ -61,14 +62,20 @@ export async function requireOrganization(services: Pick<Services, "db">, organi
   if (!org) throw new AppError("not_found", "No such organization.");
 }
 
-/** Sets an organization's policy, audited as `organization.guard_set`; in force in this isolate at once, elsewhere within 5 s. */
+/**
+ * Sets an organization's policy, audited as `organization.guard_set`; in force in this isolate at
+ * once, elsewhere within 5 s. An admin party to the organization (a member, its contact, at its
+ * domain: `conflict.ts`) is refused with `conflict_of_interest`: switching off one's own
+ * organization's screening is exactly what the guard is there to prevent.
+ */
 export async function setGuardPolicy(
   services: Services,
   organizationId: string,
   input: Omit<GuardPolicy, "custom">,
-  actor: string,
+  admin: Pick<AdminIdentity, "email">,
 ): Promise<GuardPolicy> {
-  await writeAudited(services, async () => {
+  const actor = reviewerActor(admin);
+  await writeOrganizationChange(services, admin, organizationId, "organization.guard_set", async () => {
     await requireOrganization(services, organizationId);
     const row = { ...input, updatedAt: services.clock.now().toISOString(), updatedBy: actor };
     return {

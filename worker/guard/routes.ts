@@ -50,7 +50,9 @@ const putPolicyRoute = adminRoute("admin", {
     "Needs the admin role. `mode`: `off` (the guard is not asked), `log` (flagged requests are served and " +
     "recorded) or `block` (flagged requests answer 400 `content_policy_violation`). `storeSamples`: whether flags " +
     "keep the flagged text (the organization allowed it). `screenResponses`: whether answers are screened " +
-    "too. Audited as `organization.guard_set`; in force within 5 seconds.",
+    "too. Audited as `organization.guard_set`; in force within 5 seconds. An admin party to the organization (a " +
+    "member or invitee, its applicant contact, at its domain) is refused with `conflict_of_interest`, audited as " +
+    "`organization.change_refused`.",
   request: {
     params: Params,
     body: documentedJsonBody(PolicyInput, "OrganizationGuardInput"),
@@ -137,7 +139,7 @@ export const guardAdminRoutes = registerBodySchema(newRouter(), "OrganizationGua
     const { id } = c.req.valid("param");
     const input = await readBody(c, PolicyInput);
     const settings = guardSettings(c.env, services.config.inference.allowedHosts);
-    const policy = await setGuardPolicy(services, id, input, `reviewer:${currentAdmin(c).email}`);
+    const policy = await setGuardPolicy(services, id, input, currentAdmin(c));
     return c.json({ organizationId: id, ...policy, guardConfigured: settings.backend !== undefined }, 200);
   })
   .openapi(flagsRoute, async (c) => {

@@ -1,6 +1,7 @@
 import { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import { writeAudited } from "../audit/log";
+import { reviewerActor, writeOrganizationChange } from "../admin/conflict";
+import { currentAdmin } from "../auth/access";
 import { adminRoute } from "../auth/admin-door";
 import { organizationLimits, organizations } from "../db/schema";
 import { AppError } from "../errors";
@@ -35,6 +36,10 @@ const putLimits = adminRoute("admin", {
   method: "put",
   path: "/admin/api/organizations/{id}/limits",
   summary: "Set an organization's inference limits; in force at once",
+  description:
+    "Needs the admin role. Audited as `organization.limits_set`. An admin party to the organization (a member or " +
+    "invitee, its applicant contact, at its domain) is refused with `conflict_of_interest`, audited as " +
+    "`organization.change_refused`: no one sets their own organization's limits.",
   request: {
     params: Params,
     body: {
@@ -67,8 +72,8 @@ quotaAdminRoutes
     const services = c.get("services");
     const { id } = c.req.valid("param");
     const input = await readBody(c, LimitsSchema);
-    const admin = c.get("admin");
-    await writeAudited(services, async () => {
+    const admin = currentAdmin(c);
+    await writeOrganizationChange(services, admin, id, "organization.limits_set", async () => {
       const [org] = await services.db
         .select({ id: organizations.id })
         .from(organizations)
@@ -84,7 +89,7 @@ quotaAdminRoutes
         ],
         events: [
           {
-            actor: `reviewer:${admin?.email ?? "unknown"}`,
+            actor: reviewerActor(admin),
             action: "organization.limits_set",
             subjectType: "organization",
             subjectId: id,
