@@ -18,6 +18,28 @@ async function rows<T>(sql: string): Promise<T[]> {
   return (await env.DB.prepare(sql).all<T>()).results;
 }
 
+/**
+ * An approved Acme case, created at `at`, in the columns every migration tested here keeps: its license
+ * texts and version, its organization and its application (`app1`, `org1`, `lv1`).
+ */
+function approvedCaseRows(at: string): D1PreparedStatement[] {
+  return [
+    env.DB.prepare(
+      "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
+    ).bind(at),
+    env.DB.prepare(
+      "insert into license_versions (id, family, version, license_sha256, aup_sha256, created_at) values ('lv1', 'llama-2', 1, 'l', 'a', ?1)",
+    ).bind(at),
+    env.DB.prepare(
+      "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
+    ).bind(at),
+    env.DB.prepare(
+      `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)
+       values ('app1', 'llama-2', 'org1', 'Acme', 'DE', 'Ada', 'ada@acme.example', 'x', 10, '["llama-2-7b"]', 'approved', '[]', 1, 'lv1', ?1, ?1)`,
+    ).bind(at),
+  ];
+}
+
 describe("migration to organizations with members", () => {
   it("keeps each organization's grant, makes its first contact its owner, and keeps tokens and status links working", async () => {
     await reset();
@@ -163,19 +185,7 @@ describe("migration to hourly usage (0014)", () => {
     await applyD1Migrations(env.DB, before);
     const at = "2026-11-01T10:00:00.000Z";
     await env.DB.batch([
-      env.DB.prepare(
-        "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into license_versions (id, family, version, license_sha256, aup_sha256, created_at) values ('lv1', 'llama-2', 1, 'l', 'a', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)
-         values ('app1', 'llama-2', 'org1', 'Acme', 'DE', 'Ada', 'ada@acme.example', 'x', 10, '["llama-2-7b"]', 'approved', '[]', 1, 'lv1', ?1, ?1)`,
-      ).bind(at),
+      ...approvedCaseRows(at),
       env.DB.prepare(
         "insert into grants (id, application_id, organization_id, family, license_version_id, status, created_at, updated_at) values ('grt1', 'app1', 'org1', 'llama-2', 'lv1', 'active', ?1, ?1)",
       ).bind(at),
@@ -256,19 +266,7 @@ describe("migration to confirmations as acceptances (0023)", () => {
     await applyD1Migrations(env.DB, before);
     const at = "2026-11-01T10:00:00.000Z";
     await env.DB.batch([
-      env.DB.prepare(
-        "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into license_versions (id, family, version, license_sha256, aup_sha256, created_at) values ('lv1', 'llama-2', 1, 'l', 'a', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)
-         values ('app1', 'llama-2', 'org1', 'Acme', 'DE', 'Ada', 'ada@acme.example', 'x', 10, '["llama-2-7b"]', 'approved', '[]', 1, 'lv1', ?1, ?1)`,
-      ).bind(at),
+      ...approvedCaseRows(at),
       env.DB.prepare(
         "insert into acceptances (id, application_id, license_version_id, license_sha256, aup_sha256, accepted_at, ip, country, user_agent) values ('acc1', 'app1', 'lv1', 'l', 'a', ?1, '203.0.113.66', 'NL', 'third-party')",
       ).bind(at),

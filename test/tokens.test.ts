@@ -553,15 +553,21 @@ async function expectTokenLimit(res: Response) {
   expect(problem.detail).toContain("revoke one");
 }
 
+/** Acme approved, its owner, its grant, and a developer of its who mints tokens. */
+async function withDeveloper(gw: Gateway) {
+  const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
+  const developer = await signedInMember(gw, {
+    organizationId: owner.organizationId,
+    role: "developer",
+    email: "dev@acme.example",
+  });
+  return { owner, grantId, developer };
+}
+
 describe("security: a member's live tokens are capped", () => {
   it("refuses the mint past the cap with 409 token_limit, writing nothing; revoked, expired and other organizations' tokens do not count", async () => {
     const gw = testGateway();
-    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
-    const developer = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      role: "developer",
-      email: "dev@acme.example",
-    });
+    const { owner, grantId, developer } = await withDeveloper(gw);
     const { member: elsewhere, grantId: otherGrant } = await approvedToken(gw, licenseSha256, {
       organization: "Globex",
       email: "hank@globex.example",
@@ -595,12 +601,7 @@ describe("security: a member's live tokens are capped", () => {
 
   it("a thousand concurrent mints of one member land no more than the cap", async () => {
     const gw = testGateway();
-    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
-    const developer = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      role: "developer",
-      email: "dev@acme.example",
-    });
+    const { grantId, developer } = await withDeveloper(gw);
     const held = MAX_LIVE_TOKENS_PER_MEMBER - 10;
     await seedTokens(gw, grantId, developer.user.id, held);
     const answers = await Promise.all(
@@ -620,12 +621,7 @@ describe("security: a member's live tokens are capped", () => {
 
   it("mints all planned under the cap, their writes held and released together, land no more than it", async () => {
     const gw = testGateway();
-    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
-    const developer = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      role: "developer",
-      email: "dev@acme.example",
-    });
+    const { grantId, developer } = await withDeveloper(gw);
     await seedTokens(gw, grantId, developer.user.id, MAX_LIVE_TOKENS_PER_MEMBER - 1);
     const held = heldWrites(30);
     const minting = testGateway({ bindings: { DB: held.db } });
@@ -642,12 +638,7 @@ describe("security: a member's live tokens are capped", () => {
 
   it("counts in the insert itself: a token written meanwhile by anything else fills the last place, and the mint fails whole", async () => {
     const gw = testGateway();
-    const { member: owner, grantId } = await approvedToken(gw, licenseSha256);
-    const developer = await signedInMember(gw, {
-      organizationId: owner.organizationId,
-      role: "developer",
-      email: "dev@acme.example",
-    });
+    const { owner, grantId, developer } = await withDeveloper(gw);
     await seedTokens(gw, grantId, developer.user.id, MAX_LIVE_TOKENS_PER_MEMBER - 1);
     const held = heldWrites(1);
     const minting = testGateway({ bindings: { DB: held.db } });
