@@ -156,6 +156,25 @@ describe("reviewer console pages", () => {
     expect(other.html).toContain("ann@example.com");
   });
 
+  it("offers a reviewer party to a case neither the decision nor the comment form, as both would be refused", async () => {
+    const app = await seedApplication(gateway.services, license, { requiredApprovals: 2 });
+    const party = await page(
+      `/admin/applications/${app.id}`,
+      await adminToken({ role: "approver", email: "bo@acme.example" }),
+    );
+    expect(party.status).toBe(200);
+    expect(party.html).toContain('id="conflict-of-interest"');
+    expect(party.html).toContain('id="comment-conflict"');
+    expect(party.html).not.toContain('id="decision"');
+    expect(party.html).not.toContain('id="comment-body"');
+    const other = await page(
+      `/admin/applications/${app.id}`,
+      await adminToken({ role: "approver", email: "cy@review.example" }),
+    );
+    expect(other.html).toContain('id="comment-body"');
+    expect(other.html).not.toContain('id="comment-conflict"');
+  });
+
   it("shows grant controls by role: suspend for approvers, revoke for admins only", async () => {
     const { grant } = await seedGrant(gateway.services, license, { organizationName: "Granted Inc" });
     const approver = await page(`/admin/grants/${grant.id}`, await adminToken({ role: "approver" }));

@@ -46,7 +46,7 @@ function DecisionForm(props: { admin: AdminIdentity; file: CaseFile }) {
     return (
       <p class="panel" id="conflict-of-interest">
         You are party to this case: your e-mail or its domain is the applicant's. Another approver must decide it; you
-        can read it and comment.
+        can read it.
       </p>
     );
   }
@@ -349,16 +349,27 @@ export function CasePage(props: { admin: AdminIdentity; signOut: SignOut; file: 
             </article>
           ))
         )}
-        <form data-api={`/admin/api/applications/${app.id}/comments`} data-done="reload" data-success="Comment added.">
-          <div class="form-row">
-            <label for="comment-body">Add a comment</label>
-            <textarea id="comment-body" name="body" required maxlength={4000} />
-          </div>
-          <button type="submit" class="secondary">
-            Add comment
-          </button>{" "}
-          <output data-form-status />
-        </form>
+        {props.file.conflictOfInterest ? (
+          // The comment would be refused (`conflict_of_interest`): a party does not argue its own case.
+          <p class="panel" id="comment-conflict">
+            You are party to this case, so its comments are left to the other reviewers.
+          </p>
+        ) : (
+          <form
+            data-api={`/admin/api/applications/${app.id}/comments`}
+            data-done="reload"
+            data-success="Comment added."
+          >
+            <div class="form-row">
+              <label for="comment-body">Add a comment</label>
+              <textarea id="comment-body" name="body" required maxlength={4000} />
+            </div>
+            <button type="submit" class="secondary">
+              Add comment
+            </button>{" "}
+            <output data-form-status />
+          </form>
+        )}
       </section>
 
       {screeningMatches.length > 0 ? (
