@@ -18,11 +18,8 @@ async function rows<T>(sql: string): Promise<T[]> {
   return (await env.DB.prepare(sql).all<T>()).results;
 }
 
-/**
- * An approved Acme case, created at `at`, in the columns every migration tested here keeps: its license
- * texts and version, its organization and its application (`app1`, `org1`, `lv1`).
- */
-function approvedCaseRows(at: string): D1PreparedStatement[] {
+/** Acme's license texts and version and its organization (`lv1`, `org1`), created at `at`. */
+function acmeRows(at: string): D1PreparedStatement[] {
   return [
     env.DB.prepare(
       "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
@@ -33,6 +30,16 @@ function approvedCaseRows(at: string): D1PreparedStatement[] {
     env.DB.prepare(
       "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
     ).bind(at),
+  ];
+}
+
+/**
+ * An approved Acme case, created at `at`, in the columns every migration tested here keeps: its license
+ * texts and version, its organization and its application (`app1`, `org1`, `lv1`).
+ */
+function approvedCaseRows(at: string): D1PreparedStatement[] {
+  return [
+    ...acmeRows(at),
     env.DB.prepare(
       `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)
        values ('app1', 'llama-2', 'org1', 'Acme', 'DE', 'Ada', 'ada@acme.example', 'x', 10, '["llama-2-7b"]', 'approved', '[]', 1, 'lv1', ?1, ?1)`,
@@ -47,15 +54,7 @@ describe("migration to organizations with members", () => {
     await applyD1Migrations(env.DB, before);
     const at = "2026-11-01T10:00:00.000Z";
     await env.DB.batch([
-      env.DB.prepare(
-        "insert into documents (sha256, kind, media_type, body, source, created_at) values ('l', 'license', 'text/plain', 'L', 'placeholder', ?1), ('a', 'aup', 'text/plain', 'A', 'placeholder', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into license_versions (id, family, version, license_sha256, aup_sha256, created_at) values ('lv1', 'llama-2', 1, 'l', 'a', ?1)",
-      ).bind(at),
-      env.DB.prepare(
-        "insert into organizations (id, name, normalized_name, website, country, created_at) values ('org1', 'Acme', 'acme', null, 'DE', ?1)",
-      ).bind(at),
+      ...acmeRows(at),
       // Acme's first case, then a second contact that the old name matching put into Acme.
       env.DB.prepare(
         `insert into applications (id, family, organization_id, organization_name, country, contact_name, contact_email, intended_use, declared_mau, models, status, policy_reasons, required_approvals, license_version_id, created_at, updated_at)

@@ -37,6 +37,20 @@ interface ListedToken {
   revokedAt: string | null;
 }
 
+/** A token from before members (minted through a status link, `userId` null), its secret `legacy`. */
+async function insertLegacyToken(gw: Gateway, grantId: string, legacy: string) {
+  await gw.db.insert(accessTokens).values({
+    id: "tok_legacy",
+    grantId,
+    name: "old",
+    secretHash: await sha256Hex(legacy),
+    displayPrefix: legacy.slice(0, 9),
+    scopes: ["download"],
+    createdAt: new Date().toISOString(),
+    userId: null,
+  });
+}
+
 describe("per-developer tokens", () => {
   it("are shown once, stored hashed, listed without the secret, revocable, and audited with their member", async () => {
     const gw = testGateway();
@@ -177,16 +191,7 @@ describe("security: a status link's tokens from before members", () => {
     const graces = await applyAndConfirm(gw, application("grace@acme.example"));
     expect(graces).toMatchObject({ applicationId: id, duplicate: true });
     const legacy = "mg_legacy_token_from_the_status_link_days_000000";
-    await gw.db.insert(accessTokens).values({
-      id: "tok_legacy",
-      grantId: grant.id,
-      name: "old",
-      secretHash: await sha256Hex(legacy),
-      displayPrefix: legacy.slice(0, 9),
-      scopes: ["download"],
-      createdAt: new Date().toISOString(),
-      userId: null,
-    });
+    await insertLegacyToken(gw, grant.id, legacy);
     const listVia = (link: string) =>
       gw.request(`/v1/applications/${id}/tokens`, { headers: { authorization: `Bearer ${link}` } });
     const revokeVia = (link: string) =>
@@ -779,16 +784,7 @@ describe("security: a revoke lands only while its member may make it", () => {
       .where(eq(memberships.organizationId, grant.organizationId));
     const grace = await signedInMember(gw, { organizationId: grant.organizationId, email: "grace@acme.example" });
     const legacy = "mg_legacy_token_from_the_status_link_days_000001";
-    await gw.db.insert(accessTokens).values({
-      id: "tok_legacy",
-      grantId: grant.id,
-      name: "old",
-      secretHash: await sha256Hex(legacy),
-      displayPrefix: legacy.slice(0, 9),
-      scopes: ["download"],
-      createdAt: new Date().toISOString(),
-      userId: null,
-    });
+    await insertLegacyToken(gw, grant.id, legacy);
     const held = heldWrites(1);
     const revoking = testGateway({ bindings: { DB: held.db } }).request(
       `/v1/applications/${ada.applicationId}/tokens/tok_legacy`,
