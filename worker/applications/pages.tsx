@@ -67,6 +67,42 @@ function Field(props: {
   );
 }
 
+/**
+ * The license and the Acceptable Use Policy as an applicant reads them before accepting, each in a
+ * scrollable section, with a word when the operator loaded placeholders; the license's sha256 under
+ * it when given (the confirmation page lists both hashes above the texts instead).
+ */
+function LicenseTexts(props: {
+  placeholder: boolean;
+  licenseName: string;
+  licenseText: string;
+  aupText: string;
+  licenseSha256?: string;
+}) {
+  return (
+    <>
+      {props.placeholder ? (
+        <p class="hint">
+          This deployment shows placeholder text; the operator has not loaded the official license yet.
+        </p>
+      ) : null}
+      <h2 id="license-heading">{props.licenseName}</h2>
+      <section class="doc" tabindex={0} aria-labelledby="license-heading">
+        {props.licenseText}
+      </section>
+      {props.licenseSha256 ? (
+        <p class="hint">
+          sha256 <code>{props.licenseSha256}</code>
+        </p>
+      ) : null}
+      <h2 id="aup-heading">Acceptable Use Policy</h2>
+      <section class="doc" tabindex={0} aria-labelledby="aup-heading">
+        {props.aupText}
+      </section>
+    </>
+  );
+}
+
 /** The application form for a license family. */
 export function ApplicationForm(props: {
   family: LicenseFamily;
@@ -220,22 +256,13 @@ export function ApplicationForm(props: {
         </fieldset>
         <fieldset>
           <legend>License</legend>
-          {props.placeholder ? (
-            <p class="hint">
-              This deployment shows placeholder text; the operator has not loaded the official license yet.
-            </p>
-          ) : null}
-          <h2 id="license-heading">{family.licenseName}</h2>
-          <section class="doc" tabindex={0} aria-labelledby="license-heading">
-            {props.licenseText}
-          </section>
-          <p class="hint">
-            sha256 <code>{props.licenseSha256}</code>
-          </p>
-          <h2 id="aup-heading">Acceptable Use Policy</h2>
-          <section class="doc" tabindex={0} aria-labelledby="aup-heading">
-            {props.aupText}
-          </section>
+          <LicenseTexts
+            placeholder={props.placeholder}
+            licenseName={family.licenseName}
+            licenseText={props.licenseText}
+            aupText={props.aupText}
+            licenseSha256={props.licenseSha256}
+          />
           <LicenseDuties family={family} />
           <label class="check">
             <input
@@ -566,19 +593,12 @@ export function ConfirmPage(props: { terms: ConfirmationTerms; token: string; ac
           <code>{terms.aupSha256}</code>
         </dd>
       </dl>
-      {terms.placeholder ? (
-        <p class="hint">
-          This deployment shows placeholder text; the operator has not loaded the official license yet.
-        </p>
-      ) : null}
-      <h2 id="license-heading">{terms.licenseName}</h2>
-      <section class="doc" tabindex={0} aria-labelledby="license-heading">
-        {terms.licenseText}
-      </section>
-      <h2 id="aup-heading">Acceptable Use Policy</h2>
-      <section class="doc" tabindex={0} aria-labelledby="aup-heading">
-        {terms.aupText}
-      </section>
+      <LicenseTexts
+        placeholder={terms.placeholder}
+        licenseName={terms.licenseName}
+        licenseText={terms.licenseText}
+        aupText={terms.aupText}
+      />
       <form method="post" action={props.action}>
         <input type="hidden" name="token" value={props.token} />
         <input type="hidden" name="licenseSha256" value={terms.licenseSha256} />
